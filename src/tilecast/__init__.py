@@ -1,0 +1,12 @@
+"""tilecast: apply trained models to georeferenced rasters at any scale, with Earth Engine's ee.Model semantics."""
+
+from .errors import *  # noqa: F403
+from .errors import __all__ as _errors
+from .model import Model
+from .plan import TileGeometry, TilePlan
+from .prediction import Prediction
+from .spec import ModelSpec, OutputBand
+
+__version__ = "0.1.0"
+
+__all__ = ["Model", "ModelSpec", "OutputBand", "Prediction", "TileGeometry", "TilePlan", "__version__", *_errors]

@@ -1,0 +1,157 @@
+"""Reassembling tile outputs into finished output strips, out of core.
+
+Tiles arrive row-major. The assembler holds only the rows that later tiles can still touch (one tile row plus the
+overlap), and emits full-width strips as soon as they are final. ``crop`` places each tile's core (Earth Engine);
+``cosine`` and ``hann`` accumulate weighted padded outputs and divide by the summed weights, which removes seams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from rasterio.windows import Window
+
+from .plan import Tile, TilePlan
+
+__all__ = ["Assembler", "Block", "blend_weights"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A finished part of the output: ``data`` is ``(bands, h, w)`` in float or the band dtypes (not yet cast)."""
+
+    window: Window
+    data: np.ndarray
+    valid: np.ndarray | None
+
+
+@lru_cache(maxsize=64)
+def _ramp(n: int, overlap: int, kind: str, flat_start: bool, flat_end: bool) -> np.ndarray:
+    w = np.ones(n, dtype=np.float64)
+    if kind == "hann":
+        x = (np.arange(n) + 0.5) / n
+        w = np.sin(np.pi * x) ** 2
+        half = n // 2
+        if flat_start:
+            w[:half] = 1.0
+        if flat_end:
+            w[n - half :] = 1.0
+        return w
+    ramp = np.sin(0.5 * np.pi * (np.arange(2 * overlap) + 0.5) / (2 * overlap)) ** 2
+    if not flat_start:
+        w[: 2 * overlap] = ramp
+    if not flat_end:
+        w[n - 2 * overlap :] = ramp[::-1]
+    return w
+
+
+def blend_weights(
+    shape: tuple[int, int], overlap: tuple[int, int], kind: str, edges: tuple[bool, bool, bool, bool]
+) -> np.ndarray:
+    """2-D weights for a padded output tile of ``shape`` ``(h, w)`` with per-edge ``overlap`` ``(y, x)``.
+
+    ``cosine`` ramps over the overlap so that neighbours' weights sum to one; ``hann`` spans the whole tile.
+    Sides on the region's edge have no neighbour and keep full weight.
+    """
+    top, bottom, left, right = edges
+    wy = _ramp(shape[0], overlap[0], kind, top, bottom)
+    wx = _ramp(shape[1], overlap[1], kind, left, right)
+    return np.outer(wy, wx).astype(np.float32)
+
+
+class Assembler:
+    """Collects tiles of one plan and yields finished full-width blocks in row order.
+
+    ``blended`` bands are accumulated with weights; ``placed`` bands (crop mode, and input bands appended to the
+    output) are copied from each tile's core.
+    """
+
+    def __init__(self, plan: TilePlan, placed: int, blended: int, dtype: np.dtype, blend: str, align: int = 1):
+        self.plan = plan
+        self.blend = blend
+        self.align = max(1, align)
+        g = plan.geometry
+        oo = g.output_overlap if blend != "crop" else None
+        self.oo = (oo.y, oo.x) if oo else (0, 0)
+        self.height, self.width = plan.output_shape
+        cap = g.out.y + 2 * self.oo[0] + self.align + 1
+        self.base = 0  # output row of buffer row 0
+        self.n_placed = placed
+        self.dtype = dtype
+        self.placed: np.ndarray | None = None  # allocated on first use, in the dtype the model returns
+        self.acc = np.zeros((blended, cap, self.width), dtype=np.float32)
+        self.wsum = np.zeros((cap, self.width), dtype=np.float32) if blended else None
+        self.valid = np.ones((cap, self.width), dtype=bool)
+        self.any_invalid = False
+
+    def add(
+        self,
+        tile: Tile,
+        placed: np.ndarray | None,
+        blended: np.ndarray | None,
+        valid: np.ndarray | None,
+    ) -> None:
+        """``placed``: ``(bands, h, w)`` core values for ``tile.out``; ``blended``: padded output values."""
+        o = tile.out
+        r0, c0 = o.row_off - self.base, o.col_off
+        h, w = o.height, o.width
+        if placed is not None:
+            if self.placed is None:
+                self._allocate(placed.dtype)
+            self.placed[:, r0 : r0 + h, c0 : c0 + w] = placed[:, :h, :w]
+        if valid is not None:
+            self.valid[r0 : r0 + h, c0 : c0 + w] = valid[:h, :w]
+            self.any_invalid = True
+        if blended is None:
+            return
+        b = tile.blend_out
+        br0, bh, bw = b.row_off - self.base, b.height, b.width
+        oy, ox = tile.blend_offset
+        weights = blend_weights(blended.shape[1:], self.oo, self.blend, tile.edges)[oy : oy + bh, ox : ox + bw]
+        self.acc[:, br0 : br0 + bh, b.col_off : b.col_off + bw] += blended[:, oy : oy + bh, ox : ox + bw] * weights
+        self.wsum[br0 : br0 + bh, b.col_off : b.col_off + bw] += weights
+
+    def _allocate(self, dtype: np.dtype) -> None:
+        self.placed = np.zeros((self.n_placed, self.valid.shape[0], self.width), dtype=dtype)
+
+    def skip(self, tile: Tile) -> None:
+        """A fully masked tile: its core is invalid and it contributes nothing."""
+        o = tile.out
+        self.valid[o.row_off - self.base : o.row_off - self.base + o.height, o.col_off : o.col_off + o.width] = False
+        self.any_invalid = True
+
+    def finish_row(self, tile_row: int) -> Iterator[Block]:
+        """Emit the rows that are final once ``tile_row`` is complete (aligned to ``align`` rows)."""
+        final = self.plan.rows_final_after(tile_row, self.blend != "crop")
+        if final < self.height:
+            final = self.base + (final - self.base) // self.align * self.align
+        n = final - self.base
+        if n <= 0:
+            return
+        parts = []
+        if self.n_placed and self.placed is None:
+            self._allocate(self.dtype)
+        if self.n_placed:
+            parts.append(self.placed[:, :n].copy())
+        if self.acc.shape[0]:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                parts.append(self.acc[:, :n] / self.wsum[None, :n])
+        if len(parts) == 1:
+            data = parts[0]
+        else:
+            dtype = np.result_type(*parts)
+            data = np.concatenate([p.astype(dtype, copy=False) for p in parts])
+        valid = self.valid[:n].copy() if self.any_invalid else None
+        yield Block(Window(0, self.base, self.width, n), data, valid)
+        for arr in (self.placed, self.acc, self.wsum, self.valid):
+            if arr is None:
+                continue
+            keep = arr.shape[-2] - n
+            arr[..., :keep, :] = arr[..., n:, :]
+            arr[..., keep:, :] = 1 if arr is self.valid else 0
+        self.base = final
+        if self.any_invalid and self.valid.all():
+            self.any_invalid = False

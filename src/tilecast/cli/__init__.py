@@ -1,0 +1,19 @@
+"""The ``tilecast`` command line. Each subcommand is a module; shared options live in :mod:`.options`."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .info import info
+from .predict import predict
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="tilecast")
+def main() -> None:
+    """Apply trained models to georeferenced rasters, with Earth Engine's ee.Model semantics."""
+
+
+main.add_command(predict)
+main.add_command(info)

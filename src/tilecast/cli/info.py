@@ -1,0 +1,82 @@
+"""``tilecast info``: describe a raster (grid, bands) or a model (inputs, outputs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .options import reports_errors
+
+MODEL_SUFFIXES = (".onnx",)
+
+
+@click.command(short_help="Describe a raster or a model.")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@reports_errors
+def info(path: str, as_json: bool) -> None:
+    """Describe PATH: a raster (bands, CRS, grid, nodata) or a model (inputs, outputs, metadata)."""
+    data = describe_model(path) if path.lower().endswith(MODEL_SUFFIXES) else describe_raster(path)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for key, value in data.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            click.echo(f"{key}:")
+            cols = list(value[0])
+            widths = [max(len(c), *(len(str(row.get(c, ""))) for row in value)) for c in cols]
+            click.echo("  " + "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+            for row in value:
+                click.echo("  " + "  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
+        else:
+            click.echo(f"{key}: {value}")
+
+
+def describe_raster(path: str) -> dict[str, Any]:
+    from ..sources.rasterio_source import RasterioSource, open_dataset
+
+    src = RasterioSource(path)
+    with open_dataset(path) as ds:
+        bands = [
+            {"band": i + 1, "name": name, "dtype": ds.dtypes[i], "nodata": ds.nodatavals[i]}
+            for i, name in enumerate(src.band_names)
+        ]
+        out = {
+            "path": path,
+            "driver": ds.driver,
+            "size": f"{ds.width} x {ds.height}",
+            "crs": ds.crs.to_string() if ds.crs else None,
+            "resolution": ds.res,
+            "bounds": tuple(ds.bounds),
+            "transform": tuple(ds.transform)[:6],
+            "block": ds.block_shapes[0],
+            "overviews": ds.overviews(1),
+            "bands": bands,
+        }
+    if src.properties:
+        out["properties"] = src.properties
+    src.close()
+    return out
+
+
+def describe_model(path: str) -> dict[str, Any]:
+    from ..runtimes.onnx import OnnxRuntime
+
+    rt = OnnxRuntime(path)
+    sig = rt.signature
+
+    def rows(specs):
+        return [
+            {"name": t.name,
+             "shape": "?" if t.shape is None else "x".join("?" if d is None else str(d) for d in t.shape),
+             "dtype": str(t.dtype)}
+            for t in specs
+        ]
+
+    out: dict[str, Any] = {"path": path, "runtime": "onnxruntime", "inputs": rows(sig.inputs),
+                           "outputs": rows(sig.outputs)}
+    if rt.metadata:
+        out["metadata"] = rt.metadata
+    return out

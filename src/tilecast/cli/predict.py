@@ -1,0 +1,136 @@
+"""``tilecast predict``: run a model over a raster and write a Cloud-Optimized GeoTIFF."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import click
+import rasterio
+
+from ..errors import SpecError, TilecastWarning
+from .options import (
+    SIZE,
+    KeyValueType,
+    csv_list,
+    gdal_config_option,
+    overwrite_option,
+    quiet_option,
+    reports_errors,
+)
+
+
+@click.command(short_help="Predict a raster with a model.")
+@click.argument("image")
+@click.option("-m", "--model", "model_path", required=True, help="Model file (.onnx).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
+@click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
+@click.option("--overlap", type=SIZE, default="0", show_default=True,
+              help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode).")
+@click.option("--overlap-mode", type=click.Choice(["per_edge", "total"]), default="per_edge", show_default=True,
+              help="per_edge: model sees tile+2*overlap; total: tile+overlap (half per side).")
+@click.option("--output-tile", type=SIZE, help="Output tile W[,H] (outputTileSize); rescales the output pixels.")
+@click.option("--output-band", "output_bands", multiple=True, metavar="NAME:DTYPE[:DIMS]",
+              help="Declare an output band (repeatable), e.g. landcover:uint8 or probs:float32:1.")
+@click.option("--layout", type=click.Choice(["bands", "NHWC", "NCHW"]),
+              help="How bands feed the model: one input per band (Earth Engine) or stacked. Default: inferred.")
+@click.option("--bands", help="Bands to use, in model order: 1-based indexes or descriptions, comma-separated.")
+@click.option("--crs", help="Model grid CRS (Earth Engine's proj), e.g. EPSG:32633.")
+@click.option("--resolution", type=float, nargs=2, metavar="X Y", help="Model grid pixel size in CRS units.")
+@click.option("--fix-input-proj", is_flag=True, help="Warp the input to --crs/--resolution, window by window.")
+@click.option("--resampling", default="bilinear", show_default=True, help="Resampling used when warping.")
+@click.option("--blend", type=click.Choice(["crop", "cosine", "hann"]), default="crop", show_default=True,
+              help="crop keeps each tile's core (Earth Engine); cosine/hann blend float outputs over the overlap.")
+@click.option("--padding", type=click.Choice(["zero", "reflect"]), default="zero", show_default=True,
+              help="How tiles are padded beyond the raster edge.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per model call.")
+@click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Predict only this region.")
+@click.option("--bounds-crs", help="CRS of --bounds (default: the grid's CRS).")
+@click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
+@click.option("--fill-value", type=float, default=0, show_default=True, help="Value sent for masked pixels.")
+@click.option("--append-input", is_flag=True, help="Write the input bands followed by the outputs.")
+@click.option("--classes", help="Class names for the first output band, comma-separated (written as metadata).")
+@click.option("--input-type-override", multiple=True, type=KeyValueType(":"), metavar="NAME:DTYPE",
+              help="Cast an input to a dtype (repeatable).")
+@click.option("--input-shape", multiple=True, type=KeyValueType(":"), metavar="NAME:DEPTH",
+              help="Make NAME an array input of DEPTH consecutive bands (repeatable).")
+@click.option("--input-property", multiple=True, metavar="NAME",
+              help="Send an image property (tag) with every tile (repeatable).")
+@click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
+@click.option("--compress", default="DEFLATE", show_default=True, help="COG compression (DEFLATE, ZSTD, LZW...).")
+@click.option("--no-overviews", is_flag=True, help="Do not build overviews.")
+@overwrite_option
+@quiet_option
+@gdal_config_option
+@reports_errors
+def predict(image: str, model_path: str, output: str, quiet: bool, gdal_config: tuple, **opts: Any) -> None:
+    """Predict IMAGE (a path or URL GDAL opens) with a model and write a Cloud-Optimized GeoTIFF.
+
+    \b
+    Example:
+      tilecast predict scene.tif --model unet.onnx --tile 256 --overlap 16 \\
+          --output-band landcover:uint8 -o landcover.tif
+    """
+    from ..model import Model
+
+    params = build_params(opts)
+    with rasterio.Env(**dict(gdal_config)), warnings.catch_warnings():
+        warnings.simplefilter("always", TilecastWarning)
+        warnings.showwarning = _show_warning
+        model = Model.from_onnx(model_path, providers=csv_list(opts["providers"]), **params)
+        result = model.predict_image(
+            image, bounds=opts["bounds"], bounds_crs=opts["bounds_crs"], append_input=opts["append_input"],
+        )
+        path = result.to_geotiff(
+            output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
+            overviews=not opts["no_overviews"],
+        )
+    if not quiet:
+        h, w = result.plan.output_shape
+        click.echo(f"wrote {path} ({w} x {h} px, {len(result.profile.band_names)} band(s))", err=True)
+
+
+def build_params(opts: dict[str, Any]) -> dict[str, Any]:
+    """Model parameters from CLI options (shared with other commands that build models)."""
+    output_bands: Any = list(opts["output_bands"]) or None
+    if opts.get("classes"):
+        if not output_bands:
+            raise SpecError("--classes needs an --output-band to attach to")
+        name, _, rest = output_bands[0].partition(":")
+        dtype, _, dims = rest.partition(":")
+        output_bands[0] = {name: {"type": dtype, "dimensions": int(dims or 0), "classes": csv_list(opts["classes"])}}
+        merged: dict[str, Any] = {}
+        for b in output_bands:
+            merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})
+        output_bands = merged
+    params: dict[str, Any] = {
+        "input_tile_size": opts["tile"],
+        "input_overlap_size": opts["overlap"],
+        "overlap_mode": opts["overlap_mode"],
+        "output_tile_size": opts["output_tile"],
+        "output_bands": output_bands,
+        "layout": opts["layout"],
+        "bands": csv_list(opts["bands"]),
+        "crs": opts["crs"],
+        "resolution": opts["resolution"] or None,
+        "fix_input_proj": opts["fix_input_proj"],
+        "resampling": opts["resampling"],
+        "blend": opts["blend"],
+        "padding": opts["padding"],
+        "batch_size": opts["batch_size"],
+        "nodata": opts["nodata"],
+        "fill_value": opts["fill_value"],
+        "input_type_override": dict(opts["input_type_override"]),
+        "input_shapes": {k: [int(v)] for k, v in opts["input_shape"]},
+        "input_properties": list(opts["input_property"]),
+    }
+    return params
+
+
+def _band_dict(text: str) -> dict[str, Any]:
+    parts = text.split(":")
+    return {"type": parts[1] if len(parts) > 1 else "float32", "dimensions": int(parts[2]) if len(parts) > 2 else 0}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    click.echo(f"warning: {message}", err=True)

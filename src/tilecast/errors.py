@@ -1,0 +1,122 @@
+"""The one exception tree of tilecast.
+
+Every error that tilecast raises on purpose is a :class:`TilecastError`. Each class also mixes in the builtin that
+callers already catch, so ``except FileNotFoundError`` or ``except ValueError`` keep working::
+
+    TilecastError
+    ├── InputError (ValueError)                 the raster, region or bands given cannot be used
+    │   ├── SourceNotFoundError (FileNotFoundError)
+    │   ├── NotGeoreferencedError
+    │   ├── UnknownCRSError
+    │   ├── BandMismatchError                   bands do not match the model's inputs
+    │   └── RegionError                         bounds/window outside the raster, or empty
+    ├── ModelError                              the model or its parameters
+    │   ├── ModelLoadError (OSError)            missing or corrupted model file
+    │   ├── SpecError (ValueError)              contradictory or invalid Earth Engine parameters
+    │   ├── TileSizeError (ValueError)          the model rejects the tile size
+    │   └── OutputShapeError (ValueError)       the model returned an unexpected shape or dtype
+    ├── OutputError                             the result cannot be written as asked
+    │   ├── OutputExistsError (FileExistsError)
+    │   ├── NodataError (ValueError)            nodata not representable in the output dtype
+    │   └── CastError (ValueError)              a value does not fit the output dtype
+    └── MissingExtraError (ImportError)         an optional dependency is not installed
+
+    TilecastWarning (UserWarning)               it works, but probably not as meant
+
+Messages name the problem and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BandMismatchError",
+    "CastError",
+    "InputError",
+    "MissingExtraError",
+    "ModelError",
+    "ModelLoadError",
+    "NodataError",
+    "NotGeoreferencedError",
+    "OutputError",
+    "OutputExistsError",
+    "OutputShapeError",
+    "RegionError",
+    "SourceNotFoundError",
+    "SpecError",
+    "TileSizeError",
+    "TilecastError",
+    "TilecastWarning",
+    "UnknownCRSError",
+]
+
+
+class TilecastError(Exception):
+    """Root of every error tilecast raises on purpose."""
+
+
+class InputError(TilecastError, ValueError):
+    """The input raster, its bands or the requested region cannot be used."""
+
+
+class SourceNotFoundError(InputError, FileNotFoundError):
+    """The input path or URL does not exist or cannot be opened."""
+
+
+class NotGeoreferencedError(InputError):
+    """The input has no CRS or no geotransform."""
+
+
+class UnknownCRSError(InputError):
+    """A CRS string that PROJ does not recognise."""
+
+
+class BandMismatchError(InputError):
+    """The raster's bands do not match what the model takes."""
+
+
+class RegionError(InputError):
+    """The requested bounds or window do not overlap the raster."""
+
+
+class ModelError(TilecastError):
+    """The model, or the parameters that describe it."""
+
+
+class ModelLoadError(ModelError, OSError):
+    """The model file is missing, unreadable or corrupted."""
+
+
+class SpecError(ModelError, ValueError):
+    """Invalid or contradictory model parameters (tile size, overlap, output bands, layout)."""
+
+
+class TileSizeError(ModelError, ValueError):
+    """The model's signature does not accept the tile tilecast would send."""
+
+
+class OutputShapeError(ModelError, ValueError):
+    """The model returned a tensor whose shape or dtype does not fit the declared outputs."""
+
+
+class OutputError(TilecastError):
+    """The result cannot be written as asked."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output path exists and ``overwrite`` was not given."""
+
+
+class NodataError(OutputError, ValueError):
+    """The nodata value cannot be represented in the output dtype."""
+
+
+class CastError(OutputError, ValueError):
+    """A predicted value does not fit the declared output dtype."""
+
+
+class MissingExtraError(TilecastError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class TilecastWarning(UserWarning):
+    """Something works, but probably not as the user meant (e.g. a grid that differs from the model's)."""

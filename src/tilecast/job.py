@@ -1,0 +1,120 @@
+"""A prediction job: one plan, one source, one runtime, and the per-tile steps every runner shares.
+
+Runners decide only *where* and *when* these steps run (threads, Dask tasks); what happens to a tile is defined
+here once, so every runner produces the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .assemble import Assembler, Block
+from .errors import OutputShapeError
+from .pixels import footprint_valid, pad_tile, safe_cast
+from .plan import Tile, TilePlan
+from .runtimes.base import Runtime
+from .sinks.base import OutputProfile
+from .sources.base import Source
+from .spec import ModelSpec
+from .tensors import InputBinding, OutputBinding
+
+__all__ = ["Job", "TileData"]
+
+
+@dataclass
+class TileData:
+    tile: Tile
+    data: np.ndarray
+    """``(C, padded_h, padded_w)`` input, masked pixels filled, edges padded."""
+    valid: np.ndarray | None
+    """Output validity for ``tile.out``; None when all valid."""
+    skip: bool
+    core: np.ndarray | None = None
+    """Input core for ``tile.out`` when input bands are appended to the output."""
+
+
+@dataclass
+class Job:
+    plan: TilePlan
+    source: Source
+    runtime: Runtime
+    spec: ModelSpec
+    inputs: InputBinding
+    outputs: OutputBinding
+    profile: OutputProfile
+    band_dtypes: tuple[np.dtype, ...]
+    append_input: bool = False
+
+    @property
+    def blending(self) -> bool:
+        return self.spec.blend != "crop"
+
+    def read(self, tile: Tile) -> TileData:
+        """Read a tile with its halo; fill masked pixels; pad outside the raster; work out the output mask."""
+        data, valid = self.source.read(tile.read)
+        g = self.plan.geometry
+        oy, ox = g.overlap.y, g.overlap.x
+        out = tile.out
+        out_valid = None
+        if valid is not None:
+            data = np.where(valid, data, np.asarray(self.spec.fill_value, dtype=data.dtype))
+            vp = np.pad(valid, tile.pad, constant_values=True)
+            core = vp[oy : oy + g.tile.y, ox : ox + g.tile.x]
+            out_valid = footprint_valid(core, g)[: out.height, : out.width]
+            if out_valid.all():
+                out_valid = None
+        padded = pad_tile(data, tile.pad, self.spec.padding)
+        skip = out_valid is not None and not out_valid.any()
+        core_values = None
+        if self.append_input:
+            core_values = padded[:, oy : oy + out.height, ox : ox + out.width]
+        return TileData(tile, padded, out_valid, skip, core_values)
+
+    def infer(self, items: Sequence[TileData]) -> list[np.ndarray]:
+        """Run the model on a batch; returns per tile ``(bands, h, w)``: cropped, or padded when blending."""
+        batch = self.inputs.pack([it.data for it in items])
+        outputs = self.runtime.run(batch)
+        g = self.plan.geometry
+        values, padded = self.outputs.unpack(outputs, len(items), g)
+        if self.blending:
+            if not padded:
+                p = g.padded_output
+                raise OutputShapeError(
+                    f"blend={self.spec.blend!r} needs the model to return the padded tile ({p.x} x {p.y}), but it "
+                    f"returned {values.shape[3]} x {values.shape[2]}; use blend='crop'"
+                )
+            return list(values)
+        if padded:
+            oo = g.output_overlap
+            values = values[:, :, oo.y : oo.y + g.out.y, oo.x : oo.x + g.out.x]
+        return list(values)
+
+    def assembler(self, align: int) -> Assembler:
+        n_in = len(self.source.band_names) if self.append_input else 0
+        n_out = len(self.outputs.band_names)
+        if self.blending:
+            return Assembler(self.plan, n_in, n_out, self.profile.dtype, self.spec.blend, align)
+        return Assembler(self.plan, n_in + n_out, 0, self.profile.dtype, "crop", align)
+
+    def add(self, assembler: Assembler, item: TileData, values: np.ndarray | None) -> None:
+        if item.skip or values is None:
+            assembler.skip(item.tile)
+            return
+        if self.blending:
+            assembler.add(item.tile, item.core, values, item.valid)
+            return
+        out = item.tile.out
+        values = values[:, : out.height, : out.width]
+        if item.core is not None:
+            dtype = np.result_type(item.core.dtype, values.dtype)
+            values = np.concatenate([item.core.astype(dtype, copy=False), values.astype(dtype, copy=False)])
+        assembler.add(item.tile, values, None, item.valid)
+
+    def finish(self, block: Block) -> np.ndarray:
+        """Cast a finished block to the output dtype; masked pixels become nodata."""
+        nodata = self.profile.nodata if self.profile.nodata is not None else 0
+        return safe_cast(block.data, self.band_dtypes, block.valid, self.profile.band_names, self.profile.dtype,
+                         nodata)

@@ -1,0 +1,192 @@
+"""The Model users hold: a runtime plus the spec that says how to feed it tiles."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from .errors import InputError, SpecError, TilecastWarning
+from .plan import TileGeometry, TilePlan, window_from_bounds
+from .prediction import Prediction
+from .runtimes.base import Runtime, Signature, TensorSpec
+from .sources import RasterioSource, open_source, parse_crs, warp_grid
+from .spec import ModelSpec
+
+__all__ = ["Model"]
+
+
+class Model:
+    """A model and its Earth Engine parameters (``input_tile_size``, ``input_overlap_size``, ``output_bands``...).
+
+    Construct it with :meth:`from_onnx` or :meth:`from_callable` (or any :class:`~tilecast.runtimes.Runtime`), then
+    call :meth:`predict_image`.
+    """
+
+    def __init__(self, runtime: Runtime, spec: ModelSpec | None = None, **params: Any) -> None:
+        self.runtime = runtime
+        if spec is None:
+            spec = ModelSpec.create(**_with_default_tile(params, runtime.signature))
+        elif params:
+            raise SpecError("pass either spec= or keyword parameters, not both")
+        self.spec = spec
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike | bytes,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        **params: Any,
+    ) -> Model:
+        """Load an ONNX model. ``providers``: e.g. ``["cuda", "cpu"]``; unavailable ones are skipped."""
+        from .runtimes.onnx import OnnxRuntime
+
+        return cls(OnnxRuntime(path, providers=providers, threads=threads), **params)
+
+    @classmethod
+    def from_callable(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        inputs: Sequence[str | TensorSpec] | None = None,
+        outputs: Sequence[str | TensorSpec] = ("output",),
+        **params: Any,
+    ) -> Model:
+        """Use a Python function as the model: it gets a batch (one array, or a dict per input) and returns
+        an array or a dict of arrays."""
+        from .runtimes.callable import CallableRuntime
+
+        return cls(CallableRuntime(fn, inputs=inputs, outputs=outputs), **params)
+
+    @property
+    def signature(self) -> Signature:
+        return self.runtime.signature
+
+    def with_options(self, **changes: Any) -> Model:
+        """A copy sharing the runtime, with some parameters changed."""
+        if "input_overlap_size" in changes or "input_tile_size" in changes or "output_tile_size" in changes:
+            g = self.spec.geometry
+            geometry = TileGeometry.create(
+                changes.pop("input_tile_size", g.tile),
+                changes.pop("input_overlap_size", g.overlap),
+                changes.pop("output_tile_size", g.out),
+                changes.pop("overlap_mode", "per_edge"),
+            )
+            changes["geometry"] = geometry
+        return Model(self.runtime, self.spec.replace(**changes))
+
+    def predict_image(
+        self,
+        image: Any,
+        *,
+        bands: Sequence[str | int] | None = None,
+        bounds: Sequence[float] | None = None,
+        bounds_crs: Any = None,
+        window: Window | tuple[tuple[int, int], tuple[int, int]] | None = None,
+        append_input: bool = False,
+    ) -> Prediction:
+        """Plan a prediction over ``image`` (path, URL, rasterio dataset or xarray object). Nothing runs yet.
+
+        ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the grid's CRS); ``window`` is in
+        pixels of the grid the model sees. ``append_input`` returns the input bands followed by the outputs
+        (Earth Engine's merged result).
+        """
+        spec = self.spec
+        source = open_source(image, bands if bands is not None else spec.bands)
+        if spec.crs is not None or spec.resolution is not None:
+            source = self._apply_proj(source, image, bands if bands is not None else spec.bands)
+        grid = source.grid
+        region = None
+        if bounds is not None and window is not None:
+            raise InputError("give bounds or window, not both")
+        if bounds is not None:
+            if bounds_crs is not None and parse_crs(bounds_crs) != grid.crs:
+                from rasterio.warp import transform_bounds
+
+                bounds = transform_bounds(parse_crs(bounds_crs), grid.crs, *bounds, densify_pts=21)
+            region = window_from_bounds(bounds, grid.transform, grid.shape)
+        elif window is not None:
+            region = window if isinstance(window, Window) else Window.from_slices(*window)
+        plan = TilePlan.create(grid.shape, spec.geometry, region)
+        if append_input and spec.geometry.scale != (1, 1):
+            raise SpecError(
+                "append_input needs output pixels on the input grid, but output_tile_size "
+                f"{tuple(spec.geometry.out)} differs from input_tile_size {tuple(spec.geometry.tile)}"
+            )
+        return Prediction(self, source, plan, append_input=append_input)
+
+    def _apply_proj(self, source: Any, image: Any, bands: Sequence[str | int] | None) -> Any:
+        spec = self.spec
+        crs = parse_crs(spec.crs) if spec.crs is not None else None
+        native = source.grid
+        same_crs = crs is None or crs == native.crs
+        same_res = spec.resolution is None or np.allclose(native.resolution, spec.resolution, rtol=1e-6)
+        if same_crs and same_res:
+            return source
+        if not spec.fix_input_proj:
+            warnings.warn(
+                f"the image's grid ({native.crs}, {native.resolution}) differs from the model's proj "
+                f"({crs or native.crs}, {spec.resolution}); tiles are cut in the image's own grid. "
+                "Set fix_input_proj=True (--fix-input-proj) to warp the input to the model's grid.",
+                TilecastWarning, stacklevel=3,
+            )
+            return source
+        if not isinstance(source, RasterioSource):
+            raise InputError(
+                "fix_input_proj warps with GDAL and needs a raster path or rasterio dataset; reproject the xarray "
+                "input first (e.g. da.rio.reproject)"
+            )
+        try:
+            resampling = Resampling[spec.resampling]
+        except KeyError:
+            raise SpecError(
+                f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
+            ) from None
+        grid = warp_grid(native, crs, spec.resolution)
+        source.close()
+        return RasterioSource(image, bands, warp=(grid, resampling))
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        g = self.spec.geometry
+        return (
+            f"Model({self.runtime!r}, tile={tuple(g.tile)}, overlap={tuple(g.overlap)}, "
+            f"output_tile={tuple(g.out)}, outputs={[b.name for b in self.spec.output_bands]})"
+        )
+
+
+def _with_default_tile(params: dict[str, Any], signature: Signature) -> dict[str, Any]:
+    """Derive ``input_tile_size`` from a model with a fixed input size, when not given."""
+    if params.get("input_tile_size") is not None:
+        return params
+    overlap = TileGeometry.create(1, params.get("input_overlap_size", 0), None,
+                                  params.get("overlap_mode", "per_edge")).overlap
+    for t in signature.inputs:
+        if t.shape and len(t.shape) == 4:
+            layout = params.get("layout")
+            hw = t.shape[2:] if layout == "NCHW" or (layout is None and t.shape[1] in (1, 2, 3, 4, 5, 6, 7, 8)
+                                                      and t.shape[3] not in (1, 2, 3, 4)) else t.shape[1:3]
+            if None not in hw:
+                h, w = hw
+                return {**params, "input_tile_size": (w - 2 * overlap.x, h - 2 * overlap.y)}
+    raise SpecError(
+        "input_tile_size is required (Earth Engine's inputTileSize, [width, height]): the model accepts any "
+        "tile size. Pass e.g. input_tile_size=256 (--tile 256)"
+    )
+
+

@@ -1,0 +1,97 @@
+"""Pixel rules shared by every runner: mask footprints, edge padding and safe casts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import CastError
+from .plan import TileGeometry, footprint_ranges
+
+__all__ = ["footprint_valid", "pad_tile", "safe_cast"]
+
+
+def pad_tile(data: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]], mode: str) -> np.ndarray:
+    """Pad ``(C, h, w)`` to the model's tile outside the raster: zeros, or a mirror of the edge (``reflect``)."""
+    if not any(pad[0]) and not any(pad[1]):
+        return data
+    widths = ((0, 0), pad[0], pad[1])
+    if mode == "reflect" and min(data.shape[1:]) > 1:
+        return np.pad(data, widths, mode="reflect")
+    if mode == "reflect":
+        return np.pad(data, widths, mode="edge")
+    return np.pad(data, widths, mode="constant")
+
+
+def footprint_valid(valid: np.ndarray, geometry: TileGeometry) -> np.ndarray:
+    """Output validity of one tile: an output pixel is valid only if every input pixel under it is valid.
+
+    ``valid`` is the ``(tile_h, tile_w)`` core. This is Earth Engine's "minimum of the input masks" carried
+    through the change of scale; padding outside the raster counts as valid so it never masks real pixels.
+    """
+    g = geometry
+    (tw, th), (otw, oth) = g.tile, g.out
+    if (tw, th) == (otw, oth):
+        return valid
+    if tw % otw == 0 and th % oth == 0:
+        ky, kx = th // oth, tw // otw
+        return valid.reshape(oth, ky, otw, kx).all(axis=(1, 3))
+    if otw % tw == 0 and oth % th == 0:
+        return valid.repeat(oth // th, axis=0).repeat(otw // tw, axis=1)
+    rows = _ranges(oth, th, Fraction(oth, th))
+    cols = _ranges(otw, tw, Fraction(otw, tw))
+    invalid = np.zeros((th + 1, tw + 1), dtype=np.int64)
+    invalid[1:, 1:] = np.cumsum(np.cumsum(~valid, axis=0), axis=1)
+    r0, r1 = rows[:, 0:1], rows[:, 1:2]
+    c0, c1 = cols[None, :, 0], cols[None, :, 1]
+    count = invalid[r1, c1] - invalid[r0, c1] - invalid[r1, c0] + invalid[r0, c0]
+    return count == 0
+
+
+@lru_cache(maxsize=64)
+def _ranges(n_out: int, n_in: int, scale: Fraction) -> np.ndarray:
+    return np.asarray(footprint_ranges(n_out, n_in, scale), dtype=np.int64)
+
+
+def safe_cast(
+    values: np.ndarray,
+    dtypes: Sequence[np.dtype],
+    valid: np.ndarray | None,
+    names: Sequence[str],
+    out_dtype: np.dtype,
+    nodata: float,
+) -> np.ndarray:
+    """Cast ``(bands, h, w)`` to each band's declared dtype, then to ``out_dtype``; masked pixels get ``nodata``.
+
+    A valid value that the declared dtype cannot hold raises :class:`CastError` instead of wrapping around.
+    Floats going to integers are rounded to the nearest integer.
+    """
+    out = np.empty(values.shape, dtype=out_dtype)
+    for i, (dtype, name) in enumerate(zip(dtypes, names, strict=True)):
+        band = values[i]
+        if dtype.kind in "iu" and band.dtype.kind in "fiub" and band.dtype != dtype:
+            checked = band if valid is None else band[valid]
+            if checked.size:
+                if band.dtype.kind == "f":
+                    checked = np.rint(checked)
+                    if not np.isfinite(checked).all():
+                        raise CastError(
+                            f"band {name!r} has NaN or infinite predictions that {dtype} cannot hold; "
+                            "declare a float output dtype (e.g. float32)"
+                        )
+                info = np.iinfo(dtype)
+                lo, hi = checked.min(), checked.max()
+                if lo < info.min or hi > info.max:
+                    raise CastError(
+                        f"band {name!r} has predictions in [{lo}, {hi}] that do not fit {dtype} "
+                        f"({info.min}..{info.max}); declare a wider output dtype"
+                    )
+            if band.dtype.kind == "f":
+                band = np.rint(band) if valid is None else np.where(valid, np.rint(band), 0)
+        out[i] = band.astype(dtype, copy=False) if dtype != out_dtype else band
+    if valid is not None:
+        out[:, ~valid] = nodata
+    return out

@@ -1,0 +1,279 @@
+"""The tile plan: pure geometry, no I/O.
+
+Given an input grid, the model's tile geometry and a region, a :class:`TilePlan` says for every tile which input
+pixels to read (with the halo), how much padding the raster edge needs, and where its output goes. Every runner
+(local threads, Dask) executes the same plan, so all scale and edge arithmetic lives here and only here.
+
+Conventions, as in Earth Engine: sizes are ``(x, y)`` = ``(width, height)``; arrays are row-major, y first.
+``overlap`` is per edge: the model sees ``tile + 2 * overlap`` pixels per axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal, NamedTuple
+
+from affine import Affine
+from rasterio.windows import Window
+
+from .errors import RegionError, SpecError
+
+__all__ = [
+    "XY",
+    "Tile",
+    "TileGeometry",
+    "TilePlan",
+    "footprint_ranges",
+    "window_from_bounds",
+    "xy",
+]
+
+OverlapMode = Literal["per_edge", "total"]
+
+
+class XY(NamedTuple):
+    """An ``(x, y)`` pair: width before height, as Earth Engine writes tile sizes."""
+
+    x: int
+    y: int
+
+
+def xy(value: int | Sequence[int], name: str = "size") -> XY:
+    """Accept ``256`` or ``[256, 128]`` (width, height)."""
+    if isinstance(value, int):
+        return XY(value, value)
+    try:
+        x, y = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{name} must be an int or [width, height], got {value!r}") from None
+    return XY(x, y)
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """The model's tile geometry: core tile, per-edge overlap and output tile, all ``(x, y)``."""
+
+    tile: XY
+    overlap: XY = XY(0, 0)
+    output_tile: XY | None = None
+
+    @classmethod
+    def create(
+        cls,
+        tile: int | Sequence[int],
+        overlap: int | Sequence[int] = 0,
+        output_tile: int | Sequence[int] | None = None,
+        overlap_mode: OverlapMode = "per_edge",
+    ) -> TileGeometry:
+        """Validate Earth Engine's ``inputTileSize``, ``inputOverlapSize`` and ``outputTileSize``.
+
+        ``overlap_mode="total"`` reads ``overlap`` as the sum over both edges (Earth Engine's guide), so it must be
+        even and half of it goes to each side.
+        """
+        t = xy(tile, "input_tile_size")
+        o = xy(overlap, "input_overlap_size")
+        out = t if output_tile is None else xy(output_tile, "output_tile_size")
+        if min(t) <= 0 or min(out) <= 0:
+            raise SpecError(f"tile sizes must be positive, got input {tuple(t)} and output {tuple(out)}")
+        if min(o) < 0:
+            raise SpecError(f"input_overlap_size must be >= 0, got {tuple(o)}")
+        if overlap_mode == "total":
+            if o.x % 2 or o.y % 2:
+                raise SpecError(
+                    f"overlap_mode='total' splits the overlap between both edges, so it must be even; "
+                    f"got {tuple(o)}. Use {[o.x + o.x % 2, o.y + o.y % 2]} or overlap_mode='per_edge'."
+                )
+            o = XY(o.x // 2, o.y // 2)
+        elif overlap_mode != "per_edge":
+            raise SpecError(f"overlap_mode must be 'per_edge' or 'total', got {overlap_mode!r}")
+        return cls(t, o, out)
+
+    @property
+    def out(self) -> XY:
+        return self.output_tile or self.tile
+
+    @property
+    def padded(self) -> XY:
+        """The input tensor's spatial size: tile plus overlap on both edges."""
+        return XY(self.tile.x + 2 * self.overlap.x, self.tile.y + 2 * self.overlap.y)
+
+    @property
+    def scale(self) -> tuple[Fraction, Fraction]:
+        """Output pixels per input pixel, ``(x, y)``."""
+        return Fraction(self.out.x, self.tile.x), Fraction(self.out.y, self.tile.y)
+
+    @property
+    def output_overlap(self) -> XY | None:
+        """Per-edge overlap in output pixels, or None when it is not a whole number of pixels."""
+        sx, sy = self.scale
+        ox, oy = self.overlap.x * sx, self.overlap.y * sy
+        if ox.denominator != 1 or oy.denominator != 1:
+            return None
+        return XY(int(ox), int(oy))
+
+    @property
+    def padded_output(self) -> XY | None:
+        """The output size a fully convolutional model returns for a padded tile, if whole."""
+        oo = self.output_overlap
+        if oo is None:
+            return None
+        return XY(self.out.x + 2 * oo.x, self.out.y + 2 * oo.y)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a plan. Windows are in input-grid or output-grid pixels; offsets are ``(row, col)``."""
+
+    row: int
+    col: int
+    read: Window
+    """Input pixels to read, clipped to the input grid; includes the halo."""
+    pad: tuple[tuple[int, int], tuple[int, int]]
+    """``((top, bottom), (left, right))`` pixels outside the input grid, filled by padding."""
+    out: Window
+    """Where the tile's cropped output goes in the output grid (clipped to it)."""
+    blend_out: Window
+    """Where the tile's padded output goes in the output grid (clipped); only for blending."""
+    blend_offset: tuple[int, int]
+    """Offset of ``blend_out`` inside the padded model output."""
+    edges: tuple[bool, bool, bool, bool]
+    """Whether the tile touches the region's ``(top, bottom, left, right)`` edge."""
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles covering ``region`` of an input grid of ``shape`` ``(height, width)``, row-major."""
+
+    shape: tuple[int, int]
+    geometry: TileGeometry
+    region: Window
+
+    @classmethod
+    def create(
+        cls, shape: tuple[int, int], geometry: TileGeometry, region: Window | None = None
+    ) -> TilePlan:
+        h, w = shape
+        if h <= 0 or w <= 0:
+            raise RegionError(f"the input grid is empty ({w} x {h} pixels)")
+        full = Window(0, 0, w, h)
+        if region is None:
+            region = full
+        region = Window(int(region.col_off), int(region.row_off), int(region.width), int(region.height))
+        try:
+            clipped = region.intersection(full)
+        except Exception:
+            clipped = None
+        if clipped is None or clipped.width <= 0 or clipped.height <= 0 or clipped != region:
+            raise RegionError(
+                f"the region {_fmt(region)} is not inside the input grid of {w} x {h} pixels; "
+                "choose bounds or a window that lie within the raster"
+            )
+        return cls((h, w), geometry, region)
+
+    @property
+    def tile_rows(self) -> int:
+        return math.ceil(self.region.height / self.geometry.tile.y)
+
+    @property
+    def tile_cols(self) -> int:
+        return math.ceil(self.region.width / self.geometry.tile.x)
+
+    def __len__(self) -> int:
+        return self.tile_rows * self.tile_cols
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the output grid, which covers the region (rounded up)."""
+        sx, sy = self.geometry.scale
+        return math.ceil(self.region.height * sy), math.ceil(self.region.width * sx)
+
+    def output_transform(self, input_transform: Affine) -> Affine:
+        """The output grid's transform: the region's origin, pixel size scaled by ``tile / output_tile``."""
+        g = self.geometry
+        return (
+            input_transform
+            * Affine.translation(self.region.col_off, self.region.row_off)
+            * Affine.scale(g.tile.x / g.out.x, g.tile.y / g.out.y)
+        )
+
+    def rows_final_after(self, tile_row: int, blend: bool) -> int:
+        """Output rows ``[0, n)`` that no tile after ``tile_row`` writes to."""
+        out_h = self.output_shape[0]
+        if tile_row >= self.tile_rows - 1:
+            return out_h
+        start_next = (tile_row + 1) * self.geometry.out.y
+        if blend:
+            oo = self.geometry.output_overlap
+            start_next -= oo.y if oo else 0
+        return max(0, min(out_h, start_next))
+
+    def tile(self, row: int, col: int) -> Tile:
+        g = self.geometry
+        (tw, th), (ox, oy), (otw, oth) = g.tile, g.overlap, g.out
+        h, w = self.shape
+        out_h, out_w = self.output_shape
+        r0 = self.region.row_off + row * th - oy
+        c0 = self.region.col_off + col * tw - ox
+        r1, c1 = r0 + th + 2 * oy, c0 + tw + 2 * ox
+        rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+        read = Window(cc0, rr0, max(cc1 - cc0, 0), max(rr1 - rr0, 0))
+        pad = ((rr0 - r0, r1 - rr1), (cc0 - c0, c1 - cc1))
+        if read.width == 0 or read.height == 0:  # only when the halo alone is larger than the grid
+            read = Window(cc0, rr0, 0, 0)
+        orow, ocol = row * oth, col * otw
+        out = Window(ocol, orow, min(otw, out_w - ocol), min(oth, out_h - orow))
+        oo = g.output_overlap or XY(0, 0)
+        br0, bc0 = orow - oo.y, ocol - oo.x
+        br1, bc1 = orow + oth + oo.y, ocol + otw + oo.x
+        cbr0, cbc0, cbr1, cbc1 = max(br0, 0), max(bc0, 0), min(br1, out_h), min(bc1, out_w)
+        blend_out = Window(cbc0, cbr0, cbc1 - cbc0, cbr1 - cbr0)
+        edges = (row == 0, row == self.tile_rows - 1, col == 0, col == self.tile_cols - 1)
+        return Tile(row, col, read, pad, out, blend_out, (cbr0 - br0, cbc0 - bc0), edges)
+
+    def tiles(self) -> Iterator[Tile]:
+        for r in range(self.tile_rows):
+            for c in range(self.tile_cols):
+                yield self.tile(r, c)
+
+
+def footprint_ranges(n_out: int, n_in: int, scale: Fraction) -> list[tuple[int, int]]:
+    """For each output pixel along one axis, the input pixel range ``[start, stop)`` it covers.
+
+    ``scale`` is output pixels per input pixel; ranges are clipped to ``[0, n_in)`` and never empty.
+    """
+    ranges = []
+    for i in range(n_out):
+        start = math.floor(Fraction(i) / scale)
+        stop = math.ceil(Fraction(i + 1) / scale)
+        start, stop = min(start, n_in - 1), min(max(stop, start + 1), n_in)
+        ranges.append((start, stop))
+    return ranges
+
+
+def window_from_bounds(
+    bounds: Sequence[float], transform: Affine, shape: tuple[int, int]
+) -> Window:
+    """The smallest whole-pixel window that covers ``(left, bottom, right, top)``, clipped to the grid."""
+    left, bottom, right, top = bounds
+    if not (right > left and top > bottom):
+        raise RegionError(f"bounds must be (left, bottom, right, top) with left < right and bottom < top, got {bounds}")
+    inv = ~transform
+    xs, ys = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
+    eps = 1e-6
+    c0, c1 = math.floor(min(xs) + eps), math.ceil(max(xs) - eps)
+    r0, r1 = math.floor(min(ys) + eps), math.ceil(max(ys) - eps)
+    h, w = shape
+    c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, w), min(r1, h)
+    if c1 <= c0 or r1 <= r0:
+        raise RegionError(
+            f"the bounds {tuple(bounds)} do not overlap the raster; give bounds in the raster's CRS "
+            "(or set bounds_crs) that intersect it"
+        )
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _fmt(w: Window) -> str:
+    return f"(col {w.col_off}, row {w.row_off}, {w.width} x {w.height})"

@@ -1,0 +1,122 @@
+"""A planned prediction: lazy until written to a GeoTIFF or turned into an xarray object."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import SpecError
+from .job import Job
+from .plan import TilePlan
+from .progress import Progress, ProgressCallback
+from .sinks.base import OutputProfile, Sink
+from .sources.base import Grid, Source
+from .spec import check_nodata, default_nodata
+from .tensors import bind_inputs, bind_outputs, needs_probe
+
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["Prediction"]
+
+
+class Prediction:
+    """What :meth:`Model.predict_image` returns. Inspect ``plan`` and ``profile``; nothing runs until written."""
+
+    def __init__(self, model: Model, source: Source, plan: TilePlan, append_input: bool = False) -> None:
+        self.model = model
+        self.source = source
+        self.plan = plan
+        self.append_input = append_input
+        spec = model.spec
+        self.inputs = bind_inputs(spec, model.signature, source.band_names, source.dtype, source.properties)
+        self._job: Job | None = None
+
+    @property
+    def grid(self) -> Grid:
+        """The output grid: the region, with pixels scaled by ``input_tile_size / output_tile_size``."""
+        g = self.source.grid
+        return Grid(g.crs, self.plan.output_transform(g.transform), self.plan.output_shape)
+
+    @property
+    def job(self) -> Job:
+        if self._job is None:
+            self._job = self._make_job()
+        return self._job
+
+    @property
+    def profile(self) -> OutputProfile:
+        return self.job.profile
+
+    def _make_job(self) -> Job:
+        spec, runtime = self.model.spec, self.model.runtime
+        probe = None
+        if needs_probe(spec, runtime.signature, self.inputs.layout):
+            tile = next(self.plan.tiles())
+            zero = np.zeros((len(self.source.band_names), spec.geometry.padded.y, spec.geometry.padded.x),
+                            dtype=self.source.dtype)
+            probe = runtime.run(self.inputs.pack([zero]))
+            del tile
+        outputs = bind_outputs(spec, runtime.signature, self.inputs.layout, probe)
+        band_dtypes: list[np.dtype] = []
+        for band, depth in zip(outputs.bands, outputs.depths, strict=True):
+            n = 1 if band.dimensions == 0 else depth
+            band_dtypes.extend([band.dtype] * n)
+            if spec.blend != "crop" and band.dtype.kind != "f":
+                raise SpecError(
+                    f"blend={spec.blend!r} averages values, but output band {band.name!r} is {band.dtype}; "
+                    "declare a float dtype for blended outputs, or use blend='crop'"
+                )
+        names = list(outputs.band_names)
+        if self.append_input:
+            names = list(self.source.band_names) + names
+            band_dtypes = [np.dtype(self.source.dtype)] * len(self.source.band_names) + band_dtypes
+        dtype = np.result_type(*band_dtypes)
+        nodata = spec.nodata if spec.nodata is not None else default_nodata(dtype)
+        check_nodata(nodata, dtype)
+        categorical = all(d.kind in "iub" for d in band_dtypes[-len(outputs.band_names):])
+        tags = {"TILECAST_MODEL": str(getattr(self.model.runtime, "path", "") or type(self.model.runtime).__name__)}
+        profile = OutputProfile(self.grid, tuple(names), np.dtype(dtype), nodata, outputs.bands, categorical, tags)
+        return Job(self.plan, self.source, runtime, spec, self.inputs, outputs, profile, tuple(band_dtypes),
+                   self.append_input)
+
+    def run(self, sink: Sink, progress: bool | ProgressCallback | None = None, engine: str = "local") -> Any:
+        """Execute into ``sink`` and return what it returns on close."""
+        job = self.job
+        callback = Progress() if progress is True else (progress or None)
+        sink.open(job.profile)
+        if engine != "local":
+            raise SpecError(f"unknown engine {engine!r}; use 'local'")
+        from .runners.local import run_local
+
+        return run_local(job, sink, callback)
+
+    def to_geotiff(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        progress: bool | ProgressCallback | None = None,
+        compress: str = "DEFLATE",
+        overviews: bool = True,
+    ) -> Path:
+        """Stream the prediction into a Cloud-Optimized GeoTIFF at ``path`` (atomically)."""
+        from .sinks.geotiff import GeoTIFFSink
+
+        return self.run(GeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews), progress)
+
+    def to_xarray(self, progress: bool | ProgressCallback | None = None):
+        """The prediction as a georeferenced ``(band, y, x)`` DataArray held in memory."""
+        from .sinks.memory import ArraySink
+
+        return self.run(ArraySink(), progress)
+
+    def to_numpy(self, progress: bool | ProgressCallback | None = None) -> np.ndarray:
+        return self.to_xarray(progress).values
+
+    def __repr__(self) -> str:
+        h, w = self.plan.output_shape
+        return f"<Prediction {len(self.plan)} tiles -> {w} x {h} px, source={self.source!r}>"

@@ -1,0 +1,117 @@
+"""The local runner: streams a plan through bounded queues on one machine.
+
+Reads run in a thread pool (GDAL releases the GIL), inference runs on the calling thread in batches, and a writer
+thread casts and writes finished blocks. Every queue is bounded, so memory does not grow with the raster.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..job import Job, TileData
+from ..progress import ProgressCallback
+from ..sinks.base import Sink
+
+__all__ = ["run_local"]
+
+_DONE = object()
+
+
+class _Writer(threading.Thread):
+    """Casts and writes finished blocks in order; remembers the first error for the main thread."""
+
+    def __init__(self, job: Job, sink: Sink, depth: int = 4) -> None:
+        super().__init__(name="tilecast-writer", daemon=True)
+        self.job, self.sink = job, sink
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            block = self.queue.get()
+            if block is _DONE:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self.sink.write(block.window, self.job.finish(block))
+            except BaseException as exc:  # re-raised on the main thread
+                self.error = exc
+
+    def put(self, block: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(block)
+
+
+def run_local(
+    job: Job,
+    sink: Sink,
+    progress: ProgressCallback | None = None,
+    read_threads: int | None = None,
+) -> Any:
+    """Execute ``job`` into an opened ``sink``; returns ``sink.close()``. On any error the sink is aborted."""
+    plan = job.plan
+    total = len(plan)
+    cols = plan.tile_cols
+    batch_size = job.inputs.batch_size
+    threads = read_threads or min(4, (os.cpu_count() or 2))
+    in_flight = max(2 * batch_size, threads * 2)
+    tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
+    assembler = job.assembler(getattr(sink, "block_rows", 1))
+    writer = _Writer(job, sink)
+    writer.start()
+    done = 0
+    next_row = 0
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool:
+            tiles = plan.tiles()
+            futures: deque[Future[TileData]] = deque()
+
+            def refill() -> None:
+                while len(futures) < in_flight:
+                    tile = next(tiles, None)
+                    if tile is None:
+                        return
+                    futures.append(pool.submit(job.read, tile))
+
+            refill()
+            pending: list[TileData] = []
+            while futures or pending:
+                while futures and sum(not p.skip for p in pending) < batch_size:
+                    pending.append(futures.popleft().result())
+                    refill()
+                work = [p for p in pending if not p.skip]
+                results = iter(job.infer(work) if work else [])
+                for item in pending:
+                    job.add(assembler, item, None if item.skip else next(results))
+                    done += 1
+                    if done == (next_row + 1) * cols:  # a tile row is complete: hand over what is final
+                        for block in assembler.finish_row(next_row):
+                            writer.put(block)
+                        next_row += 1
+                pending = []
+                if progress is not None:
+                    progress(done, total, done * tile_pixels)
+        writer.put(_DONE)
+        writer.join()
+        if writer.error is not None:
+            raise writer.error
+        return sink.close()
+    except BaseException:
+        if writer.is_alive():
+            writer.error = writer.error or RuntimeError("aborted")
+            while writer.is_alive():  # the writer drains without writing once error is set
+                try:
+                    writer.queue.put(_DONE, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            writer.join()
+        sink.abort()
+        raise

@@ -1,0 +1,108 @@
+"""ONNX Runtime, the embedded default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelLoadError, TileSizeError
+from .base import Signature, TensorSpec
+
+__all__ = ["OnnxRuntime"]
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(uint16)": np.uint16,
+    "tensor(int16)": np.int16,
+    "tensor(uint32)": np.uint32,
+    "tensor(int32)": np.int32,
+    "tensor(uint64)": np.uint64,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _spec(arg) -> TensorSpec:  # onnxruntime.NodeArg
+    shape = None if arg.shape is None else tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+    dtype = _ORT_DTYPES.get(arg.type)
+    return TensorSpec(arg.name, shape, np.dtype(dtype) if dtype is not None else None)
+
+
+class OnnxRuntime:
+    """An ``onnxruntime.InferenceSession`` behind the runtime contract.
+
+    ``providers`` picks execution providers (``"cuda"``, ``"openvino"``, ``"cpu"`` or full ORT names); unavailable
+    ones are skipped so the same call works on a CPU-only machine.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if not isinstance(model, bytes):
+            path = Path(model)
+            if not path.exists():
+                raise ModelLoadError(f"model file not found: {path}; check the path")
+            self.path: str | None = str(path)
+        else:
+            self.path = None
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                self.path or model, sess_options=opts, providers=_providers(ort, providers)
+            )
+        except Exception as exc:
+            raise ModelLoadError(
+                f"ONNX Runtime could not load {self.path or 'the model bytes'}: {exc}. "
+                "Is it a valid .onnx file? Re-export the model, or check the file is complete."
+            ) from None
+        self.signature = Signature(
+            tuple(_spec(a) for a in self.session.get_inputs()),
+            tuple(_spec(a) for a in self.session.get_outputs()),
+        )
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(None, dict(batch))
+        except Exception as exc:
+            shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in batch.items())
+            expected = "; ".join(t.describe() for t in self.signature.inputs)
+            raise TileSizeError(
+                f"the model rejected the batch ({shapes}); it expects {expected}. "
+                f"Match --tile/--overlap (and the layout and dtype) to the model's input. ONNX Runtime said: {exc}"
+            ) from None
+        return dict(zip(self.signature.output_names, values, strict=True))
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntime({self.path or '<bytes>'}, providers={self.session.get_providers()})"
+
+
+def _providers(ort, wanted: Sequence[str] | None) -> list[str]:
+    available = ort.get_available_providers()
+    if not wanted:
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    aliases = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider",
+               "openvino": "OpenVINOExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+               "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider"}
+    chosen = [aliases.get(p.lower(), p) for p in wanted]
+    chosen = [p for p in chosen if p in available]
+    return chosen or ["CPUExecutionProvider"]

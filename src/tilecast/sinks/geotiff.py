@@ -1,0 +1,132 @@
+"""Cloud-Optimized GeoTIFF output: stream into a tiled temporary GeoTIFF, then build the COG and rename.
+
+Nothing appears at the output path until the COG is complete, and an existing file is only replaced with
+``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from ..errors import OutputError, OutputExistsError
+from .base import OutputProfile
+
+__all__ = ["GeoTIFFSink", "check_output_path"]
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early, before any work, if the output exists or its folder is missing."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{p} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not p.parent.exists():
+        raise OutputError(f"the output folder {p.parent} does not exist; create it first")
+    return p
+
+
+class GeoTIFFSink:
+    """Writes a COG with overviews, nodata, band descriptions, and class names and colours when given."""
+
+    block_rows = 256
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        overwrite: bool = False,
+        compress: str = "DEFLATE",
+        blocksize: int = 512,
+        overviews: bool = True,
+        creation_options: dict[str, str] | None = None,
+    ) -> None:
+        self.path = check_output_path(path, overwrite)
+        self.overwrite = overwrite
+        self.compress = compress
+        self.blocksize = blocksize
+        self.overviews = overviews
+        self.creation_options = creation_options or {}
+        self._tmp: str | None = None
+        self._dst = None
+
+    def open(self, profile: OutputProfile) -> None:
+        self.profile = profile
+        g = profile.grid
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.tif", dir=self.path.parent)
+        os.close(fd)
+        self._dst = rasterio.open(
+            self._tmp, "w", driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),
+            dtype=profile.dtype, crs=g.crs, transform=g.transform, nodata=profile.nodata, tiled=True,
+            blockxsize=256, blockysize=self.block_rows, compress="ZSTD", zstd_level=1, bigtiff="IF_SAFER",
+            interleave="band" if len(profile.band_names) > 1 else "pixel",
+        )
+        for i, name in enumerate(profile.band_names, start=1):
+            self._dst.set_band_description(i, name)
+        tags = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in profile.tags.items()}
+        if tags:
+            self._dst.update_tags(**tags)
+        self._write_classes(profile)
+
+    def _write_classes(self, profile: OutputProfile) -> None:
+        idx = 1
+        for band in profile.bands:
+            if band.classes:
+                self._dst.update_tags(idx, class_names=json.dumps(list(band.classes)))
+            if band.colors and profile.dtype in (np.uint8, np.uint16) and idx == 1:
+                self._dst.write_colormap(idx, {i: tuple(c) for i, c in enumerate(band.colors)})
+            idx += 1 if band.dimensions == 0 else 0
+            if band.dimensions:
+                break
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        self._dst.write(data, window=window)
+
+    def close(self) -> Path:
+        self._dst.close()
+        self._dst = None
+        final_tmp = self._tmp.replace(".tmp.tif", ".cog.tif")
+        try:
+            options = {
+                "driver": "COG", "compress": self.compress, "blocksize": self.blocksize, "bigtiff": "IF_SAFER",
+                "num_threads": "ALL_CPUS", "overviews": "AUTO" if self.overviews else "NONE",
+                "overview_resampling": "NEAREST" if self.profile.categorical else "AVERAGE",
+            }
+            if self.compress.upper() in ("DEFLATE", "ZSTD", "LZW"):
+                options["predictor"] = "YES"
+            options.update(self.creation_options)
+            rasterio.shutil.copy(self._tmp, final_tmp, **options)
+            os.replace(final_tmp, self.path)
+        except BaseException:
+            _remove(final_tmp)
+            raise
+        finally:
+            _remove(self._tmp)
+            self._tmp = None
+        return self.path
+
+    def abort(self) -> None:
+        if self._dst is not None:
+            try:
+                self._dst.close()
+            except Exception:
+                pass
+            self._dst = None
+        if self._tmp:
+            _remove(self._tmp)
+            _remove(self._tmp.replace(".tmp.tif", ".cog.tif"))
+            self._tmp = None
+
+
+def _remove(path: str | None) -> None:
+    if path:
+        for p in (path, path + ".aux.xml"):
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass

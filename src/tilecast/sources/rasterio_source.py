@@ -1,0 +1,179 @@
+"""Rasters that GDAL opens: local files, COGs, VRTs, /vsicurl/ and s3:// URLs, or an open rasterio dataset."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import CRSError, RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from ..errors import InputError, NotGeoreferencedError, SourceNotFoundError, UnknownCRSError
+from .base import Grid, select_bands
+
+__all__ = ["RasterioSource", "parse_crs", "warp_grid"]
+
+
+def parse_crs(value: Any) -> CRS:
+    try:
+        return value if isinstance(value, CRS) else CRS.from_user_input(value)
+    except CRSError as exc:
+        raise UnknownCRSError(
+            f"unknown CRS {value!r}: {exc}. Use an EPSG code like 'EPSG:32633', a PROJ string or WKT"
+        ) from None
+
+
+def open_dataset(path: str | os.PathLike) -> rasterio.io.DatasetReader:
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        text = str(exc)
+        local = not str(path).startswith(("/vsi", "http://", "https://", "s3://", "gs://", "az://"))
+        if local and not os.path.exists(path) or "No such file" in text or "does not exist" in text:
+            raise SourceNotFoundError(f"input raster not found: {path}; check the path or URL") from None
+        raise InputError(f"GDAL cannot open {path} as a raster: {text}") from None
+
+
+class RasterioSource:
+    """Reads windows of selected bands; each thread gets its own dataset handle (GDAL handles are not shared)."""
+
+    def __init__(
+        self,
+        src: str | os.PathLike | rasterio.io.DatasetReader,
+        bands: Sequence[str | int] | None = None,
+        warp: tuple[Grid, Resampling] | None = None,
+    ) -> None:
+        if isinstance(src, (str, os.PathLike)):
+            self._given = None
+            self.path = str(src)
+            ds = open_dataset(self.path)
+        else:
+            self._given = src
+            self.path = src.name
+            ds = src
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._handles: list[Any] = []
+        try:
+            if ds.crs is None or ds.transform.is_identity and not ds.gcps[0]:
+                raise NotGeoreferencedError(
+                    f"{self.path} has no CRS or geotransform, so outputs could not be placed on a map; "
+                    "georeference it first (e.g. gdal_translate -a_srs EPSG:XXXX -a_ullr ...)"
+                )
+            self.native = Grid(ds.crs, ds.transform, (ds.height, ds.width))
+            names = [d or f"b{i + 1}" for i, d in enumerate(ds.descriptions)]
+            self.indexes = [i + 1 for i in select_bands(names, bands)]
+            self.band_names = [names[i - 1] for i in self.indexes]
+            self.dtypes = [np.dtype(ds.dtypes[i - 1]) for i in self.indexes]
+            self.dtype = np.result_type(*self.dtypes)
+            self.nodata = ds.nodata
+            flags = [ds.mask_flag_enums[i - 1] for i in self.indexes]
+            self.has_mask = any(f != [MaskFlags.all_valid] for f in flags)
+            self.properties = _parse_tags(ds.tags())
+            self.block_shape = ds.block_shapes[0]
+        finally:
+            if self._given is None:
+                ds.close()
+        self._warp = warp
+        self.grid = warp[0] if warp else self.native
+        # Re-openable paths get one handle per thread; in-memory datasets share one handle under a lock.
+        self._shared = self._given is not None and not _reopenable(self.path)
+
+    def _dataset(self):
+        if self._shared:
+            ds = self._given
+        else:
+            ds = getattr(self._local, "ds", None)
+            if ds is None:
+                ds = open_dataset(self.path)
+                with self._lock:
+                    self._handles.append(ds)
+                self._local.ds = ds
+        if self._warp is None:
+            return ds
+        vrt = getattr(self._local, "vrt", None)
+        if vrt is None:
+            grid, resampling = self._warp
+            vrt = WarpedVRT(
+                ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
+                resampling=resampling, add_alpha=False,
+            )
+            with self._lock:
+                self._handles.append(vrt)
+            self._local.vrt = vrt
+        return vrt
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._shared:
+            with self._lock:
+                return self._read(self._dataset(), window)
+        return self._read(self._dataset(), window)
+
+    def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        data = ds.read(self.indexes, window=window)
+        if not self.has_mask and self._warp is None:
+            return data, None
+        masks = ds.read_masks(self.indexes, window=window)
+        valid = np.all(masks > 0, axis=0)
+        return data, (None if valid.all() else valid)
+
+    def close(self) -> None:
+        with self._lock:
+            for h in reversed(self._handles):
+                h.close()
+            self._handles.clear()
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"RasterioSource({self.path!r}, bands={self.band_names})"
+
+
+def warp_grid(
+    native: Grid, crs: CRS | None, resolution: tuple[float, float] | None
+) -> Grid:
+    """The grid covering ``native`` in ``crs`` at ``resolution``, aligned to whole multiples of the resolution."""
+    from rasterio.warp import calculate_default_transform
+
+    dst_crs = crs or native.crs
+    h, w = native.shape
+    left, bottom, right, top = native.bounds
+    transform, width, height = calculate_default_transform(
+        native.crs, dst_crs, w, h, left=left, bottom=bottom, right=right, top=top,
+        resolution=resolution,
+    )
+    if resolution is None:
+        return Grid(dst_crs, transform, (height, width))
+    rx, ry = resolution
+    x0 = math.floor(transform.c / rx) * rx
+    y1 = math.ceil(transform.f / ry) * ry
+    x1 = transform.c + width * transform.a
+    y0 = transform.f + height * transform.e
+    width = max(1, math.ceil((x1 - x0) / rx - 1e-9))
+    height = max(1, math.ceil((y1 - y0) / ry - 1e-9))
+    return Grid(dst_crs, rasterio.Affine(rx, 0, x0, 0, -ry, y1), (height, width))
+
+
+def _reopenable(path: str) -> bool:
+    return bool(path) and (os.path.exists(path) or path.startswith(("/vsi", "http", "s3://", "gs://", "az://")))
+
+
+def _parse_tags(tags: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tags.items():
+        for conv in (int, float):
+            try:
+                out[k] = conv(v)
+                break
+            except ValueError:
+                continue
+        else:
+            out[k] = {"true": True, "false": False}.get(v.lower(), v)
+    return out

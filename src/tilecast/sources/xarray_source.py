@@ -1,0 +1,83 @@
+"""xarray DataArrays and Datasets that carry a CRS and a transform (rioxarray or odc-geo conventions)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from .._extras import require
+from ..errors import InputError, NotGeoreferencedError
+from .base import Grid, select_bands
+from .rasterio_source import parse_crs
+
+__all__ = ["XarraySource"]
+
+
+class XarraySource:
+    """Bands are the ``band`` dimension of a DataArray or the data variables of a Dataset (dims ``y, x``)."""
+
+    def __init__(self, obj: Any, bands: Sequence[str | int] | None = None) -> None:
+        xr = require("xarray", "xarray")
+        require("rioxarray", "xarray")  # registers the .rio accessor
+        if isinstance(obj, xr.Dataset):
+            names = [str(k) for k, v in obj.data_vars.items() if v.ndim >= 2]
+            if not names:
+                raise InputError("the Dataset has no 2-D data variables to use as bands")
+            da = obj[names].to_dataarray("band") if hasattr(obj, "to_dataarray") else obj[names].to_array("band")
+            da = da.assign_coords(band=names)
+            da.rio.write_crs(obj.rio.crs, inplace=True)
+        elif isinstance(obj, xr.DataArray):
+            da = obj
+        else:
+            raise InputError(f"expected an xarray DataArray or Dataset, got {type(obj).__name__}")
+        ydim, xdim = da.rio.y_dim, da.rio.x_dim
+        if da.ndim == 2:
+            da = da.expand_dims("band")
+        extra = [d for d in da.dims if d not in (ydim, xdim)]
+        if len(extra) != 1:
+            raise InputError(f"expected dims (band, {ydim}, {xdim}), got {da.dims}")
+        da = da.transpose(extra[0], ydim, xdim)
+        crs = da.rio.crs
+        if crs is None:
+            raise NotGeoreferencedError(
+                "the xarray object has no CRS; set one with da.rio.write_crs('EPSG:XXXX') or odc-geo's assign_crs"
+            )
+        try:
+            transform = da.rio.transform(recalc=True)
+        except Exception as exc:
+            raise NotGeoreferencedError(f"cannot derive a transform from the x/y coordinates: {exc}") from None
+        if extra[0] in da.coords and da.coords[extra[0]].dtype.kind in "OUS":
+            names = [str(v) for v in da.coords[extra[0]].values]
+        else:
+            names = [str(v.item()) if hasattr(v, "item") else str(v) for v in da.coords.get(extra[0], [])] or [
+                f"b{i + 1}" for i in range(da.shape[0])
+            ]
+            names = [n if not n.isdigit() else f"b{n}" for n in names]
+        if hasattr(da, "attrs") and isinstance(da.attrs.get("long_name"), (list, tuple)):
+            names = [str(n) for n in da.attrs["long_name"]]
+        idx = select_bands(names, bands)
+        self.da = da.isel({extra[0]: idx})
+        self.band_names = [names[i] for i in idx]
+        self.grid = Grid(parse_crs(crs), transform, (da.shape[1], da.shape[2]))
+        self.dtype = np.dtype(da.dtype)
+        self.nodata = da.rio.nodata if da.rio.nodata is not None else da.rio.encoded_nodata
+        self.properties = {k: v for k, v in da.attrs.items() if isinstance(v, (int, float, str, bool, np.number))}
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        r0, c0 = int(window.row_off), int(window.col_off)
+        data = np.asarray(self.da[:, r0 : r0 + int(window.height), c0 : c0 + int(window.width)].values)
+        valid = None
+        if self.nodata is not None and not (isinstance(self.nodata, float) and np.isnan(self.nodata)):
+            valid = np.all(data != self.nodata, axis=0)
+        if data.dtype.kind == "f":
+            finite = np.all(np.isfinite(data), axis=0)
+            valid = finite if valid is None else valid & finite
+        if valid is not None and valid.all():
+            valid = None
+        return data, valid
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,242 @@
+"""What a model needs besides its weights: Earth Engine's ``fromVertexAi`` parameters, validated once.
+
+The spec is plain data. It knows nothing about rasters or runtimes, so a model card (or a server) can carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import NodataError, SpecError
+from .plan import OverlapMode, TileGeometry
+
+__all__ = ["Layout", "ModelSpec", "OutputBand", "parse_dtype", "parse_output_bands"]
+
+Layout = Literal["bands", "NHWC", "NCHW"]
+Blend = Literal["crop", "cosine", "hann"]
+Padding = Literal["zero", "reflect"]
+LAYOUTS = ("bands", "NHWC", "NCHW")
+BLENDS = ("crop", "cosine", "hann")
+PADDINGS = ("zero", "reflect")
+
+_EE_PRECISION = {"float": "float32", "double": "float64"}
+
+
+def parse_dtype(value: Any, what: str = "dtype") -> np.dtype:
+    """A numpy dtype from ``"uint8"``, ``np.float32`` or an Earth Engine PixelType dict."""
+    if isinstance(value, Mapping):  # {"type": "PixelType", "precision": "int", "min": 0, "max": 255}
+        precision = value.get("precision", "float")
+        if precision in _EE_PRECISION:
+            return np.dtype(_EE_PRECISION[precision])
+        lo, hi = value.get("min"), value.get("max")
+        if lo is None or hi is None:
+            return np.dtype("int32")
+        for cand in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64"):
+            info = np.iinfo(cand)
+            if info.min <= lo and hi <= info.max:
+                return np.dtype(cand)
+        return np.dtype("int64")
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise SpecError(f"{what}: {value!r} is not a dtype; use e.g. uint8, int16, float32") from None
+    if dt.kind not in "biuf":
+        raise SpecError(f"{what}: {dt} is not a numeric dtype; use e.g. uint8, int16, float32")
+    return dt
+
+
+@dataclass(frozen=True)
+class OutputBand:
+    """One declared model output (Earth Engine's ``outputBands`` entry)."""
+
+    name: str
+    dtype: np.dtype
+    dimensions: int = 0
+    """0: one value per pixel; 1: a vector per pixel, written as bands ``name_0``, ``name_1``, ..."""
+    classes: tuple[str, ...] | None = None
+    colors: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dimensions not in (0, 1):
+            raise SpecError(
+                f"output band {self.name!r}: dimensions must be 0 (scalar) or 1 (vector), got {self.dimensions}"
+            )
+        if self.colors is not None and self.classes is not None and len(self.colors) != len(self.classes):
+            raise SpecError(f"output band {self.name!r}: {len(self.classes)} classes but {len(self.colors)} colours")
+
+
+def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
+    """Accept ``{"lc": "uint8"}``, ``{"lc": {"type": "uint8", "dimensions": 0}}``, ``["lc:uint8:0"]`` or OutputBands."""
+    if value is None:
+        return ()
+    items: Iterable[tuple[str, Any]]
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, str):
+        items = [_parse_band_string(value)]
+    else:
+        items = []
+        for v in value:
+            if isinstance(v, OutputBand):
+                items.append((v.name, v))
+            elif isinstance(v, str):
+                items.append(_parse_band_string(v))
+            else:
+                raise SpecError(f"output band {v!r}: use 'NAME:DTYPE[:DIMS]' or a mapping name -> dtype")
+    bands = []
+    for name, spec in items:
+        if isinstance(spec, OutputBand):
+            bands.append(spec)
+            continue
+        if isinstance(spec, Mapping) and "type" in spec or isinstance(spec, Mapping) and "dtype" in spec:
+            dtype = parse_dtype(spec.get("dtype", spec.get("type")), f"output band {name!r}")
+            classes = spec.get("classes")
+            colors = spec.get("colors")
+            bands.append(
+                OutputBand(
+                    name,
+                    dtype,
+                    int(spec.get("dimensions", 0)),
+                    tuple(classes) if classes else None,
+                    tuple(tuple(int(c) for c in col) for col in colors) if colors else None,
+                )
+            )
+        else:
+            bands.append(OutputBand(name, parse_dtype(spec, f"output band {name!r}")))
+    names = [b.name for b in bands]
+    if len(set(names)) != len(names):
+        raise SpecError(f"output band names must be unique, got {names}")
+    return tuple(bands)
+
+
+def _parse_band_string(text: str) -> tuple[str, Any]:
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 3 or not parts[0]:
+        raise SpecError(f"output band {text!r}: use NAME:DTYPE or NAME:DTYPE:DIMS, e.g. landcover:uint8")
+    dims = 0
+    if len(parts) == 3:
+        try:
+            dims = int(parts[2])
+        except ValueError:
+            raise SpecError(f"output band {text!r}: DIMS must be 0 or 1") from None
+    return parts[0], {"type": parts[1], "dimensions": dims}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Earth Engine's model parameters plus tilecast's own (layout, padding, blend, batching)."""
+
+    geometry: TileGeometry
+    output_bands: tuple[OutputBand, ...] = ()
+    layout: Layout | None = None
+    input_type_override: Mapping[str, np.dtype] = field(default_factory=dict)
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    input_properties: tuple[str, ...] = ()
+    crs: str | None = None
+    resolution: tuple[float, float] | None = None
+    fix_input_proj: bool = False
+    resampling: str = "bilinear"
+    padding: Padding = "zero"
+    blend: Blend = "crop"
+    batch_size: int = 8
+    fill_value: float = 0
+    nodata: float | None = None
+    bands: tuple[str | int, ...] | None = None
+    output_layout: Literal["channels_last", "channels_first"] | None = None
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        input_tile_size: int | Sequence[int],
+        input_overlap_size: int | Sequence[int] = 0,
+        output_tile_size: int | Sequence[int] | None = None,
+        overlap_mode: OverlapMode = "per_edge",
+        output_bands: Any = None,
+        input_type_override: Mapping[str, Any] | None = None,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        input_properties: Sequence[str] | None = None,
+        resolution: float | Sequence[float] | None = None,
+        bands: Sequence[str | int] | None = None,
+        **options: Any,
+    ) -> ModelSpec:
+        geometry = TileGeometry.create(input_tile_size, input_overlap_size, output_tile_size, overlap_mode)
+        res = None
+        if resolution is not None:
+            res = (float(resolution), float(resolution)) if np.isscalar(resolution) else tuple(map(float, resolution))
+            if len(res) != 2 or min(res) <= 0:
+                raise SpecError(f"resolution must be a positive number or (x, y), got {resolution!r}")
+        spec = cls(
+            geometry=geometry,
+            output_bands=parse_output_bands(output_bands),
+            input_type_override={
+                k: parse_dtype(v, f"input_type_override[{k!r}]") for k, v in (input_type_override or {}).items()
+            },
+            input_shapes={k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()},
+            input_properties=tuple(input_properties or ()),
+            resolution=res,  # type: ignore[arg-type]
+            bands=tuple(bands) if bands is not None else None,
+            **options,
+        )
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise SpecError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.blend not in BLENDS:
+            raise SpecError(f"blend must be one of {BLENDS}, got {self.blend!r}")
+        if self.padding not in PADDINGS:
+            raise SpecError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.batch_size < 1:
+            raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.blend != "crop":
+            g = self.geometry
+            if g.overlap == (0, 0):
+                raise SpecError(f"blend={self.blend!r} needs an overlap to blend over; set input_overlap_size")
+            if g.output_overlap is None:
+                raise SpecError(
+                    f"blend={self.blend!r}: the overlap {tuple(g.overlap)} scaled by output/input tile "
+                    f"({g.out.x}/{g.tile.x}) is not a whole number of output pixels; pick an overlap divisible "
+                    "by the scale, or use blend='crop'"
+                )
+        for name, shape in self.input_shapes.items():
+            if len(shape) > 1:
+                raise SpecError(f"input_shapes[{name!r}] = {list(shape)}: only [] or [depth] per pixel are supported")
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        spec = replace(self, **changes)
+        spec.validate()
+        return spec
+
+
+def check_nodata(nodata: float, dtype: np.dtype) -> None:
+    """Raise :class:`NodataError` unless ``nodata`` is exactly representable in ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        if np.isnan(nodata):
+            return
+        if np.isfinite(nodata) and float(dtype.type(nodata)) != float(nodata):
+            raise NodataError(f"nodata {nodata} is not representable in {dtype}; choose a value that {dtype} holds")
+        return
+    info = np.iinfo(dtype)
+    if np.isnan(nodata) or nodata != int(nodata) or not info.min <= nodata <= info.max:
+        raise NodataError(
+            f"nodata {nodata} is not representable in {dtype} (range {info.min}..{info.max}); "
+            f"pass a nodata value in that range, e.g. {default_nodata(dtype)}"
+        )
+
+
+def default_nodata(dtype: np.dtype) -> float:
+    """NaN for floats, the largest value for unsigned and the smallest for signed integers."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return float("nan")
+    if dtype.kind == "b":
+        return 0
+    info = np.iinfo(dtype)
+    return info.max if dtype.kind == "u" else info.min

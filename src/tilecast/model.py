@@ -51,6 +51,42 @@ class Model:
         return cls(OnnxRuntime(path, providers=providers, threads=threads), **params)
 
     @classmethod
+    def from_endpoint(
+        cls,
+        url: str,
+        *,
+        protocol: str | None = None,
+        payload_format: str | None = None,
+        max_payload_bytes: int = 1_500_000,
+        output_multiplier: float | None = None,
+        concurrency: int = 4,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
+        **params: Any,
+    ) -> Model:
+        """A hosted model: KServe v2 / Triton, TF Serving, Vertex AI or ``tilecast serve``.
+
+        ``protocol`` (``"v2"``, ``"tfserving"``, ``"vertex"``, ``"grpc"``) is inferred from the URL when omitted;
+        ``payload_format`` is one of Earth Engine's (``SERIALIZED_TF_TENSORS``, ``RAW_JSON``, ``ND_ARRAYS``,
+        ``GRPC_TF_TENSORS``, ``GRPC_SERIALIZED_TF_TENSORS``, ``GRPC_TF_EXAMPLES``).
+        """
+        from .runtimes.http import endpoint_runtime
+
+        runtime = endpoint_runtime(
+            url, protocol=protocol, payload_format=payload_format, max_payload_bytes=max_payload_bytes,
+            output_multiplier=output_multiplier, concurrency=concurrency, headers=headers, token=token,
+            timeout=timeout,
+        )
+        return cls(runtime, **params)
+
+    @classmethod
+    def from_vertex_ai(cls, endpoint: str, **kwargs: Any) -> Model:
+        """Earth Engine's ``ee.Model.fromVertexAi``: ``endpoint`` is ``projects/P/locations/R/endpoints/ID``."""
+        kwargs.setdefault("protocol", "vertex")
+        return cls.from_endpoint(endpoint, **kwargs)
+
+    @classmethod
     def from_callable(
         cls,
         fn: Callable[..., Any],

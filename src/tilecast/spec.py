@@ -92,7 +92,7 @@ def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
         if isinstance(spec, OutputBand):
             bands.append(spec)
             continue
-        if isinstance(spec, Mapping) and "type" in spec or isinstance(spec, Mapping) and "dtype" in spec:
+        if (isinstance(spec, Mapping) and "type" in spec) or (isinstance(spec, Mapping) and "dtype" in spec):
             dtype = parse_dtype(spec.get("dtype", spec.get("type")), f"output band {name!r}")
             classes = spec.get("classes")
             colors = spec.get("colors")

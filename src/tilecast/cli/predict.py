@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -22,7 +23,18 @@ from .options import (
 
 @click.command(short_help="Predict a raster with a model.")
 @click.argument("image")
-@click.option("-m", "--model", "model_path", required=True, help="Model file (.onnx).")
+@click.option("-m", "--model", "model_path", help="Model file (.onnx).")
+@click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
+@click.option("--protocol", type=click.Choice(["v2", "tfserving", "vertex", "grpc"]),
+              help="Endpoint protocol (default: inferred from the URL).")
+@click.option("--payload-format", help="Earth Engine payload format, e.g. SERIALIZED_TF_TENSORS, RAW_JSON, ND_ARRAYS.")
+@click.option("--max-payload-bytes", type=int, default=1_500_000, show_default=True,
+              help="Largest request body; tiles are packed into requests under it.")
+@click.option("--output-multiplier", type=float, help="Expected response size / request size (>= 1).")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Concurrent endpoint requests.")
+@click.option("--header", "headers", multiple=True, type=KeyValueType(":"), metavar="K:V",
+              help="Extra HTTP header (repeatable).")
+@click.option("--token-env", metavar="VAR", help="Environment variable holding a bearer token.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
 @click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
 @click.option("--overlap", type=SIZE, default="0", show_default=True,
@@ -63,7 +75,7 @@ from .options import (
 @quiet_option
 @gdal_config_option
 @reports_errors
-def predict(image: str, model_path: str, output: str, quiet: bool, gdal_config: tuple, **opts: Any) -> None:
+def predict(image: str, model_path: str | None, output: str, quiet: bool, gdal_config: tuple, **opts: Any) -> None:
     """Predict IMAGE (a path or URL GDAL opens) with a model and write a Cloud-Optimized GeoTIFF.
 
     \b
@@ -71,13 +83,11 @@ def predict(image: str, model_path: str, output: str, quiet: bool, gdal_config: 
       tilecast predict scene.tif --model unet.onnx --tile 256 --overlap 16 \\
           --output-band landcover:uint8 -o landcover.tif
     """
-    from ..model import Model
-
     params = build_params(opts)
     with rasterio.Env(**dict(gdal_config)), warnings.catch_warnings():
         warnings.simplefilter("always", TilecastWarning)
         warnings.showwarning = _show_warning
-        model = Model.from_onnx(model_path, providers=csv_list(opts["providers"]), **params)
+        model = load_model(model_path, opts, params)
         result = model.predict_image(
             image, bounds=opts["bounds"], bounds_crs=opts["bounds_crs"], append_input=opts["append_input"],
         )
@@ -88,6 +98,26 @@ def predict(image: str, model_path: str, output: str, quiet: bool, gdal_config: 
     if not quiet:
         h, w = result.plan.output_shape
         click.echo(f"wrote {path} ({w} x {h} px, {len(result.profile.band_names)} band(s))", err=True)
+
+
+def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, Any]):
+    """The model from --model or --endpoint (exactly one)."""
+    from ..model import Model
+
+    if bool(model_path) == bool(opts.get("endpoint")):
+        raise SpecError("give exactly one of --model FILE or --endpoint URL")
+    if model_path:
+        return Model.from_onnx(model_path, providers=csv_list(opts.get("providers")), **params)
+    token = None
+    if opts.get("token_env"):
+        token = os.environ.get(opts["token_env"])
+        if not token:
+            raise SpecError(f"--token-env {opts['token_env']}: that environment variable is not set")
+    return Model.from_endpoint(
+        opts["endpoint"], protocol=opts.get("protocol"), payload_format=opts.get("payload_format"),
+        max_payload_bytes=opts["max_payload_bytes"], output_multiplier=opts.get("output_multiplier"),
+        concurrency=opts["concurrency"], headers=dict(opts.get("headers") or ()), token=token, **params,
+    )
 
 
 def build_params(opts: dict[str, Any]) -> dict[str, Any]:
@@ -132,5 +162,5 @@ def _band_dict(text: str) -> dict[str, Any]:
     return {"type": parts[1] if len(parts) > 1 else "float32", "dimensions": int(parts[2]) if len(parts) > 2 else 0}
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     click.echo(f"warning: {message}", err=True)

@@ -37,7 +37,7 @@ def open_dataset(path: str | os.PathLike) -> rasterio.io.DatasetReader:
     except RasterioIOError as exc:
         text = str(exc)
         local = not str(path).startswith(("/vsi", "http://", "https://", "s3://", "gs://", "az://"))
-        if local and not os.path.exists(path) or "No such file" in text or "does not exist" in text:
+        if (local and not os.path.exists(path)) or "No such file" in text or "does not exist" in text:
             raise SourceNotFoundError(f"input raster not found: {path}; check the path or URL") from None
         raise InputError(f"GDAL cannot open {path} as a raster: {text}") from None
 
@@ -63,7 +63,7 @@ class RasterioSource:
         self._lock = threading.Lock()
         self._handles: list[Any] = []
         try:
-            if ds.crs is None or ds.transform.is_identity and not ds.gcps[0]:
+            if ds.crs is None or (ds.transform.is_identity and not ds.gcps[0]):
                 raise NotGeoreferencedError(
                     f"{self.path} has no CRS or geotransform, so outputs could not be placed on a map; "
                     "georeference it first (e.g. gdal_translate -a_srs EPSG:XXXX -a_ullr ...)"

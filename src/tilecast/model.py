@@ -213,6 +213,8 @@ def _with_default_tile(params: dict[str, Any], signature: Signature) -> dict[str
     overlap = TileGeometry.create(1, params.get("input_overlap_size", 0), None,
                                   params.get("overlap_mode", "per_edge")).overlap
     for t in signature.inputs:
+        if t.shape and len(t.shape) == 2:  # a per-pixel (tabular) model: any tile size works
+            return {**params, "input_tile_size": 256}
         if t.shape and len(t.shape) == 4:
             layout = params.get("layout")
             hw = t.shape[2:] if layout == "NCHW" or (layout is None and t.shape[1] in (1, 2, 3, 4, 5, 6, 7, 8)

@@ -16,10 +16,10 @@ from .plan import OverlapMode, TileGeometry
 
 __all__ = ["Layout", "ModelSpec", "OutputBand", "parse_dtype", "parse_output_bands"]
 
-Layout = Literal["bands", "NHWC", "NCHW"]
+Layout = Literal["bands", "NHWC", "NCHW", "pixels"]
 Blend = Literal["crop", "cosine", "hann"]
 Padding = Literal["zero", "reflect"]
-LAYOUTS = ("bands", "NHWC", "NCHW")
+LAYOUTS = ("bands", "NHWC", "NCHW", "pixels")
 BLENDS = ("crop", "cosine", "hann")
 PADDINGS = ("zero", "reflect")
 

@@ -1,4 +1,5 @@
-"""Bands to tensors and back: Earth Engine's one-tensor-per-band layout, or stacked ``NHWC`` / ``NCHW``.
+"""Bands to tensors and back: Earth Engine's one-tensor-per-band layout, stacked ``NHWC`` / ``NCHW``, or
+``pixels`` (one row of band values per pixel, for tabular models such as scikit-learn converted to ONNX).
 
 Binding happens once per prediction, against the runtime's signature, so shape and name errors surface before any
 pixel is read. Packing and unpacking are then plain numpy on each batch.
@@ -49,6 +50,9 @@ class InputBinding:
                 out[slot.name] = np.broadcast_to(value, (n,) + (1,) * (slot.prop_rank - 1)).copy()
             elif self.layout == "NCHW":
                 out[slot.name] = np.ascontiguousarray(stack, dtype=slot.dtype)
+            elif self.layout == "pixels":  # tabular models: one row of band values per pixel
+                rows = stack.transpose(0, 2, 3, 1).reshape(-1, stack.shape[1])
+                out[slot.name] = np.ascontiguousarray(rows, dtype=slot.dtype)
             else:
                 sel = stack if self.layout == "NHWC" else stack[:, list(slot.bands)]
                 out[slot.name] = np.ascontiguousarray(sel.transpose(0, 2, 3, 1), dtype=slot.dtype)
@@ -73,7 +77,22 @@ def bind_inputs(
     layout = spec.layout or _infer_layout(spec, model_inputs, band_names)
     slots: list[InputSlot] = []
     g = spec.geometry
-    if layout in ("NHWC", "NCHW"):
+    if layout == "pixels":
+        if g.overlap != (0, 0) or g.out != g.tile:
+            raise SpecError(
+                "layout='pixels' runs a per-pixel (tabular) model, so the output tile must equal the input tile and "
+                f"the overlap must be 0; got tile {tuple(g.tile)}, overlap {tuple(g.overlap)}, output {tuple(g.out)}"
+            )
+        t = model_inputs[0] if model_inputs else TensorSpec("input", None, None)
+        if len(model_inputs) > 1:
+            raise SpecError(f"layout='pixels' feeds one (pixels, bands) input, but the model has {len(model_inputs)}")
+        if t.shape is not None and (len(t.shape) != 2 or t.shape[1] not in (None, len(band_names))):
+            raise BandMismatchError(
+                f"the tabular model's input {t.describe()} does not take {len(band_names)} band values per pixel "
+                f"({list(band_names)}); select matching bands with --bands"
+            )
+        slots.append(InputSlot(t.name, tuple(range(len(band_names))), _dtype(spec, t, band_dtype)))
+    elif layout in ("NHWC", "NCHW"):
         if len(model_inputs) > 1:
             raise SpecError(
                 f"layout {layout} feeds all bands into one input, but the model has inputs "
@@ -103,6 +122,8 @@ def _infer_layout(spec: ModelSpec, inputs: Sequence[TensorSpec], band_names: Seq
     if len(inputs) != 1 or names & (set(band_names) | set(spec.input_shapes)):
         return "bands"
     shape = inputs[0].shape
+    if shape is not None and len(shape) == 2 and shape[1] in (None, len(band_names)):
+        return "pixels"
     if shape is None or len(shape) != 4:
         return "bands"
     c = len(band_names)
@@ -165,10 +186,14 @@ def _band_slots(
 ) -> list[InputSlot]:
     # Earth Engine's layout: each band is its own input; input_shapes groups consecutive bands into an array band.
     groups: list[tuple[str, tuple[int, ...], bool]] = []
+    # Array inputs whose name matches no band (Earth Engine's toArray() -> "array") take the next bands in order.
+    unnamed = [k for k in spec.input_shapes if not any(n == k or n.startswith(f"{k}_") for n in band_names)]
     i = 0
     while i < len(band_names):
         name = band_names[i]
         array_name = next((k for k in spec.input_shapes if k == name or name.startswith(f"{k}_")), None)
+        if array_name is None and unnamed:
+            array_name = unnamed.pop(0)
         if array_name is not None and spec.input_shapes[array_name]:
             depth = spec.input_shapes[array_name][0]
             if i + depth > len(band_names):
@@ -219,6 +244,8 @@ class OutputBinding:
     band_names: tuple[str, ...]
     """Names of the raster bands written (array outputs expand to ``name_0``, ``name_1``, ...)."""
     depths: tuple[int, ...]
+    pixels: bool = False
+    """Outputs come one row per pixel (tabular models) and are reshaped back to tiles."""
 
     def unpack(self, outputs: Mapping[str, np.ndarray], n: int, geometry: TileGeometry) -> tuple[np.ndarray, bool]:
         """``(N, bands, h, w)`` float or int array, and whether it is the padded size (to crop or blend)."""
@@ -227,7 +254,10 @@ class OutputBinding:
         for band, (name, channels), depth in zip(self.bands, self.sources, self.depths, strict=True):
             if name not in outputs:
                 raise OutputShapeError(f"the model returned {sorted(outputs)} but no output {name!r}")
-            arr = _as_nchw(np.asarray(outputs[name]), self.channels_first, name, n)
+            arr = np.asarray(outputs[name])
+            if self.pixels:
+                arr = _pixels_to_tiles(arr, n, geometry, name)
+            arr = _as_nchw(arr, self.channels_first, name, n)
             if channels is not None:
                 arr = arr[:, channels]
             if arr.shape[1] != depth:
@@ -242,6 +272,15 @@ class OutputBinding:
             parts.append(arr)
         return (parts[0] if len(parts) == 1 else np.concatenate([p.astype(np.result_type(*parts)) for p in parts],
                                                                    axis=1)), bool(padded)
+
+
+def _pixels_to_tiles(arr: np.ndarray, n: int, g: TileGeometry, name: str) -> np.ndarray:
+    h, w = g.tile.y, g.tile.x
+    if arr.ndim == 0 or arr.shape[0] != n * h * w:
+        raise OutputShapeError(
+            f"output {name!r} has shape {arr.shape}; a per-pixel model must return one row per pixel ({n * h * w})"
+        )
+    return arr.reshape(n, h, w, *arr.shape[1:])
 
 
 def _as_nchw(arr: np.ndarray, channels_first: bool, name: str, n: int) -> np.ndarray:
@@ -280,12 +319,15 @@ def bind_outputs(
     probe: Mapping[str, np.ndarray] | None = None,
 ) -> OutputBinding:
     """Match declared output bands to the model's outputs. ``probe`` is one run's outputs, for dynamic shapes."""
+    pixels = layout == "pixels"
     channels_first = (
         spec.output_layout == "channels_first" if spec.output_layout else layout == "NCHW"
     )
     shapes: dict[str, tuple[int | None, ...] | None] = {t.name: t.shape for t in signature.outputs}
     if probe is not None:
         shapes.update({k: tuple(v.shape) for k, v in probe.items()})
+    if pixels:  # (pixels,) or (pixels, K): present them as (N, H, W) / (N, H, W, K)
+        shapes = {k: (None if s is None else (None, None, None, *s[1:])) for k, s in shapes.items()}
     outputs = list(shapes)
 
     def channels(name: str) -> int | None:
@@ -293,7 +335,7 @@ def bind_outputs(
         if s is None:
             return None
         if len(s) == 4:
-            return s[1] if channels_first else s[3]
+            return s[1] if channels_first and not pixels else s[3]
         if len(s) == 2:
             return s[1]
         return 1
@@ -332,7 +374,9 @@ def bind_outputs(
     band_names: list[str] = []
     for b, d in zip(bands, depths, strict=True):
         band_names.extend([b.name] if b.dimensions == 0 else [f"{b.name}_{i}" for i in range(d)])
-    return OutputBinding(tuple(bands), tuple(sources), channels_first, tuple(band_names), tuple(depths))
+    return OutputBinding(
+        tuple(bands), tuple(sources), channels_first and not pixels, tuple(band_names), tuple(depths), pixels
+    )
 
 
 def needs_probe(spec: ModelSpec, signature: Signature, layout: str) -> bool:

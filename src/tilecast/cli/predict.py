@@ -44,7 +44,7 @@ from .options import (
 @click.option("--output-tile", type=SIZE, help="Output tile W[,H] (outputTileSize); rescales the output pixels.")
 @click.option("--output-band", "output_bands", multiple=True, metavar="NAME:DTYPE[:DIMS]",
               help="Declare an output band (repeatable), e.g. landcover:uint8 or probs:float32:1.")
-@click.option("--layout", type=click.Choice(["bands", "NHWC", "NCHW"]),
+@click.option("--layout", type=click.Choice(["bands", "NHWC", "NCHW", "pixels"]),
               help="How bands feed the model: one input per band (Earth Engine) or stacked. Default: inferred.")
 @click.option("--bands", help="Bands to use, in model order: 1-based indexes or descriptions, comma-separated.")
 @click.option("--crs", help="Model grid CRS (Earth Engine's proj), e.g. EPSG:32633.")

@@ -16,25 +16,24 @@ __all__ = ["CallableRuntime"]
 class CallableRuntime:
     """Wraps ``fn``. With one input, ``fn`` gets the array; with several, a dict of arrays.
 
-    ``fn`` may return an array (one output) or a dict of arrays. Shapes and dtypes are whatever ``fn`` accepts, so
-    the signature leaves them open unless given.
+    ``fn`` may return an array (one output) or a dict of arrays. ``inputs=None`` accepts whatever the engine sends
+    (the band names in Earth Engine's layout, or one stacked input), so shapes and dtypes stay open.
     """
 
     def __init__(
         self,
         fn: Callable[..., Any],
-        inputs: Sequence[str | TensorSpec] = ("input",),
+        inputs: Sequence[str | TensorSpec] | None = None,
         outputs: Sequence[str | TensorSpec] = ("output",),
     ) -> None:
         self.fn = fn
         self.signature = Signature(
-            tuple(t if isinstance(t, TensorSpec) else TensorSpec(t, None, None) for t in inputs),
+            tuple(t if isinstance(t, TensorSpec) else TensorSpec(t, None, None) for t in inputs or ()),
             tuple(t if isinstance(t, TensorSpec) else TensorSpec(t, None, None) for t in outputs),
         )
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self.signature.input_names
-        result = self.fn(batch[names[0]]) if len(names) == 1 else self.fn(dict(batch))
+        result = self.fn(next(iter(batch.values()))) if len(batch) == 1 else self.fn(dict(batch))
         if isinstance(result, Mapping):
             return {k: np.asarray(v) for k, v in result.items()}
         outs = self.signature.output_names
@@ -44,3 +43,6 @@ class CallableRuntime:
 
     def close(self) -> None:
         pass
+
+    def __repr__(self) -> str:
+        return f"CallableRuntime({getattr(self.fn, '__name__', self.fn)!r})"

@@ -1,0 +1,331 @@
+"""TFRecord files of ``tf.train.Example`` / ``SequenceExample`` without TensorFlow.
+
+The messages are real protobuf classes (the ``protobuf`` runtime encodes them), built from TensorFlow's
+``example.proto`` schema in a *private* descriptor pool: the default pool would clash with TensorFlow's own
+``tensorflow.Example`` when both are imported in one process (which is why the ``tfrecord`` package's bundled
+``example_pb2`` is not used). Records are framed as TFRecord (length, masked CRC32C, data, masked CRC32C) with the
+``crc32c`` library.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import struct
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._extras import require
+from ..errors import InputError, OutputError, OutputExistsError
+
+__all__ = [
+    "ShardedWriter",
+    "decode_example",
+    "decode_sequence_example",
+    "example_bytes",
+    "iter_records",
+    "messages",
+    "sequence_example_bytes",
+]
+
+
+@lru_cache(maxsize=1)
+def messages() -> Any:
+    """``Example``, ``SequenceExample``, ``Feature``... classes of ``tensorflow/core/example/example.proto``."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="tilecast/example.proto", package="tensorflow", syntax="proto3")
+    F = descriptor_pb2.FieldDescriptorProto
+    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+
+    def message(name: str, fields: Sequence[tuple], nested: Sequence[Any] = (), map_entry: bool = False):
+        m = fdp.message_type.add() if not map_entry else descriptor_pb2.DescriptorProto()
+        m.name = name
+        for fname, number, ftype, label, type_name, oneof in fields:
+            f = m.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                f.type_name = type_name
+            if oneof is not None:
+                f.oneof_index = oneof
+            if ftype in (F.TYPE_FLOAT, F.TYPE_INT64) and label == rep:
+                f.options.packed = True
+        for n in nested:
+            m.nested_type.add().CopyFrom(n)
+        if map_entry:
+            m.options.map_entry = True
+        return m
+
+    message("BytesList", [("value", 1, F.TYPE_BYTES, rep, None, None)])
+    message("FloatList", [("value", 1, F.TYPE_FLOAT, rep, None, None)])
+    message("Int64List", [("value", 1, F.TYPE_INT64, rep, None, None)])
+    feat = message("Feature", [
+        ("bytes_list", 1, F.TYPE_MESSAGE, opt, ".tensorflow.BytesList", 0),
+        ("float_list", 2, F.TYPE_MESSAGE, opt, ".tensorflow.FloatList", 0),
+        ("int64_list", 3, F.TYPE_MESSAGE, opt, ".tensorflow.Int64List", 0),
+    ])
+    feat.oneof_decl.add(name="kind")
+    entry = message("FeatureEntry", [
+        ("key", 1, F.TYPE_STRING, opt, None, None), ("value", 2, F.TYPE_MESSAGE, opt, ".tensorflow.Feature", None),
+    ], map_entry=True)
+    message("Features", [("feature", 1, F.TYPE_MESSAGE, rep, ".tensorflow.Features.FeatureEntry", None)], [entry])
+    message("FeatureList", [("feature", 1, F.TYPE_MESSAGE, rep, ".tensorflow.Feature", None)])
+    lentry = message("FeatureListEntry", [
+        ("key", 1, F.TYPE_STRING, opt, None, None),
+        ("value", 2, F.TYPE_MESSAGE, opt, ".tensorflow.FeatureList", None),
+    ], map_entry=True)
+    message("FeatureLists", [
+        ("feature_list", 1, F.TYPE_MESSAGE, rep, ".tensorflow.FeatureLists.FeatureListEntry", None),
+    ], [lentry])
+    message("Example", [("features", 1, F.TYPE_MESSAGE, opt, ".tensorflow.Features", None)])
+    message("SequenceExample", [
+        ("context", 1, F.TYPE_MESSAGE, opt, ".tensorflow.Features", None),
+        ("feature_lists", 2, F.TYPE_MESSAGE, opt, ".tensorflow.FeatureLists", None),
+    ])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+
+    class _Messages:
+        pass
+
+    ns = _Messages()
+    for name in ("BytesList", "FloatList", "Int64List", "Feature", "Features", "FeatureList", "FeatureLists",
+                 "Example", "SequenceExample"):
+        setattr(ns, name, message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{name}")))
+    return ns
+
+
+def _fill(feature: Any, value: Any) -> None:
+    """Numbers go to float_list (Earth Engine coerces numbers to float); ints only when given as int64 arrays."""
+    if isinstance(value, (bytes, str)):
+        feature.bytes_list.value.append(value.encode() if isinstance(value, str) else value)
+        return
+    arr = np.asarray(value)
+    if isinstance(value, (np.ndarray, np.int64)) and arr.dtype == np.int64:
+        feature.int64_list.value.extend(arr.ravel().tolist())
+    elif arr.dtype.kind in "SUO":
+        feature.bytes_list.value.extend(v.encode() if isinstance(v, str) else bytes(v) for v in arr.ravel())
+    else:
+        feature.float_list.value.extend(arr.astype(np.float32, copy=False).ravel().tolist())
+
+
+def example_bytes(features: Mapping[str, Any]) -> bytes:
+    """Serialize ``{key: value}`` as a ``tf.train.Example``: numbers and arrays as float_list (only numpy int64
+    arrays as int64_list), strings as bytes_list. Arrays are flattened row-major."""
+    m = messages()
+    ex = m.Example()
+    fmap = ex.features.feature
+    for key, value in features.items():
+        _fill(fmap[key], value)
+    return ex.SerializeToString()
+
+
+def sequence_example_bytes(context: Mapping[str, Any], sequences: Mapping[str, Any]) -> bytes:
+    """A ``tf.train.SequenceExample``: scalars in the context, each sequence as a FeatureList of 1-value features."""
+    m = messages()
+    ex = m.SequenceExample()
+    for key, value in context.items():
+        _fill(ex.context.feature[key], value)
+    for key, values in sequences.items():
+        fl = ex.feature_lists.feature_list[key]
+        for v in np.asarray(values).ravel():
+            _fill(fl.feature.add(), np.float32(v))
+    return ex.SerializeToString()
+
+
+def _feature_value(feature: Any) -> np.ndarray | list[bytes]:
+    kind = feature.WhichOneof("kind")
+    if kind == "float_list":
+        return np.asarray(feature.float_list.value, dtype=np.float32)
+    if kind == "int64_list":
+        return np.asarray(feature.int64_list.value, dtype=np.int64)
+    if kind == "bytes_list":
+        return list(feature.bytes_list.value)
+    return np.zeros(0, dtype=np.float32)
+
+
+def decode_example(data: bytes | memoryview) -> dict[str, np.ndarray | list[bytes]]:
+    """``{key: flat values}`` of one serialized ``tf.train.Example``."""
+    ex = messages().Example()
+    try:
+        ex.ParseFromString(bytes(data))
+    except Exception as exc:
+        raise InputError(f"a record is not a tf.train.Example ({exc}); pass TFRecord files of Examples") from None
+    return {k: _feature_value(f) for k, f in ex.features.feature.items()}
+
+
+def decode_sequence_example(data: bytes | memoryview) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    ex = messages().SequenceExample()
+    ex.ParseFromString(bytes(data))
+    context = {k: _feature_value(f) for k, f in ex.context.feature.items()}
+    seqs = {
+        k: np.asarray([_feature_value(f) for f in fl.feature], dtype=np.float32).reshape(len(fl.feature), -1)
+        for k, fl in ex.feature_lists.feature_list.items()
+    }
+    return context, seqs
+
+
+# ---- framing ---------------------------------------------------------------------------------------------------
+
+_MASK_DELTA = 0xA282EAD8
+
+
+def _masked_crc(data: bytes) -> bytes:
+    crc32c = require("crc32c", "export")
+    crc = crc32c.crc32c(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF)
+
+
+def frame(record: bytes) -> bytes:
+    """One TFRecord: little-endian uint64 length, its masked CRC32C, the data, the data's masked CRC32C."""
+    header = struct.pack("<Q", len(record))
+    return header + _masked_crc(header) + record + _masked_crc(record)
+
+
+def is_gzip(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def iter_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
+    """The records of one TFRecord file, GZIP or not (detected from the magic bytes)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"TFRecord file not found: {path}; check the path")
+    opener = gzip.open if is_gzip(path) else open
+    with opener(path, "rb") as f:
+        reader = io.BufferedReader(f) if opener is gzip.open else f
+        while True:
+            header = reader.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise InputError(f"{path} is truncated (a record header is incomplete); re-export it")
+            (length,) = struct.unpack("<Q", header[:8])
+            if verify and header[8:12] != _masked_crc(header[:8]):
+                raise InputError(f"{path} is not a TFRecord file (bad length checksum); pass .tfrecord[.gz] files")
+            data = reader.read(length)
+            footer = reader.read(4)
+            if len(data) < length or len(footer) < 4:
+                raise InputError(f"{path} is truncated (a record is incomplete); re-export it")
+            if verify and footer != _masked_crc(data):
+                raise InputError(f"{path} has a corrupted record (data checksum mismatch); re-export it")
+            yield data
+
+
+# ---- sharded, atomic output ------------------------------------------------------------------------------------
+
+
+class ShardedWriter:
+    """Writes records into ``{prefix}-{n:05d}{suffix}`` shards of at most ``max_file_size`` uncompressed bytes
+    (Earth Engine's ``maxFileSize``), or into one file ``path`` when not sharded.
+
+    Shards are written under temporary names and renamed by :meth:`close`, so a failed export leaves nothing.
+    Lexicographic order of the names is the record order.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        prefix: str,
+        compressed: bool = True,
+        max_file_size: int | None = None,
+        single_name: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.prefix = prefix
+        self.compressed = compressed
+        self.suffix = ".tfrecord.gz" if compressed else ".tfrecord"
+        self.max_file_size = max_file_size
+        self.single_name = single_name if max_file_size is None else None
+        self.overwrite = overwrite
+        if max_file_size is not None and max_file_size <= 0:
+            raise OutputError(f"max_file_size must be > 0 bytes, got {max_file_size}")
+        self._tmp: list[tuple[str, Path]] = []
+        self._f: Any = None
+        self._raw: Any = None
+        self._size = 0
+        self.count = 0
+        self.counts: list[int] = []
+        if not self.folder.is_dir():
+            raise OutputError(f"the output folder {self.folder} does not exist; create it first")
+        if not overwrite:
+            existing = self.existing()
+            if existing:
+                raise OutputExistsError(
+                    f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace the export"
+                )
+
+    def existing(self) -> list[Path]:
+        if self.single_name:
+            p = self.folder / self.single_name
+            return [p] if p.exists() else []
+        return sorted(self.folder.glob(f"{self.prefix}-[0-9][0-9][0-9][0-9][0-9].tfrecord*"))
+
+    def _open(self) -> None:
+        name = self.single_name or f"{self.prefix}-{len(self._tmp):05d}{self.suffix}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        self._raw = os.fdopen(fd, "wb")
+        self._f = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0) if self.compressed \
+            else self._raw
+        self._tmp.append((tmp, self.folder / name))
+        self._size = 0
+        self.counts.append(0)
+
+    def _close_file(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            if self._f is not self._raw:
+                self._raw.close()
+            self._f = self._raw = None
+
+    def write(self, record: bytes) -> None:
+        framed = frame(record)
+        if self._f is None or (
+            self.max_file_size is not None and self._size > 0 and self._size + len(framed) > self.max_file_size
+        ):
+            self._close_file()
+            self._open()
+        self._f.write(framed)
+        self._size += len(framed)
+        self.count += 1
+        self.counts[-1] += 1
+
+    def close(self) -> list[Path]:
+        """Publish the shards (an export with no record still writes one empty file) and return their paths."""
+        if self._f is None and not self._tmp:
+            self._open()
+        self._close_file()
+        if self.overwrite:
+            for old in self.existing():
+                old.unlink()
+        out = []
+        for tmp, final in self._tmp:
+            os.replace(tmp, final)
+            out.append(final)
+        self._tmp = []
+        return out
+
+    def abort(self) -> None:
+        try:
+            self._close_file()
+        finally:
+            for tmp, _ in self._tmp:
+                try:
+                    os.remove(tmp)
+                except FileNotFoundError:
+                    pass
+            self._tmp = []
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -228,8 +228,12 @@ def test_bounds_and_windows_select_a_sub_region(tmp_path, raster):
     np.testing.assert_allclose(sub.to_numpy()[0], full[20:61, 20:51], atol=1e-6)
     win = model.predict_image(path, window=((20, 61), (20, 51)))
     np.testing.assert_array_equal(win.to_numpy(), sub.to_numpy())
-    lonlat = model.predict_image(path, bounds=(-1, -1, 1, 1), bounds_crs="EPSG:4326") if False else None
-    assert lonlat is None
+    # the same bounds given in another CRS select the same pixels
+    from rasterio.warp import transform_bounds
+
+    ll = transform_bounds("EPSG:32633", "EPSG:4326", 210, 400, 500, 790)
+    lonlat = model.predict_image(path, bounds=ll, bounds_crs="EPSG:4326")
+    assert lonlat.grid.transform.c <= 210 and lonlat.grid.transform.f >= 790
 
 
 def test_fix_input_proj_warps_window_by_window(tmp_path, raster):

@@ -130,7 +130,7 @@ class Model:
     ) -> Prediction:
         """Plan a prediction over ``image`` (path, URL, rasterio dataset or xarray object). Nothing runs yet.
 
-        ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the grid's CRS); ``window`` is in
+        ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the image's CRS); ``window`` is in
         pixels of the grid the model sees. ``append_input`` returns the input bands followed by the outputs
         (Earth Engine's merged result).
         """
@@ -143,10 +143,11 @@ class Model:
         if bounds is not None and window is not None:
             raise InputError("give bounds or window, not both")
         if bounds is not None:
-            if bounds_crs is not None and parse_crs(bounds_crs) != grid.crs:
+            bounds_crs = parse_crs(bounds_crs) if bounds_crs is not None else getattr(source, "native", grid).crs
+            if bounds_crs != grid.crs:
                 from rasterio.warp import transform_bounds
 
-                bounds = transform_bounds(parse_crs(bounds_crs), grid.crs, *bounds, densify_pts=21)
+                bounds = transform_bounds(bounds_crs, grid.crs, *bounds, densify_pts=21)
             region = window_from_bounds(bounds, grid.transform, grid.shape)
         elif window is not None:
             region = window if isinstance(window, Window) else Window.from_slices(*window)

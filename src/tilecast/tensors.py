@@ -128,12 +128,14 @@ def _infer_layout(spec: ModelSpec, inputs: Sequence[TensorSpec], band_names: Seq
         return "bands"
     c = len(band_names)
     p = spec.geometry.padded
-    first = shape[1] == c or (shape[1] is not None and shape[2:] == (p.y, p.x))
-    last = shape[3] == c or (shape[3] is not None and shape[1:3] == (p.y, p.x))
-    if first and not last:
-        return "NCHW"
-    if last and not first:
-        return "NHWC"
+    checks = (  # most specific first: the band count, then the tile size, then which axis is fixed
+        (shape[1] == c and shape[3] != c, shape[3] == c and shape[1] != c),
+        (shape[2:] == (p.y, p.x), shape[1:3] == (p.y, p.x)),
+        (shape[1] is not None and shape[3] is None, shape[3] is not None and shape[1] is None),
+    )
+    for first, last in checks:
+        if first != last:
+            return "NCHW" if first else "NHWC"
     if c == 1:
         return "NHWC"
     raise SpecError(

@@ -57,7 +57,7 @@ from .options import (
               help="How tiles are padded beyond the raster edge.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per model call.")
 @click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Predict only this region.")
-@click.option("--bounds-crs", help="CRS of --bounds (default: the grid's CRS).")
+@click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS).")
 @click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
 @click.option("--fill-value", type=float, default=0, show_default=True, help="Value sent for masked pixels.")
 @click.option("--append-input", is_flag=True, help="Write the input bands followed by the outputs.")

@@ -1,0 +1,82 @@
+"""The command line: parses, reports, and calls the same API users call."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import rasterio
+from click.testing import CliRunner
+
+from onnx_models import argmax_classes, mean_conv
+from tilecast.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_predict_writes_a_cog_and_reports_progress(tmp_path, raster):
+    img = np.random.default_rng(0).random((2, 90, 70)).astype("float32")
+    src = raster(img)
+    onnx = argmax_classes(tmp_path / "a.onnx", 2)
+    out = tmp_path / "out.tif"
+    res = run("predict", src, "--model", onnx, "--tile", "32", "--overlap", "2", "--output-band", "cls:uint8",
+              "--classes", "low,high", "-o", out)
+    assert res.exit_code == 0, res.output
+    assert "tiles" in res.stderr and "Mpx/s" in res.stderr and "ETA" in res.stderr
+    with rasterio.open(out) as ds:
+        assert ds.dtypes == ("uint8",) and ds.descriptions == ("cls",)
+        assert json.loads(ds.tags(1)["class_names"]) == ["low", "high"]
+        np.testing.assert_array_equal(ds.read(1), img.argmax(0))
+
+
+def test_quiet_and_overwrite(tmp_path, raster):
+    src = raster(np.ones((1, 40, 40), "float32"))
+    onnx = mean_conv(tmp_path / "m.onnx")
+    out = tmp_path / "out.tif"
+    res = run("predict", src, "-m", onnx, "--tile", "16,8", "--overlap", "2", "-o", out, "-q")
+    assert res.exit_code == 0 and res.stderr == ""
+    res = run("predict", src, "-m", onnx, "--tile", "16", "-o", out, "-q")
+    assert res.exit_code == 1 and "OutputExistsError" in res.stderr and "--overwrite" in res.stderr
+    res = run("predict", src, "-m", onnx, "--tile", "16", "-o", out, "-q", "--overwrite", "--blend", "cosine",
+              "--overlap", "4", "--output-band", "mean:float32")
+    assert res.exit_code == 0, res.output
+
+
+def test_errors_are_one_line_not_a_traceback(tmp_path, raster):
+    onnx = mean_conv(tmp_path / "m.onnx")
+    res = run("predict", tmp_path / "missing.tif", "-m", onnx, "--tile", "16", "-o", tmp_path / "o.tif")
+    assert res.exit_code == 1 and "SourceNotFoundError" in res.stderr and "Traceback" not in res.output
+    res = run("predict", raster(np.ones((1, 8, 8), "float32")), "-m", onnx, "--tile", "16", "-o",
+              tmp_path / "o.tif", "--output-band", "x")
+    assert res.exit_code == 1 and "NAME:DTYPE" in res.stderr
+    res = run("predict", raster(np.ones((1, 8, 8), "float32")), "--tile", "16", "-o", tmp_path / "o.tif")
+    assert res.exit_code == 1 and "--model" in res.stderr
+
+
+def test_bounds_crs_and_warp_flags(tmp_path, raster):
+    src = raster(np.random.default_rng(1).random((1, 60, 60)).astype("float32"))
+    onnx = mean_conv(tmp_path / "m.onnx")
+    out = tmp_path / "w.tif"
+    res = run("predict", src, "-m", onnx, "--tile", "16", "--overlap", "2", "-o", out, "-q",
+              "--crs", "EPSG:3035", "--resolution", "20", "20", "--fix-input-proj", "--resampling", "nearest",
+              "--bounds", "500100", "4599500", "500400", "4599900")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        assert ds.crs.to_epsg() == 3035 and ds.res == (20, 20)
+
+
+def test_info_describes_rasters_and_models(tmp_path, raster):
+    src = raster(np.ones((2, 20, 30), "uint16"), descriptions=["red", "nir"])
+    res = run("info", src)
+    assert res.exit_code == 0 and "red" in res.output and "EPSG:32633" in res.output and "30 x 20" in res.output
+    res = run("info", src, "--json")
+    data = json.loads(res.output)
+    assert [b["name"] for b in data["bands"]] == ["red", "nir"]
+    res = run("info", mean_conv(tmp_path / "m.onnx", 3), "--json")
+    data = json.loads(res.output)
+    assert data["inputs"][0]["shape"] == "Nx3xHxW".replace("N", "?").replace("H", "?").replace("W", "?")
+    assert data["outputs"][0]["name"] == "mean"
+    res = run("--help")
+    assert "predict" in res.output and "info" in res.output

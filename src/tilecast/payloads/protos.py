@@ -1,0 +1,136 @@
+"""TensorFlow's TensorProto, Example and TF Serving's PredictRequest/Response as real protobuf message classes.
+
+The classes are built from the official descriptors (see :mod:`.make_descriptors`) in a private descriptor pool, so
+they never clash with TensorFlow's own classes when both are imported, and they work with any protobuf runtime
+from 4.x on.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from ..errors import InputError
+
+__all__ = [
+    "DT_STRING",
+    "Example",
+    "PredictRequest",
+    "PredictResponse",
+    "TensorProto",
+    "dtype_of",
+    "enum_of",
+    "make_ndarray",
+    "make_tensor_proto",
+]
+
+
+@cache
+def _pool() -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    fds = descriptor_pb2.FileDescriptorSet.FromString(Path(__file__).with_name("tf_protos.binpb").read_bytes())
+    for f in fds.file:
+        pool.Add(f)
+    return pool
+
+
+def _message(name: str) -> Any:
+    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(name))
+
+
+TensorProto: Any = _message("tensorflow.TensorProto")
+TensorShapeProto: Any = _message("tensorflow.TensorShapeProto")
+Example: Any = _message("tensorflow.Example")
+PredictRequest: Any = _message("tensorflow.serving.PredictRequest")
+PredictResponse: Any = _message("tensorflow.serving.PredictResponse")
+
+_DT = _pool().FindEnumTypeByName("tensorflow.DataType").values_by_name
+DT_STRING = _DT["DT_STRING"].number
+
+# numpy dtype <-> TF DataType, and the TensorProto field that holds values when tensor_content is not used.
+_TYPES: list[tuple[str, Any, str]] = [
+    ("DT_FLOAT", np.float32, "float_val"),
+    ("DT_DOUBLE", np.float64, "double_val"),
+    ("DT_INT32", np.int32, "int_val"),
+    ("DT_UINT8", np.uint8, "int_val"),
+    ("DT_INT16", np.int16, "int_val"),
+    ("DT_INT8", np.int8, "int_val"),
+    ("DT_INT64", np.int64, "int64_val"),
+    ("DT_BOOL", np.bool_, "bool_val"),
+    ("DT_UINT16", np.uint16, "int_val"),
+    ("DT_HALF", np.float16, "half_val"),
+    ("DT_UINT32", np.uint32, "uint32_val"),
+    ("DT_UINT64", np.uint64, "uint64_val"),
+]
+_TO_ENUM = {np.dtype(t): _DT[n].number for n, t, _ in _TYPES}
+_FROM_ENUM = {_DT[n].number: (np.dtype(t), field) for n, t, field in _TYPES}
+_NAMES = {_DT[n].number: n for n, _, _ in _TYPES} | {DT_STRING: "DT_STRING"}
+
+
+def enum_of(dtype: Any) -> int:
+    """The TF DataType number of a numpy dtype."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return DT_STRING
+    try:
+        return _TO_ENUM[dtype]
+    except KeyError:
+        raise InputError(f"dtype {dtype} has no TensorFlow equivalent; cast the input (e.g. to float32)") from None
+
+
+def dtype_of(enum: int | str) -> np.dtype | None:
+    """The numpy dtype of a TF DataType (number or name like ``"DT_FLOAT"``); None for strings or unknown types."""
+    if isinstance(enum, str):
+        enum = _DT[enum].number if enum in _DT else -1
+    entry = _FROM_ENUM.get(enum)
+    return entry[0] if entry else None
+
+
+def type_name(enum: int) -> str:
+    return _NAMES.get(enum, str(enum))
+
+
+def make_tensor_proto(array: Any) -> Any:
+    """An ndarray as a TensorProto, values in ``tensor_content`` like ``tf.io.serialize_tensor`` writes them."""
+    arr = np.asarray(array)
+    proto = TensorProto()
+    proto.tensor_shape.dim.extend(TensorShapeProto.Dim(size=d) for d in arr.shape)
+    if arr.dtype.kind in "OSU":
+        proto.dtype = DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in arr.reshape(-1))
+        return proto
+    proto.dtype = enum_of(arr.dtype)
+    proto.tensor_content = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    return proto
+
+
+def make_ndarray(proto: Any) -> np.ndarray:
+    """A TensorProto as an ndarray: from ``tensor_content`` or the typed ``*_val`` fields (a single value is
+    broadcast, as TensorFlow does)."""
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    if proto.dtype == DT_STRING:
+        return np.array(list(proto.string_val), dtype=object).reshape(shape)
+    entry = _FROM_ENUM.get(proto.dtype)
+    if entry is None:
+        raise InputError(f"TensorProto dtype {type_name(proto.dtype)} is not supported; send a numeric tensor")
+    dtype, field = entry
+    size = int(np.prod(shape, dtype=np.int64))
+    if proto.tensor_content:
+        arr = np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<"))
+        if arr.size != size:
+            raise InputError(f"TensorProto holds {arr.size} values but its shape {list(shape)} needs {size}")
+        return arr.astype(dtype, copy=False).reshape(shape)
+    values = getattr(proto, field)
+    if field == "half_val":
+        arr = np.asarray(values, dtype=np.uint16).view(np.float16)
+    else:
+        arr = np.asarray(values, dtype=dtype)
+    if arr.size == size:
+        return arr.reshape(shape)
+    if arr.size == 1 or (arr.size == 0 and size > 0):
+        return np.full(shape, arr[0] if arr.size else 0, dtype=dtype)
+    raise InputError(f"TensorProto holds {arr.size} values but its shape {list(shape)} needs {size}")

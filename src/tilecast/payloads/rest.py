@@ -1,0 +1,177 @@
+"""TF Serving / Vertex AI ``:predict`` JSON bodies in Earth Engine's HTTP payload formats.
+
+Client side: :func:`encode_request` and :func:`decode_response`. Server side: :func:`decode_request` (which also
+detects the format) and :func:`encode_response`, which answers in the format it was asked in.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, OutputShapeError
+from .tensors import b64_to_tensor, tensor_to_b64, unb64
+
+__all__ = ["decode_request", "decode_response", "encode_request", "encode_response", "nd_instance"]
+
+
+def nd_instance(batch: Mapping[str, np.ndarray], i: int) -> np.ndarray:
+    """Earth Engine's ND_ARRAYS instance: the one input as is, or per-band ``(H, W, D)`` inputs channel-first."""
+    arrays = list(batch.values())
+    if len(arrays) == 1:
+        return arrays[0][i]
+    return np.concatenate([np.moveaxis(a[i].reshape((*a.shape[1:3], -1)), -1, 0) for a in arrays], axis=0)
+
+
+def encode_request(fmt: str, batch: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, Any]:
+    """The JSON body carrying instances ``start:stop`` of ``batch``."""
+    rng = range(start, stop)
+    if fmt == "SERIALIZED_TF_TENSORS":
+        return {"instances": [{k: tensor_to_b64(v[i]) for k, v in batch.items()} for i in rng]}
+    if fmt == "RAW_JSON":
+        return {"instances": [{k: _tolist(v[i]) for k, v in batch.items()} for i in rng]}
+    if fmt == "ND_ARRAYS":
+        return {"instances": [_tolist(nd_instance(batch, i)) for i in rng]}
+    if fmt == "COLUMNAR_JSON":
+        return {"inputs": {k: _tolist(v[start:stop]) for k, v in batch.items()}}
+    raise InputError(f"payload format {fmt} is not a REST format")
+
+
+def _tolist(a: np.ndarray) -> Any:
+    return a.tolist() if a.dtype.kind != "f" or a.dtype.itemsize >= 4 else a.astype(np.float32).tolist()
+
+
+def _value(v: Any, where: str) -> np.ndarray:
+    """One JSON value: an Earth Engine tensor string, TF Serving's {"b64": ...}, or numbers (maybe as strings)."""
+    try:
+        if isinstance(v, str):
+            return b64_to_tensor(v)
+        if isinstance(v, dict):
+            if set(v) != {"b64"}:
+                raise InputError(f"an object value must be {{'b64': ...}}, got keys {sorted(v)}")
+            from .protos import TensorProto, make_ndarray
+
+            return make_ndarray(TensorProto.FromString(unb64(v["b64"])))
+        arr = np.asarray(v)
+        if arr.dtype.kind in "US":  # RAW_JSON: "numerical values converted into JSON strings"
+            arr = arr.astype(np.float64)
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"expected numbers, got {arr.dtype} (ragged or mixed lists?)")
+        return arr
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _stack(values: Sequence[np.ndarray], where: str, error: type[Exception]) -> np.ndarray:
+    first = values[0]
+    for i, v in enumerate(values):
+        if v.shape != first.shape:
+            raise error(f"{where.format(i=i)} has shape {list(v.shape)} but instance 0 has {list(first.shape)}")
+    return np.stack(values)
+
+
+def decode_request(body: Any) -> tuple[dict[str, np.ndarray], str]:
+    """Named batched arrays and the detected format. ND_ARRAYS / bare instances come back under the key ``""``."""
+    if not isinstance(body, dict) or not ({"instances", "inputs"} & set(body)):
+        raise InputError('the body must be a JSON object with "instances" (row format) or "inputs" (columnar)')
+    if "inputs" in body and "instances" not in body:
+        cols = body["inputs"]
+        if isinstance(cols, dict):
+            return {k: _value(v, f"inputs[{k!r}]") for k, v in cols.items()}, "COLUMNAR_JSON"
+        return {"": _value(cols, "inputs")}, "COLUMNAR_JSON"
+    rows = body["instances"]
+    if not isinstance(rows, list) or not rows:
+        raise InputError('"instances" must be a non-empty list')
+    if all(isinstance(r, dict) and "b64" not in r for r in rows):
+        names = list(rows[0])
+        for i, r in enumerate(rows):
+            if list(r) != names and set(r) != set(names):
+                raise InputError(f"instances[{i}] has keys {sorted(r)} but instances[0] has {sorted(names)}")
+        fmt = "SERIALIZED_TF_TENSORS" if all(isinstance(v, str) for v in rows[0].values()) else "RAW_JSON"
+        out = {}
+        for k in names:
+            vals = [_value(r[k], f"instances[{i}][{k!r}]") for i, r in enumerate(rows)]
+            out[k] = _stack(vals, f"instances[{{i}}][{k!r}]", InputError)
+        return out, fmt
+    if any(isinstance(r, dict) and "b64" not in r for r in rows):
+        raise InputError('"instances" mixes objects and bare values; use one form')
+    vals = [_value(r, f"instances[{i}]") for i, r in enumerate(rows)]
+    fmt = "SERIALIZED_TF_TENSORS" if isinstance(rows[0], str) else "ND_ARRAYS"
+    return {"": _stack(vals, "instances[{i}]", InputError)}, fmt
+
+
+def encode_response(fmt: str, outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The ``:predict`` answer in the request's format; one output drops its name, as TF Serving does."""
+    names = list(outputs)
+    n = len(next(iter(outputs.values())))
+    if fmt == "COLUMNAR_JSON":
+        if len(names) == 1:
+            return {"outputs": _tolist(outputs[names[0]])}
+        return {"outputs": {k: _tolist(v) for k, v in outputs.items()}}
+    enc = tensor_to_b64 if fmt == "SERIALIZED_TF_TENSORS" else _tolist
+    if len(names) == 1:
+        v = outputs[names[0]]
+        return {"predictions": [enc(v[i]) for i in range(n)]}
+    return {"predictions": [{k: enc(v[i]) for k, v in outputs.items()} for i in range(n)]}
+
+
+def decode_response(body: Any, n: int, single_name: str, first: int = 0) -> dict[str, np.ndarray]:
+    """Batched outputs from a ``:predict`` answer for ``n`` instances; errors name the instance (``first`` is the
+    index of this request's first instance in the batch) and the field."""
+    if not isinstance(body, dict):
+        raise OutputShapeError(f"the endpoint's answer is a JSON {type(body).__name__}, not an object")
+    if "predictions" not in body:
+        if "outputs" in body:
+            return _columnar(body["outputs"], n, single_name, first)
+        detail = f": {body['error']}" if "error" in body else ""
+        raise OutputShapeError(f'the endpoint\'s answer has no "predictions" field (keys {sorted(body)}){detail}')
+    preds = body["predictions"]
+    if not isinstance(preds, list):
+        raise OutputShapeError(f'"predictions" is a {type(preds).__name__}, expected a list')
+    if len(preds) != n:
+        raise OutputShapeError(
+            f"the endpoint returned {len(preds)} predictions for {n} instances "
+            f"(instances {first}..{first + n - 1} of the batch)"
+        )
+    named = [p if isinstance(p, dict) and "b64" not in p else {single_name: p} for p in preds]
+    names = list(named[0])
+    out: dict[str, np.ndarray] = {}
+    for k in names:
+        vals = []
+        for i, p in enumerate(named):
+            if k not in p:
+                raise OutputShapeError(
+                    f"instance {first + i}: predictions[{i}] has no field {k!r} (it has {sorted(p)})"
+                )
+            try:
+                vals.append(_value(p[k], f"instance {first + i}: predictions[{i}][{k!r}]"))
+            except InputError as exc:
+                raise OutputShapeError(str(exc)) from None
+        out[k] = _stack(vals, f"instance {{i}}: predictions[{{i}}][{k!r}]", OutputShapeError)
+    return out
+
+
+def _columnar(cols: Any, n: int, single_name: str, first: int) -> dict[str, np.ndarray]:
+    items = cols.items() if isinstance(cols, dict) else [(single_name, cols)]
+    out = {}
+    for k, v in items:
+        try:
+            arr = _value(v, f"outputs[{k!r}]")
+        except InputError as exc:
+            raise OutputShapeError(str(exc)) from None
+        if arr.ndim == 0 or arr.shape[0] != n:
+            raise OutputShapeError(
+                f"outputs[{k!r}] has shape {list(arr.shape)}; expected {n} instances "
+                f"(instances {first}..{first + n - 1} of the batch) on the first axis"
+            )
+        out[k] = arr
+    return out
+
+
+def std_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,45 @@
+"""Earth Engine's tensor strings: web-safe, unpadded base64 of a serialized TensorProto."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .protos import TensorProto, make_ndarray, make_tensor_proto
+
+__all__ = ["b64_to_tensor", "serialize_tensor", "tensor_to_b64", "unb64"]
+
+
+def serialize_tensor(array: Any) -> bytes:
+    """``tf.io.serialize_tensor``: the TensorProto bytes of ``array``."""
+    return make_tensor_proto(array).SerializeToString()
+
+
+def tensor_to_b64(array: Any) -> str:
+    """``tf.io.encode_base64(tf.io.serialize_tensor(x))``: web-safe alphabet, no ``=`` padding."""
+    return base64.urlsafe_b64encode(serialize_tensor(array)).rstrip(b"=").decode("ascii")
+
+
+def unb64(text: str | bytes) -> bytes:
+    """Decode base64 in either alphabet, with or without padding (``tf.io.decode_base64`` and the standard one)."""
+    data = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    data = data.strip().translate(bytes.maketrans(b"+/", b"-_"))
+    data += b"=" * (-len(data) % 4)
+    try:
+        return base64.urlsafe_b64decode(data)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"not valid base64: {exc}") from None
+
+
+def b64_to_tensor(text: str | bytes) -> np.ndarray:
+    """The array in an Earth Engine tensor string."""
+    raw = unb64(text)
+    try:
+        proto = TensorProto.FromString(raw)
+    except Exception as exc:  # protobuf's DecodeError
+        raise InputError(f"not a serialized TensorProto: {exc}") from None
+    return make_ndarray(proto)

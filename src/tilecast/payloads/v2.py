@@ -1,0 +1,212 @@
+"""KServe v2 / Open Inference Protocol bodies: JSON, and the binary tensor data extension.
+
+With the extension, raw little-endian tensor bytes follow the JSON header, whose length travels in the
+``Inference-Header-Content-Length`` HTTP header (Triton and KServe's convention).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, OutputShapeError
+
+__all__ = [
+    "HEADER_LENGTH",
+    "decode_request",
+    "decode_response",
+    "dtype_from_v2",
+    "encode_request",
+    "encode_response",
+    "v2_datatype",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+_V2 = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+_FROM_NP = {np.dtype(v): k for k, v in _V2.items()}
+
+
+def v2_datatype(dtype: Any) -> str:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    try:
+        return _FROM_NP[dtype]
+    except KeyError:
+        raise InputError(f"dtype {dtype} has no KServe v2 datatype; cast it (e.g. to float32)") from None
+
+
+def dtype_from_v2(name: str) -> np.dtype | None:
+    t = _V2.get(str(name).upper())
+    return np.dtype(t) if t is not None else None
+
+
+def _bytes_of(a: np.ndarray) -> bytes:
+    if a.dtype.kind in "OSU":
+        parts = []
+        for v in a.reshape(-1):
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(struct.pack("<I", len(b)) + b)
+        return b"".join(parts)
+    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+
+
+def _from_bytes(raw: bytes | memoryview, datatype: str, shape: Sequence[int], where: str, error: type) -> np.ndarray:
+    shape = tuple(int(d) for d in shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    if datatype == "BYTES":
+        out, pos, mv = [], 0, memoryview(raw)
+        while pos < len(mv):
+            (size,) = struct.unpack_from("<I", mv, pos)
+            out.append(bytes(mv[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        if len(out) != count:
+            raise error(f"{where}: {len(out)} BYTES elements for shape {list(shape)}")
+        return np.array(out, dtype=object).reshape(shape)
+    dtype = dtype_from_v2(datatype)
+    if dtype is None:
+        raise error(f"{where}: unknown datatype {datatype!r}")
+    if len(raw) != count * dtype.itemsize:
+        raise error(f"{where}: {len(raw)} bytes of {datatype} do not make shape {list(shape)}")
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+
+
+def _from_json(t: Mapping[str, Any], where: str, error: type) -> np.ndarray:
+    datatype = str(t.get("datatype", "")).upper()
+    shape = [int(d) for d in t["shape"]]
+    data = t.get("data")
+    if data is None:
+        raise error(f"{where}: no \"data\" (and no binary_data_size)")
+    if datatype == "BYTES":
+        arr = np.array([d.encode() if isinstance(d, str) else d for d in np.asarray(data, dtype=object).reshape(-1)],
+                       dtype=object)
+    else:
+        dtype = dtype_from_v2(datatype)
+        if dtype is None:
+            raise error(f"{where}: unknown datatype {datatype!r}")
+        try:
+            arr = np.asarray(data, dtype=dtype).reshape(-1)
+        except (ValueError, TypeError) as exc:
+            raise error(f"{where}: data is not {datatype}: {exc}") from None
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise error(f"{where}: {arr.size} values do not make shape {shape}")
+    return arr.reshape(shape)
+
+
+def _split(body: bytes, header_length: int | None, error: type) -> tuple[dict[str, Any], memoryview]:
+    n = len(body) if header_length is None else header_length
+    if n > len(body):
+        raise error(f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
+    try:
+        head = json.loads(bytes(body[:n]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"the JSON header is not valid JSON: {exc}") from None
+    if not isinstance(head, dict):
+        raise error("the JSON header must be an object")
+    return head, memoryview(body)[n:]
+
+
+def _tensors(items: Any, tail: memoryview, field: str, error: type) -> dict[str, np.ndarray]:
+    if not isinstance(items, list):
+        raise error(f'"{field}" must be a list of tensors')
+    out: dict[str, np.ndarray] = {}
+    pos = 0
+    for j, t in enumerate(items):
+        if not isinstance(t, dict) or "name" not in t or "shape" not in t:
+            raise error(f'{field}[{j}] must have "name", "shape" and "datatype"')
+        where = f"{field}[{j}] ({t['name']!r})"
+        size = (t.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            size = int(size)
+            if pos + size > len(tail):
+                raise error(f"{where}: binary_data_size {size} runs past the end of the body")
+            out[t["name"]] = _from_bytes(tail[pos : pos + size], str(t.get("datatype", "")).upper(), t["shape"],
+                                         where, error)
+            pos += size
+        else:
+            out[t["name"]] = _from_json(t, where, error)
+    return out
+
+
+def _encode(head: dict[str, Any], key: str, arrays: Mapping[str, np.ndarray], binary: set[str] | bool,
+            extra: Mapping[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+    tensors, chunks = [], []
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        t: dict[str, Any] = {"name": name, "shape": list(a.shape), "datatype": v2_datatype(a.dtype)}
+        if binary is True or (binary and name in binary):
+            raw = _bytes_of(a)
+            t["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            t["data"] = [v.decode(errors="replace") if isinstance(v, bytes) else v for v in a.reshape(-1).tolist()]
+        tensors.append(t)
+    head = {**head, key: tensors, **(extra or {})}
+    text = json.dumps(head, separators=(",", ":")).encode()
+    if not chunks:
+        return text, {"Content-Type": "application/json"}
+    return b"".join([text, *chunks]), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+
+
+def encode_request(arrays: Mapping[str, np.ndarray], binary: bool = True,
+                   outputs: Sequence[str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """An infer request; with ``binary``, inputs travel as raw bytes and binary outputs are asked for."""
+    extra: dict[str, Any] = {}
+    if binary:
+        extra["parameters"] = {"binary_data_output": True}
+        if outputs:
+            extra["outputs"] = [{"name": o, "parameters": {"binary_data": True}} for o in outputs]
+    elif outputs:
+        extra["outputs"] = [{"name": o} for o in outputs]
+    return _encode({}, "inputs", arrays, binary, extra)
+
+
+def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inputs and the rest of the header (``id``, ``outputs``, ``parameters``)."""
+    head, tail = _split(body, header_length, InputError)
+    if "inputs" not in head:
+        raise InputError('an infer request needs "inputs"')
+    return _tensors(head["inputs"], tail, "inputs", InputError), head
+
+
+def binary_outputs(head: Mapping[str, Any], names: Sequence[str]) -> set[str]:
+    """Which outputs the client wants as binary data."""
+    default = bool((head.get("parameters") or {}).get("binary_data_output", False))
+    wanted = {o.get("name"): (o.get("parameters") or {}).get("binary_data", default)
+              for o in head.get("outputs") or [] if isinstance(o, dict)}
+    return {n for n in names if wanted.get(n, default)}
+
+
+def encode_response(model_name: str, outputs: Mapping[str, np.ndarray], request_id: str | None = None,
+                    binary: set[str] | bool = False, version: str | None = None) -> tuple[bytes, dict[str, str]]:
+    head: dict[str, Any] = {"model_name": model_name}
+    if version:
+        head["model_version"] = version
+    if request_id is not None:
+        head["id"] = request_id
+    return _encode(head, "outputs", outputs, binary)
+
+
+def decode_response(body: bytes, header_length: int | None, n: int, first: int = 0) -> dict[str, np.ndarray]:
+    """Outputs of an infer answer for ``n`` instances; errors name the field and the instances."""
+    head, tail = _split(body, header_length, OutputShapeError)
+    if "outputs" not in head:
+        detail = f": {head['error']}" if "error" in head else ""
+        raise OutputShapeError(f'the answer has no "outputs" field (keys {sorted(head)}){detail}')
+    out = _tensors(head["outputs"], tail, "outputs", OutputShapeError)
+    for k, v in out.items():
+        if v.ndim == 0 or v.shape[0] != n:
+            raise OutputShapeError(
+                f"output {k!r} has shape {list(v.shape)}; expected {n} instances "
+                f"(instances {first}..{first + n - 1} of the batch) on the first axis"
+            )
+    return out

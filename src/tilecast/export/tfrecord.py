@@ -1,9 +1,9 @@
 """TFRecord files of ``tf.train.Example`` / ``SequenceExample`` without TensorFlow.
 
-The messages are real protobuf classes (the ``protobuf`` runtime encodes them), built from TensorFlow's
-``example.proto`` schema in a *private* descriptor pool: the default pool would clash with TensorFlow's own
-``tensorflow.Example`` when both are imported in one process (which is why the ``tfrecord`` package's bundled
-``example_pb2`` is not used). Records are framed as TFRecord (length, masked CRC32C, data, masked CRC32C) with the
+The messages are real protobuf classes (the ``protobuf`` runtime encodes them), built from TensorFlow's official
+``example.proto`` descriptors in a *private* descriptor pool: the default pool would clash with TensorFlow's own
+``tensorflow.Example`` when both are imported in one process (which is why the ``tfrecord`` package, whose bundled
+``example_pb2`` registers in the default pool, is not used). Records are framed as TFRecord (length, masked CRC32C, data, masked CRC32C) with the
 ``crc32c`` library.
 """
 
@@ -19,9 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 
-from .._extras import require
 from ..errors import InputError, OutputError, OutputExistsError
 
 __all__ = [
@@ -37,58 +37,13 @@ __all__ = [
 
 @lru_cache(maxsize=1)
 def messages() -> Any:
-    """``Example``, ``SequenceExample``, ``Feature``... classes of ``tensorflow/core/example/example.proto``."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    """``Example``, ``SequenceExample``, ``Feature``... of TensorFlow's ``example.proto``, from the official
+    descriptors in :mod:`tilecast.payloads.protos`' private pool (shared with the gRPC payload codecs)."""
+    from google.protobuf import message_factory
 
-    fdp = descriptor_pb2.FileDescriptorProto(name="tilecast/example.proto", package="tensorflow", syntax="proto3")
-    F = descriptor_pb2.FieldDescriptorProto
-    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    from ..payloads.protos import _pool
 
-    def message(name: str, fields: Sequence[tuple], nested: Sequence[Any] = (), map_entry: bool = False):
-        m = fdp.message_type.add() if not map_entry else descriptor_pb2.DescriptorProto()
-        m.name = name
-        for fname, number, ftype, label, type_name, oneof in fields:
-            f = m.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                f.type_name = type_name
-            if oneof is not None:
-                f.oneof_index = oneof
-            if ftype in (F.TYPE_FLOAT, F.TYPE_INT64) and label == rep:
-                f.options.packed = True
-        for n in nested:
-            m.nested_type.add().CopyFrom(n)
-        if map_entry:
-            m.options.map_entry = True
-        return m
-
-    message("BytesList", [("value", 1, F.TYPE_BYTES, rep, None, None)])
-    message("FloatList", [("value", 1, F.TYPE_FLOAT, rep, None, None)])
-    message("Int64List", [("value", 1, F.TYPE_INT64, rep, None, None)])
-    feat = message("Feature", [
-        ("bytes_list", 1, F.TYPE_MESSAGE, opt, ".tensorflow.BytesList", 0),
-        ("float_list", 2, F.TYPE_MESSAGE, opt, ".tensorflow.FloatList", 0),
-        ("int64_list", 3, F.TYPE_MESSAGE, opt, ".tensorflow.Int64List", 0),
-    ])
-    feat.oneof_decl.add(name="kind")
-    entry = message("FeatureEntry", [
-        ("key", 1, F.TYPE_STRING, opt, None, None), ("value", 2, F.TYPE_MESSAGE, opt, ".tensorflow.Feature", None),
-    ], map_entry=True)
-    message("Features", [("feature", 1, F.TYPE_MESSAGE, rep, ".tensorflow.Features.FeatureEntry", None)], [entry])
-    message("FeatureList", [("feature", 1, F.TYPE_MESSAGE, rep, ".tensorflow.Feature", None)])
-    lentry = message("FeatureListEntry", [
-        ("key", 1, F.TYPE_STRING, opt, None, None),
-        ("value", 2, F.TYPE_MESSAGE, opt, ".tensorflow.FeatureList", None),
-    ], map_entry=True)
-    message("FeatureLists", [
-        ("feature_list", 1, F.TYPE_MESSAGE, rep, ".tensorflow.FeatureLists.FeatureListEntry", None),
-    ], [lentry])
-    message("Example", [("features", 1, F.TYPE_MESSAGE, opt, ".tensorflow.Features", None)])
-    message("SequenceExample", [
-        ("context", 1, F.TYPE_MESSAGE, opt, ".tensorflow.Features", None),
-        ("feature_lists", 2, F.TYPE_MESSAGE, opt, ".tensorflow.FeatureLists", None),
-    ])
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
+    pool = _pool()
 
     class _Messages:
         pass
@@ -176,7 +131,6 @@ _MASK_DELTA = 0xA282EAD8
 
 
 def _masked_crc(data: bytes) -> bytes:
-    crc32c = require("crc32c", "export")
     crc = crc32c.crc32c(data)
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF)
 

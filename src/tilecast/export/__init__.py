@@ -1,0 +1,21 @@
+"""Training-data exports in Earth Engine's TFRecord layout, and the import of predictions made from them.
+
+- :func:`export_samples` / :func:`export_patches`: band values or ``neighborhoodToArray`` patches at labelled
+  pixels (Earth Engine's table export of ``sample``/``sampleRegions``), as TFRecord, Parquet or CSV.
+- :func:`export_image`: the whole image as ``patchDimensions`` tiles with a ``kernelSize`` margin, plus the mixer.
+- :func:`import_predictions`: TFRecord predictions + mixer -> a Cloud-Optimized GeoTIFF.
+"""
+
+from .image import ImageExportOptions, export_image
+from .importer import import_predictions, read_mixer
+from .samples import ExportResult, export_patches, export_samples
+
+__all__ = [
+    "ExportResult",
+    "ImageExportOptions",
+    "export_image",
+    "export_patches",
+    "export_samples",
+    "import_predictions",
+    "read_mixer",
+]

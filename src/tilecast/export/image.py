@@ -1,0 +1,315 @@
+"""Image export as TFRecord patches (Earth Engine's ``Export.image`` with ``fileFormat='TFRecord'``).
+
+The region is cut into ``patchDimensions`` tiles by the core :class:`~tilecast.plan.TilePlan`, each buffered by
+``kernelSize`` (a *total* margin, half per side, so it maps to the plan's ``overlap_mode="total"``). Edge tiles that
+the patch does not fill are dropped, as Earth Engine does, by planning over the region truncated to whole patches.
+Patches are written row-major across shards whose names sort in the same order, with the mixer JSON beside them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from ..errors import InputError, OutputExistsError, RegionError, SpecError
+from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
+from ..sources import open_source
+from ..training import make_spec, write_spec
+from .reading import default_for
+from .samples import ExportResult, _progress
+from .tfrecord import ShardedWriter, example_bytes, sequence_example_bytes
+
+__all__ = ["ImageExportOptions", "export_image", "margin_of", "truncated_region"]
+
+GiB = 1 << 30
+
+# Earth Engine's formatOptions keys (also accepted with a 'tfrecord' prefix) -> our field names.
+_EE_KEYS = {
+    "patchDimensions": "patch_dimensions",
+    "kernelSize": "kernel_size",
+    "compressed": "compressed",
+    "maxFileSize": "max_file_size",
+    "defaultValue": "default_value",
+    "tensorDepths": "tensor_depths",
+    "collapseBands": "collapse_bands",
+    "maskedThreshold": "masked_threshold",
+    "sequenceData": "sequence_data",
+}
+
+
+@dataclass(frozen=True)
+class ImageExportOptions:
+    """Earth Engine's TFRecord ``formatOptions``, plus ``arrays``: which raster bands form an array band (a raster
+    has no array bands of its own), e.g. ``{"spectral": ["b1", "b2", "b3"]}``."""
+
+    patch_dimensions: XY
+    kernel_size: XY = XY(1, 1)
+    compressed: bool = True
+    max_file_size: int = GiB
+    default_value: float = 0.0
+    tensor_depths: Mapping[str, int] = field(default_factory=dict)
+    collapse_bands: bool = False
+    masked_threshold: float = 1.0
+    sequence_data: bool = False
+    arrays: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, patch_dimensions: int | Sequence[int], **kwargs: Any) -> ImageExportOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise SpecError(f"Unknown file format options: {unknown}; known options are {sorted(known)}")
+        kw = dict(kwargs)
+        patch = xy(patch_dimensions, "patchDimensions")
+        if min(patch) <= 0:
+            raise SpecError(f"patchDimensions must be > 0, got {list(patch)}")
+        if "kernel_size" in kw:
+            kw["kernel_size"] = xy(kw["kernel_size"], "kernelSize")
+        depths = kw.get("tensor_depths", {})
+        if not isinstance(depths, Mapping):
+            raise SpecError(f"tensorDepths must be a dict {{band: depth}}, got {type(depths).__name__}")
+        thr = float(kw.get("masked_threshold", 1.0))
+        if not 0.0 <= thr <= 1.0:
+            raise SpecError(f"maskedThreshold must be between 0 and 1, got {thr}")
+        if kw.get("max_file_size") is not None and int(kw["max_file_size"]) <= 0:
+            raise SpecError(f"maxFileSize must be > 0 bytes, got {kw['max_file_size']}")
+        opts = cls(patch, **kw)
+        margin_of(opts.kernel_size)
+        for name in opts.arrays:
+            if name not in opts.tensor_depths:
+                raise SpecError(
+                    f"the array band {name!r} has no depth; tensorDepths is required for every array band, "
+                    f"e.g. tensor_depths={{{name!r}: {len(opts.arrays[name])}}}"
+                )
+        for name, depth in opts.tensor_depths.items():
+            if name not in opts.arrays:
+                raise SpecError(f"tensorDepths names {name!r}, which is not an array band (declare it in arrays)")
+            if int(depth) <= 0:
+                raise SpecError(f"tensorDepths[{name!r}] must be > 0, got {depth}")
+        return opts
+
+    @classmethod
+    def from_format_options(cls, options: Mapping[str, Any]) -> ImageExportOptions:
+        """Earth Engine's ``formatOptions`` dict (camelCase keys, optionally ``tfrecord``-prefixed)."""
+        kw: dict[str, Any] = {}
+        for key, value in options.items():
+            k = key[len("tfrecord"):] if key.startswith("tfrecord") else key
+            k = k[:1].lower() + k[1:]
+            if k not in _EE_KEYS:
+                raise SpecError(f"Unknown file format options: {key!r}; known: {sorted(_EE_KEYS)}")
+            kw[_EE_KEYS[k]] = value
+        if "patch_dimensions" not in kw:
+            raise SpecError("patchDimensions is required for a TFRecord image export")
+        return cls.create(kw.pop("patch_dimensions"), **kw)
+
+
+def margin_of(kernel: XY) -> XY:
+    """The total margin of ``kernelSize``: a 1-pixel kernel (the default) needs none; others are split evenly."""
+    m = XY(0 if kernel.x <= 1 else kernel.x, 0 if kernel.y <= 1 else kernel.y)
+    if m.x % 2 or m.y % 2 or min(kernel) < 0:
+        raise SpecError(
+            f"kernelSize {list(kernel)} is a total margin split between both sides, so it must be even (or 1); "
+            f"use {[m.x + m.x % 2, m.y + m.y % 2]}"
+        )
+    return m
+
+
+def truncated_region(region: Window, patch: XY) -> Window:
+    """The region cut down to whole patches: Earth Engine drops the border tiles along the greatest x/y edges."""
+    w = (int(region.width) // patch.x) * patch.x
+    h = (int(region.height) // patch.y) * patch.y
+    if w == 0 or h == 0:
+        raise RegionError(
+            f"the patch of {patch.x} x {patch.y} pixels is larger than the region "
+            f"({int(region.width)} x {int(region.height)}); use a smaller patch or a larger region"
+        )
+    return Window(int(region.col_off), int(region.row_off), w, h)
+
+
+def mixer_dict(crs: Any, transform: Any, region: Window, patch: XY, per_row: int, total: int) -> dict[str, Any]:
+    """Earth Engine's mixer: the unbuffered patch grid's projection and GDAL-order affine, and the patch counts."""
+    t = transform * transform.translation(region.col_off, region.row_off)
+    epsg = crs.to_epsg()
+    return {
+        "projection": {
+            "crs": f"EPSG:{epsg}" if epsg else crs.to_wkt(),
+            "affine": {"doubleMatrix": [t.a, t.b, t.c, t.d, t.e, t.f]},
+        },
+        "patchDimensions": [patch.x, patch.y],
+        "patchesPerRow": per_row,
+        "totalPatches": total,
+    }
+
+
+def export_image(
+    image: Any,
+    output: str | os.PathLike,
+    patch: int | Sequence[int],
+    *,
+    kernel: int | Sequence[int] = 1,
+    prefix: str | None = None,
+    bands: Sequence[str | int] | None = None,
+    bounds: Sequence[float] | None = None,
+    window: Window | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable | None = None,
+    **format_options: Any,
+) -> ExportResult:
+    """Export ``image`` (or ``bounds``/``window`` of it) as TFRecord patches with a mixer, into folder ``output``.
+
+    ``format_options`` are :class:`ImageExportOptions` fields (``compressed``, ``max_file_size``,
+    ``default_value``, ``tensor_depths``, ``collapse_bands``, ``masked_threshold``, ``sequence_data``, ``arrays``).
+    """
+    opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
+    folder = Path(output)
+    if not folder.is_dir():
+        raise InputError(f"the output folder {folder} does not exist; create it first (image exports are sharded)")
+    source = open_source(image, bands)
+    try:
+        return _export(source, folder, opts, prefix, bounds, window, overwrite, _progress(progress, "export image"),
+                       image)
+    finally:
+        source.close()
+
+
+def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, list[int], int]]:
+    """``(feature name, band positions, depth or 0 for a scalar band)`` in band order."""
+    in_array: dict[str, str] = {}
+    for arr, members in opts.arrays.items():
+        for m in members:
+            if m not in names:
+                raise InputError(f"array band {arr!r} lists {m!r}, which is not a band; bands are {names}")
+            in_array[m] = arr
+    groups, seen = [], set()
+    for i, n in enumerate(names):
+        arr = in_array.get(n)
+        if arr is None:
+            groups.append((n, [i], 0))
+        elif arr not in seen:
+            seen.add(arr)
+            groups.append((arr, [names.index(m) for m in opts.arrays[arr]], int(opts.tensor_depths[arr])))
+    return groups
+
+
+def _export(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | None, bounds: Any,
+            window: Window | None, overwrite: bool, progress: Callable | None, image: Any) -> ExportResult:
+    grid = source.grid
+    h, w = grid.shape
+    if bounds is not None:
+        region = window_from_bounds(bounds, grid.transform, grid.shape)
+    elif window is not None:
+        region = window
+    else:
+        region = Window(0, 0, w, h)
+    region = truncated_region(region, opts.patch_dimensions)
+    margin = margin_of(opts.kernel_size)
+    plan = TilePlan.create(grid.shape, TileGeometry.create(opts.patch_dimensions, margin, overlap_mode="total"),
+                           region)
+    prefix = prefix or (Path(str(image)).name.split(".")[0] if isinstance(image, (str, os.PathLike)) else "image")
+    names = list(source.band_names)
+    groups = _band_groups(names, opts)
+    dtypes = getattr(source, "dtypes", None) or [source.dtype] * len(names)
+    fills = np.array([default_for(d, opts.default_value) for d in dtypes], dtype=np.float64)
+    ph, pw = opts.patch_dimensions.y + margin.y, opts.patch_dimensions.x + margin.x
+    mixer_path = folder / f"{prefix}-mixer.json"
+    spec_path = folder / f"{prefix}.spec.json"
+    for p in (mixer_path, spec_path):
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{p} already exists; pass overwrite=True (--overwrite) to replace the export")
+    writer = ShardedWriter(folder, prefix, opts.compressed, opts.max_file_size, None, overwrite)
+    written = skipped = 0
+    try:
+        for k, tile in enumerate(plan.tiles()):
+            block = np.empty((len(names), ph, pw), dtype=np.float64)
+            block[:] = fills[:, None, None]
+            valid = np.zeros((ph, pw), dtype=bool)
+            (top, _), (left, _) = tile.pad
+            rd = tile.read
+            if rd.width > 0 and rd.height > 0:
+                data, mask = source.read(rd)
+                inner = (slice(top, top + rd.height), slice(left, left + rd.width))
+                block[(slice(None), *inner)] = data
+                valid[inner] = True if mask is None else mask
+            if not valid.all():
+                block[:, ~valid] = np.broadcast_to(fills[:, None], (len(names), int((~valid).sum())))
+            if opts.masked_threshold < 1.0 and (~valid).mean() > opts.masked_threshold:
+                skipped += 1
+            else:
+                for rec in _records(block.astype(np.float32), groups, opts, fills):
+                    writer.write(rec)
+                written += 1
+            if progress:
+                progress(k + 1, len(plan), (k + 1) * ph * pw)
+        files = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    mixer = None
+    if opts.masked_threshold == 1.0:
+        mixer = mixer_path
+        write_spec(mixer, mixer_dict(grid.crs, grid.transform, region, opts.patch_dimensions, plan.tile_cols,
+                                     len(plan)))
+    elif mixer_path.exists():  # overwrite=True: a stale mixer would describe patches that are no longer there
+        mixer_path.unlink()
+    write_spec(spec_path, _spec(groups, opts, ph, pw, files, folder, written, mixer, margin))
+    return ExportResult({"all": files}, written, {"all": written}, spec_path, mixer, skipped)
+
+
+def _features(block: np.ndarray, groups: list[tuple[str, list[int], int]], fills: np.ndarray) -> dict[str, Any]:
+    """``{feature: (H, W) or (H, W, D)}``; arrays truncated or padded with the default value to their depth."""
+    out: dict[str, Any] = {}
+    for name, idx, depth in groups:
+        if depth == 0:
+            out[name] = block[idx[0]]
+        else:
+            arr = np.moveaxis(block[idx[:depth]], 0, -1)
+            if arr.shape[-1] < depth:
+                pad = np.full((*arr.shape[:2], depth - arr.shape[-1]), fills[idx[0]], dtype=arr.dtype)
+                arr = np.concatenate([arr, pad], axis=-1)
+            out[name] = arr
+    return out
+
+
+def _records(block: np.ndarray, groups: list, opts: ImageExportOptions, fills: np.ndarray):
+    feats = _features(block, groups, fills)
+    if opts.collapse_bands:
+        stacked = np.concatenate([v[..., None] if v.ndim == 2 else v for v in feats.values()], axis=-1)
+        feats = {groups[0][0]: stacked}
+    if not opts.sequence_data:
+        yield example_bytes(feats)
+        return
+    # One SequenceExample per pixel, row-major: scalar bands -> context, array bands -> feature lists.
+    h, w = block.shape[1:]
+    for r in range(h):
+        for c in range(w):
+            ctx = {k: float(v[r, c]) for k, v in feats.items() if v.ndim == 2}
+            seq = {k: v[r, c] for k, v in feats.items() if v.ndim == 3}
+            yield sequence_example_bytes(ctx, seq)
+
+
+def _spec(groups: list, opts: ImageExportOptions, ph: int, pw: int, files: list[Path], folder: Path, count: int,
+          mixer: Path | None, margin: XY) -> dict[str, Any]:
+    shapes = {name: ([ph, pw] if depth == 0 else [ph, pw, depth]) for name, _, depth in groups}
+    if opts.collapse_bands:
+        total = sum(depth or 1 for _, _, depth in groups)
+        shapes = {groups[0][0]: [ph, pw, total]}
+    extra = {
+        "patch": list(opts.patch_dimensions), "kernel": list(opts.kernel_size), "margin": list(margin),
+        "mixer": mixer.name if mixer else None, "count": count, "default_value": opts.default_value,
+        "collapse_bands": opts.collapse_bands, "sequence_data": opts.sequence_data,
+        "tensor_depths": dict(opts.tensor_depths), "arrays": {k: list(v) for k, v in opts.arrays.items()},
+    }
+    rel = [os.path.relpath(f, folder) for f in files]
+    if opts.sequence_data:
+        ctx = {k: [] for k, v in shapes.items() if len(v) == 2}
+        seq = {k: [] for k, v in shapes.items() if len(v) == 3}
+        extra["pixels_per_patch"] = ph * pw
+        return make_spec(ctx, rel, opts.compressed, "sequence_example", seq, **extra)
+    return make_spec(shapes, rel, opts.compressed, **extra)
+

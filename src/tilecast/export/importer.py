@@ -1,0 +1,185 @@
+"""Import TFRecord predictions with the export's mixer into a georeferenced COG (Earth Engine's TFRecord upload).
+
+Examples must come in the exported order (row-major patches, files in lexicographic order). Each feature key
+becomes a band. A patch may still carry the kernel margin (detected from its length) and is then centre-cropped.
+Only one row of patches is held in memory.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from rasterio.windows import Window
+
+from ..errors import InputError
+from ..plan import XY
+from ..sinks import GeoTIFFSink, OutputProfile
+from ..sources import Grid, parse_crs
+from .samples import _progress
+from .tfrecord import decode_example, iter_records
+
+__all__ = ["Mixer", "import_predictions", "read_mixer"]
+
+
+class Mixer:
+    """The mixer sidecar: the unbuffered patch grid."""
+
+    def __init__(self, crs: Any, transform: Affine, patch: XY, per_row: int, total: int) -> None:
+        self.crs, self.transform, self.patch, self.per_row, self.total = crs, transform, patch, per_row, total
+        if per_row <= 0 or total <= 0 or total % per_row:
+            raise InputError(f"the mixer's totalPatches ({total}) is not a multiple of patchesPerRow ({per_row})")
+        self.rows = total // per_row
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.crs, self.transform, (self.rows * self.patch.y, self.per_row * self.patch.x))
+
+
+def read_mixer(path: str | os.PathLike) -> Mixer:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"mixer file not found: {path}; it is the *-mixer.json written by the image export")
+    try:
+        m = json.loads(path.read_text())
+        proj = m["projection"]
+        a = [float(v) for v in proj["affine"]["doubleMatrix"]]
+        pw, ph = (int(v) for v in m["patchDimensions"])
+        per_row, total = int(m["patchesPerRow"]), int(m["totalPatches"])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{path} is not an Earth Engine mixer ({type(exc).__name__}: {exc}); it needs projection.crs, "
+            "projection.affine.doubleMatrix, patchDimensions, patchesPerRow and totalPatches"
+        ) from None
+    return Mixer(parse_crs(proj.get("crs") or proj.get("wkt")), Affine(*a[:6]), XY(pw, ph), per_row, total)
+
+
+def _expand(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    items = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    out: list[str] = []
+    for item in items:
+        s = str(item)
+        if os.path.isdir(s):
+            out += glob.glob(os.path.join(s, "*.tfrecord")) + glob.glob(os.path.join(s, "*.tfrecord.gz"))
+        elif any(ch in s for ch in "*?["):
+            out += glob.glob(s)
+        else:
+            out.append(s)
+    out = [f for f in out if not f.endswith(".json")]
+    if not out:
+        raise InputError(f"no TFRecord files in {files}; pass .tfrecord or .tfrecord.gz files")
+    # Earth Engine reads the files in lexicographic order of their names; patch order continues across them.
+    return sorted(out, key=lambda f: (os.path.basename(f), f))
+
+
+def _crop(values: np.ndarray, patch: XY, key: str, index: int) -> tuple[np.ndarray, XY]:
+    """Reshape one feature to the patch, cropping a kernel margin if the length says it has one."""
+    n = values.size
+    if n == patch.x * patch.y:
+        return values.reshape(patch.y, patch.x), XY(0, 0)
+    # (pw + kx) * (ph + ky) = n with an even total margin; try equal margins first, then the square case.
+    for k in range(2, 4097, 2):
+        if (patch.x + k) * (patch.y + k) == n:
+            full = values.reshape(patch.y + k, patch.x + k)
+            m = k // 2
+            return full[m : m + patch.y, m : m + patch.x], XY(k, k)
+        if (patch.x + k) * (patch.y + k) > n:
+            break
+    raise InputError(
+        f"example {index} has {n} values in feature {key!r}, which fits neither the patch "
+        f"{patch.x} x {patch.y} ({patch.x * patch.y}) nor the patch plus an even kernel margin; "
+        "write one value per pixel of each (cropped) patch"
+    )
+
+
+def _examples(files: list[str]) -> Iterator[dict[str, Any]]:
+    for f in files:
+        for rec in iter_records(f):
+            yield decode_example(rec)
+
+
+def import_predictions(
+    files: str | os.PathLike | Sequence[str | os.PathLike],
+    mixer: str | os.PathLike | Mixer,
+    output: str | os.PathLike,
+    *,
+    bands: Sequence[str] | None = None,
+    dtype: str | None = None,
+    nodata: float | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable | None = None,
+) -> Path:
+    """Write the predictions in ``files`` (TFRecord Examples, one per exported patch) as a COG at ``output``."""
+    mix = mixer if isinstance(mixer, Mixer) else read_mixer(mixer)
+    paths = _expand(files)
+    sink = GeoTIFFSink(output, overwrite=overwrite)
+    prog = _progress(progress, "import")
+    grid = mix.grid
+    width = grid.shape[1]
+    it = _examples(paths)
+    first = next(it, None)
+    if first is None:
+        raise InputError(f"the TFRecord files hold no examples; the mixer expects {mix.total}")
+    keys = list(bands) if bands else sorted(first)
+    missing = [k for k in keys if k not in first]
+    if missing:
+        raise InputError(f"the examples have no feature {missing[0]!r}; their features are {sorted(first)}")
+    for k in keys:
+        if isinstance(first[k], list):
+            raise InputError(f"feature {k!r} holds bytes; only float_list and int64_list features become bands")
+    is_int = all(np.asarray(first[k]).dtype.kind == "i" for k in keys)
+    out_dtype = np.dtype(dtype) if dtype else np.dtype(np.int32 if is_int else np.float32)
+    profile = OutputProfile(grid, tuple(keys), out_dtype, nodata, categorical=is_int)
+    sink.open(profile)
+    try:
+        strip = np.zeros((len(keys), mix.patch.y, width), dtype=out_dtype)
+        count = 0
+
+        def examples() -> Iterator[dict[str, Any]]:
+            yield first
+            yield from it
+
+        for ex in examples():
+            if count >= mix.total:
+                raise InputError(
+                    f"the TFRecord files hold more examples than the mixer's {mix.total} patches; pass exactly the "
+                    "predictions of that export, one example per patch"
+                )
+            col = count % mix.per_row
+            for b, k in enumerate(keys):
+                if k not in ex:
+                    raise InputError(f"example {count} has no feature {k!r}; every example needs the same keys")
+                patch, _ = _crop(np.asarray(ex[k]), mix.patch, k, count)
+                strip[b, :, col * mix.patch.x : (col + 1) * mix.patch.x] = _cast(patch, out_dtype, k)
+            count += 1
+            if col == mix.per_row - 1:
+                row = count // mix.per_row - 1
+                sink.write(Window(0, row * mix.patch.y, width, mix.patch.y), strip)
+                if prog:
+                    prog(count, mix.total, count * mix.patch.x * mix.patch.y)
+        if count != mix.total:
+            raise InputError(
+                f"the TFRecord files hold {count} examples but the mixer describes {mix.total} patches "
+                f"({mix.total // mix.per_row} rows of {mix.per_row}); pass all prediction files of the export"
+            )
+        return sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def _cast(values: np.ndarray, dtype: np.dtype, key: str) -> np.ndarray:
+    if dtype.kind in "iu" and values.dtype.kind == "f":
+        values = np.rint(values)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if values.size and (values.min() < info.min or values.max() > info.max):
+            raise InputError(f"feature {key!r} has values outside {dtype}; pass a wider dtype (--dtype)")
+    return values.astype(dtype, copy=False)
+

@@ -1,0 +1,187 @@
+"""Read tilecast's TFRecord exports for training: a ``tf.data`` parser spec, and a PyTorch dataset without TF.
+
+Every export writes a sidecar ``*.spec.json`` that describes its features (name, shape, dtype), whether records are
+``Example`` or ``SequenceExample``, the compression and the files. :func:`tf_parser_spec` turns it into the
+``{name: tf.io.FixedLenFeature}`` dict that ``tf.io.parse_single_example`` takes, so nobody retypes shapes;
+:class:`TFRecordDataset` reads the same files in PyTorch (or plain numpy) without TensorFlow.
+
+    spec = tilecast.training.load_spec("patches/spec.json")
+    ds = tf.data.TFRecordDataset(spec["files"]["train"], compression_type=spec["compression"])
+    ds = ds.map(lambda r: tf.io.parse_single_example(r, tilecast.training.tf_parser_spec(spec)))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._extras import require
+from .errors import InputError
+
+__all__ = ["TFRecordDataset", "load_spec", "make_spec", "parse_record", "tf_parser_spec", "write_spec"]
+
+SPEC_VERSION = 1
+
+
+def make_spec(
+    features: Mapping[str, Sequence[int]],
+    files: Mapping[str, Sequence[str | os.PathLike]] | Sequence[str | os.PathLike],
+    compressed: bool = True,
+    kind: str = "example",
+    sequence_features: Mapping[str, Sequence[int]] | None = None,
+    dtypes: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The sidecar's content. ``features`` maps each feature to its shape (``[1]`` for a number, ``[H, W]`` for a
+    patch, ``[H, W, D]`` for an array band); for ``kind="sequence_example"`` they are the context features and
+    ``sequence_features`` the per-step ones. ``files`` are paths relative to the sidecar, per split."""
+    dtypes = dict(dtypes or {})
+    spec: dict[str, Any] = {
+        "tilecast_spec": SPEC_VERSION,
+        "kind": kind,
+        "compression": "GZIP" if compressed else "",
+        "features": {k: {"shape": [int(s) for s in v], "dtype": dtypes.get(k, "float32")} for k, v in features.items()},
+    }
+    if sequence_features is not None:
+        spec["sequence_features"] = {
+            k: {"shape": [int(s) for s in v], "dtype": dtypes.get(k, "float32")} for k, v in sequence_features.items()
+        }
+    spec["files"] = {k: [str(f) for f in v] for k, v in files.items()} if isinstance(files, Mapping) \
+        else {"all": [str(f) for f in files]}
+    spec.update(extra)
+    return spec
+
+
+def write_spec(path: str | os.PathLike, spec: Mapping[str, Any]) -> Path:
+    """Write the sidecar atomically (temp file + rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a sidecar; file paths in it become absolute (they are stored relative to the sidecar)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"spec file not found: {path}; every tilecast export writes one next to its files")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); pass the *.spec.json written by the export") from None
+    if "features" not in spec or "files" not in spec:
+        raise InputError(f"{path} is not a tilecast export spec (no 'features'/'files'); pass the *.spec.json")
+    spec["files"] = {k: [str((path.parent / f).resolve()) for f in v] for k, v in spec["files"].items()}
+    return spec
+
+
+def _tf_dtype(tf: Any, name: str) -> Any:
+    return {"float32": tf.float32, "int64": tf.int64, "string": tf.string}[name]
+
+
+def tf_parser_spec(spec: Mapping[str, Any]) -> dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]:
+    """``{name: tf.io.FixedLenFeature(shape, dtype)}`` for ``tf.io.parse_single_example``; for sequence exports a
+    ``(context, sequence)`` pair for ``tf.io.parse_single_sequence_example``."""
+    tf = require("tensorflow", "tf")
+    ctx = {k: tf.io.FixedLenFeature(v["shape"], _tf_dtype(tf, v["dtype"])) for k, v in spec["features"].items()}
+    if spec.get("kind") == "sequence_example":
+        seq = {
+            k: tf.io.FixedLenSequenceFeature(v["shape"], _tf_dtype(tf, v["dtype"]))
+            for k, v in spec.get("sequence_features", {}).items()
+        }
+        return ctx, seq
+    return ctx
+
+
+def parse_record(record: bytes, spec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Decode one serialized record into ``{name: array of the spec's shape}`` with numpy only."""
+    from .export.tfrecord import decode_example, decode_sequence_example
+
+    if spec.get("kind") == "sequence_example":
+        context, seqs = decode_sequence_example(record)
+        out = {k: _shape(context, k, v) for k, v in spec["features"].items()}
+        for k, v in spec.get("sequence_features", {}).items():
+            out[k] = seqs[k].reshape(-1, *v["shape"]) if k in seqs else np.zeros((0, *v["shape"]), np.float32)
+        return out
+    values = decode_example(record)
+    return {k: _shape(values, k, v) for k, v in spec["features"].items()}
+
+
+def _shape(values: Mapping[str, Any], key: str, info: Mapping[str, Any]) -> np.ndarray:
+    if key not in values:
+        raise InputError(f"a record has no feature {key!r}; it does not match the spec (keys: {sorted(values)})")
+    arr = np.asarray(values[key])
+    shape = tuple(info["shape"])
+    if arr.size != int(np.prod(shape)):
+        raise InputError(f"feature {key!r} has {arr.size} values, the spec says shape {list(shape)}")
+    return arr.reshape(shape)
+
+
+def _torch_base() -> type:
+    try:
+        import torch.utils.data as tud
+    except ImportError:  # plain iteration still works without torch
+        return object
+    return tud.IterableDataset
+
+
+class TFRecordDataset(_torch_base()):  # type: ignore[misc]
+    """Records of an export as ``{name: np.ndarray}`` dicts (or whatever ``transform`` makes of them), streamed
+    from the TFRecord files without TensorFlow. An ``IterableDataset`` for PyTorch's ``DataLoader`` (each worker
+    reads a disjoint set of files when there are several), and a plain iterable without torch."""
+
+    def __init__(
+        self,
+        spec: str | os.PathLike | Mapping[str, Any],
+        split: str | None = None,
+        transform: Callable[[dict[str, np.ndarray]], Any] | None = None,
+    ) -> None:
+        self.spec = load_spec(spec) if isinstance(spec, (str, os.PathLike)) else dict(spec)
+        files = self.spec["files"]
+        if split is None:
+            self.files = [f for v in files.values() for f in v]
+        elif split not in files:
+            raise InputError(f"the export has no split {split!r}; it has {sorted(files)}")
+        else:
+            self.files = list(files[split])
+        self.transform = transform
+
+    def _my_files(self) -> list[str]:
+        try:
+            import torch.utils.data as tud
+
+            info = tud.get_worker_info()
+        except ImportError:
+            info = None
+        if info is None or info.num_workers <= 1:
+            return self.files
+        return self.files[info.id :: info.num_workers]
+
+    def __iter__(self) -> Iterator[Any]:
+        from .export.tfrecord import iter_records
+
+        for path in self._my_files():
+            for rec in iter_records(path):
+                item = parse_record(rec, self.spec)
+                yield self.transform(item) if self.transform else item
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Every record stacked per feature (for small exports)."""
+        items = list(self._untransformed())
+        if not items:
+            return {k: np.zeros((0, *v["shape"]), np.float32) for k, v in self.spec["features"].items()}
+        return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+    def _untransformed(self) -> TFRecordDataset:
+        clone = TFRecordDataset.__new__(TFRecordDataset)
+        clone.spec, clone.files, clone.transform = self.spec, self.files, None
+        return clone

@@ -127,12 +127,14 @@ class Model:
         bounds_crs: Any = None,
         window: Window | tuple[tuple[int, int], tuple[int, int]] | None = None,
         append_input: bool = False,
+        engine: str = "local",
     ) -> Prediction:
         """Plan a prediction over ``image`` (path, URL, rasterio dataset or xarray object). Nothing runs yet.
 
         ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the image's CRS); ``window`` is in
         pixels of the grid the model sees. ``append_input`` returns the input bands followed by the outputs
-        (Earth Engine's merged result).
+        (Earth Engine's merged result). ``engine`` picks the runner used when the result is written
+        (``"local"`` threads, or ``"dask"``).
         """
         spec = self.spec
         source = open_source(image, bands if bands is not None else spec.bands)
@@ -157,7 +159,7 @@ class Model:
                 "append_input needs output pixels on the input grid, but output_tile_size "
                 f"{tuple(spec.geometry.out)} differs from input_tile_size {tuple(spec.geometry.tile)}"
             )
-        return Prediction(self, source, plan, append_input=append_input)
+        return Prediction(self, source, plan, append_input=append_input, engine=engine)
 
     def _apply_proj(self, source: Any, image: Any, bands: Sequence[str | int] | None) -> Any:
         spec = self.spec

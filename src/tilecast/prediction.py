@@ -26,11 +26,14 @@ __all__ = ["Prediction"]
 class Prediction:
     """What :meth:`Model.predict_image` returns. Inspect ``plan`` and ``profile``; nothing runs until written."""
 
-    def __init__(self, model: Model, source: Source, plan: TilePlan, append_input: bool = False) -> None:
+    def __init__(
+        self, model: Model, source: Source, plan: TilePlan, append_input: bool = False, engine: str = "local"
+    ) -> None:
         self.model = model
         self.source = source
         self.plan = plan
         self.append_input = append_input
+        self.engine = engine
         spec = model.spec
         self.inputs = bind_inputs(spec, model.signature, source.band_names, source.dtype, source.properties)
         self._job: Job | None = None

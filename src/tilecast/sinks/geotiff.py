@@ -97,6 +97,9 @@ class GeoTIFFSink:
                 "num_threads": "ALL_CPUS", "overviews": "AUTO" if self.overviews else "NONE",
                 "overview_resampling": "NEAREST" if self.profile.categorical else "AVERAGE",
             }
+            if self.overviews and 1 < max(self.profile.grid.shape) <= self.blocksize:
+                # GDAL's AUTO stops once a level fits one block, so a one-block raster would get no overview.
+                options["overview_count"] = "1"
             if self.compress.upper() in ("DEFLATE", "ZSTD", "LZW"):
                 options["predictor"] = "YES"
             options.update(self.creation_options)

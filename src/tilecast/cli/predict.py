@@ -84,7 +84,7 @@ def predict(image: str, model_path: str | None, output: str, quiet: bool, gdal_c
           --output-band landcover:uint8 -o landcover.tif
     """
     params = build_params(opts)
-    with rasterio.Env(**dict(gdal_config)), warnings.catch_warnings():
+    with rasterio.Env(**gdal_env(gdal_config)), warnings.catch_warnings():
         warnings.simplefilter("always", TilecastWarning)
         warnings.showwarning = _show_warning
         model = load_model(model_path, opts, params)
@@ -98,6 +98,16 @@ def predict(image: str, model_path: str | None, output: str, quiet: bool, gdal_c
     if not quiet:
         h, w = result.plan.output_shape
         click.echo(f"wrote {path} ({w} x {h} px, {len(result.profile.band_names)} band(s))", err=True)
+
+
+# Defaults that keep memory bounded and remote reads lean; --config and the environment take precedence.
+GDAL_DEFAULTS = {"GDAL_CACHEMAX": "256", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    env = {k: v for k, v in GDAL_DEFAULTS.items() if k not in os.environ}
+    env.update(dict(config))
+    return env
 
 
 def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, Any]):

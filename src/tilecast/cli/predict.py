@@ -101,12 +101,13 @@ def predict(image: str, model_path: str | None, output: str, quiet: bool, gdal_c
 
 
 # Defaults that keep memory bounded and remote reads lean; --config and the environment take precedence.
-GDAL_DEFAULTS = {"GDAL_CACHEMAX": "256", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+GDAL_DEFAULTS: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
-def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, str]:
+def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """GDAL options for a run: our defaults, unless the environment or ``--config`` says otherwise."""
     env = {k: v for k, v in GDAL_DEFAULTS.items() if k not in os.environ}
-    env.update(dict(config))
+    env.update({k: int(v) if v.isdigit() else v for k, v in config})
     return env
 
 

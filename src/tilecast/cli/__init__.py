@@ -5,8 +5,11 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .export import export
+from .import_ import import_
 from .info import info
 from .predict import predict
+from .predict_features import predict_features
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -17,3 +20,6 @@ def main() -> None:
 
 main.add_command(predict)
 main.add_command(info)
+main.add_command(export)
+main.add_command(import_)
+main.add_command(predict_features)

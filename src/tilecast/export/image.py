@@ -49,7 +49,7 @@ class ImageExportOptions:
     has no array bands of its own), e.g. ``{"spectral": ["b1", "b2", "b3"]}``."""
 
     patch_dimensions: XY
-    kernel_size: XY = XY(1, 1)
+    kernel_size: XY = XY(1, 1)  # noqa: RUF009 - an immutable tuple
     compressed: bool = True
     max_file_size: int = GiB
     default_value: float = 0.0

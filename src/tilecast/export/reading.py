@@ -18,7 +18,7 @@ from ..errors import RegionError
 from ..plan import XY
 from ..sources.base import Source
 
-__all__ = ["Batch", "default_for", "patch_offset", "read_at", "group_order"]
+__all__ = ["Batch", "default_for", "group_order", "patch_offset", "read_at"]
 
 
 @dataclass
@@ -57,7 +57,7 @@ def read_at(
     source: Source,
     rows: np.ndarray,
     cols: np.ndarray,
-    patch: XY = XY(1, 1),
+    patch: XY = XY(1, 1),  # noqa: B008 - an immutable tuple
     default_value: float = 0.0,
     chunk: int = 512,
     max_batch: int = 512,

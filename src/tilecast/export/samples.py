@@ -7,6 +7,7 @@ written chunk by chunk of the raster (that is how they are read), so memory stay
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,7 +280,7 @@ class _TableWriter:
             self._w.write_table(table)
         else:
             if self._f is None:
-                self._f = open(self.tmp, "w")
+                self._f = open(self.tmp, "w")  # noqa: SIM115 - streamed across calls, closed in close()
                 self._f.write(",".join(cols) + "\n")
             arr = np.column_stack(list(cols.values()))
             np.savetxt(self._f, arr, delimiter=",", fmt="%.9g")
@@ -297,11 +298,7 @@ class _TableWriter:
     def abort(self) -> None:
         for h in (self._w, self._f):
             if h is not None:
-                try:
+                with contextlib.suppress(Exception):
                     h.close()
-                except Exception:
-                    pass
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp)
-        except FileNotFoundError:
-            pass

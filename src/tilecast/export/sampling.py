@@ -293,7 +293,7 @@ def assign_splits(
     fractions: Mapping[str, float],
     block: int,
     seed: int = 0,
-    patch: XY = XY(1, 1),
+    patch: XY = XY(1, 1),  # noqa: B008 - an immutable tuple
 ) -> Samples:
     """Give each ``block x block`` pixel block to one split (seeded, in proportion to ``fractions``) and drop
     samples whose patch reaches into a block of another split."""

@@ -3,18 +3,19 @@
 The messages are real protobuf classes (the ``protobuf`` runtime encodes them), built from TensorFlow's official
 ``example.proto`` descriptors in a *private* descriptor pool: the default pool would clash with TensorFlow's own
 ``tensorflow.Example`` when both are imported in one process (which is why the ``tfrecord`` package, whose bundled
-``example_pb2`` registers in the default pool, is not used). Records are framed as TFRecord (length, masked CRC32C, data, masked CRC32C) with the
-``crc32c`` library.
+``example_pb2`` registers in the default pool, is not used). Records are framed as TFRecord (length, masked
+CRC32C, data, masked CRC32C) with the ``crc32c`` library.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -271,10 +272,8 @@ class ShardedWriter:
             self._close_file()
         finally:
             for tmp, _ in self._tmp:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.remove(tmp)
-                except FileNotFoundError:
-                    pass
             self._tmp = []
 
     def __enter__(self) -> ShardedWriter:

@@ -80,3 +80,29 @@ def test_info_describes_rasters_and_models(tmp_path, raster):
     assert data["outputs"][0]["name"] == "mean"
     res = run("--help")
     assert "predict" in res.output and "info" in res.output
+
+
+def test_sigterm_mid_run_leaves_no_files(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import write_raster
+
+    src = write_raster(tmp_path / "big.tif", np.random.default_rng(3).random((1, 3000, 3000)).astype("float32"))
+    onnx = mean_conv(tmp_path / "m.onnx", 1, 7)
+    out = tmp_path / "out" / "o.tif"
+    out.parent.mkdir()
+    exe = os.path.join(os.path.dirname(sys.executable), "tilecast")
+    proc = subprocess.Popen([exe, "predict", src, "-m", onnx, "--tile", "32", "--overlap", "3", "--batch-size", "1",
+                             "-o", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "tiles" not in proc.stderr.readline():
+        pass
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert os.listdir(out.parent) == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -78,11 +80,26 @@ def reports_errors(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = _exit_on_sigterm()
         try:
             return f(*args, **kwargs)
         except TilecastError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
         except KeyboardInterrupt:
             raise click.Abort() from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _exit_on_sigterm() -> Any:
+    """Make SIGTERM unwind like Ctrl-C, so sinks delete their temporary files (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)

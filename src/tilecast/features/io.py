@@ -1,0 +1,276 @@
+"""Vector files in batches: GeoParquet by row groups (pyarrow), everything else through GDAL's Arrow stream (pyogrio).
+
+Readers yield GeoDataFrames of at most ``batch_size`` rows; writers consume an iterator of them, so memory stays
+bounded by one batch whatever the file size. Outputs go to a temporary folder beside the target and are renamed into
+place at the end (Shapefile sidecars included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._extras import require
+from ..errors import InputError, OutputError, SourceNotFoundError, TilecastError
+from ..sinks.geotiff import check_output_path
+
+__all__ = ["DRIVERS", "FeatureReader", "driver_for", "open_features", "write_features"]
+
+DRIVERS = {
+    ".parquet": "Parquet",
+    ".geoparquet": "Parquet",
+    ".gpkg": "GPKG",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".fgb": "FlatGeobuf",
+    ".shp": "ESRI Shapefile",
+}
+LIST_DRIVERS = ("Parquet", "GeoJSON")
+"""Formats that store array (list) columns; the others get one column per element."""
+
+
+def driver_for(path: str | os.PathLike, driver: str | None = None) -> str:
+    if driver:
+        return driver
+    ext = Path(path).suffix.lower()
+    if ext not in DRIVERS:
+        raise OutputError(
+            f"cannot tell the vector format of {path} from its extension; use one of {sorted(DRIVERS)} "
+            "or pass driver= (--driver), e.g. GPKG"
+        )
+    return DRIVERS[ext]
+
+
+class FeatureReader:
+    """Batches of a GeoDataFrame or a file; ``crs``, ``geometry_type`` and ``total`` (rows, if known)."""
+
+    def __init__(self, batches: Iterator[Any], crs: Any, geometry_type: str, total: int | None,
+                 closer: Any = None) -> None:
+        self._batches = batches
+        self.crs = crs
+        self.geometry_type = geometry_type
+        self.total = total
+        self._closer = closer
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._batches
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+
+def open_features(
+    features: Any, *, batch_size: int = 65_536, layer: str | int | None = None, crs: Any = None
+) -> FeatureReader:
+    """Read a GeoDataFrame, or a file pyogrio (GDAL) or pyarrow (GeoParquet) opens, in batches.
+
+    ``crs`` sets the CRS of features that have none (it never reprojects).
+    """
+    gpd = require("geopandas", "features")
+    if isinstance(features, gpd.GeoDataFrame):
+        gdf = features
+        if gdf.crs is None and crs is not None:
+            gdf = gdf.set_crs(crs)
+        step = max(1, batch_size)
+        batches = (gdf.iloc[i:i + step] for i in range(0, len(gdf), step))
+        gtype = _geometry_type(gdf)
+        return FeatureReader(batches, gdf.crs, gtype, len(gdf))
+    if not isinstance(features, (str, os.PathLike)):
+        raise InputError(
+            f"cannot read features from a {type(features).__name__}; pass a GeoDataFrame or a vector file path "
+            "(GeoPackage, GeoParquet, GeoJSON, FlatGeobuf, Shapefile)"
+        )
+    path = str(features)
+    if not path.startswith(("/vsi", "http://", "https://", "s3://")) and not os.path.exists(path):
+        raise SourceNotFoundError(f"features file not found: {path}; check the path")
+    if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
+        return _open_parquet(path, batch_size, crs)
+    return _open_ogr(path, batch_size, layer, crs)
+
+
+def _geometry_type(gdf: Any) -> str:
+    types = {t for t in gdf.geom_type.dropna().unique() if t}
+    if len(types) == 1:
+        return types.pop()
+    for kind in ("Point", "LineString", "Polygon"):
+        if types == {kind, f"Multi{kind}"}:
+            return f"Multi{kind}"
+    return "Unknown"
+
+
+def _open_parquet(path: str, batch_size: int, crs: Any) -> FeatureReader:
+    pq = require("pyarrow.parquet", "features")
+    gpd = require("geopandas", "features")
+    shapely = require("shapely", "features")
+    pf = pq.ParquetFile(path)
+    meta = (pf.schema_arrow.metadata or {}).get(b"geo")
+    if meta is None:
+        raise InputError(f"{path} is a Parquet file without GeoParquet 'geo' metadata; write it with "
+                         "GeoDataFrame.to_parquet, or convert it with ogr2ogr")
+    geo = json.loads(meta)
+    gcol = geo["primary_column"]
+    info = geo["columns"][gcol]
+    if info.get("encoding", "WKB").upper() != "WKB":
+        raise InputError(f"{path}: geometry encoding {info['encoding']!r} is not supported; write it as WKB")
+    file_crs = info.get("crs", "OGC:CRS84") if "crs" in info else "OGC:CRS84"
+    if file_crs is None:
+        file_crs = crs
+    if isinstance(file_crs, dict):
+        from pyproj import CRS
+
+        file_crs = CRS.from_json_dict(file_crs)
+    types = info.get("geometry_types") or []
+    gtype = types[0].replace(" Z", "") if len(types) == 1 else "Unknown"
+
+    def batches() -> Iterator[Any]:
+        for rb in pf.iter_batches(batch_size=batch_size):
+            wkb = rb.column(gcol).to_numpy(zero_copy_only=False)
+            df = rb.drop_columns([gcol]).to_pandas() if hasattr(rb, "drop_columns") else \
+                rb.to_pandas().drop(columns=[gcol])
+            yield gpd.GeoDataFrame(df, geometry=gpd.GeoSeries(shapely.from_wkb(wkb), index=df.index),
+                                   crs=file_crs)
+
+    return FeatureReader(batches(), file_crs, gtype, pf.metadata.num_rows, pf.close if hasattr(pf, "close") else None)
+
+
+def _open_ogr(path: str, batch_size: int, layer: str | int | None, crs: Any) -> FeatureReader:
+    pyogrio = require("pyogrio", "features")
+    gpd = require("geopandas", "features")
+    shapely = require("shapely", "features")
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+        ctx = pyogrio.open_arrow(path, layer=layer, batch_size=batch_size, use_pyarrow=True)
+        meta, reader = ctx.__enter__()
+    except Exception as exc:
+        raise InputError(f"GDAL cannot read {path} as vector features: {exc}") from None
+    gcol = meta.get("geometry_name") or "wkb_geometry"
+    file_crs = meta.get("crs") or crs
+    total = int(info["features"]) if info.get("features", -1) >= 0 else None
+
+    def batches() -> Iterator[Any]:
+        for rb in reader:
+            names = rb.schema.names
+            if gcol in names:
+                wkb = rb.column(gcol).to_numpy(zero_copy_only=False)
+                rb = rb.drop_columns([gcol])
+            else:
+                wkb = np.full(rb.num_rows, None, dtype=object)
+            df = rb.to_pandas()
+            yield gpd.GeoDataFrame(df, geometry=gpd.GeoSeries(shapely.from_wkb(wkb), index=df.index),
+                                   crs=file_crs)
+
+    return FeatureReader(batches(), file_crs, meta.get("geometry_type") or "Unknown", total,
+                         lambda: ctx.__exit__(None, None, None))
+
+
+def _to_arrow(gdf: Any, geometry_name: str = "geometry") -> Any:
+    pa = require("pyarrow", "features")
+    shapely = require("shapely", "features")
+    df = gdf.drop(columns=[gdf.geometry.name])
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    wkb = shapely.to_wkb(np.asarray(gdf.geometry.values, dtype=object))
+    return table.append_column(geometry_name, pa.array(wkb, type=pa.binary()))
+
+
+def _geo_metadata(crs: Any, geometry_name: str) -> bytes:
+    column: dict[str, Any] = {"encoding": "WKB", "geometry_types": []}
+    column["crs"] = None if crs is None else crs.to_json_dict()
+    return json.dumps({"version": "1.0.0", "primary_column": geometry_name,
+                       "columns": {geometry_name: column}}).encode()
+
+
+def write_features(
+    path: str | os.PathLike,
+    batches: Iterator[Any],
+    *,
+    crs: Any = None,
+    geometry_type: str = "Unknown",
+    driver: str | None = None,
+    layer: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write GeoDataFrame batches to one file; the schema (and, unless given, the CRS) is the first batch's.
+
+    Returns the final path."""
+    dst = check_output_path(path, overwrite)
+    driver = driver_for(dst, driver)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp = tmpdir / dst.name
+    try:
+        if driver == "Parquet":
+            _write_parquet(tmp, batches, crs)
+        else:
+            _write_ogr(tmp, batches, crs, geometry_type, driver, layer)
+        for f in sorted(tmpdir.iterdir()):
+            os.replace(f, dst.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return dst
+
+
+def _write_parquet(tmp: Path, batches: Iterator[Any], crs: Any) -> None:
+    pq = require("pyarrow.parquet", "features")
+    writer = None
+    try:
+        for gdf in batches:
+            table = _to_arrow(gdf)
+            if writer is None:
+                crs = gdf.crs if crs is None else crs
+                schema = table.schema.with_metadata({b"geo": _geo_metadata(crs, "geometry")})
+                writer = pq.ParquetWriter(str(tmp), schema)
+            writer.write_table(table.cast(writer.schema, safe=False) if table.schema != writer.schema else table)
+        if writer is None:
+            raise InputError("there are no features to write; the input is empty")
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, driver: str,
+               layer: str | None) -> None:
+    pa = require("pyarrow", "features")
+    pyogrio = require("pyogrio", "features")
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        raise InputError("there are no features to write; the input is empty")
+    table = _to_arrow(first)
+    schema = table.schema
+    crs = first.crs if crs is None else crs
+    failure: list[BaseException] = []
+
+    def stream() -> Iterator[Any]:
+        try:
+            yield from table.to_batches()
+            for gdf in it:
+                t = _to_arrow(gdf)
+                yield from (t.cast(schema, safe=False) if t.schema != schema else t).to_batches()
+        except BaseException as exc:
+            failure.append(exc)
+            raise
+
+    reader = pa.RecordBatchReader.from_batches(schema, stream())
+    kwargs: dict[str, Any] = {"layer": layer} if layer else {}
+    if driver == "FlatGeobuf":
+        kwargs["layer_options"] = {"SPATIAL_INDEX": "NO"}  # the index reorders features; keep the input order
+    try:
+        pyogrio.write_arrow(reader, str(tmp), driver=driver, geometry_name="geometry",
+                            geometry_type=geometry_type or "Unknown", crs=None if crs is None else crs.to_wkt(),
+                            **kwargs)
+    except Exception as exc:
+        if failure:
+            raise failure[0] from None
+        if isinstance(exc, TilecastError):
+            raise
+        raise OutputError(f"GDAL could not write {driver}: {exc}") from None
+    if failure:
+        raise failure[0]

@@ -1,0 +1,361 @@
+"""Earth Engine's ``model.predictProperties``: each feature is one instance, predictions merge into its properties."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._extras import require
+from ..errors import InputError, SpecError
+from ..runtimes.base import Runtime, Signature
+from .io import LIST_DRIVERS, driver_for, open_features, write_features
+from .properties import (
+    Column,
+    OutputProperty,
+    apply_nulls,
+    bind_properties,
+    choose_layout,
+    column_values,
+    match_outputs,
+    outputs_to_columns,
+    parse_output_properties,
+)
+from .rasters import RasterInputs
+
+__all__ = ["FeatureProgress", "predict_features_file", "predict_properties"]
+
+FeatureCallback = Callable[[int, int | None], None]
+"""Called with ``(features_done, features_total or None)``."""
+
+
+class FeatureProgress:
+    """A throttled one-line report on stderr: features done and features per second."""
+
+    def __init__(self, label: str = "predict-features", stream: Any = None, every: float = 0.5) -> None:
+        self.label, self.stream, self.every = label, stream or sys.stderr, every
+        self.start = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.perf_counter()
+        final = total is not None and done >= total
+        if not final and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        of = f"/{total} ({100.0 * done / total if total else 100.0:5.1f}%)" if total is not None else ""
+        self.stream.write(f"{self.label}: {done}{of} features, {rate:,.0f} features/s\n")
+        self.stream.flush()
+
+
+class _Predictor:
+    """Everything decided once (inputs, layout, output mapping); then one call per batch."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        output_properties: Any,
+        input_properties: Sequence[str] | None,
+        input_type_override: Mapping[str, Any] | None,
+        input_shapes: Mapping[str, Sequence[int]] | None,
+        sample: Any,
+        bands: Sequence[str | int] | None,
+        stats: Sequence[str] | None,
+        all_touched: bool,
+        patch_size: int | Sequence[int] | None,
+        nulls: str,
+        fill_value: Any,
+        array_columns: str,
+        layout: str,
+        geometry_type: str,
+    ) -> None:
+        from ..spec import parse_dtype
+
+        runtime: Runtime = getattr(model, "runtime", model)
+        spec = getattr(model, "spec", None)
+        if not hasattr(runtime, "run") or not hasattr(runtime, "signature"):
+            raise SpecError(f"expected a tilecast Model or Runtime, got {type(model).__name__}")
+        self.runtime = runtime
+        self.signature: Signature = runtime.signature
+        if output_properties is None and spec is not None and spec.output_bands:
+            output_properties = [OutputProperty(b.name, b.dtype, b.dimensions) for b in spec.output_bands]
+        self.outputs = parse_output_properties(output_properties)
+        self.sources = match_outputs(self.outputs, self.signature)
+        if input_properties is None and spec is not None and spec.input_properties:
+            input_properties = spec.input_properties
+        self.overrides = {k: _parse_in_dtype(v, k, parse_dtype) for k, v in (input_type_override or {}).items()}
+        if not self.overrides and spec is not None:
+            self.overrides = dict(spec.input_type_override)
+        self.shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+        if not self.shapes and spec is not None:
+            self.shapes = dict(spec.input_shapes)
+        if nulls not in ("skip", "fill", "error"):
+            raise SpecError(f"nulls must be 'skip', 'fill' or 'error', got {nulls!r}")
+        if array_columns not in ("list", "split"):
+            raise SpecError(f"array_columns must be 'list' or 'split', got {array_columns!r}")
+        self.nulls, self.fill_value, self.array_columns = nulls, fill_value, array_columns
+        self.rasters: RasterInputs | None = None
+        if sample is not None:
+            if patch_size is not None:
+                mode = "patch"
+            elif stats is None and geometry_type.replace("Multi", "") == "Point":
+                mode = "sample"
+            else:
+                mode = "zonal"
+            self.rasters = RasterInputs(sample, mode=mode, bands=bands, stats=tuple(stats or ("mean",)),
+                                        all_touched=all_touched, patch_size=patch_size, fill_value=fill_value)
+        elif stats is not None or patch_size is not None:
+            raise SpecError("stats and patch_size need a raster to read: pass sample= (--sample RASTER)")
+        self.requested = list(input_properties) if input_properties is not None else None
+        self.layout_param = layout
+        self.names: list[str] | None = None
+        self.layout = ""
+
+    def _choose_inputs(self, columns: Sequence[str]) -> None:
+        derived = self.rasters.names if self.rasters is not None else []
+        available = [*derived, *columns]
+        if self.requested is not None:
+            names = self.requested
+        elif derived:
+            names = derived
+        elif self.signature.inputs and set(self.signature.input_names) <= set(columns):
+            names = self.signature.input_names
+        else:
+            names = list(columns)
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise InputError(
+                f"missing input propert{'y' if len(missing) == 1 else 'ies'} {missing}: the features have "
+                f"{list(columns)}" + (f" and the rasters give {derived}" if derived else "")
+                + "; pass input_properties (--input-property) naming existing properties"
+            )
+        if not names:
+            raise InputError("no input properties: the features have no columns besides the geometry; "
+                             "pass sample= (--sample RASTER) to derive inputs from a raster")
+        self.layout = choose_layout(self.signature, names, self.layout_param)  # type: ignore[arg-type]
+        self.names = list(names)
+
+    def __call__(self, gdf: Any) -> dict[str, Any]:
+        columns = [c for c in gdf.columns if c != gdf.geometry.name]
+        if self.names is None:
+            self._choose_inputs(columns)
+        assert self.names is not None
+        n = len(gdf)
+        derived: dict[str, Column] = {}
+        if self.rasters is not None and any(name in self.rasters.names for name in self.names):
+            geoms = gdf.geometry
+            empty = np.asarray(geoms.isna() | geoms.is_empty, dtype=bool)
+            if empty.any() and self.nulls == "error":
+                rows = gdf.index[np.flatnonzero(empty)[:5]].tolist()
+                raise InputError(
+                    f"{int(empty.sum())} feature(s) have empty or missing geometry (e.g. index {rows}), so no "
+                    "raster values can be read for them; remove them, or pass nulls='skip' (--nulls skip)"
+                )
+            derived = {c.name: c for c in self.rasters.compute(geoms)}
+        cols = []
+        for name in self.names:
+            if name in derived:
+                col = derived[name]
+                if name in self.overrides:
+                    col = Column(name, col.values.astype(self.overrides[name]), col.nulls)
+            else:
+                col = column_values(gdf[name], name, self.overrides.get(name), self.shapes.get(name))
+            cols.append(col)
+        keep = apply_nulls(cols, self.nulls, self.fill_value, ids=gdf.index)  # type: ignore[arg-type]
+        rows = None if keep.all() else np.flatnonzero(keep)
+        m = n if rows is None else len(rows)
+        if m:
+            batch = bind_properties(cols, self.signature, self.layout, rows)
+            predicted = outputs_to_columns(self.runtime.run(batch), self.outputs, self.sources, m)
+        else:
+            predicted = {p.name: np.zeros((0,) if p.dimensions == 0 else (0, 1), dtype=p.dtype)
+                         for p in self.outputs}
+        return self._merge(predicted, rows, n)
+
+    def _merge(self, predicted: dict[str, np.ndarray], rows: np.ndarray | None, n: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for p in self.outputs:
+            arr = predicted[p.name]
+            if p.dimensions and self.array_columns == "split":
+                for j in range(arr.shape[1]):
+                    out[f"{p.name}_{j}"] = _with_nulls(arr[:, j], rows, n)
+            elif p.dimensions:
+                items = np.empty(len(arr), dtype=object)
+                items[:] = list(arr)
+                out[p.name] = _with_nulls(items, rows, n)
+            else:
+                out[p.name] = _with_nulls(arr, rows, n)
+        return out
+
+    def close(self) -> None:
+        if self.rasters is not None:
+            self.rasters.close()
+
+
+def _parse_in_dtype(value: Any, name: str, parse_dtype: Callable[..., np.dtype]) -> np.dtype:
+    if value is str or (isinstance(value, str) and value.lower() in ("str", "string")):
+        return np.dtype(object)
+    if value is bool or (isinstance(value, str) and value.lower() in ("bool", "boolean")):
+        return np.dtype(bool)
+    return parse_dtype(value, f"input_type_override[{name!r}]")
+
+
+def _with_nulls(values: np.ndarray, rows: np.ndarray | None, n: int) -> Any:
+    """Spread the predicted rows over ``n`` features; the others are null (NaN, pandas NA or None)."""
+    if rows is None:
+        return values
+    import pandas as pd
+
+    if values.dtype.kind == "f":
+        full = np.full(n, np.nan, dtype=values.dtype)
+        full[rows] = values
+        return full
+    if values.dtype.kind in "iub":
+        data = np.zeros(n, dtype=values.dtype)
+        data[rows] = values
+        mask = np.ones(n, dtype=bool)
+        mask[rows] = False
+        return pd.arrays.BooleanArray(data, mask) if values.dtype.kind == "b" else \
+            pd.arrays.IntegerArray(data, mask)
+    full = np.full(n, None, dtype=object)
+    full[rows] = values
+    return full
+
+
+_DOC_PARAMS = """
+    ``output_properties``: the predicted properties (required unless the model's spec declares output bands), e.g.
+    ``{"crop": "int32"}``, ``["crop=label:int32", "probs=probabilities:float32:1"]``. A property reads the model
+    output of its name, else the next unused output.
+    ``input_properties``: the properties sent to the model, in order (default: the raster-derived ones when
+    ``sample`` is given, else the model's input names, else every column).
+    ``input_type_override`` / ``input_shapes``: as in Earth Engine; array-valued properties are lists or arrays.
+    ``sample``: a raster (or list, or ``{prefix: raster}``) to derive inputs from: pixel values at points
+    (``{band}``), zonal ``stats`` over polygons (``{band}_{stat}``; ``all_touched`` or pixel-centre rule), or a
+    ``patch_size`` window centred on each feature (``patch``, ``(H, W, C)``). Features are reprojected to each
+    raster's CRS.
+    ``nulls``: ``"error"`` (default), ``"fill"`` (with ``fill_value``) or ``"skip"`` (no prediction: null outputs).
+    ``array_columns``: array outputs as one list column (``"list"``) or one column per element (``"split"``).
+    ``layout``: ``"named"`` (one input per property, Earth Engine), ``"stacked"`` (one ``(N, F)`` input, e.g.
+    scikit-learn converted with skl2onnx) or ``"auto"`` (from the model's signature).
+"""
+
+
+def _iter_predictions(
+    model: Any, reader: Any, params: dict[str, Any], progress: FeatureCallback | None, array_columns: str,
+) -> Iterator[Any]:
+    predictor = _Predictor(model, geometry_type=reader.geometry_type, array_columns=array_columns, **params)
+    done = 0
+    try:
+        for gdf in reader:
+            cols = predictor(gdf)
+            merged = gdf.copy() if cols else gdf
+            for name, values in cols.items():
+                merged[name] = values
+            done += len(gdf)
+            if progress is not None:
+                progress(done, reader.total)
+            yield merged
+    finally:
+        predictor.close()
+        reader.close()
+
+
+def _params(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+def predict_properties(
+    model: Any,
+    features: Any,
+    *,
+    output_properties: Any = None,
+    input_properties: Sequence[str] | None = None,
+    input_type_override: Mapping[str, Any] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    sample: Any = None,
+    bands: Sequence[str | int] | None = None,
+    stats: Sequence[str] | None = None,
+    all_touched: bool = False,
+    patch_size: int | Sequence[int] | None = None,
+    nulls: str = "error",
+    fill_value: Any = 0,
+    array_columns: str = "list",
+    layout: str = "auto",
+    batch_size: int = 65_536,
+    features_crs: Any = None,
+    layer: str | int | None = None,
+    progress: FeatureCallback | None = None,
+) -> Any:
+    """Predict properties for every feature of a GeoDataFrame or vector file; returns a new GeoDataFrame with the
+    predictions merged into each feature's properties. ``model`` is a :class:`tilecast.Model` or any runtime.
+    """
+    pd = require("pandas", "features")
+    gpd = require("geopandas", "features")
+    reader = open_features(features, batch_size=batch_size, layer=layer, crs=features_crs)
+    params = _params(
+        output_properties=output_properties, input_properties=input_properties,
+        input_type_override=input_type_override, input_shapes=input_shapes, sample=sample, bands=bands,
+        stats=stats, all_touched=all_touched, patch_size=patch_size, nulls=nulls, fill_value=fill_value,
+        layout=layout,
+    )
+    parts = list(_iter_predictions(model, reader, params, progress, array_columns))
+    if not parts:
+        return features.copy() if isinstance(features, gpd.GeoDataFrame) else gpd.GeoDataFrame()
+    if len(parts) == 1:
+        return parts[0]
+    out = pd.concat(parts)
+    return gpd.GeoDataFrame(out, geometry=parts[0].geometry.name, crs=parts[0].crs)
+
+
+predict_properties.__doc__ = (predict_properties.__doc__ or "") + _DOC_PARAMS
+
+
+def predict_features_file(
+    model: Any,
+    features: Any,
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    driver: str | None = None,
+    output_layer: str | None = None,
+    array_columns: str | None = None,
+    batch_size: int = 65_536,
+    layer: str | int | None = None,
+    features_crs: Any = None,
+    progress: FeatureCallback | None = None,
+    **params: Any,
+) -> Path:
+    """Stream features from a file (or GeoDataFrame) through the model into ``output``, batch by batch.
+
+    GeoParquet is written one row group per batch. ``array_columns`` defaults to list columns where the format
+    stores them (GeoParquet, GeoJSON) and one column per element elsewhere. Other parameters as
+    :func:`predict_properties`.
+    """
+    from ..sinks.geotiff import check_output_path
+
+    check_output_path(output, overwrite)
+    drv = driver_for(output, driver)
+    if array_columns is None:
+        array_columns = "list" if drv in LIST_DRIVERS else "split"
+    elif array_columns == "list" and drv not in LIST_DRIVERS:
+        raise SpecError(f"{drv} cannot store list columns; use array_columns='split' (--array-columns split) or "
+                        "write GeoParquet or GeoJSON")
+    reader = open_features(features, batch_size=batch_size, layer=layer, crs=features_crs)
+    full = {"output_properties": None, "input_properties": None, "input_type_override": None,
+            "input_shapes": None, "sample": None, "bands": None, "stats": None, "all_touched": False,
+            "patch_size": None, "nulls": "error", "fill_value": 0, "layout": "auto"}
+    unknown = set(params) - set(full)
+    if unknown:
+        reader.close()
+        raise TypeError(f"unexpected parameters {sorted(unknown)}")
+    full.update(params)
+    batches = _iter_predictions(model, reader, full, progress, array_columns)
+    return write_features(output, batches, geometry_type=reader.geometry_type, driver=drv, layer=output_layer,
+                          overwrite=overwrite)

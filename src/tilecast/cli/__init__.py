@@ -9,6 +9,7 @@ from .export import export
 from .import_ import import_
 from .info import info
 from .predict import predict
+from .predict_features import predict_features
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -21,3 +22,4 @@ main.add_command(predict)
 main.add_command(info)
 main.add_command(export)
 main.add_command(import_)
+main.add_command(predict_features)

@@ -107,8 +107,10 @@ class Card:
 
     def common_names(self) -> dict[str, str]:
         """Band name -> ``eo:common_name`` from the item's STAC 1.1 ``bands``."""
-        return {b["name"]: b["eo:common_name"] for b in self.properties.get("bands", [])
-                if "name" in b and b.get("eo:common_name")}
+        bands = list(self.properties.get("bands", []))
+        for asset in self.item.get("assets", {}).values():
+            bands.extend(asset.get("bands", []))
+        return {b["name"]: b["eo:common_name"] for b in bands if "name" in b and b.get("eo:common_name")}
 
     def to_params(self) -> CardParams:
         return card_params(self)
@@ -252,7 +254,7 @@ def build_card(
     if extra_outputs:
         props["tilecast:outputs"] = extra_outputs
     common = dict(common_names or {})
-    props["bands"] = [{"name": b, **({"eo:common_name": common[b]} if b in common else {})} for b in bands]
+    band_objects = [{"name": b, **({"eo:common_name": common[b]} if b in common else {})} for b in bands]
     item: dict[str, Any] = {
         "type": "Feature",
         "stac_version": "1.1.0",
@@ -268,6 +270,7 @@ def build_card(
                 "type": media,
                 "roles": ["mlm:model"],
                 "mlm:artifact_type": artifact_type,
+                "bands": band_objects,
             }
         },
     }
@@ -627,7 +630,18 @@ def mlm_json_schema() -> dict[str, Any] | None:
         from stac_model.schema import MLModelProperties
     except ImportError:
         return None
-    return MLModelProperties.model_json_schema(by_alias=True)
+    schema = MLModelProperties.model_json_schema(by_alias=True)
+    # stac-model wraps pystac's Classification, whose generated schema wants a "properties" key; put the MLM /
+    # classification extension's Class Object in its place.
+    schema.get("$defs", {})["MLMClassification"] = {
+        "type": "object",
+        "required": ["value"],
+        "properties": {"value": {"type": "integer"}, "name": {"type": "string"}, "description": {"type": "string"},
+                       "title": {"type": "string"}, "color_hint": {"type": "string", "pattern": "^([0-9A-Fa-f]{6})$"},
+                       "nodata": {"type": "boolean"}},
+        "anyOf": [{"required": ["name"]}, {"required": ["description"]}],
+    }
+    return schema
 
 
 def _mlm_problems(item: Mapping[str, Any]) -> list[str]:

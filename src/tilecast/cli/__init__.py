@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .card import card
 from .export import export
 from .import_ import import_
 from .info import info
 from .predict import predict
 from .predict_features import predict_features
+from .serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -23,3 +25,5 @@ main.add_command(info)
 main.add_command(export)
 main.add_command(import_)
 main.add_command(predict_features)
+main.add_command(serve)
+main.add_command(card)

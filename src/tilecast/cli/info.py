@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
 
 from .options import reports_errors
 
-MODEL_SUFFIXES = (".onnx",)
+MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".pt2", ".keras", ".h5", ".torchscript")
 
 
 @click.command(short_help="Describe a raster or a model.")
@@ -18,7 +19,9 @@ MODEL_SUFFIXES = (".onnx",)
 @reports_errors
 def info(path: str, as_json: bool) -> None:
     """Describe PATH: a raster (bands, CRS, grid, nodata) or a model (inputs, outputs, metadata)."""
-    data = describe_model(path) if path.lower().endswith(MODEL_SUFFIXES) else describe_raster(path)
+    is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and
+                                                          os.path.exists(os.path.join(path, "saved_model.pb")))
+    data = describe_model(path) if is_model else describe_raster(path)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -62,21 +65,36 @@ def describe_raster(path: str) -> dict[str, Any]:
 
 
 def describe_model(path: str) -> dict[str, Any]:
-    from ..runtimes.onnx import OnnxRuntime
+    """The runtime signature and the model card (sidecar, embedded or converted from Deepness/GeoDeep keys)."""
+    from ..card import read_card, validate_card
+    from ..loading import describe_card, detect_format, open_runtime
 
-    rt = OnnxRuntime(path)
-    sig = rt.signature
+    fmt = detect_format(path)
+    rt = open_runtime(path, fmt)
+    try:
+        sig = rt.signature
 
-    def rows(specs):
-        return [
-            {"name": t.name,
-             "shape": "?" if t.shape is None else "x".join("?" if d is None else str(d) for d in t.shape),
-             "dtype": str(t.dtype)}
-            for t in specs
-        ]
+        def rows(specs):
+            return [
+                {"name": t.name,
+                 "shape": "?" if t.shape is None else "x".join("?" if d is None else str(d) for d in t.shape),
+                 "dtype": str(t.dtype) if t.dtype is not None else "any"}
+                for t in specs
+            ]
 
-    out: dict[str, Any] = {"path": path, "runtime": "onnxruntime", "inputs": rows(sig.inputs),
-                           "outputs": rows(sig.outputs)}
-    if rt.metadata:
-        out["metadata"] = rt.metadata
-    return out
+        out: dict[str, Any] = {"path": path, "format": fmt, "runtime": repr(rt), "inputs": rows(sig.inputs),
+                               "outputs": rows(sig.outputs)}
+        metadata = getattr(rt, "metadata", None) or {}
+        card = read_card(path, metadata, sig)
+        if card is None:
+            out["card"] = "none (write one with `tilecast card`)"
+        else:
+            out.update(describe_card(card))
+            problems = validate_card(card)
+            out["valid"] = "yes (STAC item + MLM)" if not problems else "; ".join(problems[:3])
+        other = {k: v for k, v in metadata.items() if k != "mlm:item"}
+        if other:
+            out["metadata"] = other
+        return out
+    finally:
+        rt.close()

@@ -32,6 +32,10 @@ from tilecast.runtimes.scaled import ScaledRuntime, Scaling, parse_scaling
 from tilecast.spec import OutputBand
 
 
+def _grid(rx, ry):
+    return from_origin(500000.0, 4600000.0, rx, ry)
+
+
 def _card(**kw):
     args = dict(name="lin", bands=["B04", "B03", "B02"], input_tile_size=(32, 32), input_overlap_size=(4, 4),
                 layout="NCHW", input_names=["x"], scaling=[Scaling("z-score", mean=100, stddev=50)],
@@ -212,7 +216,7 @@ def test_deepness_metadata_is_read(tmp_path):
     rgb = np.zeros((3, 40, 50), np.uint8)
     rgb[0], rgb[1] = 200, 50  # red high -> class 0 ((200/255-.5)/.2=1.4 vs (50/255-.4)/.1=-2)
     rgb[0, :, 25:], rgb[1, :, 25:] = 60, 250
-    img = write_raster(tmp_path / "rgb.tif", rgb, transform=from_origin(500000.0, 4600000.0, 0.2, 0.2), descriptions=("red", "green", "blue"))
+    img = write_raster(tmp_path / "rgb.tif", rgb, transform=_grid(0.2, 0.2), descriptions=("red", "green", "blue"))
     out = tmp_path / "out.tif"
     model = load_model(path)
     model.predict_image(img).to_geotiff(out)
@@ -226,9 +230,9 @@ def test_gsd_policy(tmp_path):
     card = _card(bands=["a"], common_names={}, scaling=None, resolution=(10, 10), crs=None,
                  output_bands=[OutputBand("y", np.dtype("float32"))], gsd_tolerance=0.05)
     write_card(card, path, embed=False)
-    ok = write_raster(tmp_path / "ok.tif", np.ones((1, 20, 20), np.float32), transform=from_origin(500000.0, 4600000.0, 10.2, 10.2))
+    ok = write_raster(tmp_path / "ok.tif", np.ones((1, 20, 20), np.float32), transform=_grid(10.2, 10.2))
     load_model(path).predict_image(ok).to_geotiff(tmp_path / "o.tif")  # 2 % off: accepted as is
-    far = write_raster(tmp_path / "far.tif", np.ones((1, 20, 20), np.float32), transform=from_origin(500000.0, 4600000.0, 20, 20))
+    far = write_raster(tmp_path / "far.tif", np.ones((1, 20, 20), np.float32), transform=_grid(20, 20))
     with pytest.raises(InputError, match="fix-input-proj"):
         load_model(path).predict_image(far)
     pred = load_model(path, fix_input_proj=True).predict_image(far)

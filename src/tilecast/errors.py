@@ -14,7 +14,8 @@ callers already catch, so ``except FileNotFoundError`` or ``except ValueError`` 
     │   ├── ModelLoadError (OSError)            missing or corrupted model file
     │   ├── SpecError (ValueError)              contradictory or invalid Earth Engine parameters
     │   ├── TileSizeError (ValueError)          the model rejects the tile size
-    │   └── OutputShapeError (ValueError)       the model returned an unexpected shape or dtype
+    │   ├── OutputShapeError (ValueError)       the model returned an unexpected shape or dtype
+    │   └── EndpointError (ConnectionError)     a hosted model failed or could not be reached
     ├── OutputError                             the result cannot be written as asked
     │   ├── OutputExistsError (FileExistsError)
     │   ├── NodataError (ValueError)            nodata not representable in the output dtype
@@ -31,6 +32,7 @@ from __future__ import annotations
 __all__ = [
     "BandMismatchError",
     "CastError",
+    "EndpointError",
     "InputError",
     "MissingExtraError",
     "ModelError",
@@ -120,3 +122,7 @@ class MissingExtraError(TilecastError, ImportError):
 
 class TilecastWarning(UserWarning):
     """Something works, but probably not as the user meant (e.g. a grid that differs from the model's)."""
+
+
+class EndpointError(ModelError, ConnectionError):
+    """A hosted model could not be reached, or answered with an error, after the retries."""

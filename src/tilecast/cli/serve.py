@@ -1,0 +1,69 @@
+"""``tilecast serve``: host models over KServe v2, TF Serving REST / Earth Engine, and optionally gRPC."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..errors import SpecError
+from .options import reports_errors
+
+
+@click.command(short_help="Host models over HTTP (KServe v2, TF Serving) and gRPC.")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option("--name", "names", multiple=True,
+              help="Name of the model at the same position (repeatable; default: the file name without suffix).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. The default accepts local clients only; 0.0.0.0 accepts all.")
+@click.option("--port", type=int, default=8500, show_default=True, help="HTTP port.")
+@click.option("--grpc-port", type=int, help="Also serve TF Serving's gRPC PredictionService on this port.")
+@click.option("--token-env", metavar="VAR",
+              help="Require 'Authorization: Bearer TOKEN', TOKEN read from this environment variable.")
+@click.option("--max-body-bytes", type=int, default=32 << 20, show_default=True,
+              help="Largest request body; bigger ones get HTTP 413 (gRPC: RESOURCE_EXHAUSTED).")
+@click.option("--max-batch", type=int, default=32, show_default=True,
+              help="Dynamic batching: merge concurrent requests into model calls of up to this many instances "
+                   "(1 disables it).")
+@click.option("--batch-timeout-ms", type=float, default=5.0, show_default=True,
+              help="Dynamic batching: how long the first request of a batch waits for others.")
+@click.option("--threads", type=int, help="Intra-op threads per model (default: the runtime's choice).")
+@click.option("--max-connections", type=int, default=1024, show_default=True,
+              help="Concurrent connections; beyond it clients get HTTP 503 (and retry).")
+@click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to let in-flight requests finish on SIGINT/SIGTERM.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="Log level of the JSON log lines on stderr.")
+@reports_errors
+def serve(models: tuple[str, ...], names: tuple[str, ...], host: str, port: int, grpc_port: int | None,
+          token_env: str | None, max_body_bytes: int, max_batch: int, batch_timeout_ms: float, threads: int | None,
+          max_connections: int, graceful_timeout: float, log_level: str) -> None:
+    """Host MODEL files (.onnx, or NAME=PATH, or a directory of models) until interrupted.
+
+    \b
+    Routes (NAME is the model's name):
+      KServe v2:   GET /v2/health/live|ready, GET /v2, GET /v2/models/NAME[/ready], POST /v2/models/NAME/infer
+                   (JSON and the binary tensor extension)
+      TF Serving:  GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict ("instances" or "inputs",
+                   Earth Engine's base64 TensorProto strings, RAW_JSON, ND_ARRAYS, {"b64": ...})
+      Vertex AI:   POST /v1/projects/P/locations/L/endpoints/E:predict and $AIP_PREDICT_ROUTE (first model)
+      Prometheus:  GET /metrics
+    \b
+    Example:
+      tilecast serve unet.onnx --name landcover --port 8500
+      tilecast predict scene.tif --endpoint http://127.0.0.1:8500/v2/models/landcover --tile 256 -o out.tif
+    """
+    from ..serve.models import models_from_paths
+    from ..serve.server import serve as run_server
+
+    token = None
+    if token_env:
+        token = os.environ.get(token_env)
+        if not token:
+            raise SpecError(f"--token-env {token_env}: that environment variable is not set or empty")
+    if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0:
+        raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms not negative")
+    runtimes = models_from_paths(list(models), list(names) or None, threads)
+    run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_body_bytes=max_body_bytes,
+               max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_connections=max_connections,
+               graceful_s=graceful_timeout, log_level=log_level)

@@ -1,0 +1,84 @@
+"""Fit what a client sent to the model's inputs: names, layouts and dtypes.
+
+Earth Engine sends one ``(H, W, 1)`` tensor per band, keyed by band name, and ND_ARRAYS sends nameless
+channel-first instances; most served models take one stacked tensor. The rules here bridge the two without any
+configuration, and say exactly what did not fit when they cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import InputError
+from ..runtimes.base import Signature, TensorSpec
+
+__all__ = ["adapt_inputs"]
+
+
+def _hwd(a: np.ndarray) -> np.ndarray:
+    return a[..., None] if a.ndim == 3 else a
+
+
+def _fits(t: TensorSpec, shape: tuple[int, ...]) -> bool:
+    return t.shape is None or (len(t.shape) == len(shape) and all(d is None or d == s for d, s in
+                                                                  zip(t.shape, shape, strict=True)))
+
+
+def _layout_fix(t: TensorSpec, a: np.ndarray) -> np.ndarray:
+    """Move channels to where a rank-4 input wants them, when only that makes the shape fit."""
+    if _fits(t, a.shape) or a.ndim != 4 or t.shape is None or len(t.shape) != 4:
+        return a
+    for perm in ((0, 3, 1, 2), (0, 2, 3, 1)):
+        b = a.transpose(perm)
+        if _fits(t, b.shape):
+            return b
+    return a
+
+
+def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's named inputs from what was sent; :class:`InputError` (HTTP 400) when they cannot be matched."""
+    inputs = signature.inputs
+    if not inputs:
+        return {k or "input": v for k, v in arrays.items()}
+    names = [t.name for t in inputs]
+    sent = list(arrays)
+    if set(sent) == set(names):
+        out = dict(arrays)
+    elif len(inputs) == 1 and len(sent) == 1:
+        out = {names[0]: arrays[sent[0]]}
+    elif len(inputs) == 1 and all(arrays[k].ndim in (3, 4) for k in sent):
+        # one tensor per band (Earth Engine) into one stacked input, in the order the bands were sent
+        parts = [_hwd(arrays[k]) for k in sent]
+        if len({p.shape[:3] for p in parts}) != 1:
+            raise InputError(f"the bands {sent} differ in shape: {[list(p.shape) for p in parts]}")
+        out = {names[0]: np.concatenate(parts, axis=3)}
+    elif len(sent) == 1 and all(t.shape is not None and len(t.shape) == 4 for t in inputs):
+        # a nameless channel-first (ND_ARRAYS) or channels-last stack into one input per band
+        a = arrays[sent[0]]
+        depths = [t.shape[3] or 1 for t in inputs]  # type: ignore[index]
+        if a.ndim == 4 and a.shape[1] == sum(depths):
+            a = a.transpose(0, 2, 3, 1)
+        if a.ndim != 4 or a.shape[3] != sum(depths):
+            raise InputError(
+                f"got one tensor of shape {list(a.shape)}; the model takes {len(inputs)} inputs {names} "
+                f"with {sum(depths)} channels in all"
+            )
+        cuts = np.cumsum(depths)[:-1]
+        out = dict(zip(names, np.split(a, cuts, axis=3), strict=True))
+    else:
+        raise InputError(f"the model's inputs are {names}, but the request has {sent}; send those names")
+    result = {}
+    for t in inputs:
+        if t.name not in out:
+            raise InputError(f"input {t.name!r} is missing; the model's inputs are {names}")
+        a = _layout_fix(t, np.asarray(out[t.name]))
+        if not _fits(t, a.shape):
+            raise InputError(f"input {t.name!r} has shape {list(a.shape)}, but the model takes {t.describe()}")
+        if t.dtype is not None and a.dtype != t.dtype:
+            if a.dtype.kind not in "biuf":
+                raise InputError(f"input {t.name!r} is {a.dtype}; the model takes {t.dtype}")
+            a = a.astype(t.dtype)
+        result[t.name] = a
+    return result

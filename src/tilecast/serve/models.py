@@ -1,0 +1,197 @@
+"""The models a server hosts, and the dynamic batcher that merges concurrent requests into one runtime call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, ModelLoadError, OutputShapeError
+from ..runtimes.base import Runtime
+from .adapt import adapt_inputs
+
+__all__ = ["Batcher", "ServedModel", "load_runtime", "models_from_paths"]
+
+
+def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Runtime:
+    """Any model tilecast can load: ONNX here; ``Model.load`` (Torch, TF...) when it is available."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model not found: {p}; check the path")
+    if p.suffix.lower() == ".onnx":
+        from ..runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(p, threads=threads)
+    from ..model import Model
+
+    loader = getattr(Model, "load", None)
+    if loader is None:
+        raise ModelLoadError(f"{p}: tilecast serve hosts .onnx models (this install has no Model.load for others)")
+    return loader(p).runtime
+
+
+def models_from_paths(specs: list[str], names: list[str] | None = None, threads: int | None = None
+                      ) -> dict[str, Runtime]:
+    """``MODEL`` paths (files, or directories of models), each named by ``names`` or its file stem."""
+    paths: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        p = Path(rest if sep else spec)
+        if p.is_dir() and not (p / "saved_model.pb").exists():
+            found = sorted(x for x in p.iterdir() if x.suffix.lower() in (".onnx", ".pt", ".pt2", ".keras")
+                           or (x / "saved_model.pb").exists())
+            if not found:
+                raise ModelLoadError(f"no models in directory {p}")
+            paths.extend((x.stem, x) for x in found)
+        else:
+            paths.append((name if sep else p.stem, p))
+    if names:
+        if len(names) > len(paths):
+            raise ModelLoadError(f"{len(names)} --name values for {len(paths)} models")
+        paths = [(n, p) for n, (_, p) in zip(names, paths, strict=False)] + paths[len(names):]
+    out: dict[str, Runtime] = {}
+    for name, p in paths:
+        if name in out:
+            raise ModelLoadError(f"two models are named {name!r}; name them with NAME=PATH or --name")
+        out[name] = load_runtime(p, threads)
+    return out
+
+
+def _key(arrays: Mapping[str, np.ndarray]) -> tuple:
+    return tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(arrays.items()))
+
+
+@dataclass
+class _Item:
+    arrays: dict[str, np.ndarray]
+    n: int
+    future: asyncio.Future
+
+
+class Batcher:
+    """Merges requests that arrive within ``timeout_s`` of each other (up to ``max_batch`` instances) into one
+    runtime call. ``max_batch`` <= 1 runs each request on its own. The runtime only ever sees one call at a time."""
+
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch: int,
+                 timeout_s: float, observe: Callable[[int], None] | None = None) -> None:
+        self.run, self.max_batch, self.timeout_s = run, max_batch, timeout_s
+        self.observe = observe or (lambda n: None)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tilecast-model")
+        self.queue: asyncio.Queue[_Item] | None = None
+        self.task: asyncio.Task | None = None
+        self._carry: _Item | None = None
+
+    def _run(self, arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        self.observe(n)
+        return self.run(arrays)
+
+    async def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(next(iter(arrays.values())))
+        loop = asyncio.get_running_loop()
+        if self.max_batch <= 1 or n >= self.max_batch:
+            return await loop.run_in_executor(self.executor, self._run, arrays, n)
+        if self.task is None:
+            self.queue = asyncio.Queue()
+            self.task = loop.create_task(self._loop())
+        item = _Item(arrays, n, loop.create_future())
+        await self.queue.put(item)  # type: ignore[union-attr]
+        return await item.future
+
+    async def _next(self, timeout: float | None) -> _Item | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if timeout is None:
+            return await self.queue.get()  # type: ignore[union-attr]
+        try:
+            return await asyncio.wait_for(self.queue.get(), max(timeout, 0))  # type: ignore[union-attr]
+        except TimeoutError:
+            return None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._next(None)
+            assert first is not None
+            group, total = [first], first.n
+            key = _key(first.arrays)
+            deadline = time.monotonic() + self.timeout_s
+            while total < self.max_batch:
+                item = await self._next(deadline - time.monotonic())
+                if item is None:
+                    break
+                if _key(item.arrays) != key or total + item.n > self.max_batch:
+                    self._carry = item
+                    break
+                group.append(item)
+                total += item.n
+            live = [g for g in group if not g.future.done()]
+            if not live:
+                continue
+            merged = {k: np.concatenate([g.arrays[k] for g in live]) for k in live[0].arrays}
+            try:
+                out = await loop.run_in_executor(self.executor, self._run, merged, sum(g.n for g in live))
+                start = 0
+                for g in live:
+                    part = {k: v[start : start + g.n] for k, v in out.items()}
+                    start += g.n
+                    if not g.future.done():
+                        g.future.set_result(part)
+            except Exception as exc:
+                for g in live:
+                    if not g.future.done():
+                        g.future.set_exception(exc)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.executor.shutdown(wait=True)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    runtime: Runtime
+    version: str = "1"
+    platform: str = "tilecast"
+    batcher: Batcher | None = field(default=None)
+
+    @property
+    def signature(self):
+        return self.runtime.signature
+
+    def call(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(next(iter(arrays.values())))
+        out = dict(self.runtime.run(arrays))
+        for k, v in out.items():
+            v = np.asarray(v)
+            if v.ndim == 0 or v.shape[0] != n:
+                raise OutputShapeError(f"the model's output {k!r} has shape {list(v.shape)} for {n} instances")
+            out[k] = v
+        return out
+
+    async def infer(self, arrays: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, Any]:
+        if not arrays:
+            raise InputError("the request has no inputs")
+        adapted = adapt_inputs(self.signature, arrays)
+        sizes = {len(v) for v in adapted.values()}
+        if len(sizes) != 1 or 0 in sizes:
+            raise InputError(f"inputs must share a non-zero batch size, got {sorted(sizes)}")
+        assert self.batcher is not None
+        out = await self.batcher.infer(adapted)
+        if outputs:
+            missing = [o for o in outputs if o not in out]
+            if missing:
+                raise InputError(f"unknown outputs {missing}; the model's outputs are {sorted(out)}")
+            out = {o: out[o] for o in outputs}
+        return out

@@ -86,16 +86,49 @@ class Prediction:
         return Job(self.plan, self.source, runtime, spec, self.inputs, outputs, profile, tuple(band_dtypes),
                    self.append_input)
 
-    def run(self, sink: Sink, progress: bool | ProgressCallback | None = None, engine: str = "local") -> Any:
-        """Execute into ``sink`` and return what it returns on close."""
-        job = self.job
-        callback = Progress() if progress is True else (progress or None)
-        sink.open(job.profile)
-        if engine != "local":
-            raise SpecError(f"unknown engine {engine!r}; use 'local'")
-        from .runners.local import run_local
+    def run(
+        self,
+        sink: Sink,
+        progress: bool | ProgressCallback | None = None,
+        engine: str | None = None,
+        *,
+        resume: bool = False,
+        chunk_size: int | tuple[int, int] | None = None,
+        **dask_options: Any,
+    ) -> Any:
+        """Execute into ``sink`` and return what it returns on close.
 
-        return run_local(job, sink, callback)
+        ``engine``: ``"local"`` (threads, streaming) or ``"dask"`` (chunk tasks on the current Dask client, or on
+        ``client=``, ``scheduler=ADDR``, or a new LocalCluster of ``workers=N``). ``resume`` continues an interrupted
+        run of the same prediction into the same output, skipping finished chunks. ``dask_options`` also take
+        ``performance_report=PATH``.
+        """
+        from .runners.dask import check_engine
+
+        job = self.job
+        engine = check_engine(engine or self.engine)
+        callback = Progress() if progress is True else (progress or None)
+        chunked = hasattr(sink, "prepare")
+        if engine == "local" and not resume and not chunked:
+            sink.open(job.profile)
+            from .runners.local import run_local
+
+            return run_local(job, sink, callback)
+        if not chunked:
+            if resume:
+                raise SpecError("resume needs a resumable output (to_geotiff or to_zarr), not a custom sink")
+            from .sinks.chunked import BlockSinkAdapter
+
+            sink = BlockSinkAdapter(sink)
+        if engine == "local":
+            if dask_options:
+                raise SpecError(f"{sorted(dask_options)} only apply with engine='dask'")
+            from .runners.local import run_local_chunked
+
+            return run_local_chunked(job, sink, callback, resume=resume, chunk_size=chunk_size)
+        from .runners.dask import run_dask
+
+        return run_dask(job, sink, callback, resume=resume, chunk_size=chunk_size, **dask_options)
 
     def to_geotiff(
         self,
@@ -105,17 +138,63 @@ class Prediction:
         progress: bool | ProgressCallback | None = None,
         compress: str = "DEFLATE",
         overviews: bool = True,
+        engine: str | None = None,
+        resume: bool = False,
+        **dask_options: Any,
     ) -> Path:
-        """Stream the prediction into a Cloud-Optimized GeoTIFF at ``path`` (atomically)."""
+        """Stream the prediction into a Cloud-Optimized GeoTIFF at ``path`` (atomically).
+
+        With ``engine="dask"`` workers write their chunks into a partial GeoTIFF next to ``path`` and one of them
+        builds the COG; with ``resume=True`` (either engine) an interrupted run continues where it stopped.
+        """
+        from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
 
-        return self.run(GeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews), progress)
+        engine = engine or self.engine
+        if engine == "dask" or resume:
+            sink: Any = PartialGeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
+        else:
+            sink = GeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
+        return self.run(sink, progress, engine, resume=resume, **dask_options)
 
-    def to_xarray(self, progress: bool | ProgressCallback | None = None):
-        """The prediction as a georeferenced ``(band, y, x)`` DataArray held in memory."""
+    def to_zarr(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        progress: bool | ProgressCallback | None = None,
+        engine: str | None = None,
+        resume: bool = False,
+        chunk_size: int | tuple[int, int] | None = None,
+        **dask_options: Any,
+    ) -> Path:
+        """Write a georeferenced Zarr store (``band, y, x``; chunks = whole tiles) that xarray opens lazily."""
+        from .sinks.chunked import ZarrSink
+
+        sink = ZarrSink(path, overwrite=overwrite)
+        return self.run(sink, progress, engine, resume=resume, chunk_size=chunk_size, **dask_options)
+
+    def to_xarray(
+        self,
+        progress: bool | ProgressCallback | None = None,
+        engine: str | None = None,
+        chunk_size: int | tuple[int, int] | None = None,
+    ):
+        """The prediction as a georeferenced ``(band, y, x)`` DataArray.
+
+        In memory with the local engine; with ``engine="dask"`` a lazy Dask-backed DataArray whose blocks are
+        output chunks of whole tiles (nothing runs until computed).
+        """
+        from .runners.dask import check_engine
+
+        if check_engine(engine or self.engine) == "dask":
+            from .runners.dask import dask_array
+            from .sinks.memory import to_dataarray
+
+            return to_dataarray(dask_array(self.job, chunk_size), self.profile)
         from .sinks.memory import ArraySink
 
-        return self.run(ArraySink(), progress)
+        return self.run(ArraySink(), progress, "local")
 
     def to_numpy(self, progress: bool | ProgressCallback | None = None) -> np.ndarray:
         return self.to_xarray(progress).values

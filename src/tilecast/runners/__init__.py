@@ -1,5 +1,5 @@
 """Runners execute a tile plan. They decide where and when each tile's steps run, never what they do."""
 
-from .local import run_local
+from .local import run_local, run_local_chunked
 
-__all__ = ["run_local"]
+__all__ = ["run_local", "run_local_chunked"]

@@ -17,7 +17,7 @@ from ..job import Job, TileData
 from ..progress import ProgressCallback
 from ..sinks.base import Sink
 
-__all__ = ["run_local"]
+__all__ = ["run_local", "run_local_chunked"]
 
 _DONE = object()
 
@@ -114,4 +114,51 @@ def run_local(
                     continue
             writer.join()
         sink.abort()
+        raise
+
+
+def run_local_chunked(
+    job: Job,
+    sink: Any,
+    progress: ProgressCallback | None = None,
+    resume: bool = False,
+    chunk_size: int | tuple[int, int] | None = None,
+    read_threads: int | None = None,
+) -> Any:
+    """Execute ``job`` chunk by chunk into a :class:`~tilecast.sinks.chunked.ChunkSink`; resumable.
+
+    Finished chunks are recorded next to the output; with ``resume`` a rerun skips them. Interrupted or failed
+    runs started with ``resume`` keep their partial output (errors from tilecast itself, which would recur, do not).
+    """
+    from ..errors import TilecastError
+    from .chunks import ChunkLayout, chunk_shape, compute_chunk, fingerprint
+
+    layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
+    done = sink.prepare(job.profile, fingerprint(job, layout), chunk_shape(layout), resume)
+    total = len(job.plan)
+    tile_pixels = job.plan.geometry.tile.x * job.plan.geometry.tile.y
+    tiles_done = sum(layout.own_tiles(i) for i in done)
+    threads = read_threads or min(4, (os.cpu_count() or 2))
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="tilecast-writer") as writer:
+            last: Future[None] | None = None
+            last_index = -1
+            for index in range(len(layout)):
+                if index in done:
+                    continue
+                window, data, stats = compute_chunk(job, layout, index, pool)
+                if last is not None:
+                    last.result()
+                    sink.mark([last_index])
+                last, last_index = writer.submit(sink.write, window, data), index
+                tiles_done += stats.tiles
+                if progress is not None:
+                    progress(tiles_done, total, tiles_done * tile_pixels)
+            if last is not None:
+                last.result()
+                sink.mark([last_index])
+        return sink.close()
+    except BaseException as exc:
+        sink.abort(keep=resume and not isinstance(exc, TilecastError))
         raise

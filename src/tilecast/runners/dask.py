@@ -1,0 +1,239 @@
+"""The Dask runner: output chunks of whole tiles as Dask tasks, on a LocalCluster or any distributed cluster.
+
+Each task reads its own tiles' input windows (with halo) straight from the source, runs the model in batches and
+writes its chunk straight into the output (GeoTIFF under a file lock, or Zarr), so neither inputs nor outputs pass
+through the client. There is no ``map_overlap`` over a Dask array of the input: a task's memory is one chunk.
+
+The model is never pickled per task. The client scatters one small :class:`~tilecast.runners.recipe.JobRecipe`
+(model path and options, source path and bands, plan and bindings, GDAL settings) to the workers; each worker
+process loads the model the first time and caches it. Retries after a lost worker simply recompute the chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._extras import require
+from ..errors import SpecError, TilecastError
+from ..job import Job
+from ..progress import ProgressCallback
+from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
+from .recipe import GdalEnv, JobRecipe, get_job, make_recipe
+
+__all__ = ["dask_array", "open_client", "run_dask"]
+
+log = logging.getLogger("tilecast.dask")
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every chunk task of one run shares; scattered once to each worker."""
+
+    recipe: JobRecipe
+    layout: ChunkLayout
+    writer: Any
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    """One small read-ahead pool per worker process, shared by its tasks (GDAL releases the GIL)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(4, thread_name_prefix="tilecast-read")
+        return _POOL
+
+
+def _worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except Exception:
+        return None
+
+
+def _compute(ctx: _Context, index: int) -> tuple[Any, np.ndarray, ChunkStats]:
+    recipe = ctx.recipe
+    if recipe.threads is None and recipe.runtime[0] == "onnx":
+        threads = _worker_threads()
+        if threads:
+            recipe = JobRecipe(recipe.token, recipe.runtime, recipe.source, recipe.job, recipe.env, threads)
+    entry = get_job(recipe)
+    log.debug("chunk %d with GDAL settings %r", index, recipe.env)
+    with recipe.env.apply():
+        return compute_chunk(entry.job, ctx.layout, index, _read_pool(), entry.infer_lock)
+
+
+def _chunk_task(ctx: _Context, index: int) -> tuple[ChunkStats, Any, np.ndarray | None]:
+    window, data, stats = _compute(ctx, index)
+    if ctx.writer is None:
+        return stats, window, data
+    with ctx.recipe.env.apply():
+        ctx.writer.write(window, data)
+    return stats, window, None
+
+
+def _chunk_array(ctx: _Context, index: int) -> np.ndarray:
+    return _compute(ctx, index)[1]
+
+
+@contextlib.contextmanager
+def open_client(
+    client: Any = None, scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+) -> Iterator[Any]:
+    """The client to use: the one given, one for ``scheduler``, the current one, or a new LocalCluster."""
+    distributed = require("distributed", "dask")
+    if client is not None:
+        yield client
+        return
+    if scheduler:
+        with distributed.Client(scheduler) as c:
+            yield c
+        return
+    if workers is None:
+        try:
+            yield distributed.get_client()
+            return
+        except ValueError:
+            pass
+    n = workers or 1
+    threads = threads_per_worker or max(1, (os.cpu_count() or 1) // n)
+    try:
+        import bokeh  # noqa: F401
+
+        dashboard: str | None = "127.0.0.1:0"
+    except ImportError:
+        dashboard = None
+    kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": threads, "processes": True,
+                              "dashboard_address": dashboard}
+    if memory_limit is not None:
+        kwargs["memory_limit"] = memory_limit
+    with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def run_dask(
+    job: Job,
+    sink: Any,
+    progress: ProgressCallback | None = None,
+    *,
+    resume: bool = False,
+    chunk_size: int | tuple[int, int] | None = None,
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    performance_report: str | os.PathLike | None = None,
+    env: GdalEnv | None = None,
+    in_flight: int | None = None,
+) -> Any:
+    """Execute ``job`` on Dask into a :class:`~tilecast.sinks.chunked.ChunkSink`; returns what ``close`` returns.
+
+    Unless tilecast itself reports an error (which would recur), the partial output and manifest are kept when the
+    run stops, so ``resume=True`` continues it.
+    """
+    distributed = require("distributed", "dask")
+    layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
+    recipe = make_recipe(job, env)
+    done = sink.prepare(job.profile, fingerprint(job, layout), chunk_shape(layout), resume)
+    total = len(job.plan)
+    tile_pixels = job.plan.geometry.tile.x * job.plan.geometry.tile.y
+    tiles_done = sum(layout.own_tiles(i) for i in done)
+    todo = [i for i in range(len(layout)) if i not in done]
+    futures: list[Any] = []
+    try:
+        with open_client(client, scheduler, workers) as c:
+            if progress is not None:
+                link = getattr(c, "dashboard_link", None) if _has_dashboard(c) else None
+                print(f"dask: {len(todo)} chunk task(s) of {layout.rows} x {layout.cols} tiles on "
+                      f"{len(c.scheduler_info().get('workers', {}))} worker(s)"
+                      + (f"; dashboard {link}" if link else ""), file=sys.stderr)
+            report = (distributed.performance_report(filename=str(performance_report)) if performance_report
+                      else contextlib.nullcontext())
+            with report:
+                ctx = c.scatter(_Context(recipe, layout, sink.writer()), broadcast=True, hash=False)
+                limit = in_flight or max(4, 4 * sum(c.nthreads().values()))
+                queue = iter(todo)
+                ac = distributed.as_completed()
+
+                def submit() -> None:
+                    index = next(queue, None)
+                    if index is not None:
+                        fut = c.submit(_chunk_task, ctx, index, key=f"tilecast-chunk-{index}-{recipe.token}",
+                                       pure=False, retries=2)
+                        futures.append(fut)
+                        ac.add(fut)
+
+                for _ in range(limit):
+                    submit()
+                for fut in ac:
+                    stats, window, data = fut.result()
+                    if data is not None:
+                        sink.write(window, data)
+                    sink.mark([stats.index])
+                    tiles_done += stats.tiles
+                    futures.remove(fut)
+                    fut.release()
+                    submit()
+                    if progress is not None:
+                        progress(tiles_done, total, tiles_done * tile_pixels)
+                sink.manifest.flush() if getattr(sink, "manifest", None) is not None else None
+                if sink.writer() is not None:  # finalise (e.g. build the COG) on a worker, next to the data
+                    return c.submit(_close, sink, pure=False).result()
+                return sink.close()
+    except BaseException as exc:
+        for fut in futures:
+            with contextlib.suppress(Exception):
+                fut.cancel()
+        sink.abort(keep=not isinstance(exc, TilecastError))
+        raise
+
+
+def _close(sink: Any) -> Any:
+    return sink.close()
+
+
+def _has_dashboard(client: Any) -> bool:
+    try:
+        return bool(client.scheduler_info().get("services", {}).get("dashboard"))
+    except Exception:
+        return False
+
+
+def dask_array(job: Job, chunk_size: int | tuple[int, int] | None = None, env: GdalEnv | None = None) -> Any:
+    """A lazy ``(band, y, x)`` Dask array of the prediction; each block is one chunk task."""
+    da = require("dask.array", "dask")
+    from dask.highlevelgraph import HighLevelGraph
+
+    layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
+    recipe = make_recipe(job, env)
+    name = f"tilecast-predict-{recipe.token}"
+    ctx_key = f"tilecast-context-{recipe.token}"
+    dsk: dict[Any, Any] = {ctx_key: _Context(recipe, layout, None)}
+    for index in range(len(layout)):
+        i, j = layout.position(index)
+        dsk[(name, 0, i, j)] = (_chunk_array, ctx_key, index)
+    ys, xs = layout.chunks_shape()
+    n = len(job.profile.band_names)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks=((n,), ys, xs), dtype=job.profile.dtype)
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ("local", "dask"):
+        raise SpecError(f"unknown engine {engine!r}; use 'local' (threads on this machine) or 'dask'")
+    return engine

@@ -1,0 +1,193 @@
+"""Shipping a job to other processes: a small picklable recipe, rebuilt once per process and cached.
+
+An ONNX session (or an open GDAL handle) does not pickle, and even when a model does, sending it with every task
+would cost more than the task. A :class:`JobRecipe` carries how to rebuild the job (model path and options, source
+path and bands, the plan, the bindings) plus the GDAL/credential settings captured on the client. Each worker
+builds the job the first time it sees the recipe's token and reuses it for every later task.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import rasterio
+
+from ..errors import SpecError
+from ..job import Job
+
+__all__ = ["GdalEnv", "JobRecipe", "get_job", "make_recipe"]
+
+_ENV_PREFIXES = ("AWS_", "GDAL_", "CPL_", "VSI_", "GS_", "GOOGLE_", "AZURE_", "OSS_", "SWIFT_", "CURL_", "PROJ_")
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "CREDENTIAL", "SAS", "SESSION")
+
+
+@dataclass(frozen=True)
+class GdalEnv:
+    """GDAL configuration options (including credentials) to apply around every task; secrets masked in repr."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def capture(cls, extra: Mapping[str, Any] | None = None) -> GdalEnv:
+        """The active ``rasterio.Env`` options and the GDAL/cloud environment variables of this process."""
+        opts: dict[str, Any] = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+        if rasterio.env.hasenv():
+            opts.update({k: v for k, v in rasterio.env.getenv().items() if isinstance(v, (str, int, float, bool))})
+        opts.update(extra or {})
+        return cls(opts)
+
+    @staticmethod
+    def is_secret(key: str) -> bool:
+        return any(w in key.upper() for w in _SECRET_WORDS)
+
+    def masked(self) -> dict[str, Any]:
+        return {k: ("***" if self.is_secret(k) else v) for k, v in self.options.items()}
+
+    @contextmanager
+    def apply(self):
+        with rasterio.Env(**dict(self.options)):
+            yield
+
+    def __repr__(self) -> str:
+        return f"GdalEnv({self.masked()})"
+
+
+def _runtime_recipe(runtime: Any) -> tuple:
+    from ..runtimes.onnx import OnnxRuntime
+
+    if isinstance(runtime, OnnxRuntime):
+        if not runtime.path:
+            raise SpecError(
+                "engine='dask' rebuilds the model on each worker from its file, but this ONNX model was loaded "
+                "from bytes; save it to a file every worker can read and use Model.from_onnx(path)"
+            )
+        session = runtime.session
+        return ("onnx", runtime.path, tuple(session.get_providers()) if session is not None else None)
+    if hasattr(runtime, "recipe"):
+        return ("recipe", runtime.recipe())
+    return ("object", runtime)
+
+
+def _build_runtime(recipe: tuple, threads: int | None) -> Any:
+    kind = recipe[0]
+    if kind == "onnx":
+        from ..runtimes.onnx import OnnxRuntime
+
+        providers = [p.replace("ExecutionProvider", "").lower() for p in recipe[2] or ()] or None
+        return OnnxRuntime(recipe[1], providers=providers, threads=threads)
+    if kind == "recipe":
+        factory, args, kwargs = recipe[1]
+        return factory(*args, **kwargs)
+    return recipe[1]
+
+
+def _source_recipe(source: Any) -> tuple:
+    from ..sources.rasterio_source import RasterioSource, _reopenable
+
+    if isinstance(source, RasterioSource):
+        if not _reopenable(source.path):
+            raise SpecError(
+                f"engine='dask' reopens the input on every worker, but {source.path!r} is an in-memory dataset; "
+                "pass a path or URL that every worker can open"
+            )
+        return ("rasterio", source.path, tuple(source.indexes), source._warp)
+    return ("object", source)
+
+
+def _build_source(recipe: tuple) -> Any:
+    if recipe[0] == "rasterio":
+        from ..sources.rasterio_source import RasterioSource
+
+        return RasterioSource(recipe[1], list(recipe[2]), warp=recipe[3])
+    return recipe[1]
+
+
+@dataclass(frozen=True)
+class JobRecipe:
+    """Everything a worker needs to rebuild a :class:`~tilecast.job.Job`; a few kilobytes once pickled."""
+
+    token: str
+    runtime: tuple
+    source: tuple
+    job: Job
+    """The job with its runtime and source replaced by None (plan, spec, bindings, profile)."""
+    env: GdalEnv
+    threads: int | None = None
+
+    def build(self) -> Job:
+        return replace(self.job, runtime=_build_runtime(self.runtime, self.threads), source=_build_source(self.source))
+
+
+def make_recipe(job: Job, env: GdalEnv | None = None, threads: int | None = None) -> JobRecipe:
+    """A recipe for ``job``; the client's own job is registered so in-process tasks reuse it."""
+    recipe = JobRecipe(
+        uuid.uuid4().hex, _runtime_recipe(job.runtime), _source_recipe(job.source),
+        replace(job, runtime=None, source=None), env or GdalEnv.capture(), threads,
+    )
+    _register(recipe.token, job)
+    return recipe
+
+
+class _Cached:
+    def __init__(self, job: Job, owned: bool = True) -> None:
+        self.job = job
+        self.owned = owned
+        """False for the caller's own job (registered on the client): never closed here."""
+        self.infer_lock = threading.Lock()
+
+
+_CACHE: OrderedDict[str, _Cached] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 4
+BUILDS = 0
+"""How many jobs this process has built from recipes (models loaded); for tests and diagnostics."""
+
+
+def _register(token: str, job: Job) -> _Cached:
+    with _CACHE_LOCK:
+        entry = _CACHE[token] = _Cached(job, owned=False)
+        _trim()
+        return entry
+
+
+def _trim() -> None:
+    while len(_CACHE) > _CACHE_SIZE:
+        _, old = _CACHE.popitem(last=False)
+        if old.owned:
+            _close(old.job)
+
+
+def _close(job: Job) -> None:
+    for part in (job.source, job.runtime):
+        try:
+            part.close()
+        except Exception:
+            pass
+
+
+def get_job(recipe: JobRecipe) -> _Cached:
+    """This process's job for ``recipe``, built (model loaded) on first use only."""
+    global BUILDS
+    with _CACHE_LOCK:
+        entry = _CACHE.get(recipe.token)
+        if entry is not None:
+            _CACHE.move_to_end(recipe.token)
+            return entry
+        with recipe.env.apply():
+            job = recipe.build()
+        BUILDS += 1
+        entry = _CACHE[recipe.token] = _Cached(job)
+        _trim()
+        return entry
+
+
+def forget(token: str) -> None:
+    with _CACHE_LOCK:
+        _CACHE.pop(token, None)

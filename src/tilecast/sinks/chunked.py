@@ -1,0 +1,295 @@
+"""Sinks that take whole output chunks in any order, from any process, and can resume an interrupted run.
+
+Each keeps a partial output next to the final path (``.NAME.partial.tmp.tif`` or ``.NAME.partial.zarr``) and a small
+manifest (``.NAME.resume.json``) listing the finished chunks. Workers write their chunk straight into the partial
+output (GeoTIFF: windowed writes under a file lock; Zarr: one chunk per task, no lock), so pixels never pass through
+the client. The final path appears only when every chunk is done: the partial GeoTIFF becomes a COG, the partial
+Zarr store is renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from .._extras import require
+from .base import OutputProfile, Sink
+from .geotiff import GeoTIFFSink, check_output_path
+
+__all__ = ["BlockSinkAdapter", "ChunkSink", "Manifest", "PartialGeoTIFFSink", "ZarrSink"]
+
+
+class ChunkWriter(Protocol):
+    """Picklable; runs on workers."""
+
+    def write(self, window: Window, data: np.ndarray) -> None: ...
+
+
+class ChunkSink(Protocol):
+    def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
+        """Create (or, with ``resume``, reopen) the partial output; returns the chunks already finished."""
+        ...
+
+    def writer(self) -> ChunkWriter | None:
+        """What workers write with; None: send the pixels back to the client, which calls ``write``."""
+        ...
+
+    def write(self, window: Window, data: np.ndarray) -> None: ...
+
+    def mark(self, indices: Iterable[int]) -> None:
+        """Record finished chunks (their pixels are already written)."""
+        ...
+
+    def close(self) -> Any: ...
+
+    def abort(self, keep: bool = False) -> None:
+        """Remove the partial output, or with ``keep`` leave it and the manifest for ``resume``."""
+        ...
+
+
+class Manifest:
+    """A JSON list of finished chunks, rewritten atomically at most every ``every`` seconds."""
+
+    def __init__(self, path: Path, fingerprint: str, every: float = 0.5) -> None:
+        self.path, self.fingerprint, self.every = path, fingerprint, every
+        self.done: set[int] = set()
+        self._last = 0.0
+
+    def load(self) -> bool:
+        """Adopt the recorded chunks if the manifest belongs to the same run; False otherwise."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False
+        if data.get("fingerprint") != self.fingerprint:
+            return False
+        self.done = {int(i) for i in data.get("done", [])}
+        return True
+
+    def add(self, indices: Iterable[int]) -> None:
+        self.done.update(indices)
+        if time.monotonic() - self._last >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"version": 1, "fingerprint": self.fingerprint, "done": sorted(self.done)}))
+        os.replace(tmp, self.path)
+        self._last = time.monotonic()
+
+    def remove(self) -> None:
+        for p in (self.path, self.path.with_name(self.path.name + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def _hidden(path: Path, suffix: str) -> Path:
+    return path.with_name(f".{path.name}.{suffix}")
+
+
+class _LockedGTiffWriter:
+    """Windowed writes into the shared partial GeoTIFF, one process at a time (an OS file lock, released even
+    when a worker is killed)."""
+
+    def __init__(self, path: str, lock: str) -> None:
+        self.path, self.lock = path, lock
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        with open(self.lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                with rasterio.open(self.path, "r+") as dst:
+                    dst.write(data, window=window)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class PartialGeoTIFFSink(GeoTIFFSink):
+    """A COG written chunk by chunk (by workers), resumable. Same options and final file as :class:`GeoTIFFSink`.
+
+    The partial file is an uncompressed, sparse, tiled GeoTIFF so that any window can be rewritten in place; it
+    must live where every worker can write (the output folder), and the COG is built from it at the end.
+    """
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, **kwargs: Any) -> None:
+        super().__init__(path, overwrite=overwrite, **kwargs)
+        self.partial = _hidden(self.path, "partial.tmp.tif")
+        self.lock = str(_hidden(self.path, "partial.lock"))
+        self.manifest: Manifest | None = None
+
+    def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
+        self.profile = profile
+        self.manifest = Manifest(_hidden(self.path, "resume.json"), fingerprint)
+        if resume and self.partial.exists() and self.manifest.load():
+            self._tmp = str(self.partial)
+            return set(self.manifest.done)
+        self._remove_partial()
+        g = profile.grid
+        block = 256 if min(g.shape) >= 256 else 16
+        self._dst = rasterio.open(
+            self.partial, "w", driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),
+            dtype=profile.dtype, crs=g.crs, transform=g.transform, nodata=profile.nodata, tiled=True,
+            blockxsize=block, blockysize=block, sparse_ok=True, bigtiff="IF_SAFER",
+            interleave="band" if len(profile.band_names) > 1 else "pixel",
+        )
+        for i, name in enumerate(profile.band_names, start=1):
+            self._dst.set_band_description(i, name)
+        tags = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in profile.tags.items()}
+        if tags:
+            self._dst.update_tags(**tags)
+        self._write_classes(profile)
+        self._dst.close()
+        self._dst = None
+        self._tmp = str(self.partial)
+        self.manifest.flush()
+        return set()
+
+    def writer(self) -> ChunkWriter:
+        return _LockedGTiffWriter(str(self.partial), self.lock)
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        self.writer().write(window, data)
+
+    def mark(self, indices: Iterable[int]) -> None:
+        self.manifest.add(indices)
+
+    def close(self) -> Path:
+        """Build the COG from the partial file (wherever this runs: a worker can do it) and publish it."""
+        check_output_path(self.path, self.overwrite)
+        self._tmp = str(self.partial)
+        self._dst = rasterio.open(self.partial, "r")
+        path = super().close()  # closes the handle, copies to a COG, renames, removes the partial file
+        self.manifest.remove()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.lock)
+        return path
+
+    def abort(self, keep: bool = False) -> None:
+        if keep and self.manifest is not None:
+            self.manifest.flush()
+            return
+        if self._dst is not None:
+            with contextlib.suppress(Exception):
+                self._dst.close()
+            self._dst = None
+        self._remove_partial()
+
+    def _remove_partial(self) -> None:
+        for p in (str(self.partial), str(self.partial) + ".aux.xml", self.lock,
+                  str(_hidden(self.path, "partial.cog.tif"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+        if self.manifest is not None:
+            self.manifest.remove()
+
+
+class _ZarrWriter:
+    def __init__(self, path: str, name: str) -> None:
+        self.path, self.name = path, name
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        zarr = require("zarr", "dask")
+        arr = zarr.open_array(os.path.join(self.path, self.name), mode="r+")
+        r, c = int(window.row_off), int(window.col_off)
+        arr[:, r : r + data.shape[1], c : c + data.shape[2]] = data
+
+
+class ZarrSink:
+    """A Zarr store (``band, y, x``) that xarray, rioxarray and odc-geo open georeferenced; one chunk per task."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, name: str = "prediction") -> None:
+        self.path = check_output_path(path, overwrite)
+        self.overwrite = overwrite
+        self.name = name
+        self.partial = _hidden(self.path, "partial.zarr")
+        self.manifest: Manifest | None = None
+
+    def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
+        self.profile = profile
+        self.manifest = Manifest(_hidden(self.path, "resume.json"), fingerprint)
+        if resume and self.partial.exists() and self.manifest.load():
+            return set(self.manifest.done)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        da = require("dask.array", "dask")
+        from .memory import to_dataarray
+
+        h, w = profile.grid.shape
+        n = len(profile.band_names)
+        fill = profile.nodata if profile.nodata is not None else 0
+        template = da.full((n, h, w), fill, dtype=profile.dtype, chunks=(n, chunks[0], chunks[1]))
+        arr = to_dataarray(template, profile)
+        encoding: dict[str, Any] = {"chunks": (n, chunks[0], chunks[1])}
+        if profile.nodata is not None:
+            arr.attrs.pop("_FillValue", None)
+            encoding["_FillValue"] = profile.nodata
+        arr.attrs["long_name"] = ",".join(profile.band_names)
+        ds = arr.to_dataset(name=self.name)
+        ds.attrs.update({k: (v if isinstance(v, (str, int, float)) else json.dumps(v))
+                         for k, v in profile.tags.items()})
+        ds.to_zarr(self.partial, mode="w", compute=False, encoding={self.name: encoding}, consolidated=True,
+                  zarr_format=2)
+        self.manifest.flush()
+        return set()
+
+    def writer(self) -> ChunkWriter:
+        return _ZarrWriter(str(self.partial), self.name)
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        self.writer().write(window, data)
+
+    def mark(self, indices: Iterable[int]) -> None:
+        self.manifest.add(indices)
+
+    def close(self) -> Path:
+        check_output_path(self.path, self.overwrite)
+        if self.path.exists():
+            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+        os.replace(self.partial, self.path)
+        self.manifest.remove()
+        return self.path
+
+    def abort(self, keep: bool = False) -> None:
+        if keep and self.manifest is not None:
+            self.manifest.flush()
+            return
+        shutil.rmtree(self.partial, ignore_errors=True)
+        if self.manifest is not None:
+            self.manifest.remove()
+
+
+class BlockSinkAdapter:
+    """Any plain :class:`~tilecast.sinks.base.Sink` behind the chunk interface: pixels come back to the caller,
+    which writes each chunk as it arrives (not resumable)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
+        self.sink.open(profile)
+        return set()
+
+    def writer(self) -> None:
+        return None
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        self.sink.write(window, data)
+
+    def mark(self, indices: Iterable[int]) -> None:
+        pass
+
+    def close(self) -> Any:
+        return self.sink.close()
+
+    def abort(self, keep: bool = False) -> None:
+        self.sink.abort()

@@ -22,7 +22,7 @@ import numpy as np
 import rasterio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import landsat  # noqa: E402
+import landsat
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out"
@@ -36,9 +36,23 @@ def predict_args(stack: str | Path, output: str | Path, model: str | Path = MODE
     """The ``tilecast predict`` arguments the demo runs (the tests run the same ones)."""
     classes = ",".join(landsat.CLASSES[c] for c in sorted(landsat.CLASSES))
     return [
-        "predict", str(stack), "--model", str(model), "--bands", ",".join(landsat.MODEL_BANDS),
-        "--tile", str(TILE), "--overlap", str(OVERLAP), "--output-band", "landcover:uint8", "--classes", classes,
-        "-o", str(output), "--overwrite",
+        "predict",
+        str(stack),
+        "--model",
+        str(model),
+        "--bands",
+        ",".join(landsat.MODEL_BANDS),
+        "--tile",
+        str(TILE),
+        "--overlap",
+        str(OVERLAP),
+        "--output-band",
+        "landcover:uint8",
+        "--classes",
+        classes,
+        "-o",
+        str(output),
+        "--overwrite",
     ]
 
 
@@ -76,27 +90,36 @@ def quicklook(stack: Path, landcover: Path, png: Path, title: str = "") -> Path:
     lo, hi = (np.array([np.percentile(b.compressed(), q) for b in rgb])[:, None, None] for q in (2, 98))
     natural = np.clip((rgb - lo) / (hi - lo), 0, 1).filled(1).transpose(1, 2, 0)  # white where no data
     codes = sorted(landsat.CLASSES)
-    cmap = ListedColormap([landsat.CLASS_COLORS[c] for c in codes])
-    cmap.set_bad("white")
+    cmap = ListedColormap([landsat.CLASS_COLORS[c] for c in codes]).with_extremes(bad="white")
     extent = (bounds.left / 1000, bounds.right / 1000, bounds.bottom / 1000, bounds.top / 1000)
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), constrained_layout=True)
     axes[0].imshow(natural, extent=extent)
     axes[0].set_title("Landsat 7, 2000 (bands 3-2-1)")
-    axes[1].imshow(classes, cmap=cmap, vmin=codes[0] - 0.5, vmax=codes[-1] + 0.5, extent=extent,
-                   interpolation="nearest")
+    axes[1].imshow(
+        classes, cmap=cmap, vmin=codes[0] - 0.5, vmax=codes[-1] + 0.5, extent=extent, interpolation="nearest"
+    )
     axes[1].set_title("Predicted land cover (tilecast + ONNX model)")
     for ax in axes:
         ax.set_xlabel("easting (km, EPSG:32119)")
     axes[0].set_ylabel("northing (km)")
     total = classes.count()
     handles = [
-        Patch(facecolor=landsat.CLASS_COLORS[c], edgecolor="0.3",
-              label=f"{c} {landsat.CLASSES[c]} ({(classes == c).sum() / total:.0%})")
+        Patch(
+            facecolor=landsat.CLASS_COLORS[c],
+            edgecolor="0.3",
+            label=f"{c} {landsat.CLASSES[c]} ({(classes == c).sum() / total:.0%})",
+        )
         for c in codes
     ]
-    axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=11,
-                   title="class (share of map)")
+    axes[1].legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+        fontsize=11,
+        title="class (share of map)",
+    )
     if title:
         fig.suptitle(title)
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -115,8 +138,9 @@ def main(out: Path = OUT) -> int:
     result = scores(landcover)
     lines = [f"accuracy on {name}: {acc:.1%} of {n} pixels" for name, (acc, n) in result.items()]
     held = result["held-out labels"][0]
-    png = quicklook(stack, landcover, out / "landcover.png",
-                    title=f"Land cover, {held:.0%} correct on held-out labelled pixels")
+    png = quicklook(
+        stack, landcover, out / "landcover.png", title=f"Land cover, {held:.0%} correct on held-out labelled pixels"
+    )
     print("\n".join(lines))
     print(f"input stack: {stack}")
     print(f"land cover (COG): {landcover}")

@@ -147,16 +147,18 @@ def accuracy(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, int]:
 def write_stack(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the 6-band stack (band descriptions B1..B7) as a tiled GeoTIFF, atomically."""
     data, profile = read_stack()
-    profile.update(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate", predictor=2,
-                   interleave="pixel")
+    profile.update(
+        driver="GTiff", tiled=True, blockxsize=256, blockysize=256, compress="deflate", predictor=2, interleave="pixel"
+    )
     return _write(path, data, profile, list(BANDS), overwrite)
 
 
 def write_labels(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the labelled pixels (uint8 codes, nodata 0) on the stack's grid and CRS."""
     _, profile = read_stack()
-    profile.update(driver="GTiff", count=1, dtype="uint8", nodata=0, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate")
+    profile.update(
+        driver="GTiff", count=1, dtype="uint8", nodata=0, tiled=True, blockxsize=256, blockysize=256, compress="deflate"
+    )
     return _write(path, read_labels()[None], profile, ["label"], overwrite)
 
 
@@ -177,7 +179,7 @@ def split_labels(labels: np.ndarray, seed: int = 0, buffer: int = 3) -> tuple[np
             continue
         if len(ids) == 1:
             rows = np.nonzero((polygons == ids[0]).any(axis=1))[0]
-            cut = rows[0] + int(round(0.6 * (rows[-1] - rows[0] + 1)))
+            cut = rows[0] + round(0.6 * (rows[-1] - rows[0] + 1))
             part = polygons == ids[0]
             part[:cut] = False
             test |= part

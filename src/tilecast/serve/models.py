@@ -22,20 +22,19 @@ __all__ = ["Batcher", "ServedModel", "load_runtime", "models_from_paths"]
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Runtime:
-    """Any model tilecast can load: ONNX here; ``Model.load`` (Torch, TF...) when it is available."""
+    """Any model tilecast can load (ONNX, TorchScript, SavedModel, Keras: see :mod:`tilecast.loading`)."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}; check the path")
-    if p.suffix.lower() == ".onnx":
+    try:
+        from ..loading import open_runtime
+    except ImportError:  # a build without the loaders: ONNX only
+        if p.suffix.lower() != ".onnx":
+            raise ModelLoadError(f"{p}: this build of tilecast serve hosts .onnx models only") from None
         from ..runtimes.onnx import OnnxRuntime
 
         return OnnxRuntime(p, threads=threads)
-    from ..model import Model
-
-    loader = getattr(Model, "load", None)
-    if loader is None:
-        raise ModelLoadError(f"{p}: tilecast serve hosts .onnx models (this install has no Model.load for others)")
-    return loader(p).runtime
+    return open_runtime(p, threads=threads)
 
 
 def models_from_paths(specs: list[str], names: list[str] | None = None, threads: int | None = None

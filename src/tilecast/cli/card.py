@@ -190,7 +190,9 @@ def _kwargs_from_card(old: Any) -> dict[str, Any]:
         "input_tile_size": p.get("input_tile_size"),
         "input_overlap_size": p.get("input_overlap_size", (0, 0)),
         "overlap_mode": p.get("overlap_mode", "per_edge"),
-        "output_tile_size": p.get("output_tile_size"),
+        # An output tile equal to the old input tile follows a new --tile.
+        "output_tile_size": p.get("output_tile_size") if p.get("output_tile_size") != p.get("input_tile_size")
+        else None,
         "layout": p.get("layout"),
         "input_names": [i["name"] for i in old.inputs],
         "input_dtype": old.inputs[0].get("input", {}).get("data_type", "float32"),

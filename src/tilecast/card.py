@@ -424,7 +424,9 @@ def card_params(card: Card) -> CardParams:
     }
     if tile is not None:
         params["input_tile_size"] = tuple(_xy(tile))
-    if p.get("tilecast:output_tile_size") is not None:
+    if p.get("tilecast:output_tile_size") is not None and (tile is None or _xy(p["tilecast:output_tile_size"])
+                                                           != _xy(tile)):
+        # Only a rescaling model needs it; an output tile equal to the input tile follows a --tile override.
         params["output_tile_size"] = tuple(_xy(p["tilecast:output_tile_size"]))
     params["layout"] = layout
     for key, name in (("tilecast:crs", "crs"), ("tilecast:fix_input_proj", "fix_input_proj"),

@@ -20,7 +20,7 @@ from .model import Model
 from .runtimes.base import Runtime
 from .runtimes.scaled import ScaledRuntime
 
-__all__ = ["CardModel", "detect_format", "load_model", "open_runtime"]
+__all__ = ["CardModel", "detect_format", "explicit", "load_model", "open_runtime"]
 
 _SUFFIXES = {
     ".onnx": "onnx",
@@ -80,6 +80,15 @@ def open_runtime(path: str | os.PathLike, fmt: str | None = None, *, providers: 
 
         return TensorFlowRuntime(path, signature_name=signature_name)
     raise ModelLoadError(f"unknown model format {fmt!r}")
+
+
+def explicit(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a user actually gave: drops None, empty containers and unset flags (``False``).
+
+    A CLI passes ``load_model(path, **explicit(params))`` so its defaults never hide what the card says.
+    """
+    return {k: v for k, v in params.items()
+            if v is not None and v is not False and not (isinstance(v, (list, tuple, dict)) and len(v) == 0)}
 
 
 def load_model(path: str | os.PathLike, *, card: Card | str | os.PathLike | None = None,

@@ -64,6 +64,11 @@ def serve(models: tuple[str, ...], names: tuple[str, ...], host: str, port: int,
     if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0:
         raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms not negative")
     runtimes = models_from_paths(list(models), list(names) or None, threads)
-    run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_body_bytes=max_body_bytes,
-               max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_connections=max_connections,
-               graceful_s=graceful_timeout, log_level=log_level)
+    try:
+        run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_body_bytes=max_body_bytes,
+                   max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_connections=max_connections,
+                   graceful_s=graceful_timeout, log_level=log_level)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # uvicorn has already drained in-flight requests; it re-raises the signal it caught when it returns
+        if isinstance(exc, SystemExit) and exc.code not in (None, 0, 128 + 2, 128 + 15):
+            raise

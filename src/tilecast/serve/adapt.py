@@ -53,6 +53,15 @@ def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray]) -> dict
         parts = [_hwd(arrays[k]) for k in sent]
         if len({p.shape[:3] for p in parts}) != 1:
             raise InputError(f"the bands {sent} differ in shape: {[list(p.shape) for p in parts]}")
+        channels = sum(p.shape[3] for p in parts)
+        t = inputs[0]
+        fixed = {t.shape[1], t.shape[3]} - {None} if t.shape is not None and len(t.shape) == 4 else set()
+        if (fixed and channels not in fixed) or (not fixed and any(p.shape[3] != 1 for p in parts)):
+            raise InputError(
+                f"the model's input is {t.describe()}, but the request has {sent} "
+                f"({', '.join(str(list(p.shape)) for p in parts)}); send {names[0]!r}, or one (H, W, 1) tensor "
+                "per band"
+            )
         out = {names[0]: np.concatenate(parts, axis=3)}
     elif len(sent) == 1 and all(t.shape is not None and len(t.shape) == 4 for t in inputs):
         # a nameless channel-first (ND_ARRAYS) or channels-last stack into one input per band

@@ -50,7 +50,9 @@ class TorchRuntime:
             else:
                 self.module = torch.jit.load(self.path, map_location=self.device)
                 names = _script_input_names(self.module)
-                in_specs = tuple(TensorSpec(n, None, None) for n in names)
+                # TorchScript does not record dtypes; raster models take float32 (override with
+                # input_type_override), so an integer raster is cast before it reaches the model.
+                in_specs = tuple(TensorSpec(n, None, np.dtype(np.float32)) for n in names)
         except Exception as exc:
             raise ModelLoadError(
                 f"PyTorch could not load {self.path} as {fmt}: {type(exc).__name__}: {str(exc)[:300]}. "

@@ -4,7 +4,7 @@
 2. Runs the CLI, exactly as a user would::
 
        tilecast predict out/landsat_stack.tif --model models/landsat_landcover.onnx --bands B1,B2,B3,B4,B5 \\
-           --tile 128 --overlap 4 --output-band landcover:uint8 --classes developed,...,sediment \\
+           --tile 128 --overlap 4 --output-band landcover:uint8 --classes 1=developed,...,7=sediment \\
            -o out/landcover.tif --overwrite
 
 3. Scores the map against the sample's labelled pixels and draws ``out/landcover.png`` with a legend.
@@ -34,7 +34,7 @@ OVERLAP = 4
 
 def predict_args(stack: str | Path, output: str | Path, model: str | Path = MODEL) -> list[str]:
     """The ``tilecast predict`` arguments the demo runs (the tests run the same ones)."""
-    classes = ",".join(landsat.CLASSES[c] for c in sorted(landsat.CLASSES))
+    classes = ",".join(f"{c}={landsat.CLASSES[c]}" for c in sorted(landsat.CLASSES))
     return [
         "predict",
         str(stack),

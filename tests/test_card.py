@@ -40,7 +40,8 @@ def _card(**kw):
     args = dict(name="lin", bands=["B04", "B03", "B02"], input_tile_size=(32, 32), input_overlap_size=(4, 4),
                 layout="NCHW", input_names=["x"], scaling=[Scaling("z-score", mean=100, stddev=50)],
                 common_names={"B04": "red", "B03": "green", "B02": "blue"},
-                output_bands=[OutputBand("y", np.dtype("float32"), 0, ("low", "high"), ((0, 0, 255), (255, 0, 0)))],
+                output_bands=[OutputBand("y", np.dtype("float32"), 0, ((0, "low"), (1, "high")),
+                                          ((0, (0, 0, 255)), (1, (255, 0, 0))))],
                 resolution=(10, 10), crs="EPSG:32633", blend="crop")
     args.update(kw)
     return build_card(**args)
@@ -74,8 +75,8 @@ def test_card_to_params_round_trip():
     assert cp.params["input_tile_size"] == (32, 32)
     assert cp.params["input_overlap_size"] == (4, 4)
     assert cp.params["layout"] == "NCHW" and cp.params["resolution"] == (10.0, 10.0)
-    assert cp.params["output_bands"]["y"]["classes"] == ["low", "high"]
-    assert cp.params["output_bands"]["y"]["colors"] == [(0, 0, 255), (255, 0, 0)]
+    assert cp.params["output_bands"]["y"]["classes"] == {0: "low", 1: "high"}
+    assert cp.params["output_bands"]["y"]["colors"] == {0: (0, 0, 255), 1: (255, 0, 0)}
     assert cp.scaling["x"][0] == Scaling("z-score", mean=100.0, stddev=50.0)
     assert cp.channel_axis["x"] == 1
     assert cp.common_names == {"B04": "red", "B03": "green", "B02": "blue"}
@@ -208,7 +209,7 @@ def test_deepness_metadata_is_read(tmp_path):
     cp = card.to_params()
     assert cp.params["input_tile_size"] == (48, 48) and cp.params["input_overlap_size"] == (8, 8)  # 25 % of 64
     assert cp.params["resolution"] == (0.2, 0.2) and cp.params["fix_input_proj"] is True  # 20 cm/px
-    assert cp.params["output_bands"]["class"]["classes"] == ["background", "field"]
+    assert cp.params["output_bands"]["class"]["classes"] == {0: "background", 1: "field"}
     assert cp.scaling["input"][0] == Scaling("z-score", mean=0.5 * 255, stddev=0.2 * 255)
     assert cp.argmax == {"output": 1}
 

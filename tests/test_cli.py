@@ -22,12 +22,12 @@ def test_predict_writes_a_cog_and_reports_progress(tmp_path, raster):
     onnx = argmax_classes(tmp_path / "a.onnx", 2)
     out = tmp_path / "out.tif"
     res = run("predict", src, "--model", onnx, "--tile", "32", "--overlap", "2", "--output-band", "cls:uint8",
-              "--classes", "low,high", "-o", out)
+              "--classes", "0=low,1=high", "-o", out)
     assert res.exit_code == 0, res.output
     assert "tiles" in res.stderr and "Mpx/s" in res.stderr and "ETA" in res.stderr
     with rasterio.open(out) as ds:
         assert ds.dtypes == ("uint8",) and ds.descriptions == ("cls",)
-        assert json.loads(ds.tags(1)["class_names"]) == ["low", "high"]
+        assert json.loads(ds.tags(1)["class_names"]) == {"0": "low", "1": "high"}
         np.testing.assert_array_equal(ds.read(1), img.argmax(0))
 
 

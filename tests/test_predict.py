@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -193,7 +195,7 @@ def test_classes_vector_outputs_and_cog_layout(tmp_path, raster):
         assert ds.overviews(1) == [2, 4]
         assert "NEAREST" in ds.tags(ns="IMAGE_STRUCTURE").get("OVERVIEW_RESAMPLING", "NEAREST")
         assert ds.compression.name.lower() == "deflate"
-        assert ds.tags(1)["class_names"] == '["a", "b", "c"]'
+        assert json.loads(ds.tags(1)["class_names"]) == {"0": "a", "1": "b", "2": "c"}
         assert ds.colormap(1)[1][:3] == (0, 255, 0)
         np.testing.assert_array_equal(ds.read(1), img.argmax(axis=0))
 
@@ -344,3 +346,14 @@ def test_fixed_tile_size_is_read_from_the_model(tmp_path, raster):
     onnx = mean_conv(tmp_path / "m.onnx", 1, 3, hw=(20, 20))
     model = Model.from_onnx(onnx, input_overlap_size=2)
     assert model.spec.geometry.tile == (16, 16)
+
+
+def test_class_names_and_colours_keyed_by_pixel_value(tmp_path, raster):
+    img = np.random.default_rng(17).random((2, 16, 16)).astype("float32")
+    model = Model.from_callable(lambda x: x.argmax(1) + 1, layout="NCHW", input_tile_size=16,
+                                output_bands={"c": {"type": "uint8", "classes": {1: "land", 2: "water"},
+                                                    "colors": [[0, 200, 0], [0, 0, 200]]}})
+    out = model.predict_image(raster(img)).to_geotiff(tmp_path / "c.tif")
+    with rasterio.open(out) as ds:
+        assert json.loads(ds.tags(1)["class_names"]) == {"1": "land", "2": "water"}
+        assert ds.colormap(1)[2][:3] == (0, 0, 200) and ds.colormap(1)[1][:3] == (0, 200, 0)

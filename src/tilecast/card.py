@@ -205,10 +205,11 @@ def build_card(
                        "data_type": str(band.dtype)},
         }
         if band.classes:
+            colors = dict(band.colors or ())
             out["classification:classes"] = [
                 {"value": v, "name": _slug(n), "description": n,
-                 **({"color_hint": "{:02X}{:02X}{:02X}".format(*tuple(band.colors[v][:3]))} if band.colors else {})}
-                for v, n in enumerate(band.classes)
+                 **({"color_hint": "{:02X}{:02X}{:02X}".format(*tuple(colors[v][:3]))} if v in colors else {})}
+                for v, n in band.classes
             ]
         mlm_outputs.append(out)
         extra: dict[str, Any] = {}
@@ -455,9 +456,10 @@ def card_params(card: Card) -> CardParams:
         spec: dict[str, Any] = {"type": dtype, "dimensions": int(extra.get("dimensions", 0))}
         if classes:
             ordered = sorted(classes, key=lambda c: c["value"])
-            spec["classes"] = [c.get("description") or c.get("title") or c["name"] for c in ordered]
+            spec["classes"] = {int(c["value"]): c.get("description") or c.get("title") or c["name"] for c in ordered}
             if all(c.get("color_hint") for c in ordered):
-                spec["colors"] = [tuple(int(c["color_hint"][i:i + 2], 16) for i in (0, 2, 4)) for c in ordered]
+                spec["colors"] = {int(c["value"]): tuple(int(c["color_hint"][i:i + 2], 16) for i in (0, 2, 4))
+                                  for c in ordered}
         output_bands[name] = spec
         if "argmax" in extra:
             argmax[extra.get("source", name)] = int(extra["argmax"])
@@ -544,15 +546,15 @@ def card_from_deepness(metadata: Mapping[str, str], signature: Signature | None,
     rgb = ["red", "green", "blue", "alpha"]
     bands = rgb[:channels] if channels <= 4 else [f"b{i + 1}" for i in range(channels)]
     classes_raw = meta.get("class_names")
-    classes: list[str] | None = None
+    classes: tuple[tuple[int, str], ...] | None = None
     if isinstance(classes_raw, dict):
-        classes = [str(classes_raw[k]) for k in sorted(classes_raw, key=lambda k: int(k))]
+        classes = tuple(sorted((int(k), str(v)) for k, v in classes_raw.items()))
     elif isinstance(classes_raw, list):
-        classes = [str(c) for c in classes_raw]
+        classes = tuple(enumerate(str(c) for c in classes_raw))
     is_seg = model_type.lower() in ("segmentor", "segmentation")
     out_name = signature.outputs[0].name if signature and signature.outputs else "output"
     if is_seg:
-        outputs = [OutputBand("class", np.dtype("uint8"), 0, tuple(classes) if classes else None)]
+        outputs = [OutputBand("class", np.dtype("uint8"), 0, classes or None)]
         argmax = {"class": 1}
         tasks: tuple[str, ...] = ("semantic-segmentation",)
     else:

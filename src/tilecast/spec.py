@@ -57,16 +57,16 @@ class OutputBand:
     dtype: np.dtype
     dimensions: int = 0
     """0: one value per pixel; 1: a vector per pixel, written as bands ``name_0``, ``name_1``, ..."""
-    classes: tuple[str, ...] | None = None
-    colors: tuple[tuple[int, ...], ...] | None = None
+    classes: tuple[tuple[int, str], ...] | None = None
+    """``(pixel value, name)`` pairs; a plain list of names means values 0, 1, 2, ... (GDAL's convention)."""
+    colors: tuple[tuple[int, tuple[int, ...]], ...] | None = None
+    """``(pixel value, RGB[A])`` pairs; a plain list follows the classes' values."""
 
     def __post_init__(self) -> None:
         if self.dimensions not in (0, 1):
             raise SpecError(
                 f"output band {self.name!r}: dimensions must be 0 (scalar) or 1 (vector), got {self.dimensions}"
             )
-        if self.colors is not None and self.classes is not None and len(self.colors) != len(self.classes):
-            raise SpecError(f"output band {self.name!r}: {len(self.classes)} classes but {len(self.colors)} colours")
 
 
 def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
@@ -94,15 +94,21 @@ def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
             continue
         if (isinstance(spec, Mapping) and "type" in spec) or (isinstance(spec, Mapping) and "dtype" in spec):
             dtype = parse_dtype(spec.get("dtype", spec.get("type")), f"output band {name!r}")
-            classes = spec.get("classes")
+            classes = _by_value(spec.get("classes"), name, "classes")
             colors = spec.get("colors")
+            if colors is not None and not isinstance(colors, Mapping):
+                values = [v for v, _ in classes] if classes else list(range(len(colors)))
+                if len(values) != len(colors):
+                    raise SpecError(f"output band {name!r}: {len(values)} classes but {len(colors)} colours")
+                colors = dict(zip(values, colors, strict=True))
+            colors = _by_value(colors, name, "colors")
             bands.append(
                 OutputBand(
                     name,
                     dtype,
                     int(spec.get("dimensions", 0)),
-                    tuple(classes) if classes else None,
-                    tuple(tuple(int(c) for c in col) for col in colors) if colors else None,
+                    classes,
+                    tuple((v, tuple(int(c) for c in col)) for v, col in colors) if colors else None,
                 )
             )
         else:
@@ -111,6 +117,17 @@ def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
     if len(set(names)) != len(names):
         raise SpecError(f"output band names must be unique, got {names}")
     return tuple(bands)
+
+
+def _by_value(value: Any, band: str, what: str) -> tuple[tuple[int, Any], ...] | None:
+    """``{1: x, 2: y}`` or ``[x, y]`` (values 0, 1, ...) as sorted ``(value, item)`` pairs."""
+    if not value:
+        return None
+    items = value.items() if isinstance(value, Mapping) else enumerate(value)
+    try:
+        return tuple(sorted((int(k), v) for k, v in items))
+    except (TypeError, ValueError):
+        raise SpecError(f"output band {band!r}: {what} must be keyed by integer pixel values, got {value!r}") from None
 
 
 def _parse_band_string(text: str) -> tuple[str, Any]:

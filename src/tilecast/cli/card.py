@@ -74,6 +74,7 @@ def card(model_path: str, show: bool, check: bool, embed: bool | None, **opts: A
                 report = check_with_tile(model_path, new)
             for line in report["lines"]:
                 click.echo(line, err=True)
+            _record_result_shapes(new, report["outputs"])
     finally:
         runtime.close()
     side = write_card(new, model_path, embed=embed)
@@ -82,6 +83,26 @@ def card(model_path: str, show: bool, check: bool, embed: bool | None, **opts: A
                                              and _has_onnx())) else ""), err=True)
     if show:
         click.echo(json.dumps(new.item, indent=2))
+
+
+def _record_result_shapes(card_obj: Any, outputs: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """MLM's result shape is what the model returns (batch as -1), as measured on the synthetic tile."""
+    extras = card_obj.properties.get("tilecast:outputs", {})
+    layout = card_obj.properties.get("tilecast:layout")
+    for out in card_obj.outputs:
+        src = extras.get(out["name"], {}).get("source", out["name"])
+        if src not in outputs and len(outputs) == 1:
+            src = next(iter(outputs))
+        if src not in outputs:
+            continue
+        shape, _ = outputs[src]
+        dims = {4: ["batch", "channel", "height", "width"] if layout == "NCHW" else
+                ["batch", "height", "width", "channel"], 3: ["batch", "height", "width"], 2: ["batch", "channel"],
+                1: ["batch"]}.get(len(shape))
+        if dims is None:
+            continue
+        out["result"]["shape"] = [-1, *shape[1:]]
+        out["result"]["dim_order"] = dims
 
 
 def _has_onnx() -> bool:
@@ -156,11 +177,17 @@ def build_from_options(model_path: str, fmt: str, runtime: Any, opts: dict[str, 
             raise SpecError("--classes needs an --output-band to attach to")
         from dataclasses import replace
 
-        classes = tuple(csv_list(opts["classes"]) or []) or outs[0].classes
+        from .predict import parse_classes
+
+        classes = outs[0].classes
+        if opts.get("classes"):
+            parsed = parse_classes(opts["classes"])
+            classes = tuple(sorted(parsed.items() if isinstance(parsed, dict) else enumerate(parsed)))
         colors = None
         if opts.get("colors"):
-            colors = tuple(tuple(int(h.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4))
-                           for h in csv_list(opts["colors"]) or [])
+            values = [v for v, _ in classes] if classes else list(range(len(csv_list(opts["colors"]) or [])))
+            colors = tuple(zip(values, (tuple(int(h.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4))
+                                        for h in csv_list(opts["colors"]) or []), strict=False))
         outs[0] = replace(outs[0], classes=classes, colors=colors or outs[0].colors)
     kw["output_bands"] = outs
     argmax = dict(kw.get("argmax") or {})
@@ -325,7 +352,9 @@ def check_with_tile(model_path: str, card_obj: Any) -> dict[str, Any]:
                        f"tile seams may show; use --overlap {radius} (or more)")
                 warnings.warn(msg, TilecastWarning, stacklevel=2)
                 lines.append("warning: " + msg)
-        return {"radius": radius, "lines": lines, "shape": tuple(arr.shape)}
+        shapes = {k: (tuple(np.asarray(v).shape), str(np.asarray(v).dtype)) for k, v in out.items()}
+        return {"radius": radius, "lines": lines, "shape": tuple(arr.shape), "outputs": shapes,
+                "sources": {b.name: src for b, (src, _) in zip(ob.bands, ob.sources, strict=True)}}
     except OutputShapeError as exc:
         raise OutputShapeError(f"the card's declared outputs do not fit what the model returns: {exc}") from None
     finally:

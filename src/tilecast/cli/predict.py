@@ -61,7 +61,7 @@ from .options import (
 @click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
 @click.option("--fill-value", type=float, default=0, show_default=True, help="Value sent for masked pixels.")
 @click.option("--append-input", is_flag=True, help="Write the input bands followed by the outputs.")
-@click.option("--classes", help="Class names for the first output band, comma-separated (written as metadata).")
+@click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
 @click.option("--input-type-override", multiple=True, type=KeyValueType(":"), metavar="NAME:DTYPE",
               help="Cast an input to a dtype (repeatable).")
 @click.option("--input-shape", multiple=True, type=KeyValueType(":"), metavar="NAME:DEPTH",
@@ -139,7 +139,7 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
             raise SpecError("--classes needs an --output-band to attach to")
         name, _, rest = output_bands[0].partition(":")
         dtype, _, dims = rest.partition(":")
-        output_bands[0] = {name: {"type": dtype, "dimensions": int(dims or 0), "classes": csv_list(opts["classes"])}}
+        output_bands[0] = {name: {"type": dtype, "dimensions": int(dims or 0), "classes": parse_classes(opts["classes"])}}
         merged: dict[str, Any] = {}
         for b in output_bands:
             merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})
@@ -166,6 +166,20 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         "input_properties": list(opts["input_property"]),
     }
     return params
+
+
+def parse_classes(text: str) -> dict[int, str] | list[str]:
+    """``1=water,2=forest`` keys names by pixel value; ``water,forest`` means values 0, 1."""
+    items = csv_list(text) or []
+    if not any("=" in item for item in items):
+        return items
+    out = {}
+    for item in items:
+        value, sep, name = item.partition("=")
+        if not sep or not value.strip().lstrip("-").isdigit():
+            raise SpecError(f"--classes: {item!r} is not VALUE=NAME; use e.g. 1=water,2=forest")
+        out[int(value)] = name.strip()
+    return out
 
 
 def _band_dict(text: str) -> dict[str, Any]:

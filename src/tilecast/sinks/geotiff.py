@@ -74,15 +74,16 @@ class GeoTIFFSink:
         self._write_classes(profile)
 
     def _write_classes(self, profile: OutputProfile) -> None:
+        """Class names as a ``{value: name}`` JSON tag per band; colours as the GDAL colour table (first band)."""
         idx = 1
         for band in profile.bands:
-            if band.classes:
-                self._dst.update_tags(idx, class_names=json.dumps(list(band.classes)))
-            if band.colors and profile.dtype in (np.uint8, np.uint16) and idx == 1:
-                self._dst.write_colormap(idx, {i: tuple(c) for i, c in enumerate(band.colors)})
-            idx += 1 if band.dimensions == 0 else 0
             if band.dimensions:
                 break
+            if band.classes:
+                self._dst.update_tags(idx, class_names=json.dumps({str(v): n for v, n in band.classes}))
+            if band.colors and idx == 1 and profile.dtype in (np.uint8, np.uint16):
+                self._dst.write_colormap(idx, {v: tuple(c) for v, c in band.colors})
+            idx += 1
 
     def write(self, window: Window, data: np.ndarray) -> None:
         self._dst.write(data, window=window)

@@ -187,7 +187,7 @@ class ChunkAssembler:
             self.any_invalid = True
 
     def _allocate(self, dtype: np.dtype) -> None:
-        self.placed = np.zeros((self.n_placed,) + self.valid.shape, dtype=dtype)
+        self.placed = np.zeros((self.n_placed, *self.valid.shape), dtype=dtype)
 
     def block(self) -> Block:
         parts = []

@@ -174,7 +174,7 @@ def run_dask(
                     index = next(queue, None)
                     if index is not None:
                         fut = c.submit(_chunk_task, ctx, index, key=f"tilecast-chunk-{index}-{recipe.token}",
-                                       pure=False, retries=2)
+                                       pure=False)
                         futures.append(fut)
                         ac.add(fut)
 

@@ -8,6 +8,7 @@ builds the job the first time it sees the recipe's token and reuses it for every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -25,6 +26,7 @@ from ..job import Job
 __all__ = ["GdalEnv", "JobRecipe", "get_job", "make_recipe"]
 
 _ENV_PREFIXES = ("AWS_", "GDAL_", "CPL_", "VSI_", "GS_", "GOOGLE_", "AZURE_", "OSS_", "SWIFT_", "CURL_", "PROJ_")
+_AWS_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY", "CREDENTIAL", "SAS", "SESSION")
 
 
@@ -52,7 +54,14 @@ class GdalEnv:
 
     @contextmanager
     def apply(self):
-        with rasterio.Env(**dict(self.options)):
+        """Set the options for the duration of a task. rasterio refuses AWS credentials as config options, so
+        those go to the process environment, where GDAL reads them too."""
+        opts = dict(self.options)
+        for key in _AWS_CREDENTIALS:
+            value = opts.pop(key, None)
+            if value is not None and os.environ.get(key) != value:
+                os.environ[key] = str(value)
+        with rasterio.Env(**opts):
             yield
 
     def __repr__(self) -> str:
@@ -166,10 +175,8 @@ def _trim() -> None:
 
 def _close(job: Job) -> None:
     for part in (job.source, job.runtime):
-        try:
+        with contextlib.suppress(Exception):
             part.close()
-        except Exception:
-            pass
 
 
 def get_job(recipe: JobRecipe) -> _Cached:

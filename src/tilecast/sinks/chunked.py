@@ -234,6 +234,8 @@ class ZarrSink:
             arr.attrs.pop("_FillValue", None)
             encoding["_FillValue"] = profile.nodata
         arr.attrs["long_name"] = ",".join(profile.band_names)
+        arr.attrs["grid_mapping"] = "spatial_ref"  # CF: rioxarray/odc-geo find the CRS through it
+        arr.encoding.pop("grid_mapping", None)
         ds = arr.to_dataset(name=self.name)
         ds.attrs.update({k: (v if isinstance(v, (str, int, float)) else json.dumps(v))
                          for k, v in profile.tags.items()})

@@ -14,8 +14,26 @@ __all__ = ["Grid", "RasterioSource", "Source", "open_source", "parse_crs", "sele
 
 
 def open_source(obj: Any, bands: Sequence[str | int] | None = None) -> Source:
-    """A source for a path/URL, an open rasterio dataset, an xarray object, or an existing source."""
+    """A source for a path/URL, an open rasterio dataset, an xarray object, or an existing source.
+
+    Many rasters become one mosaic: a list or tuple of paths/URLs, a glob pattern (``scenes/*.tif``), STAC items
+    (a ``.json`` file or URL of an Item, ItemCollection or FeatureCollection, a dict, or pystac objects).
+    """
+    from .stac import is_stac, stac_source
+
+    if is_stac(obj):
+        return stac_source(obj, bands)
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(p, (str, os.PathLike)) for p in obj):
+        from .mosaic import mosaic_from
+
+        return mosaic_from(obj, bands) if len(obj) > 1 else RasterioSource(obj[0], bands)
     if isinstance(obj, (str, os.PathLike)):
+        text = str(obj)
+        if any(ch in text for ch in "*?[") and not text.startswith(("/vsi", "http://", "https://")):
+            from .mosaic import expand_paths, mosaic_from
+
+            paths = expand_paths(text)
+            return mosaic_from(paths, bands) if len(paths) > 1 else RasterioSource(paths[0], bands)
         return RasterioSource(obj, bands)
     if hasattr(obj, "read") and hasattr(obj, "grid") and hasattr(obj, "band_names"):
         return obj
@@ -27,6 +45,6 @@ def open_source(obj: Any, bands: Sequence[str | int] | None = None) -> Source:
 
         return XarraySource(obj, bands)
     raise InputError(
-        f"cannot read a raster from a {type(obj).__name__}; pass a path or URL, a rasterio dataset, "
-        "or an xarray DataArray/Dataset with a CRS"
+        f"cannot read a raster from a {type(obj).__name__}; pass a path or URL, a list or glob of them, STAC items, "
+        "a rasterio dataset, or an xarray DataArray/Dataset with a CRS"
     )

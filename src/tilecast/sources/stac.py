@@ -1,0 +1,137 @@
+"""STAC items as a mosaic: each item is one member, its assets (one per band, or one multi-band asset) stacked.
+
+Accepts an Item, ItemCollection or FeatureCollection as a dict, a ``.json`` path or URL, or pystac objects.
+``bands`` may name assets (``["B04", "B08"]``): those assets become the bands, in that order. Otherwise each item's
+one data asset (role ``data``, or a GeoTIFF/COG media type) is used and ``bands`` selects among its bands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urljoin
+
+from ..errors import InputError, SourceNotFoundError
+from .mosaic import MosaicSource
+
+__all__ = ["is_stac", "stac_items", "stac_source"]
+
+_IMAGE_TYPES = ("image/tiff", "image/vnd.stac.geotiff", "application/x-geotiff", "image/jp2")
+
+
+def is_stac(obj: Any) -> bool:
+    if isinstance(obj, Mapping):
+        return obj.get("type") in ("Feature", "FeatureCollection") and ("assets" in obj or "features" in obj)
+    if isinstance(obj, (str, os.PathLike)):
+        return str(obj).lower().endswith((".json", ".geojson"))
+    module = type(obj).__module__
+    if module.startswith("pystac"):
+        return True
+    return isinstance(obj, (list, tuple)) and bool(obj) and all(type(o).__module__.startswith("pystac") or (
+        isinstance(o, Mapping) and o.get("type") == "Feature") for o in obj)
+
+
+def _load(obj: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """Item dicts and the base location for relative asset hrefs."""
+    base = None
+    if isinstance(obj, (str, os.PathLike)):
+        text = str(obj)
+        base = text
+        if text.startswith(("http://", "https://")):
+            try:
+                import pystac
+
+                obj = pystac.StacIO.default().read_json(text)
+            except ImportError:
+                raise InputError("reading STAC from a URL needs pystac: pip install 'tilecast[dask]'") from None
+        else:
+            if not os.path.exists(text):
+                raise SourceNotFoundError(f"STAC file not found: {text}; check the path")
+            with open(text) as fh:
+                obj = json.load(fh)
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    if isinstance(obj, (list, tuple)):
+        return [o.to_dict() if hasattr(o, "to_dict") else dict(o) for o in obj], base
+    if not isinstance(obj, Mapping):
+        raise InputError(f"not a STAC Item or ItemCollection: {type(obj).__name__}")
+    if obj.get("type") == "FeatureCollection":
+        items = list(obj.get("features", []))
+    elif obj.get("type") == "Feature":
+        items = [dict(obj)]
+    else:
+        raise InputError("the JSON is not a STAC Item or ItemCollection (type must be Feature or FeatureCollection)")
+    if not items:
+        raise InputError("the STAC collection has no items; search again or widen the query")
+    return items, base
+
+
+def _href(item: Mapping[str, Any], asset: Mapping[str, Any], base: str | None) -> str:
+    href = asset["href"]
+    if "://" in href or href.startswith("/"):
+        return _gdal_path(href)
+    self_link = next((link["href"] for link in item.get("links", []) if link.get("rel") == "self"), None)
+    root = self_link or base
+    if root is None:
+        return href
+    if "://" in root:
+        return _gdal_path(urljoin(root, href))
+    return os.path.normpath(os.path.join(os.path.dirname(root), href))
+
+
+def _gdal_path(href: str) -> str:
+    """GDAL's spelling of cloud URLs (``s3://b/k`` -> ``/vsis3/b/k``); http(s) stays as is (GDAL reads it)."""
+    for scheme, vsi in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
+        if href.startswith(scheme):
+            return vsi + href[len(scheme):]
+    return href
+
+
+def _data_assets(item: Mapping[str, Any]) -> list[str]:
+    assets = item.get("assets", {})
+    keys = [k for k, a in assets.items() if "data" in (a.get("roles") or [])]
+    if not keys:
+        keys = [k for k, a in assets.items() if str(a.get("type", "")).split(";")[0] in _IMAGE_TYPES]
+    if not keys:
+        keys = [k for k, a in assets.items() if posixpath.splitext(a.get("href", ""))[1].lower() in (".tif", ".tiff")]
+    return keys
+
+
+def stac_items(obj: Any) -> list[dict[str, Any]]:
+    return _load(obj)[0]
+
+
+def stac_source(obj: Any, bands: Sequence[str | int] | None = None, **kwargs: Any) -> MosaicSource:
+    """A :class:`MosaicSource` over STAC items (see the module docstring for how assets become bands)."""
+    items, base = _load(obj)
+    first_assets = items[0].get("assets", {})
+    if bands and all(isinstance(b, str) and b in first_assets for b in bands):
+        keys = list(bands)
+        members = []
+        for item in items:
+            missing = [k for k in keys if k not in item.get("assets", {})]
+            if missing:
+                raise InputError(
+                    f"STAC item {item.get('id')!r} has no asset(s) {missing}; choose assets that all items have"
+                )
+            members.append([_href(item, item["assets"][k], base) for k in keys])
+        return MosaicSource(members, None, band_names=keys, **kwargs)
+    keys = _data_assets(items[0])
+    if not keys:
+        raise InputError(
+            f"STAC item {items[0].get('id')!r} has no raster data asset; name the assets to use as bands "
+            f"(bands=[...]) among {sorted(first_assets)}"
+        )
+    if len(keys) > 1:  # one asset per band: stack them all
+        members = [[_href(it, it["assets"][k], base) for k in keys if k in it.get("assets", {})] for it in items]
+        return MosaicSource(members, bands, band_names=keys, **kwargs)
+    members = []
+    for item in items:
+        ks = _data_assets(item)
+        if not ks:
+            raise InputError(f"STAC item {item.get('id')!r} has no raster data asset")
+        members.append([_href(item, item["assets"][ks[0]], base)])
+    return MosaicSource(members, bands, **kwargs)

@@ -1,0 +1,187 @@
+"""The Dask runner on a LocalCluster of 2 worker processes: bit-identical to the local runner, workers write the
+outputs, killed workers are survived, the model is loaded once per worker, GDAL settings travel masked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+distributed = pytest.importorskip("distributed")
+cloudpickle = pytest.importorskip("cloudpickle")
+
+from onnx_models import avgpool, mean_conv  # noqa: E402
+from tilecast import Model  # noqa: E402
+from tilecast.runners.recipe import GdalEnv  # noqa: E402
+
+# Callable models defined here travel to the workers by value (the test module is not importable there).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def read(path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-identical, NaNs included."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def noisy(shape, seed=0, nodata_box=True) -> np.ndarray:
+    img = np.random.default_rng(seed).normal(size=shape).astype("float32")
+    if nodata_box:
+        img[:, 20:70, 30:90] = -9999  # a fully masked tile and partial ones
+    return img
+
+
+@pytest.mark.parametrize("blend", ["crop", "cosine"])
+def test_dask_cog_is_bit_identical_to_local(tmp_path, raster, client, blend):
+    path = raster(noisy((2, 150, 171)), nodata=-9999)
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 2, 5), input_tile_size=24, input_overlap_size=4,
+                            blend=blend, batch_size=3, output_bands={"mean": "float32"})
+    pred = model.predict_image(path)
+    local = pred.to_geotiff(tmp_path / "local.tif")
+    out = pred.to_geotiff(tmp_path / "dask.tif", engine="dask", client=client, chunk_size=48)
+    assert same(read(out), read(local))
+    with rasterio.open(out) as a, rasterio.open(local) as b:
+        assert (a.crs, a.transform, a.descriptions) == (b.crs, b.transform, b.descriptions)
+        assert str(a.nodata) == str(b.nodata) == "nan"
+        assert a.overviews(1) and a.profile["tiled"]
+    assert np.isnan(read(out)[0, 30:60, 40:80]).all()  # masked input -> nodata
+    assert sorted(os.listdir(tmp_path)) == ["dask.tif", "in0.tif", "local.tif", "m.onnx"]  # no partial files left
+
+
+def test_output_scaling_and_appended_inputs(tmp_path, raster, client):
+    img = noisy((2, 100, 130), seed=3, nodata_box=False)
+    path = raster(img)
+    down = Model.from_onnx(avgpool(tmp_path / "p.onnx", 2, 2), input_tile_size=32, output_tile_size=16,
+                           output_bands={"y": {"type": "float32", "dimensions": 1}}).predict_image(path)
+    assert same(read(down.to_geotiff(tmp_path / "d.tif", engine="dask", client=client, chunk_size=32)),
+                read(down.to_geotiff(tmp_path / "l.tif")))
+    app = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 2, 3), input_tile_size=20, input_overlap_size=1,
+                          output_bands={"mean": "float32"}).predict_image(path, append_input=True)
+    a = app.to_geotiff(tmp_path / "ad.tif", engine="dask", client=client, chunk_size=40)
+    assert same(read(a), read(app.to_geotiff(tmp_path / "al.tif")))
+    assert read(a).shape[0] == 3
+
+
+def test_mosaic_of_mixed_crs_files_matches_local(tmp_path, raster, client):
+    img = noisy((1, 80, 100), seed=4, nodata_box=False)
+    a = raster(img[:, :, :60], name="a.tif")
+    b = raster(img[:, :, 50:], name="b.tif", transform=from_origin(500500.0, 4600000.0, 10.0, 10.0))
+    c = tmp_path / "c.tif"  # a third member in Web Mercator
+    with rasterio.open(b) as src:
+        from rasterio.vrt import WarpedVRT
+
+        with WarpedVRT(src, crs="EPSG:3857") as vrt:
+            profile = dict(driver="GTiff", width=vrt.width, height=vrt.height, count=1, dtype="float32",
+                           crs=vrt.crs, transform=vrt.transform, nodata=vrt.nodata)
+            with rasterio.open(c, "w", **profile) as dst:
+                dst.write(vrt.read())
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=16, input_overlap_size=1,
+                            blend="cosine", output_bands={"mean": "float32"})
+    pred = model.predict_image([a, b, str(c)])
+    assert pred.source.grid.crs == rasterio.crs.CRS.from_epsg(32633)
+    out = pred.to_geotiff(tmp_path / "d.tif", engine="dask", client=client, chunk_size=32)
+    assert same(read(out), read(pred.to_geotiff(tmp_path / "l.tif")))
+
+
+def test_lazy_xarray_and_zarr(tmp_path, raster, client):
+    path = raster(noisy((2, 90, 110), seed=5), nodata=-9999)
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 2, 3), input_tile_size=16, input_overlap_size=2,
+                            blend="cosine", output_bands={"mean": "float32"})
+    pred = model.predict_image(path)
+    local = pred.to_xarray()
+    lazy = pred.to_xarray(engine="dask", chunk_size=40)
+    assert lazy.chunks == ((1,), (48, 42), (48, 48, 14))  # whole tiles of 16 px
+    assert lazy.rio.crs == local.rio.crs and lazy.rio.transform() == local.rio.transform()
+    assert same(lazy.compute().values, local.values)
+    xr = pytest.importorskip("xarray")
+    store = pred.to_zarr(tmp_path / "out.zarr", engine="dask", client=client, chunk_size=40)
+    with xr.open_zarr(store, decode_coords="all") as ds:
+        arr = ds["prediction"]
+        assert arr.rio.crs == local.rio.crs
+        assert same(arr.values, local.values)
+
+
+def slow_double(x):
+    time.sleep(0.08)
+    return x * 2
+
+
+def test_a_killed_worker_does_not_break_the_run(tmp_path, raster, client):
+    img = noisy((1, 96, 96), seed=6, nodata_box=False)
+    path = raster(img)
+    model = Model.from_callable(slow_double, layout="NCHW", input_tile_size=16, batch_size=2,
+                                output_bands={"y": "float32"})
+    pred = model.predict_image(path)
+    pids = list(client.run(os.getpid).values())
+    killed = []
+
+    def kill_once(done, total, pixels):
+        if done >= 8 and not killed:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    out = pred.to_geotiff(tmp_path / "d.tif", engine="dask", client=client, chunk_size=16, progress=kill_once)
+    assert killed
+    assert same(read(out)[0], img[0] * 2)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_model_is_loaded_once_per_worker(tmp_path, raster, client):
+    path = raster(noisy((1, 64, 64), seed=7, nodata_box=False))
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=8, input_overlap_size=1,
+                            output_bands={"mean": "float32"})
+
+    def builds():
+        from tilecast.runners import recipe
+
+        return recipe.BUILDS
+
+    before = client.run(builds)
+    model.predict_image(path).to_geotiff(tmp_path / "d.tif", engine="dask", client=client, chunk_size=8)  # 64 tasks
+    after = client.run(builds)
+    assert all(after[w] - before.get(w, 0) <= 1 for w in after)
+
+
+def env_probe(x):
+    timeout = rasterio.env.getenv().get("GDAL_HTTP_TIMEOUT")
+    return np.full(x.shape, float(timeout or -1), dtype=np.float32)
+
+
+def test_gdal_settings_reach_the_tasks_and_secrets_are_masked(tmp_path, raster, client, monkeypatch):
+    path = raster(np.zeros((1, 32, 32), np.float32))
+    model = Model.from_callable(env_probe, layout="NCHW", input_tile_size=16, output_bands={"t": "float32"})
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "topsecret")
+    with rasterio.Env(GDAL_HTTP_TIMEOUT="17"):
+        env = GdalEnv.capture()
+        out = model.predict_image(path).to_geotiff(tmp_path / "d.tif", engine="dask", client=client)
+    assert (read(out) == 17).all()
+    assert "topsecret" not in repr(env) and "***" in repr(env) and "17" in repr(env)
+
+
+def test_dask_progress_and_performance_report(tmp_path, raster, client, capsys):
+    path = raster(np.ones((1, 40, 40), np.float32))
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=16, input_overlap_size=1,
+                            output_bands={"mean": "float32"})
+    report = tmp_path / "report.html"
+    model.predict_image(path).to_geotiff(tmp_path / "d.tif", engine="dask", client=client, progress=True,
+                                         performance_report=report)
+    err = capsys.readouterr().err
+    assert "chunk task(s)" in err and "9/9 tiles" in err
+    assert report.exists() and report.stat().st_size > 1000

@@ -319,3 +319,70 @@ class _Any:
 
     def close(self):
         pass
+
+
+def test_geodeep_style_metadata(tmp_path):
+    """GeoDeep reuses Deepness keys, lower-case model types and a class list; tile size from the input shape."""
+    path = tmp_path / "geodeep.onnx"
+    _deepness_model(path, size=32)
+    model = onnx.load(path)
+    del model.metadata_props[:]
+    helper.set_model_props(model, {"model_type": "segmentation", "class_names": json.dumps(["bg", "tree"]),
+                                   "resolution": "10", "tiles_overlap": "50"})
+    onnx.save(model, str(path))
+    from tilecast.runtimes.onnx import OnnxRuntime
+
+    rt = OnnxRuntime(str(path))
+    cp = read_card(path, rt.metadata, rt.signature).to_params()
+    assert cp.params["input_tile_size"] == (16, 16) and cp.params["input_overlap_size"] == (8, 8)
+    assert cp.params["output_bands"]["class"]["classes"] == {0: "bg", 1: "tree"}
+    assert cp.scaling["input"][0] == Scaling("z-score", mean=0.0, stddev=255.0)
+    assert cp.params["resolution"] == (0.1, 0.1)
+
+
+def test_tabular_model_card(tmp_path):
+    """A per-pixel scikit-learn model (ONNX via skl2onnx): fed (pixels, bands) rows, scaled per column."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from skl2onnx.common.data_types import FloatTensorType
+
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 2)).astype(np.float32)
+    y = (x[:, 0] > x[:, 1]).astype(int)
+    clf = sklearn.LogisticRegression().fit((x - 0.5) / 0.25, y)
+    onx = skl2onnx.convert_sklearn(clf, initial_types=[("x", FloatTensorType([None, 2]))],
+                                   options={id(clf): {"zipmap": False}}, target_opset=17)
+    path = tmp_path / "clf.onnx"
+    path.write_bytes(onx.SerializeToString())
+    r = CliRunner().invoke(main, ["card", str(path), "--bands", "a,b", "--scaling", "z-score:0.5:0.25",
+                                  "--output-band", "label:uint8"])
+    assert r.exit_code == 0, r.output
+    assert "per-pixel (tabular) model" in r.output
+    card = json.loads(card_path(path).read_text())
+    assert card["properties"]["tilecast:layout"] == "pixels"
+    assert card["properties"]["mlm:input"][0]["input"]["shape"] == [-1, 2]
+    assert validate_card(card) == []
+    data = rng.random((2, 30, 40)).astype(np.float32)
+    img = write_raster(tmp_path / "ab.tif", data, descriptions=("a", "b"))
+    load_model(str(path)).predict_image(img).to_geotiff(tmp_path / "o.tif")
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        got = ds.read(1)
+    want = clf.predict(((data.reshape(2, -1).T - 0.5) / 0.25)).reshape(30, 40)
+    assert (got == want).mean() > 0.999
+
+
+def test_earth_engine_band_layout_card(tmp_path):
+    """Earth Engine's layout: one (N, H, W, 1) input per band, each scaled on its own."""
+    from tests.onnx_models import per_band_sum
+
+    path = per_band_sum(tmp_path / "pb.onnx", ["B4", "B8"], [1.0, 10.0])
+    r = CliRunner().invoke(main, ["card", path, "--bands", "B4=red,B8=nir", "--tile", "16", "--layout", "bands",
+                                  "--scaling", "scale:2", "--scaling", "offset:1", "--output-band", "output:float32"])
+    assert r.exit_code == 0, r.output
+    card = json.loads(card_path(path).read_text())
+    assert [i["name"] for i in card["properties"]["mlm:input"]] == ["B4", "B8"]
+    data = np.stack([np.full((20, 20), 4.0), np.full((20, 20), 3.0)]).astype(np.float32)
+    img = write_raster(tmp_path / "s.tif", data, descriptions=("B4", "B8"))
+    load_model(path).predict_image(img).to_geotiff(tmp_path / "o.tif")
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert np.allclose(ds.read(1), 4.0 / 2 + 10 * (3.0 - 1))

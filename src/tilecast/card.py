@@ -64,6 +64,7 @@ _DIM_ORDER = {
     "NCHW": ["batch", "channel", "height", "width"],
     "NHWC": ["batch", "height", "width", "channel"],
     "bands": ["batch", "height", "width", "channel"],
+    "pixels": ["batch", "channel"],
 }
 _ARTIFACTS = {
     "onnx": ("onnx", "application/octet-stream; application=onnx", "ONNX"),
@@ -181,7 +182,10 @@ def build_card(
     if scaling is not None and len(scaling) not in (1, len(bands)):
         raise SpecError(f"{len(scaling)} value scalings for {len(bands)} bands; give one per band, or one for all")
     mlm_inputs = []
-    if layout == "bands":
+    if layout == "pixels":  # tabular models: one (pixels, bands) row per pixel
+        mlm_inputs.append(_mlm_input((input_names or ["input"])[0], bands, [-1, len(bands)], ["batch", "channel"],
+                                     dtype, scaling))
+    elif layout == "bands":
         names = list(input_names or bands)
         for i, b in enumerate(bands):
             sc = None if scaling is None else scaling[0 if len(scaling) == 1 else i]
@@ -197,13 +201,13 @@ def build_card(
     extra_outputs: dict[str, Any] = {}
     for i, band in enumerate(output_bands):
         depth = -1 if band.dimensions else 1
-        out: dict[str, Any] = {
-            "name": band.name,
-            "tasks": list(tasks),
-            "result": {"shape": [-1, depth, out_tile[1], out_tile[0]], "dim_order": ["batch", "channel", "height",
-                                                                                   "width"],
-                       "data_type": str(band.dtype)},
-        }
+        if layout == "pixels":
+            result = {"shape": [-1, depth] if band.dimensions else [-1], "data_type": str(band.dtype),
+                      "dim_order": ["batch", "channel"] if band.dimensions else ["batch"]}
+        else:
+            result = {"shape": [-1, depth, out_tile[1], out_tile[0]], "data_type": str(band.dtype),
+                      "dim_order": ["batch", "channel", "height", "width"]}
+        out: dict[str, Any] = {"name": band.name, "tasks": list(tasks), "result": result}
         if band.classes:
             colors = dict(band.colors or ())
             out["classification:classes"] = [
@@ -484,6 +488,8 @@ def _layout_from_dim_order(inputs: list[dict[str, Any]]) -> str:
     if len(inputs) > 1:
         return "bands"
     dims = inputs[0].get("input", {}).get("dim_order", [])
+    if len(dims) == 2:
+        return "pixels"
     if dims[:2] == ["batch", "channel"] or dims[:2] == ["batch", "bands"]:
         return "NCHW"
     return "NHWC"

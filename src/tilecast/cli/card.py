@@ -22,7 +22,8 @@ __all__ = ["card", "check_with_tile", "receptive_radius"]
 @click.option("--overlap", type=SIZE, help="Overlap W[,H] per edge (inputOverlapSize).")
 @click.option("--overlap-mode", type=click.Choice(["per_edge", "total"]), help="How --overlap is counted.")
 @click.option("--output-tile", type=SIZE, help="Output tile W[,H] (outputTileSize).")
-@click.option("--layout", type=click.Choice(["NCHW", "NHWC", "bands"]), help="How bands feed the model.")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC", "bands", "pixels"]),
+              help="How bands feed the model (pixels: a tabular model fed (pixels, bands) rows).")
 @click.option("--input-name", help="The model input the bands feed (default: the model's first input).")
 @click.option("--input-dtype", help="dtype the model takes after scaling (default: the model's, or float32).")
 @click.option("--scaling", "scalings", multiple=True, metavar="TYPE:ARGS",
@@ -96,6 +97,10 @@ def _record_result_shapes(card_obj: Any, outputs: dict[str, tuple[tuple[int, ...
         if src not in outputs:
             continue
         shape, _ = outputs[src]
+        if layout == "pixels":
+            out["result"]["shape"] = [-1, *shape[1:]]
+            out["result"]["dim_order"] = ["batch", "channel"][:len(shape)]
+            continue
         dims = {4: ["batch", "channel", "height", "width"] if layout == "NCHW" else
                 ["batch", "height", "width", "channel"], 3: ["batch", "height", "width"], 2: ["batch", "channel"],
                 1: ["batch"]}.get(len(shape))
@@ -261,6 +266,8 @@ def _guess_layout(sig: Any, nbands: int) -> str:
     if len(sig.inputs) > 1:
         return "bands"
     t = sig.inputs[0] if sig.inputs else None
+    if t is not None and t.shape is not None and len(t.shape) == 2:
+        return "pixels"
     if t is None or t.shape is None or len(t.shape) != 4:
         return "NCHW"
     if t.shape[1] == nbands and t.shape[3] != nbands:
@@ -274,6 +281,8 @@ def _tile_from_signature(sig: Any, layout: str, overlap: Any) -> tuple[int, int]
     from ..card import _xy
 
     ox, oy = _xy(overlap)
+    if layout == "pixels":
+        return 256, 256  # any block size works for a per-pixel model
     t = sig.inputs[0] if sig.inputs else None
     if t is not None and t.shape is not None and len(t.shape) == 4:
         h, w = (t.shape[2], t.shape[3]) if layout == "NCHW" else (t.shape[1], t.shape[2])
@@ -341,9 +350,12 @@ def check_with_tile(model_path: str, card_obj: Any) -> dict[str, Any]:
         probe_rt = model.runtime
         if isinstance(probe_rt, ScaledRuntime) and probe_rt.argmax:
             probe_rt = ScaledRuntime(probe_rt.runtime, probe_rt.scaling, probe_rt.channel_axis)
-        radius = receptive_radius(probe_rt, binding, tile, g, padded_hint=padded)
+        radius = 0 if binding.layout == "pixels" else receptive_radius(probe_rt, binding, tile, g,
+                                                                       padded_hint=padded)
         overlap = min(g.overlap)
-        if radius is None:
+        if binding.layout == "pixels":
+            lines.append("per-pixel (tabular) model: no receptive field, no overlap needed")
+        elif radius is None:
             lines.append("receptive field: the centre pixel did not change any output (inconclusive)")
         else:
             lines.append(f"receptive field: about {radius} px from the centre pixel; overlap {overlap} px per edge")

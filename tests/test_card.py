@@ -367,7 +367,7 @@ def test_tabular_model_card(tmp_path):
     load_model(str(path)).predict_image(img).to_geotiff(tmp_path / "o.tif")
     with rasterio.open(tmp_path / "o.tif") as ds:
         got = ds.read(1)
-    want = clf.predict(((data.reshape(2, -1).T - 0.5) / 0.25)).reshape(30, 40)
+    want = clf.predict((data.reshape(2, -1).T - 0.5) / 0.25).reshape(30, 40)
     assert (got == want).mean() > 0.999
 
 

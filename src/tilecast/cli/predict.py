@@ -22,7 +22,7 @@ from .options import (
 
 
 @click.command(short_help="Predict a raster with a model.")
-@click.argument("image")
+@click.argument("image", nargs=-1, required=True)
 @click.option("-m", "--model", "model_path", help="Model file (.onnx).")
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
 @click.option("--protocol", type=click.Choice(["v2", "tfserving", "vertex", "grpc"]),
@@ -71,12 +71,23 @@ from .options import (
 @click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
 @click.option("--compress", default="DEFLATE", show_default=True, help="COG compression (DEFLATE, ZSTD, LZW...).")
 @click.option("--no-overviews", is_flag=True, help="Do not build overviews.")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
+@click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a LocalCluster).")
+@click.option("--workers", type=int, help="Worker processes of the LocalCluster started for --engine dask.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run into the same output (and make this "
+              "run resumable); finished chunks are not recomputed.")
+@click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a Dask performance report (HTML).")
 @overwrite_option
 @quiet_option
 @gdal_config_option
 @reports_errors
-def predict(image: str, model_path: str | None, output: str, quiet: bool, gdal_config: tuple, **opts: Any) -> None:
+def predict(
+    image: tuple[str, ...], model_path: str | None, output: str, quiet: bool, gdal_config: tuple, **opts: Any
+) -> None:
     """Predict IMAGE (a path or URL GDAL opens) with a model and write a Cloud-Optimized GeoTIFF.
+
+    Several IMAGEs, a quoted glob ('scenes/*.tif') or a STAC items .json are mosaicked onto one grid.
 
     \b
     Example:
@@ -89,11 +100,12 @@ def predict(image: str, model_path: str | None, output: str, quiet: bool, gdal_c
         warnings.showwarning = _show_warning
         model = load_model(model_path, opts, params)
         result = model.predict_image(
-            image, bounds=opts["bounds"], bounds_crs=opts["bounds_crs"], append_input=opts["append_input"],
+            image[0] if len(image) == 1 else list(image), bounds=opts["bounds"], bounds_crs=opts["bounds_crs"],
+            append_input=opts["append_input"],
         )
         path = result.to_geotiff(
             output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
-            overviews=not opts["no_overviews"],
+            overviews=not opts["no_overviews"], **scale_options(opts),
         )
     if not quiet:
         h, w = result.plan.output_shape
@@ -109,6 +121,18 @@ def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     env = {k: v for k, v in GDAL_DEFAULTS.items() if k not in os.environ}
     env.update({k: int(v) if v.isdigit() else v for k, v in config})
     return env
+
+
+def scale_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """--engine/--resume and the Dask options, for Prediction.to_geotiff."""
+    out: dict[str, Any] = {"engine": opts["engine"], "resume": opts["resume"]}
+    dask_opts = {"scheduler": opts["scheduler"], "workers": opts["workers"],
+                 "performance_report": opts["performance_report"]}
+    if opts["engine"] == "dask":
+        out.update({k: v for k, v in dask_opts.items() if v is not None})
+    elif any(v is not None for v in dask_opts.values()):
+        raise SpecError("--scheduler, --workers and --performance-report need --engine dask")
+    return out
 
 
 def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, Any]):

@@ -135,6 +135,13 @@ def test_null_policies():
     assert str(skipped["out"].dtype) == "Int32"
     assert skipped["out"].isna().tolist() == [False, True, False, False, True]
     assert skipped["out"].dropna().tolist() == [0, 22, 33]
+    arrays = CallableRuntime(lambda b: np.stack([b["a"], b["b"]], axis=1), outputs=["out"])
+    multi = predict_properties(rt, gdf, input_properties=["a", "b"], output_properties=["out:int32"], nulls="skip",
+                               batch_size=2)  # batches with and without nulls
+    assert str(multi["out"].dtype) == "Int32" and multi["out"].isna().tolist() == [False, True, False, False, True]
+    listed = predict_properties(arrays, gdf, input_properties=["a", "b"], output_properties=["out:float32:1"],
+                                nulls="skip", batch_size=2)
+    assert listed["out"].iloc[1] is None and listed["out"].iloc[2].tolist() == [2, 20]
 
 
 def test_outputs_by_name_and_order_arrays_list_or_split():

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from .._extras import require
 from ..errors import InputError, OutputError, SourceNotFoundError, TilecastError
 from ..sinks.geotiff import check_output_path
 
-__all__ = ["DRIVERS", "FeatureReader", "driver_for", "open_features", "write_features"]
+__all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "driver_for", "open_features", "write_features"]
 
 DRIVERS = {
     ".parquet": "Parquet",
@@ -48,24 +48,121 @@ def driver_for(path: str | os.PathLike, driver: str | None = None) -> str:
     return DRIVERS[ext]
 
 
-class FeatureReader:
-    """Batches of a GeoDataFrame or a file; ``crs``, ``geometry_type`` and ``total`` (rows, if known)."""
+class FeatureBatch:
+    """Up to ``batch_size`` features: their properties, their geometry (decoded only when needed), and the
+    columns to merge into them (``extra``: 1-D arrays, or 2-D arrays for array-valued properties)."""
 
-    def __init__(self, batches: Iterator[Any], crs: Any, geometry_type: str, total: int | None,
-                 closer: Any = None) -> None:
+    def __init__(self, frame: Any, crs: Any, *, geometry: Any = None, wkb: np.ndarray | None = None,
+                 geometry_name: str | None = None) -> None:
+        self.frame = frame
+        self.crs = crs
+        self._geometry = geometry
+        self._wkb = wkb
+        self.geometry_name = geometry_name
+        self.extra: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in self.frame.columns if c != self.geometry_name]
+
+    @property
+    def index(self) -> Any:
+        return self.frame.index
+
+    @property
+    def geometry(self) -> Any:
+        """A GeoSeries; decoded from WKB on first use (only raster-derived inputs need it)."""
+        if self._geometry is None:
+            gpd = require("geopandas", "features")
+            shapely = require("shapely", "features")
+            self._geometry = gpd.GeoSeries(shapely.from_wkb(self._wkb), index=self.frame.index, crs=self.crs)
+        return self._geometry
+
+    def wkb(self) -> np.ndarray:
+        if self._wkb is None:
+            shapely = require("shapely", "features")
+            self._wkb = shapely.to_wkb(np.asarray(self.geometry.values, dtype=object))
+        return self._wkb
+
+    def to_geodataframe(self) -> Any:
+        """The features with ``extra`` merged in (a new frame; the input is never changed)."""
+        gpd = require("geopandas", "features")
+        if self.geometry_name is not None:
+            gdf = self.frame.copy() if self.extra else self.frame
+        else:
+            gdf = gpd.GeoDataFrame(self.frame, geometry=self.geometry, crs=self.crs)
+        for name, values in self.extra.items():
+            gdf[name] = _pandas_column(values)
+        return gdf
+
+    def to_arrow(self) -> Any:
+        """Properties, then ``extra``, then the WKB geometry column ``geometry``."""
+        pa = require("pyarrow", "features")
+        frame = self.frame
+        drop = [c for c in frame.columns if c == self.geometry_name or c in self.extra]
+        if drop:
+            frame = frame.drop(columns=drop)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        for name, values in self.extra.items():
+            table = table.append_column(name, _arrow_column(values))
+        return table.append_column("geometry", pa.array(self.wkb(), type=pa.binary()))
+
+
+def _pandas_column(values: Any) -> Any:
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        rows = np.empty(len(values), dtype=object)
+        rows[:] = list(values)
+        return rows
+    return values
+
+
+def _arrow_column(values: Any) -> Any:
+    pa = require("pyarrow", "features")
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        n, k = values.shape
+        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values).reshape(-1)))
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return pa.array(list(values))
+    return pa.array(values)
+
+
+class FeatureReader:
+    """Batches (:class:`FeatureBatch`) of a GeoDataFrame or a file; ``crs``, ``geometry_type`` and ``total``."""
+
+    def __init__(self, batches: Iterator[FeatureBatch], crs: Any, geometry_type: str | Callable[[], str],
+                 total: int | None, closer: Any = None) -> None:
         self._batches = batches
         self.crs = crs
-        self.geometry_type = geometry_type
+        self._geometry_type = geometry_type
         self.total = total
         self._closer = closer
 
-    def __iter__(self) -> Iterator[Any]:
+    @property
+    def geometry_type(self) -> str:
+        """The layer's geometry type (``Point``, ``MultiPolygon``...), or ``Unknown``; worked out on first use."""
+        if callable(self._geometry_type):
+            self._geometry_type = self._geometry_type()
+        return self._geometry_type
+
+    def __iter__(self) -> Iterator[FeatureBatch]:
         return self._batches
 
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
             self._closer = None
+
+
+def _crs(value: Any) -> Any:
+    if value is None:
+        return None
+    from pyproj import CRS
+
+    return CRS.from_user_input(value)
 
 
 def open_features(
@@ -76,14 +173,15 @@ def open_features(
     ``crs`` sets the CRS of features that have none (it never reprojects).
     """
     gpd = require("geopandas", "features")
+    step = max(1, batch_size)
     if isinstance(features, gpd.GeoDataFrame):
         gdf = features
         if gdf.crs is None and crs is not None:
             gdf = gdf.set_crs(crs)
-        step = max(1, batch_size)
-        batches = (gdf.iloc[i:i + step] for i in range(0, len(gdf), step))
-        gtype = _geometry_type(gdf)
-        return FeatureReader(batches, gdf.crs, gtype, len(gdf))
+        name = gdf.geometry.name
+        batches = (FeatureBatch(gdf.iloc[i:i + step], gdf.crs, geometry=gdf.geometry.iloc[i:i + step],
+                                geometry_name=name) for i in range(0, len(gdf), step))
+        return FeatureReader(batches, gdf.crs, lambda: _geometry_type(gdf), len(gdf))
     if not isinstance(features, (str, os.PathLike)):
         raise InputError(
             f"cannot read features from a {type(features).__name__}; pass a GeoDataFrame or a vector file path "
@@ -93,8 +191,8 @@ def open_features(
     if not path.startswith(("/vsi", "http://", "https://", "s3://")) and not os.path.exists(path):
         raise SourceNotFoundError(f"features file not found: {path}; check the path")
     if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
-        return _open_parquet(path, batch_size, crs)
-    return _open_ogr(path, batch_size, layer, crs)
+        return _open_parquet(path, step, crs)
+    return _open_ogr(path, step, layer, crs)
 
 
 def _geometry_type(gdf: Any) -> str:
@@ -109,8 +207,6 @@ def _geometry_type(gdf: Any) -> str:
 
 def _open_parquet(path: str, batch_size: int, crs: Any) -> FeatureReader:
     pq = require("pyarrow.parquet", "features")
-    gpd = require("geopandas", "features")
-    shapely = require("shapely", "features")
     pf = pq.ParquetFile(path)
     meta = (pf.schema_arrow.metadata or {}).get(b"geo")
     if meta is None:
@@ -121,31 +217,23 @@ def _open_parquet(path: str, batch_size: int, crs: Any) -> FeatureReader:
     info = geo["columns"][gcol]
     if info.get("encoding", "WKB").upper() != "WKB":
         raise InputError(f"{path}: geometry encoding {info['encoding']!r} is not supported; write it as WKB")
-    file_crs = info.get("crs", "OGC:CRS84") if "crs" in info else "OGC:CRS84"
+    file_crs = _crs(info.get("crs", "OGC:CRS84") if "crs" in info else "OGC:CRS84")
     if file_crs is None:
-        file_crs = crs
-    if isinstance(file_crs, dict):
-        from pyproj import CRS
-
-        file_crs = CRS.from_json_dict(file_crs)
+        file_crs = _crs(crs)
     types = info.get("geometry_types") or []
     gtype = types[0].replace(" Z", "") if len(types) == 1 else "Unknown"
 
-    def batches() -> Iterator[Any]:
+    def batches() -> Iterator[FeatureBatch]:
         for rb in pf.iter_batches(batch_size=batch_size):
             wkb = rb.column(gcol).to_numpy(zero_copy_only=False)
-            df = rb.drop_columns([gcol]).to_pandas() if hasattr(rb, "drop_columns") else \
-                rb.to_pandas().drop(columns=[gcol])
-            yield gpd.GeoDataFrame(df, geometry=gpd.GeoSeries(shapely.from_wkb(wkb), index=df.index),
-                                   crs=file_crs)
+            df = rb.drop_columns([gcol]).to_pandas()
+            yield FeatureBatch(df, file_crs, wkb=wkb)
 
-    return FeatureReader(batches(), file_crs, gtype, pf.metadata.num_rows, pf.close if hasattr(pf, "close") else None)
+    return FeatureReader(batches(), file_crs, gtype, pf.metadata.num_rows, getattr(pf, "close", None))
 
 
 def _open_ogr(path: str, batch_size: int, layer: str | int | None, crs: Any) -> FeatureReader:
     pyogrio = require("pyogrio", "features")
-    gpd = require("geopandas", "features")
-    shapely = require("shapely", "features")
     try:
         info = pyogrio.read_info(path, layer=layer)
         ctx = pyogrio.open_arrow(path, layer=layer, batch_size=batch_size, use_pyarrow=True)
@@ -153,32 +241,20 @@ def _open_ogr(path: str, batch_size: int, layer: str | int | None, crs: Any) -> 
     except Exception as exc:
         raise InputError(f"GDAL cannot read {path} as vector features: {exc}") from None
     gcol = meta.get("geometry_name") or "wkb_geometry"
-    file_crs = meta.get("crs") or crs
+    file_crs = _crs(meta.get("crs") or crs)
     total = int(info["features"]) if info.get("features", -1) >= 0 else None
 
-    def batches() -> Iterator[Any]:
+    def batches() -> Iterator[FeatureBatch]:
         for rb in reader:
-            names = rb.schema.names
-            if gcol in names:
+            if gcol in rb.schema.names:
                 wkb = rb.column(gcol).to_numpy(zero_copy_only=False)
                 rb = rb.drop_columns([gcol])
             else:
                 wkb = np.full(rb.num_rows, None, dtype=object)
-            df = rb.to_pandas()
-            yield gpd.GeoDataFrame(df, geometry=gpd.GeoSeries(shapely.from_wkb(wkb), index=df.index),
-                                   crs=file_crs)
+            yield FeatureBatch(rb.to_pandas(), file_crs, wkb=wkb)
 
     return FeatureReader(batches(), file_crs, meta.get("geometry_type") or "Unknown", total,
                          lambda: ctx.__exit__(None, None, None))
-
-
-def _to_arrow(gdf: Any, geometry_name: str = "geometry") -> Any:
-    pa = require("pyarrow", "features")
-    shapely = require("shapely", "features")
-    df = gdf.drop(columns=[gdf.geometry.name])
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    wkb = shapely.to_wkb(np.asarray(gdf.geometry.values, dtype=object))
-    return table.append_column(geometry_name, pa.array(wkb, type=pa.binary()))
 
 
 def _geo_metadata(crs: Any, geometry_name: str) -> bytes:
@@ -186,6 +262,12 @@ def _geo_metadata(crs: Any, geometry_name: str) -> bytes:
     column["crs"] = None if crs is None else crs.to_json_dict()
     return json.dumps({"version": "1.0.0", "primary_column": geometry_name,
                        "columns": {geometry_name: column}}).encode()
+
+
+def _as_batch(item: Any) -> FeatureBatch:
+    if isinstance(item, FeatureBatch):
+        return item
+    return FeatureBatch(item, item.crs, geometry=item.geometry, geometry_name=item.geometry.name)
 
 
 def write_features(
@@ -198,7 +280,8 @@ def write_features(
     layer: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write GeoDataFrame batches to one file; the schema (and, unless given, the CRS) is the first batch's.
+    """Write batches (GeoDataFrames or :class:`FeatureBatch`) to one file; the schema (and, unless given, the CRS)
+    is the first batch's.
 
     Returns the final path."""
     dst = check_output_path(path, overwrite)
@@ -221,10 +304,11 @@ def _write_parquet(tmp: Path, batches: Iterator[Any], crs: Any) -> None:
     pq = require("pyarrow.parquet", "features")
     writer = None
     try:
-        for gdf in batches:
-            table = _to_arrow(gdf)
+        for item in batches:
+            batch = _as_batch(item)
+            table = batch.to_arrow()
             if writer is None:
-                crs = gdf.crs if crs is None else crs
+                crs = batch.crs if crs is None else crs
                 schema = table.schema.with_metadata({b"geo": _geo_metadata(crs, "geometry")})
                 writer = pq.ParquetWriter(str(tmp), schema)
             writer.write_table(table.cast(writer.schema, safe=False) if table.schema != writer.schema else table)
@@ -243,7 +327,8 @@ def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, 
     first = next(it, None)
     if first is None:
         raise InputError("there are no features to write; the input is empty")
-    table = _to_arrow(first)
+    first = _as_batch(first)
+    table = first.to_arrow()
     schema = table.schema
     crs = first.crs if crs is None else crs
     failure: list[BaseException] = []
@@ -251,8 +336,8 @@ def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, 
     def stream() -> Iterator[Any]:
         try:
             yield from table.to_batches()
-            for gdf in it:
-                t = _to_arrow(gdf)
+            for item in it:
+                t = _as_batch(item).to_arrow()
                 yield from (t.cast(schema, safe=False) if t.schema != schema else t).to_batches()
         except BaseException as exc:
             failure.append(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ import numpy as np
 from .._extras import require
 from ..errors import InputError, SpecError
 from ..runtimes.base import Runtime, Signature
-from .io import LIST_DRIVERS, driver_for, open_features, write_features
+from .io import LIST_DRIVERS, FeatureBatch, _pandas_column, driver_for, open_features, write_features
 from .properties import (
     Column,
     OutputProperty,
@@ -74,7 +75,7 @@ class _Predictor:
         fill_value: Any,
         array_columns: str,
         layout: str,
-        geometry_type: str,
+        geometry_type: Callable[[], str],
     ) -> None:
         from ..spec import parse_dtype
 
@@ -105,7 +106,7 @@ class _Predictor:
         if sample is not None:
             if patch_size is not None:
                 mode = "patch"
-            elif stats is None and geometry_type.replace("Multi", "") == "Point":
+            elif stats is None and geometry_type().replace("Multi", "") == "Point":
                 mode = "sample"
             else:
                 mode = "zonal"
@@ -142,18 +143,18 @@ class _Predictor:
         self.layout = choose_layout(self.signature, names, self.layout_param)  # type: ignore[arg-type]
         self.names = list(names)
 
-    def __call__(self, gdf: Any) -> dict[str, Any]:
-        columns = [c for c in gdf.columns if c != gdf.geometry.name]
+    def __call__(self, batch: FeatureBatch) -> dict[str, Any]:
+        columns = batch.columns
         if self.names is None:
             self._choose_inputs(columns)
         assert self.names is not None
-        n = len(gdf)
+        n = len(batch)
         derived: dict[str, Column] = {}
         if self.rasters is not None and any(name in self.rasters.names for name in self.names):
-            geoms = gdf.geometry
+            geoms = batch.geometry
             empty = np.asarray(geoms.isna() | geoms.is_empty, dtype=bool)
             if empty.any() and self.nulls == "error":
-                rows = gdf.index[np.flatnonzero(empty)[:5]].tolist()
+                rows = batch.index[np.flatnonzero(empty)[:5]].tolist()
                 raise InputError(
                     f"{int(empty.sum())} feature(s) have empty or missing geometry (e.g. index {rows}), so no "
                     "raster values can be read for them; remove them, or pass nulls='skip' (--nulls skip)"
@@ -166,9 +167,9 @@ class _Predictor:
                 if name in self.overrides:
                     col = Column(name, col.values.astype(self.overrides[name]), col.nulls)
             else:
-                col = column_values(gdf[name], name, self.overrides.get(name), self.shapes.get(name))
+                col = column_values(batch.frame[name], name, self.overrides.get(name), self.shapes.get(name))
             cols.append(col)
-        keep = apply_nulls(cols, self.nulls, self.fill_value, ids=gdf.index)  # type: ignore[arg-type]
+        keep = apply_nulls(cols, self.nulls, self.fill_value, ids=batch.index)  # type: ignore[arg-type]
         rows = None if keep.all() else np.flatnonzero(keep)
         m = n if rows is None else len(rows)
         if m:
@@ -186,6 +187,8 @@ class _Predictor:
             if p.dimensions and self.array_columns == "split":
                 for j in range(arr.shape[1]):
                     out[f"{p.name}_{j}"] = _with_nulls(arr[:, j], rows, n)
+            elif p.dimensions and rows is None:
+                out[p.name] = arr  # 2-D: a list column when written or returned
             elif p.dimensions:
                 items = np.empty(len(arr), dtype=object)
                 items[:] = list(arr)
@@ -250,21 +253,43 @@ _DOC_PARAMS = """
 def _iter_predictions(
     model: Any, reader: Any, params: dict[str, Any], progress: FeatureCallback | None, array_columns: str,
 ) -> Iterator[Any]:
-    predictor = _Predictor(model, geometry_type=reader.geometry_type, array_columns=array_columns, **params)
+    batches = iter(reader)
+    first = next(batches, None)
+
+    def geometry_type() -> str:  # from the file's metadata, else from the first batch's geometries
+        gtype = reader.geometry_type
+        if gtype == "Unknown" and first is not None:
+            types = {t.replace("Multi", "") for t in first.geometry.geom_type.dropna().unique()}
+            gtype = types.pop() if len(types) == 1 else gtype
+        return gtype
+
+    try:
+        predictor = _Predictor(model, geometry_type=geometry_type, array_columns=array_columns, **params)
+    except BaseException:
+        reader.close()
+        raise
     done = 0
     try:
-        for gdf in reader:
-            cols = predictor(gdf)
-            merged = gdf.copy() if cols else gdf
-            for name, values in cols.items():
-                merged[name] = values
-            done += len(gdf)
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            batch.extra = predictor(batch)
+            done += len(batch)
             if progress is not None:
                 progress(done, reader.total)
-            yield merged
+            yield batch
     finally:
         predictor.close()
         reader.close()
+
+
+def _concat(parts: list[Any]) -> Any:
+    """Join one output's batches; batches with skipped features hold nullable arrays or object rows."""
+    import pandas as pd
+
+    if all(isinstance(p, np.ndarray) for p in parts) and len({(p.ndim, p.dtype) for p in parts}) == 1:
+        return np.concatenate(parts)
+    if any(isinstance(p, np.ndarray) and (p.ndim == 2 or p.dtype == object) for p in parts):
+        return np.concatenate([_pandas_column(p) if p.ndim == 2 else np.asarray(p, dtype=object) for p in parts])
+    return pd.concat([pd.Series(p) for p in parts], ignore_index=True).array
 
 
 def _params(**kwargs: Any) -> dict[str, Any]:
@@ -305,13 +330,21 @@ def predict_properties(
         stats=stats, all_touched=all_touched, patch_size=patch_size, nulls=nulls, fill_value=fill_value,
         layout=layout,
     )
-    parts = list(_iter_predictions(model, reader, params, progress, array_columns))
+    batches = _iter_predictions(model, reader, params, progress, array_columns)
+    if isinstance(features, gpd.GeoDataFrame):  # one copy of the input, predicted columns added once
+        extras = [b.extra for b in batches]
+        out = features.copy() if reader.crs == features.crs else features.set_crs(reader.crs)
+        for name in extras[0] if extras else ():
+            parts = [e[name] for e in extras]
+            values = parts[0] if len(parts) == 1 else _concat(parts)
+            out[name] = _pandas_column(values)
+        return out
+    parts = [b.to_geodataframe() for b in batches]
     if not parts:
-        return features.copy() if isinstance(features, gpd.GeoDataFrame) else gpd.GeoDataFrame()
+        return gpd.GeoDataFrame()
     if len(parts) == 1:
         return parts[0]
-    out = pd.concat(parts)
-    return gpd.GeoDataFrame(out, geometry=parts[0].geometry.name, crs=parts[0].crs)
+    return gpd.GeoDataFrame(pd.concat(parts), geometry=parts[0].geometry.name, crs=parts[0].crs)
 
 
 predict_properties.__doc__ = (predict_properties.__doc__ or "") + _DOC_PARAMS

@@ -299,7 +299,8 @@ def _identity(obj: object) -> object:
     path = getattr(obj, "path", None) or getattr(obj, "paths", None)
     if path is None:
         fn = getattr(obj, "fn", None)
-        return type(obj).__name__ + ":" + getattr(fn, "__qualname__", repr(fn))
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        return f"{type(obj).__name__}:{getattr(fn, '__module__', '')}.{name}"
     paths = path if isinstance(path, (list, tuple)) else [path]
     out = []
     for p in paths:

@@ -169,3 +169,18 @@ def test_missing_extra_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(MissingExtraError, match=r"pip install 'tilecast\[torch\]'"):
         load_model(tmp_path / "m.pt")
+
+
+def test_info_describes_every_format(models):
+    import json
+
+    from click.testing import CliRunner
+
+    from tilecast.cli import main
+
+    for fmt, (path, _) in models.items():
+        r = CliRunner().invoke(main, ["info", path, "--json"])
+        assert r.exit_code == 0, (fmt, r.output)
+        info = json.loads(r.output)
+        assert info["format"] == ("savedmodel" if fmt == "earthengine" else fmt)
+        assert info["inputs"] and "tilecast card" in info["card"]

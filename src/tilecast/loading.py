@@ -218,6 +218,8 @@ def _same_crs(crs: str, other: Any) -> bool:
 
 def _raster_band_names(image: Any) -> tuple[list[str] | None, list[str | None] | None]:
     """Band descriptions (``b1``... when unnamed) and per-band ``eo:common_name``/``common_name`` tags."""
+    if isinstance(image, (list, tuple)) and image:  # a mosaic: its files share one band layout
+        image = image[0]
     if isinstance(image, (str, os.PathLike)):
         import rasterio
 
@@ -249,6 +251,8 @@ def _names_from_dataset(ds: Any) -> tuple[list[str], list[str | None]]:
 
 
 def _raster_grid(image: Any) -> tuple[Any, tuple[float, float]] | None:
+    if isinstance(image, (list, tuple)) and image:
+        image = image[0]
     if isinstance(image, (str, os.PathLike)):
         import rasterio
 

@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ import numpy as np
 from ._extras import require
 from .errors import InputError
 
-__all__ = ["TFRecordDataset", "load_spec", "make_spec", "parse_record", "tf_parser_spec", "write_spec"]
+__all__ = ["TFRecordDataset", "load_spec"  # noqa: F822 - TFRecordDataset comes from __getattr__ (lazy torch)
+           , "make_spec", "parse_record", "tf_parser_spec", "write_spec"]
 
 SPEC_VERSION = 1
 
@@ -126,15 +128,7 @@ def _shape(values: Mapping[str, Any], key: str, info: Mapping[str, Any]) -> np.n
     return arr.reshape(shape)
 
 
-def _torch_base() -> type:
-    try:
-        import torch.utils.data as tud
-    except ImportError:  # plain iteration still works without torch
-        return object
-    return tud.IterableDataset
-
-
-class TFRecordDataset(_torch_base()):  # type: ignore[misc]
+class _TFRecordDataset:
     """Records of an export as ``{name: np.ndarray}`` dicts (or whatever ``transform`` makes of them), streamed
     from the TFRecord files without TensorFlow. An ``IterableDataset`` for PyTorch's ``DataLoader`` (each worker
     reads a disjoint set of files when there are several), and a plain iterable without torch."""
@@ -181,7 +175,24 @@ class TFRecordDataset(_torch_base()):  # type: ignore[misc]
             return {k: np.zeros((0, *v["shape"]), np.float32) for k, v in self.spec["features"].items()}
         return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
-    def _untransformed(self) -> TFRecordDataset:
-        clone = TFRecordDataset.__new__(TFRecordDataset)
+    def _untransformed(self) -> _TFRecordDataset:
+        clone = _TFRecordDataset.__new__(_TFRecordDataset)
         clone.spec, clone.files, clone.transform = self.spec, self.files, None
         return clone
+
+
+@lru_cache(maxsize=1)
+def _dataset_class() -> type:
+    """``TFRecordDataset``: a torch ``IterableDataset`` when torch is installed (imported only on first use, as
+    torch takes seconds to import), else the plain iterable."""
+    try:
+        import torch.utils.data as tud
+    except ImportError:
+        return _TFRecordDataset
+    return type("TFRecordDataset", (_TFRecordDataset, tud.IterableDataset), {"__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TFRecordDataset":
+        return _dataset_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,9 +21,9 @@ from ..plan import XY, xy
 from ..progress import Progress
 from ..sources import open_source
 from ..training import make_spec, write_spec
-from .reading import read_at
+from .reading import patch_offset, read_at
 from .sampling import Samples, assign_splits, label_raster_samples, select, vector_samples
-from .tfrecord import ShardedWriter, example_bytes
+from .tfrecord import ShardedWriter, example_bytes, float_row_examples
 
 __all__ = ["ExportResult", "export_patches", "export_samples"]
 
@@ -84,7 +84,7 @@ def export_samples(
     splits: Mapping[str, float] | None = None,
     split_block: int | None = None,
     default_value: float = 0.0,
-    drop_masked: bool | None = None,
+    drop_masked: bool = True,
     drop_outside: bool = False,
     geometries: bool = False,
     file_format: str | None = None,
@@ -150,7 +150,7 @@ def export_samples(
         clash = set(source.band_names) & ({lname} | set(properties))
         if clash:
             raise InputError(f"the label/property names {sorted(clash)} clash with band names; rename them")
-        drop = is_table if drop_masked is None else drop_masked
+        drop = drop_masked
         writer = _Writers(folder, stem, suffix, fmt, splits, compressed, max_file_size, overwrite, is_table)
         try:
             skipped = _write(source, samples, p, default_value, drop, chunk, lname, list(properties), writer,
@@ -189,11 +189,14 @@ def _write(
     properties: list[str], writer: _Writers, progress: Callable | None,
 ) -> int:
     names = list(source.band_names)
+    off = patch_offset(p)
     total, done, skipped = len(samples), 0, 0
     for batch in read_at(source, samples.rows, samples.cols, p, default_value, chunk):
         idx = batch.index
         vals = batch.values.astype(np.float32, copy=False)
-        ok = batch.valid.all(axis=(1, 2)) if drop else np.ones(len(idx), bool)
+        # Earth Engine's sample() drops samples whose pixel is masked; a patch keeps masked neighbours (as the
+        # default value) but not a masked centre.
+        ok = batch.valid[:, off.y, off.x] if drop else np.ones(len(idx), bool)
         skipped += int((~ok).sum())
         label = None if samples.label is None else samples.label[idx]
         split = None if samples.split is None else samples.split[idx]
@@ -243,6 +246,21 @@ class _Writers:
                     cols.update({k: v[sel].astype(np.float32) for k, v in props.items()})
                     self.writers[s].write(cols)
                     self.counts[s] += int(sel.sum())
+            return
+        if vals.shape[2:] == (1, 1):  # a table: every feature is one float
+            cols = [vals[:, :, 0, 0]]
+            keys = list(names)
+            if lname:
+                cols.append(label[:, None])
+                keys.append(lname)
+            for k, v in props.items():
+                cols.append(v[:, None])
+                keys.append(k)
+            matrix = np.concatenate([c.astype(np.float32) for c in cols], axis=1)[ok]
+            dest = np.full(len(matrix), "all", dtype=object) if split is None else split[ok]
+            for s, rec in zip(dest, float_row_examples(keys, matrix), strict=True):
+                self.writers[s].write(rec)
+                self.counts[s] += 1
             return
         for j in np.flatnonzero(ok):
             feats: dict[str, Any] = {b: vals[j, i] for i, b in enumerate(names)}

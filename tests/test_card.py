@@ -386,3 +386,22 @@ def test_earth_engine_band_layout_card(tmp_path):
     load_model(path).predict_image(img).to_geotiff(tmp_path / "o.tif")
     with rasterio.open(tmp_path / "o.tif") as ds:
         assert np.allclose(ds.read(1), 4.0 / 2 + 10 * (3.0 - 1))
+
+
+def test_cli_card_update_keeps_what_flags_do_not_name(tmp_path):
+    from tests.onnx_models import per_band_sum
+
+    path = per_band_sum(tmp_path / "pb.onnx", ["B4", "B8"], [1.0, 10.0])
+    runner = CliRunner()
+    r = runner.invoke(main, ["card", path, "--bands", "B4=red,B8=nir", "--tile", "16", "--layout", "bands",
+                             "--scaling", "scale:2", "--scaling", "offset:1", "--output-band", "output:float32",
+                             "--classes", "a,b"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["card", path, "--tile", "32", "--blend", "crop", "--name", "renamed"])
+    assert r.exit_code == 0, r.output
+    p = json.loads(card_path(path).read_text())["properties"]
+    assert p["tilecast:tile_size"] == [32, 32] and p["tilecast:output_tile_size"] == [32, 32]
+    assert p["mlm:name"] == "renamed"
+    assert [i["value_scaling"] for i in p["mlm:input"]] == [[{"type": "scale", "value": 2.0}],
+                                                             [{"type": "offset", "value": 1.0}]]
+    assert [c["description"] for c in p["mlm:output"][0]["classification:classes"]] == ["a", "b"]

@@ -235,7 +235,9 @@ def _kwargs_from_card(old: Any) -> dict[str, Any]:
               "batch_size"):
         if k in p:
             kw[k] = p[k]
-    if cp.scaling:
+    if cp.scaling and p.get("layout") == "bands":  # one input per band, each with its own scaling
+        kw["scaling"] = [(cp.scaling.get(i["name"]) or [None])[0] for i in old.inputs]
+    elif cp.scaling:
         kw["scaling"] = next(iter(cp.scaling.values()))
     if "output_bands" in p:
         kw["output_bands"] = list(parse_output_bands(p["output_bands"]))

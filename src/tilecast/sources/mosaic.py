@@ -177,7 +177,7 @@ class MosaicSource:
         cols, rows = zip(*(inv * (x, y) for x in (left, right) for y in (bottom, top)), strict=True)
         return min(rows) - 1, max(rows) + 1, min(cols) - 1, max(cols) + 1
 
-    def _vrt(self, member: int, file: int) -> WarpedVRT:
+    def _vrt(self, member: int, file: int) -> tuple[WarpedVRT, bool]:
         cache = getattr(self._local, "vrts", None)
         if cache is None:
             cache = self._local.vrts = {}
@@ -186,11 +186,13 @@ class MosaicSource:
         if vrt is None:
             ds = open_dataset(self.members[member].files[file])
             g = self.grid
+            # Without nodata or a mask, an alpha band tells where the member has pixels at all.
+            alpha = ds.nodata is None and all(f == [MaskFlags.all_valid] for f in ds.mask_flag_enums)
             vrt = WarpedVRT(ds, crs=g.crs, transform=g.transform, width=g.shape[1], height=g.shape[0],
-                            resampling=self.resampling, add_alpha=False)
+                            resampling=self.resampling, add_alpha=alpha)
             with self._lock:
                 self._handles.extend([vrt, ds])
-            cache[key] = vrt
+            cache[key] = vrt = (vrt, alpha)
         return vrt
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
@@ -216,13 +218,16 @@ class MosaicSource:
         values = np.zeros((len(self.selected), int(window.height), int(window.width)), dtype=self.dtype)
         ok = np.ones((int(window.height), int(window.width)), dtype=bool)
         for f_i, pairs in by_file.items():
-            vrt = self._vrt(mi, f_i)
+            vrt, alpha = self._vrt(mi, f_i)
             idx = [b for _, b in pairs]
-            arr = vrt.read(idx, window=window)
-            masks = vrt.read_masks(idx, window=window)
+            if alpha:  # coverage comes from the alpha band GDAL adds while warping
+                arr = vrt.read([*idx, vrt.count], window=window)
+                ok &= arr[-1] > 0
+            else:
+                arr = vrt.read(idx, window=window)
+                ok &= np.all(vrt.read_masks(idx, window=window) > 0, axis=0)
             for k, (pos, _) in enumerate(pairs):
                 values[pos] = arr[k]
-            ok &= np.all(masks > 0, axis=0)
         return values, ok
 
     def close(self) -> None:

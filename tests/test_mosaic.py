@@ -1,0 +1,149 @@
+"""Many files, globs and STAC items as one mosaic: aligned pieces reassemble exactly, other CRSs are warped per
+window, the last member is on top, and predictions over a mosaic equal predictions over the whole raster."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import reproject
+from rasterio.windows import Window
+
+from conftest import coord_image
+from tilecast import Model
+from tilecast.errors import BandMismatchError, SourceNotFoundError
+from tilecast.sources import open_source
+from tilecast.sources.mosaic import MosaicSource
+
+ORIGIN = (500000.0, 4600000.0)
+
+
+def split(raster, img, pieces, nodata=None):
+    """Write ``img`` as pieces ``(row, col, h, w)`` on the same 10 m grid."""
+    paths = []
+    for i, (r, c, h, w) in enumerate(pieces):
+        t = from_origin(ORIGIN[0] + c * 10, ORIGIN[1] - r * 10, 10, 10)
+        paths.append(raster(img[:, r : r + h, c : c + w], name=f"p{i}.tif", transform=t, nodata=nodata,
+                            descriptions=["red", "nir", "swir"][: img.shape[0]]))
+    return paths
+
+
+QUAD = [(0, 0, 50, 60), (0, 60, 50, 60), (50, 0, 50, 60), (50, 60, 50, 60)]
+
+
+def test_aligned_pieces_reassemble_exactly(raster, tmp_path):
+    img = coord_image(100, 120, 3)
+    split(raster, img, QUAD)
+    src = open_source(str(tmp_path / "p*.tif"))
+    assert isinstance(src, MosaicSource) and src.grid.shape == (100, 120)
+    assert src.band_names == ["red", "nir", "swir"]
+    assert src.grid.transform == from_origin(*ORIGIN, 10, 10)
+    data, valid = src.read(Window(0, 0, 120, 100))
+    assert valid is None and np.array_equal(data, img)
+    data, _ = src.read(Window(45, 40, 30, 25))  # a window across all four files
+    assert np.array_equal(data, img[:, 40:65, 45:75])
+    sel = open_source([str(tmp_path / f"p{i}.tif") for i in range(4)], bands=["swir", 1])
+    assert sel.band_names == ["swir", "red"]
+    assert np.array_equal(sel.read(Window(0, 0, 120, 100))[0], img[[2, 0]])
+
+
+def test_gaps_are_masked_and_the_last_member_is_on_top(raster, tmp_path):
+    img = coord_image(60, 60, 1)
+    a = raster(img[:, :30, :30], name="a.tif", transform=from_origin(*ORIGIN, 10, 10))
+    b = raster(img[:, 20:60, 20:60] + 5000, name="b.tif", transform=from_origin(ORIGIN[0] + 200, ORIGIN[1] - 200,
+                                                                                  10, 10))
+    src = open_source([a, b])
+    data, valid = src.read(Window(0, 0, 60, 60))
+    assert not valid[0, 40] and not valid[40, 0]  # covered by neither file
+    assert data[0, 25, 25] == img[0, 25, 25] + 5000  # overlap: b (last) wins
+    assert data[0, 5, 5] == img[0, 5, 5]
+
+
+def test_members_in_another_crs_are_warped_per_window(raster, tmp_path):
+    img = coord_image(80, 80, 1)
+    utm = raster(img[:, :, :40], name="utm.tif")
+    other = tmp_path / "merc.tif"
+    right = img[:, :, 40:]
+    transform = from_origin(ORIGIN[0] + 400, ORIGIN[1], 10, 10)
+    from rasterio.warp import calculate_default_transform
+
+    west, south, east, north = rasterio.transform.array_bounds(80, 40, transform)
+    mt, mw, mh = calculate_default_transform("EPSG:32633", "EPSG:3857", 40, 80, west, south, east, north)
+    dst = np.zeros((1, mh, mw), np.float32)
+    reproject(right, dst, src_transform=transform, src_crs="EPSG:32633", dst_transform=mt, dst_crs="EPSG:3857")
+    with rasterio.open(other, "w", driver="GTiff", width=mw, height=mh, count=1, dtype="float32", crs="EPSG:3857",
+                       transform=mt) as ds:
+        ds.write(dst)
+    src = open_source([utm, str(other)])
+    assert src.grid.crs.to_epsg() == 32633 and src.grid.transform.a == 10
+    col, row = ~src.grid.transform * ORIGIN  # the Mercator footprint may widen the grid; it stays aligned
+    assert (col, row) == (int(col), int(row))
+    data, valid = src.read(Window(int(col), int(row), 80, 80))
+    assert np.array_equal(data[0, :, :40], img[0, :, :40])  # the UTM member is copied exactly
+    inner = data[0, 10:70, 45:75]
+    assert np.abs(inner - img[0, 10:70, 45:75]).max() <= 1  # band 0 is the row: warped twice, within a pixel
+    assert valid is None or valid[10:70, 45:75].all()
+
+
+def test_stac_items_with_assets_as_bands(raster, tmp_path):
+    img = coord_image(100, 120, 3)
+    items = []
+    for i, (r, c, h, w) in enumerate(QUAD):
+        t = from_origin(ORIGIN[0] + c * 10, ORIGIN[1] - r * 10, 10, 10)
+        assets = {}
+        for b, name in enumerate(["B04", "B08", "B11"]):
+            raster(img[b : b + 1, r : r + h, c : c + w], name=f"item{i}_{name}.tif", transform=t)
+            assets[name] = {"href": f"item{i}_{name}.tif", "type": "image/tiff; application=geotiff",
+                            "roles": ["data"]}
+        assets["thumbnail"] = {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]}
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"item{i}", "assets": assets, "links": [],
+                      "geometry": None, "properties": {"datetime": "2026-01-01T00:00:00Z"}})
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    src = open_source(str(path), bands=["B08", "B04"])
+    assert src.band_names == ["B08", "B04"]
+    assert np.array_equal(src.read(Window(0, 0, 120, 100))[0], img[[1, 0]])
+    allbands = open_source(str(path))
+    assert allbands.band_names == ["B04", "B08", "B11"]
+    pystac = pytest.importorskip("pystac")
+    absolute = json.loads(path.read_text())
+    for item in absolute["features"]:
+        for asset in item["assets"].values():
+            asset["href"] = str(tmp_path / asset["href"])
+    coll = pystac.ItemCollection.from_dict(absolute)
+    assert np.array_equal(open_source(coll, bands=["B11"]).read(Window(0, 0, 120, 100))[0], img[[2]])
+
+
+def test_prediction_over_a_mosaic_equals_the_whole_raster(raster, tmp_path):
+    from onnx_models import mean_conv
+
+    img = np.random.default_rng(0).random((2, 100, 120)).astype("float32")
+    whole = raster(img, name="whole.tif")
+    pieces = split(raster, img, QUAD)
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 2, 3), input_tile_size=32, input_overlap_size=1,
+                            blend="cosine", output_bands={"mean": "float32"})
+    a = model.predict_image(pieces).to_numpy()
+    b = model.predict_image(whole).to_numpy()
+    assert a.tobytes() == b.tobytes()
+
+
+def test_mosaic_pickles_as_its_recipe(raster, tmp_path):
+    split(raster, coord_image(100, 120, 2), QUAD)
+    src = open_source(str(tmp_path / "p*.tif"))
+    src.read(Window(0, 0, 10, 10))  # opens handles, which must not travel
+    copy = pickle.loads(pickle.dumps(src))
+    assert copy.grid == src.grid and copy.band_names == src.band_names
+    assert np.array_equal(copy.read(Window(5, 5, 50, 50))[0], src.read(Window(5, 5, 50, 50))[0])
+
+
+def test_mosaic_errors(raster, tmp_path):
+    with pytest.raises(SourceNotFoundError, match="no raster matches"):
+        open_source(str(tmp_path / "nothing*.tif"))
+    a = raster(np.zeros((2, 10, 10), np.float32), name="a.tif")
+    b = raster(np.zeros((3, 10, 10), np.float32), name="b.tif")
+    with pytest.raises(BandMismatchError, match="same bands"):
+        open_source([a, b])

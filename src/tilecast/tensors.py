@@ -345,7 +345,8 @@ def bind_outputs(
     bands = list(spec.output_bands)
     if not bands:  # default: every model output, its own dtype
         bands = []
-        for t in signature.outputs:
+        # an open signature (e.g. a hosted model without metadata): the outputs one probe run returned
+        for t in signature.outputs or tuple(TensorSpec(k, None, None) for k in (probe or {})):
             c = channels(t.name)
             dtype = t.dtype if t.dtype is not None and t.dtype.kind in "biuf" else np.dtype("float32")
             if probe is not None and t.name in probe:

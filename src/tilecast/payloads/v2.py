@@ -157,8 +157,8 @@ def _encode(head: dict[str, Any], key: str, arrays: Mapping[str, np.ndarray], bi
     return b"".join([text, *chunks]), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
 
 
-def encode_request(arrays: Mapping[str, np.ndarray], binary: bool = True,
-                   outputs: Sequence[str] | None = None) -> tuple[bytes, dict[str, str]]:
+def encode_request(arrays: Mapping[str, np.ndarray], binary: bool = True, outputs: Sequence[str] | None = None,
+                   request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
     """An infer request; with ``binary``, inputs travel as raw bytes and binary outputs are asked for."""
     extra: dict[str, Any] = {}
     if binary:
@@ -167,7 +167,7 @@ def encode_request(arrays: Mapping[str, np.ndarray], binary: bool = True,
             extra["outputs"] = [{"name": o, "parameters": {"binary_data": True}} for o in outputs]
     elif outputs:
         extra["outputs"] = [{"name": o} for o in outputs]
-    return _encode({}, "inputs", arrays, binary, extra)
+    return _encode({"id": request_id} if request_id else {}, "inputs", arrays, binary, extra)
 
 
 def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -80,6 +81,7 @@ class HttpTransport:
         limits = httpx.Limits(max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1)
         self.client = httpx.Client(headers=base, timeout=timeout, limits=limits, follow_redirects=False)
         self.single_name = "output"
+        self._ids = itertools.count(1)
 
     # -- signature ---------------------------------------------------------------------------------------------
     def signature(self) -> Signature:
@@ -118,7 +120,7 @@ class HttpTransport:
         fmt = self.endpoint.payload_format
         if fmt in ("V2_BINARY", "V2_JSON"):
             part = {k: v[start:stop] for k, v in batch.items()}
-            return v2.encode_request(part, binary=fmt == "V2_BINARY")
+            return v2.encode_request(part, binary=fmt == "V2_BINARY", request_id=f"{next(self._ids)}")
         body = rest.encode_request(fmt, batch, start, stop)
         if self.endpoint.signature_name:
             body["signature_name"] = self.endpoint.signature_name

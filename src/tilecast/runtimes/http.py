@@ -7,8 +7,10 @@ order. Nothing is returned, so nothing is written, unless every request succeede
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +51,8 @@ class EndpointRuntime:
         text = endpoint.payload_format not in GRPC_FORMATS and endpoint.payload_format != "V2_BINARY"
         self.packer = Packer(max_payload_bytes, output_multiplier, self._measure, endpoint.payload_format, text)
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="tilecast-endpoint")
+        # closes connections and threads even when the runtime is dropped without close() (e.g. by a CLI run)
+        self._finalizer = weakref.finalize(self, _shutdown, self._pool, self.transport)
         try:
             self.signature: Signature = self.transport.signature()
         except BaseException:
@@ -90,13 +94,15 @@ class EndpointRuntime:
         return [(start, self.transport.send(request, stop - start, start))]
 
     def close(self) -> None:
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        self.transport.close()
+        self._finalizer()
 
     def __repr__(self) -> str:
         return f"EndpointRuntime({self.endpoint.describe()}, concurrency={self.concurrency})"
+
+
+def _shutdown(pool: ThreadPoolExecutor, transport: Any) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
+    transport.close()
 
 
 def _concat(parts: list[tuple[int, dict[str, np.ndarray]]], n: int) -> dict[str, np.ndarray]:

@@ -132,6 +132,7 @@ def create_app(models: Mapping[str, ServedModel], config: ServerConfig, metrics:
                 finally:
                     metrics.inflight.dec()
                     elapsed = time.perf_counter() - t0
+                    name = request.path_params.get("name", "")  # routes that parse the path set it late
                     known = name if name in models else ("" if not name else "unknown")
                     metrics.requests.labels(known, protocol, str(status)).inc()
                     if status == 200 and instances:

@@ -124,7 +124,7 @@ def test_sidecar_and_embedded(tmp_path):
 
     rt = OnnxRuntime(path)
     found = read_card(path, rt.metadata, rt.signature)
-    assert found is not None and found.source == "onnx" and found.properties["mlm:name"] == "lin"
+    assert found is not None and found.source == "embedded" and found.properties["mlm:name"] == "lin"
 
 
 def test_corrupted_card_and_model(tmp_path):

@@ -5,6 +5,7 @@ convolutions summed in different orders)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,30 @@ def test_info_describes_every_format(models):
         info = json.loads(r.output)
         assert info["format"] == ("savedmodel" if fmt == "earthengine" else fmt)
         assert info["inputs"] and "tilecast card" in info["card"]
+
+
+def test_card_embedded_in_torch_archives(models, scene, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from tilecast.card import card_path
+    from tilecast.cli import main
+    from tilecast.loading import load_model
+
+    ref = _predict(*models["onnx"], scene, tmp_path / "ref.tif")
+    for fmt in ("torchscript", "torch.export"):
+        src = models[fmt][0]
+        path = tmp_path / Path(src).name
+        shutil.copy(src, path)
+        r = CliRunner().invoke(main, ["card", str(path), "--bands", "b1,b2,b3", "--tile", "16", "--overlap", "2",
+                                      "--layout", "NCHW", "--output-band", "scores:float32:1"])
+        assert r.exit_code == 0, r.output
+        assert "embedded it in the model" in r.output
+        card_path(path).unlink()
+        model = load_model(path)
+        assert model.card.source == "embedded"
+        out = tmp_path / f"emb_{fmt.replace('.', '_')}.tif"
+        model.predict_image(scene).to_geotiff(out)
+        with rasterio.open(out) as ds:
+            assert np.abs(ds.read() - ref).max() < TOL, fmt

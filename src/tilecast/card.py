@@ -86,7 +86,8 @@ class Card:
 
     item: dict[str, Any]
     source: str = "sidecar"
-    """``sidecar``, ``onnx`` (embedded), ``deepness`` (converted from Deepness/GeoDeep keys) or ``flags``."""
+    """``sidecar``, ``embedded`` (ONNX metadata_props or a Torch archive's extra file), ``deepness`` (converted from
+    Deepness/GeoDeep keys), ``flags`` or ``file``."""
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -348,7 +349,7 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
         except ValueError as exc:
             raise ModelLoadError(f"the model card embedded in {model_path} ({ONNX_KEY!r}) is not valid JSON "
                                  f"({exc}); rewrite it with `tilecast card`") from None
-        return Card(_check_item(item, f"{model_path} metadata"), "onnx")
+        return Card(_check_item(item, f"{model_path} metadata"), "embedded")
     if any(k in metadata for k in DEEPNESS_KEYS):
         return card_from_deepness(metadata, signature, name=Path(model_path).stem)
     return None
@@ -376,19 +377,38 @@ def write_card(card: Card, model_path: str | os.PathLike, *, embed: bool | None 
     tmp = side.with_name(side.name + ".tmp")
     tmp.write_text(card.to_json() + "\n")
     os.replace(tmp, side)
-    is_onnx = str(model_path).lower().endswith(".onnx")
+    fmt = _embeddable(model_path)
     if embed is None:
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
-            embed = False
-        else:
-            embed = is_onnx
+        embed = fmt == "torch" or (fmt == "onnx" and _importable("onnx"))
     if embed:
-        if not is_onnx:
-            raise SpecError("only ONNX models can embed their card; the sidecar JSON was written")
-        embed_onnx(card, model_path)
+        if fmt is None:
+            raise SpecError("only ONNX, TorchScript and torch.export models can embed their card; the sidecar JSON "
+                            "was written")
+        if fmt == "onnx":
+            embed_onnx(card, model_path)
+        else:
+            from .loading import detect_format
+            from .runtimes.torch import embed_card
+
+            embed_card(model_path, json.dumps(card.item, separators=(",", ":")), detect_format(model_path))
     return side
+
+
+def _embeddable(model_path: str | os.PathLike) -> str | None:
+    name = str(model_path).lower()
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith((".pt", ".pt2", ".pth", ".torchscript", ".jit")) and Path(model_path).is_file():
+        return "torch"
+    return None
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def embed_onnx(card: Card, model_path: str | os.PathLike) -> None:

@@ -46,7 +46,8 @@ __all__ = ["card", "check_with_tile", "receptive_radius"]
 @click.option("--name", help="Model name (mlm:name).")
 @click.option("--architecture", help="Architecture (mlm:architecture), e.g. U-Net.")
 @click.option("--task", "tasks", multiple=True, help="MLM task (repeatable), e.g. semantic-segmentation.")
-@click.option("--embed/--no-embed", default=None, help="Also embed the card in the ONNX model (default: ONNX yes).")
+@click.option("--embed/--no-embed", default=None,
+              help="Also embed the card in the model (ONNX metadata_props, Torch archive extra file; default yes).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Run one synthetic tile and measure the receptive field.")
 @click.option("--print", "show", is_flag=True, help="Print the card JSON.")
@@ -78,10 +79,12 @@ def card(model_path: str, show: bool, check: bool, embed: bool | None, **opts: A
             _record_result_shapes(new, report["outputs"])
     finally:
         runtime.close()
+    from ..card import _embeddable, _importable
+
+    kind = _embeddable(model_path)
+    embedded = kind is not None and (embed or (embed is None and (kind == "torch" or _importable("onnx"))))
     side = write_card(new, model_path, embed=embed)
-    click.echo(f"wrote {side}" + (" (and embedded it in the ONNX model)" if
-                                  (embed or (embed is None and str(model_path).lower().endswith(".onnx")
-                                             and _has_onnx())) else ""), err=True)
+    click.echo(f"wrote {side}" + (" (and embedded it in the model)" if embedded else ""), err=True)
     if show:
         click.echo(json.dumps(new.item, indent=2))
 
@@ -108,14 +111,6 @@ def _record_result_shapes(card_obj: Any, outputs: dict[str, tuple[tuple[int, ...
             continue
         out["result"]["shape"] = [-1, *shape[1:]]
         out["result"]["dim_order"] = dims
-
-
-def _has_onnx() -> bool:
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def build_from_options(model_path: str, fmt: str, runtime: Any, opts: dict[str, Any]) -> Any:

@@ -18,7 +18,10 @@ from .._extras import require
 from ..errors import ModelLoadError, TileSizeError
 from .base import Signature, TensorSpec
 
-__all__ = ["TorchRuntime"]
+__all__ = ["CARD_FILE", "TorchRuntime", "embed_card"]
+
+CARD_FILE = "mlm:item"
+"""The extra file, inside a TorchScript or torch.export archive, that holds the model card (JSON)."""
 
 
 class TorchRuntime:
@@ -42,13 +45,14 @@ class TorchRuntime:
         self.fmt = fmt
         self._lock = threading.Lock()
         try:
+            extra = {CARD_FILE: ""}
             if fmt == "torch.export":
-                program = torch.export.load(self.path)
+                program = torch.export.load(self.path, extra_files=extra)
                 self.module = program.module().to(self.device)
                 names = _export_input_names(program)
                 in_specs = _export_input_specs(program, names)
             else:
-                self.module = torch.jit.load(self.path, map_location=self.device)
+                self.module = torch.jit.load(self.path, map_location=self.device, _extra_files=extra)
                 names = _script_input_names(self.module)
                 # TorchScript does not record dtypes; raster models take float32 (override with
                 # input_type_override), so an integer raster is cast before it reaches the model.
@@ -62,7 +66,9 @@ class TorchRuntime:
             self.module.eval()
         self._out_names = outputs
         self.signature = Signature(in_specs, tuple(TensorSpec(n, None, None) for n in (outputs or ["output"])))
-        self.metadata: dict[str, str] = {}
+        card = extra.get(CARD_FILE)
+        card = card.decode() if isinstance(card, bytes) else card
+        self.metadata: dict[str, str] = {"mlm:item": card} if card else {}
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -129,3 +135,20 @@ def _export_input_specs(program: Any, names: list[str]) -> tuple[TensorSpec, ...
             dtype = np.dtype(str(val.dtype).replace("torch.", ""))
         specs.append(TensorSpec(name, shape, dtype))
     return tuple(specs)
+
+
+def embed_card(path: str | os.PathLike, card_json: str, fmt: str) -> None:
+    """Store the card inside the archive as an extra file (rewritten atomically), as ONNX stores it in metadata."""
+    torch = require("torch", "torch")
+    tmp = str(path) + ".tmp"
+    try:
+        if fmt == "torch.export":
+            extra: dict[str, Any] = {}
+            program = torch.export.load(str(path), extra_files=extra)
+            torch.export.save(program, tmp, extra_files={**extra, CARD_FILE: card_json})
+        else:
+            module = torch.jit.load(str(path), map_location="cpu")
+            torch.jit.save(module, tmp, _extra_files={CARD_FILE: card_json})
+    except Exception as exc:
+        raise ModelLoadError(f"cannot embed the card in {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    os.replace(tmp, path)

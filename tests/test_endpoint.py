@@ -20,11 +20,10 @@ import rasterio
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+import tilecast  # noqa: E402
 from conftest import coord_image, write_raster  # noqa: E402
 from onnx_models import mean_conv, per_band_sum  # noqa: E402
 from test_server import TOKEN, free_port, tilecast_serve  # noqa: E402
-
-import tilecast  # noqa: E402
 from tilecast.errors import EndpointError, TileSizeError  # noqa: E402
 from tilecast.remote import RetryPolicy  # noqa: E402
 from tilecast.runtimes.http import endpoint_runtime  # noqa: E402

@@ -12,13 +12,12 @@ import pytest
 
 pytest.importorskip("httpx")
 
-from conftest import coord_image, write_raster  # noqa: E402
-
-import tilecast  # noqa: E402
-from tilecast.errors import EndpointError, OutputShapeError  # noqa: E402
-from tilecast.payloads import rest  # noqa: E402
-from tilecast.remote import RetryPolicy  # noqa: E402
-from tilecast.runtimes.http import endpoint_runtime  # noqa: E402
+import tilecast
+from conftest import coord_image, write_raster
+from tilecast.errors import EndpointError, OutputShapeError
+from tilecast.payloads import rest
+from tilecast.remote import RetryPolicy
+from tilecast.runtimes.http import endpoint_runtime
 
 PARAMS = dict(input_tile_size=16, output_bands={"output": {"type": "float32"}}, batch_size=4)
 FAST = RetryPolicy(retries=3, base=0.01, cap=0.05)

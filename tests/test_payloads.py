@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from tilecast.errors import InputError, OutputShapeError, SpecError, TileSizeError
-from tilecast.payloads import normalize_format, tensor_to_b64
 from tilecast.payloads import grpc as grpc_codec
-from tilecast.payloads import rest, v2
-from tilecast.payloads.protos import TensorProto, make_ndarray, make_tensor_proto
+from tilecast.payloads import normalize_format, rest, tensor_to_b64, v2
+from tilecast.payloads.protos import TensorProto, make_ndarray
 from tilecast.payloads.tensors import b64_to_tensor, serialize_tensor
 from tilecast.remote import Packer, parse_endpoint, vertex_url
 from tilecast.remote.retry import RetryPolicy, retry_after
@@ -127,7 +126,7 @@ def test_rest_errors_name_the_instance_and_field():
         rest.decode_response({"predictions": [{"y": 1, "z": 2}, {"y": 1}]}, 2, "y")
     with pytest.raises(OutputShapeError, match="shape"):
         rest.decode_response({"predictions": [[1, 2], [1, 2, 3]]}, 2, "y")
-    with pytest.raises(OutputShapeError, match="no \"predictions\".*boom"):
+    with pytest.raises(OutputShapeError, match=r"no \"predictions\".*boom"):
         rest.decode_response({"error": "boom"}, 1, "y")
     with pytest.raises(InputError, match="instances"):
         rest.decode_request({"foo": 1})

@@ -23,7 +23,6 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from onnx_models import linear_1x1, mean_conv  # noqa: E402
-
 from tilecast.payloads import tensor_to_b64, v2  # noqa: E402
 
 TOKEN = "s3cret-token"

@@ -303,3 +303,17 @@ def test_cli_reports_errors_in_one_line(tmp_path):
                                "--output-property", "y:float32", "-o", str(tmp_path / "o2.parquet")])
     assert bad.exit_code == 1 and "InputError: missing input property ['zz']" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_model_spec_supplies_defaults():
+    """A tilecast.Model works as well as a runtime; its output_bands / input_properties are the defaults."""
+    from tabular_models import tabular_classifier
+    from tilecast import Model
+
+    est, onx = tabular_classifier(n_features=2, kind="tree")
+    model = Model.from_onnx(onx, output_bands={"label": "int16"}, input_properties=["b", "a"])
+    gdf = _gdf(n=40)
+    out = predict_properties(model, gdf)
+    assert out["label"].dtype == np.int16
+    expected = est.predict(gdf[["b", "a"]].to_numpy(np.float32))
+    np.testing.assert_array_equal(out["label"], expected)

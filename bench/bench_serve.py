@@ -1,0 +1,175 @@
+"""Local prediction vs the same prediction through ``tilecast serve`` on loopback, and server throughput.
+
+One run measures, on a generated 4-band raster and the compute-bound network of ``bench/models.py``:
+
+  a  local: ``Model.from_onnx(...).predict_image(path).to_numpy()``
+  b  the same raster through ``tilecast serve`` (a separate process on 127.0.0.1) with KServe v2 binary
+     (``V2_BINARY``), Earth Engine's ``SERIALIZED_TF_TENSORS`` and ``RAW_JSON``: Mpx/s and the ratio to (a),
+     measured in the same run. Outputs are checked equal to (a). Targets: V2_BINARY >= 0.80, SERIALIZED >= 0.60.
+  c  server throughput: concurrent clients each posting one-tile v2 binary requests, with dynamic batching
+     (``--max-batch 16``) and without (``--max-batch 1``).
+
+Repeats are interleaved and medians reported. Client and server share the machine's cores, as on one host.
+
+    .venv/bin/python bench/bench_serve.py                 # 1024 x 1024, 3 repeats
+    .venv/bin/python bench/bench_serve.py --size 512 --repeats 1     # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+
+from common import DATA_DIR, OUT_DIR, load_average, make_raster, median, mpx_per_s
+from models import build_compute_bound, macs_per_pixel
+
+TILE, OVERLAP, BATCH = 256, 16, 8
+FORMATS = [("V2_BINARY", "/v2/models/net"), ("SERIALIZED_TF_TENSORS", "/v1/models/net:predict"),
+           ("RAW_JSON", "/v1/models/net:predict")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: Path, *extra: str) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.log = open(OUT_DIR / f"serve-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from tilecast.cli import main; main()", "serve", str(model), "--name", "net",
+             "--port", str(self.port), "--max-body-bytes", str(256 << 20), "--log-level", "warning", *extra],
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        self.base = f"http://127.0.0.1:{self.port}"
+        for _ in range(600):
+            try:
+                if httpx.get(self.base + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+            if self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"tilecast serve did not start; see {self.log.name}")
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self.log.close()
+
+
+def predict_local(model: Path, image: Path) -> tuple[float, np.ndarray]:
+    import tilecast
+
+    m = tilecast.Model.from_onnx(model, input_tile_size=TILE, input_overlap_size=OVERLAP, batch_size=BATCH)
+    t0 = time.perf_counter()
+    out = m.predict_image(image).to_numpy()
+    return time.perf_counter() - t0, out
+
+
+def predict_remote(url: str, fmt: str, image: Path) -> tuple[float, np.ndarray]:
+    import tilecast
+
+    with tilecast.Model.from_endpoint(url, payload_format=fmt, max_payload_bytes=24 << 20, concurrency=4,
+                                      input_tile_size=TILE, input_overlap_size=OVERLAP, batch_size=BATCH) as m:
+        t0 = time.perf_counter()
+        out = m.predict_image(image).to_numpy()
+        return time.perf_counter() - t0, out
+
+
+def throughput(base: str, clients: int, seconds: float) -> float:
+    """Tiles per second answered to ``clients`` threads posting one padded tile each, back to back."""
+    import httpx
+
+    from tilecast.payloads import v2
+
+    x = np.random.default_rng(0).normal(size=(1, 4, TILE + 2 * OVERLAP, TILE + 2 * OVERLAP)).astype(np.float32)
+    name = httpx.get(base + "/v2/models/net").json()["inputs"][0]["name"]
+    body, headers = v2.encode_request({name: x})
+    done = [0] * clients
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            while time.perf_counter() < stop:
+                r = c.post(base + "/v2/models/net/infer", content=body, headers=headers)
+                r.raise_for_status()
+                done[i] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    args = ap.parse_args()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    image = make_raster(DATA_DIR / f"serve_{args.size}.tif", args.size, progress=False)
+    model = build_compute_bound(DATA_DIR / "serve_net.onnx")
+    pixels = args.size * args.size
+    print(f"raster {args.size} x {args.size} x 4, tile {TILE} + {OVERLAP} overlap, batch {BATCH}, "
+          f"{macs_per_pixel() / 1000:.0f}k MACs/px, {os.cpu_count()} cores, load {load_average():.1f}")
+
+    times: dict[str, list[float]] = {"local": []} | {f: [] for f, _ in FORMATS}
+    server = Server(model)
+    try:
+        _, reference = predict_local(model, image)
+        for _ in range(args.repeats):
+            t, _ = predict_local(model, image)
+            times["local"].append(t)
+            for fmt, route in FORMATS:
+                t, out = predict_remote(server.base + route, fmt, image)
+                if not np.allclose(out, reference, rtol=1e-5, atol=1e-5):
+                    raise SystemExit(f"{fmt}: the endpoint's prediction differs from the local one")
+                times[fmt].append(t)
+    finally:
+        server.close()
+    local = median(times["local"])
+    print(f"\n{'path':<24}{'median s':>10}{'Mpx/s':>10}{'vs local':>10}{'target':>8}")
+    targets = {"V2_BINARY": 0.80, "SERIALIZED_TF_TENSORS": 0.60}
+    for name, values in times.items():
+        t = median(values)
+        target = f">= {targets[name]:.2f}" if name in targets else ""
+        print(f"{name:<24}{t:>10.2f}{mpx_per_s(pixels, t):>10.2f}{local / t:>10.2f}{target:>8}")
+
+    print(f"\nserver throughput, {args.clients} concurrent clients, one {TILE + 2 * OVERLAP}px tile per request:")
+    px = TILE * TILE
+    for label, extra in (("no batching (--max-batch 1)", ("--max-batch", "1")),
+                         ("dynamic batching (--max-batch 16, 5 ms)", ("--max-batch", "16"))):
+        server = Server(model, *extra)
+        try:
+            throughput(server.base, args.clients, 1.0)  # warm up
+            rates = [throughput(server.base, args.clients, args.seconds) for _ in range(max(1, args.repeats - 1))]
+        finally:
+            server.close()
+        rate = median(rates)
+        print(f"  {label:<42}{rate:>8.2f} tiles/s{mpx_per_s(int(rate * px), 1.0):>8.2f} Mpx/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -106,3 +106,22 @@ def test_sigterm_mid_run_leaves_no_files(tmp_path):
     proc.stderr.close()
     assert proc.returncode == 128 + signal.SIGTERM
     assert os.listdir(out.parent) == []
+
+
+def test_card_info_predict_round_trip_needs_no_flags(tmp_path, raster):
+    img = np.random.default_rng(5).random((2, 70, 50)).astype("float32")
+    src = raster(img, descriptions=["red", "nir"])
+    onnx = argmax_classes(tmp_path / "a.onnx", 2)
+    flagged, bare = tmp_path / "flagged.tif", tmp_path / "bare.tif"
+    flags = ["--tile", "32", "--overlap", "2", "--output-band", "cls:uint8"]
+    assert run("predict", src, "-m", onnx, *flags, "--bands", "red,nir", "-o", flagged, "-q").exit_code == 0
+    res = run("card", onnx, "--bands", "red,nir", *flags, "--classes", "0=bare,1=green")
+    assert res.exit_code == 0, res.output
+    info = run("info", onnx)
+    assert info.exit_code == 0 and "red" in info.output and "32" in info.output
+    res = run("predict", src, "-m", onnx, "-o", bare, "-q")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(flagged) as a, rasterio.open(bare) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.profile == b.profile
+        assert json.loads(b.tags(1)["class_names"]) == {"0": "bare", "1": "green"}

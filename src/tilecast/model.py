@@ -50,6 +50,16 @@ class Model:
 
         return cls(OnnxRuntime(path, providers=providers, threads=threads), **params)
 
+    @staticmethod
+    def load(path: str | os.PathLike, **overrides: Any) -> Model:
+        """Load any model tilecast runs (ONNX, TorchScript, torch.export, SavedModel, Keras) with its model card.
+
+        Keyword ``overrides`` (Earth Engine parameters) replace what the card says.
+        """
+        from .loading import load_model
+
+        return load_model(path, **overrides)
+
     @classmethod
     def from_endpoint(
         cls,

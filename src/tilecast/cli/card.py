@@ -31,7 +31,7 @@ __all__ = ["card", "check_with_tile", "receptive_radius"]
                    "z-score:MEAN:STD, min-max:MIN:MAX, clip:MIN:MAX, none.")
 @click.option("--output-band", "output_bands", multiple=True, metavar="NAME:DTYPE[:DIMS]",
               help="Declare an output band (repeatable), e.g. landcover:uint8 or probs:float32:1.")
-@click.option("--classes", help="Class names of the first output band, comma-separated.")
+@click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
 @click.option("--colors", help="Class colours as hex, comma-separated (e.g. 00ff00,0000ff).")
 @click.option("--argmax/--no-argmax", default=None,
               help="Reduce the first output's class scores to a class index (channel axis 1 for NCHW, else last).")

@@ -23,7 +23,9 @@ from .options import (
 
 @click.command(short_help="Predict a raster with a model.")
 @click.argument("image", nargs=-1, required=True)
-@click.option("-m", "--model", "model_path", help="Model file (.onnx).")
+@click.option("-m", "--model", "model_path",
+              help="Model file: .onnx, TorchScript .pt, torch.export .pt2, Keras .keras or a SavedModel folder. Its "
+              "model card (sidecar or embedded) supplies the parameters you leave out.")
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
 @click.option("--protocol", type=click.Choice(["v2", "tfserving", "vertex", "grpc"]),
               help="Endpoint protocol (default: inferred from the URL).")
@@ -37,10 +39,10 @@ from .options import (
 @click.option("--token-env", metavar="VAR", help="Environment variable holding a bearer token.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
 @click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
-@click.option("--overlap", type=SIZE, default="0", show_default=True,
-              help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode).")
-@click.option("--overlap-mode", type=click.Choice(["per_edge", "total"]), default="per_edge", show_default=True,
-              help="per_edge: model sees tile+2*overlap; total: tile+overlap (half per side).")
+@click.option("--overlap", type=SIZE,
+              help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode). [default: 0]")
+@click.option("--overlap-mode", type=click.Choice(["per_edge", "total"]),
+              help="per_edge: model sees tile+2*overlap; total: tile+overlap (half per side). [default: per_edge]")
 @click.option("--output-tile", type=SIZE, help="Output tile W[,H] (outputTileSize); rescales the output pixels.")
 @click.option("--output-band", "output_bands", multiple=True, metavar="NAME:DTYPE[:DIMS]",
               help="Declare an output band (repeatable), e.g. landcover:uint8 or probs:float32:1.")
@@ -50,16 +52,17 @@ from .options import (
 @click.option("--crs", help="Model grid CRS (Earth Engine's proj), e.g. EPSG:32633.")
 @click.option("--resolution", type=float, nargs=2, metavar="X Y", help="Model grid pixel size in CRS units.")
 @click.option("--fix-input-proj", is_flag=True, help="Warp the input to --crs/--resolution, window by window.")
-@click.option("--resampling", default="bilinear", show_default=True, help="Resampling used when warping.")
-@click.option("--blend", type=click.Choice(["crop", "cosine", "hann"]), default="crop", show_default=True,
-              help="crop keeps each tile's core (Earth Engine); cosine/hann blend float outputs over the overlap.")
-@click.option("--padding", type=click.Choice(["zero", "reflect"]), default="zero", show_default=True,
-              help="How tiles are padded beyond the raster edge.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per model call.")
+@click.option("--resampling", help="Resampling used when warping. [default: bilinear]")
+@click.option("--blend", type=click.Choice(["crop", "cosine", "hann"]),
+              help="crop keeps each tile's core (Earth Engine); cosine/hann blend float outputs over the overlap. "
+              "[default: crop]")
+@click.option("--padding", type=click.Choice(["zero", "reflect"]),
+              help="How tiles are padded beyond the raster edge. [default: zero]")
+@click.option("--batch-size", type=int, help="Tiles per model call. [default: 8]")
 @click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Predict only this region.")
 @click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS).")
 @click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
-@click.option("--fill-value", type=float, default=0, show_default=True, help="Value sent for masked pixels.")
+@click.option("--fill-value", type=float, help="Value sent for masked pixels. [default: 0]")
 @click.option("--append-input", is_flag=True, help="Write the input bands followed by the outputs.")
 @click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
 @click.option("--input-type-override", multiple=True, type=KeyValueType(":"), metavar="NAME:DTYPE",
@@ -141,8 +144,10 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
 
     if bool(model_path) == bool(opts.get("endpoint")):
         raise SpecError("give exactly one of --model FILE or --endpoint URL")
-    if model_path:
-        return Model.from_onnx(model_path, providers=csv_list(opts.get("providers")), **params)
+    if model_path:  # any format tilecast loads; its model card fills in what the flags leave out
+        from ..loading import explicit, load_model as load_with_card
+
+        return load_with_card(model_path, providers=csv_list(opts.get("providers")), **explicit(params))
     token = None
     if opts.get("token_env"):
         token = os.environ.get(opts["token_env"])
@@ -151,7 +156,8 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
     return Model.from_endpoint(
         opts["endpoint"], protocol=opts.get("protocol"), payload_format=opts.get("payload_format"),
         max_payload_bytes=opts["max_payload_bytes"], output_multiplier=opts.get("output_multiplier"),
-        concurrency=opts["concurrency"], headers=dict(opts.get("headers") or ()), token=token, **params,
+        concurrency=opts["concurrency"], headers=dict(opts.get("headers") or ()), token=token,
+        **{k: v for k, v in params.items() if v is not None},
     )
 
 

@@ -145,7 +145,8 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
     if bool(model_path) == bool(opts.get("endpoint")):
         raise SpecError("give exactly one of --model FILE or --endpoint URL")
     if model_path:  # any format tilecast loads; its model card fills in what the flags leave out
-        from ..loading import explicit, load_model as load_with_card
+        from ..loading import explicit
+        from ..loading import load_model as load_with_card
 
         return load_with_card(model_path, providers=csv_list(opts.get("providers")), **explicit(params))
     token = None
@@ -169,7 +170,8 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
             raise SpecError("--classes needs an --output-band to attach to")
         name, _, rest = output_bands[0].partition(":")
         dtype, _, dims = rest.partition(":")
-        output_bands[0] = {name: {"type": dtype, "dimensions": int(dims or 0), "classes": parse_classes(opts["classes"])}}
+        classes = parse_classes(opts["classes"])
+        output_bands[0] = {name: {"type": dtype, "dimensions": int(dims or 0), "classes": classes}}
         merged: dict[str, Any] = {}
         for b in output_bands:
             merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})

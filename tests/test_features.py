@@ -244,6 +244,10 @@ def test_patches_centred_and_padded(raster):
     assert x[0, 0, :, 1].tolist() == list(range(6, 11))
     assert x[1, 0, 0, 0] == -9 and x[1, 2, 2].tolist() == [0, 0]  # padded beyond the top-left corner
     assert x[2, 2, 2].tolist() == [9, 11]  # a polygon's centroid (110, -90) -> row 9, col 11
+    nchw = CallableRuntime(fn, inputs=[TensorSpec("image", (None, 2, 5, 5), np.dtype("float32"))], outputs=["o"])
+    predict_properties(nchw, gdf, sample=path, patch_size=5, output_properties=["o:float32"])
+    assert seen["x"].shape == (3, 2, 5, 5)
+    np.testing.assert_array_equal(seen["x"][0], x[0].transpose(2, 0, 1))
 
 
 def test_raster_errors(raster):

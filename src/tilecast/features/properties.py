@@ -254,12 +254,15 @@ def bind_properties(
     if layout == "stacked":
         t = signature.inputs[0] if signature.inputs else TensorSpec("input", None, None)
         dtype = t.dtype if t.dtype is not None else np.dtype("float32")
+        if len(columns) == 1 and columns[0].values.ndim == 4:  # image patches go to the one input as they are
+            return {t.name: _image_layout(take(columns[0].values), t).astype(dtype, copy=False)}
         parts = []
         for col in columns:
             if col.values.dtype == _STRING and dtype != _STRING:
                 raise InputError(
                     f"property {col.name!r} holds strings, but the model's input {t.name!r} takes {dtype}; "
-                    "encode it as numbers first, or use a model with a string input per property"
+                    "leave it out of input_properties (--input-property), encode it as numbers first, or use a "
+                    "model with a string input per property"
                 )
             v = take(col.values)
             parts.append(v.reshape(len(v), -1))
@@ -289,8 +292,18 @@ def bind_properties(
             v = v.astype(t.dtype)
         if t is not None and t.shape is not None and len(t.shape) == v.ndim + 1 and t.shape[-1] in (1, None):
             v = v[..., None]
+        if t is not None and v.ndim == 4:
+            v = _image_layout(v, t)
         batch[col.name] = v
     return batch
+
+
+def _image_layout(values: np.ndarray, t: TensorSpec) -> np.ndarray:
+    """``(N, H, W, C)`` patches, transposed to ``(N, C, H, W)`` when the model's input is channels-first."""
+    c = values.shape[3]
+    if t.shape is not None and len(t.shape) == 4 and t.shape[1] == c and t.shape[3] != c:
+        return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
+    return values
 
 
 def match_outputs(props: Sequence[OutputProperty], signature: Signature) -> dict[str, str | None]:

@@ -11,6 +11,7 @@ from .import_ import import_
 from .info import info
 from .predict import predict
 from .predict_features import predict_features
+from .prepare import prepare
 from .serve import serve
 
 
@@ -27,3 +28,4 @@ main.add_command(import_)
 main.add_command(predict_features)
 main.add_command(serve)
 main.add_command(card)
+main.add_command(prepare)

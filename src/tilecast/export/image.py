@@ -21,7 +21,7 @@ from ..errors import InputError, OutputExistsError, RegionError, SpecError
 from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
 from ..sources import open_source
 from ..training import make_spec, write_spec
-from .reading import default_for
+from .reading import bounded_cache, default_for
 from .samples import ExportResult, _progress
 from .tfrecord import ShardedWriter, example_bytes, sequence_example_bytes
 
@@ -170,12 +170,13 @@ def export_image(
     folder = Path(output)
     if not folder.is_dir():
         raise InputError(f"the output folder {folder} does not exist; create it first (image exports are sharded)")
-    source = open_source(image, bands)
-    try:
-        return _export(source, folder, opts, prefix, bounds, window, overwrite, _progress(progress, "export image"),
-                       image)
-    finally:
-        source.close()
+    with bounded_cache():
+        source = open_source(image, bands)
+        try:
+            return _export(source, folder, opts, prefix, bounds, window, overwrite,
+                           _progress(progress, "export image"), image)
+        finally:
+            source.close()
 
 
 def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, list[int], int]]:

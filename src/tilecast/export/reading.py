@@ -7,6 +7,8 @@ whatever the number of samples.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,7 +20,7 @@ from ..errors import RegionError
 from ..plan import XY
 from ..sources.base import Source
 
-__all__ = ["Batch", "default_for", "group_order", "patch_offset", "read_at"]
+__all__ = ["Batch", "bounded_cache", "default_for", "group_order", "patch_offset", "read_at"]
 
 
 @dataclass
@@ -29,6 +31,16 @@ class Batch:
     """``(n, bands, ph, pw)`` in the source dtype; masked pixels already hold the default value."""
     valid: np.ndarray
     """``(n, ph, pw)`` bool: pixel inside the raster and not masked."""
+
+
+def bounded_cache(megabytes: int = 128) -> contextlib.AbstractContextManager:
+    """A small GDAL block cache while exporting: grouped reads visit each block about once, so GDAL's default
+    (5 % of RAM) would only add hundreds of MiB of RSS. A ``GDAL_CACHEMAX`` set by the user wins."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return contextlib.nullcontext()
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=megabytes)
 
 
 def patch_offset(patch: XY) -> XY:

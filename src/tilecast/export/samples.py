@@ -21,7 +21,7 @@ from ..plan import XY, xy
 from ..progress import Progress
 from ..sources import open_source
 from ..training import make_spec, write_spec
-from .reading import patch_offset, read_at
+from .reading import bounded_cache, patch_offset, read_at
 from .sampling import Samples, assign_splits, label_raster_samples, select, vector_samples
 from .tfrecord import ShardedWriter, example_bytes, float_row_examples
 
@@ -118,6 +118,21 @@ def export_samples(
         raise InputError("pass either labels (vector) or a label raster, not both")
     if labels is not None and label_field is None and per_class is not None:
         raise InputError("per_class sampling needs the label field (--label-field)")
+    with bounded_cache():
+        return _export_samples(
+            image, folder, stem, suffix, fmt, p, is_table, labels, label_field, label_raster, label_name, bands,
+            properties, n, per_class, seed, splits, split_block, default_value, drop_masked, drop_outside,
+            geometries, compressed, max_file_size, overwrite, progress, chunk,
+        )
+
+
+def _export_samples(
+    image: Any, folder: Path, stem: str, suffix: str | None, fmt: str, p: XY, is_table: bool, labels: Any,
+    label_field: str | None, label_raster: Any, label_name: str | None, bands: Sequence[str | int] | None,
+    properties: Sequence[str], n: int | None, per_class: Any, seed: int, splits: Mapping[str, float] | None,
+    split_block: int | None, default_value: float, drop_masked: bool, drop_outside: bool, geometries: bool,
+    compressed: bool | None, max_file_size: int | None, overwrite: bool, progress: Any, chunk: int,
+) -> ExportResult:
     source = open_source(image, bands)
     try:
         grid = source.grid

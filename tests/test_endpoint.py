@@ -70,12 +70,14 @@ def test_http_matches_local(served, route, protocol, fmt):
     assert np.array_equal(remote, local(d, name, image))
 
 
+@pytest.mark.parametrize("name", ["pb", "mc"])  # one input per band (Earth Engine), one stacked NCHW input
 @pytest.mark.parametrize("fmt", ["GRPC_TF_TENSORS", "GRPC_SERIALIZED_TF_TENSORS", "GRPC_SERIALIZED_TF_EXAMPLES"])
-def test_grpc_matches_local(served, fmt):
+def test_grpc_matches_local(served, fmt, name):
     d, image, _, target = served
-    with tilecast.Model.from_endpoint(f"grpc://{target}/pb", payload_format=fmt, token=TOKEN, **PARAMS) as model:
+    with tilecast.Model.from_endpoint(f"grpc://{target}/{name}", payload_format=fmt, token=TOKEN, **PARAMS) as model:
+        assert sorted(model.signature.input_names) == (BANDS if name == "pb" else ["image"])  # GetModelMetadata
         remote = model.predict_image(image).to_numpy()
-    assert np.array_equal(remote, local(d, "pb", image))
+    assert np.array_equal(remote, local(d, name, image))
 
 
 def _requests(base: str) -> float:

@@ -214,6 +214,14 @@ def test_official_grpc_stub_talks_to_us(server):
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(req, timeout=30)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        meta_pb2 = pytest.importorskip("tensorflow_serving.apis.get_model_metadata_pb2")
+        mreq = meta_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        mreq.model_spec.name = "lin"
+        meta = stub.GetModelMetadata(mreq, timeout=30, metadata=[("authorization", f"Bearer {TOKEN}")])
+        sdm = meta_pb2.SignatureDefMap()
+        assert meta.metadata["signature_def"].Unpack(sdm)
+        x_info = sdm.signature_def["serving_default"].inputs["x"]
+        assert [d.size for d in x_info.tensor_shape.dim] == [-1, -1, -1, 3] and x_info.dtype == 1
         req.model_spec.name = "nope"
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(req, timeout=30, metadata=[("authorization", f"Bearer {TOKEN}")])

@@ -25,6 +25,8 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "metadata_response",
+    "signature_from_metadata",
 ]
 
 EXAMPLES_INPUT = "input"
@@ -174,3 +176,57 @@ def decode_response(resp: Any, n: int, first: int = 0) -> dict[str, np.ndarray]:
     if not out:
         raise OutputShapeError("the PredictResponse has no outputs")
     return out
+
+
+def metadata_response(model: str, version: str, signature: Any) -> Any:
+    """``GetModelMetadataResponse`` with a ``signature_def`` for a runtime :class:`~tilecast.runtimes.Signature`
+    (-1 for dynamic dimensions, unknown rank when the shape is unknown)."""
+    from .protos import SIGNATURE_DEF_MAP_URL, GetModelMetadataResponse, SignatureDefMap, enum_of
+
+    sdm = SignatureDefMap()
+    sd = sdm.signature_def["serving_default"]
+    sd.method_name = "tensorflow/serving/predict"
+    for field, specs in ((sd.inputs, signature.inputs), (sd.outputs, signature.outputs)):
+        for t in specs:
+            info = field[t.name]
+            info.name = f"{t.name}:0"
+            info.dtype = enum_of(t.dtype) if t.dtype is not None else 1
+            if t.shape is None:
+                info.tensor_shape.unknown_rank = True
+            else:
+                for d in t.shape:
+                    info.tensor_shape.dim.add(size=-1 if d is None else int(d))
+    resp = GetModelMetadataResponse()
+    resp.model_spec.name = model
+    resp.model_spec.version.value = int(version) if str(version).isdigit() else 1
+    meta = resp.metadata["signature_def"]
+    meta.type_url = SIGNATURE_DEF_MAP_URL
+    meta.value = sdm.SerializeToString()
+    return resp
+
+
+def signature_from_metadata(resp: Any, signature_name: str | None = None) -> tuple[list, list]:
+    """``(inputs, outputs)`` as ``(name, shape or None, numpy dtype or None)`` from a ``GetModelMetadataResponse``;
+    string (prepared-model) tensors say nothing of the tile, so their shape and dtype are None."""
+    from .protos import SignatureDefMap, dtype_of
+
+    if "signature_def" not in resp.metadata:
+        raise InputError("the metadata has no signature_def")
+    sdm = SignatureDefMap.FromString(resp.metadata["signature_def"].value)
+    defs = sdm.signature_def
+    if not defs:
+        raise InputError("the metadata has no signatures")
+    key = next((k for k in (signature_name, "serving_default") if k and k in defs), None)
+    sd = defs[key] if key else next(iter(defs.values()))
+
+    def specs(field: Any) -> list:
+        out = []
+        for name, info in field.items():
+            dtype = dtype_of(info.dtype)
+            if dtype is None or info.tensor_shape.unknown_rank:
+                out.append((name, None, dtype))
+            else:
+                out.append((name, tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim), dtype))
+        return out
+
+    return specs(sd.inputs), specs(sd.outputs)

@@ -25,6 +25,7 @@ MODULES = (
     "tensorflow.core.example.example_pb2",
     "tensorflow_serving.apis.model_pb2",
     "tensorflow_serving.apis.predict_pb2",
+    "tensorflow_serving.apis.get_model_metadata_pb2",
 )
 
 OUT = Path(__file__).with_name("tf_protos.binpb")
@@ -34,10 +35,18 @@ def main() -> None:
     import importlib
 
     fds = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(fd) -> None:  # dependencies first, each file once
+        if fd.name in seen:
+            return
+        for dep in fd.dependencies:
+            add(dep)
+        seen.add(fd.name)
+        fd.CopyToProto(fds.file.add())
+
     for name in MODULES:
-        fd = importlib.import_module(name).DESCRIPTOR
-        proto = fds.file.add()
-        fd.CopyToProto(proto)
+        add(importlib.import_module(name).DESCRIPTOR)
     OUT.write_bytes(fds.SerializeToString(deterministic=True))
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(fds.file)} files)")
 

@@ -18,9 +18,13 @@ from ..errors import InputError
 
 __all__ = [
     "DT_STRING",
+    "SIGNATURE_DEF_MAP_URL",
     "Example",
+    "GetModelMetadataRequest",
+    "GetModelMetadataResponse",
     "PredictRequest",
     "PredictResponse",
+    "SignatureDefMap",
     "TensorProto",
     "dtype_of",
     "enum_of",
@@ -47,6 +51,10 @@ TensorShapeProto: Any = _message("tensorflow.TensorShapeProto")
 Example: Any = _message("tensorflow.Example")
 PredictRequest: Any = _message("tensorflow.serving.PredictRequest")
 PredictResponse: Any = _message("tensorflow.serving.PredictResponse")
+GetModelMetadataRequest: Any = _message("tensorflow.serving.GetModelMetadataRequest")
+GetModelMetadataResponse: Any = _message("tensorflow.serving.GetModelMetadataResponse")
+SignatureDefMap: Any = _message("tensorflow.serving.SignatureDefMap")
+SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 
 _DT = _pool().FindEnumTypeByName("tensorflow.DataType").values_by_name
 DT_STRING = _DT["DT_STRING"].number

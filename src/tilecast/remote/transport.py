@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from .._extras import require
-from ..errors import EndpointError, OutputShapeError
+from ..errors import EndpointError, InputError, OutputShapeError
 from ..payloads import grpc as grpc_codec
 from ..payloads import rest, v2
-from ..payloads.protos import PredictResponse, dtype_of
+from ..payloads.protos import GetModelMetadataRequest, GetModelMetadataResponse, PredictResponse, dtype_of
 from ..runtimes.base import Signature, TensorSpec
 from .endpoints import Endpoint
 from .retry import RETRY_STATUS, RetryPolicy, retry_after
@@ -25,6 +25,7 @@ __all__ = ["GrpcTransport", "HttpTransport", "make_transport"]
 log = logging.getLogger("tilecast.remote")
 OPEN = Signature((), ())
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+METADATA_METHOD = "/tensorflow.serving.PredictionService/GetModelMetadata"
 
 
 class _Retry(Exception):
@@ -226,12 +227,42 @@ class GrpcTransport:
             PREDICT_METHOD, request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=PredictResponse.FromString,
         )
+        self.get_metadata = self.channel.unary_unary(
+            METADATA_METHOD, request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=GetModelMetadataResponse.FromString,
+        )
         self.metadata = [(k.lower(), v) for k, v in headers.items()]
         if token:
             self.metadata.append(("authorization", f"Bearer {token}"))
 
     def signature(self) -> Signature:
-        return OPEN
+        """From ``GetModelMetadata`` (TF Serving and ``tilecast serve`` answer it); open when not offered."""
+        grpc = self.grpc
+        req = GetModelMetadataRequest()
+        req.model_spec.name = self.endpoint.model or ""
+        req.metadata_field.append("signature_def")
+        what = f"reading the model metadata at {self.endpoint.infer_url}"
+
+        def attempt() -> Any:
+            try:
+                return self.get_metadata(req, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise _Retry(f"{code.name}: {exc.details()}") from None
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                            grpc.StatusCode.NOT_FOUND):
+                    raise EndpointError(f"{what} failed: {code.name}: {exc.details()}") from None
+                return None
+
+        resp = _with_retries(self.retry, what, attempt)
+        if resp is None:
+            return OPEN
+        try:
+            inputs, outputs = grpc_codec.signature_from_metadata(resp, self.endpoint.signature_name)
+        except (InputError, ValueError, KeyError):
+            return OPEN
+        return Signature(tuple(TensorSpec(*t) for t in inputs), tuple(TensorSpec(*t) for t in outputs))
 
     def encode(self, batch: Mapping[str, np.ndarray], start: int, stop: int) -> Any:
         e = self.endpoint

@@ -11,7 +11,7 @@ from typing import Any
 from .._extras import require
 from ..errors import TilecastError
 from ..payloads import grpc as codec
-from ..payloads.protos import PredictRequest
+from ..payloads.protos import GetModelMetadataRequest, PredictRequest
 from .app import ServerConfig, _status
 from .metrics import Metrics
 from .models import ServedModel
@@ -76,7 +76,25 @@ async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, me
                                                   "ms": round(elapsed * 1000, 2), "model": name,
                                                   "protocol": "grpc", "instances": n or None}})
 
+    async def get_metadata(request: Any, context: Any) -> Any:
+        if config.token:
+            header = dict(context.invocation_metadata() or ()).get("authorization", "")
+            scheme, _, given = header.partition(" ")
+            if not header:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), config.token.encode()):
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid")
+        name = request.model_spec.name
+        if name not in models:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"unknown model {name!r}; this server hosts {sorted(models)}")
+        m = models[name]
+        return codec.metadata_response(m.name, m.version, m.signature)
+
     handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+        "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
+            get_metadata, request_deserializer=GetModelMetadataRequest.FromString,
+            response_serializer=lambda m: m.SerializeToString()),
         "Predict": grpc.unary_unary_rpc_method_handler(
             predict, request_deserializer=PredictRequest.FromString,
             response_serializer=lambda m: m.SerializeToString()),

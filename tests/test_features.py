@@ -283,6 +283,18 @@ def test_file_output_is_atomic_and_not_overwritten(tmp_path):
     with pytest.raises(CastError):
         predict_features_file(failing, _gdf(), tmp_path / "bad.gpkg", input_properties=["a"],
                               output_properties=["out:int32"])
+    calls = []
+
+    def fails_later(a):  # the second batch fails while GDAL is already writing the stream
+        calls.append(1)
+        return a if len(calls) == 1 else np.full(len(a), np.nan)
+
+    for ext in ("gpkg", "parquet"):
+        calls.clear()
+        with pytest.raises(CastError, match="NaN"):
+            predict_features_file(CallableRuntime(fails_later, outputs=["out"]), _gdf(n=6), tmp_path / f"late.{ext}",
+                                  input_properties=["a"], output_properties=["out:int32"], batch_size=3)
+        assert len(calls) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.gpkg"]
     with pytest.raises(SpecError, match="list columns"):
         predict_features_file(rt, _gdf(), tmp_path / "l.gpkg", input_properties=["a"],
@@ -301,6 +313,7 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     ok = runner.invoke(main, ["predict-features", str(src), "-m", str(model), "--input-property", "a,b",
                               "--output-property", "y=variable:float32", "-o", str(tmp_path / "o.parquet")])
     assert ok.exit_code == 0, ok.output
+    assert "5/5 (100.0%) features" in ok.output  # progress on stderr
     out = gpd.read_parquet(tmp_path / "o.parquet")
     assert out["y"].dtype == np.float32 and out.crs == "EPSG:32633"
     bad = runner.invoke(main, ["predict-features", str(src), "-m", str(model), "--input-property", "a,zz",

@@ -17,7 +17,7 @@ from shapely.geometry import Point, box  # noqa: E402
 
 from conftest import coord_image  # noqa: E402
 from tilecast.cli import main  # noqa: E402
-from tilecast.errors import CastError, InputError, OutputExistsError, SpecError  # noqa: E402
+from tilecast.errors import CastError, InputError, OutputExistsError, SpecError, TilecastWarning  # noqa: E402
 from tilecast.features import parse_output_properties, predict_features_file, predict_properties  # noqa: E402
 from tilecast.runtimes.base import TensorSpec  # noqa: E402
 from tilecast.runtimes.callable import CallableRuntime  # noqa: E402
@@ -264,6 +264,12 @@ def test_raster_errors(raster):
         predict_properties(rt, empty, sample=path, output_properties=["out:float32"])
     skipped = predict_properties(rt, empty, sample=path, output_properties=["out:float32"], nulls="skip")
     assert skipped["out"].isna().tolist() == [False, False, True, False, False]
+    wrong = _gdf().set_crs("EPSG:32634", allow_override=True)  # the right numbers, the wrong UTM zone
+    with pytest.raises(InputError, match=r"none of the first 5 features overlaps.*CRS is probably wrong"):
+        predict_properties(rt, wrong, sample=path, output_properties=["out:float32"])
+    with pytest.warns(TilecastWarning, match="none of the first 5 features"):
+        out = predict_properties(rt, wrong, sample=path, output_properties=["out:float32"], nulls="skip")
+    assert out["out"].isna().all()
     with pytest.raises(SpecError, match="unknown statistics"):
         predict_properties(rt, empty, sample=path, stats=["mode"], output_properties=["out:float32"])
     with pytest.raises(SpecError, match="need a raster"):

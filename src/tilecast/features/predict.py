@@ -159,7 +159,7 @@ class _Predictor:
                     f"{int(empty.sum())} feature(s) have empty or missing geometry (e.g. index {rows}), so no "
                     "raster values can be read for them; remove them, or pass nulls='skip' (--nulls skip)"
                 )
-            derived = {c.name: c for c in self.rasters.compute(geoms)}
+            derived = {c.name: c for c in self.rasters.compute(geoms, strict=self.nulls == "error")}
         cols = []
         for name in self.names:
             if name in derived:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from rasterio.features import geometry_mask
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from ..errors import InputError, RegionError, SpecError
+from ..errors import InputError, RegionError, SpecError, TilecastWarning
 from ..plan import XY, window_from_bounds, xy
 from ..sources import Source, open_source
 from .properties import Column
@@ -103,6 +104,7 @@ class RasterInputs:
             raise SpecError(f"patch_size must be positive, got {tuple(self.patch)}")
         self.fill_value = fill_value
         self.rasters = _open_rasters(sample, bands)
+        self._checked = False
 
     @property
     def names(self) -> list[str]:
@@ -113,8 +115,12 @@ class RasterInputs:
             return bands
         return [f"{b}_{s}" for b in bands for s in self.stats]
 
-    def compute(self, geoms: Any) -> list[Column]:
-        """Columns for a GeoSeries (with a CRS); empty or missing geometries give nulls."""
+    def compute(self, geoms: Any, strict: bool = True) -> list[Column]:
+        """Columns for a GeoSeries (with a CRS); empty or missing geometries give nulls.
+
+        The first batch is checked against each raster's bounds: features that miss every raster usually carry the
+        wrong CRS. That raises :class:`InputError` when ``strict``, else warns once.
+        """
         if geoms.crs is None:
             raise InputError(
                 "the features have no CRS, so they cannot be placed on the raster; set one "
@@ -125,6 +131,8 @@ class RasterInputs:
         for r in self.rasters:
             crs = r.source.grid.crs
             g = geoms if geoms.crs == crs else geoms.to_crs(crs)
+            if not self._checked:
+                _check_overlap(g, geoms.crs, r, strict)
             arr = np.asarray(g.values, dtype=object)
             if self.mode == "sample":
                 vals, nulls = _sample_points(arr, r.source)
@@ -137,6 +145,7 @@ class RasterInputs:
                         cols.append(Column(f"{name}_{s}", vals[:, i], nulls.copy()))
             else:
                 patches.append(_patches(arr, r.source, self.patch, self.fill_value))  # type: ignore[arg-type]
+        self._checked = True
         if patches:
             vals = np.concatenate([p[0] for p in patches], axis=-1)
             nulls = np.logical_or.reduce([p[1] for p in patches])
@@ -146,6 +155,26 @@ class RasterInputs:
     def close(self) -> None:
         for r in self.rasters:
             r.source.close()
+
+
+def _check_overlap(g: Any, features_crs: Any, raster: _Raster, strict: bool) -> None:
+    present = g[~(g.isna() | g.is_empty)]
+    if not len(present):
+        return
+    left, bottom, right, top = present.total_bounds
+    rl, rb, rr, rt = raster.source.grid.bounds
+    if left <= rr and right >= rl and bottom <= rt and top >= rb:
+        return
+    fmt = ", ".join(f"{v:.6g}" for v in (left, bottom, right, top))
+    message = (
+        f"none of the first {len(present)} features overlaps the raster of {raster.names} (features span ({fmt}) "
+        f"in its CRS {raster.source.grid.crs}, reprojected from {features_crs}; the raster spans "
+        f"({', '.join(f'{v:.6g}' for v in (rl, rb, rr, rt))})). The features' CRS is probably wrong: declare the "
+        "right one (gdf.set_crs(..., allow_override=True) or --features-crs), or sample a raster that covers them"
+    )
+    if strict:
+        raise InputError(message)
+    warnings.warn(message, TilecastWarning, stacklevel=4)
 
 
 def _points_xy(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,7 +211,9 @@ def _sample_points(geoms: np.ndarray, source: Source) -> tuple[np.ndarray, np.nd
     idx = np.flatnonzero(inside)
     order = idx[np.argsort(blocks[idx], kind="stable")]
     keys = blocks[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.array([], dtype=int)
+    if not len(keys):
+        return values, nulls
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     for s, e in zip(starts, np.r_[starts[1:], len(keys)], strict=True):
         members = order[s:e]
         r0 = int(row[members[0]] // _BLOCK * _BLOCK)

@@ -171,6 +171,13 @@ class Model:
             )
         return Prediction(self, source, plan, append_input=append_input, engine=engine)
 
+    def predict_properties(self, features: Any, **kwargs: Any) -> Any:
+        """Earth Engine's ``predictProperties``: predict each feature from its properties (and, optionally, raster
+        values sampled at it); returns a new GeoDataFrame. See :func:`tilecast.features.predict_properties`."""
+        from .features import predict_properties
+
+        return predict_properties(self, features, **kwargs)
+
     def _apply_proj(self, source: Any, image: Any, bands: Sequence[str | int] | None) -> Any:
         spec = self.spec
         crs = parse_crs(spec.crs) if spec.crs is not None else None

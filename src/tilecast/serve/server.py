@@ -92,6 +92,9 @@ def serve(runtimes: Mapping[str, Runtime], *, host: str = "127.0.0.1", port: int
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
                             limit_concurrency=max_connections, timeout_graceful_shutdown=graceful_s,
                             log_level=log_level)
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        log.warning("listening beyond this machine without a token; anyone who can reach the port can use the "
+                    "models. Pass --token-env to require a bearer token")
     log.info("listening", extra={"fields": {"http": f"http://{host}:{port}", "models": sorted(runtimes),
                                             "auth": bool(token), "max_body_bytes": max_body_bytes,
                                             "max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms}})

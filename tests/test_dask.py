@@ -185,3 +185,37 @@ def test_dask_progress_and_performance_report(tmp_path, raster, client, capsys):
     err = capsys.readouterr().err
     assert "chunk task(s)" in err and "9/9 tiles" in err
     assert report.exists() and report.stat().st_size > 1000
+
+
+def plus_one(x):
+    return x + 1
+
+
+def test_worker_memory_stays_bounded_on_a_raster_larger_than_its_limit(tmp_path):
+    """A 12288 x 12288 float32 raster (604 MB in, 604 MB out) through one worker limited to 300 MB.
+
+    The input is a sparse GeoTIFF (one real block), so the test is fast but every pixel is still read, predicted
+    and written. A worker that held the raster would be paused or killed by its nanny, and the run would not end.
+    """
+    import resource
+
+    from rasterio.windows import Window
+
+    n = 12288
+    path = tmp_path / "big.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32", crs="EPSG:32633",
+                       transform=from_origin(0, 0, 10, 10), tiled=True, blockxsize=512, blockysize=512,
+                       sparse_ok=True) as ds:
+        ds.write(np.full((1, 512, 512), 5, np.float32), window=Window(512, 512, 512, 512))
+    model = Model.from_callable(plus_one, layout="NCHW", input_tile_size=256, batch_size=8,
+                                output_bands={"y": "float32"})
+    limit = 300 * 2**20
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, memory_limit=limit, dashboard_address=None,
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as c:
+        out = model.predict_image(str(path)).to_zarr(tmp_path / "out.zarr", engine="dask", client=c, chunk_size=1024)
+        peak = max(c.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values())
+    assert peak < limit, f"worker peak RSS {peak / 2**20:.0f} MiB"
+    zarr = pytest.importorskip("zarr")
+    arr = zarr.open_group(str(out), mode="r")["prediction"]
+    assert arr.shape == (1, n, n)
+    assert np.array_equal(arr[0, 510:1030, 1020], np.r_[[1, 1], np.full(512, 6), np.ones(6)].astype(np.float32))

@@ -43,6 +43,8 @@ class GdalEnv:
         if rasterio.env.hasenv():
             opts.update({k: v for k, v in rasterio.env.getenv().items() if isinstance(v, (str, int, float, bool))})
         opts.update(extra or {})
+        # A worker's memory is one chunk at a time; GDAL's block cache (5% of RAM by default) would dominate it.
+        opts.setdefault("GDAL_CACHEMAX", 64)
         return cls(opts)
 
     @staticmethod

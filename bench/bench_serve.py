@@ -7,7 +7,8 @@ One run measures, on a generated 4-band raster and the compute-bound network of 
      (``V2_BINARY``), Earth Engine's ``SERIALIZED_TF_TENSORS`` and ``RAW_JSON``: Mpx/s and the ratio to (a),
      measured in the same run. Outputs are checked equal to (a). Targets: V2_BINARY >= 0.80, SERIALIZED >= 0.60.
   c  server throughput: concurrent clients each posting one-tile v2 binary requests, with dynamic batching
-     (``--max-batch 16``) and without (``--max-batch 1``).
+     (``--max-batch 16``) and without (``--max-batch 1``), for the compute-bound network (288 px tiles) and for a
+     per-pixel model on 64 px tiles, where per-call overhead dominates and batching pays most.
 
 Repeats are interleaved and medians reported. Client and server share the machine's cores, as on one host.
 
@@ -33,7 +34,7 @@ if __package__ in (None, ""):
 import numpy as np
 
 from common import DATA_DIR, OUT_DIR, load_average, make_raster, median, mpx_per_s
-from models import build_compute_bound, macs_per_pixel
+from models import build_compute_bound, build_io_bound, macs_per_pixel
 
 TILE, OVERLAP, BATCH = 256, 16, 8
 FORMATS = [("V2_BINARY", "/v2/models/net"), ("SERIALIZED_TF_TENSORS", "/v1/models/net:predict"),
@@ -92,13 +93,13 @@ def predict_remote(url: str, fmt: str, image: Path, max_payload: int) -> tuple[f
         return time.perf_counter() - t0, out
 
 
-def throughput(base: str, clients: int, seconds: float) -> float:
-    """Tiles per second answered to ``clients`` threads posting one padded tile each, back to back."""
+def throughput(base: str, clients: int, seconds: float, side: int) -> float:
+    """Tiles per second answered to ``clients`` threads posting one ``side`` x ``side`` tile each, back to back."""
     import httpx
 
     from tilecast.payloads import v2
 
-    x = np.random.default_rng(0).normal(size=(1, 4, TILE + 2 * OVERLAP, TILE + 2 * OVERLAP)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1, 4, side, side)).astype(np.float32)
     name = httpx.get(base + "/v2/models/net").json()["inputs"][0]["name"]
     body, headers = v2.encode_request({name: x})
     done = [0] * clients
@@ -162,18 +163,21 @@ def main() -> None:
         target = f">= {targets[name]:.2f}" if name in targets else ""
         print(f"{name:<24}{t:>10.2f}{mpx_per_s(pixels, t):>10.2f}{local / t:>10.2f}{target:>8}")
 
-    print(f"\nserver throughput, {args.clients} concurrent clients, one {TILE + 2 * OVERLAP}px tile per request:")
-    px = TILE * TILE
-    for label, extra in (("no batching (--max-batch 1)", ("--max-batch", "1")),
-                         ("dynamic batching (--max-batch 16, 5 ms)", ("--max-batch", "16"))):
-        server = Server(model, *extra)
-        try:
-            throughput(server.base, args.clients, 1.0)  # warm up
-            rates = [throughput(server.base, args.clients, args.seconds) for _ in range(max(1, args.repeats - 1))]
-        finally:
-            server.close()
-        rate = median(rates)
-        print(f"  {label:<42}{rate:>8.2f} tiles/s{mpx_per_s(int(rate * px), 1.0):>8.2f} Mpx/s")
+    io_model = build_io_bound(DATA_DIR / "serve_io.onnx")
+    for net, side, label in ((model, TILE + 2 * OVERLAP, "compute-bound network"),
+                             (io_model, 64, "per-pixel 1x1 model (per-call overhead dominates)")):
+        print(f"\nserver throughput, {label}, {args.clients} concurrent clients, one {side}px tile per request:")
+        for name, extra in (("no batching (--max-batch 1)", ("--max-batch", "1")),
+                            ("dynamic batching (--max-batch 16, 5 ms)", ("--max-batch", "16"))):
+            server = Server(net, *extra)
+            try:
+                throughput(server.base, args.clients, 1.0, side)  # warm up
+                rates = [throughput(server.base, args.clients, args.seconds, side)
+                         for _ in range(max(1, args.repeats - 1))]
+            finally:
+                server.close()
+            rate = median(rates)
+            print(f"  {name:<42}{rate:>9.1f} tiles/s{mpx_per_s(int(rate * side * side), 1.0):>8.2f} Mpx/s")
 
 
 if __name__ == "__main__":

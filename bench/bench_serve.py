@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--max-payload-bytes", type=int, default=4_000_000,
                     help="Client request limit; a batch larger than this goes out as concurrent requests.")
     args = ap.parse_args()
@@ -167,16 +167,21 @@ def main() -> None:
     for net, side, label in ((model, TILE + 2 * OVERLAP, "compute-bound network"),
                              (io_model, 64, "per-pixel 1x1 model (per-call overhead dominates)")):
         print(f"\nserver throughput, {label}, {args.clients} concurrent clients, one {side}px tile per request:")
-        for name, extra in (("no batching (--max-batch 1)", ("--max-batch", "1")),
-                            ("dynamic batching (--max-batch 16, 5 ms)", ("--max-batch", "16"))):
-            server = Server(net, *extra)
-            try:
+        variants = (("no batching (--max-batch 1)", ("--max-batch", "1")),
+                    ("dynamic batching (--max-batch 16, 5 ms)", ("--max-batch", "16")))
+        servers = [Server(net, *extra) for _, extra in variants]  # both up; rounds alternate between them
+        rates: list[list[float]] = [[] for _ in variants]
+        try:
+            for server in servers:
                 throughput(server.base, args.clients, 1.0, side)  # warm up
-                rates = [throughput(server.base, args.clients, args.seconds, side)
-                         for _ in range(max(1, args.repeats - 1))]
-            finally:
+            for _ in range(max(1, args.repeats)):
+                for i, server in enumerate(servers):
+                    rates[i].append(throughput(server.base, args.clients, args.seconds, side))
+        finally:
+            for server in servers:
                 server.close()
-            rate = median(rates)
+        for (name, _), r in zip(variants, rates, strict=True):
+            rate = median(r)
             print(f"  {name:<42}{rate:>9.1f} tiles/s{mpx_per_s(int(rate * side * side), 1.0):>8.2f} Mpx/s")
 
 

@@ -280,13 +280,24 @@ def test_graceful_shutdown(tmp_path):
             codes.append(httpx.post(base + "/v2/models/mc/infer", content=body, headers=headers, timeout=30)
                          .status_code)
 
-        threads = [threading.Thread(target=call) for _ in range(4)]
+        def slow_call() -> None:  # a client still sending its body: in flight, so the batcher waits for it
+            def chunks():
+                for i in range(0, len(body), len(body) // 4):
+                    time.sleep(0.25)
+                    yield body[i : i + len(body) // 4]
+
+            codes.append(httpx.post(base + "/v2/models/mc/infer", content=chunks(),
+                                    headers={**headers, "Content-Length": str(len(body))}, timeout=30).status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(4)] + [threading.Thread(target=slow_call)]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # the requests now wait in the batcher
+        time.sleep(0.4)  # four requests now wait in the batcher, one is still arriving
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join()
         assert proc.wait(20) == 0
-    assert codes == [200] * 4
-    assert '"event": "stopped"' in log.read_text()
+    assert codes == [200] * 5
+    text = log.read_text()
+    assert '"event": "stopped"' in text
+    assert text.index('"Shutting down"') < text.rindex('"event": "request"')  # answered after the signal

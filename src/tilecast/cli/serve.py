@@ -11,7 +11,9 @@ from .options import reports_errors
 
 
 @click.command(short_help="Host models over HTTP (KServe v2, TF Serving) and gRPC.")
-@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.argument("models", nargs=-1, metavar="MODEL...")
+@click.option("-m", "--model", "more_models", multiple=True, metavar="[NAME=]PATH",
+              help="Another model to host (repeatable); the same as a MODEL argument.")
 @click.option("--name", "names", multiple=True,
               help="Name of the model at the same position (repeatable; default: the file name without suffix).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -35,10 +37,12 @@ from .options import reports_errors
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Log level of the JSON log lines on stderr.")
 @reports_errors
-def serve(models: tuple[str, ...], names: tuple[str, ...], host: str, port: int, grpc_port: int | None,
-          token_env: str | None, max_body_bytes: int, max_batch: int, batch_timeout_ms: float, threads: int | None,
-          max_connections: int, graceful_timeout: float, log_level: str) -> None:
-    """Host MODEL files (.onnx, or NAME=PATH, or a directory of models) until interrupted.
+def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[str, ...], host: str, port: int,
+          grpc_port: int | None, token_env: str | None, max_body_bytes: int, max_batch: int,
+          batch_timeout_ms: float, threads: int | None, max_connections: int, graceful_timeout: float,
+          log_level: str) -> None:
+    """Host models until interrupted: any MODEL tilecast loads (.onnx, TorchScript .pt, .keras, a SavedModel
+    directory), as PATH or NAME=PATH, or a directory holding several.
 
     \b
     Routes (NAME is the model's name):
@@ -63,7 +67,10 @@ def serve(models: tuple[str, ...], names: tuple[str, ...], host: str, port: int,
             raise SpecError(f"--token-env {token_env}: that environment variable is not set or empty")
     if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0:
         raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms not negative")
-    runtimes = models_from_paths(list(models), list(names) or None, threads)
+    paths = list(models) + list(more_models)
+    if not paths:
+        raise SpecError("give at least one model: tilecast serve MODEL [MODEL...] (or --model PATH)")
+    runtimes = models_from_paths(paths, list(names) or None, threads)
     try:
         run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_body_bytes=max_body_bytes,
                    max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_connections=max_connections,

@@ -21,6 +21,16 @@ class Metrics:
                                     ["model"], registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.inflight = prom.Gauge("tilecast_requests_in_flight", "Requests being handled.", registry=self.registry)
+        self.active = 0
+        """The same count as a plain int, for the batchers (one event loop: no lock needed)."""
+
+    def enter(self) -> None:
+        self.active += 1
+        self.inflight.inc()
+
+    def leave(self) -> None:
+        self.active -= 1
+        self.inflight.dec()
 
     def render(self) -> tuple[bytes, str]:
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST

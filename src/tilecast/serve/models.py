@@ -80,8 +80,11 @@ class Batcher:
     runtime call. ``max_batch`` <= 1 runs each request on its own. The runtime only ever sees one call at a time."""
 
     def __init__(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch: int,
-                 timeout_s: float, observe: Callable[[int], None] | None = None) -> None:
+                 timeout_s: float, observe: Callable[[int], None] | None = None,
+                 busy: Callable[[], int] | None = None) -> None:
         self.run, self.max_batch, self.timeout_s = run, max_batch, timeout_s
+        self.busy = busy
+        """Requests in progress on the server; when no other is on its way, a batch does not wait for company."""
         self.observe = observe or (lambda n: None)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="tilecast-model")
         self.queue: asyncio.Queue[_Item] | None = None
@@ -124,6 +127,9 @@ class Batcher:
             key = _key(first.arrays)
             deadline = time.monotonic() + self.timeout_s
             while total < self.max_batch:
+                if (self.busy is not None and self._carry is None and self.queue.empty()  # type: ignore[union-attr]
+                        and self.busy() <= len(group)):
+                    break
                 item = await self._next(deadline - time.monotonic())
                 if item is None:
                     break

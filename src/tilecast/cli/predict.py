@@ -116,13 +116,16 @@ def predict(
 
 
 # Defaults that keep memory bounded and remote reads lean; --config and the environment take precedence.
-GDAL_DEFAULTS: dict[str, Any] = {"GDAL_CACHEMAX": 256, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+# rasterio.Env passes an integer GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in BYTES (256 would disable the cache).
+GDAL_DEFAULTS: dict[str, Any] = {"GDAL_CACHEMAX": 256 * 2**20, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """GDAL options for a run: our defaults, unless the environment or ``--config`` says otherwise."""
     env = {k: v for k, v in GDAL_DEFAULTS.items() if k not in os.environ}
     env.update({k: int(v) if v.isdigit() else v for k, v in config})
+    if isinstance(env.get("GDAL_CACHEMAX"), int) and env["GDAL_CACHEMAX"] < 100_000:
+        env["GDAL_CACHEMAX"] *= 2**20  # GDAL's convention: small values are megabytes
     return env
 
 

@@ -15,9 +15,7 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,19 +42,6 @@ class _Context:
     writer: Any
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _read_pool() -> ThreadPoolExecutor:
-    """One small read-ahead pool per worker process, shared by its tasks (GDAL releases the GIL)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(4, thread_name_prefix="tilecast-read")
-        return _POOL
-
-
 def _worker_threads() -> int | None:
     try:
         from distributed import get_worker
@@ -75,7 +60,9 @@ def _compute(ctx: _Context, index: int) -> tuple[Any, np.ndarray, ChunkStats]:
     entry = get_job(recipe)
     log.debug("chunk %d with GDAL settings %r", index, recipe.env)
     with recipe.env.apply():
-        return compute_chunk(entry.job, ctx.layout, index, _read_pool(), entry.infer_lock)
+        # Reads run on the task's own thread: the worker's threads already overlap one task's reads with another's
+        # inference, and each reading thread has its own GDAL handle, which decodes shared blocks again.
+        return compute_chunk(entry.job, ctx.layout, index, None, entry.infer_lock)
 
 
 def _chunk_task(ctx: _Context, index: int) -> tuple[ChunkStats, Any, np.ndarray | None]:
@@ -191,7 +178,8 @@ def run_dask(
                     submit()
                     if progress is not None:
                         progress(tiles_done, total, tiles_done * tile_pixels)
-                sink.manifest.flush() if getattr(sink, "manifest", None) is not None else None
+                if getattr(sink, "manifest", None) is not None:
+                    sink.manifest.flush()
                 if sink.writer() is not None:  # finalise (e.g. build the COG) on a worker, next to the data
                     return c.submit(_close, sink, pure=False).result()
                 return sink.close()
@@ -209,6 +197,8 @@ def _close(sink: Any) -> Any:
 
 def _has_dashboard(client: Any) -> bool:
     try:
+        import bokeh  # noqa: F401  (the dashboard needs it)
+
         return bool(client.scheduler_info().get("services", {}).get("dashboard"))
     except Exception:
         return False

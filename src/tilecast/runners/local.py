@@ -138,7 +138,9 @@ def run_local_chunked(
     total = len(job.plan)
     tile_pixels = job.plan.geometry.tile.x * job.plan.geometry.tile.y
     tiles_done = sum(layout.own_tiles(i) for i in done)
-    threads = read_threads or min(4, (os.cpu_count() or 2))
+    # One read-ahead thread: a GDAL handle per reading thread means blocks shared by neighbouring tiles are decoded
+    # once per thread, which costs more than parallel decoding gains (bench/bench_dask.py measures it).
+    threads = read_threads or 1
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="tilecast-writer") as writer:

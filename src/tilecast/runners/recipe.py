@@ -44,7 +44,8 @@ class GdalEnv:
             opts.update({k: v for k, v in rasterio.env.getenv().items() if isinstance(v, (str, int, float, bool))})
         opts.update(extra or {})
         # A worker's memory is one chunk at a time; GDAL's block cache (5% of RAM by default) would dominate it.
-        opts.setdefault("GDAL_CACHEMAX", 64)
+        # (In bytes: rasterio hands an integer to GDALSetCacheMax64; 64 would mean 64 bytes, i.e. no cache.)
+        opts.setdefault("GDAL_CACHEMAX", 64 * 2**20)
         return cls(opts)
 
     @staticmethod

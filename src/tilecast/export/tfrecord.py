@@ -298,6 +298,12 @@ class ShardedWriter:
             self.abort()
 
 
+try:  # ISA-L's zlib-compatible deflate: the same GZIP, ~5-10x faster than zlib at level 1
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - platforms without an isal wheel
+    _zlib = zlib
+
+
 class _BackgroundFile:
     """Buffers framed records and GZIP-compresses them in 1 MiB pieces on a thread pool (zlib releases the GIL),
     each piece a gzip member of its own: a multi-member file is plain GZIP to TensorFlow, Python and gunzip, and
@@ -318,7 +324,7 @@ class _BackgroundFile:
         self._members = 0
 
     def _member(self, data: bytes) -> bytes:
-        c = zlib.compressobj(self._level, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+        c = _zlib.compressobj(self._level, _zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
         return c.compress(data) + c.flush()
 
     def write(self, data: bytes) -> None:

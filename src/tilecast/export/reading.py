@@ -40,7 +40,7 @@ def bounded_cache(megabytes: int = 128) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     import rasterio
 
-    return rasterio.Env(GDAL_CACHEMAX=megabytes)
+    return rasterio.Env(GDAL_CACHEMAX=megabytes << 20)  # an int goes to GDALSetCacheMax64: bytes
 
 
 def patch_offset(patch: XY) -> XY:

@@ -116,7 +116,7 @@ def create_app(models: Mapping[str, ServedModel], config: ServerConfig, metrics:
                 t0 = time.perf_counter()
                 name = request.path_params.get("name", "")
                 status, instances = 500, 0
-                metrics.enter()
+                ticket = metrics.enter()
                 try:
                     if not public:
                         authorize(request)
@@ -130,7 +130,7 @@ def create_app(models: Mapping[str, ServedModel], config: ServerConfig, metrics:
                     headers = exc.headers if isinstance(exc, HTTPError) else {}
                     return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
                 finally:
-                    metrics.leave()
+                    metrics.leave(ticket)
                     elapsed = time.perf_counter() - t0
                     name = request.path_params.get("name", "")  # routes that parse the path set it late
                     known = name if name in models else ("" if not name else "unknown")

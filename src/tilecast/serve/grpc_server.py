@@ -37,7 +37,7 @@ async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, me
         t0 = time.perf_counter()
         name = request.model_spec.name
         status, n = 500, 0
-        metrics.enter()
+        ticket = metrics.enter()
         try:
             if config.token:
                 meta = dict(context.invocation_metadata() or ())
@@ -68,7 +68,7 @@ async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, me
                 code = grpc.StatusCode.INVALID_ARGUMENT if status == 400 else grpc.StatusCode.INTERNAL
                 await context.abort(code, str(exc))
         finally:
-            metrics.leave()
+            metrics.leave(ticket)
             elapsed = time.perf_counter() - t0
             known = name if name in models else "unknown"
             metrics.requests.labels(known, "grpc", str(status)).inc()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from .._extras import require
 
-__all__ = ["Metrics"]
+__all__ = ["ARRIVING", "Metrics", "Ticket"]
 
 
 class Metrics:
@@ -21,16 +23,34 @@ class Metrics:
                                     ["model"], registry=self.registry,
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.inflight = prom.Gauge("tilecast_requests_in_flight", "Requests being handled.", registry=self.registry)
-        self.active = 0
-        """The same count as a plain int, for the batchers (one event loop: no lock needed)."""
+        self.arriving = 0
+        """Requests accepted whose inputs have not reached a batcher yet (one event loop: no lock needed)."""
 
-    def enter(self) -> None:
-        self.active += 1
+    def enter(self) -> Ticket:
         self.inflight.inc()
+        self.arriving += 1
+        ticket = Ticket(self)
+        ARRIVING.set(ticket)
+        return ticket
 
-    def leave(self) -> None:
-        self.active -= 1
+    def leave(self, ticket: Ticket) -> None:
+        ticket.arrive()
         self.inflight.dec()
 
     def render(self) -> tuple[bytes, str]:
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST
+
+
+class Ticket:
+    """Marks one request as arrived at its batcher, once."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics: Metrics | None = metrics
+
+    def arrive(self) -> None:
+        if self.metrics is not None:
+            self.metrics.arriving -= 1
+            self.metrics = None
+
+
+ARRIVING: ContextVar[Ticket | None] = ContextVar("tilecast_arriving", default=None)

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import InputError, ModelLoadError, OutputShapeError
 from ..runtimes.base import Runtime
 from .adapt import adapt_inputs
+from .metrics import ARRIVING
 
 __all__ = ["Batcher", "ServedModel", "load_runtime", "models_from_paths"]
 
@@ -81,10 +82,10 @@ class Batcher:
 
     def __init__(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch: int,
                  timeout_s: float, observe: Callable[[int], None] | None = None,
-                 busy: Callable[[], int] | None = None) -> None:
+                 arriving: Callable[[], int] | None = None) -> None:
         self.run, self.max_batch, self.timeout_s = run, max_batch, timeout_s
-        self.busy = busy
-        """Requests in progress on the server; when no other is on its way, a batch does not wait for company."""
+        self.arriving = arriving
+        """Requests accepted but not yet queued; when none is on its way, a batch does not wait for company."""
         self.observe = observe or (lambda n: None)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="tilecast-model")
         self.queue: asyncio.Queue[_Item] | None = None
@@ -127,8 +128,8 @@ class Batcher:
             key = _key(first.arrays)
             deadline = time.monotonic() + self.timeout_s
             while total < self.max_batch:
-                if (self.busy is not None and self._carry is None and self.queue.empty()  # type: ignore[union-attr]
-                        and self.busy() <= len(group)):
+                if (self.arriving is not None and self._carry is None and self.queue.empty()  # type: ignore[union-attr]
+                        and self.arriving() <= 0):
                     break
                 item = await self._next(deadline - time.monotonic())
                 if item is None:
@@ -193,6 +194,9 @@ class ServedModel:
         if len(sizes) != 1 or 0 in sizes:
             raise InputError(f"inputs must share a non-zero batch size, got {sorted(sizes)}")
         assert self.batcher is not None
+        ticket = ARRIVING.get()
+        if ticket is not None:
+            ticket.arrive()
         out = await self.batcher.infer(adapted)
         if outputs:
             missing = [o for o in outputs if o not in out]

@@ -56,7 +56,7 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
         m = ServedModel(name, rt, platform=type(rt).__name__)
         m.batcher = Batcher(m.call, max_batch, batch_timeout_ms / 1000,
                             observe=lambda n, name=name: metrics.batch.labels(name).observe(n),
-                            busy=lambda: metrics.active)
+                            arriving=lambda: metrics.arriving)
         models[name] = m
 
     @contextlib.asynccontextmanager

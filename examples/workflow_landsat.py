@@ -32,6 +32,10 @@ import numpy as np
 CLASSES = ["developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment"]
 RADIUS = 3
 """Three 3x3 convolutions see 7x7 pixels: patches of 2*RADIUS+1, and a tile overlap of RADIUS is exact."""
+SPLIT_BLOCK = 24
+SEED = 0
+"""Blocks of 24 px go wholly to train or test, dealt out per class (``--stratify-splits``): the labels come as 33
+polygons, so a plain random draw of blocks often leaves a class (e.g. 'agriculture', one polygon) out of a split."""
 
 
 def sample_paths() -> tuple[Path, Path]:
@@ -188,7 +192,7 @@ def batch_route(scene: Path, model: Path, work: Path, tile: int) -> Path:
     return out
 
 
-def run(out: Path, work: Path, small: bool = False, seed: int = 0, epochs: int | None = None) -> dict:
+def run(out: Path, work: Path, small: bool = False, seed: int = SEED, epochs: int | None = None) -> dict:
     import rasterio
 
     t0 = time.perf_counter()
@@ -201,7 +205,8 @@ def run(out: Path, work: Path, small: bool = False, seed: int = 0, epochs: int |
 
     print("1. export stratified patches with spatially blocked train/test splits", flush=True)
     cli("export", "patches", str(scene), "--label-raster", str(labels), "--patch", str(2 * RADIUS + 1),
-        "--per-class", str(per_class), "--seed", str(seed), "--splits", "train=0.7,test=0.3", "--split-block", "32",
+        "--per-class", str(per_class), "--seed", str(seed), "--splits", "train=0.7,test=0.3",
+        "--split-block", str(SPLIT_BLOCK), "--stratify-splits",
         "--geometries", "-o", str(patches) + "/", "--overwrite", "-q")
     spec = patches / "spec.json"
     train_set, test_set = load_split(spec, "train"), load_split(spec, "test")
@@ -255,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="folder for exports and predictions (default: a temporary one)")
     p.add_argument("--small", action="store_true", help="CI size: fewer patches, epochs and channels")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=SEED)
     args = p.parse_args(argv)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)

@@ -99,12 +99,13 @@ def test_shards_respect_size_limit_and_keep_order(tmp_path_factory, sizes, limit
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 300), block=st.integers(4, 40), p=st.integers(1, 4), seed=st.integers(0, 99))
-def test_blocked_splits_never_share_pixels(n, block, p, seed):
+@given(n=st.integers(1, 300), block=st.integers(4, 40), p=st.integers(1, 4), seed=st.integers(0, 99),
+       stratify=st.booleans())
+def test_blocked_splits_never_share_pixels(n, block, p, seed, stratify):
     rng = np.random.default_rng(seed)
-    s = Samples(rng.integers(0, 120, n), rng.integers(0, 120, n))
-    out = assign_splits(s, {"train": 0.6, "test": 0.4}, block, seed, XY(p, p))
-    again = assign_splits(s, {"train": 0.6, "test": 0.4}, block, seed, XY(p, p))
+    s = Samples(rng.integers(0, 120, n), rng.integers(0, 120, n), rng.integers(1, 4, n).astype(float))
+    out = assign_splits(s, {"train": 0.6, "test": 0.4}, block, seed, XY(p, p), stratify)
+    again = assign_splits(s, {"train": 0.6, "test": 0.4}, block, seed, XY(p, p), stratify)
     assert np.array_equal(out.split, again.split)
     owner: dict = {}
     for r, c, sp in zip(out.rows, out.cols, out.split, strict=True):
@@ -140,3 +141,19 @@ def test_patch_export_parses_with_tensorflow(tmp_path):
         ref = padded[:, r : r + 5, c : c + 7]  # the 7 x 5 window centred on (r, c), outside = default
         np.testing.assert_array_equal(np.stack([ex[b].numpy() for b in ("b1", "b2", "b3")]), ref)
         assert rc.index((r, c)) + 1 == ex["cls"].numpy()[0]
+
+
+def test_stratified_splits_follow_the_fractions_per_class():
+    rng = np.random.default_rng(5)
+    # Three clustered classes in 64 blocks: a random draw of blocks would split them unevenly.
+    centres = {1: (20, 20), 2: (100, 30), 3: (60, 110)}
+    rows, cols, labels = [], [], []
+    for k, (r, c) in centres.items():
+        rows.append(rng.integers(r - 18, r + 18, 400))
+        cols.append(rng.integers(c - 18, c + 18, 400))
+        labels.append(np.full(400, float(k)))
+    s = Samples(np.concatenate(rows), np.concatenate(cols), np.concatenate(labels))
+    out = assign_splits(s, {"train": 0.7, "test": 0.3}, 8, 0, XY(1, 1), stratify=True)
+    for k in centres:
+        frac = np.mean(out.split[out.label == k] == "test")
+        assert 0.2 < frac < 0.4

@@ -76,6 +76,7 @@ def _label_options(f: Any) -> Any:
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selection/splits."),
         click.option("--splits", help="Spatially blocked splits, e.g. train=0.8,val=0.1,test=0.1."),
         click.option("--split-block", type=int, help="Block size in pixels for --splits (default: max(256, 4*patch))."),
+        click.option("--stratify-splits", is_flag=True, help="Deal blocks out so each class follows the fractions."),
         click.option("--drop-outside", is_flag=True, help="Skip label points outside the raster instead of failing."),
         click.option("--geometries", is_flag=True, help="Add each sample's pixel-centre x and y (image CRS)."),
         click.option("--default-value", type=float, default=0, show_default=True, help="Value of masked pixels."),
@@ -104,7 +105,8 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
         image, o["output"], labels=o["labels"], label_field=o["label_field"], label_raster=o["label_raster"],
         label_name=o["label_name"], bands=csv_list(o["bands"]), properties=o["properties"], patch=patch, n=o["n"],
         per_class=_per_class(o["per_class"]), seed=o["seed"], splits=_splits(o["splits"]),
-        split_block=o["split_block"], default_value=o["default_value"], drop_outside=o["drop_outside"],
+        split_block=o["split_block"], stratify_splits=o["stratify_splits"], default_value=o["default_value"],
+        drop_outside=o["drop_outside"],
         geometries=o["geometries"], compressed=False if o["no_compress"] else None,
         max_file_size=o["max_file_size"], overwrite=overwrite, progress=not quiet,
     )

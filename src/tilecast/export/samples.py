@@ -83,6 +83,7 @@ def export_samples(
     seed: int = 0,
     splits: Mapping[str, float] | None = None,
     split_block: int | None = None,
+    stratify_splits: bool = False,
     default_value: float = 0.0,
     drop_masked: bool = True,
     drop_outside: bool = False,
@@ -99,7 +100,8 @@ def export_samples(
     Labels are a vector file/GeoDataFrame (points, or polygons whose every pixel is a candidate) with
     ``label_field``, or a ``label_raster`` (every valid pixel). ``n``/``per_class``/``seed`` pick a reproducible
     random or stratified subset; ``splits={"train": .8, "test": .2}`` assigns whole ``split_block``-pixel blocks to
-    each split. ``geometries=True`` adds each sample pixel centre's ``x``/``y`` in the image's CRS (Earth Engine's
+    each split (``stratify_splits=True`` deals the blocks out so every class is split in proportion too).
+    ``geometries=True`` adds each sample pixel centre's ``x``/``y`` in the image's CRS (Earth Engine's
     ``geometries``), e.g. to score predictions at held-out samples. ``output`` is a file (``.tfrecord.gz``,
     ``.parquet``, ``.csv``) or a folder of shards.
     """
@@ -121,8 +123,8 @@ def export_samples(
     with bounded_cache():
         return _export_samples(
             image, folder, stem, suffix, fmt, p, is_table, labels, label_field, label_raster, label_name, bands,
-            properties, n, per_class, seed, splits, split_block, default_value, drop_masked, drop_outside,
-            geometries, compressed, max_file_size, overwrite, progress, chunk,
+            properties, n, per_class, seed, splits, split_block, stratify_splits, default_value, drop_masked,
+            drop_outside, geometries, compressed, max_file_size, overwrite, progress, chunk,
         )
 
 
@@ -130,8 +132,8 @@ def _export_samples(
     image: Any, folder: Path, stem: str, suffix: str | None, fmt: str, p: XY, is_table: bool, labels: Any,
     label_field: str | None, label_raster: Any, label_name: str | None, bands: Sequence[str | int] | None,
     properties: Sequence[str], n: int | None, per_class: Any, seed: int, splits: Mapping[str, float] | None,
-    split_block: int | None, default_value: float, drop_masked: bool, drop_outside: bool, geometries: bool,
-    compressed: bool | None, max_file_size: int | None, overwrite: bool, progress: Any, chunk: int,
+    split_block: int | None, stratify_splits: bool, default_value: float, drop_masked: bool, drop_outside: bool,
+    geometries: bool, compressed: bool | None, max_file_size: int | None, overwrite: bool, progress: Any, chunk: int,
 ) -> ExportResult:
     source = open_source(image, bands)
     try:
@@ -154,7 +156,7 @@ def _export_samples(
             raise InputError("the selection is empty: no labelled pixel falls on the raster; check the labels, "
                              "the label field and the sample counts")
         if splits:
-            samples = assign_splits(samples, splits, split_block or max(256, 4 * max(p)), seed, p)
+            samples = assign_splits(samples, splits, split_block or max(256, 4 * max(p)), seed, p, stratify_splits)
             if not len(samples):
                 raise InputError("every sample straddles blocks of different splits; use a larger split_block")
         properties = list(properties)

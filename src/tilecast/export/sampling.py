@@ -294,32 +294,71 @@ def assign_splits(
     block: int,
     seed: int = 0,
     patch: XY = XY(1, 1),  # noqa: B008 - an immutable tuple
+    stratify: bool = False,
 ) -> Samples:
-    """Give each ``block x block`` pixel block to one split (seeded, in proportion to ``fractions``) and drop
-    samples whose patch reaches into a block of another split."""
+    """Give each ``block x block`` pixel block to one split and drop samples whose patch reaches into a block of
+    another split.
+
+    By default a block's split is a seeded hash of its position, in proportion to ``fractions`` (independent of what
+    is sampled). ``stratify=True`` instead deals the labelled blocks out greedily (largest first, ties seeded) so that
+    each class is split close to ``fractions``: with few, clustered labels a random draw can leave a class out of a
+    split. Blocks without samples keep the hashed split.
+    """
     if block <= 0:
         raise InputError(f"split_block must be > 0 pixels, got {block}")
     names = list(fractions)
     weights = np.array([float(fractions[k]) for k in names])
     if (weights < 0).any() or weights.sum() <= 0:
         raise InputError(f"split fractions must be >= 0 and not all 0, got {dict(fractions)}")
-    cum = np.cumsum(weights / weights.sum())
+    if patch.x > block or patch.y > block:
+        raise InputError(f"split_block ({block}) must be at least the patch size {tuple(patch)}")
+    weights = weights / weights.sum()
+    cum = np.cumsum(weights)
+    ncols = int(samples.cols.max(initial=0)) // block + 2
+
+    def block_id(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return (r // block) * ncols + c // block
+
+    def hashed(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        u = _hash_uniform(r // block, c // block, seed)
+        return np.minimum(np.searchsorted(cum, u, side="right"), len(names) - 1)
+
+    known_ids = np.zeros(0, dtype=np.int64)
+    known_split = np.zeros(0, dtype=np.int64)
+    if stratify:
+        if samples.label is None:
+            raise InputError("stratified splits need labels")
+        ids = block_id(samples.rows, samples.cols)
+        known_ids, inv = np.unique(ids, return_inverse=True)
+        _, cls = np.unique(samples.label, return_inverse=True)
+        hist = np.zeros((len(known_ids), cls.max() + 1))
+        np.add.at(hist, (inv, cls), 1)
+        target = weights[:, None] * hist.sum(axis=0)[None, :]
+        current = np.zeros_like(target)
+        tie = np.random.default_rng(seed).random(len(known_ids))
+        known_split = np.zeros(len(known_ids), dtype=np.int64)
+        for b in np.lexsort((tie, -hist.sum(axis=1))):
+            need = (target - current) / np.maximum(target, 1)
+            k = int(np.argmax(need @ hist[b] + 1e-9 * weights))
+            known_split[b] = k
+            current[k] += hist[b]
 
     def split_of(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        # A block's split depends only on (seed, block row, block col): stable whatever else is sampled.
-        br, bc = r // block, c // block
-        u = _hash_uniform(br, bc, seed)
-        return np.minimum(np.searchsorted(cum, u, side="right"), len(names) - 1)
+        out = hashed(r, c)
+        if len(known_ids):
+            ids = block_id(r, c)
+            pos = np.clip(np.searchsorted(known_ids, ids), 0, len(known_ids) - 1)
+            hit = known_ids[pos] == ids
+            out[hit] = known_split[pos[hit]]
+        return out
 
     off = patch_offset(patch)
     r0, c0 = samples.rows - off.y, samples.cols - off.x
     r1, c1 = r0 + patch.y - 1, c0 + patch.x - 1
     s = split_of(samples.rows, samples.cols)
     same = np.ones(len(s), bool)
-    for rr, cc in ((r0, c0), (r0, c1), (r1, c0), (r1, c1)):
+    for rr, cc in ((r0, c0), (r0, c1), (r1, c0), (r1, c1)):  # pixels above/left of the raster are nobody's
         same &= split_of(np.maximum(rr, 0), np.maximum(cc, 0)) == s
-    if patch.x > block or patch.y > block:
-        raise InputError(f"split_block ({block}) must be at least the patch size {tuple(patch)}")
     kept = samples.take(np.flatnonzero(same))
     kept.split = np.asarray(names, dtype=object)[s[same]]
     return kept

@@ -185,7 +185,9 @@ def vector_samples(
                 f"cannot reproject the labels from {gdf.crs} to the image's CRS {grid.crs}: {exc}; "
                 "reproject them first"
             ) from None
-    gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()]
+    usable = (~gdf.geometry.is_empty & gdf.geometry.notna()).to_numpy()
+    if not usable.all():  # copy only when needed: a million points take hundreds of MiB
+        gdf = gdf[usable]
     label = _label_values(gdf[label_field]) if label_field else None
     props = {p: _label_values(gdf[p]) for p in properties}
     inv = ~grid.transform

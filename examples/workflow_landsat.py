@@ -148,6 +148,20 @@ def export_onnx(net, path: Path) -> Path:
             output_names=["landcover", "probabilities"], opset_version=17, dynamo=False,
             dynamic_axes={"image": dims, "landcover": {0: "batch", 1: "height", 2: "width"}, "probabilities": dims},
         )
+    try:  # the same metadata keys as models/landsat_landcover.onnx, so either file can serve the demo
+        import onnx
+    except ImportError:
+        return path
+    proto = onnx.load(str(path))
+    metadata = {
+        "bands": "B1,B2,B3,B4,B5",
+        "receptive_field": str(2 * RADIUS + 1),
+        "classes": json.dumps({str(i + 1): c for i, c in enumerate(CLASSES)}),
+        "training": "examples/workflow_landsat.py (tilecast export patches -> TFRecord -> PyTorch)",
+    }
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
     return path
 
 

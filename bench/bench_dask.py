@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DATA_DIR, OUT_DIR, fmt_ratio, make_raster, median, mpx_per_s, run_measured  # noqa: E402
+from common import DATA_DIR, OUT_DIR, fmt_ratio, make_raster, median, mpx_per_s, run_measured
 
 VARIANTS = ("local", "dask-1", "dask-2")
 CLUSTERS = {"dask-1": (1, 2), "dask-2": (2, 1)}
@@ -46,7 +46,7 @@ def work(p: dict) -> dict:
 
     workers, threads = CLUSTERS[p["variant"]]
     t0 = time.perf_counter()
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, dashboard_address="127.0.0.1:0",
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
         startup = time.perf_counter() - t0
         start = time.perf_counter()
@@ -62,7 +62,7 @@ def overhead(p: dict) -> dict:
     def noop(ctx, i):
         return i
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0",
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
         ctx = client.scatter(b"x" * 4096, broadcast=True)
         n = p["tasks"]

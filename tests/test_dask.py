@@ -26,7 +26,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=40) as cluster, distributed.Client(cluster) as c:
         yield c
 
@@ -192,7 +192,7 @@ def plus_one(x):
 
 
 def test_worker_memory_stays_bounded_on_a_raster_larger_than_its_limit(tmp_path):
-    """A 12288 x 12288 float32 raster (604 MB in, 604 MB out) through one worker limited to 300 MB.
+    """A 16384 x 16384 float32 raster (1 GiB in, 1 GiB out) through one worker limited to 400 MiB.
 
     The input is a sparse GeoTIFF (one real block), so the test is fast but every pixel is still read, predicted
     and written. A worker that held the raster would be paused or killed by its nanny, and the run would not end.
@@ -201,21 +201,41 @@ def test_worker_memory_stays_bounded_on_a_raster_larger_than_its_limit(tmp_path)
 
     from rasterio.windows import Window
 
-    n = 12288
+    n = 16384
     path = tmp_path / "big.tif"
     with rasterio.open(path, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32", crs="EPSG:32633",
                        transform=from_origin(0, 0, 10, 10), tiled=True, blockxsize=512, blockysize=512,
                        sparse_ok=True) as ds:
         ds.write(np.full((1, 512, 512), 5, np.float32), window=Window(512, 512, 512, 512))
-    model = Model.from_callable(plus_one, layout="NCHW", input_tile_size=256, batch_size=8,
+    model = Model.from_callable(plus_one, layout="NCHW", input_tile_size=512, batch_size=4,
                                 output_bands={"y": "float32"})
-    limit = 300 * 2**20
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, memory_limit=limit, dashboard_address=None,
-                                  silence_logs=40) as cluster, distributed.Client(cluster) as c:
-        out = model.predict_image(str(path)).to_zarr(tmp_path / "out.zarr", engine="dask", client=c, chunk_size=1024)
+    limit = 400 * 2**20
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit,
+                                  dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, distributed.Client(cluster) as c:
+        out = model.predict_image(str(path)).to_zarr(tmp_path / "out.zarr", engine="dask", client=c, chunk_size=2048)
         peak = max(c.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values())
     assert peak < limit, f"worker peak RSS {peak / 2**20:.0f} MiB"
     zarr = pytest.importorskip("zarr")
     arr = zarr.open_group(str(out), mode="r")["prediction"]
     assert arr.shape == (1, n, n)
     assert np.array_equal(arr[0, 510:1030, 1020], np.r_[[1, 1], np.full(512, 6), np.ones(6)].astype(np.float32))
+
+
+def test_cli_engine_dask_on_a_scheduler(tmp_path, raster, client):
+    from click.testing import CliRunner
+
+    from tilecast.cli import main
+
+    path = raster(noisy((2, 70, 90), seed=8))
+    onnx = mean_conv(tmp_path / "m.onnx", 2, 3)
+    args = ["predict", path, "--model", onnx, "--tile", "16", "--overlap", "1", "--output-band", "mean:float32",
+            "--blend", "cosine"]
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "local.tif"), "-q"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "dask.tif"), "--engine", "dask",
+                                    "--scheduler", client.scheduler.address])
+    assert res.exit_code == 0, res.output
+    assert "chunk task(s)" in res.output and "wrote" in res.output
+    assert same(read(tmp_path / "dask.tif"), read(tmp_path / "local.tif"))
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "x.tif"), "--workers", "2"])
+    assert res.exit_code != 0 and "--engine dask" in res.output

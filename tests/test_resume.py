@@ -123,7 +123,7 @@ def test_dask_resume_recomputes_only_missing_chunks(tmp_path, scene):
     distributed = pytest.importorskip("distributed")
     path, _ = scene
     out = tmp_path / "out.tif"
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0",
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:
         first = Counter()
         with pytest.raises(KeyboardInterrupt):

@@ -211,7 +211,8 @@ def test_worker_memory_stays_bounded_on_a_raster_larger_than_its_limit(tmp_path)
                                 output_bands={"y": "float32"})
     limit = 400 * 2**20
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=limit,
-                                  dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, distributed.Client(cluster) as c:
+                                  dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, \
+            distributed.Client(cluster) as c:
         out = model.predict_image(str(path)).to_zarr(tmp_path / "out.zarr", engine="dask", client=c, chunk_size=2048)
         peak = max(c.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values())
     assert peak < limit, f"worker peak RSS {peak / 2**20:.0f} MiB"

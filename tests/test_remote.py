@@ -126,7 +126,8 @@ def test_predicting_a_remote_cog_reads_only_the_needed_ranges(tmp_path, server, 
         pred = model.predict_image(f"/vsicurl/{base}/{name}", bounds=bounds)
         if engine == "dask":
             with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                          dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, distributed.Client(cluster) as client:
+                                          dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, \
+                    distributed.Client(cluster) as client:
                 out = pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client, chunk_size=128)
         else:
             out = pred.to_geotiff(tmp_path / "out.tif")

@@ -222,6 +222,13 @@ def test_official_grpc_stub_talks_to_us(server):
         assert meta.metadata["signature_def"].Unpack(sdm)
         x_info = sdm.signature_def["serving_default"].inputs["x"]
         assert [d.size for d in x_info.tensor_shape.dim] == [-1, -1, -1, 3] and x_info.dtype == 1
+        bands = predict_pb2.PredictRequest()
+        bands.model_spec.name = "lin"
+        for i in range(3):
+            bands.inputs[f"B{i}"].CopyFrom(tf.make_tensor_proto(x[..., i : i + 1]))
+        with pytest.raises(grpc.RpcError) as info:  # a map has no order: bands are not stacked by guesswork
+            stub.Predict(bands, timeout=30, metadata=[("authorization", f"Bearer {TOKEN}")])
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unordered" in info.value.details()
         req.model_spec.name = "nope"
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(req, timeout=30, metadata=[("authorization", f"Bearer {TOKEN}")])

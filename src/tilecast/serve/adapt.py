@@ -37,8 +37,12 @@ def _layout_fix(t: TensorSpec, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model's named inputs from what was sent; :class:`InputError` (HTTP 400) when they cannot be matched."""
+def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray], ordered: bool = True
+                 ) -> dict[str, np.ndarray]:
+    """The model's named inputs from what was sent; :class:`InputError` (HTTP 400) when they cannot be matched.
+
+    ``ordered``: whether the request keeps the order of its inputs (JSON objects and v2 lists do; protobuf maps do
+    not, so gRPC bands are never stacked by position)."""
     inputs = signature.inputs
     if not inputs:
         return {k or "input": v for k, v in arrays.items()}
@@ -50,6 +54,12 @@ def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray]) -> dict
         out = {names[0]: arrays[sent[0]]}
     elif len(inputs) == 1 and all(arrays[k].ndim in (3, 4) for k in sent):
         # one tensor per band (Earth Engine) into one stacked input, in the order the bands were sent
+        if not ordered:
+            raise InputError(
+                f"the model takes one stacked input {names[0]!r}, but the request has the bands {sorted(sent)} as "
+                "separate tensors in an unordered map (gRPC), so their order is unknown; send one tensor named "
+                f"{names[0]!r}, or use the HTTP :predict route"
+            )
         parts = [_hwd(arrays[k]) for k in sent]
         if len({p.shape[:3] for p in parts}) != 1:
             raise InputError(f"the bands {sent} differ in shape: {[list(p.shape) for p in parts]}")

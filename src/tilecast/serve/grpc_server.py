@@ -57,7 +57,7 @@ async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, me
             try:
                 arrays, fmt = codec.decode_request(request, shapes(m))
                 n = len(next(iter(arrays.values()))) if arrays else 0
-                out = await m.infer(arrays, list(request.output_filter) or None)
+                out = await m.infer(arrays, list(request.output_filter) or None, ordered=False)
                 resp = codec.encode_response(fmt, out, m.name)
                 status = 200
                 return resp

@@ -186,10 +186,11 @@ class ServedModel:
             out[k] = v
         return out
 
-    async def infer(self, arrays: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, Any]:
+    async def infer(self, arrays: Mapping[str, np.ndarray], outputs: list[str] | None = None,
+                    ordered: bool = True) -> dict[str, Any]:
         if not arrays:
             raise InputError("the request has no inputs")
-        adapted = adapt_inputs(self.signature, arrays)
+        adapted = adapt_inputs(self.signature, arrays, ordered)
         sizes = {len(v) for v in adapted.values()}
         if len(sizes) != 1 or 0 in sizes:
             raise InputError(f"inputs must share a non-zero batch size, got {sorted(sizes)}")

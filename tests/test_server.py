@@ -242,21 +242,16 @@ def test_concurrent_load_bounded_memory_and_metrics(server):
     x = np.random.default_rng(4).normal(size=(1, 3, 32, 32)).astype(np.float32)
     body, headers = v2.encode_request({"image": x})
     headers = {**headers, **auth()}
-    results: list[int] = []
-    lock = threading.Lock()
+    import asyncio
 
-    def worker(k: int) -> None:
-        with httpx.Client(timeout=60) as c:
-            for _ in range(k):
-                r = c.post(base + "/v2/models/mc/infer", content=body, headers=headers)
-                with lock:
-                    results.append(r.status_code)
+    async def burst() -> list[int]:  # 200 requests in flight at once
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+            answers = await asyncio.gather(*(c.post(base + "/v2/models/mc/infer", content=body, headers=headers)
+                                             for _ in range(200)))
+        return [r.status_code for r in answers]
 
-    threads = [threading.Thread(target=worker, args=(5,)) for _ in range(40)]  # 200 requests, 40 at once
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = asyncio.run(burst())
     assert results.count(200) == 200, {c: results.count(c) for c in set(results)}
     grown = psutil.Process(proc.pid).memory_info().rss - rss
     assert grown < 200 << 20, f"server RSS grew by {grown >> 20} MiB"

@@ -62,6 +62,8 @@ class OnnxRuntime:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # Spinning intra-op threads would take the cores that tilecast's reads and writes need between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 self.path or model, sess_options=opts, providers=_providers(ort, providers)

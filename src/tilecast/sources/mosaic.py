@@ -230,6 +230,12 @@ class MosaicSource:
                 values[pos] = arr[k]
         return values, ok
 
+    def reprojected(self, crs: Any, resolution: float | tuple[float, float] | None,
+                    resampling: str | Resampling = "nearest") -> MosaicSource:
+        """The same members on another grid (a model's ``proj`` with ``fix_input_proj``), still warped per window."""
+        members, bands, _, _, _, _, names = self._args
+        return MosaicSource(members, bands, crs=crs, resolution=resolution, resampling=resampling, band_names=names)
+
     def close(self) -> None:
         with self._lock:
             for h in self._handles:

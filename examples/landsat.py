@@ -153,13 +153,14 @@ def write_stack(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return _write(path, data, profile, list(BANDS), overwrite)
 
 
-def write_labels(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write the labelled pixels (uint8 codes, nodata 0) on the stack's grid and CRS."""
+def write_labels(path: str | os.PathLike, overwrite: bool = False, labels: np.ndarray | None = None) -> Path:
+    """Write the labelled pixels (uint8 codes, nodata 0) on the stack's grid and CRS; ``labels`` defaults to all."""
     _, profile = read_stack()
+    labels = read_labels() if labels is None else labels
     profile.update(
         driver="GTiff", count=1, dtype="uint8", nodata=0, tiled=True, blockxsize=256, blockysize=256, compress="deflate"
     )
-    return _write(path, read_labels()[None], profile, ["label"], overwrite)
+    return _write(path, np.asarray(labels, np.uint8)[None], profile, ["label"], overwrite)
 
 
 def split_labels(labels: np.ndarray, seed: int = 0, buffer: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,10 +26,11 @@ import landsat  # noqa: E402
 
 MODEL = ROOT / "models" / "landsat_landcover.onnx"
 CLASS_NAMES = {str(c): name for c, name in sorted(landsat.CLASSES.items())}
-# Measured with the committed model (python examples/train_landsat.py): 78.5 % of 824 held-out pixels and 93.1 % of
-# all 2,704 usable labelled pixels. The margins allow for ONNX Runtime builds that round differently.
-MIN_HELD_OUT = 0.75
-MIN_ALL = 0.90
+# Measured with the committed model (python examples/workflow_landsat.py --out models/landsat_landcover.onnx):
+# 78.0 % of 824 held-out pixels and 92.8 % of all 2,704 usable labelled pixels. The 2-point margins allow for
+# ONNX Runtime builds that round differently (a flipped pixel moves the held-out figure by 0.12 points).
+MIN_HELD_OUT = 0.76
+MIN_ALL = 0.91
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,13 @@ def test_accuracy_on_labelled_pixels(cli_output):
     assert n_held_out > 800 and n_all > 2700
     assert acc_held_out >= MIN_HELD_OUT
     assert acc_all >= MIN_ALL
+    # The workflow scored the same held-out pixels (landsat.split_labels, seed 0) on its own tilecast prediction and
+    # wrote the figure into the model; up to 4 flipped pixels allowed, as above.
+    import onnxruntime as ort  # the CLI run above needed it
+
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    recorded = float(session.get_modelmeta().custom_metadata_map["held_out_accuracy"])
+    assert abs(acc_held_out - recorded) < 0.005
 
 
 def test_python_api_matches_cli_and_an_untiled_run(stack, cli_output):
@@ -156,6 +163,9 @@ def test_committed_model_signature():
     np.testing.assert_array_equal(codes, probs.argmax(axis=1) + 1)
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["bands"] == ",".join(landsat.MODEL_BANDS)
+    assert json.loads(meta["classes"]) == CLASS_NAMES
+    # The demo model comes from the end-to-end TFRecord workflow (issue 4), with its default (full) settings.
+    assert meta["trained_with"] == "python examples/workflow_landsat.py --out models/landsat_landcover.onnx"
 
 
 def test_demo_writes_cog_and_png(tmp_path, capsys):
@@ -165,26 +175,3 @@ def test_demo_writes_cog_and_png(tmp_path, capsys):
         assert str(tmp_path / name) in printed
     assert (tmp_path / "landcover.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy on held-out labels" in printed
-
-
-def test_training_script_builds_a_small_model(tmp_path):
-    pytest.importorskip("torch")
-    import train_landsat
-
-    net = train_landsat.build_model()
-    path = train_landsat.export_onnx(net, tmp_path / "untrained.onnx")
-    assert path.stat().st_size < 2 * 1024 * 1024
-
-
-def test_training_script_runs_one_epoch(tmp_path):
-    pytest.importorskip("torch")
-    out = tmp_path / "one_epoch.onnx"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "train_landsat.py"), "--epochs", "1", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "held_out:" in proc.stdout and out.exists()
-    assert out.stat().st_size < 2 * 1024 * 1024

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tilecast.sinks.geotiff import TEMP_GTIFF_OPTIONS
+from tilecast.sinks.geotiff import cog_options as sink_cog_options
+
 __all__ = [
-    "COG_OPTIONS",
     "TMP_GTIFF_OPTIONS",
     "Measurement",
     "cog_options",
@@ -38,24 +40,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 DATA_DIR = BENCH_DIR / "data"
 OUT_DIR = BENCH_DIR / "out"
 
-# Mirrors tilecast.sinks.geotiff.GeoTIFFSink (open() and close()) for a float output, so the I/O limit and the
-# hand-written loop write exactly what tilecast writes; tests/test_bench_smoke.py checks the outputs still agree.
-TMP_GTIFF_OPTIONS: dict[str, object] = {
-    "driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "ZSTD", "zstd_level": 1,
-    "bigtiff": "IF_SAFER",
-}
-COG_OPTIONS: dict[str, str] = {
-    "driver": "COG", "compress": "DEFLATE", "blocksize": 512, "bigtiff": "IF_SAFER", "num_threads": "ALL_CPUS",
-    "overviews": "AUTO", "overview_resampling": "AVERAGE", "predictor": "YES",
-}
+# The sink's own options, so the I/O limit and the hand-written loop write exactly what tilecast writes (float output).
+TMP_GTIFF_OPTIONS: dict[str, object] = dict(TEMP_GTIFF_OPTIONS)
 
 
 def cog_options(shape: tuple[int, int]) -> dict[str, str]:
-    """``COG_OPTIONS`` for a ``(height, width)`` raster; like the sink, a one-block raster still gets an overview."""
-    options = dict(COG_OPTIONS)
-    if 1 < max(shape) <= int(options["blocksize"]):
-        options["overview_count"] = "1"
-    return options
+    """The COG options ``GeoTIFFSink`` uses for a float ``(height, width)`` output."""
+    return sink_cog_options(shape)
 
 
 def make_raster(

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import rasterio
+import rasterio.env
 
 from .errors import SpecError
 from .job import Job
@@ -21,6 +23,19 @@ if TYPE_CHECKING:
     from .model import Model
 
 __all__ = ["Prediction"]
+
+
+GDAL_CACHE_BYTES = 256 * 2**20
+
+
+def bounded_gdal_cache() -> rasterio.Env:
+    """GDAL's block cache defaults to 5% of RAM and fills up during a run: cap it, unless the user set it.
+
+    rasterio passes an integer ``GDAL_CACHEMAX`` to GDAL in bytes.
+    """
+    if "GDAL_CACHEMAX" in os.environ or (rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()):
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
 class Prediction:
@@ -103,6 +118,19 @@ class Prediction:
         run of the same prediction into the same output, skipping finished chunks. ``dask_options`` also take
         ``performance_report=PATH``.
         """
+        with bounded_gdal_cache():
+            return self._run(sink, progress, engine, resume=resume, chunk_size=chunk_size, **dask_options)
+
+    def _run(
+        self,
+        sink: Sink,
+        progress: bool | ProgressCallback | None,
+        engine: str | None,
+        *,
+        resume: bool,
+        chunk_size: int | tuple[int, int] | None,
+        **dask_options: Any,
+    ) -> Any:
         from .runners.dask import check_engine
 
         job = self.job

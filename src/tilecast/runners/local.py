@@ -60,7 +60,9 @@ def run_local(
     total = len(plan)
     cols = plan.tile_cols
     batch_size = job.inputs.batch_size
-    threads = read_threads or min(4, (os.cpu_count() or 2))
+    # Each read thread holds its own GDAL handle and block cache, so input blocks shared by neighbouring tiles are
+    # decoded once per thread: one reader per two cores leaves the rest to the model.
+    threads = read_threads or max(1, min(4, (os.cpu_count() or 2) // 2))
     in_flight = max(2 * batch_size, threads * 2)
     tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
     assembler = job.assembler(getattr(sink, "block_rows", 1))

@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from ..errors import OutputError, OutputExistsError
 from .base import OutputProfile
 
-__all__ = ["GeoTIFFSink", "check_output_path"]
+__all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options"]
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -30,6 +30,37 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     if not p.parent.exists():
         raise OutputError(f"the output folder {p.parent} does not exist; create it first")
     return p
+
+
+TEMP_GTIFF_OPTIONS: dict[str, object] = {
+    "driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "ZSTD", "zstd_level": 1,
+    "bigtiff": "IF_SAFER",
+}
+"""The streaming temporary file: cheap to write and to read back for the COG conversion."""
+
+
+def cog_options(
+    shape: tuple[int, int], compress: str = "DEFLATE", blocksize: int = 512, overviews: bool = True,
+    categorical: bool = False,
+) -> dict[str, str]:
+    """GDAL COG driver options for the final file.
+
+    Level 1 compression: the conversion runs after the last tile, so it is pure waiting time, and level 1 makes it
+    2-3x faster than the default for a file about 2% larger. Pass ``creation_options`` to trade the other way.
+    """
+    options = {
+        "driver": "COG", "compress": compress, "blocksize": str(blocksize), "bigtiff": "IF_SAFER",
+        "num_threads": "ALL_CPUS", "overviews": "AUTO" if overviews else "NONE",
+        "overview_resampling": "NEAREST" if categorical else "AVERAGE",
+    }
+    if overviews and 1 < max(shape) <= blocksize:
+        # GDAL's AUTO stops once a level fits one block, so a one-block raster would get no overview.
+        options["overview_count"] = "1"
+    if compress.upper() in ("DEFLATE", "ZSTD", "LZW"):
+        options["predictor"] = "YES"
+    if compress.upper() in ("DEFLATE", "ZSTD"):
+        options["level"] = "1"
+    return options
 
 
 class GeoTIFFSink:
@@ -61,10 +92,9 @@ class GeoTIFFSink:
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.tif", dir=self.path.parent)
         os.close(fd)
         self._dst = rasterio.open(
-            self._tmp, "w", driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),
-            dtype=profile.dtype, crs=g.crs, transform=g.transform, nodata=profile.nodata, tiled=True,
-            blockxsize=256, blockysize=self.block_rows, compress="ZSTD", zstd_level=1, bigtiff="IF_SAFER",
-            interleave="band" if len(profile.band_names) > 1 else "pixel",
+            self._tmp, "w", **{**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows}, width=g.shape[1],
+            height=g.shape[0], count=len(profile.band_names), dtype=profile.dtype, crs=g.crs, transform=g.transform,
+            nodata=profile.nodata, interleave="band" if len(profile.band_names) > 1 else "pixel",
         )
         for i, name in enumerate(profile.band_names, start=1):
             self._dst.set_band_description(i, name)
@@ -93,16 +123,8 @@ class GeoTIFFSink:
         self._dst = None
         final_tmp = self._tmp.replace(".tmp.tif", ".cog.tif")
         try:
-            options = {
-                "driver": "COG", "compress": self.compress, "blocksize": self.blocksize, "bigtiff": "IF_SAFER",
-                "num_threads": "ALL_CPUS", "overviews": "AUTO" if self.overviews else "NONE",
-                "overview_resampling": "NEAREST" if self.profile.categorical else "AVERAGE",
-            }
-            if self.overviews and 1 < max(self.profile.grid.shape) <= self.blocksize:
-                # GDAL's AUTO stops once a level fits one block, so a one-block raster would get no overview.
-                options["overview_count"] = "1"
-            if self.compress.upper() in ("DEFLATE", "ZSTD", "LZW"):
-                options["predictor"] = "YES"
+            options = cog_options(self.profile.grid.shape, self.compress, self.blocksize, self.overviews,
+                                  self.profile.categorical)
             options.update(self.creation_options)
             rasterio.shutil.copy(self._tmp, final_tmp, **options)
             os.replace(final_tmp, self.path)

@@ -194,17 +194,19 @@ class Model:
                 TilecastWarning, stacklevel=3,
             )
             return source
-        if not isinstance(source, RasterioSource):
-            raise InputError(
-                "fix_input_proj warps with GDAL and needs a raster path or rasterio dataset; reproject the xarray "
-                "input first (e.g. da.rio.reproject)"
-            )
         try:
             resampling = Resampling[spec.resampling]
         except KeyError:
             raise SpecError(
                 f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
             ) from None
+        if hasattr(source, "reprojected"):  # a mosaic of many files warps each member per window
+            return source.reprojected(crs or native.crs, spec.resolution, resampling)
+        if not isinstance(source, RasterioSource):
+            raise InputError(
+                "fix_input_proj warps with GDAL and needs a raster path or rasterio dataset; reproject the xarray "
+                "input first (e.g. da.rio.reproject)"
+            )
         grid = warp_grid(native, crs, spec.resolution)
         source.close()
         return RasterioSource(image, bands, warp=(grid, resampling))

@@ -147,3 +147,18 @@ def test_mosaic_errors(raster, tmp_path):
     b = raster(np.zeros((3, 10, 10), np.float32), name="b.tif")
     with pytest.raises(BandMismatchError, match="same bands"):
         open_source([a, b])
+
+
+def test_fix_input_proj_over_a_mosaic_matches_the_whole_raster(raster, tmp_path):
+    img = coord_image(100, 120, 2)
+    whole = raster(img, name="whole.tif", descriptions=["red", "nir"])
+    pieces = split(raster, img, QUAD)
+    model = Model.from_callable(lambda x: x, layout="NCHW", input_tile_size=32, input_overlap_size=2,
+                                crs="EPSG:3035", resolution=15, fix_input_proj=True, resampling="nearest",
+                                output_bands={"row": "float32", "col": "float32"})
+    a, b = model.predict_image(pieces), model.predict_image(whole)
+    assert a.grid.crs.to_epsg() == 3035 and a.grid.resolution == (15, 15)
+    assert a.grid == b.grid
+    out = b.to_numpy()
+    assert np.isnan(out[0]).any()  # the warped grid's corners lie outside the source: masked, not zeros
+    np.testing.assert_array_equal(a.to_numpy(), out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -13,7 +14,7 @@ from rasterio.windows import Window
 
 from ..errors import BandMismatchError
 
-__all__ = ["Grid", "Source", "select_bands"]
+__all__ = ["Grid", "Source", "aligned_grid", "select_bands"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,17 @@ class Grid:
     @property
     def resolution(self) -> tuple[float, float]:
         return abs(self.transform.a), abs(self.transform.e)
+
+
+def aligned_grid(crs: CRS, bounds: Sequence[float], resolution: tuple[float, float]) -> Grid:
+    """The grid covering ``(left, bottom, right, top)`` in ``crs``, snapped to whole multiples of the resolution
+    (like ``gdalwarp -tap``), so grids made from different inputs at the same resolution line up."""
+    rx, ry = resolution
+    left, bottom, right, top = bounds
+    x0, y1 = math.floor(left / rx) * rx, math.ceil(top / ry) * ry
+    width = max(1, math.ceil((right - x0) / rx - 1e-9))
+    height = max(1, math.ceil((y1 - bottom) / ry - 1e-9))
+    return Grid(crs, Affine(rx, 0, x0, 0, -ry, y1), (height, width))
 
 
 @runtime_checkable
@@ -70,7 +82,8 @@ def select_bands(names: Sequence[str], selection: Sequence[str | int] | None) ->
             i = int(item)
             if not 1 <= i <= len(names):
                 raise BandMismatchError(
-                    f"band index {i} is out of range; the raster has {len(names)} bands (1..{len(names)}): {list(names)}"
+                    f"band index {i} is out of range; the raster has {len(names)} bands "
+                    f"(1..{len(names)}): {list(names)}"
                 )
             out.append(i - 1)
         elif item in names:

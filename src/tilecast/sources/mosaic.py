@@ -27,7 +27,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ..errors import BandMismatchError, InputError, NotGeoreferencedError, SourceNotFoundError, SpecError
-from .base import Grid, select_bands
+from .base import Grid, aligned_grid, select_bands
 from .rasterio_source import _parse_tags, open_dataset, parse_crs
 
 __all__ = ["MosaicSource", "expand_paths"]
@@ -165,7 +165,7 @@ class MosaicSource:
             left = fx - math.ceil((fx - left) / rx - 1e-9) * rx
             top = fy + math.ceil((top - fy) / ry - 1e-9) * ry
         else:
-            left, top = math.floor(left / rx) * rx, math.ceil(top / ry) * ry
+            return aligned_grid(crs, (left, bottom, right, top), (rx, ry))
         width = max(1, math.ceil((right - left) / rx - 1e-9))
         height = max(1, math.ceil((top - bottom) / ry - 1e-9))
         return Grid(crs, rasterio.Affine(rx, 0, left, 0, -ry, top), (height, width))

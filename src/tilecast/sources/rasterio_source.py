@@ -17,7 +17,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..errors import InputError, NotGeoreferencedError, SourceNotFoundError, UnknownCRSError
-from .base import Grid, select_bands
+from .base import Grid, aligned_grid, select_bands
 
 __all__ = ["RasterioSource", "parse_crs", "warp_grid"]
 
@@ -106,9 +106,10 @@ class RasterioSource:
         vrt = getattr(self._local, "vrt", None)
         if vrt is None:
             grid, resampling = self._warp
+            # Without a nodata value, an alpha band is what marks pixels outside the source as masked.
             vrt = WarpedVRT(
                 ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
-                resampling=resampling, add_alpha=False,
+                resampling=resampling, add_alpha=ds.nodata is None,
             )
             with self._lock:
                 self._handles.append(vrt)
@@ -122,6 +123,13 @@ class RasterioSource:
         return self._read(self._dataset(), window)
 
     def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._warp is not None and self.nodata is None:
+            # The warped VRT's last band is the alpha we asked for: outside the source footprint it is 0.
+            data = ds.read([*self.indexes, ds.count], window=window)
+            valid = data[-1] > 0
+            if self.has_mask:
+                valid &= np.all(ds.read_masks(self.indexes, window=window) > 0, axis=0)
+            return data[:-1], (None if valid.all() else valid)
         data = ds.read(self.indexes, window=window)
         if not self.has_mask and self._warp is None:
             return data, None
@@ -146,26 +154,19 @@ class RasterioSource:
 def warp_grid(
     native: Grid, crs: CRS | None, resolution: tuple[float, float] | None
 ) -> Grid:
-    """The grid covering ``native`` in ``crs`` at ``resolution``, aligned to whole multiples of the resolution."""
-    from rasterio.warp import calculate_default_transform
+    """The grid covering ``native`` in ``crs`` at ``resolution`` (GDAL's suggestion when None), snapped to whole
+    multiples of the resolution."""
+    from rasterio.warp import calculate_default_transform, transform_bounds
 
     dst_crs = crs or native.crs
-    h, w = native.shape
-    left, bottom, right, top = native.bounds
-    transform, width, height = calculate_default_transform(
-        native.crs, dst_crs, w, h, left=left, bottom=bottom, right=right, top=top,
-        resolution=resolution,
-    )
     if resolution is None:
-        return Grid(dst_crs, transform, (height, width))
-    rx, ry = resolution
-    x0 = math.floor(transform.c / rx) * rx
-    y1 = math.ceil(transform.f / ry) * ry
-    x1 = transform.c + width * transform.a
-    y0 = transform.f + height * transform.e
-    width = max(1, math.ceil((x1 - x0) / rx - 1e-9))
-    height = max(1, math.ceil((y1 - y0) / ry - 1e-9))
-    return Grid(dst_crs, rasterio.Affine(rx, 0, x0, 0, -ry, y1), (height, width))
+        h, w = native.shape
+        left, bottom, right, top = native.bounds
+        t, _, _ = calculate_default_transform(native.crs, dst_crs, w, h, left=left, bottom=bottom, right=right,
+                                              top=top)
+        resolution = (abs(t.a), abs(t.e))
+    bounds = transform_bounds(native.crs, dst_crs, *native.bounds, densify_pts=21)
+    return aligned_grid(dst_crs, bounds, resolution)
 
 
 def _nodata_valid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray:

@@ -118,6 +118,11 @@ class Prediction:
         run of the same prediction into the same output, skipping finished chunks. ``dask_options`` also take
         ``performance_report=PATH``.
         """
+        from .runners.dask import check_engine
+
+        engine = check_engine(engine or self.engine)
+        if engine != "local":  # Dask workers cap their own cache; the client's settings travel to them
+            return self._run(sink, progress, engine, resume=resume, chunk_size=chunk_size, **dask_options)
         with bounded_gdal_cache():
             return self._run(sink, progress, engine, resume=resume, chunk_size=chunk_size, **dask_options)
 
@@ -125,16 +130,13 @@ class Prediction:
         self,
         sink: Sink,
         progress: bool | ProgressCallback | None,
-        engine: str | None,
+        engine: str,
         *,
         resume: bool,
         chunk_size: int | tuple[int, int] | None,
         **dask_options: Any,
     ) -> Any:
-        from .runners.dask import check_engine
-
         job = self.job
-        engine = check_engine(engine or self.engine)
         callback = Progress() if progress is True else (progress or None)
         chunked = hasattr(sink, "prepare")
         if engine == "local" and not resume and not chunked:

@@ -29,7 +29,11 @@ from .options import (
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
 @click.option("--protocol", type=click.Choice(["v2", "tfserving", "vertex", "grpc"]),
               help="Endpoint protocol (default: inferred from the URL).")
-@click.option("--payload-format", help="Earth Engine payload format, e.g. SERIALIZED_TF_TENSORS, RAW_JSON, ND_ARRAYS.")
+@click.option("--payload-format",
+              help="Earth Engine payload format (SERIALIZED_TF_TENSORS, RAW_JSON, ND_ARRAYS, GRPC_TF_TENSORS, "
+              "GRPC_SERIALIZED_TF_TENSORS, GRPC_TF_EXAMPLES) or V2_BINARY, V2_JSON, COLUMNAR_JSON.")
+@click.option("--timeout", "request_timeout", type=float, default=60.0, show_default=True,
+              help="Seconds before an endpoint request is retried.")
 @click.option("--max-payload-bytes", type=int, default=1_500_000, show_default=True,
               help="Largest request body; tiles are packed into requests under it.")
 @click.option("--output-multiplier", type=float, help="Expected response size / request size (>= 1).")
@@ -161,6 +165,7 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
         opts["endpoint"], protocol=opts.get("protocol"), payload_format=opts.get("payload_format"),
         max_payload_bytes=opts["max_payload_bytes"], output_multiplier=opts.get("output_multiplier"),
         concurrency=opts["concurrency"], headers=dict(opts.get("headers") or ()), token=token,
+        timeout=opts.get("request_timeout", 60.0),
         **{k: v for k, v in params.items() if v is not None},
     )
 

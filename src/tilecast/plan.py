@@ -52,12 +52,15 @@ def xy(value: int | Sequence[int], name: str = "size") -> XY:
     return XY(x, y)
 
 
+NO_OVERLAP = XY(0, 0)
+
+
 @dataclass(frozen=True)
 class TileGeometry:
     """The model's tile geometry: core tile, per-edge overlap and output tile, all ``(x, y)``."""
 
     tile: XY
-    overlap: XY = XY(0, 0)
+    overlap: XY = NO_OVERLAP
     output_tile: XY | None = None
 
     @classmethod

@@ -143,12 +143,7 @@ class PartialGeoTIFFSink(GeoTIFFSink):
             blockxsize=block, blockysize=block, sparse_ok=True, bigtiff="IF_SAFER",
             interleave="band" if len(profile.band_names) > 1 else "pixel",
         )
-        for i, name in enumerate(profile.band_names, start=1):
-            self._dst.set_band_description(i, name)
-        tags = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in profile.tags.items()}
-        if tags:
-            self._dst.update_tags(**tags)
-        self._write_classes(profile)
+        self._write_metadata(profile)
         self._dst.close()
         self._dst = None
         self._tmp = str(self.partial)

@@ -6,6 +6,7 @@ Nothing appears at the output path until the COG is complete, and an existing fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -96,6 +97,10 @@ class GeoTIFFSink:
             height=g.shape[0], count=len(profile.band_names), dtype=profile.dtype, crs=g.crs, transform=g.transform,
             nodata=profile.nodata, interleave="band" if len(profile.band_names) > 1 else "pixel",
         )
+        self._write_metadata(profile)
+
+    def _write_metadata(self, profile: OutputProfile) -> None:
+        """Band descriptions, dataset tags and class metadata, which the COG conversion carries over."""
         for i, name in enumerate(profile.band_names, start=1):
             self._dst.set_band_description(i, name)
         tags = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in profile.tags.items()}
@@ -138,10 +143,8 @@ class GeoTIFFSink:
 
     def abort(self) -> None:
         if self._dst is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._dst.close()
-            except Exception:
-                pass
             self._dst = None
         if self._tmp:
             _remove(self._tmp)
@@ -152,7 +155,5 @@ class GeoTIFFSink:
 def _remove(path: str | None) -> None:
     if path:
         for p in (path, path + ".aux.xml"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(p)
-            except FileNotFoundError:
-                pass

@@ -35,7 +35,7 @@ def test_missing_or_corrupted_model(tmp_path):
         Model.from_onnx(tmp_path / "nope.onnx", input_tile_size=8)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a model")
-    with pytest.raises(tilecast.ModelLoadError, match="valid .onnx"):
+    with pytest.raises(tilecast.ModelLoadError, match=r"valid \.onnx"):
         Model.from_onnx(bad, input_tile_size=8)
 
 
@@ -134,7 +134,7 @@ def test_bad_parameters(tmp_path):
         Model.from_onnx(onnx)
     with pytest.raises(tilecast.SpecError, match="NAME:DTYPE"):
         Model.from_onnx(onnx, input_tile_size=8, output_bands=["oops"])
-    with pytest.raises(tilecast.SpecError, match="not a numeric dtype|not a dtype"):
+    with pytest.raises(tilecast.SpecError, match=r"not a numeric dtype|not a dtype"):
         Model.from_onnx(onnx, input_tile_size=8, output_bands={"a": "text"})
     with pytest.raises(tilecast.SpecError, match="needs an overlap"):
         Model.from_onnx(onnx, input_tile_size=8, blend="cosine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 
 import numpy as np
@@ -68,8 +69,8 @@ def test_halos_read_inside_the_grid_and_pad_only_beyond_it(plan):
     g = plan.geometry
     for t in plan.tiles():
         rd, ((top, bottom), (left, right)) = t.read, t.pad
-        assert 0 <= rd.row_off and rd.row_off + rd.height <= h
-        assert 0 <= rd.col_off and rd.col_off + rd.width <= w
+        assert rd.row_off >= 0 and rd.row_off + rd.height <= h
+        assert rd.col_off >= 0 and rd.col_off + rd.width <= w
         assert rd.height + top + bottom == g.padded.y and rd.width + left + right == g.padded.x
         assert min(top, bottom, left, right) >= 0
         # padding only where the halo leaves the grid
@@ -92,7 +93,7 @@ def test_output_grid_scale_and_origin(plan):
     assert ot.a == pytest.approx(10 / float(sx)) and ot.e == pytest.approx(-10 / float(sy))
     # the output grid starts at the region's corner and covers it (rounded up by less than one output pixel)
     assert (ot.c, ot.f) == pytest.approx(t * (plan.region.col_off, plan.region.row_off))
-    out_h, out_w = plan.output_shape
+    _out_h, out_w = plan.output_shape
     assert out_w * ot.a >= plan.region.width * 10 - 1e-6
     assert (out_w - 1) * ot.a < plan.region.width * 10 + 1e-6
 
@@ -102,7 +103,7 @@ def test_output_grid_scale_and_origin(plan):
 def test_blend_windows_cover_each_core_with_its_overlap(plan):
     g = plan.geometry
     oo = g.output_overlap
-    out_h, out_w = plan.output_shape
+    out_h, _out_w = plan.output_shape
     for t in plan.tiles():
         b, o = t.blend_out, t.out
         assert b.row_off <= o.row_off and b.col_off <= o.col_off
@@ -110,7 +111,7 @@ def test_blend_windows_cover_each_core_with_its_overlap(plan):
         if oo is not None:
             assert b.row_off == max(0, o.row_off - oo.y)
             assert b.row_off + b.height == min(out_h, t.row * g.out.y + g.out.y + oo.y)
-        assert 0 <= t.blend_offset[0] and 0 <= t.blend_offset[1]
+        assert t.blend_offset[0] >= 0 and t.blend_offset[1] >= 0
 
 
 @settings(max_examples=100, deadline=None)
@@ -126,7 +127,7 @@ def test_rows_final_after_is_monotone_and_safe(plan, blend):
         assert final <= first_row
 
 
-@given(st.integers(1, 64), st.sampled_from(RATIOS + [Fraction(3, 5), Fraction(7, 3)]))
+@given(st.integers(1, 64), st.sampled_from([*RATIOS, Fraction(3, 5), Fraction(7, 3)]))
 def test_footprint_ranges_partition_the_input(n_in, scale):
     n_out = -(-n_in * scale.numerator // scale.denominator)
     ranges = footprint_ranges(n_out, n_in, scale)
@@ -134,7 +135,7 @@ def test_footprint_ranges_partition_the_input(n_in, scale):
     for start, stop in ranges:
         assert 0 <= start < stop <= n_in
     assert ranges[0][0] == 0 and ranges[-1][1] == n_in
-    pairs = list(zip(ranges, ranges[1:], strict=False))
+    pairs = list(itertools.pairwise(ranges))
     assert all(b[0] <= a[1] for a, b in pairs)  # no input pixel is left out
     if scale.numerator == 1:  # whole-factor downsampling: footprints tile the input exactly
         assert all(a[1] == b[0] for a, b in pairs)

@@ -73,7 +73,7 @@ def test_tile_size_the_model_rejects(tmp_path, raster):
 def test_wrong_output_shape(tmp_path, raster):
     model = Model.from_callable(lambda x: x[:, :, :5, :5], layout="NCHW", input_tile_size=8,
                                 output_bands={"v": "float32"})
-    with pytest.raises(tilecast.OutputShapeError, match="5 x 5 pixels per tile.*8 x 8"):
+    with pytest.raises(tilecast.OutputShapeError, match=r"5 x 5 pixels per tile.*8 x 8"):
         model.predict_image(raster(np.zeros((1, 16, 16), "float32"))).to_numpy()
 
 

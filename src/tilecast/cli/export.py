@@ -163,6 +163,11 @@ def patches(image: str, patch: tuple[int, int], quiet: bool, overwrite: bool, **
 @click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Export only this region (image CRS).")
 @click.option("--prefix", help="File name prefix (default: the image's name).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="Run on this machine, or on Dask (chunks of patch rows; same examples, same order).")
+@click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a LocalCluster).")
+@click.option("--workers", type=int, help="Worker processes of the LocalCluster started for --engine dask.")
+@click.option("--chunk-rows", type=int, help="Patch rows per Dask task (default: two tasks per worker thread).")
 @overwrite_option
 @quiet_option
 @reports_errors
@@ -186,8 +191,12 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
             depths[name] = int(d)
         except ValueError:
             raise click.BadParameter(f"{item!r}: use NAME=DEPTH", param_hint="--tensor-depth") from None
+    dask_opts = {k: o[k] for k in ("scheduler", "workers", "chunk_rows") if o[k] is not None}
+    if dask_opts and o["engine"] != "dask":
+        raise click.UsageError("--scheduler, --workers and --chunk-rows need --engine dask")
     result = export_image(
-        image, o["output"], list(patch), kernel=list(kernel), prefix=o["prefix"], bands=csv_list(o["bands"]),
+        image, o["output"], list(patch), engine=o["engine"], **dask_opts, kernel=list(kernel),
+        prefix=o["prefix"], bands=csv_list(o["bands"]),
         bounds=o["bounds"], overwrite=overwrite, progress=not quiet, compressed=not o["no_compress"],
         max_file_size=o["max_file_size"], default_value=o["default_value"], masked_threshold=o["masked_threshold"],
         collapse_bands=o["collapse_bands"], sequence_data=o["sequence_data"], arrays=arrays, tensor_depths=depths,

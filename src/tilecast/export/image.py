@@ -8,7 +8,9 @@ Patches are written row-major across shards whose names sort in the same order, 
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,7 +27,7 @@ from .reading import bounded_cache, default_for
 from .samples import ExportResult, _progress
 from .tfrecord import ShardedWriter, example_bytes, sequence_example_bytes
 
-__all__ = ["ImageExportOptions", "export_image", "margin_of", "truncated_region"]
+__all__ = ["ImageExportOptions", "export_image", "margin_of", "shard_files", "truncated_region"]
 
 GiB = 1 << 30
 
@@ -159,13 +161,27 @@ def export_image(
     window: Window | None = None,
     overwrite: bool = False,
     progress: bool | Callable | None = None,
+    engine: str = "local",
     **format_options: Any,
 ) -> ExportResult:
     """Export ``image`` (or ``bounds``/``window`` of it) as TFRecord patches with a mixer, into folder ``output``.
 
     ``format_options`` are :class:`ImageExportOptions` fields (``compressed``, ``max_file_size``,
     ``default_value``, ``tensor_depths``, ``collapse_bands``, ``masked_threshold``, ``sequence_data``, ``arrays``).
+    ``engine="dask"`` runs it on Dask (see :func:`tilecast.export.dask.export_image_dask`, which also takes
+    ``client``, ``scheduler``, ``workers`` and ``chunk_rows``): the same examples in the same order.
     """
+    from ..runners.dask import check_engine
+
+    if check_engine(engine) == "dask":
+        from .dask import export_image_dask
+
+        return export_image_dask(image, output, patch, kernel=kernel, prefix=prefix, bands=bands, bounds=bounds,
+                                 window=window, overwrite=overwrite, progress=progress, **format_options)
+    for key in ("client", "scheduler", "workers", "chunk_rows"):
+        if format_options.get(key) is not None:
+            raise SpecError(f"{key}= is an option of engine='dask'; pass engine='dask' or leave it out")
+        format_options.pop(key, None)
     opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
     folder = Path(output)
     if not folder.is_dir():
@@ -177,6 +193,13 @@ def export_image(
                            _progress(progress, "export image"), image)
         finally:
             source.close()
+
+
+def shard_files(folder: Path, prefix: str) -> list[Path]:
+    """The shards of an earlier export with ``prefix``: ``{prefix}-NNNNN`` (local) or ``{prefix}-NNNNN-NNNNN``
+    (one group per Dask chunk)."""
+    pattern = re.compile(re.escape(prefix) + r"-\d{5,}(-\d{5,})?\.tfrecord(\.gz)?")
+    return sorted(p for p in Path(folder).glob(f"{glob.escape(prefix)}-*.tfrecord*") if pattern.fullmatch(p.name))
 
 
 def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, list[int], int]]:
@@ -198,8 +221,24 @@ def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, 
     return groups
 
 
-def _export(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | None, bounds: Any,
-            window: Window | None, overwrite: bool, progress: Callable | None, image: Any) -> ExportResult:
+@dataclass(frozen=True)
+class _ImagePlan:
+    """What every patch of one image export shares: small and picklable, so Dask tasks can carry it."""
+
+    plan: TilePlan
+    region: Window
+    margin: XY
+    prefix: str
+    groups: list
+    fills: np.ndarray
+    ph: int
+    pw: int
+    mixer_path: Path
+    spec_path: Path
+
+
+def _prepare(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | None, bounds: Any,
+             window: Window | None, overwrite: bool, image: Any) -> _ImagePlan:
     grid = source.grid
     h, w = grid.shape
     if bounds is not None:
@@ -223,43 +262,69 @@ def _export(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | N
     for p in (mixer_path, spec_path):
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} already exists; pass overwrite=True (--overwrite) to replace the export")
-    writer = ShardedWriter(folder, prefix, opts.compressed, opts.max_file_size, None, overwrite)
+    shards = shard_files(folder, prefix)
+    if shards and not overwrite:
+        raise OutputExistsError(f"{shards[0]} already exists; pass overwrite=True (--overwrite) to replace the export")
+    return _ImagePlan(plan, region, margin, prefix, groups, fills, ph, pw, mixer_path, spec_path)
+
+
+def _patch_records(source: Any, tile: Any, p: _ImagePlan, opts: ImageExportOptions) -> list[bytes] | None:
+    """The records of one patch, or None when ``maskedThreshold`` drops it."""
+    nb = len(p.fills)
+    block = np.empty((nb, p.ph, p.pw), dtype=np.float64)
+    block[:] = p.fills[:, None, None]
+    valid = np.zeros((p.ph, p.pw), dtype=bool)
+    (top, _), (left, _) = tile.pad
+    rd = tile.read
+    if rd.width > 0 and rd.height > 0:
+        data, mask = source.read(rd)
+        inner = (slice(top, top + rd.height), slice(left, left + rd.width))
+        block[(slice(None), *inner)] = data
+        valid[inner] = True if mask is None else mask
+    if not valid.all():
+        block[:, ~valid] = np.broadcast_to(p.fills[:, None], (nb, int((~valid).sum())))
+    if opts.masked_threshold < 1.0 and (~valid).mean() > opts.masked_threshold:
+        return None
+    return list(_records(block.astype(np.float32), p.groups, opts, p.fills))
+
+
+def _finish(grid: Any, p: _ImagePlan, opts: ImageExportOptions, folder: Path, files: list[Path], written: int,
+            skipped: int) -> ExportResult:
+    """The mixer (only when no patch can be dropped) and the spec, once every shard is in place."""
+    mixer = None
+    if opts.masked_threshold == 1.0:
+        mixer = p.mixer_path
+        write_spec(mixer, mixer_dict(grid.crs, grid.transform, p.region, opts.patch_dimensions, p.plan.tile_cols,
+                                     len(p.plan)))
+    elif p.mixer_path.exists():  # overwrite=True: a stale mixer would describe patches that are no longer there
+        p.mixer_path.unlink()
+    write_spec(p.spec_path, _spec(p.groups, opts, p.ph, p.pw, files, folder, written, mixer, p.margin))
+    return ExportResult({"all": files}, written, {"all": written}, p.spec_path, mixer, skipped)
+
+
+def _export(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | None, bounds: Any,
+            window: Window | None, overwrite: bool, progress: Callable | None, image: Any) -> ExportResult:
+    p = _prepare(source, folder, opts, prefix, bounds, window, overwrite, image)
+    writer = ShardedWriter(folder, p.prefix, opts.compressed, opts.max_file_size, None, overwrite)
     written = skipped = 0
     try:
-        for k, tile in enumerate(plan.tiles()):
-            block = np.empty((len(names), ph, pw), dtype=np.float64)
-            block[:] = fills[:, None, None]
-            valid = np.zeros((ph, pw), dtype=bool)
-            (top, _), (left, _) = tile.pad
-            rd = tile.read
-            if rd.width > 0 and rd.height > 0:
-                data, mask = source.read(rd)
-                inner = (slice(top, top + rd.height), slice(left, left + rd.width))
-                block[(slice(None), *inner)] = data
-                valid[inner] = True if mask is None else mask
-            if not valid.all():
-                block[:, ~valid] = np.broadcast_to(fills[:, None], (len(names), int((~valid).sum())))
-            if opts.masked_threshold < 1.0 and (~valid).mean() > opts.masked_threshold:
+        for k, tile in enumerate(p.plan.tiles()):
+            records = _patch_records(source, tile, p, opts)
+            if records is None:
                 skipped += 1
             else:
-                for rec in _records(block.astype(np.float32), groups, opts, fills):
+                for rec in records:
                     writer.write(rec)
                 written += 1
             if progress:
-                progress(k + 1, len(plan), (k + 1) * ph * pw)
+                progress(k + 1, len(p.plan), (k + 1) * p.ph * p.pw)
         files = writer.close()
     except BaseException:
         writer.abort()
         raise
-    mixer = None
-    if opts.masked_threshold == 1.0:
-        mixer = mixer_path
-        write_spec(mixer, mixer_dict(grid.crs, grid.transform, region, opts.patch_dimensions, plan.tile_cols,
-                                     len(plan)))
-    elif mixer_path.exists():  # overwrite=True: a stale mixer would describe patches that are no longer there
-        mixer_path.unlink()
-    write_spec(spec_path, _spec(groups, opts, ph, pw, files, folder, written, mixer, margin))
-    return ExportResult({"all": files}, written, {"all": written}, spec_path, mixer, skipped)
+    for old in set(shard_files(folder, p.prefix)) - set(files):  # overwrite=True: an earlier Dask export's shards
+        old.unlink()
+    return _finish(source.grid, p, opts, folder, files, written, skipped)
 
 
 def _features(block: np.ndarray, groups: list[tuple[str, list[int], int]], fills: np.ndarray) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""Image export on Dask: chunks of whole patch rows, each a task that reads its windows and writes its own shards.
+
+The client plans the export exactly as the local one does, then sends one small context (the source *recipe*, not
+an open GDAL handle; the plan; the band groups) to every worker. Chunk ``i`` covers patch rows
+``[i * rows, (i + 1) * rows)`` and writes ``{prefix}-{i:05d}-{n:05d}.tfrecord[.gz]``, sharded by ``maxFileSize``
+inside the chunk. Sorting the names lexicographically therefore walks the chunks in order and each chunk's shards in
+order, which is Earth Engine's row-major patch order: the decoded examples are the local export's, in the same order.
+The client writes the mixer (identical to the local one) and the spec once every chunk is in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rasterio.windows import Window
+
+from .._extras import require
+from ..errors import InputError, SpecError
+from ..plan import xy
+from ..sources import open_source
+from .image import ImageExportOptions, _finish, _ImagePlan, _patch_records, _prepare, shard_files
+from .reading import bounded_cache
+from .samples import ExportResult, _progress
+from .tfrecord import ShardedWriter
+
+__all__ = ["export_image_dask"]
+
+_MAX_PATCHES_PER_CHUNK = 4096
+"""More patches than this in one task would make a retry after a lost worker expensive."""
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every chunk task shares; scattered once to each worker."""
+
+    source: tuple
+    """A recipe from :func:`tilecast.runners.recipe._source_recipe`: each worker opens the source itself."""
+    env: Any
+    plan: _ImagePlan
+    opts: ImageExportOptions
+    folder: str
+    rows: int
+    width: int
+    """Digits of the chunk number in file names, so that names sort in chunk order."""
+
+
+@dataclass(frozen=True)
+class _ChunkResult:
+    index: int
+    files: list[str]
+    written: int
+    skipped: int
+    tiles: int
+
+
+def chunk_prefix(prefix: str, index: int, width: int = 5) -> str:
+    """The shard-name prefix of chunk ``index``: fixed width, so lexicographic order is chunk order."""
+    return f"{prefix}-{index:0{width}d}"
+
+
+def _chunk_task(ctx: _Context, index: int) -> _ChunkResult:
+    from ..runners.recipe import _build_source
+
+    plan = ctx.plan.plan
+    r0, r1 = index * ctx.rows, min((index + 1) * ctx.rows, plan.tile_rows)
+    written = skipped = 0
+    with ctx.env.apply():
+        source = _build_source(ctx.source)
+        try:
+            # overwrite=True: a retried chunk (its worker lost after publishing) replaces its own shards only; the
+            # client has already refused to overwrite an earlier export.
+            writer = ShardedWriter(ctx.folder, chunk_prefix(ctx.plan.prefix, index, ctx.width), ctx.opts.compressed,
+                                   ctx.opts.max_file_size, None, overwrite=True)
+            try:
+                for r in range(r0, r1):
+                    for c in range(plan.tile_cols):
+                        records = _patch_records(source, plan.tile(r, c), ctx.plan, ctx.opts)
+                        if records is None:
+                            skipped += 1
+                            continue
+                        for rec in records:
+                            writer.write(rec)
+                        written += 1
+                if writer.count == 0:  # no empty shards in the middle of an export
+                    writer.abort()
+                    files: list[Path] = []
+                else:
+                    files = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            if ctx.source[0] != "object":  # a source the worker opened itself (never the caller's own object)
+                with contextlib.suppress(Exception):
+                    source.close()
+    return _ChunkResult(index, [str(f) for f in files], written, skipped, (r1 - r0) * plan.tile_cols)
+
+
+def chunk_rows_for(tile_rows: int, tile_cols: int, threads: int, rows: int | None = None) -> int:
+    """Patch rows per task: two tasks per worker thread, but no more than a few thousand patches per task."""
+    if rows is not None:
+        if rows <= 0:
+            raise SpecError(f"chunk_rows must be > 0 patch rows, got {rows}")
+        return rows
+    chunks = max(2 * max(threads, 1), math.ceil(tile_rows * tile_cols / _MAX_PATCHES_PER_CHUNK))
+    return max(1, math.ceil(tile_rows / chunks))
+
+
+def export_image_dask(
+    image: Any,
+    output: str | os.PathLike,
+    patch: int | Sequence[int],
+    *,
+    kernel: int | Sequence[int] = 1,
+    prefix: str | None = None,
+    bands: Sequence[str | int] | None = None,
+    bounds: Sequence[float] | None = None,
+    window: Window | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable | None = None,
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    chunk_rows: int | None = None,
+    **format_options: Any,
+) -> ExportResult:
+    """:func:`~tilecast.export.export_image` on Dask (``engine="dask"``); the output folder must be shared by the
+    workers (a LocalCluster, or a shared filesystem). ``chunk_rows`` sets the patch rows per task."""
+    from ..runners.dask import _has_dashboard, open_client
+    from ..runners.recipe import GdalEnv, _source_recipe
+
+    distributed = require("distributed", "dask")
+    opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
+    folder = Path(output)
+    if not folder.is_dir():
+        raise InputError(f"the output folder {folder} does not exist; create it first (image exports are sharded)")
+    report = _progress(progress, "export image")
+    with bounded_cache():
+        source = open_source(image, bands)
+        try:
+            p = _prepare(source, folder, opts, prefix, bounds, window, overwrite, image)
+            grid = source.grid
+            recipe = _source_recipe(source)
+        finally:
+            source.close()
+    before = set(shard_files(folder, p.prefix))  # _prepare refused them unless overwrite=True
+    plan = p.plan
+    results: list[_ChunkResult] = []
+    futures: list[Any] = []
+    try:
+        with open_client(client, scheduler, workers) as c:
+            threads = sum(c.nthreads().values())
+            rows = chunk_rows_for(plan.tile_rows, plan.tile_cols, threads, chunk_rows)
+            n = math.ceil(plan.tile_rows / rows)
+            ctx = _Context(recipe, GdalEnv.capture(), p, opts, str(folder), rows, max(5, len(str(n - 1))))
+            if report is not None:
+                link = getattr(c, "dashboard_link", None) if _has_dashboard(c) else None
+                print(f"dask: {n} chunk task(s) of {rows} patch row(s) on {len(c.nthreads())} worker(s)"
+                      + (f"; dashboard {link}" if link else ""), file=sys.stderr)
+            shared = c.scatter(ctx, broadcast=True, hash=False)
+            futures = [c.submit(_chunk_task, shared, i, pure=False) for i in range(n)]
+            done = 0
+            for fut in distributed.as_completed(futures):
+                res = fut.result()
+                results.append(res)
+                done += res.tiles
+                fut.release()
+                if report is not None:
+                    report(done, len(plan), done * p.ph * p.pw)
+    except BaseException:
+        for fut in futures:
+            with contextlib.suppress(Exception):
+                fut.cancel()
+        for res in results:
+            for f in res.files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f)
+        raise
+    results.sort(key=lambda r: r.index)
+    files = [Path(f) for r in results for f in r.files]
+    for old in before - set(files):  # overwrite=True: shards of the earlier export that were not replaced
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+    if not files:  # like the local export: an export with no record still writes one (empty) file
+        with ShardedWriter(folder, chunk_prefix(p.prefix, 0, ctx.width), opts.compressed, opts.max_file_size,
+                           None, overwrite=True) as w:
+            files = w.close()
+    return _finish(grid, p, opts, folder, files, sum(r.written for r in results), sum(r.skipped for r in results))

@@ -1,0 +1,110 @@
+"""Image export on a 2-worker LocalCluster: the same examples, in the same order across sorted file names, and the
+same mixer as the local export; overwrite rules shared with the local export; the CLI's --engine dask."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import coord_image, write_raster
+from tilecast.cli import main
+from tilecast.errors import OutputExistsError, SpecError
+from tilecast.export import export_image
+from tilecast.export.tfrecord import iter_records, messages
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    img = coord_image(70, 100, 3)
+    img[:, 10:30, 40:60] = -1  # masked pixels take the default value
+    return write_raster(tmp_path_factory.mktemp("scene") / "scene.tif", img, nodata=-1)
+
+
+def records(files, kind: str = "Example") -> list[bytes]:
+    """Every record, reading the files in lexicographic order of their names (as Earth Engine does), re-serialized
+    deterministically: protobuf writes the feature map in an order that varies between processes (hash seeds)."""
+    cls = getattr(messages(), kind)
+    return [cls.FromString(r).SerializeToString(deterministic=True)
+            for f in sorted(files, key=os.path.basename) for r in iter_records(f)]
+
+
+def folder(tmp_path, name):
+    out = tmp_path / name
+    out.mkdir()
+    return out
+
+
+def test_dask_export_is_the_local_export(client, scene, tmp_path):
+    kw = dict(kernel=[8, 4], max_file_size=20_000, default_value=-5)
+    local = export_image(scene, folder(tmp_path, "local"), [16, 8], **kw)
+    dask = export_image(scene, folder(tmp_path, "dask"), [16, 8], engine="dask", client=client, chunk_rows=2, **kw)
+    assert dask.count == local.count == 48 and dask.skipped == 0
+    names = [f.name for f in dask.files["all"]]
+    assert names == sorted(names) and len({n.rsplit("-", 1)[0] for n in names}) == 4  # 8 patch rows / 2
+    assert len(names) > 4  # maxFileSize shards inside a chunk too
+    assert records(dask.files["all"]) == records(local.files["all"])
+    assert dask.mixer.read_text() == local.mixer.read_text()
+    spec = json.loads(dask.spec.read_text())
+    assert spec["files"]["all"] == names and spec["count"] == 48
+    assert {k: v for k, v in spec.items() if k != "files"} == {
+        k: v for k, v in json.loads(local.spec.read_text()).items() if k != "files"}
+
+
+def test_masked_threshold_sequence_data_and_uncompressed(client, tmp_path):
+    img = coord_image(40, 40, 1)
+    img[0, :20, :] = -1  # the first row of patches fully masked: its chunk writes no file
+    src = write_raster(tmp_path / "m.tif", img, nodata=-1)
+    kw = dict(masked_threshold=0.5, sequence_data=True, compressed=False)
+    local = export_image(src, folder(tmp_path, "local"), 10, **kw)
+    dask = export_image(src, folder(tmp_path, "dask"), 10, engine="dask", client=client, chunk_rows=1, **kw)
+    assert (dask.count, dask.skipped) == (local.count, local.skipped) == (8, 8)  # patches (each 100 records)
+    assert dask.mixer is None and all(f.name.endswith(".tfrecord") for f in dask.files["all"])
+    assert records(dask.files["all"], "SequenceExample") == records(local.files["all"], "SequenceExample")
+    img[0, 20:] = -1  # everything masked: one empty file, like the local export
+    src = write_raster(tmp_path / "empty.tif", img, nodata=-1)
+    empty = export_image(src, folder(tmp_path, "empty"), 10, engine="dask", client=client, masked_threshold=0.5)
+    assert empty.count == 0 and len(empty.files["all"]) == 1 and records(empty.files["all"]) == []
+
+
+def test_overwrite_between_engines(client, scene, tmp_path):
+    out = folder(tmp_path, "out")
+    local = export_image(scene, out, 20, prefix="p")
+    (out / "p-mixer.json").unlink()
+    (out / "p.spec.json").unlink()  # only the shards are left: still an earlier export
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        export_image(scene, out, 20, prefix="p", engine="dask", client=client)
+    dask = export_image(scene, out, 20, prefix="p", engine="dask", client=client, overwrite=True, chunk_rows=1)
+    assert sorted(out.glob("*.tfrecord*")) == sorted(dask.files["all"]) and not local.files["all"][0].exists()
+    dask_records = records(dask.files["all"])
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        export_image(scene, out, 20, prefix="p")
+    again = export_image(scene, out, 20, prefix="p", overwrite=True)  # the Dask shards go too
+    assert sorted(out.glob("*.tfrecord*")) == again.files["all"]
+    assert records(again.files["all"]) == dask_records
+    with pytest.raises(SpecError, match="engine='dask'"):
+        export_image(scene, out, 20, prefix="q", workers=2)
+
+
+def test_cli_engine_dask(client, scene, tmp_path):
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(main, ["export", "image", scene, "--patch", "20", "--kernel", "2", "-o", str(out), "-q",
+                                    "--engine", "dask", "--scheduler", client.scheduler.address, "--chunk-rows", "1"])
+    assert res.exit_code == 0, res.output
+    ref = export_image(scene, folder(tmp_path, "ref"), 20, kernel=2)
+    got = sorted(out.glob("*.tfrecord.gz"))
+    assert len(got) == 3 and records(got) == records(ref.files["all"])
+    assert (out / "scene-mixer.json").read_text() == ref.mixer.read_text()
+    res = CliRunner().invoke(main, ["export", "image", scene, "--patch", "20", "-o", str(out), "--workers", "2"])
+    assert res.exit_code != 0 and "--engine dask" in res.output

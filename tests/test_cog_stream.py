@@ -12,6 +12,8 @@ from rasterio.windows import Window
 pytest.importorskip("tifffile")
 pytest.importorskip("imagecodecs")
 
+from onnx_models import mean_conv
+from tilecast import Model
 from tilecast.errors import OutputExistsError
 from tilecast.sinks.base import OutputProfile
 from tilecast.sinks.cog_stream import StreamingCOGSink
@@ -123,3 +125,34 @@ def test_refuses_existing_output_and_abort_leaves_nothing(tmp_path):
     sink.write(Window(0, 0, 512, 256), data[:, :256])
     sink.abort()
     assert [p.name for p in tmp_path.iterdir()] == ["x.tif"]
+
+
+def test_predict_pipeline_writes_the_same_cog(tmp_path, raster):
+    """Through the threaded runner (strips written by its writer thread), against ``to_geotiff``."""
+    img = np.random.default_rng(3).random((2, 512, 384)).astype("float32")
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 2, 5), input_tile_size=64, input_overlap_size=4,
+                            output_bands={"mean": "float32"})
+    a = model.predict_image(raster(img)).to_geotiff(tmp_path / "gdal.tif")
+    sink = StreamingCOGSink(tmp_path / "stream.tif")
+    b = model.predict_image(raster(img)).run(sink, progress=False)
+    assert not sink._fallen_back
+    with rasterio.open(b) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    with rasterio.open(a) as A, rasterio.open(b) as B:
+        assert B.descriptions == A.descriptions and B.tags() == A.tags()
+        assert str(B.nodata) == str(A.nodata)  # NaN, the default for float outputs
+    for x, y in zip(_levels(a), _levels(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_nan_nodata_overviews_match_gdal(tmp_path):
+    data = np.random.default_rng(4).random((1, 512, 512)).astype("float32")
+    data[0, 10:13, 20:23] = np.nan
+    data[0, 64:128, 64:128] = np.nan
+    profile = _profile(data, float("nan"))
+    a = _write(GeoTIFFSink(tmp_path / "gdal.tif", blocksize=128), profile, data)
+    b = _write(StreamingCOGSink(tmp_path / "stream.tif", blocksize=128), profile, data)
+    with rasterio.open(a) as A, rasterio.open(b) as B:
+        assert B.tags(ns="IMAGE_STRUCTURE") == A.tags(ns="IMAGE_STRUCTURE")
+    for x, y in zip(_levels(a), _levels(b), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 
 from conftest import coord_image, write_raster
 from tilecast.cli import main
 from tilecast.errors import OutputExistsError, SpecError
 from tilecast.export import export_image
+from tilecast.export.importer import import_predictions
 from tilecast.export.tfrecord import iter_records, messages
 
 distributed = pytest.importorskip("distributed")
@@ -47,7 +50,7 @@ def folder(tmp_path, name):
 
 
 def test_dask_export_is_the_local_export(client, scene, tmp_path):
-    kw = dict(kernel=[8, 4], max_file_size=20_000, default_value=-5)
+    kw = dict(kernel=[8, 8], max_file_size=20_000, default_value=-5)
     local = export_image(scene, folder(tmp_path, "local"), [16, 8], **kw)
     dask = export_image(scene, folder(tmp_path, "dask"), [16, 8], engine="dask", client=client, chunk_rows=2, **kw)
     assert dask.count == local.count == 48 and dask.skipped == 0
@@ -60,6 +63,28 @@ def test_dask_export_is_the_local_export(client, scene, tmp_path):
     assert spec["files"]["all"] == names and spec["count"] == 48
     assert {k: v for k, v in spec.items() if k != "files"} == {
         k: v for k, v in json.loads(local.spec.read_text()).items() if k != "files"}
+    # Earth Engine's round trip: the Dask shards, sorted by name, reassemble onto the mixer's grid.
+    imported = [import_predictions(tmp_path / name, res.mixer, tmp_path / f"{name}.tif")
+                for name, res in (("local", local), ("dask", dask))]
+    with rasterio.open(imported[0]) as a, rasterio.open(imported[1]) as b:
+        assert a.shape == (64, 96) and np.array_equal(a.read(), b.read()) and a.transform == b.transform
+
+
+def test_tensorflow_parses_the_dask_export(client, scene, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from tilecast.training import load_spec, tf_parser_spec
+
+    res = export_image(scene, folder(tmp_path, "out"), 20, kernel=[4, 2], engine="dask", client=client,
+                       chunk_rows=1, default_value=-5)
+    spec = load_spec(res.spec)
+    parser = tf_parser_spec(spec)
+    ds = tf.data.TFRecordDataset([str(tmp_path / "out" / f) for f in spec["files"]["all"]],
+                                 compression_type=spec["compression"])
+    got = [tf.io.parse_single_example(r, parser) for r in ds]
+    assert len(got) == 15 and got[0]["b1"].shape == (22, 24)
+    with rasterio.open(scene) as ds:  # patch (row 1, col 2): rows 19..41, cols 38..62 of the raster
+        ref = ds.read(1, masked=True).filled(-5).astype(np.float32)[19:41, 38:62]
+    np.testing.assert_array_equal(got[7]["b1"].numpy(), ref)
 
 
 def test_masked_threshold_sequence_data_and_uncompressed(client, tmp_path):
@@ -95,6 +120,16 @@ def test_overwrite_between_engines(client, scene, tmp_path):
     assert records(again.files["all"]) == dask_records
     with pytest.raises(SpecError, match="engine='dask'"):
         export_image(scene, out, 20, prefix="q", workers=2)
+
+
+def test_a_failed_chunk_leaves_nothing_behind(client, tmp_path):
+    src = write_raster(tmp_path / "cut.tif", coord_image(160, 160, 1))
+    with open(src, "r+b") as f:  # the last tiles of the file are gone: later chunks fail, earlier ones succeed
+        f.truncate(int(os.path.getsize(src) * 0.8))
+    out = folder(tmp_path, "out")
+    with pytest.raises(Exception, match="Read failed"):
+        export_image(src, out, 16, engine="dask", client=client, chunk_rows=1)
+    assert list(out.iterdir()) == []
 
 
 def test_cli_engine_dask(client, scene, tmp_path):

@@ -5,7 +5,8 @@ an open GDAL handle; the plan; the band groups) to every worker. Chunk ``i`` cov
 ``[i * rows, (i + 1) * rows)`` and writes ``{prefix}-{i:05d}-{n:05d}.tfrecord[.gz]``, sharded by ``maxFileSize``
 inside the chunk. Sorting the names lexicographically therefore walks the chunks in order and each chunk's shards in
 order, which is Earth Engine's row-major patch order: the decoded examples are the local export's, in the same order.
-The client writes the mixer (identical to the local one) and the spec once every chunk is in place.
+Tasks write into a hidden staging folder next to the output; once every chunk is done, the client moves the shards
+into place and writes the mixer (identical to the local one) and the spec. A failed run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,7 @@ class _Context:
     plan: _ImagePlan
     opts: ImageExportOptions
     folder: str
+    """A hidden staging folder inside the output folder: shards move into place only when every chunk is done."""
     rows: int
     width: int
     """Digits of the chunk number in file names, so that names sort in chunk order."""
@@ -100,7 +104,7 @@ def _chunk_task(ctx: _Context, index: int) -> _ChunkResult:
             if ctx.source[0] != "object":  # a source the worker opened itself (never the caller's own object)
                 with contextlib.suppress(Exception):
                     source.close()
-    return _ChunkResult(index, [str(f) for f in files], written, skipped, (r1 - r0) * plan.tile_cols)
+    return _ChunkResult(index, [f.name for f in files], written, skipped, (r1 - r0) * plan.tile_cols)
 
 
 def chunk_rows_for(tile_rows: int, tile_cols: int, threads: int, rows: int | None = None) -> int:
@@ -154,12 +158,14 @@ def export_image_dask(
     plan = p.plan
     results: list[_ChunkResult] = []
     futures: list[Any] = []
+    staging = folder / f".{p.prefix}.dask-{uuid.uuid4().hex[:12]}.tmp"
+    staging.mkdir()
     try:
         with open_client(client, scheduler, workers) as c:
             threads = sum(c.nthreads().values())
             rows = chunk_rows_for(plan.tile_rows, plan.tile_cols, threads, chunk_rows)
             n = math.ceil(plan.tile_rows / rows)
-            ctx = _Context(recipe, GdalEnv.capture(), p, opts, str(folder), rows, max(5, len(str(n - 1))))
+            ctx = _Context(recipe, GdalEnv.capture(), p, opts, str(staging), rows, max(5, len(str(n - 1))))
             if report is not None:
                 link = getattr(c, "dashboard_link", None) if _has_dashboard(c) else None
                 print(f"dask: {n} chunk task(s) of {rows} patch row(s) on {len(c.nthreads())} worker(s)"
@@ -174,17 +180,18 @@ def export_image_dask(
                 fut.release()
                 if report is not None:
                     report(done, len(plan), done * p.ph * p.pw)
+        results.sort(key=lambda r: r.index)
+        files = []
+        for name in (name for r in results for name in r.files):
+            os.replace(staging / name, folder / name)
+            files.append(folder / name)
     except BaseException:
         for fut in futures:
             with contextlib.suppress(Exception):
                 fut.cancel()
-        for res in results:
-            for f in res.files:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(f)
         raise
-    results.sort(key=lambda r: r.index)
-    files = [Path(f) for r in results for f in r.files]
+    finally:  # a task still running after a failure finds its folder gone and fails instead of publishing
+        shutil.rmtree(staging, ignore_errors=True)
     for old in before - set(files):  # overwrite=True: shards of the earlier export that were not replaced
         with contextlib.suppress(FileNotFoundError):
             old.unlink()

@@ -82,7 +82,7 @@ def example_bytes(features: Mapping[str, Any]) -> bytes:
     fmap = ex.features.feature
     for key, value in features.items():
         _fill(fmap[key], value)
-    return ex.SerializeToString()
+    return ex.SerializeToString(deterministic=True)
 
 
 def float_row_examples(keys: Sequence[str], rows: np.ndarray) -> Iterator[bytes]:
@@ -95,7 +95,7 @@ def float_row_examples(keys: Sequence[str], rows: np.ndarray) -> Iterator[bytes]
         fmap = ex.features.feature
         for k, v in zip(keys, row, strict=True):
             fmap[k].float_list.value.append(v)
-        yield ex.SerializeToString()
+        yield ex.SerializeToString(deterministic=True)
 
 
 def sequence_example_bytes(context: Mapping[str, Any], sequences: Mapping[str, Any]) -> bytes:
@@ -108,7 +108,7 @@ def sequence_example_bytes(context: Mapping[str, Any], sequences: Mapping[str, A
         fl = ex.feature_lists.feature_list[key]
         for v in np.asarray(values).ravel():
             _fill(fl.feature.add(), np.float32(v))
-    return ex.SerializeToString()
+    return ex.SerializeToString(deterministic=True)
 
 
 def _feature_value(feature: Any) -> np.ndarray | list[bytes]:

@@ -70,9 +70,9 @@ def _predict(code: int, block: np.ndarray) -> np.ndarray:
 def _reduce(rows: np.ndarray, categorical: bool, nodata: float | None) -> np.ndarray:
     """One overview step: 2x2 cells of ``rows`` (C, h, w), h even; a trailing odd column is dropped.
 
-    Matches GDAL's COG overviews (sizes ``floor(n / 2**k)``) exactly when the raster size is a multiple of
-    ``2**levels``: NEAREST takes the top-left pixel of each cell, AVERAGE ignores nodata and rounds integers
-    to nearest. Otherwise GDAL resamples by a ratio slightly above 2 and the last pixels differ by a sub-pixel shift.
+    Bit-identical to GDAL's COG overviews (sizes ``floor(n / 2**k)``) when the raster size is a multiple of
+    ``2**levels``: NEAREST takes the top-left pixel of each cell, AVERAGE ignores nodata and rounds integers to
+    nearest. For other sizes GDAL resamples by a ratio slightly above 2, so the sink falls back to its conversion.
     """
     c, h, w = rows.shape
     rows = rows[:, :, : w - w % 2]
@@ -82,22 +82,30 @@ def _reduce(rows: np.ndarray, categorical: bool, nodata: float | None) -> np.nda
         # GDAL's fast path, in the data type and this order, NaN propagating: bit-identical results.
         q = rows.dtype.type(0.25)
         return ((rows[:, 0::2, 0::2] + rows[:, 1::2, 0::2]) + (rows[:, 0::2, 1::2] + rows[:, 1::2, 1::2])) * q
+    has_nodata = nodata is not None and not np.isnan(nodata)
+    invalid = (rows == nodata) if has_nodata else (np.isnan(rows) if rows.dtype.kind == "f" else None)
     x = rows.astype(np.float64)
-    # As GDAL: with a nodata value, a NaN among the valid values makes the cell NaN.
-    valid = x != nodata if nodata is not None and not np.isnan(nodata) else ~np.isnan(x)
-    x = np.where(valid, x, 0.0)
     hh, ww = h // 2, x.shape[2] // 2
-    s = x.reshape(c, hh, 2, ww, 2).sum(axis=(2, 4))
-    n = valid.reshape(c, hh, 2, ww, 2).sum(axis=(2, 4))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s / n
+    if invalid is None or not invalid.any():  # the common case: no masking, four values per cell
+        mean = x.reshape(c, hh, 2, ww, 2).sum(axis=(2, 4)) / 4
+        n = None
+    else:
+        # As GDAL: with a nodata value, a NaN among the valid values makes the cell NaN.
+        valid = ~invalid
+        x = np.where(valid, x, 0.0)
+        s = x.reshape(c, hh, 2, ww, 2).sum(axis=(2, 4))
+        n = valid.reshape(c, hh, 2, ww, 2).sum(axis=(2, 4), dtype=np.int8)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = s / n
     if rows.dtype.kind in "iu":
         info = np.iinfo(rows.dtype)
         mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
         fill = 0 if nodata is None else nodata
     else:
         fill = np.nan if nodata is None else nodata
-    return np.where(n > 0, mean, fill).astype(rows.dtype)
+    if n is not None:
+        mean = np.where(n > 0, mean, fill)
+    return mean.astype(rows.dtype)
 
 
 class _Level:

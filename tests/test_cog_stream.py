@@ -156,3 +156,20 @@ def test_nan_nodata_overviews_match_gdal(tmp_path):
         assert B.tags(ns="IMAGE_STRUCTURE") == A.tags(ns="IMAGE_STRUCTURE")
     for x, y in zip(_levels(a), _levels(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_reused_strip_buffers_and_short_strips(tmp_path):
+    """Writers that reuse one strip buffer (the TFRecord importer) and strips shorter than a tile row."""
+    data = np.random.default_rng(5).random((1, 512, 256)).astype("float32")
+    profile = _profile(data, None)
+    a = _write(GeoTIFFSink(tmp_path / "gdal.tif", blocksize=128), profile, data)
+    sink = StreamingCOGSink(tmp_path / "stream.tif", blocksize=128)
+    sink.open(profile)
+    strip = np.empty((1, 48, 256), "float32")
+    for r in range(0, 512, 48):
+        n = min(48, 512 - r)
+        strip[:, :n] = data[:, r:r + n]
+        sink.write(Window(0, r, 256, n), strip[:, :n])
+        strip[:] = -1  # reused by the caller
+    b = sink.close()
+    _assert_same_cog(a, b)

@@ -285,7 +285,8 @@ class StreamingCOGSink(GeoTIFFSink):
             return
         if window.col_off != 0 or window.width != self.profile.grid.shape[1]:
             raise OutputError("the streaming COG writer takes full-width strips in row order; this is a bug")
-        self._levels[0].push(np.asarray(data, dtype=self.profile.dtype))
+        # A copy: rows short of a tile wait in the buffer, and callers may reuse their strip (the TFRecord importer).
+        self._levels[0].push(np.array(data, dtype=self.profile.dtype))
 
     def close(self) -> Path:
         try:

@@ -173,3 +173,17 @@ def test_reused_strip_buffers_and_short_strips(tmp_path):
         strip[:] = -1  # reused by the caller
     b = sink.close()
     _assert_same_cog(a, b)
+
+
+@pytest.mark.parametrize("compress", ["ZSTD", "LZW", "NONE"])
+def test_other_compressions(tmp_path, compress):
+    data = np.random.default_rng(6).integers(0, 50, (2, 256, 256)).astype("uint16")
+    profile = _profile(data, 0)
+    a = _write(GeoTIFFSink(tmp_path / "gdal.tif", blocksize=128, compress=compress), profile, data)
+    sink = StreamingCOGSink(tmp_path / "stream.tif", blocksize=128, compress=compress)
+    b = _write(sink, profile, data)
+    assert sink._fallen_back == (compress == "NONE")  # uncompressed: GDAL's conversion, which is cheap
+    if compress == "NONE":
+        np.testing.assert_array_equal(_levels(a)[1], _levels(b)[1])
+        return
+    _assert_same_cog(a, b)

@@ -34,16 +34,15 @@ from .geotiff import GeoTIFFSink, cog_options
 
 __all__ = ["SUPPORTED_COMPRESSION", "StreamingCOGSink"]
 
-SUPPORTED_COMPRESSION = ("DEFLATE", "ZSTD", "LZW", "NONE")
-_TIFF_COMPRESSION = {1: "NONE", 5: "LZW", 8: "DEFLATE", 32946: "DEFLATE", 50000: "ZSTD"}
+SUPPORTED_COMPRESSION = ("DEFLATE", "ZSTD", "LZW")
+"""Others (uncompressed included: GDAL lays it out without block leaders) go through GDAL's conversion."""
+_TIFF_COMPRESSION = {5: "LZW", 8: "DEFLATE", 32946: "DEFLATE", 50000: "ZSTD"}
 
 
 def _encoder(code: int, level: int | None):
     """The compressor for a TIFF compression code, with GDAL's level."""
     codecs = require("imagecodecs", "cog")
     name = _TIFF_COMPRESSION.get(code)
-    if name == "NONE":
-        return lambda b: bytes(b)
     if name == "DEFLATE":
         return lambda b: codecs.deflate_encode(b, level=level if level is not None else 6)
     if name == "ZSTD":

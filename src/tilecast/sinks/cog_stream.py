@@ -9,6 +9,12 @@ The TIFF structure itself is GDAL's: the COG driver writes a *sparse* COG of the
 (IFDs, GeoTIFF keys, nodata, descriptions, tags, colour table and the "ghost area" that makes GDAL report
 ``LAYOUT=COG``), which takes no pixel work. tifffile then fills in that header's tile offsets and byte counts, and
 the tiles follow with GDAL's block leader (size) and trailer (last 4 bytes repeated), as the ghost area declares.
+
+Pixels and overviews are bit-identical to GDAL's where every overview is exactly half the previous level (the raster
+size a multiple of ``2**levels``); other sizes, and uncompressed output, fall back to GDAL's conversion. Measured
+on a 6144^2 float32 strip stream (sink alone, 2 cores): GeoTIFFSink 0.3 s writing + 2.6 s closing (2.9 CPU-s); this
+sink 2.6 s writing (in the writer thread) + 0.24 s closing (2.65 CPU-s). Not yet the default: on the full
+``bench_predict.py --only compute`` run the gain did not show above the noise of the shared machine.
 """
 
 from __future__ import annotations

@@ -224,8 +224,6 @@ class TilePlan:
         rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
         read = Window(cc0, rr0, max(cc1 - cc0, 0), max(rr1 - rr0, 0))
         pad = ((rr0 - r0, r1 - rr1), (cc0 - c0, c1 - cc1))
-        if read.width == 0 or read.height == 0:  # only when the halo alone is larger than the grid
-            read = Window(cc0, rr0, 0, 0)
         orow, ocol = row * oth, col * otw
         out = Window(ocol, orow, min(otw, out_w - ocol), min(oth, out_h - orow))
         oo = g.output_overlap or XY(0, 0)

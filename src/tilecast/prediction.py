@@ -73,11 +73,9 @@ class Prediction:
         spec, runtime = self.model.spec, self.model.runtime
         probe = None
         if needs_probe(spec, runtime.signature, self.inputs.layout):
-            tile = next(self.plan.tiles())
             zero = np.zeros((len(self.source.band_names), spec.geometry.padded.y, spec.geometry.padded.x),
                             dtype=self.source.dtype)
             probe = runtime.run(self.inputs.pack([zero]))
-            del tile
         outputs = bind_outputs(spec, runtime.signature, self.inputs.layout, probe)
         band_dtypes: list[np.dtype] = []
         for band, depth in zip(outputs.bands, outputs.depths, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -63,13 +63,6 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-@dataclass
-class BandInfo:
-    names: list[str]
-    dtypes: list[np.dtype]
-    nodata: list[float | None] = field(default_factory=list)
 
 
 def select_bands(names: Sequence[str], selection: Sequence[str | int] | None) -> list[int]:

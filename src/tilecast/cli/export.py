@@ -89,6 +89,20 @@ def _label_options(f: Any) -> Any:
     return f
 
 
+def _dask_options(f: Any) -> Any:
+    options = [
+        click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+                     help="Read and encode on this machine, or on Dask (same examples, same order)."),
+        click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a LocalCluster)."),
+        click.option("--workers", type=int, help="Worker processes of the LocalCluster started for --engine dask."),
+        click.option("--samples-per-task", type=int,
+                     help="Samples per Dask task (default: two tasks per worker thread, at most 100,000)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
 @click.group(short_help="Export training data as TFRecord (Earth Engine layout).")
 def export() -> None:
     """Export samples, patches or a whole image as TFRecord, in Earth Engine's layout (plus a *.spec.json)."""
@@ -99,6 +113,9 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
 
     from ..export import export_samples
 
+    dask_opts = {k: o[k] for k in ("scheduler", "workers", "samples_per_task") if o[k] is not None}
+    if dask_opts and o["engine"] != "dask":
+        raise click.UsageError("--scheduler, --workers and --samples-per-task need --engine dask")
     if o["output"].endswith(("/", os.sep)):
         os.makedirs(o["output"], exist_ok=True)
     result = export_samples(
@@ -108,7 +125,7 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
         split_block=o["split_block"], stratify_splits=o["stratify_splits"], default_value=o["default_value"],
         drop_outside=o["drop_outside"],
         geometries=o["geometries"], compressed=False if o["no_compress"] else None,
-        max_file_size=o["max_file_size"], overwrite=overwrite, progress=not quiet,
+        max_file_size=o["max_file_size"], overwrite=overwrite, progress=not quiet, engine=o["engine"], **dask_opts,
     )
     counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
     nfiles = sum(len(v) for v in result.files.values())
@@ -120,6 +137,7 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
 @export.command(short_help="Band values at labelled points/pixels (a table).")
 @click.argument("image")
 @_label_options
+@_dask_options
 @overwrite_option
 @quiet_option
 @reports_errors
@@ -133,6 +151,7 @@ def samples(image: str, quiet: bool, overwrite: bool, **o: Any) -> None:
 @click.argument("image")
 @click.option("--patch", type=SIZE, required=True, help="Patch W[,H] in pixels (neighborhoodToArray kernel).")
 @_label_options
+@_dask_options
 @overwrite_option
 @quiet_option
 @reports_errors

@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,10 +137,8 @@ def export_image_dask(
 ) -> ExportResult:
     """:func:`~tilecast.export.export_image` on Dask (``engine="dask"``); the output folder must be shared by the
     workers (a LocalCluster, or a shared filesystem). ``chunk_rows`` sets the patch rows per task."""
-    from ..runners.dask import _has_dashboard, open_client
     from ..runners.recipe import GdalEnv, _source_recipe
 
-    distributed = require("distributed", "dask")
     opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
     folder = Path(output)
     if not folder.is_dir():
@@ -156,47 +154,98 @@ def export_image_dask(
             source.close()
     before = set(shard_files(folder, p.prefix))  # _prepare refused them unless overwrite=True
     plan = p.plan
-    results: list[_ChunkResult] = []
-    futures: list[Any] = []
-    staging = folder / f".{p.prefix}.dask-{uuid.uuid4().hex[:12]}.tmp"
-    staging.mkdir()
-    try:
-        with open_client(client, scheduler, workers) as c:
-            threads = sum(c.nthreads().values())
-            rows = chunk_rows_for(plan.tile_rows, plan.tile_cols, threads, chunk_rows)
-            n = math.ceil(plan.tile_rows / rows)
-            ctx = _Context(recipe, GdalEnv.capture(), p, opts, str(staging), rows, max(5, len(str(n - 1))))
+    with staging_folder(folder, p.prefix) as staging, open_client(client, scheduler, workers) as c:
+        threads = sum(c.nthreads().values())
+        rows = chunk_rows_for(plan.tile_rows, plan.tile_cols, threads, chunk_rows)
+        n = math.ceil(plan.tile_rows / rows)
+        ctx = _Context(recipe, GdalEnv.capture(), p, opts, str(staging), rows, name_width(n))
+        announce(c, f"{n} chunk task(s) of {rows} patch row(s)", report)
+        shared = c.scatter(ctx, broadcast=True, hash=False)
+        done = 0
+
+        def advance(res: _ChunkResult) -> None:
+            nonlocal done
+            done += res.tiles
             if report is not None:
-                link = getattr(c, "dashboard_link", None) if _has_dashboard(c) else None
-                print(f"dask: {n} chunk task(s) of {rows} patch row(s) on {len(c.nthreads())} worker(s)"
-                      + (f"; dashboard {link}" if link else ""), file=sys.stderr)
-            shared = c.scatter(ctx, broadcast=True, hash=False)
-            futures = [c.submit(_chunk_task, shared, i, pure=False) for i in range(n)]
-            done = 0
-            for fut in distributed.as_completed(futures):
-                res = fut.result()
-                results.append(res)
-                done += res.tiles
-                fut.release()
-                if report is not None:
-                    report(done, len(plan), done * p.ph * p.pw)
-        results.sort(key=lambda r: r.index)
+                report(done, len(plan), done * p.ph * p.pw)
+
+        results = run_tasks(c, [c.submit(_chunk_task, shared, i, pure=False) for i in range(n)], advance)
         files = []
         for name in (name for r in results for name in r.files):
             os.replace(staging / name, folder / name)
             files.append(folder / name)
-    except BaseException:
-        for fut in futures:
-            with contextlib.suppress(Exception):
-                fut.cancel()
-        raise
-    finally:  # a task still running after a failure finds its folder gone and fails instead of publishing
-        shutil.rmtree(staging, ignore_errors=True)
-    for old in before - set(files):  # overwrite=True: shards of the earlier export that were not replaced
-        with contextlib.suppress(FileNotFoundError):
-            old.unlink()
+    remove_stale(before, files)
     if not files:  # like the local export: an export with no record still writes one (empty) file
         with ShardedWriter(folder, chunk_prefix(p.prefix, 0, ctx.width), opts.compressed, opts.max_file_size,
                            None, overwrite=True) as w:
             files = w.close()
     return _finish(grid, p, opts, folder, files, sum(r.written for r in results), sum(r.skipped for r in results))
+
+
+# ---- shared by the Dask exports ---------------------------------------------------------------------------------
+
+
+def name_width(tasks: int) -> int:
+    """Digits of a task number in file names, so that names sort in task order."""
+    return max(5, len(str(max(tasks - 1, 0))))
+
+
+@contextlib.contextmanager
+def open_client(client: Any = None, scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """The run's Dask client (:func:`tilecast.runners.dask.open_client`), or a clear error without the extra."""
+    require("distributed", "dask")
+    from ..runners.dask import open_client as _open
+
+    with _open(client, scheduler, workers) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def staging_folder(folder: Path, prefix: str) -> Iterator[Path]:
+    """A hidden folder inside the output folder where tasks write; removed at the end, whatever happens, so a
+    failed run leaves nothing behind and a task still running after a failure finds it gone and fails instead of
+    publishing."""
+    staging = folder / f".{prefix}.dask-{uuid.uuid4().hex[:12]}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def announce(client: Any, tasks: str, report: Callable | None) -> None:
+    """One line on stderr (unless quiet): the tasks, the workers and the dashboard link."""
+    if report is None:
+        return
+    from ..runners.dask import _has_dashboard
+
+    link = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
+    print(f"dask: {tasks} on {len(client.nthreads())} worker(s)" + (f"; dashboard {link}" if link else ""),
+          file=sys.stderr)
+
+
+def run_tasks(client: Any, futures: list[Any], advance: Callable[[Any], None] | None = None) -> list[Any]:
+    """The tasks' results sorted by their ``index``, each future released as soon as its result is in (so the
+    cluster does not hold them); on a failure the remaining tasks are cancelled and the error raised."""
+    distributed = require("distributed", "dask")
+    results = []
+    try:
+        for fut in distributed.as_completed(futures):
+            res = fut.result()
+            results.append(res)
+            fut.release()
+            if advance is not None:
+                advance(res)
+    except BaseException:
+        for fut in futures:
+            with contextlib.suppress(Exception):
+                fut.cancel()
+        raise
+    return sorted(results, key=lambda r: r.index)
+
+
+def remove_stale(before: set[Path], published: Sequence[Path]) -> None:
+    """``overwrite=True``: shards of the earlier export that the new one did not replace."""
+    for old in before - set(published):
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, OutputError, OutputExistsError
+from ..errors import InputError, OutputError, OutputExistsError, SpecError
 from ..plan import XY, xy
 from ..progress import Progress
 from ..sources import open_source
@@ -94,6 +94,11 @@ def export_samples(
     overwrite: bool = False,
     progress: bool | Callable | None = None,
     chunk: int = 512,
+    engine: str = "local",
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    samples_per_task: int | None = None,
 ) -> ExportResult:
     """Export band values at labelled pixels (``patch=None``) or ``patch``-sized neighbourhoods around them.
 
@@ -104,7 +109,17 @@ def export_samples(
     ``geometries=True`` adds each sample pixel centre's ``x``/``y`` in the image's CRS (Earth Engine's
     ``geometries``), e.g. to score predictions at held-out samples. ``output`` is a file (``.tfrecord.gz``,
     ``.parquet``, ``.csv``) or a folder of shards.
+
+    ``engine="dask"`` writes on Dask (``client``, ``scheduler``, ``workers``, ``samples_per_task``; see
+    :mod:`tilecast.export.dask_samples`): the same examples in the same order.
     """
+    from ..runners.dask import check_engine
+
+    dask = {"client": client, "scheduler": scheduler, "workers": workers, "samples_per_task": samples_per_task}
+    if check_engine(engine) == "local":
+        for key, value in dask.items():
+            if value is not None:
+                raise SpecError(f"{key}= is an option of engine='dask'; pass engine='dask' or leave it out")
     p = XY(1, 1) if patch is None else xy(patch, "patch")
     if min(p) <= 0:
         raise InputError(f"the patch size must be > 0, got {tuple(p)}")
@@ -125,6 +140,7 @@ def export_samples(
             image, folder, stem, suffix, fmt, p, is_table, labels, label_field, label_raster, label_name, bands,
             properties, n, per_class, seed, splits, split_block, stratify_splits, default_value, drop_masked,
             drop_outside, geometries, compressed, max_file_size, overwrite, progress, chunk,
+            dask if engine == "dask" else None,
         )
 
 
@@ -134,6 +150,7 @@ def _export_samples(
     properties: Sequence[str], n: int | None, per_class: Any, seed: int, splits: Mapping[str, float] | None,
     split_block: int | None, stratify_splits: bool, default_value: float, drop_masked: bool, drop_outside: bool,
     geometries: bool, compressed: bool | None, max_file_size: int | None, overwrite: bool, progress: Any, chunk: int,
+    dask: dict[str, Any] | None = None,
 ) -> ExportResult:
     source = open_source(image, bands)
     try:
@@ -168,14 +185,23 @@ def _export_samples(
         if clash:
             raise InputError(f"the label/property names {sorted(clash)} clash with band names; rename them")
         drop = drop_masked
+        report = _progress(progress, "export patches" if not is_table else "export samples")
         writer = _Writers(folder, stem, suffix, fmt, splits, compressed, max_file_size, overwrite, is_table)
-        try:
-            skipped = _write(source, samples, p, default_value, drop, chunk, lname, list(properties), writer,
-                             _progress(progress, "export patches" if not is_table else "export samples"))
-            files = writer.close()
-        except BaseException:
+        if dask is not None:  # the writer above only checked the names: tasks write, the client publishes
             writer.abort()
-            raise
+            from .dask_samples import write_dask
+
+            args = (stem, suffix, fmt, dict(splits) if splits else None, writer.compressed, max_file_size, is_table)
+            files, writer.counts, skipped = write_dask(source, samples, p, default_value, drop, chunk, lname,
+                                                       list(properties), writer, args, report, **dask)
+        else:
+            try:
+                skipped = _write(source, samples, p, default_value, drop, chunk, lname, list(properties), writer,
+                                 report)
+                files = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
         shape = [1] if is_table else [p.y, p.x]
         feats = {b: shape for b in source.band_names}
         if lname:
@@ -237,6 +263,8 @@ class _Writers:
         self.counts: dict[str, int] = {}
         self.names = list(splits) if splits else ["all"]
         self.writers: dict[str, Any] = {}
+        self.stale: set[Path] = set()
+        """Shards of an earlier export to remove once this one is published (``overwrite=True``)."""
         for split in self.names:
             if split == "all":
                 prefix = stem or ("samples" if table else "patches")
@@ -246,7 +274,13 @@ class _Writers:
                 single = None
                 if suffix is not None:
                     single = prefix + (".tfrecord.gz" if self.compressed else ".tfrecord")
-                self.writers[split] = ShardedWriter(folder, prefix, self.compressed, max_file_size, single, overwrite)
+                self.writers[split] = w = ShardedWriter(folder, prefix, self.compressed, max_file_size, single,
+                                                        overwrite)
+                if w.single_name is None:  # shards, maybe of an earlier Dask export ({prefix}-NNNNN-NNNNN)
+                    self.stale |= set(self.shards(folder, prefix))
+                    if self.stale and not overwrite:
+                        raise OutputExistsError(f"{min(self.stale)} already exists; pass overwrite=True "
+                                                "(--overwrite) to replace the export")
             else:
                 self.writers[split] = _TableWriter(folder / f"{prefix}{suffix}", fmt, overwrite)
             self.counts[split] = 0
@@ -289,8 +323,22 @@ class _Writers:
             self.writers[s].write(example_bytes(feats))
             self.counts[s] += 1
 
+    @staticmethod
+    def shards(folder: Path, prefix: str) -> list[Path]:
+        from .image import shard_files
+
+        return shard_files(folder, prefix)
+
     def close(self) -> dict[str, list[Path]]:
-        return {s: list(w.close()) for s, w in self.writers.items()}
+        files = {s: list(w.close()) for s, w in self.writers.items()}
+        self.remove_stale(files)
+        return files
+
+    def remove_stale(self, files: Mapping[str, list[Path]]) -> None:
+        published = {f for fs in files.values() for f in fs}
+        for old in self.stale - published:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
 
     def abort(self) -> None:
         for w in self.writers.values():

@@ -88,6 +88,8 @@ def test_task_ranges_cut_at_chunk_boundaries():
     assert task_ranges(keys, 4) == [(0, 3), (3, 5), (5, 9), (9, 12)]  # group 2 is larger than a task: cut inside
     assert task_ranges(keys, 100) == [(0, 12)]
     assert task_ranges(np.zeros(0, int), 3) == []
+    chunks = np.array([[0, 0], [0, 0], [0, 1], [1, 0], [1, 0]])  # (chunk row, chunk col) per sample
+    assert task_ranges(chunks, 2) == [(0, 2), (2, 3), (3, 5)]
     with pytest.raises(SpecError, match="samples_per_task"):
         task_ranges(keys, 0)
 

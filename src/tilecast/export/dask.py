@@ -7,6 +7,9 @@ inside the chunk. Sorting the names lexicographically therefore walks the chunks
 order, which is Earth Engine's row-major patch order: the decoded examples are the local export's, in the same order.
 Tasks write into a hidden staging folder next to the output; once every chunk is done, the client moves the shards
 into place and writes the mixer (identical to the local one) and the spec. A failed run leaves nothing behind.
+
+The helpers at the end (client, staging folder, task loop, stale shards) are shared with the sample and patch
+exports on Dask, :mod:`tilecast.export.dask_samples`.
 """
 
 from __future__ import annotations

@@ -86,12 +86,16 @@ class _TaskResult:
 
 
 def task_ranges(keys: np.ndarray, target: int) -> list[tuple[int, int]]:
-    """Contiguous ``[start, stop)`` ranges of about ``target`` positions over non-decreasing group ``keys``, cut
-    at group boundaries when a group fits (so a task reads each raster chunk once), inside a group otherwise."""
+    """Contiguous ``[start, stop)`` ranges of about ``target`` positions over grouped ``keys`` (one key, or one
+    row of keys, per position; a group is a run of equal keys), cut at group boundaries when a group fits (so a
+    task reads each raster chunk once), inside a group otherwise."""
     if target <= 0:
         raise SpecError(f"samples_per_task must be > 0, got {target}")
     n = len(keys)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if n else np.zeros(0, np.int64)
+    change = keys[1:] != keys[:-1]
+    if change.ndim > 1:
+        change = change.any(axis=tuple(range(1, change.ndim)))
+    starts = np.flatnonzero(np.r_[True, change])
     out, a = [], 0
     while a < n:
         if a + target >= n:
@@ -210,8 +214,7 @@ def write_dask(
     folder = _folder_of(writers)
     fmt = writers.fmt
     order = group_order(samples.rows, samples.cols, chunk)
-    rows, cols = samples.rows[order], samples.cols[order]
-    keys = (rows // chunk) * (int(cols.max(initial=0)) // chunk + 1) + cols // chunk
+    keys = np.stack([samples.rows[order] // chunk, samples.cols[order] // chunk], axis=1)  # the chunk read
     single = fmt != "tfrecord" or writer_args[5] is None
     published: list[Path] = []
     stem = writer_args[0] or ("samples" if writer_args[6] else "patches")

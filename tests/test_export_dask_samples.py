@@ -65,7 +65,7 @@ def parsed(spec_path) -> dict[str, list[dict[str, np.ndarray]]]:
 def assert_same_examples(a, b) -> None:
     assert a.keys() == b.keys()
     for split in a:
-        assert len(a[split]) == len(b[split]) > 0
+        assert len(a[split]) == len(b[split])
         for x, y in zip(a[split], b[split], strict=True):
             assert x.keys() == y.keys()
             for k in x:
@@ -96,17 +96,17 @@ def test_task_ranges_cut_at_chunk_boundaries():
 
 def test_table_with_splits_is_the_local_export(client, scene, tmp_path):
     src, pts, _ = scene
-    kw = dict(labels=pts, label_field="cls", properties=["w"], n=300, seed=4, splits={"train": 0.7, "test": 0.3},
-              split_block=32, geometries=True, chunk=32)
+    kw = dict(labels=pts, label_field="cls", properties=["w"], n=300, seed=4, split_block=32, geometries=True,
+              chunk=32, splits={"train": 0.7, "test": 0.3, "val": 0.0})  # val: no records, still a (empty) file
     local = export_samples(src, folder(tmp_path, "l") / "s.tfrecord.gz", **kw)
     dask = export_samples(src, folder(tmp_path, "d") / "s.tfrecord.gz", engine="dask", client=client,
                           samples_per_task=20, **kw)
-    assert dask.counts == local.counts and dask.skipped == local.skipped > 0
-    assert {k: [f.name for f in v] for k, v in dask.files.items()} == {
-        "train": ["s-train.tfrecord.gz"], "test": ["s-test.tfrecord.gz"]}
+    assert dask.counts == local.counts and dask.skipped == local.skipped > 0 and local.counts["val"] == 0
+    names = {k: [f.name for f in v] for k, v in dask.files.items()}
+    assert names == {k: [f"s-{k}.tfrecord.gz"] for k in ("train", "test", "val")}
     assert_same_examples(parsed(dask.spec), parsed(local.spec))
     same_spec(dask.spec, local.spec)
-    assert sorted(os.listdir(tmp_path / "d")) == ["s-test.tfrecord.gz", "s-train.tfrecord.gz", "s.spec.json"]
+    assert sorted(os.listdir(tmp_path / "d")) == sorted([n for v in names.values() for n in v] + ["s.spec.json"])
 
 
 def test_patches_sharded_per_task(client, scene, tmp_path):
@@ -130,18 +130,20 @@ def test_patches_sharded_per_task(client, scene, tmp_path):
     assert_same_examples(parsed(one.spec), parsed(ref.spec))
 
 
-def test_csv_and_parquet_tables(client, scene, tmp_path):
+def test_csv_parquet_and_plain_tfrecord_tables(client, scene, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     src, pts, _ = scene
     kw = dict(labels=pts, label_field="cls", properties=["w"], chunk=32, splits={"a": 0.5, "b": 0.5}, split_block=40)
-    for name in ("t.csv", "t.parquet"):
+    for name in ("t.csv", "t.parquet", "t.tfrecord"):
         local = export_samples(src, folder(tmp_path, f"l{name}") / name, **kw)
         dask = export_samples(src, folder(tmp_path, f"d{name}") / name, engine="dask", client=client,
                               samples_per_task=30, **kw)
-        assert dask.counts == local.counts and dask.spec is None
+        assert dask.counts == local.counts and (dask.spec is None) == (local.spec is None)
         for a, b in zip(local.files.values(), dask.files.values(), strict=True):
             assert a[0].name == b[0].name
-            if name.endswith(".csv"):
+            if name.endswith(".tfrecord"):  # uncompressed: the TFRecord frames concatenate
+                assert_same_examples(parsed(dask.spec), parsed(local.spec))
+            elif name.endswith(".csv"):
                 assert a[0].read_text() == b[0].read_text()
             else:
                 assert pq.read_table(a[0]).equals(pq.read_table(b[0]))

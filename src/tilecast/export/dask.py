@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,7 +214,13 @@ def staging_folder(folder: Path, prefix: str) -> Iterator[Path]:
     try:
         yield staging
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # Cancelling a future does not stop a task that is already running: one may still create a file while
+        # the folder is being removed. Retry briefly; such a task fails on its next file once the folder is gone.
+        for attempt in range(10):
+            shutil.rmtree(staging, ignore_errors=True)
+            if not staging.exists():
+                break
+            time.sleep(0.1 * (attempt + 1))
 
 
 def announce(client: Any, tasks: str, report: Callable | None) -> None:

@@ -181,7 +181,7 @@ def run_dask(
                 if getattr(sink, "manifest", None) is not None:
                     sink.manifest.flush()
                 if sink.writer() is not None:  # finalise (e.g. build the COG) on a worker, next to the data
-                    return c.submit(_close, sink, pure=False).result()
+                    return c.submit(_close, sink, recipe.env, pure=False).result()
                 return sink.close()
     except BaseException as exc:
         for fut in futures:
@@ -191,8 +191,9 @@ def run_dask(
         raise
 
 
-def _close(sink: Any) -> Any:
-    return sink.close()
+def _close(sink: Any, env: GdalEnv) -> Any:
+    with env.apply():
+        return sink.close()
 
 
 def _has_dashboard(client: Any) -> bool:

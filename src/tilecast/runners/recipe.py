@@ -9,7 +9,9 @@ builds the job the first time it sees the recipe's token and reuses it for every
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 import threading
 import uuid
 from collections import OrderedDict
@@ -23,7 +25,7 @@ import rasterio
 from ..errors import SpecError
 from ..job import Job
 
-__all__ = ["GdalEnv", "JobRecipe", "get_job", "make_recipe"]
+__all__ = ["GdalEnv", "JobRecipe", "get_job", "make_recipe", "tune_worker_malloc"]
 
 _ENV_PREFIXES = ("AWS_", "GDAL_", "CPL_", "VSI_", "GS_", "GOOGLE_", "AZURE_", "OSS_", "SWIFT_", "CURL_", "PROJ_")
 _AWS_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -59,6 +61,7 @@ class GdalEnv:
     def apply(self):
         """Set the options for the duration of a task. rasterio refuses AWS credentials as config options, so
         those go to the process environment, where GDAL reads them too."""
+        tune_worker_malloc()
         opts = dict(self.options)
         for key in _AWS_CREDENTIALS:
             value = opts.pop(key, None)
@@ -69,6 +72,34 @@ class GdalEnv:
 
     def __repr__(self) -> str:
         return f"GdalEnv({self.masked()})"
+
+
+_MALLOC_TUNED = False
+
+
+def tune_worker_malloc() -> None:
+    """Give large buffers back their reuse in a process started with Dask's ``MALLOC_TRIM_THRESHOLD_``.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any malloc threshold turns off
+    glibc's dynamic mmap threshold, so every buffer over 128 KiB (tiles, batches, GDAL blocks, the COG conversion's
+    buffers) becomes a fresh ``mmap`` whose pages fault in again on every use: on 2 cores the COG conversion ran 2x
+    slower and a whole I/O-bound prediction 1.9x slower. A 32 MiB mmap threshold (glibc's dynamic ceiling) lets
+    those buffers be reused, and a 64 MiB trim threshold still hands memory back after a peak. Once per process;
+    nothing happens outside glibc or where the variable is unset.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 * 2**20)
+        libc.mallopt(m_trim_threshold, 64 * 2**20)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _runtime_recipe(runtime: Any) -> tuple:

@@ -9,7 +9,8 @@ callers already catch, so ``except FileNotFoundError`` or ``except ValueError`` 
     │   ├── NotGeoreferencedError
     │   ├── UnknownCRSError
     │   ├── BandMismatchError                   bands do not match the model's inputs
-    │   └── RegionError                         bounds/window outside the raster, or empty
+    │   ├── RegionError                         bounds/window outside the raster, or empty
+    │   └── SourceReadError (OSError)           a window of the input cannot be read (truncated, corrupt, gone)
     ├── ModelError                              the model or its parameters
     │   ├── ModelLoadError (OSError)            missing or corrupted model file
     │   ├── SpecError (ValueError)              contradictory or invalid Earth Engine parameters
@@ -44,6 +45,7 @@ __all__ = [
     "OutputShapeError",
     "RegionError",
     "SourceNotFoundError",
+    "SourceReadError",
     "SpecError",
     "TileSizeError",
     "TilecastError",
@@ -54,6 +56,13 @@ __all__ = [
 
 class TilecastError(Exception):
     """Root of every error tilecast raises on purpose."""
+
+    def __reduce__(self) -> tuple:
+        # The mixed-in builtin's own reduction, but defined here: tblib, which Dask uses to send a task's error with
+        # its traceback, takes a class without its own __reduce__ for a "custom __init__" one and rebuilds it with the
+        # first __new__ in the MRO; ValueError.__new__ fails on the classes that also mix in OSError, and the client
+        # got a bare Exception.
+        return super().__reduce__()
 
 
 class InputError(TilecastError, ValueError):
@@ -126,3 +135,7 @@ class TilecastWarning(UserWarning):
 
 class EndpointError(ModelError, ConnectionError):
     """A hosted model could not be reached, or answered with an error, after the retries."""
+
+
+class SourceReadError(InputError, OSError):
+    """GDAL failed reading a window of an input that opened fine: the file is truncated, corrupt or was replaced."""

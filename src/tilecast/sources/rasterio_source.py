@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -10,13 +11,14 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import CRSError, RasterioIOError
+from rasterio.errors import CRSError, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..errors import InputError, NotGeoreferencedError, SourceNotFoundError, UnknownCRSError
+from ..errors import InputError, NotGeoreferencedError, SourceNotFoundError, SourceReadError, UnknownCRSError
 from .base import Grid, aligned_grid, select_bands
 
 __all__ = ["RasterioSource", "parse_crs", "warp_grid"]
@@ -117,10 +119,20 @@ class RasterioSource:
         return vrt
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
-        if self._shared:
-            with self._lock:
-                return self._read(self._dataset(), window)
-        return self._read(self._dataset(), window)
+        with self._lock if self._shared else contextlib.nullcontext():
+            ds = self._dataset()
+            try:
+                return self._read(ds, window)
+            except (RasterioError, CPLE_BaseError) as exc:
+                problem = _gdal_message(exc)
+        # Raised outside the handler, so GDAL's error is not chained: its CPLE exceptions cannot be unpickled, which
+        # made Dask hand the client a bare Exception instead of this one.
+        raise SourceReadError(
+            f"cannot read rows {window.row_off}:{window.row_off + window.height}, cols "
+            f"{window.col_off}:{window.col_off + window.width} of {self.path}: {problem}. The file is truncated, "
+            f"corrupt or changed since the prediction was planned; check it (gdalinfo -checksum {self.path}), then "
+            "re-create or re-download it and run again"
+        )
 
     def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         if self._warp is not None and self.nodata is None:
@@ -185,6 +197,20 @@ def _nodata_valid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.nd
                 continue  # a nodata value the band cannot hold masks nothing
         valid &= band != np.asarray(nd).astype(band.dtype)
     return valid
+
+
+def _gdal_message(exc: BaseException) -> str:
+    """The GDAL messages behind a rasterio error: rasterio's own says only 'see previous exception'."""
+    messages: list[str] = []
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        text = str(seen).strip().rstrip(".")
+        if text and "previous exception" not in text and not any(text in m for m in messages):
+            messages.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return "; ".join(messages) or type(exc).__name__
 
 
 def _reopenable(path: str) -> bool:

@@ -1,0 +1,98 @@
+"""Errors cross from Dask workers to the client as themselves: every tilecast error pickles (also the way Distributed
+sends it, with its chain and traceback), and a raster corrupted after planning stops the run with a SourceReadError
+that names the file and window, leaving no partial output."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import tilecast
+from onnx_models import mean_conv
+from tilecast import Model, errors
+
+CLASSES = [getattr(errors, name) for name in errors.__all__]
+
+
+def raised(cls: type[BaseException]) -> BaseException:
+    """An instance raised while handling another error, so it carries a traceback and a context."""
+    try:
+        try:
+            raise KeyError("inner")
+        except KeyError:
+            raise cls(f"{cls.__name__}: the problem; the fix") from None
+    except (Exception, Warning) as exc:
+        return exc
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_every_error_class_round_trips_through_pickle(cls):
+    exc = raised(cls)
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is cls and again.args == exc.args and str(again) == str(exc)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_every_error_class_survives_distributed_serialization(cls):
+    pytest.importorskip("distributed")
+    from distributed.core import error_message
+    from distributed.protocol import pickle as dask_pickle
+
+    exc = raised(cls)
+    again = dask_pickle.loads(error_message(exc)["exception"].data)
+    assert type(again) is cls and str(again) == str(exc)
+
+
+def test_builtin_attributes_survive_pickling():
+    again = pickle.loads(pickle.dumps(tilecast.MissingExtraError("pip install 'tilecast[torch]'", name="torch")))
+    assert again.name == "torch"
+    assert isinstance(pickle.loads(pickle.dumps(tilecast.SourceReadError("x"))), OSError)
+
+
+def test_a_gdal_error_chain_is_cut_so_the_tilecast_error_arrives():
+    pytest.importorskip("distributed")
+    from distributed.core import error_message
+    from distributed.protocol import pickle as dask_pickle
+
+    from tilecast.runners.dask import _errors_reach_client
+    from tilecast.sources.rasterio_source import open_dataset
+
+    with pytest.raises(tilecast.SourceNotFoundError) as info, _errors_reach_client():
+        open_dataset("/nonexistent/in.tif")  # raised while handling rasterio's error, whose GDAL cause won't unpickle
+    again = dask_pickle.loads(error_message(info.value)["exception"].data)
+    assert type(again) is tilecast.SourceNotFoundError and "not found" in str(again)
+
+
+def truncated_after_planning(tmp_path, raster):
+    path = raster(np.random.default_rng(0).normal(size=(1, 96, 96)).astype("float32"))
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=16, input_overlap_size=1,
+                            output_bands={"mean": "float32"})
+    pred = model.predict_image(path)
+    with open(path, "r+b") as f:  # the header stays readable, most tiles are gone
+        f.truncate(os.path.getsize(path) // 2)
+    return path, pred
+
+
+MESSAGE = r"cannot read rows \d+:\d+, cols \d+:\d+ of .*in0\.tif: .*TIFFReadEncodedTile.* truncated, corrupt .*again"
+
+
+def test_a_corrupted_raster_gives_a_source_read_error_locally(tmp_path, raster):
+    _, pred = truncated_after_planning(tmp_path, raster)
+    with pytest.raises(tilecast.SourceReadError, match=MESSAGE):
+        pred.to_geotiff(tmp_path / "out.tif", progress=None)
+    assert sorted(os.listdir(tmp_path)) == ["in0.tif", "m.onnx"]
+
+
+def test_a_raster_corrupted_after_planning_stops_the_dask_run_with_a_tilecast_error(tmp_path, raster):
+    distributed = pytest.importorskip("distributed")
+    _, pred = truncated_after_planning(tmp_path, raster)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
+        with pytest.raises(tilecast.SourceReadError, match=MESSAGE) as info:
+            pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client, chunk_size=32)
+        assert isinstance(info.value, (tilecast.InputError, OSError))
+        # A tilecast error recurs, so the partial output and its manifest are removed rather than kept for resume.
+        assert sorted(os.listdir(tmp_path)) == ["in0.tif", "m.onnx"]

@@ -307,6 +307,79 @@ def test_file_output_is_atomic_and_not_overwritten(tmp_path):
                               output_properties=["out:float32:1"], array_columns="list")
 
 
+def _empty_input(tmp_path, ext):
+    empty = _gdf(name=[f"f{i}" for i in range(5)]).iloc[0:0]
+    path = tmp_path / f"in.{ext}"
+    empty.to_parquet(path) if ext == "parquet" else empty.to_file(path, engine="pyogrio")
+    return path
+
+
+def _reopen(path):
+    import pyogrio
+
+    if str(path).endswith(".parquet"):
+        return gpd.read_parquet(path)
+    return pyogrio.read_dataframe(path)
+
+
+@pytest.mark.parametrize("src_ext", ["gpkg", "parquet"])
+@pytest.mark.parametrize("ext", ["gpkg", "parquet", "fgb"])
+def test_an_empty_file_gives_an_empty_output_with_its_columns_and_the_predicted_ones(tmp_path, src_ext, ext):
+    rt = CallableRuntime(lambda a: {"out": a * 2, "probs": np.stack([a, -a], axis=1), "tag": a.astype(str)},
+                         outputs=["out", "probs", "tag"])
+    dst = predict_features_file(rt, _empty_input(tmp_path, src_ext), tmp_path / f"o.{ext}", input_properties=["a"],
+                                output_properties=["out:float32", "probs:float32:1", "tag:str"], nulls="skip")
+    out = _reopen(dst)
+    split = ext != "parquet"  # one column per element where the format has no list columns
+    assert len(out) == 0 and out.crs == "EPSG:32633"
+    assert list(out.columns) == ["a", "b", "name", "out", *(["probs_0"] if split else ["probs"]), "tag", "geometry"]
+    assert out["a"].dtype == np.float64 and out["b"].dtype == np.int64 and out["out"].dtype == np.float32
+    assert out["probs_0" if split else "probs"].dtype == (np.float32 if split else object)
+    with pytest.raises(OutputExistsError):  # written like any output: atomically, and not overwritten
+        predict_features_file(rt, _empty_input(tmp_path, src_ext), dst, input_properties=["a"],
+                              output_properties=["out:float32"])
+
+
+def test_an_empty_geojson_gives_a_valid_empty_output(tmp_path):
+    import json
+
+    src = _empty_input(tmp_path, "geojson")  # GeoJSON keeps no columns when it has no features
+    rt = CallableRuntime(lambda a: a * 2, outputs=["out"])
+    dst = predict_features_file(rt, src, tmp_path / "o.geojson", input_properties=["a"],
+                                output_properties=["out:float32"])
+    assert json.loads(dst.read_text())["features"] == []
+    assert len(_reopen(dst)) == 0
+    gpkg = _reopen(predict_features_file(rt, src, tmp_path / "o.gpkg", input_properties=["a"],
+                                         output_properties=["out:float32"]))
+    assert len(gpkg) == 0 and list(gpkg.columns) == ["out", "geometry"] and gpkg["out"].dtype == np.float32
+    with pytest.raises(InputError, match=r"missing input property \['zz'\]"):  # a schema is still checked
+        predict_features_file(rt, _empty_input(tmp_path, "gpkg"), tmp_path / "bad.gpkg", input_properties=["zz"],
+                              output_properties=["out:float32"])
+
+
+def test_predict_properties_on_empty_features_keeps_the_columns(tmp_path):
+    rt = CallableRuntime(lambda a: a * 2, outputs=["out"])
+    for features in (_gdf().iloc[0:0], _empty_input(tmp_path, "gpkg")):
+        out = predict_properties(rt, features, input_properties=["a"], output_properties=["out:int32"])
+        assert len(out) == 0 and {"a", "b", "out"} <= set(out.columns) and out["out"].dtype == np.int32
+
+
+def test_cli_on_an_empty_file_splits_array_outputs_as_wide_as_the_model_says(tmp_path):
+    from tabular_models import tabular_classifier
+
+    _, onx = tabular_classifier(kind="tree", n_features=2, n_classes=3)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onx)
+    dst = tmp_path / "o.gpkg"
+    result = CliRunner().invoke(main, [
+        "predict-features", str(_empty_input(tmp_path, "gpkg")), "-m", str(model), "--input-property", "a,b",
+        "--output-property", "label:int32", "--output-property", "p=probabilities:float32:1", "-o", str(dst), "-q"])
+    assert result.exit_code == 0, result.output
+    out = _reopen(dst)
+    assert len(out) == 0 and list(out.columns) == ["a", "b", "name", "label", "p_0", "p_1", "p_2", "geometry"]
+    assert out["label"].dtype == np.int32
+
+
 def test_cli_reports_errors_in_one_line(tmp_path):
     src = tmp_path / "in.gpkg"
     _gdf().to_file(src, engine="pyogrio")

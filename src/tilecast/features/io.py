@@ -50,11 +50,13 @@ def driver_for(path: str | os.PathLike, driver: str | None = None) -> str:
 
 class FeatureBatch:
     """Up to ``batch_size`` features: their properties, their geometry (decoded only when needed), and the
-    columns to merge into them (``extra``: 1-D arrays, or 2-D arrays for array-valued properties)."""
+    columns to merge into them (``extra``: 1-D arrays, or 2-D arrays for array-valued properties). ``schema``: the
+    file's Arrow types of the properties, which an empty batch's pandas columns cannot tell."""
 
     def __init__(self, frame: Any, crs: Any, *, geometry: Any = None, wkb: np.ndarray | None = None,
-                 geometry_name: str | None = None) -> None:
+                 geometry_name: str | None = None, schema: Any = None) -> None:
         self.frame = frame
+        self.schema = schema
         self.crs = crs
         self._geometry = geometry
         self._wkb = wkb
@@ -106,6 +108,8 @@ class FeatureBatch:
         if drop:
             frame = frame.drop(columns=drop)
         table = pa.Table.from_pandas(frame, preserve_index=False)
+        if not len(frame):
+            table = table.cast(_empty_types(table.schema, self.schema))
         for name, values in self.extra.items():
             table = table.append_column(name, _arrow_column(values))
         return table.append_column("geometry", pa.array(self.wkb(), type=pa.binary()))
@@ -119,6 +123,14 @@ def _pandas_column(values: Any) -> Any:
     return values
 
 
+def _empty_types(schema: Any, source: Any) -> Any:
+    """Types for the columns of an empty batch, which pandas leaves null: the file's, and string for what is still
+    null (object columns hold strings; GDAL cannot create a null field)."""
+    pa = require("pyarrow", "features")
+    fields = [source.field(f.name) if source is not None and f.name in source.names else f for f in schema]
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in fields])
+
+
 def _arrow_column(values: Any) -> Any:
     pa = require("pyarrow", "features")
     if isinstance(values, np.ndarray) and values.ndim == 2:
@@ -126,7 +138,7 @@ def _arrow_column(values: Any) -> Any:
         offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
         return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values).reshape(-1)))
     if isinstance(values, np.ndarray) and values.dtype == object:
-        return pa.array(list(values))
+        return pa.array(list(values), type=None if len(values) else pa.string())  # empty: a string property
     return pa.array(values)
 
 
@@ -180,7 +192,7 @@ def open_features(
             gdf = gdf.set_crs(crs)
         name = gdf.geometry.name
         batches = (FeatureBatch(gdf.iloc[i:i + step], gdf.crs, geometry=gdf.geometry.iloc[i:i + step],
-                                geometry_name=name) for i in range(0, len(gdf), step))
+                                geometry_name=name) for i in range(0, max(len(gdf), 1), step))
         return FeatureReader(batches, gdf.crs, lambda: _geometry_type(gdf), len(gdf))
     if not isinstance(features, (str, os.PathLike)):
         raise InputError(
@@ -224,10 +236,10 @@ def _open_parquet(path: str, batch_size: int, crs: Any) -> FeatureReader:
     gtype = types[0].replace(" Z", "") if len(types) == 1 else "Unknown"
 
     def batches() -> Iterator[FeatureBatch]:
-        for rb in pf.iter_batches(batch_size=batch_size):
+        for rb in _or_empty(pf.iter_batches(batch_size=batch_size), pf.schema_arrow):
             wkb = rb.column(gcol).to_numpy(zero_copy_only=False)
-            df = rb.drop_columns([gcol]).to_pandas()
-            yield FeatureBatch(df, file_crs, wkb=wkb)
+            rb = rb.drop_columns([gcol])
+            yield FeatureBatch(rb.to_pandas(), file_crs, wkb=wkb, schema=rb.schema)
 
     return FeatureReader(batches(), file_crs, gtype, pf.metadata.num_rows, getattr(pf, "close", None))
 
@@ -245,16 +257,28 @@ def _open_ogr(path: str, batch_size: int, layer: str | int | None, crs: Any) -> 
     total = int(info["features"]) if info.get("features", -1) >= 0 else None
 
     def batches() -> Iterator[FeatureBatch]:
-        for rb in reader:
+        for rb in _or_empty(reader, reader.schema):
             if gcol in rb.schema.names:
                 wkb = rb.column(gcol).to_numpy(zero_copy_only=False)
                 rb = rb.drop_columns([gcol])
             else:
                 wkb = np.full(rb.num_rows, None, dtype=object)
-            yield FeatureBatch(rb.to_pandas(), file_crs, wkb=wkb)
+            yield FeatureBatch(rb.to_pandas(), file_crs, wkb=wkb, schema=rb.schema)
 
     return FeatureReader(batches(), file_crs, meta.get("geometry_type") or "Unknown", total,
                          lambda: ctx.__exit__(None, None, None))
+
+
+def _or_empty(batches: Any, schema: Any) -> Iterator[Any]:
+    """The record batches, or one empty batch of ``schema`` when there are none: it carries the columns through, so
+    an empty input gives an empty output with the input's columns plus the predicted ones."""
+    empty = True
+    for rb in batches:
+        empty = False
+        yield rb
+    if empty:
+        pa = require("pyarrow", "features")
+        yield pa.RecordBatch.from_pylist([], schema=schema)
 
 
 def _geo_metadata(crs: Any, geometry_name: str) -> bytes:

@@ -145,10 +145,12 @@ class _Predictor:
 
     def __call__(self, batch: FeatureBatch) -> dict[str, Any]:
         columns = batch.columns
-        if self.names is None:
-            self._choose_inputs(columns)
-        assert self.names is not None
         n = len(batch)
+        if self.names is None and (n or columns):  # an empty GeoJSON has no columns to check the inputs against
+            self._choose_inputs(columns)
+        if not n:  # an empty input: no prediction, but the output columns (an empty file keeps its schema)
+            return self._merge(self._no_predictions(), None, 0)
+        assert self.names is not None
         derived: dict[str, Column] = {}
         if self.rasters is not None and any(name in self.rasters.names for name in self.names):
             geoms = batch.geometry
@@ -176,9 +178,22 @@ class _Predictor:
             batch = bind_properties(cols, self.signature, self.layout, rows)
             predicted = outputs_to_columns(self.runtime.run(batch), self.outputs, self.sources, m)
         else:
-            predicted = {p.name: np.zeros((0,) if p.dimensions == 0 else (0, 1), dtype=p.dtype)
-                         for p in self.outputs}
+            predicted = self._no_predictions()
         return self._merge(predicted, rows, n)
+
+    def _no_predictions(self) -> dict[str, np.ndarray]:
+        """Zero rows of each output property; array properties as wide as the model's signature says (else 1),
+        so that split columns match those of a non-empty run."""
+        shapes = {o.name: o.shape for o in self.signature.outputs}
+        out = {}
+        for p in self.outputs:
+            if p.dimensions == 0:
+                out[p.name] = np.zeros(0, dtype=p.dtype)
+                continue
+            tail = (shapes.get(self.sources[p.name]) or ())[1:]
+            width = int(np.prod(tail)) if tail and None not in tail else 1
+            out[p.name] = np.zeros((0, width), dtype=p.dtype)
+        return out
 
     def _merge(self, predicted: dict[str, np.ndarray], rows: np.ndarray | None, n: int) -> dict[str, Any]:
         out: dict[str, Any] = {}

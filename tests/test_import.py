@@ -16,14 +16,16 @@ from tilecast.export.tfrecord import ShardedWriter, example_bytes
 from tilecast.training import TFRecordDataset
 
 
-def predict_identity(spec_path, out_dir, crop: int, as_int: bool = False, max_file_size=None):
-    """The batch route outside tilecast: read each exported patch, 'predict' it, write one Example per patch."""
+def predict_identity(spec_path, out_dir, crop: int | tuple[int, int], as_int: bool = False, max_file_size=None):
+    """The batch route outside tilecast: read each exported patch, 'predict' it, write one Example per patch.
+    ``crop``: the margin cut from each side, or ``(x, y)``."""
+    cx, cy = crop if isinstance(crop, tuple) else (crop, crop)
     ds = TFRecordDataset(spec_path)
     with ShardedWriter(out_dir, "pred", max_file_size=max_file_size) as w:
         for ex in ds:
             feats = {}
             for k, v in ex.items():
-                v = v[crop : v.shape[0] - crop, crop : v.shape[1] - crop] if crop else v
+                v = v[cy : v.shape[0] - cy, cx : v.shape[1] - cx]
                 feats[k] = v.astype(np.int64) if as_int else v
             w.write(example_bytes(feats))
         return w.close()
@@ -43,6 +45,42 @@ def test_export_identity_import_roundtrip(tmp_path, crop):
         assert back.crs == orig.crs and back.transform == orig.transform and back.shape == orig.shape
         assert back.descriptions == ("b1", "b2", "b3") and back.dtypes[0] == "float32"
         np.testing.assert_array_equal(back.read(), orig.read())
+
+
+@pytest.mark.parametrize("crop", [True, False], ids=["cropped", "with-margin"])
+def test_unequal_kernel_margins_round_trip_exactly(tmp_path, crop):
+    img = coord_image(64, 96, 2).astype(np.float32)
+    src = write_raster(tmp_path / "src.tif", img, crs="EPSG:32618")
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "pred").mkdir()
+    res = export_image(src, tmp_path / "tiles", 16, kernel=[8, 4])  # 4 px more on the left and right, 2 above/below
+    assert next(iter(TFRecordDataset(res.spec)))["b1"].shape == (20, 24)
+    preds = predict_identity(res.spec, tmp_path / "pred", (4, 2) if crop else 0)
+    out = import_predictions(preds, res.mixer, tmp_path / "back.tif")  # the margin comes from the export's spec
+    with rasterio.open(out) as back, rasterio.open(src) as orig:
+        assert back.transform == orig.transform and back.shape == orig.shape
+        np.testing.assert_array_equal(back.read(), orig.read())
+
+
+def test_unequal_margins_without_the_export_spec_need_the_kernel(tmp_path):
+    img = coord_image(32, 48, 1).astype(np.float32)
+    src = write_raster(tmp_path / "src.tif", img)
+    (tmp_path / "tiles").mkdir()
+    (tmp_path / "pred").mkdir()
+    res = export_image(src, tmp_path / "tiles", 16, kernel=[8, 4])
+    preds = predict_identity(res.spec, tmp_path / "pred", 0)
+    mixer = tmp_path / "elsewhere-mixer.json"  # a mixer alone, as from Earth Engine: 24 x 20 = 20 x 24 = 30 x 16
+    mixer.write_bytes(res.mixer.read_bytes())
+    with pytest.raises(InputError, match=r"margins \[\[0, 14\], \[4, 8\], \[8, 4\], \[14, 0\]\]; pass the export"):
+        import_predictions(preds, mixer, tmp_path / "o.tif")
+    with pytest.raises(InputError, match=r"480 values .* nor the patch plus the kernel margin \[2, 2\] \(324\)"):
+        import_predictions(preds, mixer, tmp_path / "o.tif", kernel=2)
+    assert not (tmp_path / "o.tif").exists()
+    r = CliRunner().invoke(main, ["import", *map(str, preds), "--mixer", str(mixer), "--kernel", "8,4",
+                                  "-o", str(tmp_path / "back.tif"), "-q"])
+    assert r.exit_code == 0, r.output
+    with rasterio.open(tmp_path / "back.tif") as back:
+        np.testing.assert_array_equal(back.read(), img)
 
 
 def test_int64_features_and_region_georeferencing(tmp_path):

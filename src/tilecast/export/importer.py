@@ -1,12 +1,14 @@
 """Import TFRecord predictions with the export's mixer into a georeferenced COG (Earth Engine's TFRecord upload).
 
 Examples must come in the exported order (row-major patches, files in lexicographic order). Each feature key
-becomes a band. A patch may still carry the kernel margin (detected from its length) and is then centre-cropped.
-Only one row of patches is held in memory.
+becomes a band. A patch may still carry the kernel margin and is then centre-cropped; the margin may differ between
+x and y (kernel ``[8, 4]``). It is the ``kernel`` given, else the one the export recorded in its spec beside the
+mixer, else the one the patch's length fits (equal margins first). Only one row of patches is held in memory.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -19,7 +21,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from ..errors import InputError
-from ..plan import XY
+from ..plan import XY, xy
 from ..sinks import GeoTIFFSink, OutputProfile
 from ..sources import Grid, parse_crs
 from .samples import _progress
@@ -78,24 +80,59 @@ def _expand(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]
     return sorted(out, key=lambda f: (os.path.basename(f), f))
 
 
-def _crop(values: np.ndarray, patch: XY, key: str, index: int) -> tuple[np.ndarray, XY]:
-    """Reshape one feature to the patch, cropping a kernel margin if the length says it has one."""
+def export_margin(mixer: str | os.PathLike) -> XY | None:
+    """The total kernel margin that tilecast's export recorded in its spec (``PREFIX.spec.json`` beside
+    ``PREFIX-mixer.json``), or None (an export from elsewhere, or no spec)."""
+    path = Path(mixer)
+    if not path.name.endswith("-mixer.json"):
+        return None
+    spec = path.with_name(path.name[: -len("-mixer.json")] + ".spec.json")
+    try:
+        meta = json.loads(spec.read_text())
+        if meta.get("mixer") != path.name:
+            return None
+        mx, my = (int(v) for v in meta["margin"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return XY(mx, my)
+
+
+@functools.lru_cache(maxsize=64)
+def _fitting_margins(n: int, patch: XY) -> tuple[XY, ...]:
+    """Every even total margin (x, y) with ``(patch.x + x) * (patch.y + y) == n``, equal margins first."""
+    fits = []
+    for mx in range(0, n // max(patch.y, 1) - patch.x + 1, 2):
+        rows, rest = divmod(n, patch.x + mx)
+        my = rows - patch.y
+        if not rest and my >= 0 and my % 2 == 0 and (mx, my) != (0, 0):
+            fits.append(XY(mx, my))
+    return tuple(sorted(fits, key=lambda m: (m.x != m.y, m.x)))
+
+
+def _crop(values: np.ndarray, patch: XY, margin: XY | None, key: str, index: int) -> np.ndarray:
+    """Reshape one feature to the patch, centre-cropping the kernel margin if it carries one."""
     n = values.size
     if n == patch.x * patch.y:
-        return values.reshape(patch.y, patch.x), XY(0, 0)
-    # (pw + kx) * (ph + ky) = n with an even total margin; try equal margins first, then the square case.
-    for k in range(2, 4097, 2):
-        if (patch.x + k) * (patch.y + k) == n:
-            full = values.reshape(patch.y + k, patch.x + k)
-            m = k // 2
-            return full[m : m + patch.y, m : m + patch.x], XY(k, k)
-        if (patch.x + k) * (patch.y + k) > n:
-            break
-    raise InputError(
-        f"example {index} has {n} values in feature {key!r}, which fits neither the patch "
-        f"{patch.x} x {patch.y} ({patch.x * patch.y}) nor the patch plus an even kernel margin; "
-        "write one value per pixel of each (cropped) patch"
-    )
+        return values.reshape(patch.y, patch.x)
+    if margin is None:
+        fits = _fitting_margins(n, patch)
+        if len(fits) > 1 and fits[0].x != fits[0].y:
+            raise InputError(
+                f"example {index} has {n} values in feature {key!r}: the patch {patch.x} x {patch.y} plus any of the "
+                f"kernel margins {[list(m) for m in fits]}; pass the export's kernel (kernel=[X, Y], --kernel X,Y)"
+            )
+        margin = fits[0] if fits else None
+    if margin is None or (patch.x + margin.x) * (patch.y + margin.y) != n:
+        padded = "the patch plus an even kernel margin" if margin is None else \
+            f"the patch plus the kernel margin {list(margin)} ({(patch.x + margin.x) * (patch.y + margin.y)})"
+        raise InputError(
+            f"example {index} has {n} values in feature {key!r}, which fits neither the patch {patch.x} x {patch.y} "
+            f"({patch.x * patch.y}) nor {padded}; write one value per pixel of each (cropped) patch, or pass the "
+            "export's kernel (--kernel)"
+        )
+    full = values.reshape(patch.y + margin.y, patch.x + margin.x)
+    top, left = margin.y // 2, margin.x // 2
+    return full[top : top + patch.y, left : left + patch.x]
 
 
 def _examples(files: list[str]) -> Iterator[dict[str, Any]]:
@@ -112,11 +149,21 @@ def import_predictions(
     bands: Sequence[str] | None = None,
     dtype: str | None = None,
     nodata: float | None = None,
+    kernel: int | Sequence[int] | None = None,
     overwrite: bool = False,
     progress: bool | Callable | None = None,
 ) -> Path:
-    """Write the predictions in ``files`` (TFRecord Examples, one per exported patch) as a COG at ``output``."""
+    """Write the predictions in ``files`` (TFRecord Examples, one per exported patch) as a COG at ``output``.
+
+    ``kernel``: the export's ``kernelSize``, for patches that still carry its margin; by default the one recorded
+    beside the mixer by tilecast's export."""
+    from .image import margin_of
+
     mix = mixer if isinstance(mixer, Mixer) else read_mixer(mixer)
+    if kernel is not None:
+        margin: XY | None = margin_of(xy(kernel, "kernel"))
+    else:
+        margin = None if isinstance(mixer, Mixer) else export_margin(mixer)
     paths = _expand(files)
     sink = GeoTIFFSink(output, overwrite=overwrite)
     prog = _progress(progress, "import")
@@ -155,7 +202,7 @@ def import_predictions(
             for b, k in enumerate(keys):
                 if k not in ex:
                     raise InputError(f"example {count} has no feature {k!r}; every example needs the same keys")
-                patch, _ = _crop(np.asarray(ex[k]), mix.patch, k, count)
+                patch = _crop(np.asarray(ex[k]), mix.patch, margin, k, count)
                 strip[b, :, col * mix.patch.x : (col + 1) * mix.patch.x] = _cast(patch, out_dtype, k)
             count += 1
             if col == mix.per_row - 1:

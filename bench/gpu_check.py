@@ -1,8 +1,8 @@
 """CPU vs GPU throughput for ONNX Runtime (CUDA provider) and TorchScript on the benchmark's compute-bound FCN.
 
 The network is the one ``bench_predict.py`` uses (3x3 conv 4->32, three 3x3 32->32, 1x1 32->1, ReLU between, a 1e-4
-input scale; ~29k multiply-adds per pixel), built here twice from the same deterministic weights: as ONNX with
-``onnx.helper`` and as a TorchScript module. One run measures, medians over repeats:
+input scale; ~29k multiply-adds per pixel), built twice from the same deterministic weights (``models.fcn_weights``):
+as ONNX by ``models.build_compute_bound`` and as a TorchScript module here. One run measures, medians over repeats:
 
   runtime   ``run()`` on in-memory batches of 8 padded 288 x 288 tiles (256 core + 16 halo), per runtime and device
   predict   ``load_model(...).predict_image(raster).to_geotiff(...)`` end to end on a generated 4-band uint16 raster
@@ -29,59 +29,31 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-LAYERS = ((4, 32, 3), (32, 32, 3), (32, 32, 3), (32, 32, 3), (32, 1, 1))
-TILE, HALO, BATCH = 256, 16, 8
+from models import INPUT_SCALE, build_compute_bound, compute_layers, fcn_weights  # noqa: E402
 
-
-def weights(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for cin, cout, k in LAYERS:
-        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
-        out.append((w, (rng.standard_normal(cout) * 0.01).astype(np.float32)))
-    return out
+TILE, HALO, BATCH, SEED = 256, 16, 8, 0
 
 
-def build_onnx(path: Path, ws) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [helper.make_node("Mul", ["x", "scale"], ["h0"])]
-    inits = [numpy_helper.from_array(np.array(1e-4, np.float32), "scale")]
-    src = "h0"
-    for i, ((w, b), (_, _, k)) in enumerate(zip(ws, LAYERS, strict=True)):
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        last = i == len(LAYERS) - 1
-        conv = "y" if last else f"c{i}"
-        nodes.append(helper.make_node("Conv", [src, f"w{i}", f"b{i}"], [conv], kernel_shape=[k, k],
-                                      pads=[k // 2] * 4))
-        if not last:
-            nodes.append(helper.make_node("Relu", [conv], [f"r{i}"]))
-            src = f"r{i}"
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "H", "W"])
-    model = helper.make_model(helper.make_graph(nodes, "fcn", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
-def build_torchscript(path: Path, ws) -> Path:
+def build_torchscript(path: Path, seed: int = SEED) -> Path:
+    """The TorchScript twin of :func:`models.build_compute_bound`, from the same weights."""
     import torch
+
+    layers, weights = compute_layers(), fcn_weights(seed)
 
     class FCN(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.convs = torch.nn.ModuleList(torch.nn.Conv2d(ci, co, k, padding=k // 2) for ci, co, k in LAYERS)
+            self.scale = INPUT_SCALE
+            self.convs = torch.nn.ModuleList(torch.nn.Conv2d(ci, co, k, padding=k // 2) for ci, co, k in layers)
             with torch.no_grad():
-                for conv, (w, b) in zip(self.convs, ws, strict=True):
+                for conv, (w, b) in zip(self.convs, weights, strict=True):
                     conv.weight.copy_(torch.from_numpy(w))
                     conv.bias.copy_(torch.from_numpy(b))
 
         def forward(self, x):
-            h = x * 1e-4
+            h = x * self.scale
             n = len(self.convs)
             for i, conv in enumerate(self.convs):
                 h = conv(h)
@@ -156,11 +128,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     size, repeats = (1024, 2) if args.quick else (4096, 5)
-    ws = weights()
     results: dict[str, object] = {"size": size, "tile": TILE, "halo": HALO, "batch": BATCH}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        onnx_path, ts_path = build_onnx(d / "fcn.onnx", ws), build_torchscript(d / "fcn.pt", ws)
+        onnx_path, ts_path = build_compute_bound(d / "fcn.onnx", seed=SEED), build_torchscript(d / "fcn.pt", SEED)
         p = TILE + 2 * HALO
         batch = np.random.default_rng(1).integers(0, 10000, (BATCH, 4, p, p)).astype(np.float32)
         px = BATCH * TILE * TILE

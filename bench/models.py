@@ -12,10 +12,32 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["COMPUTE_LAYERS", "build_compute_bound", "build_io_bound", "macs_per_pixel"]
+__all__ = ["COMPUTE_LAYERS", "INPUT_SCALE", "build_compute_bound", "build_io_bound", "compute_layers", "fcn_weights",
+           "macs_per_pixel"]
 
 COMPUTE_LAYERS: tuple[tuple[int, int, int], ...] = ((4, 32, 3), (32, 32, 3), (32, 32, 3), (32, 32, 3), (32, 1, 1))
 """``(in_channels, out_channels, kernel)`` of the compute-bound network's convolutions."""
+
+INPUT_SCALE = 1e-4
+"""The compute-bound network's first step: uint16 reflectances times this keep activations in a sane range."""
+
+
+def compute_layers(bands: int = 4) -> tuple[tuple[int, int, int], ...]:
+    """:data:`COMPUTE_LAYERS` with the first convolution taking ``bands`` channels."""
+    return ((bands, *COMPUTE_LAYERS[0][1:]), *COMPUTE_LAYERS[1:])
+
+
+def fcn_weights(seed: int = 0, bands: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(weight (out, in, k, k), bias (out,))`` of each of :func:`compute_layers`' convolutions: He-normal weights
+    and small biases, drawn in that order from one generator. Every twin of the network (ONNX here, TorchScript in
+    ``gpu_check.py``) is built from these, so their outputs can be compared."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for cin, cout, k in compute_layers(bands):
+        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
+        b = (rng.standard_normal(cout) * 0.01).astype(np.float32)
+        out.append((w, b))
+    return out
 
 
 def macs_per_pixel(layers: tuple[tuple[int, int, int], ...] = COMPUTE_LAYERS) -> int:
@@ -37,18 +59,15 @@ def _save(nodes: list, inits: list, bands: int, name: str, path: str | Path) -> 
 def build_compute_bound(path: str | Path, bands: int = 4, seed: int = 0) -> Path:
     """Conv 3x3 4->32, three 3x3 32->32 and a 1x1 32->1, ReLU between: about 29k MACs per pixel.
 
-    Inputs are uint16 reflectances cast to float; a fixed 1e-4 scale keeps activations in a sane range.
+    Inputs are uint16 reflectances cast to float, multiplied by :data:`INPUT_SCALE` first.
     """
-    rng = np.random.default_rng(seed)
-    layers = ((bands, *COMPUTE_LAYERS[0][1:]), *COMPUTE_LAYERS[1:])
     nodes = [helper.make_node("Mul", ["x", "scale"], ["h0"])]
-    inits = [numpy_helper.from_array(np.array(1e-4, np.float32), "scale")]
+    inits = [numpy_helper.from_array(np.array(INPUT_SCALE, np.float32), "scale")]
     src = "h0"
-    for i, (cin, cout, k) in enumerate(layers):
-        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
-        b = (rng.standard_normal(cout) * 0.01).astype(np.float32)
+    weights = fcn_weights(seed, bands)
+    for i, ((w, b), (_, _, k)) in enumerate(zip(weights, compute_layers(bands), strict=True)):
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        last = i == len(layers) - 1
+        last = i == len(weights) - 1
         conv = "y" if last else f"c{i}"
         nodes.append(helper.make_node("Conv", [src, f"w{i}", f"b{i}"], [conv], kernel_shape=[k, k],
                                       pads=[k // 2] * 4))

@@ -43,7 +43,7 @@ def test_export_identity_import_roundtrip(tmp_path, crop, kernel):
     assert next(iter(TFRecordDataset(res.spec)))["b1"].shape == (16 + ky, 16 + kx)
     preds = predict_identity(res.spec, tmp_path / "pred", (kx // 2, ky // 2) if crop else 0, max_file_size=30_000)
     assert len(preds) > 1
-    # Unequal margins with the patch still carrying them: the margin comes from the export's spec beside the mixer.
+    # A margin the patches still carry (unequal ones too) is read from the export's spec beside the mixer.
     out = import_predictions([str(p) for p in reversed(preds)], res.mixer, tmp_path / "back.tif")
     with rasterio.open(out) as back, rasterio.open(src) as orig:
         assert back.crs == orig.crs and back.transform == orig.transform and back.shape == orig.shape

@@ -1,5 +1,8 @@
 """Cloud-Optimized GeoTIFF output: stream into a tiled temporary GeoTIFF, then build the COG and rename.
 
+The first overview level is reduced while the strips stream (:mod:`tilecast.sinks.overviews`), so the conversion
+after the last tile only derives the small levels and compresses.
+
 Nothing appears at the output path until the COG is complete, and an existing file is only replaced with
 ``overwrite=True``.
 """
@@ -19,6 +22,7 @@ from rasterio.windows import Window
 
 from ..errors import OutputError, OutputExistsError
 from .base import OutputProfile
+from .overviews import OverviewWriter, overview_factors
 
 __all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options"]
 
@@ -37,7 +41,11 @@ TEMP_GTIFF_OPTIONS: dict[str, object] = {
     "driver": "GTiff", "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "ZSTD", "zstd_level": 1,
     "bigtiff": "IF_SAFER",
 }
-"""The streaming temporary file: cheap to write and to read back for the COG conversion."""
+"""The streaming temporary file: cheap to write and to read back for the COG conversion. Float outputs go
+uncompressed (model outputs rarely shrink below 60-80% and ZSTD would cost CPU the model needs)."""
+
+_OVERVIEW_OPTIONS = ("overviews", "overview_count", "overview_resampling", "resampling", "overview_compress")
+"""Creation options that change the overviews: with any of them GDAL builds the overviews itself."""
 
 
 def cog_options(
@@ -86,18 +94,27 @@ class GeoTIFFSink:
         self.creation_options = creation_options or {}
         self._tmp: str | None = None
         self._dst = None
+        self._ovr: OverviewWriter | None = None
 
     def open(self, profile: OutputProfile) -> None:
         self.profile = profile
         g = profile.grid
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.tif", dir=self.path.parent)
         os.close(fd)
-        self._dst = rasterio.open(
-            self._tmp, "w", **{**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows}, width=g.shape[1],
-            height=g.shape[0], count=len(profile.band_names), dtype=profile.dtype, crs=g.crs, transform=g.transform,
-            nodata=profile.nodata, interleave="band" if len(profile.band_names) > 1 else "pixel",
+        options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows}
+        if np.dtype(profile.dtype).kind == "f":
+            options = {k: v for k, v in options.items() if k != "zstd_level"} | {"compress": "NONE"}
+        tmp_profile = dict(
+            options, width=g.shape[1], height=g.shape[0], count=len(profile.band_names), dtype=profile.dtype,
+            crs=g.crs, transform=g.transform, nodata=profile.nodata,
+            interleave="band" if len(profile.band_names) > 1 else "pixel",
         )
+        self._dst = rasterio.open(self._tmp, "w", **tmp_profile)
         self._write_metadata(profile)
+        factors = overview_factors(g.shape, self.blocksize) if self.overviews else []
+        if factors and not any(k.lower() in _OVERVIEW_OPTIONS for k in self.creation_options):
+            resampling = "nearest" if profile.categorical else "average"
+            self._ovr = OverviewWriter(self._tmp + ".ovr", tmp_profile, resampling, profile.nodata, factors)
 
     def _write_metadata(self, profile: OutputProfile) -> None:
         """Band descriptions, dataset tags and class metadata, which the COG conversion carries over."""
@@ -122,10 +139,15 @@ class GeoTIFFSink:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         self._dst.write(data, window=window)
+        if self._ovr is not None:
+            self._ovr.write(window, data)
 
     def close(self) -> Path:
         self._dst.close()
         self._dst = None
+        if self._ovr is not None and not self._ovr.finish():
+            _remove(self._tmp + ".ovr")  # not streamed in order: GDAL builds the overviews
+        self._ovr = None
         final_tmp = self._tmp.replace(".tmp.tif", ".cog.tif")
         try:
             options = cog_options(self.profile.grid.shape, self.compress, self.blocksize, self.overviews,
@@ -138,6 +160,7 @@ class GeoTIFFSink:
             raise
         finally:
             _remove(self._tmp)
+            _remove(self._tmp + ".ovr")
             self._tmp = None
         return self.path
 
@@ -146,8 +169,13 @@ class GeoTIFFSink:
             with contextlib.suppress(Exception):
                 self._dst.close()
             self._dst = None
+        if self._ovr is not None:
+            with contextlib.suppress(Exception):
+                self._ovr.abort()
+            self._ovr = None
         if self._tmp:
             _remove(self._tmp)
+            _remove(self._tmp + ".ovr")
             _remove(self._tmp.replace(".tmp.tif", ".cog.tif"))
             self._tmp = None
 

@@ -1,0 +1,145 @@
+"""The first overview level, computed while the output streams, so the COG conversion only has to compress.
+
+GDAL's COG driver builds overviews after the last tile: it reads the whole full-resolution image once more and
+averages it on one thread, which is the serial part of the conversion (about half of it on 2 cores, most of it on
+16). Here each strip is reduced 2 x 2 as it is written, into the temporary file's external overview
+(``<temp>.ovr``, a GeoTIFF GDAL picks up by name); GDAL then derives the smaller levels from that quarter-size
+image, and the COG driver uses the existing overviews instead of computing them (``OVERVIEWS=AUTO``).
+
+The reduction is GDAL's: ``average`` is the mean of the valid pixels of each 2 x 2 cell (nodata excluded, and NaN
+when it is the nodata value; integers rounded half up; a cell with no valid pixel is nodata); ``nearest`` takes each cell's top-left pixel.
+Cells past an odd edge have fewer pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+__all__ = ["OverviewWriter", "downsample2", "overview_factors"]
+
+
+def overview_factors(shape: tuple[int, int], blocksize: int) -> list[int]:
+    """The decimation factors GDAL's COG driver makes by default: halve until the level fits in one block."""
+    size = max(shape)
+    if size <= 1:
+        return []
+    if size <= blocksize:
+        return [2]  # cog_options asks for one level here (GDAL's AUTO would make none)
+    factors = []
+    f = 1
+    while math.ceil(size / f) > blocksize:
+        f *= 2
+        factors.append(f)
+    return factors
+
+
+def downsample2(rows: np.ndarray, resampling: str, nodata: float | None) -> np.ndarray:
+    """One overview step over ``(bands, h, w)``; odd edges give cells of fewer pixels."""
+    if resampling == "nearest":
+        return rows[:, ::2, ::2]
+    _, h, w = rows.shape
+    hh, ww = (h + 1) // 2, (w + 1) // 2
+    is_float = rows.dtype.kind == "f"
+    nan_nodata = nodata is not None and isinstance(nodata, float) and math.isnan(nodata)
+    if (h % 2 or w % 2) or nodata is not None or not is_float:
+        return _masked_mean(rows, hh, ww, nodata, nan_nodata)
+    # Float without a nodata value: a plain mean, NaN propagating, in the data type (GDAL's fast path).
+    q = rows.dtype.type(0.25)
+    return ((rows[:, 0::2, 0::2] + rows[:, 1::2, 0::2]) + (rows[:, 0::2, 1::2] + rows[:, 1::2, 1::2])) * q
+
+
+def _masked_mean(rows: np.ndarray, hh: int, ww: int, nodata: float | None, nan_nodata: bool) -> np.ndarray:
+    c = rows.shape[0]
+    is_float = rows.dtype.kind == "f"
+    # float32 sums four values of up to 16 bits exactly; wider types need float64.
+    acc = np.float32 if rows.dtype.itemsize <= 2 or rows.dtype == np.float32 else np.float64
+    total = np.zeros((c, hh, ww), acc)
+    count = np.zeros((c, hh, ww), np.uint8)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            part = rows[:, dy::2, dx::2]
+            ph, pw = part.shape[1:]
+            if nodata is None:
+                valid = None
+            elif nan_nodata:
+                valid = ~np.isnan(part)
+            else:
+                valid = part != nodata  # as GDAL: a NaN that is not the nodata value makes its cell NaN
+            if valid is None:
+                total[:, :ph, :pw] += part
+                count[:, :ph, :pw] += 1
+            else:
+                total[:, :ph, :pw] += np.where(valid, part, 0)
+                count[:, :ph, :pw] += valid
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    if rows.dtype.kind in "iu":
+        info = np.iinfo(rows.dtype)
+        mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
+    fill = nodata if nodata is not None else (np.nan if is_float else 0)
+    return np.where(count > 0, mean, fill).astype(rows.dtype)
+
+
+class OverviewWriter:
+    """Streams full-width strips, in row order, into the first overview level of ``path``.
+
+    Anything else (a window that is not a full-width strip, rows out of order) makes :attr:`ok` false; the caller
+    then removes the file and lets GDAL build the overviews as before.
+    """
+
+    def __init__(self, path: str, profile: dict, resampling: str, nodata: float | None, factors: list[int]) -> None:
+        self.path, self.resampling, self.nodata, self.factors = path, resampling, nodata, factors
+        self.width, self.height = profile["width"], profile["height"]
+        self.next_row = 0
+        self.carry: np.ndarray | None = None
+        self.ok = True
+        t = profile["transform"]
+        w2, h2 = (self.width + 1) // 2, (self.height + 1) // 2
+        self.dst = rasterio.open(
+            path, "w", **{**profile, "width": w2, "height": h2, "blockysize": 256, "blockxsize": 256,
+                          "transform": t * t.scale(self.width / w2, self.height / h2)},
+        )
+        self.out_row = 0
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        if not self.ok:
+            return
+        if int(window.col_off) != 0 or int(window.width) != self.width or int(window.row_off) != self.next_row:
+            self.ok = False
+            return
+        self.next_row += int(window.height)
+        if self.carry is not None:
+            data = np.concatenate([self.carry, data], axis=1)
+            self.carry = None
+        if data.shape[1] % 2 and self.next_row < self.height:
+            data, self.carry = data[:, :-1], data[:, -1:]
+        if data.shape[1]:
+            self._emit(data)
+
+    def _emit(self, rows: np.ndarray) -> None:
+        out = downsample2(rows, self.resampling, self.nodata)
+        self.dst.write(out, window=Window(0, self.out_row, out.shape[2], out.shape[1]))
+        self.out_row += out.shape[1]
+
+    def finish(self) -> bool:
+        """Close the level; derive the smaller ones with GDAL. False if streaming was abandoned."""
+        if self.carry is not None:
+            self._emit(self.carry)
+            self.carry = None
+        self.dst.close()
+        if not self.ok or self.next_row != self.height:
+            return False
+        rest = [f // 2 for f in self.factors[1:]]
+        if rest:
+            with rasterio.open(self.path, "r+") as dst:
+                dst.build_overviews(rest, Resampling[self.resampling])
+        return True
+
+    def abort(self) -> None:
+        if not self.dst.closed:
+            self.dst.close()

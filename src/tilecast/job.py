@@ -6,7 +6,7 @@ here once, so every runner produces the same pixels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,10 +75,17 @@ class Job:
 
     def infer(self, items: Sequence[TileData]) -> list[np.ndarray]:
         """Run the model on a batch; returns per tile ``(bands, h, w)``: cropped, or padded when blending."""
-        batch = self.inputs.pack([it.data for it in items])
+        return self.run(self.pack(items), len(items))
+
+    def pack(self, items: Sequence[TileData]) -> Mapping[str, np.ndarray]:
+        """The model's input tensors for a batch (separate from :meth:`run` so a runner can pack ahead)."""
+        return self.inputs.pack([it.data for it in items])
+
+    def run(self, batch: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """Run the model on a packed batch of ``n`` tiles; see :meth:`infer`."""
         outputs = self.runtime.run(batch)
         g = self.plan.geometry
-        values, padded = self.outputs.unpack(outputs, len(items), g)
+        values, padded = self.outputs.unpack(outputs, n, g)
         if self.blending:
             if not padded:
                 p = g.padded_output

@@ -1,52 +1,144 @@
 """The local runner: streams a plan through bounded queues on one machine.
 
-Reads run in a thread pool (GDAL releases the GIL), inference runs on the calling thread in batches, and a writer
-thread casts and writes finished blocks. Every queue is bounded, so memory does not grow with the raster.
+Four stages, each on its own thread so the model never waits for Python: reads run in a thread pool (GDAL releases
+the GIL); a batcher thread collects read tiles in plan order and packs them into the model's tensors; the calling
+thread only runs the model; a writer thread assembles the outputs, casts finished rows and writes them. Every queue
+is bounded, so memory does not grow with the raster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 from ..job import Job, TileData
 from ..progress import ProgressCallback
 from ..sinks.base import Sink
 
-__all__ = ["run_local", "run_local_chunked"]
+__all__ = ["available_cpus", "run_local", "run_local_chunked"]
 
 _DONE = object()
 
 
-class _Writer(threading.Thread):
-    """Casts and writes finished blocks in order; remembers the first error for the main thread."""
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
-    def __init__(self, job: Job, sink: Sink, depth: int = 4) -> None:
-        super().__init__(name="tilecast-writer", daemon=True)
-        self.job, self.sink = job, sink
+
+class _Stage(threading.Thread):
+    """A daemon thread behind a bounded queue; its first error is re-raised on the calling thread."""
+
+    def __init__(self, name: str, depth: int) -> None:
+        super().__init__(name=name, daemon=True)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.stopped = threading.Event()
+
+    def offer(self, item: Any) -> bool:
+        """Put ``item`` unless the stage is being stopped; False if it was."""
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def stop(self) -> None:
+        self.stopped.set()
+        while self.is_alive():
+            try:  # unblock a consumer waiting for an item, or a producer waiting for room
+                self.queue.put_nowait(_DONE)
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.queue.get_nowait()
+            self.join(timeout=0.05)
+
+
+class _Batcher(_Stage):
+    """Collects read tiles in plan order into batches of ``batch_size`` model tiles and packs them."""
+
+    def __init__(self, job: Job, pool: Executor, in_flight: int) -> None:
+        super().__init__("tilecast-batcher", depth=2)
+        self.job, self.pool, self.in_flight = job, pool, in_flight
 
     def run(self) -> None:
+        job, batch_size = self.job, self.job.inputs.batch_size
+        try:
+            tiles = job.plan.tiles()
+            futures: deque[Future[TileData]] = deque()
+
+            def refill() -> None:
+                while len(futures) < self.in_flight:
+                    tile = next(tiles, None)
+                    if tile is None:
+                        return
+                    futures.append(self.pool.submit(job.read, tile))
+
+            refill()
+            pending: list[TileData] = []
+            while futures or pending:
+                while futures and sum(not p.skip for p in pending) < batch_size:
+                    pending.append(futures.popleft().result())
+                    refill()
+                work = [p for p in pending if not p.skip]
+                if not self.offer((pending, job.pack(work) if work else None, len(work))):
+                    return
+                pending = []
+            self.offer(_DONE)
+        except BaseException as exc:  # handed to the calling thread in order
+            self.offer(exc)
+
+    def get(self) -> Any:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class _Writer(_Stage):
+    """Adds each batch's outputs to the assembler in plan order, then casts and writes every finished row."""
+
+    def __init__(self, job: Job, sink: Sink, depth: int = 4) -> None:
+        super().__init__("tilecast-writer", depth)
+        self.job, self.sink = job, sink
+        self.assembler = job.assembler(getattr(sink, "block_rows", 1))
+        self.added = 0
+        self.next_row = 0
+
+    def run(self) -> None:
+        job, cols = self.job, self.job.plan.tile_cols
         while True:
-            block = self.queue.get()
-            if block is _DONE:
+            item = self.queue.get()
+            if item is _DONE or self.stopped.is_set():
                 return
             if self.error is not None:
                 continue
             try:
-                self.sink.write(block.window, self.job.finish(block))
-            except BaseException as exc:  # re-raised on the main thread
+                pending, values = item
+                results = iter(values)
+                for tile in pending:
+                    job.add(self.assembler, tile, None if tile.skip else next(results))
+                    self.added += 1
+                    if self.added == (self.next_row + 1) * cols:  # a tile row is complete: write what is final
+                        for block in self.assembler.finish_row(self.next_row):
+                            self.sink.write(block.window, job.finish(block))
+                        self.next_row += 1
+            except BaseException as exc:  # re-raised on the calling thread
                 self.error = exc
 
-    def put(self, block: Any) -> None:
+    def put(self, item: Any) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put(block)
+        self.queue.put(item)
 
 
 def run_local(
@@ -58,63 +150,37 @@ def run_local(
     """Execute ``job`` into an opened ``sink``; returns ``sink.close()``. On any error the sink is aborted."""
     plan = job.plan
     total = len(plan)
-    cols = plan.tile_cols
-    batch_size = job.inputs.batch_size
     # Each read thread holds its own GDAL handle and block cache, so input blocks shared by neighbouring tiles are
     # decoded once per thread: one reader per two cores leaves the rest to the model.
-    threads = read_threads or max(1, min(4, (os.cpu_count() or 2) // 2))
-    in_flight = max(2 * batch_size, threads * 2)
+    threads = read_threads or max(1, min(4, available_cpus() // 2))
+    in_flight = max(2 * job.inputs.batch_size, threads * 2)
     tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
-    assembler = job.assembler(getattr(sink, "block_rows", 1))
     writer = _Writer(job, sink)
     writer.start()
+    stages: list[_Stage] = [writer]
     done = 0
-    next_row = 0
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool:
-            tiles = plan.tiles()
-            futures: deque[Future[TileData]] = deque()
-
-            def refill() -> None:
-                while len(futures) < in_flight:
-                    tile = next(tiles, None)
-                    if tile is None:
-                        return
-                    futures.append(pool.submit(job.read, tile))
-
-            refill()
-            pending: list[TileData] = []
-            while futures or pending:
-                while futures and sum(not p.skip for p in pending) < batch_size:
-                    pending.append(futures.popleft().result())
-                    refill()
-                work = [p for p in pending if not p.skip]
-                results = iter(job.infer(work) if work else [])
-                for item in pending:
-                    job.add(assembler, item, None if item.skip else next(results))
-                    done += 1
-                    if done == (next_row + 1) * cols:  # a tile row is complete: hand over what is final
-                        for block in assembler.finish_row(next_row):
-                            writer.put(block)
-                        next_row += 1
-                pending = []
-                if progress is not None:
-                    progress(done, total, done * tile_pixels)
+            batcher = _Batcher(job, pool, in_flight)
+            stages.append(batcher)
+            batcher.start()
+            try:
+                while (item := batcher.get()) is not _DONE:
+                    pending, batch, n = item
+                    writer.put((pending, job.run(batch, n) if n else []))
+                    done += len(pending)
+                    if progress is not None:
+                        progress(done, total, done * tile_pixels)
+            finally:
+                batcher.stop()  # before the pool waits for reads the batcher would never collect
         writer.put(_DONE)
         writer.join()
         if writer.error is not None:
             raise writer.error
         return sink.close()
     except BaseException:
-        if writer.is_alive():
-            writer.error = writer.error or RuntimeError("aborted")
-            while writer.is_alive():  # the writer drains without writing once error is set
-                try:
-                    writer.queue.put(_DONE, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            writer.join()
+        for stage in stages:
+            stage.stop()
         sink.abort()
         raise
 

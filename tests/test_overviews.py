@@ -15,7 +15,7 @@ from hypothesis.extra.numpy import arrays
 
 from tilecast import Model
 from tilecast.sinks.geotiff import GeoTIFFSink, cog_options
-from tilecast.sinks.overviews import downsample2, overview_factors
+from tilecast.sinks.overviews import OverviewWriter, downsample2, overview_factors
 
 
 def gdal_cog(tmp_path, data, nodata, categorical=False, blocksize=128, name="g"):
@@ -89,8 +89,11 @@ def test_odd_edges_average_the_pixels_that_exist(data):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_predicted_cog_has_gdals_pyramid_and_no_leftovers(tmp_path, raster, masked):
+def test_predicted_cog_has_gdals_pyramid_and_no_leftovers(tmp_path, raster, masked, monkeypatch):
     """End to end: the COG's overviews equal those GDAL builds from the same full-resolution pixels."""
+    streamed = []
+    finish = OverviewWriter.finish
+    monkeypatch.setattr(OverviewWriter, "finish", lambda self: streamed.append(finish(self)) or streamed[-1])
     rng = np.random.default_rng(1)
     img = rng.random((1, 600, 520), dtype="float32") * 100
     if masked:
@@ -103,6 +106,7 @@ def test_predicted_cog_has_gdals_pyramid_and_no_leftovers(tmp_path, raster, mask
         full, nodata = ds.read(), ds.nodata
         assert ds.overviews(1) == [2, 4, 8]
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert streamed == [True]  # the first level came from the stream, not from GDAL
     ref = gdal_cog(tmp_path, full, nodata, name="ref")
     for k in range(3):
         np.testing.assert_allclose(read_level(out, k), read_level(ref, k), rtol=1e-6, equal_nan=True)
@@ -118,3 +122,23 @@ def test_overview_options_fall_back_to_gdal(tmp_path, raster):
     with rasterio.open(out) as ds:
         assert ds.overviews(1) == [2, 4]
     assert not list(tmp_path.glob("*.ovr"))
+
+
+def test_writes_out_of_order_give_up_streaming(tmp_path):
+    from rasterio.windows import Window
+
+    profile = dict(driver="GTiff", tiled=True, blockxsize=256, blockysize=256, width=40, height=40, count=1,
+                   dtype="float32", crs="EPSG:32633", transform=rasterio.transform.from_origin(0, 0, 1, 1),
+                   nodata=float("nan"))
+    ovr = OverviewWriter(str(tmp_path / "t.tif.ovr"), profile, "average", float("nan"), [2])
+    ovr.write(Window(0, 20, 40, 20), np.ones((1, 20, 40), "float32"))  # rows 20-40 before rows 0-20
+    assert ovr.finish() is False
+    ovr = OverviewWriter(str(tmp_path / "u.tif.ovr"), profile, "average", float("nan"), [2])
+    for r in range(0, 40, 7):  # odd strip heights carry a row over
+        h = min(7, 40 - r)
+        ovr.write(Window(0, r, 40, h), np.full((1, h, 40), r, "float32"))
+    assert ovr.finish() is True
+    with rasterio.open(tmp_path / "u.tif.ovr") as ds:
+        level = ds.read(1)
+    rows = np.repeat(np.arange(0, 40, 7), 7)[:40].astype("float32")
+    np.testing.assert_array_equal(level[:, 0], rows.reshape(20, 2).mean(axis=1))

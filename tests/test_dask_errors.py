@@ -1,6 +1,7 @@
 """Errors cross from Dask workers to the client as themselves: every tilecast error pickles (also the way Distributed
-sends it, with its chain and traceback), and a raster corrupted after planning stops the run with a SourceReadError
-that names the file and window, leaving no partial output."""
+sends it, with its chain and traceback), and a raster corrupted (or deleted) after planning stops the run, a
+prediction or an export, with a SourceReadError (SourceNotFoundError) that names the file and window, leaving no
+partial output."""
 
 from __future__ import annotations
 
@@ -57,10 +58,10 @@ def test_a_gdal_error_chain_is_cut_so_the_tilecast_error_arrives():
     from distributed.core import error_message
     from distributed.protocol import pickle as dask_pickle
 
-    from tilecast.runners.dask import _errors_reach_client
+    from tilecast.runners.recipe import errors_reach_client
     from tilecast.sources.rasterio_source import open_dataset
 
-    with pytest.raises(tilecast.SourceNotFoundError) as info, _errors_reach_client():
+    with pytest.raises(tilecast.SourceNotFoundError) as info, errors_reach_client():
         open_dataset("/nonexistent/in.tif")  # raised while handling rasterio's error, whose GDAL cause won't unpickle
     again = dask_pickle.loads(error_message(info.value)["exception"].data)
     assert type(again) is tilecast.SourceNotFoundError and "not found" in str(again)
@@ -86,13 +87,60 @@ def test_a_corrupted_raster_gives_a_source_read_error_locally(tmp_path, raster):
     assert sorted(os.listdir(tmp_path)) == ["in0.tif", "m.onnx"]
 
 
-def test_a_raster_corrupted_after_planning_stops_the_dask_run_with_a_tilecast_error(tmp_path, raster):
+@pytest.fixture(scope="module")
+def client():
     distributed = pytest.importorskip("distributed")
-    _, pred = truncated_after_planning(tmp_path, raster)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
-        with pytest.raises(tilecast.SourceReadError, match=MESSAGE) as info:
-            pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client, chunk_size=32)
-        assert isinstance(info.value, (tilecast.InputError, OSError))
-        # A tilecast error recurs, so the partial output and its manifest are removed rather than kept for resume.
-        assert sorted(os.listdir(tmp_path)) == ["in0.tif", "m.onnx"]
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def test_a_raster_corrupted_after_planning_stops_the_dask_run_with_a_tilecast_error(tmp_path, raster, client):
+    _, pred = truncated_after_planning(tmp_path, raster)
+    with pytest.raises(tilecast.SourceReadError, match=MESSAGE) as info:
+        pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client, chunk_size=32)
+    assert isinstance(info.value, (tilecast.InputError, OSError))
+    # A tilecast error recurs, so the partial output and its manifest are removed rather than kept for resume.
+    assert sorted(os.listdir(tmp_path)) == ["in0.tif", "m.onnx"]
+
+
+def spoil(path: str, how: str) -> None:
+    if how == "truncated":  # the header stays readable, most tiles are gone
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    else:
+        os.remove(path)
+
+
+SPOILED = {"truncated": (tilecast.SourceReadError, MESSAGE), "deleted": (tilecast.SourceNotFoundError,
+                                                                         r"input raster not found: .*in0\.tif")}
+
+
+@pytest.mark.parametrize("how", SPOILED)
+@pytest.mark.parametrize("export", ["image", "samples"])
+def test_export_tasks_send_the_tilecast_error_and_leave_nothing(tmp_path, raster, client, monkeypatch, export, how):
+    """Export tasks go through the same wrapper as prediction chunks: the GDAL error behind a missing or truncated
+    input no longer turns the tilecast error into a bare Exception on the client."""
+    from tilecast.export import dask as image_dask
+    from tilecast.export import dask_samples, export_image, export_samples
+
+    path = raster(np.random.default_rng(0).normal(size=(1, 96, 96)).astype("float32"))
+    labels = raster(np.ones((96, 96), "uint8"), name="labels.tif")
+    module = image_dask if export == "image" else dask_samples
+    announce = module.announce
+
+    def planned(*args):  # the client has planned the export and is about to start the tasks
+        spoil(path, how)
+        announce(*args)
+
+    monkeypatch.setattr(module, "announce", planned)
+    out = tmp_path / "out"
+    out.mkdir()
+    error, message = SPOILED[how]
+    with pytest.raises(error, match=message):
+        if export == "image":
+            export_image(path, out, 16, engine="dask", client=client, chunk_rows=2, progress=False)
+        else:
+            export_samples(path, out / "s.csv", label_raster=labels, engine="dask", client=client,
+                           samples_per_task=2000, progress=False)
+    assert os.listdir(out) == []

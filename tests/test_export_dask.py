@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from conftest import coord_image, write_raster
 from tilecast.cli import main
-from tilecast.errors import OutputExistsError, SpecError
+from tilecast.errors import OutputExistsError, SourceReadError, SpecError
 from tilecast.export import export_image
 from tilecast.export.importer import import_predictions
 from tilecast.export.tfrecord import iter_records, messages
@@ -127,7 +127,7 @@ def test_a_failed_chunk_leaves_nothing_behind(client, tmp_path):
     with open(src, "r+b") as f:  # the last tiles of the file are gone: later chunks fail, earlier ones succeed
         f.truncate(int(os.path.getsize(src) * 0.8))
     out = folder(tmp_path, "out")
-    with pytest.raises(Exception, match="Read failed"):
+    with pytest.raises(SourceReadError, match=r"cannot read rows \d+:\d+, cols \d+:\d+ of .*cut\.tif"):
         export_image(src, out, 16, engine="dask", client=client, chunk_rows=1)
     assert list(out.iterdir()) == []
 

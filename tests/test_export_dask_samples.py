@@ -15,7 +15,7 @@ from rasterio.transform import xy as pixel_xy
 
 from conftest import coord_image, write_raster
 from tilecast.cli import main
-from tilecast.errors import InputError, OutputExistsError, SpecError
+from tilecast.errors import InputError, OutputExistsError, SourceReadError, SpecError
 from tilecast.export import export_patches, export_samples
 from tilecast.export.dask_samples import task_ranges
 from tilecast.training import load_spec, tf_parser_spec
@@ -174,7 +174,7 @@ def test_overwrite_failure_and_bad_options(client, scene, tmp_path):
         xs, ys = pixel_xy(ds.transform, np.arange(0, 160, 4), np.arange(0, 160, 4))
         gdf = gpd.GeoDataFrame({"c": np.ones(40)}, geometry=gpd.points_from_xy(xs, ys), crs=ds.crs)
     failed = folder(tmp_path, "failed")
-    with pytest.raises(Exception, match="Read failed"):
+    with pytest.raises(SourceReadError, match=r"cannot read rows \d+:\d+, cols \d+:\d+ of .*cut\.tif"):
         export_samples(cut, failed / "s.tfrecord.gz", labels=gdf, label_field="c", chunk=16, engine="dask",
                        client=client, samples_per_task=5)
     assert list(failed.iterdir()) == []

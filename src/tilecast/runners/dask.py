@@ -65,66 +65,21 @@ def _compute(ctx: _Context, index: int) -> tuple[Any, np.ndarray, ChunkStats]:
         return compute_chunk(entry.job, ctx.layout, index, None, entry.infer_lock)
 
 
+# Every task's work runs inside ``env.apply()`` (``get_job`` builds the job inside it too), which also makes the
+# task's error reach the client as itself.
+
+
 def _chunk_task(ctx: _Context, index: int) -> tuple[ChunkStats, Any, np.ndarray | None]:
-    with _errors_reach_client():
-        window, data, stats = _compute(ctx, index)
-        if ctx.writer is None:
-            return stats, window, data
-        with ctx.recipe.env.apply():
-            ctx.writer.write(window, data)
-        return stats, window, None
+    window, data, stats = _compute(ctx, index)
+    if ctx.writer is None:
+        return stats, window, data
+    with ctx.recipe.env.apply():
+        ctx.writer.write(window, data)
+    return stats, window, None
 
 
 def _chunk_array(ctx: _Context, index: int) -> np.ndarray:
-    with _errors_reach_client():
-        return _compute(ctx, index)[1]
-
-
-@contextlib.contextmanager
-def _errors_reach_client() -> Iterator[None]:
-    """Make a task's error reach the client as itself.
-
-    Distributed pickles an error together with its chain of causes and sends a bare ``Exception(repr)`` when that
-    does not unpickle, as with GDAL's CPLE errors (their ``args`` cannot be set). A tilecast error raised while
-    handling one (e.g. a missing input on a new worker) then lost its class, so the client could not tell that the
-    run must stop rather than be resumed. Such a chain is cut and kept as notes.
-    """
-    try:
-        yield
-    except Exception as exc:
-        if not _round_trips(exc):
-            shown = _shown_chain(exc)
-            exc.__cause__ = exc.__context__ = None
-            for link in shown:
-                exc.add_note(f"caused by {type(link).__name__}: {link}")
-        raise
-
-
-def _shown_chain(exc: BaseException) -> list[BaseException]:
-    """The causes a traceback would print (``raise ... from None`` hides the context)."""
-    links: list[BaseException] = []
-    link: BaseException | None = exc
-    while link is not None and len(links) < 8:
-        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
-        if link is None or any(link is seen for seen in links):
-            break
-        links.append(link)
-    return links
-
-
-def _round_trips(exc: BaseException) -> bool:
-    """Whether ``exc`` unpickles the way Distributed sends it: with its chain and tracebacks (tblib)."""
-    import pickle
-
-    import cloudpickle
-    import tblib.pickling_support
-
-    try:
-        tblib.pickling_support.install(exc)
-        pickle.loads(cloudpickle.dumps(exc))
-        return True
-    except Exception:
-        return False
+    return _compute(ctx, index)[1]
 
 
 @contextlib.contextmanager

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pickle
 import sys
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +26,7 @@ import rasterio
 from ..errors import SpecError
 from ..job import Job
 
-__all__ = ["GdalEnv", "JobRecipe", "get_job", "make_recipe", "tune_worker_malloc"]
+__all__ = ["GdalEnv", "JobRecipe", "errors_reach_client", "get_job", "make_recipe", "tune_worker_malloc"]
 
 _ENV_PREFIXES = ("AWS_", "GDAL_", "CPL_", "VSI_", "GS_", "GOOGLE_", "AZURE_", "OSS_", "SWIFT_", "CURL_", "PROJ_")
 _AWS_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -58,20 +59,71 @@ class GdalEnv:
         return {k: ("***" if self.is_secret(k) else v) for k, v in self.options.items()}
 
     @contextmanager
-    def apply(self):
+    def apply(self) -> Iterator[None]:
         """Set the options for the duration of a task. rasterio refuses AWS credentials as config options, so
-        those go to the process environment, where GDAL reads them too."""
+        those go to the process environment, where GDAL reads them too.
+
+        Every worker task runs inside this, so it is also where a task's error is made to reach the client as
+        itself (:func:`errors_reach_client`).
+        """
         tune_worker_malloc()
         opts = dict(self.options)
         for key in _AWS_CREDENTIALS:
             value = opts.pop(key, None)
             if value is not None and os.environ.get(key) != value:
                 os.environ[key] = str(value)
-        with rasterio.Env(**opts):
+        with errors_reach_client(), rasterio.Env(**opts):
             yield
 
     def __repr__(self) -> str:
         return f"GdalEnv({self.masked()})"
+
+
+@contextmanager
+def errors_reach_client() -> Iterator[None]:
+    """Make a task's error reach the client as itself.
+
+    Distributed pickles an error together with its chain of causes and sends a bare ``Exception(repr)`` when that
+    does not unpickle, as with GDAL's CPLE errors (their ``args`` cannot be set). A tilecast error raised while
+    handling one (e.g. a missing input on a new worker) then lost its class, so the client could not tell that the
+    run must stop rather than be resumed. Such a chain is cut and kept as notes.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not _round_trips(exc):
+            shown = _shown_chain(exc)
+            exc.__cause__ = exc.__context__ = None
+            for link in shown:
+                exc.add_note(f"caused by {type(link).__name__}: {link}")
+        raise
+
+
+def _shown_chain(exc: BaseException) -> list[BaseException]:
+    """The causes a traceback would print (``raise ... from None`` hides the context)."""
+    links: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(links) < 8:
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+        if link is None or any(link is seen for seen in links):
+            break
+        links.append(link)
+    return links
+
+
+def _round_trips(exc: BaseException) -> bool:
+    """Whether ``exc`` unpickles the way Distributed sends it: with its chain and tracebacks (tblib)."""
+    try:
+        import cloudpickle
+        import tblib.pickling_support
+    except ImportError:  # no Distributed: nothing sends the error anywhere
+        return True
+    try:
+        tblib.pickling_support.install(exc)
+        pickle.loads(cloudpickle.dumps(exc))
+        return True
+    except Exception:
+        return False
 
 
 _MALLOC_TUNED = False

@@ -67,13 +67,20 @@ def test_a_gdal_error_chain_is_cut_so_the_tilecast_error_arrives():
     assert type(again) is tilecast.SourceNotFoundError and "not found" in str(again)
 
 
-def truncated_after_planning(tmp_path, raster):
+def spoil(path: str, how: str) -> None:
+    if how == "truncated":  # the header stays readable, most tiles are gone
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    else:
+        os.remove(path)
+
+
+def spoiled_after_planning(tmp_path, raster, how: str = "truncated"):
     path = raster(np.random.default_rng(0).normal(size=(1, 96, 96)).astype("float32"))
     model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=16, input_overlap_size=1,
                             output_bands={"mean": "float32"})
     pred = model.predict_image(path)
-    with open(path, "r+b") as f:  # the header stays readable, most tiles are gone
-        f.truncate(os.path.getsize(path) // 2)
+    spoil(path, how)
     return path, pred
 
 
@@ -81,7 +88,7 @@ MESSAGE = r"cannot read rows \d+:\d+, cols \d+:\d+ of .*in0\.tif: .*TIFFReadEnco
 
 
 def test_a_corrupted_raster_gives_a_source_read_error_locally(tmp_path, raster):
-    _, pred = truncated_after_planning(tmp_path, raster)
+    _, pred = spoiled_after_planning(tmp_path, raster)
     with pytest.raises(tilecast.SourceReadError, match=MESSAGE):
         pred.to_geotiff(tmp_path / "out.tif", progress=None)
     assert sorted(os.listdir(tmp_path)) == ["in0.tif", "m.onnx"]
@@ -96,7 +103,7 @@ def client():
 
 
 def test_a_raster_corrupted_after_planning_stops_the_dask_run_with_a_tilecast_error(tmp_path, raster, client):
-    _, pred = truncated_after_planning(tmp_path, raster)
+    _, pred = spoiled_after_planning(tmp_path, raster)
     with pytest.raises(tilecast.SourceReadError, match=MESSAGE) as info:
         pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client, chunk_size=32)
     assert isinstance(info.value, (tilecast.InputError, OSError))
@@ -104,12 +111,25 @@ def test_a_raster_corrupted_after_planning_stops_the_dask_run_with_a_tilecast_er
     assert sorted(os.listdir(tmp_path)) == ["in0.tif", "m.onnx"]
 
 
-def spoil(path: str, how: str) -> None:
-    if how == "truncated":  # the header stays readable, most tiles are gone
-        with open(path, "r+b") as f:
-            f.truncate(os.path.getsize(path) // 2)
-    else:
-        os.remove(path)
+def test_an_input_gone_before_the_dask_run_is_reported_missing(tmp_path, raster, client):
+    _, pred = spoiled_after_planning(tmp_path, raster, "deleted")
+    with pytest.raises(tilecast.SourceNotFoundError, match=r"in0\.tif no longer exists: .*deleted.*put it back"):
+        pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+def test_an_in_memory_input_is_still_reported_as_one():
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from tilecast.runners.recipe import _source_recipe
+    from tilecast.sources.rasterio_source import RasterioSource
+
+    with rasterio.open("", "w", driver="MEM", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 4600000, 10, 10)) as ds:
+        source = RasterioSource(ds)
+        with pytest.raises(tilecast.SpecError, match="in-memory dataset; pass a path or URL"):
+            _source_recipe(source)
 
 
 SPOILED = {"truncated": (tilecast.SourceReadError, MESSAGE), "deleted": (tilecast.SourceNotFoundError,

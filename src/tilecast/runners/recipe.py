@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import pickle
+import re
 import sys
 import threading
 import uuid
@@ -23,7 +24,7 @@ from typing import Any
 
 import rasterio
 
-from ..errors import SpecError
+from ..errors import SourceNotFoundError, SpecError
 from ..job import Job
 
 __all__ = ["GdalEnv", "JobRecipe", "errors_reach_client", "get_job", "make_recipe", "tune_worker_malloc"]
@@ -188,12 +189,26 @@ def _source_recipe(source: Any) -> tuple:
 
     if isinstance(source, RasterioSource):
         if not _reopenable(source.path):
+            if _gone(source):
+                raise SourceNotFoundError(
+                    f"engine='dask' reopens the input on every worker, but {source.path} no longer exists: it was "
+                    "deleted, moved or renamed after it was opened; put it back (or open it again where it is now) "
+                    "and run again"
+                )
             raise SpecError(
                 f"engine='dask' reopens the input on every worker, but {source.path!r} is an in-memory dataset; "
                 "pass a path or URL that every worker can open"
             )
         return ("rasterio", source.path, tuple(source.indexes), source._warp)
     return ("object", source)
+
+
+def _gone(source: Any) -> bool:
+    """Whether a source that cannot be reopened was a file, since removed, rather than an in-memory dataset (a MEM
+    dataset, named '', or a GDAL connection string such as ``NETCDF:"f.nc":var``)."""
+    given = source._given
+    return (bool(source.path) and not re.match(r"[A-Za-z0-9_]{2,}:", source.path)
+            and (given is None or given.driver != "MEM"))
 
 
 def _build_source(recipe: tuple) -> Any:

@@ -132,6 +132,21 @@ def test_an_in_memory_input_is_still_reported_as_one():
             _source_recipe(source)
 
 
+def test_a_truncated_mosaic_member_stops_the_dask_run_with_a_tilecast_error(tmp_path, raster, client):
+    from rasterio.transform import from_origin
+
+    img = np.random.default_rng(0).normal(size=(1, 64, 96)).astype("float32")
+    pieces = [raster(img[:, :, c : c + 48], name=f"p{c}.tif", transform=from_origin(500000 + c * 10, 4600000, 10, 10))
+              for c in (0, 48)]
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=16, input_overlap_size=1,
+                            output_bands={"mean": "float32"})
+    pred = model.predict_image(pieces)
+    spoil(pieces[1], "truncated")
+    with pytest.raises(tilecast.SourceReadError, match=r"of the mosaic from member .*p48\.tif: .*again"):
+        pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client, chunk_size=32)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "p0.tif", "p48.tif"]
+
+
 SPOILED = {"truncated": (tilecast.SourceReadError, MESSAGE), "deleted": (tilecast.SourceNotFoundError,
                                                                          r"input raster not found: .*in0\.tif")}
 

@@ -4,6 +4,7 @@ window, the last member is on top, and predictions over a mosaic equal predictio
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -15,7 +16,7 @@ from rasterio.windows import Window
 
 from conftest import coord_image
 from tilecast import Model
-from tilecast.errors import BandMismatchError, SourceNotFoundError
+from tilecast.errors import BandMismatchError, SourceNotFoundError, SourceReadError
 from tilecast.sources import open_source
 from tilecast.sources.mosaic import MosaicSource
 
@@ -129,6 +130,24 @@ def test_prediction_over_a_mosaic_equals_the_whole_raster(raster, tmp_path):
     a = model.predict_image(pieces).to_numpy()
     b = model.predict_image(whole).to_numpy()
     assert a.tobytes() == b.tobytes()
+
+
+def test_a_truncated_member_gives_a_source_read_error_naming_it(raster, tmp_path):
+    from onnx_models import mean_conv
+
+    img = np.random.default_rng(0).random((2, 64, 96)).astype("float32")
+    # Without band descriptions GDAL leaves the header at the start of the file, so it survives the truncation.
+    pieces = [raster(img[:, :, c : c + 48], name=f"p{c}.tif", transform=from_origin(ORIGIN[0] + c * 10, ORIGIN[1],
+                                                                                     10, 10)) for c in (0, 48)]
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 2, 3), input_tile_size=16, input_overlap_size=1,
+                            output_bands={"mean": "float32"})
+    pred = model.predict_image(pieces)
+    with open(pieces[1], "r+b") as f:  # most tiles are gone
+        f.truncate(os.path.getsize(pieces[1]) // 2)
+    with pytest.raises(SourceReadError, match=r"cannot read rows \d+:\d+, cols \d+:\d+ of the mosaic from member "
+                                              r".*p48\.tif: .*TIFFReadEncodedTile.*gdalinfo -checksum .*p48\.tif"):
+        pred.to_geotiff(tmp_path / "out.tif", progress=None)
+    assert not list(tmp_path.glob("out*"))
 
 
 def test_mosaic_pickles_as_its_recipe(raster, tmp_path):

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from ..errors import BandMismatchError, InputError, NotGeoreferencedError, SourceNotFoundError, SpecError
 from .base import Grid, aligned_grid, select_bands
-from .rasterio_source import _parse_tags, open_dataset, parse_crs
+from .rasterio_source import GDAL_READ_ERRORS, _parse_tags, open_dataset, parse_crs, read_error
 
 __all__ = ["MosaicSource", "expand_paths"]
 
@@ -220,12 +220,18 @@ class MosaicSource:
         for f_i, pairs in by_file.items():
             vrt, alpha = self._vrt(mi, f_i)
             idx = [b for _, b in pairs]
-            if alpha:  # coverage comes from the alpha band GDAL adds while warping
-                arr = vrt.read([*idx, vrt.count], window=window)
-                ok &= arr[-1] > 0
-            else:
-                arr = vrt.read(idx, window=window)
-                ok &= np.all(vrt.read_masks(idx, window=window) > 0, axis=0)
+            error = None
+            try:
+                if alpha:  # coverage comes from the alpha band GDAL adds while warping
+                    arr = vrt.read([*idx, vrt.count], window=window)
+                    ok &= arr[-1] > 0
+                else:
+                    arr = vrt.read(idx, window=window)
+                    ok &= np.all(vrt.read_masks(idx, window=window) > 0, axis=0)
+            except GDAL_READ_ERRORS as exc:
+                error = read_error(m.files[f_i], window, exc, "the mosaic")
+            if error is not None:
+                raise error
             for k, (pos, _) in enumerate(pairs):
                 values[pos] = arr[k]
         return values, ok

@@ -123,16 +123,9 @@ class RasterioSource:
             ds = self._dataset()
             try:
                 return self._read(ds, window)
-            except (RasterioError, CPLE_BaseError) as exc:
-                problem = _gdal_message(exc)
-        # Raised outside the handler, so GDAL's error is not chained: its CPLE exceptions cannot be unpickled, which
-        # made Dask hand the client a bare Exception instead of this one.
-        raise SourceReadError(
-            f"cannot read rows {window.row_off}:{window.row_off + window.height}, cols "
-            f"{window.col_off}:{window.col_off + window.width} of {self.path}: {problem}. The file is truncated, "
-            f"corrupt or changed since the prediction was planned; check it (gdalinfo -checksum {self.path}), then "
-            "re-create or re-download it and run again"
-        )
+            except GDAL_READ_ERRORS as exc:
+                error = read_error(self.path, window, exc)
+        raise error
 
     def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         if self._warp is not None and self.nodata is None:
@@ -197,6 +190,22 @@ def _nodata_valid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.nd
                 continue  # a nodata value the band cannot hold masks nothing
         valid &= band != np.asarray(nd).astype(band.dtype)
     return valid
+
+
+GDAL_READ_ERRORS = (RasterioError, CPLE_BaseError)
+"""What a read of a dataset that opened fine raises when the file is truncated or corrupt."""
+
+
+def read_error(path: str, window: Window, exc: BaseException, of: str = "") -> SourceReadError:
+    """The error for a ``window`` of ``path`` that GDAL failed to read (``of``: whose grid the window is on, when
+    not the file's). Raise it outside the ``except`` block, so GDAL's error is not chained: its CPLE exceptions
+    cannot be unpickled, which made Dask hand the client a bare Exception instead of this one."""
+    return SourceReadError(
+        f"cannot read rows {window.row_off}:{window.row_off + window.height}, cols "
+        f"{window.col_off}:{window.col_off + window.width} of {of + ' from member ' if of else ''}{path}: "
+        f"{_gdal_message(exc)}. The file is truncated, corrupt or changed since the prediction was planned; check it "
+        f"(gdalinfo -checksum {path}), then re-create or re-download it and run again"
+    )
 
 
 def _gdal_message(exc: BaseException) -> str:

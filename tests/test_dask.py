@@ -252,3 +252,24 @@ def test_cli_engine_dask_on_a_scheduler(tmp_path, raster, client):
     assert same(read(tmp_path / "dask.tif"), read(tmp_path / "local.tif"))
     res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "x.tif"), "--workers", "2"])
     assert res.exit_code != 0 and "--engine dask" in res.output
+
+
+def _tuned_after_a_task() -> bool:
+    from tilecast.runners import recipe
+
+    with recipe.GdalEnv().apply():  # what every worker task does first
+        pass
+    return recipe._MALLOC_TUNED
+
+
+def test_workers_get_glibcs_dynamic_malloc_back(client):
+    """Dask starts workers with MALLOC_TRIM_THRESHOLD_ set; tilecast resets the thresholds once per worker."""
+    import subprocess
+
+    assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {"65536"}
+    assert set(client.run(_tuned_after_a_task).values()) == {True}
+    code = "from tilecast.runners.recipe import tune_worker_malloc as t; print(t(), t())"
+    base = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    for env, expected in (({**base, "MALLOC_TRIM_THRESHOLD_": "65536"}, ["True", "False"]), (base, ["False", "False"])):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == expected

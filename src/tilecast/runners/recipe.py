@@ -130,7 +130,7 @@ def _round_trips(exc: BaseException) -> bool:
 _MALLOC_TUNED = False
 
 
-def tune_worker_malloc() -> None:
+def tune_worker_malloc() -> bool:
     """Give large buffers back their reuse in a process started with Dask's ``MALLOC_TRIM_THRESHOLD_``.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any malloc threshold turns off
@@ -138,21 +138,20 @@ def tune_worker_malloc() -> None:
     buffers) becomes a fresh ``mmap`` whose pages fault in again on every use: on 2 cores the COG conversion ran 2x
     slower and a whole I/O-bound prediction 1.9x slower. A 32 MiB mmap threshold (glibc's dynamic ceiling) lets
     those buffers be reused, and a 64 MiB trim threshold still hands memory back after a peak. Once per process;
-    nothing happens outside glibc or where the variable is unset.
+    nothing happens outside glibc or where the variable is unset. True when this call changed the thresholds.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
-        return
+        return False
     _MALLOC_TUNED = True
     if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 * 2**20)
-        libc.mallopt(m_trim_threshold, 64 * 2**20)
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 64 * 2**20))
     except (OSError, AttributeError):  # not glibc
-        pass
+        return False
 
 
 def _runtime_recipe(runtime: Any) -> tuple:

@@ -73,41 +73,48 @@ def chunk_prefix(prefix: str, index: int, width: int = 5) -> str:
     return f"{prefix}-{index:0{width}d}"
 
 
-def _chunk_task(ctx: _Context, index: int) -> _ChunkResult:
+@contextlib.contextmanager
+def worker_source(recipe: tuple, env: Any) -> Iterator[Any]:
+    """A task's source, opened on the worker from its recipe under the client's GDAL settings, closed after."""
     from ..runners.recipe import _build_source
 
+    with env.apply():
+        source = _build_source(recipe)
+        try:
+            yield source
+        finally:
+            if recipe[0] != "object":  # a source the worker opened itself (never the caller's own object)
+                with contextlib.suppress(Exception):
+                    source.close()
+
+
+def _chunk_task(ctx: _Context, index: int) -> _ChunkResult:
     plan = ctx.plan.plan
     r0, r1 = index * ctx.rows, min((index + 1) * ctx.rows, plan.tile_rows)
     written = skipped = 0
-    with ctx.env.apply():
-        source = _build_source(ctx.source)
+    with worker_source(ctx.source, ctx.env) as source:
+        # overwrite=True: a retried chunk (its worker lost after publishing) replaces its own shards only; the
+        # client has already refused to overwrite an earlier export.
+        writer = ShardedWriter(ctx.folder, chunk_prefix(ctx.plan.prefix, index, ctx.width), ctx.opts.compressed,
+                               ctx.opts.max_file_size, None, overwrite=True)
         try:
-            # overwrite=True: a retried chunk (its worker lost after publishing) replaces its own shards only; the
-            # client has already refused to overwrite an earlier export.
-            writer = ShardedWriter(ctx.folder, chunk_prefix(ctx.plan.prefix, index, ctx.width), ctx.opts.compressed,
-                                   ctx.opts.max_file_size, None, overwrite=True)
-            try:
-                for r in range(r0, r1):
-                    for c in range(plan.tile_cols):
-                        records = _patch_records(source, plan.tile(r, c), ctx.plan, ctx.opts)
-                        if records is None:
-                            skipped += 1
-                            continue
-                        for rec in records:
-                            writer.write(rec)
-                        written += 1
-                if writer.count == 0:  # no empty shards in the middle of an export
-                    writer.abort()
-                    files: list[Path] = []
-                else:
-                    files = writer.close()
-            except BaseException:
+            for r in range(r0, r1):
+                for c in range(plan.tile_cols):
+                    records = _patch_records(source, plan.tile(r, c), ctx.plan, ctx.opts)
+                    if records is None:
+                        skipped += 1
+                        continue
+                    for rec in records:
+                        writer.write(rec)
+                    written += 1
+            if writer.count == 0:  # no empty shards in the middle of an export
                 writer.abort()
-                raise
-        finally:
-            if ctx.source[0] != "object":  # a source the worker opened itself (never the caller's own object)
-                with contextlib.suppress(Exception):
-                    source.close()
+                files: list[Path] = []
+            else:
+                files = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
     return _ChunkResult(index, [f.name for f in files], written, skipped, (r1 - r0) * plan.tile_cols)
 
 

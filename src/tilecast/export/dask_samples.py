@@ -42,7 +42,16 @@ import numpy as np
 from .._extras import require
 from ..errors import SpecError
 from ..plan import XY
-from .dask import announce, chunk_prefix, name_width, open_client, remove_stale, run_tasks, staging_folder
+from .dask import (
+    announce,
+    chunk_prefix,
+    name_width,
+    open_client,
+    remove_stale,
+    run_tasks,
+    staging_folder,
+    worker_source,
+)
 from .reading import group_order
 from .samples import _write, _Writers
 from .sampling import Samples
@@ -117,33 +126,25 @@ def _target(n: int, threads: int, patch: XY, samples_per_task: int | None) -> in
 
 
 def _task(ctx: _Context, index: int, part: Samples) -> _TaskResult:
-    from ..runners.recipe import _build_source
-
     folder = Path(ctx.folder) / f"{index:0{ctx.width}d}"
     with contextlib.suppress(FileExistsError):  # a retry after a lost worker reuses its folder
         folder.mkdir()  # not parents=True: when the staging folder is gone the run has failed; so does the task
     stem, suffix, fmt, splits, compressed, max_file_size, table = ctx.writer
-    with ctx.env.apply():
-        source = _build_source(ctx.source)
+    with worker_source(ctx.source, ctx.env) as source:
+        writer = _Writers(folder, stem, suffix, fmt, splits, compressed, max_file_size, True, table)
         try:
-            writer = _Writers(folder, stem, suffix, fmt, splits, compressed, max_file_size, True, table)
-            try:
-                skipped = _write(source, part, ctx.patch, ctx.default_value, ctx.drop, ctx.chunk, ctx.label,
-                                 ctx.properties, writer, None)
-                files: dict[str, list[str]] = {}
-                for s, w in writer.writers.items():
-                    if writer.counts[s]:
-                        files[s] = [Path(f).name for f in w.close()]
-                    else:  # no empty parts: an empty Parquet file cannot even be written
-                        w.abort()
-                        files[s] = []
-            except BaseException:
-                writer.abort()
-                raise
-        finally:
-            if ctx.source[0] != "object":  # a source the worker opened itself (never the caller's own object)
-                with contextlib.suppress(Exception):
-                    source.close()
+            skipped = _write(source, part, ctx.patch, ctx.default_value, ctx.drop, ctx.chunk, ctx.label,
+                             ctx.properties, writer, None)
+            files: dict[str, list[str]] = {}
+            for s, w in writer.writers.items():
+                if writer.counts[s]:
+                    files[s] = [Path(f).name for f in w.close()]
+                else:  # no empty parts: an empty Parquet file cannot even be written
+                    w.abort()
+                    files[s] = []
+        except BaseException:
+            writer.abort()
+            raise
     return _TaskResult(index, files, dict(writer.counts), skipped, len(part))
 
 

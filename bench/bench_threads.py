@@ -27,13 +27,15 @@ from models import build_compute_bound
 def main() -> None:
     import tilecast
     import tilecast.runners.local as local
+    from tilecast._cpus import available_cpus
     from tilecast.prediction import bounded_gdal_cache
     from tilecast.sinks.geotiff import GeoTIFFSink
 
-    n = local.available_cpus()
+    n = available_cpus()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=6144)
-    ap.add_argument("--threads", default=f"0,{max(1, n - 2)},{max(1, n - 4)}", help="ORT intra-op threads; 0 = default")
+    ap.add_argument("--threads", default=f"0,{n},{max(1, n - 2)}",
+                    help="ORT intra-op threads; 0 = tilecast's default (tilecast._cpus.model_threads)")
     ap.add_argument("--readers", default=f"{max(1, min(4, n // 2))},2", help="tilecast read threads")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()

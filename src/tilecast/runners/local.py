@@ -9,28 +9,20 @@ is bounded, so memory does not grow with the raster.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
+from .._cpus import available_cpus
 from ..job import Job, TileData
 from ..progress import ProgressCallback
 from ..sinks.base import Sink
 
-__all__ = ["available_cpus", "run_local", "run_local_chunked"]
+__all__ = ["run_local", "run_local_chunked"]
 
 _DONE = object()
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class _Stage(threading.Thread):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._cpus import model_threads
 from ..errors import ModelLoadError, TileSizeError
 from .base import Signature, TensorSpec
 
@@ -39,7 +40,8 @@ class OnnxRuntime:
     """An ``onnxruntime.InferenceSession`` behind the runtime contract.
 
     ``providers`` picks execution providers (``"cuda"``, ``"openvino"``, ``"cpu"`` or full ORT names); unavailable
-    ones are skipped so the same call works on a CPU-only machine.
+    ones are skipped so the same call works on a CPU-only machine. ``threads``: intra-op threads, by default
+    :func:`tilecast._cpus.model_threads` (an explicit, affinity-aware count, so ONNX Runtime does not pin them).
     """
 
     def __init__(
@@ -59,8 +61,7 @@ class OnnxRuntime:
             self.path = None
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or model_threads()
         opts.log_severity_level = 3
         # Spinning intra-op threads would take the cores that tilecast's reads and writes need between batches.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -7,8 +7,8 @@ averages it on one thread, which is the serial part of the conversion (about hal
 image, and the COG driver uses the existing overviews instead of computing them (``OVERVIEWS=AUTO``).
 
 The reduction is GDAL's: ``average`` is the mean of the valid pixels of each 2 x 2 cell (nodata excluded, and NaN
-when it is the nodata value; integers rounded half up; a cell with no valid pixel is nodata); ``nearest`` takes each cell's top-left pixel.
-Cells past an odd edge have fewer pixels.
+when it is the nodata value; integers rounded half up; a cell with no valid pixel is nodata); ``nearest`` takes
+each cell's top-left pixel. Cells past an odd edge have fewer pixels.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Sample and patch exports on a 2-worker LocalCluster: TensorFlow decodes the same examples, in the same order, as
 the local export (seeded selection, blocked splits, masked centres, geometries); single files are concatenated
-parts, max_file_size shards are per task; CSV/Parquet; overwrite across engines; a failed run leaves nothing; CLI."""
+parts, max_file_size shards are per task; CSV/Parquet; overwrite across engines; a failed run leaves nothing; a
+killed worker is survived; CLI."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -199,3 +201,35 @@ def test_cli_engine_dask(client, scene, tmp_path):
     assert_same_examples(parsed(tmp_path / "cli" / "spec.json"), parsed(tmp_path / "ref" / "spec.json"))
     res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "x.tfrecord.gz"), "--workers", "2"])
     assert res.exit_code != 0 and "--engine dask" in res.output
+
+
+def test_a_killed_worker_does_not_break_the_export(scene, tmp_path):
+    """A worker killed mid-export loses its running task, the results it held and the sample parts scattered to it
+    (which Dask cannot recompute): those tasks are submitted again and rewrite their records in place, so TF decodes
+    exactly the local export's examples. Its own cluster, so the kill cannot disturb the module's."""
+    src, pts, labels = scene
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as c:
+        for name, export, args, kw in [
+            ("s.tfrecord.gz", export_samples, (), dict(labels=pts, label_field="cls", properties=["w"], chunk=32,
+                                                       splits={"a": 0.6, "b": 0.4}, split_block=40)),
+            ("", export_patches, ([7, 5],), dict(label_raster=labels, per_class=60, seed=2, max_file_size=3000,
+                                                 chunk=48)),
+        ]:
+            killed: list[int] = []
+            victim = min(c.run(os.getpid).values())
+
+            def kill_once(done, total, pixels, killed=killed, victim=victim):
+                if not killed:  # after the first task's result: the other tasks are queued or running
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(victim)
+
+            local = export(src, folder(tmp_path, f"l{name}") / name, *args, **kw)
+            out = folder(tmp_path, f"d{name}")
+            dask = export(src, out / name, *args, engine="dask", client=c, samples_per_task=10, progress=kill_once,
+                          **kw)
+            assert killed
+            assert dask.counts == local.counts and dask.skipped == local.skipped
+            assert_same_examples(parsed(dask.spec), parsed(local.spec))
+            assert not [f for f in os.listdir(out) if f.startswith(".")]  # no staging folder left
+            c.wait_for_workers(2, timeout=30)

@@ -14,6 +14,7 @@ exports on Dask, :mod:`tilecast.export.dask_samples`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
 import os
@@ -171,7 +172,7 @@ def export_image_dask(
         n = math.ceil(plan.tile_rows / rows)
         ctx = _Context(recipe, GdalEnv.capture(), p, opts, str(staging), rows, name_width(n))
         announce(c, f"{n} chunk task(s) of {rows} patch row(s)", report)
-        shared = c.scatter(ctx, broadcast=True, hash=False)
+        shared = Broadcast(c, ctx)
         done = 0
 
         def advance(res: _ChunkResult) -> None:
@@ -180,7 +181,10 @@ def export_image_dask(
             if report is not None:
                 report(done, len(plan), done * p.ph * p.pw)
 
-        results = run_tasks(c, [c.submit(_chunk_task, shared, i, pure=False) for i in range(n)], advance)
+        def submit(i: int) -> Any:
+            return c.submit(_chunk_task, shared.future(), i, pure=False)
+
+        results = run_tasks(c, [submit(i) for i in range(n)], advance, submit)
         files = []
         for name in (name for r in results for name in r.files):
             os.replace(staging / name, folder / name)
@@ -241,14 +245,56 @@ def announce(client: Any, tasks: str, report: Callable | None) -> None:
           file=sys.stderr)
 
 
-def run_tasks(client: Any, futures: list[Any], advance: Callable[[Any], None] | None = None) -> list[Any]:
+class Broadcast:
+    """A value every task of a run shares, on every worker; scattered again when the last copy was lost with its
+    workers (a scattered value has no task that could recompute it, so its tasks would be cancelled)."""
+
+    def __init__(self, client: Any, value: Any) -> None:
+        self.client = client
+        self.value = value
+        self._future = client.scatter(value, broadcast=True, hash=False)
+
+    def future(self) -> Any:
+        if self._future.status != "finished":
+            self._future = self.client.scatter(self.value, broadcast=True, hash=False)
+        return self._future
+
+
+def run_tasks(
+    client: Any,
+    futures: list[Any],
+    advance: Callable[[Any], None] | None = None,
+    resubmit: Callable[[int], Any] | None = None,
+    retries: int = 3,
+) -> list[Any]:
     """The tasks' results sorted by their ``index``, each future released as soon as its result is in (so the
-    cluster does not hold them); on a failure the remaining tasks are cancelled and the error raised."""
+    cluster does not hold them); on a failure the remaining tasks are cancelled and the error raised.
+
+    Dask retries a task whose worker died, but not one whose *scattered* input died with it: the scheduler cancels
+    that task. ``resubmit(i)`` submits task ``i`` (of ``futures``) again with its inputs scattered anew, at most
+    ``retries`` times per task; a retry writes the same files as the lost attempt, which it replaces.
+    """
     distributed = require("distributed", "dask")
+    futures = list(futures)
+    position = {f.key: i for i, f in enumerate(futures)}
+    tries = [0] * len(futures)
     results = []
     try:
-        for fut in distributed.as_completed(futures):
-            res = fut.result()
+        pending = distributed.as_completed(futures)
+        for fut in pending:
+            i = position.pop(fut.key)
+            try:
+                # A task that had finished can still be lost before its result is in (its worker dies meanwhile).
+                res = fut.result()
+            except concurrent.futures.CancelledError:
+                if resubmit is None or tries[i] >= retries:
+                    raise
+                tries[i] += 1
+                fut.release()
+                futures[i] = again = resubmit(i)
+                position[again.key] = i
+                pending.add(again)
+                continue
             results.append(res)
             fut.release()
             if advance is not None:

@@ -43,6 +43,7 @@ from .._extras import require
 from ..errors import SpecError
 from ..plan import XY
 from .dask import (
+    Broadcast,
     announce,
     chunk_prefix,
     name_width,
@@ -225,8 +226,9 @@ def write_dask(
         ctx = _Context(recipe, GdalEnv.capture(), patch, default_value, drop, chunk, label, properties, writer_args,
                        str(staging), width)
         announce(c, f"{len(ranges)} task(s) of about {ranges[0][1] - ranges[0][0]} sample(s)", progress)
-        shared = c.scatter(ctx, broadcast=True, hash=False)
-        # Coordinates, labels and properties only (a few bytes per sample), scattered: not in the task graph.
+        shared = Broadcast(c, ctx)
+        # Coordinates, labels and properties only (a few bytes per sample), scattered: not in the task graph. A part
+        # lost with its worker is taken and scattered again (``resubmit``).
         parts = c.scatter([samples.take(order[a:b]) for a, b in ranges], hash=False)
         done = 0
 
@@ -236,9 +238,13 @@ def write_dask(
             if progress is not None:
                 progress(done, len(order), done * patch.x * patch.y)
 
-        futures = [c.submit(_task, shared, i, part, pure=False) for i, part in enumerate(parts)]
+        def resubmit(i: int) -> Any:
+            a, b = ranges[i]
+            return c.submit(_task, shared.future(), i, c.scatter(samples.take(order[a:b]), hash=False), pure=False)
+
+        futures = [c.submit(_task, shared.future(), i, part, pure=False) for i, part in enumerate(parts)]
         del parts
-        results = run_tasks(c, futures, advance)
+        results = run_tasks(c, futures, advance, resubmit)
         moves: list[tuple[str, Path, Path]] = []  # (split, from, to)
         concat = []
         for s, w in writers.writers.items():

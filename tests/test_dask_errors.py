@@ -97,7 +97,7 @@ def test_a_corrupted_raster_gives_a_source_read_error_locally(tmp_path, raster):
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=50) as cluster, distributed.Client(cluster) as c:
         yield c
 
@@ -179,3 +179,69 @@ def test_export_tasks_send_the_tilecast_error_and_leave_nothing(tmp_path, raster
             export_samples(path, out / "s.csv", label_raster=labels, engine="dask", client=client,
                            samples_per_task=2000, progress=False)
     assert os.listdir(out) == []
+
+
+VSIMEM = (r"/vsimem/\S+ is in GDAL's in-memory filesystem .* only this process can read.* write the raster to a file "
+          r"or object store .* engine='local'")
+
+
+@pytest.fixture
+def in_memory():
+    """A georeferenced raster in a rasterio MemoryFile (its name is a /vsimem/ path), open while the test runs."""
+    from rasterio.io import MemoryFile
+    from rasterio.transform import from_origin
+
+    img = np.random.default_rng(2).normal(size=(1, 40, 56)).astype("float32")
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=56, height=40, count=1, dtype="float32", crs="EPSG:32633",
+                      transform=from_origin(500000, 4600000, 10, 10)) as dst:
+            dst.write(img)
+        with mem.open() as ds:
+            yield ds
+
+
+def vsimem_model(tmp_path):
+    return Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=16, input_overlap_size=1,
+                           output_bands={"mean": "float32"})
+
+
+def test_a_vsimem_input_is_refused_up_front_when_workers_are_other_processes(tmp_path, raster, client, in_memory):
+    """Each worker process would fail with "input raster not found": the client says why before any task runs."""
+    from tilecast.export import export_samples
+
+    assert in_memory.name.startswith("/vsimem/")
+    model = vsimem_model(tmp_path)
+    for image in (in_memory, in_memory.name, [in_memory.name]):  # a dataset, its path, a mosaic member
+        pred = model.predict_image(image)
+        with pytest.raises(tilecast.SpecError, match=VSIMEM):
+            pred.to_geotiff(tmp_path / "out.tif", engine="dask", client=client, chunk_size=16)
+    with pytest.raises(tilecast.SpecError, match=VSIMEM):  # the lazy array, for the current (process) client
+        model.predict_image(in_memory).to_xarray(engine="dask")
+    labels = raster(np.ones((40, 56), "uint8"), name="labels.tif")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(tilecast.SpecError, match=VSIMEM):
+        export_samples(in_memory, out / "s.csv", label_raster=labels, engine="dask", client=client, progress=False)
+    assert os.listdir(out) == []
+    assert sorted(os.listdir(tmp_path)) == ["labels.tif", "m.onnx", "out"]  # no partial prediction
+
+
+def test_a_vsimem_input_runs_on_workers_in_this_process(tmp_path, raster, in_memory):
+    """A LocalCluster(processes=False) shares this process's /vsimem/: the same output as the local runner."""
+    distributed = pytest.importorskip("distributed")
+    from tilecast.export import export_samples
+
+    pred = vsimem_model(tmp_path).predict_image(in_memory)
+    local = pred.to_geotiff(tmp_path / "local.tif")
+    labels = raster(np.ones((40, 56), "uint8"), name="labels.tif")
+    ref = export_samples(in_memory, tmp_path / "ref.csv", label_raster=labels, progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0",
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as c:
+        out = pred.to_geotiff(tmp_path / "dask.tif", engine="dask", client=c, chunk_size=16)
+        dask = export_samples(in_memory, tmp_path / "dask.csv", label_raster=labels, engine="dask", client=c,
+                              samples_per_task=500, progress=False)
+    import rasterio
+
+    with rasterio.open(out) as a, rasterio.open(local) as b:
+        assert a.read().tobytes() == b.read().tobytes()
+    assert dask.files["all"][0].read_text() == ref.files["all"][0].read_text()

@@ -149,7 +149,7 @@ def export_image_dask(
 ) -> ExportResult:
     """:func:`~tilecast.export.export_image` on Dask (``engine="dask"``); the output folder must be shared by the
     workers (a LocalCluster, or a shared filesystem). ``chunk_rows`` sets the patch rows per task."""
-    from ..runners.recipe import GdalEnv, _source_recipe
+    from ..runners.recipe import GdalEnv, _source_recipe, check_workers_can_open
 
     opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
     folder = Path(output)
@@ -167,6 +167,7 @@ def export_image_dask(
     before = set(shard_files(folder, p.prefix))  # _prepare refused them unless overwrite=True
     plan = p.plan
     with staging_folder(folder, p.prefix) as staging, open_client(client, scheduler, workers) as c:
+        check_workers_can_open(c, recipe)
         threads = sum(c.nthreads().values())
         rows = chunk_rows_for(plan.tile_rows, plan.tile_cols, threads, chunk_rows)
         n = math.ceil(plan.tile_rows / rows)

@@ -210,7 +210,7 @@ def write_dask(
     output names (and is not used to write); ``writer_args`` are its arguments after the folder, without
     ``overwrite``: ``(stem, suffix, format, splits, compressed, max_file_size, table)``. Returns ``(files per
     split, counts per split, skipped)``."""
-    from ..runners.recipe import GdalEnv, _source_recipe
+    from ..runners.recipe import GdalEnv, _source_recipe, check_workers_can_open
 
     recipe = _source_recipe(source)
     folder = _folder_of(writers)
@@ -221,6 +221,7 @@ def write_dask(
     published: list[Path] = []
     stem = writer_args[0] or ("samples" if writer_args[6] else "patches")
     with staging_folder(folder, stem) as staging, open_client(client, scheduler, workers) as c:
+        check_workers_can_open(c, recipe)
         ranges = task_ranges(keys, _target(len(order), sum(c.nthreads().values()), patch, samples_per_task))
         width = name_width(len(ranges))
         ctx = _Context(recipe, GdalEnv.capture(), patch, default_value, drop, chunk, label, properties, writer_args,

@@ -26,7 +26,7 @@ from ..errors import SpecError, TilecastError
 from ..job import Job
 from ..progress import ProgressCallback
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
-from .recipe import GdalEnv, JobRecipe, get_job, make_recipe
+from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
 __all__ = ["dask_array", "open_client", "run_dask"]
 
@@ -148,6 +148,7 @@ def run_dask(
     futures: list[Any] = []
     try:
         with open_client(client, scheduler, workers) as c:
+            check_workers_can_open(c, recipe.source)
             if progress is not None:
                 link = getattr(c, "dashboard_link", None) if _has_dashboard(c) else None
                 print(f"dask: {len(todo)} chunk task(s) of {layout.rows} x {layout.cols} tiles on "
@@ -216,6 +217,9 @@ def dask_array(job: Job, chunk_size: int | tuple[int, int] | None = None, env: G
 
     layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
     recipe = make_recipe(job, env)
+    client = _default_client()
+    if client is not None:  # the threaded scheduler runs in this process; a distributed client may not
+        check_workers_can_open(client, recipe.source)
     name = f"tilecast-predict-{recipe.token}"
     ctx_key = f"tilecast-context-{recipe.token}"
     dsk: dict[Any, Any] = {ctx_key: _Context(recipe, layout, None)}
@@ -226,6 +230,16 @@ def dask_array(job: Job, chunk_size: int | tuple[int, int] | None = None, env: G
     n = len(job.profile.band_names)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     return da.Array(graph, name, chunks=((n,), ys, xs), dtype=job.profile.dtype)
+
+
+def _default_client() -> Any:
+    """The distributed client that would compute a Dask collection now, or None (Dask's local schedulers)."""
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
 
 
 def check_engine(engine: str) -> str:

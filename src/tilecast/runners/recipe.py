@@ -27,7 +27,10 @@ import rasterio
 from ..errors import SourceNotFoundError, SpecError
 from ..job import Job
 
-__all__ = ["GdalEnv", "JobRecipe", "errors_reach_client", "get_job", "make_recipe", "tune_worker_malloc"]
+__all__ = [
+    "GdalEnv", "JobRecipe", "check_workers_can_open", "errors_reach_client", "get_job", "make_recipe",
+    "tune_worker_malloc",
+]
 
 _ENV_PREFIXES = ("AWS_", "GDAL_", "CPL_", "VSI_", "GS_", "GOOGLE_", "AZURE_", "OSS_", "SWIFT_", "CURL_", "PROJ_")
 _AWS_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -208,6 +211,44 @@ def _gone(source: Any) -> bool:
     given = source._given
     return (bool(source.path) and not re.match(r"[A-Za-z0-9_]{2,}:", source.path)
             and (given is None or given.driver != "MEM"))
+
+
+_PROCESS = uuid.uuid4().hex
+"""This process, told apart from any other (a forked worker keeps the token, but not the pid)."""
+
+
+def _process_id() -> tuple[str, int]:
+    return _PROCESS, os.getpid()
+
+
+def _process_local_paths(recipe: tuple) -> list[str]:
+    """The source's files that live in GDAL's in-memory filesystem (``/vsimem/``, e.g. a rasterio ``MemoryFile``),
+    which only the process that wrote them can read."""
+    # A mosaic travels as itself and reopens its members by path.
+    paths = [recipe[1]] if recipe[0] == "rasterio" else list(getattr(recipe[1], "paths", None) or ())
+    return [p for p in paths if isinstance(p, str) and "/vsimem/" in p]
+
+
+def _workers_in_process(client: Any) -> bool:
+    """Whether every worker of ``client``'s cluster runs in this very process (a ``LocalCluster(processes=False)``):
+    asked of the workers themselves, by a token of this process and its pid."""
+    here = _process_id()
+    seen = client.run(_process_id)
+    return bool(seen) and all(tuple(v) == here for v in seen.values())
+
+
+def check_workers_can_open(client: Any, recipe: tuple) -> None:
+    """Refuse, before any task runs, a source the workers cannot open: one in ``/vsimem/`` while the workers run in
+    other processes (each would fail with "input raster not found"). Only such a source costs a round trip."""
+    local = _process_local_paths(recipe)
+    if not local or _workers_in_process(client):
+        return
+    raise SpecError(
+        f"engine='dask' reopens the input on every worker, but {local[0]} is in GDAL's in-memory filesystem "
+        "(/vsimem/, e.g. a rasterio MemoryFile), which only this process can read, and the Dask workers run in "
+        "other processes; write the raster to a file or object store that every worker can read, or use "
+        "engine='local' (or a LocalCluster(processes=False), whose workers share this process)"
+    )
 
 
 def _build_source(recipe: tuple) -> Any:

@@ -143,6 +143,26 @@ def test_a_killed_worker_does_not_break_the_run(tmp_path, raster, client):
     client.wait_for_workers(2, timeout=30)
 
 
+def test_killing_the_only_worker_loses_nothing(tmp_path, raster):
+    """With one worker the scattered context dies with it; the runner scatters it again and resubmits."""
+    img = noisy((1, 64, 64), seed=8, nodata_box=False)
+    pred = Model.from_callable(slow_double, layout="NCHW", input_tile_size=16, batch_size=2,
+                               output_bands={"y": "float32"}).predict_image(raster(img))
+    killed = []
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as one:
+        pid = next(iter(one.run(os.getpid).values()))
+
+        def kill_once(done, total, pixels):
+            if done >= 4 and not killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        out = pred.to_geotiff(tmp_path / "d.tif", engine="dask", client=one, chunk_size=16, progress=kill_once)
+    assert killed
+    assert same(read(out)[0], img[0] * 2)
+
+
 def test_model_is_loaded_once_per_worker(tmp_path, raster, client):
     path = raster(noisy((1, 64, 64), seed=7, nodata_box=False))
     model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size=8, input_overlap_size=1,

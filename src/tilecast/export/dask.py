@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from .._extras import require
 from ..errors import InputError, SpecError
 from ..plan import xy
+from ..runners.dask import Broadcast
 from ..sources import open_source
 from .image import ImageExportOptions, _finish, _ImagePlan, _patch_records, _prepare, shard_files
 from .reading import bounded_cache
@@ -244,21 +245,6 @@ def announce(client: Any, tasks: str, report: Callable | None) -> None:
     link = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
     print(f"dask: {tasks} on {len(client.nthreads())} worker(s)" + (f"; dashboard {link}" if link else ""),
           file=sys.stderr)
-
-
-class Broadcast:
-    """A value every task of a run shares, on every worker; scattered again when the last copy was lost with its
-    workers (a scattered value has no task that could recompute it, so its tasks would be cancelled)."""
-
-    def __init__(self, client: Any, value: Any) -> None:
-        self.client = client
-        self.value = value
-        self._future = client.scatter(value, broadcast=True, hash=False)
-
-    def future(self) -> Any:
-        if self._future.status != "finished":
-            self._future = self.client.scatter(self.value, broadcast=True, hash=False)
-        return self._future
 
 
 def run_tasks(

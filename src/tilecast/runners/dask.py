@@ -11,6 +11,7 @@ process loads the model the first time and caches it. Retries after a lost worke
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -28,7 +29,7 @@ from ..progress import ProgressCallback
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
-__all__ = ["dask_array", "open_client", "run_dask"]
+__all__ = ["Broadcast", "dask_array", "open_client", "run_dask"]
 
 log = logging.getLogger("tilecast.dask")
 
@@ -40,6 +41,21 @@ class _Context:
     recipe: JobRecipe
     layout: ChunkLayout
     writer: Any
+
+
+class Broadcast:
+    """A value every task of a run shares, on every worker; scattered again when the last copy was lost with its
+    workers (a scattered value has no task that could recompute it, so its tasks would be cancelled)."""
+
+    def __init__(self, client: Any, value: Any) -> None:
+        self.client = client
+        self.value = value
+        self._future = client.scatter(value, broadcast=True, hash=False)
+
+    def future(self) -> Any:
+        if self._future.status != "finished":
+            self._future = self.client.scatter(self.value, broadcast=True, hash=False)
+        return self._future
 
 
 def _worker_threads() -> int | None:
@@ -157,23 +173,36 @@ def run_dask(
             report = (distributed.performance_report(filename=str(performance_report)) if performance_report
                       else contextlib.nullcontext())
             with report:
-                ctx = c.scatter(_Context(recipe, layout, sink.writer()), broadcast=True, hash=False)
+                ctx = Broadcast(c, _Context(recipe, layout, sink.writer()))
                 limit = in_flight or max(4, 4 * sum(c.nthreads().values()))
                 queue = iter(todo)
                 ac = distributed.as_completed()
+                tries: dict[str, tuple[int, int]] = {}
 
-                def submit() -> None:
-                    index = next(queue, None)
+                def submit(index: int | None = None, attempt: int = 0) -> None:
+                    index = next(queue, None) if index is None else index
                     if index is not None:
-                        fut = c.submit(_chunk_task, ctx, index, key=f"tilecast-chunk-{index}-{recipe.token}",
-                                       pure=False)
+                        key = f"tilecast-chunk-{index}-{recipe.token}" + (f"-retry{attempt}" if attempt else "")
+                        fut = c.submit(_chunk_task, ctx.future(), index, key=key, pure=False)
+                        tries[fut.key] = (index, attempt)
                         futures.append(fut)
                         ac.add(fut)
 
                 for _ in range(limit):
                     submit()
                 for fut in ac:
-                    stats, window, data = fut.result()
+                    try:
+                        stats, window, data = fut.result()
+                    except concurrent.futures.CancelledError:
+                        # Its worker died holding the last copy of the context: Dask cannot recompute a scattered
+                        # value, so it cancels the task; scatter the context again and resubmit (3 times at most).
+                        index, attempt = tries.pop(fut.key)
+                        if attempt >= 3:
+                            raise
+                        futures.remove(fut)
+                        submit(index, attempt + 1)
+                        continue
+                    tries.pop(fut.key, None)
                     if data is not None:
                         sink.write(window, data)
                     sink.mark([stats.index])

@@ -142,3 +142,30 @@ def test_writes_out_of_order_give_up_streaming(tmp_path):
         level = ds.read(1)
     rows = np.repeat(np.arange(0, 40, 7), 7)[:40].astype("float32")
     np.testing.assert_array_equal(level[:, 0], rows.reshape(20, 2).mean(axis=1))
+
+
+@pytest.mark.parametrize(("tile", "chunk", "streamed"), [(64, 128, True), (25, 25, False)])
+def test_chunked_cog_reduces_each_chunk_like_the_stream(tmp_path, raster, monkeypatch, tile, chunk, streamed):
+    """Resumable and Dask outputs (chunks in any order) get the same first level as the streaming sink, to the bit;
+    chunks that would split a 2 x 2 cell (odd sizes) leave the overviews to GDAL."""
+    from tilecast.sinks import chunked
+
+    derived = []
+    derive = chunked.derive_levels
+    monkeypatch.setattr(chunked, "derive_levels", lambda *a: derived.append(a) or derive(*a))
+    rng = np.random.default_rng(2)
+    img = rng.random((1, 600, 520), dtype="float32") * 100
+    img[0, 50:90, 30:200] = -1
+    model = Model.from_callable(lambda x: x * 2, layout="NCHW", input_tile_size=tile, output_bands={"y": "float32"})
+    pred = model.predict_image(raster(img, nodata=-1))
+    local = pred.to_geotiff(tmp_path / "local.tif")
+    chunks = pred.to_geotiff(tmp_path / "chunks.tif", resume=True, chunk_size=chunk)
+    assert bool(derived) is streamed
+    with rasterio.open(local) as a, rasterio.open(chunks) as b:
+        assert a.overviews(1) == b.overviews(1) == [2]
+    got, want = read_level(chunks, 0), read_level(local, 0)
+    if streamed:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    assert not list(tmp_path.glob(".*"))  # no partial file, level, lock or manifest left

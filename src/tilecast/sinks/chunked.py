@@ -26,6 +26,7 @@ from rasterio.windows import Window
 from .._extras import require
 from .base import OutputProfile, Sink
 from .geotiff import GeoTIFFSink, check_output_path
+from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
 
 __all__ = ["BlockSinkAdapter", "ChunkSink", "Manifest", "PartialGeoTIFFSink", "ZarrSink"]
 
@@ -100,10 +101,11 @@ def _hidden(path: Path, suffix: str) -> Path:
 
 class _LockedGTiffWriter:
     """Windowed writes into the shared partial GeoTIFF, one process at a time (an OS file lock, released even
-    when a worker is killed)."""
+    when a worker is killed). With ``levels`` (resampling, nodata) each chunk is also reduced into the first
+    overview level beside it (``<partial>.ovr``), so the COG conversion only derives the small levels."""
 
-    def __init__(self, path: str, lock: str) -> None:
-        self.path, self.lock = path, lock
+    def __init__(self, path: str, lock: str, levels: tuple[str, float | None] | None = None) -> None:
+        self.path, self.lock, self.levels = path, lock, levels
 
     def write(self, window: Window, data: np.ndarray) -> None:
         with open(self.lock, "a") as fh:
@@ -111,6 +113,9 @@ class _LockedGTiffWriter:
             try:
                 with rasterio.open(self.path, "r+") as dst:
                     dst.write(data, window=window)
+                if self.levels is not None:
+                    with rasterio.open(self.path + ".ovr", "r+") as level:
+                        write_chunk_level(level, window, data, *self.levels)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -127,31 +132,41 @@ class PartialGeoTIFFSink(GeoTIFFSink):
         self.partial = _hidden(self.path, "partial.tmp.tif")
         self.lock = str(_hidden(self.path, "partial.lock"))
         self.manifest: Manifest | None = None
+        self._levels: tuple[str, list[int]] | None = None
 
     def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
         self.profile = profile
         self.manifest = Manifest(_hidden(self.path, "resume.json"), fingerprint)
+        plan = self._overview_plan(profile)
+        level = str(self.partial) + ".ovr"
         if resume and self.partial.exists() and self.manifest.load():
             self._tmp = str(self.partial)
+            self._levels = plan if plan is not None and os.path.exists(level) else None
             return set(self.manifest.done)
         self._remove_partial()
         g = profile.grid
         block = 256 if min(g.shape) >= 256 else 16
-        self._dst = rasterio.open(
-            self.partial, "w", driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),
+        partial = dict(
+            driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),
             dtype=profile.dtype, crs=g.crs, transform=g.transform, nodata=profile.nodata, tiled=True,
             blockxsize=block, blockysize=block, sparse_ok=True, bigtiff="IF_SAFER",
             interleave="band" if len(profile.band_names) > 1 else "pixel",
         )
+        self._dst = rasterio.open(self.partial, "w", **partial)
         self._write_metadata(profile)
         self._dst.close()
         self._dst = None
+        self._levels = plan if plan is not None and chunk_alignable(chunks, g.shape) else None
+        if self._levels is not None:
+            with rasterio.open(level, "w", **level_profile(partial)):
+                pass
         self._tmp = str(self.partial)
         self.manifest.flush()
         return set()
 
     def writer(self) -> ChunkWriter:
-        return _LockedGTiffWriter(str(self.partial), self.lock)
+        levels = None if self._levels is None else (self._levels[0], self.profile.nodata)
+        return _LockedGTiffWriter(str(self.partial), self.lock, levels)
 
     def write(self, window: Window, data: np.ndarray) -> None:
         self.writer().write(window, data)
@@ -163,6 +178,11 @@ class PartialGeoTIFFSink(GeoTIFFSink):
         """Build the COG from the partial file (wherever this runs: a worker can do it) and publish it."""
         check_output_path(self.path, self.overwrite)
         self._tmp = str(self.partial)
+        level = self._tmp + ".ovr"
+        if self._levels is not None:
+            derive_levels(level, *self._levels)
+        elif os.path.exists(level):  # never let GDAL pick up a level this run did not fill
+            os.remove(level)
         self._dst = rasterio.open(self.partial, "r")
         path = super().close()  # closes the handle, copies to a COG, renames, removes the partial file
         self.manifest.remove()
@@ -181,7 +201,7 @@ class PartialGeoTIFFSink(GeoTIFFSink):
         self._remove_partial()
 
     def _remove_partial(self) -> None:
-        for p in (str(self.partial), str(self.partial) + ".aux.xml", self.lock,
+        for p in (str(self.partial), str(self.partial) + ".aux.xml", str(self.partial) + ".ovr", self.lock,
                   str(_hidden(self.path, "partial.cog.tif"))):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(p)

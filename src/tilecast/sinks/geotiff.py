@@ -111,10 +111,18 @@ class GeoTIFFSink:
         )
         self._dst = rasterio.open(self._tmp, "w", **tmp_profile)
         self._write_metadata(profile)
-        factors = overview_factors(g.shape, self.blocksize) if self.overviews else []
-        if factors and not any(k.lower() in _OVERVIEW_OPTIONS for k in self.creation_options):
-            resampling = "nearest" if profile.categorical else "average"
+        levels = self._overview_plan(profile)
+        if levels is not None:
+            resampling, factors = levels
             self._ovr = OverviewWriter(self._tmp + ".ovr", tmp_profile, resampling, profile.nodata, factors)
+
+    def _overview_plan(self, profile: OutputProfile) -> tuple[str, list[int]] | None:
+        """``(resampling, factors)`` when tilecast reduces the first overview level itself; None leaves the
+        overviews to GDAL (no overviews, or creation options that change them)."""
+        factors = overview_factors(profile.grid.shape, self.blocksize) if self.overviews else []
+        if not factors or any(k.lower() in _OVERVIEW_OPTIONS for k in self.creation_options):
+            return None
+        return ("nearest" if profile.categorical else "average"), factors
 
     def _write_metadata(self, profile: OutputProfile) -> None:
         """Band descriptions, dataset tags and class metadata, which the COG conversion carries over."""

@@ -20,7 +20,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-__all__ = ["OverviewWriter", "downsample2", "overview_factors"]
+__all__ = ["OverviewWriter", "chunk_alignable", "derive_levels", "downsample2", "level_profile", "overview_factors",
+           "write_chunk_level"]
 
 
 def overview_factors(shape: tuple[int, int], blocksize: int) -> list[int]:
@@ -39,18 +40,15 @@ def overview_factors(shape: tuple[int, int], blocksize: int) -> list[int]:
 
 
 def downsample2(rows: np.ndarray, resampling: str, nodata: float | None) -> np.ndarray:
-    """One overview step over ``(bands, h, w)``; odd edges give cells of fewer pixels."""
+    """One overview step over ``(bands, h, w)``; odd edges give cells of fewer pixels.
+
+    Each cell's arithmetic depends on that cell alone, so strips and chunks of any extent give the same bits.
+    """
     if resampling == "nearest":
         return rows[:, ::2, ::2]
     _, h, w = rows.shape
-    hh, ww = (h + 1) // 2, (w + 1) // 2
-    is_float = rows.dtype.kind == "f"
     nan_nodata = nodata is not None and isinstance(nodata, float) and math.isnan(nodata)
-    if (h % 2 or w % 2) or nodata is not None or not is_float:
-        return _masked_mean(rows, hh, ww, nodata, nan_nodata)
-    # Float without a nodata value: a plain mean, NaN propagating, in the data type (GDAL's fast path).
-    q = rows.dtype.type(0.25)
-    return ((rows[:, 0::2, 0::2] + rows[:, 1::2, 0::2]) + (rows[:, 0::2, 1::2] + rows[:, 1::2, 1::2])) * q
+    return _masked_mean(rows, (h + 1) // 2, (w + 1) // 2, nodata, nan_nodata)
 
 
 def _masked_mean(rows: np.ndarray, hh: int, ww: int, nodata: float | None, nan_nodata: bool) -> np.ndarray:
@@ -85,6 +83,34 @@ def _masked_mean(rows: np.ndarray, hh: int, ww: int, nodata: float | None, nan_n
     return np.where(count > 0, mean, fill).astype(rows.dtype)
 
 
+def level_profile(profile: dict) -> dict:
+    """The first overview level's GeoTIFF profile for a full-resolution ``profile`` (uncompressed, tiled)."""
+    width, height, t = profile["width"], profile["height"], profile["transform"]
+    w2, h2 = (width + 1) // 2, (height + 1) // 2
+    return {**profile, "width": w2, "height": h2, "blockysize": 256, "blockxsize": 256,
+            "transform": t * t.scale(width / w2, height / h2)}
+
+
+def derive_levels(path: str, resampling: str, factors: list[int]) -> None:
+    """The levels after the first, computed by GDAL from the quarter-size first level in ``path``."""
+    rest = [f // 2 for f in factors[1:]]
+    if rest:
+        with rasterio.open(path, "r+") as dst:
+            dst.build_overviews(rest, Resampling[resampling])
+
+
+def chunk_alignable(chunk: tuple[int, int], shape: tuple[int, int]) -> bool:
+    """Whether chunks of ``chunk`` output pixels reduce 2 x 2 on their own: every chunk starts on an even row and
+    column, so no 2 x 2 cell straddles two chunks."""
+    return all(c % 2 == 0 or c >= n for c, n in zip(chunk, shape, strict=True))
+
+
+def write_chunk_level(dst, window: Window, data: np.ndarray, resampling: str, nodata: float | None) -> None:
+    """Reduce one chunk (at even offsets) into the open first level ``dst``."""
+    out = downsample2(data, resampling, nodata)
+    dst.write(out, window=Window(int(window.col_off) // 2, int(window.row_off) // 2, out.shape[2], out.shape[1]))
+
+
 class OverviewWriter:
     """Streams full-width strips, in row order, into the first overview level of ``path``.
 
@@ -98,12 +124,7 @@ class OverviewWriter:
         self.next_row = 0
         self.carry: np.ndarray | None = None
         self.ok = True
-        t = profile["transform"]
-        w2, h2 = (self.width + 1) // 2, (self.height + 1) // 2
-        self.dst = rasterio.open(
-            path, "w", **{**profile, "width": w2, "height": h2, "blockysize": 256, "blockxsize": 256,
-                          "transform": t * t.scale(self.width / w2, self.height / h2)},
-        )
+        self.dst = rasterio.open(path, "w", **level_profile(profile))
         self.out_row = 0
 
     def write(self, window: Window, data: np.ndarray) -> None:
@@ -134,10 +155,7 @@ class OverviewWriter:
         self.dst.close()
         if not self.ok or self.next_row != self.height:
             return False
-        rest = [f // 2 for f in self.factors[1:]]
-        if rest:
-            with rasterio.open(self.path, "r+") as dst:
-                dst.build_overviews(rest, Resampling[self.resampling])
+        derive_levels(self.path, self.resampling, self.factors)
         return True
 
     def abort(self) -> None:

@@ -25,6 +25,9 @@ def test_predict_writes_a_cog_and_reports_progress(tmp_path, raster):
               "--classes", "0=low,1=high", "-o", out)
     assert res.exit_code == 0, res.output
     assert "tiles" in res.stderr and "Mpx/s" in res.stderr and "ETA" in res.stderr
+    lines = res.stderr.splitlines()  # after the last tile: what happens next, then where the output is
+    assert lines[-2:] == ["predict: building the Cloud-Optimized GeoTIFF (overviews, compression)", f"wrote {out} "
+                          "(70 x 90 px, 1 band(s))"]
     with rasterio.open(out) as ds:
         assert ds.dtypes == ("uint8",) and ds.descriptions == ("cls",)
         assert json.loads(ds.tags(1)["class_names"]) == {"0": "low", "1": "high"}

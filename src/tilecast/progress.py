@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["Progress", "ProgressCallback"]
+__all__ = ["Progress", "ProgressCallback", "note"]
 
 ProgressCallback = Callable[[int, int, int], None]
 """Called with ``(tiles_done, tiles_total, pixels_done)``."""
@@ -38,3 +38,15 @@ class Progress:
         end = "\n" if done >= total or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line + end)
         self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A one-off line, e.g. what happens after the last tile (which can take a while on big rasters)."""
+        self.stream.write(f"{self.label}: {text}\n")
+        self.stream.flush()
+
+
+def note(progress: object, sink: object) -> None:
+    """Tell a :class:`Progress` what the sink does after the last tile, if the sink says (``sink.finishing``)."""
+    text = getattr(sink, "finishing", None)
+    if text and callable(getattr(progress, "note", None)):
+        progress.note(text)

@@ -25,7 +25,7 @@ import numpy as np
 from .._extras import require
 from ..errors import SpecError, TilecastError
 from ..job import Job
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, note
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
@@ -214,6 +214,7 @@ def run_dask(
                         progress(tiles_done, total, tiles_done * tile_pixels)
                 if getattr(sink, "manifest", None) is not None:
                     sink.manifest.flush()
+                note(progress, sink)
                 if sink.writer() is not None:  # finalise (e.g. build the COG) on a worker, next to the data
                     return c.submit(_close, sink, recipe.env, pure=False).result()
                 return sink.close()

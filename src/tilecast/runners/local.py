@@ -17,7 +17,7 @@ from typing import Any
 
 from .._cpus import available_cpus
 from ..job import Job, TileData
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, note
 from ..sinks.base import Sink
 
 __all__ = ["run_local", "run_local_chunked"]
@@ -169,6 +169,7 @@ def run_local(
         writer.join()
         if writer.error is not None:
             raise writer.error
+        note(progress, sink)
         return sink.close()
     except BaseException:
         for stage in stages:
@@ -220,6 +221,7 @@ def run_local_chunked(
             if last is not None:
                 last.result()
                 sink.mark([last_index])
+        note(progress, sink)
         return sink.close()
     except BaseException as exc:
         sink.abort(keep=resume and not isinstance(exc, TilecastError))

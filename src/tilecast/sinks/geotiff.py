@@ -75,6 +75,9 @@ def cog_options(
 class GeoTIFFSink:
     """Writes a COG with overviews, nodata, band descriptions, and class names and colours when given."""
 
+    finishing = "building the Cloud-Optimized GeoTIFF (overviews, compression)"
+    """What :meth:`close` does, for the progress report after the last tile."""
+
     block_rows = 256
 
     def __init__(

@@ -235,6 +235,55 @@ def test_official_grpc_stub_talks_to_us(server):
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_grpc_separate_bands_stacked_in_card_order(tmp_path):
+    """gRPC inputs are a map: bands sent as separate tensors are stacked by name, in the card's band order (the same
+    rule as HTTP), whatever order the map holds them in; common names work too."""
+    import itertools
+
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("tensorflow")
+    predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2")
+    service = pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    import tensorflow as tf
+
+    from tilecast.card import build_card, write_card
+    from tilecast.runtimes.onnx import OnnxRuntime
+    from tilecast.spec import OutputBand
+
+    path = linear_1x1(tmp_path / "rgb.onnx", [1.0, 10.0, 100.0], bias=0.5, layout="NHWC")
+    card = build_card(name="rgb", bands=["B4", "B3", "B2"], input_tile_size=(8, 8), layout="NHWC",
+                      input_names=["x"], common_names={"B4": "red", "B3": "green", "B2": "blue"},
+                      output_bands=[OutputBand("y", np.dtype("float32"))], output_names=["y"])
+    write_card(card, path, embed=False)
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    expect = OnnxRuntime(path).run({"x": x})["y"]
+    sent = {"B4": x[..., 0:1], "B3": x[..., 1:2], "B2": x[..., 2:3]}
+    common = {"red": x[..., 0:1], "green": x[..., 1:2], "blue": x[..., 2:3]}
+    with tilecast_serve(path, "--batch-timeout-ms", "1", grpc=True, log=tmp_path / "log") as (_, base, target), \
+            grpc.insecure_channel(target) as channel:
+        stub = service.PredictionServiceStub(channel)
+        for bands in [*(dict((k, sent[k]) for k in order) for order in itertools.permutations(sent)),
+                      dict(reversed(common.items()))]:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "rgb"
+            for k, v in bands.items():
+                req.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+            resp = stub.Predict(req, timeout=30)
+            np.testing.assert_allclose(tf.make_ndarray(resp.outputs["y"]), expect, rtol=1e-6)
+        # HTTP goes through the same rule: the card's order wins over the order the JSON object lists
+        r = httpx.post(base + "/v1/models/rgb:predict", json={"inputs": {k: sent[k].tolist() for k in ("B2", "B4",
+                                                                                                       "B3")}})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.asarray(r.json()["outputs"], np.float32), expect, rtol=1e-5)
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "rgb"
+        for k in ("B4", "B3", "B8"):  # a band the card does not name: still no guessing
+            req.inputs[k].CopyFrom(tf.make_tensor_proto(x[..., :1]))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(req, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "['B4', 'B3', 'B2']" in info.value.details()
+
+
 def test_concurrent_load_bounded_memory_and_metrics(server):
     psutil = pytest.importorskip("psutil")
     proc, base, _, _ = server

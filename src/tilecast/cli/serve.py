@@ -57,7 +57,7 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
       tilecast serve unet.onnx --name landcover --port 8500
       tilecast predict scene.tif --endpoint http://127.0.0.1:8500/v2/models/landcover --tile 256 -o out.tif
     """
-    from ..serve.models import models_from_paths
+    from ..serve.models import load_models
     from ..serve.server import serve as run_server
 
     token = None
@@ -70,11 +70,11 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
     paths = list(models) + list(more_models)
     if not paths:
         raise SpecError("give at least one model: tilecast serve MODEL [MODEL...] (or --model PATH)")
-    runtimes = models_from_paths(paths, list(names) or None, threads)
+    runtimes, bands = load_models(paths, list(names) or None, threads)
     try:
         run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_body_bytes=max_body_bytes,
                    max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_connections=max_connections,
-                   graceful_s=graceful_timeout, log_level=log_level)
+                   graceful_s=graceful_timeout, log_level=log_level, bands=bands)
     except (KeyboardInterrupt, SystemExit) as exc:
         # uvicorn has already drained in-flight requests; it re-raises the signal it caught when it returns
         if isinstance(exc, SystemExit) and exc.code not in (None, 0, 128 + 2, 128 + 15):

@@ -7,14 +7,15 @@ configuration, and say exactly what did not fit when they cannot.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..card import match_bands
+from ..errors import BandMismatchError, InputError
 from ..runtimes.base import Signature, TensorSpec
 
-__all__ = ["adapt_inputs"]
+__all__ = ["adapt_inputs", "band_order"]
 
 
 def _hwd(a: np.ndarray) -> np.ndarray:
@@ -37,12 +38,35 @@ def _layout_fix(t: TensorSpec, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray], ordered: bool = True
-                 ) -> dict[str, np.ndarray]:
+def band_order(sent: Sequence[str], bands: Sequence[str], common_names: Mapping[str, str] | None,
+               ordered: bool, input_name: str) -> list[str]:
+    """The order to stack per-band tensors in: the model card's band order, matched by name or ``eo:common_name``
+    exactly as raster bands are (:func:`~tilecast.card.match_bands`), else the order they were sent in."""
+    if bands and len(bands) == len(sent):
+        try:
+            idx = match_bands(bands, list(sent), common_names)
+        except BandMismatchError:
+            idx = []
+        if sorted(idx) == list(range(1, len(sent) + 1)):
+            return [sent[i - 1] for i in idx]
+    if ordered:
+        return list(sent)
+    known = f"the model card's bands are {list(bands)}" if bands else "the model has no card naming its bands"
+    raise InputError(
+        f"the model takes one stacked input {input_name!r}, but the request has the bands {sorted(sent)} as "
+        f"separate tensors in an unordered map (gRPC), and {known}, so their order is unknown; send one tensor "
+        f"named {input_name!r}, name the bands as the card does (`tilecast card MODEL --bands ...`), or use the "
+        "HTTP :predict route"
+    )
+
+
+def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray], ordered: bool = True,
+                 bands: Sequence[str] = (), common_names: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
     """The model's named inputs from what was sent; :class:`InputError` (HTTP 400) when they cannot be matched.
 
     ``ordered``: whether the request keeps the order of its inputs (JSON objects and v2 lists do; protobuf maps do
-    not, so gRPC bands are never stacked by position)."""
+    not, so gRPC bands are stacked only by name). ``bands``/``common_names``: the model card's band order, which
+    names the position of each separately sent band."""
     inputs = signature.inputs
     if not inputs:
         return {k or "input": v for k, v in arrays.items()}
@@ -53,13 +77,8 @@ def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray], ordered
     elif len(inputs) == 1 and len(sent) == 1:
         out = {names[0]: arrays[sent[0]]}
     elif len(inputs) == 1 and all(arrays[k].ndim in (3, 4) for k in sent):
-        # one tensor per band (Earth Engine) into one stacked input, in the order the bands were sent
-        if not ordered:
-            raise InputError(
-                f"the model takes one stacked input {names[0]!r}, but the request has the bands {sorted(sent)} as "
-                "separate tensors in an unordered map (gRPC), so their order is unknown; send one tensor named "
-                f"{names[0]!r}, or use the HTTP :predict route"
-            )
+        # one tensor per band (Earth Engine) into one stacked input, in the card's band order (else as sent)
+        sent = band_order(sent, bands, common_names, ordered, names[0])
         parts = [_hwd(arrays[k]) for k in sent]
         if len({p.shape[:3] for p in parts}) != 1:
             raise InputError(f"the bands {sent} differ in shape: {[list(p.shape) for p in parts]}")

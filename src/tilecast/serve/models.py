@@ -19,7 +19,7 @@ from ..runtimes.base import Runtime
 from .adapt import adapt_inputs
 from .metrics import ARRIVING
 
-__all__ = ["Batcher", "ServedModel", "load_runtime", "models_from_paths"]
+__all__ = ["Batcher", "ServedModel", "card_bands", "load_models", "load_runtime", "models_from_paths"]
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Runtime:
@@ -38,9 +38,29 @@ def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Runtime
     return open_runtime(p, threads=threads)
 
 
+def card_bands(path: str | os.PathLike, runtime: Runtime) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The band order and ``eo:common_name`` of each band from the model's card (sidecar or embedded), if any: what
+    lets the server stack bands sent as separate tensors by name (gRPC maps have no order)."""
+    try:
+        from ..card import read_card
+    except ImportError:  # a build without the card module
+        return (), {}
+    card = read_card(path, getattr(runtime, "metadata", None) or {}, runtime.signature)
+    if card is None:
+        return (), {}
+    cp = card.to_params()
+    return tuple(cp.bands), dict(cp.common_names)
+
+
 def models_from_paths(specs: list[str], names: list[str] | None = None, threads: int | None = None
                       ) -> dict[str, Runtime]:
     """``MODEL`` paths (files, or directories of models), each named by ``names`` or its file stem."""
+    return load_models(specs, names, threads)[0]
+
+
+def load_models(specs: list[str], names: list[str] | None = None, threads: int | None = None
+                ) -> tuple[dict[str, Runtime], dict[str, tuple[tuple[str, ...], dict[str, str]]]]:
+    """Like :func:`models_from_paths`, with each model's :func:`card_bands` by name."""
     paths: list[tuple[str, Path]] = []
     for spec in specs:
         name, sep, rest = spec.partition("=")
@@ -58,11 +78,18 @@ def models_from_paths(specs: list[str], names: list[str] | None = None, threads:
             raise ModelLoadError(f"{len(names)} --name values for {len(paths)} models")
         paths = [(n, p) for n, (_, p) in zip(names, paths, strict=False)] + paths[len(names):]
     out: dict[str, Runtime] = {}
+    bands: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
     for name, p in paths:
         if name in out:
             raise ModelLoadError(f"two models are named {name!r}; name them with NAME=PATH or --name")
         out[name] = load_runtime(p, threads)
-    return out
+        try:
+            bands[name] = card_bands(p, out[name])
+        except BaseException:
+            for rt in out.values():
+                rt.close()
+            raise
+    return out, bands
 
 
 def _key(arrays: Mapping[str, np.ndarray]) -> tuple:
@@ -171,6 +198,9 @@ class ServedModel:
     version: str = "1"
     platform: str = "tilecast"
     batcher: Batcher | None = field(default=None)
+    bands: tuple[str, ...] = ()
+    """The model card's band order: bands sent as separate tensors are stacked in it, by name."""
+    common_names: dict[str, str] = field(default_factory=dict)
 
     @property
     def signature(self):
@@ -190,7 +220,7 @@ class ServedModel:
                     ordered: bool = True) -> dict[str, Any]:
         if not arrays:
             raise InputError("the request has no inputs")
-        adapted = adapt_inputs(self.signature, arrays, ordered)
+        adapted = adapt_inputs(self.signature, arrays, ordered, self.bands, self.common_names)
         sizes = {len(v) for v in adapted.values()}
         if len(sizes) != 1 or 0 in sizes:
             raise InputError(f"inputs must share a non-zero batch size, got {sorted(sizes)}")

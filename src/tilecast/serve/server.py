@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._extras import require
@@ -47,13 +47,17 @@ def configure_logging(level: str = "info") -> None:
 
 def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body_bytes: int = 64 << 20,
           max_batch: int = 32, batch_timeout_ms: float = 5.0, host: str = "127.0.0.1",
-          grpc_port: int | None = None) -> Any:
-    """The ASGI app hosting ``runtimes`` (name -> runtime); batchers, gRPC and runtimes live with its lifespan."""
+          grpc_port: int | None = None, bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None
+          ) -> Any:
+    """The ASGI app hosting ``runtimes`` (name -> runtime); batchers, gRPC and runtimes live with its lifespan.
+
+    ``bands``: per model, its card's band order and common names (:func:`~tilecast.serve.models.card_bands`)."""
     metrics = Metrics()
     config = ServerConfig(token, max_body_bytes)
     models: dict[str, ServedModel] = {}
     for name, rt in runtimes.items():
-        m = ServedModel(name, rt, platform=type(rt).__name__)
+        order, common = (bands or {}).get(name, ((), {}))
+        m = ServedModel(name, rt, platform=type(rt).__name__, bands=tuple(order), common_names=dict(common))
         m.batcher = Batcher(m.call, max_batch, batch_timeout_ms / 1000,
                             observe=lambda n, name=name: metrics.batch.labels(name).observe(n),
                             arriving=lambda: metrics.arriving)
@@ -84,12 +88,13 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
 def serve(runtimes: Mapping[str, Runtime], *, host: str = "127.0.0.1", port: int = 8500,
           grpc_port: int | None = None, token: str | None = None, max_body_bytes: int = 64 << 20,
           max_batch: int = 32, batch_timeout_ms: float = 5.0, max_connections: int = 1024,
-          graceful_s: float = 30.0, log_level: str = "info") -> None:
+          graceful_s: float = 30.0, log_level: str = "info",
+          bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None) -> None:
     """Serve until interrupted. Binds 127.0.0.1 unless told otherwise."""
     uvicorn = require("uvicorn", "server")
     configure_logging(log_level)
     app = build(runtimes, token=token, max_body_bytes=max_body_bytes, max_batch=max_batch,
-                batch_timeout_ms=batch_timeout_ms, host=host, grpc_port=grpc_port)
+                batch_timeout_ms=batch_timeout_ms, host=host, grpc_port=grpc_port, bands=bands)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
                             limit_concurrency=max_connections, timeout_graceful_shutdown=graceful_s,
                             log_level=log_level)

@@ -388,6 +388,40 @@ def test_earth_engine_band_layout_card(tmp_path):
         assert np.allclose(ds.read(1), 4.0 / 2 + 10 * (3.0 - 1))
 
 
+def test_band_layout_renames_bands_matched_by_common_name(tmp_path):
+    """Earth Engine's per-band layout with bands matched by eo:common_name: the selected raster bands take the names
+    of the card's inputs, so the result equals the stacked layout's on the same raster."""
+    from tests.onnx_models import per_band_sum
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(2, 20, 20)).astype(np.float32)
+    img = write_raster(tmp_path / "s.tif", data[::-1], descriptions=("B8", "B4"))  # nir first
+    with rasterio.open(img, "r+") as ds:  # both spellings of the per-band tag tilecast reads
+        ds.update_tags(1, common_name="nir")
+        ds.update_tags(2, **{"eo:common_name": "red"})
+    stacked = linear_1x1(tmp_path / "st.onnx", [1.0, 10.0], bias=0.0, layout="NHWC")
+    r = CliRunner().invoke(main, ["card", stacked, "--bands", "red,nir", "--tile", "16", "--layout", "NHWC",
+                                  "--output-band", "y:float32"])
+    assert r.exit_code == 0, r.output
+    load_model(stacked).predict_image(img).to_geotiff(tmp_path / "stacked.tif")
+    with rasterio.open(tmp_path / "stacked.tif") as ds:
+        expect = ds.read(1)
+    assert np.allclose(expect, data[0] + 10 * data[1], atol=1e-5)
+    per_band = per_band_sum(tmp_path / "pb.onnx", ["red", "nir"], [1.0, 10.0])
+    r = CliRunner().invoke(main, ["card", per_band, "--bands", "red,nir", "--tile", "16", "--layout", "bands",
+                                  "--output-band", "output:float32"])  # the card names the inputs by common name
+    assert r.exit_code == 0, r.output
+    load_model(per_band).predict_image(img).to_geotiff(tmp_path / "a.tif")
+    # a card naming the bands as the sensor does, whose inputs are the common names
+    write_card(build_card(name="pb", bands=["B4", "B8"], common_names={"B4": "red", "B8": "nir"},
+                          input_names=["red", "nir"], input_tile_size=(16, 16), layout="bands",
+                          output_bands=[OutputBand("output", np.dtype("float32"))], output_names=["output"]), per_band)
+    load_model(per_band).predict_image(img).to_geotiff(tmp_path / "b.tif")
+    for name in ("a.tif", "b.tif"):
+        with rasterio.open(tmp_path / name) as ds:
+            assert np.array_equal(ds.read(1), expect), name
+
+
 def test_cli_card_update_keeps_what_flags_do_not_name(tmp_path):
     from tests.onnx_models import per_band_sum
 

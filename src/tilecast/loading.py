@@ -171,6 +171,19 @@ class CardModel(Model):
             return None
         return match_bands(card_bands, names, self.card_params.common_names, common)
 
+    def input_band_names(self, band_names: Sequence[str]) -> list[str]:
+        """Earth Engine's per-band layout feeds each band to the input named after it: the selected bands (one per
+        card band, in the card's order, however they were matched: description, ``eo:common_name`` or ``bands=``)
+        take the names of the card's inputs (``name_0``, ``name_1``... for an array input)."""
+        names = list(band_names)
+        if self.spec.layout != "bands" or len(names) != len(self.card_params.bands):
+            return names
+        renamed = []
+        for inp in self.card.inputs:
+            bands = inp.get("bands", [])
+            renamed.extend([inp["name"]] if len(bands) == 1 else [f"{inp['name']}_{j}" for j in range(len(bands))])
+        return renamed if len(renamed) == len(names) else names
+
     def predict_image(self, image: Any, *, bands: Sequence[str | int] | None = None, **kwargs: Any) -> Any:
         if bands is None and not self.explicit_bands:
             bands = self.resolve_bands(image)
@@ -197,7 +210,7 @@ class CardModel(Model):
         same_crs = spec.crs is None or _same_crs(spec.crs, grid[0])
         rel = max(abs(a - b) / b for a, b in zip(grid[1], spec.resolution, strict=True))  # type: ignore[arg-type]
         if same_crs and rel <= tol:
-            return Model(self.runtime, spec.replace(resolution=None, crs=None))
+            return self.with_options(resolution=None, crs=None)
         if spec.fix_input_proj:
             return self
         raise InputError(
@@ -246,7 +259,10 @@ def _names_from_dataset(ds: Any) -> tuple[list[str], list[str | None]]:
     common = []
     for i in range(ds.count):
         tags = ds.tags(i + 1)
-        common.append(tags.get("eo:common_name") or tags.get("common_name") or tags.get("COMMON_NAME"))
+        # rasterio splits GDAL's "eo:common_name=red" at the colon: {"eo": "common_name=red"}
+        eo = tags.get("eo", "")
+        split = eo.partition("=")[2] if eo.startswith("common_name=") else None
+        common.append(tags.get("eo:common_name") or split or tags.get("common_name") or tags.get("COMMON_NAME"))
     return names, common
 
 

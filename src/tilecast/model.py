@@ -171,6 +171,11 @@ class Model:
             )
         return Prediction(self, source, plan, append_input=append_input, engine=engine)
 
+    def input_band_names(self, band_names: Sequence[str]) -> list[str]:
+        """The names the model's inputs know the selected bands by (a :class:`~tilecast.loading.CardModel` renames
+        them after its card's inputs for Earth Engine's per-band layout)."""
+        return list(band_names)
+
     def predict_properties(self, features: Any, **kwargs: Any) -> Any:
         """Earth Engine's ``predictProperties``: predict each feature from its properties (and, optionally, raster
         values sampled at it); returns a new GeoDataFrame. See :func:`tilecast.features.predict_properties`."""

@@ -50,7 +50,8 @@ class Prediction:
         self.append_input = append_input
         self.engine = engine
         spec = model.spec
-        self.inputs = bind_inputs(spec, model.signature, source.band_names, source.dtype, source.properties)
+        self.inputs = bind_inputs(spec, model.signature, model.input_band_names(source.band_names), source.dtype,
+                                  source.properties)
         self._job: Job | None = None
 
     @property

@@ -120,7 +120,23 @@ class _LockedGTiffWriter:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-class PartialGeoTIFFSink(GeoTIFFSink):
+class _WorkerWritten:
+    """A chunk sink whose chunks go through its own picklable :meth:`writer`, here or on a worker, and whose finished
+    chunks are recorded in ``self.manifest``."""
+
+    manifest: Manifest | None
+
+    def writer(self) -> ChunkWriter:
+        raise NotImplementedError
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        self.writer().write(window, data)
+
+    def mark(self, indices: Iterable[int]) -> None:
+        self.manifest.add(indices)
+
+
+class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
     """A COG written chunk by chunk (by workers), resumable. Same options and final file as :class:`GeoTIFFSink`.
 
     The partial file is an uncompressed, sparse, tiled GeoTIFF so that any window can be rewritten in place; it
@@ -168,12 +184,6 @@ class PartialGeoTIFFSink(GeoTIFFSink):
         levels = None if self._levels is None else (self._levels[0], self.profile.nodata)
         return _LockedGTiffWriter(str(self.partial), self.lock, levels)
 
-    def write(self, window: Window, data: np.ndarray) -> None:
-        self.writer().write(window, data)
-
-    def mark(self, indices: Iterable[int]) -> None:
-        self.manifest.add(indices)
-
     def close(self) -> Path:
         """Build the COG from the partial file (wherever this runs: a worker can do it) and publish it."""
         check_output_path(self.path, self.overwrite)
@@ -220,7 +230,7 @@ class _ZarrWriter:
         arr[:, r : r + data.shape[1], c : c + data.shape[2]] = data
 
 
-class ZarrSink:
+class ZarrSink(_WorkerWritten):
     """A Zarr store (``band, y, x``) that xarray, rioxarray and odc-geo open georeferenced; one chunk per task."""
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False, name: str = "prediction") -> None:
@@ -261,12 +271,6 @@ class ZarrSink:
 
     def writer(self) -> ChunkWriter:
         return _ZarrWriter(str(self.partial), self.name)
-
-    def write(self, window: Window, data: np.ndarray) -> None:
-        self.writer().write(window, data)
-
-    def mark(self, indices: Iterable[int]) -> None:
-        self.manifest.add(indices)
 
     def close(self) -> Path:
         check_output_path(self.path, self.overwrite)

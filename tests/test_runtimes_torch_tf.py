@@ -138,6 +138,20 @@ def test_runtime_signatures(models):
         assert k.signature.output_names == ["scores"] and k.signature.inputs[0].shape == (None, None, None, 3)
 
 
+@pytest.mark.parametrize(("fmt", "framework"), [("torchscript", "PyTorch"), ("keras", "TensorFlow")])
+def test_a_batch_the_model_refuses_names_what_was_sent(models, fmt, framework):
+    from tilecast.errors import TileSizeError
+    from tilecast.loading import open_runtime
+
+    if fmt not in models:
+        pytest.skip("TensorFlow is not installed")
+    rt = open_runtime(models[fmt][0])
+    name = rt.signature.input_names[0]
+    with pytest.raises(TileSizeError, match=rf"(?s)the {framework} model rejected the batch \({name}: \(2, 5, 8, 8\) "
+                                            r"float32\).*Match --tile/--overlap, the layout and the dtype"):
+        rt.run({name: np.zeros((2, 5, 8, 8), np.float32)})  # 5 channels where the model takes 3
+
+
 def test_corrupted_torch_and_tf_files(tmp_path):
     from tilecast.errors import ModelLoadError
     from tilecast.loading import load_model

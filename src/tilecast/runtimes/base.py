@@ -12,7 +12,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Runtime", "Signature", "TensorSpec"]
+from ..errors import TileSizeError
+
+__all__ = ["Runtime", "Signature", "TensorSpec", "rejected_batch"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,12 @@ class Runtime(Protocol):
     def run(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+def rejected_batch(framework: str, batch: Mapping[str, np.ndarray], exc: BaseException) -> TileSizeError:
+    """The error for a framework that refused a batch: what was sent, what it said, and the flags that fix it."""
+    shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in batch.items())
+    return TileSizeError(
+        f"the {framework} model rejected the batch ({shapes}): {type(exc).__name__}: {str(exc)[:300]}. "
+        "Match --tile/--overlap, the layout and the dtype to the model's input"
+    )

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._extras import require
 from ..errors import ModelLoadError, OutputShapeError, TileSizeError
-from .base import Signature, TensorSpec
+from .base import Signature, TensorSpec, rejected_batch
 
 __all__ = ["TensorFlowRuntime"]
 
@@ -100,11 +100,7 @@ class TensorFlowRuntime:
                 args = feed if len(feed) > 1 else next(iter(feed.values()))
                 result = self._model(args, training=False)
         except Exception as exc:
-            shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in batch.items())
-            raise TileSizeError(
-                f"the TensorFlow model rejected the batch ({shapes}): {type(exc).__name__}: {str(exc)[:300]}. "
-                "Match --tile/--overlap, the layout and the dtype to the model's input"
-            ) from None
+            raise rejected_batch("TensorFlow", batch, exc) from None
         if not isinstance(result, Mapping):
             items = result if isinstance(result, (list, tuple)) else [result]
             result = dict(zip(self.signature.output_names, items, strict=True))

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._extras import require
 from ..errors import ModelLoadError, TileSizeError
-from .base import Signature, TensorSpec
+from .base import Signature, TensorSpec, rejected_batch
 
 __all__ = ["CARD_FILE", "TorchRuntime", "embed_card"]
 
@@ -81,11 +81,7 @@ class TorchRuntime:
             with self._lock, torch.inference_mode():
                 result = self.module(*args)
         except Exception as exc:
-            shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in batch.items())
-            raise TileSizeError(
-                f"the PyTorch model rejected the batch ({shapes}): {type(exc).__name__}: {str(exc)[:300]}. "
-                "Match --tile/--overlap, the layout and the dtype to the model's input"
-            ) from None
+            raise rejected_batch("PyTorch", batch, exc) from None
         return self._outputs(result)
 
     def _outputs(self, result: Any) -> dict[str, np.ndarray]:

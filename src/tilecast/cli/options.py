@@ -68,6 +68,19 @@ def overwrite_option(f: Callable) -> Callable:
     return click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")(f)
 
 
+def endpoint_request_options(f: Callable) -> Callable:
+    """How requests to a hosted model are sent: the options every command with ``--endpoint`` shares."""
+    for option in reversed((
+        click.option("--output-multiplier", type=float, help="Expected response size / request size (>= 1)."),
+        click.option("--concurrency", type=int, default=4, show_default=True, help="Concurrent endpoint requests."),
+        click.option("--header", "headers", multiple=True, type=KeyValueType(":"), metavar="K:V",
+                     help="Extra HTTP header (repeatable)."),
+        click.option("--token-env", metavar="VAR", help="Environment variable holding a bearer token."),
+    )):
+        f = option(f)
+    return f
+
+
 def gdal_config_option(f: Callable) -> Callable:
     return click.option(
         "--config", "gdal_config", multiple=True, type=KeyValueType("="),

@@ -14,6 +14,7 @@ from .options import (
     SIZE,
     KeyValueType,
     csv_list,
+    endpoint_request_options,
     gdal_config_option,
     overwrite_option,
     quiet_option,
@@ -36,11 +37,7 @@ from .options import (
               help="Seconds before an endpoint request is retried.")
 @click.option("--max-payload-bytes", type=int, default=1_500_000, show_default=True,
               help="Largest request body; tiles are packed into requests under it.")
-@click.option("--output-multiplier", type=float, help="Expected response size / request size (>= 1).")
-@click.option("--concurrency", type=int, default=4, show_default=True, help="Concurrent endpoint requests.")
-@click.option("--header", "headers", multiple=True, type=KeyValueType(":"), metavar="K:V",
-              help="Extra HTTP header (repeatable).")
-@click.option("--token-env", metavar="VAR", help="Environment variable holding a bearer token.")
+@endpoint_request_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
 @click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
 @click.option("--overlap", type=SIZE,

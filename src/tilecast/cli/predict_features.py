@@ -7,7 +7,15 @@ from typing import Any
 import click
 
 from ..errors import SpecError
-from .options import SIZE, KeyValueType, csv_list, overwrite_option, quiet_option, reports_errors
+from .options import (
+    SIZE,
+    KeyValueType,
+    csv_list,
+    endpoint_request_options,
+    overwrite_option,
+    quiet_option,
+    reports_errors,
+)
 
 
 def _names(values: tuple[str, ...]) -> list[str] | None:
@@ -43,11 +51,7 @@ def _samples(values: tuple[str, ...]) -> Any:
 @click.option("--payload-format", help="Earth Engine payload format, e.g. RAW_JSON (AutoML tabular).")
 @click.option("--max-payload-bytes", type=int, default=1_500_000, show_default=True,
               help="Largest request body; features are packed into requests under it.")
-@click.option("--output-multiplier", type=float, help="Expected response size / request size (>= 1).")
-@click.option("--concurrency", type=int, default=4, show_default=True, help="Concurrent endpoint requests.")
-@click.option("--header", "headers", multiple=True, type=KeyValueType(":"), metavar="K:V",
-              help="Extra HTTP header (repeatable).")
-@click.option("--token-env", metavar="VAR", help="Environment variable holding a bearer token.")
+@endpoint_request_options
 @click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .gpkg, .parquet, .geojson, .fgb or .shp.")

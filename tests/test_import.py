@@ -96,22 +96,18 @@ def test_bad_predictions_give_clear_errors(tmp_path):
     src = write_raster(tmp_path / "src.tif", coord_image(40, 40, 1))
     res = export_image(src, tmp_path, 20)
     (tmp_path / "p").mkdir()
-    with ShardedWriter(tmp_path / "p", "few") as w:
-        for _ in range(3):
-            w.write(example_bytes({"x": np.zeros(400, np.float32)}))
-        few = w.close()
+
+    def shards(name: str, examples: int, values: int = 400):
+        with ShardedWriter(tmp_path / "p", name) as w:
+            for _ in range(examples):
+                w.write(example_bytes({"x": np.zeros(values, np.float32)}))
+            return w.close()
+
+    few, bad, many = shards("few", 3), shards("bad", 4, values=401), shards("many", 5)
     with pytest.raises(InputError, match="hold 3 examples but the mixer describes 4"):
         import_predictions(few, res.mixer, tmp_path / "o.tif")
-    with ShardedWriter(tmp_path / "p", "bad") as w:
-        for _ in range(4):
-            w.write(example_bytes({"x": np.zeros(401, np.float32)}))
-        bad = w.close()
     with pytest.raises(InputError, match="401 values in feature 'x'"):
         import_predictions(bad, res.mixer, tmp_path / "o.tif")
-    with ShardedWriter(tmp_path / "p", "many") as w:
-        for _ in range(5):
-            w.write(example_bytes({"x": np.zeros(400, np.float32)}))
-        many = w.close()
     with pytest.raises(InputError, match="more examples than the mixer's 4"):
         import_predictions(many, res.mixer, tmp_path / "o.tif")
     with pytest.raises(InputError, match="no feature 'y'"):

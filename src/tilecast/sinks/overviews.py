@@ -46,34 +46,25 @@ def downsample2(rows: np.ndarray, resampling: str, nodata: float | None) -> np.n
     """
     if resampling == "nearest":
         return rows[:, ::2, ::2]
-    _, h, w = rows.shape
-    nan_nodata = nodata is not None and isinstance(nodata, float) and math.isnan(nodata)
-    return _masked_mean(rows, (h + 1) // 2, (w + 1) // 2, nodata, nan_nodata)
-
-
-def _masked_mean(rows: np.ndarray, hh: int, ww: int, nodata: float | None, nan_nodata: bool) -> np.ndarray:
-    c = rows.shape[0]
+    c, h, w = rows.shape
     is_float = rows.dtype.kind == "f"
+    nan_nodata = isinstance(nodata, float) and math.isnan(nodata)
     # float32 sums four values of up to 16 bits exactly; wider types need float64.
     acc = np.float32 if rows.dtype.itemsize <= 2 or rows.dtype == np.float32 else np.float64
-    total = np.zeros((c, hh, ww), acc)
-    count = np.zeros((c, hh, ww), np.uint8)
+    total = np.zeros((c, (h + 1) // 2, (w + 1) // 2), acc)
+    count = np.zeros(total.shape, np.uint8)
     for dy in (0, 1):
         for dx in (0, 1):
             part = rows[:, dy::2, dx::2]
-            ph, pw = part.shape[1:]
+            cell = (slice(None), slice(0, part.shape[1]), slice(0, part.shape[2]))
             if nodata is None:
-                valid = None
-            elif nan_nodata:
-                valid = ~np.isnan(part)
-            else:
-                valid = part != nodata  # as GDAL: a NaN that is not the nodata value makes its cell NaN
-            if valid is None:
-                total[:, :ph, :pw] += part
-                count[:, :ph, :pw] += 1
-            else:
-                total[:, :ph, :pw] += np.where(valid, part, 0)
-                count[:, :ph, :pw] += valid
+                total[cell] += part
+                count[cell] += 1
+                continue
+            # As GDAL: a NaN that is not the nodata value counts as valid, so its cell becomes NaN.
+            valid = ~np.isnan(part) if nan_nodata else part != nodata
+            total[cell] += np.where(valid, part, 0)
+            count[cell] += valid
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
     if rows.dtype.kind in "iu":

@@ -103,11 +103,10 @@ class _Writer(_Stage):
         super().__init__("tilecast-writer", depth)
         self.job, self.sink = job, sink
         self.assembler = job.assembler(getattr(sink, "block_rows", 1))
-        self.added = 0
-        self.next_row = 0
 
     def run(self) -> None:
         job, cols = self.job, self.job.plan.tile_cols
+        added = next_row = 0
         while True:
             item = self.queue.get()
             if item is _DONE or self.stopped.is_set():
@@ -119,11 +118,11 @@ class _Writer(_Stage):
                 results = iter(values)
                 for tile in pending:
                     job.add(self.assembler, tile, None if tile.skip else next(results))
-                    self.added += 1
-                    if self.added == (self.next_row + 1) * cols:  # a tile row is complete: write what is final
-                        for block in self.assembler.finish_row(self.next_row):
+                    added += 1
+                    if added == (next_row + 1) * cols:  # a tile row is complete: write what is final
+                        for block in self.assembler.finish_row(next_row):
                             self.sink.write(block.window, job.finish(block))
-                        self.next_row += 1
+                        next_row += 1
             except BaseException as exc:  # re-raised on the calling thread
                 self.error = exc
 

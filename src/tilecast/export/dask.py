@@ -14,7 +14,6 @@ exports on Dask, :mod:`tilecast.export.dask_samples`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import math
 import os
@@ -32,7 +31,7 @@ from rasterio.windows import Window
 from .._extras import require
 from ..errors import InputError, SpecError
 from ..plan import xy
-from ..runners.dask import Broadcast
+from ..runners.dask import Broadcast, run_tasks
 from ..sources import open_source
 from .image import ImageExportOptions, _finish, _ImagePlan, _patch_records, _prepare, shard_files
 from .reading import bounded_cache
@@ -183,10 +182,10 @@ def export_image_dask(
             if report is not None:
                 report(done, len(plan), done * p.ph * p.pw)
 
-        def submit(i: int) -> Any:
+        def submit(i: int, attempt: int) -> Any:
             return c.submit(_chunk_task, shared.future(), i, pure=False)
 
-        results = run_tasks(c, [submit(i) for i in range(n)], advance, submit)
+        results = gather(c, submit, n, advance)
         files = []
         for name in (name for r in results for name in r.files):
             os.replace(staging / name, folder / name)
@@ -247,50 +246,17 @@ def announce(client: Any, tasks: str, report: Callable | None) -> None:
           file=sys.stderr)
 
 
-def run_tasks(
-    client: Any,
-    futures: list[Any],
-    advance: Callable[[Any], None] | None = None,
-    resubmit: Callable[[int], Any] | None = None,
-    retries: int = 3,
-) -> list[Any]:
-    """The tasks' results sorted by their ``index``, each future released as soon as its result is in (so the
-    cluster does not hold them); on a failure the remaining tasks are cancelled and the error raised.
+def gather(client: Any, submit: Callable[[int, int], Any], n: int, advance: Callable[[Any], None] | None = None
+           ) -> list[Any]:
+    """The results of tasks ``0 .. n-1``, sorted by their ``index``; see :func:`tilecast.runners.dask.run_tasks`."""
+    results: list[Any] = []
 
-    Dask retries a task whose worker died, but not one whose *scattered* input died with it: the scheduler cancels
-    that task. ``resubmit(i)`` submits task ``i`` (of ``futures``) again with its inputs scattered anew, at most
-    ``retries`` times per task; a retry writes the same files as the lost attempt, which it replaces.
-    """
-    distributed = require("distributed", "dask")
-    futures = list(futures)
-    position = {f.key: i for i, f in enumerate(futures)}
-    tries = [0] * len(futures)
-    results = []
-    try:
-        pending = distributed.as_completed(futures)
-        for fut in pending:
-            i = position.pop(fut.key)
-            try:
-                # A task that had finished can still be lost before its result is in (its worker dies meanwhile).
-                res = fut.result()
-            except concurrent.futures.CancelledError:
-                if resubmit is None or tries[i] >= retries:
-                    raise
-                tries[i] += 1
-                fut.release()
-                futures[i] = again = resubmit(i)
-                position[again.key] = i
-                pending.add(again)
-                continue
-            results.append(res)
-            fut.release()
-            if advance is not None:
-                advance(res)
-    except BaseException:
-        for fut in futures:
-            with contextlib.suppress(Exception):
-                fut.cancel()
-        raise
+    def collect(result: Any) -> None:
+        results.append(result)
+        if advance is not None:
+            advance(result)
+
+    run_tasks(client, submit, range(n), collect)
     return sorted(results, key=lambda r: r.index)
 
 

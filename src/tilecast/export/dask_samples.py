@@ -46,10 +46,10 @@ from .dask import (
     Broadcast,
     announce,
     chunk_prefix,
+    gather,
     name_width,
     open_client,
     remove_stale,
-    run_tasks,
     staging_folder,
     worker_source,
 )
@@ -239,13 +239,14 @@ def write_dask(
             if progress is not None:
                 progress(done, len(order), done * patch.x * patch.y)
 
-        def resubmit(i: int) -> Any:
-            a, b = ranges[i]
-            return c.submit(_task, shared.future(), i, c.scatter(samples.take(order[a:b]), hash=False), pure=False)
+        def submit(i: int, attempt: int) -> Any:
+            part, parts[i] = parts[i], None  # the cluster keeps a part only while its task needs it
+            if attempt:
+                a, b = ranges[i]
+                part = c.scatter(samples.take(order[a:b]), hash=False)
+            return c.submit(_task, shared.future(), i, part, pure=False)
 
-        futures = [c.submit(_task, shared.future(), i, part, pure=False) for i, part in enumerate(parts)]
-        del parts
-        results = run_tasks(c, futures, advance, resubmit)
+        results = gather(c, submit, len(ranges), advance)
         moves: list[tuple[str, Path, Path]] = []  # (split, from, to)
         concat = []
         for s, w in writers.writers.items():

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..progress import ProgressCallback, note
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
-__all__ = ["Broadcast", "dask_array", "open_client", "run_dask"]
+__all__ = ["Broadcast", "dask_array", "open_client", "run_dask", "run_tasks"]
 
 log = logging.getLogger("tilecast.dask")
 
@@ -134,6 +135,59 @@ def open_client(
         yield c
 
 
+def run_tasks(
+    client: Any,
+    submit: Callable[[int, int], Any],
+    indices: Iterable[int],
+    on_result: Callable[[Any], None],
+    *,
+    in_flight: int | None = None,
+    retries: int = 3,
+) -> None:
+    """Run ``submit(index, attempt)`` for every index, at most ``in_flight`` at a time (all at once by default),
+    handing each result to ``on_result`` as it comes in and releasing its future; on a failure the remaining tasks
+    are cancelled and the error raised.
+
+    Dask retries a task whose worker died, but not one whose *scattered* input died with it: the scheduler cancels
+    that task. Such a task is submitted again with ``attempt + 1`` (the caller scatters its inputs anew, e.g. with
+    :class:`Broadcast`), at most ``retries`` times; a retry rewrites what the lost attempt wrote.
+    """
+    distributed = require("distributed", "dask")
+    queue = iter(indices)
+    pending = distributed.as_completed()
+    live: dict[str, tuple[Any, int, int]] = {}  # key -> (future, index, attempt)
+
+    def start(index: int, attempt: int = 0) -> None:
+        fut = submit(index, attempt)
+        live[fut.key] = (fut, index, attempt)
+        pending.add(fut)
+
+    try:
+        for index in itertools.islice(queue, in_flight):
+            start(index)
+        for fut in pending:
+            _, index, attempt = live.pop(fut.key)
+            try:
+                # A task that had finished can still be lost before its result is in (its worker dies meanwhile).
+                result = fut.result()
+            except concurrent.futures.CancelledError:
+                if attempt >= retries:
+                    raise
+                fut.release()
+                start(index, attempt + 1)
+                continue
+            fut.release()
+            on_result(result)
+            nxt = next(queue, None)
+            if nxt is not None:
+                start(nxt)
+    except BaseException:
+        for fut, _, _ in live.values():
+            with contextlib.suppress(Exception):
+                fut.cancel()
+        raise
+
+
 def run_dask(
     job: Job,
     sink: Any,
@@ -161,7 +215,6 @@ def run_dask(
     tile_pixels = job.plan.geometry.tile.x * job.plan.geometry.tile.y
     tiles_done = sum(layout.own_tiles(i) for i in done)
     todo = [i for i in range(len(layout)) if i not in done]
-    futures: list[Any] = []
     try:
         with open_client(client, scheduler, workers) as c:
             check_workers_can_open(c, recipe.source)
@@ -174,44 +227,23 @@ def run_dask(
                       else contextlib.nullcontext())
             with report:
                 ctx = Broadcast(c, _Context(recipe, layout, sink.writer()))
-                limit = in_flight or max(4, 4 * sum(c.nthreads().values()))
-                queue = iter(todo)
-                ac = distributed.as_completed()
-                tries: dict[str, tuple[int, int]] = {}
 
-                def submit(index: int | None = None, attempt: int = 0) -> None:
-                    index = next(queue, None) if index is None else index
-                    if index is not None:
-                        key = f"tilecast-chunk-{index}-{recipe.token}" + (f"-retry{attempt}" if attempt else "")
-                        fut = c.submit(_chunk_task, ctx.future(), index, key=key, pure=False)
-                        tries[fut.key] = (index, attempt)
-                        futures.append(fut)
-                        ac.add(fut)
+                def submit(index: int, attempt: int) -> Any:
+                    key = f"tilecast-chunk-{index}-{recipe.token}" + (f"-retry{attempt}" if attempt else "")
+                    return c.submit(_chunk_task, ctx.future(), index, key=key, pure=False)
 
-                for _ in range(limit):
-                    submit()
-                for fut in ac:
-                    try:
-                        stats, window, data = fut.result()
-                    except concurrent.futures.CancelledError:
-                        # Its worker died holding the last copy of the context: Dask cannot recompute a scattered
-                        # value, so it cancels the task; scatter the context again and resubmit (3 times at most).
-                        index, attempt = tries.pop(fut.key)
-                        if attempt >= 3:
-                            raise
-                        futures.remove(fut)
-                        submit(index, attempt + 1)
-                        continue
-                    tries.pop(fut.key, None)
+                def finished(result: tuple[ChunkStats, Any, np.ndarray | None]) -> None:
+                    nonlocal tiles_done
+                    stats, window, data = result
                     if data is not None:
                         sink.write(window, data)
                     sink.mark([stats.index])
                     tiles_done += stats.tiles
-                    futures.remove(fut)
-                    fut.release()
-                    submit()
                     if progress is not None:
                         progress(tiles_done, total, tiles_done * tile_pixels)
+
+                run_tasks(c, submit, todo, finished,
+                          in_flight=in_flight or max(4, 4 * sum(c.nthreads().values())))
                 if getattr(sink, "manifest", None) is not None:
                     sink.manifest.flush()
                 note(progress, sink)
@@ -219,9 +251,6 @@ def run_dask(
                     return c.submit(_close, sink, recipe.env, pure=False).result()
                 return sink.close()
     except BaseException as exc:
-        for fut in futures:
-            with contextlib.suppress(Exception):
-                fut.cancel()
         sink.abort(keep=not isinstance(exc, TilecastError))
         raise
 

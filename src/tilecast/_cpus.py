@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_cpus", "model_threads"]
+__all__ = ["available_cpus", "model_streams", "model_threads"]
 
 
 def available_cpus() -> int:
@@ -25,3 +25,17 @@ def model_threads() -> int:
     """
     n = available_cpus()
     return n - 2 if n > 4 else n
+
+
+def model_streams(threads: int) -> int:
+    """How many model calls to keep running at once for an in-process model given ``threads`` CPU threads: two when
+    those threads take every CPU (machines with up to four), else one.
+
+    Inside one call every operator ends at a barrier that waits for all of the model's threads. When the model has
+    every core, tilecast's reader and writer threads can only run by preempting one of them, and then the others
+    idle at the next barrier. Two calls with half the threads each do not wait for each other, so a preempted thread
+    stalls only its own call; on 2 cores, ``predict`` with the compute-bound benchmark model took 5-6% less time and
+    CPU (``bench/bench_predict.py``). With CPUs to spare (more than four) nothing preempts the model, and one call
+    keeps the activations of one batch in memory instead of two.
+    """
+    return 2 if threads >= 2 and threads >= available_cpus() else 1

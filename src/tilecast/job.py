@@ -6,7 +6,7 @@ here once, so every runner produces the same pixels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +72,17 @@ class Job:
         if self.append_input:
             core_values = padded[:, oy : oy + out.height, ox : ox + out.width]
         return TileData(tile, padded, out_valid, skip, core_values)
+
+    def batches(self, items: Iterable[TileData]) -> Iterator[list[TileData]]:
+        """Read tiles grouped so that each group holds ``batch_size`` tiles to predict (skipped tiles ride along)."""
+        pending: list[TileData] = []
+        for item in items:
+            pending.append(item)
+            if sum(not p.skip for p in pending) >= self.inputs.batch_size:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
 
     def infer(self, items: Sequence[TileData]) -> list[np.ndarray]:
         """Run the model on a batch; returns per tile ``(bands, h, w)``: cropped, or padded when blending."""

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .._extras import require
 from ..errors import InputError, SpecError
-from ..runtimes.base import Runtime, Signature
+from ..runtimes.base import Runtime, Signature, run_split, streams_of
 from .io import LIST_DRIVERS, FeatureBatch, _pandas_column, driver_for, open_features, write_features
 from .properties import (
     Column,
@@ -85,6 +86,9 @@ class _Predictor:
             raise SpecError(f"expected a tilecast Model or Runtime, got {type(model).__name__}")
         self.runtime = runtime
         self.signature: Signature = runtime.signature
+        streams = streams_of(runtime)
+        self.slices = ThreadPoolExecutor(streams - 1, thread_name_prefix="tilecast-model") if streams > 1 else None
+        """Threads for the slices of each batch beyond the first (see :func:`~tilecast.runtimes.base.run_split`)."""
         if output_properties is None and spec is not None and spec.output_bands:
             output_properties = [OutputProperty(b.name, b.dtype, b.dimensions) for b in spec.output_bands]
         self.outputs = parse_output_properties(output_properties)
@@ -176,7 +180,7 @@ class _Predictor:
         m = n if rows is None else len(rows)
         if m:
             batch = bind_properties(cols, self.signature, self.layout, rows)
-            predicted = outputs_to_columns(self.runtime.run(batch), self.outputs, self.sources, m)
+            predicted = outputs_to_columns(run_split(self.runtime, batch, self.slices), self.outputs, self.sources, m)
         else:
             predicted = self._no_predictions()
         return self._merge(predicted, rows, n)
@@ -215,6 +219,8 @@ class _Predictor:
     def close(self) -> None:
         if self.rasters is not None:
             self.rasters.close()
+        if self.slices is not None:
+            self.slices.shutdown()
 
 
 def _parse_in_dtype(value: Any, name: str, parse_dtype: Callable[..., np.dtype]) -> np.dtype:

@@ -12,14 +12,13 @@ computed again by the neighbouring chunk (a ring of tiles); with ``crop`` nothin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import threading
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,8 @@ from rasterio.windows import Window
 from ..assemble import Block, blend_weights
 from ..job import Job, TileData
 from ..plan import Tile, TilePlan
+from ..runtimes.base import streams_of
+from .ordered import in_order
 
 __all__ = ["ChunkAssembler", "ChunkLayout", "ChunkStats", "chunk_shape", "compute_chunk", "fingerprint"]
 
@@ -221,66 +222,42 @@ class ChunkStats:
     seconds: float
 
 
-def _iter_read(job: Job, tiles: list[Tile], pool: Executor | None, depth: int) -> Iterator[TileData]:
-    if pool is None:
-        for t in tiles:
-            yield job.read(t)
-        return
-    it = iter(tiles)
-    futures: deque[Future[TileData]] = deque()
-    for t in it:
-        futures.append(pool.submit(job.read, t))
-        if len(futures) >= depth:
-            break
-    while futures:
-        item = futures.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            futures.append(pool.submit(job.read, nxt))
-        yield item
-
-
 def compute_chunk(
     job: Job,
     layout: ChunkLayout,
     index: int,
     pool: Executor | None = None,
-    infer_lock: threading.Lock | None = None,
+    infer_slots: threading.Semaphore | None = None,
+    models: Executor | None = None,
 ) -> tuple[Window, np.ndarray, ChunkStats]:
-    """Read, infer (in batches of ``batch_size``) and assemble one chunk; returns its window and cast pixels."""
+    """Read, infer (in batches of ``batch_size``) and assemble one chunk; returns its window and cast pixels.
+
+    ``pool`` reads ahead; ``models`` keeps the runtime's ``streams`` calls going while the next batch is read
+    (else each batch runs inline); ``infer_slots`` bounds the calls a process's concurrent tasks make at once.
+    """
     import time
 
     start = time.perf_counter()
     window = layout.window(index)
     tiles = layout.tiles(index)
     asm = ChunkAssembler(job, window)
-    batch_size = job.inputs.batch_size
     calls = 0
     in_bytes = 0
-    pending: list[TileData] = []
 
-    def flush() -> None:
-        nonlocal calls
+    def infer(pending: list[TileData]) -> list[np.ndarray]:
         work = [p for p in pending if not p.skip]
-        if work:
-            if infer_lock is not None:
-                with infer_lock:
-                    values = job.infer(work)
-            else:
-                values = job.infer(work)
-            calls += 1
-        results = iter(values if work else [])
-        for item in pending:
-            job.add(asm, item, None if item.skip else next(results))
-        pending.clear()
+        if not work:
+            return []
+        with infer_slots if infer_slots is not None else contextlib.nullcontext():
+            return job.infer(work)
 
-    for item in _iter_read(job, tiles, pool, max(2 * batch_size, 4)):
-        in_bytes += item.data.nbytes
-        pending.append(item)
-        if sum(not p.skip for p in pending) >= batch_size:
-            flush()
-    if pending:
-        flush()
+    read = (item for _, item in in_order(pool, tiles, job.read, max(2 * job.inputs.batch_size, 4)))
+    for pending, values in in_order(models, job.batches(read), infer, streams_of(job.runtime)):
+        calls += bool(values)
+        results = iter(values)
+        for item in pending:
+            in_bytes += item.data.nbytes
+            job.add(asm, item, None if item.skip else next(results))
     data = job.finish(asm.block())
     stats = ChunkStats(index, layout.own_tiles(index), len(tiles), calls, in_bytes, data.nbytes,
                        time.perf_counter() - start)

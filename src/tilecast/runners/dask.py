@@ -79,7 +79,7 @@ def _compute(ctx: _Context, index: int) -> tuple[Any, np.ndarray, ChunkStats]:
     with recipe.env.apply():
         # Reads run on the task's own thread: the worker's threads already overlap one task's reads with another's
         # inference, and each reading thread has its own GDAL handle, which decodes shared blocks again.
-        return compute_chunk(entry.job, ctx.layout, index, None, entry.infer_lock)
+        return compute_chunk(entry.job, ctx.layout, index, None, entry.infer_slots)
 
 
 # Every task's work runs inside ``env.apply()`` (``get_job`` builds the job inside it too), which also makes the

@@ -2,8 +2,9 @@
 
 Four stages, each on its own thread so the model never waits for Python: reads run in a thread pool (GDAL releases
 the GIL); a batcher thread collects read tiles in plan order and packs them into the model's tensors; the calling
-thread only runs the model; a writer thread assembles the outputs, casts finished rows and writes them. Every queue
-is bounded, so memory does not grow with the raster.
+thread only runs the model (or, for a runtime with several ``streams``, keeps that many calls going on model
+threads); a writer thread assembles the outputs in plan order, casts finished rows and writes them. Every queue is
+bounded, so memory does not grow with the raster.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 from .._cpus import available_cpus
 from ..job import Job, TileData
 from ..progress import ProgressCallback, note
+from ..runtimes.base import streams_of
 from ..sinks.base import Sink
+from .ordered import in_order
 
 __all__ = ["run_local", "run_local_chunked"]
 
@@ -63,28 +65,13 @@ class _Batcher(_Stage):
         self.job, self.pool, self.in_flight = job, pool, in_flight
 
     def run(self) -> None:
-        job, batch_size = self.job, self.job.inputs.batch_size
+        job = self.job
         try:
-            tiles = job.plan.tiles()
-            futures: deque[Future[TileData]] = deque()
-
-            def refill() -> None:
-                while len(futures) < self.in_flight:
-                    tile = next(tiles, None)
-                    if tile is None:
-                        return
-                    futures.append(self.pool.submit(job.read, tile))
-
-            refill()
-            pending: list[TileData] = []
-            while futures or pending:
-                while futures and sum(not p.skip for p in pending) < batch_size:
-                    pending.append(futures.popleft().result())
-                    refill()
+            read = (item for _, item in in_order(self.pool, job.plan.tiles(), job.read, self.in_flight))
+            for pending in job.batches(read):
                 work = [p for p in pending if not p.skip]
                 if not self.offer((pending, job.pack(work) if work else None, len(work))):
                     return
-                pending = []
             self.offer(_DONE)
         except BaseException as exc:  # handed to the calling thread in order
             self.offer(exc)
@@ -146,19 +133,24 @@ def run_local(
     threads = read_threads or max(1, min(4, available_cpus() // 2))
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
     tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
+    streams = streams_of(job.runtime)
     writer = _Writer(job, sink)
     writer.start()
     stages: list[_Stage] = [writer]
     done = 0
+
+    def run(item: tuple[list[TileData], Any, int]) -> list[Any]:
+        _, batch, n = item
+        return job.run(batch, n) if n else []
+
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool:
+        with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, _model_threads(streams) as models:
             batcher = _Batcher(job, pool, in_flight)
             stages.append(batcher)
             batcher.start()
             try:
-                while (item := batcher.get()) is not _DONE:
-                    pending, batch, n = item
-                    writer.put((pending, job.run(batch, n) if n else []))
+                for (pending, _, _), values in in_order(models, iter(batcher.get, _DONE), run, streams):
+                    writer.put((pending, values))
                     done += len(pending)
                     if progress is not None:
                         progress(done, total, done * tile_pixels)
@@ -175,6 +167,13 @@ def run_local(
             stage.stop()
         sink.abort()
         raise
+
+
+def _model_threads(streams: int) -> contextlib.AbstractContextManager[Executor | None]:
+    """Threads for a runtime that takes ``streams`` calls at once; with one, the calling thread runs the model."""
+    if streams == 1:
+        return contextlib.nullcontext()
+    return ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model")
 
 
 def run_local_chunked(
@@ -203,13 +202,14 @@ def run_local_chunked(
     threads = read_threads or 1
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
-                ThreadPoolExecutor(1, thread_name_prefix="tilecast-writer") as writer:
+                ThreadPoolExecutor(1, thread_name_prefix="tilecast-writer") as writer, \
+                _model_threads(streams_of(job.runtime)) as models:
             last: Future[None] | None = None
             last_index = -1
             for index in range(len(layout)):
                 if index in done:
                     continue
-                window, data, stats = compute_chunk(job, layout, index, pool)
+                window, data, stats = compute_chunk(job, layout, index, pool, models=models)
                 if last is not None:
                     last.result()
                     sink.mark([last_index])

@@ -26,6 +26,7 @@ import rasterio
 
 from ..errors import SourceNotFoundError, SpecError
 from ..job import Job
+from ..runtimes.base import streams_of
 
 __all__ = [
     "GdalEnv", "JobRecipe", "check_workers_can_open", "errors_reach_client", "get_job", "make_recipe",
@@ -290,7 +291,8 @@ class _Cached:
         self.job = job
         self.owned = owned
         """False for the caller's own job (registered on the client): never closed here."""
-        self.infer_lock = threading.Lock()
+        self.infer_slots = threading.BoundedSemaphore(streams_of(job.runtime))
+        """Model calls this process's tasks may make at once: the runtime's streams."""
 
 
 _CACHE: OrderedDict[str, _Cached] = OrderedDict()

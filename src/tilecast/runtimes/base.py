@@ -6,7 +6,9 @@ Python callables implement the same two members, so the engine never changes whe
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from ..errors import TileSizeError
 
-__all__ = ["Runtime", "Signature", "TensorSpec", "rejected_batch"]
+__all__ = ["Runtime", "Signature", "TensorSpec", "rejected_batch", "run_split", "streams_of"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class Signature:
 
 @runtime_checkable
 class Runtime(Protocol):
-    """Runs one batch. Implementations must be safe to call from one thread at a time."""
+    """Runs one batch. Implementations must be safe to call from one thread at a time, or from ``streams``
+    threads at once when they have that optional attribute (see :func:`streams_of`)."""
 
     signature: Signature
 
@@ -65,3 +68,33 @@ def rejected_batch(framework: str, batch: Mapping[str, np.ndarray], exc: BaseExc
         f"the {framework} model rejected the batch ({shapes}): {type(exc).__name__}: {str(exc)[:300]}. "
         "Match --tile/--overlap, the layout and the dtype to the model's input"
     )
+
+
+def streams_of(runtime: object) -> int:
+    """How many ``run`` calls a runner may keep in flight on ``runtime`` at once: its ``streams`` attribute, else 1.
+
+    Runners that pipeline batches (the local runner, chunk tasks, the server) keep this many calls going, so a
+    runtime that splits its threads into streams (:class:`~tilecast.runtimes.onnx.OnnxRuntime`) still uses them all.
+    """
+    return max(1, int(getattr(runtime, "streams", 1) or 1))
+
+
+def run_split(runtime: Runtime, batch: Mapping[str, np.ndarray], executor: Executor | None) -> Mapping[str, np.ndarray]:
+    """One batch as :func:`streams_of` concurrent calls over slices of its rows, joined again along the rows: for
+    callers that hold one batch at a time (feature tables), so a runtime's streams all work on it.
+
+    ``executor`` runs every slice but the first (which runs on the calling thread). Outputs that are not one row
+    per input row cannot be joined; then the whole batch runs again as one call.
+    """
+    n = min((len(v) for v in batch.values()), default=0)
+    k = min(streams_of(runtime), n)
+    if executor is None or k < 2:
+        return runtime.run(batch)
+    bounds = np.linspace(0, n, k + 1).astype(int)
+    parts = [{name: v[a:b] for name, v in batch.items()} for a, b in itertools.pairwise(bounds)]
+    futures = [executor.submit(runtime.run, part) for part in parts[1:]]
+    outs = [runtime.run(parts[0]), *(f.result() for f in futures)]
+    if any(np.shape(out[name])[:1] != (b - a,) for out, (a, b) in zip(outs, itertools.pairwise(bounds), strict=True)
+           for name in out):
+        return runtime.run(batch)
+    return {name: np.concatenate([np.asarray(out[name]) for out in outs]) for name in outs[0]}

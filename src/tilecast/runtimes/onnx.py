@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._cpus import model_threads
-from ..errors import ModelLoadError, TileSizeError
+from .._cpus import model_streams, model_threads
+from ..errors import ModelLoadError, SpecError, TileSizeError
 from .base import Signature, TensorSpec
 
 __all__ = ["OnnxRuntime"]
@@ -40,8 +40,11 @@ class OnnxRuntime:
     """An ``onnxruntime.InferenceSession`` behind the runtime contract.
 
     ``providers`` picks execution providers (``"cuda"``, ``"openvino"``, ``"cpu"`` or full ORT names); unavailable
-    ones are skipped so the same call works on a CPU-only machine. ``threads``: intra-op threads, by default
-    :func:`tilecast._cpus.model_threads` (an explicit, affinity-aware count, so ONNX Runtime does not pin them).
+    ones are skipped so the same call works on a CPU-only machine. ``threads``: CPU threads for the model in all, by
+    default :func:`tilecast._cpus.model_threads` (an explicit, affinity-aware count, so ONNX Runtime does not pin
+    them). ``streams``: how many calls runners keep in flight at once, each with ``threads // streams`` intra-op
+    threads (ONNX Runtime sessions run concurrent calls safely); by default
+    :func:`tilecast._cpus.model_streams` on the CPU, one on an accelerator.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class OnnxRuntime:
         model: str | os.PathLike | bytes,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        streams: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -59,16 +63,21 @@ class OnnxRuntime:
             self.path: str | None = str(path)
         else:
             self.path = None
+        chosen = _providers(ort, providers)
+        threads = threads or model_threads()
+        if streams is None:
+            streams = model_streams(threads) if chosen == ["CPUExecutionProvider"] else 1
+        if streams < 1:
+            raise SpecError(f"streams must be at least 1, got {streams}")
+        self.streams = streams
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or model_threads()
+        opts.intra_op_num_threads = max(1, threads // streams)
         opts.log_severity_level = 3
         # Spinning intra-op threads would take the cores that tilecast's reads and writes need between batches.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(
-                self.path or model, sess_options=opts, providers=_providers(ort, providers)
-            )
+            self.session = ort.InferenceSession(self.path or model, sess_options=opts, providers=chosen)
         except Exception as exc:
             raise ModelLoadError(
                 f"ONNX Runtime could not load {self.path or 'the model bytes'}: {exc}. "
@@ -96,7 +105,9 @@ class OnnxRuntime:
         self.session = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"OnnxRuntime({self.path or '<bytes>'}, providers={self.session.get_providers()})"
+        return (
+            f"OnnxRuntime({self.path or '<bytes>'}, providers={self.session.get_providers()}, streams={self.streams})"
+        )
 
 
 def _providers(ort, wanted: Sequence[str] | None) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from .base import Runtime, Signature, TensorSpec
+from .base import Runtime, Signature, TensorSpec, streams_of
 
 __all__ = ["SCALING_TYPES", "ScaledRuntime", "Scaling", "parse_scaling"]
 
@@ -123,6 +123,7 @@ class ScaledRuntime:
         argmax_dtype: Any = np.uint8,
     ) -> None:
         self.runtime = runtime
+        self.streams = streams_of(runtime)  # scaling is stateless, so the wrapped runtime's concurrency carries over
         self.scaling = {k: list(v) for k, v in (scaling or {}).items() if any(s is not None for s in v)}
         self.channel_axis = channel_axis
         self.argmax = dict(argmax or {})

@@ -105,18 +105,21 @@ class _Item:
 
 class Batcher:
     """Merges requests that arrive within ``timeout_s`` of each other (up to ``max_batch`` instances) into one
-    runtime call. ``max_batch`` <= 1 runs each request on its own. The runtime only ever sees one call at a time."""
+    runtime call. ``max_batch`` <= 1 runs each request on its own. The runtime sees at most ``streams`` calls at a
+    time (:func:`~tilecast.runtimes.base.streams_of`); while they all run, requests queue up for the next batch."""
 
     def __init__(self, run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], max_batch: int,
                  timeout_s: float, observe: Callable[[int], None] | None = None,
-                 arriving: Callable[[], int] | None = None) -> None:
+                 arriving: Callable[[], int] | None = None, streams: int = 1) -> None:
         self.run, self.max_batch, self.timeout_s = run, max_batch, timeout_s
         self.arriving = arriving
         """Requests accepted but not yet queued; when none is on its way, a batch does not wait for company."""
         self.observe = observe or (lambda n: None)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tilecast-model")
+        self.executor = ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model")
+        self.slots = asyncio.Semaphore(streams)
         self.queue: asyncio.Queue[_Item] | None = None
         self.task: asyncio.Task | None = None
+        self.running: set[asyncio.Task] = set()
         self._carry: _Item | None = None
 
     def _run(self, arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -149,6 +152,7 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self.slots.acquire()  # a stream is free: collect its batch
             first = await self._next(None)
             assert first is not None
             group, total = [first], first.n
@@ -168,26 +172,38 @@ class Batcher:
                 total += item.n
             live = [g for g in group if not g.future.done()]
             if not live:
+                self.slots.release()
                 continue
+            task = loop.create_task(self._dispatch(live))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _dispatch(self, live: list[_Item]) -> None:
+        """Run one merged batch and hand each request its rows; frees the stream when done."""
+        try:
             merged = {k: np.concatenate([g.arrays[k] for g in live]) for k in live[0].arrays}
-            try:
-                out = await loop.run_in_executor(self.executor, self._run, merged, sum(g.n for g in live))
-                start = 0
-                for g in live:
-                    part = {k: v[start : start + g.n] for k, v in out.items()}
-                    start += g.n
-                    if not g.future.done():
-                        g.future.set_result(part)
-            except Exception as exc:
-                for g in live:
-                    if not g.future.done():
-                        g.future.set_exception(exc)
+            out = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._run, merged, sum(g.n for g in live)
+            )
+            start = 0
+            for g in live:
+                part = {k: v[start : start + g.n] for k, v in out.items()}
+                start += g.n
+                if not g.future.done():
+                    g.future.set_result(part)
+        except Exception as exc:
+            for g in live:
+                if not g.future.done():
+                    g.future.set_exception(exc)
+        finally:
+            self.slots.release()
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        for task in (self.task, *self.running):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.executor.shutdown(wait=True)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._extras import require
-from ..runtimes.base import Runtime
+from ..runtimes.base import Runtime, streams_of
 from .app import ServerConfig, create_app
 from .metrics import Metrics
 from .models import Batcher, ServedModel
@@ -60,7 +60,7 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
         m = ServedModel(name, rt, platform=type(rt).__name__, bands=tuple(order), common_names=dict(common))
         m.batcher = Batcher(m.call, max_batch, batch_timeout_ms / 1000,
                             observe=lambda n, name=name: metrics.batch.labels(name).observe(n),
-                            arriving=lambda: metrics.arriving)
+                            arriving=lambda: metrics.arriving, streams=streams_of(rt))
         models[name] = m
 
     @contextlib.asynccontextmanager

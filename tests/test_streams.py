@@ -1,0 +1,220 @@
+"""Concurrent model calls ("streams"): every runner keeps a runtime's streams busy, and results never change."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx_models import mean_conv
+
+import tilecast
+from tilecast import Model
+from tilecast.runners.ordered import in_order
+from tilecast.runtimes.base import run_split, streams_of
+from tilecast.runtimes.callable import CallableRuntime
+from tilecast.runtimes.onnx import OnnxRuntime
+from tilecast.serve.models import Batcher
+
+
+class Tracker:
+    """A model function that records how many calls overlap (each call takes ``seconds``)."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        self.seconds, self.active, self.most, self.sizes = seconds, 0, 0, []
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        first = next(iter(x.values())) if isinstance(x, dict) else None  # per-property inputs: the first, doubled
+        x = x if first is None else first[:, None]
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+            self.sizes.append(len(x))
+        time.sleep(self.seconds)
+        with self.lock:
+            self.active -= 1
+        return x[:, :1] * 2.0 if first is None else first * 2.0
+
+
+def tracked(streams: int | None, seconds: float = 0.02) -> tuple[CallableRuntime, Tracker]:
+    fn = Tracker(seconds)
+    runtime = CallableRuntime(fn)
+    if streams is not None:
+        runtime.streams = streams  # type: ignore[attr-defined]
+    return runtime, fn
+
+
+# --------------------------------------------------------------------------------------------------- in_order
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=st.lists(st.integers(-50, 50), max_size=40), ahead=st.integers(1, 5), workers=st.integers(1, 4))
+def test_in_order_keeps_order_and_bounds_what_runs_ahead(items, ahead, workers):
+    submitted = yielded = 0
+    most = 0
+
+    def source():
+        nonlocal submitted, most
+        for x in items:
+            submitted += 1
+            most = max(most, submitted - yielded)
+            yield x
+
+    with ThreadPoolExecutor(workers) as ex:
+        out = []
+        for item, value in in_order(ex, source(), lambda x: (time.sleep(0.0005 * (x % 3)), x * x)[1], ahead):
+            yielded += 1
+            out.append((item, value))
+    assert out == [(x, x * x) for x in items]
+    assert most <= ahead + 1
+
+
+def test_in_order_without_an_executor_calls_lazily():
+    calls = []
+    gen = in_order(None, [1, 2, 3], lambda x: calls.append(x) or x, 4)
+    assert calls == []
+    assert next(gen) == (1, 1) and calls == [1]
+    assert list(gen) == [(2, 2), (3, 3)]
+
+
+# ----------------------------------------------------------------------------------------------- OnnxRuntime
+
+
+def _intra(rt: OnnxRuntime) -> int:
+    return rt.session.get_session_options().intra_op_num_threads
+
+
+@pytest.mark.parametrize(("cpus", "streams", "intra"), [(1, 1, 1), (2, 2, 1), (4, 2, 2), (8, 1, 6), (16, 1, 14)])
+def test_onnx_streams_by_default_only_where_the_model_takes_every_cpu(tmp_path, monkeypatch, cpus, streams, intra):
+    monkeypatch.setattr("tilecast._cpus.available_cpus", lambda: cpus)
+    rt = OnnxRuntime(mean_conv(tmp_path / "m.onnx", 1, 3))
+    assert (rt.streams, _intra(rt)) == (streams, intra)
+    assert streams_of(rt) == streams
+
+
+def test_onnx_streams_and_threads_can_be_set(tmp_path):
+    path = mean_conv(tmp_path / "m.onnx", 1, 3)
+    rt = OnnxRuntime(path, threads=6, streams=3)
+    assert (rt.streams, _intra(rt)) == (3, 2)
+    assert "streams=3" in repr(rt)
+    with pytest.raises(tilecast.SpecError, match="streams"):
+        OnnxRuntime(path, streams=0)
+
+
+# ------------------------------------------------------------------------------------------ runners use them
+
+
+@pytest.mark.parametrize("streams", [None, 1, 2, 3])
+def test_local_runner_keeps_the_runtimes_streams_busy_and_no_more(raster, streams):
+    img = np.random.default_rng(0).random((2, 64, 64)).astype("float32")
+    runtime, fn = tracked(streams)
+    out = Model(runtime, input_tile_size=16, batch_size=2, layout="NCHW").predict_image(raster(img)).to_numpy()
+    np.testing.assert_array_equal(out[0], img[0] * 2)
+    assert fn.most == (streams or 1)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_chunked_runner_keeps_the_runtimes_streams_busy(tmp_path, raster, streams):
+    img = np.random.default_rng(1).random((2, 64, 64)).astype("float32")
+    runtime, fn = tracked(streams)
+    path = Model(runtime, input_tile_size=16, batch_size=2, layout="NCHW").predict_image(raster(img)).to_geotiff(
+        tmp_path / "out.tif", resume=True, progress=False)
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(ds.read(1), img[0] * 2)
+    assert fn.most == streams
+
+
+@pytest.mark.parametrize("blend", ["crop", "cosine"])
+def test_streams_do_not_change_a_single_bit(tmp_path, raster, blend):
+    """Real ONNX Runtime sessions with 1, 2 and 3 streams, through the streaming and the chunked runner."""
+    img = np.random.default_rng(2).random((1, 90, 70)).astype("float32")
+    src = raster(img)
+    onnx = mean_conv(tmp_path / "m.onnx", 1, 5)
+    outs = []
+    for streams in (1, 2, 3):
+        model = Model(OnnxRuntime(onnx, threads=3, streams=streams), input_tile_size=16, input_overlap_size=4,
+                      batch_size=3, blend=blend)
+        outs.append(model.predict_image(src).to_numpy())
+        path = model.predict_image(src).to_geotiff(tmp_path / f"{streams}.tif", resume=True, progress=False)
+        with rasterio.open(path) as ds:
+            outs.append(ds.read())
+    for other in outs[1:]:
+        np.testing.assert_array_equal(outs[0], other)
+
+
+def test_card_scaling_keeps_the_wrapped_runtimes_streams(tmp_path):
+    from tilecast.runtimes.scaled import ScaledRuntime
+
+    assert ScaledRuntime(OnnxRuntime(mean_conv(tmp_path / "m.onnx", 1, 3), threads=2, streams=2)).streams == 2
+
+
+# ----------------------------------------------------------------------------------------------- run_split
+
+
+def test_run_split_slices_rows_over_the_streams_and_joins_them():
+    runtime, fn = tracked(3, seconds=0.05)
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    with ThreadPoolExecutor(2) as ex:
+        out = run_split(runtime, {"x": x}, ex)
+    np.testing.assert_array_equal(out["output"], x[:, :1] * 2)
+    assert sorted(fn.sizes) == [3, 3, 4] and fn.most == 3
+
+
+def test_run_split_runs_whole_batches_when_it_cannot_split():
+    runtime, fn = tracked(2)
+    x = np.ones((1, 2), np.float32)
+    with ThreadPoolExecutor(1) as ex:
+        run_split(runtime, {"x": x}, ex)  # one row: nothing to split
+    assert fn.sizes == [1]
+
+    def total(x):  # not one output row per input row: the slices cannot be joined
+        return np.array([x.sum()])
+
+    per_batch = CallableRuntime(total)
+    per_batch.streams = 2  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(1) as ex:
+        out = run_split(per_batch, {"x": np.ones((6, 2), np.float32)}, ex)
+    np.testing.assert_array_equal(out["output"], [12.0])
+
+
+def test_predict_features_uses_the_streams(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    from tilecast.features import predict_properties
+
+    runtime, fn = tracked(2, seconds=0.05)
+    frame = gpd.GeoDataFrame({"a": np.arange(8.0), "b": np.ones(8)}, geometry=[Point(i, i) for i in range(8)],
+                             crs="EPSG:4326")
+    out = predict_properties(runtime, frame, output_properties={"output": "float32"}, input_properties=["a", "b"])
+    np.testing.assert_array_equal(out["output"], np.arange(8.0) * 2)
+    assert fn.most == 2 and sorted(fn.sizes) == [4, 4]
+
+
+# ---------------------------------------------------------------------------------------------------- serve
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_server_batcher_runs_up_to_streams_calls_at_once(max_batch):
+    fn = Tracker(0.05)
+
+    async def main():
+        batcher = Batcher(lambda arrays: {"y": fn(arrays["x"])}, max_batch, 0.001, streams=2)
+        try:
+            xs = [np.full((1, 2), i, np.float32) for i in range(8)]
+            outs = await asyncio.gather(*(batcher.infer({"x": x}) for x in xs))
+        finally:
+            await batcher.close()
+        return xs, outs
+
+    xs, outs = asyncio.run(main())
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out["y"], x[:, :1] * 2)
+    assert fn.most == 2

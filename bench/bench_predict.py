@@ -94,12 +94,14 @@ def _open_output(path: str, src):
 
 
 def _to_cog(tmp: str, out: str) -> None:
+    """The COG conversion exactly as tilecast's sink makes it."""
     import rasterio
-    import rasterio.shutil
+
+    from tilecast.sinks.geotiff import copy_to_cog
 
     with rasterio.open(tmp) as ds:
         shape = ds.shape
-    rasterio.shutil.copy(tmp, out, **cog_options(shape))
+    copy_to_cog(tmp, out, cog_options(shape))
     os.remove(tmp)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_cpus", "model_streams", "model_threads"]
+__all__ = ["available_cpus", "model_streams", "model_threads", "read_threads"]
 
 
 def available_cpus() -> int:
@@ -39,3 +39,12 @@ def model_streams(threads: int) -> int:
     keeps the activations of one batch in memory instead of two.
     """
     return 2 if threads >= 2 and threads >= available_cpus() else 1
+
+
+def read_threads() -> int:
+    """Threads that read input tiles for the local runner: one per two CPUs, at most four.
+
+    Each holds its own GDAL handle and block cache, so input blocks shared by neighbouring tiles are decoded once
+    per thread; more readers than this decode more than they gain, and the rest of the CPUs are the model's.
+    """
+    return max(1, min(4, available_cpus() // 2))

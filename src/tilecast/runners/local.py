@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
-from .._cpus import available_cpus
+from .._cpus import read_threads as default_read_threads
 from ..job import Job, TileData
 from ..progress import ProgressCallback, note
 from ..runtimes.base import streams_of
@@ -128,9 +128,7 @@ def run_local(
     """Execute ``job`` into an opened ``sink``; returns ``sink.close()``. On any error the sink is aborted."""
     plan = job.plan
     total = len(plan)
-    # Each read thread holds its own GDAL handle and block cache, so input blocks shared by neighbouring tiles are
-    # decoded once per thread: one reader per two cores leaves the rest to the model.
-    threads = read_threads or max(1, min(4, available_cpus() // 2))
+    threads = read_threads or default_read_threads()
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
     tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
     streams = streams_of(job.runtime)

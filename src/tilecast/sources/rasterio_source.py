@@ -85,10 +85,13 @@ class RasterioSource:
             self._nodatavals = [ds.nodatavals[i - 1] for i in self.indexes]
             self.properties = _parse_tags(ds.tags())
             self.block_shape = ds.block_shapes[0]
+            self.pixel_bytes = sum(np.dtype(t).itemsize for t in ds.dtypes)
+            """Bytes of one pixel over all of the file's bands: what decoding an interleaved block caches."""
         finally:
             if self._given is None:
                 ds.close()
         self._warp = warp
+        self.warped = warp is not None
         self.grid = warp[0] if warp else self.native
         # Re-openable paths get one handle per thread; in-memory datasets share one handle under a lock.
         self._shared = self._given is not None and not _reopenable(self.path)

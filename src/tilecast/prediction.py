@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
-import rasterio.env
 
+from ._gdal import gdal_cache
 from .errors import SpecError
 from .job import Job
 from .plan import TilePlan
@@ -32,11 +32,8 @@ GDAL_CACHE_BYTES = 256 * 2**20
 
 def bounded_gdal_cache(job: Job | None = None) -> rasterio.Env:
     """GDAL's block cache defaults to 5% of RAM and fills up during a run: cap it to what ``job`` needs (see
-    :func:`gdal_cache_bytes`), unless the user set it. rasterio passes an integer ``GDAL_CACHEMAX`` to GDAL in bytes.
-    """
-    if "GDAL_CACHEMAX" in os.environ or (rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()):
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES if job is None else gdal_cache_bytes(job))
+    :func:`gdal_cache_bytes`), unless the user set it."""
+    return gdal_cache(GDAL_CACHE_BYTES if job is None else gdal_cache_bytes(job))
 
 
 def gdal_cache_bytes(job: Job) -> int:

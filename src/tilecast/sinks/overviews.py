@@ -20,6 +20,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from .._gdal import smaller_gdal_cache
+
 __all__ = ["OverviewWriter", "chunk_alignable", "derive_levels", "downsample2", "level_profile", "overview_factors",
            "write_chunk_level"]
 
@@ -83,10 +85,11 @@ def level_profile(profile: dict) -> dict:
 
 
 def derive_levels(path: str, resampling: str, factors: list[int]) -> None:
-    """The levels after the first, computed by GDAL from the quarter-size first level in ``path``."""
+    """The levels after the first, computed by GDAL from the quarter-size first level in ``path``; one pass over
+    it, so with a small block cache (the run's, sized for overlapping reads, would fill up with it)."""
     rest = [f // 2 for f in factors[1:]]
     if rest:
-        with rasterio.open(path, "r+") as dst:
+        with smaller_gdal_cache(), rasterio.open(path, "r+") as dst:
             dst.build_overviews(rest, Resampling[resampling])
 
 

@@ -12,9 +12,9 @@ import pytest
 import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx_models import mean_conv
 
 import tilecast
+from onnx_models import mean_conv
 from tilecast import Model
 from tilecast.runners.ordered import in_order
 from tilecast.runtimes.base import run_split, streams_of

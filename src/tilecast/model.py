@@ -43,12 +43,15 @@ class Model:
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        streams: int | None = None,
         **params: Any,
     ) -> Model:
-        """Load an ONNX model. ``providers``: e.g. ``["cuda", "cpu"]``; unavailable ones are skipped."""
+        """Load an ONNX model. ``providers``: e.g. ``["cuda", "cpu"]``; unavailable ones are skipped. ``threads``
+        and ``streams``: CPU threads for the model and how many calls share them (see
+        :class:`~tilecast.runtimes.onnx.OnnxRuntime`)."""
         from .runtimes.onnx import OnnxRuntime
 
-        return cls(OnnxRuntime(path, providers=providers, threads=threads), **params)
+        return cls(OnnxRuntime(path, providers=providers, threads=threads, streams=streams), **params)
 
     @staticmethod
     def load(path: str | os.PathLike, **overrides: Any) -> Model:

@@ -67,8 +67,13 @@ def safe_cast(
     """Cast ``(bands, h, w)`` to each band's declared dtype, then to ``out_dtype``; masked pixels get ``nodata``.
 
     A valid value that the declared dtype cannot hold raises :class:`CastError` instead of wrapping around.
-    Floats going to integers are rounded to the nearest integer.
+    Floats going to integers are rounded to the nearest integer. ``values`` is consumed: when nothing needs a cast
+    it is returned itself (masked pixels set), saving a copy of every output strip.
     """
+    if values.dtype == out_dtype and all(np.dtype(d) == out_dtype for d in dtypes):
+        if valid is not None:
+            values[:, ~valid] = nodata
+        return values
     out = np.empty(values.shape, dtype=out_dtype)
     for i, (dtype, name) in enumerate(zip(dtypes, names, strict=True)):
         band = values[i]

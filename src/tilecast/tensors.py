@@ -41,16 +41,20 @@ class InputBinding:
 
     def pack(self, tiles: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Stack ``(C, H, W)`` tiles into the model's named input tensors."""
-        stack = np.stack(tiles)  # (N, C, H, W)
-        n = stack.shape[0]
+        n = len(tiles)
         out: dict[str, np.ndarray] = {}
+        stack: np.ndarray | None = None
         for slot in self.slots:
             if not slot.bands:
                 value = np.asarray(slot.prop, dtype=slot.dtype)
                 out[slot.name] = np.broadcast_to(value, (n,) + (1,) * (slot.prop_rank - 1)).copy()
-            elif self.layout == "NCHW":
-                out[slot.name] = np.ascontiguousarray(stack, dtype=slot.dtype)
-            elif self.layout == "pixels":  # tabular models: one row of band values per pixel
+                continue
+            if self.layout == "NCHW":  # cast while stacking: one pass, no intermediate batch in the input dtype
+                out[slot.name] = np.stack(tiles, dtype=slot.dtype, casting="unsafe")
+                continue
+            if stack is None:
+                stack = np.stack(tiles)  # (N, C, H, W)
+            if self.layout == "pixels":  # tabular models: one row of band values per pixel
                 rows = stack.transpose(0, 2, 3, 1).reshape(-1, stack.shape[1])
                 out[slot.name] = np.ascontiguousarray(rows, dtype=slot.dtype)
             else:

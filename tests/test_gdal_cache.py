@@ -69,3 +69,30 @@ def test_one_pass_steps_only_ever_lower_the_cache(before, inside):
         with smaller_gdal_cache():
             assert get_gdal_config("GDAL_CACHEMAX") == inside
         assert get_gdal_config("GDAL_CACHEMAX") == before
+
+
+def test_the_cli_run_gets_the_cache_sized_to_it_unless_configured(raster, tmp_path, monkeypatch):
+    """`tilecast predict` must not put its own GDAL_CACHEMAX around the run (it would count as the user's)."""
+    from click.testing import CliRunner
+
+    import tilecast.runners.local as local
+    from onnx_models import mean_conv
+    from tilecast.cli import main as cli
+
+    seen: list = []
+    original = local.run_local
+
+    def spy(job, sink, *args, **kwargs):
+        seen.append((get_gdal_config("GDAL_CACHEMAX"), gdal_cache_bytes(job)))
+        return original(job, sink, *args, **kwargs)
+
+    monkeypatch.setattr(local, "run_local", spy)
+    src = raster(np.random.default_rng(3).random((1, 64, 64)).astype("float32"))
+    onnx = mean_conv(tmp_path / "m.onnx", 1, 3)
+    base = ["predict", src, "--model", onnx, "--tile", "16", "--overlap", "1", "-q", "--overwrite"]
+    result = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "a.tif")])
+    assert result.exit_code == 0, result.output
+    assert seen[-1][0] == seen[-1][1]
+    result = CliRunner().invoke(cli, [*base, "--config", "GDAL_CACHEMAX=300", "-o", str(tmp_path / "b.tif")])
+    assert result.exit_code == 0, result.output
+    assert seen[-1][0] == 300 * 2**20

@@ -116,9 +116,10 @@ def predict(
         click.echo(f"wrote {path} ({w} x {h} px, {len(result.profile.band_names)} band(s))", err=True)
 
 
-# Defaults that keep memory bounded and remote reads lean; --config and the environment take precedence.
-# rasterio.Env passes an integer GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in BYTES (256 would disable the cache).
-GDAL_DEFAULTS: dict[str, Any] = {"GDAL_CACHEMAX": 256 * 2**20, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+# Defaults that keep remote reads lean; --config and the environment take precedence. No GDAL_CACHEMAX: the library
+# sizes GDAL's block cache to each run (tilecast.prediction.gdal_cache_bytes), and a value here would count as the
+# user's and replace that. rasterio.Env passes an integer GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in BYTES.
+GDAL_DEFAULTS: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ whatever the number of samples.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 
+from .._gdal import gdal_cache
 from ..errors import RegionError
 from ..plan import XY
 from ..sources.base import Source
@@ -36,11 +36,7 @@ class Batch:
 def bounded_cache(megabytes: int = 128) -> contextlib.AbstractContextManager:
     """A small GDAL block cache while exporting: grouped reads visit each block about once, so GDAL's default
     (5 % of RAM) would only add hundreds of MiB of RSS. A ``GDAL_CACHEMAX`` set by the user wins."""
-    if "GDAL_CACHEMAX" in os.environ:
-        return contextlib.nullcontext()
-    import rasterio
-
-    return rasterio.Env(GDAL_CACHEMAX=megabytes << 20)  # an int goes to GDALSetCacheMax64: bytes
+    return gdal_cache(megabytes << 20)
 
 
 def patch_offset(patch: XY) -> XY:

@@ -55,12 +55,21 @@ def test_warped_inputs_keep_the_default_cap(raster):
     assert gdal_cache_bytes(model.predict_image(src).job) == GDAL_CACHE_BYTES
 
 
-def test_a_users_gdal_cachemax_is_left_alone(raster, tmp_path, monkeypatch):
-    monkeypatch.setenv("GDAL_CACHEMAX", "123456789")
+def test_a_users_gdal_cachemax_is_left_alone(raster, monkeypatch):
+    """Set in the environment (GDAL read it when the process started: the run keeps whatever the cache is) or with
+    rasterio.Env (the run uses that value)."""
+    src = raster(np.ones((1, 40, 40), np.float32))
     seen: list = []
-    Model.from_callable(_seen_cache(seen), input_tile_size=16, layout="NCHW", output_bands={"y": "float32"}) \
-        .predict_image(raster(np.ones((1, 40, 40), np.float32))).to_numpy()
-    assert seen and all(v != 64 * 2**20 and v == get_gdal_config("GDAL_CACHEMAX") for v in seen)
+    model = Model.from_callable(_seen_cache(seen), input_tile_size=16, layout="NCHW", output_bands={"y": "float32"})
+    monkeypatch.setenv("GDAL_CACHEMAX", "123456789")
+    before = get_gdal_config("GDAL_CACHEMAX")
+    model.predict_image(src).to_numpy()
+    assert seen and all(v == before for v in seen)
+    monkeypatch.delenv("GDAL_CACHEMAX")
+    seen.clear()
+    with rasterio.Env(GDAL_CACHEMAX=123 * 2**20):
+        model.predict_image(src).to_numpy()
+    assert seen and all(v == 123 * 2**20 for v in seen)
 
 
 @pytest.mark.parametrize(("before", "inside"), [(300 * 2**20, ONE_PASS_CACHE_BYTES), (32 * 2**20, 32 * 2**20)])

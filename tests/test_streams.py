@@ -131,6 +131,39 @@ def test_chunked_runner_keeps_the_runtimes_streams_busy(tmp_path, raster, stream
     assert fn.most == streams
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_the_last_batch_goes_out_a_tile_at_a_time_only_with_streams(raster, streams):
+    img = np.random.default_rng(3).random((2, 64, 80)).astype("float32")  # 4 x 5 = 20 tiles, batches of 6
+    runtime, fn = tracked(streams, seconds=0.001)
+    out = Model(runtime, input_tile_size=16, batch_size=6, layout="NCHW").predict_image(raster(img)).to_numpy()
+    np.testing.assert_array_equal(out[0], img[0] * 2)
+    # with streams the last 6 tiles are single calls, so the streams finish together; one stream keeps batches
+    want = [6, 6, 2] + [1] * 6 if streams == 2 else [6, 6, 6, 2]
+    assert fn.sizes == want
+
+
+def test_the_chunked_runner_ends_each_chunk_a_tile_at_a_time(tmp_path, raster):
+    img = np.random.default_rng(4).random((2, 64, 64)).astype("float32")
+    runtime, fn = tracked(2, seconds=0.001)
+    model = Model(runtime, input_tile_size=16, batch_size=4, layout="NCHW")
+    path = model.predict_image(raster(img)).to_geotiff(tmp_path / "out.tif", resume=True, chunk_size=32,
+                                                       progress=False)
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(ds.read(1), img[0] * 2)
+    assert fn.sizes == [1] * 16  # four chunks of 2 x 2 tiles: each is its own tail
+
+
+def test_masked_tiles_in_the_tail_are_skipped_not_sent(raster):
+    img = np.random.default_rng(5).random((1, 32, 64)).astype("float32")  # 2 x 4 = 8 tiles, batches of 4
+    img[:, 16:, 32:48] = -1  # tile 7 of 8 (row 1, col 2) is fully masked
+    runtime, fn = tracked(2, seconds=0.001)
+    out = Model(runtime, input_tile_size=16, batch_size=4, layout="NCHW").predict_image(
+        raster(img, nodata=-1)).to_numpy()
+    assert fn.sizes == [4, 1, 1, 1]  # the last 4 tiles: three single calls, the masked one never sent
+    np.testing.assert_array_equal(out[0, :, :32], img[0, :, :32] * 2)
+    np.testing.assert_array_equal(out[0, :16], img[0, :16] * 2)
+
+
 @pytest.mark.parametrize("blend", ["crop", "cosine"])
 def test_streams_do_not_change_a_single_bit(tmp_path, raster, blend):
     """Real ONNX Runtime sessions with 1, 2 and 3 streams, through the streaming and the chunked runner."""

@@ -15,7 +15,7 @@ from .assemble import Assembler, Block
 from .errors import OutputShapeError
 from .pixels import footprint_valid, pad_tile, safe_cast
 from .plan import Tile, TilePlan
-from .runtimes.base import Runtime
+from .runtimes.base import Runtime, streams_of
 from .sinks.base import OutputProfile
 from .sources.base import Source
 from .spec import ModelSpec
@@ -73,14 +73,27 @@ class Job:
             core_values = padded[:, oy : oy + out.height, ox : ox + out.width]
         return TileData(tile, padded, out_valid, skip, core_values)
 
-    def batches(self, items: Iterable[TileData]) -> Iterator[list[TileData]]:
-        """Read tiles grouped so that each group holds ``batch_size`` tiles to predict (skipped tiles ride along)."""
+    def batches(self, items: Iterable[TileData], count: int | None = None) -> Iterator[list[TileData]]:
+        """Read tiles grouped so that each group holds ``batch_size`` tiles to predict (skipped tiles ride along).
+
+        Given the ``count`` of items, and a runtime that takes several calls at once, the last ``batch_size`` items
+        go out one tile at a time: whichever stream is free takes the next, so the streams finish together instead
+        of one idling for up to a whole batch at the end of every run or chunk (0.1-0.2 s of a core per end on the
+        benchmark).
+        """
+        size = self.inputs.batch_size
+        tail = count - size if count is not None and streams_of(self.runtime) > 1 else None
         pending: list[TileData] = []
-        for item in items:
-            pending.append(item)
-            if sum(not p.skip for p in pending) >= self.inputs.batch_size:
+        work = 0
+        for i, item in enumerate(items):
+            if i == tail and pending:  # the tail starts with a group of its own
                 yield pending
-                pending = []
+                pending, work = [], 0
+            pending.append(item)
+            work += not item.skip
+            if work >= size or (work and tail is not None and i >= tail):
+                yield pending
+                pending, work = [], 0
         if pending:
             yield pending
 
@@ -136,3 +149,4 @@ class Job:
         nodata = self.profile.nodata if self.profile.nodata is not None else 0
         return safe_cast(block.data, self.band_dtypes, block.valid, self.profile.band_names, self.profile.dtype,
                          nodata)
+

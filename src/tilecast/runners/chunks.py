@@ -252,7 +252,7 @@ def compute_chunk(
             return job.infer(work)
 
     read = (item for _, item in in_order(pool, tiles, job.read, max(2 * job.inputs.batch_size, 4)))
-    for pending, values in in_order(models, job.batches(read), infer, streams_of(job.runtime)):
+    for pending, values in in_order(models, job.batches(read, len(tiles)), infer, streams_of(job.runtime)):
         calls += bool(values)
         results = iter(values)
         for item in pending:

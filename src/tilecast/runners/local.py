@@ -68,7 +68,7 @@ class _Batcher(_Stage):
         job = self.job
         try:
             read = (item for _, item in in_order(self.pool, job.plan.tiles(), job.read, self.in_flight))
-            for pending in job.batches(read):
+            for pending in job.batches(read, len(job.plan)):
                 work = [p for p in pending if not p.skip]
                 if not self.offer((pending, job.pack(work) if work else None, len(work))):
                     return

@@ -342,6 +342,19 @@ def test_batch_size_does_not_change_results(tmp_path, raster):
     np.testing.assert_array_equal(outs[0], outs[2])
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_fixed_batch_size_is_the_models_and_short_batches_are_filled(tmp_path, raster, streams):
+    """A model exported with batch 4 gets exactly 4 tiles per call: 9 tiles make 3 calls, the last one filled with
+    zero tiles whose outputs are dropped; the user's batch_size gives way to the model's."""
+    img = np.random.default_rng(18).random((1, 48, 48)).astype("float32")
+    want = Model.from_onnx(mean_conv(tmp_path / "any.onnx", 1, 3), input_tile_size=16, input_overlap_size=1)
+    fixed = Model.from_onnx(mean_conv(tmp_path / "b4.onnx", 1, 3, batch=4), input_tile_size=16, input_overlap_size=1,
+                            batch_size=2, threads=2, streams=streams)
+    pred = fixed.predict_image(raster(img))
+    assert (pred.inputs.batch_size, pred.inputs.fixed_batch) == (4, True)
+    np.testing.assert_array_equal(pred.to_numpy(), want.predict_image(raster(img)).to_numpy())
+
+
 def test_fixed_tile_size_is_read_from_the_model(tmp_path, raster):
     onnx = mean_conv(tmp_path / "m.onnx", 1, 3, hw=(20, 20))
     model = Model.from_onnx(onnx, input_overlap_size=2)

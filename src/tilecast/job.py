@@ -79,10 +79,11 @@ class Job:
         Given the ``count`` of items, and a runtime that takes several calls at once, the last ``batch_size`` items
         go out one tile at a time: whichever stream is free takes the next, so the streams finish together instead
         of one idling for up to a whole batch at the end of every run or chunk (0.1-0.2 s of a core per end on the
-        benchmark).
+        benchmark). Not for a model with a fixed batch size, whose short batches are padded to full ones.
         """
         size = self.inputs.batch_size
-        tail = count - size if count is not None and streams_of(self.runtime) > 1 else None
+        spread = count is not None and streams_of(self.runtime) > 1 and not self.inputs.fixed_batch
+        tail = count - size if spread else None
         pending: list[TileData] = []
         work = 0
         for i, item in enumerate(items):
@@ -108,6 +109,8 @@ class Job:
     def run(self, batch: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
         """Run the model on a packed batch of ``n`` tiles; see :meth:`infer`."""
         outputs = self.runtime.run(batch)
+        if self.inputs.fixed_batch and n < self.inputs.batch_size:  # drop the zero tiles that filled the batch
+            outputs = {k: np.asarray(v)[:n] for k, v in outputs.items()}
         g = self.plan.geometry
         values, padded = self.outputs.unpack(outputs, n, g)
         if self.blending:

@@ -38,9 +38,13 @@ class InputBinding:
     layout: str
     slots: tuple[InputSlot, ...]
     batch_size: int
+    fixed_batch: bool = False
+    """The model takes exactly ``batch_size`` tiles per call: shorter batches are padded with zero tiles."""
 
     def pack(self, tiles: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Stack ``(C, H, W)`` tiles into the model's named input tensors."""
+        if self.fixed_batch and 0 < len(tiles) < self.batch_size:
+            tiles = [*tiles, *[np.zeros_like(tiles[0])] * (self.batch_size - len(tiles))]
         n = len(tiles)
         out: dict[str, np.ndarray] = {}
         stack: np.ndarray | None = None
@@ -114,11 +118,10 @@ def bind_inputs(
         dtype = spec.input_type_override.get(p) or t.dtype or default
         rank = len(t.shape) if t.shape else 1
         slots.append(InputSlot(p, (), np.dtype(dtype), prop=value, prop_rank=rank))
-    batch = spec.batch_size
-    fixed = {t.shape[0] for t in model_inputs if t.shape and t.shape[0] is not None}
-    if fixed:
-        batch = min(batch, min(fixed))
-    return InputBinding(layout, tuple(slots), batch)
+    # A fixed first axis is the batch the model takes (for tabular models it counts pixels, not tiles).
+    fixed = {t.shape[0] for t in model_inputs if t.shape and t.shape[0] is not None} if layout != "pixels" else set()
+    batch = min(fixed) if fixed else spec.batch_size
+    return InputBinding(layout, tuple(slots), batch, fixed_batch=bool(fixed))
 
 
 def _infer_layout(spec: ModelSpec, inputs: Sequence[TensorSpec], band_names: Sequence[str]) -> str:

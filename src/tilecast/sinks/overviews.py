@@ -55,23 +55,30 @@ def downsample2(rows: np.ndarray, resampling: str, nodata: float | None) -> np.n
     acc = np.float32 if rows.dtype.itemsize <= 2 or rows.dtype == np.float32 else np.float64
     total = np.zeros((c, (h + 1) // 2, (w + 1) // 2), acc)
     count = np.zeros(total.shape, np.uint8)
+    valid = None
+    if nodata is not None:
+        # As GDAL: a NaN that is not the nodata value counts as valid, so its cell becomes NaN.
+        valid = ~np.isnan(rows) if nan_nodata else rows != nodata
+        if valid.all():  # the usual strip: one test instead of one per pixel of each of the four parts
+            valid = None
     for dy in (0, 1):
         for dx in (0, 1):
             part = rows[:, dy::2, dx::2]
             cell = (slice(None), slice(0, part.shape[1]), slice(0, part.shape[2]))
-            if nodata is None:
+            if valid is None:
                 total[cell] += part
                 count[cell] += 1
                 continue
-            # As GDAL: a NaN that is not the nodata value counts as valid, so its cell becomes NaN.
-            valid = ~np.isnan(part) if nan_nodata else part != nodata
-            total[cell] += np.where(valid, part, 0)
-            count[cell] += valid
+            ok = valid[:, dy::2, dx::2]
+            total[cell] += np.where(ok, part, 0)
+            count[cell] += ok
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
     if rows.dtype.kind in "iu":
         info = np.iinfo(rows.dtype)
         mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
+    if valid is None:  # every cell has a pixel
+        return mean.astype(rows.dtype)
     fill = nodata if nodata is not None else (np.nan if is_float else 0)
     return np.where(count > 0, mean, fill).astype(rows.dtype)
 

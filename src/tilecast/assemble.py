@@ -86,6 +86,7 @@ class Assembler:
         self.wsum = np.zeros((cap, self.width), dtype=np.float32) if blended else None
         self.valid = np.ones((cap, self.width), dtype=bool)
         self.any_invalid = False
+        self.filled = 0  # buffer rows that placed tiles have written
 
     def add(
         self,
@@ -102,6 +103,7 @@ class Assembler:
             if self.placed is None:
                 self._allocate(placed.dtype)
             self.placed[:, r0 : r0 + h, c0 : c0 + w] = placed[:, :h, :w]
+            self.filled = max(self.filled, r0 + h)
         if valid is not None:
             self.valid[r0 : r0 + h, c0 : c0 + w] = valid[:h, :w]
             self.any_invalid = True
@@ -135,7 +137,7 @@ class Assembler:
         if self.n_placed and self.placed is None:
             self._allocate(self.dtype)
         if self.n_placed:
-            parts.append(self.placed[:, :n].copy())
+            parts.append(self.placed[:, :n])  # handed out, not copied: the consumer is done when we resume
         if self.acc.shape[0]:
             with np.errstate(invalid="ignore", divide="ignore"):
                 parts.append(self.acc[:, :n] / self.wsum[None, :n])
@@ -146,12 +148,18 @@ class Assembler:
             data = np.concatenate([p.astype(dtype, copy=False) for p in parts])
         valid = self.valid[:n].copy() if self.any_invalid else None
         yield Block(Window(0, self.base, self.width, n), data, valid)
-        for arr in (self.placed, self.acc, self.wsum, self.valid):
+        for arr in (self.acc, self.wsum, self.valid):
             if arr is None:
                 continue
             keep = arr.shape[-2] - n
             arr[..., :keep, :] = arr[..., n:, :]
             arr[..., keep:, :] = 1 if arr is self.valid else 0
+        # Placed rows need no clearing: every output pixel is placed by exactly one tile or marked invalid (and
+        # then becomes nodata), so only rows already written below the emitted ones move up.
+        keep = max(0, self.filled - n)
+        if keep and self.placed is not None:
+            self.placed[:, :keep] = self.placed[:, n : n + keep]
+        self.filled = keep
         self.base = final
         if self.any_invalid and self.valid.all():
             self.any_invalid = False

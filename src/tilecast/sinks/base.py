@@ -36,7 +36,10 @@ class Sink(Protocol):
 
     def open(self, profile: OutputProfile) -> None: ...
 
-    def write(self, window: Window, data: np.ndarray) -> None: ...
+    def write(self, window: Window, data: np.ndarray) -> None:
+        """Take the finished rows in ``window``. ``data`` may be the runner's own buffer, reused once ``write``
+        returns: copy what you keep."""
+        ...
 
     def close(self) -> Any:
         """Finish and publish the output; returns what the caller gets back (a path, an array)."""

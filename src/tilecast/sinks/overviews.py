@@ -139,7 +139,7 @@ class OverviewWriter:
             data = np.concatenate([self.carry, data], axis=1)
             self.carry = None
         if data.shape[1] % 2 and self.next_row < self.height:
-            data, self.carry = data[:, :-1], data[:, -1:]
+            data, self.carry = data[:, :-1], data[:, -1:].copy()  # the strip's buffer is reused after write
         if data.shape[1]:
             self._emit(data)
 

@@ -76,6 +76,28 @@ def test_in_order_keeps_order_and_bounds_what_runs_ahead(items, ahead, workers):
     assert most <= ahead + 1
 
 
+@settings(max_examples=60, deadline=None)
+@given(weights=st.lists(st.integers(0, 8), max_size=40), ahead=st.integers(1, 16), workers=st.integers(1, 3))
+def test_in_order_with_weights_bounds_the_weight_running_ahead(weights, ahead, workers):
+    pending: list[int] = []  # weights pulled and not yet yielded, oldest first
+    most = 0
+
+    def source():
+        nonlocal most
+        for i, w in enumerate(weights):
+            pending.append(max(1, w))
+            most = max(most, sum(pending[1:]))
+            yield i
+
+    with ThreadPoolExecutor(workers) as ex:
+        out = []
+        for item, value in in_order(ex, source(), lambda i: i * 3, ahead, weight=lambda i: weights[i]):
+            pending.pop(0)
+            out.append((item, value))
+    assert out == [(i, i * 3) for i in range(len(weights))]
+    assert most <= ahead - 1 + max([1, *weights])
+
+
 def test_in_order_without_an_executor_calls_lazily():
     calls = []
     gen = in_order(None, [1, 2, 3], lambda x: calls.append(x) or x, 4)
@@ -140,6 +162,31 @@ def test_the_last_batch_goes_out_a_tile_at_a_time_only_with_streams(raster, stre
     # with streams the last 6 tiles are single calls, so the streams finish together; one stream keeps batches
     want = [6, 6, 2] + [1] * 6 if streams == 2 else [6, 6, 6, 2]
     assert fn.sizes == want
+
+
+def test_the_last_tiles_run_beside_the_last_big_batch(raster):
+    """Calls take 20 ms per tile. 26 tiles in batches of 6 make calls of 6, 6, 6, 2 and six single tiles: while one
+    stream runs the third batch of 6, the other takes the 2 and then the singles instead of waiting for that batch
+    to finish (the model stage runs ahead by tiles, not by calls)."""
+    img = np.random.default_rng(6).random((1, 32, 208)).astype("float32")  # 2 x 13 tiles of 16
+    spans: list[tuple[int, float, float]] = []
+    lock = threading.Lock()
+
+    def fn(x):
+        start = time.perf_counter()
+        time.sleep(0.02 * len(x))
+        with lock:
+            spans.append((len(x), start, time.perf_counter()))
+        return x * 2.0
+
+    runtime = CallableRuntime(fn)
+    runtime.streams = 2  # type: ignore[attr-defined]
+    out = Model(runtime, input_tile_size=16, batch_size=6, layout="NCHW").predict_image(raster(img)).to_numpy()
+    np.testing.assert_array_equal(out, img * 2)
+    assert sorted(n for n, _, _ in spans) == [1] * 6 + [2, 6, 6, 6]
+    last_big_end = max(end for n, _, end in spans if n == 6)
+    beside = sum(start < last_big_end for n, start, _ in spans if n == 1)
+    assert beside >= 3  # counted in calls, at most one single could start before it ended
 
 
 def test_the_chunked_runner_ends_each_chunk_a_tile_at_a_time(tmp_path, raster):

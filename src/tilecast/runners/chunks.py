@@ -252,7 +252,8 @@ def compute_chunk(
             return job.infer(work)
 
     read = (item for _, item in in_order(pool, tiles, job.read, max(2 * job.inputs.batch_size, 4)))
-    for pending, values in in_order(models, job.batches(read, len(tiles)), infer, streams_of(job.runtime)):
+    ahead = streams_of(job.runtime) * job.inputs.batch_size  # in tiles, as the local runner
+    for pending, values in in_order(models, job.batches(read, len(tiles)), infer, ahead, weight=_work):
         calls += bool(values)
         results = iter(values)
         for item in pending:
@@ -262,6 +263,10 @@ def compute_chunk(
     stats = ChunkStats(index, layout.own_tiles(index), len(tiles), calls, in_bytes, data.nbytes,
                        time.perf_counter() - start)
     return window, data, stats
+
+
+def _work(pending: list[TileData]) -> int:
+    return sum(not p.skip for p in pending)
 
 
 def chunk_shape(layout: ChunkLayout) -> tuple[int, int]:

@@ -147,7 +147,10 @@ def run_local(
             stages.append(batcher)
             batcher.start()
             try:
-                for (pending, _, _), values in in_order(models, iter(batcher.get, _DONE), run, streams):
+                # Counted in tiles, so the single tiles that end the run keep every stream busy (see Job.batches).
+                ahead = streams * job.inputs.batch_size
+                for (pending, _, _), values in in_order(models, iter(batcher.get, _DONE), run, ahead,
+                                                        weight=lambda item: item[2]):
                     writer.put((pending, values))
                     done += len(pending)
                     if progress is not None:

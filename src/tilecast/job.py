@@ -76,10 +76,12 @@ class Job:
     def batches(self, items: Iterable[TileData], count: int | None = None) -> Iterator[list[TileData]]:
         """Read tiles grouped so that each group holds ``batch_size`` tiles to predict (skipped tiles ride along).
 
-        Given the ``count`` of items, and a runtime that takes several calls at once, the last ``batch_size`` items
-        go out one tile at a time: whichever stream is free takes the next, so the streams finish together instead
-        of one idling for up to a whole batch at the end of every run or chunk (0.1-0.2 s of a core per end on the
-        benchmark). Not for a model with a fixed batch size, whose short batches are padded to full ones.
+        Given the ``count`` of items, and a runtime that takes several calls at once, the first and the last
+        ``batch_size`` items go out one tile at a time. At the start every stream gets work as soon as a tile is
+        read, instead of the second waiting for a second whole batch; at the end whichever stream is free takes the
+        next tile, so the streams finish together instead of one idling for up to a whole batch (each end cost
+        0.1-0.2 s of a core per run or chunk on the benchmark). Not for a model with a fixed batch size, whose short
+        batches are padded to full ones.
         """
         size = self.inputs.batch_size
         spread = count is not None and streams_of(self.runtime) > 1 and not self.inputs.fixed_batch
@@ -92,7 +94,7 @@ class Job:
                 pending, work = [], 0
             pending.append(item)
             work += not item.skip
-            if work >= size or (work and tail is not None and i >= tail):
+            if work >= size or (work and tail is not None and (i < size or i >= tail)):
                 yield pending
                 pending, work = [], 0
         if pending:

@@ -213,6 +213,34 @@ def test_masked_tiles_among_single_calls_are_skipped_not_sent(raster):
     np.testing.assert_array_equal(out[0, :16], img[0, :16] * 2)
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_packed_batches_are_reused_only_for_runtimes_that_release_them(tmp_path, raster, streams):
+    img = np.random.default_rng(7).random((1, 64, 96)).astype("float32")  # 24 tiles of 16, batches of 2
+    onnx_rt = OnnxRuntime(mean_conv(tmp_path / "m.onnx", 1, 3), threads=streams, streams=streams)
+    seen: list[np.ndarray] = []  # held, so an array seen twice is the same array, not a recycled address
+    run = onnx_rt.run
+
+    def recording(batch):
+        seen.append(next(iter(batch.values())))
+        return run(batch)
+
+    onnx_rt.run = recording  # type: ignore[method-assign]
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def keeps_its_inputs(x):  # a callable may hold on to what it was given: its batches must never be reused
+        kept.append((x, x.copy()))
+        return onnx_rt.session.run(None, {"image": x})[0]
+
+    params = dict(input_tile_size=16, input_overlap_size=1, batch_size=2, layout="NCHW")
+    out = Model(onnx_rt, **params).predict_image(raster(img)).to_numpy()
+    callable_rt = CallableRuntime(keeps_its_inputs)
+    callable_rt.streams = streams  # type: ignore[attr-defined]
+    want = Model(callable_rt, **params).predict_image(raster(img)).to_numpy()
+    np.testing.assert_array_equal(out, want)
+    assert len({id(x) for x in seen}) < len(seen)  # ONNX Runtime got the same arrays again
+    assert all(np.array_equal(x, copy) for x, copy in kept)  # the callable's were left alone
+
+
 @pytest.mark.parametrize("blend", ["crop", "cosine"])
 def test_streams_do_not_change_a_single_bit(tmp_path, raster, blend):
     """Real ONNX Runtime sessions with 1, 2 and 3 streams, through the streaming and the chunked runner."""

@@ -6,8 +6,9 @@ here once, so every runner produces the same pixels.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class Job:
     profile: OutputProfile
     band_dtypes: tuple[np.dtype, ...]
     append_input: bool = False
+    _spare: deque[Mapping[str, np.ndarray]] = field(default_factory=deque, init=False, repr=False, compare=False)
+    """Packed batches the model is done with, stacked into again: a fresh 10 MB batch costs the kernel a page fault
+    and a zeroed page for every 4 KiB (0.1 CPU-s per 6144^2 run)."""
 
     @property
     def blending(self) -> bool:
@@ -106,11 +110,18 @@ class Job:
 
     def pack(self, items: Sequence[TileData]) -> Mapping[str, np.ndarray]:
         """The model's input tensors for a batch (separate from :meth:`run` so a runner can pack ahead)."""
-        return self.inputs.pack([it.data for it in items])
+        try:
+            reuse = self._spare.pop()
+        except IndexError:
+            reuse = None
+        return self.inputs.pack([it.data for it in items], reuse)
 
     def run(self, batch: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
         """Run the model on a packed batch of ``n`` tiles; see :meth:`infer`."""
         outputs = self.runtime.run(batch)
+        if n == self.inputs.batch_size and self.inputs.layout == "NCHW" and len(self._spare) < 2 \
+                and getattr(self.runtime, "releases_inputs", False):
+            self._spare.append(batch)
         if self.inputs.fixed_batch and n < self.inputs.batch_size:  # drop the zero tiles that filled the batch
             outputs = {k: np.asarray(v)[:n] for k, v in outputs.items()}
         g = self.plan.geometry

@@ -41,8 +41,9 @@ class InputBinding:
     fixed_batch: bool = False
     """The model takes exactly ``batch_size`` tiles per call: shorter batches are padded with zero tiles."""
 
-    def pack(self, tiles: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """Stack ``(C, H, W)`` tiles into the model's named input tensors."""
+    def pack(self, tiles: Sequence[np.ndarray], reuse: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Stack ``(C, H, W)`` tiles into the model's named input tensors (``NCHW`` ones into the matching arrays of
+        ``reuse``, an earlier batch the model is done with, when given)."""
         if self.fixed_batch and 0 < len(tiles) < self.batch_size:
             tiles = [*tiles, *[np.zeros_like(tiles[0])] * (self.batch_size - len(tiles))]
         n = len(tiles)
@@ -54,7 +55,11 @@ class InputBinding:
                 out[slot.name] = np.broadcast_to(value, (n,) + (1,) * (slot.prop_rank - 1)).copy()
                 continue
             if self.layout == "NCHW":  # cast while stacking: one pass, no intermediate batch in the input dtype
-                out[slot.name] = np.stack(tiles, dtype=slot.dtype, casting="unsafe")
+                into = reuse.get(slot.name) if reuse is not None else None
+                if into is not None and into.shape == (n, *tiles[0].shape) and into.dtype == slot.dtype:
+                    out[slot.name] = np.stack(tiles, out=into, casting="unsafe")
+                else:
+                    out[slot.name] = np.stack(tiles, dtype=slot.dtype, casting="unsafe")
                 continue
             if stack is None:
                 stack = np.stack(tiles)  # (N, C, H, W)

@@ -52,7 +52,9 @@ class Signature:
 @runtime_checkable
 class Runtime(Protocol):
     """Runs one batch. Implementations must be safe to call from one thread at a time, or from ``streams``
-    threads at once when they have that optional attribute (see :func:`streams_of`)."""
+    threads at once when they have that optional attribute (see :func:`streams_of`). An optional true
+    ``releases_inputs`` says that nothing of the batch is kept or returned once ``run`` returns, so runners may
+    stack the next batch into the same arrays."""
 
     signature: Signature
 

@@ -47,6 +47,10 @@ class OnnxRuntime:
     :func:`tilecast._cpus.model_streams` on the CPU, one on an accelerator.
     """
 
+    releases_inputs = True
+    """Once ``run`` returns, ONNX Runtime holds no reference to the batch and its outputs are copies (an Identity
+    graph included), so a runner may stack the next batch into the same arrays."""
+
     def __init__(
         self,
         model: str | os.PathLike | bytes,

@@ -55,7 +55,7 @@ def main() -> None:
                     pred = model.predict_image(raster)
                     out = os.path.join(tmp, "out.tif")
                     start = time.perf_counter()
-                    with bounded_gdal_cache():  # as Prediction.run does for local runs
+                    with bounded_gdal_cache(pred.job):  # as Prediction.run does for local runs
                         sink = GeoTIFFSink(out, overwrite=True)
                         sink.open(pred.job.profile)
                         local.run_local(pred.job, sink, None, read_threads=readers)

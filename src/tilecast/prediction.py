@@ -30,10 +30,10 @@ GDAL_CACHE_BYTES = 256 * 2**20
 """GDAL's block cache during a local run when its need cannot be worked out (warped, mosaic or in-memory inputs)."""
 
 
-def bounded_gdal_cache(job: Job | None = None) -> rasterio.Env:
+def bounded_gdal_cache(job: Job) -> rasterio.Env:
     """GDAL's block cache defaults to 5% of RAM and fills up during a run: cap it to what ``job`` needs (see
     :func:`gdal_cache_bytes`), unless the user set it."""
-    return gdal_cache(GDAL_CACHE_BYTES if job is None else gdal_cache_bytes(job))
+    return gdal_cache(gdal_cache_bytes(job))
 
 
 def gdal_cache_bytes(job: Job) -> int:

@@ -165,4 +165,3 @@ class Job:
         nodata = self.profile.nodata if self.profile.nodata is not None else 0
         return safe_cast(block.data, self.band_dtypes, block.valid, self.profile.band_names, self.profile.dtype,
                          nodata)
-

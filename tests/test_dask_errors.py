@@ -122,14 +122,14 @@ def test_an_in_memory_input_is_still_reported_as_one():
     import rasterio
     from rasterio.transform import from_origin
 
-    from tilecast.runners.recipe import _source_recipe
+    from tilecast.runners.recipe import source_recipe
     from tilecast.sources.rasterio_source import RasterioSource
 
     with rasterio.open("", "w", driver="MEM", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
                        transform=from_origin(500000, 4600000, 10, 10)) as ds:
         source = RasterioSource(ds)
         with pytest.raises(tilecast.SpecError, match="in-memory dataset; pass a path or URL"):
-            _source_recipe(source)
+            source_recipe(source)
 
 
 def test_a_truncated_mosaic_member_stops_the_dask_run_with_a_tilecast_error(tmp_path, raster, client):

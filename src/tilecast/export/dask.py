@@ -49,7 +49,7 @@ class _Context:
     """What every chunk task shares; scattered once to each worker."""
 
     source: tuple
-    """A recipe from :func:`tilecast.runners.recipe._source_recipe`: each worker opens the source itself."""
+    """A recipe from :func:`tilecast.runners.recipe.source_recipe`: each worker opens the source itself."""
     env: Any
     plan: _ImagePlan
     opts: ImageExportOptions
@@ -77,10 +77,10 @@ def chunk_prefix(prefix: str, index: int, width: int = 5) -> str:
 @contextlib.contextmanager
 def worker_source(recipe: tuple, env: Any) -> Iterator[Any]:
     """A task's source, opened on the worker from its recipe under the client's GDAL settings, closed after."""
-    from ..runners.recipe import _build_source
+    from ..runners.recipe import build_source
 
     with env.apply():
-        source = _build_source(recipe)
+        source = build_source(recipe)
         try:
             yield source
         finally:
@@ -149,7 +149,7 @@ def export_image_dask(
 ) -> ExportResult:
     """:func:`~tilecast.export.export_image` on Dask (``engine="dask"``); the output folder must be shared by the
     workers (a LocalCluster, or a shared filesystem). ``chunk_rows`` sets the patch rows per task."""
-    from ..runners.recipe import GdalEnv, _source_recipe, check_workers_can_open
+    from ..runners.recipe import GdalEnv, source_recipe, check_workers_can_open
 
     opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
     folder = Path(output)
@@ -161,7 +161,7 @@ def export_image_dask(
         try:
             p = _prepare(source, folder, opts, prefix, bounds, window, overwrite, image)
             grid = source.grid
-            recipe = _source_recipe(source)
+            recipe = source_recipe(source)
         finally:
             source.close()
     before = set(shard_files(folder, p.prefix))  # _prepare refused them unless overwrite=True
@@ -239,9 +239,9 @@ def announce(client: Any, tasks: str, report: Callable | None) -> None:
     """One line on stderr (unless quiet): the tasks, the workers and the dashboard link."""
     if report is None:
         return
-    from ..runners.dask import _has_dashboard
+    from ..runners.dask import has_dashboard
 
-    link = getattr(client, "dashboard_link", None) if _has_dashboard(client) else None
+    link = getattr(client, "dashboard_link", None) if has_dashboard(client) else None
     print(f"dask: {tasks} on {len(client.nthreads())} worker(s)" + (f"; dashboard {link}" if link else ""),
           file=sys.stderr)
 

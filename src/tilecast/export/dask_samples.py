@@ -71,7 +71,7 @@ class _Context:
     """What every task shares; scattered once to each worker."""
 
     source: tuple
-    """A recipe from :func:`tilecast.runners.recipe._source_recipe`: each worker opens the source itself."""
+    """A recipe from :func:`tilecast.runners.recipe.source_recipe`: each worker opens the source itself."""
     env: Any
     patch: XY
     default_value: float
@@ -210,9 +210,9 @@ def write_dask(
     output names (and is not used to write); ``writer_args`` are its arguments after the folder, without
     ``overwrite``: ``(stem, suffix, format, splits, compressed, max_file_size, table)``. Returns ``(files per
     split, counts per split, skipped)``."""
-    from ..runners.recipe import GdalEnv, _source_recipe, check_workers_can_open
+    from ..runners.recipe import GdalEnv, source_recipe, check_workers_can_open
 
-    recipe = _source_recipe(source)
+    recipe = source_recipe(source)
     folder = _folder_of(writers)
     fmt = writers.fmt
     order = group_order(samples.rows, samples.cols, chunk)

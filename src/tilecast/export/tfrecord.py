@@ -46,9 +46,9 @@ def messages() -> Any:
     descriptors in :mod:`tilecast.payloads.protos`' private pool (shared with the gRPC payload codecs)."""
     from google.protobuf import message_factory
 
-    from ..payloads.protos import _pool
+    from ..payloads.protos import proto_pool
 
-    pool = _pool()
+    pool = proto_pool()
 
     class _Messages:
         pass

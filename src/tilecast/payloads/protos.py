@@ -34,7 +34,7 @@ __all__ = [
 
 
 @cache
-def _pool() -> descriptor_pool.DescriptorPool:
+def proto_pool() -> descriptor_pool.DescriptorPool:
     pool = descriptor_pool.DescriptorPool()
     fds = descriptor_pb2.FileDescriptorSet.FromString(Path(__file__).with_name("tf_protos.binpb").read_bytes())
     for f in fds.file:
@@ -43,7 +43,7 @@ def _pool() -> descriptor_pool.DescriptorPool:
 
 
 def _message(name: str) -> Any:
-    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(name))
+    return message_factory.GetMessageClass(proto_pool().FindMessageTypeByName(name))
 
 
 TensorProto: Any = _message("tensorflow.TensorProto")
@@ -56,7 +56,7 @@ GetModelMetadataResponse: Any = _message("tensorflow.serving.GetModelMetadataRes
 SignatureDefMap: Any = _message("tensorflow.serving.SignatureDefMap")
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 
-_DT = _pool().FindEnumTypeByName("tensorflow.DataType").values_by_name
+_DT = proto_pool().FindEnumTypeByName("tensorflow.DataType").values_by_name
 DT_STRING = _DT["DT_STRING"].number
 
 # numpy dtype <-> TF DataType, and the TensorProto field that holds values when tensor_content is not used.

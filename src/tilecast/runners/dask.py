@@ -219,7 +219,7 @@ def run_dask(
         with open_client(client, scheduler, workers) as c:
             check_workers_can_open(c, recipe.source)
             if progress is not None:
-                link = getattr(c, "dashboard_link", None) if _has_dashboard(c) else None
+                link = getattr(c, "dashboard_link", None) if has_dashboard(c) else None
                 print(f"dask: {len(todo)} chunk task(s) of {layout.rows} x {layout.cols} tiles on "
                       f"{len(c.scheduler_info().get('workers', {}))} worker(s)"
                       + (f"; dashboard {link}" if link else ""), file=sys.stderr)
@@ -260,7 +260,7 @@ def _close(sink: Any, env: GdalEnv) -> Any:
         return sink.close()
 
 
-def _has_dashboard(client: Any) -> bool:
+def has_dashboard(client: Any) -> bool:
     try:
         import bokeh  # noqa: F401  (the dashboard needs it)
 

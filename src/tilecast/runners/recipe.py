@@ -187,11 +187,11 @@ def _build_runtime(recipe: tuple, threads: int | None) -> Any:
     return recipe[1]
 
 
-def _source_recipe(source: Any) -> tuple:
-    from ..sources.rasterio_source import RasterioSource, _reopenable
+def source_recipe(source: Any) -> tuple:
+    from ..sources.rasterio_source import RasterioSource, reopenable
 
     if isinstance(source, RasterioSource):
-        if not _reopenable(source.path):
+        if not reopenable(source.path):
             if _gone(source):
                 raise SourceNotFoundError(
                     f"engine='dask' reopens the input on every worker, but {source.path} no longer exists: it was "
@@ -252,7 +252,7 @@ def check_workers_can_open(client: Any, recipe: tuple) -> None:
     )
 
 
-def _build_source(recipe: tuple) -> Any:
+def build_source(recipe: tuple) -> Any:
     if recipe[0] == "rasterio":
         from ..sources.rasterio_source import RasterioSource
 
@@ -273,13 +273,13 @@ class JobRecipe:
     threads: int | None = None
 
     def build(self) -> Job:
-        return replace(self.job, runtime=_build_runtime(self.runtime, self.threads), source=_build_source(self.source))
+        return replace(self.job, runtime=_build_runtime(self.runtime, self.threads), source=build_source(self.source))
 
 
 def make_recipe(job: Job, env: GdalEnv | None = None, threads: int | None = None) -> JobRecipe:
     """A recipe for ``job``; the client's own job is registered so in-process tasks reuse it."""
     recipe = JobRecipe(
-        uuid.uuid4().hex, _runtime_recipe(job.runtime), _source_recipe(job.source),
+        uuid.uuid4().hex, _runtime_recipe(job.runtime), source_recipe(job.source),
         replace(job, runtime=None, source=None), env or GdalEnv.capture(), threads,
     )
     _register(recipe.token, job)

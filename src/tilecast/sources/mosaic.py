@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from ..errors import BandMismatchError, InputError, NotGeoreferencedError, SourceNotFoundError, SpecError
 from .base import Grid, aligned_grid, select_bands
-from .rasterio_source import GDAL_READ_ERRORS, _parse_tags, open_dataset, parse_crs, read_error
+from .rasterio_source import GDAL_READ_ERRORS, parse_tags, open_dataset, parse_crs, read_error
 
 __all__ = ["MosaicSource", "expand_paths"]
 
@@ -73,7 +73,7 @@ class _Member:
                 if f_i == 0:
                     self.crs, self.bounds = ds.crs, tuple(ds.bounds)
                     self.resolution = (abs(ds.transform.a), abs(ds.transform.e))
-                    self.properties = _parse_tags(ds.tags())
+                    self.properties = parse_tags(ds.tags())
                 for b in range(ds.count):
                     desc = ds.descriptions[b]
                     name = desc or (f"b{b + 1}" if len(self.files) == 1 else f"{_stem(path)}_{b + 1}")

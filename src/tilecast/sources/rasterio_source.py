@@ -83,7 +83,7 @@ class RasterioSource:
             # decode every block a second time (3-4x the cost of the read itself).
             self._nodata_only = all(f in ([MaskFlags.nodata], [MaskFlags.all_valid]) for f in flags)
             self._nodatavals = [ds.nodatavals[i - 1] for i in self.indexes]
-            self.properties = _parse_tags(ds.tags())
+            self.properties = parse_tags(ds.tags())
             self.block_shape = ds.block_shapes[0]
             self.pixel_bytes = sum(np.dtype(t).itemsize for t in ds.dtypes)
             """Bytes of one pixel over all of the file's bands: what decoding an interleaved block caches."""
@@ -94,7 +94,7 @@ class RasterioSource:
         self.warped = warp is not None
         self.grid = warp[0] if warp else self.native
         # Re-openable paths get one handle per thread; in-memory datasets share one handle under a lock.
-        self._shared = self._given is not None and not _reopenable(self.path)
+        self._shared = self._given is not None and not reopenable(self.path)
 
     def _dataset(self):
         if self._shared:
@@ -225,11 +225,11 @@ def _gdal_message(exc: BaseException) -> str:
     return "; ".join(messages) or type(exc).__name__
 
 
-def _reopenable(path: str) -> bool:
+def reopenable(path: str) -> bool:
     return bool(path) and (os.path.exists(path) or path.startswith(("/vsi", "http", "s3://", "gs://", "az://")))
 
 
-def _parse_tags(tags: dict[str, str]) -> dict[str, Any]:
+def parse_tags(tags: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tags.items():
         for conv in (int, float):

@@ -115,7 +115,7 @@ def _intra(rt: OnnxRuntime) -> int:
 
 @pytest.mark.parametrize(("cpus", "streams", "intra"), [(1, 1, 1), (2, 2, 1), (4, 2, 2), (8, 1, 6), (16, 1, 14)])
 def test_onnx_streams_by_default_only_where_the_model_takes_every_cpu(tmp_path, monkeypatch, cpus, streams, intra):
-    monkeypatch.setattr("tilecast._cpus.available_cpus", lambda: cpus)
+    monkeypatch.setattr("tilecast.resources.available_cpus", lambda: cpus)
     rt = OnnxRuntime(mean_conv(tmp_path / "m.onnx", 1, 3))
     assert (rt.streams, _intra(rt)) == (streams, intra)
     assert streams_of(rt) == streams

@@ -1,4 +1,5 @@
-"""GDAL's block cache: tilecast sizes it to each step, unless the user sized it."""
+"""GDAL's block cache: how tilecast sizes it for one step, unless the user sized it. How large it is for each step
+is the resource policy's call (:mod:`tilecast.resources`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,7 @@ import os
 import rasterio
 import rasterio.env
 
-__all__ = ["ONE_PASS_CACHE_BYTES", "gdal_cache", "smaller_gdal_cache"]
-
-ONE_PASS_CACHE_BYTES = 64 * 2**20
-"""GDAL's block cache for steps that read each block once (deriving overviews, the COG conversion)."""
+__all__ = ["gdal_cache", "smaller_gdal_cache"]
 
 
 def gdal_cache(nbytes: int) -> rasterio.Env:
@@ -22,7 +20,7 @@ def gdal_cache(nbytes: int) -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=nbytes)
 
 
-def smaller_gdal_cache(nbytes: int = ONE_PASS_CACHE_BYTES) -> rasterio.Env:
+def smaller_gdal_cache(nbytes: int) -> rasterio.Env:
     """An Env that lowers GDAL's block cache to ``nbytes`` if it is larger (whoever set it): for steps that read
     every block once, where a bigger cache only holds memory."""
     from rasterio._env import get_gdal_config

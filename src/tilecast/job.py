@@ -1,14 +1,14 @@
 """A prediction job: one plan, one source, one runtime, and the per-tile steps every runner shares.
 
-Runners decide only *where* and *when* these steps run (threads, Dask tasks); what happens to a tile is defined
-here once, so every runner produces the same pixels.
+Runners decide only *where* and *when* these steps run (threads, Dask tasks), how tiles are grouped into calls and
+whether buffers are reused (:mod:`tilecast.resources`); what happens to a tile is defined here once, so every runner
+produces the same pixels.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from .assemble import Assembler, Block
 from .errors import OutputShapeError
 from .pixels import footprint_valid, pad_tile, safe_cast
 from .plan import Tile, TilePlan
-from .runtimes.base import Runtime, streams_of
+from .runtimes.base import Runtime
 from .sinks.base import OutputProfile
 from .sources.base import Source
 from .spec import ModelSpec
@@ -48,9 +48,6 @@ class Job:
     profile: OutputProfile
     band_dtypes: tuple[np.dtype, ...]
     append_input: bool = False
-    _spare: deque[Mapping[str, np.ndarray]] = field(default_factory=deque, init=False, repr=False, compare=False)
-    """Packed batches the model is done with, stacked into again: a fresh 10 MB batch costs the kernel a page fault
-    and a zeroed page for every 4 KiB (0.1 CPU-s per 6144^2 run)."""
 
     @property
     def blending(self) -> bool:
@@ -77,51 +74,23 @@ class Job:
             core_values = padded[:, oy : oy + out.height, ox : ox + out.width]
         return TileData(tile, padded, out_valid, skip, core_values)
 
-    def batches(self, items: Iterable[TileData], count: int | None = None) -> Iterator[list[TileData]]:
-        """Read tiles grouped so that each group holds ``batch_size`` tiles to predict (skipped tiles ride along).
-
-        Given the ``count`` of items, and a runtime that takes several calls at once, the first and the last
-        ``batch_size`` items go out one tile at a time. At the start every stream gets work as soon as a tile is
-        read, instead of the second waiting for a second whole batch; at the end whichever stream is free takes the
-        next tile, so the streams finish together instead of one idling for up to a whole batch (each end cost
-        0.1-0.2 s of a core per run or chunk on the benchmark). Not for a model with a fixed batch size, whose short
-        batches are padded to full ones.
-        """
-        size = self.inputs.batch_size
-        spread = count is not None and streams_of(self.runtime) > 1 and not self.inputs.fixed_batch
-        tail = count - size if spread else None
-        pending: list[TileData] = []
-        work = 0
-        for i, item in enumerate(items):
-            if i == tail and pending:  # the tail starts with a group of its own
-                yield pending
-                pending, work = [], 0
-            pending.append(item)
-            work += not item.skip
-            if work >= size or (work and tail is not None and (i < size or i >= tail)):
-                yield pending
-                pending, work = [], 0
-        if pending:
-            yield pending
-
     def infer(self, items: Sequence[TileData]) -> list[np.ndarray]:
         """Run the model on a batch; returns per tile ``(bands, h, w)``: cropped, or padded when blending."""
         return self.run(self.pack(items), len(items))
 
-    def pack(self, items: Sequence[TileData]) -> Mapping[str, np.ndarray]:
-        """The model's input tensors for a batch (separate from :meth:`run` so a runner can pack ahead)."""
-        try:
-            reuse = self._spare.pop()
-        except IndexError:
-            reuse = None
+    def pack(
+        self, items: Sequence[TileData], reuse: Mapping[str, np.ndarray] | None = None
+    ) -> Mapping[str, np.ndarray]:
+        """The model's input tensors for a batch (separate from :meth:`run` so a runner can pack ahead). ``reuse``: a
+        batch of the same shape the model is done with, stacked into instead of allocating (the runner's choice)."""
         return self.inputs.pack([it.data for it in items], reuse)
 
     def run(self, batch: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
         """Run the model on a packed batch of ``n`` tiles; see :meth:`infer`."""
-        outputs = self.runtime.run(batch)
-        if n == self.inputs.batch_size and self.inputs.layout == "NCHW" and len(self._spare) < 2 \
-                and getattr(self.runtime, "releases_inputs", False):
-            self._spare.append(batch)
+        return self.unpack(self.runtime.run(batch), n)
+
+    def unpack(self, outputs: Mapping[str, np.ndarray], n: int) -> list[np.ndarray]:
+        """The model's outputs for a batch of ``n`` tiles as per-tile ``(bands, h, w)`` (see :meth:`infer`)."""
         if self.inputs.fixed_batch and n < self.inputs.batch_size:  # drop the zero tiles that filled the batch
             outputs = {k: np.asarray(v)[:n] for k, v in outputs.items()}
         g = self.plan.geometry

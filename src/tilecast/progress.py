@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol, TextIO, runtime_checkable
 
-__all__ = ["Progress", "ProgressCallback", "note"]
+from .sinks.base import finishing_of
+
+__all__ = ["Notes", "Progress", "ProgressCallback", "note"]
 
 ProgressCallback = Callable[[int, int, int], None]
 """Called with ``(tiles_done, tiles_total, pixels_done)``."""
@@ -45,8 +47,16 @@ class Progress:
         self.stream.flush()
 
 
+@runtime_checkable
+class Notes(Protocol):
+    """A progress callback that also shows one-off lines (as :class:`Progress` does)."""
+
+    def note(self, text: str) -> None: ...
+
+
 def note(progress: object, sink: object) -> None:
-    """Tell a :class:`Progress` what the sink does after the last tile, if the sink says (``sink.finishing``)."""
-    text = getattr(sink, "finishing", None)
-    if text and callable(getattr(progress, "note", None)):
+    """Tell a progress callback that takes notes what the sink does after the last tile, if the sink says
+    (:func:`~tilecast.sinks.base.finishing_of`)."""
+    text = finishing_of(sink)
+    if text and isinstance(progress, Notes):
         progress.note(text)

@@ -27,8 +27,11 @@ from rasterio.windows import Window
 from ..assemble import Block, blend_weights
 from ..job import Job, TileData
 from ..plan import Tile, TilePlan
-from ..runtimes.base import streams_of
-from .ordered import in_order
+from ..resources import Resources
+from ..runtimes.base import model_path, streams_of
+from ..runtimes.callable import CallableRuntime
+from ..sources.base import source_paths
+from .ordered import BatchReuse, batches, in_order
 
 __all__ = ["ChunkAssembler", "ChunkLayout", "ChunkStats", "chunk_shape", "compute_chunk", "fingerprint"]
 
@@ -229,15 +232,22 @@ def compute_chunk(
     pool: Executor | None = None,
     infer_slots: threading.Semaphore | None = None,
     models: Executor | None = None,
+    reuse: BatchReuse | None = None,
+    resources: Resources | None = None,
 ) -> tuple[Window, np.ndarray, ChunkStats]:
     """Read, infer (in batches of ``batch_size``) and assemble one chunk; returns its window and cast pixels.
 
     ``pool`` reads ahead; ``models`` keeps the runtime's ``streams`` calls going while the next batch is read
     (else each batch runs inline); ``infer_slots`` bounds the calls a process's concurrent tasks make at once.
+    ``reuse``: the job's packed batches to stack into again (keep one per job across chunks; a fresh one by
+    default); ``resources``: the policy (by default :meth:`Resources.detect()
+    <tilecast.resources.Resources.detect>`).
     """
     import time
 
     start = time.perf_counter()
+    res = resources or Resources.detect()
+    reuse = reuse or BatchReuse(job, res)
     window = layout.window(index)
     tiles = layout.tiles(index)
     asm = ChunkAssembler(job, window)
@@ -249,11 +259,11 @@ def compute_chunk(
         if not work:
             return []
         with infer_slots if infer_slots is not None else contextlib.nullcontext():
-            return job.infer(work)
+            return reuse.infer(work)
 
     read = (item for _, item in in_order(pool, tiles, job.read, max(2 * job.inputs.batch_size, 4)))
     ahead = streams_of(job.runtime) * job.inputs.batch_size  # in tiles, as the local runner
-    for pending, values in in_order(models, job.batches(read, len(tiles)), infer, ahead, weight=_work):
+    for pending, values in in_order(models, batches(job, read, len(tiles), res), infer, ahead, weight=_work):
         calls += bool(values)
         results = iter(values)
         for item in pending:
@@ -276,14 +286,13 @@ def chunk_shape(layout: ChunkLayout) -> tuple[int, int]:
     return min(h, layout.rows * out.y), min(w, layout.cols * out.x)
 
 
-def _identity(obj: object) -> object:
-    """A stable description of a model or source file: path, size and modification time."""
-    path = getattr(obj, "path", None) or getattr(obj, "paths", None)
-    if path is None:
-        fn = getattr(obj, "fn", None)
+def _identity(obj: object, paths: list[str]) -> object:
+    """A stable description of a model or source: its files' paths, sizes and modification times, else its type
+    (and a callable runtime's function)."""
+    if not paths:
+        fn = obj.fn if isinstance(obj, CallableRuntime) else None
         name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         return f"{type(obj).__name__}:{getattr(fn, '__module__', '')}.{name}"
-    paths = path if isinstance(path, (list, tuple)) else [path]
     out = []
     for p in paths:
         try:
@@ -304,7 +313,8 @@ def fingerprint(job: Job, layout: ChunkLayout) -> str:
         "plan": [list(job.plan.shape), repr(job.plan.geometry), repr(job.plan.region)],
         "layout": [layout.rows, layout.cols, layout.blend],
         "spec": repr(job.spec), "append": job.append_input,
-        "model": _identity(job.runtime), "source": _identity(job.source),
+        "model": _identity(job.runtime, [p for p in [model_path(job.runtime)] if p]),
+        "source": _identity(job.source, source_paths(job.source)),
         "bands_in": list(job.source.band_names),
     }
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()

@@ -15,12 +15,12 @@ import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
-from .._cpus import read_threads as default_read_threads
 from ..job import Job, TileData
 from ..progress import ProgressCallback, note
+from ..resources import Resources
 from ..runtimes.base import streams_of
-from ..sinks.base import Sink
-from .ordered import in_order
+from ..sinks.base import ChunkSink, Sink, block_rows_of
+from .ordered import BatchReuse, batches, in_order
 
 __all__ = ["run_local", "run_local_chunked"]
 
@@ -60,17 +60,18 @@ class _Stage(threading.Thread):
 class _Batcher(_Stage):
     """Collects read tiles in plan order into batches of ``batch_size`` model tiles and packs them."""
 
-    def __init__(self, job: Job, pool: Executor, in_flight: int) -> None:
+    def __init__(self, job: Job, pool: Executor, in_flight: int, reuse: BatchReuse, resources: Resources) -> None:
         super().__init__("tilecast-batcher", depth=2)
         self.job, self.pool, self.in_flight = job, pool, in_flight
+        self.reuse, self.resources = reuse, resources
 
     def run(self) -> None:
         job = self.job
         try:
             read = (item for _, item in in_order(self.pool, job.plan.tiles(), job.read, self.in_flight))
-            for pending in job.batches(read, len(job.plan)):
+            for pending in batches(job, read, len(job.plan), self.resources):
                 work = [p for p in pending if not p.skip]
-                if not self.offer((pending, job.pack(work) if work else None, len(work))):
+                if not self.offer((pending, self.reuse.pack(work) if work else None, len(work))):
                     return
             self.offer(_DONE)
         except BaseException as exc:  # handed to the calling thread in order
@@ -89,7 +90,7 @@ class _Writer(_Stage):
     def __init__(self, job: Job, sink: Sink, depth: int = 4) -> None:
         super().__init__("tilecast-writer", depth)
         self.job, self.sink = job, sink
-        self.assembler = job.assembler(getattr(sink, "block_rows", 1))
+        self.assembler = job.assembler(block_rows_of(sink))
 
     def run(self) -> None:
         job, cols = self.job, self.job.plan.tile_cols
@@ -124,14 +125,21 @@ def run_local(
     sink: Sink,
     progress: ProgressCallback | None = None,
     read_threads: int | None = None,
+    resources: Resources | None = None,
 ) -> Any:
-    """Execute ``job`` into an opened ``sink``; returns ``sink.close()``. On any error the sink is aborted."""
+    """Execute ``job`` into an opened ``sink``; returns ``sink.close()``. On any error the sink is aborted.
+
+    ``resources``: the policy (reading threads, batch reuse, ends a tile at a time); by default
+    :meth:`Resources.detect() <tilecast.resources.Resources.detect>`. ``read_threads`` overrides its readers.
+    """
+    res = resources or Resources.detect()
     plan = job.plan
     total = len(plan)
-    threads = read_threads or default_read_threads()
+    threads = read_threads or res.read_threads
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
     tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
     streams = streams_of(job.runtime)
+    reuse = BatchReuse(job, res)
     writer = _Writer(job, sink)
     writer.start()
     stages: list[_Stage] = [writer]
@@ -139,15 +147,15 @@ def run_local(
 
     def run(item: tuple[list[TileData], Any, int]) -> list[Any]:
         _, batch, n = item
-        return job.run(batch, n) if n else []
+        return reuse.run(batch, n) if n else []
 
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, _model_threads(streams) as models:
-            batcher = _Batcher(job, pool, in_flight)
+            batcher = _Batcher(job, pool, in_flight, reuse, res)
             stages.append(batcher)
             batcher.start()
             try:
-                # Counted in tiles, so the single tiles that end the run keep every stream busy (see Job.batches).
+                # Counted in tiles, so the single tiles that end the run keep every stream busy (see batches).
                 ahead = streams * job.inputs.batch_size
                 for (pending, _, _), values in in_order(models, iter(batcher.get, _DONE), run, ahead,
                                                         weight=lambda item: item[2]):
@@ -179,13 +187,14 @@ def _model_threads(streams: int) -> contextlib.AbstractContextManager[Executor |
 
 def run_local_chunked(
     job: Job,
-    sink: Any,
+    sink: ChunkSink,
     progress: ProgressCallback | None = None,
     resume: bool = False,
     chunk_size: int | tuple[int, int] | None = None,
     read_threads: int | None = None,
+    resources: Resources | None = None,
 ) -> Any:
-    """Execute ``job`` chunk by chunk into a :class:`~tilecast.sinks.chunked.ChunkSink`; resumable.
+    """Execute ``job`` chunk by chunk into a :class:`~tilecast.sinks.base.ChunkSink`; resumable.
 
     Finished chunks are recorded next to the output; with ``resume`` a rerun skips them. Interrupted or failed
     runs started with ``resume`` keep their partial output (errors from tilecast itself, which would recur, do not).
@@ -198,9 +207,9 @@ def run_local_chunked(
     total = len(job.plan)
     tile_pixels = job.plan.geometry.tile.x * job.plan.geometry.tile.y
     tiles_done = sum(layout.own_tiles(i) for i in done)
-    # One read-ahead thread: a GDAL handle per reading thread means blocks shared by neighbouring tiles are decoded
-    # once per thread, which costs more than parallel decoding gains (bench/bench_dask.py measures it).
-    threads = read_threads or 1
+    res = resources or Resources.detect()
+    threads = read_threads or res.chunk_read_threads
+    reuse = BatchReuse(job, res)
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="tilecast-writer") as writer, \
@@ -210,7 +219,8 @@ def run_local_chunked(
             for index in range(len(layout)):
                 if index in done:
                     continue
-                window, data, stats = compute_chunk(job, layout, index, pool, models=models)
+                window, data, stats = compute_chunk(job, layout, index, pool, models=models, reuse=reuse,
+                                                    resources=res)
                 if last is not None:
                     last.result()
                     sink.mark([last_index])

@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import os
 import pickle
-import re
 import sys
 import threading
 import uuid
@@ -24,9 +23,12 @@ from typing import Any
 
 import rasterio
 
-from ..errors import SourceNotFoundError, SpecError
+from ..errors import SpecError
 from ..job import Job
-from ..runtimes.base import streams_of
+from ..resources import Resources
+from ..runtimes.base import recipe_of, streams_of
+from ..sources.base import source_paths, source_recipe_of
+from .ordered import BatchReuse
 
 __all__ = [
     "GdalEnv", "JobRecipe", "check_workers_can_open", "errors_reach_client", "get_job", "make_recipe",
@@ -45,15 +47,15 @@ class GdalEnv:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def capture(cls, extra: Mapping[str, Any] | None = None) -> GdalEnv:
-        """The active ``rasterio.Env`` options and the GDAL/cloud environment variables of this process."""
+    def capture(cls, extra: Mapping[str, Any] | None = None, resources: Resources | None = None) -> GdalEnv:
+        """The active ``rasterio.Env`` options and the GDAL/cloud environment variables of this process, and unless
+        they size it, GDAL's block cache at the policy's ``worker_cache``."""
         opts: dict[str, Any] = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
         if rasterio.env.hasenv():
             opts.update({k: v for k, v in rasterio.env.getenv().items() if isinstance(v, (str, int, float, bool))})
         opts.update(extra or {})
-        # A worker's memory is one chunk at a time; GDAL's block cache (5% of RAM by default) would dominate it.
-        # (In bytes: rasterio hands an integer to GDALSetCacheMax64; 64 would mean 64 bytes, i.e. no cache.)
-        opts.setdefault("GDAL_CACHEMAX", 64 * 2**20)
+        # In bytes: rasterio hands an integer to GDALSetCacheMax64; 64 would mean 64 bytes, i.e. no cache.
+        opts.setdefault("GDAL_CACHEMAX", (resources or Resources.detect()).worker_cache)
         return cls(opts)
 
     @staticmethod
@@ -134,15 +136,15 @@ def _round_trips(exc: BaseException) -> bool:
 _MALLOC_TUNED = False
 
 
-def tune_worker_malloc() -> bool:
+def tune_worker_malloc(resources: Resources | None = None) -> bool:
     """Give large buffers back their reuse in a process started with Dask's ``MALLOC_TRIM_THRESHOLD_``.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any malloc threshold turns off
     glibc's dynamic mmap threshold, so every buffer over 128 KiB (tiles, batches, GDAL blocks, the COG conversion's
-    buffers) becomes a fresh ``mmap`` whose pages fault in again on every use: on 2 cores the COG conversion ran 2x
-    slower and a whole I/O-bound prediction 1.9x slower. A 32 MiB mmap threshold (glibc's dynamic ceiling) lets
-    those buffers be reused, and a 64 MiB trim threshold still hands memory back after a peak. Once per process;
-    nothing happens outside glibc or where the variable is unset. True when this call changed the thresholds.
+    buffers) becomes a fresh ``mmap`` whose pages fault in again on every use. The policy's
+    ``worker_mmap_threshold`` lets those buffers be reused, and its ``worker_trim_threshold`` still hands memory
+    back after a peak. Once per process; nothing happens outside glibc or where the variable is unset. True when
+    this call changed the thresholds.
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
@@ -153,7 +155,9 @@ def tune_worker_malloc() -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 64 * 2**20))
+        res = resources or Resources.detect()
+        return (bool(libc.mallopt(m_mmap_threshold, res.worker_mmap_threshold))
+                and bool(libc.mallopt(m_trim_threshold, res.worker_trim_threshold)))
     except (OSError, AttributeError):  # not glibc
         return False
 
@@ -169,9 +173,8 @@ def _runtime_recipe(runtime: Any) -> tuple:
             )
         session = runtime.session
         return ("onnx", runtime.path, tuple(session.get_providers()) if session is not None else None)
-    if hasattr(runtime, "recipe"):
-        return ("recipe", runtime.recipe())
-    return ("object", runtime)
+    rebuild = recipe_of(runtime)
+    return ("object", runtime) if rebuild is None else ("recipe", rebuild)
 
 
 def _build_runtime(recipe: tuple, threads: int | None) -> Any:
@@ -188,30 +191,11 @@ def _build_runtime(recipe: tuple, threads: int | None) -> Any:
 
 
 def source_recipe(source: Any) -> tuple:
-    from ..sources.rasterio_source import RasterioSource, reopenable
-
-    if isinstance(source, RasterioSource):
-        if not reopenable(source.path):
-            if _gone(source):
-                raise SourceNotFoundError(
-                    f"engine='dask' reopens the input on every worker, but {source.path} no longer exists: it was "
-                    "deleted, moved or renamed after it was opened; put it back (or open it again where it is now) "
-                    "and run again"
-                )
-            raise SpecError(
-                f"engine='dask' reopens the input on every worker, but {source.path!r} is an in-memory dataset; "
-                "pass a path or URL that every worker can open"
-            )
-        return ("rasterio", source.path, tuple(source.indexes), source._warp)
-    return ("object", source)
-
-
-def _gone(source: Any) -> bool:
-    """Whether a source that cannot be reopened was a file, since removed, rather than an in-memory dataset (a MEM
-    dataset, named '', or a GDAL connection string such as ``NETCDF:"f.nc":var``)."""
-    given = source._given
-    return (bool(source.path) and not re.match(r"[A-Za-z0-9_]{2,}:", source.path)
-            and (given is None or given.driver != "MEM"))
+    """How workers open ``source`` again: ``("recipe", (factory, args, kwargs), paths)`` from the source's own
+    :meth:`~tilecast.sources.base.BaseSource.recipe`, or ``("object", source, paths)`` to send it as it is."""
+    rebuild = source_recipe_of(source)
+    paths = tuple(source_paths(source))
+    return ("object", source, paths) if rebuild is None else ("recipe", rebuild, paths)
 
 
 _PROCESS = uuid.uuid4().hex
@@ -225,9 +209,7 @@ def _process_id() -> tuple[str, int]:
 def _process_local_paths(recipe: tuple) -> list[str]:
     """The source's files that live in GDAL's in-memory filesystem (``/vsimem/``, e.g. a rasterio ``MemoryFile``),
     which only the process that wrote them can read."""
-    # A mosaic travels as itself and reopens its members by path.
-    paths = [recipe[1]] if recipe[0] == "rasterio" else list(getattr(recipe[1], "paths", None) or ())
-    return [p for p in paths if isinstance(p, str) and "/vsimem/" in p]
+    return [p for p in recipe[2] if isinstance(p, str) and "/vsimem/" in p]
 
 
 def _workers_in_process(client: Any) -> bool:
@@ -253,10 +235,10 @@ def check_workers_can_open(client: Any, recipe: tuple) -> None:
 
 
 def build_source(recipe: tuple) -> Any:
-    if recipe[0] == "rasterio":
-        from ..sources.rasterio_source import RasterioSource
-
-        return RasterioSource(recipe[1], list(recipe[2]), warp=recipe[3])
+    """The source a :func:`source_recipe` describes, opened in this process."""
+    if recipe[0] == "recipe":
+        factory, args, kwargs = recipe[1]
+        return factory(*args, **kwargs)
     return recipe[1]
 
 
@@ -293,6 +275,8 @@ class _Cached:
         """False for the caller's own job (registered on the client): never closed here."""
         self.infer_slots = threading.BoundedSemaphore(streams_of(job.runtime))
         """Model calls this process's tasks may make at once: the runtime's streams."""
+        self.reuse = BatchReuse(job)
+        """The job's packed batches, reused by every chunk task of this process."""
 
 
 _CACHE: OrderedDict[str, _Cached] = OrderedDict()

@@ -1,22 +1,29 @@
 """The runtime contract: named arrays in, named arrays out, plus a signature.
 
 A runtime knows nothing about rasters. ONNX Runtime is the default; PyTorch, TensorFlow, HTTP endpoints and plain
-Python callables implement the same two members, so the engine never changes when a new one arrives.
+Python callables implement the same two members, so the engine never changes when a new one arrives. What a runtime
+can do beyond that (concurrent calls, reusable inputs, embedded metadata, rebuilding itself on a worker) is declared,
+with a default, on :class:`BaseRuntime`, never discovered by probing attributes.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import TileSizeError
 
-__all__ = ["Runtime", "Signature", "TensorSpec", "rejected_batch", "run_split", "streams_of"]
+__all__ = [
+    "BaseRuntime", "Concurrent", "Described", "FileBacked", "RebuildableRuntime", "ReleasesInputs", "Runtime",
+    "RuntimeRecipe", "Signature", "TensorSpec", "metadata_of", "model_path", "recipe_of", "rejected_batch",
+    "releases_inputs", "run_split", "streams_of",
+]
 
 
 @dataclass(frozen=True)
@@ -51,16 +58,116 @@ class Signature:
 
 @runtime_checkable
 class Runtime(Protocol):
-    """Runs one batch. Implementations must be safe to call from one thread at a time, or from ``streams``
-    threads at once when they have that optional attribute (see :func:`streams_of`). An optional true
-    ``releases_inputs`` says that nothing of the batch is kept or returned once ``run`` returns, so runners may
-    stack the next batch into the same arrays."""
+    """The required part of the contract: a ``signature``, ``run`` and ``close``. Any object with these runs.
+
+    Optional abilities are declared on :class:`BaseRuntime` with their defaults; an object that does not derive from
+    it may still declare one by having the member (each ability is a small protocol, checked with ``isinstance``).
+    """
 
     signature: Signature
 
     def run(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+RuntimeRecipe = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
+"""``(factory, args, kwargs)``: ``factory(*args, **kwargs)`` rebuilds a runtime in another process."""
+
+
+@runtime_checkable
+class Concurrent(Protocol):
+    """Takes ``streams`` calls to ``run`` at once, from as many threads."""
+
+    streams: int
+
+
+@runtime_checkable
+class ReleasesInputs(Protocol):
+    """With a true ``releases_inputs`` nothing of a batch is kept or returned once ``run`` returns, so a runner may
+    stack the next batch into the same arrays."""
+
+    releases_inputs: bool
+
+
+@runtime_checkable
+class Described(Protocol):
+    """Carries the model file's own metadata (e.g. an embedded model card under ``"mlm:item"``)."""
+
+    metadata: Mapping[str, str]
+
+
+@runtime_checkable
+class FileBacked(Protocol):
+    """Loaded from ``path`` (None: from bytes or memory); a resumed run checks that the file did not change."""
+
+    path: str | None
+
+
+@runtime_checkable
+class RebuildableRuntime(Protocol):
+    """Says how another process (a Dask worker) rebuilds it, instead of being pickled with every job."""
+
+    def recipe(self) -> RuntimeRecipe | None: ...
+
+
+class BaseRuntime:
+    """A base class for runtimes that declares every optional ability with its default.
+
+    Subclasses implement ``signature`` and ``run``, and override only the abilities they have. Runners and the
+    server read the abilities through :func:`streams_of`, :func:`releases_inputs`, :func:`metadata_of`,
+    :func:`model_path` and :func:`recipe_of`, which apply the same defaults to runtimes that do not derive from
+    this class.
+    """
+
+    signature: Signature
+    streams: int = 1
+    """How many ``run`` calls may run at once, each on its own thread; one: calls come one at a time."""
+    releases_inputs: bool = False
+    """True when nothing of a batch is kept or returned once ``run`` returns (see :class:`ReleasesInputs`)."""
+    metadata: Mapping[str, str] = MappingProxyType({})
+    """The model file's own metadata."""
+    path: str | None = None
+    """The model file, when it was loaded from one."""
+
+    def run(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        raise NotImplementedError(f"{type(self).__name__} must implement run()")
+
+    def recipe(self) -> RuntimeRecipe | None:
+        """How a worker process rebuilds this runtime; None: the runtime object itself is sent."""
+        return None
+
+    def close(self) -> None:
+        """Release what the runtime holds (sessions, threads, connections)."""
+
+
+def streams_of(runtime: object) -> int:
+    """How many ``run`` calls a runner may keep in flight on ``runtime`` at once: its declared ``streams``, else 1.
+
+    Runners that pipeline batches (the local runner, chunk tasks, the server) keep this many calls going, so a
+    runtime that splits its threads into streams (:class:`~tilecast.runtimes.onnx.OnnxRuntime`) still uses them all.
+    """
+    return max(1, int(runtime.streams or 1)) if isinstance(runtime, Concurrent) else 1
+
+
+def releases_inputs(runtime: object) -> bool:
+    """Whether ``runtime`` declares that it keeps nothing of a batch once ``run`` returns (default False)."""
+    return bool(runtime.releases_inputs) if isinstance(runtime, ReleasesInputs) else False
+
+
+def metadata_of(runtime: object) -> Mapping[str, str]:
+    """The model file's metadata that ``runtime`` declares; empty by default."""
+    return (runtime.metadata or {}) if isinstance(runtime, Described) else {}
+
+
+def model_path(runtime: object) -> str | None:
+    """The file ``runtime`` was loaded from, if it declares one."""
+    return runtime.path if isinstance(runtime, FileBacked) else None
+
+
+def recipe_of(runtime: object) -> RuntimeRecipe | None:
+    """How a worker rebuilds ``runtime`` (see :class:`RebuildableRuntime`); None: send the object itself."""
+    return runtime.recipe() if isinstance(runtime, RebuildableRuntime) else None
 
 
 def rejected_batch(framework: str, batch: Mapping[str, np.ndarray], exc: BaseException) -> TileSizeError:
@@ -70,15 +177,6 @@ def rejected_batch(framework: str, batch: Mapping[str, np.ndarray], exc: BaseExc
         f"the {framework} model rejected the batch ({shapes}): {type(exc).__name__}: {str(exc)[:300]}. "
         "Match --tile/--overlap, the layout and the dtype to the model's input"
     )
-
-
-def streams_of(runtime: object) -> int:
-    """How many ``run`` calls a runner may keep in flight on ``runtime`` at once: its ``streams`` attribute, else 1.
-
-    Runners that pipeline batches (the local runner, chunk tasks, the server) keep this many calls going, so a
-    runtime that splits its threads into streams (:class:`~tilecast.runtimes.onnx.OnnxRuntime`) still uses them all.
-    """
-    return max(1, int(getattr(runtime, "streams", 1) or 1))
 
 
 def run_split(runtime: Runtime, batch: Mapping[str, np.ndarray], executor: Executor | None) -> Mapping[str, np.ndarray]:

@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputShapeError
-from .base import Signature, TensorSpec
+from .base import BaseRuntime, Signature, TensorSpec
 
 __all__ = ["CallableRuntime"]
 
 
-class CallableRuntime:
+class CallableRuntime(BaseRuntime):
     """Wraps ``fn``. With one input, ``fn`` gets the array; with several, a dict of arrays.
 
     ``fn`` may return an array (one output) or a dict of arrays. ``inputs=None`` accepts whatever the engine sends

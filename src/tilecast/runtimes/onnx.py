@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._cpus import model_streams, model_threads
 from ..errors import ModelLoadError, SpecError, TileSizeError
-from .base import Signature, TensorSpec
+from ..resources import Resources
+from .base import BaseRuntime, Signature, TensorSpec
 
 __all__ = ["OnnxRuntime"]
 
@@ -36,15 +36,16 @@ def _spec(arg) -> TensorSpec:  # onnxruntime.NodeArg
     return TensorSpec(arg.name, shape, np.dtype(dtype) if dtype is not None else None)
 
 
-class OnnxRuntime:
+class OnnxRuntime(BaseRuntime):
     """An ``onnxruntime.InferenceSession`` behind the runtime contract.
 
     ``providers`` picks execution providers (``"cuda"``, ``"openvino"``, ``"cpu"`` or full ORT names); unavailable
     ones are skipped so the same call works on a CPU-only machine. ``threads``: CPU threads for the model in all, by
-    default :func:`tilecast._cpus.model_threads` (an explicit, affinity-aware count, so ONNX Runtime does not pin
-    them). ``streams``: how many calls runners keep in flight at once, each with ``threads // streams`` intra-op
+    default the resource policy's ``model_threads`` (an explicit, affinity-aware count, so ONNX Runtime does not
+    pin them). ``streams``: how many calls runners keep in flight at once, each with ``threads // streams`` intra-op
     threads (ONNX Runtime sessions run concurrent calls safely); by default
-    :func:`tilecast._cpus.model_streams` on the CPU, one on an accelerator.
+    :meth:`~tilecast.resources.Resources.streams_for` on the CPU, one on an accelerator. ``resources``: the policy
+    those defaults come from (:meth:`Resources.detect() <tilecast.resources.Resources.detect>` when None).
     """
 
     releases_inputs = True
@@ -57,6 +58,7 @@ class OnnxRuntime:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         streams: int | None = None,
+        resources: Resources | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -68,9 +70,10 @@ class OnnxRuntime:
         else:
             self.path = None
         chosen = _providers(ort, providers)
-        threads = threads or model_threads()
+        policy = resources or Resources.detect()
+        threads = threads or policy.model_threads
         if streams is None:
-            streams = model_streams(threads) if chosen == ["CPUExecutionProvider"] else 1
+            streams = policy.streams_for(threads) if chosen == ["CPUExecutionProvider"] else 1
         if streams < 1:
             raise SpecError(f"streams must be at least 1, got {streams}")
         self.streams = streams

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from .base import Runtime, Signature, TensorSpec, streams_of
+from .base import BaseRuntime, Runtime, Signature, TensorSpec, streams_of
 
 __all__ = ["SCALING_TYPES", "ScaledRuntime", "Scaling", "parse_scaling"]
 
@@ -105,7 +105,7 @@ def parse_scaling(text: str) -> Scaling:
     return Scaling(kind, **dict(zip(fields[kind], nums, strict=True)))
 
 
-class ScaledRuntime:
+class ScaledRuntime(BaseRuntime):
     """Apply per-band scaling to named inputs (and optionally argmax to named outputs), then run ``runtime``.
 
     ``scaling`` maps an input name to a list with one :class:`Scaling` (or None) per channel, or a single one for all

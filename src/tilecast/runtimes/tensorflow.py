@@ -18,7 +18,7 @@ import numpy as np
 
 from .._extras import require
 from ..errors import ModelLoadError, OutputShapeError, TileSizeError
-from .base import Signature, TensorSpec, rejected_batch
+from .base import BaseRuntime, Signature, TensorSpec, rejected_batch
 
 __all__ = ["TensorFlowRuntime"]
 
@@ -31,7 +31,7 @@ def _tf_spec(name: str, spec: Any) -> TensorSpec:
     return TensorSpec(name, shape, np.dtype(spec.dtype.as_numpy_dtype))
 
 
-class TensorFlowRuntime:
+class TensorFlowRuntime(BaseRuntime):
     """Run a SavedModel signature (``serving_default`` unless ``signature_name``) or a Keras model."""
 
     def __init__(self, path: str | os.PathLike, *, signature_name: str | None = None) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._extras import require
 from ..errors import ModelLoadError, TileSizeError
-from .base import Signature, TensorSpec, rejected_batch
+from .base import BaseRuntime, Signature, TensorSpec, rejected_batch
 
 __all__ = ["CARD_FILE", "TorchRuntime", "embed_card"]
 
@@ -24,7 +24,7 @@ CARD_FILE = "mlm:item"
 """The extra file, inside a TorchScript or torch.export archive, that holds the model card (JSON)."""
 
 
-class TorchRuntime:
+class TorchRuntime(BaseRuntime):
     """Run a TorchScript module or an exported program.
 
     ``fmt``: ``"torchscript"`` or ``"torch.export"`` (guessed from the file when None). ``inputs``/``outputs`` name

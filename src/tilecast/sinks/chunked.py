@@ -17,46 +17,20 @@ import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from .._extras import require
-from .base import OutputProfile, Sink
+from .base import ChunkSink, ChunkWriter, OutputProfile, Sink
 from .geotiff import GeoTIFFSink, check_output_path
 from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
 
-__all__ = ["BlockSinkAdapter", "ChunkSink", "Manifest", "PartialGeoTIFFSink", "ZarrSink"]
-
-
-class ChunkWriter(Protocol):
-    """Picklable; runs on workers."""
-
-    def write(self, window: Window, data: np.ndarray) -> None: ...
-
-
-class ChunkSink(Protocol):
-    def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
-        """Create (or, with ``resume``, reopen) the partial output; returns the chunks already finished."""
-        ...
-
-    def writer(self) -> ChunkWriter | None:
-        """What workers write with; None: send the pixels back to the client, which calls ``write``."""
-        ...
-
-    def write(self, window: Window, data: np.ndarray) -> None: ...
-
-    def mark(self, indices: Iterable[int]) -> None:
-        """Record finished chunks (their pixels are already written)."""
-        ...
-
-    def close(self) -> Any: ...
-
-    def abort(self, keep: bool = False) -> None:
-        """Remove the partial output, or with ``keep`` leave it and the manifest for ``resume``."""
-        ...
+__all__ = [
+    "BlockSinkAdapter", "ChunkSink", "ChunkWriter", "Manifest", "PartialGeoTIFFSink", "ZarrSink",
+]
 
 
 class Manifest:
@@ -134,6 +108,11 @@ class _WorkerWritten:
 
     def mark(self, indices: Iterable[int]) -> None:
         self.manifest.add(indices)
+
+    def checkpoint(self) -> None:
+        """Write the record of finished chunks now (see :class:`~tilecast.sinks.base.Checkpointed`)."""
+        if self.manifest is not None:
+            self.manifest.flush()
 
 
 class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):

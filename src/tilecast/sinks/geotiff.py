@@ -20,10 +20,9 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from .._cpus import available_cpus
-from .._gdal import smaller_gdal_cache
 from ..errors import OutputError, OutputExistsError
-from .base import OutputProfile
+from ..resources import Resources, one_pass_gdal_cache
+from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
 
 __all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options", "copy_to_cog"]
@@ -63,7 +62,7 @@ def cog_options(
         "driver": "COG", "compress": compress, "blocksize": str(blocksize), "bigtiff": "IF_SAFER",
         # The calling thread reads and writes between the compressing threads' turns: one more than the CPUs keeps
         # them all busy (on 2 cores, 8% less time than ALL_CPUS).
-        "num_threads": str(available_cpus() + 1), "overviews": "AUTO" if overviews else "NONE",
+        "num_threads": str(Resources.detect().cog_threads), "overviews": "AUTO" if overviews else "NONE",
         "overview_resampling": "NEAREST" if categorical else "AVERAGE",
     }
     if overviews and 1 < max(shape) <= blocksize:
@@ -81,11 +80,11 @@ def copy_to_cog(src: str, dst: str, options: dict[str, str]) -> None:
     larger cache only holds memory (the run's cache, sized for overlapping reads, added 220 MiB to the peak on the
     20000^2 benchmark). Reading the temporary file through memory maps (``GTIFF_VIRTUAL_MEM_IO``) would save 5% of
     the conversion's CPU but counts the whole mapped file as resident memory (3.1 GiB there), so it is not used."""
-    with smaller_gdal_cache():
+    with one_pass_gdal_cache():
         rasterio.shutil.copy(src, dst, **options)
 
 
-class GeoTIFFSink:
+class GeoTIFFSink(BaseSink):
     """Writes a COG with overviews, nodata, band descriptions, and class names and colours when given."""
 
     finishing = "building the Cloud-Optimized GeoTIFF (overviews, compression)"

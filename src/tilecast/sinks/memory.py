@@ -6,13 +6,13 @@ import numpy as np
 from rasterio.windows import Window
 
 from .._extras import require
-from .base import OutputProfile
+from .base import BaseSink, OutputProfile
 
 __all__ = ["ArraySink", "to_dataarray"]
 
 
-class ArraySink:
-    block_rows = 1
+class ArraySink(BaseSink):
+    """Collects the output in one array; ``close`` returns it as a georeferenced DataArray."""
 
     def open(self, profile: OutputProfile) -> None:
         self.profile = profile

@@ -20,7 +20,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .._gdal import smaller_gdal_cache
+from ..resources import one_pass_gdal_cache
 
 __all__ = ["OverviewWriter", "chunk_alignable", "derive_levels", "downsample2", "level_profile", "overview_factors",
            "write_chunk_level"]
@@ -96,7 +96,7 @@ def derive_levels(path: str, resampling: str, factors: list[int]) -> None:
     it, so with a small block cache (the run's, sized for overlapping reads, would fill up with it)."""
     rest = [f // 2 for f in factors[1:]]
     if rest:
-        with smaller_gdal_cache(), rasterio.open(path, "r+") as dst:
+        with one_pass_gdal_cache(), rasterio.open(path, "r+") as dst:
             dst.build_overviews(rest, Resampling[resampling])
 
 

@@ -1,4 +1,5 @@
-"""Sources: where pixels come from. Each implements :class:`~tilecast.sources.base.Source`."""
+"""Sources: where pixels come from. Each implements :class:`~tilecast.sources.base.Source` (most derive from
+:class:`~tilecast.sources.base.BaseSource`, which declares the optional abilities)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InputError
-from .base import Grid, Source, select_bands
+from .base import BaseSource, Grid, Source, select_bands
 from .rasterio_source import RasterioSource, parse_crs, warp_grid
 
-__all__ = ["Grid", "RasterioSource", "Source", "open_source", "parse_crs", "select_bands", "warp_grid"]
+__all__ = ["BaseSource", "Grid", "RasterioSource", "Source", "open_source", "parse_crs", "select_bands", "warp_grid"]
 
 
 def open_source(obj: Any, bands: Sequence[str | int] | None = None) -> Source:
@@ -35,7 +36,7 @@ def open_source(obj: Any, bands: Sequence[str | int] | None = None) -> Source:
             paths = expand_paths(text)
             return mosaic_from(paths, bands) if len(paths) > 1 else RasterioSource(paths[0], bands)
         return RasterioSource(obj, bands)
-    if hasattr(obj, "read") and hasattr(obj, "grid") and hasattr(obj, "band_names"):
+    if isinstance(obj, Source):
         return obj
     module = type(obj).__module__
     if module.startswith("rasterio"):

@@ -1,10 +1,15 @@
-"""The source contract: ``read(window) -> (data, valid)`` in the model's band order, plus the grid it lives on."""
+"""The source contract: ``read(window) -> (data, valid)`` in the model's band order, plus the grid it lives on.
+
+What a source can do beyond that (warp, per-band dtypes, name its files, reopen itself on a worker) is declared, with
+a default, on :class:`BaseSource`, never discovered by probing attributes.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -14,7 +19,10 @@ from rasterio.windows import Window
 
 from ..errors import BandMismatchError
 
-__all__ = ["Grid", "Source", "aligned_grid", "select_bands"]
+__all__ = [
+    "BaseSource", "Grid", "Located", "PerBandTypes", "RebuildableSource", "Reprojectable", "Resampled", "Source",
+    "SourceRecipe", "aligned_grid", "band_dtypes", "native_grid", "select_bands", "source_paths", "source_recipe_of",
+]
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,12 @@ def aligned_grid(crs: CRS, bounds: Sequence[float], resolution: tuple[float, flo
 
 @runtime_checkable
 class Source(Protocol):
-    """Pixels on a grid. ``read`` may be called from several threads at once."""
+    """The required part of the contract: pixels on a grid. ``read`` may be called from several threads at once.
+
+    Optional abilities are declared on :class:`BaseSource` with their defaults; read them through
+    :func:`native_grid`, :func:`band_dtypes`, :func:`source_paths` and :func:`source_recipe_of`, which apply the same
+    defaults to sources that do not derive from it.
+    """
 
     grid: Grid
     band_names: list[str]
@@ -63,6 +76,97 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+SourceRecipe = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
+"""``(factory, args, kwargs)``: ``factory(*args, **kwargs)`` opens the source again in another process."""
+
+
+@runtime_checkable
+class Resampled(Protocol):
+    """Resamples its files onto ``grid``; ``native`` is the grid of the data itself (what bounds refer to)."""
+
+    native: Grid | None
+
+
+@runtime_checkable
+class PerBandTypes(Protocol):
+    """Knows each selected band's own dtype (``dtype`` is their common type)."""
+
+    dtypes: Sequence[np.dtype] | None
+
+
+@runtime_checkable
+class Located(Protocol):
+    """Reads ``paths`` (files or URLs): workers open them again, and a resumed run checks they did not change."""
+
+    paths: Sequence[str]
+
+
+@runtime_checkable
+class RebuildableSource(Protocol):
+    """Says how another process (a Dask worker) opens it again, instead of being pickled with the job."""
+
+    def recipe(self) -> SourceRecipe | None: ...
+
+
+@runtime_checkable
+class Reprojectable(Protocol):
+    """Warps itself onto another CRS or resolution (a mosaic warps each member per window)."""
+
+    def reprojected(self, crs: Any, resolution: float | tuple[float, float] | None, resampling: Any) -> Source: ...
+
+
+class BaseSource:
+    """A base class for sources that declares every optional ability with its default: subclasses implement
+    ``grid``, ``band_names``, ``dtype`` and ``read``, and override only the abilities they have."""
+
+    grid: Grid
+    band_names: list[str]
+    dtype: np.dtype
+    properties: Mapping[str, Any] = MappingProxyType({})
+
+    native: Grid | None = None
+    """The grid of the data itself, for sources that warp it onto ``grid``; None: ``grid``."""
+    dtypes: Sequence[np.dtype] | None = None
+    """Each selected band's own dtype; None: ``dtype`` for every band."""
+    paths: Sequence[str] = ()
+    """The files or URLs read; none for in-memory sources."""
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError(f"{type(self).__name__} must implement read()")
+
+    def recipe(self) -> SourceRecipe | None:
+        """How a worker process opens this source again; None: the source object itself is sent (pickled).
+
+        Raise a tilecast error when the source cannot be opened elsewhere (e.g. an in-memory dataset)."""
+        return None
+
+    def close(self) -> None:
+        """Release file handles."""
+
+
+def native_grid(source: Source) -> Grid:
+    """The grid of the data itself (:class:`Resampled`); ``source.grid`` by default."""
+    native = source.native if isinstance(source, Resampled) else None
+    return native if native is not None else source.grid
+
+
+def band_dtypes(source: Source) -> list[np.dtype]:
+    """Each selected band's dtype (:class:`PerBandTypes`); ``source.dtype`` for all by default."""
+    if isinstance(source, PerBandTypes) and source.dtypes:
+        return list(source.dtypes)
+    return [np.dtype(source.dtype)] * len(source.band_names)
+
+
+def source_paths(source: object) -> list[str]:
+    """The files or URLs ``source`` reads (:class:`Located`); none by default."""
+    return list(source.paths or ()) if isinstance(source, Located) else []
+
+
+def source_recipe_of(source: object) -> SourceRecipe | None:
+    """How a worker opens ``source`` again (:class:`RebuildableSource`); None: send the object itself."""
+    return source.recipe() if isinstance(source, RebuildableSource) else None
 
 
 def select_bands(names: Sequence[str], selection: Sequence[str | int] | None) -> list[int]:

@@ -27,8 +27,8 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ..errors import BandMismatchError, InputError, NotGeoreferencedError, SourceNotFoundError, SpecError
-from .base import Grid, aligned_grid, select_bands
-from .rasterio_source import GDAL_READ_ERRORS, parse_tags, open_dataset, parse_crs, read_error
+from .base import BaseSource, Grid, aligned_grid, select_bands
+from .rasterio_source import GDAL_READ_ERRORS, open_dataset, parse_crs, parse_tags, read_error
 
 __all__ = ["MosaicSource", "expand_paths"]
 
@@ -89,7 +89,7 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path.rstrip("/")))[0]
 
 
-class MosaicSource:
+class MosaicSource(BaseSource):
     """A :class:`~tilecast.sources.base.Source` over many rasters.
 
     ``members``: lists of files whose bands are stacked (usually one file each). ``bands`` selects by 1-based

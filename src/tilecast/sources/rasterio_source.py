@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +19,15 @@ from rasterio.errors import CRSError, RasterioError, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..errors import InputError, NotGeoreferencedError, SourceNotFoundError, SourceReadError, UnknownCRSError
-from .base import Grid, aligned_grid, select_bands
+from ..errors import (
+    InputError,
+    NotGeoreferencedError,
+    SourceNotFoundError,
+    SourceReadError,
+    SpecError,
+    UnknownCRSError,
+)
+from .base import BaseSource, Grid, aligned_grid, select_bands
 
 __all__ = ["RasterioSource", "parse_crs", "warp_grid"]
 
@@ -44,8 +52,11 @@ def open_dataset(path: str | os.PathLike) -> rasterio.io.DatasetReader:
         raise InputError(f"GDAL cannot open {path} as a raster: {text}") from None
 
 
-class RasterioSource:
-    """Reads windows of selected bands; each thread gets its own dataset handle (GDAL handles are not shared)."""
+class RasterioSource(BaseSource):
+    """Reads windows of selected bands; each thread gets its own dataset handle (GDAL handles are not shared).
+
+    ``warp`` (a grid and a resampling) reads the raster warped onto that grid, for ``fix_input_proj``.
+    """
 
     def __init__(
         self,
@@ -90,11 +101,38 @@ class RasterioSource:
         finally:
             if self._given is None:
                 ds.close()
-        self._warp = warp
+        self.warp = warp
+        """The grid and resampling this source warps onto, or None."""
         self.warped = warp is not None
         self.grid = warp[0] if warp else self.native
         # Re-openable paths get one handle per thread; in-memory datasets share one handle under a lock.
         self._shared = self._given is not None and not reopenable(self.path)
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if self.path else []
+
+    def recipe(self) -> tuple[type[RasterioSource], tuple[Any, ...], dict[str, Any]]:
+        """Open the same file, bands and warp on a worker; refuse a source no other process can open."""
+        if not reopenable(self.path):
+            if self._gone():
+                raise SourceNotFoundError(
+                    f"engine='dask' reopens the input on every worker, but {self.path} no longer exists: it was "
+                    "deleted, moved or renamed after it was opened; put it back (or open it again where it is now) "
+                    "and run again"
+                )
+            raise SpecError(
+                f"engine='dask' reopens the input on every worker, but {self.path!r} is an in-memory dataset; "
+                "pass a path or URL that every worker can open"
+            )
+        return RasterioSource, (self.path, list(self.indexes)), {"warp": self.warp}
+
+    def _gone(self) -> bool:
+        """Whether a source that cannot be reopened was a file, since removed, rather than an in-memory dataset (a
+        MEM dataset, named '', or a GDAL connection string such as ``NETCDF:"f.nc":var``)."""
+        given = self._given
+        return (bool(self.path) and not re.match(r"[A-Za-z0-9_]{2,}:", self.path)
+                and (given is None or given.driver != "MEM"))
 
     def _dataset(self):
         if self._shared:
@@ -106,11 +144,11 @@ class RasterioSource:
                 with self._lock:
                     self._handles.append(ds)
                 self._local.ds = ds
-        if self._warp is None:
+        if self.warp is None:
             return ds
         vrt = getattr(self._local, "vrt", None)
         if vrt is None:
-            grid, resampling = self._warp
+            grid, resampling = self.warp
             # Without a nodata value, an alpha band is what marks pixels outside the source as masked.
             vrt = WarpedVRT(
                 ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
@@ -131,7 +169,7 @@ class RasterioSource:
         raise error
 
     def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
-        if self._warp is not None and self.nodata is None:
+        if self.warp is not None and self.nodata is None:
             # The warped VRT's last band is the alpha we asked for: outside the source footprint it is 0.
             data = ds.read([*self.indexes, ds.count], window=window)
             valid = data[-1] > 0
@@ -139,9 +177,9 @@ class RasterioSource:
                 valid &= np.all(ds.read_masks(self.indexes, window=window) > 0, axis=0)
             return data[:-1], (None if valid.all() else valid)
         data = ds.read(self.indexes, window=window)
-        if not self.has_mask and self._warp is None:
+        if not self.has_mask and self.warp is None:
             return data, None
-        if self._warp is None and self._nodata_only:
+        if self.warp is None and self._nodata_only:
             valid = _nodata_valid(data, self._nodatavals)
             return data, (None if valid.all() else valid)
         masks = ds.read_masks(self.indexes, window=window)

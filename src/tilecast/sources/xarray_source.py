@@ -10,13 +10,13 @@ from rasterio.windows import Window
 
 from .._extras import require
 from ..errors import InputError, NotGeoreferencedError
-from .base import Grid, select_bands
+from .base import BaseSource, Grid, select_bands
 from .rasterio_source import parse_crs
 
 __all__ = ["XarraySource"]
 
 
-class XarraySource:
+class XarraySource(BaseSource):
     """Bands are the ``band`` dimension of a DataArray or the data variables of a Dataset (dims ``y, x``)."""
 
     def __init__(self, obj: Any, bands: Sequence[str | int] | None = None) -> None:

@@ -1,0 +1,189 @@
+"""How tilecast spends the machine: one policy for threads, model streams, GDAL's block cache, buffer reuse and the
+Dask workers' malloc, derived from the CPUs this process may use and handed to the runners.
+
+Domain objects (:class:`~tilecast.job.Job`, sources, sinks) say what happens to pixels; this module alone says how
+many threads do it and how much memory they may hold. Every number here is a default: build a :class:`Resources`
+with :meth:`Resources.detect` (optionally overriding any field) and pass it to a runner. The measurements behind
+each choice are in ``docs/benchmarks.md`` ("Why the resource policy is what it is").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import rasterio
+
+from ._gdal import gdal_cache, smaller_gdal_cache
+from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .job import Job
+
+__all__ = [
+    "GDAL_CACHE_BYTES", "ONE_PASS_CACHE_BYTES", "Resources", "available_cpus", "bounded_gdal_cache",
+    "gdal_cache_bytes", "one_pass_gdal_cache",
+]
+
+MiB = 2**20
+
+GDAL_CACHE_BYTES = 256 * MiB
+"""GDAL's block cache during a local run when its need cannot be worked out (warped, mosaic or in-memory inputs)."""
+
+ONE_PASS_CACHE_BYTES = 64 * MiB
+"""GDAL's block cache for steps that read each block once (deriving overviews, the COG conversion)."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, which containers and ``taskset`` narrow."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The resource policy of a run. :meth:`detect` derives it from the CPUs; every field can be overridden."""
+
+    cpus: int
+    """CPUs this process may run on (its affinity mask)."""
+    model_threads: int
+    """Intra-op threads for an in-process model, in all: every CPU, less two on machines with more than four.
+    Always explicit, so ONNX Runtime neither sizes its pool from the whole machine nor pins its threads (a pinned
+    thread preempted by tilecast's readers or writer stalls every other one at the next barrier)."""
+    model_streams: int
+    """Model calls kept running at once for an in-process model with ``model_threads`` threads (see
+    :meth:`streams_for`)."""
+    read_threads: int
+    """Threads that read input tiles for the streaming local runner: one per two CPUs, at most four. Each holds its
+    own GDAL handle and block cache, so blocks shared by neighbouring tiles are decoded once per thread; more
+    readers decode more than they gain, and the other CPUs are the model's."""
+    chunk_read_threads: int = 1
+    """Read-ahead threads of the chunked local runner: one, for the same reason as above, since a chunk's tiles
+    share more blocks than a row's."""
+    cog_threads: int = 0
+    """GDAL threads that compress the COG: one more than the CPUs, because the calling thread reads and writes
+    between the compressing threads' turns (0: derived)."""
+    reuse_batches: bool = True
+    """Stack the next batch into the arrays of a batch the model is done with (only for runtimes that declare
+    ``releases_inputs``): a fresh batch costs the kernel a page fault and a zeroed page for every 4 KiB."""
+    spare_batches: int = 2
+    """How many such batches to keep for reuse."""
+    single_ends: bool = True
+    """With several model streams, send the first and the last ``batch_size`` tiles of a run (or of a chunk) one
+    at a time: every stream starts as soon as a tile is read, and the streams finish together instead of one idling
+    for up to a whole batch. Never for a model with a fixed batch size, whose short batches are padded."""
+    run_cache_floor: int = 64 * MiB
+    """The smallest GDAL block cache of a local run (see :func:`gdal_cache_bytes`)."""
+    run_cache_fallback: int = GDAL_CACHE_BYTES
+    """A local run's GDAL block cache when its need cannot be worked out."""
+    one_pass_cache: int = ONE_PASS_CACHE_BYTES
+    """GDAL's block cache for steps that read every block once (overviews, the COG conversion)."""
+    worker_cache: int = 64 * MiB
+    """GDAL's block cache on a Dask worker (unless the client's settings say otherwise): a worker's memory is one
+    chunk at a time, and GDAL's default (5% of RAM) would dominate it."""
+    export_cache: int = 128 * MiB
+    """GDAL's block cache while exporting: grouped reads visit each block about once."""
+    worker_mmap_threshold: int = 32 * MiB
+    """glibc's mmap threshold on a Dask worker started with ``MALLOC_TRIM_THRESHOLD_`` (glibc's own dynamic
+    ceiling), so that large buffers are reused instead of mapped afresh on every use."""
+    worker_trim_threshold: int = 64 * MiB
+    """glibc's trim threshold there: memory still goes back to the system after a peak."""
+
+    def __post_init__(self) -> None:
+        if self.cog_threads == 0:
+            object.__setattr__(self, "cog_threads", self.cpus + 1)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            least = 0 if "cache" in f.name or "spare" in f.name else 1
+            if isinstance(value, int) and not isinstance(value, bool) and value < least:
+                raise SpecError(f"Resources.{f.name} must be at least {least}, got {value}; pass a larger value")
+
+    @classmethod
+    def detect(cls, cpus: int | None = None, **overrides: Any) -> Resources:
+        """The policy for ``cpus`` CPUs (by default those this process may use), with ``overrides`` applied.
+
+        Fields derived from others follow the overrides: ``model_threads=4`` also sets the streams for four threads.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise SpecError(f"unknown resource settings {unknown}; use some of {sorted(names)}")
+        n = cpus or available_cpus()
+        threads = overrides.get("model_threads") or (n - 2 if n > 4 else n)
+        derived: dict[str, Any] = {
+            "cpus": n, "model_threads": threads, "model_streams": _streams(threads, n),
+            "read_threads": max(1, min(4, n // 2)),
+        }
+        derived.update(overrides)
+        return cls(**derived)
+
+    def streams_for(self, threads: int) -> int:
+        """How many calls to keep running at once on an in-process model with ``threads`` CPU threads: two when
+        those threads take every CPU (machines with up to four), else one.
+
+        Inside one call every operator ends at a barrier that waits for all of the model's threads. When the model
+        has every core, tilecast's reader and writer threads can only run by preempting one of them, and the others
+        idle at the next barrier; two calls with half the threads each do not wait for each other. With CPUs to
+        spare nothing preempts the model, and one call keeps one batch's activations in memory instead of two.
+        """
+        return _streams(threads, self.cpus)
+
+    def spread_ends(self, streams: int, fixed_batch: bool) -> bool:
+        """Whether a run with ``streams`` model streams sends its first and last batches a tile at a time."""
+        return self.single_ends and streams > 1 and not fixed_batch
+
+    def run_gdal_cache(self, job: Job) -> rasterio.Env:
+        """GDAL's block cache for a local run of ``job`` (see :func:`gdal_cache_bytes`), unless the user set it."""
+        return gdal_cache(gdal_cache_bytes(job, self))
+
+    def one_pass_gdal_cache(self) -> rasterio.Env:
+        """GDAL's block cache lowered to :attr:`one_pass_cache` for a step that reads every block once."""
+        return smaller_gdal_cache(self.one_pass_cache)
+
+    def export_gdal_cache(self) -> rasterio.Env:
+        """GDAL's block cache for exports, unless the user set it."""
+        return gdal_cache(self.export_cache)
+
+
+def _streams(threads: int, cpus: int) -> int:
+    return 2 if threads >= 2 and threads >= cpus else 1
+
+
+def gdal_cache_bytes(job: Job, resources: Resources | None = None) -> int:
+    """Room for the input blocks one row of tiles touches, for each reading thread (each has its own handle), plus
+    two output strips, and half as much again; at least ``run_cache_floor``.
+
+    Less than the blocks of a row of tiles and blocks are decoded twice; more only fills memory with blocks that
+    are never read again, and every new block faults fresh pages in.
+    """
+    from .sources.rasterio_source import RasterioSource
+
+    res = resources or Resources.detect()
+    source = job.source
+    if not isinstance(source, RasterioSource) or source.warped:
+        return res.run_cache_fallback
+    g = job.plan.geometry
+    block_h = source.block_shape[0]
+    rows = (math.ceil((g.tile.y + 2 * g.overlap.y) / block_h) + 1) * block_h
+    need = res.read_threads * rows * source.native.shape[1] * source.pixel_bytes
+    out_h, out_w = job.plan.output_shape
+    profile = job.profile
+    need += 2 * min(out_h, 256) * out_w * len(profile.band_names) * np.dtype(profile.dtype).itemsize
+    return max(res.run_cache_floor, int(1.5 * need))
+
+
+def bounded_gdal_cache(job: Job, resources: Resources | None = None) -> rasterio.Env:
+    """GDAL's block cache defaults to 5% of RAM and fills up during a run: cap it to what ``job`` needs (see
+    :func:`gdal_cache_bytes`), unless the user set it."""
+    return (resources or Resources.detect()).run_gdal_cache(job)
+
+
+def one_pass_gdal_cache() -> rasterio.Env:
+    """The default policy's block cache for a step that reads every block once (see :attr:`Resources.one_pass_cache`);
+    for sinks, which run where no policy is handed to them (a Dask worker builds the COG too)."""
+    return Resources.detect().one_pass_gdal_cache()

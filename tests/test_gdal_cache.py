@@ -11,9 +11,13 @@ import rasterio
 from rasterio._env import get_gdal_config
 
 from tilecast import Model
-from tilecast._cpus import read_threads
-from tilecast._gdal import ONE_PASS_CACHE_BYTES, smaller_gdal_cache
-from tilecast.prediction import GDAL_CACHE_BYTES, gdal_cache_bytes
+from tilecast.resources import (
+    GDAL_CACHE_BYTES,
+    ONE_PASS_CACHE_BYTES,
+    Resources,
+    gdal_cache_bytes,
+    one_pass_gdal_cache,
+)
 
 
 def _seen_cache(model_fn_holder: list) -> object:
@@ -32,7 +36,7 @@ def test_the_run_caches_the_block_rows_a_row_of_tiles_touches(raster, tmp_path):
                                 output_bands={"y": "float32"})
     pred = model.predict_image(src)
     rows = (math.ceil((256 + 80) / 16) + 1) * 16
-    need = read_threads() * rows * 3000 * 3 * 2 + 2 * 256 * 3000 * 4
+    need = Resources.detect().read_threads * rows * 3000 * 3 * 2 + 2 * 256 * 3000 * 4
     assert gdal_cache_bytes(pred.job) == max(64 * 2**20, int(1.5 * need))
     pred.to_geotiff(tmp_path / "out.tif", progress=False)
     assert seen and all(v == gdal_cache_bytes(pred.job) for v in seen)
@@ -75,7 +79,7 @@ def test_a_users_gdal_cachemax_is_left_alone(raster, monkeypatch):
 @pytest.mark.parametrize(("before", "inside"), [(300 * 2**20, ONE_PASS_CACHE_BYTES), (32 * 2**20, 32 * 2**20)])
 def test_one_pass_steps_only_ever_lower_the_cache(before, inside):
     with rasterio.Env(GDAL_CACHEMAX=before):
-        with smaller_gdal_cache():
+        with one_pass_gdal_cache():
             assert get_gdal_config("GDAL_CACHEMAX") == inside
         assert get_gdal_config("GDAL_CACHEMAX") == before
 
@@ -105,3 +109,16 @@ def test_the_cli_run_gets_the_cache_sized_to_it_unless_configured(raster, tmp_pa
     result = CliRunner().invoke(cli, [*base, "--config", "GDAL_CACHEMAX=300", "-o", str(tmp_path / "b.tif")])
     assert result.exit_code == 0, result.output
     assert seen[-1][0] == 300 * 2**20
+
+
+def test_the_run_cache_follows_the_policys_readers_and_floor(raster):
+    src = raster(np.zeros((3, 1200, 3000), np.uint16))
+    model = Model.from_callable(lambda x: x[:, :1], input_tile_size=256, input_overlap_size=40, layout="NCHW",
+                                output_bands={"y": "float32"})
+    job = model.predict_image(src).job
+    rows = (math.ceil((256 + 80) / 16) + 1) * 16
+    for readers in (1, 3):
+        need = readers * rows * 3000 * 3 * 2 + 2 * 256 * 3000 * 4
+        res = Resources.detect(cpus=8, read_threads=readers, run_cache_floor=0)
+        assert gdal_cache_bytes(job, res) == int(1.5 * need)
+    assert gdal_cache_bytes(job, Resources.detect(run_cache_floor=2**30)) == 2**30

@@ -27,16 +27,15 @@ from models import build_compute_bound
 def main() -> None:
     import tilecast
     import tilecast.runners.local as local
-    from tilecast._cpus import available_cpus
-    from tilecast.prediction import bounded_gdal_cache
+    from tilecast.resources import Resources, available_cpus, bounded_gdal_cache
     from tilecast.sinks.geotiff import GeoTIFFSink
 
     n = available_cpus()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=6144)
     ap.add_argument("--threads", default=f"0,{n},{max(1, n - 2)}",
-                    help="ORT intra-op threads; 0 = tilecast's default (tilecast._cpus.model_threads)")
-    ap.add_argument("--readers", default=f"{max(1, min(4, n // 2))},2", help="tilecast read threads")
+                    help="ORT intra-op threads; 0 = tilecast's default (tilecast.resources.Resources.model_threads)")
+    ap.add_argument("--readers", default=f"{Resources.detect().read_threads},2", help="tilecast read threads")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     raster = str(make_raster(DATA_DIR / f"bench_{args.size}.tif", args.size, progress=False))
@@ -55,10 +54,11 @@ def main() -> None:
                     pred = model.predict_image(raster)
                     out = os.path.join(tmp, "out.tif")
                     start = time.perf_counter()
-                    with bounded_gdal_cache(pred.job):  # as Prediction.run does for local runs
+                    res = Resources.detect(read_threads=readers)
+                    with bounded_gdal_cache(pred.job, res):  # as Prediction.run does for local runs
                         sink = GeoTIFFSink(out, overwrite=True)
                         sink.open(pred.job.profile)
-                        local.run_local(pred.job, sink, None, read_threads=readers)
+                        local.run_local(pred.job, sink, None, resources=res)
                     times.append(time.perf_counter() - start)
                     model.close()
                 best = min(times)

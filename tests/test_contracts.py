@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -229,7 +230,7 @@ def test_only_a_runtime_that_releases_its_inputs_gets_them_again(tmp_path, raste
 
 def test_declared_metadata_path_and_recipe():
     class Described(Doubler):
-        metadata = {"mlm:item": "{}"}
+        metadata = MappingProxyType({"mlm:item": "{}"})
         path = "/models/m.onnx"
 
         def recipe(self):
@@ -318,9 +319,9 @@ def test_an_in_memory_dataset_cannot_be_reopened_elsewhere(raster):
         kind, _, paths = source_recipe(src)  # /vsimem/: the check before any task refuses it for other processes
         assert kind == "recipe" and paths == (mem.name,) and mem.name.startswith("/vsimem/")
     with rasterio.open("", "w+", driver="MEM", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
-                       transform=Affine(10, 0, 0, 0, -10, 80)) as ds:
-        with pytest.raises(tilecast.SpecError, match="in-memory dataset"):
-            source_recipe(RasterioSource(ds))
+                       transform=Affine(10, 0, 0, 0, -10, 80)) as ds, \
+            pytest.raises(tilecast.SpecError, match="in-memory dataset"):
+        source_recipe(RasterioSource(ds))
 
 
 class RebuiltSource(BaseSource):

@@ -43,7 +43,7 @@ TEMP_GTIFF_OPTIONS: dict[str, object] = {
     "bigtiff": "IF_SAFER",
 }
 """The streaming temporary file: cheap to write and to read back for the COG conversion. Float outputs go
-uncompressed (model outputs rarely shrink below 60-80% and ZSTD would cost CPU the model needs)."""
+uncompressed (model outputs hardly shrink, and ZSTD would cost CPU the model needs)."""
 
 _OVERVIEW_OPTIONS = ("overviews", "overview_count", "overview_resampling", "resampling", "overview_compress")
 """Creation options that change the overviews: with any of them GDAL builds the overviews itself."""
@@ -56,12 +56,13 @@ def cog_options(
     """GDAL COG driver options for the final file.
 
     Level 1 compression: the conversion runs after the last tile, so it is pure waiting time, and level 1 makes it
-    2-3x faster than the default for a file about 2% larger. Pass ``creation_options`` to trade the other way.
+    much faster than the default for a slightly larger file (``docs/benchmarks.md``). Pass ``creation_options`` to
+    trade the other way.
     """
     options = {
         "driver": "COG", "compress": compress, "blocksize": str(blocksize), "bigtiff": "IF_SAFER",
-        # The calling thread reads and writes between the compressing threads' turns: one more than the CPUs keeps
-        # them all busy (on 2 cores, 8% less time than ALL_CPUS).
+        # The resource policy's cog_threads: one more than the CPUs, so the compressing threads stay busy while the
+        # calling thread reads and writes.
         "num_threads": str(Resources.detect().cog_threads), "overviews": "AUTO" if overviews else "NONE",
         "overview_resampling": "NEAREST" if categorical else "AVERAGE",
     }
@@ -76,10 +77,10 @@ def cog_options(
 
 
 def copy_to_cog(src: str, dst: str, options: dict[str, str]) -> None:
-    """GDAL's COG driver, with at most a 64 MiB block cache: it reads each block of the temporary file once, so a
-    larger cache only holds memory (the run's cache, sized for overlapping reads, added 220 MiB to the peak on the
-    20000^2 benchmark). Reading the temporary file through memory maps (``GTIFF_VIRTUAL_MEM_IO``) would save 5% of
-    the conversion's CPU but counts the whole mapped file as resident memory (3.1 GiB there), so it is not used."""
+    """GDAL's COG driver, with the resource policy's one-pass block cache: it reads each block of the temporary file
+    once, so a larger cache (such as the run's, sized for overlapping reads) only holds memory. Reading the temporary
+    file through memory maps (``GTIFF_VIRTUAL_MEM_IO``) would save a little CPU but counts the whole mapped file as
+    resident memory, so it is not used."""
     with one_pass_gdal_cache():
         rasterio.shutil.copy(src, dst, **options)
 

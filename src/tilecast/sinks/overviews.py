@@ -1,10 +1,10 @@
 """The first overview level, computed while the output streams, so the COG conversion only has to compress.
 
 GDAL's COG driver builds overviews after the last tile: it reads the whole full-resolution image once more and
-averages it on one thread, which is the serial part of the conversion (about half of it on 2 cores, most of it on
-16). Here each strip is reduced 2 x 2 as it is written, into the temporary file's external overview
-(``<temp>.ovr``, a GeoTIFF GDAL picks up by name); GDAL then derives the smaller levels from that quarter-size
-image, and the COG driver uses the existing overviews instead of computing them (``OVERVIEWS=AUTO``).
+averages it on one thread, which is the serial part of the conversion (``docs/benchmarks.md`` says how much).
+Here each strip is reduced 2 x 2 as it is written, into the temporary file's external overview (``<temp>.ovr``, a
+GeoTIFF GDAL picks up by name); GDAL then derives the smaller levels from that quarter-size image, and the COG
+driver uses the existing overviews instead of computing them (``OVERVIEWS=AUTO``).
 
 The reduction is GDAL's: ``average`` is the mean of the valid pixels of each 2 x 2 cell (nodata excluded, and NaN
 when it is the nodata value; integers rounded half up; a cell with no valid pixel is nodata); ``nearest`` takes

@@ -23,12 +23,12 @@ __all__ = ["Batcher", "ServedModel", "card_bands", "load_models", "load_runtime"
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Runtime:
-    """Any model tilecast can load (ONNX, TorchScript, SavedModel, Keras: see :mod:`tilecast.loading`)."""
+    """Any model tilecast can load (ONNX, TorchScript, SavedModel, Keras: see :func:`tilecast.card.open_runtime`)."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}; check the path")
     try:
-        from ..loading import open_runtime
+        from ..card import open_runtime
     except ImportError:  # a build without the loaders: ONNX only
         if p.suffix.lower() != ".onnx":
             raise ModelLoadError(f"{p}: this build of tilecast serve hosts .onnx models only") from None

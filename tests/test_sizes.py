@@ -26,7 +26,7 @@ def test_parse_size_forms(value, want):
 
 @pytest.mark.parametrize("value", ["", "a", "1,2,3", [1, 2, 3], [], None, True, 3.5, "48 48 48", {"w": 1}])
 def test_parse_size_errors_give_the_cli_syntax(value):
-    with pytest.raises(SpecError, match="--tile 256,128") as info:
+    with pytest.raises(SpecError, match=r"256 or 256,128 on the command line, 256 or \(256, 128\) in Python") as info:
         parse_size(value, "input_tile_size")
     assert "input_tile_size" in str(info.value) and "48 48" not in str(info.value).split("got")[0]
 

@@ -69,9 +69,10 @@ def _pair(value: Any, name: str, number: type, example: str) -> tuple[Any, Any]:
             raise ValueError
         nums = [number(float(p)) if number is float else _whole(p) for p in parts]
     except (TypeError, ValueError):
+        a, b = example.split(",")
         raise SpecError(
-            f"{name} must be one number or width,height (e.g. {example}; on the command line --tile {example}), "
-            f"got {value!r}"
+            f"{name} must be one number or a width,height pair: {a} or {a},{b} on the command line, {a} or "
+            f"({a}, {b}) in Python; got {value!r}"
         ) from None
     return (nums[0], nums[-1])
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ModelLoadError
 from ..runtimes.base import Runtime
 
-__all__ = ["card_path", "detect_format", "embeddable", "open_runtime"]
+__all__ = ["card_path", "detect_format", "embeddable", "open_runtime", "runtime_metadata"]
 
 _SUFFIXES = {
     ".onnx": "onnx",
@@ -85,3 +85,12 @@ def open_runtime(path: str | os.PathLike, fmt: str | None = None, *, providers: 
 
         return TensorFlowRuntime(path, signature_name=signature_name)
     raise ModelLoadError(f"unknown model format {fmt!r}")
+
+
+def runtime_metadata(runtime: Runtime) -> Mapping[str, str]:
+    """The key/value metadata a model file carries (ONNX ``metadata_props``, a Torch archive's card), else empty.
+
+    The one place that asks a runtime for it: once :class:`~tilecast.runtimes.base.Runtime` declares ``metadata``
+    with a default, this becomes ``runtime.metadata``.
+    """
+    return getattr(runtime, "metadata", None) or {}

@@ -12,7 +12,7 @@ from ..plan import TileGeometry
 from ..runtimes.base import Runtime
 from ..runtimes.scaled import ScaledRuntime
 from .binding import CardBinding
-from .files import open_runtime
+from .files import open_runtime, runtime_metadata
 from .io import read_card, read_card_file
 from .schema import Card
 from .validate import check_card_signature
@@ -43,7 +43,7 @@ def open_model(path: str | os.PathLike, *, card: Card | str | os.PathLike | None
         if isinstance(card, (str, os.PathLike)):
             card = read_card_file(card)
         elif card is None:
-            card = read_card(path, getattr(runtime, "metadata", None) or {}, runtime.signature)
+            card = read_card(path, runtime_metadata(runtime), runtime.signature)
         if card is None:
             return OpenedModel(runtime, overrides)
         if check:

@@ -18,6 +18,7 @@ from ..card import (
     open_runtime,
     read_card,
     require_card_extra,
+    runtime_metadata,
     validate_card,
     will_embed,
     write_card,
@@ -112,7 +113,7 @@ _FLAGS = (("tile", "input_tile_size"), ("overlap", "input_overlap_size"), ("over
 def build_from_options(model_path: str, fmt: str, runtime: Any, opts: dict[str, Any]) -> Any:
     """Merge the flags over the existing card (sidecar/embedded/Deepness), then build the new card."""
     sig = runtime.signature
-    old = read_card(model_path, getattr(runtime, "metadata", None), sig)
+    old = read_card(model_path, runtime_metadata(runtime), sig)
     kw: dict[str, Any] = keywords_from_card(old) if old is not None else {}
     if opts.get("bands"):
         kw["bands"], kw["common_names"] = _parse_bands(opts["bands"])

@@ -42,10 +42,10 @@ def card_bands(path: str | os.PathLike, runtime: Runtime) -> tuple[tuple[str, ..
     """The band order and ``eo:common_name`` of each band from the model's card (sidecar or embedded), if any: what
     lets the server stack bands sent as separate tensors by name (gRPC maps have no order)."""
     try:
-        from ..card import read_card
+        from ..card import read_card, runtime_metadata
     except ImportError:  # a build without the card module
         return (), {}
-    card = read_card(path, getattr(runtime, "metadata", None) or {}, runtime.signature)
+    card = read_card(path, runtime_metadata(runtime), runtime.signature)
     if card is None:
         return (), {}
     cp = card.to_params()

@@ -300,8 +300,7 @@ def bind_properties(
 
 def _image_layout(values: np.ndarray, t: TensorSpec) -> np.ndarray:
     """``(N, H, W, C)`` patches, transposed to ``(N, C, H, W)`` when the model's input is channels-first."""
-    c = values.shape[3]
-    if t.shape is not None and len(t.shape) == 4 and t.shape[1] == c and t.shape[3] != c:
+    if infer_layout([t], values.shape[3], fallback="NHWC") == "NCHW":
         return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
     return values
 

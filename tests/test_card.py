@@ -245,7 +245,7 @@ def test_explicit_arguments_override_card(tmp_path):
     write_card(_card(resolution=None, crs=None), path, embed=False)
     m = load_model(path, input_tile_size=16, input_overlap_size=None, blend=None)
     assert tuple(m.spec.geometry.tile) == (16, 16) and tuple(m.spec.geometry.overlap) == (4, 4)
-    assert load_model(path, bands=[1, 2, 3]).explicit_bands
+    assert load_model(path, bands=[1, 2, 3]).card.explicit_bands
 
 
 def test_cli_card_info_predict_round_trip(tmp_path):

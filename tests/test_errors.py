@@ -66,7 +66,7 @@ def test_band_name_mismatch(tmp_path, raster):
 
 def test_tile_size_the_model_rejects(tmp_path, raster):
     model = Model.from_onnx(mean_conv(tmp_path / "m.onnx", hw=(64, 64)), input_tile_size=64, input_overlap_size=8)
-    with pytest.raises(tilecast.TileSizeError, match="use --tile 48 48 with --overlap 8 8"):
+    with pytest.raises(tilecast.TileSizeError, match="use --tile 48,48 with --overlap 8,8"):
         model.predict_image(raster(np.zeros((1, 100, 100), "float32")))
 
 

@@ -11,6 +11,8 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from .card.binding import CardBinding
+from .card.load import open_model
 from .errors import InputError, SpecError, TilecastWarning
 from .plan import TileGeometry, TilePlan, window_from_bounds
 from .prediction import Prediction
@@ -24,17 +26,20 @@ __all__ = ["Model"]
 class Model:
     """A model and its Earth Engine parameters (``input_tile_size``, ``input_overlap_size``, ``output_bands``...).
 
-    Construct it with :meth:`from_onnx` or :meth:`from_callable` (or any :class:`~tilecast.runtimes.Runtime`), then
-    call :meth:`predict_image`.
+    Construct it with :meth:`from_onnx`, :meth:`from_callable` or :meth:`load` (or any
+    :class:`~tilecast.runtimes.Runtime`), then call :meth:`predict_image`. ``card`` is the model card's binding, when
+    the model came with one (:meth:`load`): it matches the raster's bands to the card's and applies its GSD policy.
     """
 
-    def __init__(self, runtime: Runtime, spec: ModelSpec | None = None, **params: Any) -> None:
+    def __init__(self, runtime: Runtime, spec: ModelSpec | None = None, *, card: CardBinding | None = None,
+                 **params: Any) -> None:
         self.runtime = runtime
         if spec is None:
             spec = ModelSpec.create(**_with_default_tile(params, runtime.signature))
         elif params:
             raise SpecError("pass either spec= or keyword parameters, not both")
         self.spec = spec
+        self.card = card
 
     @classmethod
     def from_onnx(
@@ -53,15 +58,20 @@ class Model:
 
         return cls(OnnxRuntime(path, providers=providers, threads=threads, streams=streams), **params)
 
-    @staticmethod
-    def load(path: str | os.PathLike, **overrides: Any) -> Model:
+    @classmethod
+    def load(cls, path: str | os.PathLike, **overrides: Any) -> Model:
         """Load any model tilecast runs (ONNX, TorchScript, torch.export, SavedModel, Keras) with its model card.
 
-        Keyword ``overrides`` (Earth Engine parameters) replace what the card says.
+        Keyword ``overrides`` (Earth Engine parameters) replace what the card says. ``card=`` (a
+        :class:`~tilecast.card.Card` or a path to a card JSON), ``providers``, ``device``, ``threads``,
+        ``signature_name`` and ``check`` are passed to :func:`tilecast.card.open_model`.
         """
-        from .loading import load_model
-
-        return load_model(path, **overrides)
+        opened = open_model(path, **overrides)
+        try:
+            return cls(opened.runtime, card=opened.binding, **opened.params)
+        except BaseException:
+            opened.runtime.close()
+            raise
 
     @classmethod
     def from_endpoint(
@@ -129,7 +139,7 @@ class Model:
                 changes.pop("overlap_mode", "per_edge"),
             )
             changes["geometry"] = geometry
-        return Model(self.runtime, self.spec.replace(**changes))
+        return Model(self.runtime, self.spec.replace(**changes), card=self.card)
 
     def predict_image(
         self,
@@ -149,6 +159,13 @@ class Model:
         (Earth Engine's merged result). ``engine`` picks the runner used when the result is written
         (``"local"`` threads, or ``"dask"``).
         """
+        if self.card is not None:  # the card picks the bands and decides whether the image's grid is close enough
+            bands = self.card.select_bands(image, bands)
+            changes = self.card.grid_changes(image, self.spec)
+            if changes:
+                return self.with_options(**changes).predict_image(
+                    image, bands=bands, bounds=bounds, bounds_crs=bounds_crs, window=window,
+                    append_input=append_input, engine=engine)
         spec = self.spec
         source = open_source(image, bands if bands is not None else spec.bands)
         if spec.crs is not None or spec.resolution is not None:
@@ -175,9 +192,11 @@ class Model:
         return Prediction(self, source, plan, append_input=append_input, engine=engine)
 
     def input_band_names(self, band_names: Sequence[str]) -> list[str]:
-        """The names the model's inputs know the selected bands by (a :class:`~tilecast.loading.CardModel` renames
-        them after its card's inputs for Earth Engine's per-band layout)."""
-        return list(band_names)
+        """The names the model's inputs know the selected bands by (a model card renames them after its inputs for
+        Earth Engine's per-band layout)."""
+        if self.card is None:
+            return list(band_names)
+        return self.card.input_band_names(band_names, self.spec.layout)
 
     def predict_properties(self, features: Any, **kwargs: Any) -> Any:
         """Earth Engine's ``predictProperties``: predict each feature from its properties (and, optionally, raster
@@ -240,21 +259,7 @@ def _with_default_tile(params: dict[str, Any], signature: Signature) -> dict[str
     """Derive ``input_tile_size`` from a model with a fixed input size, when not given."""
     if params.get("input_tile_size") is not None:
         return params
-    overlap = TileGeometry.create(1, params.get("input_overlap_size", 0), None,
-                                  params.get("overlap_mode", "per_edge")).overlap
-    for t in signature.inputs:
-        if t.shape and len(t.shape) == 2:  # a per-pixel (tabular) model: any tile size works
-            return {**params, "input_tile_size": 256}
-        if t.shape and len(t.shape) == 4:
-            layout = params.get("layout")
-            hw = t.shape[2:] if layout == "NCHW" or (layout is None and t.shape[1] in (1, 2, 3, 4, 5, 6, 7, 8)
-                                                      and t.shape[3] not in (1, 2, 3, 4)) else t.shape[1:3]
-            if None not in hw:
-                h, w = hw
-                return {**params, "input_tile_size": (w - 2 * overlap.x, h - 2 * overlap.y)}
-    raise SpecError(
-        "input_tile_size is required (Earth Engine's inputTileSize, [width, height]): the model accepts any "
-        "tile size. Pass e.g. input_tile_size=256 (--tile 256)"
-    )
-
-
+    geometry = TileGeometry.from_signature(signature.inputs, params.get("layout"),
+                                           params.get("input_overlap_size", 0), None,
+                                           params.get("overlap_mode", "per_edge"))
+    return {**params, "input_tile_size": tuple(geometry.tile)}

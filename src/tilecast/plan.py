@@ -11,22 +11,32 @@ Conventions, as in Earth Engine: sizes are ``(x, y)`` = ``(width, height)``; arr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import numbers
+import re
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from affine import Affine
 from rasterio.windows import Window
 
 from .errors import RegionError, SpecError
 
+if TYPE_CHECKING:
+    from .runtimes.base import TensorSpec
+
 __all__ = [
+    "PIXEL_TILE",
     "XY",
     "Tile",
     "TileGeometry",
     "TilePlan",
     "footprint_ranges",
+    "infer_layout",
+    "parse_resolution",
+    "parse_size",
+    "spatial_shape",
     "window_from_bounds",
     "xy",
 ]
@@ -41,18 +51,119 @@ class XY(NamedTuple):
     y: int
 
 
-def xy(value: int | Sequence[int], name: str = "size") -> XY:
-    """Accept ``256`` or ``[256, 128]`` (width, height)."""
-    if isinstance(value, int):
-        return XY(value, value)
+def _pair(value: Any, name: str, number: type, example: str) -> tuple[Any, Any]:
+    """One number for both axes, or two (width, height): as a number, a string or a sequence."""
+    if isinstance(value, str):
+        parts: Any = [p for p in re.split(r"[,x\s]+", value.strip()) if p]
+    elif isinstance(value, (bool, type(None))):
+        parts = None
+    elif isinstance(value, numbers.Number):
+        parts = [value]
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            parts = None
     try:
-        x, y = (int(v) for v in value)
+        if parts is None or not 1 <= len(parts) <= 2:
+            raise ValueError
+        nums = [number(float(p)) if number is float else _whole(p) for p in parts]
     except (TypeError, ValueError):
-        raise SpecError(f"{name} must be an int or [width, height], got {value!r}") from None
-    return XY(x, y)
+        a, b = example.split(",")
+        raise SpecError(
+            f"{name} must be one number or a width,height pair: {a} or {a},{b} on the command line, {a} or "
+            f"({a}, {b}) in Python; got {value!r}"
+        ) from None
+    return (nums[0], nums[-1])
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
+
+
+def parse_size(value: int | str | Sequence[int], name: str = "size") -> XY:
+    """The one reader of pixel sizes: ``256``, ``"256"``, ``"256,128"`` (also ``256x128``), ``(w, h)``, ``[w, h]``.
+
+    Width comes first, as in Earth Engine's ``inputTileSize``; one number is used for both axes.
+    """
+    return XY(*_pair(value, name, int, "256,128"))
+
+
+def parse_resolution(value: float | str | Sequence[float], name: str = "resolution") -> tuple[float, float]:
+    """A pixel size ``(x, y)`` in CRS units from one number or two, read like :func:`parse_size`."""
+    return _pair(value, name, float, "10,10")
+
+
+def xy(value: int | Sequence[int], name: str = "size") -> XY:
+    """Accept ``256`` or ``[256, 128]`` (width, height); see :func:`parse_size`."""
+    return parse_size(value, name)
 
 
 NO_OVERLAP = XY(0, 0)
+PIXEL_TILE = 256
+"""The block a per-pixel (tabular) model is fed when nothing fixes it: any size works."""
+
+
+def infer_layout(
+    inputs: Sequence[TensorSpec],
+    bands: Sequence[str] | int | None = None,
+    *,
+    padded: XY | None = None,
+    array_inputs: Collection[str] = (),
+    dim_order: Sequence[str] | None = None,
+    fallback: str | None = None,
+) -> str:
+    """How bands feed a model's inputs: ``bands`` (one input per band), ``NCHW``, ``NHWC`` or ``pixels``.
+
+    The one place that reads a layout off a model. ``bands`` are the band names (inputs named after them, or after
+    ``array_inputs``, mean Earth Engine's per-band layout) or only their count; ``padded`` is the input tile size when
+    known; ``dim_order`` is a model card's MLM ``dim_order``, which says it outright. Most specific evidence first:
+    the band count, then the tile size, then which axis is fixed. Without a band count the channels are taken to be
+    the short leading axis. When nothing decides, ``fallback`` is returned, else a single band is ``NHWC`` and more
+    raise :class:`SpecError`.
+    """
+    names = set() if bands is None or isinstance(bands, int) else set(bands)
+    count = None if bands is None else bands if isinstance(bands, int) else len(bands)
+    if len(inputs) != 1 or {t.name for t in inputs} & (names | set(array_inputs)):
+        return "bands"
+    if dim_order is not None:
+        if len(dim_order) == 2:
+            return "pixels"
+        return "NCHW" if list(dim_order[:2]) in (["batch", "channel"], ["batch", "bands"]) else "NHWC"
+    shape = inputs[0].shape
+    if shape is not None and len(shape) == 2 and (count is None or shape[1] in (None, count)):
+        return "pixels"
+    if shape is None or len(shape) != 4:
+        return fallback or "bands"
+    first, last = shape[1], shape[3]
+    if count is None:
+        return "NCHW" if first in range(1, 9) and last not in range(1, 5) else "NHWC"
+    checks = [(first == count and last != count, last == count and first != count)]
+    if padded is not None:
+        checks.append((tuple(shape[2:]) == (padded.y, padded.x), tuple(shape[1:3]) == (padded.y, padded.x)))
+    checks.append((first is not None and last is None, last is not None and first is None))
+    for channels_first, channels_last in checks:
+        if channels_first != channels_last:
+            return "NCHW" if channels_first else "NHWC"
+    if fallback:
+        return fallback
+    if count == 1:
+        return "NHWC"
+    raise SpecError(
+        f"cannot tell the layout of input {inputs[0].describe()} for {count} bands; pass layout='NCHW' or 'NHWC' "
+        "(--layout)"
+    )
+
+
+def spatial_shape(shape: Sequence[int | None], layout: str) -> tuple[int | None, int | None]:
+    """``(height, width)`` of a 4-D input tensor in ``layout``."""
+    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    return h, w
 
 
 @dataclass(frozen=True)
@@ -93,6 +204,43 @@ class TileGeometry:
         elif overlap_mode != "per_edge":
             raise SpecError(f"overlap_mode must be 'per_edge' or 'total', got {overlap_mode!r}")
         return cls(t, o, out)
+
+    @classmethod
+    def from_signature(
+        cls,
+        inputs: Sequence[TensorSpec],
+        layout: str | None = None,
+        overlap: int | Sequence[int] = 0,
+        output_tile: int | Sequence[int] | None = None,
+        overlap_mode: OverlapMode = "per_edge",
+    ) -> TileGeometry:
+        """The geometry of a model whose input has a fixed height and width: that size less the overlap.
+
+        The one place that derives ``input_tile_size`` from a model. A per-pixel (tabular) model takes any block
+        (:data:`PIXEL_TILE`); a model that accepts any size raises :class:`SpecError` asking for the tile.
+        """
+        halo = cls.create(1, overlap, None, overlap_mode).overlap
+        tile: XY | None = XY(PIXEL_TILE, PIXEL_TILE) if layout == "pixels" else None
+        for t in inputs if tile is None else ():
+            if t.shape and len(t.shape) == 2:
+                tile = XY(PIXEL_TILE, PIXEL_TILE)
+                break
+            if t.shape and len(t.shape) == 4:
+                h, w = spatial_shape(t.shape, layout or infer_layout([t]))
+                if h is not None and w is not None:
+                    tile = cls.core_for(XY(w, h), halo)
+                    break
+        if tile is None:
+            raise SpecError(
+                "input_tile_size is required (Earth Engine's inputTileSize, [width, height]): the model accepts any "
+                "tile size. Pass e.g. input_tile_size=256 (--tile 256)"
+            )
+        return cls.create(tile, overlap, output_tile, overlap_mode)
+
+    @staticmethod
+    def core_for(padded: XY, overlap: XY) -> XY:
+        """The core tile that, with ``overlap`` per edge, fills ``padded`` pixels (the inverse of :attr:`padded`)."""
+        return XY(padded.x - 2 * overlap.x, padded.y - 2 * overlap.y)
 
     @property
     def out(self) -> XY:

@@ -12,9 +12,9 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import NodataError, SpecError
-from .plan import OverlapMode, TileGeometry
+from .plan import OverlapMode, TileGeometry, parse_resolution, parse_size
 
-__all__ = ["Layout", "ModelSpec", "OutputBand", "parse_dtype", "parse_output_bands"]
+__all__ = ["Layout", "ModelSpec", "OutputBand", "parse_dtype", "parse_output_bands", "parse_resolution", "parse_size"]
 
 Layout = Literal["bands", "NHWC", "NCHW", "pixels"]
 Blend = Literal["crop", "cosine", "hann"]
@@ -184,8 +184,8 @@ class ModelSpec:
         geometry = TileGeometry.create(input_tile_size, input_overlap_size, output_tile_size, overlap_mode)
         res = None
         if resolution is not None:
-            res = (float(resolution), float(resolution)) if np.isscalar(resolution) else tuple(map(float, resolution))
-            if len(res) != 2 or min(res) <= 0:
+            res = parse_resolution(resolution)
+            if min(res) <= 0:
                 raise SpecError(f"resolution must be a positive number or (x, y), got {resolution!r}")
         spec = cls(
             geometry=geometry,

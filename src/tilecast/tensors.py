@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BandMismatchError, OutputShapeError, SpecError, TileSizeError
-from .plan import XY, TileGeometry
+from .plan import XY, TileGeometry, infer_layout
 from .runtimes.base import Signature, TensorSpec
 from .spec import ModelSpec, OutputBand
 
@@ -87,7 +87,8 @@ def bind_inputs(
             f"input_properties {missing} are not properties of the image; it has {sorted(properties)}"
         )
     model_inputs = [t for t in signature.inputs if t.name not in props]
-    layout = spec.layout or _infer_layout(spec, model_inputs, band_names)
+    layout = spec.layout or infer_layout(model_inputs, band_names, padded=spec.geometry.padded,
+                                         array_inputs=spec.input_shapes)
     slots: list[InputSlot] = []
     g = spec.geometry
     if layout == "pixels":
@@ -129,33 +130,6 @@ def bind_inputs(
     return InputBinding(layout, tuple(slots), batch, fixed_batch=bool(fixed))
 
 
-def _infer_layout(spec: ModelSpec, inputs: Sequence[TensorSpec], band_names: Sequence[str]) -> str:
-    names = {t.name for t in inputs}
-    if len(inputs) != 1 or names & (set(band_names) | set(spec.input_shapes)):
-        return "bands"
-    shape = inputs[0].shape
-    if shape is not None and len(shape) == 2 and shape[1] in (None, len(band_names)):
-        return "pixels"
-    if shape is None or len(shape) != 4:
-        return "bands"
-    c = len(band_names)
-    p = spec.geometry.padded
-    checks = (  # most specific first: the band count, then the tile size, then which axis is fixed
-        (shape[1] == c and shape[3] != c, shape[3] == c and shape[1] != c),
-        (shape[2:] == (p.y, p.x), shape[1:3] == (p.y, p.x)),
-        (shape[1] is not None and shape[3] is None, shape[3] is not None and shape[1] is None),
-    )
-    for first, last in checks:
-        if first != last:
-            return "NCHW" if first else "NHWC"
-    if c == 1:
-        return "NHWC"
-    raise SpecError(
-        f"cannot tell the layout of input {inputs[0].describe()} for {c} bands; pass layout='NCHW' or 'NHWC' "
-        "(--layout)"
-    )
-
-
 def _dtype(spec: ModelSpec, t: TensorSpec, band_dtype: np.dtype) -> np.dtype:
     return np.dtype(spec.input_type_override.get(t.name) or t.dtype or band_dtype)
 
@@ -165,9 +139,9 @@ def _check_hw(t: TensorSpec, hw: tuple[int | None, int | None], g: TileGeometry)
     h, w = hw
     if (h is not None and h != p.y) or (w is not None and w != p.x):
         need = XY(w if w is not None else p.x, h if h is not None else p.y)
-        tile = XY(need.x - 2 * g.overlap.x, need.y - 2 * g.overlap.y)
+        tile = TileGeometry.core_for(need, g.overlap)
         hint = (
-            f"use --tile {tile.x} {tile.y} with --overlap {g.overlap.x} {g.overlap.y}"
+            f"use --tile {tile.x},{tile.y} with --overlap {g.overlap.x},{g.overlap.y}"
             if min(tile) > 0
             else f"use a smaller overlap so that tile + 2*overlap = {need.x} x {need.y}"
         )

@@ -66,8 +66,7 @@ def describe_raster(path: str) -> dict[str, Any]:
 
 def describe_model(path: str) -> dict[str, Any]:
     """The runtime signature and the model card (sidecar, embedded or converted from Deepness/GeoDeep keys)."""
-    from ..card import read_card, validate_card
-    from ..loading import describe_card, detect_format, open_runtime
+    from ..card import describe_card, detect_format, open_runtime, read_card, runtime_metadata, validate_card
 
     fmt = detect_format(path)
     rt = open_runtime(path, fmt)
@@ -84,7 +83,7 @@ def describe_model(path: str) -> dict[str, Any]:
 
         out: dict[str, Any] = {"path": path, "format": fmt, "runtime": repr(rt), "inputs": rows(sig.inputs),
                                "outputs": rows(sig.outputs)}
-        metadata = getattr(rt, "metadata", None) or {}
+        metadata = runtime_metadata(rt)
         card = read_card(path, metadata, sig)
         if card is None:
             out["card"] = "none (write one with `tilecast card`)"

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import CastError, InputError, OutputShapeError, SpecError
+from ..plan import infer_layout
 from ..runtimes.base import Signature, TensorSpec
 from ..spec import parse_dtype
 
@@ -234,16 +235,15 @@ def choose_layout(signature: Signature, names: Sequence[str], layout: Layout = "
         raise SpecError(f"layout must be 'auto', 'named' or 'stacked', got {layout!r}")
     if layout != "auto":
         return layout
-    inputs = signature.input_names
-    if not inputs or set(inputs) <= set(names):
-        return "named"
-    if len(inputs) == 1:
+    if infer_layout(signature.inputs, names, fallback="stacked") != "bands":  # one input, not named after one
         return "stacked"
-    missing = [n for n in inputs if n not in names]
-    raise InputError(
-        f"the model takes inputs {inputs}, but the features have no properties {missing}; name the input "
-        "properties after the model's inputs, or pass a model with one (N, features) input"
-    )
+    missing = [n for n in signature.input_names if n not in names]
+    if missing:
+        raise InputError(
+            f"the model takes inputs {signature.input_names}, but the features have no properties {missing}; name "
+            "the input properties after the model's inputs, or pass a model with one (N, features) input"
+        )
+    return "named"
 
 
 def bind_properties(
@@ -300,8 +300,7 @@ def bind_properties(
 
 def _image_layout(values: np.ndarray, t: TensorSpec) -> np.ndarray:
     """``(N, H, W, C)`` patches, transposed to ``(N, C, H, W)`` when the model's input is channels-first."""
-    c = values.shape[3]
-    if t.shape is not None and len(t.shape) == 4 and t.shape[1] == c and t.shape[3] != c:
+    if infer_layout([t], values.shape[3], fallback="NHWC") == "NCHW":
         return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
     return values
 

@@ -23,12 +23,12 @@ __all__ = ["Batcher", "ServedModel", "card_bands", "load_models", "load_runtime"
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Runtime:
-    """Any model tilecast can load (ONNX, TorchScript, SavedModel, Keras: see :mod:`tilecast.loading`)."""
+    """Any model tilecast can load (ONNX, TorchScript, SavedModel, Keras: see :func:`tilecast.card.open_runtime`)."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}; check the path")
     try:
-        from ..loading import open_runtime
+        from ..card import open_runtime
     except ImportError:  # a build without the loaders: ONNX only
         if p.suffix.lower() != ".onnx":
             raise ModelLoadError(f"{p}: this build of tilecast serve hosts .onnx models only") from None
@@ -42,10 +42,10 @@ def card_bands(path: str | os.PathLike, runtime: Runtime) -> tuple[tuple[str, ..
     """The band order and ``eo:common_name`` of each band from the model's card (sidecar or embedded), if any: what
     lets the server stack bands sent as separate tensors by name (gRPC maps have no order)."""
     try:
-        from ..card import read_card
+        from ..card import read_card, runtime_metadata
     except ImportError:  # a build without the card module
         return (), {}
-    card = read_card(path, getattr(runtime, "metadata", None) or {}, runtime.signature)
+    card = read_card(path, runtime_metadata(runtime), runtime.signature)
     if card is None:
         return (), {}
     cp = card.to_params()

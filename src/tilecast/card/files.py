@@ -1,0 +1,96 @@
+"""Model files: which format a path holds, the runtime that opens it, and where its sidecar card lives."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import ModelLoadError
+from ..runtimes.base import Runtime
+
+__all__ = ["card_path", "detect_format", "embeddable", "open_runtime", "runtime_metadata"]
+
+_SUFFIXES = {
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".pth": "torchscript",
+    ".jit": "torchscript",
+    ".torchscript": "torchscript",
+    ".pt2": "torch.export",
+    ".keras": "keras",
+    ".h5": "keras",
+}
+
+
+def card_path(model_path: str | os.PathLike) -> Path:
+    """The sidecar next to a model: ``model.onnx`` -> ``model.onnx.json``; a directory ``m/`` -> ``m.json``."""
+    return Path(str(Path(model_path)).rstrip("/\\") + ".json")
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``onnx``, ``torchscript``, ``torch.export``, ``savedmodel`` or ``keras``, from the path (and a peek inside)."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model not found: {p}; check the path")
+    if p.is_dir():
+        if (p / "saved_model.pb").exists() or (p / "saved_model.pbtxt").exists():
+            return "savedmodel"
+        raise ModelLoadError(f"{p} is a directory without saved_model.pb; give a SavedModel directory or a model file")
+    suffix = p.suffix.lower()
+    if suffix in (".pt", ".pth") and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+        if any(n.endswith("/archive_format") or "/models/" in n for n in names) and \
+                not any(n.endswith("/constants.pkl") or n.endswith("/code/") for n in names):
+            return "torch.export"
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK":
+        return "torchscript"
+    raise ModelLoadError(
+        f"cannot tell the model format of {p}; use .onnx, .pt (TorchScript), .pt2 (torch.export), .keras, "
+        "or a TensorFlow SavedModel directory"
+    )
+
+
+def embeddable(model_path: str | os.PathLike) -> str | None:
+    """``onnx`` or ``torch`` when the model file can carry its card inside, else None."""
+    name = str(model_path).lower()
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith((".pt", ".pt2", ".pth", ".torchscript", ".jit")) and Path(model_path).is_file():
+        return "torch"
+    return None
+
+
+def open_runtime(path: str | os.PathLike, fmt: str | None = None, *, providers: Sequence[str] | None = None,
+                 device: str | None = None, threads: int | None = None, signature_name: str | None = None
+                 ) -> Runtime:
+    """The runtime for a model file or directory, by format."""
+    fmt = fmt or detect_format(path)
+    if fmt == "onnx":
+        from ..runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(path, providers=providers, threads=threads)
+    if fmt in ("torchscript", "torch.export"):
+        from ..runtimes.torch import TorchRuntime
+
+        return TorchRuntime(path, device=device, fmt=fmt)
+    if fmt in ("savedmodel", "keras"):
+        from ..runtimes.tensorflow import TensorFlowRuntime
+
+        return TensorFlowRuntime(path, signature_name=signature_name)
+    raise ModelLoadError(f"unknown model format {fmt!r}")
+
+
+def runtime_metadata(runtime: Runtime) -> Mapping[str, str]:
+    """The key/value metadata a model file carries (ONNX ``metadata_props``, a Torch archive's card), else empty.
+
+    The one place that asks a runtime for it: once :class:`~tilecast.runtimes.base.Runtime` declares ``metadata``
+    with a default, this becomes ``runtime.metadata``.
+    """
+    return getattr(runtime, "metadata", None) or {}

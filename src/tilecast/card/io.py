@@ -1,0 +1,109 @@
+"""Read and write cards: the sidecar JSON, the copy embedded in the model, or Deepness/GeoDeep metadata keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .._extras import require
+from ..errors import ModelLoadError, OutputExistsError, SpecError
+from ..runtimes.base import Signature
+from .deepness import DEEPNESS_KEYS, card_from_deepness
+from .files import card_path, detect_format, embeddable
+from .schema import ONNX_KEY, Card
+
+__all__ = ["embed_onnx", "read_card", "will_embed", "write_card"]
+
+
+def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None = None,
+              signature: Signature | None = None) -> Card | None:
+    """The card for a model: the sidecar, else the one embedded in ONNX metadata, else Deepness/GeoDeep keys."""
+    side = card_path(model_path)
+    if side.is_file():
+        try:
+            item = json.loads(side.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"model card {side} is not valid JSON ({exc}); fix it or rewrite it with "
+                                 "`tilecast card`") from None
+        return Card(_check_item(item, str(side)), "sidecar")
+    metadata = metadata or {}
+    if ONNX_KEY in metadata:
+        try:
+            item = json.loads(metadata[ONNX_KEY])
+        except ValueError as exc:
+            raise ModelLoadError(f"the model card embedded in {model_path} ({ONNX_KEY!r}) is not valid JSON "
+                                 f"({exc}); rewrite it with `tilecast card`") from None
+        return Card(_check_item(item, f"{model_path} metadata"), "embedded")
+    if any(k in metadata for k in DEEPNESS_KEYS):
+        return card_from_deepness(metadata, signature, name=Path(model_path).stem)
+    return None
+
+
+def read_card_file(path: str | os.PathLike) -> Card:
+    """A card JSON given explicitly (``card=`` / ``--card``) instead of the model's own."""
+    try:
+        return Card(json.loads(Path(path).read_text()), "file")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the model card {path} ({exc}); give a STAC MLM item JSON") from None
+
+
+def _check_item(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict) or not isinstance(item.get("properties"), dict) \
+            or "mlm:input" not in item["properties"]:
+        raise ModelLoadError(f"{where} is not a STAC MLM item (no properties.mlm:input); write one with "
+                             "`tilecast card MODEL --bands ... --tile ...`")
+    return item
+
+
+def will_embed(model_path: str | os.PathLike, embed: bool | None = None) -> bool:
+    """Whether :func:`write_card` embeds the card in the model: ``embed`` None means whenever it can (ONNX needs the
+    ``onnx`` package)."""
+    kind = embeddable(model_path)
+    if embed is None:
+        return kind == "torch" or (kind == "onnx" and importlib.util.find_spec("onnx") is not None)
+    return bool(embed)
+
+
+def write_card(card: Card, model_path: str | os.PathLike, *, embed: bool | None = None,
+               overwrite: bool = True) -> Path:
+    """Write the sidecar (atomically) and, for ONNX and Torch models, embed the card in the model too.
+
+    ``embed`` None embeds when the model is a Torch archive, or an ``.onnx`` file and ``onnx`` is installed.
+    """
+    side = card_path(model_path)
+    if side.exists() and not overwrite:
+        raise OutputExistsError(f"{side} exists; pass overwrite=True (--overwrite) to replace it")
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(card.to_json() + "\n")
+    os.replace(tmp, side)
+    if will_embed(model_path, embed):
+        kind = embeddable(model_path)
+        if kind is None:
+            raise SpecError("only ONNX, TorchScript and torch.export models can embed their card; the sidecar JSON "
+                            "was written")
+        if kind == "onnx":
+            embed_onnx(card, model_path)
+        else:
+            from ..runtimes.torch import embed_card
+
+            embed_card(model_path, json.dumps(card.item, separators=(",", ":")), detect_format(model_path))
+    return side
+
+
+def embed_onnx(card: Card, model_path: str | os.PathLike) -> None:
+    """Store the card in the ONNX model's ``metadata_props`` (rewritten atomically)."""
+    onnx = require("onnx", "card")
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read ONNX model {model_path} to embed the card: {exc}") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    props[ONNX_KEY] = json.dumps(card.item, separators=(",", ":"))
+    onnx.helper.set_model_props(model, props)
+    tmp = Path(str(model_path) + ".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, model_path)

@@ -18,6 +18,7 @@ from .plan import TileGeometry, TilePlan, window_from_bounds
 from .prediction import Prediction
 from .runtimes.base import Runtime, Signature, TensorSpec
 from .sources import RasterioSource, open_source, parse_crs, warp_grid
+from .sources.base import Reprojectable, native_grid
 from .spec import ModelSpec
 
 __all__ = ["Model"]
@@ -175,7 +176,7 @@ class Model:
         if bounds is not None and window is not None:
             raise InputError("give bounds or window, not both")
         if bounds is not None:
-            bounds_crs = parse_crs(bounds_crs) if bounds_crs is not None else getattr(source, "native", grid).crs
+            bounds_crs = parse_crs(bounds_crs) if bounds_crs is not None else native_grid(source).crs
             if bounds_crs != grid.crs:
                 from rasterio.warp import transform_bounds
 
@@ -227,7 +228,7 @@ class Model:
             raise SpecError(
                 f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
             ) from None
-        if hasattr(source, "reprojected"):  # a mosaic of many files warps each member per window
+        if isinstance(source, Reprojectable):  # a mosaic of many files warps each member per window
             return source.reprojected(crs or native.crs, spec.resolution, resampling)
         if not isinstance(source, RasterioSource):
             raise InputError(

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from ..runtimes.base import Runtime
+from ..runtimes.base import Runtime, metadata_of
 
 __all__ = ["card_path", "detect_format", "embeddable", "open_runtime", "runtime_metadata"]
 
@@ -88,9 +88,5 @@ def open_runtime(path: str | os.PathLike, fmt: str | None = None, *, providers: 
 
 
 def runtime_metadata(runtime: Runtime) -> Mapping[str, str]:
-    """The key/value metadata a model file carries (ONNX ``metadata_props``, a Torch archive's card), else empty.
-
-    The one place that asks a runtime for it: once :class:`~tilecast.runtimes.base.Runtime` declares ``metadata``
-    with a default, this becomes ``runtime.metadata``.
-    """
-    return getattr(runtime, "metadata", None) or {}
+    """The key/value metadata a model file carries (ONNX ``metadata_props``, a Torch archive's card), else empty."""
+    return metadata_of(runtime)

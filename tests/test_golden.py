@@ -108,6 +108,7 @@ EXPECTED: dict[str, dict[str, str]] = {
     "features_zonal": {"frame": "956cba27997a8eeb9abd"},
     "cli_features_parquet": {"table": "b537f5f87cfebee3db58", "frame": "9b167b82180f18f808e9"},
     "cli_features_gpkg": {"frame": "9b167b82180f18f808e9"},
+    "numpy_sine_canary": {"weights": "982fedd5e6ed5a056646"},
 }
 
 
@@ -501,6 +502,17 @@ def test_predict_dask_documented_call_and_zarr(base, client, tmp_path):
 def test_predict_cli_dask(base, client, tmp_path):
     cli(*_cli_classes(base), "-o", tmp_path / "o.tif", "--engine", "dask", "--scheduler", client.scheduler.address)
     check("cli_predict_classes@dask", raster_digest(tmp_path / "o.tif"))
+
+
+def test_numpy_sine_canary():
+    """Blend weights come from numpy's float64 ``sin`` (see the cosine and hann rules). If the cosine digests above
+    change together with this one, numpy (its version or the CPU's SIMD path) changed them, not tilecast."""
+    parts = []
+    for o in range(1, 9):
+        parts.append((np.sin(0.5 * np.pi * (np.arange(2 * o) + 0.5) / (2 * o)) ** 2).tobytes())
+        x = (np.arange(2 * o + 24) + 0.5) / (2 * o + 24)
+        parts.append((np.sin(np.pi * x) ** 2).tobytes())
+    check("numpy_sine_canary", {"weights": _h(*parts)})
 
 
 # --- exports and import ------------------------------------------------------------------------------------------

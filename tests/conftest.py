@@ -8,15 +8,17 @@ import rasterio
 from rasterio.transform import from_origin
 
 
-def write_raster(path, data, *, crs="EPSG:32633", transform=None, nodata=None, descriptions=None, tags=None,
-                 tiled=True) -> str:
+def write_raster(
+    path, data, *, crs="EPSG:32633", transform=None, nodata=None, descriptions=None, tags=None, tiled=True
+) -> str:
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
     count, h, w = data.shape
     transform = transform or from_origin(500000.0, 4600000.0, 10.0, 10.0)
-    profile = dict(driver="GTiff", width=w, height=h, count=count, dtype=data.dtype, crs=crs, transform=transform,
-                   nodata=nodata)
+    profile = dict(
+        driver="GTiff", width=w, height=h, count=count, dtype=data.dtype, crs=crs, transform=transform, nodata=nodata
+    )
     if tiled and h >= 16 and w >= 16:
         profile.update(tiled=True, blockxsize=16, blockysize=16)
     with rasterio.open(path, "w", **profile) as dst:
@@ -60,8 +62,20 @@ MARKERS = {
 }
 
 BY_FILE = {
-    "unit": {"plan", "tensors", "pixels", "payloads", "card", "card_schema", "errors", "sizes", "size", "layout",
-             "architecture", "public_api"},
+    "unit": {
+        "plan",
+        "tensors",
+        "pixels",
+        "payloads",
+        "card",
+        "card_schema",
+        "errors",
+        "sizes",
+        "size",
+        "layout",
+        "architecture",
+        "public_api",
+    },
     "slow": {"demo", "workflow", "card_thirdparty", "features_landsat", "bench_smoke"},
     "server": {"server", "endpoint", "faults", "features_endpoint", "remote", "prepare"},
     "dask": {"dask", "dask_errors", "export_dask", "export_dask_samples"},

@@ -99,8 +99,7 @@ def read_at(
     if len(rows) == 0:
         return
     off = patch_offset(patch)
-    dtypes = getattr(source, "dtypes", None) or [source.dtype] * len(source.band_names)
-    fills = np.array([default_for(d, default_value) for d in dtypes])
+    fills = np.array([default_for(d, default_value) for d in band_dtypes(source)])
     order = group_order(rows, cols, chunk)
     key = (rows[order] // chunk, cols[order] // chunk)
     breaks = np.flatnonzero((np.diff(key[0]) != 0) | (np.diff(key[1]) != 0)) + 1

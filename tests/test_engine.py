@@ -175,3 +175,23 @@ def test_endpoint_options_check_their_fields():
         EndpointOptions(concurrency=0)
     with pytest.raises(SpecError, match="output_multiplier must be >= 1"):
         EndpointOptions(output_multiplier=0.5)
+
+
+def test_predict_properties_checks_its_options_and_engine():
+    gpd = pytest.importorskip("geopandas")
+    from tilecast.features import PropertyOptions, predict_properties
+    from tilecast.runtimes.callable import CallableRuntime
+
+    gdf = gpd.GeoDataFrame({"a": [1.0, 2.0], "b": [3.0, 5.0]}, geometry=gpd.points_from_xy([0, 1], [0, 1]),
+                           crs="EPSG:32633")
+    runtime = CallableRuntime(lambda x: x.sum(axis=1), inputs=["x"])
+    options = PropertyOptions(input_properties=["a", "b"], output_properties={"output": "float32"}, layout="stacked")
+    out = predict_properties(runtime, gdf, options=options, engine=Local())
+    assert out["output"].tolist() == [4.0, 7.0]
+    same = predict_properties(runtime, gdf, input_properties=["a", "b"], output_properties={"output": "float32"},
+                              layout="stacked")
+    assert same["output"].tolist() == [4.0, 7.0]
+    with pytest.raises(SpecError, match=r"unknown option\(s\) \['input_property'\]"):
+        predict_properties(runtime, gdf, input_property=["a"])
+    with pytest.raises(SpecError, match=r"engine=tilecast\.Local\(\)"):
+        predict_properties(runtime, gdf, options=options, engine=Dask())

@@ -195,3 +195,24 @@ def test_predict_properties_checks_its_options_and_engine():
         predict_properties(runtime, gdf, input_property=["a"])
     with pytest.raises(SpecError, match=r"engine=tilecast\.Local\(\)"):
         predict_properties(runtime, gdf, options=options, engine=Dask())
+
+
+def test_export_plans_are_values_an_engine_can_carry(tmp_path):
+    import pickle
+
+    from rasterio.windows import Window
+
+    from tilecast.export.image import ImageExportOptions, image_region, plan_image
+    from tilecast.sources import open_source
+
+    path = write_raster(tmp_path / "in.tif", coord_image(40, 50, 2))
+    source = open_source(str(path), None)
+    try:
+        opts = ImageExportOptions.create(16, kernel_size=[4, 4])
+        plan = plan_image(source, tmp_path, opts, "p", image_region(source.grid, None, Window(0, 0, 50, 40)), False)
+    finally:
+        source.close()
+    again = pickle.loads(pickle.dumps(plan))
+    assert again.plan == plan.plan and again.grid == plan.grid and again.opts == opts
+    assert len(plan.plan) == 6 and (plan.ph, plan.pw) == (20, 20)  # 3 x 2 whole patches, the border dropped
+    assert again.mixer_path == tmp_path / "p-mixer.json"

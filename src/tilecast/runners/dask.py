@@ -22,11 +22,11 @@ from ..errors import TilecastError
 from ..job import Job
 from ..progress import ProgressCallback, note
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
-from .dask_tasks import Broadcast, announce, open_client, run_tasks, session
+from .dask_tasks import Broadcast, announce, has_dashboard, open_client, run_tasks, session
 from .engine import Dask
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
-__all__ = ["Broadcast", "dask_array", "open_client", "run_dask", "run_tasks"]
+__all__ = ["Broadcast", "dask_array", "has_dashboard", "open_client", "run_dask", "run_tasks"]
 
 log = logging.getLogger("tilecast.dask")
 

@@ -5,8 +5,23 @@ from .errors import __all__ as _errors
 from .model import Model
 from .plan import TileGeometry, TilePlan
 from .prediction import Prediction
+from .resources import Resources
+from .runners.engine import Dask, Engine, Local
 from .spec import ModelSpec, OutputBand
 
 __version__ = "0.1.0"
 
-__all__ = ["Model", "ModelSpec", "OutputBand", "Prediction", "TileGeometry", "TilePlan", "__version__", *_errors]
+__all__ = [
+    "Dask",
+    "Engine",
+    "Local",
+    "Model",
+    "ModelSpec",
+    "OutputBand",
+    "Prediction",
+    "Resources",
+    "TileGeometry",
+    "TilePlan",
+    "__version__",
+    *_errors,
+]

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import rasterio
 
-from ._gdal import gdal_cache
 from .errors import SpecError
 from .job import Job
 from .plan import TilePlan
 from .progress import Progress, ProgressCallback
+from .resources import bounded_gdal_cache
 from .runners.engine import Dask, Engine, Local, resolve_engine
-from .sinks.base import OutputProfile, Sink
+from .runtimes.base import model_path
+from .sinks.base import ChunkSink, OutputProfile, Sink
 from .sources.base import Grid, Source
 from .spec import check_nodata, default_nodata
 from .tensors import bind_inputs, bind_outputs, needs_probe
@@ -25,40 +24,6 @@ if TYPE_CHECKING:
     from .model import Model
 
 __all__ = ["Prediction"]
-
-
-GDAL_CACHE_BYTES = 256 * 2**20
-"""GDAL's block cache during a local run when its need cannot be worked out (warped, mosaic or in-memory inputs)."""
-
-
-def bounded_gdal_cache(job: Job) -> rasterio.Env:
-    """GDAL's block cache defaults to 5% of RAM and fills up during a run: cap it to what ``job`` needs (see
-    :func:`gdal_cache_bytes`), unless the user set it."""
-    return gdal_cache(gdal_cache_bytes(job))
-
-
-def gdal_cache_bytes(job: Job) -> int:
-    """Room for the input blocks one row of tiles touches, for each reading thread (each has its own handle), plus
-    two output strips, and half as much again; at least 64 MiB.
-
-    Less than the blocks of a row of tiles and blocks are decoded twice (the I/O-bound benchmark takes 40% more CPU);
-    more only fills memory with blocks that are never read again: every new block faults fresh pages in (0.26 CPU-s
-    and 230 MiB of peak memory on the 6144 x 6144 benchmark at 256 MiB instead of 96).
-    """
-    from ._cpus import read_threads
-    from .sources.rasterio_source import RasterioSource
-
-    source = job.source
-    if not isinstance(source, RasterioSource) or source.warped:
-        return GDAL_CACHE_BYTES
-    g = job.plan.geometry
-    block_h = source.block_shape[0]
-    rows = (math.ceil((g.tile.y + 2 * g.overlap.y) / block_h) + 1) * block_h
-    need = read_threads() * rows * source.native.shape[1] * source.pixel_bytes
-    out_h, out_w = job.plan.output_shape
-    profile = job.profile
-    need += 2 * min(out_h, 256) * out_w * len(profile.band_names) * np.dtype(profile.dtype).itemsize
-    return max(64 * 2**20, int(1.5 * need))
 
 
 class Prediction:
@@ -120,7 +85,7 @@ class Prediction:
         nodata = spec.nodata if spec.nodata is not None else default_nodata(dtype)
         check_nodata(nodata, dtype)
         categorical = all(d.kind in "iub" for d in band_dtypes[-len(outputs.band_names):])
-        tags = {"TILECAST_MODEL": str(getattr(self.model.runtime, "path", "") or type(self.model.runtime).__name__)}
+        tags = {"TILECAST_MODEL": str(model_path(self.model.runtime) or type(self.model.runtime).__name__)}
         profile = OutputProfile(self.grid, tuple(names), np.dtype(dtype), nodata, outputs.bands, categorical, tags)
         return Job(self.plan, self.source, runtime, spec, self.inputs, outputs, profile, tuple(band_dtypes),
                    self.append_input)
@@ -153,7 +118,7 @@ class Prediction:
              chunk_size: int | tuple[int, int] | None) -> Any:
         job = self.job
         callback = Progress() if progress is True else (progress or None)
-        chunked = hasattr(sink, "prepare")
+        chunked = isinstance(sink, ChunkSink)
         local = isinstance(engine, Local)
         if local and not resume and not chunked:
             sink.open(job.profile)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import signal
 import threading
 from collections.abc import Callable
@@ -12,7 +11,8 @@ from typing import Any
 
 import click
 
-from ..errors import TilecastError
+from ..errors import SpecError, TilecastError
+from ..plan import parse_size
 
 
 class SizeType(click.ParamType):
@@ -23,16 +23,10 @@ class SizeType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
         if isinstance(value, tuple):
             return value
-        parts = [p for p in re.split(r"[,x ]", str(value)) if p]
         try:
-            nums = [int(p) for p in parts]
-        except ValueError:
-            self.fail(f"{value!r} is not a size; use 256 or 256,128 (width,height)", param, ctx)
-        if len(nums) == 1:
-            return nums[0], nums[0]
-        if len(nums) == 2:
-            return nums[0], nums[1]
-        self.fail(f"{value!r} is not a size; use 256 or 256,128 (width,height)", param, ctx)
+            return tuple(parse_size(value, f"--{param.name.replace('_', '-')}" if param and param.name else "size"))
+        except SpecError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class KeyValueType(click.ParamType):

@@ -19,9 +19,9 @@ from rasterio.windows import Window
 
 from ..errors import InputError, OutputExistsError, RegionError, SpecError
 from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
-from ..sources.base import Grid, Source
+from ..sources.base import Grid, Source, band_dtypes
 from .common import ExportResult, remove_stale, shard_files
-from .reading import band_dtypes, default_for
+from .reading import default_for
 from .specfile import make_spec, write_spec
 from .tfrecord import ShardedWriter, example_bytes, sequence_example_bytes
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -19,10 +18,11 @@ from rasterio.windows import Window
 from .._gdal import gdal_cache
 from ..errors import RegionError
 from ..plan import XY
-from ..sources.base import Source
+from ..resources import Resources
+from ..sources.base import Source, band_dtypes
 
 __all__ = [
-    "BandDtypes", "Batch", "band_dtypes", "bounded_cache", "default_for", "group_order", "patch_offset", "read_at",
+    "Batch", "bounded_cache", "default_for", "group_order", "patch_offset", "read_at",
 ]
 
 
@@ -36,24 +36,10 @@ class Batch:
     """``(n, ph, pw)`` bool: pixel inside the raster and not masked."""
 
 
-@runtime_checkable
-class BandDtypes(Protocol):
-    """A source that knows each band's own dtype (a raster file, a mosaic), not only their common one."""
-
-    dtypes: list[np.dtype]
-
-
-def band_dtypes(source: Source) -> list[np.dtype]:
-    """Each band's dtype: its own where the source knows it, else the source's common dtype."""
-    if isinstance(source, BandDtypes) and source.dtypes:
-        return list(source.dtypes)
-    return [np.dtype(source.dtype)] * len(source.band_names)
-
-
-def bounded_cache(megabytes: int = 128) -> contextlib.AbstractContextManager:
+def bounded_cache(megabytes: int | None = None) -> contextlib.AbstractContextManager:
     """A small GDAL block cache while exporting: grouped reads visit each block about once, so GDAL's default
     (5 % of RAM) would only add hundreds of MiB of RSS. A ``GDAL_CACHEMAX`` set by the user wins."""
-    return gdal_cache(megabytes << 20)
+    return gdal_cache(megabytes << 20) if megabytes else Resources.detect().export_gdal_cache()
 
 
 def patch_offset(patch: XY) -> XY:

@@ -21,6 +21,7 @@ from .._extras import require
 from ..errors import TilecastError
 from ..job import Job
 from ..progress import ProgressCallback, note
+from ..sinks.base import Checkpointed
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
 from .dask_tasks import Broadcast, announce, has_dashboard, open_client, run_tasks, session
 from .engine import Dask
@@ -60,7 +61,7 @@ def _compute(ctx: _Context, index: int) -> tuple[Any, np.ndarray, ChunkStats]:
     with recipe.env.apply():
         # Reads run on the task's own thread: the worker's threads already overlap one task's reads with another's
         # inference, and each reading thread has its own GDAL handle, which decodes shared blocks again.
-        return compute_chunk(entry.job, ctx.layout, index, None, entry.infer_slots)
+        return compute_chunk(entry.job, ctx.layout, index, None, entry.infer_slots, reuse=entry.reuse)
 
 
 # Every task's work runs inside ``env.apply()`` (``get_job`` builds the job inside it too), which also makes the
@@ -124,8 +125,8 @@ def run_dask(
                     progress(tiles_done, total, tiles_done * tile_pixels)
 
             run_tasks(c, submit, todo, finished, in_flight=engine.in_flight or max(4, 4 * sum(c.nthreads().values())))
-            if getattr(sink, "manifest", None) is not None:
-                sink.manifest.flush()
+            if isinstance(sink, Checkpointed):
+                sink.checkpoint()
             note(progress, sink)
             if sink.writer() is not None:  # finalise (e.g. build the COG) on a worker, next to the data
                 return c.submit(_close, sink, recipe.env, pure=False).result()

@@ -175,7 +175,9 @@ class ViewServer:
             self._finish()
 
     def start(self, timeout: float = 30.0) -> ViewServer:
-        """Serve from a daemon thread; returns once the server accepts connections."""
+        """Serve from a daemon thread; returns once the server accepts connections (at once if it does)."""
+        if self.thread is not None:
+            return self
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name=f"tilecast-view-{self.port}", daemon=True)
         self.thread.start()

@@ -139,7 +139,8 @@ class RangeStyle(Style):
         ranges = self.rescale or [(0.0, 1.0)]
         if len(ranges) < img.count:
             ranges = ranges + [ranges[-1]] * (img.count - len(ranges))
-        img = img.rescale(in_range=ranges[: img.count])
+        with np.errstate(invalid="ignore"):  # a NaN nodata is the masked arrays' fill value; it is cast too
+            img = img.rescale(in_range=ranges[: img.count])
         cmap = colormaps.get(self.colormap) if self.colormap and img.count == 1 else None
         return img.render(img_format="PNG", colormap=cmap)
 

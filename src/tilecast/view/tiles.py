@@ -124,7 +124,7 @@ class PredictionLayer(Layer):
         if window is None:
             return None
         indexes = self.runner.blocks_for(window)
-        if z < self.zooms.minzoom or len(indexes) > self.budget:  # the guard: never fan out into model calls
+        if z < self.zooms.minzoom:  # the guard: never fan out into model calls
             return await to_thread.run_sync(self._overview, z, x, y, window, indexes)
         new = [i for i in indexes if not self.runner.is_ready(i)]
         if new and still_wanted is not None and not await still_wanted():

@@ -84,7 +84,8 @@ def _blocks_per_tile(grid: Grid, z: int, block: tuple[int, int], blocks: tuple[i
 
 def block_zooms(grid: Grid, block: tuple[int, int], blocks: tuple[int, int], budget: int) -> Zooms:
     """Zoom levels of a layer computed in blocks of ``block`` output pixels (``blocks``: how many, rows x cols):
-    ``minzoom`` is the lowest level whose tiles need at most ``budget`` blocks each."""
+    ``minzoom`` is the lowest level whose tiles need at most ``budget`` blocks each, and never above the native
+    zoom (where a tile needs the few blocks under it, whatever the budget)."""
     native = native_zoom(grid)
     minzoom = native
     while minzoom > 0 and _blocks_per_tile(grid, minzoom - 1, block, blocks) <= budget:

@@ -21,6 +21,8 @@ from .errors import UnknownColormapError
 __all__ = ["ClassStyle", "RangeStyle", "Style", "check_colormap", "class_colors", "zoom_in_png"]
 
 DEFAULT_COLORMAP = "viridis"
+PNG_ZLEVEL = 1
+"""zlib level of the tiles: they travel over loopback, where encoding time matters more than size."""
 CLASS_PALETTE = "tab20"
 """Classes without colours of their own take colours from this rio-tiler colormap, in order."""
 
@@ -92,7 +94,7 @@ class ClassStyle(Style):
             self._table = self.colors
 
     def render(self, img: ImageData) -> bytes:
-        return img.render(img_format="PNG", colormap=self._table)
+        return img.render(img_format="PNG", colormap=self._table, ZLEVEL=PNG_ZLEVEL)
 
     def legend(self) -> dict[str, Any]:
         items = [{"value": v, "name": self.classes.get(v, str(v)), "color": _hex(c)} for v, c in self.colors.items()]
@@ -142,7 +144,7 @@ class RangeStyle(Style):
         with np.errstate(invalid="ignore"):  # a NaN nodata is the masked arrays' fill value; it is cast too
             img = img.rescale(in_range=ranges[: img.count])
         cmap = colormaps.get(self.colormap) if self.colormap and img.count == 1 else None
-        return img.render(img_format="PNG", colormap=cmap)
+        return img.render(img_format="PNG", colormap=cmap, ZLEVEL=PNG_ZLEVEL)
 
     def legend(self) -> dict[str, Any]:
         if not self.colormap:

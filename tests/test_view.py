@@ -325,3 +325,11 @@ def test_explore_widget_is_backed_by_the_server_and_stops_on_close(scene):
     m.close()
     with pytest.raises(httpx.ConnectError):
         httpx.get(m.url + "tilejson.json", timeout=5)
+
+
+def test_a_missing_extra_is_named(scene):
+    code = ("import sys; sys.modules['rio_tiler'] = None\n"
+            "from tilecast.cli.view import view; view()")
+    r = subprocess.run([sys.executable, "-c", code, scene, "--no-browser"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "MissingExtraError" in r.stderr and "tilecast[view]" in r.stderr

@@ -76,6 +76,9 @@ def view(image: tuple[str, ...], model_path: str | None, quiet: bool, gdal_confi
       tilecast view scene.tif --model landcover.onnx
       tilecast view out/landcover.tif
     """
+    from ..view import require_extra
+
+    require_extra()
     from ..view.app import ViewServer
     from ..view.session import from_prediction, from_raster
 

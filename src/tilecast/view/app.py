@@ -28,7 +28,7 @@ from .session import MapView
 from .style import RangeStyle
 from .tiles import PredictionLayer
 
-__all__ = ["ViewServer", "bind", "create_app"]
+__all__ = ["ViewServer", "bind", "create_app", "view_stats"]
 
 STATIC = Path(__file__).parent / "static"
 _EMPTY: dict[str, bytes] = {}
@@ -105,13 +105,7 @@ def create_app(view: MapView) -> Any:
         return JSONResponse(values)
 
     async def stats(request: Request) -> Response:
-        out = {}
-        for key, layer in view.layers.items():
-            if isinstance(layer, PredictionLayer):
-                out[key] = asdict(layer.runner.stats)
-            if isinstance(layer.style, RangeStyle):
-                out.setdefault("rescale", {})[key] = layer.style.rescale
-        return JSONResponse(out)
+        return JSONResponse(view_stats(view))
 
     async def no_icon(request: Request) -> Response:
         return Response(status_code=204)
@@ -124,6 +118,17 @@ def create_app(view: MapView) -> Any:
         Route("/{layer}/tilejson.json", tilejson), Route("/{layer}/tiles/{z:int}/{x:int}/{y:int}.png", tile),
     ]
     return Starlette(routes=routes)
+
+
+def view_stats(view: MapView) -> dict[str, Any]:
+    """Block counters of the prediction layers, and the value ranges the continuous layers settled on."""
+    out: dict[str, Any] = {}
+    for key, layer in view.layers.items():
+        if isinstance(layer, PredictionLayer):
+            out[key] = asdict(layer.runner.stats)
+        if isinstance(layer.style, RangeStyle):
+            out.setdefault("rescale", {})[key] = layer.style.rescale
+    return out
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

@@ -144,6 +144,24 @@ def test_blended_float_tiles_equal_the_batch_prediction(scene, tmp_path):
                                       np.asarray(PIL.open(io.BytesIO(style.render(img)))))
 
 
+def test_fix_input_proj_tiles_are_on_the_model_grid(scene, tmp_path):
+    """With fix_input_proj the blocks are on the model's grid (here 15 m in EPSG:3035), as in the batch run."""
+    model = class_model(Counting(classify), crs="EPSG:3035", resolution=(15.0, 15.0), fix_input_proj=True,
+                        resampling="nearest")
+    ref = model.predict_image(scene).to_geotiff(tmp_path / "ref.tif", overviews=False)
+    with serve(model.predict_image(scene)) as server:
+        layer = server.view.main
+        assert layer.grid.crs.to_epsg() == 3035 and layer.grid.resolution == (15.0, 15.0)
+        with Reader(str(ref)) as reader:
+            for t in scene_tiles(str(ref), layer.zooms.native)[:4]:
+                got = get_png(server.url + f"tiles/{t.z}/{t.x}/{t.y}.png")
+                img = reader.tile(t.x, t.y, t.z, resampling_method="nearest", reproject_method="nearest")
+                values, mask = img.array.data[0], np.ma.getmaskarray(img.array)[0]
+                assert np.array_equal(got[..., 3] == 0, mask)
+                for k, rgb in COLORS.items():
+                    assert (got[(values == k) & ~mask][:, :3] == rgb).all()
+
+
 def test_second_request_comes_from_the_cache_and_a_restart_reuses_the_disk(scene, tmp_path):
     counter = Counting(classify)
     model = class_model(counter)
@@ -276,6 +294,12 @@ def test_errors(scene, raster, tmp_path):
                         ViewOptions(colormap="nope", cache_dir=False))
     with ViewServer(from_raster(scene)).start() as server, pytest.raises(PortInUseError, match="--port"):
         ViewServer(from_raster(scene), port=server.port)
+    too_big = tilecast.Model.from_callable(lambda x: x[:, :1] + 1000, layout="NCHW", input_tile_size=TILE,
+                                           output_bands={"v": "uint8"})
+    with serve(too_big.predict_image(scene)) as server:
+        t = scene_tiles(scene, server.view.main.zooms.native)[0]
+        r = httpx.get(server.url + f"tiles/{t.z}/{t.x}/{t.y}.png")
+        assert r.status_code == 500 and r.json()["error"].startswith("CastError")
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:

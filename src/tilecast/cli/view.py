@@ -100,6 +100,9 @@ def view(image: tuple[str, ...], model_path: str | None, quiet: bool, gdal_confi
                 raise SpecError("--tile, --output-band, --crs and --fix-input-proj need --model or --endpoint")
             mapview = from_raster(image[0], options)
         server = ViewServer(mapview, host=opts["host"], port=opts["port"], log_level="error" if quiet else "warning")
+    if opts["host"] not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {opts['host']}: anyone who can reach the port sees the map and can make "
+                   "the model run", err=True)
     click.echo(server.url)
     if not quiet:
         click.echo("serving the map; stop with Ctrl-C", err=True)

@@ -15,6 +15,7 @@ Routes::
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
+from ..errors import TilecastError
 from .errors import PortInUseError
 from .session import MapView
 from .style import RangeStyle
@@ -30,6 +32,7 @@ from .tiles import PredictionLayer
 
 __all__ = ["ViewServer", "bind", "create_app", "view_stats"]
 
+log = logging.getLogger("tilecast.view")
 STATIC = Path(__file__).parent / "static"
 _EMPTY: dict[str, bytes] = {}
 
@@ -86,7 +89,11 @@ def create_app(view: MapView) -> Any:
         async def still_wanted() -> bool:
             return not await request.is_disconnected()
 
-        png = await layer.tile(z, x, y, still_wanted)
+        try:
+            png = await layer.tile(z, x, y, still_wanted)
+        except TilecastError as exc:  # e.g. the model failed on this block: say so, the page shows the rest
+            log.error("tile %s/%s/%s: %s: %s", z, x, y, type(exc).__name__, exc)
+            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, 500)
         if png is None and await request.is_disconnected():
             return Response(status_code=204)
         guarded = isinstance(layer, PredictionLayer) and z < layer.zooms.minzoom

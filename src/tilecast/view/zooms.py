@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import morecantile
+from rasterio.errors import RasterioError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window, from_bounds
 
@@ -58,9 +59,15 @@ def native_zoom(grid: Grid) -> int:
 
 
 def tile_window(grid: Grid, z: int, x: int, y: int, margin: int = MARGIN) -> Window | None:
-    """The grid's pixels under tile ``z/x/y`` (plus ``margin``), clipped to the grid; None outside it."""
-    left, bottom, right, top = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(x, y, z), densify_pts=21)
-    win = from_bounds(left, bottom, right, top, grid.transform)
+    """The grid's pixels under tile ``z/x/y`` (plus ``margin``), clipped to the grid; None outside it (or where
+    the tile has no place in the grid's CRS)."""
+    try:
+        bounds = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(x, y, z), densify_pts=21)
+    except (RasterioError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in bounds):
+        return None
+    win = from_bounds(*bounds, grid.transform)
     h, w = grid.shape
     r0 = max(0, math.floor(win.row_off) - margin)
     c0 = max(0, math.floor(win.col_off) - margin)

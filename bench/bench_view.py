@@ -37,6 +37,7 @@ from models import build_compute_bound
 
 TILE, OVERLAP, BATCH = 256, 16, 8
 IN_FLIGHT = 6
+WORKERS = 2
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -47,7 +48,8 @@ def start_server(model, image: str):
     from tilecast.view.app import ViewServer
     from tilecast.view.session import ViewOptions, from_prediction
 
-    return ViewServer(from_prediction(model.predict_image(image), ViewOptions(cache_dir=False))).start()
+    options = ViewOptions(cache_dir=False, workers=WORKERS)
+    return ViewServer(from_prediction(model.predict_image(image), options)).start()
 
 
 def tile_inside_a_block(server) -> tuple[int, tuple[int, int, int], tuple[int, int, int, int]]:
@@ -139,7 +141,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1536)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warm", type=int, default=40, help="requests of the same tile per repeat")
+    ap.add_argument("--workers", type=int, default=WORKERS, help="blocks computed at once (ViewOptions.workers)")
     args = ap.parse_args()
+    globals()["WORKERS"] = args.workers
     warnings.simplefilter("ignore")
 
     import httpx

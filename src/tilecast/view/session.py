@@ -47,6 +47,8 @@ class ViewOptions:
     budget: int = DEFAULT_BUDGET
     cache_dir: str | os.PathLike | bool | None = None
     memory_bytes: int = 256 * 2**20
+    workers: int = 2
+    """Blocks computed at once: while one block's tiles are inferred, the next one's are read."""
 
 
 @dataclass
@@ -121,7 +123,8 @@ def from_prediction(prediction: Prediction, options: ViewOptions | None = None, 
     """A map of ``prediction``, computed block by block as the map asks for it."""
     o = options or ViewOptions()
     check_georeferenced(prediction.grid, "the prediction's grid")
-    runner = BlockRunner(prediction, block_size=o.block_size, cache_dir=o.cache_dir, memory_bytes=o.memory_bytes)
+    runner = BlockRunner(prediction, block_size=o.block_size, cache_dir=o.cache_dir, memory_bytes=o.memory_bytes,
+                         workers=o.workers)
     try:
         style = prediction_style(runner, o.band, o.colormap, o.rescale, o.classes)
         layers: dict[str, Layer] = {"prediction": PredictionLayer(runner, style, o.budget)}

@@ -247,6 +247,34 @@ def test_a_request_that_went_away_starts_no_block(scene):
         view.close()
 
 
+def test_queued_blocks_are_dropped_when_their_requests_go_away(scene):
+    """Fast panning: tiles scrolled away before their blocks started cost no model call."""
+    counter = Counting(classify, delay=1.0)
+    model = class_model(counter)
+    with serve(model.predict_image(scene), block_size=64) as server:  # one tile per block
+        runner = server.view.main.runner
+        z = server.view.main.zooms.maxzoom
+        with rasterio.open(scene) as ds:
+            from rasterio.warp import transform as warp
+
+            cells = [(32 + 64 * i, 32 + 64 * j) for i in range(3) for j in range(3)]
+            lons, lats = warp(ds.crs, "EPSG:4326", *zip(*(ds.xy(r, c) for r, c in cells), strict=True))
+        urls = [server.url + f"tiles/{t.z}/{t.x}/{t.y}.png" for t in (TMS.tile(lo, la, z) for lo, la in
+                                                                         zip(lons, lats, strict=True))]
+
+        def scrolled_away(url: str) -> None:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.get(url, timeout=httpx.Timeout(60, read=0.4))
+
+        with ThreadPoolExecutor(len(urls)) as pool:
+            list(pool.map(scrolled_away, urls))
+        time.sleep(3)  # the two blocks that had started finish; nothing else may start
+        assert runner.stats.dropped >= len(urls) - 2 - 1
+        assert runner.stats.computed <= 3 and counter.calls == runner.stats.computed
+        again = get_png(urls[-1])  # asked for again, a dropped block is computed then
+        assert again[..., 3].any() and runner.stats.computed <= 4
+
+
 def test_point_values_and_input_layer(scene):
     counter = Counting(classify)
     with serve(class_model(counter).predict_image(scene)) as server:

@@ -57,6 +57,8 @@ class ViewStats:
     disk_hits: int = 0
     shared: int = 0
     """Requests that joined a block already being computed."""
+    dropped: int = 0
+    """Queued blocks dropped before they started because every request for them went away."""
 
 
 class BlockStore:
@@ -159,6 +161,7 @@ class BlockRunner:
         self.stats = ViewStats()
         self.store = BlockStore(self._directory(cache_dir), memory_bytes)
         self._futures: dict[int, Future[np.ndarray]] = {}
+        self._waiters: dict[int, int] = {}
         self._lock = threading.Lock()
         streams = streams_of(self.job.runtime)
         self._blocks = ThreadPoolExecutor(workers, thread_name_prefix="tilecast-view-block")
@@ -217,8 +220,11 @@ class BlockRunner:
                 return True
         return self.store.memory(index) is not None or self.store.on_disk(index)
 
-    def submit(self, index: int) -> Future[np.ndarray]:
-        """A future of the block's pixels: done at once when cached; shared while it is being computed."""
+    def submit(self, index: int, waiting: bool = False) -> Future[np.ndarray]:
+        """A future of the block's pixels: done at once when cached; shared while it is being computed.
+
+        ``waiting``: count the caller as waiting for the block until it calls :meth:`release`, so that a block
+        still queued when its last waiter gives up is dropped instead of computed for no one."""
         data = self.cached(index)
         if data is not None:
             done: Future[np.ndarray] = Future()
@@ -228,10 +234,26 @@ class BlockRunner:
             future = self._futures.get(index)
             if future is not None:
                 self.stats.shared += 1
-                return future
-            future = self._blocks.submit(self._compute, index)
-            self._futures[index] = future
+            else:
+                future = self._blocks.submit(self._compute, index)
+                self._futures[index] = future
+            if waiting:
+                self._waiters[index] = self._waiters.get(index, 0) + 1
         return future
+
+    def release(self, index: int, abandon: bool = False) -> None:
+        """The end of a :meth:`submit` with ``waiting``; ``abandon``: the caller no longer wants the block, so it
+        is dropped if it has not started and no one else waits for it."""
+        with self._lock:
+            left = self._waiters.get(index, 0) - 1
+            if left > 0:
+                self._waiters[index] = left
+                return
+            self._waiters.pop(index, None)
+            future = self._futures.get(index)
+            if abandon and future is not None and future.cancel():
+                del self._futures[index]
+                self.stats.dropped += 1
 
     def block(self, index: int) -> np.ndarray:
         """The block's pixels ``(bands, rows, cols)`` in the output dtype, computing them if needed."""

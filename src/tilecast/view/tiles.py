@@ -8,6 +8,7 @@ existing raster (the input in true colour, or a finished prediction) with rio-ti
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -41,6 +42,8 @@ OVERVIEW_PIXELS = 512
 # A raster without overviews is slower to show zoomed out, but shows; the mosaics warped here never need them.
 warnings.filterwarnings("ignore", category=NoOverviewWarning)
 
+POLL_S = 0.25
+"""How often a request waiting for blocks checks that its browser still wants the tile."""
 PNG_CACHE_TILES = 4096
 """Rendered tiles kept (a few KB each), so a tile asked for again is not warped again."""
 
@@ -129,12 +132,32 @@ class PredictionLayer(Layer):
         new = [i for i in indexes if not self.runner.is_ready(i)]
         if new and still_wanted is not None and not await still_wanted():
             return None  # the tile scrolled away before any work started for it
-        futures = [self.runner.submit(i) for i in indexes]
-        blocks = {}
-        for i, f in zip(indexes, futures, strict=True):
-            blocks[i] = f.result() if f.done() else await _wrap(f)
+        blocks = await self._blocks(indexes, still_wanted)
+        if blocks is None:
+            return None
         png = await to_thread.run_sync(self._render, z, x, y, window, blocks, _step(window))
         return self._keep((z, x, y), png)
+
+    async def _blocks(self, indexes: list[int], still_wanted: StillWanted | None) -> dict[int, np.ndarray] | None:
+        """The blocks, computed where needed; None if the request went away meanwhile (then the blocks only it
+        waited for are dropped from the queue, unless they already started)."""
+        futures = {i: self.runner.submit(i, waiting=True) for i in indexes}
+        gone = False
+        try:
+            pending = {asyncio.wrap_future(f): i for i, f in futures.items() if not f.done()}
+            while pending:
+                done, _ = await asyncio.wait(pending, timeout=POLL_S, return_when=asyncio.ALL_COMPLETED)
+                for d in done:
+                    pending.pop(d)
+                if pending and still_wanted is not None and not await still_wanted():
+                    gone = True
+                    for w in pending:  # not cancelled: that would cancel the block for other requests too
+                        w.add_done_callback(_consume)
+                    return None
+            return {i: f.result() for i, f in futures.items()}
+        finally:
+            for i in indexes:
+                self.runner.release(i, abandon=gone)
 
     def _overview(self, z: int, x: int, y: int, window: Window, indexes: list[int]) -> bytes | None:
         """A tile made only from blocks already computed, decimated; the "zoom in" tile where there are none."""
@@ -203,10 +226,10 @@ class PredictionLayer(Layer):
         self.runner.close()
 
 
-async def _wrap(future: Any) -> np.ndarray:
-    import asyncio
-
-    return await asyncio.wrap_future(future)
+def _consume(future: asyncio.Future) -> None:
+    """Retrieve an abandoned wait's outcome, so asyncio does not report an error no one was there to see."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _step(window: Window) -> int:

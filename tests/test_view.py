@@ -241,7 +241,11 @@ def test_a_request_that_went_away_starts_no_block(scene):
         async def gone() -> bool:
             return False
 
-        assert asyncio.run(layer.tile(t.z, t.x, t.y, gone)) is None
+        loop = asyncio.new_event_loop()  # not asyncio.run: it would leave this thread without a current loop
+        try:
+            assert loop.run_until_complete(layer.tile(t.z, t.x, t.y, gone)) is None
+        finally:
+            loop.close()
         assert counter.calls == 0 and layer.runner.stats.computed == 0
     finally:
         view.close()

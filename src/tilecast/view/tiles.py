@@ -149,6 +149,7 @@ class PredictionLayer(Layer):
                 done, _ = await asyncio.wait(pending, timeout=POLL_S, return_when=asyncio.ALL_COMPLETED)
                 for d in done:
                     pending.pop(d)
+                    _consume(d)  # an error is raised below, from the block's own future
                 if pending and still_wanted is not None and not await still_wanted():
                     gone = True
                     for w in pending:  # not cancelled: that would cancel the block for other requests too

@@ -9,8 +9,11 @@ existing raster (the input in true colour, or a finished prediction) with rio-ti
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import math
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -68,7 +71,21 @@ class Layer:
         raise NotImplementedError
 
     def tilejson(self, url: str) -> dict[str, Any]:
-        return tilejson(self.name, url, self.grid, self.zooms)
+        return tilejson(self.name, self.versioned(url), self.grid, self.zooms)
+
+    def identity(self) -> list[Any]:
+        """What the tiles depend on (besides the style)."""
+        return [self.name]
+
+    @functools.cached_property
+    def version(self) -> str:
+        """Part of the tile URLs, so that a browser's cached tiles of another model, input or style (a restarted
+        ``view`` on the same port) are never shown. Fixed when first asked, before a range settles from data."""
+        parts = [self.identity(), self.style.legend(), self.style.band]
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+
+    def versioned(self, url: str) -> str:
+        return f"{url}?v={self.version}"
 
     def close(self) -> None:
         """Release what the layer holds."""
@@ -116,8 +133,11 @@ class PredictionLayer(Layer):
         return png
 
     def tilejson(self, url: str) -> dict[str, Any]:
-        return tilejson(self.name, url, self.grid, self.zooms, block_budget=self.budget,
+        return tilejson(self.name, self.versioned(url), self.grid, self.zooms, block_budget=self.budget,
                         blocks=len(self.runner), block_shape=list(self.runner.block_shape))
+
+    def identity(self) -> list[Any]:
+        return [self.runner.key]
 
     async def tile(self, z: int, x: int, y: int, still_wanted: StillWanted | None = None) -> bytes | None:
         hit, png = self.cached_tile(z, x, y)
@@ -304,12 +324,17 @@ class RasterLayer(Layer):
         self.indexes = tuple(indexes)
         self.name = name
         self._local = threading.local()
+        stat = os.stat(path) if os.path.exists(path) else None
+        self._identity = [path, stat.st_size if stat else None, stat.st_mtime_ns if stat else None, self.indexes]
         with rasterio.open(path) as ds:
             self.grid = Grid(ds.crs, ds.transform, (ds.height, ds.width))
             self.band_names = [ds.descriptions[i - 1] or f"b{i}" for i in self.indexes]
         check_georeferenced(self.grid, path)
         native = native_zoom(self.grid)
         self.zooms = Zooms(max(0, native - 8), native, native + 4)
+
+    def identity(self) -> list[Any]:
+        return self._identity
 
     def _reader(self) -> Reader:
         reader = getattr(self._local, "reader", None)

@@ -71,7 +71,8 @@ def _map(mapview: MapView, server: ViewServer) -> ExploreMap:
         tiles.append(ipyleaflet.TileLayer(url=mapview.basemap, name="basemap", max_zoom=24))
     for key, layer in reversed(list(mapview.layers.items())):
         prefix = "" if layer is mapview.main else f"{key}/"
-        tiles.append(ipyleaflet.TileLayer(url=f"{base}{prefix}tiles/{{z}}/{{x}}/{{y}}.png", name=layer.name,
+        url = layer.tilejson(f"{base}{prefix}tiles/{{z}}/{{x}}/{{y}}.png")["tiles"][0]
+        tiles.append(ipyleaflet.TileLayer(url=url, name=layer.name,
                                           max_native_zoom=layer.zooms.maxzoom, max_zoom=24,
                                           opacity=0.8 if layer is mapview.main else 1.0))
     m = ExploreMap(center=((s + n) / 2, (w + e) / 2), zoom=mapview.main.zooms.native - 2, scroll_wheel_zoom=True,

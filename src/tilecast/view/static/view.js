@@ -74,6 +74,7 @@ async function main() {
   });
   opacity.addEventListener("input", () => overlays.forEach((t) => t.setOpacity(opacity.value / 100)));
   drawLegend(config.layers);
+  (config.notes || []).forEach((note) => document.getElementById("panel").appendChild(el("div", {class: "note"}, note)));
   const guarded = config.layers.filter((l) => l.guarded);
   const guard = document.getElementById("guard");
   const checkZoom = () => {

@@ -81,6 +81,14 @@ class MapView:
             layer.close()
 
 
+def _has_colormap(ds: rasterio.io.DatasetReader, band: int) -> bool:
+    try:
+        ds.colormap(band)
+    except ValueError:
+        return False
+    return True
+
+
 def true_color_bands(path: str, rgb: Sequence[int | str] | None = None) -> list[int]:
     """1-based indexes of the bands shown as red, green, blue (or one grey band)."""
     with rasterio.open(path) as ds:
@@ -112,9 +120,9 @@ def true_color_bands(path: str, rgb: Sequence[int | str] | None = None) -> list[
     return [1, 2, 3] if count >= 3 else [1]
 
 
-def _input_layer(path: str, rgb: Sequence[int | str] | None) -> RasterLayer:
+def _input_layer(path: str, rgb: Sequence[int | str] | None, name: str = "input") -> RasterLayer:
     bands = true_color_bands(path, rgb)
-    layer = RasterLayer(path, RangeStyle(colormap=None if len(bands) == 3 else "greys_r"), bands, "input")
+    layer = RasterLayer(path, RangeStyle(colormap=None if len(bands) == 3 else "greys_r"), bands, name)
     layer.settle()
     return layer
 
@@ -154,8 +162,12 @@ def from_raster(path: str | os.PathLike, options: ViewOptions | None = None) -> 
         band = int(o.band) if str(o.band).isdigit() else (names.index(str(o.band)) + 1 if o.band in names else 0)
         if not 1 <= band <= len(names):
             raise BandMismatchError(f"band {o.band!r} is not one of {names}; give a name or a 1-based index")
-    if o.rgb:
-        layer = _input_layer(path, o.rgb)
+    with rasterio.open(path) as ds:
+        has_table = _has_colormap(ds, band)
+        count = ds.count
+    plain = o.band is None and not (o.colormap or o.classes or has_table)
+    if o.rgb or (plain and count >= 3):  # a multi-band image without a colour table: true colour
+        layer = _input_layer(path, o.rgb, os.path.basename(path))
     else:
         layer = RasterLayer(path, raster_style(path, band, o.colormap, o.rescale, o.classes), [band],
                             os.path.basename(path))

@@ -16,7 +16,7 @@ from rasterio.enums import ColorInterp
 
 from ..errors import BandMismatchError
 from ..sources.base import Grid
-from ..sources.rasterio_source import RasterioSource, open_dataset
+from ..sources.rasterio_source import RasterioSource, open_dataset, reopenable
 from .blocks import BlockRunner
 from .style import RangeStyle
 from .tiles import DEFAULT_BUDGET, Layer, PredictionLayer, RasterLayer, prediction_style, raster_style
@@ -141,7 +141,7 @@ def from_prediction(prediction: Prediction, options: ViewOptions | None = None, 
         raise
     source = prediction.source
     notes = []
-    if isinstance(source, RasterioSource) and os.path.exists(source.path):
+    if isinstance(source, RasterioSource) and reopenable(source.path):
         layers["input"] = _input_layer(source.path, o.rgb)
     else:
         notes.append("the input is not a single raster file, so it is not shown")

@@ -30,7 +30,7 @@ from tilecast.view.app import ViewServer  # noqa: E402
 from tilecast.view.errors import PortInUseError, UnknownColormapError  # noqa: E402
 from tilecast.view.session import ViewOptions, from_prediction, from_raster  # noqa: E402
 from tilecast.view.style import RangeStyle, zoom_in_png  # noqa: E402
-from tilecast.view.zooms import TMS  # noqa: E402
+from tilecast.view.zooms import TMS, tile_window  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::rio_tiler.errors.NoOverviewWarning")
 
@@ -197,8 +197,6 @@ def test_concurrent_requests_for_one_block_make_one_model_call(scene):
         tiles = [TMS.tile(lon, lat, z) for lon, lat in zip(lons, lats, strict=True)]
         assert tiles[0] != tiles[1]
         for t in tiles:
-            from tilecast.view.zooms import tile_window
-
             assert runner.blocks_for(tile_window(runner.profile.grid, t.z, t.x, t.y)) == [0]
         urls = [server.url + f"tiles/{t.z}/{t.x}/{t.y}.png" for t in tiles]
         with ThreadPoolExecutor(2) as pool:
@@ -228,6 +226,11 @@ def test_below_minzoom_no_model_call(scene):
         assert counter.calls == calls  # zoomed out again: served from what exists, still no model call
         drawn = np.concatenate([s[..., 3].ravel() for s in shown])
         assert (drawn == 255).any() and (drawn == 0).any()  # computed blocks shown, the rest left transparent
+        far = scene_tiles(scene, layer.zooms.native - 4)  # the scene in a few dozen pixels
+        covered = max(len(layer.runner.blocks_for(tile_window(layer.grid, t.z, t.x, t.y))) for t in far)
+        assert covered > 64  # more blocks than are looked at one by one: only the computed ones are read
+        assert any(get_png(server.url + f"tiles/{t.z}/{t.x}/{t.y}.png")[..., 3].any() for t in far)
+        assert counter.calls == calls
         cfg = httpx.get(server.url + "config.json").json()
         assert cfg["layers"][0]["guarded"] and cfg["layers"][0]["minzoom"] == tj["minzoom"]
 

@@ -99,6 +99,14 @@ class BlockStore:
         self._remember(index, data)
         return data
 
+    def known(self) -> set[int]:
+        """Indexes of every finished block, in memory or on disk."""
+        with self._lock:
+            found = set(self._memory)
+        if self.directory is not None:
+            found.update(int(p.stem) for p in self.directory.glob("*.npy") if p.stem.isdigit())
+        return found
+
     def peek(self, index: int) -> np.ndarray | None:
         """The block from memory, or mapped from disk without filling the memory cache (for decimated reads)."""
         data = self.memory(index)

@@ -182,6 +182,8 @@ class PredictionLayer(Layer):
 
     def _overview(self, z: int, x: int, y: int, window: Window, indexes: list[int]) -> bytes | None:
         """A tile made only from blocks already computed, decimated; the "zoom in" tile where there are none."""
+        if len(indexes) > 64:  # far out: look only at the blocks that exist, not at every one the tile covers
+            indexes = sorted(set(indexes) & self.runner.store.known())
         blocks = {}
         for i in indexes:
             data = self.runner.store.peek(i)

@@ -102,7 +102,8 @@ def _pixel(grid: Grid, lon: float, lat: float) -> tuple[int, int] | None:
 
 
 class PredictionLayer(Layer):
-    """Tiles of a prediction, computed on its own grid in blocks, at most ``budget`` blocks per request."""
+    """Tiles of a prediction, computed on its own grid in blocks. ``budget`` (blocks one tile may need) sets
+    ``minzoom``; below it no tile starts a block."""
 
     def __init__(self, runner: BlockRunner, style: Style, budget: int = DEFAULT_BUDGET, name: str = "prediction"):
         self.runner = runner

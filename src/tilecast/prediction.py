@@ -211,6 +211,13 @@ class Prediction:
     def to_numpy(self, progress: bool | ProgressCallback | None = None) -> np.ndarray:
         return self.to_xarray(progress).values
 
+    def explore(self, **options: Any) -> Any:
+        """An interactive map of this prediction (Jupyter), computed block by block as you pan; see
+        :func:`tilecast.view.explore`."""
+        from .view import explore
+
+        return explore(self, **options)
+
     def __repr__(self) -> str:
         h, w = self.plan.output_shape
         return f"<Prediction {len(self.plan)} tiles -> {w} x {h} px, source={self.source!r}>"

@@ -1,0 +1,295 @@
+"""Drive a prediction to vectors: detectors and instance segmenters to objects, class maps to polygons.
+
+A detector reuses the prediction's :class:`~tilecast.job.Job` steps (read a tile with its halo, group tiles into
+batches, pack them into the model's tensors) and replaces only what comes after the model: an output decoder, the
+seam-aware merger and a vector sink. A class map goes through the ordinary raster runner into a
+:class:`~tilecast.vectors.features.PolygonSink`. The Dask engine runs read, model and decoding as tasks per block of
+tile rows and feeds the client's merger in plan order, so both engines give identical features.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..job import Job
+from ..plan import Tile
+from ..progress import Progress, ProgressCallback
+from ..runners.ordered import in_order
+from ..runtimes.base import streams_of
+from ..sinks.base import OutputProfile
+from ..tensors import OutputBinding
+from .decode import Detections, decode_batch, obb_corners
+from .errors import VectorFormatError
+from .features import FeatureOutput, Features, FeatureTarget, PolygonSink, object_fields, polygon_fields
+from .merge import Kind, Objects, SeamMerger, TileGrid
+from .metadata import DetectorSpec, detector_spec
+from .write import VectorWriter
+
+if TYPE_CHECKING:
+    from ..prediction import Prediction
+
+__all__ = [
+    "detect_tiles",
+    "detector_job",
+    "detector_of",
+    "predict_vectors",
+    "tile_objects",
+    "to_geodataframe",
+]
+
+
+def detector_of(prediction: Prediction, **overrides: Any) -> DetectorSpec | None:
+    """The prediction's detector spec (ONNX metadata, card, then ``overrides``), or None for a raster model."""
+    from ..loading import CardModel
+    from ..runtimes.onnx import OnnxRuntime
+    from ..runtimes.scaled import ScaledRuntime
+
+    model = prediction.model
+    runtime = model.runtime
+    if isinstance(runtime, ScaledRuntime):
+        runtime = runtime.runtime
+    metadata = runtime.metadata if isinstance(runtime, OnnxRuntime) else {}
+    props = model.card.properties if isinstance(model, CardModel) else {}
+    return detector_spec(metadata, props, **overrides)
+
+
+def detector_job(prediction: Prediction) -> Job:
+    """The prediction's per-tile steps without its raster output binding (a detector's outputs are no image)."""
+    outputs = OutputBinding((), (), False, (), ())
+    profile = OutputProfile(prediction.grid, (), np.dtype("float32"), None)
+    model = prediction.model
+    return Job(prediction.plan, prediction.source, model.runtime, model.spec, prediction.inputs, outputs, profile,
+               ())
+
+
+def kind_of(spec: DetectorSpec, output_names: list[str]) -> Kind:
+    if spec.det_type == "yolo_obb":
+        return "rotated"
+    if spec.det_type == "yolo_seg" or (spec.det_type == "torchvision" and any("mask" in n.lower()
+                                                                               for n in output_names)):
+        return "polygon"
+    return "box"
+
+
+def infer_batch(job: Job, spec: DetectorSpec, group: list[Any]) -> list[Detections]:
+    """Pack, run and decode one batch of read tiles (the skipped ones excepted)."""
+    work = [t for t in group if not t.skip]
+    if not work:
+        return []
+    outputs = job.runtime.run(job.pack(work))
+    n = len(work)
+    if job.inputs.fixed_batch and n < job.inputs.batch_size:  # drop the zero tiles that filled the batch
+        outputs = {k: np.asarray(v)[:n] for k, v in outputs.items()}
+    g = job.plan.geometry
+    return decode_batch(outputs, spec, n, (g.padded.y, g.padded.x))
+
+
+def detect_tiles(job: Job, spec: DetectorSpec, tiles: list[Tile] | None = None,
+                 read_threads: int | None = None) -> Iterator[tuple[Tile, Detections | None]]:
+    """Each tile of ``tiles`` (default: the plan) with its decoded objects, in order; reads and model calls run
+    ahead on threads, as in the local raster runner."""
+    from .._cpus import read_threads as default_read_threads
+
+    tiles = list(job.plan.tiles()) if tiles is None else tiles
+    threads = read_threads or default_read_threads()
+    streams = streams_of(job.runtime)
+    in_flight = max(2 * job.inputs.batch_size, threads * 2)
+    with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
+            ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model") as models:
+        reads = (item for _, item in in_order(pool, tiles, job.read, in_flight))
+        groups = job.batches(reads, len(tiles))
+        for group, decoded in in_order(models, groups, lambda g: infer_batch(job, spec, g), streams):
+            it = iter(decoded)
+            for item in group:
+                yield item.tile, (None if item.skip else next(it))
+
+
+def _mask_polygon(mask: np.ndarray, row: int, col: int) -> Any:
+    import shapely
+    from affine import Affine
+    from rasterio.features import shapes
+
+    if mask.size == 0 or not mask.any():
+        return shapely.Polygon()
+    parts = [shapely.geometry.shape(g) for g, _ in
+             shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=Affine.translation(col, row))]
+    return parts[0] if len(parts) == 1 else shapely.union_all(parts)
+
+
+def tile_objects(tile: Tile, dets: Detections, grid: TileGrid, kind: Kind, tol: float = 1.0) -> Objects:
+    """A tile's objects in grid pixels: boxes, oriented boxes or mask polygons, flagged where the tile's edge
+    (towards a neighbour) cut them; objects centred outside the region are dropped (they belong to no tile)."""
+    import shapely
+
+    n = len(dets)
+    if n == 0:
+        return Objects.empty()
+    x0, y0 = grid.origin(tile.row, tile.col)
+    b = dets.boxes + np.array([x0, y0, x0, y0], dtype=np.float64)
+    if kind == "rotated" and dets.rboxes is not None and dets.angles is not None:
+        geoms = shapely.polygons(obb_corners(dets.rboxes, dets.angles) + np.array([x0, y0]))
+    elif kind == "polygon" and dets.masks is not None:
+        geoms = np.asarray([_mask_polygon(m, r + y0, c + x0) for m, r, c in dets.masks], dtype=object)
+    else:
+        geoms = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
+    v = grid.views(np.array([tile.row]), np.array([tile.col]))[0]
+    last_r, last_c = grid.rows - 1, grid.cols - 1
+    truncated = ((tile.col > 0) & (b[:, 0] <= v[0] + tol)) | ((tile.col < last_c) & (b[:, 2] >= v[2] - tol)) | \
+        ((tile.row > 0) & (b[:, 1] <= v[1] + tol)) | ((tile.row < last_r) & (b[:, 3] >= v[3] - tol))
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    rx0, ry0 = grid.x0, grid.y0
+    rx1, ry1 = rx0 + grid.region_width, ry0 + grid.region_height
+    keep = (cx >= rx0) & (cx < rx1) & (cy >= ry0) & (cy < ry1) & ~shapely.is_empty(geoms)
+    idx = np.flatnonzero(keep)
+    return Objects(geoms[idx], dets.scores[idx], dets.classes[idx], np.full(idx.size, tile.row, np.int32),
+                   np.full(idx.size, tile.col, np.int32), truncated[idx])
+
+
+def _detect_to(prediction: Prediction, spec: DetectorSpec, out: FeatureOutput, kind: Kind,
+               progress: ProgressCallback | None, engine: str, dask_options: Mapping[str, Any]) -> SeamMerger:
+    job = detector_job(prediction)
+    plan = job.plan
+    merger = SeamMerger(plan, spec, kind)
+    grid = TileGrid(plan)
+    total = len(plan)
+    tile_px = plan.geometry.tile.x * plan.geometry.tile.y
+    if engine == "dask":
+        from .dask import dask_tile_objects
+
+        stream: Iterator[tuple[Tile, Objects]] = dask_tile_objects(job, spec, kind, **dask_options)
+    else:
+        stream = ((t, Objects.empty() if d is None else tile_objects(t, d, grid, kind))
+                  for t, d in detect_tiles(job, spec))
+    for done, (tile, objects) in enumerate(stream, 1):
+        out.objects(merger.add_tile(tile.row, tile.col, objects))
+        if progress is not None:
+            progress(done, total, done * tile_px)
+    out.objects(merger.finish())
+    return merger
+
+
+def _vector_crs(prediction: Prediction, vector_crs: Any) -> tuple[Any, Any]:
+    """(the grid's CRS, the output's CRS) as pyproj CRSs."""
+    from pyproj import CRS
+
+    crs = prediction.grid.crs
+    src = CRS.from_user_input(crs.to_wkt()) if crs is not None else None
+    if vector_crs is None:
+        return src, src
+    from ..sources import parse_crs
+
+    return src, CRS.from_user_input(parse_crs(vector_crs).to_wkt())
+
+
+def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detector: DetectorSpec | None,
+         simplify: float | None, min_area: float | None, progress: bool | ProgressCallback | None,
+         engine: str | None, block_rows: int, dask_options: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Run the prediction into the target ``target_factory(crs, fields, geometry_type)`` builds."""
+    callback: ProgressCallback | None = Progress("vectors") if progress is True else (progress or None)
+    engine = engine or prediction.engine
+    src_crs, out_crs = _vector_crs(prediction, vector_crs)
+    spec = detector
+    if spec is not None:
+        kind = kind_of(spec, prediction.model.signature.output_names)
+        fields = object_fields(kind != "box")
+        target = target_factory(out_crs, fields, "Polygon" if kind != "polygon" else "Unknown")
+        out = FeatureOutput(target, prediction.source.grid.transform, src_crs, spec.class_names,
+                            vector_crs=out_crs, with_area=kind != "box", simplify=simplify, min_area=min_area)
+        _detect_to(prediction, spec, out, kind, callback, engine, dask_options)
+        return target, fields
+    profile = prediction.profile
+    if not profile.categorical:
+        raise VectorFormatError(
+            f"the model's output ({', '.join(profile.band_names)}: {profile.dtype}) is neither objects nor a class "
+            "map: vector outputs need a detector (det_type in its metadata or card, or det_type=) or an integer "
+            "output band to polygonize; write a raster (.tif) instead"
+        )
+    fields = polygon_fields()
+    target = target_factory(out_crs, fields, "Polygon")
+    out = FeatureOutput(target, profile.grid.transform, src_crs, {}, vector_crs=out_crs, simplify=simplify,
+                        min_area=min_area)
+    sink = PolygonSink(out, band=len(profile.band_names) - 1 if prediction.append_input else 0,
+                       block_rows=block_rows)
+    prediction.run(sink, callback, engine, **dask_options)
+    return target, fields
+
+
+def _detector(prediction: Prediction, detector: DetectorSpec | str | None, confidence: float | None,
+              iou: float | None, class_names: Any) -> DetectorSpec | None:
+    if isinstance(detector, DetectorSpec):
+        return detector.with_overrides(confidence=confidence, iou=iou,
+                                       class_names=None if class_names is None else detector_spec(
+                                           det_type=detector.det_type, class_names=class_names).class_names)
+    return detector_of(prediction, det_type=detector, confidence=confidence, iou=iou, class_names=class_names)
+
+
+def predict_vectors(
+    prediction: Prediction,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    vector_crs: Any = None,
+    detector: DetectorSpec | str | None = None,
+    confidence: float | None = None,
+    iou: float | None = None,
+    class_names: Any = None,
+    simplify: float | None = None,
+    min_area: float | None = None,
+    progress: bool | ProgressCallback | None = None,
+    engine: str | None = None,
+    **dask_options: Any,
+) -> Path:
+    """Stream the prediction's objects (a detector) or regions (a class map) into a vector file at ``path``.
+
+    The format follows the extension (``.parquet`` GeoParquet, ``.gpkg``, ``.fgb``, ``.geojson``, ``.shp``); the
+    CRS is the raster's, or ``vector_crs``. ``detector`` (a :class:`DetectorSpec` or a ``det_type``) makes any model
+    a detector; ``confidence``, ``iou`` and ``class_names`` override its metadata and card. ``simplify`` (map
+    units) and ``min_area`` (square map units) apply to polygons. ``engine="dask"`` runs tiles as Dask tasks.
+    """
+    spec = _detector(prediction, detector, confidence, iou, class_names)
+    state: dict[str, VectorWriter] = {}
+
+    def factory(crs: Any, fields: Mapping[str, Any], geometry_type: str) -> VectorWriter:
+        state["w"] = VectorWriter(path, crs, fields, overwrite=overwrite, geometry_type=geometry_type)
+        return state["w"]
+
+    try:
+        _run(prediction, factory, vector_crs=vector_crs, detector=spec, simplify=simplify, min_area=min_area,
+             progress=progress, engine=engine, block_rows=256, dask_options=dask_options)
+    except BaseException:
+        if "w" in state:
+            state["w"].abort()
+        raise
+    return state["w"].close()
+
+
+def to_geodataframe(
+    prediction: Prediction,
+    *,
+    vector_crs: Any = None,
+    detector: DetectorSpec | str | None = None,
+    confidence: float | None = None,
+    iou: float | None = None,
+    class_names: Any = None,
+    simplify: float | None = None,
+    min_area: float | None = None,
+    progress: bool | ProgressCallback | None = None,
+    engine: str | None = None,
+    **dask_options: Any,
+) -> Any:
+    """The prediction's objects or regions as a GeoDataFrame in memory (small areas; see :func:`predict_vectors`)."""
+    spec = _detector(prediction, detector, confidence, iou, class_names)
+
+    def factory(crs: Any, fields: Mapping[str, Any], geometry_type: str) -> FeatureTarget:
+        return Features(crs)
+
+    target, fields = _run(prediction, factory, vector_crs=vector_crs, detector=spec, simplify=simplify,
+                          min_area=min_area, progress=progress, engine=engine, block_rows=256,
+                          dask_options=dask_options)
+    return target.to_geodataframe(fields)

@@ -243,6 +243,7 @@ def predict_vectors(
     min_area: float | None = None,
     progress: bool | ProgressCallback | None = None,
     engine: str | None = None,
+    strip_rows: int = 256,
     **dask_options: Any,
 ) -> Path:
     """Stream the prediction's objects (a detector) or regions (a class map) into a vector file at ``path``.
@@ -251,6 +252,7 @@ def predict_vectors(
     CRS is the raster's, or ``vector_crs``. ``detector`` (a :class:`DetectorSpec` or a ``det_type``) makes any model
     a detector; ``confidence``, ``iou`` and ``class_names`` override its metadata and card. ``simplify`` (map
     units) and ``min_area`` (square map units) apply to polygons. ``engine="dask"`` runs tiles as Dask tasks.
+    ``strip_rows``: a class map is polygonized in strips of at least this many rows (memory against seams).
     """
     spec = _detector(prediction, detector, confidence, iou, class_names)
     state: dict[str, VectorWriter] = {}
@@ -261,7 +263,7 @@ def predict_vectors(
 
     try:
         _run(prediction, factory, vector_crs=vector_crs, detector=spec, simplify=simplify, min_area=min_area,
-             progress=progress, engine=engine, block_rows=256, dask_options=dask_options)
+             progress=progress, engine=engine, block_rows=strip_rows, dask_options=dask_options)
     except BaseException:
         if "w" in state:
             state["w"].abort()
@@ -281,6 +283,7 @@ def to_geodataframe(
     min_area: float | None = None,
     progress: bool | ProgressCallback | None = None,
     engine: str | None = None,
+    strip_rows: int = 256,
     **dask_options: Any,
 ) -> Any:
     """The prediction's objects or regions as a GeoDataFrame in memory (small areas; see :func:`predict_vectors`)."""
@@ -290,6 +293,6 @@ def to_geodataframe(
         return Features(crs)
 
     target, fields = _run(prediction, factory, vector_crs=vector_crs, detector=spec, simplify=simplify,
-                          min_area=min_area, progress=progress, engine=engine, block_rows=256,
+                          min_area=min_area, progress=progress, engine=engine, block_rows=strip_rows,
                           dask_options=dask_options)
     return target.to_geodataframe(fields)

@@ -91,3 +91,32 @@ def scattered_corners(h: int, w: int, side: int, seams: int, n: int, seed: int =
         taken[r: r + side, c: c + side] = True
         out.append((r, c))
     return out
+
+
+def torchvision_detector(path, side: int, view: int) -> str:
+    """The square detector with torchvision's outputs for one image: ``boxes`` (K, 4) x1, y1, x2, y2, ``labels``
+    (K,) int64 (class 1; torchvision keeps 0 for the background) and ``scores`` (K,)."""
+    a = view * view
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, view, view])
+    outs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("labels", TensorProto.INT64, None),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)]
+    yy, xx = np.mgrid[0:view, 0:view].astype(np.float32)
+    corners = np.stack([xx, yy, xx + side, yy + side], axis=-1).reshape(a, 4)
+    inits = [numpy_helper.from_array(_corner_kernel(side), "k"), numpy_helper.from_array(corners, "corners"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "half"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat")]
+    nodes = [
+        helper.make_node("Conv", ["image", "k"], ["s"], kernel_shape=[side + 2, side + 2], pads=[1, 1, side, side]),
+        helper.make_node("Sub", ["s", "one"], ["s1"]),
+        helper.make_node("Relu", ["s1"], ["score4"]),
+        helper.make_node("Reshape", ["score4", "flat"], ["score"]),
+        helper.make_node("Greater", ["score", "half"], ["hit"]),
+        helper.make_node("NonZero", ["hit"], ["nz"]),
+        helper.make_node("Reshape", ["nz", "flat"], ["idx"]),
+        helper.make_node("Gather", ["corners", "idx"], ["boxes"], axis=0),
+        helper.make_node("Gather", ["score", "idx"], ["scores"], axis=0),
+        helper.make_node("Cast", ["scores"], ["labels"], to=TensorProto.INT64),
+    ]
+    return _save(helper.make_graph(nodes, "torchvision_squares", [x], outs, inits), path)

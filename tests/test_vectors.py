@@ -78,7 +78,7 @@ def test_the_merger_is_what_removes_the_duplicates(tmp_path, scene):
 
 
 def test_tile_attributes_name_the_tile_that_saw_the_object(tmp_path, scene):
-    path, corners = scene
+    path, _ = scene
     gdf = to_geodataframe(square_model(tmp_path).predict_image(path), detector="yolo_v8")
     b = gdf.geometry.bounds.values
     col = ((b[:, 0] - X0) / RES).astype(int)

@@ -64,7 +64,7 @@ class StripPolygonizer:
         geoms, values = [], []
         for geom, value in shapes(data, mask=mask, connectivity=4, transform=Affine.translation(0, row_off)):
             rings = geom["coordinates"]
-            geoms.append(shapely.polygons(rings[0], holes=rings[1:] or None))
+            geoms.append(shapely.Polygon(rings[0], rings[1:]))
             values.append(value)
         return ClassPolygons(np.asarray(geoms, dtype=object), np.asarray(values))
 

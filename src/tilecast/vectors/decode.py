@@ -120,7 +120,7 @@ def _yolo_rows(outputs: Mapping[str, np.ndarray], n: int, spec: DetectorSpec, ch
     """``(N, anchors, channels)`` from a YOLO head, whichever way round the model wrote it."""
     arr = _one(outputs, spec.det_type, shape)
     _check_batch(arr, n, spec.det_type)
-    if channels_first and arr.shape[1] > arr.shape[2]:  # already (N, anchors, channels)
+    if channels_first and arr.shape[1] > arr.shape[2] >= 5 + extra:  # written as (N, anchors, channels)
         channels_first = False
     if channels_first:
         arr = arr.transpose(0, 2, 1)
@@ -220,7 +220,7 @@ def _decode_seg(outputs: Mapping[str, np.ndarray], spec: DetectorSpec, n: int,
         raise DetectorOutputError(f"det_type 'yolo_seg' expects {shape}, got {[tuple(a.shape) for a in arrays]}")
     _check_batch(dets, n, "yolo_seg")
     m = protos.shape[1]
-    rows = dets.transpose(0, 2, 1) if dets.shape[1] < dets.shape[2] else dets
+    rows = dets if dets.shape[1] > dets.shape[2] >= 5 + m else dets.transpose(0, 2, 1)
     if rows.shape[2] < 5 + m:
         raise DetectorOutputError(f"det_type 'yolo_seg' expects {shape} with 4+C+{m} values, got {tuple(dets.shape)}")
     out = []

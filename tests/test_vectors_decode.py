@@ -102,7 +102,7 @@ def test_deepness_and_geodeep_metadata():
 
 
 def test_unknown_det_type_is_a_spec_error():
-    with pytest.raises(DetectorSpecError, match="unknown det_type 'yolo_v99'.*yolo_v8") as err:
+    with pytest.raises(DetectorSpecError, match=r"unknown det_type 'yolo_v99'.*yolo_v8") as err:
         detector_spec(det_type="yolo_v99")
     assert isinstance(err.value, SpecError)
     with pytest.raises(DetectorSpecError, match="unknown fields"):

@@ -11,7 +11,7 @@ import numpy as np
 from ..progress import Progress, ProgressCallback
 from .features import FeatureOutput, polygon_fields
 from .polygonize import StripPolygonizer
-from .write import VectorWriter
+from .write import VectorWriter, vector_driver
 
 __all__ = ["polygonize_raster"]
 
@@ -41,6 +41,7 @@ def polygonize_raster(
 
     from ..sources.rasterio_source import open_dataset
 
+    vector_driver(out)  # an unknown extension fails before any reading
     callback: ProgressCallback | None = Progress("polygonize") if progress is True else (progress or None)
     with open_dataset(path) as ds:
         if not 1 <= band <= ds.count:

@@ -6,8 +6,8 @@ import numpy as np
 import pyogrio
 import pytest
 from click.testing import CliRunner
-from test_vectors_polygons import TRANSFORM, class_map, whole_raster_polygons
 
+from test_vectors_polygons import TRANSFORM, class_map, whole_raster_polygons
 from tilecast.cli.polygonize import check_output_options, polygonize
 from tilecast.vectors import VectorFormatError
 

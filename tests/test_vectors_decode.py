@@ -50,6 +50,13 @@ def test_yolo_v8_channels_first_and_clipped_to_the_tile():
     assert np.allclose(b.boxes, [[8, 8, 12, 12]]) and b.classes.tolist() == [0]
 
 
+def test_dense_head_is_one_anchor_per_pixel():
+    dense = np.zeros((1, 5, 4, 4), np.float32)
+    dense[0, :, 2, 3] = [30, 20, 6, 6, 0.9]
+    (d,) = decode_batch({"o": dense}, detector_spec(det_type="yolo_v8"), 1, HW)
+    assert np.allclose(d.boxes, [[27, 17, 33, 23]])
+
+
 def test_keep_only_some_classes():
     spec = detector_spec(det_type="yolo_v5", classes=[1])
     (d,) = decode_batch({"out": yolo_v5_rows()}, spec, 1, HW)
@@ -114,7 +121,7 @@ def test_unknown_det_type_is_a_spec_error():
 
 
 @pytest.mark.parametrize("det_type,outputs,message", [
-    ("yolo_v8", {"o": np.zeros((1, 5, 8, 8), np.float32)}, r"\(N, 4\+C, anchors\), got \(1, 5, 8, 8\)"),
+    ("yolo_v5", {"o": np.zeros((1, 5, 8, 8), np.float32)}, r"\(N, anchors, 5\+C\), got \(1, 5, 8, 8\)"),
     ("yolo_v5", {"o": np.zeros((1, 10, 4), np.float32)}, r"at least 5 values per anchor"),
     ("yolo_v8", {"o": np.zeros((3, 6, 100), np.float32)}, r"3 tile\(s\).*batch of 1.*batch_size=1"),
     ("torchvision", {"a": np.zeros((3, 5), np.float32)}, r"boxes \(K, 4\)"),

@@ -99,6 +99,8 @@ def _one(outputs: Mapping[str, np.ndarray], det_type: str, shape: str) -> np.nda
     arr = np.asarray(next(iter(outputs.values())))
     if arr.ndim == 2:
         arr = arr[None]
+    if arr.ndim == 4 and det_type in ("yolo_v8", "yolo_obb"):  # a dense head: one anchor per output pixel
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1)
     if arr.ndim != 3:
         raise DetectorOutputError(
             f"det_type {det_type!r} expects one output of shape {shape}, got {tuple(arr.shape)}; check det_type "

@@ -32,7 +32,8 @@ CARD_KEY = "tilecast:detector"
 DET_TYPES: dict[str, str] = {
     "yolo_v5": "YOLO v5/v7: (N, anchors, 5+C) = cx, cy, w, h, objectness, class scores",
     "yolo_v6": "YOLO v6: (N, anchors, 5+C), objectness ignored",
-    "yolo_v8": "YOLO v8/v9/11 (Ultralytics): (N, 4+C, anchors) = cx, cy, w, h, class scores",
+    "yolo_v8": "YOLO v8/v9/11 (Ultralytics): (N, 4+C, anchors) = cx, cy, w, h, class scores; or a dense head "
+               "(N, 4+C, h, w) with one anchor per pixel",
     "yolo_obb": "YOLO oriented boxes (Ultralytics): (N, 4+C+1, anchors), the angle (radians) last",
     "yolo_seg": "YOLO segmentation (Ultralytics): (N, 4+C+M, anchors) and prototypes (N, M, h, w)",
     "torchvision": "boxes (x1, y1, x2, y2), scores, labels, optional masks (K, 1, H, W), as torchvision's detectors",

@@ -113,7 +113,9 @@ class FeatureOutput:
         return out
 
     def _names(self, classes: np.ndarray) -> np.ndarray:
-        return np.asarray([self.class_names.get(int(c), str(int(c))) for c in classes], dtype=object)
+        ids, inverse = np.unique(classes, return_inverse=True)
+        names = np.asarray([self.class_names.get(int(c), str(int(c))) for c in ids], dtype=object)
+        return names[inverse.reshape(-1)]
 
     def _filter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import shapely

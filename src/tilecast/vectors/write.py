@@ -129,7 +129,8 @@ class VectorWriter:
         pa = self.pa
         arrays = [pa.array(shapely.to_wkb(geoms), type=pa.binary())]
         for name, field in zip(self.fields, self.schema.types[1:], strict=True):
-            arrays.append(pa.array(np.asarray(columns[name]), type=field))
+            col = np.asarray(columns[name])
+            arrays.append(pa.array(col.tolist() if col.dtype == object else col, type=field))
         self._pending.append(pa.record_batch(arrays, schema=self.schema))
         self._pending_rows += len(geoms)
         self.count += len(geoms)

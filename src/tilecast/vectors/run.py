@@ -189,10 +189,12 @@ def _vector_crs(prediction: Prediction, vector_crs: Any) -> tuple[Any, Any]:
 
 def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detector: DetectorSpec | None,
          simplify: float | None, min_area: float | None, progress: bool | ProgressCallback | None,
-         engine: str | None, block_rows: int, dask_options: Mapping[str, Any]) -> tuple[Any, Any]:
+         run_options: Mapping[str, Any]) -> tuple[Any, Any]:
     """Run the prediction into the target ``target_factory(crs, fields, geometry_type)`` builds."""
     callback: ProgressCallback | None = Progress("vectors") if progress is True else (progress or None)
-    engine = engine or prediction.engine
+    dask_options = dict(run_options)
+    engine = dask_options.pop("engine", None) or prediction.engine
+    block_rows = int(dask_options.pop("strip_rows", 256))
     src_crs, out_crs = _vector_crs(prediction, vector_crs)
     spec = detector
     if spec is not None:
@@ -242,17 +244,16 @@ def predict_vectors(
     simplify: float | None = None,
     min_area: float | None = None,
     progress: bool | ProgressCallback | None = None,
-    engine: str | None = None,
-    strip_rows: int = 256,
-    **dask_options: Any,
+    **run_options: Any,
 ) -> Path:
     """Stream the prediction's objects (a detector) or regions (a class map) into a vector file at ``path``.
 
     The format follows the extension (``.parquet`` GeoParquet, ``.gpkg``, ``.fgb``, ``.geojson``, ``.shp``); the
     CRS is the raster's, or ``vector_crs``. ``detector`` (a :class:`DetectorSpec` or a ``det_type``) makes any model
     a detector; ``confidence``, ``iou`` and ``class_names`` override its metadata and card. ``simplify`` (map
-    units) and ``min_area`` (square map units) apply to polygons. ``engine="dask"`` runs tiles as Dask tasks.
-    ``strip_rows``: a class map is polygonized in strips of at least this many rows (memory against seams).
+    units) and ``min_area`` (square map units) apply to polygons. ``run_options``: ``engine="dask"`` runs tiles as
+    Dask tasks (with ``client=``, ``scheduler=``, ``workers=``); ``strip_rows`` (256) polygonizes a class map in
+    strips of at least this many rows (memory against seams).
     """
     spec = _detector(prediction, detector, confidence, iou, class_names)
     state: dict[str, VectorWriter] = {}
@@ -263,7 +264,7 @@ def predict_vectors(
 
     try:
         _run(prediction, factory, vector_crs=vector_crs, detector=spec, simplify=simplify, min_area=min_area,
-             progress=progress, engine=engine, block_rows=strip_rows, dask_options=dask_options)
+             progress=progress, run_options=run_options)
     except BaseException:
         if "w" in state:
             state["w"].abort()
@@ -282,9 +283,7 @@ def to_geodataframe(
     simplify: float | None = None,
     min_area: float | None = None,
     progress: bool | ProgressCallback | None = None,
-    engine: str | None = None,
-    strip_rows: int = 256,
-    **dask_options: Any,
+    **run_options: Any,
 ) -> Any:
     """The prediction's objects or regions as a GeoDataFrame in memory (small areas; see :func:`predict_vectors`)."""
     spec = _detector(prediction, detector, confidence, iou, class_names)
@@ -293,6 +292,5 @@ def to_geodataframe(
         return Features(crs)
 
     target, fields = _run(prediction, factory, vector_crs=vector_crs, detector=spec, simplify=simplify,
-                          min_area=min_area, progress=progress, engine=engine, block_rows=strip_rows,
-                          dask_options=dask_options)
+                          min_area=min_area, progress=progress, run_options=run_options)
     return target.to_geodataframe(fields)

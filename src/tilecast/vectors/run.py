@@ -212,6 +212,11 @@ def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detect
             "map: vector outputs need a detector (det_type in its metadata or card, or det_type=) or an integer "
             "output band to polygonize; write a raster (.tif) instead"
         )
+    if engine != "local":
+        from ..errors import SpecError
+
+        raise SpecError("class maps are polygonized while full-width strips stream, on the local engine; use "
+                        "engine='local' (the Dask engine writes objects of detectors)")
     fields = polygon_fields()
     target = target_factory(out_crs, fields, "Polygon")
     out = FeatureOutput(target, profile.grid.transform, src_crs, {}, vector_crs=out_crs, simplify=simplify,

@@ -13,7 +13,7 @@ import tilecast
 from tilecast.errors import OutputShapeError, SpecError
 from tilecast.vectors import DetectorOutputError, DetectorSpecError, VectorFormatError, predict_vectors
 from tilecast.vectors.decode import decode_batch, nms, obb_corners
-from tilecast.vectors.metadata import describe_detector, detector_from_metadata, detector_spec
+from tilecast.vectors.metadata import describe_detector, detector_from_metadata, detector_spec, format_detector
 from tilecast.vectors.write import VectorWriter, vector_driver
 
 HW = (64, 64)
@@ -106,6 +106,8 @@ def test_deepness_and_geodeep_metadata():
     assert (spec.det_type, spec.box_format, spec.objectness, spec.confidence) == ("generic", "xyxy", False, 0.6)
     info = describe_detector(spec)
     assert info["det_type"].startswith("generic") and info["box_format"] == "xyxy" and info["confidence"] == 0.6
+    line = format_detector(spec)
+    assert line.startswith("generic (") and "confidence: 0.6" in line and "merge across tiles: ios >= 0.5" in line
 
 
 def test_unknown_det_type_is_a_spec_error():

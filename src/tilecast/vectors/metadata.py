@@ -22,6 +22,7 @@ __all__ = [
     "DetectorSpec",
     "describe_detector",
     "detector_from_metadata",
+    "format_detector",
     "detector_spec",
     "parse_det_type",
 ]
@@ -230,3 +231,10 @@ def describe_detector(spec: DetectorSpec) -> dict[str, Any]:
         if getattr(spec, key) is not None:
             out[key] = getattr(spec, key)
     return out
+
+
+def format_detector(spec: DetectorSpec) -> str:
+    """One line for ``tilecast info``: ``det_type`` and every decoding parameter, as ``key=value``."""
+    info = describe_detector(spec)
+    head = info.pop("det_type")
+    return head + "; " + "; ".join(f"{k}: {v}" for k, v in info.items())

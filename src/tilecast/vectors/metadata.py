@@ -22,8 +22,8 @@ __all__ = [
     "DetectorSpec",
     "describe_detector",
     "detector_from_metadata",
-    "format_detector",
     "detector_spec",
+    "format_detector",
     "parse_det_type",
 ]
 

@@ -164,7 +164,8 @@ class SeamMerger:
             return Objects.empty()
         links = self._links(ready)
         groups: dict[int, list[int]] = {}
-        for i in range(len(self.pending)):
+        linked = {k for pair in links.pairs for k in pair}
+        for i in sorted(linked.union(ready.tolist())):  # an unlinked object that is not ready waits alone
             groups.setdefault(links.find(i), []).append(i)
         done: list[int] = []
         merged: list[Objects] = []

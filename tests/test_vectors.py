@@ -192,3 +192,28 @@ def test_dask_engine_gives_identical_features(tmp_path, scene):
     assert list(local.class_id) == list(remote.class_id)
     assert all(shapely.equals(a, b) for a, b in zip(local.geometry, remote.geometry, strict=True))
     assert list(local.tile_row) == list(remote.tile_row) and list(local.tile_col) == list(remote.tile_col)
+
+
+def test_deepness_model_zoo_card_runs_unchanged(tmp_path):
+    """Model.load converts Deepness keys into a card (x / 255 scaling, tile and overlap from tiles_size and
+    tiles_overlap); the detector's parameters come through the card's source metadata."""
+    import warnings
+
+    from conftest import write_raster
+    from tilecast.errors import TilecastWarning
+
+    corners = scattered_corners(H, W, SIDE, TILE, 40, seed=3)
+    path = write_raster(tmp_path / "rgb.tif", squares_image(H, W, corners, SIDE, value=255, dtype="uint8"),
+                        descriptions=["red"])
+    meta = {"model_type": "Detector", "det_type": "YOLO_Ultralytics", "class_names": json.dumps({"0": "roof"}),
+            "det_conf": "0.5", "tiles_size": str(TILE + 2 * OV), "tiles_overlap": f"{100 * 2 * OV / (TILE + 2 * OV)}"}
+    onnx_path = square_detector(tmp_path / "deepness.onnx", SIDE, TILE + 2 * OV, metadata=meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TilecastWarning)  # today's card warns that detections are not decoded
+        model = tilecast.Model.load(onnx_path)
+    assert tuple(model.spec.geometry.overlap) == (OV, OV)
+    pred = model.predict_image(path)
+    assert detector_of(pred).confidence == 0.5
+    gdf = to_geodataframe(pred)
+    assert np.array_equal(sort_rows(gdf.geometry.bounds.values), sort_rows(expected_bounds(corners)))
+    assert set(gdf.class_name) == {"roof"}

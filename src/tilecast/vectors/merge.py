@@ -168,17 +168,22 @@ class SeamMerger:
         for i in sorted(linked.union(ready.tolist())):  # an unlinked object that is not ready waits alone
             groups.setdefault(links.find(i), []).append(i)
         done: list[int] = []
+        alone: list[int] = []  # a group of one is released as it is, all of them in one take
         merged: list[Objects] = []
         for members in groups.values():
             if self.last[members].max() > index:
                 continue
             done.extend(members)
-            merged.append(self._merge(np.asarray(members), links))
+            if len(members) == 1:
+                alone.append(members[0])
+            else:
+                merged.append(self._merge(np.asarray(members), links))
+        out = Objects.concat([self.pending.take(np.asarray(alone, np.int64)), *merged])
         keep = np.ones(len(self.pending), bool)
         keep[done] = False
         self.pending = self.pending.take(np.flatnonzero(keep))
         self.last = self.last[keep]
-        return Objects.concat(merged)
+        return out
 
     def _links(self, ready: np.ndarray) -> _Links:
         import shapely

@@ -24,6 +24,7 @@ from ..runners.ordered import in_order
 from ..runtimes.base import streams_of
 from ..sinks.base import OutputProfile
 from ..tensors import OutputBinding
+from .classmap import polygonize_raster
 from .decode import Detections, decode_batch, obb_corners
 from .errors import VectorFormatError
 from .features import FeatureOutput, Features, FeatureTarget, PolygonSink, object_fields, polygon_fields
@@ -38,6 +39,7 @@ __all__ = [
     "detect_tiles",
     "detector_job",
     "detector_of",
+    "polygonize_raster",
     "predict_vectors",
     "tile_objects",
     "to_geodataframe",

@@ -161,6 +161,13 @@ def test_generic_layout_declared_in_the_card(tmp_path, scene):
     assert np.array_equal(sort_rows(gdf.geometry.bounds.values), sort_rows(expected_bounds(corners)))
 
 
+def test_oriented_boxes_across_seams(tmp_path, scene):
+    path, corners = scene
+    gdf = to_geodataframe(square_model(tmp_path, layout="yolo_obb").predict_image(path), detector="yolo_obb")
+    assert np.array_equal(sort_rows(gdf.geometry.bounds.values), sort_rows(expected_bounds(corners)))
+    assert np.allclose(gdf.area.values, SIDE * SIDE * RES * RES)  # oriented boxes carry their area
+
+
 def test_torchvision_style_outputs(tmp_path, scene):
     path, corners = scene
     onnx_path = torchvision_detector(tmp_path / "tv.onnx", SIDE, TILE + 2 * OV)

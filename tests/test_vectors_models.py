@@ -31,8 +31,9 @@ def square_detector(path, side: int, view: int, classes: int = 1, layout: str = 
     """A detector of ``side`` x ``side`` squares of value ``scale`` (any other pixel 0) that lie wholly inside the
     ``view`` x ``view`` input: one anchor per pixel, scoring 1 at a square's top-left corner.
 
-    ``layout``: ``yolo_v8`` -> (N, 4+C, anchors); ``yolo_v5`` -> (N, anchors, 5+C); ``generic_xyxy`` ->
-    (N, anchors, 4+1+C) with corner boxes. The class of a square is 0 (C classes, the others score 0).
+    ``layout``: ``yolo_v8`` -> (N, 4+C, anchors); ``yolo_obb`` -> (N, 4+C+1, anchors), angle 0; ``yolo_v5`` ->
+    (N, anchors, 5+C); ``generic_xyxy`` -> (N, anchors, 4+1+C) with corner boxes. The class of a square is 0
+    (C classes, the others score 0).
     """
     a = view * view
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, view, view])
@@ -57,10 +58,10 @@ def square_detector(path, side: int, view: int, classes: int = 1, layout: str = 
         helper.make_node("Mul", ["score", "zero"], ["z"]),
         helper.make_node("Add", ["z", "coords"], ["boxes"]),
     ]
-    parts = ["boxes"] + (["score"] if layout != "yolo_v8" else [])  # objectness
-    parts += ["score"] + ["z"] * (classes - 1)
+    parts = ["boxes"] + (["score"] if layout not in ("yolo_v8", "yolo_obb") else [])  # objectness
+    parts += ["score"] + ["z"] * (classes - 1) + (["z"] if layout == "yolo_obb" else [])  # the angle: 0
     nodes.append(helper.make_node("Concat", parts, ["cat"], axis=1))
-    if layout == "yolo_v8":
+    if layout in ("yolo_v8", "yolo_obb"):
         nodes.append(helper.make_node("Identity", ["cat"], ["output0"]))
     else:
         nodes.append(helper.make_node("Transpose", ["cat"], ["output0"], perm=[0, 2, 1]))

@@ -118,12 +118,14 @@ def mask_rcnn_like(x: np.ndarray) -> dict[str, np.ndarray]:
     return {"boxes": boxes, "labels": np.ones(n, np.int64), "scores": np.full(n, 0.9, np.float32), "masks": masks}
 
 
-def test_instance_polygons_across_seams_equal_whole_raster(tmp_path):
+@pytest.mark.parametrize("overlap", [8, 0])
+def test_instance_polygons_across_seams_equal_whole_raster(tmp_path, overlap):
+    """With an overlap, pieces match inside the pixels both tiles saw; without, along the seam they share."""
     img = blobs_image(200, 230)
     path = write_raster(tmp_path / "blobs.tif", img, transform=TRANSFORM)
     model = tilecast.Model.from_callable(
         mask_rcnn_like, outputs=("boxes", "labels", "scores", "masks"), layout="NCHW", input_tile_size=48,
-        input_overlap_size=8, batch_size=1,
+        input_overlap_size=overlap, batch_size=1,
     )
     pred = model.predict_image(path)
     gdf = to_geodataframe(pred, detector=detector_spec(det_type="torchvision", class_names={1: "blob"}))

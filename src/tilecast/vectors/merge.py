@@ -2,13 +2,14 @@
 
 Coordinates are pixels of the grid the model sees (``x`` = column, ``y`` = row). A tile's *private* area is the part
 of its core that no other tile sees: the core shrunk by the overlap on every side that has a neighbour. An object
-inside it is final as soon as its tile is done. Any other object may have been seen by a neighbour too, so it waits
-in the seam zone until the last tile that can see it (worked out from the plan's rows and columns) is done. Then the
-copies are matched, class by class, by intersection over the smaller object (or IoU) measured inside the pixels both
-tiles saw, so a copy cut off by one tile's edge still matches the whole one. Each group of matches becomes one
-object: the best copy that no tile edge cut, or, when every copy was cut (an object larger than the overlap), the
-union of the pieces. Tiles finish in row-major order, so the seam zone holds about one row of tiles' seam objects,
-whatever the size of the scene.
+inside it, and not cut by the tile's edge, is final as soon as its tile is done. Any other object may have been seen
+by a neighbour too, so it waits in the seam zone until the last tile that can see it (worked out from the plan's rows
+and columns) is done. Then the copies are matched, class by class, by intersection over the smaller object (or IoU)
+measured inside the pixels both tiles saw, so a copy cut off by one tile's edge still matches the whole one (without
+overlap, pieces match along the seam they share). Each group of matches becomes one object: the best copy that no
+tile edge cut, or, when every copy was cut (an object larger than the overlap), the union of the pieces. Tiles
+finish in row-major order, so the seam zone holds about one row of tiles' seam objects, whatever the size of the
+scene.
 """
 
 from __future__ import annotations
@@ -144,12 +145,14 @@ class SeamMerger:
         if len(objects):
             b = shapely.bounds(objects.geoms)
             x1, y1, x2, y2 = self.grid.private(row, col)
-            final = (b[:, 0] >= x1) & (b[:, 2] <= x2) & (b[:, 1] >= y1) & (b[:, 3] <= y2)
+            final = (b[:, 0] >= x1) & (b[:, 2] <= x2) & (b[:, 1] >= y1) & (b[:, 3] <= y2) & ~objects.truncated
             out.append(objects.take(np.flatnonzero(final)))
             held = np.flatnonzero(~final)
             if held.size:
                 self.pending = Objects.concat([self.pending, objects.take(held)])
-                self.last = np.concatenate([self.last, np.maximum(self.grid.last_seer(b[held]), index)])
+                # a pixel further: without overlap, the tile across the seam a piece touches holds its other piece
+                reach = b[held] + np.array([0.0, 0.0, 1.0, 1.0])
+                self.last = np.concatenate([self.last, np.maximum(self.grid.last_seer(reach), index)])
                 self.peak_pending = max(self.peak_pending, len(self.pending))
         if (self.last == index).any():
             out.append(self._release(index))

@@ -41,3 +41,20 @@ def test_raster_and_vector_options_are_not_mixed():
         check_output_options("trees.gpkg", {"compress": "ZSTD", "no_overviews": True})
     with pytest.raises(VectorFormatError, match="--min-area only apply to vector outputs"):
         check_output_options("classes.tif", {"min_area": 5.0})
+
+
+def test_write_vectors_is_what_predict_calls_for_a_vector_output(tmp_path, raster):
+    """``tilecast predict -o x.gpkg`` hands its options to write_vectors (registered by the CLI's predict)."""
+    import tilecast
+    from tilecast.cli.polygonize import write_vectors
+
+    data = class_map(60, 50, seed=2)
+    path = raster(data, transform=TRANSFORM)
+    model = tilecast.Model.from_callable(lambda x: x[:, :1], layout="NCHW", input_tile_size=16,
+                                         output_bands={"class": "uint8"})
+    opts = {"overwrite": False, "vector_crs": "EPSG:4326", "min_area": None, "simplify": None, "det_type": None,
+            "confidence": None, "iou": None, "engine": "local"}
+    out = tmp_path / "classes.fgb"
+    write_vectors(model.predict_image(path), str(out), opts, quiet=True)
+    df = pyogrio.read_dataframe(out)
+    assert df.crs.to_epsg() == 4326 and len(df) == len(whole_raster_polygons(data))

@@ -77,6 +77,7 @@ class VectorWriter:
         if not overwrite and any(p.exists() for p in _outputs(self.path)):
             raise OutputExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
         self.pa = require("pyarrow", "features")
+        self._pyogrio = None if self.driver == "GeoParquet" else require("pyogrio", "features")
         self.crs = crs
         self.fields = dict(fields)
         self.geometry_type = geometry_type
@@ -165,7 +166,7 @@ class VectorWriter:
             yield item
 
     def _ogr(self) -> None:
-        pyogrio = require("pyogrio", "features")
+        pyogrio = self._pyogrio
         try:
             reader = self.pa.RecordBatchReader.from_batches(self.schema, self._batches())
             crs = self.crs.to_wkt() if self.crs is not None else None

@@ -168,3 +168,19 @@ def test_a_failed_run_leaves_nothing(tmp_path, raster):
 def test_metadata_json_values():
     spec = detector_from_metadata({"model_type": "Detector", "class_names": json.dumps({"1": "a", "2": "b"})})
     assert spec.det_type == "yolo_v5" and spec.class_name(2) == "b" and spec.class_name(7) == "7"
+
+
+def test_pairwise_nms_keeps_what_the_greedy_loop_keeps(monkeypatch):
+    from tilecast.vectors import decode
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        n = int(rng.integers(1, 300))
+        xy = rng.uniform(0, 100, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(1, 30, (n, 2))], axis=1)
+        scores, classes = rng.uniform(0, 1, n).astype(np.float32), rng.integers(0, 3, n)
+        fast = nms(boxes, scores, classes, 0.45)
+        monkeypatch.setattr(decode, "PAIRWISE", 0)
+        slow = nms(boxes, scores, classes, 0.45)
+        monkeypatch.undo()
+        assert fast.tolist() == slow.tolist()

@@ -49,14 +49,20 @@ class Detections:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: float) -> np.ndarray:
-    """Indices kept by greedy, class-aware non-maximum suppression (IoU above ``threshold`` suppresses)."""
+    """Indices kept by greedy, class-aware non-maximum suppression (IoU above ``threshold`` suppresses), best first.
+
+    Up to :data:`PAIRWISE` candidates, the IoU of every pair is computed at once and the greedy pass visits only the
+    boxes that overlap another: objects that no other candidate overlaps (most of a sparse scene) cost no Python step.
+    """
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
     shift = (classes.astype(np.float64) * (np.abs(boxes).max() * 2 + 1))[:, None]
     b = boxes + shift  # boxes of different classes never overlap
+    order = np.argsort(-scores, kind="stable")
+    if len(b) <= PAIRWISE:
+        return _nms_pairwise(b[order], threshold, order)
     x1, y1, x2, y2 = b.T
     areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
         i, rest = order[0], order[1:]
@@ -67,6 +73,29 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, threshold: f
         iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
         order = rest[iou <= threshold]
     return np.asarray(keep, np.int64)
+
+
+PAIRWISE = 2048
+"""Up to this many candidates per tile, non-maximum suppression computes the IoU of all pairs at once."""
+
+
+def _nms_pairwise(b: np.ndarray, threshold: float, order: np.ndarray) -> np.ndarray:
+    """NMS over boxes already sorted best first; ``order`` maps them back to the caller's indices."""
+    x1, y1, x2, y2 = (b[:, k].astype(np.float32) for k in range(4))
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    w = np.maximum(0.0, np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]))
+    h = np.maximum(0.0, np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]))
+    inter = w * h
+    over = inter > threshold * np.maximum(areas[:, None] + areas[None] - inter, 1e-12)
+    np.fill_diagonal(over, False)
+    contested = np.flatnonzero(over.any(axis=1))
+    if contested.size == 0:
+        return order
+    alive = np.ones(len(b), bool)
+    for i in contested:  # best first; a box that overlaps nothing is never suppressed nor suppresses
+        if alive[i]:
+            alive[over[i] & (np.arange(len(b)) > i)] = False
+    return order[alive]
 
 
 def _xyxy(b: np.ndarray, fmt: str) -> np.ndarray:

@@ -15,7 +15,8 @@ from test_vectors_models import scattered_corners, square_detector, squares_imag
 from tilecast.vectors import detector_of, predict_vectors, to_geodataframe
 from tilecast.vectors.merge import SeamMerger, TileGrid
 from tilecast.vectors.metadata import detector_spec
-from tilecast.vectors.run import detect_tiles, detector_job, tile_objects
+from tilecast.vectors.run import detector_job
+from tilecast.vectors.tiles import detect_tiles, tile_objects
 
 SIDE, TILE, OV = 8, 64, 12
 H, W = 250, 300

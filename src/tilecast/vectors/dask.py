@@ -17,13 +17,12 @@ from ..plan import Tile
 from ..runners.recipe import JobRecipe, check_workers_can_open, errors_reach_client, get_job, make_recipe
 from .merge import Kind, Objects, TileGrid
 from .metadata import DetectorSpec
+from .tiles import detect_tiles, tile_objects
 
 __all__ = ["dask_tile_objects"]
 
 
 def _block(recipe: JobRecipe, spec: DetectorSpec, kind: Kind, rows: tuple[int, int]) -> list[tuple[int, int, Objects]]:
-    from .run import detect_tiles, tile_objects
-
     with errors_reach_client():
         job = get_job(recipe).job
         plan = job.plan

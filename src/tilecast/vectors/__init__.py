@@ -2,8 +2,10 @@
 GeoParquet, GeoPackage, FlatGeobuf, GeoJSON or Shapefile.
 
 The pieces, one concept each: :mod:`.metadata` (a detector's decoding parameters), :mod:`.decode` (output tensors to
-objects in tile pixels), :mod:`.merge` (the seam-aware merger), :mod:`.polygonize` (class maps, strip by strip),
-:mod:`.features` (map coordinates and attributes), :mod:`.write` (streaming sinks) and :mod:`.run` (the drivers).
+objects in tile pixels), :mod:`.tiles` (the per-tile steps), :mod:`.merge` (the seam-aware merger),
+:mod:`.polygonize` (class maps, strip by strip), :mod:`.features` (map coordinates and attributes), :mod:`.write`
+(streaming sinks), :mod:`.run` (the drivers), :mod:`.dask` (the Dask engine) and :mod:`.classmap` (existing class
+rasters). The user guide is ``docs/vectors.md``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ of objects is known. Measured, each in a fresh process (median of ``--repeats``)
 - ``raw tensor``: the same model writing its raw output tensor (5 float32 bands) with ``to_geotiff``.
 - ``model only``: the same reads, batches and model calls, outputs dropped: the ceiling for any writer.
 
-Full size (hours on a small machine)::
+Full size (tens of minutes on a small machine, most of it generating the two rasters)::
 
     python bench/bench_vectors.py --size 20000 --objects 1000000
 

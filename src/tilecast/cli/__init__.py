@@ -11,6 +11,7 @@ from .import_ import import_
 from .info import info
 from .predict import predict
 from .predict_features import predict_features
+from .polygonize import polygonize
 from .prepare import prepare
 from .serve import serve
 from .view import view
@@ -31,3 +32,4 @@ main.add_command(serve)
 main.add_command(card)
 main.add_command(prepare)
 main.add_command(view)
+main.add_command(polygonize)

@@ -219,7 +219,8 @@ class Prediction:
         return predict_vectors(self, path, **options)
 
     def to_geodataframe(self, **options: Any) -> Any:
-        """Objects or regions as a GeoDataFrame in memory (small areas); see :func:`tilecast.vectors.to_geodataframe`."""
+        """Objects or regions as a GeoDataFrame in memory (small areas); see
+        :func:`tilecast.vectors.to_geodataframe`."""
         from .vectors import to_geodataframe
 
         return to_geodataframe(self, **options)

@@ -9,9 +9,9 @@ from .card import card
 from .export import export
 from .import_ import import_
 from .info import info
+from .polygonize import polygonize
 from .predict import predict
 from .predict_features import predict_features
-from .polygonize import polygonize
 from .prepare import prepare
 from .serve import serve
 from .view import view

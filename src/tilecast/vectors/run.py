@@ -19,6 +19,8 @@ import numpy as np
 from ..job import Job
 from ..plan import Tile
 from ..progress import Progress, ProgressCallback
+from ..runners.engine import Dask, Engine, pop_engine_options, resolve_engine
+from ..runtimes.base import metadata_of
 from ..sinks.base import OutputProfile
 from ..tensors import OutputBinding
 from .classmap import polygonize_raster
@@ -65,8 +67,8 @@ def detector_of(prediction: Prediction, **overrides: Any) -> DetectorSpec | None
     runtime = model.runtime
     if isinstance(runtime, ScaledRuntime):
         runtime = runtime.runtime
-    metadata = runtime.metadata if isinstance(runtime, MetadataHolder) else {}
-    props = model.card.properties if isinstance(model, CardHolder) else {}
+    metadata = metadata_of(runtime)
+    props = model.card.card.properties if model.card is not None else {}
     return detector_spec(metadata, props, **overrides)
 
 
@@ -80,17 +82,19 @@ def detector_job(prediction: Prediction) -> Job:
 
 
 def _detect_to(prediction: Prediction, spec: DetectorSpec, out: FeatureOutput, kind: Kind,
-               progress: ProgressCallback | None, engine: str, dask_options: Mapping[str, Any]) -> SeamMerger:
+               progress: ProgressCallback | None, engine: Engine, dask_options: Mapping[str, Any]) -> SeamMerger:
     job = detector_job(prediction)
     plan = job.plan
     merger = SeamMerger(plan, spec, kind)
     grid = TileGrid(plan)
     total = len(plan)
     tile_px = plan.geometry.tile.x * plan.geometry.tile.y
-    if engine == "dask":
+    if isinstance(engine, Dask):
         from .dask import dask_tile_objects
 
-        stream: Iterator[tuple[Tile, Objects]] = dask_tile_objects(job, spec, kind, **dask_options)
+        stream: Iterator[tuple[Tile, Objects]] = dask_tile_objects(
+            job, spec, kind, client=engine.client, scheduler=engine.scheduler, workers=engine.workers,
+            **dask_options)
     else:
         stream = ((t, Objects.empty() if d is None else tile_objects(t, d, grid, kind))
                   for t, d in detect_tiles(job, spec))
@@ -121,7 +125,7 @@ def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detect
     """Run the prediction into the target ``target_factory(crs, fields, geometry_type)`` builds."""
     callback: ProgressCallback | None = Progress("vectors") if progress is True else (progress or None)
     dask_options = dict(run_options)
-    engine = dask_options.pop("engine", None) or prediction.engine
+    engine = resolve_engine(dask_options.pop("engine", None), prediction.engine, pop_engine_options(dask_options))
     block_rows = int(dask_options.pop("strip_rows", 256))
     src_crs, out_crs = _vector_crs(prediction, vector_crs)
     spec = detector
@@ -140,7 +144,7 @@ def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detect
             "map: vector outputs need a detector (det_type in its metadata or card, or det_type=) or an integer "
             "output band to polygonize; write a raster (.tif) instead"
         )
-    if engine != "local":
+    if isinstance(engine, Dask):
         from ..errors import SpecError
 
         raise SpecError("class maps are polygonized while full-width strips stream, on the local engine; use "

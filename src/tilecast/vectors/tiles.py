@@ -12,7 +12,8 @@ import numpy as np
 
 from ..job import Job
 from ..plan import Tile
-from ..runners.ordered import in_order
+from ..resources import Resources
+from ..runners.ordered import batches, in_order
 from ..runtimes.base import streams_of
 from .decode import Detections, decode_batch, obb_corners
 from .merge import Kind, Objects, TileGrid
@@ -47,16 +48,14 @@ def detect_tiles(job: Job, spec: DetectorSpec, tiles: list[Tile] | None = None,
                  read_threads: int | None = None) -> Iterator[tuple[Tile, Detections | None]]:
     """Each tile of ``tiles`` (default: the plan) with its decoded objects, in order; reads and model calls run
     ahead on threads, as in the local raster runner."""
-    from .._cpus import read_threads as default_read_threads
-
     tiles = list(job.plan.tiles()) if tiles is None else tiles
-    threads = read_threads or default_read_threads()
+    threads = read_threads or Resources.detect().read_threads
     streams = streams_of(job.runtime)
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
     with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
             ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model") as models:
         reads = (item for _, item in in_order(pool, tiles, job.read, in_flight))
-        groups = job.batches(reads, len(tiles))
+        groups = batches(job, reads, len(tiles))
         for group, decoded in in_order(models, groups, lambda g: infer_batch(job, spec, g), streams):
             it = iter(decoded)
             for item in group:

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 from .status import HTTPError, Overloaded
 
-__all__ = ["MemoryBudget", "Reservation", "ServerLimits", "json_cost", "release_memory"]
+SMALL_REQUEST_BYTES = 256 << 10
+"""A request charged no more than this is never refused for memory: small and malformed requests always get their
+real answer (connections bound how many there can be)."""
+
+__all__ = ["SMALL_REQUEST_BYTES", "MemoryBudget", "Reservation", "ServerLimits", "json_cost", "release_memory"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Reservation:
 
     def _grow(self, b: MemoryBudget, nbytes: int, what: str, force: bool) -> None:
         total = self.nbytes + nbytes
+        force = force or total <= SMALL_REQUEST_BYTES
         if not force and total > b.total:
             raise HTTPError(413, f"{what} needs about {total:,} bytes of memory to decode, more than this server's "
                                  f"budget for requests in flight ({b.total:,}); send fewer instances per request, "

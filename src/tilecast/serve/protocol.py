@@ -7,8 +7,10 @@ subclass adds, without parsing anything itself (httptools still parses):
 
 - a header deadline from the connection (or from a request's first byte) to the end of its headers;
 - a cap on the request line plus headers, and on the number of header fields (431, then the connection closes);
-- a connection cap, per client address and in all: over it, requests get 503 with ``Retry-After`` while health
-  routes still answer; past twice the cap, new sockets are closed at once.
+- a cap on open connections: past it, a new connection closes the oldest one that has no request in progress (an
+  idle or slow-header socket), so a flood of idle sockets cannot lock real clients out; when every connection is
+  busy, requests get 503 with ``Retry-After`` while health routes still answer;
+- a cap per client address: over it, the same 503; past twice the cap, new sockets are closed at once.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def guarded_protocol(limits: ServerLimits, health: Iterable[str]) -> type[asynci
     """A protocol class for ``uvicorn.Config(http=...)`` enforcing ``limits``; ``health``: paths that always answer.
     Each call makes a class with its own count of connections per client."""
     return type("GuardedProtocol", (GuardedProtocol,), {"limits": limits, "health_paths": frozenset(health),
-                                                        "peers": Counter()})
+                                                        "peers": Counter(), "idle": {}, "evicted": {}})
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -59,6 +61,10 @@ class GuardedProtocol(HttpToolsProtocol):
     limits: ClassVar[ServerLimits] = ServerLimits()
     health_paths: ClassVar[frozenset[str]] = frozenset()
     peers: ClassVar[Counter[str]] = Counter()
+    idle: ClassVar[dict[GuardedProtocol, None]] = {}
+    """Connections waiting for a request's headers, oldest first (a dict keeps insertion order)."""
+    evicted: ClassVar[dict[GuardedProtocol, None]] = {}
+    """Connections closed to make room, until their close completes (they still count in ``connections``)."""
     peer: str | None = None
     head_timer: asyncio.TimerHandle | None = None
     reading_head, head_bytes, head_fields, raw_head, refusal = True, 0, 0, 0, None
@@ -67,20 +73,33 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.peer = self.client[0] if self.client else ""
         self.peers[self.peer] += 1
-        mine, total = self.peers[self.peer], len(self.connections)
-        if mine > 2 * self.limits.max_connections_per_client or total > 2 * self.limits.max_connections:
+        mine = self.peers[self.peer]
+        if mine > 2 * self.limits.max_connections_per_client:
             transport.close()
             return
         if mine > self.limits.max_connections_per_client:
             self.app = overload_app(self.app, self.health_paths, f"too many connections from {self.peer} "
                                     f"(over {self.limits.max_connections_per_client}); retry after a pause")
-        elif total > self.limits.max_connections:
-            self.app = overload_app(self.app, self.health_paths, f"the server has over {self.limits.max_connections} "
-                                    "connections open; retry after a pause")
+        elif len(self.connections) - len(self.evicted) > self.limits.max_connections and not self.evict_idle():
+            self.app = overload_app(self.app, self.health_paths, f"the server has {self.limits.max_connections} "
+                                    "connections busy; retry after a pause")
+        self.idle[self] = None
         self.arm_head_timer()
+
+    def evict_idle(self) -> bool:
+        """Close the oldest connection without a request in progress; False when there is none."""
+        for other in self.idle:
+            if other is not self and not other.transport.is_closing():
+                other.transport.close()
+                self.evicted[other] = None
+                del self.idle[other]
+                return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self.idle.pop(self, None)
+        self.evicted.pop(self, None)
         if self.peer is not None:
             self.peers[self.peer] -= 1
             if self.peers[self.peer] <= 0:
@@ -135,12 +154,15 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.reading_head, self.raw_head = False, 0
+        self.idle.pop(self, None)
         self.disarm_head_timer()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self.reading_head, self.raw_head = True, 0
+        if not self.transport.is_closing():
+            self.idle[self] = None
 
     def send_400_response(self, msg: str) -> None:
         if self.refusal:  # httptools reports our HeadTooLarge as a parser error

@@ -29,6 +29,10 @@ from .status import RETRY_AFTER_S
 __all__ = ["GuardedProtocol", "guarded_protocol", "overload_app"]
 
 
+LATE_S = 0.5
+"""A timer that fires this much after its time was delayed by a stalled loop, not by the client."""
+
+
 class HeadTooLarge(Exception):
     """Raised inside an httptools callback; httptools stops parsing and the connection gets 431."""
 
@@ -116,10 +120,24 @@ class GuardedProtocol(HttpToolsProtocol):
             self.head_timer.cancel()
             self.head_timer = None
 
+    def late(self, timer: asyncio.TimerHandle | None, again: Any) -> asyncio.TimerHandle | None:
+        """When ``timer`` fired late because the event loop was stalled (a long decode holding the GIL), the socket
+        may hold data the loop has not read yet: ``again`` is re-armed briefly (the new handle) instead of closing."""
+        if timer is None or self.loop.time() - timer.when() <= LATE_S:
+            return None
+        return self.loop.call_later(LATE_S, again)
+
     def head_timeout(self) -> None:
-        self.head_timer = None
+        self.head_timer = self.late(self.head_timer, self.head_timeout)
+        if self.head_timer is not None:
+            return
         if self.reading_head and not self.transport.is_closing():
             self.transport.close()
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = self.late(self.timeout_keep_alive_task, self.timeout_keep_alive_handler)
+        if self.timeout_keep_alive_task is None:
+            super().timeout_keep_alive_handler()
 
     def data_received(self, data: bytes) -> None:
         if self.reading_head:

@@ -2,11 +2,11 @@
 
 Against a real server on 127.0.0.1 (a separate process, default limits, ``--memory-budget 512``), one run:
 
-  1  baseline: ``--requests`` well-formed KServe v2 binary requests (one 64 px, 4-band tile each), all submitted at
-     once through a pool of ``--connections`` connections, alone;
-  2  the same requests again, while at the same time
+  1  baseline: ``--baseline`` well-formed KServe v2 binary requests (one 64 px, 4-band tile each) from
+     ``--connections`` concurrent clients (each sends its next request when the last is answered), alone;
+  2  ``--requests`` (2,000) more the same way, while at the same time
      - amplification bodies: 62-byte ``:predict`` bodies declaring [3, 9000, 9000], v2 JSON declaring the same,
-       and 8 MB JSON bodies that press the memory budget;
+       and 8 MB JSON bodies, three at a time, that press the memory budget;
      - malformed requests (issue 17 item 7: nested JSON, string/float/overflowing dims, two -1 dims, non-list
        outputs, ``binary_data_size: "abc"``, an unknown input, null data, values that overflow float32);
      - ``--idle`` idle TCP sockets and ``--slow`` slow-header sockets (one byte every 0.5 s), from other loopback
@@ -16,10 +16,10 @@ Against a real server on 127.0.0.1 (a separate process, default limits, ``--memo
 It prints whether health answered throughout (and its worst latency), the server's RSS at start / peak / end
 against a stated budget (1 GiB), the 5xx answers to malformed input (must be 0), and the p50 latency of the
 well-formed requests under abuse against the baseline measured in the same run. Everything is bounded in count and
-time; it stops by itself (about a minute on 2 cores).
+time; it stops by itself (one to two minutes on 2 shared cores).
 
     .venv/bin/python bench/bench_serve_abuse.py
-    .venv/bin/python bench/bench_serve_abuse.py --requests 500 --idle 200 --slow 50     # smoke run
+    .venv/bin/python bench/bench_serve_abuse.py --requests 300 --idle 200 --slow 20 --rounds 2    # smoke run
 """
 
 from __future__ import annotations
@@ -91,8 +91,29 @@ class Server:
         self.log.close()
 
 
+PROBE = """
+import json, sys, time, urllib.request
+url, stop_file, every = sys.argv[1], sys.argv[2], float(sys.argv[3])
+out, end = [], time.monotonic() + 600
+while time.monotonic() < end:
+    t0 = time.perf_counter()
+    try:
+        ok = urllib.request.urlopen(url, timeout=30).status == 200
+    except OSError:
+        ok = False
+    out.append((time.perf_counter() - t0, ok))
+    try:
+        open(stop_file).close()
+        break
+    except OSError:
+        time.sleep(every)
+print(json.dumps(out))
+"""
+
+
 class Probe(threading.Thread):
-    """Samples the server's RSS and asks its health route every ``every`` seconds until stopped."""
+    """Samples the server's RSS every ``every`` seconds; health is asked by a separate process (so the bench's own
+    load does not count in its latency), until stopped."""
 
     def __init__(self, server: Server, every: float = 0.05) -> None:
         super().__init__(daemon=True)
@@ -100,21 +121,29 @@ class Probe(threading.Thread):
         self.rss: list[int] = []
         self.health: list[float] = []
         self.failures = 0
+        self.stop_file = OUT_DIR / f"probe-stop-{server.port}"
+        self.stop_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, server.base + "/v2/health/live",
+                                      str(self.stop_file), str(every)], stdout=subprocess.PIPE, text=True)
 
     def run(self) -> None:
-        import httpx
+        while not self.stop.is_set():
+            self.rss.append(self.server.rss())
+            self.stop.wait(self.every)
 
-        with httpx.Client(timeout=10) as c:
-            while not self.stop.is_set():
-                self.rss.append(self.server.rss())
-                t0 = time.perf_counter()
-                try:
-                    ok = c.get(self.server.base + "/v2/health/live").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.health.append(time.perf_counter() - t0)
-                self.failures += not ok
-                self.stop.wait(self.every)
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join()
+        self.stop_file.touch()
+        answers = json.loads(self.proc.communicate(timeout=60)[0])
+        self.stop_file.unlink(missing_ok=True)
+        self.health = [t for t, _ in answers]
+        self.failures = sum(not ok for _, ok in answers)
 
 
 def malformed_bodies() -> list[tuple[str, bytes, dict[str, str]]]:
@@ -151,31 +180,35 @@ def amplification_bodies() -> list[tuple[str, bytes, dict[str, str]]]:
     big = json.dumps({"inputs": {"x": x.tolist()}}).encode()  # ~8 MB of numbers, charged ~7x that
     headers = {"Content-Type": "application/json"}
     return [("/v1/models/net:predict", tiny, headers), ("/v2/models/net/infer", declared, headers),
-            ("/v1/models/net:predict", big, headers)]
+            *[("/v1/models/net:predict", big, headers)] * 3]
 
 
 RETRIED: list[int] = []
 
 
 async def well_formed(base: str, n: int, connections: int, body: bytes, headers: dict[str, str]) -> list[float]:
-    """Latencies of ``n`` requests submitted at once over ``connections`` connections; raises on any non-200."""
+    """Latencies of ``n`` requests sent by ``connections`` concurrent clients, each back to back (a closed loop,
+    so a latency is one request's, not the queue's); raises on any answer but 200."""
     import httpx
 
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    latencies: list[float] = []
     async with httpx.AsyncClient(timeout=120, limits=limits) as c:
-        async def one() -> float:
-            t0 = time.perf_counter()
-            for _ in range(20):  # 503 + Retry-After is the server saying "busy": honour it, as the client does
-                r = await c.post(base + "/v2/models/net/infer", content=body, headers=headers)
-                if r.status_code != 503:
-                    break
-                RETRIED.append(1)
-                await asyncio.sleep(float(r.headers.get("retry-after", 1)))
-            if r.status_code != 200:
-                raise RuntimeError(f"a well-formed request got {r.status_code}: {r.text[:200]}")
-            return time.perf_counter() - t0
+        async def client(count: int) -> None:
+            for _ in range(count):
+                t0 = time.perf_counter()
+                for _ in range(20):  # 503 + Retry-After says "busy": honour it, as tilecast's client does
+                    r = await c.post(base + "/v2/models/net/infer", content=body, headers=headers)
+                    if r.status_code != 503:
+                        break
+                    RETRIED.append(1)
+                    await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+                if r.status_code != 200:
+                    raise RuntimeError(f"a well-formed request got {r.status_code}: {r.text[:200]}")
+                latencies.append(time.perf_counter() - t0)
 
-        return list(await asyncio.gather(*(one() for _ in range(n))))
+        await asyncio.gather(*(client(n // connections + (i < n % connections)) for i in range(connections)))
+    return latencies
 
 
 async def hostile(base: str, rounds: int) -> dict[str, list[int]]:
@@ -237,21 +270,23 @@ def closed_count(socks: list[socket.socket]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--connections", type=int, default=100)
+    ap.add_argument("--requests", type=int, default=2000, help="Well-formed requests under abuse.")
+    ap.add_argument("--baseline", type=int, default=400, help="Well-formed requests alone, for the baseline.")
+    ap.add_argument("--connections", type=int, default=200, help="Well-formed requests in flight at once.")
     ap.add_argument("--idle", type=int, default=1100)
     ap.add_argument("--slow", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=8, help="Rounds of the malformed and amplification requests.")
+    ap.add_argument("--rounds", type=int, default=5, help="Rounds of the malformed and amplification requests.")
     args = ap.parse_args()
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     from tilecast.payloads import v2
 
     model = build_io_bound(DATA_DIR / "serve_io.onnx")
-    print(f"{args.requests} well-formed v2 requests ({SIDE}px x 4 bands) over {args.connections} connections; "
+    print(f"{args.baseline} then {args.requests} well-formed v2 requests ({SIDE}px x 4 bands), {args.connections} "
+          "in flight; "
           f"{args.idle} idle and {args.slow} slow-header sockets; {args.rounds} rounds of malformed and "
           f"amplification requests; {os.cpu_count()} cores, load {load_average():.1f}")
-    server = Server(model)
+    server, probe = Server(model), None
     try:
         x = np.random.default_rng(1).random((1, SIDE, SIDE, 4)).astype(np.float32)
         body, headers = v2.encode_request({"x": x})
@@ -259,7 +294,7 @@ def main() -> None:
         probe = Probe(server)
         probe.start()
         t0 = time.perf_counter()
-        alone = asyncio.run(well_formed(server.base, args.requests, args.connections, body, headers))
+        alone = asyncio.run(well_formed(server.base, args.baseline, args.connections, body, headers))
         t_alone = time.perf_counter() - t0
         idle = open_sockets(server.base, args.idle, 2)
         slow = open_sockets(server.base, args.slow, 2 + (args.idle + 199) // 200)
@@ -280,10 +315,11 @@ def main() -> None:
         for s in idle + slow:
             s.close()
         time.sleep(2.0)  # let the server settle, then the end RSS
-        probe.stop.set()
-        probe.join()
+        probe.finish()
         end = server.rss()
     finally:
+        if probe is not None:
+            probe.kill()
         server.close()
     start, peak = probe.rss[0], max(probe.rss)
     mal, amp = codes["malformed"], codes["amplification"]
@@ -298,9 +334,9 @@ def main() -> None:
           "(400/413: refused before allocating; 503: memory budget spent, retry; 200: an 8 MB body that fit)")
     print(f"sockets closed by the server: idle {closed_idle}/{len(idle)}, slow-header {closed_slow}/{len(slow)}")
     p_alone, p_under = median(alone), median(under)
-    print(f"well-formed requests: all {2 * args.requests} answered 200 ({len(RETRIED)} after a 503 + Retry-After); "
-          f"p50 latency alone {p_alone * 1000:.0f} ms "
-          f"({args.requests / t_alone:.0f} req/s), under abuse {p_under * 1000:.0f} ms "
+    print(f"well-formed requests: all {args.baseline + args.requests} answered 200 ({len(RETRIED)} after a 503 + "
+          f"Retry-After); p50 latency alone {p_alone * 1000:.0f} ms ({args.baseline / t_alone:.0f} req/s), "
+          f"under abuse {p_under * 1000:.0f} ms "
           f"({args.requests / t_under:.0f} req/s); ratio under/alone {p_under / p_alone:.2f}")
 
 

@@ -42,6 +42,8 @@ __all__ = ["HEALTH_ROUTES", "ServerConfig", "create_app", "health_paths", "read_
 log = logging.getLogger("tilecast.serve")
 
 HEALTH_ROUTES = ("/v2/health/live", "/v2/health/ready")
+HEAVY_BYTES = 1 << 20
+"""JSON text (or arrays to write as JSON) from this size on is decoded and encoded one request at a time."""
 Handler = Callable[[Request], Awaitable[tuple[Response, int]]]
 
 
@@ -136,6 +138,16 @@ class Handlers:
     def __init__(self, models: Mapping[str, ServedModel], config: ServerConfig, metrics: Metrics) -> None:
         self.models, self.config, self.metrics = models, config, metrics
         self.default = next(iter(models.values()), None)
+        self.heavy = asyncio.Semaphore(1)
+
+    async def offload(self, nbytes: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread; big JSON work one call at a time. ``json.loads`` and list conversions
+        hold the GIL for their whole call, so several at once would stall the event loop (and health) for all of
+        them back to back."""
+        if nbytes < HEAVY_BYTES:
+            return await run_in_threadpool(fn, *args)
+        async with self.heavy:
+            return await run_in_threadpool(fn, *args)
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:
@@ -218,15 +230,16 @@ class Handlers:
             body = await self.body(request, r)
             split = len(body) if hl is None else min(int(hl), len(body))
             r.grow(json_cost(memoryview(body)[:split]) + 2 * (len(body) - split), "the request")
-            arrays, head = await run_in_threadpool(v2.decode_request, body, int(hl) if hl else None,
-                                                   self.config.decode_budget(r))
+            arrays, head = await self.offload(split, v2.decode_request, body, int(hl) if hl else None,
+                                              self.config.decode_budget(r))
             del body
             check_names(m.signature, arrays, m.bands, m.common_names)
             out = await m.infer(arrays, v2.requested_outputs(head) or None)
             binary = v2.binary_outputs(head, list(out))
             r.grow(sum(v.nbytes * (1 if k in binary else 12) for k, v in out.items()), "the answer", force=True)
-            data, headers = await run_in_threadpool(v2.encode_response, m.name, out, head.get("id"), binary,
-                                                    m.version)
+            text = sum(v.nbytes for k, v in out.items() if k not in binary)
+            data, headers = await self.offload(text, v2.encode_response, m.name, out, head.get("id"), binary,
+                                               m.version)
             return Response(data, headers=headers), len(next(iter(arrays.values())))
 
     # -- TF Serving REST / Vertex AI / Earth Engine ------------------------------------------------------------------
@@ -234,11 +247,11 @@ class Handlers:
         with self.config.budget.reserve(0, "the request") as r:
             body = await self.body(request, r)
             r.grow(json_cost(body), "the JSON body")
-            arrays, fmt = await run_in_threadpool(_decode_rest, body, self.config.decode_budget(r))
+            arrays, fmt = await self.offload(len(body), _decode_rest, body, self.config.decode_budget(r))
             del body
             out = await m.infer(arrays)
             r.grow(sum(v.nbytes * 12 for v in out.values()), "the answer", force=True)
-            data = await run_in_threadpool(_encode_json, fmt, out)
+            data = await self.offload(sum(v.nbytes for v in out.values()), _encode_json, fmt, out)
             return Response(data, media_type="application/json"), len(next(iter(arrays.values())))
 
     async def v1(self, request: Request) -> tuple[Response, int]:

@@ -71,7 +71,7 @@ class GuardedProtocol(HttpToolsProtocol):
     """Connections closed to make room, until their close completes (they still count in ``connections``)."""
     peer: str | None = None
     head_timer: asyncio.TimerHandle | None = None
-    reading_head, head_bytes, head_fields, raw_head, refusal = True, 0, 0, 0, None
+    reading_head, head_bytes, head_fields, raw_head, refusal, message_done = True, 0, 0, 0, None, False
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -148,7 +148,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.reading_head, self.head_bytes, self.head_fields = True, 0, 0
+        self.reading_head, self.head_bytes, self.head_fields, self.message_done = True, 0, 0, False
         if self.head_timer is None:
             self.arm_head_timer()
 
@@ -178,8 +178,13 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self.reading_head, self.raw_head = True, 0
-        if not self.transport.is_closing():
+        if self.message_done and not self.transport.is_closing():
+            self.idle[self] = None  # idle only once the request's body is in too (an early answer leaves it coming)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.message_done = True
+        if self.cycle is not None and self.cycle.response_complete and not self.transport.is_closing():
             self.idle[self] = None
 
     def send_400_response(self, msg: str) -> None:

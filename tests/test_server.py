@@ -343,7 +343,12 @@ def test_graceful_shutdown(tmp_path):
         threads = [threading.Thread(target=call) for _ in range(4)] + [threading.Thread(target=slow_call)]
         for t in threads:
             t.start()
-        time.sleep(0.4)  # four requests now wait in the batcher, one is still arriving
+        deadline = time.monotonic() + 20  # until four requests wait in the batcher and one is still arriving
+        while time.monotonic() < deadline:
+            text = httpx.get(base + "/metrics", timeout=10).text
+            if float(text.split("\ntilecast_requests_in_flight ")[1].split()[0]) >= 6:  # with this /metrics call
+                break
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join()

@@ -127,8 +127,13 @@ class Probe(threading.Thread):
                                       str(self.stop_file), str(every)], stdout=subprocess.PIPE, text=True)
 
     def run(self) -> None:
+        import psutil
+
         while not self.stop.is_set():
-            self.rss.append(self.server.rss())
+            try:
+                self.rss.append(self.server.rss())
+            except psutil.Error:  # the server is gone: main() reports why
+                return
             self.stop.wait(self.every)
 
     def kill(self) -> None:
@@ -184,6 +189,7 @@ def amplification_bodies() -> list[tuple[str, bytes, dict[str, str]]]:
 
 
 RETRIED: list[int] = []
+DROPPED: list[int] = []
 
 
 async def well_formed(base: str, n: int, connections: int, body: bytes, headers: dict[str, str]) -> list[float]:
@@ -198,7 +204,11 @@ async def well_formed(base: str, n: int, connections: int, body: bytes, headers:
             for _ in range(count):
                 t0 = time.perf_counter()
                 for _ in range(20):  # 503 + Retry-After says "busy": honour it, as tilecast's client does
-                    r = await c.post(base + "/v2/models/net/infer", content=body, headers=headers)
+                    try:
+                        r = await c.post(base + "/v2/models/net/infer", content=body, headers=headers)
+                    except httpx.TransportError:  # a kept-alive socket the server closed as it was reused
+                        DROPPED.append(1)
+                        continue
                     if r.status_code != 503:
                         break
                     RETRIED.append(1)
@@ -220,9 +230,14 @@ async def hostile(base: str, rounds: int) -> dict[str, list[int]]:
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=8)) as c:
         for _ in range(rounds):
             answers = await asyncio.gather(*(c.post(base + route, content=body, headers=h)
-                                             for _, (route, body, h) in kinds))
+                                             for _, (route, body, h) in kinds), return_exceptions=True)
             for (kind, _), r in zip(kinds, answers, strict=True):
-                codes[kind].append(r.status_code)
+                if isinstance(r, httpx.TransportError):
+                    codes[kind].append(0)  # the connection closed without an answer
+                elif isinstance(r, BaseException):
+                    raise r
+                else:
+                    codes[kind].append(r.status_code)
     return codes
 
 
@@ -328,14 +343,15 @@ def main() -> None:
           f"median {median(probe.health) * 1000:.1f} ms)")
     print(f"server RSS: start {start >> 20} MiB, peak {peak >> 20} MiB, end {end >> 20} MiB; "
           f"budget {RSS_BUDGET >> 20} MiB: {'within' if peak < RSS_BUDGET else 'OVER'}")
-    print(f"malformed requests: {len(mal)}, 5xx: {sum(c >= 500 for c in mal)} (must be 0); codes "
+    print(f"malformed requests: {len(mal)}, 5xx: {sum(c >= 500 for c in mal)} (must be 0); codes (0: closed) "
           f"{ {c: mal.count(c) for c in sorted(set(mal))} }")
     print(f"amplification requests: {len(amp)}, codes { {c: amp.count(c) for c in sorted(set(amp))} } "
           "(400/413: refused before allocating; 503: memory budget spent, retry; 200: an 8 MB body that fit)")
     print(f"sockets closed by the server: idle {closed_idle}/{len(idle)}, slow-header {closed_slow}/{len(slow)}")
     p_alone, p_under = median(alone), median(under)
     print(f"well-formed requests: all {args.baseline + args.requests} answered 200 ({len(RETRIED)} after a 503 + "
-          f"Retry-After); p50 latency alone {p_alone * 1000:.0f} ms ({args.baseline / t_alone:.0f} req/s), "
+          f"Retry-After, {len(DROPPED)} resent after the connection closed); "
+          f"p50 latency alone {p_alone * 1000:.0f} ms ({args.baseline / t_alone:.0f} req/s), "
           f"under abuse {p_under * 1000:.0f} ms "
           f"({args.requests / t_under:.0f} req/s); ratio under/alone {p_under / p_alone:.2f}")
 

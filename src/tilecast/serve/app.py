@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -174,6 +174,9 @@ class Handlers:
                 response, instances = await fn(request)
                 status = response.status_code
                 return response
+            except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to log
+                status = 499
+                return Response(status_code=499)
             except Exception as exc:
                 status = status_of(exc)
                 if status == 500 and not isinstance(exc, TilecastError):

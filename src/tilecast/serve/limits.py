@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from .status import HTTPError, Overloaded
 
+__all__ = ["SMALL_REQUEST_BYTES", "MemoryBudget", "Reservation", "ServerLimits", "json_cost", "release_memory"]
+
 SMALL_REQUEST_BYTES = 256 << 10
 """A request charged no more than this is never refused for memory: small and malformed requests always get their
 real answer (connections bound how many there can be)."""
-
-__all__ = ["SMALL_REQUEST_BYTES", "MemoryBudget", "Reservation", "ServerLimits", "json_cost", "release_memory"]
 
 
 @dataclass(frozen=True)

@@ -315,3 +315,21 @@ def test_changelog_parses_and_lists_the_current_version():
         assert all(r["changes"].values()), f"{r['version']}: an empty section"
     with pytest.raises(AssertionError, match="not a change type"):
         parse_changelog("# Changelog\n\n## [Unreleased]\n\n### Improved\n\n- x\n")
+
+
+@pytest.mark.unit
+def test_shell_completion_as_documented():
+    """docs/install.md's ``_TILECAST_COMPLETE=bash_source tilecast`` gives a script that completes commands."""
+    docs = (ROOT / "docs" / "install.md").read_text()
+    for shell in ("bash", "zsh", "fish"):
+        assert f"_TILECAST_COMPLETE={shell}_source tilecast" in docs
+    code = "from tilecast.cli import main; main(prog_name='tilecast')"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    script = subprocess.run([sys.executable, "-c", code], env={**env, "_TILECAST_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and "complete -o nosort -F _tilecast_completion tilecast" in script.stdout
+    words = {"COMP_WORDS": "tilecast predict --ove", "COMP_CWORD": "2", "_TILECAST_COMPLETE": "bash_complete"}
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **words}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0
+    assert {"plain,--overlap", "plain,--overwrite"} <= set(done.stdout.split())

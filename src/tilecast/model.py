@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,25 @@ from .sources import RasterioSource, open_source, parse_crs, warp_grid
 from .sources.base import Reprojectable, native_grid
 from .spec import ModelSpec
 
-__all__ = ["Model"]
+__all__ = ["Model", "ai_platform_url"]
+
+_AI_PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def ai_platform_url(project_id: str, model_name: str, version: str | None = None,
+                    region: str | None = "us-central1") -> str:
+    """The legacy AI Platform Prediction URL Earth Engine's ``fromAiPlatformPredictor`` calls:
+    ``https://REGION-ml.googleapis.com/v1/projects/P/models/M[/versions/V]:predict`` (no version: the model's
+    default version)."""
+    named = {"project_id": project_id, "model_name": model_name, "region": region or "us-central1"}
+    if version is not None:
+        named["version"] = str(version)
+    for key, value in named.items():
+        if not value or not _AI_PLATFORM_NAME.match(str(value)):
+            raise SpecError(f"AI Platform {key} {value!r} is not a valid name; give letters, digits, '_', '-' or "
+                            "'.' (e.g. project_id='my-project', model_name='landcover', version='v1')")
+    path = f"projects/{project_id}/models/{model_name}" + (f"/versions/{version}" if version is not None else "")
+    return f"https://{named['region']}-ml.googleapis.com/v1/{path}:predict"
 
 
 class Model:
@@ -107,6 +126,44 @@ class Model:
     @classmethod
     def from_vertex_ai(cls, endpoint: str, **kwargs: Any) -> Model:
         """Earth Engine's ``ee.Model.fromVertexAi``: ``endpoint`` is ``projects/P/locations/R/endpoints/ID``."""
+        kwargs.setdefault("protocol", "vertex")
+        return cls.from_endpoint(endpoint, **kwargs)
+
+    @classmethod
+    def from_ai_platform_predictor(
+        cls,
+        project_id: str | None = None,
+        model_name: str | None = None,
+        version: str | None = None,
+        region: str | None = "us-central1",
+        *,
+        project_name: str | None = None,
+        url: str | None = None,
+        **kwargs: Any,
+    ) -> Model:
+        """Earth Engine's ``ee.Model.fromAiPlatformPredictor``: a model on the legacy AI Platform Prediction service
+        (:func:`ai_platform_url`), which speaks Vertex AI's ``{"instances": [...]}`` contract.
+
+        ``project_name`` is Earth Engine's deprecated spelling of ``project_id``. ``url`` sends the requests elsewhere
+        (a proxy, a local ``tilecast serve``): a bare ``http(s)://HOST[:PORT]`` gets the AI Platform path, a URL with
+        a path is used as it is. Earth Engine's other arguments are the same keywords as for :meth:`from_endpoint`:
+        ``input_properties``, ``input_type_override``, ``input_shapes``, ``fix_input_proj``, ``input_tile_size``,
+        ``input_overlap_size``, ``output_tile_size``, ``output_bands``, ``output_multiplier`` (``proj`` is ``crs`` and
+        ``resolution``; ``output_properties`` goes to :meth:`predict_properties`).
+        """
+        if project_name is not None:
+            warnings.warn("project_name is deprecated (as in Earth Engine); use project_id", DeprecationWarning,
+                          stacklevel=2)
+            if project_id is not None and project_id != project_name:
+                raise SpecError(f"project_id {project_id!r} and project_name {project_name!r} differ; give project_id")
+            project_id = project_name
+        if not project_id or not model_name:
+            raise SpecError("from_ai_platform_predictor needs project_id and model_name (Earth Engine's projectId "
+                            "and modelName)")
+        endpoint = ai_platform_url(project_id, model_name, version, region)
+        if url is not None:
+            root = url.rstrip("/")
+            endpoint = root + endpoint.split(".googleapis.com", 1)[1] if root.count("/") == 2 else url
         kwargs.setdefault("protocol", "vertex")
         return cls.from_endpoint(endpoint, **kwargs)
 

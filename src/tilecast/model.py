@@ -13,6 +13,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .card.binding import CardBinding
+from .card.html import card_html, class_list, section, table
 from .card.load import open_model
 from .errors import InputError, SpecError, TilecastWarning
 from .plan import TileGeometry, TilePlan, window_from_bounds
@@ -304,6 +305,36 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the runtime and its signature, the tile geometry, the output bands (classes with their
+        colours) and the card."""
+        import html
+
+        g, spec = self.spec.geometry, self.spec
+
+        def tensors(specs: Sequence[TensorSpec]) -> list[tuple[str, str, str]]:
+            return [(t.name, "?" if t.shape is None else "×".join("?" if d is None else str(d) for d in t.shape),
+                     str(t.dtype) if t.dtype is not None else "any") for t in specs]
+
+        sig = self.signature
+        parts = [f"<b>tilecast.Model</b> <code>{html.escape(repr(self.runtime))}</code>",
+                 section("Inputs", table(["name", "shape", "dtype"], tensors(sig.inputs))),
+                 section("Outputs", table(["name", "shape", "dtype"], tensors(sig.outputs)))]
+        geometry = [("input tile", "×".join(map(str, g.tile))), ("overlap", "×".join(map(str, g.overlap))),
+                    ("output tile", "×".join(map(str, g.out))), ("layout", spec.layout or "inferred"),
+                    ("batch size", spec.batch_size)]
+        parts.append(section("Tiles", table(["", ""], geometry)))
+        if spec.output_bands:
+            rows = []
+            for b in spec.output_bands:
+                colors = dict(b.colors or ())
+                classes = [(v, n, colors.get(v)) for v, n in b.classes or ()]
+                rows.append((b.name, str(b.dtype), b.dimensions, class_list(classes)))
+            parts.append(section("Output bands", table(["name", "dtype", "dimensions", "classes"], rows, raw=(3,))))
+        if self.card is not None:
+            parts.append(card_html(self.card.card))
+        return '<div style="font-size:90%">' + "".join(parts) + "</div>"
 
     def __repr__(self) -> str:
         g = self.spec.geometry

@@ -81,7 +81,8 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides: Any) -> Model:
-        """Load any model tilecast runs (ONNX, TorchScript, torch.export, SavedModel, Keras) with its model card.
+        """Load any model tilecast runs (ONNX, TorchScript, torch.export, SavedModel, Keras, a TorchServe ``.mar``,
+        TensorFlow Lite) with its model card.
 
         Keyword ``overrides`` (Earth Engine parameters) replace what the card says. ``card=`` (a
         :class:`~tilecast.card.Card` or a path to a card JSON), ``providers``, ``device``, ``threads``,

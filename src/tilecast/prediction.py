@@ -11,7 +11,7 @@ import numpy as np
 from .errors import SpecError
 from .job import Job
 from .plan import TilePlan
-from .progress import Progress, ProgressCallback
+from .progress import ProgressCallback, resolve
 from .resources import bounded_gdal_cache
 from .runners.engine import Dask, Engine, Local, resolve_engine
 from .runtimes.base import model_path
@@ -117,7 +117,7 @@ class Prediction:
     def _run(self, sink: Sink, progress: bool | ProgressCallback | None, engine: Engine, resume: bool,
              chunk_size: int | tuple[int, int] | None) -> Any:
         job = self.job
-        callback = Progress() if progress is True else (progress or None)
+        callback = resolve(progress)
         chunked = isinstance(sink, ChunkSink)
         local = isinstance(engine, Local)
         if local and not resume and not chunked:

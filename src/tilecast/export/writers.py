@@ -17,7 +17,7 @@ import numpy as np
 
 from .._extras import require
 from ..errors import InputError, OutputError, OutputExistsError
-from .common import shard_files
+from .common import publish, shard_files
 from .tfrecord import ShardedWriter, example_bytes, float_row_examples
 
 __all__ = ["SampleOutput", "TableWriter", "Writers"]
@@ -196,7 +196,7 @@ class TableWriter:
             self._w.close()
         if self._f is not None:
             self._f.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
         return [self.path]
 
     def abort(self) -> None:

@@ -243,9 +243,29 @@ def reports_errors(f: Callable) -> Callable:
     return wrapper
 
 
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("starlette", "uvicorn", "httptools", "uvloop", "httpx", "prometheus_client", "grpc",
+                     "google.auth"), "server"),
+    **dict.fromkeys(("geopandas", "pyogrio", "pyarrow", "shapely"), "features"),
+    **dict.fromkeys(("dask", "distributed", "bokeh", "zarr"), "dask"),
+    **dict.fromkeys(("pystac", "stac_model", "jsonschema", "onnx"), "card"),
+    **dict.fromkeys(("xarray", "rioxarray", "odc"), "xarray"),
+    "torch": "torch", "tensorflow": "tf", "keras": "tf", "matplotlib": "demo",
+}
+"""The extra (``pip install 'tilecast[EXTRA]'``) that installs each optional module, for a command that imports
+one directly (the library's own imports go through :func:`tilecast._extras.require`, which says it already)."""
+
+
 def library_error(exc: BaseException) -> str | None:
     """One line for an error that a library raised on a bad input or a hostile machine; None for anything else
     (a bug, which keeps its traceback)."""
+    if isinstance(exc, ImportError) and exc.name:
+        top = exc.name.split(".")[0]
+        extra = EXTRA_OF_MODULE.get(exc.name, EXTRA_OF_MODULE.get(top))
+        if extra:
+            return (f"MissingExtraError: {top!r} is not installed; this command needs it. Install it with: "
+                    f"pip install 'tilecast[{extra}]'")
+        return None
     if isinstance(exc, MemoryError):
         return ("OutputError: not enough memory for this run; use a smaller --tile or --batch-size, a smaller region "
                 "(--bounds), or a machine with more memory")

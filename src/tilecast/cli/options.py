@@ -273,7 +273,11 @@ def library_error(exc: BaseException) -> str | None:
     text = " ".join(messages)
     errnos = {e.errno for e in _chain(exc) if isinstance(e, OSError) and e.errno}
     name = next((str(e.filename) for e in _chain(exc) if isinstance(e, OSError) and e.filename), "the output")
-    if errnos & {errno.ENOSPC, errno.EDQUOT, errno.EFBIG} or "No space left" in text or "disk space" in text:
+    full = errnos & {errno.ENOSPC, errno.EDQUOT, errno.EFBIG} or "No space left" in text or "disk space" in text
+    if not full and _is_gdal(exc) and ("Write error" in text or "Write failed" in text):
+        return (f"OutputError: GDAL could not write the output ({_short(text)}); the disk is probably full: free some "
+                "space, predict a smaller region (--bounds), or write the output to another disk (-o)")
+    if full:
         return (f"OutputError: no space left writing {name} ({_short(text)}); free some space, predict a smaller "
                 "region (--bounds), or write the output to another disk (-o)")
     denied = errnos & {errno.EACCES, errno.EPERM, errno.EROFS}

@@ -349,6 +349,6 @@ def test_an_interrupt_ends_a_retry_wait_at_once(tmp_path, scene, busy_endpoint, 
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
     assert took < 2.0, (took, err)
-    assert proc.returncode == 128 + signum, err
+    assert proc.returncode in (128 + signum, -signum), err  # exit status 130/143, or ended by the signal itself
     assert "Traceback" not in err and "Aborted" in err
     assert list(out.iterdir()) == []

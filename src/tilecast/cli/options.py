@@ -230,7 +230,7 @@ def reports_errors(f: Callable) -> Callable:
         except TilecastError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
         except KeyboardInterrupt as exc:
-            _exit_interrupted(143 if isinstance(exc, Terminated) else 130)
+            _exit_interrupted(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
         except Exception as exc:
             line = library_error(exc)
             if line is None:
@@ -348,10 +348,11 @@ EXIT_GRACE_S = 1.0
 exits without them."""
 
 
-def _exit_interrupted(code: int) -> None:
-    """Exit now. Threads that outlive the grace period (an HTTP request waiting for its answer) would hold the
-    interpreter's exit for their whole timeout, so the process then leaves without joining them; every sink has
-    already aborted (the exception unwound through the runner)."""
+def _exit_interrupted(signum: int) -> None:
+    """Exit now, with the status of a process that the signal ended. Threads that outlive the grace period (an HTTP
+    request waiting for its answer) would hold the interpreter's exit for their whole timeout, so the process then
+    ends by the signal itself, without joining them; every sink has already aborted (the exception unwound through
+    the runner)."""
     click.echo("Aborted!", err=True)
     deadline = time.monotonic() + EXIT_GRACE_S
     for t in threading.enumerate():
@@ -360,5 +361,6 @@ def _exit_interrupted(code: int) -> None:
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)

@@ -83,6 +83,8 @@ def test_non_finite_bounds_are_a_usage_error(tmp_path, scene, model, bounds):
     res = run("predict", scene, "-m", model, "--tile", "16", "--bounds", *bounds, "-o", tmp_path / "b.tif")
     assert res.exit_code == 2 and "finite" in res.stderr and "Traceback" not in res.output
     assert not (tmp_path / "b.tif").exists()
+    res = run("export", "image", scene, "--patch", "8", "--bounds", *bounds, "-o", tmp_path / "e")
+    assert res.exit_code == 2 and "finite" in res.stderr and "Traceback" not in res.output
 
 
 def test_an_unknown_compression_is_a_usage_error(tmp_path, scene, model):

@@ -138,6 +138,6 @@ def test_cli_lines_in_docs_use_existing_commands_and_options(doc, line):
     cmd, words = _command(line)
     assert not isinstance(cmd, click.Group), f"{doc}: {line!r} names no subcommand of {cmd.name!r}"
     known = {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
-    flags = [w.split("=")[0] for w in words if w.startswith("-") and not re.fullmatch(r"-?[\d.]+", w)]
+    flags = [w.split("=")[0] for w in words if w.startswith("-") and not re.fullmatch(r"-?[\d.,]+", w)]
     unknown = [f for f in flags if f not in known]
     assert not unknown, f"{doc}: {line!r} uses options that `tilecast {cmd.name}` does not have: {unknown}"

@@ -8,6 +8,7 @@ from .prediction import Prediction
 from .resources import Resources
 from .runners.engine import Dask, Engine, Local
 from .spec import ModelSpec, OutputBand
+from .view import view
 
 __version__ = "0.1.0"
 
@@ -23,5 +24,6 @@ __all__ = [
     "TileGeometry",
     "TilePlan",
     "__version__",
+    "view",
     *_errors,
 ]

@@ -268,6 +268,27 @@ class Prediction:
     def to_numpy(self, progress: bool | ProgressCallback | None = None) -> np.ndarray:
         return self.to_xarray(progress).values
 
+    def to_vector(self, path: str | os.PathLike, **options: Any) -> Path:
+        """Objects (a detector) or regions (a class map) streamed to a vector file; see
+        :func:`tilecast.vectors.predict_vectors`."""
+        from .vectors import predict_vectors
+
+        return predict_vectors(self, path, **options)
+
+    def to_geodataframe(self, **options: Any) -> Any:
+        """Objects or regions as a GeoDataFrame in memory (small areas); see
+        :func:`tilecast.vectors.to_geodataframe`."""
+        from .vectors import to_geodataframe
+
+        return to_geodataframe(self, **options)
+
+    def explore(self, **options: Any) -> Any:
+        """An interactive map of this prediction (Jupyter), computed block by block as you pan; see
+        :func:`tilecast.view.explore`."""
+        from .view import explore
+
+        return explore(self, **options)
+
     def __repr__(self) -> str:
         h, w = self.plan.output_shape
         return f"<Prediction {len(self.plan)} tiles -> {w} x {h} px, source={self.source!r}>"

@@ -9,10 +9,12 @@ from .card import card
 from .export import export
 from .import_ import import_
 from .info import info
+from .polygonize import polygonize
 from .predict import predict
 from .predict_features import predict_features
 from .prepare import prepare
 from .serve import serve
+from .view import view
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -29,3 +31,5 @@ main.add_command(predict_features)
 main.add_command(serve)
 main.add_command(card)
 main.add_command(prepare)
+main.add_command(view)
+main.add_command(polygonize)

@@ -1,0 +1,86 @@
+"""``polygonize_raster``: polygons of an existing class raster, read strip by strip (no model involved)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..progress import Progress, ProgressCallback
+from .features import FeatureOutput, polygon_fields
+from .polygonize import StripPolygonizer
+from .write import VectorWriter, vector_driver
+
+__all__ = ["polygonize_raster"]
+
+
+def polygonize_raster(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    band: int = 1,
+    overwrite: bool = False,
+    vector_crs: Any = None,
+    ignore: tuple[float, ...] = (),
+    simplify: float | None = None,
+    min_area: float | None = None,
+    strip_rows: int = 1024,
+    progress: bool | ProgressCallback | None = None,
+) -> Path:
+    """Polygonize ``band`` (1-based) of the class raster at ``path`` into the vector file ``out``.
+
+    One polygon per 4-connected region of equal value, whatever the raster's size: strips of ``strip_rows`` rows
+    are read in turn and their seams dissolved. Nodata (and the ``ignore`` values) are not regions; class names
+    come from the raster's category names when it has them.
+    """
+    import rasterio
+    from pyproj import CRS
+    from rasterio.windows import Window
+
+    from ..sources.rasterio_source import open_dataset
+
+    vector_driver(out)  # an unknown extension fails before any reading
+    callback: ProgressCallback | None = Progress("polygonize") if progress is True else (progress or None)
+    with open_dataset(path) as ds:
+        if not 1 <= band <= ds.count:
+            from ..errors import BandMismatchError
+
+            raise BandMismatchError(f"{path} has {ds.count} band(s); band {band} does not exist")
+        if np.dtype(ds.dtypes[band - 1]).kind not in "iub":
+            from .errors import VectorFormatError
+
+            raise VectorFormatError(f"band {band} of {path} is {ds.dtypes[band - 1]}: polygonize takes a class map "
+                                    "(integer values); classify or round it first")
+        src = CRS.from_user_input(ds.crs.to_wkt()) if ds.crs is not None else None
+        dst = CRS.from_user_input(rasterio.crs.CRS.from_user_input(vector_crs).to_wkt()) if vector_crs else src
+        names = _categories(ds, band)
+        writer = VectorWriter(out, dst, polygon_fields(), overwrite=overwrite)
+        try:
+            output = FeatureOutput(writer, ds.transform, src, names, vector_crs=dst, simplify=simplify,
+                                   min_area=min_area)
+            poly = StripPolygonizer((*ignore, ds.nodatavals[band - 1]))
+            for r in range(0, ds.height, strip_rows):
+                h = min(strip_rows, ds.height - r)
+                output.polygons(poly.add(r, ds.read(band, window=Window(0, r, ds.width, h))))
+                if callback is not None:
+                    callback(r + h, ds.height, (r + h) * ds.width)
+            output.polygons(poly.finish())
+        except BaseException:
+            writer.abort()
+            raise
+    return writer.close()
+
+
+def _categories(ds: Any, band: int) -> dict[int, str]:
+    """Class names a tilecast GeoTIFF carries in its band's ``class_names`` tag (JSON ``{value: name}``)."""
+    import json
+
+    text = ds.tags(band).get("class_names")
+    if not text:
+        return {}
+    try:
+        return {int(k): str(v) for k, v in json.loads(text).items()}
+    except (ValueError, AttributeError):
+        return {}

@@ -1,0 +1,188 @@
+"""From merged objects in pixel coordinates to features: map coordinates, attributes, and a place to put them.
+
+Geometry stays in grid pixels through decoding and merging (whole numbers for polygons, so unions are exact) and
+goes through the grid's affine transform, then to ``vector_crs`` if given, only on the way out. A
+:class:`PolygonSink` is the raster pipeline's :class:`~tilecast.sinks.base.Sink` for class maps: it polygonizes
+each strip as the runner hands it over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from affine import Affine
+from rasterio.windows import Window
+
+from ..sinks.base import OutputProfile
+from .merge import Objects
+from .polygonize import ClassPolygons, StripPolygonizer
+
+__all__ = ["FeatureOutput", "FeatureTarget", "Features", "PolygonSink", "object_fields", "polygon_fields"]
+
+
+@runtime_checkable
+class FeatureTarget(Protocol):
+    """Where features go: a :class:`~tilecast.vectors.write.VectorWriter`, or :class:`Features` in memory."""
+
+    def write(self, geoms: np.ndarray, columns: Mapping[str, np.ndarray]) -> None: ...
+
+
+class Features:
+    """Features gathered in memory (for small areas), turned into a GeoDataFrame at the end."""
+
+    def __init__(self, crs: Any) -> None:
+        self.crs = crs
+        self.geoms: list[np.ndarray] = []
+        self.columns: dict[str, list[np.ndarray]] = {}
+
+    def write(self, geoms: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        self.geoms.append(np.asarray(geoms, dtype=object))
+        for k, v in columns.items():
+            self.columns.setdefault(k, []).append(np.asarray(v))
+
+    def to_geodataframe(self, fields: Mapping[str, Any]) -> Any:
+        from .._extras import require
+
+        gpd = require("geopandas", "features")
+        geoms = np.concatenate(self.geoms) if self.geoms else np.empty(0, object)
+        data = {k: (np.concatenate(self.columns[k]) if self.columns.get(k) else np.empty(0, dtype=dt))
+                for k, dt in fields.items()}
+        return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=self.crs), crs=self.crs)
+
+
+def object_fields(with_area: bool) -> dict[str, Any]:
+    """Attributes of detected objects: class, score, the tile that saw them, and the area of polygons."""
+    out: dict[str, Any] = {"class_id": np.int32, "class_name": object, "score": np.float32, "tile_row": np.int32,
+                           "tile_col": np.int32}
+    if with_area:
+        out["area"] = np.float64
+    return out
+
+
+def polygon_fields() -> dict[str, Any]:
+    """Attributes of class-map polygons."""
+    return {"class_id": np.int32, "class_name": object, "area": np.float64}
+
+
+class FeatureOutput:
+    """Moves pixel-space objects or polygons to map coordinates, filters and simplifies them, adds attributes,
+    and hands them to a :class:`FeatureTarget`."""
+
+    def __init__(
+        self,
+        target: FeatureTarget,
+        transform: Affine,
+        crs: Any,
+        class_names: Mapping[int, str],
+        *,
+        vector_crs: Any = None,
+        with_area: bool = True,
+        simplify: float | None = None,
+        min_area: float | None = None,
+    ) -> None:
+        self.target = target
+        self.transform = transform
+        self.class_names = dict(class_names)
+        self.with_area = with_area
+        self.simplify = simplify
+        self.min_area = min_area
+        self.count = 0
+        self._reproject = None
+        if vector_crs is not None and crs is not None and vector_crs != crs:
+            from pyproj import Transformer
+
+            self._reproject = Transformer.from_crs(crs, vector_crs, always_xy=True)
+
+    def _to_map(self, geoms: np.ndarray) -> np.ndarray:
+        import shapely
+
+        a = self.transform
+
+        def move(xy: np.ndarray) -> np.ndarray:
+            x = a.a * xy[:, 0] + a.b * xy[:, 1] + a.c
+            y = a.d * xy[:, 0] + a.e * xy[:, 1] + a.f
+            if self._reproject is not None:
+                x, y = self._reproject.transform(x, y)
+            return np.stack([x, y], axis=1)
+
+        out = shapely.transform(geoms, move)
+        if self.simplify:
+            out = shapely.simplify(out, self.simplify, preserve_topology=True)
+        return out
+
+    def _names(self, classes: np.ndarray) -> np.ndarray:
+        ids, inverse = np.unique(classes, return_inverse=True)
+        names = np.asarray([self.class_names.get(int(c), str(int(c))) for c in ids], dtype=object)
+        return names[inverse.reshape(-1)]
+
+    def _filter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import shapely
+
+        area = shapely.area(geoms)
+        keep = ~shapely.is_empty(geoms)
+        if self.min_area:
+            keep &= area >= self.min_area
+        return keep, area
+
+    def objects(self, objs: Objects) -> None:
+        if not len(objs):
+            return
+        geoms = self._to_map(objs.geoms)
+        keep, area = self._filter(geoms)
+        cols: dict[str, np.ndarray] = {
+            "class_id": objs.classes[keep].astype(np.int32), "class_name": self._names(objs.classes[keep]),
+            "score": objs.scores[keep].astype(np.float32), "tile_row": objs.rows[keep].astype(np.int32),
+            "tile_col": objs.cols[keep].astype(np.int32),
+        }
+        if self.with_area:
+            cols["area"] = area[keep]
+        self.target.write(geoms[keep], cols)
+        self.count += int(keep.sum())
+
+    def polygons(self, polys: ClassPolygons) -> None:
+        if not len(polys):
+            return
+        geoms = self._to_map(polys.geoms)
+        keep, area = self._filter(geoms)
+        classes = polys.values[keep].astype(np.int64)
+        self.target.write(geoms[keep], {"class_id": classes.astype(np.int32), "class_name": self._names(classes),
+                                        "area": area[keep]})
+        self.count += int(keep.sum())
+
+
+class PolygonSink:
+    """A raster :class:`~tilecast.sinks.base.Sink` that polygonizes a class map strip by strip.
+
+    ``band`` picks the output band (0-based); nodata pixels and the ``ignore`` values are not regions.
+    ``block_rows`` sets how many rows each strip has at least (the runner hands over finished tile rows).
+    """
+
+    def __init__(self, output: FeatureOutput, *, band: int = 0, ignore: tuple[float, ...] = (),
+                 block_rows: int = 1, on_close: Any = None) -> None:
+        self.output = output
+        self.band = band
+        self.ignore = ignore
+        self.block_rows = block_rows
+        self.on_close = on_close
+        self.polygonizer = StripPolygonizer(ignore)
+
+    def open(self, profile: OutputProfile) -> None:
+        self.output.transform = profile.grid.transform
+        bands = profile.bands
+        if bands and bands[0].classes and not self.output.class_names:
+            self.output.class_names = {int(k): str(v) for k, v in dict(bands[0].classes).items()}
+        self.polygonizer = StripPolygonizer((*self.ignore, profile.nodata))
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        arr = data[self.band] if data.ndim == 3 else data
+        self.output.polygons(self.polygonizer.add(int(window.row_off), arr))
+
+    def close(self) -> Any:
+        self.output.polygons(self.polygonizer.finish())
+        return self.on_close() if self.on_close is not None else None
+
+    def abort(self) -> None:
+        if self.on_close is not None:
+            self.on_close(abort=True)

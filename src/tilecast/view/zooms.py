@@ -1,0 +1,110 @@
+"""Where a web-mercator tile falls on a raster's grid, and which zoom levels a layer offers.
+
+morecantile holds the tile-matrix math and rasterio the reprojection; this module only combines them. The zoom-out
+guard lives here: a layer's ``minzoom`` is the lowest level at which one map tile needs at most ``budget`` blocks of
+the model's grid, so no single request can fan out into more model calls than that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import morecantile
+from rasterio.errors import RasterioError
+from rasterio.warp import calculate_default_transform, transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from ..errors import NotGeoreferencedError
+from ..sources.base import Grid
+
+__all__ = ["TMS", "Zooms", "block_zooms", "check_georeferenced", "native_zoom", "tile_window", "tilejson",
+           "wgs84_bounds"]
+
+TMS = morecantile.tms.get("WebMercatorQuad")
+ABOVE_NATIVE = 4
+"""Levels served above the native zoom (the client overzooms beyond ``maxzoom``)."""
+MARGIN = 2
+"""Output pixels read around a tile's footprint, so that warping at its edges has every pixel it needs."""
+
+
+@dataclass(frozen=True)
+class Zooms:
+    minzoom: int
+    native: int
+    maxzoom: int
+
+
+def check_georeferenced(grid: Grid, what: str) -> None:
+    if grid.crs is None or grid.transform.is_identity:
+        raise NotGeoreferencedError(
+            f"{what} has no CRS or geotransform, so it cannot be placed on a map; georeference it first "
+            "(e.g. gdal_translate -a_srs EPSG:XXXX -a_ullr ...)"
+        )
+
+
+def wgs84_bounds(grid: Grid) -> tuple[float, float, float, float]:
+    """``(west, south, east, north)`` in degrees, clamped to what web mercator shows."""
+    w, s, e, n = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21)
+    lim = 85.0511287798
+    return max(w, -180.0), max(s, -lim), min(e, 180.0), min(n, lim)
+
+
+def native_zoom(grid: Grid) -> int:
+    """The zoom whose pixel size is closest to the grid's, as rio-tiler works it out for a dataset."""
+    h, w = grid.shape
+    transform, _, _ = calculate_default_transform(grid.crs, TMS.rasterio_crs, w, h, *grid.bounds)
+    return TMS.zoom_for_res(abs(transform.a), max_z=TMS.maxzoom)
+
+
+def tile_window(grid: Grid, z: int, x: int, y: int, margin: int = MARGIN) -> Window | None:
+    """The grid's pixels under tile ``z/x/y`` (plus ``margin``), clipped to the grid; None outside it (or where
+    the tile has no place in the grid's CRS)."""
+    try:
+        bounds = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(x, y, z), densify_pts=21)
+    except (RasterioError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in bounds):
+        return None
+    win = from_bounds(*bounds, grid.transform)
+    h, w = grid.shape
+    r0 = max(0, math.floor(win.row_off) - margin)
+    c0 = max(0, math.floor(win.col_off) - margin)
+    r1 = min(h, math.ceil(win.row_off + win.height) + margin)
+    c1 = min(w, math.ceil(win.col_off + win.width) + margin)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def _blocks_per_tile(grid: Grid, z: int, block: tuple[int, int], blocks: tuple[int, int]) -> int:
+    """Blocks one tile near the grid's centre needs at zoom ``z`` in the worst alignment."""
+    w, s, e, n = wgs84_bounds(grid)
+    t = TMS.tile((w + e) / 2, (s + n) / 2, z)
+    left, bottom, right, top = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(t), densify_pts=21)
+    rx, ry = grid.resolution
+    rows = min(blocks[0], math.ceil((top - bottom) / ry / block[0]) + 1)
+    cols = min(blocks[1], math.ceil((right - left) / rx / block[1]) + 1)
+    return rows * cols
+
+
+def block_zooms(grid: Grid, block: tuple[int, int], blocks: tuple[int, int], budget: int) -> Zooms:
+    """Zoom levels of a layer computed in blocks of ``block`` output pixels (``blocks``: how many, rows x cols):
+    ``minzoom`` is the lowest level whose tiles need at most ``budget`` blocks each, and never above the native
+    zoom (where a tile needs the few blocks under it, whatever the budget)."""
+    native = native_zoom(grid)
+    minzoom = native
+    while minzoom > 0 and _blocks_per_tile(grid, minzoom - 1, block, blocks) <= budget:
+        minzoom -= 1
+    return Zooms(minzoom, native, min(TMS.maxzoom, native + ABOVE_NATIVE))
+
+
+def tilejson(name: str, url: str, grid: Grid, zooms: Zooms, **extra: Any) -> dict[str, Any]:
+    """A TileJSON 3.0.0 document for a layer whose tiles are at ``url`` (with ``{z}/{x}/{y}``)."""
+    w, s, e, n = wgs84_bounds(grid)
+    center = [(w + e) / 2, (s + n) / 2, max(zooms.minzoom, min(zooms.native, zooms.maxzoom) - 2)]
+    doc = {"tilejson": "3.0.0", "name": name, "tiles": [url], "minzoom": zooms.minzoom, "maxzoom": zooms.maxzoom,
+           "bounds": [w, s, e, n], "center": center, "scheme": "xyz"}
+    doc.update(extra)
+    return doc

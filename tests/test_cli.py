@@ -153,7 +153,7 @@ main(sys.argv[1:], prog_name="tilecast")
 EXTRA_MODULES = ["xarray", "rioxarray", "odc", "dask", "distributed", "bokeh", "zarr", "torch", "tensorflow", "keras",
                  "pystac", "stac_model", "jsonschema", "onnx", "starlette", "uvicorn", "httptools", "uvloop", "httpx",
                  "prometheus_client", "grpc", "google.auth", "geopandas", "pyogrio", "pyarrow", "shapely", "fiona",
-                 "matplotlib", "scipy"]
+                 "matplotlib", "scipy", "rio_tiler", "morecantile", "PIL", "ipyleaflet"]
 
 
 def test_a_core_only_install_names_the_extra_each_command_needs(tmp_path, raster):
@@ -182,6 +182,10 @@ def test_a_core_only_install_names_the_extra_each_command_needs(tmp_path, raster
         ("predict", src, "-m", onnx, "--tile", "16", "-o", tmp_path / "d.tif", "--engine", "dask"): "dask",
         ("predict", src, "--endpoint", "http://127.0.0.1:9/v2/models/m", "--tile", "16", "-o",
          tmp_path / "h.tif"): "server",
+        ("view", src): "view",
+        ("prepare", "--source-dir", tmp_path, "--dest-dir", tmp_path / "pp", "--input", '{"a:0": "x"}', "--output",
+         '{"b:0": "y"}'): "tf",
+        ("polygonize", raster(np.ones((1, 20, 20), "uint8")), "-o", tmp_path / "p.gpkg"): "features",
     }
     for args, extra in cases.items():
         res = subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True, text=True,

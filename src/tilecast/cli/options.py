@@ -250,6 +250,7 @@ EXTRA_OF_MODULE = {
     **dict.fromkeys(("dask", "distributed", "bokeh", "zarr"), "dask"),
     **dict.fromkeys(("pystac", "stac_model", "jsonschema", "onnx"), "card"),
     **dict.fromkeys(("xarray", "rioxarray", "odc"), "xarray"),
+    **dict.fromkeys(("rio_tiler", "morecantile", "PIL", "ipyleaflet"), "view"),
     "torch": "torch", "tensorflow": "tf", "keras": "tf", "matplotlib": "demo",
 }
 """The extra (``pip install 'tilecast[EXTRA]'``) that installs each optional module, for a command that imports

@@ -129,3 +129,17 @@ def test_imported_cog_carries_nodata(tmp_path, raster):
     res = run("import", *files, "--mixer", mixer, "-o", tmp_path / "n.tif", "-q", "--nodata", "-1")
     with rasterio.open(tmp_path / "n.tif") as ds:
         assert ds.nodata == -1
+
+
+def test_gdal_reads_the_category_sidecar(tmp_path, raster):
+    """What the GeoTIFF sink writes beside a class map (``OUTPUT.tif.aux.xml``) is what GDAL reports: a VRT copy,
+    which serialises each band's CategoryNames as GDAL read them, lists the names."""
+    import rasterio.shutil
+
+    tif = Path(raster(np.array([[[0, 1], [2, 1]]], "uint8"), tiled=False))
+    bands = [OutputBand("lc", np.dtype("uint8"), 0, ((0, "water"), (2, "forest & shrub")))]
+    Path(f"{tif}.aux.xml").write_text(categories_xml(bands))
+    rasterio.shutil.copy(tif, tmp_path / "copy.vrt", driver="VRT")
+    root = ET.parse(tmp_path / "copy.vrt").getroot()
+    names = [c.text or "" for c in root.iter("Category")]
+    assert names == ["water", "", "forest & shrub"]

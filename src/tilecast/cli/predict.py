@@ -10,20 +10,38 @@ import click
 import rasterio
 
 from ..errors import SpecError, TilecastWarning
+from ..spec import parse_colors
 from .options import (
     SIZE,
     KeyValueType,
+    SectionedCommand,
+    compress_option,
     csv_list,
     endpoint_request_options,
     engine_options,
+    finite_bounds,
     gdal_config_option,
     overwrite_option,
     quiet_option,
     reports_errors,
 )
 
+SECTIONS = {
+    "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
+              "input_type_override", "input_shape", "input_property", "gdal_config"),
+    "Model and tiling": ("model_path", "tile", "overlap", "overlap_mode", "output_tile", "layout", "blend", "padding",
+                         "batch_size", "providers"),
+    "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
+               "overwrite", "resume", "quiet"),
+    "Engine": ("engine", "scheduler", "workers", "performance_report"),
+    "Endpoint (a hosted model instead of --model)": (
+        "endpoint", "protocol", "payload_format", "request_timeout", "max_payload_bytes", "output_multiplier",
+        "concurrency", "headers", "token_env"),
+}
+"""The sections of ``tilecast predict --help``."""
 
-@click.command(short_help="Predict a raster with a model.")
+
+@click.command(cls=SectionedCommand, sections=SECTIONS, short_help="Predict a raster with a model.")
 @click.argument("image", nargs=-1, required=True)
 @click.option("-m", "--model", "model_path",
               help="Model file: .onnx, TorchScript .pt, torch.export .pt2, Keras .keras or a SavedModel folder. Its "
@@ -52,12 +70,15 @@ from .options import (
 @click.option("--padding", type=click.Choice(["zero", "reflect"]),
               help="How tiles are padded beyond the raster edge. [default: zero]")
 @click.option("--batch-size", type=int, help="Tiles per model call. [default: 8]")
-@click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Predict only this region.")
+@click.option("--bounds", type=float, nargs=4, metavar="L B R T", callback=finite_bounds,
+              help="Predict only this region.")
 @click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS).")
 @click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
 @click.option("--fill-value", type=float, help="Value sent for masked pixels. [default: 0]")
 @click.option("--append-input", is_flag=True, help="Write the input bands followed by the outputs.")
 @click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
+@click.option("--colors", help="Class colours of the first output band: 0:#1f77b4,1:#ff7f0e (or #1f77b4,#ff7f0e in "
+              "class order, or a palette: tab10, set1, paired). [default: tab10 for bands with --classes]")
 @click.option("--input-type-override", multiple=True, type=KeyValueType(":"), metavar="NAME:DTYPE",
               help="Cast an input to a dtype (repeatable).")
 @click.option("--input-shape", multiple=True, type=KeyValueType(":"), metavar="NAME:DEPTH",
@@ -65,7 +86,7 @@ from .options import (
 @click.option("--input-property", multiple=True, metavar="NAME",
               help="Send an image property (tag) with every tile (repeatable).")
 @click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
-@click.option("--compress", default="DEFLATE", show_default=True, help="COG compression (DEFLATE, ZSTD, LZW...).")
+@compress_option
 @click.option("--no-overviews", is_flag=True, help="Do not build overviews.")
 @engine_options(help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same output (and make this "
@@ -139,13 +160,24 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
 def build_params(opts: dict[str, Any]) -> dict[str, Any]:
     """Model parameters from CLI options (shared with other commands that build models)."""
     output_bands: Any = list(opts["output_bands"]) or None
-    if opts.get("classes"):
+    if opts.get("classes") or opts.get("colors"):
+        flag = "--classes" if opts.get("classes") else "--colors"
         if not output_bands:
-            raise SpecError("--classes needs an --output-band to attach to")
+            raise SpecError(f"{flag} needs an --output-band to attach to (the first one gets the classes)")
         name, _, rest = output_bands[0].partition(":")
         dtype, _, dims = rest.partition(":")
-        classes = parse_classes(opts["classes"])
-        output_bands[0] = {name: {"type": dtype, "dimensions": int(dims or 0), "classes": classes}}
+        if dims and not dims.isdigit():
+            raise SpecError(f"output band {output_bands[0]!r}: DIMS must be 0 or 1, e.g. probs:float32:1")
+        first: dict[str, Any] = {"type": dtype, "dimensions": int(dims or 0)}
+        classes = parse_classes(opts["classes"]) if opts.get("classes") else None
+        if classes:
+            first["classes"] = classes
+        if opts.get("colors"):
+            values = None
+            if classes:
+                values = list(classes) if isinstance(classes, dict) else list(range(len(classes)))
+            first["colors"] = parse_colors(opts["colors"], values)
+        output_bands[0] = {name: first}
         merged: dict[str, Any] = {}
         for b in output_bands:
             merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})

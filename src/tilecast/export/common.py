@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._files import current_umask, publish
 from ..progress import Progress
 
 __all__ = [
@@ -57,19 +57,3 @@ def remove_stale(before: Iterable[Path], published: Sequence[Path]) -> None:
             old.unlink()
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Rename a finished temporary file to its final name with the mode a plain ``open`` would have given it:
-    ``tempfile.mkstemp`` creates files 0600, and exports should be as readable as the rasters beside them."""
-    os.chmod(tmp, 0o666 & ~current_umask())
-    os.replace(tmp, final)

@@ -25,6 +25,7 @@ from .options import (
     quiet_option,
     reports_errors,
 )
+from .polygonize import VECTOR_HELP, check_output_options, detector_options, polygon_options, write_vectors
 
 SECTIONS = {
     "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
@@ -33,6 +34,8 @@ SECTIONS = {
                          "batch_size", "providers"),
     "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
                "overwrite", "resume", "quiet"),
+    "Vector output (-o .gpkg, .parquet, .fgb, .geojson, .shp)": (
+        "vector_crs", "simplify", "min_area", "confidence", "iou", "det_type"),
     "Engine": ("engine", "scheduler", "workers", "performance_report"),
     "Endpoint (a hosted model instead of --model)": (
         "endpoint", "protocol", "payload_format", "request_timeout", "max_payload_bytes", "output_multiplier",
@@ -48,7 +51,8 @@ SECTIONS = {
               "model card (sidecar or embedded) supplies the parameters you leave out.")
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
 @endpoint_request_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help=f"Output: a GeoTIFF (COG), or a vector file ({VECTOR_HELP}) for detectors and class maps.")
 @click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
 @click.option("--overlap", type=SIZE,
               help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode). [default: 0]")
@@ -91,6 +95,8 @@ SECTIONS = {
 @engine_options(help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same output (and make this "
               "run resumable); finished chunks are not recomputed.")
+@polygon_options
+@detector_options
 @overwrite_option
 @quiet_option
 @gdal_config_option
@@ -107,6 +113,11 @@ def predict(
       tilecast predict scene.tif --model unet.onnx --tile 256 --overlap 16 \\
           --output-band landcover:uint8 -o landcover.tif
     """
+    vector = check_output_options(output, opts)  # raster-only flags with .gpkg (and the reverse) are an error
+    names = None
+    if vector and opts["classes"] and not opts["output_bands"]:  # a detector's class names, not a band's
+        names = parse_classes(opts["classes"])
+        opts = {**opts, "classes": None}
     params = build_params(opts)
     with rasterio.Env(**gdal_env(gdal_config)), warnings.catch_warnings():
         warnings.simplefilter("always", TilecastWarning)
@@ -116,6 +127,9 @@ def predict(
             image[0] if len(image) == 1 else list(image), bounds=opts["bounds"], bounds_crs=opts["bounds_crs"],
             append_input=opts["append_input"],
         )
+        if vector:
+            write_vectors(result, output, opts, quiet, class_names=names)
+            return
         path = result.to_geotiff(
             output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
             overviews=not opts["no_overviews"], engine=opts["engine"], resume=opts["resume"],

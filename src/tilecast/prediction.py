@@ -15,6 +15,7 @@ from .errors import SpecError
 from .job import Job
 from .plan import TilePlan
 from .progress import Progress, ProgressCallback
+from .runners.engine import Dask, Engine, Local, resolve_engine
 from .sinks.base import OutputProfile, Sink
 from .sources.base import Grid, Source
 from .spec import check_nodata, default_nodata
@@ -64,13 +65,15 @@ class Prediction:
     """What :meth:`Model.predict_image` returns. Inspect ``plan`` and ``profile``; nothing runs until written."""
 
     def __init__(
-        self, model: Model, source: Source, plan: TilePlan, append_input: bool = False, engine: str = "local"
+        self, model: Model, source: Source, plan: TilePlan, append_input: bool = False,
+        engine: Engine | str | None = None,
     ) -> None:
         self.model = model
         self.source = source
         self.plan = plan
         self.append_input = append_input
-        self.engine = engine
+        self.engine = resolve_engine(engine)
+        """Where the prediction runs unless a method is given another engine."""
         spec = model.spec
         self.inputs = bind_inputs(spec, model.signature, model.input_band_names(source.band_names), source.dtype,
                                   source.properties)
@@ -126,7 +129,7 @@ class Prediction:
         self,
         sink: Sink,
         progress: bool | ProgressCallback | None = None,
-        engine: str | None = None,
+        engine: Engine | str | None = None,
         *,
         resume: bool = False,
         chunk_size: int | tuple[int, int] | None = None,
@@ -134,52 +137,43 @@ class Prediction:
     ) -> Any:
         """Execute into ``sink`` and return what it returns on close.
 
-        ``engine``: ``"local"`` (threads, streaming) or ``"dask"`` (chunk tasks on the current Dask client, or on
-        ``client=``, ``scheduler=ADDR``, or a new LocalCluster of ``workers=N``). ``resume`` continues an interrupted
-        run of the same prediction into the same output, skipping finished chunks. ``dask_options`` also take
-        ``performance_report=PATH``.
+        ``engine``: :class:`~tilecast.Local` (threads, streaming; the default) or :class:`~tilecast.Dask` (chunk
+        tasks on a Dask cluster; ``"local"`` and ``"dask"`` name their defaults). ``resume`` continues an
+        interrupted run of the same prediction into the same output, skipping finished chunks. ``chunk_size`` sets
+        the output chunk edge of a chunked run. ``dask_options`` (``workers=``, ``client=``...) are deprecated: pass
+        ``engine=tilecast.Dask(...)``.
         """
-        from .runners.dask import check_engine
-
-        engine = check_engine(engine or self.engine)
-        if engine != "local":  # Dask workers cap their own cache; the client's settings travel to them
-            return self._run(sink, progress, engine, resume=resume, chunk_size=chunk_size, **dask_options)
+        chosen = resolve_engine(engine, self.engine, dask_options)
+        if isinstance(chosen, Dask):  # Dask workers cap their own cache; the client's settings travel to them
+            return self._run(sink, progress, chosen, resume, chunk_size)
         with bounded_gdal_cache(self.job):
-            return self._run(sink, progress, engine, resume=resume, chunk_size=chunk_size, **dask_options)
+            return self._run(sink, progress, chosen, resume, chunk_size)
 
-    def _run(
-        self,
-        sink: Sink,
-        progress: bool | ProgressCallback | None,
-        engine: str,
-        *,
-        resume: bool,
-        chunk_size: int | tuple[int, int] | None,
-        **dask_options: Any,
-    ) -> Any:
+    def _run(self, sink: Sink, progress: bool | ProgressCallback | None, engine: Engine, resume: bool,
+             chunk_size: int | tuple[int, int] | None) -> Any:
         job = self.job
         callback = Progress() if progress is True else (progress or None)
         chunked = hasattr(sink, "prepare")
-        if engine == "local" and not resume and not chunked:
+        local = isinstance(engine, Local)
+        if local and not resume and not chunked:
             sink.open(job.profile)
             from .runners.local import run_local
 
-            return run_local(job, sink, callback)
+            return run_local(job, sink, callback, read_threads=engine.threads)
         if not chunked:
             if resume:
                 raise SpecError("resume needs a resumable output (to_geotiff or to_zarr), not a custom sink")
             from .sinks.chunked import BlockSinkAdapter
 
             sink = BlockSinkAdapter(sink)
-        if engine == "local":
-            if dask_options:
-                raise SpecError(f"{sorted(dask_options)} only apply with engine='dask'")
+        if local:
             from .runners.local import run_local_chunked
 
-            return run_local_chunked(job, sink, callback, resume=resume, chunk_size=chunk_size)
+            return run_local_chunked(job, sink, callback, resume=resume, chunk_size=chunk_size,
+                                     read_threads=engine.threads)
         from .runners.dask import run_dask
 
-        return run_dask(job, sink, callback, resume=resume, chunk_size=chunk_size, **dask_options)
+        return run_dask(job, sink, callback, resume=resume, chunk_size=chunk_size, engine=engine)
 
     def to_geotiff(
         self,
@@ -189,24 +183,26 @@ class Prediction:
         progress: bool | ProgressCallback | None = None,
         compress: str = "DEFLATE",
         overviews: bool = True,
-        engine: str | None = None,
+        engine: Engine | str | None = None,
         resume: bool = False,
         **dask_options: Any,
     ) -> Path:
         """Stream the prediction into a Cloud-Optimized GeoTIFF at ``path`` (atomically).
 
-        With ``engine="dask"`` workers write their chunks into a partial GeoTIFF next to ``path`` and one of them
-        builds the COG; with ``resume=True`` (either engine) an interrupted run continues where it stopped.
+        With ``engine=tilecast.Dask(...)`` workers write their chunks into a partial GeoTIFF next to ``path`` and
+        one of them builds the COG; with ``resume=True`` (either engine) an interrupted run continues where it
+        stopped. ``chunk_size=`` sets the chunk edge of such a run.
         """
         from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
 
-        engine = engine or self.engine
-        if engine == "dask" or resume:
+        chunk_size = dask_options.pop("chunk_size", None)
+        chosen = resolve_engine(engine, self.engine, dask_options)
+        if isinstance(chosen, Dask) or resume:
             sink: Any = PartialGeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
         else:
             sink = GeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
-        return self.run(sink, progress, engine, resume=resume, **dask_options)
+        return self.run(sink, progress, chosen, resume=resume, chunk_size=chunk_size)
 
     def to_zarr(
         self,
@@ -214,7 +210,7 @@ class Prediction:
         *,
         overwrite: bool = False,
         progress: bool | ProgressCallback | None = None,
-        engine: str | None = None,
+        engine: Engine | str | None = None,
         resume: bool = False,
         chunk_size: int | tuple[int, int] | None = None,
         **dask_options: Any,
@@ -222,30 +218,30 @@ class Prediction:
         """Write a georeferenced Zarr store (``band, y, x``; chunks = whole tiles) that xarray opens lazily."""
         from .sinks.chunked import ZarrSink
 
+        chosen = resolve_engine(engine, self.engine, dask_options)
         sink = ZarrSink(path, overwrite=overwrite)
-        return self.run(sink, progress, engine, resume=resume, chunk_size=chunk_size, **dask_options)
+        return self.run(sink, progress, chosen, resume=resume, chunk_size=chunk_size)
 
     def to_xarray(
         self,
         progress: bool | ProgressCallback | None = None,
-        engine: str | None = None,
+        engine: Engine | str | None = None,
         chunk_size: int | tuple[int, int] | None = None,
     ):
         """The prediction as a georeferenced ``(band, y, x)`` DataArray.
 
-        In memory with the local engine; with ``engine="dask"`` a lazy Dask-backed DataArray whose blocks are
-        output chunks of whole tiles (nothing runs until computed).
+        In memory with the local engine; with ``engine=tilecast.Dask()`` a lazy Dask-backed DataArray whose blocks
+        are output chunks of whole tiles (nothing runs until computed, on the client current then).
         """
-        from .runners.dask import check_engine
-
-        if check_engine(engine or self.engine) == "dask":
+        chosen = resolve_engine(engine, self.engine)
+        if isinstance(chosen, Dask):
             from .runners.dask import dask_array
             from .sinks.memory import to_dataarray
 
             return to_dataarray(dask_array(self.job, chunk_size), self.profile)
         from .sinks.memory import ArraySink
 
-        return self.run(ArraySink(), progress, "local")
+        return self.run(ArraySink(), progress, chosen)
 
     def to_numpy(self, progress: bool | ProgressCallback | None = None) -> np.ndarray:
         return self.to_xarray(progress).values

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import SIZE, csv_list, overwrite_option, quiet_option, reports_errors
+from .options import SIZE, csv_list, engine_options, overwrite_option, quiet_option, reports_errors
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
@@ -89,20 +89,6 @@ def _label_options(f: Any) -> Any:
     return f
 
 
-def _dask_options(f: Any) -> Any:
-    options = [
-        click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-                     help="Read and encode on this machine, or on Dask (same examples, same order)."),
-        click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a LocalCluster)."),
-        click.option("--workers", type=int, help="Worker processes of the LocalCluster started for --engine dask."),
-        click.option("--samples-per-task", type=int,
-                     help="Samples per Dask task (default: two tasks per worker thread, at most 100,000)."),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
-
-
 @click.group(short_help="Export training data as TFRecord (Earth Engine layout).")
 def export() -> None:
     """Export samples, patches or a whole image as TFRecord, in Earth Engine's layout (plus a *.spec.json)."""
@@ -113,9 +99,6 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
 
     from ..export import export_samples
 
-    dask_opts = {k: o[k] for k in ("scheduler", "workers", "samples_per_task") if o[k] is not None}
-    if dask_opts and o["engine"] != "dask":
-        raise click.UsageError("--scheduler, --workers and --samples-per-task need --engine dask")
     if o["output"].endswith(("/", os.sep)):
         os.makedirs(o["output"], exist_ok=True)
     result = export_samples(
@@ -125,7 +108,7 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
         split_block=o["split_block"], stratify_splits=o["stratify_splits"], default_value=o["default_value"],
         drop_outside=o["drop_outside"],
         geometries=o["geometries"], compressed=False if o["no_compress"] else None,
-        max_file_size=o["max_file_size"], overwrite=overwrite, progress=not quiet, engine=o["engine"], **dask_opts,
+        max_file_size=o["max_file_size"], overwrite=overwrite, progress=not quiet, engine=o["engine"],
     )
     counts = ", ".join(f"{k}: {v}" for k, v in result.counts.items())
     nfiles = sum(len(v) for v in result.files.values())
@@ -137,7 +120,7 @@ def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwri
 @export.command(short_help="Band values at labelled points/pixels (a table).")
 @click.argument("image")
 @_label_options
-@_dask_options
+@engine_options("samples_per_task", help="Read and encode on this machine, or on Dask (same examples, same order).")
 @overwrite_option
 @quiet_option
 @reports_errors
@@ -151,7 +134,7 @@ def samples(image: str, quiet: bool, overwrite: bool, **o: Any) -> None:
 @click.argument("image")
 @click.option("--patch", type=SIZE, required=True, help="Patch W[,H] in pixels (neighborhoodToArray kernel).")
 @_label_options
-@_dask_options
+@engine_options("samples_per_task", help="Read and encode on this machine, or on Dask (same examples, same order).")
 @overwrite_option
 @quiet_option
 @reports_errors
@@ -182,11 +165,7 @@ def patches(image: str, patch: tuple[int, int], quiet: bool, overwrite: bool, **
 @click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Export only this region (image CRS).")
 @click.option("--prefix", help="File name prefix (default: the image's name).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-              help="Run on this machine, or on Dask (chunks of patch rows; same examples, same order).")
-@click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a LocalCluster).")
-@click.option("--workers", type=int, help="Worker processes of the LocalCluster started for --engine dask.")
-@click.option("--chunk-rows", type=int, help="Patch rows per Dask task (default: two tasks per worker thread).")
+@engine_options("chunk_rows", help="Run on this machine, or on Dask (chunks of patch rows; same examples, same order).")
 @overwrite_option
 @quiet_option
 @reports_errors
@@ -210,11 +189,8 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
             depths[name] = int(d)
         except ValueError:
             raise click.BadParameter(f"{item!r}: use NAME=DEPTH", param_hint="--tensor-depth") from None
-    dask_opts = {k: o[k] for k in ("scheduler", "workers", "chunk_rows") if o[k] is not None}
-    if dask_opts and o["engine"] != "dask":
-        raise click.UsageError("--scheduler, --workers and --chunk-rows need --engine dask")
     result = export_image(
-        image, o["output"], list(patch), engine=o["engine"], **dask_opts, kernel=list(kernel),
+        image, o["output"], list(patch), engine=o["engine"], kernel=list(kernel),
         prefix=o["prefix"], bands=csv_list(o["bands"]),
         bounds=o["bounds"], overwrite=overwrite, progress=not quiet, compressed=not o["no_compress"],
         max_file_size=o["max_file_size"], default_value=o["default_value"], masked_threshold=o["masked_threshold"],

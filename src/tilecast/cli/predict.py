@@ -15,6 +15,7 @@ from .options import (
     KeyValueType,
     csv_list,
     endpoint_request_options,
+    engine_options,
     gdal_config_option,
     overwrite_option,
     quiet_option,
@@ -28,15 +29,6 @@ from .options import (
               help="Model file: .onnx, TorchScript .pt, torch.export .pt2, Keras .keras or a SavedModel folder. Its "
               "model card (sidecar or embedded) supplies the parameters you leave out.")
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
-@click.option("--protocol", type=click.Choice(["v2", "tfserving", "vertex", "grpc"]),
-              help="Endpoint protocol (default: inferred from the URL).")
-@click.option("--payload-format",
-              help="Earth Engine payload format (SERIALIZED_TF_TENSORS, RAW_JSON, ND_ARRAYS, GRPC_TF_TENSORS, "
-              "GRPC_SERIALIZED_TF_TENSORS, GRPC_TF_EXAMPLES) or V2_BINARY, V2_JSON, COLUMNAR_JSON.")
-@click.option("--timeout", "request_timeout", type=float, default=60.0, show_default=True,
-              help="Seconds before an endpoint request is retried.")
-@click.option("--max-payload-bytes", type=int, default=1_500_000, show_default=True,
-              help="Largest request body; tiles are packed into requests under it.")
 @endpoint_request_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
 @click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
@@ -75,13 +67,9 @@ from .options import (
 @click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
 @click.option("--compress", default="DEFLATE", show_default=True, help="COG compression (DEFLATE, ZSTD, LZW...).")
 @click.option("--no-overviews", is_flag=True, help="Do not build overviews.")
-@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-              help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
-@click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a LocalCluster).")
-@click.option("--workers", type=int, help="Worker processes of the LocalCluster started for --engine dask.")
+@engine_options(help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same output (and make this "
               "run resumable); finished chunks are not recomputed.")
-@click.option("--performance-report", type=click.Path(dir_okay=False), help="Write a Dask performance report (HTML).")
 @overwrite_option
 @quiet_option
 @gdal_config_option
@@ -109,7 +97,7 @@ def predict(
         )
         path = result.to_geotiff(
             output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
-            overviews=not opts["no_overviews"], **scale_options(opts),
+            overviews=not opts["no_overviews"], engine=opts["engine"], resume=opts["resume"],
         )
     if not quiet:
         h, w = result.plan.output_shape
@@ -131,18 +119,6 @@ def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     return env
 
 
-def scale_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """--engine/--resume and the Dask options, for Prediction.to_geotiff."""
-    out: dict[str, Any] = {"engine": opts["engine"], "resume": opts["resume"]}
-    dask_opts = {"scheduler": opts["scheduler"], "workers": opts["workers"],
-                 "performance_report": opts["performance_report"]}
-    if opts["engine"] == "dask":
-        out.update({k: v for k, v in dask_opts.items() if v is not None})
-    elif any(v is not None for v in dask_opts.values()):
-        raise SpecError("--scheduler, --workers and --performance-report need --engine dask")
-    return out
-
-
 def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, Any]):
     """The model from --model or --endpoint (exactly one)."""
     from ..model import Model
@@ -154,18 +130,10 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
         from ..loading import load_model as load_with_card
 
         return load_with_card(model_path, providers=csv_list(opts.get("providers")), **explicit(params))
-    token = None
-    if opts.get("token_env"):
-        token = os.environ.get(opts["token_env"])
-        if not token:
-            raise SpecError(f"--token-env {opts['token_env']}: that environment variable is not set")
-    return Model.from_endpoint(
-        opts["endpoint"], protocol=opts.get("protocol"), payload_format=opts.get("payload_format"),
-        max_payload_bytes=opts["max_payload_bytes"], output_multiplier=opts.get("output_multiplier"),
-        concurrency=opts["concurrency"], headers=dict(opts.get("headers") or ()), token=token,
-        timeout=opts.get("request_timeout", 60.0),
-        **{k: v for k, v in params.items() if v is not None},
-    )
+    from ..runtimes.http import endpoint_runtime
+
+    return Model(endpoint_runtime(opts["endpoint"], opts["endpoint_options"]),
+                 **{k: v for k, v in params.items() if v is not None})
 
 
 def build_params(opts: dict[str, Any]) -> dict[str, Any]:

@@ -46,11 +46,6 @@ def _samples(values: tuple[str, ...]) -> Any:
 @click.argument("features")
 @click.option("-m", "--model", "model_path", help="Model file (.onnx).")
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
-@click.option("--protocol", type=click.Choice(["v2", "tfserving", "vertex", "grpc"]),
-              help="Endpoint protocol (default: inferred from the URL).")
-@click.option("--payload-format", help="Earth Engine payload format, e.g. RAW_JSON (AutoML tabular).")
-@click.option("--max-payload-bytes", type=int, default=1_500_000, show_default=True,
-              help="Largest request body; features are packed into requests under it.")
 @endpoint_request_options
 @click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),

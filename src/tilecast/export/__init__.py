@@ -4,15 +4,22 @@
   pixels (Earth Engine's table export of ``sample``/``sampleRegions``), as TFRecord, Parquet or CSV.
 - :func:`export_image`: the whole image as ``patchDimensions`` tiles with a ``kernelSize`` margin, plus the mixer.
 - :func:`import_predictions`: TFRecord predictions + mixer -> a Cloud-Optimized GeoTIFF.
+
+Each export plans its work first (:class:`~tilecast.export.image.ImagePlan`, or the selected samples and a
+:class:`~tilecast.export.samples.SamplePlan`), then the engine (``engine=tilecast.Local()`` or
+``tilecast.Dask(...)``) writes it.
 """
 
-from .image import ImageExportOptions, export_image
+from .api import export_image, export_patches, export_samples
+from .common import ExportResult
+from .image import ImageExportOptions
 from .importer import import_predictions, read_mixer
-from .samples import ExportResult, export_patches, export_samples
+from .samples import SampleOptions
 
 __all__ = [
     "ExportResult",
     "ImageExportOptions",
+    "SampleOptions",
     "export_image",
     "export_patches",
     "export_samples",

@@ -33,7 +33,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +42,16 @@ import numpy as np
 from .._extras import require
 from ..errors import SpecError
 from ..plan import XY
-from .dask import (
-    Broadcast,
-    announce,
-    chunk_prefix,
-    gather,
-    name_width,
-    open_client,
-    remove_stale,
-    staging_folder,
-    worker_source,
-)
+from ..runners.dask_tasks import Broadcast, announce, gather, name_width, session, staging_folder, worker_source
+from ..runners.engine import Dask
+from .common import chunk_prefix, remove_stale
 from .reading import group_order
-from .samples import _write, _Writers
+from .samples import SamplePlan, write_samples
 from .sampling import Samples
 from .tfrecord import ShardedWriter
+from .writers import TableWriter, Writers
 
-__all__ = ["task_ranges", "write_dask"]
+__all__ = ["task_ranges", "write_samples_dask"]
 
 _MAX_SAMPLES_PER_TASK = 100_000
 """A retried task (after a lost worker) should not redo much; also bounds the coordinates sent with a task."""
@@ -73,14 +66,7 @@ class _Context:
     source: tuple
     """A recipe from :func:`tilecast.runners.recipe.source_recipe`: each worker opens the source itself."""
     env: Any
-    patch: XY
-    default_value: float
-    drop: bool
-    chunk: int
-    label: str | None
-    properties: list[str]
-    writer: tuple
-    """``_Writers`` arguments after the folder: (stem, suffix, format, splits, compressed, max_file_size, table)."""
+    plan: SamplePlan
     folder: str
     width: int
 
@@ -130,12 +116,10 @@ def _task(ctx: _Context, index: int, part: Samples) -> _TaskResult:
     folder = Path(ctx.folder) / f"{index:0{ctx.width}d}"
     with contextlib.suppress(FileExistsError):  # a retry after a lost worker reuses its folder
         folder.mkdir()  # not parents=True: when the staging folder is gone the run has failed; so does the task
-    stem, suffix, fmt, splits, compressed, max_file_size, table = ctx.writer
     with worker_source(ctx.source, ctx.env) as source:
-        writer = _Writers(folder, stem, suffix, fmt, splits, compressed, max_file_size, True, table)
+        writer = Writers(replace(ctx.plan.output, folder=folder), True)
         try:
-            skipped = _write(source, part, ctx.patch, ctx.default_value, ctx.drop, ctx.chunk, ctx.label,
-                             ctx.properties, writer, None)
+            skipped = write_samples(source, ctx.plan, part, writer, None)
             files: dict[str, list[str]] = {}
             for s, w in writer.writers.items():
                 if writer.counts[s]:
@@ -174,7 +158,7 @@ def _concat_task(fmt: str, parts: list[str], dest: str) -> str:
     return dest
 
 
-def _empty_output(writers: _Writers, split: str, folder: Path) -> Path:
+def _empty_output(writers: Writers, split: str, folder: Path) -> Path:
     """The file the local export writes for a split without records (an empty TFRecord or CSV file; Parquet
     raises the local export's error), written in ``folder``."""
     w = writers.writers[split]
@@ -183,49 +167,25 @@ def _empty_output(writers: _Writers, split: str, folder: Path) -> Path:
     if isinstance(w, ShardedWriter):
         empty = ShardedWriter(folder, w.prefix, w.compressed, w.max_file_size, w.single_name, overwrite=True)
     else:
-        from .samples import _TableWriter
-
-        empty = _TableWriter(folder / w.path.name, w.fmt, True)
+        empty = TableWriter(folder / w.path.name, w.fmt, True)
     return Path(empty.close()[0])
 
 
-def write_dask(
-    source: Any,
-    samples: Samples,
-    patch: XY,
-    default_value: float,
-    drop: bool,
-    chunk: int,
-    label: str | None,
-    properties: list[str],
-    writers: _Writers,
-    writer_args: tuple,
-    progress: Callable | None,
-    client: Any = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    samples_per_task: int | None = None,
-) -> tuple[dict[str, list[Path]], dict[str, int], int]:
-    """Write the selected ``samples`` on Dask as the local export would with ``writers``, which has checked the
-    output names (and is not used to write); ``writer_args`` are its arguments after the folder, without
-    ``overwrite``: ``(stem, suffix, format, splits, compressed, max_file_size, table)``. Returns ``(files per
-    split, counts per split, skipped)``."""
-    from ..runners.recipe import GdalEnv, source_recipe, check_workers_can_open
+def write_samples_dask(recipe: tuple, plan: SamplePlan, samples: Samples, writers: Writers, engine: Dask,
+                       progress: Callable | None) -> tuple[dict[str, list[Path]], dict[str, int], int]:
+    """Write the selected ``samples`` on Dask as :func:`~tilecast.export.samples.write_samples_local` would;
+    ``recipe`` reopens the source on the workers, ``writers`` has checked the output names (and is not used to
+    write). Returns ``(files per split, counts per split, skipped)``."""
+    from ..runners.recipe import GdalEnv
 
-    recipe = source_recipe(source)
-    folder = _folder_of(writers)
-    fmt = writers.fmt
+    chunk, patch, folder = plan.chunk, plan.patch, plan.output.folder
     order = group_order(samples.rows, samples.cols, chunk)
     keys = np.stack([samples.rows[order] // chunk, samples.cols[order] // chunk], axis=1)  # the chunk read
-    single = fmt != "tfrecord" or writer_args[5] is None
     published: list[Path] = []
-    stem = writer_args[0] or ("samples" if writer_args[6] else "patches")
-    with staging_folder(folder, stem) as staging, open_client(client, scheduler, workers) as c:
-        check_workers_can_open(c, recipe)
-        ranges = task_ranges(keys, _target(len(order), sum(c.nthreads().values()), patch, samples_per_task))
+    with staging_folder(folder, plan.output.prefix("all")) as staging, session(engine, recipe) as c:
+        ranges = task_ranges(keys, _target(len(order), sum(c.nthreads().values()), patch, engine.samples_per_task))
         width = name_width(len(ranges))
-        ctx = _Context(recipe, GdalEnv.capture(), patch, default_value, drop, chunk, label, properties, writer_args,
-                       str(staging), width)
+        ctx = _Context(recipe, GdalEnv.capture(), plan, str(staging), width)
         announce(c, f"{len(ranges)} task(s) of about {ranges[0][1] - ranges[0][0]} sample(s)", progress)
         shared = Broadcast(c, ctx)
         # Coordinates, labels and properties only (a few bytes per sample), scattered: not in the task graph. A part
@@ -247,25 +207,7 @@ def write_dask(
             return c.submit(_task, shared.future(), i, part, pure=False)
 
         results = gather(c, submit, len(ranges), advance)
-        moves: list[tuple[str, Path, Path]] = []  # (split, from, to)
-        concat = []
-        for s, w in writers.writers.items():
-            found = [(r.index, staging / f"{r.index:0{width}d}" / name) for r in results for name in r.files[s]]
-            if not found:  # like the local export: a split without records still gets its (empty) file
-                found = [(0, _empty_output(writers, s, staging))]
-            if single:
-                name = found[0][1].name  # every part has the local export's name
-                if len(found) == 1:
-                    moves.append((s, found[0][1], folder / name))
-                else:
-                    dest = staging / name
-                    concat.append(c.submit(_concat_task, fmt, [str(p) for _, p in found], str(dest), pure=False))
-                    moves.append((s, dest, folder / name))
-            else:
-                for index, path in found:  # {prefix}-NNNNN.tfrecord.gz of task i -> {prefix}-i-NNNNN.tfrecord.gz
-                    moves.append((s, path, folder / (chunk_prefix(w.prefix, index, width) + path.name[len(w.prefix):])))
-        if concat:
-            c.gather(concat)
+        moves = _moves(c, plan, writers, results, staging, width)
         files: dict[str, list[Path]] = {s: [] for s in writers.names}
         for s, src, dest in moves:
             os.replace(src, dest)
@@ -276,6 +218,28 @@ def write_dask(
     return files, counts, sum(r.skipped for r in results)
 
 
-def _folder_of(writers: _Writers) -> Path:
-    w = next(iter(writers.writers.values()))
-    return w.folder if isinstance(w, ShardedWriter) else w.path.parent
+def _moves(c: Any, plan: SamplePlan, writers: Writers, results: list[_TaskResult], staging: Path, width: int
+           ) -> list[tuple[str, Path, Path]]:
+    """``(split, from, to)`` for every published file; parts of a single file are first concatenated on a worker."""
+    out = plan.output
+    single = out.fmt != "tfrecord" or out.max_file_size is None
+    moves: list[tuple[str, Path, Path]] = []
+    concat = []
+    for s, w in writers.writers.items():
+        found = [(r.index, staging / f"{r.index:0{width}d}" / name) for r in results for name in r.files[s]]
+        if not found:  # like the local export: a split without records still gets its (empty) file
+            found = [(0, _empty_output(writers, s, staging))]
+        if single:
+            name = found[0][1].name  # every part has the local export's name
+            if len(found) == 1:
+                moves.append((s, found[0][1], out.folder / name))
+            else:
+                dest = staging / name
+                concat.append(c.submit(_concat_task, out.fmt, [str(p) for _, p in found], str(dest), pure=False))
+                moves.append((s, dest, out.folder / name))
+        else:
+            for index, path in found:  # {prefix}-NNNNN.tfrecord.gz of task i -> {prefix}-i-NNNNN.tfrecord.gz
+                moves.append((s, path, out.folder / (chunk_prefix(w.prefix, index, width) + path.name[len(w.prefix):])))
+    if concat:
+        c.gather(concat)
+    return moves

@@ -8,9 +8,7 @@ Patches are written row-major across shards whose names sort in the same order, 
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,13 +19,16 @@ from rasterio.windows import Window
 
 from ..errors import InputError, OutputExistsError, RegionError, SpecError
 from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
-from ..sources import open_source
-from ..training import make_spec, write_spec
-from .reading import bounded_cache, default_for
-from .samples import ExportResult, _progress
+from ..sources.base import Grid, Source
+from .common import ExportResult, remove_stale, shard_files
+from .reading import band_dtypes, default_for
+from .specfile import make_spec, write_spec
 from .tfrecord import ShardedWriter, example_bytes, sequence_example_bytes
 
-__all__ = ["ImageExportOptions", "export_image", "margin_of", "shard_files", "truncated_region"]
+__all__ = [
+    "ImageExportOptions", "ImagePlan", "finish_image", "image_region", "margin_of", "patch_records", "plan_image",
+    "shard_files", "truncated_region", "write_image",
+]
 
 GiB = 1 << 30
 
@@ -149,59 +150,6 @@ def mixer_dict(crs: Any, transform: Any, region: Window, patch: XY, per_row: int
     }
 
 
-def export_image(
-    image: Any,
-    output: str | os.PathLike,
-    patch: int | Sequence[int],
-    *,
-    kernel: int | Sequence[int] = 1,
-    prefix: str | None = None,
-    bands: Sequence[str | int] | None = None,
-    bounds: Sequence[float] | None = None,
-    window: Window | None = None,
-    overwrite: bool = False,
-    progress: bool | Callable | None = None,
-    engine: str = "local",
-    **format_options: Any,
-) -> ExportResult:
-    """Export ``image`` (or ``bounds``/``window`` of it) as TFRecord patches with a mixer, into folder ``output``.
-
-    ``format_options`` are :class:`ImageExportOptions` fields (``compressed``, ``max_file_size``,
-    ``default_value``, ``tensor_depths``, ``collapse_bands``, ``masked_threshold``, ``sequence_data``, ``arrays``).
-    ``engine="dask"`` runs it on Dask (see :func:`tilecast.export.dask.export_image_dask`, which also takes
-    ``client``, ``scheduler``, ``workers`` and ``chunk_rows``): the same examples in the same order.
-    """
-    from ..runners.dask import check_engine
-
-    if check_engine(engine) == "dask":
-        from .dask import export_image_dask
-
-        return export_image_dask(image, output, patch, kernel=kernel, prefix=prefix, bands=bands, bounds=bounds,
-                                 window=window, overwrite=overwrite, progress=progress, **format_options)
-    for key in ("client", "scheduler", "workers", "chunk_rows"):
-        if format_options.get(key) is not None:
-            raise SpecError(f"{key}= is an option of engine='dask'; pass engine='dask' or leave it out")
-        format_options.pop(key, None)
-    opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
-    folder = Path(output)
-    if not folder.is_dir():
-        raise InputError(f"the output folder {folder} does not exist; create it first (image exports are sharded)")
-    with bounded_cache():
-        source = open_source(image, bands)
-        try:
-            return _export(source, folder, opts, prefix, bounds, window, overwrite,
-                           _progress(progress, "export image"), image)
-        finally:
-            source.close()
-
-
-def shard_files(folder: Path, prefix: str) -> list[Path]:
-    """The shards of an earlier export with ``prefix``: ``{prefix}-NNNNN`` (local) or ``{prefix}-NNNNN-NNNNN``
-    (one group per Dask chunk)."""
-    pattern = re.compile(re.escape(prefix) + r"-\d{5,}(-\d{5,})?\.tfrecord(\.gz)?")
-    return sorted(p for p in Path(folder).glob(f"{glob.escape(prefix)}-*.tfrecord*") if pattern.fullmatch(p.name))
-
-
 def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, list[int], int]]:
     """``(feature name, band positions, depth or 0 for a scalar band)`` in band order."""
     in_array: dict[str, str] = {}
@@ -222,53 +170,68 @@ def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, 
 
 
 @dataclass(frozen=True)
-class _ImagePlan:
-    """What every patch of one image export shares: small and picklable, so Dask tasks can carry it."""
+class ImagePlan:
+    """What one image export writes, decided before any pixel is read: small and picklable, so an engine can run it
+    anywhere (:func:`write_image` here, :func:`tilecast.export.dask.write_image_dask` on Dask)."""
 
     plan: TilePlan
+    """The patches, row-major, with the kernel margin as the plan's ``total`` overlap."""
+    grid: Grid
+    """The source's grid: the mixer's projection and affine come from it."""
     region: Window
     margin: XY
     prefix: str
     groups: list
+    """``(feature name, band positions, depth or 0 for a scalar band)`` in band order."""
     fills: np.ndarray
     ph: int
     pw: int
-    mixer_path: Path
-    spec_path: Path
+    folder: Path
+    opts: ImageExportOptions
+
+    @property
+    def mixer_path(self) -> Path:
+        return self.folder / f"{self.prefix}-mixer.json"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.folder / f"{self.prefix}.spec.json"
 
 
-def _prepare(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | None, bounds: Any,
-             window: Window | None, overwrite: bool, image: Any) -> _ImagePlan:
+def plan_image(source: Source, folder: Path, opts: ImageExportOptions, prefix: str | None, region: Window,
+               overwrite: bool) -> ImagePlan:
+    """The export of ``region`` of ``source`` into ``folder``; refuses to replace an earlier export unless
+    ``overwrite``."""
     grid = source.grid
-    h, w = grid.shape
-    if bounds is not None:
-        region = window_from_bounds(bounds, grid.transform, grid.shape)
-    elif window is not None:
-        region = window
-    else:
-        region = Window(0, 0, w, h)
     region = truncated_region(region, opts.patch_dimensions)
     margin = margin_of(opts.kernel_size)
     plan = TilePlan.create(grid.shape, TileGeometry.create(opts.patch_dimensions, margin, overlap_mode="total"),
                            region)
-    prefix = prefix or (Path(str(image)).name.split(".")[0] if isinstance(image, (str, os.PathLike)) else "image")
     names = list(source.band_names)
     groups = _band_groups(names, opts)
-    dtypes = getattr(source, "dtypes", None) or [source.dtype] * len(names)
-    fills = np.array([default_for(d, opts.default_value) for d in dtypes], dtype=np.float64)
+    fills = np.array([default_for(d, opts.default_value) for d in band_dtypes(source)], dtype=np.float64)
     ph, pw = opts.patch_dimensions.y + margin.y, opts.patch_dimensions.x + margin.x
-    mixer_path = folder / f"{prefix}-mixer.json"
-    spec_path = folder / f"{prefix}.spec.json"
-    for p in (mixer_path, spec_path):
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{p} already exists; pass overwrite=True (--overwrite) to replace the export")
-    shards = shard_files(folder, prefix)
+    p = ImagePlan(plan, grid, region, margin, prefix or "image", groups, fills, ph, pw, folder, opts)
+    for path in (p.mixer_path, p.spec_path):
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace the export")
+    shards = shard_files(folder, p.prefix)
     if shards and not overwrite:
         raise OutputExistsError(f"{shards[0]} already exists; pass overwrite=True (--overwrite) to replace the export")
-    return _ImagePlan(plan, region, margin, prefix, groups, fills, ph, pw, mixer_path, spec_path)
+    return p
 
 
-def _patch_records(source: Any, tile: Any, p: _ImagePlan, opts: ImageExportOptions) -> list[bytes] | None:
+def image_region(grid: Grid, bounds: Sequence[float] | None, window: Window | None) -> Window:
+    """The window to export: ``bounds`` (in the image's CRS), else ``window``, else the whole image."""
+    if bounds is not None:
+        return window_from_bounds(bounds, grid.transform, grid.shape)
+    if window is not None:
+        return window
+    h, w = grid.shape
+    return Window(0, 0, w, h)
+
+
+def patch_records(source: Source, tile: Any, p: ImagePlan) -> list[bytes] | None:
     """The records of one patch, or None when ``maskedThreshold`` drops it."""
     nb = len(p.fills)
     block = np.empty((nb, p.ph, p.pw), dtype=np.float64)
@@ -283,33 +246,33 @@ def _patch_records(source: Any, tile: Any, p: _ImagePlan, opts: ImageExportOptio
         valid[inner] = True if mask is None else mask
     if not valid.all():
         block[:, ~valid] = np.broadcast_to(p.fills[:, None], (nb, int((~valid).sum())))
-    if opts.masked_threshold < 1.0 and (~valid).mean() > opts.masked_threshold:
+    if p.opts.masked_threshold < 1.0 and (~valid).mean() > p.opts.masked_threshold:
         return None
-    return list(_records(block.astype(np.float32), p.groups, opts, p.fills))
+    return list(_records(block.astype(np.float32), p.groups, p.opts, p.fills))
 
 
-def _finish(grid: Any, p: _ImagePlan, opts: ImageExportOptions, folder: Path, files: list[Path], written: int,
-            skipped: int) -> ExportResult:
+def finish_image(p: ImagePlan, files: list[Path], written: int, skipped: int) -> ExportResult:
     """The mixer (only when no patch can be dropped) and the spec, once every shard is in place."""
+    opts = p.opts
     mixer = None
     if opts.masked_threshold == 1.0:
         mixer = p.mixer_path
-        write_spec(mixer, mixer_dict(grid.crs, grid.transform, p.region, opts.patch_dimensions, p.plan.tile_cols,
-                                     len(p.plan)))
+        write_spec(mixer, mixer_dict(p.grid.crs, p.grid.transform, p.region, opts.patch_dimensions,
+                                     p.plan.tile_cols, len(p.plan)))
     elif p.mixer_path.exists():  # overwrite=True: a stale mixer would describe patches that are no longer there
         p.mixer_path.unlink()
-    write_spec(p.spec_path, _spec(p.groups, opts, p.ph, p.pw, files, folder, written, mixer, p.margin))
+    write_spec(p.spec_path, _spec(p.groups, opts, p.ph, p.pw, files, p.folder, written, mixer, p.margin))
     return ExportResult({"all": files}, written, {"all": written}, p.spec_path, mixer, skipped)
 
 
-def _export(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | None, bounds: Any,
-            window: Window | None, overwrite: bool, progress: Callable | None, image: Any) -> ExportResult:
-    p = _prepare(source, folder, opts, prefix, bounds, window, overwrite, image)
-    writer = ShardedWriter(folder, p.prefix, opts.compressed, opts.max_file_size, None, overwrite)
+def write_image(source: Source, p: ImagePlan, progress: Callable | None, overwrite: bool) -> ExportResult:
+    """Run the export on this machine: patches row-major into ``{prefix}-NNNNN`` shards."""
+    opts = p.opts
+    writer = ShardedWriter(p.folder, p.prefix, opts.compressed, opts.max_file_size, None, overwrite)
     written = skipped = 0
     try:
         for k, tile in enumerate(p.plan.tiles()):
-            records = _patch_records(source, tile, p, opts)
+            records = patch_records(source, tile, p)
             if records is None:
                 skipped += 1
             else:
@@ -322,9 +285,8 @@ def _export(source: Any, folder: Path, opts: ImageExportOptions, prefix: str | N
     except BaseException:
         writer.abort()
         raise
-    for old in set(shard_files(folder, p.prefix)) - set(files):  # overwrite=True: an earlier Dask export's shards
-        old.unlink()
-    return _finish(source.grid, p, opts, folder, files, written, skipped)
+    remove_stale(shard_files(p.folder, p.prefix), files)  # overwrite=True: an earlier Dask export's shards
+    return finish_image(p, files, written, skipped)
 
 
 def _features(block: np.ndarray, groups: list[tuple[str, list[int], int]], fills: np.ndarray) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from ..errors import InputError
 from ..plan import XY, xy
 from ..sinks import GeoTIFFSink, OutputProfile
 from ..sources import Grid, parse_crs
-from .samples import _progress
+from .common import progress_callback
+from .image import margin_of
 from .tfrecord import decode_example, iter_records
 
 __all__ = ["Mixer", "import_predictions", "read_mixer"]
@@ -157,8 +158,6 @@ def import_predictions(
 
     ``kernel``: the export's ``kernelSize``, for patches that still carry its margin; by default the one recorded
     beside the mixer by tilecast's export."""
-    from .image import margin_of
-
     mix = mixer if isinstance(mixer, Mixer) else read_mixer(mixer)
     if kernel is not None:
         margin: XY | None = margin_of(xy(kernel, "kernel"))
@@ -166,7 +165,7 @@ def import_predictions(
         margin = None if isinstance(mixer, Mixer) else export_margin(mixer)
     paths = _expand(files)
     sink = GeoTIFFSink(output, overwrite=overwrite)
-    prog = _progress(progress, "import")
+    prog = progress_callback(progress, "import")
     grid = mix.grid
     width = grid.shape[1]
     it = _examples(paths)

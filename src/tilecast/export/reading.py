@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -20,7 +21,9 @@ from ..errors import RegionError
 from ..plan import XY
 from ..sources.base import Source
 
-__all__ = ["Batch", "bounded_cache", "default_for", "group_order", "patch_offset", "read_at"]
+__all__ = [
+    "BandDtypes", "Batch", "band_dtypes", "bounded_cache", "default_for", "group_order", "patch_offset", "read_at",
+]
 
 
 @dataclass
@@ -31,6 +34,20 @@ class Batch:
     """``(n, bands, ph, pw)`` in the source dtype; masked pixels already hold the default value."""
     valid: np.ndarray
     """``(n, ph, pw)`` bool: pixel inside the raster and not masked."""
+
+
+@runtime_checkable
+class BandDtypes(Protocol):
+    """A source that knows each band's own dtype (a raster file, a mosaic), not only their common one."""
+
+    dtypes: list[np.dtype]
+
+
+def band_dtypes(source: Source) -> list[np.dtype]:
+    """Each band's dtype: its own where the source knows it, else the source's common dtype."""
+    if isinstance(source, BandDtypes) and source.dtypes:
+        return list(source.dtypes)
+    return [np.dtype(source.dtype)] * len(source.band_names)
 
 
 def bounded_cache(megabytes: int = 128) -> contextlib.AbstractContextManager:
@@ -82,8 +99,7 @@ def read_at(
     if len(rows) == 0:
         return
     off = patch_offset(patch)
-    dtypes = getattr(source, "dtypes", None) or [source.dtype] * len(source.band_names)
-    fills = np.array([default_for(d, default_value) for d in dtypes])
+    fills = np.array([default_for(d, default_value) for d in band_dtypes(source)])
     order = group_order(rows, cols, chunk)
     key = (rows[order] // chunk, cols[order] // chunk)
     breaks = np.flatnonzero((np.diff(key[0]) != 0) | (np.diff(key[1]) != 0)) + 1

@@ -87,7 +87,7 @@ class _Reservoir:
             out = []
             for cls in np.unique(s.label):
                 idx = np.flatnonzero(s.label == cls)
-                k = self._limit(cls.item() if hasattr(cls, "item") else cls)
+                k = self._limit(cls.item() if isinstance(cls, np.generic) else cls)
                 if k is None or k >= len(idx):
                     out.append(idx)
                 elif k > 0:

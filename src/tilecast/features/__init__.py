@@ -7,7 +7,7 @@ are the model's inputs, and the predicted properties are merged into the feature
 from __future__ import annotations
 
 from .io import open_features, write_features
-from .predict import FeatureProgress, predict_features_file, predict_properties
+from .predict import FeatureProgress, PropertyOptions, predict_features_file, predict_properties
 from .properties import OutputProperty, parse_output_properties
 from .rasters import STATS, RasterInputs
 
@@ -15,6 +15,7 @@ __all__ = [
     "STATS",
     "FeatureProgress",
     "OutputProperty",
+    "PropertyOptions",
     "RasterInputs",
     "open_features",
     "parse_output_properties",

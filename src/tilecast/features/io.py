@@ -21,7 +21,7 @@ from .._extras import require
 from ..errors import InputError, OutputError, SourceNotFoundError, TilecastError
 from ..sinks.geotiff import check_output_path
 
-__all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "driver_for", "open_features", "write_features"]
+__all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "driver_for", "open_features", "pandas_column", "write_features"]
 
 DRIVERS = {
     ".parquet": "Parquet",
@@ -97,7 +97,7 @@ class FeatureBatch:
         else:
             gdf = gpd.GeoDataFrame(self.frame, geometry=self.geometry, crs=self.crs)
         for name, values in self.extra.items():
-            gdf[name] = _pandas_column(values)
+            gdf[name] = pandas_column(values)
         return gdf
 
     def to_arrow(self) -> Any:
@@ -115,7 +115,7 @@ class FeatureBatch:
         return table.append_column("geometry", pa.array(self.wkb(), type=pa.binary()))
 
 
-def _pandas_column(values: Any) -> Any:
+def pandas_column(values: Any) -> Any:
     if isinstance(values, np.ndarray) and values.ndim == 2:
         rows = np.empty(len(values), dtype=object)
         rows[:] = list(values)

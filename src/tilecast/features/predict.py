@@ -8,15 +8,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .._extras import require
 from ..errors import InputError, SpecError
-from ..runtimes.base import Runtime, Signature, run_split, streams_of
-from .io import LIST_DRIVERS, FeatureBatch, _pandas_column, driver_for, open_features, write_features
+from ..runners.engine import Engine, Local, resolve_engine
+from ..runtimes.base import Signature, run_split, streams_of
+from .io import LIST_DRIVERS, FeatureBatch, driver_for, open_features, pandas_column, write_features
 from .properties import (
     Column,
     OutputProperty,
@@ -30,7 +32,7 @@ from .properties import (
 )
 from .rasters import RasterInputs
 
-__all__ = ["FeatureProgress", "predict_features_file", "predict_properties"]
+__all__ = ["BoundModel", "FeatureProgress", "PropertyOptions", "Runs", "predict_features_file", "predict_properties"]
 
 FeatureCallback = Callable[[int, int | None], None]
 """Called with ``(features_done, features_total or None)``."""
@@ -56,70 +58,101 @@ class FeatureProgress:
         self.stream.flush()
 
 
+@runtime_checkable
+class Runs(Protocol):
+    """Anything with a signature that runs a batch: a tilecast runtime (``close`` is optional here)."""
+
+    signature: Signature
+
+    def run(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class BoundModel(Protocol):
+    """A :class:`tilecast.Model`: a runtime and the spec whose output bands and input properties are defaults."""
+
+    runtime: Runs
+    spec: Any
+
+
+@dataclass(frozen=True)
+class PropertyOptions:
+    """What :func:`predict_properties` sends and keeps; its keywords are checked against these fields."""
+
+    output_properties: Any = None
+    input_properties: Sequence[str] | None = None
+    input_type_override: Mapping[str, Any] | None = None
+    input_shapes: Mapping[str, Sequence[int]] | None = None
+    sample: Any = None
+    bands: Sequence[str | int] | None = None
+    stats: Sequence[str] | None = None
+    all_touched: bool = False
+    patch_size: int | Sequence[int] | None = None
+    nulls: str = "error"
+    fill_value: Any = 0
+    layout: str = "auto"
+
+    @classmethod
+    def create(cls, base: PropertyOptions | None = None, **options: Any) -> PropertyOptions:
+        """``base`` (or the defaults) with ``options`` replaced; an unknown keyword is a clear error."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise SpecError(f"unknown option(s) {unknown}; predict_properties takes {known}")
+        return replace(base or cls(), **options)
+
+
 class _Predictor:
     """Everything decided once (inputs, layout, output mapping); then one call per batch."""
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        output_properties: Any,
-        input_properties: Sequence[str] | None,
-        input_type_override: Mapping[str, Any] | None,
-        input_shapes: Mapping[str, Sequence[int]] | None,
-        sample: Any,
-        bands: Sequence[str | int] | None,
-        stats: Sequence[str] | None,
-        all_touched: bool,
-        patch_size: int | Sequence[int] | None,
-        nulls: str,
-        fill_value: Any,
-        array_columns: str,
-        layout: str,
-        geometry_type: Callable[[], str],
-    ) -> None:
+    def __init__(self, model: Any, opts: PropertyOptions, array_columns: str, geometry_type: Callable[[], str]
+                 ) -> None:
         from ..spec import parse_dtype
 
-        runtime: Runtime = getattr(model, "runtime", model)
-        spec = getattr(model, "spec", None)
-        if not hasattr(runtime, "run") or not hasattr(runtime, "signature"):
+        if isinstance(model, BoundModel):
+            runtime, spec = model.runtime, model.spec
+        elif isinstance(model, Runs):
+            runtime, spec = model, None
+        else:
             raise SpecError(f"expected a tilecast Model or Runtime, got {type(model).__name__}")
-        self.runtime = runtime
+        self.runtime: Runs = runtime
         self.signature: Signature = runtime.signature
         streams = streams_of(runtime)
         self.slices = ThreadPoolExecutor(streams - 1, thread_name_prefix="tilecast-model") if streams > 1 else None
         """Threads for the slices of each batch beyond the first (see :func:`~tilecast.runtimes.base.run_split`)."""
+        output_properties, input_properties = opts.output_properties, opts.input_properties
         if output_properties is None and spec is not None and spec.output_bands:
             output_properties = [OutputProperty(b.name, b.dtype, b.dimensions) for b in spec.output_bands]
         self.outputs = parse_output_properties(output_properties)
         self.sources = match_outputs(self.outputs, self.signature)
         if input_properties is None and spec is not None and spec.input_properties:
             input_properties = spec.input_properties
-        self.overrides = {k: _parse_in_dtype(v, k, parse_dtype) for k, v in (input_type_override or {}).items()}
+        self.overrides = {k: _parse_in_dtype(v, k, parse_dtype) for k, v in (opts.input_type_override or {}).items()}
         if not self.overrides and spec is not None:
             self.overrides = dict(spec.input_type_override)
-        self.shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+        self.shapes = {k: tuple(int(d) for d in v) for k, v in (opts.input_shapes or {}).items()}
         if not self.shapes and spec is not None:
             self.shapes = dict(spec.input_shapes)
+        nulls, fill_value, patch_size, stats = opts.nulls, opts.fill_value, opts.patch_size, opts.stats
         if nulls not in ("skip", "fill", "error"):
             raise SpecError(f"nulls must be 'skip', 'fill' or 'error', got {nulls!r}")
         if array_columns not in ("list", "split"):
             raise SpecError(f"array_columns must be 'list' or 'split', got {array_columns!r}")
         self.nulls, self.fill_value, self.array_columns = nulls, fill_value, array_columns
         self.rasters: RasterInputs | None = None
-        if sample is not None:
+        if opts.sample is not None:
             if patch_size is not None:
                 mode = "patch"
             elif stats is None and geometry_type().replace("Multi", "") == "Point":
                 mode = "sample"
             else:
                 mode = "zonal"
-            self.rasters = RasterInputs(sample, mode=mode, bands=bands, stats=tuple(stats or ("mean",)),
-                                        all_touched=all_touched, patch_size=patch_size, fill_value=fill_value)
+            self.rasters = RasterInputs(opts.sample, mode=mode, bands=opts.bands, stats=tuple(stats or ("mean",)),
+                                        all_touched=opts.all_touched, patch_size=patch_size, fill_value=fill_value)
         elif stats is not None or patch_size is not None:
             raise SpecError("stats and patch_size need a raster to read: pass sample= (--sample RASTER)")
         self.requested = list(input_properties) if input_properties is not None else None
-        self.layout_param = layout
+        self.layout_param = opts.layout
         self.names: list[str] | None = None
         self.layout = ""
 
@@ -272,7 +305,7 @@ _DOC_PARAMS = """
 
 
 def _iter_predictions(
-    model: Any, reader: Any, params: dict[str, Any], progress: FeatureCallback | None, array_columns: str,
+    model: Any, reader: Any, opts: PropertyOptions, progress: FeatureCallback | None, array_columns: str,
 ) -> Iterator[Any]:
     batches = iter(reader)
     first = next(batches, None)
@@ -285,7 +318,7 @@ def _iter_predictions(
         return gtype
 
     try:
-        predictor = _Predictor(model, geometry_type=geometry_type, array_columns=array_columns, **params)
+        predictor = _Predictor(model, opts, array_columns, geometry_type)
     except BaseException:
         reader.close()
         raise
@@ -309,56 +342,46 @@ def _concat(parts: list[Any]) -> Any:
     if all(isinstance(p, np.ndarray) for p in parts) and len({(p.ndim, p.dtype) for p in parts}) == 1:
         return np.concatenate(parts)
     if any(isinstance(p, np.ndarray) and (p.ndim == 2 or p.dtype == object) for p in parts):
-        return np.concatenate([_pandas_column(p) if p.ndim == 2 else np.asarray(p, dtype=object) for p in parts])
+        return np.concatenate([pandas_column(p) if p.ndim == 2 else np.asarray(p, dtype=object) for p in parts])
     return pd.concat([pd.Series(p) for p in parts], ignore_index=True).array
 
 
-def _params(**kwargs: Any) -> dict[str, Any]:
-    return kwargs
+def _local(engine: Engine | str | None) -> None:
+    if not isinstance(resolve_engine(engine), Local):
+        raise SpecError("predict_properties runs on this machine (batches stream through the model in order); "
+                        "pass engine=tilecast.Local() or leave engine out")
 
 
 def predict_properties(
     model: Any,
     features: Any,
     *,
-    output_properties: Any = None,
-    input_properties: Sequence[str] | None = None,
-    input_type_override: Mapping[str, Any] | None = None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    sample: Any = None,
-    bands: Sequence[str | int] | None = None,
-    stats: Sequence[str] | None = None,
-    all_touched: bool = False,
-    patch_size: int | Sequence[int] | None = None,
-    nulls: str = "error",
-    fill_value: Any = 0,
-    array_columns: str = "list",
-    layout: str = "auto",
+    options: PropertyOptions | None = None,
     batch_size: int = 65_536,
     features_crs: Any = None,
     layer: str | int | None = None,
     progress: FeatureCallback | None = None,
+    engine: Engine | str | None = None,
+    array_columns: str = "list",
+    **params: Any,
 ) -> Any:
     """Predict properties for every feature of a GeoDataFrame or vector file; returns a new GeoDataFrame with the
     predictions merged into each feature's properties. ``model`` is a :class:`tilecast.Model` or any runtime.
+    ``params`` are :class:`PropertyOptions` fields (or pass ``options``); ``engine``: only ``tilecast.Local()``.
     """
+    _local(engine)
+    opts = PropertyOptions.create(options, **params)
     pd = require("pandas", "features")
     gpd = require("geopandas", "features")
     reader = open_features(features, batch_size=batch_size, layer=layer, crs=features_crs)
-    params = _params(
-        output_properties=output_properties, input_properties=input_properties,
-        input_type_override=input_type_override, input_shapes=input_shapes, sample=sample, bands=bands,
-        stats=stats, all_touched=all_touched, patch_size=patch_size, nulls=nulls, fill_value=fill_value,
-        layout=layout,
-    )
-    batches = _iter_predictions(model, reader, params, progress, array_columns)
+    batches = _iter_predictions(model, reader, opts, progress, array_columns)
     if isinstance(features, gpd.GeoDataFrame):  # one copy of the input, predicted columns added once
         extras = [b.extra for b in batches]
         out = features.copy() if reader.crs == features.crs else features.set_crs(reader.crs)
         for name in extras[0] if extras else ():
             parts = [e[name] for e in extras]
             values = parts[0] if len(parts) == 1 else _concat(parts)
-            out[name] = _pandas_column(values)
+            out[name] = pandas_column(values)
         return out
     parts = [b.to_geodataframe() for b in batches]
     if not parts:
@@ -394,6 +417,7 @@ def predict_features_file(
     """
     from ..sinks.geotiff import check_output_path
 
+    opts = PropertyOptions.create(**params)
     check_output_path(output, overwrite)
     drv = driver_for(output, driver)
     if array_columns is None:
@@ -402,14 +426,6 @@ def predict_features_file(
         raise SpecError(f"{drv} cannot store list columns; use array_columns='split' (--array-columns split) or "
                         "write GeoParquet or GeoJSON")
     reader = open_features(features, batch_size=batch_size, layer=layer, crs=features_crs)
-    full = {"output_properties": None, "input_properties": None, "input_type_override": None,
-            "input_shapes": None, "sample": None, "bands": None, "stats": None, "all_touched": False,
-            "patch_size": None, "nulls": "error", "fill_value": 0, "layout": "auto"}
-    unknown = set(params) - set(full)
-    if unknown:
-        reader.close()
-        raise TypeError(f"unexpected parameters {sorted(unknown)}")
-    full.update(params)
-    batches = _iter_predictions(model, reader, full, progress, array_columns)
+    batches = _iter_predictions(model, reader, opts, progress, array_columns)
     return write_features(output, batches, geometry_type=reader.geometry_type, driver=drv, layer=output_layer,
                           overwrite=overwrite)

@@ -4,6 +4,7 @@ batch under the payload limit (:mod:`.batching`) and how to talk to each protoco
 
 from .batching import Packer
 from .endpoints import Endpoint, parse_endpoint, vertex_url
+from .options import EndpointOptions
 from .retry import RetryPolicy
 
-__all__ = ["Endpoint", "Packer", "RetryPolicy", "parse_endpoint", "vertex_url"]
+__all__ = ["Endpoint", "EndpointOptions", "Packer", "RetryPolicy", "parse_endpoint", "vertex_url"]

@@ -1,8 +1,9 @@
 """Hosted models behind the runtime contract: KServe v2, TF Serving REST, Vertex AI and TF Serving gRPC.
 
 The engine hands :class:`EndpointRuntime` a batch of tiles; it packs them into as many requests as
-``max_payload_bytes`` needs, sends them ``concurrency`` at a time with retries, and reassembles the outputs in
-order. Nothing is returned, so nothing is written, unless every request succeeded.
+``max_payload_bytes`` (one of its :class:`~tilecast.remote.options.EndpointOptions`) needs, sends them
+``concurrency`` at a time with retries, and reassembles the outputs in order. Nothing is returned, so nothing is
+written, unless every request succeeded.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import OutputShapeError, SpecError
 from ..payloads.formats import GRPC_FORMATS, V2_FORMATS
 from ..remote.batching import Packer
 from ..remote.endpoints import Endpoint, parse_endpoint
+from ..remote.options import EndpointOptions
 from ..remote.retry import RetryPolicy
 from ..remote.transport import make_transport
 from .base import Runtime, Signature
@@ -28,29 +30,17 @@ __all__ = ["EndpointRuntime", "endpoint_runtime"]
 class EndpointRuntime:
     """A hosted model. Safe to call from one thread at a time; it runs its own request threads."""
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        *,
-        max_payload_bytes: int = 1_500_000,
-        output_multiplier: float | None = None,
-        concurrency: int = 4,
-        headers: Mapping[str, str] | None = None,
-        token: str | None = None,
-        timeout: float = 60.0,
-        retry: RetryPolicy | None = None,
-    ) -> None:
-        if concurrency < 1:
-            raise SpecError(f"concurrency must be at least 1, got {concurrency}")
-        if timeout <= 0:
-            raise SpecError(f"timeout must be positive, got {timeout}")
+    def __init__(self, endpoint: Endpoint, options: EndpointOptions | None = None) -> None:
+        opts = options or EndpointOptions()
         self.endpoint = endpoint
-        self.concurrency = concurrency
-        self.transport = make_transport(endpoint, dict(headers or {}), timeout, concurrency, max_payload_bytes,
-                                        retry or RetryPolicy(), token)
+        self.options = opts
+        self.concurrency = opts.concurrency
+        self.transport = make_transport(endpoint, dict(opts.headers), opts.timeout, opts.concurrency,
+                                        opts.max_payload_bytes, opts.retry or RetryPolicy(), opts.token)
         text = endpoint.payload_format not in GRPC_FORMATS and endpoint.payload_format != "V2_BINARY"
-        self.packer = Packer(max_payload_bytes, output_multiplier, self._measure, endpoint.payload_format, text)
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="tilecast-endpoint")
+        self.packer = Packer(opts.max_payload_bytes, opts.output_multiplier, self._measure, endpoint.payload_format,
+                             text)
+        self._pool = ThreadPoolExecutor(opts.concurrency, thread_name_prefix="tilecast-endpoint")
         # closes connections and threads even when the runtime is dropped without close() (e.g. by a CLI run)
         self._finalizer = weakref.finalize(self, _shutdown, self._pool, self.transport)
         try:
@@ -129,28 +119,17 @@ def _concat(parts: list[tuple[int, dict[str, np.ndarray]]], n: int) -> dict[str,
     return result
 
 
-def endpoint_runtime(
-    url: str,
-    *,
-    protocol: str | None = None,
-    payload_format: str | None = None,
-    max_payload_bytes: int = 1_500_000,
-    output_multiplier: float | None = None,
-    concurrency: int = 4,
-    headers: Mapping[str, str] | None = None,
-    token: str | None = None,
-    timeout: float = 60.0,
-    retry: RetryPolicy | None = None,
-) -> Runtime:
-    """A runtime for the model at ``url``; ``protocol`` is inferred from the URL when omitted.
+def endpoint_runtime(url: str, options: EndpointOptions | None = None, **keywords: Any) -> Runtime:
+    """A runtime for the model at ``url``; ``options`` (an :class:`~tilecast.remote.options.EndpointOptions`) or
+    its fields as ``keywords`` (``protocol``, ``payload_format``, ``max_payload_bytes``, ``output_multiplier``,
+    ``concurrency``, ``headers``, ``token``, ``timeout``, ``retry``) say how requests are sent.
 
-    ``payload_format`` defaults to ``V2_BINARY`` for KServe v2, ``SERIALIZED_TF_TENSORS`` (Earth Engine's default)
-    for TF Serving and Vertex AI, and ``GRPC_TF_TENSORS`` for gRPC.
+    ``protocol`` is inferred from the URL when omitted. ``payload_format`` defaults to ``V2_BINARY`` for KServe v2,
+    ``SERIALIZED_TF_TENSORS`` (Earth Engine's default) for TF Serving and Vertex AI, and ``GRPC_TF_TENSORS`` for
+    gRPC.
     """
-    endpoint = parse_endpoint(url, protocol, payload_format)
+    opts = EndpointOptions.create(options, **keywords)
+    endpoint = parse_endpoint(url, opts.protocol, opts.payload_format)
     if endpoint.payload_format in V2_FORMATS and endpoint.protocol != "v2":
         raise SpecError(f"{endpoint.payload_format} needs a KServe v2 URL (/v2/models/NAME)")
-    return EndpointRuntime(
-        endpoint, max_payload_bytes=max_payload_bytes, output_multiplier=output_multiplier, concurrency=concurrency,
-        headers=headers, token=token, timeout=timeout, retry=retry,
-    )
+    return EndpointRuntime(endpoint, opts)

@@ -1,0 +1,208 @@
+"""Where sample and patch exports write: the output's layout, one writer per split, and the Parquet/CSV writer.
+
+The layout (:class:`SampleOutput`) is decided once, from the output path; the local export and every Dask task make
+their :class:`Writers` from it, so both name and fill their files the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._extras import require
+from ..errors import InputError, OutputError, OutputExistsError
+from .common import shard_files
+from .tfrecord import ShardedWriter, example_bytes, float_row_examples
+
+__all__ = ["SampleOutput", "TableWriter", "Writers"]
+
+_SUFFIXES = {".tfrecord.gz": "tfrecord", ".tfrecord": "tfrecord", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """The files of a sample or patch export: a single file per split, or a folder of shards."""
+
+    folder: Path
+    stem: str
+    suffix: str | None
+    """The single file's suffix, or None for a folder of shards."""
+    fmt: str
+    splits: tuple[str, ...] | None
+    compressed: bool
+    max_file_size: int | None
+    table: bool
+
+    @classmethod
+    def create(cls, output: str | os.PathLike, file_format: str | None, compressed: bool | None,
+               max_file_size: int | None, splits: Sequence[str] | None, table: bool) -> SampleOutput:
+        """The layout of ``output``: a file (``.tfrecord.gz``, ``.tfrecord``, ``.parquet``, ``.csv``) or a folder."""
+        folder, stem, suffix, fmt = _layout(output, file_format)
+        resolved = (suffix != ".tfrecord") if compressed is None else compressed
+        if suffix == ".tfrecord.gz" and compressed is False:
+            raise OutputError("the output ends in .gz but compressed=False; name it .tfrecord")
+        return cls(folder, stem, suffix, fmt, tuple(splits) if splits else None, resolved, max_file_size, table)
+
+    @property
+    def split_names(self) -> list[str]:
+        return list(self.splits) if self.splits else ["all"]
+
+    def prefix(self, split: str) -> str:
+        """The file (or shard) name prefix of ``split``."""
+        if split == "all":
+            return self.stem or ("samples" if self.table else "patches")
+        return f"{self.stem}-{split}" if self.stem else split
+
+
+def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, str, str | None, str]:
+    """``(folder, stem, single file suffix or None for a folder of shards, format)``."""
+    out = Path(output)
+    text = str(output)
+    if text.endswith(os.sep) or out.is_dir():
+        return out, "", None, file_format or "tfrecord"
+    for suffix, fmt in _SUFFIXES.items():
+        if out.name.lower().endswith(suffix):
+            if file_format and file_format != fmt:
+                raise OutputError(f"the output {out.name} ends in {suffix} but the format is {file_format!r}")
+            return out.parent, out.name[: -len(suffix)], suffix, fmt
+    raise OutputError(
+        f"cannot tell the format of {out}; end it in .tfrecord.gz, .tfrecord, .parquet or .csv, "
+        "or give an existing folder (or a path ending in /) for sharded TFRecord files"
+    )
+
+
+class Writers:
+    """One output per split, in the chosen format."""
+
+    def __init__(self, output: SampleOutput, overwrite: bool) -> None:
+        self.output = output
+        self.fmt = output.fmt
+        self.compressed = output.compressed
+        self.counts: dict[str, int] = {}
+        self.names = output.split_names
+        self.writers: dict[str, Any] = {}
+        self.stale: set[Path] = set()
+        """Shards of an earlier export to remove once this one is published (``overwrite=True``)."""
+        for split in self.names:
+            prefix = output.prefix(split)
+            if output.fmt == "tfrecord":
+                single = None
+                if output.suffix is not None:
+                    single = prefix + (".tfrecord.gz" if self.compressed else ".tfrecord")
+                self.writers[split] = w = ShardedWriter(output.folder, prefix, self.compressed,
+                                                        output.max_file_size, single, overwrite)
+                if w.single_name is None:  # shards, maybe of an earlier Dask export ({prefix}-NNNNN-NNNNN)
+                    self.stale |= set(shard_files(output.folder, prefix))
+                    if self.stale and not overwrite:
+                        raise OutputExistsError(f"{min(self.stale)} already exists; pass overwrite=True "
+                                                "(--overwrite) to replace the export")
+            else:
+                self.writers[split] = TableWriter(output.folder / f"{prefix}{output.suffix}", output.fmt, overwrite)
+            self.counts[split] = 0
+
+    def write_batch(self, names: list[str], vals: np.ndarray, ok: np.ndarray, lname: str | None,
+                    label: np.ndarray | None, props: dict[str, np.ndarray], split: np.ndarray | None) -> None:
+        if self.fmt != "tfrecord":
+            for s in self.names:
+                sel = ok if split is None else ok & (split == s)
+                if sel.any():
+                    cols = {b: vals[sel, i, 0, 0] for i, b in enumerate(names)}
+                    if lname:
+                        cols[lname] = label[sel].astype(np.float32)
+                    cols.update({k: v[sel].astype(np.float32) for k, v in props.items()})
+                    self.writers[s].write(cols)
+                    self.counts[s] += int(sel.sum())
+            return
+        if vals.shape[2:] == (1, 1):  # a table: every feature is one float
+            cols = [vals[:, :, 0, 0]]
+            keys = list(names)
+            if lname:
+                cols.append(label[:, None])
+                keys.append(lname)
+            for k, v in props.items():
+                cols.append(v[:, None])
+                keys.append(k)
+            matrix = np.concatenate([c.astype(np.float32) for c in cols], axis=1)[ok]
+            dest = np.full(len(matrix), "all", dtype=object) if split is None else split[ok]
+            for s, rec in zip(dest, float_row_examples(keys, matrix), strict=True):
+                self.writers[s].write(rec)
+                self.counts[s] += 1
+            return
+        for j in np.flatnonzero(ok):
+            feats: dict[str, Any] = {b: vals[j, i] for i, b in enumerate(names)}
+            if lname:
+                feats[lname] = float(label[j])
+            for k, v in props.items():
+                feats[k] = float(v[j])
+            s = "all" if split is None else split[j]
+            self.writers[s].write(example_bytes(feats))
+            self.counts[s] += 1
+
+    def close(self) -> dict[str, list[Path]]:
+        files = {s: list(w.close()) for s, w in self.writers.items()}
+        self.remove_stale(files)
+        return files
+
+    def remove_stale(self, files: Mapping[str, list[Path]]) -> None:
+        published = {f for fs in files.values() for f in fs}
+        for old in self.stale - published:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+
+class TableWriter:
+    """Streams columns to Parquet (pyarrow) or CSV, through a temp file renamed on close."""
+
+    def __init__(self, path: Path, fmt: str, overwrite: bool) -> None:
+        import tempfile
+
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+        self.path, self.fmt = path, fmt
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        self._w: Any = None
+        self._f: Any = None
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        if self.fmt == "parquet":
+            pa = require("pyarrow", "features")
+            pq = require("pyarrow.parquet", "features")
+            table = pa.table(cols)
+            if self._w is None:
+                self._w = pq.ParquetWriter(self.tmp, table.schema)
+            self._w.write_table(table)
+        else:
+            if self._f is None:
+                self._f = open(self.tmp, "w")  # noqa: SIM115 - streamed across calls, closed in close()
+                self._f.write(",".join(cols) + "\n")
+            arr = np.column_stack(list(cols.values()))
+            np.savetxt(self._f, arr, delimiter=",", fmt="%.9g")
+
+    def close(self) -> list[Path]:
+        if self.fmt == "parquet" and self._w is None:
+            raise InputError("nothing to write: every sample was masked")
+        if self._w is not None:
+            self._w.close()
+        if self._f is not None:
+            self._f.close()
+        os.replace(self.tmp, self.path)
+        return [self.path]
+
+    def abort(self) -> None:
+        for h in (self._w, self._f):
+            if h is not None:
+                with contextlib.suppress(Exception):
+                    h.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.tmp)

@@ -1,0 +1,216 @@
+"""The Dask scaffolding every plan shares: the client, a staging folder, the announcement, running and gathering the
+tasks, resubmitting those cancelled with a lost worker. Predictions (:mod:`tilecast.runners.dask`) and the exports
+(:mod:`tilecast.export.dask`, :mod:`tilecast.export.dask_samples`) only say what one task does.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import itertools
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .._extras import require
+from .engine import Dask
+
+__all__ = [
+    "Broadcast", "announce", "gather", "has_dashboard", "name_width", "open_client", "run_tasks", "session",
+    "staging_folder", "worker_source",
+]
+
+
+class Broadcast:
+    """A value every task of a run shares, on every worker; scattered again when the last copy was lost with its
+    workers (a scattered value has no task that could recompute it, so its tasks would be cancelled)."""
+
+    def __init__(self, client: Any, value: Any) -> None:
+        self.client = client
+        self.value = value
+        self._future = client.scatter(value, broadcast=True, hash=False)
+
+    def future(self) -> Any:
+        if self._future.status != "finished":
+            self._future = self.client.scatter(self.value, broadcast=True, hash=False)
+        return self._future
+
+
+@contextlib.contextmanager
+def open_client(
+    client: Any = None, scheduler: str | None = None, workers: int | None = None, threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+) -> Iterator[Any]:
+    """The client to use: the one given, one for ``scheduler``, the current one, or a new LocalCluster."""
+    distributed = require("distributed", "dask")
+    if client is not None:
+        yield client
+        return
+    if scheduler:
+        with distributed.Client(scheduler) as c:
+            yield c
+        return
+    if workers is None:
+        try:
+            yield distributed.get_client()
+            return
+        except ValueError:
+            pass
+    n = workers or 1
+    threads = threads_per_worker or max(1, (os.cpu_count() or 1) // n)
+    try:
+        import bokeh  # noqa: F401
+
+        dashboard: str | None = "127.0.0.1:0"
+    except ImportError:
+        dashboard = None
+    kwargs: dict[str, Any] = {"n_workers": n, "threads_per_worker": threads, "processes": True,
+                              "dashboard_address": dashboard}
+    if memory_limit is not None:
+        kwargs["memory_limit"] = memory_limit
+    with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def session(engine: Dask, source_recipe: tuple) -> Iterator[Any]:
+    """The run's client (see :func:`open_client`), once its workers have shown they can open the source, inside
+    Dask's performance report when the engine asks for one."""
+    distributed = require("distributed", "dask")
+    from .recipe import check_workers_can_open
+
+    with open_client(engine.client, engine.scheduler, engine.workers) as c:
+        check_workers_can_open(c, source_recipe)
+        report = (distributed.performance_report(filename=str(engine.performance_report))
+                  if engine.performance_report else contextlib.nullcontext())
+        with report:
+            yield c
+
+
+def has_dashboard(client: Any) -> bool:
+    try:
+        import bokeh  # noqa: F401  (the dashboard needs it)
+
+        return bool(client.scheduler_info().get("services", {}).get("dashboard"))
+    except Exception:
+        return False
+
+
+def announce(client: Any, tasks: str, report: Callable | None) -> None:
+    """One line on stderr (unless quiet): the tasks, the workers and the dashboard link."""
+    if report is None:
+        return
+    link = client.dashboard_link if has_dashboard(client) else None
+    print(f"dask: {tasks} on {len(client.nthreads())} worker(s)" + (f"; dashboard {link}" if link else ""),
+          file=sys.stderr)
+
+
+def run_tasks(
+    client: Any,
+    submit: Callable[[int, int], Any],
+    indices: Iterable[int],
+    on_result: Callable[[Any], None],
+    *,
+    in_flight: int | None = None,
+    retries: int = 3,
+) -> None:
+    """Run ``submit(index, attempt)`` for every index, at most ``in_flight`` at a time (all at once by default),
+    handing each result to ``on_result`` as it comes in and releasing its future; on a failure the remaining tasks
+    are cancelled and the error raised.
+
+    Dask retries a task whose worker died, but not one whose *scattered* input died with it: the scheduler cancels
+    that task. Such a task is submitted again with ``attempt + 1`` (the caller scatters its inputs anew, e.g. with
+    :class:`Broadcast`), at most ``retries`` times; a retry rewrites what the lost attempt wrote.
+    """
+    distributed = require("distributed", "dask")
+    queue = iter(indices)
+    pending = distributed.as_completed()
+    live: dict[str, tuple[Any, int, int]] = {}  # key -> (future, index, attempt)
+
+    def start(index: int, attempt: int = 0) -> None:
+        fut = submit(index, attempt)
+        live[fut.key] = (fut, index, attempt)
+        pending.add(fut)
+
+    try:
+        for index in itertools.islice(queue, in_flight):
+            start(index)
+        for fut in pending:
+            _, index, attempt = live.pop(fut.key)
+            try:
+                # A task that had finished can still be lost before its result is in (its worker dies meanwhile).
+                result = fut.result()
+            except concurrent.futures.CancelledError:
+                if attempt >= retries:
+                    raise
+                fut.release()
+                start(index, attempt + 1)
+                continue
+            fut.release()
+            on_result(result)
+            nxt = next(queue, None)
+            if nxt is not None:
+                start(nxt)
+    except BaseException:
+        for fut, _, _ in live.values():
+            with contextlib.suppress(Exception):
+                fut.cancel()
+        raise
+
+
+def gather(client: Any, submit: Callable[[int, int], Any], n: int, advance: Callable[[Any], None] | None = None
+           ) -> list[Any]:
+    """The results of tasks ``0 .. n-1`` (see :func:`run_tasks`), sorted by their ``index``."""
+    results: list[Any] = []
+
+    def collect(result: Any) -> None:
+        results.append(result)
+        if advance is not None:
+            advance(result)
+
+    run_tasks(client, submit, range(n), collect)
+    return sorted(results, key=lambda r: r.index)
+
+
+def name_width(tasks: int) -> int:
+    """Digits of a task number in file names, so that names sort in task order."""
+    return max(5, len(str(max(tasks - 1, 0))))
+
+
+@contextlib.contextmanager
+def staging_folder(folder: Path, prefix: str) -> Iterator[Path]:
+    """A hidden folder inside the output folder where tasks write; removed at the end, whatever happens, so a
+    failed run leaves nothing behind and a task still running after a failure finds it gone and fails instead of
+    publishing."""
+    staging = folder / f".{prefix}.dask-{uuid.uuid4().hex[:12]}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        # Cancelling a future does not stop a task that is already running: one may still create a file while
+        # the folder is being removed. Retry briefly; such a task fails on its next file once the folder is gone.
+        for attempt in range(10):
+            shutil.rmtree(staging, ignore_errors=True)
+            if not staging.exists():
+                break
+            time.sleep(0.1 * (attempt + 1))
+
+
+@contextlib.contextmanager
+def worker_source(recipe: tuple, env: Any) -> Iterator[Any]:
+    """A task's source, opened on the worker from its recipe under the client's GDAL settings, closed after."""
+    from .recipe import build_source
+
+    with env.apply():
+        source = build_source(recipe)
+        try:
+            yield source
+        finally:
+            if recipe[0] != "object":  # a source the worker opened itself (never the caller's own object)
+                with contextlib.suppress(Exception):
+                    source.close()

@@ -90,15 +90,21 @@ def _landcover_matches_model(ws: Path, out: str, name: str = "landcover.tif", sc
     """The tiled map equals the model run once on the whole scene (receptive field 7 < the overlap)."""
     import onnxruntime as ort
 
+    from scipy import ndimage
+
     with rasterio.open(ws / scene) as src:
-        x = src.read(list(range(1, 6))).astype(np.float32)[None]
+        x = src.read(list(range(1, 6)), masked=True)
+    # compare where the model's 7 x 7 receptive field sees valid input only (tilecast masks the rest)
+    inside = ndimage.binary_erosion(~np.ma.getmaskarray(x).any(axis=0), np.ones((7, 7), bool), border_value=1)
+    x = x.filled(0).astype(np.float32)[None]
     sess = ort.InferenceSession(str(ROOT / "models/landsat_landcover.onnx"), providers=["CPUExecutionProvider"])
     expected = sess.run(["landcover"], {"image": x})[0][0]
     with rasterio.open(ws / name) as dst:
         got = dst.read(1, masked=True)
     valid = ~np.ma.getmaskarray(got)
-    assert valid.mean() > 0.9, "most of the scene is predicted"
-    np.testing.assert_array_equal(got.data[valid], expected[valid])
+    assert valid.mean() > 0.8, "most of the scene is predicted (its nodata frame is not)"
+    np.testing.assert_array_equal(got.data[valid & inside], expected[valid & inside])
+    assert (valid & inside).sum() > 0.8 * inside.sum()
 
 
 def _probabilities_7_bands(ws: Path, out: str) -> None:
@@ -160,11 +166,17 @@ PATCHES = (
     "tilecast export patches scene.tif --labels polygons.gpkg --label-field class --patch 128 --per-class 500 --seed 1 "
     "--splits train=0.8,val=0.1,test=0.1 -o patches/"
 )
+FEWER_PATCHES = ("--per-class 500", "--per-class 5")  # 128 x 128 x 5 float patches: 3,500 of them take ~30 s
 ENDPOINT = ("127.0.0.1:8500", "127.0.0.1:{port}")
 FEATURES_ELLIPSIS = (
     " ... ",
     " --sample b3=lsat7_2000_30.tif --sample b4=lsat7_2000_40.tif --sample b5=lsat7_2000_50.tif "
     "--sample b7=lsat7_2000_70.tif ",
+)
+
+PARQUET_INDEX = (
+    "needs FeatureBatch.to_arrow (features/io.py) to keep the row count when no property column is left (here the "
+    "input's `class` column is replaced by the output `class`): pyarrow's ArrowInvalid today"
 )
 
 CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
@@ -173,6 +185,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("README.md", "make test"): MAKE,
     ("README.md", "import tilecast"): Run(),
     ("README.md", "ndvi = tilecast.Model.from_callable("): Run(
+        python_prelude="import tilecast\n",
         subs=(('bands=["red", "nir"]', 'bands=["B3", "B4"]'),)  # Landsat 7's red and near infrared
     ),
     ("README.md", "tilecast info scene.tif"): Run(),
@@ -227,10 +240,12 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         subs=(("Client()", "Client(n_workers=1, threads_per_worker=2, dashboard_address=':0')"),
               ('"scene.vrt"', '"scene.tif"')),  # a VRT of the scene: VRT inputs are covered by tests/test_mosaic.py
         check=_same_as_local,
+        xfail="needs tilecast/__init__.py to export Dask and Local (from .runners.engine), as docs/dask.md uses them",
     ),
     ("docs/dask.md", "from tilecast.sources.mosaic import MosaicSource"): Run(
         python_prelude='import tilecast\nmodel = tilecast.Model.load("landcover.onnx")\n',
         subs=(('crs="EPSG:32633", resolution=10', 'crs="EPSG:32119", resolution=28.5'),),
+        xfail="needs tilecast/__init__.py to export Dask and Local (from .runners.engine), as docs/dask.md uses them",
     ),
     # docs/demo.md
     ("docs/demo.md", "make demo"): MAKE,
@@ -246,7 +261,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
      "--batch-timeout-ms 5"): NotRunnable(
         "needs a SavedModel wrapped by `tilecast prepare` (TensorFlow); tests/test_prepare.py serves one"),
     ("docs/endpoints.md", "tilecast predict scene.tif --endpoint http://127.0.0.1:8500/v2/models/landcover --tile 256 "
-     "--overlap 16 -o out.tif"): Run(subs=(ENDPOINT,), check=_same_as_local),
+     "--overlap 16 --max-payload-bytes 4000000 -o out.tif"): Run(subs=(ENDPOINT,), check=_same_as_local),
     ("docs/endpoints.md", "tilecast predict scene.tif --endpoint projects/p/locations/us-central1/endpoints/123 "
      "--payload-format SERIALIZED_TF_TENSORS --tile 64 --output-band landcover:uint8 --token-env TOKEN -o out.tif"):
         NotRunnable("a Vertex AI project and Google credentials; tests/test_endpoint.py runs the vertex protocol "
@@ -269,7 +284,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/features.md", "tilecast predict-features parcels.gpkg --model crop_type.onnx --input-property "
      "ndvi_mean,area --output-property crop:int32 -o parcels_pred.gpkg"): Run(),
     ("docs/features.md", "tilecast predict-features fields.parquet --model classifier.onnx --sample scene.tif --stats "
-     "mean,std --output-property class=label:uint8 -o out.parquet"): Run(),
+     "mean,std --output-property class=label:uint8 -o out.parquet"): Run(xfail=PARQUET_INDEX),
     ("docs/features.md", "tilecast predict-features landsat96_polygons.shp --model landcover.onnx --sample "
      "b1=lsat7_2000_10.tif --sample b2=lsat7_2000_20.tif ... --stats mean --input-property "
      "b1_mean,b2_mean,b3_mean,b4_mean,b5_mean,b7_mean --output-property landcover=label:int32 --output-property "
@@ -277,7 +292,11 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/features.md", "tilecast predict-features points.fgb --endpoint http://127.0.0.1:8500/v1/models/clf:predict "
      "--payload-format RAW_JSON --input-property f0,f1,f2 --output-property cls=label:int32 -o scored.fgb"):
         Run(subs=(ENDPOINT,)),
-    ("docs/features.md", "import geopandas"): Run(),
+    ("docs/features.md", "import geopandas"): Run(
+        # the block's second call reuses `model` (the 2-property crop model) for 10 zonal statistics
+        subs=(("predict_features_file(model,", 'predict_features_file(Model.from_onnx("classifier.onnx"),'),),
+        xfail=PARQUET_INDEX,
+    ),
     ("docs/features.md", ".venv/bin/python bench/bench_features.py --repeats 5"): BENCH,
     ("docs/features.md", "1,000,000 point features x 10 properties, RandomForest(20 trees, depth 8) via skl2onnx; 2 "
      "CPUs, load average 6.8; median of 5"): Text("measured output"),
@@ -311,6 +330,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/training-data.md", "tilecast export samples scene.tif --labels points.gpkg --label-field class -o "
      "samples.tfrecord.gz"): Run(),
     ("docs/training-data.md", PATCHES): Run(
+        subs=(FEWER_PATCHES,),
         check=_split_warning,
         xfail="needs export_patches to warn when a split comes out empty, naming the split block (see the report)",
     ),
@@ -320,10 +340,11 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/training-data.md", "from tilecast.export import export_samples, export_patches, export_image, "
      "import_predictions"): Run(
         setup=(EXPORT_IMAGE, _copy_patches_as_predictions, lambda ws: shutil.rmtree(ws / "tiles")),
+        subs=(("per_class=500", "per_class=5"),),
         check=_import_equals_scene,
         xfail="needs export_patches/export_image to create a missing output folder, as the CLI does",
     ),
-    ("docs/training-data.md", "import numpy as np"): Run(setup=(PATCHES,)),
+    ("docs/training-data.md", "import numpy as np"): Run(setup=(PATCHES.replace(*FEWER_PATCHES),)),
     ("docs/training-data.md", "python examples/workflow_landsat.py --out models/landsat_landcover.onnx --workdir "
      "out/workflow"): NotRunnable("trains the demo model with PyTorch (rewrites models/); the --small run below is "
                                   "tests/test_workflow.py (slow)"),
@@ -348,7 +369,7 @@ def _check_tile_size_text(text: str, ws: Path) -> None:
     documented = " ".join(text.split())
     said = " ".join(out.split()).removeprefix("Error: ")
     assert said == documented, f"the README's message is not tilecast's:\n{said}"
-    hint = documented.rsplit("use ", 1)[1]
+    hint = documented.rsplit("use ", 1)[1].replace(" with ", " ")
     assert _tilecast(["predict", "scene.tif", "--model", "fixed.onnx", *shlex.split(hint), "--output-band",
                       "out:float32:1", "-o", "y.tif", "-q"])[0] == 0, f"the advice {hint!r} does not run"
 
@@ -446,6 +467,10 @@ def assets(tmp_path_factory) -> Path:
     for f in sample.glob("lsat7_2000_*.tif"):
         shutil.copy(f, a / f.name)
     polygons = geopandas.read_file(a / "polygons.gpkg").to_crs(profile["crs"])
+    from shapely.geometry import box
+
+    scene = box(*rasterio.transform.array_bounds(profile["height"], profile["width"], profile["transform"]))
+    polygons = polygons[polygons.within(scene.buffer(-1500))]  # clear of the nodata frame
     polygons[["class", "geometry"]].to_parquet(a / "fields.parquet")
     parcels = polygons[["geometry"]].copy()
     parcels["ndvi_mean"] = np.linspace(-0.2, 0.8, len(parcels)).astype("float32")
@@ -520,6 +545,7 @@ def _served(args: list[str], cwd: Path, port: int, env: dict[str, str] | None = 
             time.sleep(0.2)
         yield port
     finally:
+        proc.stdout.close()
         proc.terminate()
         try:
             proc.wait(20)
@@ -592,13 +618,14 @@ def _serve(words: list[str], ws: Path) -> tuple[int, str]:
     env = {**_env(), "SERVE_TOKEN": "s3cret"}
     with _served(args, ws, ports["--port"], env):
         if "--token-env" in args:
-            req = urllib.request.Request(f"http://127.0.0.1:{ports['--port']}/v2/models/landsat_landcover")
+            req = urllib.request.Request(f"http://127.0.0.1:{ports['--port']}/v2/models/unet")
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(req, timeout=5)
             assert err.value.code == 401
+            err.value.close()
             req.add_header("Authorization", "Bearer s3cret")
             with urllib.request.urlopen(req, timeout=5) as r:
-                assert json.loads(r.read())["name"] == "landsat_landcover"
+                assert json.loads(r.read())["name"] == "unet"
     return 0, ""
 
 
@@ -643,7 +670,9 @@ def _run_shell(cmd: str, ws: Path) -> tuple[int, str]:
 
 def _run_python(code: str, ws: Path, name: str) -> tuple[int, str]:
     namespace: dict = {"__name__": "__docs__"}
-    exec(compile(code, name, "exec"), namespace)  # noqa: S102 - the documented example is the test
+    # masked pixels reach a model as 0 (fill_value), so 0 / 0 happens where the output is masked anyway
+    with np.errstate(invalid="ignore", divide="ignore"):
+        exec(compile(code, name, "exec"), namespace)  # noqa: S102 - the documented example is the test
     namespace.clear()
     return 0, ""
 

@@ -114,6 +114,19 @@ def _probabilities_7_bands(ws: Path, out: str) -> None:
     assert np.ma.allclose(total, 1.0, atol=1e-4), "softmax probabilities sum to one"
 
 
+def _card_argmax(ws: Path, out: str) -> None:
+    """The card's z-score scaling and argmax applied to the generated 1x1 network, computed here independently."""
+    w = (np.arange(12, dtype=np.float32).reshape(3, 4) % 5 - 2) / 3  # the weights of _onnx_scores(.., 4, 3)
+    with rasterio.open(ws / "scene.tif") as src:
+        x = src.read().astype(np.float32)
+    expected = np.argmax(np.einsum("kc,chw->khw", w, (x - 1200) / 400), axis=0)
+    with rasterio.open(ws / "landcover.tif") as dst:
+        got = dst.read(1, masked=True)
+    valid = ~np.ma.getmaskarray(got)
+    assert valid.mean() > 0.95 and set(np.unique(got.data[valid])) == {0, 1, 2}
+    np.testing.assert_array_equal(got.data[valid], expected[valid])
+
+
 def _opens(name: str) -> Callable[[Path, str], None]:
     def check(ws: Path, out: str) -> None:
         with rasterio.open(ws / name) as dst:
@@ -379,11 +392,13 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/install.md", "docker run --rm -p 8080:8080 tilecast-serve"): NotRunnable("needs a container tool"),
     ("docs/install.md", "curl localhost:8080/health"): NotRunnable("talks to the container started above"),
     # docs/model-cards.md
-    ("docs/model-cards.md", "tilecast predict scene.tif --model landcover.onnx -o landcover.tif"): Run(setup=(CARD,)),
+    ("docs/model-cards.md", "tilecast predict scene.tif --model landcover.onnx -o landcover.tif"): Run(
+        setup=(CARD,), check=_card_argmax
+    ),
     ("docs/model-cards.md", CARD): Run(),
     ("docs/model-cards.md", "tilecast info landcover.onnx"): Run(setup=(CARD,)),
     ("docs/model-cards.md", "tilecast info landcover.onnx --json"): Run(setup=(CARD,)),
-    ("docs/model-cards.md", "from tilecast import Model"): Run(setup=(CARD,)),
+    ("docs/model-cards.md", "from tilecast import Model"): Run(setup=(CARD,), check=_card_argmax),
     (
         "docs/model-cards.md",
         "from tilecast.card import CardFields, InputFields, ModelFields, TileFields, build_card, write_card",

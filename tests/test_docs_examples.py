@@ -127,6 +127,32 @@ def _card_argmax(ws: Path, out: str) -> None:
     np.testing.assert_array_equal(got.data[valid], expected[valid])
 
 
+def _ndvi(ws: Path, out: str) -> None:
+    """The callable model's output is (nir - red) / (nir + red) of the scene's B4 and B3, computed here."""
+    with rasterio.open(ws / "scene.tif") as src:
+        red, nir = src.read(3, masked=True).astype(np.float64), src.read(4, masked=True).astype(np.float64)
+    with rasterio.open(ws / "ndvi.tif") as dst:
+        got = dst.read(1, masked=True)
+    valid = ~np.ma.getmaskarray(got)
+    assert valid.mean() > 0.8
+    np.testing.assert_allclose(got.data[valid], ((nir - red) / (nir + red)).data[valid], rtol=1e-6)
+
+
+def _features(name: str, columns: list[str], n: int | None = None) -> Callable[[Path, str], None]:
+    """The output keeps every input feature and adds the predicted columns."""
+
+    def check(ws: Path, out: str) -> None:
+        import pyogrio  # the project's vector engine (geopandas 0.14's fiona drops float32 columns)
+
+        gdf = pyogrio.read_dataframe(ws / name)
+        assert set(columns) <= set(gdf.columns), gdf.columns
+        if n is not None:
+            assert len(gdf) == n
+        assert gdf[columns[0]].notna().any()
+
+    return check
+
+
 def _opens(name: str) -> Callable[[Path, str], None]:
     def check(ws: Path, out: str) -> None:
         with rasterio.open(ws / name) as dst:
@@ -201,6 +227,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("README.md", "ndvi = tilecast.Model.from_callable("): Run(
         python_prelude="import tilecast\n",
         subs=(('bands=["red", "nir"]', 'bands=["B3", "B4"]'),),  # Landsat 7's red and near infrared
+        check=_ndvi,
     ),
     ("README.md", "tilecast info scene.tif"): Run(),
     ("README.md", "tilecast info unet.onnx"): Run(),
@@ -340,7 +367,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         "docs/features.md",
         "tilecast predict-features parcels.gpkg --model crop_type.onnx --input-property "
         "ndvi_mean,area --output-property crop:int32 -o parcels_pred.gpkg",
-    ): Run(),
+    ): Run(check=_features("parcels_pred.gpkg", ["crop", "ndvi_mean", "area"], 28)),
     (
         "docs/features.md",
         "tilecast predict-features fields.parquet --model classifier.onnx --sample scene.tif --stats "
@@ -352,12 +379,14 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         "b1=lsat7_2000_10.tif --sample b2=lsat7_2000_20.tif ... --stats mean --input-property "
         "b1_mean,b2_mean,b3_mean,b4_mean,b5_mean,b7_mean --output-property landcover=label:int32 --output-property "
         "probs=probabilities:float32:1 --nulls skip -o landcover.gpkg",
-    ): Run(subs=(FEATURES_ELLIPSIS,)),
+    ): Run(
+        subs=(FEATURES_ELLIPSIS,), check=_features("landcover.gpkg", ["landcover", "probs_0", "probs_6", "label"], 34)
+    ),
     (
         "docs/features.md",
         "tilecast predict-features points.fgb --endpoint http://127.0.0.1:8500/v1/models/clf:predict "
         "--payload-format RAW_JSON --input-property f0,f1,f2 --output-property cls=label:int32 -o scored.fgb",
-    ): Run(subs=(ENDPOINT,)),
+    ): Run(subs=(ENDPOINT,), check=_features("scored.fgb", ["cls", "f0"], 50)),
     ("docs/features.md", "import geopandas"): Run(
         # the block's second call reuses `model` (the 2-property crop model) for 10 zonal statistics
         subs=(("predict_features_file(model,", 'predict_features_file(Model.from_onnx("classifier.onnx"),'),),

@@ -252,7 +252,6 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         "--output-band landcover:uint8 -o landcover.tif",
     ): Run(
         check=_landcover_matches_model,
-        xfail="needs pyproject's rio plugin to be a command named tilecast-predict (see the report)",
     ),
     (
         "README.md",
@@ -302,12 +301,10 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
             ('"scene.vrt"', '"scene.tif"'),
         ),  # a VRT of the scene: VRT inputs are covered by tests/test_mosaic.py
         check=_same_as_local,
-        xfail="needs tilecast/__init__.py to export Dask and Local (from .runners.engine), as docs/dask.md uses them",
     ),
     ("docs/dask.md", "from tilecast.sources.mosaic import MosaicSource"): Run(
         python_prelude='import tilecast\nmodel = tilecast.Model.load("landcover.onnx")\n',
         subs=(('crs="EPSG:32633", resolution=10', 'crs="EPSG:32119", resolution=28.5'),),
-        xfail="needs tilecast/__init__.py to export Dask and Local (from .runners.engine), as docs/dask.md uses them",
     ),
     # docs/demo.md
     ("docs/demo.md", "make demo"): MAKE,
@@ -372,7 +369,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         "docs/features.md",
         "tilecast predict-features fields.parquet --model classifier.onnx --sample scene.tif --stats "
         "mean,std --output-property class=label:uint8 -o out.parquet",
-    ): Run(xfail=PARQUET_INDEX),
+    ): Run(),
     (
         "docs/features.md",
         "tilecast predict-features landsat96_polygons.shp --model landcover.onnx --sample "
@@ -390,7 +387,6 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/features.md", "import geopandas"): Run(
         # the block's second call reuses `model` (the 2-property crop model) for 10 zonal statistics
         subs=(("predict_features_file(model,", 'predict_features_file(Model.from_onnx("classifier.onnx"),'),),
-        xfail=PARQUET_INDEX,
     ),
     ("docs/features.md", ".venv/bin/python bench/bench_features.py --repeats 5"): BENCH,
     (
@@ -440,7 +436,6 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/training-data.md", PATCHES): Run(
         subs=(FEWER_PATCHES,),
         check=_split_warning,
-        xfail="needs export_patches to warn when a split comes out empty, naming the split block (see the report)",
     ),
     ("docs/training-data.md", EXPORT_IMAGE): Run(),
     (
@@ -454,7 +449,6 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         setup=(EXPORT_IMAGE, _copy_patches_as_predictions, lambda ws: shutil.rmtree(ws / "tiles")),
         subs=(("per_class=500", "per_class=5"),),
         check=_import_equals_scene,
-        xfail="needs export_patches/export_image to create a missing output folder, as the CLI does",
     ),
     ("docs/training-data.md", "import numpy as np"): Run(setup=(PATCHES.replace(*FEWER_PATCHES),)),
     (
@@ -932,7 +926,6 @@ def test_doc_example(doc, key, block, assets, tmp_path, monkeypatch, request):
         case.check(ws, out)
 
 
-@pytest.mark.xfail(strict=True, reason="needs pyproject's rio plugin to be a command named tilecast-predict")
 def test_rio_plugin_name_matches_the_docs():
     """The rio command the README documents is the one pyproject registers (click-plugins uses the command's name)."""
     _, plugins = _rio_group()
@@ -941,7 +934,6 @@ def test_rio_plugin_name_matches_the_docs():
         assert getattr(import_module(module), attr).name == entry == "tilecast-predict"
 
 
-@pytest.mark.xfail(strict=True, reason="needs the channel-count OutputShapeError to name --output-band NAME:DTYPE:1")
 def test_vector_output_without_dims_names_the_cli_fix(assets, tmp_path, monkeypatch):
     """``--output-band probabilities:float32`` on a 7-class output: the README now says ``:1``; the error should too."""
     ws = _workspace("README.md", assets, tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any
@@ -237,6 +238,11 @@ def parse_classes(text: str) -> dict[int, str] | list[str]:
 def _band_dict(text: str) -> dict[str, Any]:
     parts = text.split(":")
     return {"type": parts[1] if len(parts) > 1 else "float32", "dimensions": int(parts[2]) if len(parts) > 2 else 0}
+
+
+rio_predict = copy.copy(predict)
+rio_predict.name = "tilecast-predict"
+"""``rio tilecast-predict``: the same command as a rasterio plugin (click-plugins registers it under this name)."""
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -38,3 +38,15 @@ def test_predict_refuses_raster_options_with_a_vector_output(tmp_path, scene):  
     res = _predict(path, "--model", model, "--tile", str(TILE), "--overlap", str(OV), "--layout", "NCHW",
                    "--min-area", "5", "-o", str(tmp_path / "x.tif"))
     assert res.exit_code != 0 and "--min-area" in res.output and "vector outputs" in res.output
+
+
+def test_info_shows_how_a_deepness_detector_is_decoded(tmp_path):
+    meta = {"model_type": "Detector", "det_type": "YOLO_Ultralytics", "class_names": '{"0": "roof"}',
+            "det_conf": "0.5", "det_iou_thresh": "0.3", "tiles_size": str(TILE + 2 * OV)}
+    model = square_detector(tmp_path / "deepness.onnx", SIDE, TILE + 2 * OV, metadata=meta)
+    res = CliRunner().invoke(main, ["info", model])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.lstrip().startswith("detector"))
+    assert "yolo_v8" in line and "0.5" in line and "0.3" in line and "roof" in line
+    plain = square_detector(tmp_path / "plain.onnx", SIDE, TILE + 2 * OV)
+    assert "detector" not in CliRunner().invoke(main, ["info", plain]).output

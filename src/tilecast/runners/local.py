@@ -19,7 +19,8 @@ from ..job import Job, TileData
 from ..progress import ProgressCallback, note
 from ..resources import Resources
 from ..runtimes.base import streams_of
-from ..sinks.base import ChunkSink, Sink, block_rows_of
+from ..sinks.base import ChunkSink, Sink, block_rows_of, output_path_of
+from ..sinks.safety import refuse_overwriting_inputs
 from .ordered import BatchReuse, batches, in_order
 
 __all__ = ["run_local", "run_local_chunked"]
@@ -133,6 +134,11 @@ def run_local(
     :meth:`Resources.detect() <tilecast.resources.Resources.detect>`. ``read_threads`` overrides its readers.
     """
     res = resources or Resources.detect()
+    try:
+        _refuse_inputs(job, sink)
+    except BaseException:
+        sink.abort()
+        raise
     plan = job.plan
     total = len(plan)
     threads = read_threads or res.read_threads
@@ -178,6 +184,13 @@ def run_local(
         raise
 
 
+def _refuse_inputs(job: Job, sink: object) -> None:
+    """Whatever ``overwrite`` says, never publish over one of the job's own input files."""
+    path = output_path_of(sink)
+    if path is not None:
+        refuse_overwriting_inputs(path, job.source)
+
+
 def _model_threads(streams: int) -> contextlib.AbstractContextManager[Executor | None]:
     """Threads for a runtime that takes ``streams`` calls at once; with one, the calling thread runs the model."""
     if streams == 1:
@@ -202,6 +215,7 @@ def run_local_chunked(
     from ..errors import TilecastError
     from .chunks import ChunkLayout, chunk_shape, compute_chunk, fingerprint
 
+    _refuse_inputs(job, sink)
     layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
     done = sink.prepare(job.profile, fingerprint(job, layout), chunk_shape(layout), resume)
     total = len(job.plan)

@@ -24,6 +24,7 @@ from ..errors import OutputError, OutputExistsError
 from ..resources import Resources, one_pass_gdal_cache
 from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
+from .safety import check_compression
 
 __all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options", "copy_to_cog"]
 
@@ -104,7 +105,7 @@ class GeoTIFFSink(BaseSink):
     ) -> None:
         self.path = check_output_path(path, overwrite)
         self.overwrite = overwrite
-        self.compress = compress
+        self.compress = check_compression(compress)
         self.blocksize = blocksize
         self.overviews = overviews
         self.creation_options = creation_options or {}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -26,7 +28,8 @@ from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
 from .safety import check_compression
 
-__all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options", "copy_to_cog"]
+__all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options", "copy_to_cog", "remove_stale_temps",
+           "temp_prefix"]
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -118,10 +121,13 @@ class GeoTIFFSink(BaseSink):
         g = profile.grid
         # A free name, not a file: GDAL truncating a file that exists makes ext4 write all of it back when it is
         # closed (its replace-by-truncate safeguard), 20-90 ms after the last tile for a 150 MB temporary file.
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.tif", dir=self.path.parent)
+        remove_stale_temps(self.path)
+        fd, self._tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp.tif", dir=self.path.parent)
         os.close(fd)
         os.remove(self._tmp)
-        options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows}
+        # Sparse: an aborted run closes the file without GDAL writing every block not written yet (at 100000 x
+        # 100000 that was gigabytes after Ctrl-C). Blocks a finished run wrote read back the same either way.
+        options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows, "sparse_ok": True}
         if np.dtype(profile.dtype).kind == "f":
             options = {k: v for k, v in options.items() if k != "zstd_level"} | {"compress": "NONE"}
         tmp_profile = dict(
@@ -193,6 +199,9 @@ class GeoTIFFSink(BaseSink):
         return self.path
 
     def abort(self) -> None:
+        if self._tmp:  # removed first: what closing still flushes goes to a file nobody can see
+            _remove(self._tmp)
+            _remove(self._tmp + ".ovr")
         if self._dst is not None:
             with contextlib.suppress(Exception):
                 self._dst.close()
@@ -206,6 +215,40 @@ class GeoTIFFSink(BaseSink):
             _remove(self._tmp + ".ovr")
             _remove(self._tmp.replace(".tmp.tif", ".cog.tif"))
             self._tmp = None
+
+
+def temp_prefix(path: Path) -> str:
+    """The start of a temporary file's name next to ``path``: it names this host and process, so that a later run
+    can tell a killed run's leftovers (:func:`remove_stale_temps`) from a running one's."""
+    return f".{path.name}.tilecast-{_HOST}-{os.getpid()}-"
+
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files that a killed run for ``path`` left behind: only those that this host's process,
+    named in the file name, no longer runs. Returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tilecast-{_HOST}-(\d+)-")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            m = pattern.match(entry.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.remove(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def _remove(path: str | None) -> None:

@@ -125,7 +125,8 @@ class OverviewWriter:
         self.next_row = 0
         self.carry: np.ndarray | None = None
         self.ok = True
-        self.dst = rasterio.open(path, "w", **level_profile(profile))
+        # Sparse, as the temporary file: an aborted run closes it without writing every block left.
+        self.dst = rasterio.open(path, "w", **{**level_profile(profile), "sparse_ok": True})
         self.out_row = 0
 
     def write(self, window: Window, data: np.ndarray) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +25,7 @@ from ..sinks.base import ChunkSink, Sink, block_rows_of, output_path_of
 from ..sinks.safety import refuse_overwriting_inputs
 from .ordered import BatchReuse, batches, in_order
 
-__all__ = ["run_local", "run_local_chunked"]
+__all__ = ["interrupt_on_sigterm", "run_local", "run_local_chunked"]
 
 _DONE = object()
 
@@ -182,6 +184,25 @@ def run_local(
             stage.stop()
         sink.abort()
         raise
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM stop a run as Ctrl-C does (a ``KeyboardInterrupt``: the sink is aborted, nothing is left), for
+    as long as the block runs; only on the main thread, and only where SIGTERM still has its default action."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _refuse_inputs(job: Job, sink: object) -> None:

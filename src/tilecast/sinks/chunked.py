@@ -134,6 +134,10 @@ class _LockedGTiffWriter:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class _Unreadable(Exception):
+    """A finished chunk that the partial output cannot give back."""
+
+
 class _WorkerWritten:
     """A chunk sink whose chunks go through its own picklable :meth:`writer`, here or on a worker, and whose finished
     chunks are recorded in ``self.manifest``."""
@@ -160,6 +164,13 @@ class _WorkerWritten:
         except Exception:  # any failure to read it back means the chunk is not trusted
             return None
 
+    def _verified(self, index: int) -> str:
+        """:meth:`checksum`, raising :class:`_Unreadable` when the partial cannot be read there."""
+        value = self.checksum(index)
+        if value is None:
+            raise _Unreadable(index)
+        return value
+
     def mark(self, indices: Iterable[int]) -> None:
         indices = list(indices)
         self.manifest.add(indices, {i: s for i in indices if (s := self.checksum(i)) is not None})
@@ -169,11 +180,15 @@ class _WorkerWritten:
         None when the partial output cannot be used at all."""
         if not self.manifest.load():
             return None
+        # A chunk whose pixels changed is recomputed; one GDAL cannot read means the file itself is damaged
+        # (truncated, zero bytes): GDAL could not write into it either, so everything starts over.
         try:
             self.read_back(Window(0, 0, 1, 1))
-        except Exception:  # a zero-byte or mangled partial: start over
+            self.manifest.verify(self._verified)
+        except Exception:  # a zero-byte or mangled partial
+            self.manifest.done.clear()
+            self.manifest.sums.clear()
             return None
-        self.manifest.verify(self.checksum)
         self.manifest.flush()
         return set(self.manifest.done)
 

@@ -160,31 +160,36 @@ class RasterioSource(BaseSource):
         return vrt
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        data, masks = self.read_masked(window)
+        return data, (None if masks is None else masks.all(axis=0))
+
+    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(bands, h, w)`` data and each band's own ``(bands, h, w)`` mask (None if all valid)."""
         with self._lock if self._shared else contextlib.nullcontext():
             ds = self._dataset()
             try:
-                return self._read(ds, window)
+                data, masks = self._read(ds, window)
             except GDAL_READ_ERRORS as exc:
                 error = read_error(self.path, window, exc)
+            else:
+                return data, (None if masks is None or masks.all() else masks)
         raise error
 
     def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         if self.warp is not None and self.nodata is None:
             # The warped VRT's last band is the alpha we asked for: outside the source footprint it is 0.
             data = ds.read([*self.indexes, ds.count], window=window)
-            valid = data[-1] > 0
+            inside = data[-1] > 0
+            data = data[:-1]
             if self.has_mask:
-                valid &= np.all(ds.read_masks(self.indexes, window=window) > 0, axis=0)
-            return data[:-1], (None if valid.all() else valid)
+                return data, (ds.read_masks(self.indexes, window=window) > 0) & inside
+            return data, np.broadcast_to(inside, data.shape)
         data = ds.read(self.indexes, window=window)
         if not self.has_mask and self.warp is None:
             return data, None
         if self.warp is None and self._nodata_only:
-            valid = _nodata_valid(data, self._nodatavals)
-            return data, (None if valid.all() else valid)
-        masks = ds.read_masks(self.indexes, window=window)
-        valid = np.all(masks > 0, axis=0)
-        return data, (None if valid.all() else valid)
+            return data, _nodata_masks(data, self._nodatavals)
+        return data, ds.read_masks(self.indexes, window=window) > 0
 
     def close(self) -> None:
         with self._lock:
@@ -215,22 +220,27 @@ def warp_grid(
     return aligned_grid(dst_crs, bounds, resolution)
 
 
-def _nodata_valid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray:
-    """GDAL's nodata mask, from the data already read: valid where no band equals its nodata value."""
-    valid = np.ones(data.shape[1:], dtype=bool)
-    for band, nd in zip(data, nodatavals, strict=True):
+def _nodata_masks(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray | None:
+    """GDAL's per-band nodata masks, from the data already read: valid where the band is not its nodata value;
+    None when every pixel is valid."""
+    masks = None
+    for i, (band, nd) in enumerate(zip(data, nodatavals, strict=True)):
         if nd is None:
             continue
         if math.isnan(nd):
-            if band.dtype.kind == "f":
-                valid &= ~np.isnan(band)
-            continue
-        if band.dtype.kind in "iu":
-            info = np.iinfo(band.dtype)
-            if nd != int(nd) or not info.min <= nd <= info.max:
-                continue  # a nodata value the band cannot hold masks nothing
-        valid &= band != np.asarray(nd).astype(band.dtype)
-    return valid
+            if band.dtype.kind != "f":
+                continue
+            valid = ~np.isnan(band)
+        else:
+            if band.dtype.kind in "iu":
+                info = np.iinfo(band.dtype)
+                if nd != int(nd) or not info.min <= nd <= info.max:
+                    continue  # a nodata value the band cannot hold masks nothing
+            valid = band != np.asarray(nd).astype(band.dtype)
+        if masks is None:
+            masks = np.ones(data.shape, dtype=bool)
+        masks[i] = valid
+    return masks
 
 
 GDAL_READ_ERRORS = (RasterioError, CPLE_BaseError)

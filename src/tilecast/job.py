@@ -7,7 +7,7 @@ produces the same pixels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,12 +117,28 @@ class Job:
             values = values[:, :, oo.y : oo.y + g.out.y, oo.x : oo.x + g.out.x]
         return list(values)
 
-    def assembler(self, align: int) -> Assembler:
+    def assembler(self, align: int, cols: tuple[int, int] | None = None) -> Assembler:
+        """The assembler of every output column, or of the band ``cols`` (see :meth:`band_tiles`)."""
         n_in = len(self.source.band_names) if self.append_input else 0
         n_out = len(self.outputs.band_names)
         if self.blending:
-            return Assembler(self.plan, n_in, n_out, self.profile.dtype, self.spec.blend, align)
-        return Assembler(self.plan, n_in + n_out, 0, self.profile.dtype, "crop", align)
+            return Assembler(self.plan, n_in, n_out, self.profile.dtype, self.spec.blend, align, cols)
+        return Assembler(self.plan, n_in + n_out, 0, self.profile.dtype, "crop", align, cols)
+
+    def band_tile_cols(self, cols: tuple[int, int]) -> range:
+        """The tile columns whose output reaches the output columns ``cols`` (the padded output when blending)."""
+        plan, g = self.plan, self.plan.geometry
+        reach = g.output_overlap.x if self.blending and g.output_overlap else 0
+        first = max(0, (cols[0] - reach) // g.out.x)
+        last = min(plan.tile_cols, -(-(cols[1] + reach) // g.out.x))
+        return range(first, last)
+
+    def band_tiles(self, cols: tuple[int, int]) -> Iterator[Tile]:
+        """The tiles of the output columns ``cols``, row-major: the order their assembler takes them."""
+        tile_cols = self.band_tile_cols(cols)
+        for r in range(self.plan.tile_rows):
+            for c in tile_cols:
+                yield self.plan.tile(r, c)
 
     def add(self, assembler: Assembler, item: TileData, values: np.ndarray | None) -> None:
         if item.skip or values is None:

@@ -3,6 +3,8 @@ column bands; the result must be bit for bit the full-width one (pixels, overvie
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import rasterio
@@ -107,4 +109,4 @@ def test_banded_progress_ends_at_the_plan_size(tmp_path, scene):
     run_local(pred.job, sink, progress=lambda d, t, p: seen.append((d, t)),
               resources=Resources.detect(assembly_bytes=1, band_unit=64))
     assert seen[-1] == (len(pred.plan), len(pred.plan))
-    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))

@@ -3,15 +3,16 @@
 Tiles arrive row-major. The assembler holds only the rows that later tiles can still touch (one tile row plus the
 overlap), and emits strips as soon as they are final. Strips are full width, or, for outputs too wide for the
 resource policy's assembly budget, the width of one column band (:func:`column_bands`): the runner then sends each
-band's tiles top to bottom before the next band's, so memory is flat in both width and height. ``crop`` places each tile's core (Earth Engine);
-``cosine`` and ``hann`` accumulate weighted padded outputs and divide by the summed weights, which removes seams.
+band's tiles top to bottom before the next band's, so memory is flat in both width and height. ``crop`` places
+each tile's core (Earth Engine); ``cosine`` and ``hann`` accumulate weighted padded outputs and divide by the summed
+weights, which removes seams.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-import math
 from functools import lru_cache
 
 import numpy as np

@@ -171,59 +171,61 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path, scene):
 
 
 _SCRIPT = textwrap.dedent("""
-    import sys
+    import contextlib, sys
     import numpy as np
     import rasterio
     from rasterio.transform import from_origin
     from tilecast import Model
+    from tilecast.runners.local import interrupt_on_sigterm
+    from tilecast.sinks.geotiff import GeoTIFFSink
 
-    inp, out, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    inp, out, size, sig, phase = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     # A sparse input: GDAL reads its unwritten blocks as zeros, so a huge raster costs nothing to make.
     with rasterio.open(inp, "w", driver="GTiff", width=size, height=size, count=1, dtype="uint8", tiled=True,
                        sparse_ok=True, crs="EPSG:32633", transform=from_origin(0, 0, 10, 10)):
         pass
-    model = Model.from_callable(lambda x: x.astype("float32") + 1, layout="NCHW", input_tile_size=256, batch_size=16,
-                                output_bands={"y": "float32"})
-    started = False
+    rng = np.random.default_rng(0)
+    if phase == "tiles":
+        fn = lambda x: x.astype("float32") + 1
+    else:  # noise that DEFLATE level 9 compresses slowly: the COG conversion takes a while
+        fn = lambda x: rng.random(x.shape, dtype="float32")
+    model = Model.from_callable(fn, layout="NCHW", input_tile_size=256, batch_size=16, output_bands={"y": "float32"})
+    said = set()
 
     def progress(done, total, pixels):
-        global started
-        if not started:
-            started = True
-            print("started", flush=True)
+        word = "finishing" if done == total else "started"
+        if word == ("started" if phase == "tiles" else "finishing") and word not in said:
+            said.add(word)
+            print(word, flush=True)
 
-    import signal
-    if sys.argv[4] == "term":
-        from tilecast.runners.local import interrupt_on_sigterm
-        ctx = interrupt_on_sigterm()
-    else:
-        import contextlib
-        ctx = contextlib.nullcontext()
+    ctx = interrupt_on_sigterm() if sig == "term" else contextlib.nullcontext()
     try:
         with ctx:
-            model.predict_image(inp).to_geotiff(out, progress=progress)
+            sink = GeoTIFFSink(out, creation_options={"level": "9"} if phase == "finish" else None)
+            model.predict_image(inp).run(sink, progress=progress)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         sys.exit(130)
 """)
 
 
-@pytest.mark.parametrize("sig", ["int", "term"])
-def test_an_interrupt_exits_within_two_seconds_and_leaves_nothing(tmp_path, sig):
+@pytest.mark.parametrize(("sig", "phase", "size"), [("int", "tiles", 30000), ("term", "tiles", 30000),
+                                                    ("int", "finish", 5000)])
+def test_an_interrupt_exits_within_two_seconds_and_leaves_nothing(tmp_path, sig, phase, size):
     script = tmp_path / "run.py"
     script.write_text(_SCRIPT)
     work = tmp_path / "work"
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.Popen([sys.executable, str(script), str(work / "in.tif"), str(work / "out.tif"), "30000", sig],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(work / "in.tif"), str(work / "out.tif"), str(size), sig,
+                             phase], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        assert proc.stdout.readline().strip() == "started"
-        time.sleep(1.0)
+        assert proc.stdout.readline().strip() == ("started" if phase == "tiles" else "finishing")
+        time.sleep(1.0 if phase == "tiles" else 0.3)
         assert proc.poll() is None
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT if sig == "int" else signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
         elapsed = time.monotonic() - sent
     finally:
         if proc.poll() is None:

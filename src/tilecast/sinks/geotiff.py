@@ -15,6 +15,8 @@ import os
 import re
 import socket
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from .overviews import OverviewWriter, overview_factors
 from .safety import check_compression
 
 __all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options", "copy_to_cog", "remove_stale_temps",
-           "temp_prefix"]
+           "run_interruptibly", "temp_prefix"]
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -179,22 +181,34 @@ class GeoTIFFSink(BaseSink):
     def close(self) -> Path:
         self._dst.close()
         self._dst = None
-        if self._ovr is not None and not self._ovr.finish():
-            _remove(self._tmp + ".ovr")  # not streamed in order: GDAL builds the overviews
-        self._ovr = None
-        final_tmp = self._tmp.replace(".tmp.tif", ".cog.tif")
+        ovr, self._ovr = self._ovr, None
+        tmp, final_tmp = self._tmp, self._tmp.replace(".tmp.tif", ".cog.tif")
+        options = cog_options(self.profile.grid.shape, self.compress, self.blocksize, self.overviews,
+                              self.profile.categorical)
+        options.update(self.creation_options)
+        publish = threading.Lock()
+        stopped = threading.Event()
+
+        def convert() -> None:
+            if ovr is not None and not ovr.finish():
+                _remove(tmp + ".ovr")  # not streamed in order: GDAL builds the overviews
+            copy_to_cog(tmp, final_tmp, options)
+            with publish:
+                if stopped.is_set():
+                    _remove(final_tmp)
+                else:
+                    os.replace(final_tmp, self.path)
+
         try:
-            options = cog_options(self.profile.grid.shape, self.compress, self.blocksize, self.overviews,
-                                  self.profile.categorical)
-            options.update(self.creation_options)
-            copy_to_cog(self._tmp, final_tmp, options)
-            os.replace(final_tmp, self.path)
+            run_interruptibly(convert, "tilecast-cog")
         except BaseException:
+            with publish:
+                stopped.set()
             _remove(final_tmp)
             raise
         finally:
-            _remove(self._tmp)
-            _remove(self._tmp + ".ovr")
+            _remove(tmp)
+            _remove(tmp + ".ovr")
             self._tmp = None
         return self.path
 
@@ -215,6 +229,26 @@ class GeoTIFFSink(BaseSink):
             _remove(self._tmp + ".ovr")
             _remove(self._tmp.replace(".tmp.tif", ".cog.tif"))
             self._tmp = None
+
+
+def run_interruptibly(work: Callable[[], None], name: str) -> None:
+    """Run ``work`` (a long GDAL call, such as the COG conversion) on a daemon thread and wait for it in short
+    steps: Ctrl-C and SIGTERM reach the calling thread within a fraction of a second instead of after GDAL returns.
+    ``work`` must check, before publishing anything, that the caller has not given up."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised on the calling thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)
+    if errors:
+        raise errors[0]
 
 
 def temp_prefix(path: Path) -> str:

@@ -11,6 +11,7 @@ one and returns float32, which the sink writes uncompressed to the temporary fil
     python bench/bench_width.py                     # both cases
     python bench/bench_width.py --case 400000x256   # one case
     python bench/bench_width.py --scale 0.25        # every side times 0.25 (a quick check)
+    python bench/bench_width.py --cpus 16           # the policy of a 16-CPU machine (4 readers, larger caches)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tilecast.resources import Resources
 from tilecast.runners.local import output_bands_of, run_local
 from tilecast.sinks.geotiff import GeoTIFFSink
 
-h, w, folder, full = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+h, w, folder, full, cpus = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", int(sys.argv[5])
 inp = f"{folder}/in.tif"
 with rasterio.open(inp, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8", tiled=True, sparse_ok=True,
                    crs="EPSG:32633", transform=from_origin(500000, 4600000, 10, 10)):
@@ -42,7 +43,8 @@ with rasterio.open(inp, "w", driver="GTiff", width=w, height=h, count=3, dtype="
 model = Model.from_callable(lambda x: x[:, :1].astype("float32") + 1, layout="NCHW", input_tile_size=256,
                             input_overlap_size=8, batch_size=16, output_bands={"y": "float32"})
 pred = model.predict_image(inp)
-res = Resources.detect(assembly_bytes=2**62) if full else Resources.detect()
+policy = {"cpus": cpus} if cpus else {}
+res = Resources.detect(assembly_bytes=2**62, **policy) if full else Resources.detect(**policy)
 sink = GeoTIFFSink(f"{folder}/out.tif", overwrite=True)
 bands = output_bands_of(pred.job, sink, res)
 from tilecast.resources import bounded_gdal_cache
@@ -55,9 +57,9 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "bands": len(bands),
 """
 
 
-def measure(h: int, w: int, full: bool) -> dict:
+def measure(h: int, w: int, full: bool, cpus: int = 0) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_width_") as folder:
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(h), str(w), folder, "1" if full else "0"],
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(h), str(w), folder, "1" if full else "0", str(cpus)],
                              capture_output=True, text=True, check=False)
         if out.returncode:
             raise SystemExit(out.stderr[-2000:])
@@ -69,12 +71,14 @@ def main() -> None:
     parser.add_argument("--case", choices=sorted(CASES), action="append")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every side (a quick check)")
     parser.add_argument("--full-width", action="store_true", help="also measure the old full-width strips")
+    parser.add_argument("--cpus", type=int, default=0,
+                        help="the resource policy of a machine with this many CPUs (its reading threads and caches)")
     args = parser.parse_args()
     print(f"{'case':>14} {'strips':>11} {'bands':>5} {'peak RSS':>10} {'seconds':>8}")
     for name in args.case or list(CASES):
         h, w = (max(256, round(n * args.scale)) for n in CASES[name])
         for full in ([False, True] if args.full_width else [False]):
-            r = measure(h, w, full)
+            r = measure(h, w, full, args.cpus)
             label = "full-width" if full else "banded"
             print(f"{f'{w}x{h}':>14} {label:>11} {r['bands']:>5} {r['peak_mib']:>6.0f} MiB {r['seconds']:>8.1f}",
                   flush=True)

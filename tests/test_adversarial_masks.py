@@ -107,3 +107,22 @@ def test_halo_valid_is_a_minimum_filter():
         want = np.array([[padded[i : i + 2 * oy + 1, j : j + 2 * ox + 1].all() for j in range(24)]
                          for i in range(20)])
         assert np.array_equal(got, want)
+
+
+def test_mask_receptive_field_is_the_same_in_chunks_and_resumes(tmp_path, scene):
+    from tilecast.runners.chunks import ChunkLayout, fingerprint
+    from tilecast.runners.local import run_local_chunked
+    from tilecast.sinks.chunked import PartialGeoTIFFSink
+
+    path, _ = scene
+    pred = _model(tile=16, overlap=2).predict_image(path)
+    job = dataclasses.replace(pred.job, mask_receptive_field=True)
+    sink = ArraySink()
+    sink.open(job.profile)
+    streamed = np.asarray(run_local(job, sink))
+    out = run_local_chunked(job, PartialGeoTIFFSink(tmp_path / "c.tif"), resume=True, chunk_size=16)
+    chunked = _read(out)[0]
+    assert np.array_equal(np.isnan(streamed), np.isnan(chunked))
+    assert np.array_equal(streamed[~np.isnan(streamed)], chunked[~np.isnan(chunked)])
+    layout = ChunkLayout.create(pred.plan, False, 16)
+    assert fingerprint(job, layout) != fingerprint(pred.job, layout)  # a resume never mixes the two

@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from .._extras import require
 from .base import ChunkSink, ChunkWriter, OutputProfile, Sink
-from .geotiff import GeoTIFFSink, check_output_path
+from .geotiff import GeoTIFFSink, check_output_path, run_interruptibly
 from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
 
 __all__ = [
@@ -273,7 +273,8 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
         self._tmp = str(self.partial)
         level = self._tmp + ".ovr"
         if self._levels is not None:
-            derive_levels(level, *self._levels)
+            levels = self._levels
+            run_interruptibly(lambda: derive_levels(level, *levels), "tilecast-overviews")
         elif os.path.exists(level):  # never let GDAL pick up a level this run did not fill
             os.remove(level)
         self._dst = rasterio.open(self.partial, "r")

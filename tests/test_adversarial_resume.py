@@ -148,6 +148,11 @@ def test_overwrite_without_resume_clears_stale_partial_state(tmp_path, scene):
     out.write_bytes(b"old")
     result = _model(Counter()).predict_image(path).to_geotiff(out, overwrite=True)
     assert _read(result).tobytes() == expected.tobytes()
+    assert _left(tmp_path) == []  # the plain run that replaced the output cleared the stale partial state
+    out.unlink()
+    partial, _ = _interrupted(tmp_path, path, out)
+    os.truncate(partial, 0)
+    out.write_bytes(b"old")
     result = _model(Counter()).predict_image(path).to_geotiff(out, overwrite=True, resume=True, chunk_size=40)
     assert _read(result).tobytes() == expected.tobytes()
     assert _left(tmp_path) == []

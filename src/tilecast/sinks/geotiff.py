@@ -30,8 +30,10 @@ from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
 from .safety import check_compression
 
-__all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options", "copy_to_cog", "remove_stale_temps",
-           "run_interruptibly", "temp_prefix"]
+__all__ = [
+    "RESUME_STATE", "TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "clear_resume_state", "cog_options",
+    "copy_to_cog", "remove_stale_temps", "run_interruptibly", "temp_prefix",
+]
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -124,6 +126,8 @@ class GeoTIFFSink(BaseSink):
         # A free name, not a file: GDAL truncating a file that exists makes ext4 write all of it back when it is
         # closed (its replace-by-truncate safeguard), 20-90 ms after the last tile for a 150 MB temporary file.
         remove_stale_temps(self.path)
+        if self.overwrite:
+            clear_resume_state(self.path)
         fd, self._tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp.tif", dir=self.path.parent)
         os.close(fd)
         os.remove(self._tmp)
@@ -283,6 +287,19 @@ def remove_stale_temps(path: Path) -> list[Path]:
                     os.remove(entry.path)
                     removed.append(Path(entry.path))
     return removed
+
+
+RESUME_STATE = ("partial.tmp.tif", "partial.tmp.tif.aux.xml", "partial.tmp.tif.ovr", "partial.cog.tif",
+                "partial.lock", "resume.json", "resume.json.tmp")
+"""What a resumable run of ``NAME`` keeps next to it, as ``.NAME.<suffix>`` (see :mod:`tilecast.sinks.chunked`)."""
+
+
+def clear_resume_state(path: Path) -> None:
+    """Remove what an interrupted resumable GeoTIFF run left for ``path``: a run that replaces the output
+    (``overwrite``) without resuming makes it stale."""
+    for suffix in RESUME_STATE:
+        with contextlib.suppress(OSError):
+            os.remove(path.with_name(f".{path.name}.{suffix}"))
 
 
 def _remove(path: str | None) -> None:

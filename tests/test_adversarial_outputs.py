@@ -120,3 +120,51 @@ def test_known_compression_is_written(tmp_path, raster, img, good):
     with rasterio.open(out) as ds:
         got = (ds.compression.name if ds.compression else "NONE").upper()
     assert got == good.upper()
+
+
+def test_a_full_disk_while_building_the_cog_is_a_clear_error(tmp_path, raster, img, monkeypatch):
+    from rasterio.errors import RasterioIOError
+
+    import tilecast.sinks.geotiff as geotiff
+
+    def full(src, dst, options):
+        with open(dst, "wb") as fh:
+            fh.write(b"partial")
+        raise RasterioIOError("No space left on device")
+
+    monkeypatch.setattr(geotiff, "copy_to_cog", full)
+    path = raster(img)
+    with pytest.raises(OutputError, match="No space left on device.*writable and has room"):
+        _model().predict_image(path).to_geotiff(tmp_path / "o.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in0.tif"]
+
+
+def test_a_failing_write_is_a_clear_error(tmp_path, raster, img, monkeypatch):
+    from rasterio._err import CPLE_FileIOError
+
+    import tilecast.sinks.geotiff as geotiff
+
+    def broken(self, data, window=None, **kwargs):
+        raise CPLE_FileIOError(3, 4, "Write error: No space left on device")
+
+    sink = geotiff.GeoTIFFSink(tmp_path / "o.tif")
+    pred = _model().predict_image(raster(img))
+    sink.open(pred.job.profile)
+    monkeypatch.setattr(type(sink._dst), "write", broken)
+    from tilecast.runners.local import run_local
+
+    with pytest.raises(OutputError, match="cannot write"):
+        run_local(pred.job, sink)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in0.tif"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_a_clear_error(tmp_path, raster, img):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="writable"):
+            _model().predict_image(raster(img)).to_geotiff(folder / "o.tif")
+    finally:
+        folder.chmod(0o755)

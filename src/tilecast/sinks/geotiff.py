@@ -16,15 +16,17 @@ import re
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from ..errors import OutputError, OutputExistsError
+from ..errors import OutputError, OutputExistsError, TilecastError
 from ..resources import Resources, one_pass_gdal_cache
 from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
@@ -32,7 +34,7 @@ from .safety import check_compression
 
 __all__ = [
     "RESUME_STATE", "TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "clear_resume_state", "cog_options",
-    "copy_to_cog", "remove_stale_temps", "run_interruptibly", "temp_prefix",
+    "copy_to_cog", "remove_stale_temps", "run_interruptibly", "temp_prefix", "writing_errors",
 ]
 
 
@@ -121,6 +123,10 @@ class GeoTIFFSink(BaseSink):
         self._ovr: OverviewWriter | None = None
 
     def open(self, profile: OutputProfile) -> None:
+        with writing_errors(self.path, "create the temporary file for"):
+            self._open(profile)
+
+    def _open(self, profile: OutputProfile) -> None:
         self.profile = profile
         g = profile.grid
         # A free name, not a file: GDAL truncating a file that exists makes ext4 write all of it back when it is
@@ -178,9 +184,10 @@ class GeoTIFFSink(BaseSink):
             idx += 1
 
     def write(self, window: Window, data: np.ndarray) -> None:
-        self._dst.write(data, window=window)
-        if self._ovr is not None:
-            self._ovr.write(window, data)
+        with writing_errors(self.path, "write"):
+            self._dst.write(data, window=window)
+            if self._ovr is not None:
+                self._ovr.write(window, data)
 
     def close(self) -> Path:
         self._dst.close()
@@ -204,7 +211,8 @@ class GeoTIFFSink(BaseSink):
                     os.replace(final_tmp, self.path)
 
         try:
-            run_interruptibly(convert, "tilecast-cog")
+            with writing_errors(self.path, "build the Cloud-Optimized GeoTIFF"):
+                run_interruptibly(convert, "tilecast-cog")
         except BaseException:
             with publish:
                 stopped.set()
@@ -233,6 +241,23 @@ class GeoTIFFSink(BaseSink):
             _remove(self._tmp + ".ovr")
             _remove(self._tmp.replace(".tmp.tif", ".cog.tif"))
             self._tmp = None
+
+
+@contextlib.contextmanager
+def writing_errors(path: Path, doing: str) -> Iterator[None]:
+    """GDAL's and the OS's write errors (a read-only folder, a full disk, GDAL's free-space check) as one
+    :class:`~tilecast.errors.OutputError` that names the output and the fix, instead of a library traceback."""
+    try:
+        yield
+    except TilecastError:
+        raise
+    except (RasterioError, CPLE_BaseError, OSError) as exc:
+        text = str(exc).strip() or type(exc).__name__
+        raise OutputError(
+            f"cannot {doing} {path}: {text}. Check that {path.parent} is writable and has room for the output "
+            "(about the uncompressed size of the raster, twice over while the COG is built), or choose another "
+            "output folder or a smaller region"
+        ) from None
 
 
 def run_interruptibly(work: Callable[[], None], name: str) -> None:

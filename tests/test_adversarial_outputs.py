@@ -134,7 +134,7 @@ def test_a_full_disk_while_building_the_cog_is_a_clear_error(tmp_path, raster, i
 
     monkeypatch.setattr(geotiff, "copy_to_cog", full)
     path = raster(img)
-    with pytest.raises(OutputError, match="No space left on device.*writable and has room"):
+    with pytest.raises(OutputError, match=r"No space left on device.*writable and has room"):
         _model().predict_image(path).to_geotiff(tmp_path / "o.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in0.tif"]
 

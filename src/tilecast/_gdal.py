@@ -53,12 +53,14 @@ def compression_supported(name: str) -> bool:
 def _probe_compression(key: str) -> bool:
     import numpy as np
     from rasterio.errors import RasterioError
+    from rasterio.transform import from_origin
 
     path = f"/vsimem/tilecast-compress-probe-{key}.tif"
     try:
         with rasterio.Env(CPL_LOG="/dev/null"):
+            # A transform other than the identity, so that rasterio does not warn about a missing georeference.
             with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=3, dtype="uint8",
-                               compress=key) as dst:
+                               compress=key, transform=from_origin(0, 16, 1, 1)) as dst:
                 dst.write(np.zeros((3, 16, 16), "uint8"))
             with rasterio.open(path) as src:
                 got = src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION", "")

@@ -168,3 +168,22 @@ def test_a_read_only_output_folder_is_a_clear_error(tmp_path, raster, img):
             _model().predict_image(raster(img)).to_geotiff(folder / "o.tif")
     finally:
         folder.chmod(0o755)
+
+
+def test_an_output_larger_than_the_free_space_is_refused_before_any_work(tmp_path, monkeypatch):
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from tilecast.sinks.base import OutputProfile
+    from tilecast.sources.base import Grid
+
+    monkeypatch.delenv("CHECK_DISK_FREE_SPACE", raising=False)
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 500000, 0, -10, 4600000), (3_000_000, 3_000_000))
+    sink = GeoTIFFSink(tmp_path / "h.tif")
+    with pytest.raises(OutputError, match=r"space.*--bounds"):
+        sink.open(OutputProfile(grid, ("y",), np.dtype("float32"), None))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("CHECK_DISK_FREE_SPACE", "FALSE")  # GDAL's switch turns it off
+    sink.open(OutputProfile(grid, ("y",), np.dtype("float32"), None))
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []

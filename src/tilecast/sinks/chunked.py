@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from .._extras import require
 from .base import ChunkSink, ChunkWriter, OutputProfile, Sink
-from .geotiff import GeoTIFFSink, check_output_path, run_interruptibly
+from .geotiff import GeoTIFFSink, check_free_space, check_output_path, run_interruptibly
 from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
 
 __all__ = [
@@ -225,6 +225,8 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
                 return done
         self._remove_partial()
         g = profile.grid
+        check_free_space(self.path.parent, g.shape[0] * g.shape[1] * len(profile.band_names)
+                         * np.dtype(profile.dtype).itemsize)  # the partial file is uncompressed
         block = 256 if min(g.shape) >= 256 else 16
         partial = dict(
             driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import threading
@@ -33,8 +34,8 @@ from .overviews import OverviewWriter, overview_factors
 from .safety import check_compression
 
 __all__ = [
-    "RESUME_STATE", "TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "clear_resume_state", "cog_options",
-    "copy_to_cog", "remove_stale_temps", "run_interruptibly", "temp_prefix", "writing_errors",
+    "RESUME_STATE", "TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_free_space", "check_output_path", "clear_resume_state",
+    "cog_options", "copy_to_cog", "remove_stale_temps", "run_interruptibly", "temp_prefix", "writing_errors",
 ]
 
 
@@ -142,6 +143,8 @@ class GeoTIFFSink(BaseSink):
         options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows, "sparse_ok": True}
         if np.dtype(profile.dtype).kind == "f":
             options = {k: v for k, v in options.items() if k != "zstd_level"} | {"compress": "NONE"}
+            check_free_space(self.path.parent, g.shape[0] * g.shape[1] * len(profile.band_names)
+                             * np.dtype(profile.dtype).itemsize)
         tmp_profile = dict(
             options, width=g.shape[1], height=g.shape[0], count=len(profile.band_names), dtype=profile.dtype,
             crs=g.crs, transform=g.transform, nodata=profile.nodata,
@@ -241,6 +244,24 @@ class GeoTIFFSink(BaseSink):
             _remove(self._tmp + ".ovr")
             _remove(self._tmp.replace(".tmp.tif", ".cog.tif"))
             self._tmp = None
+
+
+def check_free_space(folder: Path, nbytes: int) -> None:
+    """Refuse, before any work, an uncompressed temporary file larger than the free space in ``folder``: the check
+    GDAL makes when it creates one, which a sparse file skips. ``CHECK_DISK_FREE_SPACE=FALSE`` turns it off, as
+    for GDAL."""
+    if os.environ.get("CHECK_DISK_FREE_SPACE", "").upper() in ("FALSE", "NO", "OFF", "0"):
+        return
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise OutputError(
+            f"not enough free disk space in {folder} for the output: it needs about {nbytes / 2**30:,.1f} GiB "
+            f"while it is written, and {free / 2**30:,.1f} GiB are free; free some space, predict a smaller region "
+            "(--bounds), or write the output to another disk (-o)"
+        )
 
 
 @contextlib.contextmanager

@@ -925,11 +925,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _show_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def _tilecast(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     """``tilecast ARGS`` in this process (exit code, stdout + stderr)."""
     from tilecast.cli import main
 
-    result = CliRunner().invoke(main, args, env=env, catch_exceptions=True)
+    with warnings.catch_warnings():  # shown on stderr, as in a user's shell, not raised by the "error" filter
+        warnings.simplefilter("always", TilecastWarning)
+        warnings.showwarning = _show_on_stderr
+        result = CliRunner().invoke(main, args, env=env, catch_exceptions=True)
     out = result.output
     if result.exception and not isinstance(result.exception, SystemExit):
         out += f"\n{type(result.exception).__name__}: {result.exception}"

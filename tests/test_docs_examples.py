@@ -17,6 +17,13 @@ Placeholders (one workspace per doc, copied from assets built once per module):
   are small scikit-learn forests converted with skl2onnx.
 - Vector files: the sample's own points and polygons (with ``class`` = the land-cover code), generated parcels.
 - Endpoints: ``127.0.0.1:8500`` is a real ``tilecast serve`` started by the documented command on a free port.
+- docs/vectors.md: ``ortho.tif`` holds 8 px squares; ``trees.onnx`` and ``buildings-seg.onnx`` are analytic
+  detectors (boxes; YOLO-seg instance masks) with Deepness/GeoDeep metadata, checked against the squares themselves.
+  ``landcover.tif`` (also view.md's and the README's ``out/landcover.tif``) is the demo's predicted class map.
+- ``tilecast view`` runs as a process with ``--no-browser`` on a free port: its TileJSON, one native-zoom tile and
+  the value at the centre are fetched, then it is stopped; the value is checked against the raster or the model.
+- docs/formats.md: ``scene.tif`` is a 3-band RGB raster; the ``.mar`` is built by ``torch-model-archiver`` (those
+  items skip when the tool is missing), the ``.tflite`` by TensorFlow's converter.
 """
 
 from __future__ import annotations

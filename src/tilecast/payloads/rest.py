@@ -1,4 +1,4 @@
-"""TF Serving / Vertex AI ``:predict`` JSON bodies in Earth Engine's HTTP payload formats.
+"""TF Serving / Vertex AI ``:predict`` JSON bodies in Earth Engine's HTTP payload formats (and TorchServe's rows).
 
 Client side: :func:`encode_request` and :func:`decode_response`. Server side: :func:`decode_request` (which also
 detects the format) and :func:`encode_response`, which answers in the format it was asked in.
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError, OutputShapeError
 from .checks import DecodeBudget, require_finite
-from .protos import make_ndarray
+from .images import decode_b64_bytes
 from .tensors import b64_to_tensor, tensor_to_b64, unb64
 
 __all__ = ["decode_request", "decode_response", "encode_request", "encode_response", "nd_instance"]
@@ -55,7 +55,7 @@ def _value(v: Any, where: str, budget: DecodeBudget | None = None, finite: bool 
         if isinstance(v, dict):
             if set(v) != {"b64"} or not isinstance(v["b64"], str):
                 raise InputError(f"an object value must be {{'b64': '...'}}, got {sorted(v)}")
-            return make_ndarray(_tensor_proto(unb64(v["b64"])), budget)
+            return decode_b64_bytes(unb64(v["b64"]), budget)
         if v is None:
             raise InputError("null is not a value; send numbers")
         arr = np.asarray(v)
@@ -71,15 +71,6 @@ def _value(v: Any, where: str, budget: DecodeBudget | None = None, finite: bool 
         raise InputError(f"{where}: {exc}") from None
 
 
-def _tensor_proto(raw: bytes) -> Any:
-    from .protos import TensorProto
-
-    try:
-        return TensorProto.FromString(raw)
-    except Exception as exc:  # protobuf's DecodeError
-        raise InputError(f"not a serialized TensorProto: {exc}") from None
-
-
 def _stack(values: Sequence[np.ndarray], where: str, error: type[Exception]) -> np.ndarray:
     first = values[0]
     for i, v in enumerate(values):
@@ -90,9 +81,15 @@ def _stack(values: Sequence[np.ndarray], where: str, error: type[Exception]) -> 
 
 def decode_request(body: Any, budget: DecodeBudget | None = None) -> tuple[dict[str, np.ndarray], str]:
     """Named batched arrays and the detected format. ND_ARRAYS / bare instances come back under the key ``""``.
+
+    Rows follow TorchServe's JSON envelope (Vertex AI's prebuilt PyTorch container): ``{"b64": ...}`` holds an
+    image (PNG/JPEG/TIFF, decoded to CHW) or a serialized TensorProto (:mod:`.images`), an object row holds inputs
+    by name (``RAW_JSON``), a nested list is one tensor (``ND_ARRAYS``). ``"parameters"`` is accepted and unused.
     ``budget``: what the TensorProtos in the body may declare in all (:class:`~.checks.DecodeBudget`)."""
     if not isinstance(body, dict) or not ({"instances", "inputs"} & set(body)):
         raise InputError('the body must be a JSON object with "instances" (row format) or "inputs" (columnar)')
+    if not isinstance(body.get("parameters", {}), dict):
+        raise InputError('"parameters" must be a JSON object (Vertex AI\'s per-request parameters)')
     if "inputs" in body and "instances" not in body:
         cols = body["inputs"]
         if isinstance(cols, dict):

@@ -28,7 +28,15 @@ __all__ = ["EndpointRuntime", "endpoint_runtime"]
 
 
 class EndpointRuntime:
-    """A hosted model. Safe to call from one thread at a time; it runs its own request threads."""
+    """A hosted model. ``run`` may be called from :attr:`streams` threads at once; the requests of all calls share
+    ``concurrency`` request threads (and connections)."""
+
+    streams = 2
+    """Batches a runner keeps in flight: while the endpoint computes one, the runner reads, encodes, decodes and
+    writes the other, so the model never waits on the network or on the client (Earth Engine's pipelining)."""
+    releases_inputs = True
+    """A batch is encoded into request bodies before ``run`` returns, and answers are decoded from the response
+    bodies, so a runner may stack its next batch into the same arrays."""
 
     def __init__(self, endpoint: Endpoint, options: EndpointOptions | None = None) -> None:
         opts = options or EndpointOptions()

@@ -183,7 +183,8 @@ class Batcher:
     async def _dispatch(self, live: list[_Item]) -> None:
         """Run one merged batch and hand each request its rows; frees the stream when done."""
         try:
-            merged = {k: np.concatenate([g.arrays[k] for g in live]) for k in live[0].arrays}
+            merged = (live[0].arrays if len(live) == 1 else  # one request: its arrays as they are, no copy
+                      {k: np.concatenate([g.arrays[k] for g in live]) for k in live[0].arrays})
             out = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._run, merged, sum(g.n for g in live)
             )

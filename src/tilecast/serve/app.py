@@ -127,7 +127,7 @@ def _decode_rest(body: bytes, budget: DecodeBudget) -> tuple[dict, str]:
 
 
 def _encode_json(fmt: str, out: Mapping[str, Any]) -> bytes:
-    return json.dumps(rest.encode_response(fmt, out), separators=(",", ":")).encode()
+    return rest.encode_response_body(fmt, out)
 
 
 _V1 = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<v>[^/:]+)|/labels/(?P<l>[^/:]+))?(?P<op>:predict|/metadata)?$")

@@ -143,3 +143,35 @@ def test_gdal_reads_the_category_sidecar(tmp_path, raster):
     root = ET.parse(tmp_path / "copy.vrt").getroot()
     names = [c.text or "" for c in root.iter("Category")]
     assert names == ["water", "", "forest & shrub"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_predicted_class_map_shows_colours_and_category_names_in_gdal(tmp_path, two_band, resume):
+    """The COG a class prediction writes (streamed, or resumable) carries the colour table, and GDAL lists its
+    category names from the sidecar beside it; a later output without classes leaves no stale sidecar."""
+    import rasterio.shutil
+
+    onnx = argmax_classes(tmp_path / "a.onnx", 2)
+    out = tmp_path / "c.tif"
+    args = ["predict", two_band, "-m", onnx, "--tile", "16", "--output-band", "cls:uint8", "--classes",
+            "0=water,1=forest", "-o", out, "-q", *(["--resume"] if resume else [])]
+    assert run(*args).exit_code == 0
+    with rasterio.open(out) as ds:
+        assert ds.colormap(1)[1] == rgb(PALETTES["tab10"][1])
+    rasterio.shutil.copy(out, tmp_path / "copy.vrt", driver="VRT")
+    names = [c.text or "" for c in ET.parse(tmp_path / "copy.vrt").getroot().iter("Category")]
+    assert names == ["water", "forest"]
+    res = run("predict", two_band, "-m", onnx, "--tile", "16", "--output-band", "cls:uint8", "-o", out, "-q",
+              "--overwrite")
+    assert res.exit_code == 0 and not Path(f"{out}.aux.xml").exists()
+
+
+def test_to_xarray_keeps_class_names_and_colours(tmp_path, two_band):
+    import tilecast
+
+    model = tilecast.Model.from_onnx(argmax_classes(tmp_path / "a.onnx", 2), input_tile_size=16,
+                                     output_bands={"cls": {"type": "uint8", "classes": {0: "water", 1: "forest"},
+                                                           "colors": {0: "#102030", 1: "#a0b0c0"}}})
+    da = model.predict_image(two_band).to_xarray()
+    assert da.attrs["class_names"] == {"cls": {0: "water", 1: "forest"}}
+    assert da.attrs["class_colors"] == {"cls": {0: "#102030", 1: "#a0b0c0"}}

@@ -125,7 +125,7 @@ def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
                     dtype,
                     int(spec.get("dimensions", 0)),
                     classes,
-                    tuple((v, tuple(int(c) for c in col)) for v, col in colors) if colors else None,
+                    tuple((v, _rgba(col)) for v, col in colors) if colors else None,
                 )
             )
         else:
@@ -307,6 +307,11 @@ def parse_color(text: str, what: str = "colour") -> tuple[int, int, int, int]:
     if len(parts) not in (3, 4) or not all(0 <= p <= 255 for p in parts):
         raise SpecError(f"{what} {text!r} is not a colour; use #RRGGBB (e.g. #1f77b4), #RRGGBBAA or R,G,B[,A]")
     return (*parts, 255)[:4]  # type: ignore[return-value]
+
+
+def _rgba(color: str | Sequence[int]) -> tuple[int, ...]:
+    """A colour given as ``"#rrggbb"`` (or a name ``parse_color`` knows) or as integers."""
+    return parse_color(color) if isinstance(color, str) else tuple(int(c) for c in color)
 
 
 def palette_colors(name: str, values: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:

@@ -212,6 +212,7 @@ class GeoTIFFSink(BaseSink):
                     _remove(final_tmp)
                 else:
                     os.replace(final_tmp, self.path)
+                    write_categories(self.path, self.profile)
 
         try:
             with writing_errors(self.path, "build the Cloud-Optimized GeoTIFF"):
@@ -353,3 +354,18 @@ def _remove(path: str | None) -> None:
         for p in (path, path + ".aux.xml"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(p)
+
+
+def write_categories(path: str | os.PathLike, profile: OutputProfile) -> None:
+    """Class names as GDAL category names, in the ``.aux.xml`` sidecar GDAL and QGIS read (GeoTIFF has no tag for
+    them); a stale sidecar from an earlier output is removed."""
+    from ..spec import categories_xml
+
+    side = Path(f"{path}.aux.xml")
+    xml = categories_xml(profile.bands)
+    if xml is None:
+        side.unlink(missing_ok=True)
+        return
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(xml)
+    os.replace(tmp, side)

@@ -48,4 +48,11 @@ def to_dataarray(array: np.ndarray, profile: OutputProfile):
     if profile.nodata is not None:
         da = da.rio.write_nodata(profile.nodata, encoded=False)
     da.attrs["long_name"] = list(profile.band_names)
+    classes = {b.name: {int(v): n for v, n in b.classes} for b in profile.bands if b.classes}
+    colors = {b.name: {int(v): "#" + "".join(f"{x:02x}" for x in c[:3]) for v, c in b.colors}
+              for b in profile.bands if b.colors}
+    if classes:  # what the GeoTIFF carries as category names and colour table, kept for plotting and writing back
+        da.attrs["class_names"] = classes
+    if colors:
+        da.attrs["class_colors"] = colors
     return da

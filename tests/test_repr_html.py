@@ -95,3 +95,17 @@ def test_bad_colour_hint_is_left_out():
     from tilecast.card.html import swatch
 
     assert swatch("javascript:alert(1)") == "" and swatch(None) == ""
+
+
+def test_prediction_html_states_grid_tiles_and_bands(tmp_path, raster):
+    path = mean_conv(tmp_path / "mc.onnx", bands=3)
+    image = raster(np.zeros((3, 40, 70), np.float32))
+    with tilecast.Model.from_onnx(path, input_tile_size=32, output_bands={"mean": "float32"}) as model:
+        result = model.predict_image(image)
+        before = " ".join(parse(result._repr_html_()).text)
+        result.profile  # the job is built: the bands are known
+        after = " ".join(parse(result._repr_html_()).text)
+    for fact in ("tilecast.Prediction", "70 × 40 px", "EPSG:32633", "10 × 10", "Local", "nothing computed yet"):
+        assert fact in before, fact
+    assert "tiles 6" in before.replace("  ", " ") or " 6 " in before
+    assert "mean" not in before and "mean" in after and "float32" in after

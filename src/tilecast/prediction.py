@@ -297,6 +297,27 @@ class Prediction:
 
         return explore(self, **options)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the output grid, the tile plan and the bands it will write, before anything runs."""
+        import html
+
+        from .card.html import section, table
+
+        h, w = self.plan.output_shape
+        g = self.grid
+        grid = [("size", f"{w} × {h} px"), ("CRS", g.crs.to_string() if g.crs else "none"),
+                ("pixel size", " × ".join(f"{abs(v):g}" for v in g.resolution)),
+                ("bounds", ", ".join(f"{v:.6g}" for v in g.bounds)), ("tiles", len(self.plan)),
+                ("engine", type(self.engine).__name__)]
+        parts = [f"<b>tilecast.Prediction</b> <code>{html.escape(repr(self.source))}</code>",
+                 section("Output grid", table(["", ""], grid))]
+        if self._job is not None:
+            p = self._job.profile
+            parts.append(section("Bands", table(["name", "dtype", "nodata"],
+                                                [(n, str(p.dtype), p.nodata) for n in p.band_names])))
+        return '<div style="font-size:90%">' + "".join(parts) + "<i>nothing computed yet: write it with "\
+            "to_geotiff(), to_xarray(), to_vector() or explore()</i></div>"
+
     def __repr__(self) -> str:
         h, w = self.plan.output_shape
         return f"<Prediction {len(self.plan)} tiles -> {w} x {h} px, source={self.source!r}>"

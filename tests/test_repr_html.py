@@ -103,7 +103,7 @@ def test_prediction_html_states_grid_tiles_and_bands(tmp_path, raster):
     with tilecast.Model.from_onnx(path, input_tile_size=32, output_bands={"mean": "float32"}) as model:
         result = model.predict_image(image)
         before = " ".join(parse(result._repr_html_()).text)
-        result.profile  # the job is built: the bands are known
+        assert result.profile.band_names == ("mean",)  # the job is built: the bands are known
         after = " ".join(parse(result._repr_html_()).text)
     for fact in ("tilecast.Prediction", "70 × 40 px", "EPSG:32633", "10 × 10", "Local", "nothing computed yet"):
         assert fact in before, fact

@@ -17,9 +17,12 @@ from rasterio.windows import Window
 
 from ..sinks.base import OutputProfile
 from .merge import Objects
-from .polygonize import ClassPolygons, StripPolygonizer
+from .polygonize import ClassPolygons, GridPolygonizer, StripPolygonizer
+from .write import box_wkb
 
-__all__ = ["FeatureOutput", "FeatureTarget", "Features", "PolygonSink", "object_fields", "polygon_fields"]
+__all__ = [
+    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "object_fields", "polygon_fields",
+]
 
 
 @runtime_checkable
@@ -27,6 +30,10 @@ class FeatureTarget(Protocol):
     """Where features go: a :class:`~tilecast.vectors.write.VectorWriter`, or :class:`Features` in memory."""
 
     def write(self, geoms: np.ndarray, columns: Mapping[str, np.ndarray]) -> None: ...
+
+    def write_wkb(self, wkb: Any, columns: Mapping[str, np.ndarray]) -> None:
+        """The same, with the geometry already WKB (a pyarrow binary array)."""
+        ...
 
 
 class Features:
@@ -41,6 +48,11 @@ class Features:
         self.geoms.append(np.asarray(geoms, dtype=object))
         for k, v in columns.items():
             self.columns.setdefault(k, []).append(np.asarray(v))
+
+    def write_wkb(self, wkb: Any, columns: Mapping[str, np.ndarray]) -> None:
+        import shapely
+
+        self.write(shapely.from_wkb(wkb.to_numpy(zero_copy_only=False)), columns)
 
     def to_geodataframe(self, fields: Mapping[str, Any]) -> Any:
         from .._extras import require
@@ -81,8 +93,11 @@ class FeatureOutput:
         with_area: bool = True,
         simplify: float | None = None,
         min_area: float | None = None,
+        boxes: bool = False,
     ) -> None:
         self.target = target
+        self.boxes = boxes
+        """Objects are axis-aligned boxes (``shapely.box``): written as WKB straight from their bounds."""
         self.transform = transform
         self.class_names = dict(class_names)
         self.with_area = with_area
@@ -95,19 +110,19 @@ class FeatureOutput:
 
             self._reproject = Transformer.from_crs(crs, vector_crs, always_xy=True)
 
+    def _move(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates to map coordinates (then to ``vector_crs``), vertex by vertex."""
+        a = self.transform
+        x = a.a * px + a.b * py + a.c
+        y = a.d * px + a.e * py + a.f
+        if self._reproject is not None:
+            x, y = self._reproject.transform(x, y)
+        return x, y
+
     def _to_map(self, geoms: np.ndarray) -> np.ndarray:
         import shapely
 
-        a = self.transform
-
-        def move(xy: np.ndarray) -> np.ndarray:
-            x = a.a * xy[:, 0] + a.b * xy[:, 1] + a.c
-            y = a.d * xy[:, 0] + a.e * xy[:, 1] + a.f
-            if self._reproject is not None:
-                x, y = self._reproject.transform(x, y)
-            return np.stack([x, y], axis=1)
-
-        out = shapely.transform(geoms, move)
+        out = shapely.transform(geoms, lambda xy: np.stack(self._move(xy[:, 0], xy[:, 1]), axis=1))
         if self.simplify:
             out = shapely.simplify(out, self.simplify, preserve_topology=True)
         return out
@@ -129,6 +144,9 @@ class FeatureOutput:
     def objects(self, objs: Objects) -> None:
         if not len(objs):
             return
+        if self.boxes and not (self.simplify or self.min_area or self.with_area):
+            self._boxes(objs)
+            return
         geoms = self._to_map(objs.geoms)
         keep, area = self._filter(geoms)
         cols: dict[str, np.ndarray] = {
@@ -140,6 +158,19 @@ class FeatureOutput:
             cols["area"] = area[keep]
         self.target.write(geoms[keep], cols)
         self.count += int(keep.sum())
+
+    def _boxes(self, objs: Objects) -> None:
+        """Boxes straight to WKB: the ring ``shapely.box`` writes, moved by the same arithmetic as :meth:`_to_map`,
+        so the features are the same bytes as through shapely, without a shapely object per feature."""
+        import shapely
+
+        b = shapely.bounds(objs.geoms)
+        x, y = self._move(b[:, [2, 2, 0, 0, 2]].ravel(), b[:, [1, 3, 3, 1, 1]].ravel())
+        cols = {"class_id": objs.classes.astype(np.int32), "class_name": self._names(objs.classes),
+                "score": objs.scores.astype(np.float32), "tile_row": objs.rows.astype(np.int32),
+                "tile_col": objs.cols.astype(np.int32)}
+        self.target.write_wkb(box_wkb(np.asarray(x).reshape(-1, 5), np.asarray(y).reshape(-1, 5)), cols)
+        self.count += len(objs)
 
     def polygons(self, polys: ClassPolygons) -> None:
         if not len(polys):
@@ -186,3 +217,36 @@ class PolygonSink:
     def abort(self) -> None:
         if self.on_close is not None:
             self.on_close(abort=True)
+
+
+class PolygonChunkSink(PolygonSink):
+    """The Dask engine's :class:`~tilecast.sinks.base.ChunkSink` for class maps: chunks come back to the client in
+    any order and are polygonized there, the seams dissolved across chunk borders both ways
+    (:class:`~tilecast.vectors.polygonize.GridPolygonizer`). Not resumable: features are streamed out."""
+
+    def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
+        if resume:
+            from ..errors import SpecError
+
+            raise SpecError("vector outputs cannot resume; run again with overwrite=True (--overwrite)")
+        self.open(profile)
+        h, w = profile.grid.shape
+        self.grid = GridPolygonizer(h, w, (*self.ignore, profile.nodata))
+        return set()
+
+    def writer(self) -> None:
+        return None
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        arr = data[self.band] if data.ndim == 3 else data
+        self.output.polygons(self.grid.add(int(window.row_off), int(window.col_off), arr))
+
+    def mark(self, indices: Any) -> None:
+        pass
+
+    def close(self) -> Any:
+        self.output.polygons(self.grid.finish())
+        return self.on_close() if self.on_close is not None else None
+
+    def abort(self, keep: bool = False) -> None:
+        super().abort()

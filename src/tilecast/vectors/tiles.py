@@ -12,7 +12,7 @@ import numpy as np
 
 from ..job import Job
 from ..plan import Tile
-from ..runners.ordered import in_order
+from ..runners.ordered import batches, in_order
 from ..runtimes.base import streams_of
 from .decode import Detections, decode_batch, obb_corners
 from .merge import Kind, Objects, TileGrid
@@ -56,7 +56,7 @@ def detect_tiles(job: Job, spec: DetectorSpec, tiles: list[Tile] | None = None,
     with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
             ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model") as models:
         reads = (item for _, item in in_order(pool, tiles, job.read, in_flight))
-        groups = job.batches(reads, len(tiles))
+        groups = batches(job, reads, len(tiles))
         for group, decoded in in_order(models, groups, lambda g: infer_batch(job, spec, g), streams):
             it = iter(decoded)
             for item in group:

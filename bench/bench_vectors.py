@@ -176,6 +176,8 @@ def main() -> None:
             if variant == "vectors" and m.extra["features"] != rasters[n][1]:
                 raise SystemExit(f"{name}: {m.extra['features']} features for {rasters[n][1]} squares")
             runs.setdefault(name, []).append(m)
+            print(f"  run {len(runs[name])}: {name}: {m.seconds:.1f} s wall, {m.cpu:.1f} s cpu, peak RSS "
+                  f"{m.peak_rss / 2**20:.0f} MiB, load {m.load:.1f}", file=sys.stderr, flush=True)
     px = args.size * args.size
     print(f"bench_vectors: {args.size} x {args.size} px, tile {TILE} + {OVERLAP} overlap, {SIDE}-px squares, "
           f"median of {args.repeats}")

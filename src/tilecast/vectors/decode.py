@@ -33,6 +33,8 @@ class Detections:
     rboxes: np.ndarray | None = None
     angles: np.ndarray | None = None
     masks: list[Mask] | None = None
+    valid: np.ndarray | None = None
+    """The tile's input mask over its view (set by :func:`~tilecast.vectors.tiles.detect_tiles`); None: all valid."""
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -41,7 +43,7 @@ class Detections:
         masks = None if self.masks is None else [self.masks[i] for i in idx]
         return Detections(self.boxes[idx], self.scores[idx], self.classes[idx],
                           None if self.rboxes is None else self.rboxes[idx],
-                          None if self.angles is None else self.angles[idx], masks)
+                          None if self.angles is None else self.angles[idx], masks, self.valid)
 
     @classmethod
     def empty(cls) -> Detections:

@@ -9,6 +9,7 @@ tile rows and feeds the client's merger in plan order, so both engines give iden
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from ..errors import SpecError
 from ..job import Job
 from ..plan import Tile
 from ..progress import Progress, ProgressCallback
+from ..resources import bounded_gdal_cache
 from ..runners.engine import DASK_OPTIONS, Dask, Engine, resolve_engine
 from ..sinks.base import OutputProfile
 from ..tensors import OutputBinding
@@ -108,10 +110,12 @@ def _detect_to(prediction: Prediction, spec: DetectorSpec, out: FeatureOutput, k
     else:
         stream = ((t, Objects.empty() if d is None else tile_objects(t, d, grid, kind))
                   for t, d in detect_tiles(job, spec))
-    for done, (tile, objects) in enumerate(stream, 1):
-        out.objects(merger.add_tile(tile.row, tile.col, objects))
-        if progress is not None:
-            progress(done, total, done * tile_px)
+    # GDAL's block cache would fill 5% of RAM over a wide raster: capped to what a row of tiles needs, as rasters
+    with contextlib.nullcontext() if isinstance(engine, Dask) else bounded_gdal_cache(job):
+        for done, (tile, objects) in enumerate(stream, 1):
+            out.objects(merger.add_tile(tile.row, tile.col, objects))
+            if progress is not None:
+                progress(done, total, done * tile_px)
     out.objects(merger.finish())
     return merger
 

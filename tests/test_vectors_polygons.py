@@ -181,3 +181,21 @@ def test_class_map_on_the_dask_engine_gives_identical_features(tmp_path):
     assert_same_polygons(list(remote.geometry), remote.class_id.values,
                          whole_raster_polygons(data, mask=data != 255))
     assert sorted(remote.class_name) == sorted(local.class_name)
+
+
+def test_simplified_regions_keep_sharing_their_edges(tmp_path):
+    """--simplify simplifies the map's regions together (coverage_simplify): no gap or overlap opens between
+    neighbours, the total area stays the map's, and strip size does not change a vertex. One by one, it would."""
+    data = class_map(200, 230, seed=5)
+    path = write_raster(tmp_path / "classes.tif", data, transform=TRANSFORM)
+    runs = [pyogrio.read_dataframe(polygonize_raster(path, tmp_path / f"s{rows}.gpkg", strip_rows=rows,
+                                                     simplify=25.0)) for rows in (7, 200)]
+    for df in runs:
+        assert shapely.coverage_is_valid(df.geometry.values) and df.geometry.is_valid.all()
+        assert df.geometry.area.sum() == pytest.approx(200 * 230 * 100.0)
+    assert polygon_keys(runs[0].geometry, runs[0].class_id) == polygon_keys(runs[1].geometry, runs[1].class_id)
+    full = pyogrio.read_dataframe(polygonize_raster(path, tmp_path / "full.gpkg"))
+    assert shapely.get_num_coordinates(runs[0].geometry.values).sum() < 0.7 * shapely.get_num_coordinates(
+        full.geometry.values).sum()
+    one_by_one = shapely.simplify(full.geometry.values, 25.0, preserve_topology=True)
+    assert not shapely.coverage_is_valid(one_by_one)

@@ -105,6 +105,7 @@ class FeatureOutput:
         self.min_area = min_area
         self.count = 0
         self._reproject = None
+        self._coverage: Any = None
         if vector_crs is not None and crs is not None and vector_crs != crs:
             from pyproj import Transformer
 
@@ -119,10 +120,15 @@ class FeatureOutput:
             x, y = self._reproject.transform(x, y)
         return x, y
 
+    def _to_map_exact(self, geoms: np.ndarray) -> np.ndarray:
+        import shapely
+
+        return shapely.transform(geoms, lambda xy: np.stack(self._move(xy[:, 0], xy[:, 1]), axis=1))
+
     def _to_map(self, geoms: np.ndarray) -> np.ndarray:
         import shapely
 
-        out = shapely.transform(geoms, lambda xy: np.stack(self._move(xy[:, 0], xy[:, 1]), axis=1))
+        out = self._to_map_exact(geoms)
         if self.simplify:
             out = shapely.simplify(out, self.simplify, preserve_topology=True)
         return out
@@ -172,10 +178,26 @@ class FeatureOutput:
         self.target.write_wkb(box_wkb(np.asarray(x).reshape(-1, 5), np.asarray(y).reshape(-1, 5)), cols)
         self.count += len(objs)
 
-    def polygons(self, polys: ClassPolygons) -> None:
-        if not len(polys):
+    def polygons(self, polys: ClassPolygons, last: bool | None = None) -> None:
+        """Write final class-map regions. ``last`` (False, then True with the last batch) says they are the regions
+        of one map: simplified, they are gathered and simplified together so neighbours keep sharing their edges
+        (:mod:`~tilecast.vectors.coverage`); None: each polygon on its own."""
+        if self.simplify and last is not None:
+            if self._coverage is None:
+                from .coverage import CoverageSimplifier
+
+                self._coverage = CoverageSimplifier(self.simplify)
+            self._coverage.add(polys)
+            if not last:
+                return
+            polys = self._coverage.gathered()
+            geoms = self._coverage.simplify(self._to_map_exact(polys.geoms)) if len(polys) else polys.geoms
+        elif not len(polys):
             return
-        geoms = self._to_map(polys.geoms)
+        else:
+            geoms = self._to_map(polys.geoms)
+        if not len(geoms):
+            return
         keep, area = self._filter(geoms)
         classes = polys.values[keep].astype(np.int64)
         self.target.write(geoms[keep], {"class_id": classes.astype(np.int32), "class_name": self._names(classes),
@@ -208,10 +230,10 @@ class PolygonSink:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         arr = data[self.band] if data.ndim == 3 else data
-        self.output.polygons(self.polygonizer.add(int(window.row_off), arr))
+        self.output.polygons(self.polygonizer.add(int(window.row_off), arr), last=False)
 
     def close(self) -> Any:
-        self.output.polygons(self.polygonizer.finish())
+        self.output.polygons(self.polygonizer.finish(), last=True)
         return self.on_close() if self.on_close is not None else None
 
     def abort(self) -> None:
@@ -239,13 +261,13 @@ class PolygonChunkSink(PolygonSink):
 
     def write(self, window: Window, data: np.ndarray) -> None:
         arr = data[self.band] if data.ndim == 3 else data
-        self.output.polygons(self.grid.add(int(window.row_off), int(window.col_off), arr))
+        self.output.polygons(self.grid.add(int(window.row_off), int(window.col_off), arr), last=False)
 
     def mark(self, indices: Any) -> None:
         pass
 
     def close(self) -> Any:
-        self.output.polygons(self.grid.finish())
+        self.output.polygons(self.grid.finish(), last=True)
         return self.on_close() if self.on_close is not None else None
 
     def abort(self, keep: bool = False) -> None:

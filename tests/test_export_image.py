@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rasterio.windows import Window
 
 from conftest import coord_image, write_raster
-from tilecast.errors import OutputExistsError, RegionError, SpecError
+from tilecast.errors import OutputError, OutputExistsError, RegionError, SpecError
 from tilecast.export import ImageExportOptions, export_image
 from tilecast.export.image import margin_of, truncated_region
 from tilecast.plan import XY, TileGeometry, TilePlan
@@ -172,3 +172,12 @@ def test_options_are_validated(scene, tmp_path):
     with pytest.raises(RegionError, match="larger than the region"):
         export_image(scene, tmp_path, [101, 8])
     assert [p.name for p in tmp_path.iterdir()] == ["scene.tif"]  # nothing left behind
+
+
+def test_a_missing_output_folder_is_created(scene, tmp_path):
+    """As the command line does: ``export_image`` into ``a/b`` creates both (docs examples call it that way)."""
+    res = export_image(scene, tmp_path / "a" / "b", 10)
+    assert res.count == 70 and all(f.parent == tmp_path / "a" / "b" for f in res.files["all"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        export_image(scene, tmp_path / "file", 10)

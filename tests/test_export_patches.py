@@ -157,3 +157,31 @@ def test_stratified_splits_follow_the_fractions_per_class():
     for k in centres:
         frac = np.mean(out.split[out.label == k] == "test")
         assert 0.2 < frac < 0.4
+
+
+def _points(src, rc):
+    with rasterio.open(src) as ds:
+        xs, ys = pixel_xy(ds.transform, [r for r, _ in rc], [c for _, c in rc])
+        return gpd.GeoDataFrame({"cls": list(range(1, len(rc) + 1))}, geometry=gpd.points_from_xy(xs, ys),
+                                crs=ds.crs)
+
+
+def test_patches_into_a_missing_folder_and_empty_splits_warn(tmp_path):
+    """The docs' call: a folder that does not exist yet, and splits on a raster of one default (256 px) block,
+    which puts every sample in one split: that must say so, and why, rather than write ``val: 0``."""
+    from tilecast.errors import TilecastWarning
+
+    src = write_raster(tmp_path / "img.tif", coord_image(60, 80, 2))
+    gdf = _points(src, [(r, c) for r in range(5, 55, 10) for c in range(5, 75, 10)])
+    with pytest.warns(TilecastWarning, match=r"'(val|test)'.*256 x 256-pixel blocks.*--split-block"):
+        res = export_patches(src, f"{tmp_path}/new/out/", 3, labels=gdf, label_field="cls",
+                             splits={"train": 0.6, "val": 0.2, "test": 0.2})
+    assert (tmp_path / "new" / "out").is_dir() and sum(res.counts.values()) == res.count == 35
+    assert sorted(k for k, v in res.counts.items() if v == 0)  # the case the warning is about
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # small blocks: every split gets samples, no warning
+        res = export_patches(src, tmp_path / "small", 3, labels=gdf, label_field="cls", split_block=10, seed=1,
+                             splits={"train": 0.5, "test": 0.5})
+    assert all(v > 0 for v in res.counts.values())

@@ -59,7 +59,8 @@ EXPECTED: dict[str, dict[str, str]] = {
     "predict_scale": {"pixels": "08a1ca3903c2d65a6be6", "meta": "f224509c4b65e4bfeacb"},
     "predict_resume": {"pixels": "69cc7457d1f9c34c1dad", "meta": "80145240cb31070bbaf7"},
     "predict_zarr": {"zarr": "27f220d9d508d5ed9f5d"},
-    "cli_predict_classes": {"pixels": "1f445ce0f5373118cd56", "meta": "73bff6e1de22e163582a"},
+    # meta changed on purpose (issue 18): class maps get a default tab10 colour table
+    "cli_predict_classes": {"pixels": "1f445ce0f5373118cd56", "meta": "7f142ba989566402f79d"},
     "cli_predict_cosine_bounds": {"pixels": "b87e6cfa18192d0b3e78", "meta": "84f713b751f3676df398"},
     "export_image": {
         "records": "2420b85d46a6baf7a636",
@@ -77,7 +78,8 @@ EXPECTED: dict[str, dict[str, str]] = {
         "count": "66",
         "skipped": "0",
     },
-    "import_predictions": {"pixels": "bbcfe380cca85e401dd6", "meta": "27ca8aecc62e00800390"},
+    # meta changed on purpose (issue 18): the imported COG records its nodata
+    "import_predictions": {"pixels": "bbcfe380cca85e401dd6", "meta": "98ab160c219dd868ec99"},
     "export_samples_tfrecord.gz": {
         "train:s-train.tfrecord.gz": "ba6d27639bde65dd5e32",
         "test:s-test.tfrecord.gz": "72d20691ca282214e5ab",

@@ -46,6 +46,84 @@ def test_typed_value_fields_and_broadcast():
         make_ndarray(p)
 
 
+def test_declared_shape_is_charged_before_allocating():
+    """A 20-byte TensorProto declaring [3, 9000, 9000] floats is refused by the budget before numpy allocates."""
+    import tracemalloc
+
+    from tilecast.payloads.checks import DecodeBudget
+
+    p = TensorProto(dtype=1)
+    p.tensor_shape.dim.extend(TensorProto().tensor_shape.Dim(size=d) for d in (3, 9000, 9000))
+    p.float_val.append(1.0)
+    charged = []
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="declares 972,000,000 bytes"):
+            make_ndarray(p, DecodeBudget(32 << 20, lambda n, what: charged.append(n)))
+        with pytest.raises(InputError, match="declares"):
+            b64_to_tensor(tensor_to_b64_proto(p), DecodeBudget(32 << 20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20 and charged == []
+    budget = DecodeBudget(100)  # the budget is cumulative over a request
+    make_ndarray(TensorProto.FromString(serialize_tensor(np.zeros(20, np.float32))), budget)
+    with pytest.raises(InputError, match="80 already decoded"):
+        make_ndarray(TensorProto.FromString(serialize_tensor(np.zeros(20, np.float32))), budget)
+
+
+def tensor_to_b64_proto(p) -> str:
+    return base64.urlsafe_b64encode(p.SerializeToString()).decode()
+
+
+@pytest.mark.parametrize(("shape", "match"), [
+    ("1,2", "list of integers"), (["1", 2], "whole number"), ([1.0, 2], "whole number"), ([1.5], "whole number"),
+    ([True, 2], "whole number"), ([2**70], "not valid"), ([-1, -1], "not valid"), ([-2], "not valid"),
+])
+def test_check_shape_refuses_what_is_not_a_shape(shape, match):
+    from tilecast.payloads.checks import check_shape
+
+    with pytest.raises(InputError, match=match):
+        check_shape(shape, "t")
+    assert check_shape([-1, 3], "t", allow_unknown=True) == (-1, 3)
+
+
+def test_fit_dtype_refuses_values_the_cast_would_wrap():
+    from tilecast.payloads.checks import fit_dtype
+
+    assert fit_dtype(np.array([0, 255]), np.uint8, "x").dtype == np.uint8
+    with pytest.raises(InputError, match="outside the range of uint8"):
+        fit_dtype(np.array([0, 256]), np.uint8, "x")
+    with pytest.raises(InputError, match="outside the range of int16"):
+        fit_dtype(np.array([np.nan, 1.0]), np.int16, "x")
+    with pytest.raises(InputError, match="beyond the range of float32"):
+        fit_dtype(np.array([1e39]), np.float32, "x")
+    kept = fit_dtype(np.array([np.nan, 1e30]), np.float32, "x")  # a NaN that was sent stays NaN: no overflow
+    assert np.isnan(kept[0]) and kept[1] == np.float32(1e30)
+
+
+def test_v2_request_fields_are_checked():
+    def decode(head: dict):
+        return v2.decode_request(json.dumps(head).encode(), None, DecodeBudget(1 << 20))
+
+    from tilecast.payloads.checks import DecodeBudget
+
+    t = {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}
+    assert decode({"inputs": [t]})[0]["x"].dtype == np.float32
+    for bad, match in [({**t, "data": [None, 1]}, "numbers"), ({**t, "data": [1e39, 1]}, "beyond the range"),
+                       ({**t, "datatype": "INT8", "data": [1, 200]}, "outside the range"),
+                       ({**t, "shape": [2.0]}, "whole number"), ({**t, "data": ["1", "2"]}, "numbers"),
+                       ({**t, "data": None, "parameters": {"binary_data_size": "abc"}}, "binary_data_size"),
+                       ({**t, "shape": [10**6, 10**6]}, "declares")]:
+        with pytest.raises(InputError, match=match):
+            decode({"inputs": [bad]})
+    with pytest.raises(InputError, match='"outputs" must be a list'):
+        decode({"inputs": [t], "outputs": {"name": "y"}})
+    # the client side (no budget) still reads answers with NaN in them
+    body, hl = v2.encode_response("m", {"y": np.array([np.nan, 1.0], np.float32)})
+    assert np.isnan(v2.decode_response(body, int(hl.get(v2.HEADER_LENGTH, len(body))), 2)["y"][0])
+
+
 def test_tensorflow_parses_and_writes_the_same_bytes():
     tf = pytest.importorskip("tensorflow")
     a = RNG.normal(size=(8, 8, 1)).astype("float32")

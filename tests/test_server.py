@@ -343,7 +343,12 @@ def test_graceful_shutdown(tmp_path):
         threads = [threading.Thread(target=call) for _ in range(4)] + [threading.Thread(target=slow_call)]
         for t in threads:
             t.start()
-        time.sleep(0.4)  # four requests now wait in the batcher, one is still arriving
+        deadline = time.monotonic() + 20  # until four requests wait in the batcher and one is still arriving
+        while time.monotonic() < deadline:
+            text = httpx.get(base + "/metrics", timeout=10).text
+            if float(text.split("\ntilecast_requests_in_flight ")[1].split()[0]) >= 6:  # with this /metrics call
+                break
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join()
@@ -352,3 +357,15 @@ def test_graceful_shutdown(tmp_path):
     text = log.read_text()
     assert '"event": "stopped"' in text
     assert text.index('"Shutting down"') < text.rindex('"event": "request"')  # answered after the signal
+
+
+@pytest.mark.parametrize("missing", ["starlette", "uvicorn"])
+def test_core_only_install_names_the_server_extra(tmp_path, missing):
+    """Without the ``server`` extra, ``tilecast serve`` ends in the error naming it, not ModuleNotFoundError."""
+    mean_conv(tmp_path / "mc.onnx", bands=3)
+    code = f"import sys; sys.modules[{missing!r}] = None; from tilecast.cli import main; main()"
+    r = subprocess.run([sys.executable, "-c", code, "serve", str(tmp_path / "mc.onnx"), "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "pip install 'tilecast[server]'" in r.stderr and repr(missing) in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "ModuleNotFoundError" not in r.stderr, r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .card.binding import CardBinding
+from .card.html import card_html, class_list, section, table
 from .card.load import open_model
 from .errors import InputError, SpecError, TilecastWarning
 from .plan import TileGeometry, TilePlan, window_from_bounds
@@ -21,7 +23,25 @@ from .sources import RasterioSource, open_source, parse_crs, warp_grid
 from .sources.base import Reprojectable, native_grid
 from .spec import ModelSpec
 
-__all__ = ["Model"]
+__all__ = ["Model", "ai_platform_url"]
+
+_AI_PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def ai_platform_url(project_id: str, model_name: str, version: str | None = None,
+                    region: str | None = "us-central1") -> str:
+    """The legacy AI Platform Prediction URL Earth Engine's ``fromAiPlatformPredictor`` calls:
+    ``https://REGION-ml.googleapis.com/v1/projects/P/models/M[/versions/V]:predict`` (no version: the model's
+    default version)."""
+    named = {"project_id": project_id, "model_name": model_name, "region": region or "us-central1"}
+    if version is not None:
+        named["version"] = str(version)
+    for key, value in named.items():
+        if not value or not _AI_PLATFORM_NAME.match(str(value)):
+            raise SpecError(f"AI Platform {key} {value!r} is not a valid name; give letters, digits, '_', '-' or "
+                            "'.' (e.g. project_id='my-project', model_name='landcover', version='v1')")
+    path = f"projects/{project_id}/models/{model_name}" + (f"/versions/{version}" if version is not None else "")
+    return f"https://{named['region']}-ml.googleapis.com/v1/{path}:predict"
 
 
 class Model:
@@ -61,7 +81,8 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides: Any) -> Model:
-        """Load any model tilecast runs (ONNX, TorchScript, torch.export, SavedModel, Keras) with its model card.
+        """Load any model tilecast runs (ONNX, TorchScript, torch.export, SavedModel, Keras, a TorchServe ``.mar``,
+        TensorFlow Lite) with its model card.
 
         Keyword ``overrides`` (Earth Engine parameters) replace what the card says. ``card=`` (a
         :class:`~tilecast.card.Card` or a path to a card JSON), ``providers``, ``device``, ``threads``,
@@ -107,6 +128,44 @@ class Model:
     @classmethod
     def from_vertex_ai(cls, endpoint: str, **kwargs: Any) -> Model:
         """Earth Engine's ``ee.Model.fromVertexAi``: ``endpoint`` is ``projects/P/locations/R/endpoints/ID``."""
+        kwargs.setdefault("protocol", "vertex")
+        return cls.from_endpoint(endpoint, **kwargs)
+
+    @classmethod
+    def from_ai_platform_predictor(
+        cls,
+        project_id: str | None = None,
+        model_name: str | None = None,
+        version: str | None = None,
+        region: str | None = "us-central1",
+        *,
+        project_name: str | None = None,
+        url: str | None = None,
+        **kwargs: Any,
+    ) -> Model:
+        """Earth Engine's ``ee.Model.fromAiPlatformPredictor``: a model on the legacy AI Platform Prediction service
+        (:func:`ai_platform_url`), which speaks Vertex AI's ``{"instances": [...]}`` contract.
+
+        ``project_name`` is Earth Engine's deprecated spelling of ``project_id``. ``url`` sends the requests elsewhere
+        (a proxy, a local ``tilecast serve``): a bare ``http(s)://HOST[:PORT]`` gets the AI Platform path, a URL with
+        a path is used as it is. Earth Engine's other arguments are the same keywords as for :meth:`from_endpoint`:
+        ``input_properties``, ``input_type_override``, ``input_shapes``, ``fix_input_proj``, ``input_tile_size``,
+        ``input_overlap_size``, ``output_tile_size``, ``output_bands``, ``output_multiplier`` (``proj`` is ``crs`` and
+        ``resolution``; ``output_properties`` goes to :meth:`predict_properties`).
+        """
+        if project_name is not None:
+            warnings.warn("project_name is deprecated (as in Earth Engine); use project_id", DeprecationWarning,
+                          stacklevel=2)
+            if project_id is not None and project_id != project_name:
+                raise SpecError(f"project_id {project_id!r} and project_name {project_name!r} differ; give project_id")
+            project_id = project_name
+        if not project_id or not model_name:
+            raise SpecError("from_ai_platform_predictor needs project_id and model_name (Earth Engine's projectId "
+                            "and modelName)")
+        endpoint = ai_platform_url(project_id, model_name, version, region)
+        if url is not None:
+            root = url.rstrip("/")
+            endpoint = root + endpoint.split(".googleapis.com", 1)[1] if root.count("/") == 2 else url
         kwargs.setdefault("protocol", "vertex")
         return cls.from_endpoint(endpoint, **kwargs)
 
@@ -247,6 +306,36 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the runtime and its signature, the tile geometry, the output bands (classes with their
+        colours) and the card."""
+        import html
+
+        g, spec = self.spec.geometry, self.spec
+
+        def tensors(specs: Sequence[TensorSpec]) -> list[tuple[str, str, str]]:
+            return [(t.name, "?" if t.shape is None else "×".join("?" if d is None else str(d) for d in t.shape),
+                     str(t.dtype) if t.dtype is not None else "any") for t in specs]
+
+        sig = self.signature
+        parts = [f"<b>tilecast.Model</b> <code>{html.escape(repr(self.runtime))}</code>",
+                 section("Inputs", table(["name", "shape", "dtype"], tensors(sig.inputs))),
+                 section("Outputs", table(["name", "shape", "dtype"], tensors(sig.outputs)))]
+        geometry = [("input tile", "×".join(map(str, g.tile))), ("overlap", "×".join(map(str, g.overlap))),
+                    ("output tile", "×".join(map(str, g.out))), ("layout", spec.layout or "inferred"),
+                    ("batch size", spec.batch_size)]
+        parts.append(section("Tiles", table(["", ""], geometry)))
+        if spec.output_bands:
+            rows = []
+            for b in spec.output_bands:
+                colors = dict(b.colors or ())
+                classes = [(v, n, colors.get(v)) for v, n in b.classes or ()]
+                rows.append((b.name, str(b.dtype), b.dimensions, class_list(classes)))
+            parts.append(section("Output bands", table(["name", "dtype", "dimensions", "classes"], rows, raw=(3,))))
+        if self.card is not None:
+            parts.append(card_html(self.card.card))
+        return '<div style="font-size:90%">' + "".join(parts) + "</div>"
 
     def __repr__(self) -> str:
         g = self.spec.geometry

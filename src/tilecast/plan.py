@@ -406,6 +406,8 @@ def window_from_bounds(
     bounds: Sequence[float], transform: Affine, shape: tuple[int, int]
 ) -> Window:
     """The smallest whole-pixel window that covers ``(left, bottom, right, top)``, clipped to the grid."""
+    if len(bounds) != 4 or not all(math.isfinite(float(v)) for v in bounds):
+        raise RegionError(f"bounds must be four finite numbers (left, bottom, right, top), got {tuple(bounds)}")
     left, bottom, right, top = bounds
     if not (right > left and top > bottom):
         raise RegionError(f"bounds must be (left, bottom, right, top) with left < right and bottom < top, got {bounds}")

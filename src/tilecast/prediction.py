@@ -8,22 +8,73 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, TileSizeError
 from .job import Job
 from .plan import TilePlan
-from .progress import Progress, ProgressCallback
+from .progress import ProgressCallback, resolve
 from .resources import bounded_gdal_cache
 from .runners.engine import Dask, Engine, Local, resolve_engine
 from .runtimes.base import model_path
 from .sinks.base import ChunkSink, OutputProfile, Sink
 from .sources.base import Grid, Source
-from .spec import check_nodata, default_nodata
+from .spec import check_nodata, default_nodata, with_default_colors
 from .tensors import bind_inputs, bind_outputs, needs_probe
 
 if TYPE_CHECKING:
     from .model import Model
 
-__all__ = ["Prediction"]
+__all__ = ["Prediction", "available_memory", "check_tile_memory", "compact_dtype"]
+
+_GDAL_WARP_LIMIT = 2**31 - 1
+"""GDAL's warper refuses a window whose buffer (pixels x bands x bytes per value) exceeds INT_MAX bytes."""
+
+
+def compact_dtype(dtypes: list[np.dtype]) -> np.dtype:
+    """The file's one dtype for outputs the user did not declare: the model's own, and where integer outputs (a
+    class map) share the file with float ones, the float's width, not numpy's promotion of int64 + float32 to
+    float64 for every band (class codes below 2**24 are exact in float32)."""
+    floats = [d for d in dtypes if np.dtype(d).kind == "f"]
+    if floats and len(floats) < len(dtypes):
+        return np.dtype(np.result_type(*floats))
+    return np.dtype(np.result_type(*dtypes))
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (``MemAvailable``; the physical memory where Linux does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_tile_memory(spec: Any, plan: TilePlan, bands: int, dtype: np.dtype) -> None:
+    """Refuse, before allocating anything, a tile that cannot fit: a batch of padded tiles and a row of output
+    tiles must fit in the memory available, and a warped window in what GDAL's warper takes. A mistyped
+    ``--tile 1000000000`` is then a one-line error instead of a MemoryError that leaves temporary files."""
+    g = spec.geometry
+    px = g.padded.x * g.padded.y
+    tile = px * bands * max(dtype.itemsize, 4)  # read, then packed as (at least) float32
+    batch = tile * spec.batch_size
+    oo = g.output_overlap or g.out
+    row = (g.out.y + 2 * oo.y + 2) * plan.output_shape[1] * (8 * max(1, len(spec.output_bands)) + 1)
+    avail = available_memory()
+    fix = "use a smaller --tile (input_tile_size, e.g. 256) or --batch-size"
+    window = px * bands * dtype.itemsize
+    if spec.fix_input_proj and window > _GDAL_WARP_LIMIT:
+        raise TileSizeError(
+            f"the padded tile of {g.padded.x} x {g.padded.y} px x {bands} band(s) is {window / 2**30:.1f} GiB, more "
+            f"than the 2 GiB window GDAL's warper (fix_input_proj) takes; {fix}"
+        )
+    if 2 * batch + row > avail:
+        raise TileSizeError(
+            f"the tile of {g.tile.x} x {g.tile.y} px (padded {g.padded.x} x {g.padded.y}) x {bands} band(s) needs "
+            f"about {(2 * batch + row) / 2**30:.1f} GiB for a batch of {spec.batch_size} and a row of output, more "
+            f"than the {avail / 2**30:.1f} GiB available; {fix}"
+        )
 
 
 class Prediction:
@@ -62,6 +113,7 @@ class Prediction:
 
     def _make_job(self) -> Job:
         spec, runtime = self.model.spec, self.model.runtime
+        check_tile_memory(spec, self.plan, len(self.source.band_names), np.dtype(self.source.dtype))
         probe = None
         if needs_probe(spec, runtime.signature, self.inputs.layout):
             zero = np.zeros((len(self.source.band_names), spec.geometry.padded.y, spec.geometry.padded.x),
@@ -81,12 +133,13 @@ class Prediction:
         if self.append_input:
             names = list(self.source.band_names) + names
             band_dtypes = [np.dtype(self.source.dtype)] * len(self.source.band_names) + band_dtypes
-        dtype = np.result_type(*band_dtypes)
+        dtype = np.result_type(*band_dtypes) if spec.output_bands else compact_dtype(band_dtypes)
         nodata = spec.nodata if spec.nodata is not None else default_nodata(dtype)
         check_nodata(nodata, dtype)
         categorical = all(d.kind in "iub" for d in band_dtypes[-len(outputs.band_names):])
         tags = {"TILECAST_MODEL": str(model_path(self.model.runtime) or type(self.model.runtime).__name__)}
-        profile = OutputProfile(self.grid, tuple(names), np.dtype(dtype), nodata, outputs.bands, categorical, tags)
+        bands = tuple(with_default_colors(b) for b in outputs.bands)  # class maps open coloured in GIS tools
+        profile = OutputProfile(self.grid, tuple(names), np.dtype(dtype), nodata, bands, categorical, tags)
         return Job(self.plan, self.source, runtime, spec, self.inputs, outputs, profile, tuple(band_dtypes),
                    self.append_input)
 
@@ -117,14 +170,18 @@ class Prediction:
     def _run(self, sink: Sink, progress: bool | ProgressCallback | None, engine: Engine, resume: bool,
              chunk_size: int | tuple[int, int] | None) -> Any:
         job = self.job
-        callback = Progress() if progress is True else (progress or None)
+        callback = resolve(progress)
         chunked = isinstance(sink, ChunkSink)
         local = isinstance(engine, Local)
         if local and not resume and not chunked:
-            sink.open(job.profile)
             from .runners.local import run_local
 
-            return run_local(job, sink, callback, read_threads=engine.threads)
+            sink.open(job.profile)
+            try:
+                return run_local(job, sink, callback, read_threads=engine.threads)
+            except BaseException:
+                sink.abort()  # run_local aborts what it started; this covers a failure before it starts
+                raise
         if not chunked:
             if resume:
                 raise SpecError("resume needs a resumable output (to_geotiff or to_zarr), not a custom sink")
@@ -160,7 +217,12 @@ class Prediction:
         """
         from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
+        from .vectors.write import is_vector_path
 
+        if is_vector_path(path):  # never a GeoTIFF under a vector file's name
+            from .vectors.errors import VectorFormatError
+
+            raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
         chunk_size = dask_options.pop("chunk_size", None)
         chosen = resolve_engine(engine, self.engine, dask_options)
         if isinstance(chosen, Dask) or resume:

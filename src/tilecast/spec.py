@@ -14,7 +14,24 @@ import numpy as np
 from .errors import NodataError, SpecError
 from .plan import OverlapMode, TileGeometry, parse_resolution, parse_size
 
-__all__ = ["Layout", "ModelSpec", "OutputBand", "parse_dtype", "parse_output_bands", "parse_resolution", "parse_size"]
+__all__ = [
+    "DEFAULT_PALETTE",
+    "PALETTES",
+    "Layout",
+    "ModelSpec",
+    "OutputBand",
+    "categories_xml",
+    "category_names",
+    "palette_colors",
+    "pam_categories_xml",
+    "parse_color",
+    "parse_colors",
+    "parse_dtype",
+    "parse_output_bands",
+    "parse_resolution",
+    "parse_size",
+    "with_default_colors",
+]
 
 Layout = Literal["bands", "NHWC", "NCHW", "pixels"]
 Blend = Literal["crop", "cosine", "hann"]
@@ -257,3 +274,117 @@ def default_nodata(dtype: np.dtype) -> float:
         return 0
     info = np.iinfo(dtype)
     return info.max if dtype.kind == "u" else info.min
+
+
+# ---- class colours and category names (GIS tools show class maps through these) ----------------------------------
+
+PALETTES: dict[str, tuple[str, ...]] = {
+    "tab10": ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf"),
+    "set1": ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf", "#999999"),
+    "paired": ("#a6cee3", "#1f78b4", "#b2df8a", "#33a02c", "#fb9a99", "#e31a1c", "#fdbf6f", "#ff7f00", "#cab2d6",
+               "#6a3d9a", "#ffff99", "#b15928"),
+}
+"""Qualitative palettes (matplotlib's ``tab10``, ColorBrewer's ``Set1`` and ``Paired``); they repeat past their end."""
+
+DEFAULT_PALETTE = "tab10"
+"""What class maps get when their classes have no colours, so they open coloured in QGIS."""
+
+
+def parse_color(text: str, what: str = "colour") -> tuple[int, int, int, int]:
+    """``#1f77b4``, ``1f77b4``, ``#1f77b480`` (with alpha) or ``31,119,180[,255]`` as RGBA."""
+    t = text.strip()
+    try:
+        if "," in t or " " in t:
+            parts = [int(p) for p in t.replace(" ", ",").split(",") if p]
+        else:
+            h = t.removeprefix("#")
+            if len(h) not in (6, 8) or any(c not in "0123456789abcdefABCDEF" for c in h):
+                raise ValueError
+            parts = [int(h[i : i + 2], 16) for i in range(0, len(h), 2)]
+    except ValueError:
+        parts = []
+    if len(parts) not in (3, 4) or not all(0 <= p <= 255 for p in parts):
+        raise SpecError(f"{what} {text!r} is not a colour; use #RRGGBB (e.g. #1f77b4), #RRGGBBAA or R,G,B[,A]")
+    return (*parts, 255)[:4]  # type: ignore[return-value]
+
+
+def palette_colors(name: str, values: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:
+    """The colours of palette ``name`` for ``values``, in order (repeating past the palette's end)."""
+    key = name.strip().lower()
+    if key not in PALETTES:
+        raise SpecError(f"unknown palette {name!r}; use one of {', '.join(PALETTES)} or VALUE:#RRGGBB,...")
+    colors = PALETTES[key]
+    return {int(v): parse_color(colors[i % len(colors)]) for i, v in enumerate(values)}
+
+
+def parse_colors(text: str, values: Sequence[int] | None = None, what: str = "--colors"
+                 ) -> dict[int, tuple[int, int, int, int]]:
+    """``0:#1f77b4,1:#ff7f0e`` (value: colour), ``#1f77b4,#ff7f0e`` (values 0, 1, ... or ``values``) or a
+    palette name (for ``values``, the class values; 0..9 without them)."""
+    if text.strip().lower() in PALETTES:
+        return palette_colors(text, list(values) if values is not None else range(10))
+    items = [i.strip() for i in text.split(",") if i.strip()]
+    if not items:
+        raise SpecError(f"{what} is empty; use e.g. 0:#1f77b4,1:#ff7f0e or a palette ({', '.join(PALETTES)})")
+    if all(":" in i for i in items):
+        out = {}
+        for item in items:
+            value, _, color = item.partition(":")
+            if not value.strip().lstrip("-").isdigit():
+                raise SpecError(f"{what}: {item!r} is not VALUE:COLOUR; use e.g. 0:#1f77b4,1:#ff7f0e")
+            out[int(value)] = parse_color(color, f"{what} {item!r}:")
+        return out
+    if any(":" in i for i in items):
+        raise SpecError(f"{what}: give every entry as VALUE:COLOUR, or none (colours for values 0, 1, ...)")
+    keys = list(values) if values is not None else list(range(len(items)))
+    if len(keys) != len(items):
+        raise SpecError(f"{what}: {len(items)} colours for {len(keys)} classes; give one colour per class, or "
+                        "VALUE:COLOUR pairs")
+    return {int(k): parse_color(c, what) for k, c in zip(keys, items, strict=True)}
+
+
+def with_default_colors(band: OutputBand) -> OutputBand:
+    """A class band without colours gets the default palette, so GIS tools show it coloured; others unchanged."""
+    if not band.classes or band.colors or band.dimensions or band.dtype.kind not in "iub":
+        return band
+    colors = palette_colors(DEFAULT_PALETTE, [v for v, _ in band.classes])
+    return replace(band, colors=tuple(sorted(colors.items())))
+
+
+def category_names(classes: Sequence[tuple[int, str]] | None) -> list[str]:
+    """GDAL's CategoryNames: the name of pixel value ``i`` at index ``i``, empty for values without a class (GDAL
+    has no names for negative values; those classes are left out)."""
+    if not classes:
+        return []
+    named = {int(v): str(n) for v, n in classes if int(v) >= 0}
+    if not named:
+        return []
+    return [named.get(i, "") for i in range(max(named) + 1)]
+
+
+def pam_categories_xml(bands: Sequence[Sequence[tuple[int, str]] | None]) -> str | None:
+    """A GDAL PAM sidecar (``OUTPUT.tif.aux.xml``) with each band's CategoryNames, which gdalinfo and QGIS read:
+    GeoTIFF has no tag for them, and rasterio does not write them. ``bands``: each band's ``(value, name)``
+    classes or None. None when no band has classes."""
+    from xml.sax.saxutils import escape
+
+    parts = []
+    for i, classes in enumerate(bands, start=1):
+        names = category_names(classes)
+        if names:
+            cats = "".join(f"      <Category>{escape(n)}</Category>\n" for n in names)
+            parts.append(f'  <PAMRasterBand band="{i}">\n    <CategoryNames>\n{cats}    </CategoryNames>\n'
+                         "  </PAMRasterBand>\n")
+    return f"<PAMDataset>\n{''.join(parts)}</PAMDataset>\n" if parts else None
+
+
+def categories_xml(bands: Sequence[OutputBand]) -> str | None:
+    """:func:`pam_categories_xml` for a GeoTIFF's output bands, numbered as the sink numbers its class bands
+    (from 1, up to the first vector band)."""
+    classes: list[Sequence[tuple[int, str]] | None] = []
+    for band in bands:
+        if band.dimensions:
+            break
+        classes.append(band.classes)
+    return pam_categories_xml(classes)

@@ -18,7 +18,7 @@ keys; :func:`card_from_deepness` turns those into a card so they run unchanged. 
 from .binding import CardBinding, match_bands
 from .build import CardFields, GridFields, InputFields, ModelFields, OutputFields, TileFields, build_card
 from .deepness import DEEPNESS_KEYS, card_from_deepness
-from .files import card_path, detect_format, embeddable, open_runtime, runtime_metadata
+from .files import MODEL_SUFFIXES, card_path, detect_format, embeddable, open_runtime, runtime_metadata
 from .io import embed_onnx, read_card, read_card_file, will_embed, write_card
 from .load import OpenedModel, open_model
 from .params import CardParams, card_params, describe_card, keywords_from_card
@@ -30,6 +30,7 @@ __all__ = [
     "DEEPNESS_KEYS",
     "EO_SCHEMA",
     "MLM_SCHEMA",
+    "MODEL_SUFFIXES",
     "ONNX_KEY",
     "Card",
     "CardBinding",

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import BandMismatchError, InputError
 from ..spec import ModelSpec
+from .html import card_html
 from .params import CardParams
 from .schema import Card
 
@@ -36,6 +37,9 @@ class CardBinding:
     @property
     def bands(self) -> list[str]:
         return self.params.bands
+
+    def _repr_html_(self) -> str:
+        return card_html(self.card)
 
     def resolve_bands(self, image: Any) -> list[int] | None:
         """1-based band indexes of ``image`` for the card's bands (None: let the source decide)."""

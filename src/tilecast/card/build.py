@@ -34,6 +34,8 @@ _ARTIFACTS = {
     "torch.export": ("torch.export.save", "application/octet-stream; application=pytorch", "PyTorch"),
     "savedmodel": ("tf.saved_model.save", "application/x-directory", "TensorFlow"),
     "keras": ("keras.Model.save", "application/octet-stream", "Keras"),
+    "torchserve": ("torch-model-archiver", "application/zip; application=torchserve", "PyTorch"),
+    "tflite": ("tf.lite.TFLiteConverter", "application/octet-stream; application=tflite", "TensorFlow Lite"),
 }
 
 

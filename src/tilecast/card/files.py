@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from ..runtimes.base import Runtime, metadata_of
 
-__all__ = ["card_path", "detect_format", "embeddable", "open_runtime", "runtime_metadata"]
+__all__ = ["MODEL_SUFFIXES", "card_path", "detect_format", "embeddable", "open_runtime", "runtime_metadata"]
 
 _SUFFIXES = {
     ".onnx": "onnx",
@@ -21,7 +21,11 @@ _SUFFIXES = {
     ".pt2": "torch.export",
     ".keras": "keras",
     ".h5": "keras",
+    ".mar": "torchserve",
+    ".tflite": "tflite",
 }
+MODEL_SUFFIXES = tuple(_SUFFIXES)
+"""The file suffixes that name a model file (a SavedModel, or an unpacked TorchServe archive, is a directory)."""
 
 
 def card_path(model_path: str | os.PathLike) -> Path:
@@ -30,14 +34,18 @@ def card_path(model_path: str | os.PathLike) -> Path:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """``onnx``, ``torchscript``, ``torch.export``, ``savedmodel`` or ``keras``, from the path (and a peek inside)."""
+    """``onnx``, ``torchscript``, ``torch.export``, ``savedmodel``, ``keras``, ``torchserve`` (a ``.mar`` archive) or
+    ``tflite``, from the path (and a peek inside)."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}; check the path")
     if p.is_dir():
         if (p / "saved_model.pb").exists() or (p / "saved_model.pbtxt").exists():
             return "savedmodel"
-        raise ModelLoadError(f"{p} is a directory without saved_model.pb; give a SavedModel directory or a model file")
+        if (p / "MAR-INF" / "MANIFEST.json").is_file():
+            return "torchserve"
+        raise ModelLoadError(f"{p} is a directory without saved_model.pb or MAR-INF/MANIFEST.json; give a SavedModel "
+                             "directory, an unpacked TorchServe archive or a model file")
     suffix = p.suffix.lower()
     if suffix in (".pt", ".pth") and zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as z:
@@ -48,12 +56,18 @@ def detect_format(path: str | os.PathLike) -> str:
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]
     with open(p, "rb") as f:
-        head = f.read(4)
+        head = f.read(8)
+    if head[4:8] == b"TFL3":
+        return "tflite"
     if head[:2] == b"PK":
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                if "MAR-INF/MANIFEST.json" in z.namelist():
+                    return "torchserve"
         return "torchscript"
     raise ModelLoadError(
         f"cannot tell the model format of {p}; use .onnx, .pt (TorchScript), .pt2 (torch.export), .keras, "
-        "or a TensorFlow SavedModel directory"
+        ".mar (TorchServe), .tflite, or a TensorFlow SavedModel directory"
     )
 
 
@@ -84,6 +98,14 @@ def open_runtime(path: str | os.PathLike, fmt: str | None = None, *, providers: 
         from ..runtimes.tensorflow import TensorFlowRuntime
 
         return TensorFlowRuntime(path, signature_name=signature_name)
+    if fmt == "torchserve":
+        from ..runtimes.torchserve import TorchServeRuntime
+
+        return TorchServeRuntime(path, device=device, providers=providers, threads=threads)
+    if fmt == "tflite":
+        from ..runtimes.tflite import TFLiteRuntime
+
+        return TFLiteRuntime(path, threads=threads, signature_name=signature_name)
     raise ModelLoadError(f"unknown model format {fmt!r}")
 
 

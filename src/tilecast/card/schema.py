@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .html import card_html
 from .params import CardParams, card_params
 
 __all__ = ["CLASSIFICATION_SCHEMA", "EO_SCHEMA", "MLM_SCHEMA", "ONNX_KEY", "Card"]
@@ -71,3 +72,7 @@ class Card:
 
     def to_json(self) -> str:
         return json.dumps(self.item, indent=2)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: name, source, tiling, bands, outputs and classes with their colours."""
+        return card_html(self)

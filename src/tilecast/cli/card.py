@@ -27,7 +27,7 @@ from ..card.probe import check_with_tile, receptive_radius, record_result_shapes
 from ..errors import SpecError, TilecastWarning
 from ..plan import TileGeometry, infer_layout
 from ..runtimes.scaled import parse_scaling
-from ..spec import parse_output_bands
+from ..spec import parse_colors, parse_output_bands
 from .options import SIZE, csv_list, reports_errors
 from .predict import parse_classes
 
@@ -51,7 +51,8 @@ __all__ = ["build_from_options", "card", "check_with_tile", "receptive_radius"]
 @click.option("--output-band", "output_bands", multiple=True, metavar="NAME:DTYPE[:DIMS]",
               help="Declare an output band (repeatable), e.g. landcover:uint8 or probs:float32:1.")
 @click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
-@click.option("--colors", help="Class colours as hex, comma-separated (e.g. 00ff00,0000ff).")
+@click.option("--colors", help="Class colours as hex in class order (e.g. 00ff00,0000ff), VALUE:#RRGGBB pairs or a "
+              "palette (tab10, set1, paired).")
 @click.option("--argmax/--no-argmax", default=None,
               help="Reduce the first output's class scores to a class index (channel axis 1 for NCHW, else last).")
 @click.option("--crs", help="The CRS the model expects (Earth Engine's proj).")
@@ -180,9 +181,8 @@ def _output_options(kw: dict[str, Any], sig: Any, opts: dict[str, Any]) -> None:
             classes = tuple(sorted(parsed.items() if isinstance(parsed, dict) else enumerate(parsed)))
         colors = None
         if opts.get("colors"):
-            values = [v for v, _ in classes] if classes else list(range(len(csv_list(opts["colors"]) or [])))
-            colors = tuple(zip(values, (tuple(int(h.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4))
-                                        for h in csv_list(opts["colors"]) or []), strict=False))
+            parsed_colors = parse_colors(opts["colors"], [v for v, _ in classes] if classes else None)
+            colors = tuple((v, c[:3] if c[3] == 255 else c) for v, c in sorted(parsed_colors.items()))
         outs[0] = replace(outs[0], classes=classes, colors=colors or outs[0].colors)
     kw["output_bands"] = outs
     argmax = dict(kw.get("argmax") or {})

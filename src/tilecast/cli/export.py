@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .options import SIZE, csv_list, engine_options, overwrite_option, quiet_option, reports_errors
+from .options import SIZE, csv_list, engine_options, finite_bounds, overwrite_option, quiet_option, reports_errors
 
 _UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
@@ -162,7 +162,8 @@ def patches(image: str, patch: tuple[int, int], quiet: bool, overwrite: bool, **
 @click.option("--tensor-depth", "tensor_depths", multiple=True, metavar="NAME=D",
               help="tensorDepths: depth of array band NAME (truncated or padded with the default value).")
 @click.option("--bands", help="Bands to export: 1-based indexes or descriptions, comma-separated.")
-@click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Export only this region (image CRS).")
+@click.option("--bounds", type=float, nargs=4, metavar="L B R T", callback=finite_bounds,
+              help="Export only this region (image CRS).")
 @click.option("--prefix", help="File name prefix (default: the image's name).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @engine_options("chunk_rows", help="Run on this machine, or on Dask (chunks of patch rows; same examples, same order).")

@@ -10,8 +10,6 @@ import click
 
 from .options import reports_errors
 
-MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".pt2", ".keras", ".h5", ".torchscript")
-
 
 @click.command(short_help="Describe a raster or a model.")
 @click.argument("path")
@@ -19,8 +17,11 @@ MODEL_SUFFIXES = (".onnx", ".pt", ".pth", ".pt2", ".keras", ".h5", ".torchscript
 @reports_errors
 def info(path: str, as_json: bool) -> None:
     """Describe PATH: a raster (bands, CRS, grid, nodata) or a model (inputs, outputs, metadata)."""
-    is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and
-                                                          os.path.exists(os.path.join(path, "saved_model.pb")))
+    from ..card import MODEL_SUFFIXES
+
+    is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "saved_model.pb"))
+        or os.path.exists(os.path.join(path, "MAR-INF", "MANIFEST.json"))))
     data = describe_model(path) if is_model else describe_raster(path)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -91,6 +92,11 @@ def describe_model(path: str) -> dict[str, Any]:
             out.update(describe_card(card))
             problems = validate_card(card)
             out["valid"] = "yes (STAC item + MLM)" if not problems else "; ".join(problems[:3])
+        from ..vectors.metadata import detector_spec, format_detector
+
+        detector = detector_spec(metadata, card.properties if card is not None else None)
+        if detector is not None:  # how its outputs are decoded into objects (-o objects.gpkg)
+            out["detector"] = format_detector(detector)
         other = {k: v for k, v in metadata.items() if k != "mlm:item"}
         if other:
             out["metadata"] = other

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import math
 import os
 import signal
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import click
@@ -47,6 +51,40 @@ class KeyValueType(click.ParamType):
 
 
 SIZE = SizeType()
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in titled sections (``sections``: title -> parameter names, in
+    order); options in no section come last, under "Other options"."""
+
+    def __init__(self, *args: Any, sections: Mapping[str, Sequence[str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections = {title: tuple(names) for title, names in (sections or {}).items()}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        where = {name: title for title, names in self.sections.items() for name in names}
+        rows: dict[str, list[tuple[str, str]]] = {title: [] for title in self.sections}
+        rows["Other options"] = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                rows[where.get(param.name or "", "Other options")].append(record)
+        for title, records in rows.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+COG_COMPRESSIONS = ("DEFLATE", "ZSTD", "LZW", "LZMA", "WEBP", "JPEG", "LERC", "LERC_DEFLATE", "LERC_ZSTD", "NONE")
+"""What GDAL's COG driver takes as COMPRESS."""
+
+
+def compress_option(f: Callable) -> Callable:
+    """``--compress``, checked: GDAL ignores a compression it does not know, with a warning no one reads."""
+    return click.option("--compress", default="DEFLATE", show_default=True, metavar="NAME",
+                        type=click.Choice(COG_COMPRESSIONS, case_sensitive=False),
+                        callback=lambda ctx, param, value: value.upper() if value else value,
+                        help=f"COG compression: {', '.join(COG_COMPRESSIONS)}.")(f)
 
 
 def csv_list(value: str | None) -> list[str] | None:
@@ -167,31 +205,163 @@ def gdal_config_option(f: Callable) -> Callable:
     )(f)
 
 
+def finite_bounds(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """``--bounds``: four finite numbers (``inf`` and ``nan`` parse as floats, but bound nothing)."""
+    if value and not all(math.isfinite(v) for v in value):
+        raise click.BadParameter(f"{' '.join(map(str, value))}: give four finite numbers, left bottom right top, in "
+                                 "the CRS of the image (or of --bounds-crs)")
+    return value or None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C: sinks abort and delete their temporary files on the way out."""
+
+
 def reports_errors(f: Callable) -> Callable:
-    """Turn tilecast errors into one clear line and exit status 1, never a traceback."""
+    """Turn tilecast errors, and the library errors a careless input can provoke (no memory, a full disk, a folder
+    that cannot be written, GDAL refusing), into one clear line and a non-zero exit status, never a traceback.
+    Ctrl-C and SIGTERM interrupt the run at once (retry waits included) and exit 130 / 143."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        previous = _exit_on_sigterm()
+        previous = _catch_signals()
         try:
             return f(*args, **kwargs)
         except TilecastError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-        except KeyboardInterrupt:
-            raise click.Abort() from None
+        except KeyboardInterrupt as exc:
+            _exit_interrupted(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        except Exception as exc:
+            line = library_error(exc)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     return wrapper
 
 
-def _exit_on_sigterm() -> Any:
-    """Make SIGTERM unwind like Ctrl-C, so sinks delete their temporary files (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("starlette", "uvicorn", "httptools", "uvloop", "httpx", "prometheus_client", "grpc",
+                     "google.auth"), "server"),
+    **dict.fromkeys(("geopandas", "pyogrio", "pyarrow", "shapely"), "features"),
+    **dict.fromkeys(("dask", "distributed", "bokeh", "zarr"), "dask"),
+    **dict.fromkeys(("pystac", "stac_model", "jsonschema", "onnx"), "card"),
+    **dict.fromkeys(("xarray", "rioxarray", "odc"), "xarray"),
+    **dict.fromkeys(("rio_tiler", "morecantile", "PIL", "ipyleaflet"), "view"),
+    "torch": "torch", "tensorflow": "tf", "keras": "tf", "matplotlib": "demo",
+}
+"""The extra (``pip install 'tilecast[EXTRA]'``) that installs each optional module, for a command that imports
+one directly (the library's own imports go through :func:`tilecast._extras.require`, which says it already)."""
+
+
+def library_error(exc: BaseException) -> str | None:
+    """One line for an error that a library raised on a bad input or a hostile machine; None for anything else
+    (a bug, which keeps its traceback)."""
+    if isinstance(exc, ImportError) and exc.name:
+        top = exc.name.split(".")[0]
+        extra = EXTRA_OF_MODULE.get(exc.name, EXTRA_OF_MODULE.get(top))
+        if extra:
+            return (f"MissingExtraError: {top!r} is not installed; this command needs it. Install it with: "
+                    f"pip install 'tilecast[{extra}]'")
         return None
+    if isinstance(exc, MemoryError):
+        return ("OutputError: not enough memory for this run; use a smaller --tile or --batch-size, a smaller region "
+                "(--bounds), or a machine with more memory")
+    messages = _messages(exc)
+    text = " ".join(messages)
+    errnos = {e.errno for e in _chain(exc) if isinstance(e, OSError) and e.errno}
+    name = next((str(e.filename) for e in _chain(exc) if isinstance(e, OSError) and e.filename), "the output")
+    full = errnos & {errno.ENOSPC, errno.EDQUOT, errno.EFBIG} or "No space left" in text or "disk space" in text
+    if not full and _is_gdal(exc) and ("Write error" in text or "Write failed" in text):
+        return (f"OutputError: GDAL could not write the output ({_short(text)}); the disk is probably full: free some "
+                "space, predict a smaller region (--bounds), or write the output to another disk (-o)")
+    if full:
+        return (f"OutputError: no space left writing {name} ({_short(text)}); free some space, predict a smaller "
+                "region (--bounds), or write the output to another disk (-o)")
+    denied = errnos & {errno.EACCES, errno.EPERM, errno.EROFS}
+    if denied:
+        return (f"OutputError: cannot write {name}: {os.strerror(min(denied))}; choose an output folder you can write "
+                "to (-o)")
+    if _is_gdal(exc):
+        return f"GDAL refused: {_short(text)}; check the inputs, the output folder and the free disk space"
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen and len(seen) < 10:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def _messages(exc: BaseException) -> list[str]:
+    out = []
+    for e in _chain(exc):
+        text = str(e).strip()
+        if text and "See previous exception" not in text and text not in out:
+            out.append(text)
+    return out
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_gdal(exc: BaseException) -> bool:
+    """rasterio's errors and GDAL's CPLE_* errors (rasterio is a core dependency; imported only when needed)."""
+    from rasterio.errors import RasterioError
+
+    try:
+        from rasterio._err import CPLE_BaseError
+    except ImportError:  # pragma: no cover - rasterio's private module moved
+        CPLE_BaseError = RasterioError
+    return any(isinstance(e, (RasterioError, CPLE_BaseError)) for e in _chain(exc))
+
+
+def _catch_signals() -> dict[int, Any]:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (:class:`Terminated`) in the main thread, after waking every
+    endpoint retry wait, so the run unwinds, aborting its sinks, at once. Main thread only (Python's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
     def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        # From a thread: the handler runs between two bytecodes of the main thread, which may hold an event's lock.
+        threading.Thread(target=_interrupt_waits, name="tilecast-interrupt", daemon=True).start()
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _interrupt_waits() -> None:
+    from ..remote.retry import interrupt_waits
+
+    interrupt_waits()
+
+
+EXIT_GRACE_S = 1.0
+"""After an interrupt, how long threads still working (a request in flight) may take to finish before the process
+exits without them."""
+
+
+def _exit_interrupted(signum: int) -> None:
+    """Exit now, with the status of a process that the signal ended. Threads that outlive the grace period (an HTTP
+    request waiting for its answer) would hold the interpreter's exit for their whole timeout, so the process then
+    ends by the signal itself, without joining them; every sink has already aborted (the exception unwound through
+    the runner)."""
+    click.echo("Aborted!", err=True)
+    deadline = time.monotonic() + EXIT_GRACE_S
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(128 + signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any
@@ -10,27 +11,49 @@ import click
 import rasterio
 
 from ..errors import SpecError, TilecastWarning
+from ..spec import parse_colors
 from .options import (
     SIZE,
     KeyValueType,
+    SectionedCommand,
+    compress_option,
     csv_list,
     endpoint_request_options,
     engine_options,
+    finite_bounds,
     gdal_config_option,
     overwrite_option,
     quiet_option,
     reports_errors,
 )
+from .polygonize import VECTOR_HELP, check_output_options, detector_options, polygon_options, write_vectors
+
+SECTIONS = {
+    "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
+              "input_type_override", "input_shape", "input_property", "gdal_config"),
+    "Model and tiling": ("model_path", "tile", "overlap", "overlap_mode", "output_tile", "layout", "blend", "padding",
+                         "batch_size", "providers"),
+    "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
+               "overwrite", "resume", "quiet"),
+    "Vector output (-o .gpkg, .parquet, .fgb, .geojson, .shp)": (
+        "vector_crs", "simplify", "min_area", "confidence", "iou", "det_type"),
+    "Engine": ("engine", "scheduler", "workers", "performance_report"),
+    "Endpoint (a hosted model instead of --model)": (
+        "endpoint", "protocol", "payload_format", "request_timeout", "max_payload_bytes", "output_multiplier",
+        "concurrency", "headers", "token_env"),
+}
+"""The sections of ``tilecast predict --help``."""
 
 
-@click.command(short_help="Predict a raster with a model.")
+@click.command(cls=SectionedCommand, sections=SECTIONS, short_help="Predict a raster with a model.")
 @click.argument("image", nargs=-1, required=True)
 @click.option("-m", "--model", "model_path",
               help="Model file: .onnx, TorchScript .pt, torch.export .pt2, Keras .keras or a SavedModel folder. Its "
               "model card (sidecar or embedded) supplies the parameters you leave out.")
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
 @endpoint_request_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help=f"Output: a GeoTIFF (COG), or a vector file ({VECTOR_HELP}) for detectors and class maps.")
 @click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
 @click.option("--overlap", type=SIZE,
               help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode). [default: 0]")
@@ -52,12 +75,15 @@ from .options import (
 @click.option("--padding", type=click.Choice(["zero", "reflect"]),
               help="How tiles are padded beyond the raster edge. [default: zero]")
 @click.option("--batch-size", type=int, help="Tiles per model call. [default: 8]")
-@click.option("--bounds", type=float, nargs=4, metavar="L B R T", help="Predict only this region.")
+@click.option("--bounds", type=float, nargs=4, metavar="L B R T", callback=finite_bounds,
+              help="Predict only this region.")
 @click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS).")
 @click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
 @click.option("--fill-value", type=float, help="Value sent for masked pixels. [default: 0]")
 @click.option("--append-input", is_flag=True, help="Write the input bands followed by the outputs.")
 @click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
+@click.option("--colors", help="Class colours of the first output band: 0:#1f77b4,1:#ff7f0e (or #1f77b4,#ff7f0e in "
+              "class order, or a palette: tab10, set1, paired). [default: tab10 for bands with --classes]")
 @click.option("--input-type-override", multiple=True, type=KeyValueType(":"), metavar="NAME:DTYPE",
               help="Cast an input to a dtype (repeatable).")
 @click.option("--input-shape", multiple=True, type=KeyValueType(":"), metavar="NAME:DEPTH",
@@ -65,11 +91,13 @@ from .options import (
 @click.option("--input-property", multiple=True, metavar="NAME",
               help="Send an image property (tag) with every tile (repeatable).")
 @click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
-@click.option("--compress", default="DEFLATE", show_default=True, help="COG compression (DEFLATE, ZSTD, LZW...).")
+@compress_option
 @click.option("--no-overviews", is_flag=True, help="Do not build overviews.")
 @engine_options(help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same output (and make this "
               "run resumable); finished chunks are not recomputed.")
+@polygon_options
+@detector_options
 @overwrite_option
 @quiet_option
 @gdal_config_option
@@ -86,6 +114,11 @@ def predict(
       tilecast predict scene.tif --model unet.onnx --tile 256 --overlap 16 \\
           --output-band landcover:uint8 -o landcover.tif
     """
+    vector = check_output_options(output, opts)  # raster-only flags with .gpkg (and the reverse) are an error
+    names = None
+    if vector and opts["classes"] and not opts["output_bands"]:  # a detector's class names, not a band's
+        names = parse_classes(opts["classes"])
+        opts = {**opts, "classes": None}
     params = build_params(opts)
     with rasterio.Env(**gdal_env(gdal_config)), warnings.catch_warnings():
         warnings.simplefilter("always", TilecastWarning)
@@ -95,6 +128,9 @@ def predict(
             image[0] if len(image) == 1 else list(image), bounds=opts["bounds"], bounds_crs=opts["bounds_crs"],
             append_input=opts["append_input"],
         )
+        if vector:
+            write_vectors(result, output, opts, quiet, class_names=names)
+            return
         path = result.to_geotiff(
             output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
             overviews=not opts["no_overviews"], engine=opts["engine"], resume=opts["resume"],
@@ -139,13 +175,24 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
 def build_params(opts: dict[str, Any]) -> dict[str, Any]:
     """Model parameters from CLI options (shared with other commands that build models)."""
     output_bands: Any = list(opts["output_bands"]) or None
-    if opts.get("classes"):
+    if opts.get("classes") or opts.get("colors"):
+        flag = "--classes" if opts.get("classes") else "--colors"
         if not output_bands:
-            raise SpecError("--classes needs an --output-band to attach to")
+            raise SpecError(f"{flag} needs an --output-band to attach to (the first one gets the classes)")
         name, _, rest = output_bands[0].partition(":")
         dtype, _, dims = rest.partition(":")
-        classes = parse_classes(opts["classes"])
-        output_bands[0] = {name: {"type": dtype, "dimensions": int(dims or 0), "classes": classes}}
+        if dims and not dims.isdigit():
+            raise SpecError(f"output band {output_bands[0]!r}: DIMS must be 0 or 1, e.g. probs:float32:1")
+        first: dict[str, Any] = {"type": dtype, "dimensions": int(dims or 0)}
+        classes = parse_classes(opts["classes"]) if opts.get("classes") else None
+        if classes:
+            first["classes"] = classes
+        if opts.get("colors"):
+            values = None
+            if classes:
+                values = list(classes) if isinstance(classes, dict) else list(range(len(classes)))
+            first["colors"] = parse_colors(opts["colors"], values)
+        output_bands[0] = {name: first}
         merged: dict[str, Any] = {}
         for b in output_bands:
             merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})
@@ -191,6 +238,11 @@ def parse_classes(text: str) -> dict[int, str] | list[str]:
 def _band_dict(text: str) -> dict[str, Any]:
     parts = text.split(":")
     return {"type": parts[1] if len(parts) > 1 else "float32", "dimensions": int(parts[2]) if len(parts) > 2 else 0}
+
+
+rio_predict = copy.copy(predict)
+rio_predict.name = "tilecast-predict"
+"""``rio tilecast-predict``: the same command as a rasterio plugin (click-plugins registers it under this name)."""
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -33,6 +33,9 @@ def prepare(source_dir: str, dest_dir: str, inputs: str, outputs: str, tag: str,
       tilecast prepare --source-dir unet/ --dest-dir unet_ee/ \\
           --input '{"serving_default_image:0": "array"}' --output '{"StatefulPartitionedCall:0": "landcover"}'
     """
+    from .._extras import require
+
+    require("tensorflow", "tf")  # first: tilecast.serve (which holds prepare) would name only the server extra
     from ..serve.prepare import prepare_model
 
     path = prepare_model(source_dir, dest_dir, inputs, outputs, tag=tag, signature=signature, overwrite=overwrite)

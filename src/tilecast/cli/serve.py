@@ -31,7 +31,16 @@ from .options import reports_errors
               help="Dynamic batching: how long the first request of a batch waits for others.")
 @click.option("--threads", type=int, help="Intra-op threads per model (default: the runtime's choice).")
 @click.option("--max-connections", type=int, default=1024, show_default=True,
-              help="Concurrent connections; beyond it clients get HTTP 503 (and retry).")
+              help="Open connections; beyond it requests get HTTP 503 with Retry-After (health still answers).")
+@click.option("--max-connections-per-client", type=int, default=256, show_default=True,
+              help="Open connections from one client address; beyond it, the same 503.")
+@click.option("--memory-budget", "memory_mib", type=int, default=512, show_default=True, metavar="MIB",
+              help="MiB that requests in flight may take in all (decoded bodies, tensors); beyond it HTTP 503 with "
+                   "Retry-After (gRPC UNAVAILABLE).")
+@click.option("--header-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds a client has to send a request's headers; slower or idle new sockets are closed.")
+@click.option("--keep-alive-timeout", type=float, default=5.0, show_default=True,
+              help="Seconds an idle keep-alive connection stays open.")
 @click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
               help="Seconds to let in-flight requests finish on SIGINT/SIGTERM.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
@@ -39,7 +48,8 @@ from .options import reports_errors
 @reports_errors
 def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[str, ...], host: str, port: int,
           grpc_port: int | None, token_env: str | None, max_body_bytes: int, max_batch: int,
-          batch_timeout_ms: float, threads: int | None, max_connections: int, graceful_timeout: float,
+          batch_timeout_ms: float, threads: int | None, max_connections: int, max_connections_per_client: int,
+          memory_mib: int, header_timeout: float, keep_alive_timeout: float, graceful_timeout: float,
           log_level: str) -> None:
     """Host models until interrupted: any MODEL tilecast loads (.onnx, TorchScript .pt, .keras, a SavedModel
     directory), as PATH or NAME=PATH, or a directory holding several.
@@ -57,6 +67,7 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
       tilecast serve unet.onnx --name landcover --port 8500
       tilecast predict scene.tif --endpoint http://127.0.0.1:8500/v2/models/landcover --tile 256 -o out.tif
     """
+    from ..serve.limits import ServerLimits
     from ..serve.models import load_models
     from ..serve.server import serve as run_server
 
@@ -67,14 +78,21 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
             raise SpecError(f"--token-env {token_env}: that environment variable is not set or empty")
     if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0:
         raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms not negative")
+    if min(max_connections, max_connections_per_client, memory_mib) < 1 or min(header_timeout,
+                                                                               keep_alive_timeout) <= 0:
+        raise SpecError("--max-connections, --max-connections-per-client, --memory-budget, --header-timeout and "
+                        "--keep-alive-timeout must be positive")
+    limits = ServerLimits(max_body_bytes=max_body_bytes, memory_bytes=memory_mib << 20,
+                          max_connections=max_connections, max_connections_per_client=max_connections_per_client,
+                          header_timeout_s=header_timeout, keep_alive_s=keep_alive_timeout)
     paths = list(models) + list(more_models)
     if not paths:
         raise SpecError("give at least one model: tilecast serve MODEL [MODEL...] (or --model PATH)")
     runtimes, bands = load_models(paths, list(names) or None, threads)
     try:
-        run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_body_bytes=max_body_bytes,
-                   max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, max_connections=max_connections,
-                   graceful_s=graceful_timeout, log_level=log_level, bands=bands)
+        run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_batch=max_batch,
+                   batch_timeout_ms=batch_timeout_ms, graceful_s=graceful_timeout, log_level=log_level, bands=bands,
+                   limits=limits)
     except (KeyboardInterrupt, SystemExit) as exc:
         # uvicorn has already drained in-flight requests; it re-raises the signal it caught when it returns
         if isinstance(exc, SystemExit) and exc.code not in (None, 0, 128 + 2, 128 + 15):

@@ -52,8 +52,7 @@ def export_image(
     chosen = resolve_engine(engine, legacy=pop_engine_options(format_options))
     opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
     folder = Path(output)
-    if not folder.is_dir():
-        raise InputError(f"the output folder {folder} does not exist; create it first (image exports are sharded)")
+    make_folder(folder)
     report = progress_callback(progress, "export image")
     if prefix is None:
         prefix = Path(str(image)).name.split(".")[0] if isinstance(image, (str, os.PathLike)) else "image"
@@ -71,6 +70,17 @@ def export_image(
     from .dask import write_image_dask
 
     return write_image_dask(plan, recipe, chosen, report)
+
+
+def make_folder(folder: Path) -> None:
+    """Create the output folder (and its parents), as the command line does; a file in the way is an error."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"the output {folder} is a file, not a folder; give a folder (it is created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {folder} ({exc.strerror}); choose a folder you can "
+                          "write to") from None
 
 
 def export_samples(
@@ -115,8 +125,7 @@ def export_samples(
     if out.fmt != "tfrecord" and not table:
         raise OutputError(f"patches can only be exported as TFRecord, not {out.fmt}; use a .tfrecord.gz file or a "
                           "folder")
-    if not out.folder.is_dir():
-        raise OutputError(f"the output folder {out.folder} does not exist; create it first")
+    make_folder(out.folder)
     found = SampleLabels(labels, label_field, label_raster)
     found.check(opts)
     report = progress_callback(progress, "export samples" if table else "export patches")

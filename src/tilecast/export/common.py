@@ -9,9 +9,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._files import current_umask, publish
 from ..progress import Progress
 
-__all__ = ["ExportResult", "chunk_prefix", "progress_callback", "remove_stale", "shard_files"]
+__all__ = [
+    "ExportResult", "chunk_prefix", "current_umask", "progress_callback", "publish", "remove_stale", "shard_files",
+]
 
 
 @dataclass
@@ -52,3 +55,5 @@ def remove_stale(before: Iterable[Path], published: Sequence[Path]) -> None:
     for old in set(before) - set(published):
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
+
+

@@ -22,13 +22,18 @@ from rasterio.windows import Window
 
 from ..errors import InputError
 from ..plan import XY, xy
+from ..prediction import available_memory
 from ..sinks import GeoTIFFSink, OutputProfile
 from ..sources import Grid, parse_crs
+from ..spec import check_nodata, default_nodata, parse_dtype
 from .common import progress_callback
 from .image import margin_of
 from .tfrecord import decode_example, iter_records
 
 __all__ = ["Mixer", "import_predictions", "read_mixer"]
+
+_MAX_SIDE = 2**31 - 1
+"""GDAL's largest raster width or height."""
 
 
 class Mixer:
@@ -36,9 +41,20 @@ class Mixer:
 
     def __init__(self, crs: Any, transform: Affine, patch: XY, per_row: int, total: int) -> None:
         self.crs, self.transform, self.patch, self.per_row, self.total = crs, transform, patch, per_row, total
+        if min(patch) <= 0:
+            raise InputError(f"the mixer's patchDimensions {list(patch)} must be > 0; pass the export's mixer")
         if per_row <= 0 or total <= 0 or total % per_row:
-            raise InputError(f"the mixer's totalPatches ({total}) is not a multiple of patchesPerRow ({per_row})")
+            raise InputError(f"the mixer's totalPatches ({total}) is not a multiple of patchesPerRow ({per_row}), "
+                             "both > 0; pass the export's mixer")
         self.rows = total // per_row
+        w, h = per_row * patch.x, self.rows * patch.y
+        if max(w, h) > _MAX_SIDE:
+            raise InputError(f"the mixer describes a {w} x {h} px raster, wider or taller than a GeoTIFF holds "
+                             f"({_MAX_SIDE} px); the mixer is corrupted: pass the export's mixer")
+        a, e = transform.a, transform.e
+        if not all(np.isfinite(list(transform))) or a == 0 or e == 0:
+            raise InputError(f"the mixer's affine {list(transform)[:6]} has a zero or non-finite pixel size; pass "
+                             "the export's mixer")
 
     @property
     def grid(self) -> Grid:
@@ -53,6 +69,8 @@ def read_mixer(path: str | os.PathLike) -> Mixer:
         m = json.loads(path.read_text())
         proj = m["projection"]
         a = [float(v) for v in proj["affine"]["doubleMatrix"]]
+        if len(a) < 6:
+            raise ValueError(f"doubleMatrix has {len(a)} values, not the 6 of an affine transform")
         pw, ph = (int(v) for v in m["patchDimensions"])
         per_row, total = int(m["patchesPerRow"]), int(m["totalPatches"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
@@ -180,7 +198,10 @@ def import_predictions(
         if isinstance(first[k], list):
             raise InputError(f"feature {k!r} holds bytes; only float_list and int64_list features become bands")
     is_int = all(np.asarray(first[k]).dtype.kind == "i" for k in keys)
-    out_dtype = np.dtype(dtype) if dtype else np.dtype(np.int32 if is_int else np.float32)
+    out_dtype = parse_dtype(dtype, "--dtype") if dtype else np.dtype(np.int32 if is_int else np.float32)
+    nodata = default_nodata(out_dtype) if nodata is None else nodata  # GIS tools show the COG's gaps as gaps
+    check_nodata(nodata, out_dtype)
+    check_strip_memory(len(keys) * mix.patch.y * width * out_dtype.itemsize, mix)
     profile = OutputProfile(grid, tuple(keys), out_dtype, nodata, categorical=is_int)
     sink.open(profile)
     try:
@@ -218,6 +239,17 @@ def import_predictions(
     except BaseException:
         sink.abort()
         raise
+
+
+def check_strip_memory(nbytes: int, mix: Mixer) -> None:
+    """One row of patches is held in memory; refuse a row that cannot fit before allocating it."""
+    avail = available_memory()
+    if nbytes > avail // 2:
+        raise InputError(
+            f"a row of {mix.per_row} patches of {mix.patch.x} x {mix.patch.y} px needs {nbytes / 2**30:.1f} GiB, more "
+            f"than half of the {avail / 2**30:.1f} GiB available; the mixer is corrupted, or import on a larger "
+            "machine"
+        )
 
 
 def _cast(values: np.ndarray, dtype: np.dtype, key: str) -> np.ndarray:

@@ -12,6 +12,7 @@ cannot depend on the engine) and :class:`SamplePlan` says how each becomes a rec
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, SpecError
+from ..errors import InputError, SpecError, TilecastWarning
 from ..plan import XY
 from ..sources.base import Source
 from .common import ExportResult
@@ -99,6 +100,25 @@ class SamplePlan:
     output: SampleOutput
 
 
+def warn_empty_splits(samples: Samples, fractions: Mapping[str, float], block: int, shape: tuple[int, int],
+                      default_block: bool) -> None:
+    """A split asked for (fraction > 0) that got no sample is a silent surprise: whole blocks go to one split, so a
+    raster of few blocks, or labels inside few of them, can leave a split empty."""
+    got = set(samples.split.tolist()) if samples.split is not None else set()
+    empty = [name for name, f in fractions.items() if float(f) > 0 and name not in got]
+    if not empty:
+        return
+    h, w = shape
+    blocks = -(-h // block) * -(-w // block)
+    why = " (the default, max(256, 4 x patch))" if default_block else ""
+    warnings.warn(
+        f"the split(s) {', '.join(map(repr, empty))} got no samples: splits assign whole {block} x {block}-pixel "
+        f"blocks{why}, and this {w} x {h} raster has {blocks} block(s) with the labels in fewer; pass a smaller "
+        "split_block (--split-block), e.g. a few times the patch size, or more labels spread over the raster",
+        TilecastWarning, stacklevel=3,
+    )
+
+
 def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: SampleOptions,
                    output: SampleOutput) -> tuple[Samples, SamplePlan]:
     """The samples to export (candidates, the seeded ``n``/``per_class`` draw, blocked splits, ``geometries``) and
@@ -127,6 +147,7 @@ def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: Sample
         samples = assign_splits(samples, opts.splits, block, opts.seed, patch, opts.stratify_splits)
         if not len(samples):
             raise InputError("every sample straddles blocks of different splits; use a larger split_block")
+        warn_empty_splits(samples, opts.splits, block, (h, w), opts.split_block is None)
     if opts.geometries:
         xs, ys = grid.transform * (samples.cols + 0.5, samples.rows + 0.5)
         samples.properties.update(x=np.asarray(xs, np.float64), y=np.asarray(ys, np.float64))

@@ -140,7 +140,7 @@ def _read_vector(labels: Any) -> Any:
         if not os.path.exists(labels) and "://" not in str(labels):
             raise InputError(f"label file not found: {labels}; check the path")
         try:
-            return gpd.read_file(labels)
+            return gpd.read_file(labels, engine="pyogrio")
         except Exception as exc:
             raise InputError(f"cannot read labels from {labels}: {exc}") from None
     if isinstance(labels, gpd.GeoDataFrame):

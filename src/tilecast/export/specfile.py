@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .common import publish
+
 __all__ = ["SPEC_VERSION", "make_spec", "write_spec"]
 
 SPEC_VERSION = 1
@@ -50,5 +52,5 @@ def write_spec(path: str | os.PathLike, spec: Mapping[str, Any]) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(spec, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
+    publish(tmp, path)
     return path

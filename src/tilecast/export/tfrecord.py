@@ -27,6 +27,7 @@ import crc32c
 import numpy as np
 
 from ..errors import InputError, OutputError, OutputExistsError
+from .common import publish
 
 __all__ = [
     "ShardedWriter",
@@ -169,25 +170,45 @@ def iter_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
     path = str(path)
     if not os.path.exists(path):
         raise InputError(f"TFRecord file not found: {path}; check the path")
-    opener = gzip.open if is_gzip(path) else open
-    with opener(path, "rb") as f:
-        reader = io.BufferedReader(f) if opener is gzip.open else f
-        while True:
-            header = reader.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise InputError(f"{path} is truncated (a record header is incomplete); re-export it")
-            (length,) = struct.unpack("<Q", header[:8])
-            if verify and header[8:12] != _masked_crc(header[:8]):
-                raise InputError(f"{path} is not a TFRecord file (bad length checksum); pass .tfrecord[.gz] files")
-            data = reader.read(length)
-            footer = reader.read(4)
-            if len(data) < length or len(footer) < 4:
-                raise InputError(f"{path} is truncated (a record is incomplete); re-export it")
-            if verify and footer != _masked_crc(data):
-                raise InputError(f"{path} has a corrupted record (data checksum mismatch); re-export it")
-            yield data
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder; pass .tfrecord[.gz] files (or the folder's files, e.g. 'dir/*.gz')")
+    compressed = is_gzip(path)
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as f:
+            reader = io.BufferedReader(f) if compressed else f
+            yield from _records(reader, path, verify)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        # A truncated gzip ends in EOFError, which click would turn into a bare "Aborted!"; a flipped bit in the
+        # compressed stream is a zlib or gzip error (bad CRC, invalid block).
+        what = "truncated" if isinstance(exc, EOFError) else "corrupted"
+        raise InputError(f"{path} is {what} ({exc}); re-export it or re-download the file") from None
+
+
+def _records(reader: Any, path: str, verify: bool) -> Iterator[bytes]:
+    while True:
+        header = reader.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise InputError(f"{path} is truncated (a record header is incomplete); re-export it")
+        (length,) = struct.unpack("<Q", header[:8])
+        if verify and header[8:12] != _masked_crc(header[:8]):
+            raise InputError(f"{path} is not a TFRecord file (bad length checksum); pass .tfrecord[.gz] files")
+        if length > _MAX_RECORD:
+            raise InputError(f"{path} declares a record of {length} bytes, more than any TFRecord reader takes; "
+                             "the file is corrupted: re-export it")
+        data = reader.read(length)
+        footer = reader.read(4)
+        if len(data) < length or len(footer) < 4:
+            raise InputError(f"{path} is truncated (a record is incomplete); re-export it")
+        if verify and footer != _masked_crc(data):
+            raise InputError(f"{path} has a corrupted record (data checksum mismatch); re-export it")
+        yield data
+
+
+_MAX_RECORD = 2**31
+"""TensorFlow's readers refuse records over 2 GiB; a larger length is corruption, not a reason to allocate it."""
 
 
 # ---- sharded, atomic output ------------------------------------------------------------------------------------
@@ -274,7 +295,7 @@ class ShardedWriter:
                 old.unlink()
         out = []
         for tmp, final in self._tmp:
-            os.replace(tmp, final)
+            publish(tmp, final)
             out.append(final)
         self._tmp = []
         return out

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._extras import require
 from ..errors import InputError, OutputError, OutputExistsError
-from .common import shard_files
+from .common import publish, shard_files
 from .tfrecord import ShardedWriter, example_bytes, float_row_examples
 
 __all__ = ["SampleOutput", "TableWriter", "Writers"]
@@ -64,8 +64,8 @@ def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, s
     """``(folder, stem, single file suffix or None for a folder of shards, format)``."""
     out = Path(output)
     text = str(output)
-    if text.endswith(os.sep) or out.is_dir():
-        return out, "", None, file_format or "tfrecord"
+    if text.endswith(os.sep) or out.is_dir() or ("." not in out.name and not out.exists()):
+        return out, "", None, file_format or "tfrecord"  # a name without a suffix is a folder, created if missing
     for suffix, fmt in _SUFFIXES.items():
         if out.name.lower().endswith(suffix):
             if file_format and file_format != fmt:
@@ -73,7 +73,7 @@ def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, s
             return out.parent, out.name[: -len(suffix)], suffix, fmt
     raise OutputError(
         f"cannot tell the format of {out}; end it in .tfrecord.gz, .tfrecord, .parquet or .csv, "
-        "or give an existing folder (or a path ending in /) for sharded TFRecord files"
+        "or give a folder (a name without a suffix, or a path ending in /) for sharded TFRecord files"
     )
 
 
@@ -196,7 +196,7 @@ class TableWriter:
             self._w.close()
         if self._f is not None:
             self._f.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
         return [self.path]
 
     def abort(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from .._extras import require
 from ..errors import InputError, OutputError, SourceNotFoundError, TilecastError
 from ..sinks.geotiff import check_output_path
+from ..sources import parse_crs
 
 __all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "driver_for", "open_features", "pandas_column", "write_features"]
 
@@ -108,6 +109,8 @@ class FeatureBatch:
         if drop:
             frame = frame.drop(columns=drop)
         table = pa.Table.from_pandas(frame, preserve_index=False)
+        if table.num_rows != len(frame):  # no property column left: pyarrow cannot know the row count
+            table = pa.table({"_": pa.nulls(len(frame))}).drop_columns(["_"])
         if not len(frame):
             table = table.cast(_empty_types(table.schema, self.schema))
         for name, values in self.extra.items():
@@ -186,6 +189,8 @@ def open_features(
     """
     gpd = require("geopandas", "features")
     step = max(1, batch_size)
+    if crs is not None:
+        parse_crs(crs)  # an unknown CRS is a clear error here, not a traceback from pyproj later
     if isinstance(features, gpd.GeoDataFrame):
         gdf = features
         if gdf.crs is None and crs is not None:

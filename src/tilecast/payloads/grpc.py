@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputShapeError
+from .checks import DecodeBudget, check_shape
 from .protos import DT_STRING, Example, PredictRequest, PredictResponse, make_ndarray, make_tensor_proto
 from .tensors import b64_to_tensor, tensor_to_b64
 
@@ -71,11 +72,12 @@ def encode_request(fmt: str, batch: Mapping[str, np.ndarray], start: int, stop: 
     return req
 
 
-def _strings_to_arrays(values: Sequence[bytes], where: str, error: type) -> np.ndarray:
+def _strings_to_arrays(values: Sequence[bytes], where: str, error: type, budget: DecodeBudget | None = None
+                       ) -> np.ndarray:
     arrays = []
     for i, s in enumerate(values):
         try:
-            arrays.append(b64_to_tensor(s))
+            arrays.append(b64_to_tensor(s, budget))
         except InputError as exc:
             raise error(f"{where}[{i}]: {exc}") from None
         if arrays[-1].shape != arrays[0].shape:
@@ -84,6 +86,7 @@ def _strings_to_arrays(values: Sequence[bytes], where: str, error: type) -> np.n
 
 
 def _parse_examples(values: Sequence[bytes], shapes: Mapping[str, tuple[int, ...]] | None) -> dict[str, np.ndarray]:
+    """Rows of tf.train.Examples; values are only reshaped (the message holds every one), never broadcast."""
     rows: dict[str, list[np.ndarray]] = {}
     for i, raw in enumerate(values):
         try:
@@ -98,7 +101,8 @@ def _parse_examples(values: Sequence[bytes], shapes: Mapping[str, tuple[int, ...
             vals = np.asarray(f.float_list.value, np.float32) if kind == "float_list" else (
                 np.asarray(f.int64_list.value, np.int64))
             if SHAPE_FEATURE + name in feats:
-                shape = tuple(feats[SHAPE_FEATURE + name].int64_list.value)
+                shape = check_shape(list(feats[SHAPE_FEATURE + name].int64_list.value),
+                                    f"input[{i}] feature {SHAPE_FEATURE + name!r}", allow_unknown=True)
             elif shapes and name in shapes:
                 shape = shapes[name]
             else:
@@ -123,21 +127,21 @@ def _parse_examples(values: Sequence[bytes], shapes: Mapping[str, tuple[int, ...
     return out
 
 
-def decode_request(req: Any, shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[dict[str, np.ndarray],
-                                                                                          str]:
+def decode_request(req: Any, shapes: Mapping[str, tuple[int, ...]] | None = None,
+                   budget: DecodeBudget | None = None) -> tuple[dict[str, np.ndarray], str]:
     """Named batched arrays and the detected format. ``shapes``: per-instance input shapes, for Examples that
-    don't carry theirs."""
+    don't carry theirs. ``budget``: what the declared shapes may take in all, charged before allocating."""
     arrays: dict[str, np.ndarray] = {}
     fmt = "GRPC_TF_TENSORS"
     for name, t in req.inputs.items():
         if t.dtype != DT_STRING:
-            arrays[name] = make_ndarray(t)
+            arrays[name] = make_ndarray(t, budget)
             continue
         values = list(t.string_val)
         if not values:
             raise InputError(f"input {name!r} is an empty DT_STRING tensor")
         try:
-            arrays[name] = _strings_to_arrays(values, f"input {name!r}", InputError)
+            arrays[name] = _strings_to_arrays(values, f"input {name!r}", InputError, budget)
             fmt = "GRPC_SERIALIZED_TF_TENSORS"
         except InputError:
             if name != EXAMPLES_INPUT:

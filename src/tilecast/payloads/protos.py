@@ -15,6 +15,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from ..errors import InputError
+from .checks import DecodeBudget, check_shape, declared_bytes, fit_dtype
 
 __all__ = [
     "DT_STRING",
@@ -116,29 +117,43 @@ def make_tensor_proto(array: Any) -> Any:
     return proto
 
 
-def make_ndarray(proto: Any) -> np.ndarray:
+def make_ndarray(proto: Any, budget: DecodeBudget | None = None) -> np.ndarray:
     """A TensorProto as an ndarray: from ``tensor_content`` or the typed ``*_val`` fields (a single value is
-    broadcast, as TensorFlow does)."""
-    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    broadcast, as TensorFlow does). ``budget``: the declared shape's bytes are charged to it before anything is
+    allocated, so a tiny message cannot ask for a huge broadcast."""
+    if proto.tensor_shape.unknown_rank and not proto.tensor_shape.dim:
+        raise InputError("the TensorProto has an unknown rank; send its shape")
+    shape = check_shape([d.size for d in proto.tensor_shape.dim], "TensorProto")
     if proto.dtype == DT_STRING:
-        return np.array(list(proto.string_val), dtype=object).reshape(shape)
+        values = proto.string_val
+        if len(values) != declared_bytes(shape, 1):
+            raise InputError(f"TensorProto holds {len(values)} strings but its shape {list(shape)} needs "
+                             f"{declared_bytes(shape, 1)}")
+        if budget is not None:
+            budget.take(sum(len(v) for v in values) + 8 * len(values), f"a DT_STRING TensorProto {list(shape)}")
+        return np.array(list(values), dtype=object).reshape(shape)
     entry = _FROM_ENUM.get(proto.dtype)
     if entry is None:
         raise InputError(f"TensorProto dtype {type_name(proto.dtype)} is not supported; send a numeric tensor")
     dtype, field = entry
-    size = int(np.prod(shape, dtype=np.int64))
+    size = declared_bytes(shape, 1)
+    if budget is not None:
+        budget.take(size * dtype.itemsize, f"a TensorProto of shape {list(shape)} ({type_name(proto.dtype)})")
     if proto.tensor_content:
+        if len(proto.tensor_content) != size * dtype.itemsize:
+            raise InputError(f"TensorProto holds {len(proto.tensor_content) // dtype.itemsize} values but its shape "
+                             f"{list(shape)} needs {size}")
         arr = np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<"))
-        if arr.size != size:
-            raise InputError(f"TensorProto holds {arr.size} values but its shape {list(shape)} needs {size}")
         return arr.astype(dtype, copy=False).reshape(shape)
     values = getattr(proto, field)
+    if len(values) not in (0, 1, size):
+        raise InputError(f"TensorProto holds {len(values)} values but its shape {list(shape)} needs {size}")
     if field == "half_val":
         arr = np.asarray(values, dtype=np.uint16).view(np.float16)
+    elif field == "int_val" and len(values):
+        arr = fit_dtype(np.asarray(values, dtype=np.int64), dtype, f"TensorProto {type_name(proto.dtype)}")
     else:
         arr = np.asarray(values, dtype=dtype)
     if arr.size == size:
         return arr.reshape(shape)
-    if arr.size == 1 or (arr.size == 0 and size > 0):
-        return np.full(shape, arr[0] if arr.size else 0, dtype=dtype)
-    raise InputError(f"TensorProto holds {arr.size} values but its shape {list(shape)} needs {size}")
+    return np.full(shape, arr[0] if arr.size else 0, dtype=dtype)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputShapeError
+from .checks import DecodeBudget, require_finite
+from .protos import make_ndarray
 from .tensors import b64_to_tensor, tensor_to_b64, unb64
 
 __all__ = ["decode_request", "decode_response", "encode_request", "encode_response", "nd_instance"]
@@ -44,27 +46,38 @@ def _tolist(a: np.ndarray) -> Any:
     return a.tolist() if a.dtype.kind != "f" or a.dtype.itemsize >= 4 else a.astype(np.float32).tolist()
 
 
-def _value(v: Any, where: str) -> np.ndarray:
-    """One JSON value: an Earth Engine tensor string, TF Serving's {"b64": ...}, or numbers (maybe as strings)."""
+def _value(v: Any, where: str, budget: DecodeBudget | None = None, finite: bool = False) -> np.ndarray:
+    """One JSON value: an Earth Engine tensor string, TF Serving's {"b64": ...}, or numbers (maybe as strings);
+    ``finite``: refuse infinities and NaN among the numbers (requests; answers may carry NaN)."""
     try:
         if isinstance(v, str):
-            return b64_to_tensor(v)
+            return b64_to_tensor(v, budget)
         if isinstance(v, dict):
-            if set(v) != {"b64"}:
-                raise InputError(f"an object value must be {{'b64': ...}}, got keys {sorted(v)}")
-            from .protos import TensorProto, make_ndarray
-
-            return make_ndarray(TensorProto.FromString(unb64(v["b64"])))
+            if set(v) != {"b64"} or not isinstance(v["b64"], str):
+                raise InputError(f"an object value must be {{'b64': '...'}}, got {sorted(v)}")
+            return make_ndarray(_tensor_proto(unb64(v["b64"])), budget)
+        if v is None:
+            raise InputError("null is not a value; send numbers")
         arr = np.asarray(v)
         if arr.dtype.kind in "US":  # RAW_JSON: "numerical values converted into JSON strings"
             arr = arr.astype(np.float64)
         if arr.dtype.kind not in "biuf":
-            raise InputError(f"expected numbers, got {arr.dtype} (ragged or mixed lists?)")
-        return arr
+            raise InputError(f"expected numbers, got {arr.dtype} (null values, nested objects, ragged or mixed "
+                             "lists, or integers too large for 64 bits?)")
+        return require_finite(arr, "the values") if finite else arr
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"{where}: {exc}") from None
+
+
+def _tensor_proto(raw: bytes) -> Any:
+    from .protos import TensorProto
+
+    try:
+        return TensorProto.FromString(raw)
+    except Exception as exc:  # protobuf's DecodeError
+        raise InputError(f"not a serialized TensorProto: {exc}") from None
 
 
 def _stack(values: Sequence[np.ndarray], where: str, error: type[Exception]) -> np.ndarray:
@@ -75,15 +88,16 @@ def _stack(values: Sequence[np.ndarray], where: str, error: type[Exception]) -> 
     return np.stack(values)
 
 
-def decode_request(body: Any) -> tuple[dict[str, np.ndarray], str]:
-    """Named batched arrays and the detected format. ND_ARRAYS / bare instances come back under the key ``""``."""
+def decode_request(body: Any, budget: DecodeBudget | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """Named batched arrays and the detected format. ND_ARRAYS / bare instances come back under the key ``""``.
+    ``budget``: what the TensorProtos in the body may declare in all (:class:`~.checks.DecodeBudget`)."""
     if not isinstance(body, dict) or not ({"instances", "inputs"} & set(body)):
         raise InputError('the body must be a JSON object with "instances" (row format) or "inputs" (columnar)')
     if "inputs" in body and "instances" not in body:
         cols = body["inputs"]
         if isinstance(cols, dict):
-            return {k: _value(v, f"inputs[{k!r}]") for k, v in cols.items()}, "COLUMNAR_JSON"
-        return {"": _value(cols, "inputs")}, "COLUMNAR_JSON"
+            return {k: _value(v, f"inputs[{k!r}]", budget, True) for k, v in cols.items()}, "COLUMNAR_JSON"
+        return {"": _value(cols, "inputs", budget, True)}, "COLUMNAR_JSON"
     rows = body["instances"]
     if not isinstance(rows, list) or not rows:
         raise InputError('"instances" must be a non-empty list')
@@ -95,12 +109,12 @@ def decode_request(body: Any) -> tuple[dict[str, np.ndarray], str]:
         fmt = "SERIALIZED_TF_TENSORS" if all(isinstance(v, str) for v in rows[0].values()) else "RAW_JSON"
         out = {}
         for k in names:
-            vals = [_value(r[k], f"instances[{i}][{k!r}]") for i, r in enumerate(rows)]
+            vals = [_value(r[k], f"instances[{i}][{k!r}]", budget, True) for i, r in enumerate(rows)]
             out[k] = _stack(vals, f"instances[{{i}}][{k!r}]", InputError)
         return out, fmt
     if any(isinstance(r, dict) and "b64" not in r for r in rows):
         raise InputError('"instances" mixes objects and bare values; use one form')
-    vals = [_value(r, f"instances[{i}]") for i, r in enumerate(rows)]
+    vals = [_value(r, f"instances[{i}]", budget, True) for i, r in enumerate(rows)]
     fmt = "SERIALIZED_TF_TENSORS" if isinstance(rows[0], str) else "ND_ARRAYS"
     return {"": _stack(vals, "instances[{i}]", InputError)}, fmt
 

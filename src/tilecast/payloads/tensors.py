@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .checks import DecodeBudget
 from .protos import TensorProto, make_ndarray, make_tensor_proto
 
 __all__ = ["b64_to_tensor", "serialize_tensor", "tensor_to_b64", "unb64"]
@@ -26,7 +27,10 @@ def tensor_to_b64(array: Any) -> str:
 
 def unb64(text: str | bytes) -> bytes:
     """Decode base64 in either alphabet, with or without padding (``tf.io.decode_base64`` and the standard one)."""
-    data = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    try:
+        data = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    except (UnicodeEncodeError, TypeError) as exc:
+        raise InputError(f"not valid base64: {exc}") from None
     data = data.strip().translate(bytes.maketrans(b"+/", b"-_"))
     data += b"=" * (-len(data) % 4)
     try:
@@ -35,11 +39,11 @@ def unb64(text: str | bytes) -> bytes:
         raise InputError(f"not valid base64: {exc}") from None
 
 
-def b64_to_tensor(text: str | bytes) -> np.ndarray:
-    """The array in an Earth Engine tensor string."""
+def b64_to_tensor(text: str | bytes, budget: DecodeBudget | None = None) -> np.ndarray:
+    """The array in an Earth Engine tensor string (its declared bytes charged to ``budget`` first)."""
     raw = unb64(text)
     try:
         proto = TensorProto.FromString(raw)
     except Exception as exc:  # protobuf's DecodeError
         raise InputError(f"not a serialized TensorProto: {exc}") from None
-    return make_ndarray(proto)
+    return make_ndarray(proto, budget)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputShapeError
+from .checks import DecodeBudget, check_shape, declared_bytes, fit_dtype, require_finite
 
 __all__ = [
     "HEADER_LENGTH",
@@ -22,6 +23,7 @@ __all__ = [
     "dtype_from_v2",
     "encode_request",
     "encode_response",
+    "requested_outputs",
     "v2_datatype",
 ]
 
@@ -60,45 +62,50 @@ def _bytes_of(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
 
 
-def _from_bytes(raw: bytes | memoryview, datatype: str, shape: Sequence[int], where: str, error: type) -> np.ndarray:
-    shape = tuple(int(d) for d in shape)
-    count = int(np.prod(shape, dtype=np.int64))
+def _from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], where: str, error: type
+                ) -> np.ndarray:
+    count = declared_bytes(shape, 1)
     if datatype == "BYTES":
         out, pos, mv = [], 0, memoryview(raw)
-        while pos < len(mv):
+        while pos + 4 <= len(mv) and len(out) <= count:
             (size,) = struct.unpack_from("<I", mv, pos)
             out.append(bytes(mv[pos + 4 : pos + 4 + size]))
             pos += 4 + size
-        if len(out) != count:
-            raise error(f"{where}: {len(out)} BYTES elements for shape {list(shape)}")
+        if len(out) != count or pos != len(mv):
+            raise error(f"{where}: the BYTES data do not make {count} elements of shape {list(shape)}")
         return np.array(out, dtype=object).reshape(shape)
     dtype = dtype_from_v2(datatype)
     if dtype is None:
-        raise error(f"{where}: unknown datatype {datatype!r}")
+        raise error(f"{where}: unknown datatype {datatype!r}; use one of {sorted(_V2)} or BYTES")
     if len(raw) != count * dtype.itemsize:
         raise error(f"{where}: {len(raw)} bytes of {datatype} do not make shape {list(shape)}")
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
 
 
-def _from_json(t: Mapping[str, Any], where: str, error: type) -> np.ndarray:
+def _from_json(t: Mapping[str, Any], shape: tuple[int, ...], where: str, error: type, strict: bool) -> np.ndarray:
     datatype = str(t.get("datatype", "")).upper()
-    shape = [int(d) for d in t["shape"]]
     data = t.get("data")
     if data is None:
-        raise error(f"{where}: no \"data\" (and no binary_data_size)")
+        raise error(f'{where}: "data" is missing or null (and there is no binary_data_size); send the values')
     if datatype == "BYTES":
         arr = np.array([d.encode() if isinstance(d, str) else d for d in np.asarray(data, dtype=object).reshape(-1)],
                        dtype=object)
     else:
         dtype = dtype_from_v2(datatype)
         if dtype is None:
-            raise error(f"{where}: unknown datatype {datatype!r}")
+            raise error(f"{where}: unknown datatype {datatype!r}; use one of {sorted(_V2)} or BYTES")
         try:
-            arr = np.asarray(data, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError) as exc:
+            arr = np.asarray(data)
+            if strict:  # numbers only: no null (it would become NaN), no strings, no values the datatype wraps
+                if arr.dtype.kind not in "biuf":
+                    raise InputError(f"data must be numbers, got {arr.dtype} (null, strings, nested objects, "
+                                     "ragged lists, or integers too large for 64 bits?)")
+                arr = fit_dtype(require_finite(arr, "data"), dtype, "data")
+            arr = np.asarray(arr, dtype=dtype).reshape(-1)
+        except (ValueError, TypeError, OverflowError) as exc:
             raise error(f"{where}: data is not {datatype}: {exc}") from None
-    if arr.size != int(np.prod(shape, dtype=np.int64)):
-        raise error(f"{where}: {arr.size} values do not make shape {shape}")
+    if arr.size != declared_bytes(shape, 1):
+        raise error(f"{where}: {arr.size} values do not make shape {list(shape)}")
     return arr.reshape(shape)
 
 
@@ -108,32 +115,53 @@ def _split(body: bytes, header_length: int | None, error: type) -> tuple[dict[st
         raise error(f"{HEADER_LENGTH} is {n} but the body has only {len(body)} bytes")
     try:
         head = json.loads(bytes(body[:n]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise error(f"the JSON header is not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise error(f"the JSON header is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(head, dict):
         raise error("the JSON header must be an object")
     return head, memoryview(body)[n:]
 
 
-def _tensors(items: Any, tail: memoryview, field: str, error: type) -> dict[str, np.ndarray]:
+def _binary_size(t: Mapping[str, Any], where: str, error: type) -> int | None:
+    params = t.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise error(f'{where}: "parameters" must be an object')
+    size = params.get("binary_data_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise error(f"{where}: binary_data_size must be a non-negative integer, got {size!r:.40}")
+    return size
+
+
+def _tensors(items: Any, tail: memoryview, field: str, error: type, budget: DecodeBudget | None = None
+             ) -> dict[str, np.ndarray]:
     if not isinstance(items, list):
         raise error(f'"{field}" must be a list of tensors')
     out: dict[str, np.ndarray] = {}
     pos = 0
     for j, t in enumerate(items):
-        if not isinstance(t, dict) or "name" not in t or "shape" not in t:
-            raise error(f'{field}[{j}] must have "name", "shape" and "datatype"')
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or "shape" not in t:
+            raise error(f'{field}[{j}] must be an object with a string "name", a "shape" and a "datatype"')
         where = f"{field}[{j}] ({t['name']!r})"
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        if t["name"] in out:
+            raise error(f"{where}: the name is given twice")
+        datatype = t.get("datatype", "")
+        if not isinstance(datatype, str):
+            raise error(f"{where}: datatype must be a string such as FP32, got {datatype!r:.40}")
+        try:
+            shape = check_shape(t["shape"], where)
+        except InputError as exc:
+            raise error(str(exc)) from None
+        if budget is not None:
+            itemsize = 1 if datatype.upper() == "BYTES" else (dtype_from_v2(datatype) or np.dtype("u1")).itemsize
+            budget.take(declared_bytes(shape, itemsize), where)
+        size = _binary_size(t, where, error)
         if size is not None:
-            size = int(size)
             if pos + size > len(tail):
                 raise error(f"{where}: binary_data_size {size} runs past the end of the body")
-            out[t["name"]] = _from_bytes(tail[pos : pos + size], str(t.get("datatype", "")).upper(), t["shape"],
-                                         where, error)
+            out[t["name"]] = _from_bytes(tail[pos : pos + size], datatype.upper(), shape, where, error)
             pos += size
         else:
-            out[t["name"]] = _from_json(t, where, error)
+            out[t["name"]] = _from_json(t, shape, where, error, strict=budget is not None)
     return out
 
 
@@ -170,12 +198,31 @@ def encode_request(arrays: Mapping[str, np.ndarray], binary: bool = True, output
     return _encode({"id": request_id} if request_id else {}, "inputs", arrays, binary, extra)
 
 
-def decode_request(body: bytes, header_length: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Inputs and the rest of the header (``id``, ``outputs``, ``parameters``)."""
+def decode_request(body: bytes, header_length: int | None, budget: DecodeBudget | None = None
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Inputs and the rest of the header (``id``, ``outputs``, ``parameters``), each field checked.
+
+    ``budget`` (:class:`~.checks.DecodeBudget`): what the declared shapes may take in all, charged before any
+    tensor is built; with it, JSON data must also be finite numbers that fit the declared datatype."""
     head, tail = _split(body, header_length, InputError)
     if "inputs" not in head:
         raise InputError('an infer request needs "inputs"')
-    return _tensors(head["inputs"], tail, "inputs", InputError), head
+    if not isinstance(head.get("parameters") or {}, dict):
+        raise InputError('"parameters" must be an object')
+    requested_outputs(head)
+    return _tensors(head["inputs"], tail, "inputs", InputError, budget), head
+
+
+def requested_outputs(head: Mapping[str, Any]) -> list[str]:
+    """The output names an infer request asks for (empty: all); ``"outputs"`` must be a list of named objects."""
+    outputs = head.get("outputs")
+    if outputs is None:
+        return []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                and isinstance(o.get("parameters") or {}, dict) for o in outputs):
+        raise InputError('"outputs" must be a list of objects like {"name": "...", "parameters": {...}}, '
+                         f"got {json.dumps(outputs)[:80]}")
+    return [o["name"] for o in outputs]
 
 
 def binary_outputs(head: Mapping[str, Any], names: Sequence[str]) -> set[str]:

@@ -18,7 +18,7 @@ from ..payloads import rest, v2
 from ..payloads.protos import GetModelMetadataRequest, GetModelMetadataResponse, PredictResponse, dtype_of
 from ..runtimes.base import Signature, TensorSpec
 from .endpoints import Endpoint
-from .retry import RETRY_STATUS, RetryPolicy, retry_after
+from .retry import RETRY_STATUS, RetryPolicy, interruptible_event, retry_after
 
 __all__ = ["GrpcTransport", "HttpTransport", "make_transport"]
 
@@ -34,8 +34,10 @@ class _Retry(Exception):
         self.after = after
 
 
-def _with_retries(policy: RetryPolicy, what: str, attempt: Any) -> Any:
+def _with_retries(policy: RetryPolicy, what: str, attempt: Any, stop: threading.Event) -> Any:
     for i in range(policy.retries + 1):
+        if stop.is_set():
+            raise EndpointError(f"{what} was stopped (the run was interrupted or the model closed)")
         try:
             return attempt()
         except _Retry as exc:
@@ -45,7 +47,7 @@ def _with_retries(policy: RetryPolicy, what: str, attempt: Any) -> Any:
                     "scaled? Lower --concurrency, or try again later"
                 ) from None
             log.info("retrying %s in a moment (attempt %d): %s", what, i + 1, exc)
-            policy.sleep(i, exc.after)
+            policy.sleep(i, exc.after, stop)
     raise AssertionError("unreachable")
 
 
@@ -71,6 +73,8 @@ class HttpTransport:
                  retry: RetryPolicy, token: str | None) -> None:
         httpx = require("httpx", "server")
         self.endpoint, self.retry, self.timeout = endpoint, retry, timeout
+        self.stop = interruptible_event()
+        """Set by :meth:`close` or :func:`~tilecast.remote.retry.interrupt_waits`: retry waits end at once."""
         self._httpx = httpx
         base = dict(headers)
         self._credentials = None
@@ -93,7 +97,7 @@ class HttpTransport:
         def attempt() -> Any:
             return self._get(url)
 
-        resp = _with_retries(self.retry, f"reading the model metadata at {url}", attempt)
+        resp = _with_retries(self.retry, f"reading the model metadata at {url}", attempt, self.stop)
         if resp.status_code in (401, 403):
             raise EndpointError(f"{url} answered {resp.status_code}: {resp.text[:300]}. Check --token-env / headers")
         if resp.status_code != 200:
@@ -138,7 +142,7 @@ class HttpTransport:
         def attempt() -> Any:
             return self._post(url, body, headers)
 
-        resp = _with_retries(self.retry, what, attempt)
+        resp = _with_retries(self.retry, what, attempt, self.stop)
         if resp.status_code != 200:
             raise EndpointError(f"{what} failed with HTTP {resp.status_code}: {_error_text(resp)}")
         return self.decode(resp, n, first)
@@ -185,6 +189,7 @@ class HttpTransport:
         return resp
 
     def close(self) -> None:
+        self.stop.set()
         self.client.close()
 
 
@@ -217,6 +222,8 @@ class GrpcTransport:
                  retry: RetryPolicy, token: str | None) -> None:
         self.grpc = grpc = require("grpc", "server")
         self.endpoint, self.retry, self.timeout = endpoint, retry, timeout
+        self.stop = interruptible_event()
+        """Set by :meth:`close` or :func:`~tilecast.remote.retry.interrupt_waits`: retry waits end at once."""
         options = [("grpc.max_send_message_length", max(max_bytes * 2, 64 << 20)),
                    ("grpc.max_receive_message_length", max(max_bytes * 8, 256 << 20))]
         if endpoint.secure:
@@ -255,7 +262,7 @@ class GrpcTransport:
                     raise EndpointError(f"{what} failed: {code.name}: {exc.details()}") from None
                 return None
 
-        resp = _with_retries(self.retry, what, attempt)
+        resp = _with_retries(self.retry, what, attempt, self.stop)
         if resp is None:
             return OPEN
         try:
@@ -287,13 +294,14 @@ class GrpcTransport:
                     raise _Retry(f"{code.name}: {exc.details()}") from None
                 raise EndpointError(f"{what} failed: {code.name}: {exc.details()}") from None
 
-        resp = _with_retries(self.retry, what, attempt)
+        resp = _with_retries(self.retry, what, attempt, self.stop)
         try:
             return grpc_codec.decode_response(resp, n, first)
         except OutputShapeError as exc:
             raise OutputShapeError(f"malformed answer from {self.endpoint.infer_url}: {exc}") from None
 
     def close(self) -> None:
+        self.stop.set()
         self.channel.close()
 
 

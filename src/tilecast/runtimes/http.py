@@ -91,6 +91,7 @@ class EndpointRuntime:
 
 
 def _shutdown(pool: ThreadPoolExecutor, transport: Any) -> None:
+    transport.stop.set()  # first: a request thread waiting to retry ends now, so the pool's threads can be joined
     pool.shutdown(wait=True, cancel_futures=True)
     transport.close()
 

@@ -13,9 +13,10 @@ import numpy as np
 
 from ..card import match_bands
 from ..errors import BandMismatchError, InputError
+from ..payloads.checks import fit_dtype
 from ..runtimes.base import Signature, TensorSpec
 
-__all__ = ["adapt_inputs", "band_order"]
+__all__ = ["adapt_inputs", "band_order", "check_names"]
 
 
 def _hwd(a: np.ndarray) -> np.ndarray:
@@ -60,6 +61,23 @@ def band_order(sent: Sequence[str], bands: Sequence[str], common_names: Mapping[
     )
 
 
+def _is_band(name: str, a: np.ndarray, bands: Sequence[str], common_names: Mapping[str, str] | None) -> bool:
+    """Whether a tensor sent under a name that is not an input of the model is one band, as Earth Engine sends them:
+    named as the card names its bands, or shaped ``(N, H, W)`` / ``(N, H, W, 1)``."""
+    return name in bands or name in (common_names or {}).values() or a.ndim == 3 or (a.ndim == 4 and a.shape[3] == 1)
+
+
+def check_names(signature: Signature, arrays: Mapping[str, np.ndarray], bands: Sequence[str] = (),
+                common_names: Mapping[str, str] | None = None) -> None:
+    """KServe v2 names every tensor: each must be an input of the model or a band its card names (400 otherwise).
+    The Earth Engine routes are looser (:func:`adapt_inputs`): they send bands under the image's band names."""
+    known = {t.name for t in signature.inputs} | set(bands) | set((common_names or {}).values())
+    unknown = sorted(k for k in arrays if k not in known)
+    if signature.inputs and unknown:
+        raise InputError(f"unknown inputs {unknown}; the model's inputs are {[t.name for t in signature.inputs]}"
+                         + (f" and its card's bands {list(bands)}" if bands else ""))
+
+
 def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray], ordered: bool = True,
                  bands: Sequence[str] = (), common_names: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
     """The model's named inputs from what was sent; :class:`InputError` (HTTP 400) when they cannot be matched.
@@ -75,7 +93,11 @@ def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray], ordered
     if set(sent) == set(names):
         out = dict(arrays)
     elif len(inputs) == 1 and len(sent) == 1:
-        out = {names[0]: arrays[sent[0]]}
+        only = arrays[sent[0]]
+        if sent[0] and not _is_band(sent[0], only, bands, common_names):
+            raise InputError(f"unknown input {sent[0]!r}; the model's input is {names[0]!r} ({inputs[0].describe()}); "
+                             f"send {names[0]!r}, a nameless tensor, or one (H, W, 1) tensor per band")
+        out = {names[0]: only}
     elif len(inputs) == 1 and all(arrays[k].ndim in (3, 4) for k in sent):
         # one tensor per band (Earth Engine) into one stacked input, in the card's band order (else as sent)
         sent = band_order(sent, bands, common_names, ordered, names[0])
@@ -115,8 +137,6 @@ def adapt_inputs(signature: Signature, arrays: Mapping[str, np.ndarray], ordered
         if not _fits(t, a.shape):
             raise InputError(f"input {t.name!r} has shape {list(a.shape)}, but the model takes {t.describe()}")
         if t.dtype is not None and a.dtype != t.dtype:
-            if a.dtype.kind not in "biuf":
-                raise InputError(f"input {t.name!r} is {a.dtype}; the model takes {t.dtype}")
-            a = a.astype(t.dtype)
+            a = fit_dtype(a, t.dtype, f"input {t.name!r} ({a.dtype}, for a model that takes {t.dtype})")
         result[t.name] = a
     return result

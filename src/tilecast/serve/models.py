@@ -66,7 +66,9 @@ def load_models(specs: list[str], names: list[str] | None = None, threads: int |
         name, sep, rest = spec.partition("=")
         p = Path(rest if sep else spec)
         if p.is_dir() and not (p / "saved_model.pb").exists():
-            found = sorted(x for x in p.iterdir() if x.suffix.lower() in (".onnx", ".pt", ".pt2", ".keras")
+            from ..card import MODEL_SUFFIXES
+
+            found = sorted(x for x in p.iterdir() if x.suffix.lower() in MODEL_SUFFIXES
                            or (x / "saved_model.pb").exists())
             if not found:
                 raise ModelLoadError(f"no models in directory {p}")

@@ -7,16 +7,19 @@ On SIGINT/SIGTERM uvicorn stops accepting connections and lets in-flight request
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._extras import require
 from ..runtimes.base import Runtime, streams_of
-from .app import ServerConfig, create_app
+from .app import ServerConfig, create_app, health_paths
+from .limits import ServerLimits
 from .metrics import Metrics
 from .models import Batcher, ServedModel
 
@@ -45,15 +48,17 @@ def configure_logging(level: str = "info") -> None:
         lg.propagate = False
 
 
-def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body_bytes: int = 64 << 20,
+def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body_bytes: int | None = None,
           max_batch: int = 32, batch_timeout_ms: float = 5.0, host: str = "127.0.0.1",
-          grpc_port: int | None = None, bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None
-          ) -> Any:
+          grpc_port: int | None = None, bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None,
+          limits: ServerLimits | None = None) -> Any:
     """The ASGI app hosting ``runtimes`` (name -> runtime); batchers, gRPC and runtimes live with its lifespan.
 
-    ``bands``: per model, its card's band order and common names (:func:`~tilecast.serve.models.card_bands`)."""
+    ``bands``: per model, its card's band order and common names (:func:`~tilecast.serve.models.card_bands`).
+    ``limits``: every bound the server enforces (:class:`~tilecast.serve.limits.ServerLimits`); ``max_body_bytes``
+    overrides its body limit."""
     metrics = Metrics()
-    config = ServerConfig(token, max_body_bytes)
+    config = ServerConfig(token, max_body_bytes, limits)
     models: dict[str, ServedModel] = {}
     for name, rt in runtimes.items():
         order, common = (bands or {}).get(name, ((), {}))
@@ -86,22 +91,38 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
 
 
 def serve(runtimes: Mapping[str, Runtime], *, host: str = "127.0.0.1", port: int = 8500,
-          grpc_port: int | None = None, token: str | None = None, max_body_bytes: int = 64 << 20,
-          max_batch: int = 32, batch_timeout_ms: float = 5.0, max_connections: int = 1024,
+          grpc_port: int | None = None, token: str | None = None, max_batch: int = 32, batch_timeout_ms: float = 5.0,
           graceful_s: float = 30.0, log_level: str = "info",
-          bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None) -> None:
-    """Serve until interrupted. Binds 127.0.0.1 unless told otherwise."""
+          bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None,
+          limits: ServerLimits | None = None, **deprecated: int) -> None:
+    """Serve until interrupted. Binds 127.0.0.1 unless told otherwise. ``limits``: body size, memory budget,
+    connections, timeouts and header caps (:class:`~tilecast.serve.limits.ServerLimits`); ``max_body_bytes`` and
+    ``max_connections`` as keywords are deprecated spellings of two of them."""
     uvicorn = require("uvicorn", "server")
+    from .protocol import guarded_protocol
+
+    limits = _with_deprecated(limits or ServerLimits(), deprecated)
     configure_logging(log_level)
-    app = build(runtimes, token=token, max_body_bytes=max_body_bytes, max_batch=max_batch,
-                batch_timeout_ms=batch_timeout_ms, host=host, grpc_port=grpc_port, bands=bands)
+    app = build(runtimes, token=token, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, host=host,
+                grpc_port=grpc_port, bands=bands, limits=limits)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                            limit_concurrency=max_connections, timeout_graceful_shutdown=graceful_s,
+                            http=guarded_protocol(limits, health_paths()), ws="none",
+                            timeout_keep_alive=limits.keep_alive_s, timeout_graceful_shutdown=graceful_s,
                             log_level=log_level)
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("listening beyond this machine without a token; anyone who can reach the port can use the "
                     "models. Pass --token-env to require a bearer token")
     log.info("listening", extra={"fields": {"http": f"http://{host}:{port}", "models": sorted(runtimes),
-                                            "auth": bool(token), "max_body_bytes": max_body_bytes,
-                                            "max_batch": max_batch, "batch_timeout_ms": batch_timeout_ms}})
+                                            "auth": bool(token), "max_batch": max_batch,
+                                            "batch_timeout_ms": batch_timeout_ms, **dataclasses.asdict(limits)}})
     uvicorn.Server(config).run()
+
+
+def _with_deprecated(limits: ServerLimits, deprecated: Mapping[str, int]) -> ServerLimits:
+    unknown = set(deprecated) - {"max_body_bytes", "max_connections"}
+    if unknown:
+        raise TypeError(f"serve() got unexpected keyword arguments {sorted(unknown)}")
+    if deprecated:
+        warnings.warn(f"serve({', '.join(deprecated)}=...) is deprecated; pass limits=ServerLimits(...)",
+                      DeprecationWarning, stacklevel=3)
+    return dataclasses.replace(limits, **deprecated)

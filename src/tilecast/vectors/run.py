@@ -26,6 +26,7 @@ from ..plan import Tile
 from ..progress import Progress, ProgressCallback
 from ..resources import bounded_gdal_cache
 from ..runners.engine import DASK_OPTIONS, Dask, Engine, resolve_engine
+from ..runtimes.base import metadata_of
 from ..sinks.base import OutputProfile
 from ..tensors import OutputBinding
 from .classmap import polygonize_raster
@@ -80,9 +81,8 @@ def detector_of(prediction: Prediction, **overrides: Any) -> DetectorSpec | None
     runtime = model.runtime
     if isinstance(runtime, ScaledRuntime):
         runtime = runtime.runtime
-    metadata = runtime.metadata if isinstance(runtime, MetadataHolder) else {}
-    binding = model.card if isinstance(model, CardHolder) else None
-    props = binding.card.properties if binding is not None else {}
+    metadata = metadata_of(runtime)
+    props = model.card.card.properties if model.card is not None else {}
     return detector_spec(metadata, props, **overrides)
 
 

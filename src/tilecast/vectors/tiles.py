@@ -13,6 +13,7 @@ import numpy as np
 
 from ..job import Job
 from ..plan import Tile
+from ..resources import Resources
 from ..runners.ordered import batches, in_order
 from ..runtimes.base import streams_of
 from .decode import Detections, decode_batch, obb_corners
@@ -80,10 +81,8 @@ def detect_tiles(job: Job, spec: DetectorSpec, tiles: list[Tile] | None = None,
     """Each tile of ``tiles`` (default: the plan) with its decoded objects, in order; reads and model calls run
     ahead on threads, as in the local raster runner. Each tile's :attr:`Detections.valid` is its view's input mask
     (masked pixels of a partly masked tile); a wholly masked tile has no objects (None)."""
-    from .._cpus import read_threads as default_read_threads
-
     tiles = list(job.plan.tiles()) if tiles is None else tiles
-    threads = read_threads or default_read_threads()
+    threads = read_threads or Resources.detect().read_threads
     streams = streams_of(job.runtime)
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
     keeper = _MaskKeeper(job.source)

@@ -7,6 +7,7 @@ notebook ``close()`` is what stops it) and at interpreter exit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,15 @@ def _map(mapview: MapView, server: ViewServer) -> ExploreMap:
     if legend.get("kind") == "classes":
         m.add(ipyleaflet.LegendControl({i["name"]: i["color"] for i in legend["items"]}, title=mapview.main.name,
                                        position="bottomright"))
-    m.fit_bounds([[s, w], [n, e]])
+    if _loop_running():  # ipyleaflet fits bounds on the notebook's event loop; elsewhere centre and zoom frame it
+        m.fit_bounds([[s, w], [n, e]])
     m.attach(server)
     return m
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

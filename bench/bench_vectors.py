@@ -122,7 +122,7 @@ def worker(args: argparse.Namespace) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from tilecast._cpus import read_threads
-        from tilecast.runners.ordered import in_order
+        from tilecast.runners.ordered import batches, in_order
         from tilecast.runtimes.base import streams_of
         from tilecast.vectors.run import detector_job
 
@@ -131,7 +131,7 @@ def worker(args: argparse.Namespace) -> None:
         threads = read_threads()
         with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(streams) as models:
             reads = (item for _, item in in_order(pool, job.plan.tiles(), job.read, max(16, 2 * threads)))
-            groups = job.batches(reads, len(job.plan))
+            groups = batches(job, reads, len(job.plan))
             for _ in in_order(models, groups, lambda g: job.runtime.run(job.pack([t for t in g if not t.skip])),
                               streams):
                 pass
@@ -176,6 +176,8 @@ def main() -> None:
             if variant == "vectors" and m.extra["features"] != rasters[n][1]:
                 raise SystemExit(f"{name}: {m.extra['features']} features for {rasters[n][1]} squares")
             runs.setdefault(name, []).append(m)
+            print(f"  run {len(runs[name])}: {name}: {m.seconds:.1f} s wall, {m.cpu:.1f} s cpu, peak RSS "
+                  f"{m.peak_rss / 2**20:.0f} MiB, load {m.load:.1f}", file=sys.stderr, flush=True)
     px = args.size * args.size
     print(f"bench_vectors: {args.size} x {args.size} px, tile {TILE} + {OVERLAP} overlap, {SIDE}-px squares, "
           f"median of {args.repeats}")

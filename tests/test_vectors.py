@@ -225,3 +225,54 @@ def test_deepness_model_zoo_card_runs_unchanged(tmp_path):
     gdf = to_geodataframe(pred)
     assert np.array_equal(sort_rows(gdf.geometry.bounds.values), sort_rows(expected_bounds(corners)))
     assert set(gdf.class_name) == {"roof"}
+
+
+def test_objects_centred_on_masked_input_are_dropped(tmp_path):
+    """The rule for nodata: an object whose centre pixel is masked is dropped, by every tile that sees it (the
+    analytic detector still finds such a square from its corners, so only the rule removes it)."""
+    from conftest import write_raster
+
+    corners = scattered_corners(H, W, SIDE, TILE, 70)
+    img = squares_image(H, W, corners, SIDE)
+    masked = corners[::2]
+    for r, c in masked:
+        img[r + SIDE // 2, c + SIDE // 2] = -9999.0
+    path = write_raster(tmp_path / "masked.tif", img, nodata=-9999.0)
+    gdf = to_geodataframe(square_model(tmp_path).predict_image(path), detector="yolo_v8")
+    kept = corners[1::2]
+    assert any(r % TILE > TILE - SIDE or c % TILE > TILE - SIDE for r, c in masked)  # some lie across seams
+    assert np.array_equal(sort_rows(gdf.geometry.bounds.values), sort_rows(expected_bounds(kept)))
+
+
+def test_boxes_are_written_as_the_same_wkb_as_through_shapely():
+    """Boxes go to WKB straight from their bounds; the bytes are shapely's, in the grid's CRS and reprojected."""
+    from affine import Affine
+    from pyproj import CRS
+
+    from tilecast.vectors.features import FeatureOutput
+    from tilecast.vectors.merge import Objects
+
+    class Capture:
+        def __init__(self):
+            self.wkb = []
+
+        def write(self, geoms, columns):
+            self.wkb += list(shapely.to_wkb(geoms))
+
+        def write_wkb(self, wkb, columns):
+            self.wkb += list(wkb.to_numpy(zero_copy_only=False))
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 5000, (500, 2))
+    boxes = shapely.box(xy[:, 0], xy[:, 1], xy[:, 0] + rng.uniform(0, 30, 500), xy[:, 1] + rng.uniform(0, 30, 500))
+    objs = Objects(boxes, rng.random(500).astype(np.float32), rng.integers(0, 3, 500).astype(np.int32),
+                   np.zeros(500, np.int32), np.zeros(500, np.int32), np.zeros(500, bool))
+    utm = CRS.from_epsg(32633)
+    for crs in (utm, CRS.from_epsg(4326)):
+        got = []
+        for fast in (True, False):
+            cap = Capture()
+            FeatureOutput(cap, Affine(0.5, 0, X0, 0, -0.5, Y0), utm, {}, vector_crs=crs, with_area=False,
+                          boxes=fast).objects(objs)
+            got.append(cap.wkb)
+        assert got[0] == got[1] and len(got[0]) == 500

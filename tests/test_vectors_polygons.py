@@ -135,3 +135,67 @@ def test_instance_polygons_across_seams_equal_whole_raster(tmp_path, overlap):
     assert_same_polygons(list(gdf.geometry), gdf.class_id.values, expected)
     assert gdf.geometry.area.sum() == pytest.approx(img.sum() * 100.0)
     assert np.allclose(gdf.area.values, gdf.geometry.area.values)
+
+
+def polygon_keys(geoms, values) -> list[tuple[int, bytes]]:
+    return sorted((int(v), shapely.to_wkb(g)) for g, v in zip(geoms, values, strict=True))
+
+
+def test_grid_polygonizer_in_any_order_equals_strips_vertex_for_vertex():
+    """Blocks of a grid, in any order, give the strips' polygons, vertex for vertex, whatever the block sizes."""
+    from tilecast.vectors.polygonize import ClassPolygons, GridPolygonizer
+
+    data = class_map(150, 170)
+    strips = StripPolygonizer()
+    whole = ClassPolygons.concat([strips.add(0, data), strips.finish()])
+    reference = polygon_keys(whole.geoms, whole.values)
+    rng = np.random.default_rng(0)
+    for ch, cw in ((32, 32), (20, 50), (7, 170), (150, 170)):
+        blocks = [(r, c) for r in range(0, 150, ch) for c in range(0, 170, cw)]
+        grid = GridPolygonizer(150, 170)
+        got = [grid.add(r, c, data[r: r + ch, c: c + cw]) for r, c in (blocks[i] for i in rng.permutation(len(blocks)))]
+        got = ClassPolygons.concat([*got, grid.finish()])
+        assert polygon_keys(got.geoms, got.values) == reference, (ch, cw)
+        assert all(shapely.is_valid(got.geoms))
+        assert (grid.peak_open > 0) == (len(blocks) > 1)  # pieces were held across chunk borders
+    rows = StripPolygonizer()
+    by_row = ClassPolygons.concat([*(rows.add(r, data[r: r + 1]) for r in range(150)), rows.finish()])
+    assert polygon_keys(by_row.geoms, by_row.values) == reference  # strips of one row: the same vertices
+
+
+def test_class_map_on_the_dask_engine_gives_identical_features(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    data = class_map(150, 170)
+    data[60:75, 30:120] = 255
+    path = write_raster(tmp_path / "classes.tif", data, transform=TRANSFORM, nodata=255)
+    model = tilecast.Model.from_callable(
+        lambda x: x[:, :1], layout="NCHW", input_tile_size=32, input_overlap_size=4,
+        output_bands={"class": {"type": "uint8", "classes": ["water", "grass", "forest", "urban"]}},
+    )
+    pred = model.predict_image(path)
+    local = to_geodataframe(pred, strip_rows=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        remote = to_geodataframe(pred, engine=tilecast.Dask(client=client), chunk_size=64)
+    assert polygon_keys(remote.geometry, remote.class_id) == polygon_keys(local.geometry, local.class_id)
+    assert_same_polygons(list(remote.geometry), remote.class_id.values,
+                         whole_raster_polygons(data, mask=data != 255))
+    assert sorted(remote.class_name) == sorted(local.class_name)
+
+
+def test_simplified_regions_keep_sharing_their_edges(tmp_path):
+    """--simplify simplifies the map's regions together (coverage_simplify): no gap or overlap opens between
+    neighbours, the total area stays the map's, and strip size does not change a vertex. One by one, it would."""
+    data = class_map(200, 230, seed=5)
+    path = write_raster(tmp_path / "classes.tif", data, transform=TRANSFORM)
+    runs = [pyogrio.read_dataframe(polygonize_raster(path, tmp_path / f"s{rows}.gpkg", strip_rows=rows,
+                                                     simplify=25.0)) for rows in (7, 200)]
+    for df in runs:
+        assert shapely.coverage_is_valid(df.geometry.values) and df.geometry.is_valid.all()
+        assert df.geometry.area.sum() == pytest.approx(200 * 230 * 100.0)
+    assert polygon_keys(runs[0].geometry, runs[0].class_id) == polygon_keys(runs[1].geometry, runs[1].class_id)
+    full = pyogrio.read_dataframe(polygonize_raster(path, tmp_path / "full.gpkg"))
+    assert shapely.get_num_coordinates(runs[0].geometry.values).sum() < 0.7 * shapely.get_num_coordinates(
+        full.geometry.values).sum()
+    one_by_one = shapely.simplify(full.geometry.values, 25.0, preserve_topology=True)
+    assert not shapely.coverage_is_valid(one_by_one)

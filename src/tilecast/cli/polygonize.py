@@ -20,7 +20,8 @@ def polygon_options(f: Callable) -> Callable:
     for option in reversed((
         click.option("--vector-crs", help="CRS of the vector output (default: the raster's), e.g. EPSG:4326."),
         click.option("--simplify", type=float, metavar="TOLERANCE",
-                     help="Simplify polygons to this tolerance, in the output's map units (topology kept)."),
+                     help="Simplify polygons to this tolerance, in the output's map units; a class map's regions "
+                     "are simplified together, so neighbours keep sharing their edges."),
         click.option("--min-area", type=float, help="Drop polygons smaller than this, in square map units."),
     )):
         f = option(f)

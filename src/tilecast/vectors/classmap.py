@@ -63,10 +63,10 @@ def polygonize_raster(
             poly = StripPolygonizer((*ignore, ds.nodatavals[band - 1]))
             for r in range(0, ds.height, strip_rows):
                 h = min(strip_rows, ds.height - r)
-                output.polygons(poly.add(r, ds.read(band, window=Window(0, r, ds.width, h))))
+                output.polygons(poly.add(r, ds.read(band, window=Window(0, r, ds.width, h))), last=False)
                 if callback is not None:
                     callback(r + h, ds.height, (r + h) * ds.width)
-            output.polygons(poly.finish())
+            output.polygons(poly.finish(), last=True)
         except BaseException:
             writer.abort()
             raise

@@ -17,9 +17,12 @@ from rasterio.windows import Window
 
 from ..sinks.base import OutputProfile
 from .merge import Objects
-from .polygonize import ClassPolygons, StripPolygonizer
+from .polygonize import ClassPolygons, GridPolygonizer, StripPolygonizer
+from .write import box_wkb
 
-__all__ = ["FeatureOutput", "FeatureTarget", "Features", "PolygonSink", "object_fields", "polygon_fields"]
+__all__ = [
+    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "object_fields", "polygon_fields",
+]
 
 
 @runtime_checkable
@@ -27,6 +30,10 @@ class FeatureTarget(Protocol):
     """Where features go: a :class:`~tilecast.vectors.write.VectorWriter`, or :class:`Features` in memory."""
 
     def write(self, geoms: np.ndarray, columns: Mapping[str, np.ndarray]) -> None: ...
+
+    def write_wkb(self, wkb: Any, columns: Mapping[str, np.ndarray]) -> None:
+        """The same, with the geometry already WKB (a pyarrow binary array)."""
+        ...
 
 
 class Features:
@@ -41,6 +48,11 @@ class Features:
         self.geoms.append(np.asarray(geoms, dtype=object))
         for k, v in columns.items():
             self.columns.setdefault(k, []).append(np.asarray(v))
+
+    def write_wkb(self, wkb: Any, columns: Mapping[str, np.ndarray]) -> None:
+        import shapely
+
+        self.write(shapely.from_wkb(wkb.to_numpy(zero_copy_only=False)), columns)
 
     def to_geodataframe(self, fields: Mapping[str, Any]) -> Any:
         from .._extras import require
@@ -81,8 +93,11 @@ class FeatureOutput:
         with_area: bool = True,
         simplify: float | None = None,
         min_area: float | None = None,
+        boxes: bool = False,
     ) -> None:
         self.target = target
+        self.boxes = boxes
+        """Objects are axis-aligned boxes (``shapely.box``): written as WKB straight from their bounds."""
         self.transform = transform
         self.class_names = dict(class_names)
         self.with_area = with_area
@@ -90,24 +105,30 @@ class FeatureOutput:
         self.min_area = min_area
         self.count = 0
         self._reproject = None
+        self._coverage: Any = None
         if vector_crs is not None and crs is not None and vector_crs != crs:
             from pyproj import Transformer
 
             self._reproject = Transformer.from_crs(crs, vector_crs, always_xy=True)
 
+    def _move(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates to map coordinates (then to ``vector_crs``), vertex by vertex."""
+        a = self.transform
+        x = a.a * px + a.b * py + a.c
+        y = a.d * px + a.e * py + a.f
+        if self._reproject is not None:
+            x, y = self._reproject.transform(x, y)
+        return x, y
+
+    def _to_map_exact(self, geoms: np.ndarray) -> np.ndarray:
+        import shapely
+
+        return shapely.transform(geoms, lambda xy: np.stack(self._move(xy[:, 0], xy[:, 1]), axis=1))
+
     def _to_map(self, geoms: np.ndarray) -> np.ndarray:
         import shapely
 
-        a = self.transform
-
-        def move(xy: np.ndarray) -> np.ndarray:
-            x = a.a * xy[:, 0] + a.b * xy[:, 1] + a.c
-            y = a.d * xy[:, 0] + a.e * xy[:, 1] + a.f
-            if self._reproject is not None:
-                x, y = self._reproject.transform(x, y)
-            return np.stack([x, y], axis=1)
-
-        out = shapely.transform(geoms, move)
+        out = self._to_map_exact(geoms)
         if self.simplify:
             out = shapely.simplify(out, self.simplify, preserve_topology=True)
         return out
@@ -129,6 +150,9 @@ class FeatureOutput:
     def objects(self, objs: Objects) -> None:
         if not len(objs):
             return
+        if self.boxes and not (self.simplify or self.min_area or self.with_area):
+            self._boxes(objs)
+            return
         geoms = self._to_map(objs.geoms)
         keep, area = self._filter(geoms)
         cols: dict[str, np.ndarray] = {
@@ -141,10 +165,39 @@ class FeatureOutput:
         self.target.write(geoms[keep], cols)
         self.count += int(keep.sum())
 
-    def polygons(self, polys: ClassPolygons) -> None:
-        if not len(polys):
+    def _boxes(self, objs: Objects) -> None:
+        """Boxes straight to WKB: the ring ``shapely.box`` writes, moved by the same arithmetic as :meth:`_to_map`,
+        so the features are the same bytes as through shapely, without a shapely object per feature."""
+        import shapely
+
+        b = shapely.bounds(objs.geoms)
+        x, y = self._move(b[:, [2, 2, 0, 0, 2]].ravel(), b[:, [1, 3, 3, 1, 1]].ravel())
+        cols = {"class_id": objs.classes.astype(np.int32), "class_name": self._names(objs.classes),
+                "score": objs.scores.astype(np.float32), "tile_row": objs.rows.astype(np.int32),
+                "tile_col": objs.cols.astype(np.int32)}
+        self.target.write_wkb(box_wkb(np.asarray(x).reshape(-1, 5), np.asarray(y).reshape(-1, 5)), cols)
+        self.count += len(objs)
+
+    def polygons(self, polys: ClassPolygons, last: bool | None = None) -> None:
+        """Write final class-map regions. ``last`` (False, then True with the last batch) says they are the regions
+        of one map: simplified, they are gathered and simplified together so neighbours keep sharing their edges
+        (:mod:`~tilecast.vectors.coverage`); None: each polygon on its own."""
+        if self.simplify and last is not None:
+            if self._coverage is None:
+                from .coverage import CoverageSimplifier
+
+                self._coverage = CoverageSimplifier(self.simplify)
+            self._coverage.add(polys)
+            if not last:
+                return
+            polys = self._coverage.gathered()
+            geoms = self._coverage.simplify(self._to_map_exact(polys.geoms)) if len(polys) else polys.geoms
+        elif not len(polys):
             return
-        geoms = self._to_map(polys.geoms)
+        else:
+            geoms = self._to_map(polys.geoms)
+        if not len(geoms):
+            return
         keep, area = self._filter(geoms)
         classes = polys.values[keep].astype(np.int64)
         self.target.write(geoms[keep], {"class_id": classes.astype(np.int32), "class_name": self._names(classes),
@@ -177,12 +230,45 @@ class PolygonSink:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         arr = data[self.band] if data.ndim == 3 else data
-        self.output.polygons(self.polygonizer.add(int(window.row_off), arr))
+        self.output.polygons(self.polygonizer.add(int(window.row_off), arr), last=False)
 
     def close(self) -> Any:
-        self.output.polygons(self.polygonizer.finish())
+        self.output.polygons(self.polygonizer.finish(), last=True)
         return self.on_close() if self.on_close is not None else None
 
     def abort(self) -> None:
         if self.on_close is not None:
             self.on_close(abort=True)
+
+
+class PolygonChunkSink(PolygonSink):
+    """The Dask engine's :class:`~tilecast.sinks.base.ChunkSink` for class maps: chunks come back to the client in
+    any order and are polygonized there, the seams dissolved across chunk borders both ways
+    (:class:`~tilecast.vectors.polygonize.GridPolygonizer`). Not resumable: features are streamed out."""
+
+    def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
+        if resume:
+            from ..errors import SpecError
+
+            raise SpecError("vector outputs cannot resume; run again with overwrite=True (--overwrite)")
+        self.open(profile)
+        h, w = profile.grid.shape
+        self.grid = GridPolygonizer(h, w, (*self.ignore, profile.nodata))
+        return set()
+
+    def writer(self) -> None:
+        return None
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        arr = data[self.band] if data.ndim == 3 else data
+        self.output.polygons(self.grid.add(int(window.row_off), int(window.col_off), arr), last=False)
+
+    def mark(self, indices: Any) -> None:
+        pass
+
+    def close(self) -> Any:
+        self.output.polygons(self.grid.finish(), last=True)
+        return self.on_close() if self.on_close is not None else None
+
+    def abort(self, keep: bool = False) -> None:
+        super().abort()

@@ -3,12 +3,16 @@
 A detector reuses the prediction's :class:`~tilecast.job.Job` steps (read a tile with its halo, group tiles into
 batches, pack them into the model's tensors) and replaces only what comes after the model: an output decoder, the
 seam-aware merger and a vector sink. A class map goes through the ordinary raster runner into a
-:class:`~tilecast.vectors.features.PolygonSink`. The Dask engine runs read, model and decoding as tasks per block of
-tile rows and feeds the client's merger in plan order, so both engines give identical features.
+:class:`~tilecast.vectors.features.PolygonSink` (strips, local engine) or a
+:class:`~tilecast.vectors.features.PolygonChunkSink` (chunks in any order, Dask engine). The Dask engine runs read,
+model and decoding as tasks per block of tile rows and feeds the client's merger in plan order, so both engines give
+identical features.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,16 +20,26 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import SpecError
 from ..job import Job
 from ..plan import Tile
 from ..progress import Progress, ProgressCallback
-from ..runners.engine import Dask, Engine, pop_engine_options, resolve_engine
+from ..resources import bounded_gdal_cache
+from ..runners.engine import DASK_OPTIONS, Dask, Engine, resolve_engine
 from ..runtimes.base import metadata_of
 from ..sinks.base import OutputProfile
 from ..tensors import OutputBinding
 from .classmap import polygonize_raster
 from .errors import VectorFormatError
-from .features import FeatureOutput, Features, FeatureTarget, PolygonSink, object_fields, polygon_fields
+from .features import (
+    FeatureOutput,
+    Features,
+    FeatureTarget,
+    PolygonChunkSink,
+    PolygonSink,
+    object_fields,
+    polygon_fields,
+)
 from .merge import Kind, Objects, SeamMerger, TileGrid
 from .metadata import DetectorSpec, detector_spec
 from .tiles import detect_tiles, kind_of, tile_objects
@@ -47,7 +61,7 @@ __all__ = [
 
 @runtime_checkable
 class CardHolder(Protocol):
-    """A model that carries a model card (:class:`~tilecast.loading.CardModel`)."""
+    """A model that may carry a model card (a :class:`~tilecast.card.binding.CardBinding`, or None)."""
 
     card: Any
 
@@ -82,7 +96,7 @@ def detector_job(prediction: Prediction) -> Job:
 
 
 def _detect_to(prediction: Prediction, spec: DetectorSpec, out: FeatureOutput, kind: Kind,
-               progress: ProgressCallback | None, engine: Engine, dask_options: Mapping[str, Any]) -> SeamMerger:
+               progress: ProgressCallback | None, engine: Engine) -> SeamMerger:
     job = detector_job(prediction)
     plan = job.plan
     merger = SeamMerger(plan, spec, kind)
@@ -94,14 +108,16 @@ def _detect_to(prediction: Prediction, spec: DetectorSpec, out: FeatureOutput, k
 
         stream: Iterator[tuple[Tile, Objects]] = dask_tile_objects(
             job, spec, kind, client=engine.client, scheduler=engine.scheduler, workers=engine.workers,
-            **dask_options)
+            in_flight=engine.in_flight)
     else:
         stream = ((t, Objects.empty() if d is None else tile_objects(t, d, grid, kind))
                   for t, d in detect_tiles(job, spec))
-    for done, (tile, objects) in enumerate(stream, 1):
-        out.objects(merger.add_tile(tile.row, tile.col, objects))
-        if progress is not None:
-            progress(done, total, done * tile_px)
+    # GDAL's block cache would fill 5% of RAM over a wide raster: capped to what a row of tiles needs, as rasters
+    with contextlib.nullcontext() if isinstance(engine, Dask) else bounded_gdal_cache(job):
+        for done, (tile, objects) in enumerate(stream, 1):
+            out.objects(merger.add_tile(tile.row, tile.col, objects))
+            if progress is not None:
+                progress(done, total, done * tile_px)
     out.objects(merger.finish())
     return merger
 
@@ -119,14 +135,30 @@ def _vector_crs(prediction: Prediction, vector_crs: Any) -> tuple[Any, Any]:
     return src, CRS.from_user_input(parse_crs(vector_crs).to_wkt())
 
 
+def _engine(prediction: Prediction, options: dict[str, Any]) -> Engine:
+    """The engine to run on, from ``engine=`` and the Dask keywords (``client=``, ``workers=``...) beside it."""
+    given = {k: options.pop(k) for k in list(options) if k in DASK_OPTIONS}
+    chosen = resolve_engine(options.pop("engine", None), prediction.engine)
+    given = {k: v for k, v in given.items() if v is not None}
+    if given:
+        if not isinstance(chosen, Dask):
+            raise SpecError(f"{', '.join(k + '=' for k in given)} only apply with engine='dask' "
+                            "(or engine=tilecast.Dask(...))")
+        chosen = dataclasses.replace(chosen, **given)
+    unknown = sorted(set(options) - {"strip_rows", "chunk_size"})
+    if unknown:
+        raise SpecError(f"unknown options {unknown}; vector outputs take engine=, strip_rows= and chunk_size= "
+                        f"(and the Dask keywords {list(DASK_OPTIONS)})")
+    return chosen
+
+
 def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detector: DetectorSpec | None,
          simplify: float | None, min_area: float | None, progress: bool | ProgressCallback | None,
          run_options: Mapping[str, Any]) -> tuple[Any, Any]:
     """Run the prediction into the target ``target_factory(crs, fields, geometry_type)`` builds."""
     callback: ProgressCallback | None = Progress("vectors") if progress is True else (progress or None)
-    dask_options = dict(run_options)
-    engine = resolve_engine(dask_options.pop("engine", None), prediction.engine, pop_engine_options(dask_options))
-    block_rows = int(dask_options.pop("strip_rows", 256))
+    options = dict(run_options)
+    engine = _engine(prediction, options)
     src_crs, out_crs = _vector_crs(prediction, vector_crs)
     spec = detector
     if spec is not None:
@@ -134,8 +166,9 @@ def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detect
         fields = object_fields(kind != "box")
         target = target_factory(out_crs, fields, "Polygon" if kind != "polygon" else "Unknown")
         out = FeatureOutput(target, prediction.source.grid.transform, src_crs, spec.class_names,
-                            vector_crs=out_crs, with_area=kind != "box", simplify=simplify, min_area=min_area)
-        _detect_to(prediction, spec, out, kind, callback, engine, dask_options)
+                            vector_crs=out_crs, with_area=kind != "box", simplify=simplify, min_area=min_area,
+                            boxes=kind == "box")
+        _detect_to(prediction, spec, out, kind, callback, engine)
         return target, fields
     profile = prediction.profile
     if not profile.categorical:
@@ -144,18 +177,16 @@ def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detect
             "map: vector outputs need a detector (det_type in its metadata or card, or det_type=) or an integer "
             "output band to polygonize; write a raster (.tif) instead"
         )
-    if isinstance(engine, Dask):
-        from ..errors import SpecError
-
-        raise SpecError("class maps are polygonized while full-width strips stream, on the local engine; use "
-                        "engine='local' (the Dask engine writes objects of detectors)")
     fields = polygon_fields()
     target = target_factory(out_crs, fields, "Polygon")
     out = FeatureOutput(target, profile.grid.transform, src_crs, {}, vector_crs=out_crs, simplify=simplify,
                         min_area=min_area)
-    sink = PolygonSink(out, band=len(profile.band_names) - 1 if prediction.append_input else 0,
-                       block_rows=block_rows)
-    prediction.run(sink, callback, engine, **dask_options)
+    band = len(profile.band_names) - 1 if prediction.append_input else 0
+    if isinstance(engine, Dask):  # chunks come in any order: polygonized per chunk, seams dissolved both ways
+        prediction.run(PolygonChunkSink(out, band=band), callback, engine, chunk_size=options.get("chunk_size"))
+    else:
+        prediction.run(PolygonSink(out, band=band, block_rows=int(options.get("strip_rows", 256))), callback,
+                       engine)
     return target, fields
 
 
@@ -189,8 +220,9 @@ def predict_vectors(
     CRS is the raster's, or ``vector_crs``. ``detector`` (a :class:`DetectorSpec` or a ``det_type``) makes any model
     a detector; ``confidence``, ``iou`` and ``class_names`` override its metadata and card. ``simplify`` (map
     units) and ``min_area`` (square map units) apply to polygons. ``run_options``: ``engine="dask"`` runs tiles as
-    Dask tasks (with ``client=``, ``scheduler=``, ``workers=``); ``strip_rows`` (256) polygonizes a class map in
-    strips of at least this many rows (memory against seams).
+    Dask tasks (or ``engine=tilecast.Dask(...)``; ``client=``, ``scheduler=``, ``workers=`` beside it); ``strip_rows``
+    (256) polygonizes a class map in strips of at least this many rows on the local engine, ``chunk_size`` sizes
+    the Dask engine's chunks (memory against seams).
     """
     spec = _detector(prediction, detector, confidence, iou, class_names)
     state: dict[str, VectorWriter] = {}

@@ -4,6 +4,7 @@ pixels, flagged where the tile's edge cut them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,22 +45,62 @@ def infer_batch(job: Job, spec: DetectorSpec, group: list[Any]) -> list[Detectio
     return decode_batch(outputs, spec, n, (g.padded.y, g.padded.x))
 
 
+class _MaskKeeper:
+    """Reads through the job's source and keeps each window's input mask until its tile's objects are placed:
+    :class:`~tilecast.job.TileData` keeps only the output mask of the core, and an object centred in the halo
+    needs the input mask there too."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.grid, self.band_names, self.dtype = source.grid, source.band_names, source.dtype
+        self.properties = source.properties
+        self.masks: dict[tuple[int, int, int, int], np.ndarray | None] = {}
+
+    def read(self, window: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        data, valid = self.source.read(window)
+        self.masks[_key(window)] = valid
+        return data, valid
+
+    def close(self) -> None:
+        """The job's source is closed by its owner."""
+
+    def view_valid(self, tile: Tile) -> np.ndarray | None:
+        """The input mask of the tile's view (core and halo), padding outside the raster valid; None: all valid."""
+        valid = self.masks.pop(_key(tile.read), None)
+        if valid is None or valid.all():
+            return None
+        return np.pad(valid, tile.pad, constant_values=True)
+
+
+def _key(window: Any) -> tuple[int, int, int, int]:
+    return int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+
+
 def detect_tiles(job: Job, spec: DetectorSpec, tiles: list[Tile] | None = None,
                  read_threads: int | None = None) -> Iterator[tuple[Tile, Detections | None]]:
     """Each tile of ``tiles`` (default: the plan) with its decoded objects, in order; reads and model calls run
-    ahead on threads, as in the local raster runner."""
+    ahead on threads, as in the local raster runner. Each tile's :attr:`Detections.valid` is its view's input mask
+    (masked pixels of a partly masked tile); a wholly masked tile has no objects (None)."""
     tiles = list(job.plan.tiles()) if tiles is None else tiles
     threads = read_threads or Resources.detect().read_threads
     streams = streams_of(job.runtime)
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
+    keeper = _MaskKeeper(job.source)
+    reading = dataclasses.replace(job, source=keeper)
     with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
             ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model") as models:
-        reads = (item for _, item in in_order(pool, tiles, job.read, in_flight))
+        reads = (item for _, item in in_order(pool, tiles, reading.read, in_flight))
         groups = batches(job, reads, len(tiles))
         for group, decoded in in_order(models, groups, lambda g: infer_batch(job, spec, g), streams):
             it = iter(decoded)
             for item in group:
-                yield item.tile, (None if item.skip else next(it))
+                valid = keeper.view_valid(item.tile)
+                if item.skip:
+                    yield item.tile, None
+                    continue
+                dets = next(it)
+                dets.valid = valid
+                yield item.tile, dets
 
 
 def _mask_polygon(mask: np.ndarray, row: int, col: int) -> Any:
@@ -76,7 +117,8 @@ def _mask_polygon(mask: np.ndarray, row: int, col: int) -> Any:
 
 def tile_objects(tile: Tile, dets: Detections, grid: TileGrid, kind: Kind, tol: float = 1.0) -> Objects:
     """A tile's objects in grid pixels: boxes, oriented boxes or mask polygons, flagged where the tile's edge
-    (towards a neighbour) cut them; objects centred outside the region are dropped (they belong to no tile)."""
+    (towards a neighbour) cut them; objects centred outside the region (they belong to no tile) or on a masked
+    input pixel (nodata: no object can be there) are dropped."""
     import shapely
 
     n = len(dets)
@@ -98,6 +140,11 @@ def tile_objects(tile: Tile, dets: Detections, grid: TileGrid, kind: Kind, tol: 
     rx0, ry0 = grid.x0, grid.y0
     rx1, ry1 = rx0 + grid.region_width, ry0 + grid.region_height
     keep = (cx >= rx0) & (cx < rx1) & (cy >= ry0) & (cy < ry1) & ~shapely.is_empty(geoms)
+    if dets.valid is not None:  # an object centred on a masked input pixel is dropped, whichever tile saw it
+        vh, vw = dets.valid.shape
+        px = np.clip(np.floor(cx - x0).astype(np.int64), 0, vw - 1)
+        py = np.clip(np.floor(cy - y0).astype(np.int64), 0, vh - 1)
+        keep &= dets.valid[py, px]
     idx = np.flatnonzero(keep)
     return Objects(geoms[idx], dets.scores[idx], dets.classes[idx], np.full(idx.size, tile.row, np.int32),
                    np.full(idx.size, tile.col, np.int32), truncated[idx])

@@ -10,9 +10,11 @@ import click
 import rasterio
 
 from ..errors import SpecError, TilecastWarning
+from ..runstats import RunStats
 from ..spec import parse_colors
 from .options import (
     SIZE,
+    TILE_SIZE,
     KeyValueType,
     SectionedCommand,
     compress_option,
@@ -24,15 +26,16 @@ from .options import (
     overwrite_option,
     quiet_option,
     reports_errors,
+    verbose_option,
 )
 
 SECTIONS = {
     "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
               "input_type_override", "input_shape", "input_property", "gdal_config"),
-    "Model and tiling": ("model_path", "tile", "overlap", "overlap_mode", "output_tile", "layout", "blend", "padding",
-                         "batch_size", "providers"),
+    "Model and tiling": ("model_path", "tile", "memory_budget", "overlap", "overlap_mode", "output_tile", "layout",
+                         "blend", "padding", "batch_size", "providers"),
     "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
-               "overwrite", "resume", "quiet"),
+               "overwrite", "resume", "quiet", "verbose"),
     "Engine": ("engine", "scheduler", "workers", "performance_report"),
     "Endpoint (a hosted model instead of --model)": (
         "endpoint", "protocol", "payload_format", "request_timeout", "max_payload_bytes", "output_multiplier",
@@ -49,7 +52,11 @@ SECTIONS = {
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
 @endpoint_request_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
-@click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
+@click.option("--tile", type=TILE_SIZE,
+              help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize), or auto: the largest tile the "
+              "model accepts within --memory-budget (a fixed-size model's own size).")
+@click.option("--memory-budget", metavar="SIZE",
+              help="Memory --tile auto may plan for, e.g. 2GiB or 1500MiB. [default: half the memory available]")
 @click.option("--overlap", type=SIZE,
               help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode). [default: 0]")
 @click.option("--overlap-mode", type=click.Choice(["per_edge", "total"]),
@@ -93,10 +100,12 @@ SECTIONS = {
               "run resumable); finished chunks are not recomputed.")
 @overwrite_option
 @quiet_option
+@verbose_option
 @gdal_config_option
 @reports_errors
 def predict(
-    image: tuple[str, ...], model_path: str | None, output: str, quiet: bool, gdal_config: tuple, **opts: Any
+    image: tuple[str, ...], model_path: str | None, output: str, quiet: bool, verbose: bool, gdal_config: tuple,
+    **opts: Any
 ) -> None:
     """Predict IMAGE (a path or URL GDAL opens) with a model and write a Cloud-Optimized GeoTIFF.
 
@@ -116,13 +125,18 @@ def predict(
             image[0] if len(image) == 1 else list(image), bounds=opts["bounds"], bounds_crs=opts["bounds_crs"],
             append_input=opts["append_input"],
         )
+        if verbose and result.model.tile_choice is not None:
+            click.echo(result.model.tile_choice.describe(), err=True)
+        stats = RunStats() if verbose else None
         path = result.to_geotiff(
             output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
-            overviews=not opts["no_overviews"], engine=opts["engine"], resume=opts["resume"],
+            overviews=not opts["no_overviews"], engine=opts["engine"], resume=opts["resume"], stats=stats,
         )
     if not quiet:
         h, w = result.plan.output_shape
         click.echo(f"wrote {path} ({w} x {h} px, {len(result.profile.band_names)} band(s))", err=True)
+    if stats is not None:
+        click.echo(stats.summary(), err=True)
 
 
 # Defaults that keep remote reads lean; --config and the environment take precedence. No GDAL_CACHEMAX: the library
@@ -184,6 +198,7 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         output_bands = merged
     params: dict[str, Any] = {
         "input_tile_size": opts["tile"],
+        "memory_budget": opts.get("memory_budget"),
         "input_overlap_size": opts["overlap"],
         "overlap_mode": opts["overlap_mode"],
         "output_tile_size": opts["output_tile"],

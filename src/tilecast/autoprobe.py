@@ -193,13 +193,17 @@ def choose_tile(runtime: Runtime, spec: ModelSpec, auto: AutoTile, band_names: S
             raise _refused(small, overlap, got) from got
         padded = (small.x + 2 * overlap.x) * (small.y + 2 * overlap.y)
         fp = Footprint(max(SAFETY * got / padded, float(fp_tile)), fp_tile, fp_out, streams_of(runtime))
-        return _largest(prober, cands, overlap, region, budget, fp, auto, multiple)
+        choice = _largest(prober, cands, overlap, region, budget, fp, auto, multiple)
+        if choice is not None:
+            return choice
+        multiple *= 2  # a larger size was refused that a coarser stride would not have tried
     raise _refused(small, overlap, last) from last
 
 
 def _largest(prober: _Prober, cands: list[XY], overlap: XY, region: XY, budget: int, fp: Footprint, auto: AutoTile,
-             multiple: int) -> TileChoice:
-    """Probe the best candidate that the estimate fits; on a failure or a measured overrun, the next one."""
+             multiple: int) -> TileChoice | None:
+    """Probe the best candidate that the estimate fits; on a failure or a measured overrun, the next one. None when
+    a refusal may be the stride's (the refused padded size is not a multiple of twice ``multiple``)."""
     def estimate(t: XY, model: float) -> int:
         return run_bytes(t, overlap, auto_batch(t, overlap, auto.batch_size), region.x,
                          Footprint(model, fp.tile, fp.output, fp.streams))
@@ -212,6 +216,10 @@ def _largest(prober: _Prober, cands: list[XY], overlap: XY, region: XY, budget: 
         got = prober.run(tile, 1)  # one tile: a batch's activations are as many times one tile's
         if isinstance(got, BaseException):
             last = got
+            pad = (tile.x + 2 * overlap.x, tile.y + 2 * overlap.y)
+            if not is_allocation_failure(got) and auto.multiple is None and multiple < MAX_MULTIPLE \
+                    and any(p % (2 * multiple) for p in pad):
+                return None
             if is_allocation_failure(got):  # nothing larger fits either
                 fits.update({t: False for t in cands if t.x * t.y >= tile.x * tile.y})
             fits[tile], excluded = False, True

@@ -202,7 +202,7 @@ class Model:
             tile = changes.pop("input_tile_size", "auto" if auto else self.spec.geometry.tile)
             params = {"input_tile_size": tile, "memory_budget": changes.pop("memory_budget", auto and auto.budget),
                       "tile_multiple": changes.pop("tile_multiple", auto and auto.multiple),
-                      "batch_size": changes.get("batch_size", auto.batch_size if auto else self.spec.batch_size),
+                      "batch_size": changes.get("batch_size", auto.batch_size if auto else None),
                       "output_tile_size": changes.get("output_tile_size"), "layout": self.spec.layout,
                       "input_overlap_size": changes.get("input_overlap_size", self.spec.geometry.overlap),
                       "overlap_mode": changes.get("overlap_mode", "per_edge")}

@@ -23,6 +23,7 @@ from .autotile import (
     TileChoice,
     auto_batch,
     candidates,
+    computed_pixels,
     pick,
     run_bytes,
 )
@@ -229,7 +230,10 @@ def _largest(prober: _Prober, cands: list[XY], overlap: XY, region: XY, budget: 
         if used > budget:
             fits[tile], excluded = False, True
             continue
-        return TileChoice(tile, overlap, batch, "budget" if excluded else "fits", budget, used, multiple)
+        cost = computed_pixels(tile, overlap, region, fp.streams)
+        held_back = excluded and any(not fits[t] and computed_pixels(t, overlap, region, fp.streams) < cost
+                                     for t in cands)  # a tile that would have computed less did not fit
+        return TileChoice(tile, overlap, batch, "budget" if held_back else "fits", budget, used, multiple)
     smallest = cands[-1]
     if last is not None:
         raise _refused(smallest, overlap, last) from last

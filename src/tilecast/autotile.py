@@ -19,8 +19,9 @@ from .errors import SpecError
 from .plan import AUTO, XY, is_auto
 
 __all__ = [
-    "AUTO", "BATCH_PIXELS", "DEFAULT_MULTIPLE", "NICE_TILES", "PROBE_TILES", "AutoTile", "Footprint", "TileChoice",
-    "auto_batch", "candidates", "computed_pixels", "is_auto", "overhead", "parse_bytes", "pick", "run_bytes",
+    "AUTO", "BATCH_PIXELS", "DEFAULT_MULTIPLE", "NICE_TILES", "PROBE_TILES", "TILE_COST_PIXELS", "AutoTile",
+    "Footprint", "TileChoice", "auto_batch", "candidates", "computed_pixels", "is_auto", "overhead", "parse_bytes",
+    "pick", "run_bytes",
 ]
 
 DEFAULT_MULTIPLE = 32
@@ -33,6 +34,10 @@ NICE_TILES = (128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 BATCH_PIXELS = 8 * 288 * 288
 """Padded pixels per call that an automatic batch aims at: the default batch of eight 256 + 2 x 16 tiles. Larger
 tiles need no batching to keep the model busy, and every tile of a batch multiplies its activations."""
+
+TILE_COST_PIXELS = 128 * 128
+"""What a tile costs beyond its pixels, counted as pixels: a model call, a window read, packing and placing its
+output. It breaks near-ties (an overlap of a few pixels) towards larger tiles."""
 
 PROBE_TILES = 1
 """Tiles of the chosen size computed once more, by the probe that checks the model takes them."""
@@ -105,10 +110,11 @@ def auto_batch(tile: XY, overlap: XY, batch_size: int | None) -> int:
 def computed_pixels(tile: XY, overlap: XY, region: XY, streams: int = 1) -> int:
     """Padded pixels a run over ``region`` computes with ``tile``, as wall time counts them: the model's
     ``streams`` calls run side by side, each on its share of the threads, so the tiles are rounded up to a whole
-    number of rounds (the last tile alone leaves the other streams idle), plus :data:`PROBE_TILES`."""
+    number of rounds (the last tile alone leaves the other streams idle), plus :data:`PROBE_TILES`, and each tile
+    :data:`TILE_COST_PIXELS` more."""
     tiles = math.ceil(region.x / tile.x) * math.ceil(region.y / tile.y)
     rounds = math.ceil(tiles / max(1, streams)) * max(1, streams)
-    return (rounds + PROBE_TILES) * (tile.x + 2 * overlap.x) * (tile.y + 2 * overlap.y)
+    return (rounds + PROBE_TILES) * ((tile.x + 2 * overlap.x) * (tile.y + 2 * overlap.y) + TILE_COST_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,8 @@ class TileChoice:
     overlap: XY
     batch: int
     reason: str
-    """``fixed`` (the model's own size), ``budget`` (the largest that fits) or ``region`` (more would only pad)."""
+    """``fixed`` (the model's own size), ``pixels`` (a per-pixel model's block), ``fits`` (the tile that computes the
+    fewest pixels) or ``budget`` (one that would compute fewer did not fit the memory budget or the model)."""
     budget: int | None = None
     estimate: int | None = None
     """Bytes :func:`run_bytes` expects the run to hold."""

@@ -381,7 +381,7 @@ class Model:
     def __repr__(self) -> str:
         g = self.spec.geometry
         return (
-            f"Model({self.runtime!r}, tile={tuple(g.tile)}, overlap={tuple(g.overlap)}, "
+            f"Model({self.runtime!r}, tile={'auto' if self.auto_tile else tuple(g.tile)}, overlap={tuple(g.overlap)}, "
             f"output_tile={tuple(g.out)}, outputs={[b.name for b in self.spec.output_bands]})"
         )
 

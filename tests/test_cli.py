@@ -134,7 +134,8 @@ def test_predict_help_is_grouped_into_sections():
     res = run("predict", "--help")
     assert res.exit_code == 0
     titles = [line for line in res.output.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
-    assert titles[-6:] == ["Input:", "Model and tiling:", "Output:", "Engine:",
+    assert titles[-7:] == ["Input:", "Model and tiling:", "Output:",
+                           "Vector output (-o .gpkg, .parquet, .fgb, .geojson, .shp):", "Engine:",
                            "Endpoint (a hosted model instead of --model):", "Other options:"]
     section = res.output.split("Output:\n")[1].split("\n\n")[0]
     assert "--colors" in section and "--output-band" in section and "--tile" not in section

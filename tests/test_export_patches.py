@@ -181,7 +181,7 @@ def test_patches_into_a_missing_folder_and_empty_splits_warn(tmp_path):
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # small blocks: every split gets samples, no warning
+        warnings.simplefilter("error", TilecastWarning)  # small blocks: every split gets samples, no warning
         res = export_patches(src, tmp_path / "small", 3, labels=gdf, label_field="cls", split_block=10, seed=1,
                              splits={"train": 0.5, "test": 0.5})
     assert all(v > 0 for v in res.counts.values())

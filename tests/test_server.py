@@ -323,7 +323,7 @@ def test_graceful_shutdown(tmp_path):
     log = tmp_path / "s.log"
     x = np.zeros((1, 3, 64, 64), np.float32)
     body, headers = v2.encode_request({"image": x})
-    with tilecast_serve(str(tmp_path / "mc.onnx"), "--max-batch", "64", "--batch-timeout-ms", "800",
+    with tilecast_serve(str(tmp_path / "mc.onnx"), "--max-batch", "64", "--batch-timeout-ms", "3000",
                         log=log) as (proc, base, _):
         codes: list[int] = []
 

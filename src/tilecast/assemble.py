@@ -1,12 +1,16 @@
 """Reassembling tile outputs into finished output strips, out of core.
 
 Tiles arrive row-major. The assembler holds only the rows that later tiles can still touch (one tile row plus the
-overlap), and emits full-width strips as soon as they are final. ``crop`` places each tile's core (Earth Engine);
-``cosine`` and ``hann`` accumulate weighted padded outputs and divide by the summed weights, which removes seams.
+overlap), and emits strips as soon as they are final. Strips are full width, or, for outputs too wide for the
+resource policy's assembly budget, the width of one column band (:func:`column_bands`): the runner then sends each
+band's tiles top to bottom before the next band's, so memory is flat in both width and height. ``crop`` places
+each tile's core (Earth Engine); ``cosine`` and ``hann`` accumulate weighted padded outputs and divide by the summed
+weights, which removes seams.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +20,7 @@ from rasterio.windows import Window
 
 from .plan import Tile, TilePlan
 
-__all__ = ["Assembler", "Block", "blend_weights"]
+__all__ = ["Assembler", "Block", "blend_weights", "column_bands"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,18 @@ class Assembler:
     output) are copied from each tile's core.
     """
 
-    def __init__(self, plan: TilePlan, placed: int, blended: int, dtype: np.dtype, blend: str, align: int = 1):
+    def __init__(self, plan: TilePlan, placed: int, blended: int, dtype: np.dtype, blend: str, align: int = 1,
+                 cols: tuple[int, int] | None = None):
         self.plan = plan
         self.blend = blend
         self.align = max(1, align)
         g = plan.geometry
         oo = g.output_overlap if blend != "crop" else None
         self.oo = (oo.y, oo.x) if oo else (0, 0)
-        self.height, self.width = plan.output_shape
+        self.height, full_width = plan.output_shape
+        self.c0, self.c1 = cols or (0, full_width)
+        """The output columns assembled here: every column, or one band."""
+        self.width = self.c1 - self.c0
         cap = g.out.y + 2 * self.oo[0] + self.align + 1
         self.base = 0  # output row of buffer row 0
         self.n_placed = placed
@@ -97,24 +105,37 @@ class Assembler:
     ) -> None:
         """``placed``: ``(bands, h, w)`` core values for ``tile.out``; ``blended``: padded output values."""
         o = tile.out
-        r0, c0 = o.row_off - self.base, o.col_off
-        h, w = o.height, o.width
-        if placed is not None:
-            if self.placed is None:
-                self._allocate(placed.dtype)
-            self.placed[:, r0 : r0 + h, c0 : c0 + w] = placed[:, :h, :w]
-            self.filled = max(self.filled, r0 + h)
-        if valid is not None:
-            self.valid[r0 : r0 + h, c0 : c0 + w] = valid[:h, :w]
-            self.any_invalid = True
+        r0, h = o.row_off - self.base, o.height
+        src, dst = self._columns(o.col_off, o.width)
+        if src is not None:
+            if placed is not None:
+                if self.placed is None:
+                    self._allocate(placed.dtype)
+                self.placed[:, r0 : r0 + h, dst] = placed[:, :h, src]
+                self.filled = max(self.filled, r0 + h)
+            if valid is not None:
+                self.valid[r0 : r0 + h, dst] = valid[:h, src]
+                self.any_invalid = True
         if blended is None:
             return
         b = tile.blend_out
-        br0, bh, bw = b.row_off - self.base, b.height, b.width
+        br0, bh = b.row_off - self.base, b.height
+        src, dst = self._columns(b.col_off, b.width)
+        if src is None:
+            return
         oy, ox = tile.blend_offset
-        weights = blend_weights(blended.shape[1:], self.oo, self.blend, tile.edges)[oy : oy + bh, ox : ox + bw]
-        self.acc[:, br0 : br0 + bh, b.col_off : b.col_off + bw] += blended[:, oy : oy + bh, ox : ox + bw] * weights
-        self.wsum[br0 : br0 + bh, b.col_off : b.col_off + bw] += weights
+        src = slice(ox + src.start, ox + src.stop)
+        weights = blend_weights(blended.shape[1:], self.oo, self.blend, tile.edges)[oy : oy + bh, src]
+        self.acc[:, br0 : br0 + bh, dst] += blended[:, oy : oy + bh, src] * weights
+        self.wsum[br0 : br0 + bh, dst] += weights
+
+    def _columns(self, col_off: int, width: int) -> tuple[slice | None, slice | None]:
+        """Columns ``[col_off, col_off + width)`` within this assembler: slices into the tile's array and into the
+        buffers; ``(None, None)`` when none of them is."""
+        start, stop = max(col_off, self.c0), min(col_off + width, self.c1)
+        if stop <= start:
+            return None, None
+        return slice(start - col_off, stop - col_off), slice(start - self.c0, stop - self.c0)
 
     def _allocate(self, dtype: np.dtype) -> None:
         self.placed = np.zeros((self.n_placed, self.valid.shape[0], self.width), dtype=dtype)
@@ -122,8 +143,10 @@ class Assembler:
     def skip(self, tile: Tile) -> None:
         """A fully masked tile: its core is invalid and it contributes nothing."""
         o = tile.out
-        self.valid[o.row_off - self.base : o.row_off - self.base + o.height, o.col_off : o.col_off + o.width] = False
-        self.any_invalid = True
+        _, dst = self._columns(o.col_off, o.width)
+        if dst is not None:
+            self.valid[o.row_off - self.base : o.row_off - self.base + o.height, dst] = False
+            self.any_invalid = True
 
     def finish_row(self, tile_row: int) -> Iterator[Block]:
         """Emit the rows that are final once ``tile_row`` is complete (aligned to ``align`` rows)."""
@@ -147,7 +170,7 @@ class Assembler:
             dtype = np.result_type(*parts)
             data = np.concatenate([p.astype(dtype, copy=False) for p in parts])
         valid = self.valid[:n].copy() if self.any_invalid else None
-        yield Block(Window(0, self.base, self.width, n), data, valid)
+        yield Block(Window(self.c0, self.base, self.width, n), data, valid)
         for arr in (self.acc, self.wsum, self.valid):
             if arr is None:
                 continue
@@ -163,3 +186,27 @@ class Assembler:
         self.base = final
         if self.any_invalid and self.valid.all():
             self.any_invalid = False
+
+
+def column_bands(plan: TilePlan, blend: bool, bands: int, align: int, budget: int,
+                 unit: int = 512) -> list[tuple[int, int]]:
+    """Output column ranges ``[c0, c1)`` to assemble one after the other so that the assembler's buffers and the
+    strips it emits (``bands`` float32 bands, rows aligned to ``align``) take about ``budget`` bytes at most.
+
+    One band of every column while that fits (the usual case: nothing changes). Otherwise bands of whole
+    ``unit`` columns (the COG's blocks), widened to whole tiles when that costs less than doubling: a tile whose
+    output straddles two bands is computed for each of them, as are the neighbours a blend reaches into.
+    """
+    g = plan.geometry
+    height, width = plan.output_shape
+    oo = g.output_overlap if blend and g.output_overlap else None
+    rows = g.out.y + 2 * (oo.y if oo else 0) + max(1, align) + 1
+    per_column = rows * (4 * bands + 5) + 2 * min(height, max(1, align)) * 4 * bands
+    columns = budget // max(1, per_column)
+    if columns >= width:
+        return [(0, width)]
+    step = math.lcm(g.out.x, unit)
+    if step > 2 * max(columns, unit):
+        step = unit
+    n = max(1, columns // step) * step
+    return [(c, min(width, c + n)) for c in range(0, width, n)]

@@ -7,18 +7,18 @@ produces the same pixels.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .assemble import Assembler, Block
 from .errors import OutputShapeError
-from .pixels import footprint_valid, pad_tile, safe_cast
+from .pixels import footprint_valid, halo_valid, pad_tile, safe_cast
 from .plan import Tile, TilePlan
 from .runtimes.base import Runtime
 from .sinks.base import OutputProfile
-from .sources.base import Source
+from .sources.base import Source, read_masked
 from .spec import ModelSpec
 from .tensors import InputBinding, OutputBinding
 
@@ -48,22 +48,31 @@ class Job:
     profile: OutputProfile
     band_dtypes: tuple[np.dtype, ...]
     append_input: bool = False
+    mask_receptive_field: bool = False
+    """Also mask output pixels whose input neighbourhood (the footprint widened by the overlap on every side)
+    touches a masked input pixel: what the model saw there was partly fill values (``--mask-halo``)."""
 
     @property
     def blending(self) -> bool:
         return self.spec.blend != "crop"
 
     def read(self, tile: Tile) -> TileData:
-        """Read a tile with its halo; fill masked pixels; pad outside the raster; work out the output mask."""
-        data, valid = self.source.read(tile.read)
+        """Read a tile with its halo; fill masked pixels; pad outside the raster; work out the output mask.
+
+        Masks are per band, as in Earth Engine: a pixel masked in one band is filled in that band only, and the
+        output mask is the minimum over the bands."""
+        data, valid = read_masked(self.source, tile.read)
         g = self.plan.geometry
         oy, ox = g.overlap.y, g.overlap.x
         out = tile.out
         out_valid = None
         if valid is not None:
             data = np.where(valid, data, np.asarray(self.spec.fill_value, dtype=data.dtype))
+            if valid.ndim == 3:
+                valid = valid.all(axis=0)
             vp = np.pad(valid, tile.pad, constant_values=True)
-            core = vp[oy : oy + g.tile.y, ox : ox + g.tile.x]
+            window = vp[: g.tile.y + 2 * oy, : g.tile.x + 2 * ox]
+            core = halo_valid(window, oy, ox) if self.mask_receptive_field else window[oy:-oy or None, ox:-ox or None]
             out_valid = footprint_valid(core, g)[: out.height, : out.width]
             if out_valid.all():
                 out_valid = None
@@ -108,12 +117,28 @@ class Job:
             values = values[:, :, oo.y : oo.y + g.out.y, oo.x : oo.x + g.out.x]
         return list(values)
 
-    def assembler(self, align: int) -> Assembler:
+    def assembler(self, align: int, cols: tuple[int, int] | None = None) -> Assembler:
+        """The assembler of every output column, or of the band ``cols`` (see :meth:`band_tiles`)."""
         n_in = len(self.source.band_names) if self.append_input else 0
         n_out = len(self.outputs.band_names)
         if self.blending:
-            return Assembler(self.plan, n_in, n_out, self.profile.dtype, self.spec.blend, align)
-        return Assembler(self.plan, n_in + n_out, 0, self.profile.dtype, "crop", align)
+            return Assembler(self.plan, n_in, n_out, self.profile.dtype, self.spec.blend, align, cols)
+        return Assembler(self.plan, n_in + n_out, 0, self.profile.dtype, "crop", align, cols)
+
+    def band_tile_cols(self, cols: tuple[int, int]) -> range:
+        """The tile columns whose output reaches the output columns ``cols`` (the padded output when blending)."""
+        plan, g = self.plan, self.plan.geometry
+        reach = g.output_overlap.x if self.blending and g.output_overlap else 0
+        first = max(0, (cols[0] - reach) // g.out.x)
+        last = min(plan.tile_cols, -(-(cols[1] + reach) // g.out.x))
+        return range(first, last)
+
+    def band_tiles(self, cols: tuple[int, int]) -> Iterator[Tile]:
+        """The tiles of the output columns ``cols``, row-major: the order their assembler takes them."""
+        tile_cols = self.band_tile_cols(cols)
+        for r in range(self.plan.tile_rows):
+            for c in tile_cols:
+                yield self.plan.tile(r, c)
 
     def add(self, assembler: Assembler, item: TileData, values: np.ndarray | None) -> None:
         if item.skip or values is None:

@@ -11,7 +11,7 @@ import numpy as np
 from .errors import CastError
 from .plan import TileGeometry, footprint_ranges
 
-__all__ = ["footprint_valid", "pad_tile", "safe_cast"]
+__all__ = ["footprint_valid", "halo_valid", "pad_tile", "safe_cast"]
 
 
 def pad_tile(data: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]], mode: str) -> np.ndarray:
@@ -48,6 +48,21 @@ def footprint_valid(valid: np.ndarray, geometry: TileGeometry) -> np.ndarray:
     r0, r1 = rows[:, 0:1], rows[:, 1:2]
     c0, c1 = cols[None, :, 0], cols[None, :, 1]
     count = invalid[r1, c1] - invalid[r0, c1] - invalid[r1, c0] + invalid[r0, c0]
+    return count == 0
+
+
+def halo_valid(padded: np.ndarray, oy: int, ox: int) -> np.ndarray:
+    """Validity of the core of a ``(tile_h + 2 oy, tile_w + 2 ox)`` validity window where a pixel counts as valid
+    only if every pixel within ``oy`` rows and ``ox`` columns of it is (a minimum filter over the overlap), for
+    ``mask_receptive_field``."""
+    if not oy and not ox:
+        return padded
+    h, w = padded.shape[0] - 2 * oy, padded.shape[1] - 2 * ox
+    invalid = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), dtype=np.int64)
+    invalid[1:, 1:] = np.cumsum(np.cumsum(~padded, axis=0), axis=1)
+    ky, kx = 2 * oy + 1, 2 * ox + 1
+    count = (invalid[ky : ky + h, kx : kx + w] - invalid[:h, kx : kx + w] - invalid[ky : ky + h, :w]
+             + invalid[:h, :w])
     return count == 0
 
 

@@ -233,7 +233,12 @@ class Prediction:
         """
         from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
+        from .vectors.write import is_vector_path
 
+        if is_vector_path(path):  # never a GeoTIFF under a vector file's name
+            from .vectors.errors import VectorFormatError
+
+            raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
         chunk_size = dask_options.pop("chunk_size", None)
         chosen = resolve_engine(engine, self.engine, dask_options)
         if isinstance(chosen, Dask) or resume:

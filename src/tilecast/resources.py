@@ -93,6 +93,13 @@ class Resources:
     ceiling), so that large buffers are reused instead of mapped afresh on every use."""
     worker_trim_threshold: int = 64 * MiB
     """glibc's trim threshold there: memory still goes back to the system after a peak."""
+    assembly_bytes: int = 128 * MiB
+    """What the streaming runner's assembly buffers and output strips may hold. Outputs too wide for it are
+    assembled and written in column bands, each band's tiles top to bottom, so memory is flat in width and height
+    (:func:`~tilecast.assemble.column_bands`); narrower ones in full-width strips as before."""
+    band_unit: int = 512
+    """Column bands are whole multiples of this many columns: the COG's blocks (and an even number, which the
+    streamed overview level needs)."""
 
     def __post_init__(self) -> None:
         if self.cog_threads == 0:
@@ -170,11 +177,25 @@ def gdal_cache_bytes(job: Job, resources: Resources | None = None) -> int:
     g = job.plan.geometry
     block_h = source.block_shape[0]
     rows = (math.ceil((g.tile.y + 2 * g.overlap.y) / block_h) + 1) * block_h
-    need = res.read_threads * rows * source.native.shape[1] * source.pixel_bytes
     out_h, out_w = job.plan.output_shape
+    in_w = source.native.shape[1]
+    band = _widest_band(job, res)
+    if band < out_w:  # assembled in column bands: a row of tiles spans one band (and its halo)
+        out_w = band
+        in_w = min(in_w, math.ceil(band * g.tile.x / g.out.x) + 2 * (g.tile.x + g.overlap.x) + source.block_shape[1])
+    need = res.read_threads * rows * in_w * source.pixel_bytes
     profile = job.profile
     need += 2 * min(out_h, 256) * out_w * len(profile.band_names) * np.dtype(profile.dtype).itemsize
     return max(res.run_cache_floor, int(1.5 * need))
+
+
+def _widest_band(job: Job, res: Resources) -> int:
+    """The widest column band a GeoTIFF run assembles (see :func:`~tilecast.assemble.column_bands`)."""
+    from .assemble import column_bands
+
+    n = len(job.profile.band_names) + (len(job.outputs.band_names) if job.blending else 0)
+    return max(c1 - c0 for c0, c1 in column_bands(job.plan, job.blending, n, 256, res.assembly_bytes,
+                                                   res.band_unit))
 
 
 def bounded_gdal_cache(job: Job, resources: Resources | None = None) -> rasterio.Env:

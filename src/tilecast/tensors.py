@@ -251,7 +251,8 @@ class OutputBinding:
             if arr.shape[1] != depth:
                 raise OutputShapeError(
                     f"output {name!r} for band {band.name!r} has {arr.shape[1]} channels, expected {depth}; "
-                    "set dimensions=1 for a vector output, or check the layout"
+                    f"declare it as an array band for one band per channel (dimensions=1, "
+                    f"--output-band {band.name}:{band.dtype}:1), or check the layout"
                 )
             is_padded = _check_size(arr.shape[2:], geometry, name)
             if padded is not None and is_padded != padded:

@@ -62,10 +62,10 @@ def card_from_deepness(metadata: Mapping[str, str], signature: Signature | None,
     ))
     card.properties["tilecast:source_metadata"] = {k: metadata[k] for k in metadata if k != ONNX_KEY}
     card.source = "deepness"
-    if outputs.tasks != ("semantic-segmentation",):
+    if outputs.tasks not in (("semantic-segmentation",), ("object-detection",), ("regression",)):
         warnings.warn(
-            f"Deepness/GeoDeep model_type {model_type!r}: tilecast writes the raw output tensor; "
-            "detections are not decoded into boxes", TilecastWarning, stacklevel=2,
+            f"Deepness/GeoDeep model_type {model_type!r}: tilecast writes the raw output tensor (a detector's "
+            "objects come out of a vector output: -o objects.gpkg)", TilecastWarning, stacklevel=2,
         )
     return card
 

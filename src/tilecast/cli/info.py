@@ -92,6 +92,11 @@ def describe_model(path: str) -> dict[str, Any]:
             out.update(describe_card(card))
             problems = validate_card(card)
             out["valid"] = "yes (STAC item + MLM)" if not problems else "; ".join(problems[:3])
+        from ..vectors.metadata import detector_spec, format_detector
+
+        detector = detector_spec(metadata, card.properties if card is not None else None)
+        if detector is not None:  # how its outputs are decoded into objects (-o objects.gpkg)
+            out["detector"] = format_detector(detector)
         other = {k: v for k, v in metadata.items() if k != "mlm:item"}
         if other:
             out["metadata"] = other

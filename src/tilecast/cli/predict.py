@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Any
@@ -28,6 +29,7 @@ from .options import (
     reports_errors,
     verbose_option,
 )
+from .polygonize import VECTOR_HELP, check_output_options, detector_options, polygon_options, write_vectors
 
 SECTIONS = {
     "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
@@ -36,6 +38,8 @@ SECTIONS = {
                          "blend", "padding", "batch_size", "providers"),
     "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
                "overwrite", "resume", "quiet", "verbose"),
+    "Vector output (-o .gpkg, .parquet, .fgb, .geojson, .shp)": (
+        "vector_crs", "simplify", "min_area", "confidence", "iou", "det_type"),
     "Engine": ("engine", "scheduler", "workers", "performance_report"),
     "Endpoint (a hosted model instead of --model)": (
         "endpoint", "protocol", "payload_format", "request_timeout", "max_payload_bytes", "output_multiplier",
@@ -51,7 +55,8 @@ SECTIONS = {
               "model card (sidecar or embedded) supplies the parameters you leave out.")
 @click.option("--endpoint", help="URL of a hosted model instead of --model (KServe v2, TF Serving, Vertex AI).")
 @endpoint_request_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output GeoTIFF (COG).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help=f"Output: a GeoTIFF (COG), or a vector file ({VECTOR_HELP}) for detectors and class maps.")
 @click.option("--tile", type=TILE_SIZE,
               help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize), or auto: the largest tile the "
               "model accepts within --memory-budget (a fixed-size model's own size).")
@@ -98,6 +103,8 @@ SECTIONS = {
 @engine_options(help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run into the same output (and make this "
               "run resumable); finished chunks are not recomputed.")
+@polygon_options
+@detector_options
 @overwrite_option
 @quiet_option
 @verbose_option
@@ -116,6 +123,11 @@ def predict(
       tilecast predict scene.tif --model unet.onnx --tile 256 --overlap 16 \\
           --output-band landcover:uint8 -o landcover.tif
     """
+    vector = check_output_options(output, opts)  # raster-only flags with .gpkg (and the reverse) are an error
+    names = None
+    if vector and opts["classes"] and not opts["output_bands"]:  # a detector's class names, not a band's
+        names = parse_classes(opts["classes"])
+        opts = {**opts, "classes": None}
     params = build_params(opts)
     with rasterio.Env(**gdal_env(gdal_config)), warnings.catch_warnings():
         warnings.simplefilter("always", TilecastWarning)
@@ -127,6 +139,9 @@ def predict(
         )
         if verbose and result.model.tile_choice is not None:
             click.echo(result.model.tile_choice.describe(), err=True)
+        if vector:
+            write_vectors(result, output, opts, quiet, class_names=names)
+            return
         stats = RunStats() if verbose else None
         path = result.to_geotiff(
             output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
@@ -238,6 +253,11 @@ def parse_classes(text: str) -> dict[int, str] | list[str]:
 def _band_dict(text: str) -> dict[str, Any]:
     parts = text.split(":")
     return {"type": parts[1] if len(parts) > 1 else "float32", "dimensions": int(parts[2]) if len(parts) > 2 else 0}
+
+
+rio_predict = copy.copy(predict)
+rio_predict.name = "tilecast-predict"
+"""``rio tilecast-predict``: the same command as a rasterio plugin (click-plugins registers it under this name)."""
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -109,6 +109,8 @@ class FeatureBatch:
         if drop:
             frame = frame.drop(columns=drop)
         table = pa.Table.from_pandas(frame, preserve_index=False)
+        if table.num_rows != len(frame):  # no property column left: pyarrow cannot know the row count
+            table = pa.table({"_": pa.nulls(len(frame))}).drop_columns(["_"])
         if not len(frame):
             table = table.cast(_empty_types(table.schema, self.schema))
         for name, values in self.extra.items():

@@ -317,4 +317,6 @@ def fingerprint(job: Job, layout: ChunkLayout) -> str:
         "source": _identity(job.source, source_paths(job.source)),
         "bands_in": list(job.source.band_names),
     }
+    if job.mask_receptive_field:  # only when set, so that earlier runs' fingerprints stay the same
+        parts["mask_receptive_field"] = True
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()

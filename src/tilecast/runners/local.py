@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
+from ..assemble import column_bands
 from ..job import Job, TileData
 from ..progress import ProgressCallback, note
 from ..resources import Resources
 from ..runtimes.base import streams_of
-from ..sinks.base import ChunkSink, Sink, block_rows_of
+from ..sinks.base import ChunkSink, Sink, block_rows_of, output_path_of
+from ..sinks.safety import refuse_overwriting_inputs
 from .ordered import BatchReuse, batches, in_order
 
-__all__ = ["run_local", "run_local_chunked"]
+__all__ = ["interrupt_on_sigterm", "run_local", "run_local_chunked"]
 
 _DONE = object()
 
@@ -60,16 +64,18 @@ class _Stage(threading.Thread):
 class _Batcher(_Stage):
     """Collects read tiles in plan order into batches of ``batch_size`` model tiles and packs them."""
 
-    def __init__(self, job: Job, pool: Executor, in_flight: int, reuse: BatchReuse, resources: Resources) -> None:
+    def __init__(self, job: Job, pool: Executor, in_flight: int, reuse: BatchReuse, resources: Resources,
+                 bands: list[tuple[int, int]]) -> None:
         super().__init__("tilecast-batcher", depth=2)
         self.job, self.pool, self.in_flight = job, pool, in_flight
-        self.reuse, self.resources = reuse, resources
+        self.reuse, self.resources, self.bands = reuse, resources, bands
 
     def run(self) -> None:
         job = self.job
         try:
-            read = (item for _, item in in_order(self.pool, job.plan.tiles(), job.read, self.in_flight))
-            for pending in batches(job, read, len(job.plan), self.resources):
+            tiles = (t for cols in self.bands for t in job.band_tiles(cols))
+            read = (item for _, item in in_order(self.pool, tiles, job.read, self.in_flight))
+            for pending in batches(job, read, band_tile_count(job, self.bands), self.resources):
                 work = [p for p in pending if not p.skip]
                 if not self.offer((pending, self.reuse.pack(work) if work else None, len(work))):
                     return
@@ -87,14 +93,16 @@ class _Batcher(_Stage):
 class _Writer(_Stage):
     """Adds each batch's outputs to the assembler in plan order, then casts and writes every finished row."""
 
-    def __init__(self, job: Job, sink: Sink, depth: int = 4) -> None:
+    def __init__(self, job: Job, sink: Sink, bands: list[tuple[int, int]], depth: int = 4) -> None:
         super().__init__("tilecast-writer", depth)
-        self.job, self.sink = job, sink
-        self.assembler = job.assembler(block_rows_of(sink))
+        self.job, self.sink, self.bands = job, sink, bands
+        self.align = block_rows_of(sink)
 
     def run(self) -> None:
-        job, cols = self.job, self.job.plan.tile_cols
-        added = next_row = 0
+        job = self.job
+        band = added = next_row = 0
+        assembler = job.assembler(self.align, self.bands[0])
+        cols = len(job.band_tile_cols(self.bands[0]))
         while True:
             item = self.queue.get()
             if item is _DONE or self.stopped.is_set():
@@ -105,12 +113,16 @@ class _Writer(_Stage):
                 pending, values = item
                 results = iter(values)
                 for tile in pending:
-                    job.add(self.assembler, tile, None if tile.skip else next(results))
+                    job.add(assembler, tile, None if tile.skip else next(results))
                     added += 1
                     if added == (next_row + 1) * cols:  # a tile row is complete: write what is final
-                        for block in self.assembler.finish_row(next_row):
+                        for block in assembler.finish_row(next_row):
                             self.sink.write(block.window, job.finish(block))
                         next_row += 1
+                        if next_row == job.plan.tile_rows and band + 1 < len(self.bands):  # the next band
+                            band, added, next_row = band + 1, 0, 0
+                            assembler = job.assembler(self.align, self.bands[band])
+                            cols = len(job.band_tile_cols(self.bands[band]))
             except BaseException as exc:  # re-raised on the calling thread
                 self.error = exc
 
@@ -133,14 +145,21 @@ def run_local(
     :meth:`Resources.detect() <tilecast.resources.Resources.detect>`. ``read_threads`` overrides its readers.
     """
     res = resources or Resources.detect()
+    try:
+        _refuse_inputs(job, sink)
+    except BaseException:
+        sink.abort()
+        raise
     plan = job.plan
     total = len(plan)
+    bands = output_bands_of(job, sink, res)
+    sent = band_tile_count(job, bands)  # more than the plan's tiles when bands share some
     threads = read_threads or res.read_threads
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
     tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
     streams = streams_of(job.runtime)
     reuse = BatchReuse(job, res)
-    writer = _Writer(job, sink)
+    writer = _Writer(job, sink, bands)
     writer.start()
     stages: list[_Stage] = [writer]
     done = 0
@@ -151,7 +170,7 @@ def run_local(
 
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, _model_threads(streams) as models:
-            batcher = _Batcher(job, pool, in_flight, reuse, res)
+            batcher = _Batcher(job, pool, in_flight, reuse, res, bands)
             stages.append(batcher)
             batcher.start()
             try:
@@ -162,7 +181,8 @@ def run_local(
                     writer.put((pending, values))
                     done += len(pending)
                     if progress is not None:
-                        progress(done, total, done * tile_pixels)
+                        shown = done if sent == total else min(total, done * total // sent)
+                        progress(shown, total, shown * tile_pixels)
             finally:
                 batcher.stop()  # before the pool waits for reads the batcher would never collect
         writer.put(_DONE)
@@ -176,6 +196,45 @@ def run_local(
             stage.stop()
         sink.abort()
         raise
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM stop a run as Ctrl-C does (a ``KeyboardInterrupt``: the sink is aborted, nothing is left), for
+    as long as the block runs; only on the main thread, and only where SIGTERM still has its default action."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def output_bands_of(job: Job, sink: Sink, resources: Resources) -> list[tuple[int, int]]:
+    """The output column bands of a streaming run (see :func:`~tilecast.assemble.column_bands`): one, of every
+    column, unless the output is too wide for the policy's ``assembly_bytes``."""
+    n = len(job.profile.band_names) + (len(job.outputs.band_names) if job.blending else 0)
+    return column_bands(job.plan, job.blending, n, block_rows_of(sink), resources.assembly_bytes,
+                        resources.band_unit)
+
+
+def band_tile_count(job: Job, bands: list[tuple[int, int]]) -> int:
+    """Tiles sent for ``bands``: the plan's, and again those that two bands share."""
+    return job.plan.tile_rows * sum(len(job.band_tile_cols(cols)) for cols in bands)
+
+
+def _refuse_inputs(job: Job, sink: object) -> None:
+    """Whatever ``overwrite`` says, never publish over one of the job's own input files."""
+    path = output_path_of(sink)
+    if path is not None:
+        refuse_overwriting_inputs(path, job.source)
 
 
 def _model_threads(streams: int) -> contextlib.AbstractContextManager[Executor | None]:
@@ -202,6 +261,7 @@ def run_local_chunked(
     from ..errors import TilecastError
     from .chunks import ChunkLayout, chunk_shape, compute_chunk, fingerprint
 
+    _refuse_inputs(job, sink)
     layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
     done = sink.prepare(job.profile, fingerprint(job, layout), chunk_shape(layout), resume)
     total = len(job.plan)

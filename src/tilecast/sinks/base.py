@@ -7,6 +7,7 @@ probe for attributes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -19,7 +20,7 @@ from ..spec import OutputBand
 
 __all__ = [
     "BaseSink", "Checkpointed", "ChunkSink", "ChunkWriter", "Finishing", "OutputProfile", "RowBlocked", "Sink",
-    "block_rows_of", "finishing_of",
+    "WritesFile", "block_rows_of", "finishing_of", "output_path_of",
 ]
 
 
@@ -93,6 +94,18 @@ class BaseSink:
 
     def abort(self) -> None:
         """Leave nothing behind."""
+
+
+@runtime_checkable
+class WritesFile(Protocol):
+    """Publishes its result at ``path`` (a file or a folder): runners refuse a path that is one of the inputs."""
+
+    path: os.PathLike | str
+
+
+def output_path_of(sink: object) -> os.PathLike | str | None:
+    """Where a sink publishes its result (:class:`WritesFile`); None for sinks that keep it in memory."""
+    return sink.path if isinstance(sink, WritesFile) else None
 
 
 def block_rows_of(sink: object) -> int:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +27,65 @@ from rasterio.windows import Window
 
 from .._extras import require
 from .base import ChunkSink, ChunkWriter, OutputProfile, Sink
-from .geotiff import GeoTIFFSink, check_output_path
+from .geotiff import GeoTIFFSink, check_free_space, check_output_path, run_interruptibly
 from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
 
 __all__ = [
-    "BlockSinkAdapter", "ChunkSink", "ChunkWriter", "Manifest", "PartialGeoTIFFSink", "ZarrSink",
+    "BlockSinkAdapter", "ChunkSink", "ChunkWriter", "Manifest", "PartialGeoTIFFSink", "ZarrSink", "chunk_window",
+    "pixels_checksum",
 ]
 
 
 class Manifest:
-    """A JSON list of finished chunks, rewritten atomically at most every ``every`` seconds."""
+    """A JSON list of finished chunks with a checksum of each, rewritten atomically at most every ``every`` seconds.
+
+    The checksum is of the chunk's pixels as read back from the partial output when the chunk is recorded, so a
+    resumed run trusts a chunk only if the file still holds exactly those pixels (see :meth:`verify`).
+    """
 
     def __init__(self, path: Path, fingerprint: str, every: float = 0.5) -> None:
         self.path, self.fingerprint, self.every = path, fingerprint, every
         self.done: set[int] = set()
+        self.sums: dict[int, str] = {}
         self._last = 0.0
 
     def load(self) -> bool:
-        """Adopt the recorded chunks if the manifest belongs to the same run; False otherwise."""
+        """Adopt the recorded chunks if the manifest belongs to the same run; False otherwise. Chunks recorded
+        without a checksum (by an older tilecast) are not adopted: nothing says they are intact."""
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return False
-        if data.get("fingerprint") != self.fingerprint:
+        if not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint:
             return False
-        self.done = {int(i) for i in data.get("done", [])}
+        sums = data.get("sums") or {}
+        try:
+            self.sums = {int(k): str(v) for k, v in sums.items()}
+            self.done = {int(i) for i in data.get("done", []) if int(i) in self.sums}
+        except (TypeError, ValueError, AttributeError):
+            self.done, self.sums = set(), {}
+            return False
         return True
 
-    def add(self, indices: Iterable[int]) -> None:
+    def add(self, indices: Iterable[int], sums: dict[int, str] | None = None) -> None:
         self.done.update(indices)
+        self.sums.update(sums or {})
         if time.monotonic() - self._last >= self.every:
             self.flush()
 
+    def verify(self, checksum: Callable[[int], str | None]) -> set[int]:
+        """Keep only the chunks whose pixels still have their recorded checksum; returns the ones dropped."""
+        bad = {i for i in self.done if checksum(i) != self.sums.get(i)}
+        self.done -= bad
+        for i in bad:
+            self.sums.pop(i, None)
+        return bad
+
     def flush(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"version": 1, "fingerprint": self.fingerprint, "done": sorted(self.done)}))
+        sums = {str(i): self.sums[i] for i in sorted(self.done) if i in self.sums}
+        tmp.write_text(json.dumps({"version": 2, "fingerprint": self.fingerprint, "done": sorted(self.done),
+                                   "sums": sums}))
         os.replace(tmp, self.path)
         self._last = time.monotonic()
 
@@ -67,6 +93,20 @@ class Manifest:
         for p in (self.path, self.path.with_name(self.path.name + ".tmp")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def pixels_checksum(data: np.ndarray) -> str:
+    """A checksum of a chunk's pixels, their shape and dtype."""
+    head = f"{data.dtype.str}{data.shape}".encode()
+    return f"{zlib.crc32(np.ascontiguousarray(data).data, zlib.crc32(head)):08x}"
+
+
+def chunk_window(index: int, chunks: tuple[int, int], shape: tuple[int, int]) -> Window:
+    """The output window of chunk ``index`` (row-major) for chunks of ``chunks`` pixels on ``shape``."""
+    (ch, cw), (h, w) = chunks, shape
+    i, j = divmod(index, math.ceil(w / cw))
+    r0, c0 = i * ch, j * cw
+    return Window(c0, r0, min(w, c0 + cw) - c0, min(h, r0 + ch) - r0)
 
 
 def _hidden(path: Path, suffix: str) -> Path:
@@ -94,11 +134,17 @@ class _LockedGTiffWriter:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class _Unreadable(Exception):
+    """A finished chunk that the partial output cannot give back."""
+
+
 class _WorkerWritten:
     """A chunk sink whose chunks go through its own picklable :meth:`writer`, here or on a worker, and whose finished
     chunks are recorded in ``self.manifest``."""
 
     manifest: Manifest | None
+    profile: OutputProfile
+    chunks: tuple[int, int]
 
     def writer(self) -> ChunkWriter:
         raise NotImplementedError
@@ -106,8 +152,45 @@ class _WorkerWritten:
     def write(self, window: Window, data: np.ndarray) -> None:
         self.writer().write(window, data)
 
+    def read_back(self, window: Window) -> np.ndarray:
+        """The pixels the partial output holds in ``window`` (raises on a damaged partial)."""
+        raise NotImplementedError
+
+    def checksum(self, index: int) -> str | None:
+        """The checksum of chunk ``index`` as the partial output holds it; None when it cannot be read."""
+        window = chunk_window(index, self.chunks, self.profile.grid.shape)
+        try:
+            return pixels_checksum(self.read_back(window))
+        except Exception:  # any failure to read it back means the chunk is not trusted
+            return None
+
+    def _verified(self, index: int) -> str:
+        """:meth:`checksum`, raising :class:`_Unreadable` when the partial cannot be read there."""
+        value = self.checksum(index)
+        if value is None:
+            raise _Unreadable(index)
+        return value
+
     def mark(self, indices: Iterable[int]) -> None:
-        self.manifest.add(indices)
+        indices = list(indices)
+        self.manifest.add(indices, {i: s for i in indices if (s := self.checksum(i)) is not None})
+
+    def _resumable(self) -> set[int] | None:
+        """With a manifest of this run, the finished chunks that are still intact (the others are recomputed);
+        None when the partial output cannot be used at all."""
+        if not self.manifest.load():
+            return None
+        # A chunk whose pixels changed is recomputed; one GDAL cannot read means the file itself is damaged
+        # (truncated, zero bytes): GDAL could not write into it either, so everything starts over.
+        try:
+            self.read_back(Window(0, 0, 1, 1))
+            self.manifest.verify(self._verified)
+        except Exception:  # a zero-byte or mangled partial
+            self.manifest.done.clear()
+            self.manifest.sums.clear()
+            return None
+        self.manifest.flush()
+        return set(self.manifest.done)
 
     def checkpoint(self) -> None:
         """Write the record of finished chunks now (see :class:`~tilecast.sinks.base.Checkpointed`)."""
@@ -130,16 +213,20 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
         self._levels: tuple[str, list[int]] | None = None
 
     def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
-        self.profile = profile
+        self.profile, self.chunks = profile, tuple(chunks)
         self.manifest = Manifest(_hidden(self.path, "resume.json"), fingerprint)
         plan = self._overview_plan(profile)
         level = str(self.partial) + ".ovr"
-        if resume and self.partial.exists() and self.manifest.load():
+        if resume and self.partial.exists():
             self._tmp = str(self.partial)
             self._levels = plan if plan is not None and os.path.exists(level) else None
-            return set(self.manifest.done)
+            done = self._resumable()
+            if done is not None:
+                return done
         self._remove_partial()
         g = profile.grid
+        check_free_space(self.path.parent, g.shape[0] * g.shape[1] * len(profile.band_names)
+                         * np.dtype(profile.dtype).itemsize)  # the partial file is uncompressed
         block = 256 if min(g.shape) >= 256 else 16
         partial = dict(
             driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),
@@ -163,13 +250,33 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
         levels = None if self._levels is None else (self._levels[0], self.profile.nodata)
         return _LockedGTiffWriter(str(self.partial), self.lock, levels)
 
+    def read_back(self, window: Window) -> np.ndarray:
+        """The partial's pixels in ``window`` and, when the first overview level is streamed, that level's pixels
+        under it (a damaged level would otherwise end up in the COG)."""
+        with open(self.lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                with rasterio.open(self.partial) as src:
+                    data = src.read(window=window)
+                if self._levels is None:
+                    return data
+                r, c = int(window.row_off) // 2, int(window.col_off) // 2
+                lw = Window(c, r, (int(window.col_off + window.width) + 1) // 2 - c,
+                            (int(window.row_off + window.height) + 1) // 2 - r)
+                with rasterio.open(str(self.partial) + ".ovr") as src:
+                    level = src.read(window=lw)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return np.concatenate([data.reshape(-1).view(np.uint8), level.reshape(-1).view(np.uint8)])
+
     def close(self) -> Path:
         """Build the COG from the partial file (wherever this runs: a worker can do it) and publish it."""
         check_output_path(self.path, self.overwrite)
         self._tmp = str(self.partial)
         level = self._tmp + ".ovr"
         if self._levels is not None:
-            derive_levels(level, *self._levels)
+            levels = self._levels
+            run_interruptibly(lambda: derive_levels(level, *levels), "tilecast-overviews")
         elif os.path.exists(level):  # never let GDAL pick up a level this run did not fill
             os.remove(level)
         self._dst = rasterio.open(self.partial, "r")
@@ -220,10 +327,12 @@ class ZarrSink(_WorkerWritten):
         self.manifest: Manifest | None = None
 
     def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
-        self.profile = profile
+        self.profile, self.chunks = profile, tuple(chunks)
         self.manifest = Manifest(_hidden(self.path, "resume.json"), fingerprint)
-        if resume and self.partial.exists() and self.manifest.load():
-            return set(self.manifest.done)
+        if resume and self.partial.exists():
+            done = self._resumable()
+            if done is not None:
+                return done
         shutil.rmtree(self.partial, ignore_errors=True)
         da = require("dask.array", "dask")
         from .memory import to_dataarray
@@ -250,6 +359,12 @@ class ZarrSink(_WorkerWritten):
 
     def writer(self) -> ChunkWriter:
         return _ZarrWriter(str(self.partial), self.name)
+
+    def read_back(self, window: Window) -> np.ndarray:
+        zarr = require("zarr", "dask")
+        arr = zarr.open_array(os.path.join(self.partial, self.name), mode="r")
+        r, c = int(window.row_off), int(window.col_off)
+        return np.asarray(arr[:, r : r + int(window.height), c : c + int(window.width)])
 
     def close(self) -> Path:
         check_output_path(self.path, self.overwrite)

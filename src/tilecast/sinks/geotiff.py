@@ -12,20 +12,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from ..errors import OutputError, OutputExistsError
+from ..errors import OutputError, OutputExistsError, TilecastError
 from ..resources import Resources, one_pass_gdal_cache
 from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
+from .safety import check_compression
 
-__all__ = ["TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_output_path", "cog_options", "copy_to_cog"]
+__all__ = [
+    "RESUME_STATE", "TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_free_space", "check_output_path", "clear_resume_state",
+    "cog_options", "copy_to_cog", "remove_stale_temps", "run_interruptibly", "temp_prefix", "writing_errors",
+]
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -104,7 +115,7 @@ class GeoTIFFSink(BaseSink):
     ) -> None:
         self.path = check_output_path(path, overwrite)
         self.overwrite = overwrite
-        self.compress = compress
+        self.compress = check_compression(compress)
         self.blocksize = blocksize
         self.overviews = overviews
         self.creation_options = creation_options or {}
@@ -113,16 +124,27 @@ class GeoTIFFSink(BaseSink):
         self._ovr: OverviewWriter | None = None
 
     def open(self, profile: OutputProfile) -> None:
+        with writing_errors(self.path, "create the temporary file for"):
+            self._open(profile)
+
+    def _open(self, profile: OutputProfile) -> None:
         self.profile = profile
         g = profile.grid
         # A free name, not a file: GDAL truncating a file that exists makes ext4 write all of it back when it is
         # closed (its replace-by-truncate safeguard), 20-90 ms after the last tile for a 150 MB temporary file.
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.tif", dir=self.path.parent)
+        remove_stale_temps(self.path)
+        if self.overwrite:
+            clear_resume_state(self.path)
+        fd, self._tmp = tempfile.mkstemp(prefix=temp_prefix(self.path), suffix=".tmp.tif", dir=self.path.parent)
         os.close(fd)
         os.remove(self._tmp)
-        options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows}
+        # Sparse: an aborted run closes the file without GDAL writing every block not written yet (at 100000 x
+        # 100000 that was gigabytes after Ctrl-C). Blocks a finished run wrote read back the same either way.
+        options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows, "sparse_ok": True}
         if np.dtype(profile.dtype).kind == "f":
             options = {k: v for k, v in options.items() if k != "zstd_level"} | {"compress": "NONE"}
+            check_free_space(self.path.parent, g.shape[0] * g.shape[1] * len(profile.band_names)
+                             * np.dtype(profile.dtype).itemsize)
         tmp_profile = dict(
             options, width=g.shape[1], height=g.shape[0], count=len(profile.band_names), dtype=profile.dtype,
             crs=g.crs, transform=g.transform, nodata=profile.nodata,
@@ -165,33 +187,50 @@ class GeoTIFFSink(BaseSink):
             idx += 1
 
     def write(self, window: Window, data: np.ndarray) -> None:
-        self._dst.write(data, window=window)
-        if self._ovr is not None:
-            self._ovr.write(window, data)
+        with writing_errors(self.path, "write"):
+            self._dst.write(data, window=window)
+            if self._ovr is not None:
+                self._ovr.write(window, data)
 
     def close(self) -> Path:
         self._dst.close()
         self._dst = None
-        if self._ovr is not None and not self._ovr.finish():
-            _remove(self._tmp + ".ovr")  # not streamed in order: GDAL builds the overviews
-        self._ovr = None
-        final_tmp = self._tmp.replace(".tmp.tif", ".cog.tif")
+        ovr, self._ovr = self._ovr, None
+        tmp, final_tmp = self._tmp, self._tmp.replace(".tmp.tif", ".cog.tif")
+        options = cog_options(self.profile.grid.shape, self.compress, self.blocksize, self.overviews,
+                              self.profile.categorical)
+        options.update(self.creation_options)
+        publish = threading.Lock()
+        stopped = threading.Event()
+
+        def convert() -> None:
+            if ovr is not None and not ovr.finish():
+                _remove(tmp + ".ovr")  # not streamed in order: GDAL builds the overviews
+            copy_to_cog(tmp, final_tmp, options)
+            with publish:
+                if stopped.is_set():
+                    _remove(final_tmp)
+                else:
+                    os.replace(final_tmp, self.path)
+
         try:
-            options = cog_options(self.profile.grid.shape, self.compress, self.blocksize, self.overviews,
-                                  self.profile.categorical)
-            options.update(self.creation_options)
-            copy_to_cog(self._tmp, final_tmp, options)
-            os.replace(final_tmp, self.path)
+            with writing_errors(self.path, "build the Cloud-Optimized GeoTIFF"):
+                run_interruptibly(convert, "tilecast-cog")
         except BaseException:
+            with publish:
+                stopped.set()
             _remove(final_tmp)
             raise
         finally:
-            _remove(self._tmp)
-            _remove(self._tmp + ".ovr")
+            _remove(tmp)
+            _remove(tmp + ".ovr")
             self._tmp = None
         return self.path
 
     def abort(self) -> None:
+        if self._tmp:  # removed first: what closing still flushes goes to a file nobody can see
+            _remove(self._tmp)
+            _remove(self._tmp + ".ovr")
         if self._dst is not None:
             with contextlib.suppress(Exception):
                 self._dst.close()
@@ -205,6 +244,108 @@ class GeoTIFFSink(BaseSink):
             _remove(self._tmp + ".ovr")
             _remove(self._tmp.replace(".tmp.tif", ".cog.tif"))
             self._tmp = None
+
+
+def check_free_space(folder: Path, nbytes: int) -> None:
+    """Refuse, before any work, an uncompressed temporary file larger than the free space in ``folder``: the check
+    GDAL makes when it creates one, which a sparse file skips. ``CHECK_DISK_FREE_SPACE=FALSE`` turns it off, as
+    for GDAL."""
+    if os.environ.get("CHECK_DISK_FREE_SPACE", "").upper() in ("FALSE", "NO", "OFF", "0"):
+        return
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise OutputError(
+            f"not enough free disk space in {folder} for the output: it needs about {nbytes / 2**30:,.1f} GiB "
+            f"while it is written, and {free / 2**30:,.1f} GiB are free; free some space, predict a smaller region "
+            "(--bounds), or write the output to another disk (-o)"
+        )
+
+
+@contextlib.contextmanager
+def writing_errors(path: Path, doing: str) -> Iterator[None]:
+    """GDAL's and the OS's write errors (a read-only folder, a full disk, GDAL's free-space check) as one
+    :class:`~tilecast.errors.OutputError` that names the output and the fix, instead of a library traceback."""
+    try:
+        yield
+    except TilecastError:
+        raise
+    except (RasterioError, CPLE_BaseError, OSError) as exc:
+        text = str(exc).strip() or type(exc).__name__
+        raise OutputError(
+            f"cannot {doing} {path}: {text}. Check that {path.parent} is writable and has room for the output "
+            "(about the uncompressed size of the raster, twice over while the COG is built), or choose another "
+            "output folder or a smaller region"
+        ) from None
+
+
+def run_interruptibly(work: Callable[[], None], name: str) -> None:
+    """Run ``work`` (a long GDAL call, such as the COG conversion) on a daemon thread and wait for it in short
+    steps: Ctrl-C and SIGTERM reach the calling thread within a fraction of a second instead of after GDAL returns.
+    ``work`` must check, before publishing anything, that the caller has not given up."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:  # re-raised on the calling thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)
+    if errors:
+        raise errors[0]
+
+
+def temp_prefix(path: Path) -> str:
+    """The start of a temporary file's name next to ``path``: it names this host and process, so that a later run
+    can tell a killed run's leftovers (:func:`remove_stale_temps`) from a running one's."""
+    return f".{path.name}.tilecast-{_HOST}-{os.getpid()}-"
+
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files that a killed run for ``path`` left behind: only those that this host's process,
+    named in the file name, no longer runs. Returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tilecast-{_HOST}-(\d+)-")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            m = pattern.match(entry.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.remove(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+RESUME_STATE = ("partial.tmp.tif", "partial.tmp.tif.aux.xml", "partial.tmp.tif.ovr", "partial.cog.tif",
+                "partial.lock", "resume.json", "resume.json.tmp")
+"""What a resumable run of ``NAME`` keeps next to it, as ``.NAME.<suffix>`` (see :mod:`tilecast.sinks.chunked`)."""
+
+
+def clear_resume_state(path: Path) -> None:
+    """Remove what an interrupted resumable GeoTIFF run left for ``path``: a run that replaces the output
+    (``overwrite``) without resuming makes it stale."""
+    for suffix in RESUME_STATE:
+        with contextlib.suppress(OSError):
+            os.remove(path.with_name(f".{path.name}.{suffix}"))
 
 
 def _remove(path: str | None) -> None:

@@ -113,10 +113,12 @@ def write_chunk_level(dst, window: Window, data: np.ndarray, resampling: str, no
 
 
 class OverviewWriter:
-    """Streams full-width strips, in row order, into the first overview level of ``path``.
+    """Streams the output, in row order, into the first overview level of ``path``: full-width strips, or the
+    strips of one column band after another (at even offsets, as :func:`~tilecast.assemble.column_bands` makes
+    them).
 
-    Anything else (a window that is not a full-width strip, rows out of order) makes :attr:`ok` false; the caller
-    then removes the file and lets GDAL build the overviews as before.
+    Anything else (rows out of order, a window at an odd offset) makes :attr:`ok` false; the caller then removes
+    the file and lets GDAL build the overviews as before.
     """
 
     def __init__(self, path: str, profile: dict, resampling: str, nodata: float | None, factors: list[int]) -> None:
@@ -125,16 +127,23 @@ class OverviewWriter:
         self.next_row = 0
         self.carry: np.ndarray | None = None
         self.ok = True
-        self.dst = rasterio.open(path, "w", **level_profile(profile))
+        self.covered = 0
+        # Sparse, as the temporary file: an aborted run closes it without writing every block left.
+        self.dst = rasterio.open(path, "w", **{**level_profile(profile), "sparse_ok": True})
         self.out_row = 0
 
     def write(self, window: Window, data: np.ndarray) -> None:
         if not self.ok:
             return
-        if int(window.col_off) != 0 or int(window.width) != self.width or int(window.row_off) != self.next_row:
+        col, width = int(window.col_off), int(window.width)
+        if col != 0 or width != self.width:
+            self._write_band(window, data)
+            return
+        if int(window.row_off) != self.next_row:
             self.ok = False
             return
         self.next_row += int(window.height)
+        self.covered += int(window.height) * width
         if self.carry is not None:
             data = np.concatenate([self.carry, data], axis=1)
             self.carry = None
@@ -142,6 +151,18 @@ class OverviewWriter:
             data, self.carry = data[:, :-1], data[:, -1:].copy()  # the strip's buffer is reused after write
         if data.shape[1]:
             self._emit(data)
+
+    def _write_band(self, window: Window, data: np.ndarray) -> None:
+        """A part of a column band: reduced on its own, which needs even offsets and sizes (or the raster's edge)."""
+        row, col = int(window.row_off), int(window.col_off)
+        h, w = int(window.height), int(window.width)
+        aligned = row % 2 == 0 and col % 2 == 0 and (h % 2 == 0 or row + h == self.height) and (
+            w % 2 == 0 or col + w == self.width)
+        if not aligned or self.carry is not None or self.next_row:
+            self.ok = False
+            return
+        write_chunk_level(self.dst, window, data, self.resampling, self.nodata)
+        self.covered += h * w
 
     def _emit(self, rows: np.ndarray) -> None:
         out = downsample2(rows, self.resampling, self.nodata)
@@ -154,7 +175,7 @@ class OverviewWriter:
             self._emit(self.carry)
             self.carry = None
         self.dst.close()
-        if not self.ok or self.next_row != self.height:
+        if not self.ok or self.covered != self.width * self.height:
             return False
         derive_levels(self.path, self.resampling, self.factors)
         return True

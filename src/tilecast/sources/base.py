@@ -20,8 +20,9 @@ from rasterio.windows import Window
 from ..errors import BandMismatchError
 
 __all__ = [
-    "BaseSource", "Grid", "Located", "PerBandTypes", "RebuildableSource", "Reprojectable", "Resampled", "Source",
-    "SourceRecipe", "aligned_grid", "band_dtypes", "native_grid", "select_bands", "source_paths", "source_recipe_of",
+    "BaseSource", "Grid", "Located", "PerBandMasks", "PerBandTypes", "RebuildableSource", "Reprojectable", "Resampled",
+    "Source", "SourceRecipe", "aligned_grid", "band_dtypes", "native_grid", "read_masked", "select_bands",
+    "source_paths", "source_recipe_of",
 ]
 
 
@@ -97,6 +98,14 @@ class PerBandTypes(Protocol):
 
 
 @runtime_checkable
+class PerBandMasks(Protocol):
+    """Knows each band's own mask (Earth Engine's masks are per band): ``read_masked`` returns ``(bands, h, w)``
+    data and a ``(bands, h, w)`` (or, when the bands share it, ``(h, w)``) mask, or None if all valid."""
+
+    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+@runtime_checkable
 class Located(Protocol):
     """Reads ``paths`` (files or URLs): workers open them again, and a resumed run checks they did not change."""
 
@@ -136,6 +145,11 @@ class BaseSource:
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError(f"{type(self).__name__} must implement read()")
 
+    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """Data and each band's mask (:class:`PerBandMasks`); by default the mask ``read`` gives, shared by every
+        band."""
+        return self.read(window)
+
     def recipe(self) -> SourceRecipe | None:
         """How a worker process opens this source again; None: the source object itself is sent (pickled).
 
@@ -157,6 +171,14 @@ def band_dtypes(source: Source) -> list[np.dtype]:
     if isinstance(source, PerBandTypes) and source.dtypes:
         return list(source.dtypes)
     return [np.dtype(source.dtype)] * len(source.band_names)
+
+
+def read_masked(source: Source, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+    """``source``'s data in ``window`` with each band's mask where it knows them (:class:`PerBandMasks`), else the
+    ``(h, w)`` mask of ``read``."""
+    if isinstance(source, PerBandMasks):
+        return source.read_masked(window)
+    return source.read(window)
 
 
 def source_paths(source: object) -> list[str]:

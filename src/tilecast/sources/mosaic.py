@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from ..errors import BandMismatchError, InputError, NotGeoreferencedError, SourceNotFoundError, SpecError
 from .base import BaseSource, Grid, aligned_grid, select_bands
-from .rasterio_source import GDAL_READ_ERRORS, open_dataset, parse_crs, parse_tags, read_error
+from .rasterio_source import GDAL_READ_ERRORS, open_dataset, parse_crs, parse_tags, read_error, warp_scales
 
 __all__ = ["MosaicSource", "expand_paths"]
 
@@ -188,8 +188,9 @@ class MosaicSource(BaseSource):
             g = self.grid
             # Without nodata or a mask, an alpha band tells where the member has pixels at all.
             alpha = ds.nodata is None and all(f == [MaskFlags.all_valid] for f in ds.mask_flag_enums)
+            scales = warp_scales(Grid(ds.crs, ds.transform, (ds.height, ds.width)), g, self.resampling, footprint=True)
             vrt = WarpedVRT(ds, crs=g.crs, transform=g.transform, width=g.shape[1], height=g.shape[0],
-                            resampling=self.resampling, add_alpha=alpha)
+                            resampling=self.resampling, add_alpha=alpha, **scales)
             with self._lock:
                 self._handles.extend([vrt, ds])
             cache[key] = vrt = (vrt, alpha)

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from .base import BaseSource, Grid, aligned_grid, select_bands
 
-__all__ = ["RasterioSource", "parse_crs", "warp_grid"]
+__all__ = ["RasterioSource", "parse_crs", "warp_grid", "warp_scales"]
 
 
 def parse_crs(value: Any) -> CRS:
@@ -152,7 +152,7 @@ class RasterioSource(BaseSource):
             # Without a nodata value, an alpha band is what marks pixels outside the source as masked.
             vrt = WarpedVRT(
                 ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
-                resampling=resampling, add_alpha=ds.nodata is None,
+                resampling=resampling, add_alpha=ds.nodata is None, **warp_scales(self.native, grid, resampling),
             )
             with self._lock:
                 self._handles.append(vrt)
@@ -160,31 +160,36 @@ class RasterioSource(BaseSource):
         return vrt
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        data, masks = self.read_masked(window)
+        return data, (None if masks is None else masks.all(axis=0))
+
+    def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(bands, h, w)`` data and each band's own ``(bands, h, w)`` mask (None if all valid)."""
         with self._lock if self._shared else contextlib.nullcontext():
             ds = self._dataset()
             try:
-                return self._read(ds, window)
+                data, masks = self._read(ds, window)
             except GDAL_READ_ERRORS as exc:
                 error = read_error(self.path, window, exc)
+            else:
+                return data, (None if masks is None or masks.all() else masks)
         raise error
 
     def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         if self.warp is not None and self.nodata is None:
             # The warped VRT's last band is the alpha we asked for: outside the source footprint it is 0.
             data = ds.read([*self.indexes, ds.count], window=window)
-            valid = data[-1] > 0
+            inside = data[-1] > 0
+            data = data[:-1]
             if self.has_mask:
-                valid &= np.all(ds.read_masks(self.indexes, window=window) > 0, axis=0)
-            return data[:-1], (None if valid.all() else valid)
+                return data, (ds.read_masks(self.indexes, window=window) > 0) & inside
+            return data, np.broadcast_to(inside, data.shape)
         data = ds.read(self.indexes, window=window)
         if not self.has_mask and self.warp is None:
             return data, None
         if self.warp is None and self._nodata_only:
-            valid = _nodata_valid(data, self._nodatavals)
-            return data, (None if valid.all() else valid)
-        masks = ds.read_masks(self.indexes, window=window)
-        valid = np.all(masks > 0, axis=0)
-        return data, (None if valid.all() else valid)
+            return data, _nodata_masks(data, self._nodatavals)
+        return data, ds.read_masks(self.indexes, window=window) > 0
 
     def close(self) -> None:
         with self._lock:
@@ -215,22 +220,80 @@ def warp_grid(
     return aligned_grid(dst_crs, bounds, resolution)
 
 
-def _nodata_valid(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray:
-    """GDAL's nodata mask, from the data already read: valid where no band equals its nodata value."""
-    valid = np.ones(data.shape[1:], dtype=bool)
-    for band, nd in zip(data, nodatavals, strict=True):
+def warp_scales(native: Grid, grid: Grid, resampling: Resampling, footprint: bool = False) -> dict[str, str]:
+    """GDAL warp options that fix the resampling scale (destination pixels per source pixel) to the one a warp of
+    the whole raster uses (``rasterio.warp.reproject`` onto ``grid``): the destination grid over the source window
+    under it. With ``footprint`` (a mosaic member, a small part of a large grid), the destination window that the
+    source covers instead of the whole grid.
+
+    Without them GDAL derives the scale from each window it warps, so a pixel's value would depend on the tile
+    layout (a bilinear 10 m UTM to 0.0001 degree warp differed by more than 1 on values near 150). Nearest
+    neighbour does not use the scale, so it gets none.
+
+    GDAL still approximates the coordinate transformation along each row of a window (to 1/8 pixel, as
+    ``reproject`` does over the whole grid); where a strong upsampling makes that approximation differ between
+    windows, a window can still differ from the whole-raster warp by that much.
+    """
+    if resampling == Resampling.nearest:
+        return {}
+    from rasterio.warp import transform_bounds
+
+    try:
+        if footprint:
+            cols, rows = _pixel_span(grid, transform_bounds(native.crs, grid.crs, *native.bounds, densify_pts=21))
+        else:
+            cols, rows = (0, grid.shape[1]), (0, grid.shape[0])
+        back = transform_bounds(grid.crs, native.crs, *_window_bounds(grid, cols, rows), densify_pts=21)
+        src_cols, src_rows = _pixel_span(native, back)
+    except (CRSError, RasterioError, CPLE_BaseError, ValueError, ZeroDivisionError):
+        return {}
+    width, height = cols[1] - cols[0], rows[1] - rows[0]
+    src_w, src_h = src_cols[1] - src_cols[0], src_rows[1] - src_rows[0]
+    if min(width, height, src_w, src_h) <= 0:
+        return {}
+    return {"XSCALE": repr(width / src_w), "YSCALE": repr(height / src_h)}
+
+
+def _pixel_span(grid: Grid, box: Sequence[float]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Whole pixel columns and rows ``((c0, c1), (r0, r1))`` of ``grid`` under ``box``, clamped to the grid."""
+    left, bottom, right, top = box
+    inv = ~grid.transform
+    xs, ys = zip(*(inv * p for p in ((left, top), (right, top), (left, bottom), (right, bottom))), strict=True)
+    h, w = grid.shape
+    eps = 1e-6
+    c0, c1 = max(0, math.floor(min(xs) + eps)), min(w, math.ceil(max(xs) - eps))
+    r0, r1 = max(0, math.floor(min(ys) + eps)), min(h, math.ceil(max(ys) - eps))
+    return (c0, c1), (r0, r1)
+
+
+def _window_bounds(grid: Grid, cols: tuple[int, int], rows: tuple[int, int]) -> tuple[float, float, float, float]:
+    from rasterio.transform import array_bounds
+
+    t = grid.transform * grid.transform.translation(cols[0], rows[0])
+    return array_bounds(rows[1] - rows[0], cols[1] - cols[0], t)
+
+
+def _nodata_masks(data: np.ndarray, nodatavals: Sequence[float | None]) -> np.ndarray | None:
+    """GDAL's per-band nodata masks, from the data already read: valid where the band is not its nodata value;
+    None when every pixel is valid."""
+    masks = None
+    for i, (band, nd) in enumerate(zip(data, nodatavals, strict=True)):
         if nd is None:
             continue
         if math.isnan(nd):
-            if band.dtype.kind == "f":
-                valid &= ~np.isnan(band)
-            continue
-        if band.dtype.kind in "iu":
-            info = np.iinfo(band.dtype)
-            if nd != int(nd) or not info.min <= nd <= info.max:
-                continue  # a nodata value the band cannot hold masks nothing
-        valid &= band != np.asarray(nd).astype(band.dtype)
-    return valid
+            if band.dtype.kind != "f":
+                continue
+            valid = ~np.isnan(band)
+        else:
+            if band.dtype.kind in "iu":
+                info = np.iinfo(band.dtype)
+                if nd != int(nd) or not info.min <= nd <= info.max:
+                    continue  # a nodata value the band cannot hold masks nothing
+            valid = band != np.asarray(nd).astype(band.dtype)
+        if masks is None:
+            masks = np.ones(data.shape, dtype=bool)
+        masks[i] = valid
+    return masks
 
 
 GDAL_READ_ERRORS = (RasterioError, CPLE_BaseError)

@@ -1,19 +1,21 @@
 """Local prediction vs the same prediction through ``tilecast serve`` on loopback, and server throughput.
 
-One run measures, on a generated 4-band raster and the compute-bound network of ``bench/models.py``:
+One run measures, on a generated 4-band uint16 raster and the compute-bound network of ``bench/models.py``:
 
-  a  local: ``Model.from_onnx(...).predict_image(path).to_numpy()``
-  b  the same raster through ``tilecast serve`` (a separate process on 127.0.0.1) with KServe v2 binary
-     (``V2_BINARY``), Earth Engine's ``SERIALIZED_TF_TENSORS`` and ``RAW_JSON``: Mpx/s and the ratio to (a),
-     measured in the same run. Outputs are checked equal to (a). Targets: V2_BINARY >= 0.80, SERIALIZED >= 0.60.
-  c  server throughput: concurrent clients each posting one-tile v2 binary requests, with dynamic batching
-     (``--max-batch 16``) and without (``--max-batch 1``), for the compute-bound network (288 px tiles) and for a
-     per-pixel model on 64 px tiles, where per-call overhead dominates and batching pays most.
+  a  local: ``tilecast predict IMAGE --model net.onnx --tile 256 --overlap 16`` (a new process each time, start-up
+     included, as a user runs it)
+  b  the same command with ``--endpoint`` against ``tilecast serve`` (a separate process on 127.0.0.1, started once,
+     as a hosted model is) with KServe v2 binary (``V2_BINARY``) and Earth Engine's ``SERIALIZED_TF_TENSORS``: the
+     ratio of each to (a), medians of interleaved repeats, measured in the same run. Outputs are checked equal to
+     (a). Targets (issue 16): V2_BINARY >= 0.80, SERIALIZED_TF_TENSORS >= 0.60.
+  c  (``--throughput``) server throughput: concurrent clients each posting one-tile v2 binary requests, with dynamic
+     batching (``--max-batch 16``) and without (``--max-batch 1``), for the compute-bound network (288 px tiles)
+     and for a per-pixel model on 64 px tiles, where per-call overhead dominates and batching pays most.
 
-Repeats are interleaved and medians reported. Client and server share the machine's cores, as on one host.
+Client and server share the machine's cores, as on one host (``taskset -c 0,1`` for the 2-core figure).
 
-    .venv/bin/python bench/bench_serve.py                 # 1024 x 1024, 3 repeats
-    .venv/bin/python bench/bench_serve.py --size 512 --repeats 1     # smoke run
+    taskset -c 0,1 .venv/bin/python bench/bench_serve.py --size 4096 --repeats 3     # issue 16's figure
+    .venv/bin/python bench/bench_serve.py --size 512 --repeats 1                     # smoke run
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ from common import DATA_DIR, OUT_DIR, load_average, make_raster, median, mpx_per
 from models import build_compute_bound, build_io_bound, macs_per_pixel
 
 TILE, OVERLAP, BATCH = 256, 16, 8
-FORMATS = [("V2_BINARY", "/v2/models/net"), ("SERIALIZED_TF_TENSORS", "/v1/models/net:predict"),
-           ("RAW_JSON", "/v1/models/net:predict")]
+FORMATS = [("V2_BINARY", "/v2/models/net"), ("SERIALIZED_TF_TENSORS", "/v1/models/net:predict")]
 
 
 def free_port() -> int:
@@ -74,23 +75,21 @@ class Server:
         self.log.close()
 
 
-def predict_local(model: Path, image: Path) -> tuple[float, np.ndarray]:
-    import tilecast
-
-    m = tilecast.Model.from_onnx(model, input_tile_size=TILE, input_overlap_size=OVERLAP, batch_size=BATCH)
+def predict_cli(image: Path, out: Path, *source: str) -> float:
+    """Seconds for one ``tilecast predict`` process (start-up included) writing ``out``."""
+    cmd = [sys.executable, "-c", "from tilecast.cli import main; main()", "predict", str(image), *source,
+           "--tile", str(TILE), "--overlap", str(OVERLAP), "--batch-size", str(BATCH), "-o", str(out),
+           "--overwrite", "-q"]
     t0 = time.perf_counter()
-    out = m.predict_image(image).to_numpy()
-    return time.perf_counter() - t0, out
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
 
 
-def predict_remote(url: str, fmt: str, image: Path, max_payload: int) -> tuple[float, np.ndarray]:
-    import tilecast
+def read(path: Path) -> np.ndarray:
+    import rasterio
 
-    with tilecast.Model.from_endpoint(url, payload_format=fmt, max_payload_bytes=max_payload, concurrency=4,
-                                      input_tile_size=TILE, input_overlap_size=OVERLAP, batch_size=BATCH) as m:
-        t0 = time.perf_counter()
-        out = m.predict_image(image).to_numpy()
-        return time.perf_counter() - t0, out
+    with rasterio.open(path) as ds:
+        return ds.read()
 
 
 def throughput(base: str, clients: int, seconds: float, side: int) -> float:
@@ -123,10 +122,11 @@ def throughput(base: str, clients: int, seconds: float, side: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--throughput", action="store_true", help="Also measure server throughput (c).")
     ap.add_argument("--max-payload-bytes", type=int, default=4_000_000,
                     help="Client request limit; a batch larger than this goes out as concurrent requests.")
     args = ap.parse_args()
@@ -140,28 +140,41 @@ def main() -> None:
           f"{macs_per_pixel() / 1000:.0f}k MACs/px, {os.cpu_count()} cores, load {load_average():.1f}")
 
     times: dict[str, list[float]] = {"local": []} | {f: [] for f, _ in FORMATS}
+    outs = {name: OUT_DIR / f"serve_{args.size}_{name.lower()}.tif" for name in times}
+    sources = {"local": ("--model", str(model))} | {
+        f: ("--endpoint", "http://127.0.0.1:{port}" + route, "--payload-format", f,
+            "--max-payload-bytes", str(args.max_payload_bytes)) for f, route in FORMATS}
     server = Server(model)
     try:
-        _, reference = predict_local(model, image)
-        for fmt, route in FORMATS:  # warm up the server (first runs of a shape are slow) and the connections
-            predict_remote(server.base + route, fmt, image, args.max_payload_bytes)
+        def run(name: str) -> float:
+            src = tuple(a.format(port=server.port) for a in sources[name])
+            return predict_cli(image, outs[name], *src)
+
+        warm = make_raster(DATA_DIR / "serve_512.tif", 512, progress=False)
+        for name in times:  # warm up the server (first runs of a shape are slow) on a small raster
+            src = tuple(a.format(port=server.port) for a in sources[name])
+            predict_cli(warm, OUT_DIR / "serve_warm.tif", *src)
+        reference = None
         for _ in range(args.repeats):
-            t, _ = predict_local(model, image)
-            times["local"].append(t)
-            for fmt, route in FORMATS:
-                t, out = predict_remote(server.base + route, fmt, image, args.max_payload_bytes)
-                if not np.allclose(out, reference, rtol=1e-5, atol=1e-5):
-                    raise SystemExit(f"{fmt}: the endpoint's prediction differs from the local one")
-                times[fmt].append(t)
+            for name in times:
+                times[name].append(run(name))
+                if name == "local" and reference is None:
+                    reference = read(outs["local"])
+                if name != "local" and not np.array_equal(read(outs[name]), reference):
+                    raise SystemExit(f"{name}: the endpoint's prediction differs from the local one")
     finally:
         server.close()
     local = median(times["local"])
-    print(f"\n{'path':<24}{'median s':>10}{'Mpx/s':>10}{'vs local':>10}{'target':>8}")
+    print(f"\n{'tilecast predict':<24}{'median s':>10}{'Mpx/s':>10}{'vs local':>10}{'per round':>11}{'target':>9}")
     targets = {"V2_BINARY": 0.80, "SERIALIZED_TF_TENSORS": 0.60}
     for name, values in times.items():
         t = median(values)
+        rounds = median([a / b for a, b in zip(times["local"], values, strict=True)])
         target = f">= {targets[name]:.2f}" if name in targets else ""
-        print(f"{name:<24}{t:>10.2f}{mpx_per_s(pixels, t):>10.2f}{local / t:>10.2f}{target:>8}")
+        print(f"{name:<24}{t:>10.2f}{mpx_per_s(pixels, t):>10.2f}{local / t:>10.2f}{rounds:>11.2f}{target:>9}")
+    print(f"load average after: {load_average():.1f}")
+    if not args.throughput:
+        return
 
     io_model = build_io_bound(DATA_DIR / "serve_io.onnx")
     for net, side, label in ((model, TILE + 2 * OVERLAP, "compute-bound network"),

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = ("README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")))
 
 COMMANDS = ("tilecast", "rio", "python", "pip", "make", ".venv/bin/python", "docker", "curl", "eval", "gdalinfo")
+COMMANDS += ("torch-model-archiver",)
 """First words that make a line a shell command (``NAME=value`` prefixes are skipped first)."""
 
 _FENCE = re.compile(r"^(\s*)```(\S*)\s*$")

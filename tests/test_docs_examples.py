@@ -17,6 +17,13 @@ Placeholders (one workspace per doc, copied from assets built once per module):
   are small scikit-learn forests converted with skl2onnx.
 - Vector files: the sample's own points and polygons (with ``class`` = the land-cover code), generated parcels.
 - Endpoints: ``127.0.0.1:8500`` is a real ``tilecast serve`` started by the documented command on a free port.
+- docs/vectors.md: ``ortho.tif`` holds 8 px squares; ``trees.onnx`` and ``buildings-seg.onnx`` are analytic
+  detectors (boxes; YOLO-seg instance masks) with Deepness/GeoDeep metadata, checked against the squares themselves.
+  ``landcover.tif`` (also view.md's and the README's ``out/landcover.tif``) is the demo's predicted class map.
+- ``tilecast view`` runs as a process with ``--no-browser`` on a free port: its TileJSON, one native-zoom tile and
+  the value at the centre are fetched, then it is stopped; the value is checked against the raster or the model.
+- docs/formats.md: ``scene.tif`` is a 3-band RGB raster; the ``.mar`` is built by ``torch-model-archiver`` (those
+  items skip when the tool is missing), the ``.tflite`` by TensorFlow's converter.
 """
 
 from __future__ import annotations
@@ -218,6 +225,344 @@ PARQUET_INDEX = (
     "needs FeatureBatch.to_arrow (features/io.py) to keep the row count when no property column is left (here the "
     "input's `class` column is replaced by the output `class`): pyarrow's ArrowInvalid today"
 )
+
+# ---- maps, vectors and model formats (docs/view.md, docs/vectors.md, docs/formats.md) -----------------------------
+
+README_VIEW = (
+    "tilecast view out/landsat_stack.tif --model models/landsat_landcover.onnx --bands B1,B2,B3,B4,B5 --tile 128 "
+    "--overlap 4 --output-band landcover:uint8 --classes 1=developed,2=agriculture,3=herbaceous,4=shrubland,5=forest,"
+    "6=water,7=sediment --rgb B3,B2,B1"
+)
+MAR = "torch-model-archiver --model-name landcover --version 1.0 --serialized-file model.pt --handler image_segmenter"
+TORCH_PRELUDE = "import torch\n\ntorch.manual_seed(0)\nmodel = torch.nn.Conv2d(3, 2, 1)  # a scriptable network\n"
+KERNEL = np.array([[0.5, -1.0], [0.25, 2.0], [-0.75, 1.0]], np.float32)
+"""The 1x1 Keras convolution of docs/formats.md's TFLite example: 3 bands in, 2 out."""
+KERAS_PRELUDE = (
+    "import numpy as np\nimport tensorflow as tf\n\n"
+    "keras_model = tf.keras.Sequential([tf.keras.Input((256, 256, 3), name='image'), "
+    "tf.keras.layers.Conv2D(2, 1, use_bias=False)])\n"
+    f"keras_model.layers[0].set_weights([np.array({KERNEL.tolist()}, np.float32).reshape(1, 1, 3, 2)])\n"
+)
+AI_PLATFORM_LOCAL = (
+    'url="http://127.0.0.1:{port}/v1/models/landcover:predict", token="t")\n'
+    'model.predict_image("landsat.tif").to_geotiff("remote.tif")'
+)
+SQUARES = {"side": 8, "tile": 64, "overlap": 12, "res": 0.5, "x0": 500000.0, "y0": 4600000.0}
+"""docs/vectors.md's ortho.tif: 8 px squares of value 255 on a 0 background; the detectors see 64 + 2 x 12 px."""
+
+
+def _documented(doc: str, key: str) -> str:
+    return next(b.text for d, k, b in doc_items() if (d, k) == (doc, key))
+
+
+def _exec_block(doc: str, key: str, prelude: str) -> Callable[[Path], None]:
+    """A setup step that runs a documented Python block (with its prelude) in the workspace."""
+
+    def step(ws: Path) -> None:
+        _run_python(prelude + _documented(doc, key), ws, f"{doc}: {key}")
+
+    return step
+
+
+TORCH_SCRIPT = _exec_block("docs/formats.md", "import torch", TORCH_PRELUDE)
+_keras_to_tflite = _exec_block("docs/formats.md", "from pathlib import Path", KERAS_PRELUDE)
+
+
+def _archiver() -> list[str] | None:
+    """``torch-model-archiver`` (dev dependency group), as tests/test_formats_torchserve.py finds it."""
+    import importlib.util
+
+    if exe := shutil.which("torch-model-archiver"):
+        return [exe]
+    if importlib.util.find_spec("model_archiver") is not None:
+        return [sys.executable, "-m", "model_archiver.model_packaging"]
+    return None
+
+
+def _run_archiver(words: list[str], ws: Path) -> tuple[int, str]:
+    exe = _archiver()
+    if exe is None:
+        pytest.skip("torch-model-archiver is not installed (pip install torch-model-archiver; dev dependency group)")
+    proc = subprocess.run([*exe, *words[1:]], cwd=ws, env=_env(), capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _opens_zip(name: str) -> Callable[[Path, str], None]:
+    def check(ws: Path, out: str) -> None:
+        import zipfile
+
+        with zipfile.ZipFile(ws / name) as z:
+            manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        assert manifest["model"]["handler"] == "image_segmenter", manifest
+
+    return check
+
+
+def _rgb() -> np.ndarray:
+    with rasterio.open("scene.tif") as src:
+        return src.read().astype(np.float32)
+
+
+def _mar_scores(ws: Path, out: str) -> None:
+    """scores.tif is the scripted network itself applied to the scene after the image handler's ToTensor and
+    ImageNet Normalize, computed here with torch."""
+    import torch
+
+    x = _rgb() / 255
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    x = (x - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        expected = torch.jit.load(str(ws / "model.pt"))(torch.from_numpy(x[None])).numpy()[0]
+    with rasterio.open(ws / "scores.tif") as dst:
+        got = dst.read()
+    assert got.shape == expected.shape == (2, *x.shape[1:])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _tflite_matches_numpy(ws: Path, out: str) -> None:
+    """The converted model, loaded as documented, predicts the 1x1 convolution computed here with numpy."""
+    from tilecast import Model
+
+    model = Model.load(ws / "landcover.tflite", input_tile_size=256)
+    got = model.predict_image(ws / "scene.tif").to_numpy()
+    expected = np.einsum("io,ihw->ohw", KERNEL, _rgb())
+    np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=1e-5, atol=1e-3)
+
+
+def _ai_platform_equals_local(ws: Path, out: str) -> None:
+    """The AI Platform call, sent to the local server, equals the same ONNX model run here with the same tiles."""
+    from tilecast import Model
+
+    local = Model.from_onnx(
+        ROOT / "models/landsat_landcover.onnx", input_tile_size=64, output_bands=["landcover:uint8"]
+    )
+    local.predict_image(ws / "landsat.tif").to_geotiff(ws / "local.tif")
+    with rasterio.open(ws / "remote.tif") as remote, rasterio.open(ws / "local.tif") as here:
+        got, want = remote.read(masked=True), here.read(masked=True)
+    assert got.count() > 0.8 * got.size
+    np.testing.assert_array_equal(np.ma.getmaskarray(got), np.ma.getmaskarray(want))
+    np.testing.assert_array_equal(got.compressed(), want.compressed())
+
+
+def _read_vectors(path: Path):
+    """GeoParquet through pyarrow (this GDAL's Parquet driver needs libduckdb), the rest through pyogrio."""
+    import geopandas
+    import pyogrio
+
+    return geopandas.read_parquet(path) if path.suffix == ".parquet" else pyogrio.read_dataframe(path)
+
+
+def _squares_found(path: Path, ws: Path, boxes: bool) -> None:
+    """One feature per square of ortho.tif, whose bounds are the square's (computed from the raster itself)."""
+    from scipy import ndimage
+
+    with rasterio.open(ws / "ortho.tif") as src:
+        img, transform = src.read(1), src.transform
+    labels, n = ndimage.label(img > 0)
+    want = []
+    for rows, cols in ndimage.find_objects(labels):
+        x0, y1 = transform * (cols.start, rows.start)
+        x1, y0 = transform * (cols.stop, rows.stop)
+        want.append((x0, y0, x1, y1))
+    gdf = _read_vectors(path)
+    assert len(gdf) == n, f"{len(gdf)} features for {n} squares"
+    got = np.array(sorted(map(tuple, gdf.geometry.bounds.values)))
+    np.testing.assert_allclose(got, np.array(sorted(want)), atol=1e-6)
+    side = SQUARES["side"] * SQUARES["res"]
+    if boxes:
+        assert set(gdf.class_name) == {"tree"} and (gdf.score > 0.5).all()
+    else:  # instance polygons: the masks, exact (a square here), with their area
+        np.testing.assert_allclose(gdf.geometry.area, side * side)
+        np.testing.assert_allclose(gdf["area"], side * side)
+
+
+def _polygons_cover_classes(path: Path, raster: Path) -> None:
+    """Per class, the polygons' total area is the class raster's pixel count times the pixel area."""
+    import pyogrio
+
+    gdf = pyogrio.read_dataframe(path)
+    with rasterio.open(raster) as src:
+        band = src.read(1, masked=True)
+        pixel = abs(src.transform.a * src.transform.e)
+    values, counts = np.unique(band.compressed(), return_counts=True)
+    assert len(values) > 1 and len(gdf) > len(values)
+    area = gdf.geometry.area.groupby(gdf["class_id"]).sum()
+    assert sorted(area.index) == sorted(values.tolist()), (sorted(area.index), values)
+    for v, c in zip(values, counts, strict=True):
+        assert area[v] == pytest.approx(c * pixel, rel=1e-9), v
+    assert gdf.geometry.is_valid.all()
+
+
+def _vectors_block(ws: Path, out: str) -> None:
+    _squares_found(ws / "trees.parquet", ws, boxes=True)
+    import pyogrio
+
+    gdf = pyogrio.read_dataframe(ws / "landcover.gpkg")
+    assert len(gdf) > 0 and (gdf.geometry.area >= 500).all(), "min_area=500 applied"
+
+
+def _detector_fragment_parses(text: str, ws: Path) -> None:
+    """The card fragment is valid JSON that tilecast's detector settings accept, with the values it states."""
+    from tilecast.vectors.metadata import describe_detector, detector_spec
+
+    fragment = json.loads("{" + text + "}")["tilecast:detector"]
+    spec = detector_spec(card_properties={"tilecast:detector": fragment})
+    for key in ("det_type", "box_format", "objectness", "confidence", "iou", "merge_threshold", "match"):
+        assert getattr(spec, key) == fragment[key], (key, getattr(spec, key), fragment[key])
+    assert spec.classes == (0,) and dict(spec.class_names) == {0: "car"}
+    assert describe_detector(spec)["det_type"].startswith("generic")
+
+
+def _detector_assets(a: Path) -> None:
+    """ortho.tif (squares on a 0.5 m grid), trees.onnx (a box detector) and buildings-seg.onnx (instance masks),
+    both analytic, with Deepness/GeoDeep metadata so that the documented commands need no flags."""
+    from test_vectors_models import scattered_corners, square_detector, squares_image
+
+    s = SQUARES
+    corners = scattered_corners(200, 240, s["side"], s["tile"], 40)
+    img = np.repeat(squares_image(200, 240, corners, s["side"], 255, "uint8")[None], 3, axis=0)  # grey RGB
+    profile = {"crs": "EPSG:32633", "transform": rasterio.Affine(s["res"], 0, s["x0"], 0, -s["res"], s["y0"]),
+               "width": 240, "height": 200}
+    _write_like(a / "ortho.tif", img, profile, ["red", "green", "blue"])
+    view = s["tile"] + 2 * s["overlap"]
+    meta = {"model_type": "Detector", "tiles_size": str(view), "tiles_overlap": str(200 * s["overlap"] / view),
+            "class_names": '{"0": "tree"}', "det_conf": "0.5"}
+    _rgb_input(square_detector(a / "trees.onnx", s["side"], view, metadata={**meta, "det_type": "yolo_v8"}))
+    _square_segmenter(a / "buildings-seg.onnx", s["side"], view, {**meta, "det_type": "yolo_seg"})
+    _rgb_input(a / "buildings-seg.onnx")
+
+
+def _rgb_input(path: str | Path) -> None:
+    """Deepness/GeoDeep models take RGB: the analytic detector sees the mean of the three bands."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    for node in g.node:
+        node.input[:] = ["gray" if i == "image" else i for i in node.input]
+    g.node.insert(0, helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1))
+    g.input[0].type.tensor_type.shape.dim[1].dim_value = 3
+    onnx.save(m, str(path))
+
+
+def _square_segmenter(path: Path, side: int, view: int, metadata: dict) -> None:
+    """The square detector as a YOLO-seg head: one mask coefficient (10) and one prototype (pixel / 255 - 0.5), so
+    each mask is sigmoid(10 x prototype) > 0.5 exactly on the square."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from test_vectors_models import square_detector
+
+    square_detector(path, side, view, metadata=metadata)
+    m = onnx.load(str(path))
+    g = m.graph
+    cat = next(n for n in g.node if n.op_type == "Concat")
+    g.initializer.extend([numpy_helper.from_array(np.array([10.0], np.float32), "ten"),
+                          numpy_helper.from_array(np.array([0.5], np.float32), "half")])
+    g.node.insert(list(g.node).index(cat), helper.make_node("Add", ["z", "ten"], ["coef"]))
+    cat.input.append("coef")
+    g.node.extend([helper.make_node("Sub", ["b", "half"], ["output1"])])
+    g.output.append(helper.make_tensor_value_info("output1", onnx.TensorProto.FLOAT, None))
+    onnx.save(m, str(path))
+
+
+def _view_and_format_assets(a: Path, data: np.ndarray, profile: dict) -> None:
+    """The class map docs view and polygonize (the demo's predict command), an NDVI raster and an RGB scene."""
+    cmd = DEMO_PREDICT.replace("out/landsat_stack.tif", str(a / "stack6.tif"))
+    cmd = cmd.replace("models/landsat_landcover.onnx", str(a / "landsat.onnx"))
+    code, out = _tilecast([*shlex.split(cmd.replace("out/landcover.tif", str(a / "classes.tif")))[1:], "-q"])
+    assert code == 0, out
+    red, nir = data[2].astype(np.float32), data[3].astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ndvi = np.where((red > 0) & (nir > 0), (nir - red) / (nir + red), np.nan).astype(np.float32)
+    _write_like(a / "ndvi.tif", ndvi[None], {**profile, "nodata": np.nan}, ["ndvi"])
+    rgb = ((np.indices((3, 300, 300)).sum(axis=0) * 7) % 256).astype(np.uint8)
+    _write_like(a / "rgb.tif", rgb, {**profile, "width": 300, "height": 300, "nodata": None}, ["red", "green", "blue"])
+
+
+# ---- tilecast view: a short-lived server on a free port ----------------------------------------------------------
+
+
+def _view(words: list[str], ws: Path) -> tuple[int, str]:
+    """``tilecast view ...`` as documented, with ``--no-browser`` on a free port: its TileJSON, the native-zoom tile
+    at the centre (a 256 px PNG with pixels) and the values there (after the tile, so the block is computed)."""
+    import httpx
+    import morecantile
+    from PIL import Image
+
+    port = _free_port()
+    args = [*words[1:], "--no-browser", "--no-cache", "--port", str(port), "-q"]
+    cmd = [sys.executable, "-c", "from tilecast.cli import main; main(prog_name='tilecast')", *args]
+    proc = subprocess.Popen(cmd, cwd=ws, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                return proc.returncode, proc.stdout.read().decode()
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(base + "tilejson.json", timeout=5)
+                if r.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "tilecast view did not answer in 90 s"
+            time.sleep(0.2)
+        tj = r.json()
+        lon, lat = tj["center"][:2]
+        t = morecantile.tms.get("WebMercatorQuad").tile(lon, lat, tj["maxzoom"] - 4)  # the native zoom
+        r = httpx.get(base + f"tiles/{t.z}/{t.x}/{t.y}.png", timeout=300)
+        assert r.status_code == 200, r.text
+        import io
+
+        png = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
+        assert png.shape == (256, 256, 4) and (png[..., 3] == 255).any(), "the tile shows the layer"
+        point = httpx.get(base + "point", params={"lon": lon, "lat": lat}, timeout=60).json()
+    finally:
+        proc.stdout.close()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return 0, json.dumps({"tilejson": tj, "point": point, "lonlat": [lon, lat]})
+
+
+def _pixel(path: Path, lonlat: list[float]) -> tuple[int, int]:
+    from rasterio.warp import transform as warp
+
+    with rasterio.open(path) as src:
+        (x,), (y,) = warp("EPSG:4326", src.crs, [lonlat[0]], [lonlat[1]])
+        return src.index(x, y)
+
+
+def _view_shows_raster(ws: Path, out: str, name: str = "out/landcover.tif") -> None:
+    """The map's value at the centre is the raster's pixel there; its bounds are the raster's."""
+    from rasterio.warp import transform_bounds
+
+    res = json.loads(out)
+    with rasterio.open(ws / name) as src:
+        row, col = _pixel(ws / name, res["lonlat"])
+        want = src.read(1, window=((row, row + 1), (col, col + 1)))[0, 0]
+        bounds = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    np.testing.assert_allclose(res["tilejson"]["bounds"], bounds, atol=1e-6)
+    (layer,) = [v for v in res["point"].values() if isinstance(v, dict) and "values" in v]
+    assert layer["values"][0] == pytest.approx(float(want), rel=1e-6), (layer, want)
+
+
+def _view_point_is_model(ws: Path, out: str, scene: str, model: str) -> None:
+    """The map's prediction at the centre is the ONNX model run here on the whole scene (its field of view, 7 px,
+    is inside every documented overlap)."""
+    import onnxruntime as ort
+
+    res = json.loads(out)
+    with rasterio.open(ws / scene) as src:
+        x = src.read(list(range(1, 6)), masked=True).filled(0).astype(np.float32)[None]
+    sess = ort.InferenceSession(str(ws / model), providers=["CPUExecutionProvider"])
+    expected = sess.run(["landcover"], {"image": x})[0][0]
+    row, col = _pixel(ws / scene, res["lonlat"])
+    assert res["point"]["prediction"]["values"] == [int(expected[row, col])], res["point"]
+
 
 CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     # README.md
@@ -462,6 +807,85 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ),
     ("docs/training-data.md", "python bench/bench_export.py"): BENCH,
     ("docs/training-data.md", "python bench/bench_export.py --quick"): BENCH,
+    # README.md: See it on a map
+    ("README.md", "tilecast view out/landcover.tif"): Run(check=lambda ws, out: _view_shows_raster(ws, out)),
+    ("README.md", README_VIEW): Run(
+        check=lambda ws, out: _view_point_is_model(ws, out, "out/landsat_stack.tif", "models/landsat_landcover.onnx")
+    ),
+    # docs/endpoints.md
+    (
+        "docs/endpoints.md",
+        "400 then 2000 well-formed v2 requests (64px x 4 bands), 200 in flight; 1100 idle and 200 slow-header "
+        "sockets; 5 rounds of malformed and amplification requests; 2 cores, load 10.5",
+    ): Text("measured output"),
+    # docs/formats.md
+    ("docs/formats.md", "import torch"): Run(python_prelude=TORCH_PRELUDE),
+    ("docs/formats.md", MAR): Run(setup=(TORCH_SCRIPT,), check=_opens_zip("landcover.mar")),
+    ("docs/formats.md", "from tilecast import Model"): Run(setup=(TORCH_SCRIPT, MAR), check=_mar_scores),
+    ("docs/formats.md", "from pathlib import Path"): Run(python_prelude=KERAS_PRELUDE, check=_tflite_matches_numpy),
+    ("docs/formats.md", 'model = Model.load("landcover.tflite", input_tile_size=256)'): Run(
+        setup=(_keras_to_tflite,),
+        python_prelude="from tilecast import Model\n",
+        check=_tflite_matches_numpy,
+    ),
+    (
+        "docs/formats.md",
+        'model = Model.from_ai_platform_predictor(project_id="my-project", model_name="landcover", version="v3",',
+    ): Run(
+        python_prelude="from tilecast import Model\n",
+        # a Google Cloud project in the documented form; here the same call reaches a local `tilecast serve`
+        subs=(('output_bands=["landcover:uint8"])', 'output_bands=["landcover:uint8"], ' + AI_PLATFORM_LOCAL),),
+        check=_ai_platform_equals_local,
+    ),
+    # docs/vectors.md
+    ("docs/vectors.md", "tilecast predict ortho.tif --model trees.onnx -o trees.gpkg"): Run(
+        check=lambda ws, out: _squares_found(ws / "trees.gpkg", ws, boxes=True)
+    ),
+    ("docs/vectors.md", "tilecast predict ortho.tif --model buildings-seg.onnx -o buildings.parquet"): Run(
+        check=lambda ws, out: _squares_found(ws / "buildings.parquet", ws, boxes=False)
+    ),
+    ("docs/vectors.md", "tilecast predict scene.tif --model landcover.onnx -o landcover.fgb"): Run(
+        check=lambda ws, out: _polygons_cover_classes(ws / "landcover.fgb", ws / "landcover.tif")
+    ),
+    ("docs/vectors.md", "tilecast polygonize landcover.tif -o landcover.gpkg"): Run(
+        check=lambda ws, out: _polygons_cover_classes(ws / "landcover.gpkg", ws / "landcover.tif")
+    ),
+    ("docs/vectors.md", "from tilecast.vectors import predict_vectors, to_geodataframe, polygonize_raster"): Run(
+        python_prelude='from tilecast import Model\nmodel = Model.load("trees.onnx")\n',
+        check=_vectors_block,
+    ),
+    (
+        "docs/vectors.md",
+        '"tilecast:detector": {"det_type": "generic", "box_format": "xyxy", "objectness": false,',
+    ): Text("a model card fragment", check=_detector_fragment_parses),
+    ("docs/vectors.md", "python bench/bench_vectors.py --size 20000 --objects 1000000"): BENCH,
+    ("docs/vectors.md", "python bench/bench_vectors.py --size 5000 --objects 62500"): BENCH,
+    ("docs/vectors.md", "bench_vectors: 5000 x 5000 px, tile 512 + 8 overlap, 6-px squares, median of 3"): Text(
+        "measured output"
+    ),
+    # docs/view.md
+    ("docs/view.md", "tilecast view scene.tif --model landcover.onnx"): Run(
+        check=lambda ws, out: _view_point_is_model(ws, out, "scene.tif", "landcover.onnx")
+    ),
+    (
+        "docs/view.md",
+        "tilecast view scene.tif --model unet.onnx --tile 256 --overlap 16 --output-band landcover:uint8 "
+        "--classes 1=water,2=forest,3=crops --rgb 3,2,1",
+    ): Run(check=lambda ws, out: _view_point_is_model(ws, out, "scene.tif", "unet.onnx")),
+    ("docs/view.md", "tilecast view out/landcover.tif"): Run(check=lambda ws, out: _view_shows_raster(ws, out)),
+    ("docs/view.md", "tilecast view ndvi.tif --colormap rdylgn --rescale -0.2,0.9"): Run(
+        check=lambda ws, out: _view_shows_raster(ws, out, "ndvi.tif")
+    ),
+    ("docs/view.md", 'result = model.predict_image("scene.tif")'): Run(
+        python_prelude='import tilecast\nmodel = tilecast.Model.load("landcover.onnx")\n'
+    ),
+    (
+        "docs/view.md",
+        "browser ──XYZ tile z/x/y──▶ tile layer ──blocks under the tile──▶ block runner ──chunk of whole tiles──▶ "
+        "model",
+    ): Text("diagram"),
+    ("docs/view.md", ".venv/bin/python bench/bench_view.py"): BENCH,
+    ("docs/view.md", ".venv/bin/python bench/bench_view.py --size 1024 --repeats 1"): BENCH,
 }
 
 
@@ -508,11 +932,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _show_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def _tilecast(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     """``tilecast ARGS`` in this process (exit code, stdout + stderr)."""
     from tilecast.cli import main
 
-    result = CliRunner().invoke(main, args, env=env, catch_exceptions=True)
+    with warnings.catch_warnings():  # shown on stderr, as in a user's shell, not raised by the "error" filter
+        warnings.simplefilter("always", TilecastWarning)
+        warnings.showwarning = _show_on_stderr
+        result = CliRunner().invoke(main, args, env=env, catch_exceptions=True)
     out = result.output
     if result.exception and not isinstance(result.exception, SystemExit):
         out += f"\n{type(result.exception).__name__}: {result.exception}"
@@ -639,6 +1070,8 @@ def assets(tmp_path_factory) -> Path:
     _tabular(a / "classifier.onnx", 10, 3)
     _tabular(a / "landcover_tab.onnx", 6, 7)
     _tabular(a / "clf.onnx", 3, 3)
+    _detector_assets(a)
+    _view_and_format_assets(a, data, profile)
     return a
 
 
@@ -649,6 +1082,7 @@ WORKSPACES: dict[str, dict[str, str]] = {
         "unet.onnx": "landsat.onnx",
         "out/landsat_stack.tif": "stack6.tif",
         "models/landsat_landcover.onnx": "landsat.onnx",
+        "out/landcover.tif": "classes.tif",
     },
     "docs/demo.md": {"out/landsat_stack.tif": "stack6.tif", "models/landsat_landcover.onnx": "landsat.onnx"},
     "docs/dask.md": {
@@ -682,6 +1116,22 @@ WORKSPACES: dict[str, dict[str, str]] = {
         "polygons.gpkg": "polygons.gpkg",
     },
     "docs/benchmarks.md": {},
+    "docs/formats.md": {"scene.tif": "rgb.tif", "landsat.tif": "stack5.tif"},
+    "docs/vectors.md": {
+        "ortho.tif": "ortho.tif",
+        "trees.onnx": "trees.onnx",
+        "buildings-seg.onnx": "buildings-seg.onnx",
+        "scene.tif": "stack5.tif",
+        "landcover.onnx": "landsat_card.onnx",
+        "landcover.tif": "classes.tif",
+    },
+    "docs/view.md": {
+        "scene.tif": "stack5.tif",
+        "landcover.onnx": "landsat_card.onnx",
+        "unet.onnx": "landsat.onnx",
+        "out/landcover.tif": "classes.tif",
+        "ndvi.tif": "ndvi.tif",
+    },
 }
 
 
@@ -824,6 +1274,10 @@ def _run_shell(cmd: str, ws: Path) -> tuple[int, str]:
     words = _words(cmd, ws)
     if words[0] == "tilecast" and words[1] == "serve":
         return _serve(words, ws)
+    if words[0] == "tilecast" and words[1] == "view":
+        return _view(words, ws)
+    if words[0] == "torch-model-archiver":
+        return _run_archiver(words, ws)
     if words[0] == "tilecast":
         return _tilecast(words[1:])
     if words[0] == "rio":

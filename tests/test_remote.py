@@ -144,3 +144,110 @@ def test_predicting_a_remote_cog_reads_only_the_needed_ranges(tmp_path, server, 
         assert ds.read().tobytes() == local.tobytes()
         assert ds.shape == (150, 200)
     assert img.shape == (2, 1024, 1024)
+
+
+class _FakeTransport:
+    """Answers each request with its inputs doubled; ``gate`` holds the first request until set; ``fail`` makes the
+    first request fail."""
+
+    def __init__(self, gate: threading.Event, fail: bool = False) -> None:
+        self.gate, self.fail, self.sent, self.in_flight, self.most = gate, fail, 0, 0, 0
+        self.lock = threading.Lock()
+
+    def encode(self, batch, start, stop):
+        return {k: v[start:stop] for k, v in batch.items()}
+
+    def size(self, request) -> int:
+        return sum(v.nbytes for v in request.values())
+
+    def send(self, request, n, first):
+        from tilecast.errors import EndpointError
+
+        with self.lock:
+            self.sent += 1
+            number = self.sent
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            if number == 1:
+                assert self.gate.wait(10)
+                if self.fail:
+                    raise EndpointError("scripted failure")
+            return {"y": request["x"] * 2}
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def _fake_runtime(transport, concurrency: int):
+    from tilecast.runtimes.http import endpoint_runtime
+
+    rt = endpoint_runtime("projects/p/locations/us-central1/endpoints/1", token="t", concurrency=concurrency,
+                          max_payload_bytes=100)  # no metadata to read; one 4x4 float32 tile (64 bytes) per request
+    rt.transport.close()
+    rt.transport = transport
+    return rt
+
+
+def _wait_for(condition) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_endpoint_runtime_keeps_two_batches_in_flight():
+    from tilecast.runtimes.base import releases_inputs, streams_of
+
+    gate = threading.Event()
+    fake = _FakeTransport(gate)
+    rt = _fake_runtime(fake, concurrency=4)
+    assert streams_of(rt) == 2 and releases_inputs(rt)
+    assert streams_of(_fake_runtime(_FakeTransport(gate), concurrency=1)) == 1
+    batches = [np.arange(2 * 16, dtype=np.float32).reshape(2, 1, 4, 4) + 100 * i for i in range(2)]
+    results: dict[int, dict] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: rt.run({"x": batches[i]})})) for i in range(2)]
+    threads[0].start()
+    _wait_for(lambda: fake.sent >= 2)  # the first call's requests are out; the first one waits at the gate
+    threads[1].start()
+    _wait_for(lambda: fake.sent >= 4)  # the second call is sent while the first is still unanswered
+    assert threads[0].is_alive() and fake.in_flight >= 1
+    gate.set()
+    for t in threads:
+        t.join(10)
+    for i in range(2):
+        assert np.array_equal(results[i]["y"], batches[i] * 2)
+    rt.close()
+
+
+def test_a_failed_request_stops_the_other_streams_requests():
+    """One request thread: the failure is recorded before the thread takes the other call's queued requests, which
+    are then not sent; both calls end with the failure."""
+    from tilecast.errors import EndpointError
+
+    gate = threading.Event()
+    fake = _FakeTransport(gate, fail=True)
+    rt = _fake_runtime(fake, concurrency=1)
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            rt.run({"x": np.zeros((3, 1, 4, 4), np.float32) + i})
+        except EndpointError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    threads[0].start()
+    _wait_for(lambda: fake.sent == 1)
+    threads[1].start()
+    _wait_for(lambda: rt._active == 2)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert fake.sent == 1 and len(errors) == 2
+    assert all("scripted failure" in str(e) for e in errors)
+    rt.run({"x": np.ones((2, 1, 4, 4), np.float32)})  # a later call starts afresh
+    assert fake.sent == 3
+    rt.close()

@@ -10,17 +10,24 @@ callers already catch, so ``except FileNotFoundError`` or ``except ValueError`` 
     │   ├── UnknownCRSError
     │   ├── BandMismatchError                   bands do not match the model's inputs
     │   ├── RegionError                         bounds/window outside the raster, or empty
+    │   ├── UnknownColormapError                a colormap name the map does not know
     │   └── SourceReadError (OSError)           a window of the input cannot be read (truncated, corrupt, gone)
     ├── ModelError                              the model or its parameters
     │   ├── ModelLoadError (OSError)            missing or corrupted model file
     │   ├── SpecError (ValueError)              contradictory or invalid Earth Engine parameters
+    │   │   └── DetectorSpecError               an unknown det_type, or contradictory decoding parameters
     │   ├── TileSizeError (ValueError)          the model rejects the tile size
     │   ├── OutputShapeError (ValueError)       the model returned an unexpected shape or dtype
+    │   │   └── DetectorOutputError             a detector's outputs do not decode under its det_type
     │   └── EndpointError (ConnectionError)     a hosted model failed or could not be reached
     ├── OutputError                             the result cannot be written as asked
     │   ├── OutputExistsError (FileExistsError)
     │   ├── NodataError (ValueError)            nodata not representable in the output dtype
-    │   └── CastError (ValueError)              a value does not fit the output dtype
+    │   ├── CastError (ValueError)              a value does not fit the output dtype
+    │   ├── OutputIsInputError (ValueError)     the output is one of the files the prediction reads
+    │   ├── OutputOptionError (ValueError)      an output option GDAL here cannot honour (--compress)
+    │   └── VectorFormatError (ValueError)      not a vector format, or a raster-only option with one
+    ├── PortInUseError (OSError)                the port to serve a map on is taken
     └── MissingExtraError (ImportError)         an optional dependency is not installed
 
     TilecastWarning (UserWarning)               it works, but probably not as meant
@@ -33,6 +40,8 @@ from __future__ import annotations
 __all__ = [
     "BandMismatchError",
     "CastError",
+    "DetectorOutputError",
+    "DetectorSpecError",
     "EndpointError",
     "InputError",
     "MissingExtraError",
@@ -42,7 +51,10 @@ __all__ = [
     "NotGeoreferencedError",
     "OutputError",
     "OutputExistsError",
+    "OutputIsInputError",
+    "OutputOptionError",
     "OutputShapeError",
+    "PortInUseError",
     "RegionError",
     "SourceNotFoundError",
     "SourceReadError",
@@ -51,6 +63,8 @@ __all__ = [
     "TilecastError",
     "TilecastWarning",
     "UnknownCRSError",
+    "UnknownColormapError",
+    "VectorFormatError",
 ]
 
 
@@ -123,6 +137,34 @@ class NodataError(OutputError, ValueError):
 
 class CastError(OutputError, ValueError):
     """A predicted value does not fit the declared output dtype."""
+
+
+class OutputIsInputError(OutputError, ValueError):
+    """The output path is one of the files the prediction reads (directly, or as a VRT, mosaic or STAC member)."""
+
+
+class OutputOptionError(OutputError, ValueError):
+    """An output option (such as the compression) that GDAL here cannot honour."""
+
+
+class VectorFormatError(OutputError, ValueError):
+    """The output's extension is not a vector format tilecast writes, or an option does not apply to it."""
+
+
+class DetectorSpecError(SpecError):
+    """The detector's decoding parameters (``det_type``, thresholds, class names) cannot be used."""
+
+
+class DetectorOutputError(OutputShapeError):
+    """The model's outputs do not decode under its ``det_type``; the message names the shape expected."""
+
+
+class UnknownColormapError(InputError):
+    """A colormap name that rio-tiler does not know."""
+
+
+class PortInUseError(TilecastError, OSError):
+    """The address a server should listen on is already in use."""
 
 
 class MissingExtraError(TilecastError, ImportError):

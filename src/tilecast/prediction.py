@@ -18,6 +18,7 @@ from .runners.engine import Dask, Engine, Local, resolve_engine
 from .runstats import RunStats, TimedRuntime
 from .runtimes.base import model_path
 from .sinks.base import ChunkSink, OutputProfile, Sink
+from .sinks.safety import refuse_overwriting_inputs
 from .sources.base import Grid, Source
 from .spec import check_nodata, default_nodata, with_default_colors
 from .tensors import bind_inputs, bind_outputs, needs_probe
@@ -239,6 +240,7 @@ class Prediction:
             from .vectors.errors import VectorFormatError
 
             raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
+        refuse_overwriting_inputs(path, self.source)  # whatever overwrite says, and on every engine
         chunk_size = dask_options.pop("chunk_size", None)
         chosen = resolve_engine(engine, self.engine, dask_options)
         if isinstance(chosen, Dask) or resume:
@@ -262,6 +264,7 @@ class Prediction:
         from .sinks.chunked import ZarrSink
 
         chosen = resolve_engine(engine, self.engine, dask_options)
+        refuse_overwriting_inputs(path, self.source)
         sink = ZarrSink(path, overwrite=overwrite)
         return self.run(sink, progress, chosen, resume=resume, chunk_size=chunk_size)
 

@@ -29,7 +29,8 @@ from .options import reports_errors
                    "(1 disables it).")
 @click.option("--batch-timeout-ms", type=float, default=5.0, show_default=True,
               help="Dynamic batching: how long the first request of a batch waits for others.")
-@click.option("--threads", type=int, help="Intra-op threads per model (default: the runtime's choice).")
+@click.option("--threads", type=int, help="Intra-op threads per model (default: the resource policy's model "
+                                         "threads, split evenly between the models).")
 @click.option("--max-connections", type=int, default=1024, show_default=True,
               help="Open connections; beyond it requests get HTTP 503 with Retry-After (health still answers).")
 @click.option("--max-connections-per-client", type=int, default=256, show_default=True,
@@ -60,7 +61,9 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
                    (JSON and the binary tensor extension)
       TF Serving:  GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict ("instances" or "inputs",
                    Earth Engine's base64 TensorProto strings, RAW_JSON, ND_ARRAYS, {"b64": ...})
-      Vertex AI:   POST /v1/projects/P/locations/L/endpoints/E:predict and $AIP_PREDICT_ROUTE (first model)
+      Vertex AI:   POST /v1/projects/P/locations/L/endpoints/E:predict and $AIP_PREDICT_ROUTE (first model);
+                   TorchServe's rows too: {"b64": PNG/JPEG/TIFF or TensorProto}, objects, nested lists
+      AI Platform: POST /v1/projects/P/models/M[/versions/V]:predict
       Prometheus:  GET /metrics
     \b
     Example:

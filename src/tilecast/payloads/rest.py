@@ -1,4 +1,4 @@
-"""TF Serving / Vertex AI ``:predict`` JSON bodies in Earth Engine's HTTP payload formats.
+"""TF Serving / Vertex AI ``:predict`` JSON bodies in Earth Engine's HTTP payload formats (and TorchServe's rows).
 
 Client side: :func:`encode_request` and :func:`decode_response`. Server side: :func:`decode_request` (which also
 detects the format) and :func:`encode_response`, which answers in the format it was asked in.
@@ -7,6 +7,7 @@ detects the format) and :func:`encode_response`, which answers in the format it 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,10 +15,11 @@ import numpy as np
 
 from ..errors import InputError, OutputShapeError
 from .checks import DecodeBudget, require_finite
-from .protos import make_ndarray
-from .tensors import b64_to_tensor, tensor_to_b64, unb64
+from .images import decode_b64_bytes
+from .tensors import b64_to_tensor, tensor_to_b64, tensor_to_b64_bytes, unb64
 
-__all__ = ["decode_request", "decode_response", "encode_request", "encode_response", "nd_instance"]
+__all__ = ["decode_request", "decode_response", "encode_request", "encode_request_body", "encode_response",
+           "encode_response_body", "nd_instance"]
 
 
 def nd_instance(batch: Mapping[str, np.ndarray], i: int) -> np.ndarray:
@@ -42,6 +44,45 @@ def encode_request(fmt: str, batch: Mapping[str, np.ndarray], start: int, stop: 
     raise InputError(f"payload format {fmt} is not a REST format")
 
 
+def _rows_body(key: str, names: list[str] | None, columns: list[np.ndarray], rng: range,
+               extra: Mapping[str, Any] | None) -> bytes:
+    """``{key: [rows]}`` (plus ``extra``) as JSON bytes, each value a tensor string, written straight from the
+    base64 bytes: web-safe base64 needs no JSON escaping, so the megabytes of a body are not scanned, decoded to
+    ``str`` and encoded back as ``json.dumps`` would."""
+    keys = [json.dumps(k).encode() + b':"' for k in names] if names is not None else None
+    parts = [json.dumps({**(extra or {}), key: []}, separators=(",", ":")).encode()[:-2]]  # up to the "["
+    for n, i in enumerate(rng):
+        if n:
+            parts.append(b",")
+        if keys is None:
+            parts += [b'"', tensor_to_b64_bytes(columns[0][i]), b'"']
+            continue
+        parts.append(b"{")
+        for j, (k, col) in enumerate(zip(keys, columns, strict=True)):
+            parts += [b"," if j else b"", k, tensor_to_b64_bytes(col[i]), b'"']
+        parts.append(b"}")
+    parts.append(b"]}")
+    return b"".join(parts)
+
+
+def encode_request_body(fmt: str, batch: Mapping[str, np.ndarray], start: int, stop: int,
+                        extra: Mapping[str, Any] | None = None) -> bytes:
+    """:func:`encode_request` as the JSON bytes to send, with ``extra`` top-level fields (``signature_name``)."""
+    if fmt == "SERIALIZED_TF_TENSORS":
+        return _rows_body("instances", list(batch), list(batch.values()), range(start, stop), extra)
+    body = {**encode_request(fmt, batch, start, stop), **(extra or {})}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_response_body(fmt: str, outputs: Mapping[str, np.ndarray]) -> bytes:
+    """:func:`encode_response` as JSON bytes (tensor strings written straight, as in :func:`encode_request_body`)."""
+    if fmt == "SERIALIZED_TF_TENSORS":
+        names = list(outputs)
+        n = len(next(iter(outputs.values())))
+        return _rows_body("predictions", names if len(names) > 1 else None, list(outputs.values()), range(n), None)
+    return json.dumps(encode_response(fmt, outputs), separators=(",", ":")).encode()
+
+
 def _tolist(a: np.ndarray) -> Any:
     return a.tolist() if a.dtype.kind != "f" or a.dtype.itemsize >= 4 else a.astype(np.float32).tolist()
 
@@ -55,7 +96,7 @@ def _value(v: Any, where: str, budget: DecodeBudget | None = None, finite: bool 
         if isinstance(v, dict):
             if set(v) != {"b64"} or not isinstance(v["b64"], str):
                 raise InputError(f"an object value must be {{'b64': '...'}}, got {sorted(v)}")
-            return make_ndarray(_tensor_proto(unb64(v["b64"])), budget)
+            return decode_b64_bytes(unb64(v["b64"]), budget)
         if v is None:
             raise InputError("null is not a value; send numbers")
         arr = np.asarray(v)
@@ -71,15 +112,6 @@ def _value(v: Any, where: str, budget: DecodeBudget | None = None, finite: bool 
         raise InputError(f"{where}: {exc}") from None
 
 
-def _tensor_proto(raw: bytes) -> Any:
-    from .protos import TensorProto
-
-    try:
-        return TensorProto.FromString(raw)
-    except Exception as exc:  # protobuf's DecodeError
-        raise InputError(f"not a serialized TensorProto: {exc}") from None
-
-
 def _stack(values: Sequence[np.ndarray], where: str, error: type[Exception]) -> np.ndarray:
     first = values[0]
     for i, v in enumerate(values):
@@ -90,9 +122,15 @@ def _stack(values: Sequence[np.ndarray], where: str, error: type[Exception]) -> 
 
 def decode_request(body: Any, budget: DecodeBudget | None = None) -> tuple[dict[str, np.ndarray], str]:
     """Named batched arrays and the detected format. ND_ARRAYS / bare instances come back under the key ``""``.
+
+    Rows follow TorchServe's JSON envelope (Vertex AI's prebuilt PyTorch container): ``{"b64": ...}`` holds an
+    image (PNG/JPEG/TIFF, decoded to CHW) or a serialized TensorProto (:mod:`.images`), an object row holds inputs
+    by name (``RAW_JSON``), a nested list is one tensor (``ND_ARRAYS``). ``"parameters"`` is accepted and unused.
     ``budget``: what the TensorProtos in the body may declare in all (:class:`~.checks.DecodeBudget`)."""
     if not isinstance(body, dict) or not ({"instances", "inputs"} & set(body)):
         raise InputError('the body must be a JSON object with "instances" (row format) or "inputs" (columnar)')
+    if not isinstance(body.get("parameters", {}), dict):
+        raise InputError('"parameters" must be a JSON object (Vertex AI\'s per-request parameters)')
     if "inputs" in body and "instances" not in body:
         cols = body["inputs"]
         if isinstance(cols, dict):

@@ -52,14 +52,15 @@ def dtype_from_v2(name: str) -> np.dtype | None:
     return np.dtype(t) if t is not None else None
 
 
-def _bytes_of(a: np.ndarray) -> bytes:
+def _bytes_of(a: np.ndarray) -> bytes | memoryview:
+    """The tensor's binary data: a view of a contiguous little-endian array (no copy; the body is joined once)."""
     if a.dtype.kind in "OSU":
         parts = []
         for v in a.reshape(-1):
             b = v if isinstance(v, bytes) else str(v).encode()
             parts.append(struct.pack("<I", len(b)) + b)
         return b"".join(parts)
-    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+    return memoryview(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).reshape(-1)).cast("B")
 
 
 def _from_bytes(raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], where: str, error: type

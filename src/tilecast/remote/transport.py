@@ -126,10 +126,8 @@ class HttpTransport:
         if fmt in ("V2_BINARY", "V2_JSON"):
             part = {k: v[start:stop] for k, v in batch.items()}
             return v2.encode_request(part, binary=fmt == "V2_BINARY", request_id=f"{next(self._ids)}")
-        body = rest.encode_request(fmt, batch, start, stop)
-        if self.endpoint.signature_name:
-            body["signature_name"] = self.endpoint.signature_name
-        return json.dumps(body, separators=(",", ":")).encode(), {"Content-Type": "application/json"}
+        extra = {"signature_name": self.endpoint.signature_name} if self.endpoint.signature_name else None
+        return rest.encode_request_body(fmt, batch, start, stop, extra), {"Content-Type": "application/json"}
 
     def size(self, request: tuple[bytes, dict[str, str]]) -> int:
         return len(request[0])

@@ -8,6 +8,7 @@ written, unless every request succeeded.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -28,19 +29,34 @@ __all__ = ["EndpointRuntime", "endpoint_runtime"]
 
 
 class EndpointRuntime:
-    """A hosted model. Safe to call from one thread at a time; it runs its own request threads."""
+    """A hosted model. ``run`` may be called from :attr:`streams` threads at once; the requests of all calls share
+    ``concurrency`` request threads (and connections)."""
+
+    streams = 2
+    """Batches a runner keeps in flight: while the endpoint computes one, the runner reads, encodes, decodes and
+    writes the other, so the model never waits on the network or on the client (Earth Engine's pipelining). One
+    with ``concurrency=1``: requests then go strictly one after another, batch by batch."""
+    releases_inputs = True
+    """A batch is encoded into request bodies before ``run`` returns, and answers are decoded from the response
+    bodies, so a runner may stack its next batch into the same arrays."""
 
     def __init__(self, endpoint: Endpoint, options: EndpointOptions | None = None) -> None:
         opts = options or EndpointOptions()
         self.endpoint = endpoint
         self.options = opts
         self.concurrency = opts.concurrency
+        self.streams = min(EndpointRuntime.streams, opts.concurrency)
         self.transport = make_transport(endpoint, dict(opts.headers), opts.timeout, opts.concurrency,
                                         opts.max_payload_bytes, opts.retry or RetryPolicy(), opts.token)
         text = endpoint.payload_format not in GRPC_FORMATS and endpoint.payload_format != "V2_BINARY"
         self.packer = Packer(opts.max_payload_bytes, opts.output_multiplier, self._measure, endpoint.payload_format,
                              text)
         self._pool = ThreadPoolExecutor(opts.concurrency, thread_name_prefix="tilecast-endpoint")
+        self._lock = threading.Lock()
+        self._active = 0
+        self._failure: BaseException | None = None
+        """The error that ended a request while calls were in flight: the other stream's requests not yet sent are
+        not sent, and end with it (cleared when a call starts with none in flight)."""
         # closes connections and threads even when the runtime is dropped without close() (e.g. by a CLI run)
         self._finalizer = weakref.finalize(self, _shutdown, self._pool, self.transport)
         try:
@@ -60,18 +76,40 @@ class EndpointRuntime:
         if any(len(v) != n for v in batch.values()):
             raise SpecError(f"inputs differ in batch size: { {k: len(v) for k, v in batch.items()} }")
         slices = self.packer.slices(batch)
-        futures: list[Future[list[tuple[int, dict[str, np.ndarray]]]]] = [
-            self._pool.submit(self._request, batch, a, b) for a, b in slices
-        ]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for f in futures:
-            if f.done() and f.exception() is not None:
-                for g in futures:
-                    g.cancel()
-                wait(futures)
-                raise f.exception()  # type: ignore[misc]
-        parts = [p for f in futures for p in f.result()]
+        with self._lock:
+            if self._active == 0:
+                self._failure = None
+            self._active += 1
+        try:
+            futures: list[Future[list[tuple[int, dict[str, np.ndarray]]]]] = [
+                self._pool.submit(self._guarded, batch, a, b) for a, b in slices
+            ]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:
+                if f.done() and f.exception() is not None:
+                    for g in futures:
+                        g.cancel()
+                    wait(futures)
+                    raise f.exception()  # type: ignore[misc]
+            parts = [p for f in futures for p in f.result()]
+        finally:
+            with self._lock:
+                self._active -= 1
         return _concat(parts, n)
+
+    def _guarded(self, batch: Mapping[str, np.ndarray], start: int, stop: int) -> list[tuple[int, dict]]:
+        """:meth:`_request`, unless a request of any call in flight failed (then its error, nothing sent): a failed
+        run stops sending at once, as with one stream."""
+        failure = self._failure
+        if failure is not None:
+            raise failure
+        try:
+            return self._request(batch, start, stop)
+        except BaseException as exc:
+            with self._lock:
+                if self._failure is None:
+                    self._failure = exc
+            raise
 
     def _request(self, batch: Mapping[str, np.ndarray], start: int, stop: int) -> list[tuple[int, dict]]:
         request = self.transport.encode(batch, start, stop)

@@ -1,4 +1,5 @@
-"""The HTTP side: KServe v2, TF Serving REST, the Earth Engine / Vertex AI ``:predict`` convention, and /metrics.
+"""The HTTP side: KServe v2, TF Serving REST, the Earth Engine / Vertex AI ``:predict`` convention (with TorchServe's
+JSON rows, as Vertex AI's prebuilt PyTorch container takes them), legacy AI Platform routes, and /metrics.
 
 Built on Starlette. Request bodies are read with a hard size limit (413) and a deadline (408), charged to the
 server's memory budget before they are decoded (503 with ``Retry-After`` when it is spent, see :mod:`.limits`), and
@@ -97,13 +98,13 @@ async def read_body(request: Request, limit: int, reservation: Reservation | Non
     return b"".join(chunks)
 
 
-def _v2_shape(t: TensorSpec) -> list[int]:
-    return [-1] if t.shape is None else [-1 if d is None else int(d) for d in t.shape]
-
-
 def _v2_meta(t: TensorSpec) -> dict[str, Any]:
-    return {"name": t.name, "datatype": v2.v2_datatype(t.dtype) if t.dtype is not None else "FP32",
-            "shape": _v2_shape(t)}
+    """KServe v2 tensor metadata. A tensor of unknown rank (a TorchScript model's) has no ``shape`` field: ``[-1]``
+    would tell clients rank 1, and they could not bind the model's outputs to bands."""
+    meta: dict[str, Any] = {"name": t.name, "datatype": v2.v2_datatype(t.dtype) if t.dtype is not None else "FP32"}
+    if t.shape is not None:
+        meta["shape"] = [-1 if d is None else int(d) for d in t.shape]
+    return meta
 
 
 def _tf_meta(t: TensorSpec) -> dict[str, Any]:
@@ -126,10 +127,12 @@ def _decode_rest(body: bytes, budget: DecodeBudget) -> tuple[dict, str]:
 
 
 def _encode_json(fmt: str, out: Mapping[str, Any]) -> bytes:
-    return json.dumps(rest.encode_response(fmt, out), separators=(",", ":")).encode()
+    return rest.encode_response_body(fmt, out)
 
 
 _V1 = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<v>[^/:]+)|/labels/(?P<l>[^/:]+))?(?P<op>:predict|/metadata)?$")
+
+_AI_PLATFORM = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<v>[^/:]+))?:predict$")
 
 
 class Handlers:
@@ -284,6 +287,18 @@ class Handlers:
         request.path_params["name"] = self.default.name
         return await self.predict(self.default, request)
 
+    async def ai_platform(self, request: Request) -> tuple[Response, int]:
+        """The legacy AI Platform route (``fromAiPlatformPredictor``): the model of that name, or the only one."""
+        m_ = _AI_PLATFORM.match(request.path_params["rest"])
+        if not m_:
+            raise HTTPError(404, f"no such route: {request.url.path}; use /v1/projects/P/models/M[/versions/V]"
+                                 ":predict")
+        name = m_["name"]
+        if name not in self.models and len(self.models) == 1:
+            name = next(iter(self.models))
+        request.path_params["name"] = name
+        return await self.predict(self.model(name), request)
+
     async def metrics_route(self, request: Request) -> tuple[Response, int]:
         data, content_type = self.metrics.render()
         return Response(data, media_type=content_type), 0
@@ -302,6 +317,7 @@ class Handlers:
             Route("/v2/models/{name}/versions/{version}/infer", e("v2", self.v2_infer), methods=["POST"]),
             Route("/v1/projects/{project}/locations/{location}/endpoints/{eid}:predict", e("vertex", self.vertex),
                   methods=["POST"]),
+            Route("/v1/projects/{project}/models/{rest:path}", e("vertex", self.ai_platform), methods=["POST"]),
             Route("/v1/models/{rest:path}", e("tfserving", self.v1), methods=["GET", "POST"]),
             Route("/metrics", e("metrics", self.metrics_route)),
         ]

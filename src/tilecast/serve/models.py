@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, ModelLoadError, OutputShapeError
+from ..resources import Resources
 from ..runtimes.base import Runtime
 from .adapt import adapt_inputs
 from .metrics import ARRIVING
@@ -60,7 +61,11 @@ def models_from_paths(specs: list[str], names: list[str] | None = None, threads:
 
 def load_models(specs: list[str], names: list[str] | None = None, threads: int | None = None
                 ) -> tuple[dict[str, Runtime], dict[str, tuple[tuple[str, ...], dict[str, str]]]]:
-    """Like :func:`models_from_paths`, with each model's :func:`card_bands` by name."""
+    """Like :func:`models_from_paths`, with each model's :func:`card_bands` by name.
+
+    Thread policy: ``threads`` intra-op threads per model; by default one model takes the resource policy's
+    ``model_threads`` (:class:`~tilecast.resources.Resources`, with its streams), and several split them evenly.
+    The batcher then keeps each model's declared streams busy (:class:`Batcher`)."""
     paths: list[tuple[str, Path]] = []
     for spec in specs:
         name, sep, rest = spec.partition("=")
@@ -79,6 +84,8 @@ def load_models(specs: list[str], names: list[str] | None = None, threads: int |
         if len(names) > len(paths):
             raise ModelLoadError(f"{len(names)} --name values for {len(paths)} models")
         paths = [(n, p) for n, (_, p) in zip(names, paths, strict=False)] + paths[len(names):]
+    if threads is None and len(paths) > 1:  # the models share the CPUs instead of each taking them all
+        threads = max(1, Resources.detect().model_threads // len(paths))
     out: dict[str, Runtime] = {}
     bands: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}
     for name, p in paths:
@@ -183,7 +190,8 @@ class Batcher:
     async def _dispatch(self, live: list[_Item]) -> None:
         """Run one merged batch and hand each request its rows; frees the stream when done."""
         try:
-            merged = {k: np.concatenate([g.arrays[k] for g in live]) for k in live[0].arrays}
+            merged = (live[0].arrays if len(live) == 1 else  # one request: its arrays as they are, no copy
+                      {k: np.concatenate([g.arrays[k] for g in live]) for k in live[0].arrays})
             out = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._run, merged, sum(g.n for g in live)
             )

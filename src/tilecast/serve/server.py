@@ -113,6 +113,7 @@ def serve(runtimes: Mapping[str, Runtime], *, host: str = "127.0.0.1", port: int
         log.warning("listening beyond this machine without a token; anyone who can reach the port can use the "
                     "models. Pass --token-env to require a bearer token")
     log.info("listening", extra={"fields": {"http": f"http://{host}:{port}", "models": sorted(runtimes),
+                                            "streams": {k: streams_of(rt) for k, rt in runtimes.items()},
                                             "auth": bool(token), "max_batch": max_batch,
                                             "batch_timeout_ms": batch_timeout_ms, **dataclasses.asdict(limits)}})
     uvicorn.Server(config).run()

@@ -13,20 +13,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import OutputIsInputError, OutputOptionError
 from ..sources.base import source_paths
 
 __all__ = ["OutputIsInputError", "OutputOptionError", "check_compression", "input_files", "refuse_overwriting_inputs"]
 
 _REMOTE = ("/vsicurl", "http://", "https://", "s3://", "gs://", "az://", "/vsis3", "/vsigs", "/vsiaz")
-
-
-class OutputIsInputError(OutputError, ValueError):
-    """The output path is one of the files the prediction reads."""
-
-
-class OutputOptionError(OutputError, ValueError):
-    """An output option (such as the compression) that GDAL here cannot honour."""
 
 
 def check_compression(name: str) -> str:

@@ -1,21 +1,7 @@
-"""Errors of the map viewer, in tilecast's one tree (see :mod:`tilecast.errors`)::
-
-    TilecastError
-    ├── InputError (ValueError)
-    │   └── UnknownColormapError            --colormap names no colormap rio-tiler has
-    └── PortInUseError (OSError)            the port to serve the map on is taken
-"""
+"""Errors of the map viewer; they live in :mod:`tilecast.errors` (the one tree) and are re-exported here."""
 
 from __future__ import annotations
 
-from ..errors import InputError, TilecastError
+from ..errors import PortInUseError, UnknownColormapError
 
 __all__ = ["PortInUseError", "UnknownColormapError"]
-
-
-class UnknownColormapError(InputError):
-    """A colormap name that rio-tiler does not know."""
-
-
-class PortInUseError(TilecastError, OSError):
-    """The address the map server should listen on is already in use."""

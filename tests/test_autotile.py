@@ -265,11 +265,19 @@ def test_a_model_that_refuses_everything_says_so(raster):
         model.predict_image(path)
 
 
-def test_fixed_size_model_auto_means_its_size(tmp_path):
+def test_fixed_size_model_auto_means_its_size(tmp_path, raster):
     fixed = mean_conv(tmp_path / "fixed.onnx", bands=1, hw=(64, 64))
     model = tilecast.Model.from_onnx(fixed, input_tile_size="auto", input_overlap_size=4)
     assert model.auto_tile is None
     assert model.spec.geometry.tile == XY(56, 56)
+    assert model.tile_choice.reason == "fixed"
+    data = (np.arange(100 * 120).reshape(1, 100, 120) % 97).astype("float32")
+    out = model.with_options(crs=None).predict_image(raster(data)).to_geotiff(tmp_path / "o.tif")
+    with rasterio.open(out) as ds:
+        assert ds.tags()["TILECAST_TILE"].startswith("56,56 auto=fixed")
+    plain = tilecast.Model.from_onnx(fixed, input_overlap_size=4)
+    assert plain.tile_choice is None and plain.with_options(input_tile_size=56).tile_choice is None
+    assert model.with_options(input_tile_size=56).tile_choice is None  # an explicit tile is not auto's choice
 
 
 def test_auto_with_output_tile_is_refused():

@@ -61,13 +61,18 @@ class Model:
         until then ``spec.geometry`` holds a provisional tile."""
         self.tile_choice: TileChoice | None = None
         """What ``auto`` chose for this model (a model :meth:`predict_image` returns with the choice applied)."""
+        fixed = False
         if spec is None:
+            fixed = is_auto(params.get("input_tile_size"))
             params, self.auto_tile = _auto_params(params, runtime.signature)
+            fixed = fixed and self.auto_tile is None
             spec = ModelSpec.create(**_with_default_tile(params, runtime.signature))
         elif params:
             raise SpecError("pass either spec= or keyword parameters, not both")
         self.spec = spec
         self.card = card
+        if fixed:  # auto on a fixed-size model: its own size, recorded as the choice
+            self.tile_choice = TileChoice(spec.geometry.tile, spec.geometry.overlap, spec.batch_size, "fixed")
 
     @classmethod
     def from_onnx(
@@ -197,7 +202,7 @@ class Model:
 
     def with_options(self, **changes: Any) -> Model:
         """A copy sharing the runtime, with some parameters changed (``input_tile_size="auto"`` included)."""
-        auto = self.auto_tile
+        auto, fixed = self.auto_tile, self.tile_choice is not None and self.tile_choice.reason == "fixed"
         if is_auto(changes.get("input_tile_size")) or "memory_budget" in changes or "tile_multiple" in changes:
             tile = changes.pop("input_tile_size", "auto" if auto else self.spec.geometry.tile)
             params = {"input_tile_size": tile, "memory_budget": changes.pop("memory_budget", auto and auto.budget),
@@ -206,10 +211,12 @@ class Model:
                       "output_tile_size": changes.get("output_tile_size"), "layout": self.spec.layout,
                       "input_overlap_size": changes.get("input_overlap_size", self.spec.geometry.overlap),
                       "overlap_mode": changes.get("overlap_mode", "per_edge")}
+            fixed = is_auto(tile)
             params, auto = _auto_params(params, self.signature)
+            fixed = fixed and auto is None
             changes["input_tile_size"] = _with_default_tile(params, self.signature)["input_tile_size"]
         elif "input_tile_size" in changes:
-            auto = None
+            auto, fixed = None, False
         if "input_overlap_size" in changes or "input_tile_size" in changes or "output_tile_size" in changes:
             g = self.spec.geometry
             geometry = TileGeometry.create(
@@ -221,6 +228,9 @@ class Model:
             changes["geometry"] = geometry
         model = Model(self.runtime, self.spec.replace(**changes), card=self.card)
         model.auto_tile = auto
+        if fixed:
+            g = model.spec.geometry
+            model.tile_choice = TileChoice(g.tile, g.overlap, model.spec.batch_size, "fixed")
         return model
 
     def predict_image(

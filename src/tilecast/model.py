@@ -12,11 +12,12 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from .autotile import AutoTile, TileChoice, parse_bytes
 from .card.binding import CardBinding
 from .card.html import card_html, class_list, section, table
 from .card.load import open_model
 from .errors import InputError, SpecError, TilecastWarning
-from .plan import TileGeometry, TilePlan, window_from_bounds
+from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, is_auto, window_from_bounds
 from .prediction import Prediction
 from .runtimes.base import Runtime, Signature, TensorSpec
 from .sources import RasterioSource, open_source, parse_crs, warp_grid
@@ -55,12 +56,23 @@ class Model:
     def __init__(self, runtime: Runtime, spec: ModelSpec | None = None, *, card: CardBinding | None = None,
                  **params: Any) -> None:
         self.runtime = runtime
+        self.auto_tile: AutoTile | None = None
+        """Set when ``input_tile_size="auto"`` waits for an image to choose the tile (see :mod:`tilecast.autotile`);
+        until then ``spec.geometry`` holds a provisional tile."""
+        self.tile_choice: TileChoice | None = None
+        """What ``auto`` chose for this model (a model :meth:`predict_image` returns with the choice applied)."""
+        fixed = False
         if spec is None:
+            fixed = is_auto(params.get("input_tile_size"))
+            params, self.auto_tile = _auto_params(params, runtime.signature)
+            fixed = fixed and self.auto_tile is None
             spec = ModelSpec.create(**_with_default_tile(params, runtime.signature))
         elif params:
             raise SpecError("pass either spec= or keyword parameters, not both")
         self.spec = spec
         self.card = card
+        if fixed:  # auto on a fixed-size model: its own size, recorded as the choice
+            self.tile_choice = TileChoice(spec.geometry.tile, spec.geometry.overlap, spec.batch_size, "fixed")
 
     @classmethod
     def from_onnx(
@@ -189,7 +201,22 @@ class Model:
         return self.runtime.signature
 
     def with_options(self, **changes: Any) -> Model:
-        """A copy sharing the runtime, with some parameters changed."""
+        """A copy sharing the runtime, with some parameters changed (``input_tile_size="auto"`` included)."""
+        auto, fixed = self.auto_tile, self.tile_choice is not None and self.tile_choice.reason == "fixed"
+        if is_auto(changes.get("input_tile_size")) or "memory_budget" in changes or "tile_multiple" in changes:
+            tile = changes.pop("input_tile_size", "auto" if auto else self.spec.geometry.tile)
+            params = {"input_tile_size": tile, "memory_budget": changes.pop("memory_budget", auto and auto.budget),
+                      "tile_multiple": changes.pop("tile_multiple", auto and auto.multiple),
+                      "batch_size": changes.get("batch_size", auto.batch_size if auto else None),
+                      "output_tile_size": changes.get("output_tile_size"), "layout": self.spec.layout,
+                      "input_overlap_size": changes.get("input_overlap_size", self.spec.geometry.overlap),
+                      "overlap_mode": changes.get("overlap_mode", "per_edge")}
+            fixed = is_auto(tile)
+            params, auto = _auto_params(params, self.signature)
+            fixed = fixed and auto is None
+            changes["input_tile_size"] = _with_default_tile(params, self.signature)["input_tile_size"]
+        elif "input_tile_size" in changes:
+            auto, fixed = None, False
         if "input_overlap_size" in changes or "input_tile_size" in changes or "output_tile_size" in changes:
             g = self.spec.geometry
             geometry = TileGeometry.create(
@@ -199,7 +226,12 @@ class Model:
                 changes.pop("overlap_mode", "per_edge"),
             )
             changes["geometry"] = geometry
-        return Model(self.runtime, self.spec.replace(**changes), card=self.card)
+        model = Model(self.runtime, self.spec.replace(**changes), card=self.card)
+        model.auto_tile = auto
+        if fixed:
+            g = model.spec.geometry
+            model.tile_choice = TileChoice(g.tile, g.overlap, model.spec.batch_size, "fixed")
+        return model
 
     def predict_image(
         self,
@@ -243,13 +275,32 @@ class Model:
             region = window_from_bounds(bounds, grid.transform, grid.shape)
         elif window is not None:
             region = window if isinstance(window, Window) else Window.from_slices(*window)
+        model = self
+        if self.auto_tile is not None:  # the tile that fits this image's bands, region and the memory budget
+            model = self.resolve_tile(source, region.width if region is not None else grid.shape[1],
+                                      region.height if region is not None else grid.shape[0])
+            spec = model.spec
         plan = TilePlan.create(grid.shape, spec.geometry, region)
         if append_input and spec.geometry.scale != (1, 1):
             raise SpecError(
                 "append_input needs output pixels on the input grid, but output_tile_size "
                 f"{tuple(spec.geometry.out)} differs from input_tile_size {tuple(spec.geometry.tile)}"
             )
-        return Prediction(self, source, plan, append_input=append_input, engine=engine)
+        return Prediction(model, source, plan, append_input=append_input, engine=engine)
+
+    def resolve_tile(self, source: Any, width: int, height: int) -> Model:
+        """This model with ``auto``'s tile for predicting ``width x height`` pixels of ``source`` (probing the
+        runtime: see :func:`tilecast.autoprobe.choose_tile`); itself when its tile is not automatic."""
+        if self.auto_tile is None:
+            return self
+        from .autoprobe import choose_tile
+
+        choice = choose_tile(self.runtime, self.spec, self.auto_tile, self.input_band_names(source.band_names),
+                             np.dtype(source.dtype), source.properties, XY(int(width), int(height)))
+        model = Model(self.runtime, self.spec.replace(geometry=TileGeometry(choice.tile, choice.overlap, None),
+                                                      batch_size=choice.batch), card=self.card)
+        model.tile_choice = choice
+        return model
 
     def input_band_names(self, band_names: Sequence[str]) -> list[str]:
         """The names the model's inputs know the selected bands by (a model card renames them after its inputs for
@@ -340,9 +391,31 @@ class Model:
     def __repr__(self) -> str:
         g = self.spec.geometry
         return (
-            f"Model({self.runtime!r}, tile={tuple(g.tile)}, overlap={tuple(g.overlap)}, "
+            f"Model({self.runtime!r}, tile={'auto' if self.auto_tile else tuple(g.tile)}, overlap={tuple(g.overlap)}, "
             f"output_tile={tuple(g.out)}, outputs={[b.name for b in self.spec.output_bands]})"
         )
+
+
+def _auto_params(params: dict[str, Any], signature: Signature) -> tuple[dict[str, Any], AutoTile | None]:
+    """Take ``input_tile_size="auto"``, ``memory_budget`` and ``tile_multiple`` out of ``params``: an
+    :class:`AutoTile` when the model accepts any size (the spec then holds a provisional tile), None when the
+    model fixes its size (``auto`` means that size) or the tile is given."""
+    params = dict(params)
+    budget, multiple = params.pop("memory_budget", None), params.pop("tile_multiple", None)
+    if not is_auto(params.get("input_tile_size")):
+        return params, None
+    if params.get("output_tile_size") is not None:
+        raise SpecError("input_tile_size='auto' needs the output tile to follow the input tile; leave out "
+                        "output_tile_size (--output-tile) or give the tile (--tile)")
+    if multiple is not None and (not isinstance(multiple, int) or multiple < 1):
+        raise SpecError(f"tile_multiple must be a positive integer (the model's stride, e.g. 32), got {multiple!r}")
+    auto = AutoTile(parse_bytes(budget) if budget is not None else None, multiple, params.get("batch_size"))
+    params["input_tile_size"] = None
+    try:
+        return _with_default_tile(params, signature), None  # a fixed-size model: auto means its size
+    except SpecError:
+        params["input_tile_size"] = (PIXEL_TILE, PIXEL_TILE)
+        return params, auto
 
 
 def _with_default_tile(params: dict[str, Any], signature: Signature) -> dict[str, Any]:

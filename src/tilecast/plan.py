@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .runtimes.base import TensorSpec
 
 __all__ = [
+    "AUTO",
     "PIXEL_TILE",
     "XY",
     "Tile",
@@ -34,8 +35,10 @@ __all__ = [
     "TilePlan",
     "footprint_ranges",
     "infer_layout",
+    "is_auto",
     "parse_resolution",
     "parse_size",
+    "parse_tile_size",
     "spatial_shape",
     "window_from_bounds",
     "xy",
@@ -92,6 +95,20 @@ def parse_size(value: int | str | Sequence[int], name: str = "size") -> XY:
     Width comes first, as in Earth Engine's ``inputTileSize``; one number is used for both axes.
     """
     return XY(*_pair(value, name, int, "256,128"))
+
+
+AUTO = "auto"
+"""The tile size that asks tilecast to choose (see :mod:`tilecast.autotile`)."""
+
+
+def is_auto(value: object) -> bool:
+    """Whether ``value`` asks for an automatic tile (``"auto"``, any case)."""
+    return isinstance(value, str) and value.strip().lower() == AUTO
+
+
+def parse_tile_size(value: int | str | Sequence[int], name: str = "input_tile_size") -> XY | str:
+    """:func:`parse_size`, or :data:`AUTO` for ``"auto"`` (the largest tile the model and the memory take)."""
+    return AUTO if is_auto(value) else parse_size(value, name)
 
 
 def parse_resolution(value: float | str | Sequence[float], name: str = "resolution") -> tuple[float, float]:
@@ -187,6 +204,9 @@ class TileGeometry:
         ``overlap_mode="total"`` reads ``overlap`` as the sum over both edges (Earth Engine's guide), so it must be
         even and half of it goes to each side.
         """
+        if is_auto(tile):
+            raise SpecError("input_tile_size='auto' is chosen per image by a Model (Model(..., input_tile_size="
+                            "'auto'), --tile auto); a TileGeometry needs a size, e.g. 256")
         t = xy(tile, "input_tile_size")
         o = xy(overlap, "input_overlap_size")
         out = t if output_tile is None else xy(output_tile, "output_tile_size")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from .plan import TilePlan
 from .progress import ProgressCallback, resolve
 from .resources import bounded_gdal_cache
 from .runners.engine import Dask, Engine, Local, resolve_engine
+from .runstats import RunStats, TimedRuntime
 from .runtimes.base import model_path
 from .sinks.base import ChunkSink, OutputProfile, Sink
 from .sinks.safety import refuse_overwriting_inputs
@@ -139,6 +141,8 @@ class Prediction:
         check_nodata(nodata, dtype)
         categorical = all(d.kind in "iub" for d in band_dtypes[-len(outputs.band_names):])
         tags = {"TILECAST_MODEL": str(model_path(self.model.runtime) or type(self.model.runtime).__name__)}
+        if self.model.tile_choice is not None:  # what --tile auto chose, and why
+            tags["TILECAST_TILE"] = self.model.tile_choice.tag()
         bands = tuple(with_default_colors(b) for b in outputs.bands)  # class maps open coloured in GIS tools
         profile = OutputProfile(self.grid, tuple(names), np.dtype(dtype), nodata, bands, categorical, tags)
         return Job(self.plan, self.source, runtime, spec, self.inputs, outputs, profile, tuple(band_dtypes),
@@ -152,6 +156,7 @@ class Prediction:
         *,
         resume: bool = False,
         chunk_size: int | tuple[int, int] | None = None,
+        stats: RunStats | None = None,
         **dask_options: Any,
     ) -> Any:
         """Execute into ``sink`` and return what it returns on close.
@@ -159,18 +164,28 @@ class Prediction:
         ``engine``: :class:`~tilecast.Local` (threads, streaming; the default) or :class:`~tilecast.Dask` (chunk
         tasks on a Dask cluster; ``"local"`` and ``"dask"`` name their defaults). ``resume`` continues an
         interrupted run of the same prediction into the same output, skipping finished chunks. ``chunk_size`` sets
-        the output chunk edge of a chunked run. ``dask_options`` (``workers=``, ``client=``...) are deprecated: pass
-        ``engine=tilecast.Dask(...)``.
+        the output chunk edge of a chunked run. ``stats``: a :class:`~tilecast.runstats.RunStats` that gets the run's
+        wall time, its model time (local engine) and its pixels. ``dask_options`` (``workers=``, ``client=``...)
+        are deprecated: pass ``engine=tilecast.Dask(...)``.
         """
         chosen = resolve_engine(engine, self.engine, dask_options)
-        if isinstance(chosen, Dask):  # Dask workers cap their own cache; the client's settings travel to them
-            return self._run(sink, progress, chosen, resume, chunk_size)
-        with bounded_gdal_cache(self.job):
-            return self._run(sink, progress, chosen, resume, chunk_size)
+        if stats is not None:
+            stats.pixels = int(self.plan.region.width * self.plan.region.height)
+            stats.start()
+        try:
+            if isinstance(chosen, Dask):  # Dask workers cap their own cache; the client's settings travel to them
+                return self._run(sink, progress, chosen, resume, chunk_size, stats)
+            with bounded_gdal_cache(self.job):
+                return self._run(sink, progress, chosen, resume, chunk_size, stats)
+        finally:
+            if stats is not None:
+                stats.stop()
 
     def _run(self, sink: Sink, progress: bool | ProgressCallback | None, engine: Engine, resume: bool,
-             chunk_size: int | tuple[int, int] | None) -> Any:
+             chunk_size: int | tuple[int, int] | None, stats: RunStats | None = None) -> Any:
         job = self.job
+        if stats is not None and isinstance(engine, Local):  # time the model calls where they run: here
+            job = dataclasses.replace(job, runtime=TimedRuntime(job.runtime, stats))
         callback = resolve(progress)
         chunked = isinstance(sink, ChunkSink)
         local = isinstance(engine, Local)
@@ -208,13 +223,14 @@ class Prediction:
         overviews: bool = True,
         engine: Engine | str | None = None,
         resume: bool = False,
+        stats: RunStats | None = None,
         **dask_options: Any,
     ) -> Path:
         """Stream the prediction into a Cloud-Optimized GeoTIFF at ``path`` (atomically).
 
         With ``engine=tilecast.Dask(...)`` workers write their chunks into a partial GeoTIFF next to ``path`` and
         one of them builds the COG; with ``resume=True`` (either engine) an interrupted run continues where it
-        stopped. ``chunk_size=`` sets the chunk edge of such a run.
+        stopped. ``chunk_size=`` sets the chunk edge of such a run. ``stats``: see :meth:`run`.
         """
         from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
@@ -231,7 +247,7 @@ class Prediction:
             sink: Any = PartialGeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
         else:
             sink = GeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
-        return self.run(sink, progress, chosen, resume=resume, chunk_size=chunk_size)
+        return self.run(sink, progress, chosen, resume=resume, chunk_size=chunk_size, stats=stats)
 
     def to_zarr(
         self,

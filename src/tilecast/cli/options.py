@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..errors import SpecError, TilecastError
-from ..plan import parse_size
+from ..plan import AUTO, is_auto, parse_size
 
 
 class SizeType(click.ParamType):
@@ -50,7 +50,17 @@ class KeyValueType(click.ParamType):
         return key, val
 
 
+class TileSizeType(SizeType):
+    """A :class:`SizeType` that also takes ``auto`` (the largest tile the model and the memory budget take)."""
+
+    name = "W[,H]|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return AUTO if is_auto(value) else super().convert(value, param, ctx)
+
+
 SIZE = SizeType()
+TILE_SIZE = TileSizeType()
 
 
 class SectionedCommand(click.Command):
@@ -95,6 +105,12 @@ def csv_list(value: str | None) -> list[str] | None:
 
 def quiet_option(f: Callable) -> Callable:
     return click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")(f)
+
+
+def verbose_option(f: Callable) -> Callable:
+    return click.option("-v", "--verbose", is_flag=True,
+                        help="Say what was chosen (an automatic tile) and end with a one-line profile: the model's "
+                        "share of the wall time, its speed alone and the pipeline's.")(f)
 
 
 def overwrite_option(f: Callable) -> Callable:

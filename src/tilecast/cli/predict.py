@@ -11,9 +11,11 @@ import click
 import rasterio
 
 from ..errors import SpecError, TilecastWarning
+from ..runstats import RunStats
 from ..spec import parse_colors
 from .options import (
     SIZE,
+    TILE_SIZE,
     KeyValueType,
     SectionedCommand,
     compress_option,
@@ -25,16 +27,17 @@ from .options import (
     overwrite_option,
     quiet_option,
     reports_errors,
+    verbose_option,
 )
 from .polygonize import VECTOR_HELP, check_output_options, detector_options, polygon_options, write_vectors
 
 SECTIONS = {
     "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
               "input_type_override", "input_shape", "input_property", "gdal_config"),
-    "Model and tiling": ("model_path", "tile", "overlap", "overlap_mode", "output_tile", "layout", "blend", "padding",
-                         "batch_size", "providers"),
+    "Model and tiling": ("model_path", "tile", "memory_budget", "overlap", "overlap_mode", "output_tile", "layout",
+                         "blend", "padding", "batch_size", "providers"),
     "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
-               "overwrite", "resume", "quiet"),
+               "overwrite", "resume", "quiet", "verbose"),
     "Vector output (-o .gpkg, .parquet, .fgb, .geojson, .shp)": (
         "vector_crs", "simplify", "min_area", "confidence", "iou", "det_type"),
     "Engine": ("engine", "scheduler", "workers", "performance_report"),
@@ -54,7 +57,11 @@ SECTIONS = {
 @endpoint_request_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help=f"Output: a GeoTIFF (COG), or a vector file ({VECTOR_HELP}) for detectors and class maps.")
-@click.option("--tile", type=SIZE, help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize).")
+@click.option("--tile", type=TILE_SIZE,
+              help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize), or auto: the largest tile the "
+              "model accepts within --memory-budget (a fixed-size model's own size).")
+@click.option("--memory-budget", metavar="SIZE",
+              help="Memory --tile auto may plan for, e.g. 2GiB or 1500MiB. [default: half the memory available]")
 @click.option("--overlap", type=SIZE,
               help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode). [default: 0]")
 @click.option("--overlap-mode", type=click.Choice(["per_edge", "total"]),
@@ -100,10 +107,12 @@ SECTIONS = {
 @detector_options
 @overwrite_option
 @quiet_option
+@verbose_option
 @gdal_config_option
 @reports_errors
 def predict(
-    image: tuple[str, ...], model_path: str | None, output: str, quiet: bool, gdal_config: tuple, **opts: Any
+    image: tuple[str, ...], model_path: str | None, output: str, quiet: bool, verbose: bool, gdal_config: tuple,
+    **opts: Any
 ) -> None:
     """Predict IMAGE (a path or URL GDAL opens) with a model and write a Cloud-Optimized GeoTIFF.
 
@@ -128,16 +137,21 @@ def predict(
             image[0] if len(image) == 1 else list(image), bounds=opts["bounds"], bounds_crs=opts["bounds_crs"],
             append_input=opts["append_input"],
         )
+        if verbose and result.model.tile_choice is not None:
+            click.echo(result.model.tile_choice.describe(), err=True)
         if vector:
             write_vectors(result, output, opts, quiet, class_names=names)
             return
+        stats = RunStats() if verbose else None
         path = result.to_geotiff(
             output, overwrite=opts["overwrite"], progress=not quiet, compress=opts["compress"],
-            overviews=not opts["no_overviews"], engine=opts["engine"], resume=opts["resume"],
+            overviews=not opts["no_overviews"], engine=opts["engine"], resume=opts["resume"], stats=stats,
         )
     if not quiet:
         h, w = result.plan.output_shape
         click.echo(f"wrote {path} ({w} x {h} px, {len(result.profile.band_names)} band(s))", err=True)
+    if stats is not None:
+        click.echo(stats.summary(), err=True)
 
 
 # Defaults that keep remote reads lean; --config and the environment take precedence. No GDAL_CACHEMAX: the library
@@ -199,6 +213,7 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         output_bands = merged
     params: dict[str, Any] = {
         "input_tile_size": opts["tile"],
+        "memory_budget": opts.get("memory_budget"),
         "input_overlap_size": opts["overlap"],
         "overlap_mode": opts["overlap_mode"],
         "output_tile_size": opts["output_tile"],

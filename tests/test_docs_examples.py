@@ -613,6 +613,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ),
     # docs/benchmarks.md
     ("docs/benchmarks.md", ".venv/bin/python bench/bench_predict.py --big"): BENCH,
+    ("docs/benchmarks.md", "$ PYTHONPATH=src .venv/bin/python bench/bench_autotile.py --size 3072 --repeats 3"): BENCH,
     # docs/dask.md
     ("docs/dask.md", "pip install 'tilecast[dask]'"): PIP,
     ("docs/dask.md", "tilecast predict scene.tif --model landcover.onnx -o out.tif --engine dask"): Run(
@@ -703,7 +704,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         "tilecast prepare --source-dir unet/ --dest-dir unet_ee/ --input "
         '\'{"serving_default_image:0": "array"}\' --output \'{"StatefulPartitionedCall:0": "landcover"}\'',
     ): NotRunnable("needs a TensorFlow SavedModel `unet/` (TensorFlow); tests/test_prepare.py runs prepare"),
-    ("docs/endpoints.md", ".venv/bin/python bench/bench_serve.py"): BENCH,
+    ("docs/endpoints.md", ".venv/bin/python bench/bench_serve.py --size 4096 --repeats 2"): BENCH,
     # docs/features.md
     (
         "docs/features.md",
@@ -860,7 +861,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ): Text("a model card fragment", check=_detector_fragment_parses),
     ("docs/vectors.md", "python bench/bench_vectors.py --size 20000 --objects 1000000"): BENCH,
     ("docs/vectors.md", "python bench/bench_vectors.py --size 5000 --objects 62500"): BENCH,
-    ("docs/vectors.md", "bench_vectors: 5000 x 5000 px, tile 512 + 8 overlap, 6-px squares, median of 3"): Text(
+    ("docs/vectors.md", "bench_vectors: 20000 x 20000 px, tile 512 + 8 overlap, 6-px squares, median of 3"): Text(
         "measured output"
     ),
     # docs/view.md

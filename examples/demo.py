@@ -6,7 +6,7 @@
 
        tilecast predict out/landsat_stack.tif --model models/landsat_landcover.onnx --bands B1,B2,B3,B4,B5 \\
            --tile 128 --overlap 4 --output-band landcover:uint8 --classes 1=developed,...,7=sediment \\
-           -o out/landcover.tif --overwrite
+           --mask-halo -o out/landcover.tif --overwrite
 
 3. Scores the map against the sample's labelled pixels and draws ``out/landcover.png`` with a legend.
 
@@ -54,6 +54,7 @@ def predict_args(stack: str | Path, output: str | Path, model: str | Path = MODE
         "landcover:uint8",
         "--classes",
         classes,
+        "--mask-halo",  # no rim of guesses along the scene's nodata edge
         "-o",
         str(output),
         "--overwrite",
@@ -72,8 +73,11 @@ def scores(landcover: Path) -> dict[str, tuple[float, int]]:
     """Accuracy of the map on all usable labelled pixels and on the ones held out from training."""
     with rasterio.open(landcover) as src:
         predicted = src.read(1)
+        nodata = src.nodata
     labels = landsat.usable_labels()
-    _, held_out = landsat.split_labels(labels)
+    labels[predicted == nodata] = 0  # --mask-halo leaves pixels next to the scene's nodata unpredicted: not scored
+    _, held_out = landsat.split_labels(landsat.usable_labels())
+    held_out[predicted == nodata] = 0
     return {"all labels": landsat.accuracy(predicted, labels), "held-out labels": landsat.accuracy(predicted, held_out)}
 
 

@@ -46,8 +46,9 @@ def stack(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cli_output(stack) -> Path:
+    """The demo's prediction under Earth Engine's own mask rule (without --mask-halo): the model's recorded scores."""
     out = stack.parent / "landcover.tif"
-    result = CliRunner().invoke(main, [*demo.predict_args(stack, out), "-q"])
+    result = CliRunner().invoke(main, [*(a for a in demo.predict_args(stack, out) if a != "--mask-halo"), "-q"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -212,3 +213,23 @@ def test_demo_writes_cog_and_png_with_only_the_demo_install(tmp_path):
     # the blocker works: the same environment cannot import what the demo must not need
     check = subprocess.run([sys.executable, "-c", "import geopandas"], env=env, capture_output=True, text=True)
     assert check.returncode != 0 and "not in the demo install" in check.stderr
+
+
+def test_the_demo_masks_the_rim_next_to_nodata(stack, tmp_path):
+    """``--mask-halo`` (the demo runs with it) masks exactly the pixels within the overlap (4 px) of input nodata:
+    the rim where the model saw filled-in zeros and guessed water. Scored on the pixels the map predicts, it stays
+    as good as the model."""
+    from scipy.ndimage import binary_dilation
+
+    out = tmp_path / "halo.tif"
+    assert "--mask-halo" in demo.predict_args(stack, out)
+    result = CliRunner().invoke(main, [*demo.predict_args(stack, out), "-q"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as dst:
+        masked = dst.read(1) == dst.nodata
+    stack_data, _ = landsat.read_stack()
+    no_data = (stack_data[: len(landsat.MODEL_BANDS)] == landsat.NODATA).any(axis=0)
+    np.testing.assert_array_equal(masked, binary_dilation(no_data, np.ones((2 * demo.OVERLAP + 1,) * 2, bool)))
+    (acc_all, n_all), (acc_held_out, n_held_out) = demo.scores(out).values()
+    assert n_held_out > 750 and n_all > 2600
+    assert acc_held_out >= MIN_HELD_OUT and acc_all >= MIN_ALL

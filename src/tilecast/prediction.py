@@ -146,7 +146,7 @@ class Prediction:
         bands = tuple(with_default_colors(b) for b in outputs.bands)  # class maps open coloured in GIS tools
         profile = OutputProfile(self.grid, tuple(names), np.dtype(dtype), nodata, bands, categorical, tags)
         return Job(self.plan, self.source, runtime, spec, self.inputs, outputs, profile, tuple(band_dtypes),
-                   self.append_input)
+                   self.append_input, mask_receptive_field=spec.mask_receptive_field)
 
     def run(
         self,

@@ -179,6 +179,8 @@ class ModelSpec:
     batch_size: int = 8
     fill_value: float = 0
     nodata: float | None = None
+    mask_receptive_field: bool = False
+    """Mask an output pixel whose overlap neighbourhood touches masked input (off: Earth Engine's rule)."""
     bands: tuple[str | int, ...] | None = None
     output_layout: Literal["channels_last", "channels_first"] | None = None
 

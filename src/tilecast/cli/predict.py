@@ -33,7 +33,7 @@ from .polygonize import VECTOR_HELP, check_output_options, detector_options, pol
 
 SECTIONS = {
     "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
-              "input_type_override", "input_shape", "input_property", "gdal_config"),
+              "mask_halo", "input_type_override", "input_shape", "input_property", "gdal_config"),
     "Model and tiling": ("model_path", "tile", "memory_budget", "overlap", "overlap_mode", "output_tile", "layout",
                          "blend", "padding", "batch_size", "providers"),
     "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
@@ -87,6 +87,8 @@ SECTIONS = {
 @click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS).")
 @click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
 @click.option("--fill-value", type=float, help="Value sent for masked pixels. [default: 0]")
+@click.option("--mask-halo", is_flag=True, help="Also mask output pixels whose overlap neighbourhood touches masked "
+              "input (no rim of guesses along nodata edges; Earth Engine masks only the pixel's own footprint).")
 @click.option("--append-input", is_flag=True, help="Write the input bands followed by the outputs.")
 @click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
 @click.option("--colors", help="Class colours of the first output band: 0:#1f77b4,1:#ff7f0e (or #1f77b4,#ff7f0e in "
@@ -229,6 +231,7 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         "batch_size": opts["batch_size"],
         "nodata": opts["nodata"],
         "fill_value": opts["fill_value"],
+        "mask_receptive_field": opts.get("mask_halo") or None,
         "input_type_override": dict(opts["input_type_override"]),
         "input_shapes": {k: [int(v)] for k, v in opts["input_shape"]},
         "input_properties": list(opts["input_property"]),

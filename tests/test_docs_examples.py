@@ -209,6 +209,7 @@ DEMO_PREDICT = (
     "--overlap 4 --output-band landcover:uint8 --classes 1=developed,2=agriculture,3=herbaceous,4=shrubland,5=forest,"
     "6=water,7=sediment -o out/landcover.tif --overwrite"
 )
+DEMO_PREDICT_HALO = DEMO_PREDICT.replace(" -o out/", " --mask-halo -o out/")
 PATCHES = (
     "tilecast export patches scene.tif --labels polygons.gpkg --label-field class --patch 128 --per-class 500 --seed 1 "
     "--splits train=0.8,val=0.1,test=0.1 -o patches/"
@@ -608,7 +609,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
         "TileSizeError: the model's input image: ?x6x64x64 float32 takes 64 x 64 pixels, but tile (64, 64) "
         "with overlap",
     ): Text("an error message", check=lambda text, ws: _check_tile_size_text(text, ws)),
-    ("README.md", DEMO_PREDICT): Run(
+    ("README.md", DEMO_PREDICT_HALO): Run(
         check=lambda ws, out: _landcover_matches_model(ws, out, "out/landcover.tif", "out/landsat_stack.tif")
     ),
     # docs/benchmarks.md

@@ -331,10 +331,14 @@ def test_graceful_shutdown(tmp_path):
             codes.append(httpx.post(base + "/v2/models/mc/infer", content=body, headers=headers, timeout=30)
                          .status_code)
 
-        def slow_call() -> None:  # a client still sending its body: in flight, so the batcher waits for it
+        started = threading.Event()
+
+        def slow_call() -> None:  # a client still sending its body when the signal comes: in flight
             def chunks():
                 for i in range(0, len(body), len(body) // 4):
-                    time.sleep(0.25)
+                    if i:
+                        started.set()
+                    time.sleep(0.4)
                     yield body[i : i + len(body) // 4]
 
             codes.append(httpx.post(base + "/v2/models/mc/infer", content=chunks(),
@@ -343,12 +347,7 @@ def test_graceful_shutdown(tmp_path):
         threads = [threading.Thread(target=call) for _ in range(4)] + [threading.Thread(target=slow_call)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20  # until four requests wait in the batcher and one is still arriving
-        while time.monotonic() < deadline:
-            text = httpx.get(base + "/metrics", timeout=10).text
-            if float(text.split("\ntilecast_requests_in_flight ")[1].split()[0]) >= 6:  # with this /metrics call
-                break
-            time.sleep(0.02)
+        assert started.wait(20), "the slow client never started sending"  # its first part is on the wire
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join()

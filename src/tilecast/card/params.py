@@ -52,6 +52,8 @@ def card_params(card: Card) -> CardParams:
         params["nodata"] = float("nan") if nd == "nan" else float(nd)
     if p.get("mlm:batch_size_suggestion"):
         params["batch_size"] = int(p["mlm:batch_size_suggestion"])
+    if p.get("tilecast:tile_multiple"):  # the stride `--tile auto` keeps the padded tile a multiple of
+        params["tile_multiple"] = int(p["tilecast:tile_multiple"])
     bands = card.band_names()
     if bands:
         params["bands"] = bands

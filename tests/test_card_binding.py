@@ -129,3 +129,34 @@ def test_cli_card_without_the_card_extra_names_it(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         r = CliRunner().invoke(main, ["card", path, "--bands", "a", "--tile", "8"])
     assert r.exit_code != 0 and "tilecast[card]" in r.output
+
+
+def _expected(data):
+    red, green, blue = data[2], data[1], data[0]
+    return sum(w * (b.astype(np.float64) - 100) / 50 for w, b in zip(WEIGHTS, (red, green, blue), strict=True))
+
+
+def test_xarray_bands_are_matched_by_long_name_not_the_band_coordinate(tmp_path):
+    """rioxarray gives bands the coordinate 1, 2, 3 and their names in ``long_name``: the card matches the names
+    (issue 17: it used the coordinate, so no band matched)."""
+    rioxarray = pytest.importorskip("rioxarray")
+    img, data = _scene(tmp_path)
+    da = rioxarray.open_rasterio(img)
+    assert list(da.band.values) == [1, 2, 3] and list(da.attrs["long_name"]) == ["blue", "green", "red"]
+    with Model.load(_carded(tmp_path)) as m:
+        got = m.predict_image(da).to_numpy()
+    np.testing.assert_allclose(np.asarray(got).reshape(data.shape[1:]), _expected(data), rtol=1e-6)
+
+
+def test_a_glob_gets_the_card_band_matching_and_gsd_check(tmp_path):
+    """A glob string is a mosaic: the card's bands are matched by name (red, green, blue stored in reverse) and its
+    GSD policy is checked against the files, as for one file (issue 17: both were skipped)."""
+    _scene(tmp_path)
+    pattern = str(tmp_path / "sc*.tif")
+    with Model.load(_carded(tmp_path)) as m:
+        got = m.predict_image(pattern).to_numpy()
+    data = _scene(tmp_path)[1]
+    np.testing.assert_allclose(np.asarray(got).reshape(data.shape[1:]), _expected(data), rtol=1e-6)
+    with Model.load(_carded(tmp_path, resolution=(30.0, 30.0), gsd_tolerance=0.01)) as m, \
+            pytest.raises(Exception, match="(?i)gsd|resolution|pixel size"):
+        m.predict_image(pattern)

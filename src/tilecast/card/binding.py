@@ -107,28 +107,40 @@ def same_crs_as(crs: str, other: Any) -> bool:
 
 
 def raster_band_names(image: Any) -> tuple[list[str] | None, list[str | None] | None]:
-    """Band descriptions (``b1``... when unnamed) and per-band ``eo:common_name``/``common_name`` tags."""
-    if isinstance(image, (list, tuple)) and image:  # a mosaic: its files share one band layout
-        image = image[0]
-    if isinstance(image, (str, os.PathLike)):
+    """Band descriptions (``b1``... when unnamed) and per-band ``eo:common_name``/``common_name`` tags.
+
+    A file rasterio opens is read for its tags too; anything else (a glob, STAC items, xarray objects) is named by
+    tilecast's own source for it, the names a prediction uses (an xarray object's ``long_name``, not its band
+    coordinate)."""
+    if isinstance(image, (str, os.PathLike)) and not _is_many(image):
         import rasterio
 
         try:
             with rasterio.open(image) as ds:
                 return names_from_dataset(ds)
         except rasterio.errors.RasterioIOError:
-            return None, None
-    if hasattr(image, "descriptions") and hasattr(image, "tags"):
+            pass
+    if hasattr(image, "descriptions") and hasattr(image, "tags"):  # an open rasterio dataset
         return names_from_dataset(image)
-    if hasattr(image, "band_names"):
-        return list(image.band_names), None
-    if hasattr(image, "dims"):  # xarray
-        for dim in ("band", "bands"):
-            if dim in getattr(image, "dims", ()):
-                return [str(v) for v in image[dim].values], None
-        if hasattr(image, "data_vars"):
-            return [str(v) for v in image.data_vars], None
-    return None, None
+    source = _source_of(image)
+    return (list(source.band_names), None) if source is not None else (None, None)
+
+
+def _is_many(image: str | os.PathLike) -> bool:
+    """A glob or a STAC file: many rasters, which only tilecast's mosaic source reads as one."""
+    text = str(image)
+    return any(c in text for c in "*?[") or text.lower().endswith(".json")
+
+
+def _source_of(image: Any) -> Any:
+    """tilecast's source for ``image`` (read lazily), or None when it is not something tilecast reads."""
+    from ..errors import TilecastError
+    from ..sources import open_source
+
+    try:
+        return open_source(image)
+    except (TilecastError, TypeError, ValueError, OSError):
+        return None
 
 
 def names_from_dataset(ds: Any) -> tuple[list[str], list[str | None]]:
@@ -144,19 +156,24 @@ def names_from_dataset(ds: Any) -> tuple[list[str], list[str | None]]:
 
 
 def raster_grid(image: Any) -> tuple[Any, tuple[float, float]] | None:
-    if isinstance(image, (list, tuple)) and image:
-        image = image[0]
-    if isinstance(image, (str, os.PathLike)):
+    """The CRS and pixel size of the data itself, for the card's GSD check (a mosaic's or STAC item's too)."""
+    if isinstance(image, (str, os.PathLike)) and not _is_many(image):
         import rasterio
 
         try:
             with rasterio.open(image) as ds:
                 return ds.crs, (abs(ds.transform.a), abs(ds.transform.e))
         except rasterio.errors.RasterioIOError:
-            return None
+            pass
     if hasattr(image, "crs") and hasattr(image, "transform") and not hasattr(image, "dims"):
         return image.crs, (abs(image.transform.a), abs(image.transform.e))
-    return None
+    source = _source_of(image)
+    if source is None:
+        return None
+    from ..sources.base import native_grid
+
+    grid = native_grid(source)
+    return grid.crs, (abs(grid.transform.a), abs(grid.transform.e))
 
 
 def match_bands(

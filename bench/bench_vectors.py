@@ -121,14 +121,14 @@ def worker(args: argparse.Namespace) -> None:
     else:  # model only: the same reads, batches and model calls, outputs dropped
         from concurrent.futures import ThreadPoolExecutor
 
-        from tilecast._cpus import read_threads
+        from tilecast.resources import Resources
         from tilecast.runners.ordered import batches, in_order
         from tilecast.runtimes.base import streams_of
         from tilecast.vectors.run import detector_job
 
         job = detector_job(_model(args.model).predict_image(args.raster))
         streams = streams_of(job.runtime)
-        threads = read_threads()
+        threads = Resources.detect().read_threads
         with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(streams) as models:
             reads = (item for _, item in in_order(pool, job.plan.tiles(), job.read, max(16, 2 * threads)))
             groups = batches(job, reads, len(job.plan))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from .autotile import (
 )
 from .errors import TileSizeError
 from .plan import XY, TileGeometry, spatial_shape
+from .resources import memory_available
 from .runtimes.base import streams_of
 from .tensors import bind_inputs
 
@@ -51,31 +51,6 @@ SAFETY = 1.25
 
 _OOM_TEXT = ("out of memory", "failed to allocate", "bad_alloc", "resource_exhausted", "cannot allocate memory",
              "memoryerror")
-
-
-def memory_available() -> int:
-    """Bytes this process can still use: the machine's ``MemAvailable``, or less when a cgroup (a container) limits
-    the process's memory (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``, less what it uses)."""
-    avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    if avail is None:
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit, usage in (("memory.max", "memory.current"),
-                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            cap = Path("/sys/fs/cgroup", limit).read_text().strip()
-            used = int(Path("/sys/fs/cgroup", usage).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if cap.isdigit() and int(cap) < 2**60:
-            avail = min(avail, max(0, int(cap) - used))
-        break
-    return avail
 
 
 def default_budget() -> int:

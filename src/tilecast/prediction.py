@@ -13,7 +13,7 @@ from .errors import SpecError, TileSizeError
 from .job import Job
 from .plan import TilePlan
 from .progress import ProgressCallback, resolve
-from .resources import bounded_gdal_cache
+from .resources import bounded_gdal_cache, memory_available
 from .runners.engine import Dask, Engine, Local, resolve_engine
 from .runstats import RunStats, TimedRuntime
 from .runtimes.base import model_path
@@ -26,7 +26,7 @@ from .tensors import bind_inputs, bind_outputs, needs_probe
 if TYPE_CHECKING:
     from .model import Model
 
-__all__ = ["Prediction", "available_memory", "check_tile_memory", "compact_dtype"]
+__all__ = ["Prediction", "check_tile_memory", "compact_dtype"]
 
 _GDAL_WARP_LIMIT = 2**31 - 1
 """GDAL's warper refuses a window whose buffer (pixels x bands x bytes per value) exceeds INT_MAX bytes."""
@@ -42,18 +42,6 @@ def compact_dtype(dtypes: list[np.dtype]) -> np.dtype:
     return np.dtype(np.result_type(*dtypes))
 
 
-def available_memory() -> int:
-    """Bytes this machine can still give (``MemAvailable``; the physical memory where Linux does not say)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def check_tile_memory(spec: Any, plan: TilePlan, bands: int, dtype: np.dtype) -> None:
     """Refuse, before allocating anything, a tile that cannot fit: a batch of padded tiles and a row of output
     tiles must fit in the memory available, and a warped window in what GDAL's warper takes. A mistyped
@@ -64,7 +52,7 @@ def check_tile_memory(spec: Any, plan: TilePlan, bands: int, dtype: np.dtype) ->
     batch = tile * spec.batch_size
     oo = g.output_overlap or g.out
     row = (g.out.y + 2 * oo.y + 2) * plan.output_shape[1] * (8 * max(1, len(spec.output_bands)) + 1)
-    avail = available_memory()
+    avail = memory_available()
     fix = "use a smaller --tile (input_tile_size, e.g. 256) or --batch-size"
     window = px * bands * dtype.itemsize
     if spec.fix_input_proj and window > _GDAL_WARP_LIMIT:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,8 +25,14 @@ if TYPE_CHECKING:
     from .job import Job
 
 __all__ = [
-    "GDAL_CACHE_BYTES", "ONE_PASS_CACHE_BYTES", "Resources", "available_cpus", "bounded_gdal_cache",
-    "gdal_cache_bytes", "one_pass_gdal_cache",
+    "GDAL_CACHE_BYTES",
+    "ONE_PASS_CACHE_BYTES",
+    "Resources",
+    "available_cpus",
+    "bounded_gdal_cache",
+    "gdal_cache_bytes",
+    "memory_available",
+    "one_pass_gdal_cache",
 ]
 
 MiB = 2**20
@@ -35,6 +42,31 @@ GDAL_CACHE_BYTES = 256 * MiB
 
 ONE_PASS_CACHE_BYTES = 64 * MiB
 """GDAL's block cache for steps that read each block once (deriving overviews, the COG conversion)."""
+
+
+def memory_available() -> int:
+    """Bytes this process can still use: the machine's ``MemAvailable``, or less when a cgroup (a container) limits
+    the process's memory (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``, less what it uses)."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit, usage in (("memory.max", "memory.current"),
+                         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            cap = Path("/sys/fs/cgroup", limit).read_text().strip()
+            used = int(Path("/sys/fs/cgroup", usage).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if cap.isdigit() and int(cap) < 2**60:
+            avail = min(avail, max(0, int(cap) - used))
+        break
+    return avail
 
 
 def available_cpus() -> int:

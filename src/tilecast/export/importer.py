@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError
 from ..plan import XY, xy
-from ..prediction import available_memory
+from ..resources import memory_available
 from ..sinks import GeoTIFFSink, OutputProfile
 from ..sources import Grid, parse_crs
 from ..spec import check_nodata, default_nodata, parse_dtype
@@ -243,7 +243,7 @@ def import_predictions(
 
 def check_strip_memory(nbytes: int, mix: Mixer) -> None:
     """One row of patches is held in memory; refuse a row that cannot fit before allocating it."""
-    avail = available_memory()
+    avail = memory_available()
     if nbytes > avail // 2:
         raise InputError(
             f"a row of {mix.per_row} patches of {mix.patch.x} x {mix.patch.y} px needs {nbytes / 2**30:.1f} GiB, more "

@@ -162,16 +162,17 @@ class Measurement:
     extra: dict = field(default_factory=dict)
 
 
-def run_measured(args: Sequence[str], timeout: float | None = None, env: dict[str, str] | None = None) -> Measurement:
+def run_measured(args: Sequence[str], timeout: float | None = None, env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> Measurement:
     """Run ``python args...`` in a fresh process; it must print one JSON object with ``seconds`` (and optionally
     ``cpu``) last on stdout.
 
     Peak RSS comes from ``os.wait4`` on that very child (what ``RUSAGE_CHILDREN`` reports for a single child), so
-    variants do not see each other's memory.
+    variants do not see each other's memory. ``prefix`` runs the child through a wrapper (``taskset -c 0``).
     """
     load = load_average()
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, env=env)
+        proc = subprocess.Popen([*prefix, sys.executable, *args], stdout=out, env=env)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

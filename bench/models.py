@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["COMPUTE_LAYERS", "INPUT_SCALE", "build_compute_bound", "build_io_bound", "compute_layers", "fcn_weights",
-           "macs_per_pixel"]
+__all__ = ["COMPUTE_LAYERS", "INPUT_SCALE", "build_argmax", "build_compute_bound", "build_io_bound", "compute_layers",
+           "fcn_weights", "macs_per_pixel"]
 
 COMPUTE_LAYERS: tuple[tuple[int, int, int], ...] = ((4, 32, 3), (32, 32, 3), (32, 32, 3), (32, 32, 3), (32, 1, 1))
 """``(in_channels, out_channels, kernel)`` of the compute-bound network's convolutions."""
@@ -85,3 +85,26 @@ def build_io_bound(path: str | Path, bands: int = 4, seed: int = 1) -> Path:
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1])]
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
     return _save(nodes, inits, bands, "io_bound", path)
+
+
+def build_argmax(path: str | Path, bands: int = 4, classes: int = 4, seed: int = 2) -> Path:
+    """An almost free classifier: a 1x1 convolution ``bands`` -> ``classes`` and an argmax over the classes, cast
+    to uint8 (a few MACs per pixel). With it nearly all of a run is tilecast's own pipeline: reading, packing,
+    assembling, casting, the overviews and the COG."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((classes, bands, 1, 1)) * 1e-4).astype(np.float32)
+    b = (rng.standard_normal(classes) * 0.1).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["logits"], kernel_shape=[1, 1]),
+        helper.make_node("ArgMax", ["logits"], ["index"], axis=1, keepdims=1),
+        helper.make_node("Cast", ["index"], ["y"], to=TensorProto.UINT8),
+    ]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", bands, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", 1, "H", "W"])
+    model = helper.make_model(helper.make_graph(nodes, "argmax", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -75,6 +75,7 @@ BY_FILE = {
         "layout",
         "architecture",
         "public_api",
+        "parallel_spans",
     },
     "slow": {"demo", "workflow", "card_thirdparty", "features_landsat", "bench_smoke"},
     "server": {"server", "endpoint", "faults", "features_endpoint", "remote", "prepare"},

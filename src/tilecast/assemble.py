@@ -18,6 +18,7 @@ from functools import lru_cache
 import numpy as np
 from rasterio.windows import Window
 
+from .parallel import SERIAL, Spans
 from .plan import Tile, TilePlan
 
 __all__ = ["Assembler", "Block", "blend_weights", "column_bands"]
@@ -148,8 +149,9 @@ class Assembler:
             self.valid[o.row_off - self.base : o.row_off - self.base + o.height, dst] = False
             self.any_invalid = True
 
-    def finish_row(self, tile_row: int) -> Iterator[Block]:
-        """Emit the rows that are final once ``tile_row`` is complete (aligned to ``align`` rows)."""
+    def finish_row(self, tile_row: int, spans: Spans = SERIAL) -> Iterator[Block]:
+        """Emit the rows that are final once ``tile_row`` is complete (aligned to ``align`` rows). ``spans``:
+        threads that divide blended sums by their weights in column spans at once (the same bits)."""
         final = self.plan.rows_final_after(tile_row, self.blend != "crop")
         if final < self.height:
             final = self.base + (final - self.base) // self.align * self.align
@@ -162,8 +164,15 @@ class Assembler:
         if self.n_placed:
             parts.append(self.placed[:, :n])  # handed out, not copied: the consumer is done when we resume
         if self.acc.shape[0]:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                parts.append(self.acc[:, :n] / self.wsum[None, :n])
+            acc, wsum = self.acc[:, :n], self.wsum[None, :n]
+            mean = np.empty(acc.shape, np.result_type(acc, wsum))
+
+            def divide(c0: int, c1: int) -> None:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    np.divide(acc[..., c0:c1], wsum[..., c0:c1], out=mean[..., c0:c1])
+
+            spans.run(self.width, n, divide)
+            parts.append(mean)
         if len(parts) == 1:
             data = parts[0]
         else:

@@ -14,7 +14,8 @@ import numpy as np
 
 from .assemble import Assembler, Block
 from .errors import OutputShapeError
-from .pixels import footprint_valid, halo_valid, pad_tile, safe_cast
+from .parallel import SERIAL, Spans
+from .pixels import footprint_valid, halo_valid, needs_cast, pad_tile, safe_cast
 from .plan import Tile, TilePlan
 from .runtimes.base import Runtime
 from .sinks.base import OutputProfile
@@ -154,8 +155,16 @@ class Job:
             values = np.concatenate([item.core.astype(dtype, copy=False), values.astype(dtype, copy=False)])
         assembler.add(item.tile, values, None, item.valid)
 
-    def finish(self, block: Block) -> np.ndarray:
-        """Cast a finished block to the output dtype; masked pixels become nodata."""
+    def finish(self, block: Block, spans: Spans = SERIAL) -> np.ndarray:
+        """Cast a finished block to the output dtype; masked pixels become nodata. ``spans``: threads that cast
+        column spans of it at once (the same bits)."""
         nodata = self.profile.nodata if self.profile.nodata is not None else 0
-        return safe_cast(block.data, self.band_dtypes, block.valid, self.profile.band_names, self.profile.dtype,
-                         nodata)
+        data, valid, profile = block.data, block.valid, self.profile
+        out = np.empty(data.shape, profile.dtype) if needs_cast(data.dtype, self.band_dtypes, profile.dtype) else None
+
+        def cast(c0: int, c1: int) -> None:
+            safe_cast(data[:, :, c0:c1], self.band_dtypes, None if valid is None else valid[:, c0:c1],
+                      profile.band_names, profile.dtype, nodata, None if out is None else out[:, :, c0:c1])
+
+        spans.run(data.shape[2], data.shape[1], cast)
+        return data if out is None else out

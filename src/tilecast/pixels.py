@@ -71,6 +71,11 @@ def _ranges(n_out: int, n_in: int, scale: Fraction) -> np.ndarray:
     return np.asarray(footprint_ranges(n_out, n_in, scale), dtype=np.int64)
 
 
+def needs_cast(dtype: np.dtype, dtypes: Sequence[np.dtype], out_dtype: np.dtype) -> bool:
+    """Whether :func:`safe_cast` makes a new array (else it masks the values in place)."""
+    return not (dtype == out_dtype and all(np.dtype(d) == out_dtype for d in dtypes))
+
+
 def safe_cast(
     values: np.ndarray,
     dtypes: Sequence[np.dtype],
@@ -78,18 +83,20 @@ def safe_cast(
     names: Sequence[str],
     out_dtype: np.dtype,
     nodata: float,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cast ``(bands, h, w)`` to each band's declared dtype, then to ``out_dtype``; masked pixels get ``nodata``.
 
     A valid value that the declared dtype cannot hold raises :class:`CastError` instead of wrapping around.
     Floats going to integers are rounded to the nearest integer. ``values`` is consumed: when nothing needs a cast
-    it is returned itself (masked pixels set), saving a copy of every output strip.
+    (:func:`needs_cast`) it is returned itself (masked pixels set), saving a copy of every output strip; otherwise
+    the result goes to ``out`` when given (a part of a larger strip, cast on another thread).
     """
-    if values.dtype == out_dtype and all(np.dtype(d) == out_dtype for d in dtypes):
+    if not needs_cast(values.dtype, dtypes, out_dtype):
         if valid is not None:
             values[:, ~valid] = nodata
         return values
-    out = np.empty(values.shape, dtype=out_dtype)
+    out = np.empty(values.shape, dtype=out_dtype) if out is None else out
     for i, (dtype, name) in enumerate(zip(dtypes, names, strict=True)):
         band = values[i]
         if dtype.kind in "iu" and band.dtype.kind in "fiub" and band.dtype != dtype:

@@ -29,6 +29,7 @@ __all__ = [
     "ONE_PASS_CACHE_BYTES",
     "Resources",
     "available_cpus",
+    "block_store_bytes",
     "bounded_gdal_cache",
     "gdal_cache_bytes",
     "memory_available",
@@ -94,6 +95,13 @@ class Resources:
     """Threads that read input tiles for the streaming local runner: one per two CPUs, at most four. Each holds its
     own GDAL handle and block cache, so blocks shared by neighbouring tiles are decoded once per thread; more
     readers decode more than they gain, and the other CPUs are the model's."""
+    shared_read_threads: int = 0
+    """Reading threads when the source decodes each input block once for all of them
+    (:class:`~tilecast.sources.base.SharedBlocks`): one per CPU, at most eight (0: derived). Nothing is decoded
+    twice then, so a reader costs only the CPU time it uses, and decoding is no longer one thread's work."""
+    writer_threads: int = 0
+    """Threads for the per-pixel steps after the model (dividing blended sums, casting, the first overview level,
+    the temporary file's compression), each on column spans of an output strip: one per CPU (0: derived)."""
     chunk_read_threads: int = 1
     """Read-ahead threads of the chunked local runner: one, for the same reason as above, since a chunk's tiles
     share more blocks than a row's."""
@@ -136,6 +144,10 @@ class Resources:
     def __post_init__(self) -> None:
         if self.cog_threads == 0:
             object.__setattr__(self, "cog_threads", self.cpus + 1)
+        if self.shared_read_threads == 0:
+            object.__setattr__(self, "shared_read_threads", min(8, self.cpus))
+        if self.writer_threads == 0:
+            object.__setattr__(self, "writer_threads", self.cpus)
         for f in fields(self):
             value = getattr(self, f.name)
             least = 0 if "cache" in f.name or "spare" in f.name else 1
@@ -206,19 +218,42 @@ def gdal_cache_bytes(job: Job, resources: Resources | None = None) -> int:
     source = job.source
     if not isinstance(source, RasterioSource) or source.warped:
         return res.run_cache_fallback
-    g = job.plan.geometry
-    block_h = source.block_shape[0]
-    rows = (math.ceil((g.tile.y + 2 * g.overlap.y) / block_h) + 1) * block_h
-    out_h, out_w = job.plan.output_shape
-    in_w = source.native.shape[1]
-    band = _widest_band(job, res)
-    if band < out_w:  # assembled in column bands: a row of tiles spans one band (and its halo)
-        out_w = band
-        in_w = min(in_w, math.ceil(band * g.tile.x / g.out.x) + 2 * (g.tile.x + g.overlap.x) + source.block_shape[1])
-    need = res.read_threads * rows * in_w * source.pixel_bytes
+    out_w = _widest_band(job, res)
+    need = 0
+    if block_store_bytes(job, res) == 0:  # else each block is decoded once, into the store, and GDAL keeps none
+        rows, in_w = _input_span(job, source.block_shape, out_w)
+        need = res.read_threads * rows * in_w * source.pixel_bytes
     profile = job.profile
+    out_h = job.plan.output_shape[0]
     need += 2 * min(out_h, 256) * out_w * len(profile.band_names) * np.dtype(profile.dtype).itemsize
     return max(res.run_cache_floor, int(1.5 * need))
+
+
+def block_store_bytes(job: Job, resources: Resources | None = None) -> int:
+    """The decoded input blocks a run keeps when its source shares them among reading threads
+    (:class:`~tilecast.sources.base.SharedBlocks`): the block rows one row of tiles spans and one more, over the
+    columns a row of tiles reads, and half as much again; 0 when the source cannot share blocks."""
+    from .sources.base import shared_block_shape
+
+    block = shared_block_shape(job.source)
+    if block is None:
+        return 0
+    rows, in_w = _input_span(job, block, _widest_band(job, resources or Resources.detect()))
+    bands = len(job.source.band_names)
+    per_pixel = bands * (np.dtype(job.source.dtype).itemsize + 1)  # data and, where a band has one, its mask
+    return int(1.5 * rows * in_w * per_pixel)
+
+
+def _input_span(job: Job, block: tuple[int, int], out_w: int) -> tuple[int, int]:
+    """``(rows, columns)`` of input blocks that a row of tiles reads, with one more block row (the next row of tiles
+    starts in it), when the output is assembled ``out_w`` columns at a time."""
+    g = job.plan.geometry
+    block_h, block_w = block
+    rows = (math.ceil((g.tile.y + 2 * g.overlap.y) / block_h) + 1) * block_h
+    in_w = job.source.grid.shape[1]
+    if out_w < job.plan.output_shape[1]:  # assembled in column bands: a row of tiles spans one band (and its halo)
+        in_w = min(in_w, math.ceil(out_w * g.tile.x / g.out.x) + 2 * (g.tile.x + g.overlap.x) + block_w)
+    return rows, in_w
 
 
 def _widest_band(job: Job, res: Resources) -> int:

@@ -43,6 +43,8 @@ class RunStats:
         """Pixels of the region predicted (what both speeds are counted in)."""
         self.started: float | None = None
         self.stopped: float | None = None
+        self.last_call_end: float | None = None
+        """When the last model call ended (``perf_counter``): what follows it is the output's tail."""
 
     def start(self) -> None:
         self.started, self.stopped = time.perf_counter(), None
@@ -66,8 +68,9 @@ class RunStats:
     def call_ended(self) -> None:
         with self._lock:
             self._active -= 1
+            self.last_call_end = time.perf_counter()
             if self._active == 0:
-                self.model_seconds += time.perf_counter() - self._since
+                self.model_seconds += self.last_call_end - self._since
 
     @property
     def model_share(self) -> float:

@@ -19,8 +19,9 @@ from typing import Any
 
 from ..assemble import column_bands
 from ..job import Job, TileData
+from ..parallel import Spans
 from ..progress import ProgressCallback, note
-from ..resources import Resources
+from ..resources import Resources, block_store_bytes
 from ..runtimes.base import streams_of
 from ..sinks.base import ChunkSink, Sink, block_rows_of, output_path_of
 from ..sinks.safety import refuse_overwriting_inputs
@@ -91,14 +92,19 @@ class _Batcher(_Stage):
 
 
 class _Writer(_Stage):
-    """Adds each batch's outputs to the assembler in plan order, then casts and writes every finished row."""
+    """Adds each batch's outputs to the assembler in plan order, then casts and writes every finished row; the
+    per-pixel steps of a finished row run on ``threads`` threads, in column spans."""
 
-    def __init__(self, job: Job, sink: Sink, bands: list[tuple[int, int]], depth: int = 4) -> None:
+    def __init__(self, job: Job, sink: Sink, bands: list[tuple[int, int]], threads: int = 1, depth: int = 4) -> None:
         super().__init__("tilecast-writer", depth)
-        self.job, self.sink, self.bands = job, sink, bands
+        self.job, self.sink, self.bands, self.threads = job, sink, bands, threads
         self.align = block_rows_of(sink)
 
     def run(self) -> None:
+        with Spans(self.threads, "tilecast-writer-span") as spans:
+            self._run(spans)
+
+    def _run(self, spans: Spans) -> None:
         job = self.job
         band = added = next_row = 0
         assembler = job.assembler(self.align, self.bands[0])
@@ -116,8 +122,8 @@ class _Writer(_Stage):
                     job.add(assembler, tile, None if tile.skip else next(results))
                     added += 1
                     if added == (next_row + 1) * cols:  # a tile row is complete: write what is final
-                        for block in assembler.finish_row(next_row):
-                            self.sink.write(block.window, job.finish(block))
+                        for block in assembler.finish_row(next_row, spans):
+                            self.sink.write(block.window, job.finish(block, spans))
                         next_row += 1
                         if next_row == job.plan.tile_rows and band + 1 < len(self.bands):  # the next band
                             band, added, next_row = band + 1, 0, 0
@@ -154,12 +160,13 @@ def run_local(
     total = len(plan)
     bands = output_bands_of(job, sink, res)
     sent = band_tile_count(job, bands)  # more than the plan's tiles when bands share some
-    threads = read_threads or res.read_threads
+    shared = block_store_bytes(job, res)
+    threads = read_threads or (res.shared_read_threads if shared else res.read_threads)
     in_flight = max(2 * job.inputs.batch_size, threads * 2)
     tile_pixels = plan.geometry.tile.x * plan.geometry.tile.y
     streams = streams_of(job.runtime)
     reuse = BatchReuse(job, res)
-    writer = _Writer(job, sink, bands)
+    writer = _Writer(job, sink, bands, res.writer_threads)
     writer.start()
     stages: list[_Stage] = [writer]
     done = 0
@@ -169,7 +176,8 @@ def run_local(
         return reuse.run(batch, n) if n else []
 
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, _model_threads(streams) as models:
+        with _shared_blocks(job, shared), ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
+                _model_threads(streams) as models:
             batcher = _Batcher(job, pool, in_flight, reuse, res, bands)
             stages.append(batcher)
             batcher.start()
@@ -235,6 +243,20 @@ def _refuse_inputs(job: Job, sink: object) -> None:
     path = output_path_of(sink)
     if path is not None:
         refuse_overwriting_inputs(path, job.source)
+
+
+@contextlib.contextmanager
+def _shared_blocks(job: Job, budget: int) -> Iterator[None]:
+    """Let every reading thread share one store of ``budget`` bytes of decoded input blocks for the run (see
+    :mod:`tilecast.sources.blocks`); nothing when the budget is 0 (the source cannot)."""
+    if not budget:
+        yield
+        return
+    job.source.share_blocks(budget)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        job.source.share_blocks(0)  # type: ignore[attr-defined]
 
 
 def _model_threads(streams: int) -> contextlib.AbstractContextManager[Executor | None]:

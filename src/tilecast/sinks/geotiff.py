@@ -28,6 +28,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from ..errors import OutputError, OutputExistsError, TilecastError
+from ..parallel import SERIAL, Spans
 from ..resources import Resources, one_pass_gdal_cache
 from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
@@ -122,6 +123,7 @@ class GeoTIFFSink(BaseSink):
         self._tmp: str | None = None
         self._dst = None
         self._ovr: OverviewWriter | None = None
+        self._spans: Spans = SERIAL
 
     def open(self, profile: OutputProfile) -> None:
         with writing_errors(self.path, "create the temporary file for"):
@@ -140,7 +142,9 @@ class GeoTIFFSink(BaseSink):
         os.remove(self._tmp)
         # Sparse: an aborted run closes the file without GDAL writing every block not written yet (at 100000 x
         # 100000 that was gigabytes after Ctrl-C). Blocks a finished run wrote read back the same either way.
-        options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows, "sparse_ok": True}
+        threads = Resources.detect().writer_threads
+        # GDAL compresses the blocks of each strip on that many threads.
+        options = {**TEMP_GTIFF_OPTIONS, "blockysize": self.block_rows, "sparse_ok": True, "num_threads": str(threads)}
         if np.dtype(profile.dtype).kind == "f":
             options = {k: v for k, v in options.items() if k != "zstd_level"} | {"compress": "NONE"}
             check_free_space(self.path.parent, g.shape[0] * g.shape[1] * len(profile.band_names)
@@ -155,7 +159,9 @@ class GeoTIFFSink(BaseSink):
         levels = self._overview_plan(profile)
         if levels is not None:
             resampling, factors = levels
-            self._ovr = OverviewWriter(self._tmp + ".ovr", tmp_profile, resampling, profile.nodata, factors)
+            self._spans = Spans(threads, "tilecast-overview")
+            self._ovr = OverviewWriter(self._tmp + ".ovr", tmp_profile, resampling, profile.nodata, factors,
+                                       self._spans)
 
     def _overview_plan(self, profile: OutputProfile) -> tuple[str, list[int]] | None:
         """``(resampling, factors)`` when tilecast reduces the first overview level itself; None leaves the
@@ -195,6 +201,7 @@ class GeoTIFFSink(BaseSink):
     def close(self) -> Path:
         self._dst.close()
         self._dst = None
+        self._spans.close()
         ovr, self._ovr = self._ovr, None
         tmp, final_tmp = self._tmp, self._tmp.replace(".tmp.tif", ".cog.tif")
         options = cog_options(self.profile.grid.shape, self.compress, self.blocksize, self.overviews,
@@ -240,6 +247,7 @@ class GeoTIFFSink(BaseSink):
             with contextlib.suppress(Exception):
                 self._ovr.abort()
             self._ovr = None
+        self._spans.close()
         if self._tmp:
             _remove(self._tmp)
             _remove(self._tmp + ".ovr")

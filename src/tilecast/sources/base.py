@@ -21,8 +21,8 @@ from ..errors import BandMismatchError
 
 __all__ = [
     "BaseSource", "Grid", "Located", "PerBandMasks", "PerBandTypes", "RebuildableSource", "Reprojectable", "Resampled",
-    "Source", "SourceRecipe", "aligned_grid", "band_dtypes", "native_grid", "read_masked", "select_bands",
-    "source_paths", "source_recipe_of",
+    "SharedBlocks", "Source", "SourceRecipe", "aligned_grid", "band_dtypes", "native_grid", "read_masked",
+    "select_bands", "shared_block_shape", "source_paths", "source_recipe_of",
 ]
 
 
@@ -113,6 +113,20 @@ class Located(Protocol):
 
 
 @runtime_checkable
+class SharedBlocks(Protocol):
+    """Can serve every reading thread from one store of decoded input blocks (:mod:`tilecast.sources.blocks`), so
+    that more readers decode in parallel instead of decoding the same blocks again."""
+
+    def shared_block_shape(self) -> tuple[int, int] | None:
+        """The ``(h, w)`` of the blocks it would share, on its grid; None when it cannot."""
+        ...
+
+    def share_blocks(self, budget: int) -> None:
+        """Serve reads from a store of up to ``budget`` bytes of decoded blocks; 0 goes back to plain reads."""
+        ...
+
+
+@runtime_checkable
 class RebuildableSource(Protocol):
     """Says how another process (a Dask worker) opens it again, instead of being pickled with the job."""
 
@@ -150,6 +164,13 @@ class BaseSource:
         band."""
         return self.read(window)
 
+    def shared_block_shape(self) -> tuple[int, int] | None:
+        """The blocks it would decode once for every reading thread (:class:`SharedBlocks`); None: it cannot."""
+        return None
+
+    def share_blocks(self, budget: int) -> None:
+        """Decode each block once for every reading thread, keeping ``budget`` bytes (:class:`SharedBlocks`)."""
+
     def recipe(self) -> SourceRecipe | None:
         """How a worker process opens this source again; None: the source object itself is sent (pickled).
 
@@ -179,6 +200,11 @@ def read_masked(source: Source, window: Window) -> tuple[np.ndarray, np.ndarray 
     if isinstance(source, PerBandMasks):
         return source.read_masked(window)
     return source.read(window)
+
+
+def shared_block_shape(source: object) -> tuple[int, int] | None:
+    """The blocks ``source`` decodes once for all reading threads when asked (:class:`SharedBlocks`); None if not."""
+    return source.shared_block_shape() if isinstance(source, SharedBlocks) else None
 
 
 def source_paths(source: object) -> list[str]:

@@ -28,6 +28,7 @@ from ..errors import (
     UnknownCRSError,
 )
 from .base import BaseSource, Grid, aligned_grid, select_bands
+from .blocks import BlockStore
 
 __all__ = ["RasterioSource", "parse_crs", "warp_grid", "warp_scales"]
 
@@ -107,6 +108,7 @@ class RasterioSource(BaseSource):
         self.grid = warp[0] if warp else self.native
         # Re-openable paths get one handle per thread; in-memory datasets share one handle under a lock.
         self._shared = self._given is not None and not reopenable(self.path)
+        self._store: BlockStore | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -163,19 +165,41 @@ class RasterioSource(BaseSource):
         data, masks = self.read_masked(window)
         return data, (None if masks is None else masks.all(axis=0))
 
+    def shared_block_shape(self) -> tuple[int, int] | None:
+        """Whole blocks of a tiled file, or groups of strips at least 256 rows high when that many full-width rows
+        take at most 64 MiB; None for warped reads and in-memory datasets (one handle: nothing runs in parallel)."""
+        if self.warp is not None or self._shared:
+            return None
+        (bh, bw), (h, w) = self.block_shape, self.native.shape
+        if bw < w:
+            return (bh, bw) if bh * bw >= 64 * 64 else None
+        rows = min(h, bh * math.ceil(256 / bh))
+        return (rows, w) if rows * w * self.pixel_bytes <= 64 * 2**20 else None
+
+    def share_blocks(self, budget: int) -> None:
+        """Serve reads from one :class:`~tilecast.sources.blocks.BlockStore` of ``budget`` bytes (0: stop)."""
+        block = self.shared_block_shape()
+        if budget <= 0 or block is None:
+            self._store = None
+            return
+        self._store = BlockStore(self.native.shape, block, self._read_block, budget)
+
+    def _read_block(self, window: Window, into: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._read(self._dataset(), window, into)
+
     def read_masked(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         """``(bands, h, w)`` data and each band's own ``(bands, h, w)`` mask (None if all valid)."""
+        store = self._store
         with self._lock if self._shared else contextlib.nullcontext():
-            ds = self._dataset()
             try:
-                data, masks = self._read(ds, window)
+                data, masks = store.read(window) if store is not None else self._read(self._dataset(), window)
             except GDAL_READ_ERRORS as exc:
                 error = read_error(self.path, window, exc)
             else:
                 return data, (None if masks is None or masks.all() else masks)
         raise error
 
-    def _read(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
+    def _read(self, ds, window: Window, into: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         if self.warp is not None and self.nodata is None:
             # The warped VRT's last band is the alpha we asked for: outside the source footprint it is 0.
             data = ds.read([*self.indexes, ds.count], window=window)
@@ -184,7 +208,7 @@ class RasterioSource(BaseSource):
             if self.has_mask:
                 return data, (ds.read_masks(self.indexes, window=window) > 0) & inside
             return data, np.broadcast_to(inside, data.shape)
-        data = ds.read(self.indexes, window=window)
+        data = ds.read(self.indexes, window=window, out=into)
         if not self.has_mask and self.warp is None:
             return data, None
         if self.warp is None and self._nodata_only:
@@ -192,6 +216,7 @@ class RasterioSource(BaseSource):
         return data, ds.read_masks(self.indexes, window=window) > 0
 
     def close(self) -> None:
+        self._store = None
         with self._lock:
             for h in reversed(self._handles):
                 h.close()

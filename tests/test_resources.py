@@ -117,3 +117,66 @@ def test_the_runner_reuses_batches_only_when_the_policy_says(raster, reuse, spar
     _run(raster, rt, Resources.detect(cpus=2, reuse_batches=reuse, spare_batches=spares), batch_size=2)
     reused = len({id(x) for x in rt.seen}) < len(rt.seen)
     assert reused == (reuse and spares > 0)
+
+
+def test_tilecast_cpus_sizes_the_policy_and_is_checked(monkeypatch):
+    monkeypatch.setenv("TILECAST_CPUS", "3")
+    res = Resources.detect()
+    assert (res.cpus, res.writer_threads, res.shared_read_threads, res.cog_threads) == (3, 3, 3, 4)
+    assert Resources.detect(cpus=5).cpus == 5  # an explicit count still wins
+    monkeypatch.setenv("TILECAST_CPUS", "many")
+    with pytest.raises(tilecast.errors.SpecError, match="TILECAST_CPUS='many'.*positive integer"):
+        Resources.detect()
+
+
+def test_cli_cpus_reaches_every_part_of_the_run(tmp_path, raster, monkeypatch):
+    from click.testing import CliRunner
+
+    from tilecast.cli import main
+
+    monkeypatch.delenv("TILECAST_CPUS", raising=False)
+    seen = []
+    original = Resources.detect.__func__
+
+    def spy(cls, *a, **k):
+        res = original(cls, *a, **k)
+        seen.append(res.cpus)
+        return res
+
+    monkeypatch.setattr(Resources, "detect", classmethod(spy))
+    src = raster(np.ones((1, 64, 64), np.float32))
+    model = mean_conv(tmp_path / "m.onnx")
+    result = CliRunner().invoke(main, ["predict", src, "-m", model, "--tile", "32", "--layout", "NCHW",
+                                       "--output-band", "mean:float32", "-o", str(tmp_path / "o.tif"), "-q",
+                                       "--cpus", "1"])
+    assert result.exit_code == 0, result.output
+    assert seen and set(seen) == {1}
+    monkeypatch.delenv("TILECAST_CPUS", raising=False)
+
+
+def test_local_engine_takes_a_policy(tmp_path, raster, monkeypatch):
+    """``Local(resources=...)`` is the policy the runner's stages use, and it changes no pixel."""
+    import rasterio
+
+    import tilecast.runners.local as local
+
+    spans = []
+    original = local.Spans
+
+    def spy(threads, name):
+        spans.append(threads)
+        return original(threads, name)
+
+    monkeypatch.setattr(local, "Spans", spy)
+    src = raster(np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64))
+    model = Model.from_onnx(mean_conv(tmp_path / "m.onnx"), input_tile_size=16, input_overlap_size=4, layout="NCHW",
+                            output_bands={"mean": "float32"})
+    outputs = []
+    for writers in (1, 3):
+        policy = Resources.detect(cpus=4, writer_threads=writers)
+        out = tmp_path / f"w{writers}.tif"
+        model.predict_image(src).to_geotiff(out, engine=tilecast.Local(resources=policy))
+        with rasterio.open(out) as ds:
+            outputs.append(ds.read())
+    assert spans == [1, 3]
+    assert (outputs[0] == outputs[1]).all()

@@ -182,7 +182,7 @@ class Prediction:
 
             sink.open(job.profile)
             try:
-                return run_local(job, sink, callback, read_threads=engine.threads)
+                return run_local(job, sink, callback, read_threads=engine.threads, resources=engine.resources)
             except BaseException:
                 sink.abort()  # run_local aborts what it started; this covers a failure before it starts
                 raise
@@ -196,7 +196,7 @@ class Prediction:
             from .runners.local import run_local_chunked
 
             return run_local_chunked(job, sink, callback, resume=resume, chunk_size=chunk_size,
-                                     read_threads=engine.threads)
+                                     read_threads=engine.threads, resources=engine.resources)
         from .runners.dask import run_dask
 
         return run_dask(job, sink, callback, resume=resume, chunk_size=chunk_size, engine=engine)

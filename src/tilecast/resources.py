@@ -28,6 +28,7 @@ __all__ = [
     "GDAL_CACHE_BYTES",
     "ONE_PASS_CACHE_BYTES",
     "Resources",
+    "CPUS_ENV",
     "available_cpus",
     "block_store_bytes",
     "bounded_gdal_cache",
@@ -37,6 +38,11 @@ __all__ = [
 ]
 
 MiB = 2**20
+
+CPUS_ENV = "TILECAST_CPUS"
+"""Environment variable that sets the CPUs the policy plans for (``--cpus`` on the command line), overriding the
+affinity mask: to leave cores to other work, or to size a run for a container whose CPU quota the mask does not
+show."""
 
 GDAL_CACHE_BYTES = 256 * MiB
 """GDAL's block cache during a local run when its need cannot be worked out (warped, mosaic or in-memory inputs)."""
@@ -164,7 +170,7 @@ class Resources:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise SpecError(f"unknown resource settings {unknown}; use some of {sorted(names)}")
-        n = cpus or available_cpus()
+        n = cpus or _env_cpus() or available_cpus()
         threads = overrides.get("model_threads") or (n - 2 if n > 4 else n)
         derived: dict[str, Any] = {
             "cpus": n, "model_threads": threads, "model_streams": _streams(threads, n),
@@ -199,6 +205,16 @@ class Resources:
     def export_gdal_cache(self) -> rasterio.Env:
         """GDAL's block cache for exports, unless the user set it."""
         return gdal_cache(self.export_cache)
+
+
+def _env_cpus() -> int | None:
+    value = os.environ.get(CPUS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise SpecError(f"{CPUS_ENV}={value!r} is not a number of CPUs; set it to a positive integer (or unset it to "
+                        "use every CPU this process may run on)")
+    return int(value)
 
 
 def _streams(threads: int, cpus: int) -> int:

@@ -134,6 +134,8 @@ def engine_options(*task_options: str, help: str = "local: threads on this machi
     names = ("scheduler", "workers", "performance_report", *task_options)
     options = [
         click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True, help=help),
+        click.option("--cpus", type=click.IntRange(min=1), metavar="N",
+                     help="CPUs to plan threads for (default: those this process may run on; also TILECAST_CPUS)."),
         click.option("--scheduler", metavar="ADDR", help="Dask scheduler address (default: a LocalCluster)."),
         click.option("--workers", type=int, help="Worker processes of the LocalCluster started for --engine dask."),
         click.option("--performance-report", type=click.Path(dir_okay=False),
@@ -144,6 +146,11 @@ def engine_options(*task_options: str, help: str = "local: threads on this machi
     def decorate(f: Callable) -> Callable:
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            cpus = kwargs.pop("cpus")
+            if cpus is not None:  # before the model is loaded: every part of the run sizes its threads from it
+                from ..resources import CPUS_ENV
+
+                os.environ[CPUS_ENV] = str(cpus)
             given = {name: kwargs.pop(name) for name in names}
             kwargs["engine"] = engine_from_options(kwargs.pop("engine"), given)
             return f(*args, **kwargs)

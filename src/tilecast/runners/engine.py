@@ -12,9 +12,12 @@ import os
 import warnings
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..errors import SpecError
+
+if TYPE_CHECKING:
+    from ..resources import Resources
 
 __all__ = ["DASK_OPTIONS", "Dask", "Engine", "Local", "pop_engine_options", "resolve_engine"]
 
@@ -22,9 +25,12 @@ __all__ = ["DASK_OPTIONS", "Dask", "Engine", "Local", "pop_engine_options", "res
 @dataclass(frozen=True)
 class Local:
     """Run on this machine, with threads. ``threads``: reading threads of a prediction (default: from the CPUs);
-    exports read on one thread."""
+    exports read on one thread. ``resources``: the resource policy of a prediction's stages (reading and writer
+    threads, batch reuse, assembly memory; default :meth:`Resources.detect() <tilecast.resources.Resources.detect>`,
+    which ``TILECAST_CPUS`` / ``--cpus`` also size)."""
 
     threads: int | None = None
+    resources: Resources | None = None
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

@@ -125,7 +125,7 @@ def test_tilecast_cpus_sizes_the_policy_and_is_checked(monkeypatch):
     assert (res.cpus, res.writer_threads, res.shared_read_threads, res.cog_threads) == (3, 3, 3, 4)
     assert Resources.detect(cpus=5).cpus == 5  # an explicit count still wins
     monkeypatch.setenv("TILECAST_CPUS", "many")
-    with pytest.raises(tilecast.errors.SpecError, match="TILECAST_CPUS='many'.*positive integer"):
+    with pytest.raises(tilecast.errors.SpecError, match=r"TILECAST_CPUS='many'.*positive integer"):
         Resources.detect()
 
 

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from .job import Job
 
 __all__ = [
+    "CPUS_ENV",
     "GDAL_CACHE_BYTES",
     "ONE_PASS_CACHE_BYTES",
     "Resources",
-    "CPUS_ENV",
     "available_cpus",
     "block_store_bytes",
     "bounded_gdal_cache",

@@ -374,11 +374,13 @@ def pam_categories_xml(bands: Sequence[Sequence[tuple[int, str]] | None]) -> str
     """A GDAL PAM sidecar (``OUTPUT.tif.aux.xml``) with each band's CategoryNames, which gdalinfo and QGIS read:
     GeoTIFF has no tag for them, and rasterio does not write them. ``bands``: each band's ``(value, name)``
     classes or None. None when no band has classes."""
-    from xml.sax.saxutils import escape
+    named = [(i, category_names(classes)) for i, classes in enumerate(bands, start=1)]
+    if not any(names for _, names in named):
+        return None
+    from xml.sax.saxutils import escape  # here: importing it takes longer than writing a small output
 
     parts = []
-    for i, classes in enumerate(bands, start=1):
-        names = category_names(classes)
+    for i, names in named:
         if names:
             cats = "".join(f"      <Category>{escape(n)}</Category>\n" for n in names)
             parts.append(f'  <PAMRasterBand band="{i}">\n    <CategoryNames>\n{cats}    </CategoryNames>\n'

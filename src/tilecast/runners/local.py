@@ -66,15 +66,15 @@ class _Batcher(_Stage):
     """Collects read tiles in plan order into batches of ``batch_size`` model tiles and packs them."""
 
     def __init__(self, job: Job, pool: Executor, in_flight: int, reuse: BatchReuse, resources: Resources,
-                 bands: list[tuple[int, int]]) -> None:
+                 bands: list[tuple[int, int]], announce: bool = False) -> None:
         super().__init__("tilecast-batcher", depth=2)
         self.job, self.pool, self.in_flight = job, pool, in_flight
-        self.reuse, self.resources, self.bands = reuse, resources, bands
+        self.reuse, self.resources, self.bands, self.announce = reuse, resources, bands, announce
 
     def run(self) -> None:
         job = self.job
         try:
-            tiles = (t for cols in self.bands for t in job.band_tiles(cols))
+            tiles = _announced(job, (t for cols in self.bands for t in job.band_tiles(cols)), self.announce)
             read = (item for _, item in in_order(self.pool, tiles, job.read, self.in_flight))
             for pending in batches(job, read, band_tile_count(job, self.bands), self.resources):
                 work = [p for p in pending if not p.skip]
@@ -176,9 +176,9 @@ def run_local(
         return reuse.run(batch, n) if n else []
 
     try:
-        with _shared_blocks(job, shared), ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
+        with _shared_blocks(job, shared, threads), ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
                 _model_threads(streams) as models:
-            batcher = _Batcher(job, pool, in_flight, reuse, res, bands)
+            batcher = _Batcher(job, pool, in_flight, reuse, res, bands, announce=bool(shared))
             stages.append(batcher)
             batcher.start()
             try:
@@ -245,14 +245,26 @@ def _refuse_inputs(job: Job, sink: object) -> None:
         refuse_overwriting_inputs(path, job.source)
 
 
+def _announced(job: Job, tiles: Iterator[Any], announce: bool) -> Iterator[Any]:
+    """``tiles``, telling a source that shares its blocks about each one as its read is queued, so that the
+    blocks are decoded ahead, in plan order (see :meth:`tilecast.sources.blocks.BlockStore.expect`)."""
+    if not announce:
+        yield from tiles
+        return
+    for tile in tiles:
+        job.source.expect(tile.read)  # type: ignore[attr-defined]
+        yield tile
+
+
 @contextlib.contextmanager
-def _shared_blocks(job: Job, budget: int) -> Iterator[None]:
-    """Let every reading thread share one store of ``budget`` bytes of decoded input blocks for the run (see
-    :mod:`tilecast.sources.blocks`); nothing when the budget is 0 (the source cannot)."""
+def _shared_blocks(job: Job, budget: int, threads: int) -> Iterator[None]:
+    """Let every reading thread share one store of ``budget`` bytes of decoded input blocks for the run, decoded
+    ahead on ``threads`` threads (see :mod:`tilecast.sources.blocks`); nothing when the budget is 0 (the source
+    cannot)."""
     if not budget:
         yield
         return
-    job.source.share_blocks(budget)  # type: ignore[attr-defined]
+    job.source.share_blocks(budget, threads)  # type: ignore[attr-defined]
     try:
         yield
     finally:

@@ -121,8 +121,13 @@ class SharedBlocks(Protocol):
         """The ``(h, w)`` of the blocks it would share, on its grid; None when it cannot."""
         ...
 
-    def share_blocks(self, budget: int) -> None:
-        """Serve reads from a store of up to ``budget`` bytes of decoded blocks; 0 goes back to plain reads."""
+    def share_blocks(self, budget: int, threads: int = 0) -> None:
+        """Serve reads from a store of up to ``budget`` bytes of decoded blocks, decoded ahead of the reads on
+        ``threads`` threads; a budget of 0 goes back to plain reads."""
+        ...
+
+    def expect(self, window: Window) -> None:
+        """``window`` will be read soon: start decoding its blocks."""
         ...
 
 
@@ -168,8 +173,11 @@ class BaseSource:
         """The blocks it would decode once for every reading thread (:class:`SharedBlocks`); None: it cannot."""
         return None
 
-    def share_blocks(self, budget: int) -> None:
+    def share_blocks(self, budget: int, threads: int = 0) -> None:
         """Decode each block once for every reading thread, keeping ``budget`` bytes (:class:`SharedBlocks`)."""
+
+    def expect(self, window: Window) -> None:
+        """A hint that ``window`` will be read soon (:class:`SharedBlocks`); nothing by default."""
 
     def recipe(self) -> SourceRecipe | None:
         """How a worker process opens this source again; None: the source object itself is sent (pickled).

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ all valid)."""
 class _Block:
     done: threading.Event = field(default_factory=threading.Event)
     started: bool = False
+    queued: bool = False
     users: int = 0
     """Reads that hold this block and have not copied from it yet: its array is reused only when none does."""
     data: np.ndarray | None = None
@@ -68,8 +70,10 @@ class BlockStore:
     Windows must lie inside the raster (the runners pad beyond its edge themselves).
     """
 
-    def __init__(self, shape: tuple[int, int], block: tuple[int, int], decode: Decode, budget: int) -> None:
+    def __init__(self, shape: tuple[int, int], block: tuple[int, int], decode: Decode, budget: int,
+                 threads: int = 0) -> None:
         self.shape, self.block, self.decode, self.budget = shape, block, decode, budget
+        self._pool = ThreadPoolExecutor(threads, "tilecast-decode") if threads > 0 else None
         self._blocks: OrderedDict[tuple[int, int], _Block] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
@@ -80,6 +84,34 @@ class BlockStore:
     def _window(self, key: tuple[int, int]) -> Window:
         (br, bc), (bh, bw) = key, self.block
         return Window(bc * bw, br * bh, min(bw, self.shape[1] - bc * bw), min(bh, self.shape[0] - br * bh))
+
+    def expect(self, window: Window) -> None:
+        """Start decoding, on the store's own threads, the blocks of a window that will be read soon (the runner
+        announces its tiles in plan order, ahead of their reads): the decoding threads work through the blocks in
+        that order and never wait for one another, while reads only copy. Without threads, nothing happens."""
+        if self._pool is None:
+            return
+        with self._lock:
+            todo = []
+            for key in block_windows(window, self.block, self.shape):
+                b = self._blocks.get(key)
+                if b is None:
+                    b = self._blocks[key] = _Block()
+                if not b.started and not b.queued:
+                    b.queued = True
+                    todo.append((key, b))
+        for key, b in todo:
+            self._pool.submit(self._claim, key, b)
+
+    def _claim(self, key: tuple[int, int], b: _Block) -> None:
+        with self._lock:
+            if b.started:  # a read got there first
+                return
+            b.started = True
+        try:
+            self._fill(key, b)
+        except BaseException:  # kept on the block: the read that needs it raises it
+            pass
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         """``(bands, h, w)`` data of ``window`` and per-band masks (None when every pixel is valid)."""
@@ -170,6 +202,13 @@ class BlockStore:
             if b.users == 0 and len(spare) < 4:  # nobody can reach it any more: decode the next block into it
                 spare.append(b.data)
                 b.data = None
+
+    def close(self) -> None:
+        """Stop the decoding threads (blocks queued and not started are dropped) and drop every block."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self.clear()
 
     def clear(self) -> None:
         with self._lock:

@@ -176,13 +176,21 @@ class RasterioSource(BaseSource):
         rows = min(h, bh * math.ceil(256 / bh))
         return (rows, w) if rows * w * self.pixel_bytes <= 64 * 2**20 else None
 
-    def share_blocks(self, budget: int) -> None:
-        """Serve reads from one :class:`~tilecast.sources.blocks.BlockStore` of ``budget`` bytes (0: stop)."""
-        block = self.shared_block_shape()
-        if budget <= 0 or block is None:
+    def share_blocks(self, budget: int, threads: int = 0) -> None:
+        """Serve reads from one :class:`~tilecast.sources.blocks.BlockStore` of ``budget`` bytes (0: stop), with
+        ``threads`` threads decoding the blocks of announced windows (:meth:`expect`)."""
+        if self._store is not None:
+            self._store.close()
             self._store = None
-            return
-        self._store = BlockStore(self.native.shape, block, self._read_block, budget)
+        block = self.shared_block_shape()
+        if budget > 0 and block is not None:
+            self._store = BlockStore(self.native.shape, block, self._read_block, budget, threads)
+
+    def expect(self, window: Window) -> None:
+        """Start decoding the blocks of ``window``, which will be read soon (with shared blocks only)."""
+        store = self._store
+        if store is not None:
+            store.expect(window)
 
     def _read_block(self, window: Window, into: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         return self._read(self._dataset(), window, into)
@@ -216,7 +224,7 @@ class RasterioSource(BaseSource):
         return data, ds.read_masks(self.indexes, window=window) > 0
 
     def close(self) -> None:
-        self._store = None
+        self.share_blocks(0)
         with self._lock:
             for h in reversed(self._handles):
                 h.close()

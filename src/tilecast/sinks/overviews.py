@@ -21,7 +21,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from ..parallel import SERIAL, Spans
-from ..resources import one_pass_gdal_cache
+from ..resources import Resources, one_pass_gdal_cache
 
 __all__ = ["OverviewWriter", "chunk_alignable", "derive_levels", "downsample2", "downsample2_spans", "level_profile",
            "overview_factors", "write_chunk_level"]
@@ -94,10 +94,12 @@ def level_profile(profile: dict) -> dict:
 
 def derive_levels(path: str, resampling: str, factors: list[int]) -> None:
     """The levels after the first, computed by GDAL from the quarter-size first level in ``path``; one pass over
-    it, so with a small block cache (the run's, sized for overlapping reads, would fill up with it)."""
+    it, so with a small block cache (the run's, sized for overlapping reads, would fill up with it), and on the
+    policy's writer threads (GDAL computes overview blocks in parallel)."""
     rest = [f // 2 for f in factors[1:]]
     if rest:
-        with one_pass_gdal_cache(), rasterio.open(path, "r+") as dst:
+        threads = str(Resources.detect().writer_threads)
+        with one_pass_gdal_cache(), rasterio.Env(GDAL_NUM_THREADS=threads), rasterio.open(path, "r+") as dst:
             dst.build_overviews(rest, Resampling[resampling])
 
 

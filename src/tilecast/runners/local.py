@@ -176,8 +176,8 @@ def run_local(
         return reuse.run(batch, n) if n else []
 
     try:
-        with _shared_blocks(job, shared, threads), ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
-                _model_threads(streams) as models:
+        with _shared_blocks(job, shared, threads), _model_threads(streams) as models, \
+                ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool:
             batcher = _Batcher(job, pool, in_flight, reuse, res, bands, announce=bool(shared))
             stages.append(batcher)
             batcher.start()

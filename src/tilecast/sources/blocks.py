@@ -15,6 +15,7 @@ threads are decoding at that moment, so reads cannot wait on each other in a cyc
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -108,10 +109,8 @@ class BlockStore:
             if b.started:  # a read got there first
                 return
             b.started = True
-        try:
+        with contextlib.suppress(BaseException):  # kept on the block: the read that needs it raises it
             self._fill(key, b)
-        except BaseException:  # kept on the block: the read that needs it raises it
-            pass
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         """``(bands, h, w)`` data of ``window`` and per-band masks (None when every pixel is valid)."""

@@ -9,12 +9,14 @@ wall time after the last model call (the COG tail).
 
     .venv/bin/python bench/bench_scaling.py                  # 6144 x 6144 x 4 uint16 -> uint8 COG, 3 repeats
     .venv/bin/python bench/bench_scaling.py --size 3072 --repeats 5
+    .venv/bin/python bench/bench_scaling.py --tile auto      # the largest tile within the memory budget
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -26,14 +28,20 @@ if __package__ in (None, ""):  # run as a script: make the sibling modules impor
 from common import DATA_DIR, OUT_DIR, load_average, make_raster, median, mpx_per_s, run_measured
 
 TARGET = 1.8
-CPU_SETS = {"1 core": "0", "2 cores": "0,1"}
+
+
+def cpu_sets() -> dict[str, str]:
+    """The first one and two CPUs this process may use (``taskset -c 0`` and ``-c 0,1`` on a plain machine)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {"1 core": str(cpus[0]), "2 cores": f"{cpus[0]},{cpus[1]}"} if len(cpus) >= 2 else {}
 
 
 def work(p: dict) -> dict:
     import tilecast
     from tilecast.runstats import RunStats
 
-    model = tilecast.Model.from_onnx(p["model"], input_tile_size=256, input_overlap_size=16, layout="NCHW",
+    tile = p["tile"] if p["tile"] == "auto" else int(p["tile"])
+    model = tilecast.Model.from_onnx(p["model"], input_tile_size=tile, input_overlap_size=16, layout="NCHW",
                                      output_bands={"class": "uint8"})
     start, cpu = time.perf_counter(), time.process_time()
     stats = RunStats()
@@ -47,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=6144, help="raster width = height (default 6144)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tile", default="256", help="core tile in pixels, or auto (default 256)")
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
     ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -54,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(work(json.loads(args.worker))))
         return 0
-    if shutil.which("taskset") is None:
-        print("taskset (util-linux) is needed to pin the runs to 1 and 2 CPUs", file=sys.stderr)
+    sets = cpu_sets()
+    if shutil.which("taskset") is None or not sets:
+        print("needs taskset (util-linux) and at least 2 CPUs, to pin the runs to 1 and 2 of them", file=sys.stderr)
         return 2
     sys.stdout.reconfigure(line_buffering=True)
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -65,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     model = build_argmax(args.data_dir / "argmax.onnx")
     raster = make_raster(args.data_dir / f"bench_{args.size}x{args.size}x4_uint16.tif", args.size)
     out = args.out_dir / "scaling.tif"
-    print(f"raster {args.size} x {args.size} x 4 uint16 -> uint8 COG, tile 256 + 16, {args.repeats} repeat(s), "
+    print(f"raster {args.size} x {args.size} x 4 uint16 -> uint8 COG, tile {args.tile} + 16, {args.repeats} repeat(s), "
           f"load {load_average():.1f}")
-    results: dict[str, list] = {k: [] for k in CPU_SETS}
+    results: dict[str, list] = {k: [] for k in sets}
     for rep in range(args.repeats):
-        for name, cpus in CPU_SETS.items():
-            params = {"model": str(model), "raster": str(raster), "out": str(out)}
+        for name, cpus in sets.items():
+            params = {"model": str(model), "raster": str(raster), "out": str(out), "tile": args.tile}
             m = run_measured([str(Path(__file__).resolve()), "--worker", json.dumps(params)],
                              prefix=["taskset", "-c", cpus])
             results[name].append(m)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +80,17 @@ def test_halo_windows_are_tilecasts_windows():
 
 def test_compute_model_is_about_30k_macs_per_pixel():
     assert 25_000 <= macs_per_pixel() <= 35_000
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="taskset (util-linux) pins the runs to 1 and 2 CPUs")
+def test_scaling_benchmark_runs_and_reports_the_ratio(tmp_path):
+    """bench_scaling.py on a small raster: both CPU sets run and the ratio line is printed (no timing checked)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_scaling.py"), "--size", "512", "--repeats", "1",
+         "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"2 cores / 1 core = \d+\.\d\dx", proc.stdout), proc.stdout
+    assert "profile: model" in proc.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -146,12 +147,14 @@ def test_cli_cpus_reaches_every_part_of_the_run(tmp_path, raster, monkeypatch):
     monkeypatch.setattr(Resources, "detect", classmethod(spy))
     src = raster(np.ones((1, 64, 64), np.float32))
     model = mean_conv(tmp_path / "m.onnx")
-    result = CliRunner().invoke(main, ["predict", src, "-m", model, "--tile", "32", "--layout", "NCHW",
-                                       "--output-band", "mean:float32", "-o", str(tmp_path / "o.tif"), "-q",
-                                       "--cpus", "1"])
+    try:
+        result = CliRunner().invoke(main, ["predict", src, "-m", model, "--tile", "32", "--layout", "NCHW",
+                                           "--output-band", "mean:float32", "-o", str(tmp_path / "o.tif"), "-q",
+                                           "--cpus", "1"])
+    finally:  # the command sets it for its process, which here is the test's
+        os.environ.pop("TILECAST_CPUS", None)
     assert result.exit_code == 0, result.output
     assert seen and set(seen) == {1}
-    monkeypatch.delenv("TILECAST_CPUS", raising=False)
 
 
 def test_local_engine_takes_a_policy(tmp_path, raster, monkeypatch):

@@ -24,8 +24,8 @@ from ..errors import DeviceError, SpecError
 
 __all__ = [
     "NO_GPU_FIX", "PRECISIONS", "Device", "HostBuffers", "Placed", "Slots", "Staging", "cuda_device_count",
-    "cuda_free_bytes", "describe_placement", "interleave", "is_out_of_memory", "numpy_staging", "parse_devices",
-    "parse_precision", "plan_batch", "run_in_chunks",
+    "cuda_free_bytes", "cudart_pinned", "describe_placement", "interleave", "is_out_of_memory", "numpy_staging",
+    "parse_devices", "parse_precision", "plan_batch", "run_in_chunks",
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -327,3 +327,50 @@ def cuda_free_bytes(index: int) -> int | None:
         return int(free + torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index))
     except Exception:  # no CUDA torch, or a driver that does not answer: no limit
         return None
+
+
+def cudart_pinned() -> Callable[[tuple[int, ...], np.dtype], Staging] | None:
+    """An allocator of page-locked host memory from the CUDA runtime library (``cudaHostAlloc``), for a backend
+    without one of its own (ONNX Runtime's Python API); None when the library is not found. A failed allocation
+    falls back to pageable memory, which is only slower to copy."""
+    import ctypes
+    import weakref
+
+    lib = _cudart()
+    if lib is None:
+        return None
+
+    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> Staging:
+        count = int(np.prod(shape, dtype=np.int64))
+        size = max(1, count * np.dtype(dtype).itemsize)
+        ptr = ctypes.c_void_p()
+        if lib.cudaHostAlloc(ctypes.byref(ptr), ctypes.c_size_t(size), ctypes.c_uint(1)) != 0 or not ptr.value:
+            return numpy_staging(shape, dtype)  # 1: cudaHostAllocPortable, usable from every device
+        raw = (ctypes.c_byte * size).from_address(ptr.value)
+        staging = Staging(ptr, np.frombuffer(raw, dtype=dtype, count=count).reshape(shape))
+        weakref.finalize(staging, lib.cudaFreeHost, ptr)
+        return staging
+
+    return allocate
+
+
+def _cudart() -> Any:
+    import ctypes
+    import ctypes.util
+    import glob
+    import sys
+
+    names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.12", "libcudart.so.11.0"]
+    for root in sys.path:  # the pip wheels' copy (nvidia-cuda-runtime-cu12), which onnxruntime-gpu loads
+        names += sorted(glob.glob(f"{root}/nvidia/cuda_runtime/lib/libcudart.so*"))
+    for name in names:
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.cudaHostAlloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_uint]
+        lib.cudaFreeHost.argtypes = [ctypes.c_void_p]
+        return lib
+    return None

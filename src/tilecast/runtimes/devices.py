@@ -284,6 +284,10 @@ class Placed(Protocol):
 
 def describe_placement(runtime: object, batch_size: int | None = None) -> str | None:
     """One line for ``-v``: devices, precision and batch size of a :class:`Placed` runtime; None for others."""
+    from .scaled import ScaledRuntime
+
+    while isinstance(runtime, ScaledRuntime):  # a card's value scaling around the model's own runtime
+        runtime = runtime.runtime
     if not isinstance(runtime, Placed):
         return None
     devices = ",".join(str(d) for d in runtime.devices) or "cpu"

@@ -151,6 +151,8 @@ class OnnxRuntime(BaseRuntime):
             self._slots = Slots(interleave([[_Slot(s, d) for _ in range(per)]
                                             for s, d in zip(sessions, self.devices, strict=True)]))
             self.streams = len(self._slots)
+        self.io_binding = gpu
+        """Whether calls go through IO binding and staging buffers (on GPUs; any provider can, which the tests use)."""
         self._host = HostBuffers((cudart_pinned() or numpy_staging) if gpu else numpy_staging)
         self.device_batch: int | None = None
         """ONNX Runtime's arena grows to what a batch needs; tilecast does not split its batches (None)."""
@@ -197,9 +199,9 @@ class OnnxRuntime(BaseRuntime):
     def _run_on(self, slot: _Slot, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """One call on one device: ``session.run`` on the CPU; on a GPU, the batch through pinned staging buffers
         into device tensors reused per shape, then IO binding (outputs allocated on the device, copied back once)."""
-        if not slot.device.accelerator:
+        if not self.io_binding:
             return slot.session.run(None, dict(batch))
-        ort, kind, index = self._ort, "cuda", slot.device.index
+        ort, kind, index = self._ort, slot.device.kind, slot.device.index
         binding = slot.session.io_binding()
         arrays = [np.ascontiguousarray(v) for v in batch.values()]
         with self._host.staged(arrays) as bufs:

@@ -34,7 +34,7 @@ from .devices import (
     parse_precision,
 )
 
-__all__ = ["GPU_PROVIDERS", "STREAMS_PER_GPU", "OnnxRuntime"]
+__all__ = ["GPU_PROVIDERS", "STREAMS_PER_GPU", "OnnxRuntime", "to_fp16"]
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 """The execution providers that run on a CUDA device (``device_id`` per session)."""
@@ -142,7 +142,7 @@ class OnnxRuntime(BaseRuntime):
         trt_half = self.precision == "fp16" and "TensorrtExecutionProvider" in chosen
         source: str | bytes = self.path or model  # type: ignore[assignment]
         if self.precision == "fp16" and not trt_half:
-            source = _half(source)
+            source = to_fp16(source)
         sessions = [self._session(source, opts, _device_providers(chosen, d, trt_half)) for d in self.devices]
         self.session = sessions[0]
         self._slots: Slots[_Slot] | None = None
@@ -284,7 +284,7 @@ def _device_providers(chosen: list[str], device: Device, trt_half: bool) -> list
     return out
 
 
-def _half(source: str | bytes) -> bytes:
+def to_fp16(source: str | bytes) -> bytes:
     """The model with its float tensors in fp16 (ONNX Runtime's converter), float inputs and outputs kept."""
     onnx = require("onnx", "card")
     try:

@@ -101,7 +101,7 @@ class TorchRuntime(BaseRuntime):
             module, in_specs = self._load(torch.device(str(d)), extra)
             replicas.append(_Replica(torch.device(str(d)), module))
         self.module = replicas[0].module
-        gpu = self.devices[0].accelerator
+        gpu = self.devices[0].kind == "cuda"  # CUDA streams and pinned memory; other accelerators run plainly
         per_device = STREAMS_PER_GPU if gpu else 1
         self._slots = Slots(interleave([[_Slot(r, torch.cuda.Stream(r.device) if gpu else None)
                                          for _ in range(per_device)] for r in replicas]))

@@ -371,6 +371,38 @@ def test_onnx_several_devices_run_concurrently_with_the_same_outputs(conv_onnx, 
         assert rt._host.allocated <= 2  # pinned-style staging reused per shape and call in flight
 
 
+class _SmallDevice:
+    """Wraps a session: more than two tiles raise ONNX Runtime's out-of-memory message."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, names, feed, *a, **kw):
+        if len(next(iter(feed.values()))) > 2:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested "
+                               "buffer of size 1073741824")
+        return self.session.run(names, feed, *a, **kw)
+
+
+def test_onnx_out_of_memory_splits_the_batch(conv_onnx):
+    x = _batch(n=7)
+    one = OnnxRuntime(conv_onnx, providers=["cpu"], threads=1)
+    expected = np.concatenate([one.run({"image": x[a:b]})["mean"] for a, b in ((0, 2), (2, 4), (4, 6), (6, 7))])
+    rt = OnnxRuntime(conv_onnx, providers=["cpu"], threads=2, device=[Device("cpu"), Device("cpu")])
+    for slot in rt._slots.items:
+        slot.session = _SmallDevice(slot.session)
+    np.testing.assert_array_equal(rt.run({"image": x})["mean"], expected)
+    assert rt.device_batch == 2
+    np.testing.assert_array_equal(rt.run({"image": x})["mean"], expected)  # starts from the size that fitted
+    with pytest.raises(DeviceError, match="smaller --tile"):
+        for slot in rt._slots.items:
+            slot.session.run = lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+        rt.run({"image": x[:1]})
+
+
 def test_onnx_bad_batch_still_names_the_tile(conv_onnx):
     rt = OnnxRuntime(conv_onnx, providers=["cpu"], threads=2, device=[Device("cpu"), Device("cpu")])
     with pytest.raises(TileSizeError, match="expects"):

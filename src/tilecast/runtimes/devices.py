@@ -143,7 +143,7 @@ def run_in_chunks(call: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.nda
                   out_of_memory: Callable[[BaseException], bool] = is_out_of_memory,
                   ) -> tuple[dict[str, np.ndarray], int]:
     """``call`` over slices of at most ``limit`` rows of ``batch``, joined again; on an out-of-memory error the limit
-    halves and the slice runs again. Returns the outputs and the limit that worked (the caller keeps it)."""
+    halves (rounded up) and the slice runs again. Returns the outputs and the limit that worked (kept by the caller)."""
     n = min((len(v) for v in batch.values()), default=0)
     limit = max(1, int(limit))
     if n <= limit:
@@ -152,7 +152,7 @@ def run_in_chunks(call: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.nda
         except Exception as exc:
             if not out_of_memory(exc) or n <= 1:
                 raise
-            limit = max(1, n // 2)
+            limit = (n + 1) // 2
     parts: list[Mapping[str, np.ndarray]] = []
     start = 0
     while start < n:
@@ -160,9 +160,9 @@ def run_in_chunks(call: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.nda
         try:
             parts.append(call({k: v[start:stop] for k, v in batch.items()}))
         except Exception as exc:
-            if not out_of_memory(exc) or limit <= 1:
+            if not out_of_memory(exc) or stop - start <= 1:
                 raise
-            limit = max(1, limit // 2)
+            limit = (stop - start + 1) // 2
             continue
         start = stop
     names = list(parts[0])

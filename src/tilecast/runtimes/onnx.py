@@ -32,6 +32,7 @@ from .devices import (
     numpy_staging,
     parse_devices,
     parse_precision,
+    run_in_chunks,
 )
 
 __all__ = ["GPU_PROVIDERS", "STREAMS_PER_GPU", "OnnxRuntime", "to_fp16"]
@@ -155,7 +156,8 @@ class OnnxRuntime(BaseRuntime):
         """Whether calls go through IO binding and staging buffers (on GPUs; any provider can, which the tests use)."""
         self._host = HostBuffers((cudart_pinned() or numpy_staging) if gpu else numpy_staging)
         self.device_batch: int | None = None
-        """ONNX Runtime's arena grows to what a batch needs; tilecast does not split its batches (None)."""
+        """The most tiles per call after an out-of-memory error split a batch (None: none did; ONNX Runtime's
+        memory arena grows to what a batch needs)."""
         self.signature = Signature(
             tuple(_spec(a) for a in self.session.get_inputs()),
             tuple(_spec(a) for a in self.session.get_outputs()),
@@ -183,11 +185,11 @@ class OnnxRuntime(BaseRuntime):
                 values = self.session.run(None, dict(batch))
             else:
                 with self._slots.lease() as slot:
-                    values = self._run_on(slot, batch)
+                    return self._run_split(slot, batch)
         except Exception as exc:
             if is_out_of_memory(exc):
-                raise DeviceError(f"the device ran out of memory on a batch ({str(exc)[:200]}); use a smaller "
-                                  "--batch-size or --tile, or --precision fp16") from None
+                raise DeviceError(f"the device ran out of memory on one tile ({str(exc)[:200]}); use a smaller "
+                                  "--tile, --precision fp16, or another device") from None
             shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in batch.items())
             expected = "; ".join(t.describe() for t in self.signature.inputs)
             raise TileSizeError(
@@ -195,6 +197,19 @@ class OnnxRuntime(BaseRuntime):
                 f"Match --tile/--overlap (and the layout and dtype) to the model's input. ONNX Runtime said: {exc}"
             ) from None
         return dict(zip(self.signature.output_names, values, strict=True))
+
+    def _run_split(self, slot: _Slot, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A call on one device; on an out-of-memory error the batch is split in halves until the parts fit, and
+        later calls start from the size that fitted (:attr:`device_batch`)."""
+        def call(part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return dict(zip(self.signature.output_names, self._run_on(slot, part), strict=True))
+
+        n = min((len(v) for v in batch.values()), default=0)
+        limit = self.device_batch or max(1, n)
+        out, used = run_in_chunks(call, batch, limit)
+        if used < limit:
+            self.device_batch = used
+        return out
 
     def _run_on(self, slot: _Slot, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """One call on one device: ``session.run`` on the CPU; on a GPU, the batch through pinned staging buffers

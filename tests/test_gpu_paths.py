@@ -460,6 +460,7 @@ def test_torch_cpu_path_is_unchanged(scripts):
     assert rt.streams == 1 and rt.devices == (Device("cpu"),) and not rt._staging
     np.testing.assert_array_equal(rt.run({"image": x})["output"], ref)
     assert repr(rt).endswith("device=cpu)")
+    assert rt.batch_limit({"image": x}) is None and rt.device_batch is None
 
 
 @pytest.mark.parametrize("precision,tol", [("bf16", 0.05), ("fp16", 0.01)])
@@ -484,6 +485,7 @@ def test_torch_staged_path_plans_batches_from_free_memory(scripts):
     rt = _torch(scripts["net"], device="cpu", staging=True)
     tile = x[:1].nbytes + ref[:1].nbytes  # what a tile costs on the CPU: its input and output
     rt.free_memory = lambda device: int(3 * tile / 0.8)  # a device with room for three tiles
+    assert rt.batch_limit({"image": x}) == 3  # what a runner may take as its batch size
     np.testing.assert_array_equal(rt.run({"image": x})["output"], ref)  # calls of 3, 3 and 1 tiles
     assert rt.device_batch == 3
     assert describe_placement(rt, 8) == "device cpu, precision fp32, batch 8 (device memory allows 3 per call)"

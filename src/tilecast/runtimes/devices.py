@@ -275,11 +275,14 @@ def interleave(per_device: Sequence[Sequence[T]]) -> list[T]:
 @runtime_checkable
 class Placed(Protocol):
     """A runtime that says where it runs: its devices, its precision and the tiles per call the devices allow
-    (``device_batch``: None until planned, or when there is no limit)."""
+    (``device_batch``: None until planned, or when there is no limit; :meth:`batch_limit` plans it for a batch)."""
 
     devices: tuple[Device, ...]
     precision: str
     device_batch: int | None
+
+    def batch_limit(self, batch: Mapping[str, np.ndarray]) -> int | None:
+        """The most tiles like ``batch``'s one call takes on these devices; None: no limit is known."""
 
 
 def describe_placement(runtime: object, batch_size: int | None = None) -> str | None:

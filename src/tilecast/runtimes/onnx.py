@@ -198,6 +198,11 @@ class OnnxRuntime(BaseRuntime):
             ) from None
         return dict(zip(self.signature.output_names, values, strict=True))
 
+    def batch_limit(self, batch: Mapping[str, np.ndarray]) -> int | None:
+        """The most tiles per call the device took (after an out-of-memory split); None: no limit is known (ONNX
+        Runtime's arena grows to what a batch needs, and nothing reads its free memory)."""
+        return self.device_batch
+
     def _run_split(self, slot: _Slot, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A call on one device; on an out-of-memory error the batch is split in halves until the parts fit, and
         later calls start from the size that fitted (:attr:`device_batch`)."""

@@ -45,6 +45,7 @@ CARD_FILE = "mlm:item"
 
 STREAMS_PER_GPU = 2
 """Calls in flight per GPU: while one call's batch is copied to the device, the other's runs."""
+NO_LIMIT = 1 << 30  # tiles per call when the free memory is unknown: batches are never split
 
 
 @dataclass
@@ -194,6 +195,18 @@ class TorchRuntime(BaseRuntime):
             slot.stream.synchronize()
         return {name: t.numpy() for name, t in out.items()}
 
+    def batch_limit(self, batch: Mapping[str, np.ndarray]) -> int | None:
+        """The most tiles like ``batch``'s that one call on these devices takes (a one-tile probe against the free
+        memory, planned once per tile shape): what a runner may use as its batch size when none is given. None: no
+        limit is known (the CPU)."""
+        if not self._staging:
+            return None
+        arrays = {n: np.ascontiguousarray(batch[n][:1]) for n in self.signature.input_names}
+        key = tuple((a.shape[1:], a.dtype.str) for a in arrays.values())
+        with self._slots.lease() as slot:
+            limit = slot.replica.limits.get(key) or self._plan(slot, arrays, key)
+        return None if limit >= NO_LIMIT else limit
+
     def _run_staged(self, slot: _Slot, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         key = tuple((a.shape[1:], a.dtype.str) for a in arrays.values())
         limit = slot.replica.limits.get(key) or self._plan(slot, arrays, key)
@@ -224,8 +237,8 @@ class TorchRuntime(BaseRuntime):
             device = Device(replica.device.type, index)
             free = self.free_memory(device)
             if free is None:
-                replica.limits[key] = limit = plan_batch(1, 1, min_batch=4096)
-                return limit
+                replica.limits[key] = NO_LIMIT
+                return NO_LIMIT
             cuda = device.kind == "cuda"
             if cuda:
                 torch.cuda.reset_peak_memory_stats(index)

@@ -411,38 +411,43 @@ def test_onnx_bad_batch_still_names_the_tile(conv_onnx):
 
 # --- PyTorch ---------------------------------------------------------------------------------------------------------
 
-torch = pytest.importorskip("torch")
+def _scripted_models(d) -> dict[str, str]:
+    """A small conv net, and one that refuses more than two tiles with CUDA's out-of-memory message (a small
+    device), as TorchScript files."""
+    import torch
 
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(8, 2, 1)
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(torch.rand(p.shape, generator=g) - 0.5)
 
-class _Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(8, 2, 1)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
+        def forward(self, image):
+            return self.c2(torch.relu(self.c1(image * 0.01)))
 
-    def forward(self, image):
-        return self.c2(torch.relu(self.c1(image * 0.01)))
+    class Limited(torch.nn.Module):
+        def forward(self, image):
+            if image.shape[0] > 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+            return image * 2.0 + 1.0
 
-
-class _Limited(torch.nn.Module):
-    """Refuses more than two tiles with CUDA's out-of-memory message (a small device)."""
-
-    def forward(self, image):
-        if image.shape[0] > 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return image * 2.0 + 1.0
+    torch.jit.save(torch.jit.script(Net().eval()), str(d / "net.pt"))
+    torch.jit.save(torch.jit.script(Limited().eval()), str(d / "limited.pt"))
+    return {"net": str(d / "net.pt"), "limited": str(d / "limited.pt")}
 
 
 @pytest.fixture(scope="module")
-def scripts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("torch")
-    torch.jit.save(torch.jit.script(_Net().eval()), str(d / "net.pt"))
-    torch.jit.save(torch.jit.script(_Limited().eval()), str(d / "limited.pt"))
-    return {"net": str(d / "net.pt"), "limited": str(d / "limited.pt")}
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def scripts(torch, tmp_path_factory):
+    return _scripted_models(tmp_path_factory.mktemp("torch"))
 
 
 def _torch(path, **kw):
@@ -451,7 +456,7 @@ def _torch(path, **kw):
     return TorchRuntime(path, **kw)
 
 
-def test_torch_cpu_path_is_unchanged(scripts):
+def test_torch_cpu_path_is_unchanged(scripts, torch):
     x = _batch()
     module = torch.jit.load(scripts["net"], map_location="cpu").eval()
     with torch.inference_mode():

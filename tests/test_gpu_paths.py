@@ -641,3 +641,27 @@ def test_cli_verbose_names_device_precision_and_batch(tmp_path, conv_onnx):
 def test_cli_bf16_with_onnx_names_the_fix(tmp_path, conv_onnx):
     result = _predict(tmp_path, conv_onnx, "--precision", "bf16")
     assert result.exit_code != 0 and "--precision fp16" in result.output
+
+
+def test_onnx_gpu_provider_that_does_not_start(conv_onnx, monkeypatch):
+    """onnxruntime-gpu without its CUDA libraries falls back to the CPU by itself: an explicit --device is an error
+    that names the missing libraries; without one the model runs on the CPU with a warning, as before."""
+    import tilecast.runtimes.onnx as onnx_mod
+    from tilecast.errors import TilecastWarning
+
+    real, session = ort.get_available_providers(), ort.InferenceSession
+
+    def cpu_only(source, sess_options=None, providers=None):  # what ORT does when the CUDA libraries do not load
+        return session(source, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
+    monkeypatch.setattr(onnx_mod, "cuda_device_count", lambda: 1)
+    with pytest.raises(DeviceError, match=r"cuDNN.*onnxruntime-gpu\[cuda,cudnn\]"):
+        OnnxRuntime(conv_onnx, device="cuda")
+    with pytest.warns(TilecastWarning, match="runs on the CPU"):
+        rt = OnnxRuntime(conv_onnx, threads=1)
+    assert rt._slots is None and rt.devices == (Device("cpu"),) and not rt.io_binding
+    x = _batch()
+    np.testing.assert_array_equal(rt.run({"image": x})["mean"],
+                                  OnnxRuntime(conv_onnx, providers=["cpu"], threads=1).run({"image": x})["mean"])

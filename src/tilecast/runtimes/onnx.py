@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._extras import require
-from ..errors import DeviceError, MissingExtraError, ModelLoadError, SpecError, TileSizeError
+from ..errors import DeviceError, MissingExtraError, ModelLoadError, SpecError, TilecastWarning, TileSizeError
 from ..resources import Resources
 from .base import BaseRuntime, Signature, TensorSpec
 from .devices import (
@@ -145,6 +145,16 @@ class OnnxRuntime(BaseRuntime):
         if self.precision == "fp16" and not trt_half:
             source = to_fp16(source)
         sessions = [self._session(source, opts, _device_providers(chosen, d, trt_half)) for d in self.devices]
+        if gpu and not any(p in GPU_PROVIDERS for p in sessions[0].get_providers()):
+            if device is not None:
+                raise DeviceError(
+                    f"ONNX Runtime could not start {chosen[0]} for --device {device} (it fell back to the CPU: are "
+                    "the CUDA and cuDNN libraries it needs installed? pip install 'onnxruntime-gpu[cuda,cudnn]' "
+                    "brings them); or run with --device cpu")
+            warnings.warn(f"ONNX Runtime could not start {chosen[0]} (CUDA or cuDNN libraries missing?); the model "
+                          "runs on the CPU", TilecastWarning, stacklevel=2)
+            self.__init__(model, ["cpu"], threads, None, resources, precision=precision)  # type: ignore[misc]
+            return
         self.session = sessions[0]
         self._slots: Slots[_Slot] | None = None
         if gpu or len(sessions) > 1:  # one session per device, streams spread over them

@@ -244,18 +244,25 @@ def measure(kind: str, path: Path, device: str, precision: str, raster: Path, ou
             "ratio": alone["best_s"] / pred}
 
 
-def configurations(info: dict, cpu_only: bool) -> list[tuple[str, str, str]]:
+def configurations(info: dict, cpu_only: bool) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The (runtime, device, precision) rows to measure, and why GPU rows are missing."""
     rows = [("onnx", "cpu", "fp32"), ("torchscript", "cpu", "fp32")]
     if cpu_only:
-        return rows
+        return rows, ["GPU rows: not asked for (--cpu-only)"]
     gpus = max(info["torch_cuda"], len(info["gpus"]))
     devices = ["cuda:0"] + (["cuda:all"] if gpus > 1 else [])
-    kinds = []
-    if info["torch_cuda"]:
+    kinds, notes = [], []
+    if not gpus:
+        notes.append("GPU rows: no GPU here (nvidia-smi lists none and torch sees none)")
+    if gpus and info["torch_cuda"]:
         kinds.append("torchscript")
-    if "CUDAExecutionProvider" in info["ort_providers"] and gpus:
+    elif gpus:
+        notes.append(f"TorchScript CUDA rows: torch {info['torch']} has no CUDA (install a CUDA build of torch)")
+    if gpus and "CUDAExecutionProvider" in info["ort_providers"]:
         kinds.append("onnx")
-    return [(k, d, p) for k in kinds for p in ("fp32", "fp16") for d in devices] + rows
+    elif gpus:
+        notes.append("ONNX Runtime CUDA rows: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    return [(k, d, p) for k in kinds for p in ("fp32", "fp16") for d in devices] + rows, notes
 
 
 # --- the CPU acceptance figure ----------------------------------------------------------------------------------------
@@ -303,6 +310,8 @@ def report(results: dict) -> None:
         print(f"{r['runtime']:12s} {r['precision']:5s} {r['device']:9s} {r['model_alone_mpx_s']:9.1f} Mpx/s "
               f"{r['model_raw_mpx_s']:7.1f} {r['model_runtime_mpx_s']:8.1f} (x{r['runtime_streams']}) "
               f"{r['predict_mpx_s']:7.1f} Mpx/s {r['ratio']:8.2f}        {verdict}")
+    for note in results.get("notes", []):
+        print(f"  {note}")
     for r in results["rows"]:
         if r.get("placement"):
             print(f"  {r['runtime']} {r['precision']} {r['device']}: {r['placement']}")
@@ -340,7 +349,8 @@ def main() -> None:
         if info["torch"]:
             paths["torchscript"] = build_torchscript(d / "fcn.pt", SEED)
         raster = make_raster(d / "scene.tif", size)
-        for kind, device, precision in configurations(info, args.cpu_only):
+        configs, results["notes"] = configurations(info, args.cpu_only)
+        for kind, device, precision in configs:
             if kind not in paths:
                 continue
             if device != "cpu" and time.perf_counter() - start > args.budget:

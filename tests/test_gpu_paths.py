@@ -663,3 +663,21 @@ def test_onnx_gpu_provider_that_does_not_start(conv_onnx, monkeypatch):
     x = _batch()
     np.testing.assert_array_equal(rt.run({"image": x})["mean"],
                                   OnnxRuntime(conv_onnx, providers=["cpu"], threads=1).run({"image": x})["mean"])
+
+
+def test_onnx_placement_of_providers_and_devices(monkeypatch):
+    import tilecast.runtimes.onnx as onnx_mod
+
+    class FakeOrt:
+        @staticmethod
+        def get_available_providers():
+            return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnx_mod, "cuda_device_count", lambda: 2)
+    trt = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_mod._placement(FakeOrt, ["tensorrt", "cuda", "cpu"], "cuda:all") == (
+        trt, (Device("cuda", 0), Device("cuda", 1)))
+    assert onnx_mod._placement(FakeOrt, ["tensorrt", "cuda"], None) == (trt[:2], (Device("cuda", 0),))
+    assert onnx_mod._placement(FakeOrt, None, None) == (trt[1:], (Device("cuda", 0),))
+    assert onnx_mod._placement(FakeOrt, None, "cuda:1") == (trt[1:], (Device("cuda", 1),))
+    assert onnx_mod._placement(FakeOrt, ["cuda"], "cpu") == (["CPUExecutionProvider"], (Device("cpu"),))

@@ -176,7 +176,8 @@ def raw_onnx(path: Path, devices: list[str], precision: str):
 def timed_threads(work, n: int, items: list[np.ndarray]) -> float:
     """``work(i, share)`` on ``n`` threads, the items dealt round-robin; wall seconds."""
     shares = [items[i::n] for i in range(n)]
-    work(0, items[:3])  # warm-up (CUDA context, cuDNN autotune, TorchScript's profiling runs, arena growth)
+    for i in range(n):  # warm-up of every device and stream (CUDA context, cuDNN autotune, TorchScript's
+        work(i, items[:3])  # profiling runs, ONNX Runtime's arena growth)
     t = time.perf_counter()
     threads = [threading.Thread(target=work, args=(i, shares[i])) for i in range(n)]
     for th in threads:

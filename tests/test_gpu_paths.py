@@ -462,7 +462,7 @@ def test_torch_cpu_path_is_unchanged(scripts, torch):
     with torch.inference_mode():
         ref = module(torch.from_numpy(x)).numpy()
     rt = _torch(scripts["net"], device="cpu")
-    assert rt.streams == 1 and rt.devices == (Device("cpu"),) and not rt._staging
+    assert rt.streams == 1 and rt.devices == (Device("cpu"),) and not rt._staging and not rt.releases_inputs
     np.testing.assert_array_equal(rt.run({"image": x})["output"], ref)
     assert repr(rt).endswith("device=cpu)")
     assert rt.batch_limit({"image": x}) is None and rt.device_batch is None
@@ -488,6 +488,7 @@ def test_torch_staged_path_plans_batches_from_free_memory(scripts):
     plain = _torch(scripts["net"], device="cpu")
     ref = np.concatenate([plain.run({"image": x[a:b]})["output"] for a, b in ((0, 3), (3, 6), (6, 7))])
     rt = _torch(scripts["net"], device="cpu", staging=True)
+    assert rt.releases_inputs  # batches are copied into staging buffers: a runner may reuse its arrays
     tile = x[:1].nbytes + ref[:1].nbytes  # what a tile costs on the CPU: its input and output
     rt.free_memory = lambda device: int(3 * tile / 0.8)  # a device with room for three tiles
     assert rt.batch_limit({"image": x}) == 3  # what a runner may take as its batch size

@@ -108,6 +108,7 @@ class TorchRuntime(BaseRuntime):
                                          for _ in range(per_device)] for r in replicas]))
         self.streams = len(self._slots)
         self._staging = gpu if staging is None else bool(staging)
+        self.releases_inputs = self._staging  # staged batches are copied in, outputs copied out: nothing is kept
         self._host = HostBuffers(self._pinned if gpu else _torch_staging(torch), shapes=4)
         self.device_batch: int | None = None
         """The most tiles per call the device memory allowed so far (None: not planned, or no limit)."""

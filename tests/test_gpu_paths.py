@@ -682,3 +682,45 @@ def test_onnx_placement_of_providers_and_devices(monkeypatch):
     assert onnx_mod._placement(FakeOrt, None, None) == (trt[1:], (Device("cuda", 0),))
     assert onnx_mod._placement(FakeOrt, None, "cuda:1") == (trt[1:], (Device("cuda", 1),))
     assert onnx_mod._placement(FakeOrt, ["cuda"], "cpu") == (["CPUExecutionProvider"], (Device("cpu"),))
+
+
+def test_pinned_allocator_views_and_frees_its_memory(monkeypatch):
+    """``cudart_pinned`` with a stand-in for libcudart (ctypes buffers instead of page-locked memory): the numpy view
+    covers the allocation, and the memory goes back when the buffer is dropped; a failed allocation falls back."""
+    import ctypes
+    import gc
+
+    import tilecast.runtimes.devices as devices
+
+    class FakeCudart:
+        def __init__(self) -> None:
+            self.live: dict[int, ctypes.Array] = {}
+            self.freed: list[int] = []
+            self.fail = False
+
+        def cudaHostAlloc(self, ptr, size, flags):
+            if self.fail:
+                return 2  # cudaErrorMemoryAllocation
+            buf = (ctypes.c_byte * size.value)()
+            self.live[ctypes.addressof(buf)] = buf
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_void_p))[0] = ctypes.addressof(buf)
+            return 0
+
+        def cudaFreeHost(self, ptr):
+            self.freed.append(ptr.value)
+            return 0
+
+    lib = FakeCudart()
+    monkeypatch.setattr(devices, "_cudart", lambda: lib)
+    pool = HostBuffers(devices.cudart_pinned())
+    x = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    with pool.staged([x]) as (buf,):
+        np.testing.assert_array_equal(buf.array, x)
+        assert buf.array.ctypes.data == buf.handle.value in lib.live
+    pool.clear()
+    del buf
+    gc.collect()
+    assert lib.freed == list(lib.live)
+    lib.fail = True
+    fallback = devices.cudart_pinned()((4,), np.dtype(np.uint16))
+    assert fallback.array.shape == (4,) and fallback.array.dtype == np.uint16

@@ -1,17 +1,26 @@
-"""CPU vs GPU throughput for ONNX Runtime (CUDA provider) and TorchScript on the benchmark's compute-bound FCN.
+"""The GPU acceptance check of issue 16, in one run: ``tilecast predict`` end to end against the model alone.
 
-The network is the one ``bench_predict.py`` uses (3x3 conv 4->32, three 3x3 32->32, 1x1 32->1, ReLU between, a 1e-4
-input scale; ~29k multiply-adds per pixel), built twice from the same deterministic weights (``models.fcn_weights``):
-as ONNX by ``models.build_compute_bound`` and as a TorchScript module here. One run measures, medians over repeats:
+The network is ``bench_predict.py``'s compute-bound FCN (3x3 conv 4->32, three 3x3 32->32, 1x1 32->1, ReLU between,
+a 1e-4 input scale; ~29k multiply-adds per pixel), built twice from the same weights (``models.fcn_weights``): as
+ONNX by ``models.build_compute_bound`` and as TorchScript here. For TorchScript CUDA and ONNX Runtime CUDA, fp32 and
+fp16, one GPU and all GPUs (when there are several), one run measures, medians over repeats:
 
-  runtime   ``run()`` on in-memory batches of 8 padded 288 x 288 tiles (256 core + 16 halo), per runtime and device
-  predict   ``load_model(...).predict_image(raster).to_geotiff(...)`` end to end on a generated 4-band uint16 raster
+  model alone  the framework on the tiles ``predict`` feeds it (batches of 8 x 4 x 288 x 288 float32 from host
+               memory, outputs back to host memory, as many batches as the raster has tiles): the faster of the
+               plain framework (one thread per GPU: tensor to the device, module, result to the host) and
+               tilecast's runtime with its own streams
+  predict      ``Model.from_torch/from_onnx(..., device, precision).predict_image(raster).to_geotiff(out)`` on a
+               generated 4-band uint16 raster (model loaded and warmed up once, outside the timing)
 
-and prints GPU / CPU ratios measured in the same run, plus the largest CPU-GPU output difference. Without a GPU only
-the CPU rows are printed. Needs the ``torch`` extra and, for the GPU, ``onnxruntime-gpu`` and a CUDA torch build.
+and the ratio predict / model alone (target >= 0.50). CPU rows (fp32) come from the same measurements on the CPU,
+and the CPU acceptance figure, compute-bound d/a (target >= 0.90), from ``bench_predict.py --only compute,a,d`` run
+as a subprocess. One table at the end carries every figure with the hardware (``nvidia-smi`` names, CPU count).
+Without a GPU only the CPU rows run. ``--budget`` stops starting new GPU configurations when time runs short.
 
-    python bench/gpu_check.py              # 4096 x 4096 raster, 5 repeats
-    python bench/gpu_check.py --quick      # 1024 x 1024, 2 repeats
+    python bench/gpu_check.py              # 4096 x 4096 GPU raster, 3 repeats; CPU d/a at 6144 x 6144, 3 repeats
+    python bench/gpu_check.py --quick      # 1024 x 1024, 1 repeat, CPU d/a at 1024 (a smoke run, < 1 minute)
+
+Results go to ``$OUT/gpu_check.json`` when ``OUT`` is set (the device machine's output folder), and to ``--json``.
 """
 
 from __future__ import annotations
@@ -19,9 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from models import INPUT_SCALE, build_compute_bound, compute_layers, fcn_weights  # noqa: E402
 
 TILE, HALO, BATCH, SEED = 256, 16, 8, 0
+TARGET_GPU, TARGET_CPU = 0.50, 0.90
 
 
 def build_torchscript(path: Path, seed: int = SEED) -> Path:
@@ -65,33 +79,6 @@ def build_torchscript(path: Path, seed: int = SEED) -> Path:
     return path
 
 
-def runtimes(onnx_path: Path, ts_path: Path) -> dict[str, object]:
-    import onnxruntime as ort
-    import torch
-
-    from tilecast.runtimes.onnx import OnnxRuntime
-    from tilecast.runtimes.torch import TorchRuntime
-
-    out: dict[str, object] = {"onnx cpu": OnnxRuntime(onnx_path, providers=["cpu"]),
-                              "torchscript cpu": TorchRuntime(ts_path, device="cpu")}
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        out["onnx cuda"] = OnnxRuntime(onnx_path, providers=["cuda"])
-    if torch.cuda.is_available():
-        out["torchscript cuda"] = TorchRuntime(ts_path, device="cuda")
-    return out
-
-
-def time_runtime(rt, batch: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
-    name = rt.signature.input_names[0]
-    y = rt.run({name: batch})  # warm-up (CUDA context, cuDNN autotune)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        y = rt.run({name: batch})
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), next(iter(y.values()))
-
-
 def make_raster(path: Path, size: int) -> Path:
     import rasterio
     from rasterio.transform import from_origin
@@ -107,64 +94,285 @@ def make_raster(path: Path, size: int) -> Path:
     return path
 
 
-def time_predict(model_path: Path, raster: Path, out_dir: Path, repeats: int, **kw) -> float:
-    from tilecast.loading import load_model
+# --- hardware ---------------------------------------------------------------------------------------------------------
 
+def gpu_names() -> list[str]:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def hardware() -> dict:
+    import onnxruntime as ort
+
+    info = {"gpus": gpu_names(), "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "ort_providers": ort.get_available_providers()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cuda"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        info["torch"] = None
+        info["torch_cuda"] = 0
+    return info
+
+
+# --- the model alone --------------------------------------------------------------------------------------------------
+
+def batches(tiles: int) -> list[np.ndarray]:
+    """The padded tiles ``predict`` sends for ``tiles`` tiles, as float32 batches of :data:`BATCH` (the last one may
+    be smaller); a few distinct arrays, reused, so host memory stays small."""
+    p = TILE + 2 * HALO
+    rng = np.random.default_rng(1)
+    pool = [rng.integers(0, 10000, (BATCH, 4, p, p)).astype(np.float32) for _ in range(4)]
+    sizes = [BATCH] * (tiles // BATCH) + ([tiles % BATCH] if tiles % BATCH else [])
+    return [pool[i % len(pool)][:n] for i, n in enumerate(sizes)]
+
+
+def raw_torch(path: Path, devices: list[str], precision: str):
+    """The plain framework: a module per device, one thread per device, each batch to the device and back."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+    modules = [torch.jit.load(str(path), map_location=d).eval().to(dtype) for d in devices]
+
+    def work(i: int, part: list[np.ndarray]) -> None:
+        with torch.inference_mode():
+            for b in part:
+                x = torch.from_numpy(b).to(devices[i]).to(dtype)
+                modules[i](x).float().cpu()
+
+    return work, len(devices)
+
+
+def raw_onnx(path: Path, devices: list[str], precision: str):
+    import onnxruntime as ort
+
+    from tilecast.runtimes.onnx import to_fp16
+
+    source = to_fp16(str(path)) if precision == "fp16" else str(path)
+    sessions = []
+    for d in devices:
+        providers = ["CPUExecutionProvider"] if d == "cpu" else [
+            ("CUDAExecutionProvider", {"device_id": int(d.split(":")[1])}), "CPUExecutionProvider"]
+        sessions.append(ort.InferenceSession(source, providers=providers))
+    name = sessions[0].get_inputs()[0].name
+
+    def work(i: int, part: list[np.ndarray]) -> None:
+        for b in part:
+            sessions[i].run(None, {name: b})
+
+    return work, len(devices)
+
+
+def timed_threads(work, n: int, items: list[np.ndarray]) -> float:
+    """``work(i, share)`` on ``n`` threads, the items dealt round-robin; wall seconds."""
+    shares = [items[i::n] for i in range(n)]
+    for i in range(n):  # warm-up of every device and stream (CUDA context, cuDNN autotune, TorchScript's
+        work(i, items[:3])  # profiling runs, ONNX Runtime's arena growth)
+    t = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i, shares[i])) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t
+
+
+def runtime_work(rt):
+    name = rt.signature.input_names[0]
+
+    def work(i: int, part: list[np.ndarray]) -> None:
+        for b in part:
+            rt.run({name: b})
+
+    return work, rt.streams
+
+
+def model_alone(kind: str, path: Path, devices: list[str], precision: str, rt, items, repeats: int) -> dict:
+    raw_fn, n = (raw_torch if kind == "torchscript" else raw_onnx)(path, devices, precision)
+    work, streams = runtime_work(rt)
+    raw = statistics.median(timed_threads(raw_fn, n, items) for _ in range(repeats))
+    ours = statistics.median(timed_threads(work, streams, items) for _ in range(repeats))
+    return {"raw_s": raw, "runtime_s": ours, "runtime_streams": streams, "best_s": min(raw, ours)}
+
+
+# --- one configuration ------------------------------------------------------------------------------------------------
+
+def load(kind: str, path: Path, device: str, precision: str):
+    import tilecast
+
+    params = dict(input_tile_size=TILE, input_overlap_size=HALO, layout="NCHW", batch_size=BATCH,
+                  output_bands={"y": {"type": "float32"}})
+    if kind == "torchscript":
+        return tilecast.Model.from_torch(path, device=device, precision=precision, **params)
+    providers = ["cpu"] if device == "cpu" else ["cuda", "cpu"]
+    return tilecast.Model.from_onnx(path, providers=providers, device=device, precision=precision, **params)
+
+
+def measure(kind: str, path: Path, device: str, precision: str, raster: Path, out_dir: Path, size: int,
+            repeats: int) -> dict:
+    from tilecast.runtimes.devices import describe_placement
+
+    model = load(kind, path, device, precision)
+    rt = model.runtime
+    devices = [str(d) for d in rt.devices]
+    items = batches(((size + TILE - 1) // TILE) ** 2)
+    alone = model_alone(kind, path, devices, precision, rt, items, repeats)
     times = []
     for i in range(repeats):
-        model = load_model(model_path, input_tile_size=TILE, input_overlap_size=HALO, layout="NCHW",
-                           batch_size=BATCH, **kw)
-        out = out_dir / f"p_{time.monotonic_ns()}_{i}.tif"
+        out = out_dir / f"p_{kind}_{precision}_{i}.tif"
         t = time.perf_counter()
-        model.predict_image(str(raster)).to_geotiff(out)
+        model.predict_image(str(raster)).to_geotiff(out, overwrite=True, progress=False)
         times.append(time.perf_counter() - t)
-        model.close()
         out.unlink()
-    return statistics.median(times)
+    placement = describe_placement(rt, BATCH)
+    model.close()
+    px = size * size
+    pred = statistics.median(times)
+    return {"runtime": kind, "precision": precision, "device": device, "devices": devices, "placement": placement,
+            "model_alone_mpx_s": px / alone["best_s"] / 1e6, "model_raw_mpx_s": px / alone["raw_s"] / 1e6,
+            "model_runtime_mpx_s": px / alone["runtime_s"] / 1e6, "runtime_streams": alone["runtime_streams"],
+            "predict_s": pred, "predict_runs_s": times, "predict_mpx_s": px / pred / 1e6,
+            "ratio": alone["best_s"] / pred}
+
+
+def configurations(info: dict, cpu_only: bool) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The (runtime, device, precision) rows to measure, and why GPU rows are missing."""
+    rows = [("onnx", "cpu", "fp32"), ("torchscript", "cpu", "fp32")]
+    if cpu_only:
+        return rows, ["GPU rows: not asked for (--cpu-only)"]
+    gpus = max(info["torch_cuda"], len(info["gpus"]))
+    devices = ["cuda:0"] + (["cuda:all"] if gpus > 1 else [])
+    kinds, notes = [], []
+    if not gpus:
+        notes.append("GPU rows: no GPU here (nvidia-smi lists none and torch sees none)")
+    if gpus and info["torch_cuda"]:
+        kinds.append("torchscript")
+    elif gpus:
+        notes.append(f"TorchScript CUDA rows: torch {info['torch']} has no CUDA (install a CUDA build of torch)")
+    if gpus and "CUDAExecutionProvider" in info["ort_providers"]:
+        kinds.append("onnx")
+    elif gpus:
+        notes.append("ONNX Runtime CUDA rows: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    return [(k, d, p) for k in kinds for p in ("fp32", "fp16") for d in devices] + rows, notes
+
+
+# --- the CPU acceptance figure ----------------------------------------------------------------------------------------
+
+def cpu_da(work: Path, quick: bool, size: int | None, repeats: int | None) -> dict:
+    extra = ["--only", "compute,a,d", *(["--quick"] if quick else []), *(["--size", str(size)] if size else []),
+             *(["--repeats", str(repeats)] if repeats else [])]
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_predict.py"), *extra,
+           "--data-dir", str(work / "data"), "--out-dir", str(work / "bp")]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    out = {"command": " ".join(["python", "bench/bench_predict.py", *extra]), "seconds": time.perf_counter() - t,
+           "returncode": done.returncode, "stdout_tail": done.stdout[-3000:]}
+    results = work / "bp" / "results.json"
+    if done.returncode or not results.exists():
+        out["error"] = (done.stderr or done.stdout)[-2000:]
+        return out
+    summary = json.loads(results.read_text())
+    ratio = next((r for r in summary["ratios"] if r["model"] == "compute" and r["variant"] == "d"
+                  and r["baseline"] == "a"), None)
+    out.update(size=summary.get("size"), repeats=summary.get("repeats"), rows=summary.get("rows"),
+               ratio=ratio and ratio["ratio"])
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------------------------------
+
+def report(results: dict) -> None:
+    info, size = results["hardware"], results["size"]
+    gpus = "; ".join(info["gpus"]) or "none"
+    print(f"\nhardware: GPUs: {gpus}; {info['cpus']} CPUs ({info['cpus_usable']} usable); Python {info['python']}, "
+          f"onnxruntime {info['onnxruntime']}, torch {info['torch']}")
+    print(f"raster {size} x {size} x 4 uint16 -> float32 COG; tiles {TILE} + 2 x {HALO} px, batch {BATCH}; "
+          f"medians of {results['repeats']}; ratios measured in this run\n")
+    head = (f"{'runtime':12s} {'prec':5s} {'device':9s} {'model alone':>12s} {'(raw':>8s} {'tilecast rt)':>13s} "
+            f"{'predict':>9s} {'predict/model':>14s}  target")
+    print(head)
+    print("-" * len(head))
+    for r in results["rows"]:
+        if "error" in r:
+            print(f"{r['runtime']:12s} {r['precision']:5s} {r['device']:9s} error: {r['error']}")
+            continue
+        gpu = r["device"] != "cpu"
+        verdict = (f">= {TARGET_GPU:.2f} {'PASS' if r['ratio'] >= TARGET_GPU else 'MISS'}" if gpu else "(CPU)")
+        print(f"{r['runtime']:12s} {r['precision']:5s} {r['device']:9s} {r['model_alone_mpx_s']:9.1f} Mpx/s "
+              f"{r['model_raw_mpx_s']:7.1f} {r['model_runtime_mpx_s']:8.1f} (x{r['runtime_streams']}) "
+              f"{r['predict_mpx_s']:7.1f} Mpx/s {r['ratio']:8.2f}        {verdict}")
+    for note in results.get("notes", []):
+        print(f"  {note}")
+    for r in results["rows"]:
+        if r.get("placement"):
+            print(f"  {r['runtime']} {r['precision']} {r['device']}: {r['placement']}")
+    da = results.get("cpu_da")
+    if da:
+        if da.get("ratio") is None:
+            print(f"\nCPU compute-bound d/a: failed ({da.get('error', '')[-300:]})")
+        else:
+            ok = "PASS" if da["ratio"] >= TARGET_CPU else "MISS"
+            print(f"\nCPU compute-bound d/a ({da['command']}, {da['size']}^2, {da['repeats']} repeat(s)): "
+                  f"{da['ratio']:.2f} (target >= {TARGET_CPU:.2f}: {ok})")
+    print(f"total {results['seconds']:.0f} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1024^2, 1 repeat, CPU d/a at 1024^2")
+    ap.add_argument("--size", type=int, help="raster side for the GPU and CPU rows (default 4096; 1024 --quick)")
+    ap.add_argument("--repeats", type=int, help="repeats per figure (default 3; 1 --quick)")
+    ap.add_argument("--cpu-size", type=int, help="raster side for bench_predict's d/a (default: its own, 6144)")
+    ap.add_argument("--no-cpu-da", action="store_true", help="skip bench_predict.py's d/a")
+    ap.add_argument("--cpu-only", action="store_true", help="only the CPU rows, even on a GPU machine")
+    ap.add_argument("--budget", type=float, default=330, help="seconds after which no new GPU configuration starts")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    size, repeats = (1024, 2) if args.quick else (4096, 5)
-    results: dict[str, object] = {"size": size, "tile": TILE, "halo": HALO, "batch": BATCH}
+    sys.stdout.reconfigure(line_buffering=True)
+    size, repeats = args.size or (1024 if args.quick else 4096), args.repeats or (1 if args.quick else 3)
+    start = time.perf_counter()
+    info = hardware()
+    results: dict = {"hardware": info, "size": size, "repeats": repeats, "tile": TILE, "halo": HALO,
+                     "batch": BATCH, "rows": [], "command": " ".join(["python", "bench/gpu_check.py", *sys.argv[1:]])}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        onnx_path, ts_path = build_compute_bound(d / "fcn.onnx", seed=SEED), build_torchscript(d / "fcn.pt", SEED)
-        p = TILE + 2 * HALO
-        batch = np.random.default_rng(1).integers(0, 10000, (BATCH, 4, p, p)).astype(np.float32)
-        px = BATCH * TILE * TILE
-        rows = {}
-        outputs = {}
-        for name, rt in runtimes(onnx_path, ts_path).items():
-            t, y = time_runtime(rt, batch, repeats * 4)
-            rows[name] = {"batch_s": t, "mpx_s": px / t / 1e6}
-            outputs[name] = y
-        ref = outputs["onnx cpu"]
-        for name, y in outputs.items():
-            rows[name]["max_abs_diff_vs_onnx_cpu"] = float(np.abs(np.asarray(y) - ref).max())
-        results["runtime"] = rows
-        print(f"runtime.run, batches of {BATCH} x {p} x {p} (core {TILE} px), median of {repeats * 4}:")
-        for name, r in rows.items():
-            base = rows[f"{name.split()[0]} cpu"]["batch_s"]
-            print(f"  {name:18s} {r['batch_s'] * 1e3:8.1f} ms/batch  {r['mpx_s']:8.2f} Mpx/s  "
-                  f"x{base / r['batch_s']:.2f} vs CPU  max|diff| {r['max_abs_diff_vs_onnx_cpu']:.2e}")
+        paths = {"onnx": build_compute_bound(d / "fcn.onnx", seed=SEED)}
+        if info["torch"]:
+            paths["torchscript"] = build_torchscript(d / "fcn.pt", SEED)
         raster = make_raster(d / "scene.tif", size)
-        pred = {"onnx cpu": time_predict(onnx_path, raster, d, repeats, providers=["cpu"]),
-                "torchscript cpu": time_predict(ts_path, raster, d, repeats, device="cpu")}
-        if "onnx cuda" in rows:
-            pred["onnx cuda"] = time_predict(onnx_path, raster, d, repeats, providers=["cuda"])
-        if "torchscript cuda" in rows:
-            pred["torchscript cuda"] = time_predict(ts_path, raster, d, repeats, device="cuda")
-        results["predict_s"] = pred
-        print(f"tilecast predict, {size} x {size} x 4 uint16 -> float32 COG, median of {repeats}:")
-        for name, t in pred.items():
-            base = pred[f"{name.split()[0]} cpu"]
-            print(f"  {name:18s} {t:8.2f} s  {size * size / t / 1e6:8.2f} Mpx/s  x{base / t:.2f} vs CPU")
-    out_dir = os.environ.get("OUT")
-    if out_dir:
-        Path(out_dir, "gpu_check.json").write_text(json.dumps(results, indent=2))
+        configs, results["notes"] = configurations(info, args.cpu_only)
+        for kind, device, precision in configs:
+            if kind not in paths:
+                continue
+            if device != "cpu" and time.perf_counter() - start > args.budget:
+                results["rows"].append({"runtime": kind, "precision": precision, "device": device,
+                                        "error": f"skipped: past --budget {args.budget:.0f} s"})
+                continue
+            print(f"measuring {kind} {precision} on {device} ...", file=sys.stderr, flush=True)
+            reps = repeats if device != "cpu" else min(repeats, 2)  # the CPU rows are context, not the target
+            try:
+                results["rows"].append(measure(kind, paths[kind], device, precision, raster, d, size, reps))
+            except Exception as exc:  # one failing configuration must not cost the others' figures
+                results["rows"].append({"runtime": kind, "precision": precision, "device": device,
+                                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        if not args.no_cpu_da:
+            print("measuring CPU d/a with bench_predict.py ...", file=sys.stderr, flush=True)
+            results["cpu_da"] = cpu_da(d, args.quick, args.cpu_size, None if not args.quick else 1)
+    results["seconds"] = time.perf_counter() - start
+    report(results)
+    for target in [args.json, Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None]:
+        if target is not None:
+            target.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

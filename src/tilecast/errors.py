@@ -19,7 +19,8 @@ callers already catch, so ``except FileNotFoundError`` or ``except ValueError`` 
     │   ├── TileSizeError (ValueError)          the model rejects the tile size
     │   ├── OutputShapeError (ValueError)       the model returned an unexpected shape or dtype
     │   │   └── DetectorOutputError             a detector's outputs do not decode under its det_type
-    │   └── EndpointError (ConnectionError)     a hosted model failed or could not be reached
+    │   ├── EndpointError (ConnectionError)     a hosted model failed or could not be reached
+    │   └── DeviceError (RuntimeError)          the device asked for is not here, or cannot run the model
     ├── OutputError                             the result cannot be written as asked
     │   ├── OutputExistsError (FileExistsError)
     │   ├── NodataError (ValueError)            nodata not representable in the output dtype
@@ -42,6 +43,7 @@ __all__ = [
     "CastError",
     "DetectorOutputError",
     "DetectorSpecError",
+    "DeviceError",
     "EndpointError",
     "InputError",
     "MissingExtraError",
@@ -181,3 +183,7 @@ class EndpointError(ModelError, ConnectionError):
 
 class SourceReadError(InputError, OSError):
     """GDAL failed reading a window of an input that opened fine: the file is truncated, corrupt or was replaced."""
+
+
+class DeviceError(ModelError, RuntimeError):
+    """The device asked for (a GPU, a GPU number) is not on this machine, or it cannot run the model as asked."""

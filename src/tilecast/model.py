@@ -48,7 +48,7 @@ def ai_platform_url(project_id: str, model_name: str, version: str | None = None
 class Model:
     """A model and its Earth Engine parameters (``input_tile_size``, ``input_overlap_size``, ``output_bands``...).
 
-    Construct it with :meth:`from_onnx`, :meth:`from_callable` or :meth:`load` (or any
+    Construct it with :meth:`from_onnx`, :meth:`from_torch`, :meth:`from_callable` or :meth:`load` (or any
     :class:`~tilecast.runtimes.Runtime`), then call :meth:`predict_image`. ``card`` is the model card's binding, when
     the model came with one (:meth:`load`): it matches the raster's bands to the card's and applies its GSD policy.
     """
@@ -82,14 +82,30 @@ class Model:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         streams: int | None = None,
+        device: str | Sequence[str] | None = None,
+        precision: str | None = None,
         **params: Any,
     ) -> Model:
         """Load an ONNX model. ``providers``: e.g. ``["cuda", "cpu"]``; unavailable ones are skipped. ``threads``
-        and ``streams``: CPU threads for the model and how many calls share them (see
-        :class:`~tilecast.runtimes.onnx.OnnxRuntime`)."""
+        and ``streams``: CPU threads for the model and how many calls share them. ``device``: ``"cpu"``, ``"cuda"``,
+        ``"cuda:0,1"`` or ``"cuda:all"`` (one session per GPU); ``precision``: ``"fp32"`` or ``"fp16"`` (see
+        :class:`~tilecast.runtimes.onnx.OnnxRuntime` and docs/gpu.md)."""
         from .runtimes.onnx import OnnxRuntime
 
-        return cls(OnnxRuntime(path, providers=providers, threads=threads, streams=streams), **params)
+        return cls(OnnxRuntime(path, providers=providers, threads=threads, streams=streams, device=device,
+                               precision=precision), **params)
+
+    @classmethod
+    def from_torch(cls, path: str | os.PathLike, *, device: str | Sequence[str] | None = None,
+                   precision: str | None = None, fmt: str | None = None, outputs: list[str] | None = None,
+                   **params: Any) -> Model:
+        """Load a TorchScript module or a ``torch.export`` program (``.pt2``) without its model card (:meth:`load`
+        reads the card). ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:0,1"`` or ``"cuda:all"`` (default: the first GPU
+        if there is one); ``precision``: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (see
+        :class:`~tilecast.runtimes.torch.TorchRuntime` and docs/gpu.md)."""
+        from .runtimes.torch import TorchRuntime
+
+        return cls(TorchRuntime(path, device=device, fmt=fmt, outputs=outputs, precision=precision), **params)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides: Any) -> Model:
@@ -97,7 +113,8 @@ class Model:
         TensorFlow Lite) with its model card.
 
         Keyword ``overrides`` (Earth Engine parameters) replace what the card says. ``card=`` (a
-        :class:`~tilecast.card.Card` or a path to a card JSON), ``providers``, ``device``, ``threads``,
+        :class:`~tilecast.card.Card` or a path to a card JSON), ``providers``, ``device`` (``"cpu"``, ``"cuda"``,
+        ``"cuda:0,1"``, ``"cuda:all"``), ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``), ``threads``,
         ``signature_name`` and ``check`` are passed to :func:`tilecast.card.open_model`.
         """
         opened = open_model(path, **overrides)

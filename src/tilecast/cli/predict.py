@@ -12,6 +12,7 @@ import rasterio
 
 from ..errors import SpecError, TilecastWarning
 from ..runstats import RunStats
+from ..runtimes.devices import describe_placement
 from ..spec import parse_colors
 from .options import (
     SIZE,
@@ -35,7 +36,7 @@ SECTIONS = {
     "Input": ("bands", "bounds", "bounds_crs", "crs", "resolution", "fix_input_proj", "resampling", "fill_value",
               "mask_halo", "input_type_override", "input_shape", "input_property", "gdal_config"),
     "Model and tiling": ("model_path", "tile", "memory_budget", "overlap", "overlap_mode", "output_tile", "layout",
-                         "blend", "padding", "batch_size", "providers"),
+                         "blend", "padding", "batch_size", "providers", "device", "precision"),
     "Output": ("output", "output_bands", "classes", "colors", "nodata", "append_input", "compress", "no_overviews",
                "overwrite", "resume", "quiet", "verbose"),
     "Vector output (-o .gpkg, .parquet, .fgb, .geojson, .shp)": (
@@ -99,7 +100,12 @@ SECTIONS = {
               help="Make NAME an array input of DEPTH consecutive bands (repeatable).")
 @click.option("--input-property", multiple=True, metavar="NAME",
               help="Send an image property (tag) with every tile (repeatable).")
-@click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu.")
+@click.option("--providers", help="ONNX Runtime execution providers, e.g. cuda,cpu or tensorrt,cuda,cpu.")
+@click.option("--device", help="Where the model runs: cpu, cuda (the first GPU), cuda:1, cuda:0,1 or cuda:all (one "
+              "stream of tiles per GPU). [default: the first GPU if the runtime has one, else cpu]")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Float precision inside the model (fp16/bf16 for GPUs; bf16 with PyTorch only). Outputs keep "
+              "their dtypes. [default: fp32]")
 @compress_option
 @click.option("--no-overviews", is_flag=True, help="Do not build overviews.")
 @engine_options(help="local: threads on this machine; dask: chunk tasks on a Dask cluster.")
@@ -152,6 +158,10 @@ def predict(
     if not quiet:
         h, w = result.plan.output_shape
         click.echo(f"wrote {path} ({w} x {h} px, {len(result.profile.band_names)} band(s))", err=True)
+    if verbose:
+        placement = describe_placement(result.model.runtime, result.model.spec.batch_size)
+        if placement:
+            click.echo(placement, err=True)
     if stats is not None:
         click.echo(stats.summary(), err=True)
 
@@ -181,7 +191,12 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
         from ..loading import explicit
         from ..loading import load_model as load_with_card
 
-        return load_with_card(model_path, providers=csv_list(opts.get("providers")), **explicit(params))
+        placement = explicit({"device": opts.get("device"), "precision": opts.get("precision")})
+        return load_with_card(model_path, providers=csv_list(opts.get("providers")), **placement,
+                              **explicit(params))
+    if opts.get("device") or opts.get("precision"):
+        raise SpecError("--device and --precision choose where a local --model runs; a hosted model (--endpoint) "
+                        "runs where it is served, so leave them out")
     from ..runtimes.http import endpoint_runtime
 
     return Model(endpoint_runtime(opts["endpoint"], opts["endpoint_options"]),

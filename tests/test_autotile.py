@@ -316,3 +316,34 @@ def test_cli_tile_auto(raster, tmp_path):
     with rasterio.open(out) as ds:
         assert "auto=" in ds.tags()["TILECAST_TILE"]
         np.testing.assert_allclose(ds.read(1), data[0], rtol=1e-6)
+
+
+def test_auto_batch_comes_from_the_device_memory_where_the_runtime_knows_it(raster, tmp_path):
+    """On an accelerator (a runtime that says where it runs, :class:`~tilecast.runtimes.devices.Placed`), ``auto``
+    sends as many tiles per call as the device's free memory takes, within the host's budget; the CPU keeps its
+    small batches. A stand-in runtime plays the device: it allows 24 tiles per call."""
+    from tilecast.runtimes.callable import CallableRuntime
+
+    class OnDevice(CallableRuntime):
+        devices = ("cuda:0",)
+        precision = "fp32"
+        device_batch = None
+        asked: list = []
+
+        def batch_limit(self, batch):
+            self.asked.append(next(iter(batch.values())).shape[0])
+            return 24
+
+    path, data = _image(raster)
+    plain = _stride_model(1)
+    runtime = OnDevice(lambda x: x.sum(axis=1, keepdims=True), plain.runtime.signature.inputs,
+                       plain.runtime.signature.outputs)
+    model = tilecast.Model(runtime, plain.spec)
+    model.auto_tile = plain.auto_tile
+    on_cpu = plain.predict_image(path).model.tile_choice
+    on_device = model.predict_image(path).model.tile_choice
+    assert OnDevice.asked == [1]  # probed with one tile
+    assert on_cpu.batch <= 8 and on_device.batch == 24 and on_device.tile == on_cpu.tile
+    out = model.predict_image(path).to_geotiff(tmp_path / "o.tif")
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read(1), data.sum(axis=0))

@@ -659,6 +659,16 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     ("docs/demo.md", DEMO_PREDICT): Run(
         check=lambda ws, out: _landcover_matches_model(ws, out, "out/landcover.tif", "out/landsat_stack.tif")
     ),
+    # docs/gpu.md
+    ("docs/gpu.md", "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"): PIP,
+    (
+        "docs/gpu.md",
+        "tilecast predict scene.tif --model unet.onnx --tile 512 --overlap 16 --device cuda:0,1 --precision fp16 "
+        "-o out.tif -v",
+    ): NotRunnable("needs two GPUs and onnxruntime-gpu; tests/test_gpu_paths.py runs these paths on CPU stand-ins"),
+    ("docs/gpu.md", "import tilecast"): NotRunnable("needs GPUs; tests/test_gpu_paths.py runs the loaders on CPU"),
+    ("docs/gpu.md", "python bench/gpu_check.py"): BENCH,
+    ("docs/gpu.md", "python bench/gpu_check.py --quick"): BENCH,
     # docs/endpoints.md
     ("docs/endpoints.md", "pip install 'tilecast[server]'"): PIP,
     ("docs/endpoints.md", "pip install 'tilecast[tf]'"): PIP,
@@ -1099,6 +1109,7 @@ WORKSPACES: dict[str, dict[str, str]] = {
         "c.tif": "c.tif",
     },
     "docs/endpoints.md": {"scene.tif": "stack5.tif", "unet.onnx": "landsat.onnx", "models/unet.onnx": "landsat.onnx"},
+    "docs/gpu.md": {},
     "docs/features.md": {
         "scene.tif": "stack5.tif",
         "parcels.gpkg": "parcels.gpkg",

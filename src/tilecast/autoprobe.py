@@ -30,6 +30,8 @@ from .errors import TileSizeError
 from .plan import XY, TileGeometry, spatial_shape
 from .resources import memory_available
 from .runtimes.base import streams_of
+from .runtimes.devices import Placed
+from .runtimes.scaled import ScaledRuntime
 from .tensors import bind_inputs
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ MAX_MULTIPLE = 256
 
 SAFETY = 1.25
 """Margin on a call's measured memory: allocators round up, and the resident set is sampled, not traced."""
+
+MAX_DEVICE_BATCH = 64
+"""The most tiles per call :func:`choose_tile` plans for an accelerator (more only adds latency)."""
 
 _OOM_TEXT = ("out of memory", "failed to allocate", "bad_alloc", "resource_exhausted", "cannot allocate memory",
              "memoryerror")
@@ -113,6 +118,29 @@ class _Prober:
     def spec_for(self, tile: XY, batch: int) -> ModelSpec:
         g = self.spec.geometry
         return self.spec.replace(geometry=TileGeometry(tile, g.overlap, None), batch_size=batch)
+
+    def one_tile(self, tile: XY) -> Mapping[str, np.ndarray]:
+        """A packed batch of one zero tile at ``tile``."""
+        spec = self.spec_for(tile, 1)
+        inputs = bind_inputs(spec, self.runtime.signature, self.band_names, self.dtype, self.properties)
+        return inputs.pack([np.zeros((len(self.band_names), spec.geometry.padded.y, spec.geometry.padded.x),
+                                     self.dtype)])
+
+    def device_batch(self, tile: XY, batch: int, host_cap: int) -> int:
+        """``batch``, or more on an accelerator: as many tiles as its free memory takes in one call (the runtime's
+        :meth:`~tilecast.runtimes.devices.Placed.batch_limit`, a one-tile probe), at most :data:`MAX_DEVICE_BATCH`
+        and ``host_cap`` (what the host's memory budget leaves for the batches). On the CPU (no limit known)
+        ``batch`` itself."""
+        runtime = self.runtime
+        while isinstance(runtime, ScaledRuntime):  # a card's value scaling around the model's own runtime
+            runtime = runtime.runtime
+        if not isinstance(runtime, Placed):
+            return batch
+        try:
+            limit = runtime.batch_limit(self.one_tile(tile))
+        except Exception:  # no plan: the runtime still splits a batch that does not fit
+            return batch
+        return max(batch, min(limit, MAX_DEVICE_BATCH, host_cap)) if limit else batch
 
     def run(self, tile: XY, batch: int) -> int | BaseException:
         """Bytes a call at ``tile`` adds, or the error that refused it."""
@@ -208,6 +236,8 @@ def _largest(prober: _Prober, cands: list[XY], overlap: XY, region: XY, budget: 
         cost = computed_pixels(tile, overlap, region, fp.streams)
         held_back = excluded and any(not fits[t] and computed_pixels(t, overlap, region, fp.streams) < cost
                                      for t in cands)  # a tile that would have computed less did not fit
+        if auto.batch_size is None:  # the host keeps about four batches (packed, in flight, outputs)
+            batch = prober.device_batch(tile, batch, max(1, (budget - used) // (4 * padded * fp.tile) + batch))
         return TileChoice(tile, overlap, batch, "budget" if held_back else "fits", budget, used, multiple)
     smallest = cands[-1]
     if last is not None:

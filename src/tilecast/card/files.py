@@ -7,7 +7,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, SpecError
 from ..runtimes.base import Runtime, metadata_of
 
 __all__ = ["MODEL_SUFFIXES", "card_path", "detect_format", "embeddable", "open_runtime", "runtime_metadata"]
@@ -82,18 +82,22 @@ def embeddable(model_path: str | os.PathLike) -> str | None:
 
 
 def open_runtime(path: str | os.PathLike, fmt: str | None = None, *, providers: Sequence[str] | None = None,
-                 device: str | None = None, threads: int | None = None, signature_name: str | None = None
-                 ) -> Runtime:
-    """The runtime for a model file or directory, by format."""
+                 device: str | None = None, threads: int | None = None, signature_name: str | None = None,
+                 precision: str | None = None) -> Runtime:
+    """The runtime for a model file or directory, by format. ``device`` and ``precision`` (see docs/gpu.md) apply
+    to ONNX and PyTorch models."""
     fmt = fmt or detect_format(path)
+    if precision not in (None, "fp32") and fmt not in ("onnx", "torchscript", "torch.export"):
+        raise SpecError(f"precision {precision!r} applies to ONNX and PyTorch models, not {fmt}; leave out "
+                        "--precision")
     if fmt == "onnx":
         from ..runtimes.onnx import OnnxRuntime
 
-        return OnnxRuntime(path, providers=providers, threads=threads)
+        return OnnxRuntime(path, providers=providers, threads=threads, device=device, precision=precision)
     if fmt in ("torchscript", "torch.export"):
         from ..runtimes.torch import TorchRuntime
 
-        return TorchRuntime(path, device=device, fmt=fmt)
+        return TorchRuntime(path, device=device, fmt=fmt, precision=precision)
     if fmt in ("savedmodel", "keras"):
         from ..runtimes.tensorflow import TensorFlowRuntime
 

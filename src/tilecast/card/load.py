@@ -31,14 +31,16 @@ class OpenedModel:
 
 def open_model(path: str | os.PathLike, *, card: Card | str | os.PathLike | None = None,
                providers: Sequence[str] | None = None, device: str | None = None, threads: int | None = None,
-               signature_name: str | None = None, check: bool = True, **overrides: Any) -> OpenedModel:
+               signature_name: str | None = None, check: bool = True, precision: str | None = None,
+               **overrides: Any) -> OpenedModel:
     """The runtime for ``path`` and the model parameters: the card's, replaced by ``overrides`` (Earth Engine
     parameters; None values are ignored, so a CLI can pass its options through unchanged).
 
     ``card``: a :class:`Card`, or a path to a card JSON to use instead of the sidecar/embedded one.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    runtime = open_runtime(path, providers=providers, device=device, threads=threads, signature_name=signature_name)
+    runtime = open_runtime(path, providers=providers, device=device, threads=threads, signature_name=signature_name,
+                           precision=precision)
     try:
         if isinstance(card, (str, os.PathLike)):
             card = read_card_file(card)

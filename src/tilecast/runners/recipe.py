@@ -172,7 +172,8 @@ def _runtime_recipe(runtime: Any) -> tuple:
                 "from bytes; save it to a file every worker can read and use Model.from_onnx(path)"
             )
         session = runtime.session
-        return ("onnx", runtime.path, tuple(session.get_providers()) if session is not None else None)
+        return ("onnx", runtime.path, tuple(session.get_providers()) if session is not None else None,
+                runtime.precision)
     rebuild = recipe_of(runtime)
     return ("object", runtime) if rebuild is None else ("recipe", rebuild)
 
@@ -183,7 +184,8 @@ def _build_runtime(recipe: tuple, threads: int | None) -> Any:
         from ..runtimes.onnx import OnnxRuntime
 
         providers = [p.replace("ExecutionProvider", "").lower() for p in recipe[2] or ()] or None
-        return OnnxRuntime(recipe[1], providers=providers, threads=threads)
+        return OnnxRuntime(recipe[1], providers=providers, threads=threads,
+                           precision=recipe[3] if len(recipe) > 3 else None)
     if kind == "recipe":
         factory, args, kwargs = recipe[1]
         return factory(*args, **kwargs)

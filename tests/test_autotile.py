@@ -328,12 +328,12 @@ def test_auto_batch_comes_from_the_device_memory_where_the_runtime_knows_it(rast
         devices = ("cuda:0",)
         precision = "fp32"
         device_batch = None
-        asked: list = []
 
         def batch_limit(self, batch):
-            self.asked.append(next(iter(batch.values())).shape[0])
+            asked.append(next(iter(batch.values())).shape[0])
             return 24
 
+    asked: list[int] = []
     path, data = _image(raster)
     plain = _stride_model(1)
     runtime = OnDevice(lambda x: x.sum(axis=1, keepdims=True), plain.runtime.signature.inputs,
@@ -342,7 +342,7 @@ def test_auto_batch_comes_from_the_device_memory_where_the_runtime_knows_it(rast
     model.auto_tile = plain.auto_tile
     on_cpu = plain.predict_image(path).model.tile_choice
     on_device = model.predict_image(path).model.tile_choice
-    assert OnDevice.asked == [1]  # probed with one tile
+    assert asked == [1]  # probed with one tile
     assert on_cpu.batch <= 8 and on_device.batch == 24 and on_device.tile == on_cpu.tile
     out = model.predict_image(path).to_geotiff(tmp_path / "o.tif")
     with rasterio.open(out) as ds:

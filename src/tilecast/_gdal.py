@@ -33,6 +33,10 @@ def smaller_gdal_cache(nbytes: int) -> rasterio.Env:
 
 _COMPRESSIONS: dict[str, bool] = {}
 
+_ALWAYS = frozenset({"NONE", "DEFLATE", "LZW", "PACKBITS"})
+"""Codecs every GDAL's GeoTIFF driver has (zlib is one of GDAL's own requirements): no probe, which costs more than
+writing a small output."""
+
 
 def compression_supported(name: str) -> bool:
     """Whether this GDAL writes GeoTIFFs compressed with ``name``: a GeoTIFF with an unknown or missing codec is
@@ -44,7 +48,7 @@ def compression_supported(name: str) -> bool:
 
         known = {c.name.upper() for c in Compression} | {"NONE"}
         ok = key in known
-        if ok and key != "NONE":
+        if ok and key not in _ALWAYS:
             ok = _probe_compression(key)
         _COMPRESSIONS[key] = ok
     return _COMPRESSIONS[key]

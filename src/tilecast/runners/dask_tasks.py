@@ -1,17 +1,27 @@
 """The Dask scaffolding every plan shares: the client, a staging folder, the announcement, running and gathering the
 tasks, resubmitting those cancelled with a lost worker. Predictions (:mod:`tilecast.runners.dask`) and the exports
 (:mod:`tilecast.export.dask`, :mod:`tilecast.export.dask_samples`) only say what one task does.
+
+On CPython 3.11 a worker can stop for good: a garbage collection that starts inside ``sys._current_frames()`` and
+frees a ``threading.local`` (every open source keeps one) takes the interpreter's thread-list lock that
+``_current_frames`` already holds (python/cpython#106883, dask/distributed#8616). Dask's task profiler calls it every
+10 ms on the worker's event loop, so the worker, GIL held, sends no heartbeat again and its task stays "processing".
+Two defences: the clusters tilecast starts run without that profiler on 3.11 (:func:`local_cluster`), and a failed
+task frees what its frames hold at once, in its own thread (:func:`worker_task`), instead of leaving a source with
+its ``threading.local`` in a reference cycle for the collector.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import os
 import shutil
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,9 +31,61 @@ from .._extras import require
 from .engine import Dask
 
 __all__ = [
-    "Broadcast", "announce", "gather", "has_dashboard", "name_width", "open_client", "run_tasks", "session",
-    "staging_folder", "worker_source",
+    "PROFILER_DEADLOCKS", "Broadcast", "announce", "free_frames", "gather", "has_dashboard", "local_cluster",
+    "name_width", "open_client", "run_tasks", "session", "staging_folder", "worker_config", "worker_source",
+    "worker_task",
 ]
+
+PROFILER_DEADLOCKS = sys.version_info[:2] == (3, 11)
+"""Whether Dask's task profiler can deadlock a worker on this interpreter (see the module's docstring). Distributed
+itself turns off its event-loop profiler on 3.11 for this reason, but not the task profiler."""
+
+
+def worker_config() -> dict[str, Any]:
+    """Dask settings for the workers of a cluster tilecast starts: without the task profiler where it can deadlock
+    them (the dashboard's profile page stays empty; nothing else changes)."""
+    return {"distributed.worker.profile.enabled": False} if PROFILER_DEADLOCKS else {}
+
+
+@contextlib.contextmanager
+def local_cluster(**kwargs: Any) -> Iterator[Any]:
+    """A ``distributed.LocalCluster(**kwargs)`` whose workers get :func:`worker_config`, closed on exit. Each nanny
+    copies the configuration when it is created, so the settings also hold for a worker it restarts."""
+    distributed = require("distributed", "dask")
+    import dask
+
+    with dask.config.set(worker_config()):
+        cluster = distributed.LocalCluster(**kwargs)
+    with cluster:
+        yield cluster
+
+
+def free_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in ``exc``'s traceback (and its causes'), so what they held
+    (a source, its GDAL handles and ``threading.local``) is freed now rather than by the garbage collector: an error
+    kept in a local of the frame that raised it (``raise error``) forms a cycle with that frame. The traceback's
+    text (files, lines) stays intact."""
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and not any(link is s for s in seen) and len(seen) < 16:
+        seen.append(link)
+        traceback.clear_frames(link.__traceback__)  # skips the frames still running (this one and its callers)
+        link = link.__cause__ or link.__context__
+
+
+def worker_task(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a function that runs as a Dask task: when it fails, :func:`free_frames` runs in the task's own
+    thread before the error reaches Dask."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            free_frames(exc)
+            raise
+
+    return run
 
 
 class Broadcast:
@@ -73,7 +135,7 @@ def open_client(
                               "dashboard_address": dashboard}
     if memory_limit is not None:
         kwargs["memory_limit"] = memory_limit
-    with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as c:
+    with local_cluster(**kwargs) as cluster, distributed.Client(cluster) as c:
         yield c
 
 

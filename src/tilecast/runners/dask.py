@@ -23,7 +23,16 @@ from ..job import Job
 from ..progress import ProgressCallback, note
 from ..sinks.base import Checkpointed
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
-from .dask_tasks import Broadcast, announce, has_dashboard, open_client, run_tasks, session, worker_task
+from .dask_tasks import (
+    Broadcast,
+    announce,
+    has_dashboard,
+    open_client,
+    result_of,
+    run_tasks,
+    session,
+    worker_task,
+)
 from .engine import Dask
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
@@ -131,7 +140,7 @@ def run_dask(
                 sink.checkpoint()
             note(progress, sink)
             if sink.writer() is not None:  # finalise (e.g. build the COG) on a worker, next to the data
-                return c.submit(_close, sink, recipe.env, pure=False).result()
+                return result_of(c, c.submit(_close, sink, recipe.env, pure=False))
             return sink.close()
     except BaseException as exc:
         sink.abort(keep=not isinstance(exc, TilecastError))

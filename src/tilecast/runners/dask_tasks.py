@@ -23,16 +23,31 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .._extras import require
+from ..errors import TilecastError
 from .engine import Dask
 
 __all__ = [
-    "PROFILER_DEADLOCKS", "Broadcast", "announce", "free_frames", "gather", "has_dashboard", "local_cluster",
-    "name_width", "open_client", "run_tasks", "session", "staging_folder", "worker_config", "worker_source",
+    "PROFILER_DEADLOCKS",
+    "WORKER_SILENCE_LIMIT",
+    "Broadcast",
+    "announce",
+    "free_frames",
+    "gather",
+    "has_dashboard",
+    "local_cluster",
+    "name_width",
+    "open_client",
+    "result_of",
+    "run_tasks",
+    "session",
+    "staging_folder",
+    "worker_config",
+    "worker_source",
     "worker_task",
 ]
 
@@ -172,6 +187,76 @@ def announce(client: Any, tasks: str, report: Callable | None) -> None:
           file=sys.stderr)
 
 
+WORKER_SILENCE_LIMIT = 120.0
+"""Seconds a worker running one of a run's tasks may stay silent (no heartbeat reaches the scheduler, twice a second
+on a small cluster) before the run stops with an error. The scheduler restarts such a worker only after
+``distributed.scheduler.worker-ttl``, which it checks as seldom: 5 to 10 minutes by default."""
+
+
+class _Silence:
+    """Watches whether a worker that runs one of the run's tasks stopped heartbeating: its ``last_seen`` (on the
+    scheduler's clock) has not moved for ``limit`` seconds of this process's clock, so the two clocks need not
+    agree. Asks the scheduler at most every few seconds."""
+
+    def __init__(self, client: Any, limit: float) -> None:
+        self.client = client
+        self.limit = limit
+        self.every = min(5.0, limit / 4)
+        self.seen: dict[str, tuple[Any, float]] = {}  # worker -> (its last_seen, when it last changed here)
+        self.due = time.monotonic() + self.every
+
+    def check(self, keys: Collection[str]) -> None:
+        now = time.monotonic()
+        if now < self.due or not keys:
+            return
+        self.due = now + self.every
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        for addr, info in workers.items():
+            last = info.get("last_seen")
+            if addr not in self.seen or self.seen[addr][0] != last:
+                self.seen[addr] = (last, now)
+        silent = [a for a in workers if now - self.seen[a][1] > self.limit]
+        if not silent:
+            return
+        for addr, running in self.client.processing(workers=silent).items():
+            mine = [k for k in running if k in keys]
+            if mine:
+                raise TilecastError(
+                    f"Dask worker {addr} has not answered the scheduler for {now - self.seen[addr][1]:.0f} s while "
+                    f"running {mine[0]}, so this run stopped instead of waiting on it: the worker is stuck or its "
+                    "machine overloaded or gone (on CPython 3.11, Dask's task profiler can deadlock a worker: start "
+                    "workers with distributed.worker.profile.enabled: false, or use Python 3.12+); restart the "
+                    "worker or the cluster and run again"
+                )
+
+
+def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterator[Any]:
+    """The futures of ``pending`` as they complete, like iterating it, but checking meanwhile that no worker running
+    one of ``live`` went silent."""
+    while True:
+        while not pending.has_ready():
+            if pending.is_empty():
+                return
+            with pending.thread_condition:  # notified as each future completes, as Distributed's own iteration is
+                pending.thread_condition.wait(timeout=0.1)
+            silence.check(live)
+        yield next(pending)
+
+
+def result_of(client: Any, future: Any, limit: float = WORKER_SILENCE_LIMIT) -> Any:
+    """``future.result()``, but stopping with an error when the worker running it goes silent (see
+    :func:`run_tasks`)."""
+    distributed = require("distributed", "dask")
+    silence = _Silence(client, limit)
+    while True:
+        try:
+            distributed.wait(future, timeout=1.0)
+        except distributed.TimeoutError:
+            silence.check({future.key})
+            continue
+        return future.result()
+
+
 def run_tasks(
     client: Any,
     submit: Callable[[int, int], Any],
@@ -180,6 +265,7 @@ def run_tasks(
     *,
     in_flight: int | None = None,
     retries: int = 3,
+    silence_limit: float = WORKER_SILENCE_LIMIT,
 ) -> None:
     """Run ``submit(index, attempt)`` for every index, at most ``in_flight`` at a time (all at once by default),
     handing each result to ``on_result`` as it comes in and releasing its future; on a failure the remaining tasks
@@ -187,7 +273,10 @@ def run_tasks(
 
     Dask retries a task whose worker died, but not one whose *scattered* input died with it: the scheduler cancels
     that task. Such a task is submitted again with ``attempt + 1`` (the caller scatters its inputs anew, e.g. with
-    :class:`Broadcast`), at most ``retries`` times; a retry rewrites what the lost attempt wrote.
+    :class:`Broadcast`), at most ``retries`` times; a retry rewrites what the lost attempt wrote. A worker that stays
+    alive but silent (stuck) for ``silence_limit`` seconds while it runs one of the tasks stops the run with a
+    :class:`~tilecast.errors.TilecastError` that names it, rather than leaving it waiting for the scheduler's
+    ``worker-ttl``.
     """
     distributed = require("distributed", "dask")
     queue = iter(indices)
@@ -202,7 +291,7 @@ def run_tasks(
     try:
         for index in itertools.islice(queue, in_flight):
             start(index)
-        for fut in pending:
+        for fut in _completed(pending, live.keys(), _Silence(client, silence_limit)):
             _, index, attempt = live.pop(fut.key)
             try:
                 # A task that had finished can still be lost before its result is in (its worker dies meanwhile).

@@ -210,7 +210,11 @@ class _Silence:
         if now < self.due or not keys:
             return
         self.due = now + self.every
-        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        try:
+            info = self.client.scheduler_info(n_workers=-1)  # the default lists only 5 workers
+        except TypeError:  # Distributed before 2025: no n_workers, every worker listed
+            info = self.client.scheduler_info()
+        workers = info.get("workers", {})
         for addr, info in workers.items():
             last = info.get("last_seen")
             if addr not in self.seen or self.seen[addr][0] != last:
@@ -251,7 +255,7 @@ def result_of(client: Any, future: Any, limit: float = WORKER_SILENCE_LIMIT) -> 
     while True:
         try:
             distributed.wait(future, timeout=1.0)
-        except distributed.TimeoutError:
+        except TimeoutError:
             silence.check({future.key})
             continue
         return future.result()

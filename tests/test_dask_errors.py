@@ -281,3 +281,14 @@ def test_a_stuck_worker_stops_the_run_with_an_error_naming_it():
                                                           r"\d+ s while running _hold_the_gil-.*restart the worker"):
             run_tasks(c, lambda i, a: c.submit(_hold_the_gil, 9, pure=False), [0], got.append, silence_limit=2)
         assert time.monotonic() - t0 < 7 and got == ["slept"]  # not the 9 s the worker is stuck for
+
+
+def test_the_silence_limit_is_the_worker_ttl_after_which_dask_counts_a_worker_dead():
+    dask = pytest.importorskip("dask")
+    from tilecast.runners.dask_tasks import worker_silence_limit
+
+    with dask.config.set({"distributed.scheduler.worker-ttl": "90s"}):
+        assert worker_silence_limit() == 90
+    with dask.config.set({"distributed.scheduler.worker-ttl": None}):  # switched off: no limit either
+        assert worker_silence_limit() is None
+    assert worker_silence_limit() == 300  # Dask's default, 5 minutes

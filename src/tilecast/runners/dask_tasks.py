@@ -33,7 +33,6 @@ from .engine import Dask
 
 __all__ = [
     "PROFILER_DEADLOCKS",
-    "WORKER_SILENCE_LIMIT",
     "Broadcast",
     "announce",
     "free_frames",
@@ -47,6 +46,7 @@ __all__ = [
     "session",
     "staging_folder",
     "worker_config",
+    "worker_silence_limit",
     "worker_source",
     "worker_task",
 ]
@@ -187,27 +187,33 @@ def announce(client: Any, tasks: str, report: Callable | None) -> None:
           file=sys.stderr)
 
 
-WORKER_SILENCE_LIMIT = 120.0
-"""Seconds a worker running one of a run's tasks may stay silent (no heartbeat reaches the scheduler, twice a second
-on a small cluster) before the run stops with an error. The scheduler restarts such a worker only after
-``distributed.scheduler.worker-ttl``, which it checks as seldom: 5 to 10 minutes by default."""
+def worker_silence_limit() -> float | None:
+    """Seconds a worker running one of a run's tasks may stay silent (no heartbeat reaches the scheduler; a small
+    cluster's workers send two a second) before the run stops with an error: ``distributed.scheduler.worker-ttl``
+    (5 minutes by default), after which Dask itself counts the worker as dead, but which the scheduler only checks
+    that often, so it restarts such a worker 5 to 10 minutes after it went silent. None where it is switched off."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    ttl = dask.config.get("distributed.scheduler.worker-ttl", None)
+    return float(parse_timedelta(ttl)) if ttl else None
 
 
 class _Silence:
     """Watches whether a worker that runs one of the run's tasks stopped heartbeating: its ``last_seen`` (on the
     scheduler's clock) has not moved for ``limit`` seconds of this process's clock, so the two clocks need not
-    agree. Asks the scheduler at most every few seconds."""
+    agree. Asks the scheduler at most every few seconds; never with no limit."""
 
-    def __init__(self, client: Any, limit: float) -> None:
+    def __init__(self, client: Any, limit: float | None) -> None:
         self.client = client
         self.limit = limit
-        self.every = min(5.0, limit / 4)
+        self.every = min(5.0, (limit or 0) / 4)
         self.seen: dict[str, tuple[Any, float]] = {}  # worker -> (its last_seen, when it last changed here)
         self.due = time.monotonic() + self.every
 
     def check(self, keys: Collection[str]) -> None:
         now = time.monotonic()
-        if now < self.due or not keys:
+        if self.limit is None or now < self.due or not keys:
             return
         self.due = now + self.every
         try:
@@ -247,11 +253,11 @@ def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterat
         yield next(pending)
 
 
-def result_of(client: Any, future: Any, limit: float = WORKER_SILENCE_LIMIT) -> Any:
+def result_of(client: Any, future: Any) -> Any:
     """``future.result()``, but stopping with an error when the worker running it goes silent (see
     :func:`run_tasks`)."""
     distributed = require("distributed", "dask")
-    silence = _Silence(client, limit)
+    silence = _Silence(client, worker_silence_limit())
     while True:
         try:
             distributed.wait(future, timeout=1.0)
@@ -269,7 +275,7 @@ def run_tasks(
     *,
     in_flight: int | None = None,
     retries: int = 3,
-    silence_limit: float = WORKER_SILENCE_LIMIT,
+    silence_limit: float | None = None,
 ) -> None:
     """Run ``submit(index, attempt)`` for every index, at most ``in_flight`` at a time (all at once by default),
     handing each result to ``on_result`` as it comes in and releasing its future; on a failure the remaining tasks
@@ -278,9 +284,9 @@ def run_tasks(
     Dask retries a task whose worker died, but not one whose *scattered* input died with it: the scheduler cancels
     that task. Such a task is submitted again with ``attempt + 1`` (the caller scatters its inputs anew, e.g. with
     :class:`Broadcast`), at most ``retries`` times; a retry rewrites what the lost attempt wrote. A worker that stays
-    alive but silent (stuck) for ``silence_limit`` seconds while it runs one of the tasks stops the run with a
-    :class:`~tilecast.errors.TilecastError` that names it, rather than leaving it waiting for the scheduler's
-    ``worker-ttl``.
+    alive but silent (stuck) for ``silence_limit`` seconds (default :func:`worker_silence_limit`) while it runs one
+    of the tasks stops the run with a :class:`~tilecast.errors.TilecastError` that names it, instead of a wait on
+    the scheduler's next ``worker-ttl`` check.
     """
     distributed = require("distributed", "dask")
     queue = iter(indices)
@@ -295,7 +301,8 @@ def run_tasks(
     try:
         for index in itertools.islice(queue, in_flight):
             start(index)
-        for fut in _completed(pending, live.keys(), _Silence(client, silence_limit)):
+        silence = _Silence(client, worker_silence_limit() if silence_limit is None else silence_limit)
+        for fut in _completed(pending, live.keys(), silence):
             _, index, attempt = live.pop(fut.key)
             try:
                 # A task that had finished can still be lost before its result is in (its worker dies meanwhile).

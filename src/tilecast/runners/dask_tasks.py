@@ -192,6 +192,7 @@ def worker_silence_limit() -> float | None:
     cluster's workers send two a second) before the run stops with an error: ``distributed.scheduler.worker-ttl``
     (5 minutes by default), after which Dask itself counts the worker as dead, but which the scheduler only checks
     that often, so it restarts such a worker 5 to 10 minutes after it went silent. None where it is switched off."""
+    require("distributed", "dask")  # which loads Distributed's defaults into Dask's configuration
     import dask
     from dask.utils import parse_timedelta
 

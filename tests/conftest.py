@@ -46,10 +46,9 @@ def dask_worker_settings():
 
         from tilecast.runners.dask_tasks import worker_config
     except ImportError:
-        yield
         return
-    with dask.config.set(worker_config()):
-        yield
+    # For the whole session, not undone: Distributed, once imported, adds its defaults around what is set here.
+    dask.config.set(worker_config())
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ frees a ``threading.local`` (every open source keeps one) takes the interpreter'
 10 ms on the worker's event loop, so the worker, GIL held, sends no heartbeat again and its task stays "processing".
 Two defences: the clusters tilecast starts run without that profiler on 3.11 (:func:`local_cluster`), and a failed
 task frees what its frames hold at once, in its own thread (:func:`worker_task`), instead of leaving a source with
-its ``threading.local`` in a reference cycle for the collector.
+its ``threading.local`` in a reference cycle for the collector. Whatever stops a worker, a run stops with an error
+naming it once it has been silent for Dask's ``worker-ttl`` (:func:`run_tasks`), not when the scheduler next checks.
 """
 
 from __future__ import annotations

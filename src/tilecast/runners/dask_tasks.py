@@ -223,8 +223,8 @@ class _Silence:
         except TypeError:  # Distributed before 2025: no n_workers, every worker listed
             info = self.client.scheduler_info()
         workers = info.get("workers", {})
-        for addr, info in workers.items():
-            last = info.get("last_seen")
+        for addr, worker in workers.items():
+            last = worker.get("last_seen")
             if addr not in self.seen or self.seen[addr][0] != last:
                 self.seen[addr] = (last, now)
         silent = [a for a in workers if now - self.seen[a][1] > self.limit]
@@ -253,6 +253,7 @@ def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterat
                 pending.thread_condition.wait(timeout=0.1)
             silence.check(live)
         yield next(pending)
+        silence.check(live)  # also while others' results keep coming in
 
 
 def result_of(client: Any, future: Any) -> Any:

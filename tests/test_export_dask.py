@@ -180,8 +180,9 @@ def test_the_clusters_tilecast_starts_cannot_deadlock_in_the_profiler(scene, tmp
 
 
 def test_cli_engine_dask(scene, tmp_path):
-    # A cluster of its own: in one CI run a worker of the module's cluster stopped heartbeating after the previous
-    # test's failed chunks were cancelled, and this run waited on it (see the closing notes of session 5).
+    # A cluster of its own (and the --scheduler path): in one CI run a worker of the module's cluster stopped
+    # heartbeating after the previous test's failed chunks, and this run waited on it. The cause was CPython 3.11's
+    # profiler deadlock, which the tests above now guard against.
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=40) as cluster:
         out = tmp_path / "cli"

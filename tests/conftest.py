@@ -37,6 +37,20 @@ def coord_image(h: int, w: int, bands: int = 2, dtype="float32") -> np.ndarray:
     return np.stack(layers[:bands]).astype(dtype)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dask_worker_settings():
+    """Every Dask cluster a test starts gets the settings of the clusters tilecast starts: on CPython 3.11, no task
+    profiler, which can deadlock a worker (see :mod:`tilecast.runners.dask_tasks`)."""
+    try:
+        import dask
+
+        from tilecast.runners.dask_tasks import worker_config
+    except ImportError:
+        return
+    # For the whole session, not undone: Distributed, once imported, adds its defaults around what is set here.
+    dask.config.set(worker_config())
+
+
 @pytest.fixture
 def raster(tmp_path):
     """Factory: ``raster(data, **profile)`` writes a GeoTIFF in tmp_path and returns its path."""

@@ -245,3 +245,50 @@ def test_a_vsimem_input_runs_on_workers_in_this_process(tmp_path, raster, in_mem
     with rasterio.open(out) as a, rasterio.open(local) as b:
         assert a.read().tobytes() == b.read().tobytes()
     assert dask.files["all"][0].read_text() == ref.files["all"][0].read_text()
+
+
+def _hold_the_gil(seconds: float) -> str:
+    """A worker stuck the way the CPython 3.11 profiler deadlock leaves one: the GIL held in C, so its event loop
+    sends no heartbeat (ctypes.PyDLL calls C without releasing the GIL)."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+    return "woke"
+
+
+def _sleep(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "slept"
+
+
+@pytest.mark.timeout(90)
+def test_a_stuck_worker_stops_the_run_with_an_error_naming_it():
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    from tilecast.runners.dask_tasks import local_cluster, run_tasks
+
+    with local_cluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                       silence_logs=50) as cluster, distributed.Client(cluster) as c:
+        got: list[str] = []
+        # A long task that lets its worker heartbeat is not mistaken for a stuck one.
+        run_tasks(c, lambda i, a: c.submit(_sleep, 4, pure=False), [0], got.append, silence_limit=2)
+        assert got == ["slept"]
+        t0 = time.monotonic()
+        with pytest.raises(tilecast.TilecastError, match=r"Dask worker tcp://\S+ has not answered the scheduler for "
+                                                          r"\d+ s while running _hold_the_gil-.*restart the worker"):
+            run_tasks(c, lambda i, a: c.submit(_hold_the_gil, 9, pure=False), [0], got.append, silence_limit=2)
+        assert time.monotonic() - t0 < 7 and got == ["slept"]  # not the 9 s the worker is stuck for
+
+
+def test_the_silence_limit_is_the_worker_ttl_after_which_dask_counts_a_worker_dead():
+    dask = pytest.importorskip("dask")
+    from tilecast.runners.dask_tasks import worker_silence_limit
+
+    with dask.config.set({"distributed.scheduler.worker-ttl": "90s"}):
+        assert worker_silence_limit() == 90
+    with dask.config.set({"distributed.scheduler.worker-ttl": None}):  # switched off: no limit either
+        assert worker_silence_limit() is None
+    assert worker_silence_limit() == 300  # Dask's default, 5 minutes

@@ -3,8 +3,11 @@ same mixer as the local export; overwrite rules shared with the local export; th
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from tilecast.errors import OutputExistsError, SourceReadError, SpecError
 from tilecast.export import export_image
 from tilecast.export.importer import import_predictions
 from tilecast.export.tfrecord import iter_records, messages
+from tilecast.runners.dask_tasks import open_client
+from tilecast.sources.rasterio_source import RasterioSource
 
 distributed = pytest.importorskip("distributed")
 
@@ -132,9 +137,52 @@ def test_a_failed_chunk_leaves_nothing_behind(client, tmp_path):
     assert list(out.iterdir()) == []
 
 
+def _keep_garbage() -> None:
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds goes to gc.garbage instead of being freed
+
+
+def _garbage_left() -> list[str]:
+    """The sources and thread-locals that only the collector would have freed (then frees them)."""
+    try:
+        gc.collect()
+        return sorted(type(o).__name__ for o in gc.garbage if isinstance(o, (RasterioSource, threading.local)))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_a_failed_chunk_leaves_no_source_for_the_garbage_collector(client, tmp_path):
+    # On CPython 3.11, a collection that frees a threading.local (every open source has one) while Dask's profiler
+    # is inside sys._current_frames() stops the worker for good (python/cpython#106883): in one CI run, a worker
+    # never answered again after this file's failed chunks. A failed task frees its source in its own thread.
+    src = write_raster(tmp_path / "cut.tif", coord_image(160, 160, 1))
+    with open(src, "r+b") as f:
+        f.truncate(int(os.path.getsize(src) * 0.8))
+    client.run(_keep_garbage)
+    try:
+        with pytest.raises(SourceReadError, match=r"cannot read rows \d+:\d+, cols \d+:\d+ of .*cut\.tif"):
+            export_image(src, folder(tmp_path, "out"), 16, engine="dask", client=client, chunk_rows=1)
+    finally:
+        left = client.run(_garbage_left)
+    assert left and all(v == [] for v in left.values()), left
+
+
+def test_the_clusters_tilecast_starts_cannot_deadlock_in_the_profiler(scene, tmp_path):
+    dask = pytest.importorskip("dask")
+    with dask.config.set({"distributed.worker.profile.enabled": True}), open_client(workers=1) as c:
+        profiled = set(c.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks).values())
+        res = export_image(scene, folder(tmp_path, "out"), 20, engine="dask", client=c)
+    assert profiled == {sys.version_info[:2] != (3, 11)}  # CPython 3.11 only
+    assert res.count == 15
+
+
 def test_cli_engine_dask(scene, tmp_path):
-    # A cluster of its own: in one CI run a worker of the module's cluster stopped heartbeating after the previous
-    # test's failed chunks were cancelled, and this run waited on it (see the closing notes of session 5).
+    # A cluster of its own (and the --scheduler path): in one CI run a worker of the module's cluster stopped
+    # heartbeating after the previous test's failed chunks, and this run waited on it. The cause was CPython 3.11's
+    # profiler deadlock, which the tests above now guard against.
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=40) as cluster:
         out = tmp_path / "cli"

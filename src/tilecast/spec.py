@@ -6,8 +6,8 @@ The spec is plain data. It knows nothing about rasters or runtimes, so a model c
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -30,8 +30,24 @@ __all__ = [
     "parse_output_bands",
     "parse_resolution",
     "parse_size",
+    "replace_options",
     "with_default_colors",
 ]
+
+_Options = TypeVar("_Options")
+
+
+def replace_options(base: _Options, options: Mapping[str, Any], message: str, *, none_keeps: bool = False
+                    ) -> _Options:
+    """The options dataclass ``base`` with ``options`` replaced (with ``none_keeps``, a None keeps ``base``'s value).
+    A keyword that is not one of its fields is a :class:`SpecError` rather than a bare TypeError: ``message`` with
+    ``{unknown}`` and ``{known}`` (the sorted unknown names, every field's name) filled in."""
+    known = [f.name for f in fields(base)]  # type: ignore[arg-type]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SpecError(message.format(unknown=unknown, known=known))
+    return replace(base, **{k: v for k, v in options.items() if v is not None or not none_keeps})  # type: ignore
+
 
 Layout = Literal["bands", "NHWC", "NCHW", "pixels"]
 Blend = Literal["crop", "cosine", "hann"]

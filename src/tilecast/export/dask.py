@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
+from ..runners import dask_tasks
 from ..runners.dask_tasks import Broadcast, announce, gather, name_width, session, staging_folder, worker_source
 from ..runners.engine import Dask
 from .common import ExportResult, chunk_prefix, remove_stale, shard_files
@@ -58,6 +59,7 @@ class _ChunkResult:
     tiles: int
 
 
+@dask_tasks.worker_task
 def _chunk_task(ctx: _Context, index: int) -> _ChunkResult:
     plan, opts = ctx.plan.plan, ctx.plan.opts
     r0, r1 = index * ctx.rows, min((index + 1) * ctx.rows, plan.tile_rows)

@@ -42,6 +42,7 @@ import numpy as np
 from .._extras import require
 from ..errors import SpecError
 from ..plan import XY
+from ..runners import dask_tasks
 from ..runners.dask_tasks import Broadcast, announce, gather, name_width, session, staging_folder, worker_source
 from ..runners.engine import Dask
 from .common import chunk_prefix, remove_stale
@@ -112,6 +113,7 @@ def _target(n: int, threads: int, patch: XY, samples_per_task: int | None) -> in
     return max(1, min(cap, math.ceil(n / (2 * max(threads, 1)))))
 
 
+@dask_tasks.worker_task
 def _task(ctx: _Context, index: int, part: Samples) -> _TaskResult:
     folder = Path(ctx.folder) / f"{index:0{ctx.width}d}"
     with contextlib.suppress(FileExistsError):  # a retry after a lost worker reuses its folder
@@ -133,6 +135,7 @@ def _task(ctx: _Context, index: int, part: Samples) -> _TaskResult:
     return _TaskResult(index, files, dict(writer.counts), skipped, len(part))
 
 
+@dask_tasks.worker_task
 def _concat_task(fmt: str, parts: list[str], dest: str) -> str:
     """One file from the tasks' parts, in order, without decoding a record."""
     if fmt == "parquet":

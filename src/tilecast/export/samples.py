@@ -14,15 +14,16 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, SpecError, TilecastWarning
+from ..errors import InputError, TilecastWarning
 from ..plan import XY
 from ..sources.base import Source
+from ..spec import replace_options
 from .common import ExportResult
 from .reading import patch_offset, read_at
 from .sampling import Samples, assign_splits, label_raster_samples, select, vector_samples
@@ -60,12 +61,8 @@ class SampleOptions:
     @classmethod
     def create(cls, base: SampleOptions | None = None, **options: Any) -> SampleOptions:
         """``base`` (or the defaults) with ``options`` replaced; an unknown keyword is a clear error."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise SpecError(f"unknown export option(s) {unknown}; the options are {known}, and where the export "
-                            "runs is engine=tilecast.Local() or engine=tilecast.Dask(...)")
-        return replace(base or cls(), **options)
+        return replace_options(base or cls(), options, "unknown export option(s) {unknown}; the options are {known}, "
+                               "and where the export runs is engine=tilecast.Local() or engine=tilecast.Dask(...)")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +18,7 @@ from .._extras import require
 from ..errors import InputError, SpecError
 from ..runners.engine import Engine, Local, resolve_engine
 from ..runtimes.base import Signature, run_split, streams_of
+from ..spec import replace_options
 from .io import LIST_DRIVERS, FeatureBatch, driver_for, open_features, pandas_column, write_features
 from .properties import (
     Column,
@@ -95,11 +96,7 @@ class PropertyOptions:
     @classmethod
     def create(cls, base: PropertyOptions | None = None, **options: Any) -> PropertyOptions:
         """``base`` (or the defaults) with ``options`` replaced; an unknown keyword is a clear error."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise SpecError(f"unknown option(s) {unknown}; predict_properties takes {known}")
-        return replace(base or cls(), **options)
+        return replace_options(base or cls(), options, "unknown option(s) {unknown}; predict_properties takes {known}")
 
 
 class _Predictor:

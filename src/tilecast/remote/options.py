@@ -8,10 +8,11 @@ takes it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SpecError
+from ..spec import replace_options
 from .retry import RetryPolicy
 
 __all__ = ["EndpointOptions"]
@@ -49,11 +50,7 @@ class EndpointOptions:
     def create(cls, base: EndpointOptions | None = None, **options: Any) -> EndpointOptions:
         """``base`` (or the defaults) with ``options`` replaced (None keeps the default); an unknown keyword is a
         clear error."""
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise SpecError(f"unknown endpoint option(s) {unknown}; the options are {known}")
-        given = {k: v for k, v in options.items() if v is not None}
-        if "headers" in given:
-            given["headers"] = dict(given["headers"])
-        return replace(base or cls(), **given)
+        if options.get("headers") is not None:
+            options["headers"] = dict(options["headers"])
+        return replace_options(base or cls(), options, "unknown endpoint option(s) {unknown}; the options are {known}",
+                               none_keeps=True)

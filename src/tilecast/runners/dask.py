@@ -23,7 +23,16 @@ from ..job import Job
 from ..progress import ProgressCallback, note
 from ..sinks.base import Checkpointed
 from .chunks import ChunkLayout, ChunkStats, chunk_shape, compute_chunk, fingerprint
-from .dask_tasks import Broadcast, announce, has_dashboard, open_client, run_tasks, session
+from .dask_tasks import (
+    Broadcast,
+    announce,
+    has_dashboard,
+    open_client,
+    result_of,
+    run_tasks,
+    session,
+    worker_task,
+)
 from .engine import Dask
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
@@ -68,6 +77,7 @@ def _compute(ctx: _Context, index: int) -> tuple[Any, np.ndarray, ChunkStats]:
 # task's error reach the client as itself.
 
 
+@worker_task
 def _chunk_task(ctx: _Context, index: int) -> tuple[ChunkStats, Any, np.ndarray | None]:
     window, data, stats = _compute(ctx, index)
     if ctx.writer is None:
@@ -77,6 +87,7 @@ def _chunk_task(ctx: _Context, index: int) -> tuple[ChunkStats, Any, np.ndarray 
     return stats, window, None
 
 
+@worker_task
 def _chunk_array(ctx: _Context, index: int) -> np.ndarray:
     return _compute(ctx, index)[1]
 
@@ -129,13 +140,14 @@ def run_dask(
                 sink.checkpoint()
             note(progress, sink)
             if sink.writer() is not None:  # finalise (e.g. build the COG) on a worker, next to the data
-                return c.submit(_close, sink, recipe.env, pure=False).result()
+                return result_of(c, c.submit(_close, sink, recipe.env, pure=False))
             return sink.close()
     except BaseException as exc:
         sink.abort(keep=not isinstance(exc, TilecastError))
         raise
 
 
+@worker_task
 def _close(sink: Any, env: GdalEnv) -> Any:
     with env.apply():
         return sink.close()

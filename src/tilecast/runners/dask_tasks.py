@@ -1,29 +1,107 @@
 """The Dask scaffolding every plan shares: the client, a staging folder, the announcement, running and gathering the
 tasks, resubmitting those cancelled with a lost worker. Predictions (:mod:`tilecast.runners.dask`) and the exports
 (:mod:`tilecast.export.dask`, :mod:`tilecast.export.dask_samples`) only say what one task does.
+
+On CPython 3.11 a worker can stop for good: a garbage collection that starts inside ``sys._current_frames()`` and
+frees a ``threading.local`` (every open source keeps one) takes the interpreter's thread-list lock that
+``_current_frames`` already holds (python/cpython#106883, dask/distributed#8616). Dask's task profiler calls it every
+10 ms on the worker's event loop, so the worker, GIL held, sends no heartbeat again and its task stays "processing".
+Two defences: the clusters tilecast starts run without that profiler on 3.11 (:func:`local_cluster`), and a failed
+task frees what its frames hold at once, in its own thread (:func:`worker_task`), instead of leaving a source with
+its ``threading.local`` in a reference cycle for the collector. Whatever stops a worker, a run stops with an error
+naming it once it has been silent for Dask's ``worker-ttl`` (:func:`run_tasks`), not when the scheduler next checks.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import os
 import shutil
 import sys
 import time
+import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .._extras import require
+from ..errors import TilecastError
 from .engine import Dask
 
 __all__ = [
-    "Broadcast", "announce", "gather", "has_dashboard", "name_width", "open_client", "run_tasks", "session",
-    "staging_folder", "worker_source",
+    "PROFILER_DEADLOCKS",
+    "Broadcast",
+    "announce",
+    "free_frames",
+    "gather",
+    "has_dashboard",
+    "local_cluster",
+    "name_width",
+    "open_client",
+    "result_of",
+    "run_tasks",
+    "session",
+    "staging_folder",
+    "worker_config",
+    "worker_silence_limit",
+    "worker_source",
+    "worker_task",
 ]
+
+PROFILER_DEADLOCKS = sys.version_info[:2] == (3, 11)
+"""Whether Dask's task profiler can deadlock a worker on this interpreter (see the module's docstring). Distributed
+itself turns off its event-loop profiler on 3.11 for this reason, but not the task profiler."""
+
+
+def worker_config() -> dict[str, Any]:
+    """Dask settings for the workers of a cluster tilecast starts: without the task profiler where it can deadlock
+    them (the dashboard's profile page stays empty; nothing else changes)."""
+    return {"distributed.worker.profile.enabled": False} if PROFILER_DEADLOCKS else {}
+
+
+@contextlib.contextmanager
+def local_cluster(**kwargs: Any) -> Iterator[Any]:
+    """A ``distributed.LocalCluster(**kwargs)`` whose workers get :func:`worker_config`, closed on exit. Each nanny
+    copies the configuration when it is created, so the settings also hold for a worker it restarts."""
+    distributed = require("distributed", "dask")
+    import dask
+
+    with dask.config.set(worker_config()):
+        cluster = distributed.LocalCluster(**kwargs)
+    with cluster:
+        yield cluster
+
+
+def free_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in ``exc``'s traceback (and its causes'), so what they held
+    (a source, its GDAL handles and ``threading.local``) is freed now rather than by the garbage collector: an error
+    kept in a local of the frame that raised it (``raise error``) forms a cycle with that frame. The traceback's
+    text (files, lines) stays intact."""
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and not any(link is s for s in seen) and len(seen) < 16:
+        seen.append(link)
+        traceback.clear_frames(link.__traceback__)  # skips the frames still running (this one and its callers)
+        link = link.__cause__ or link.__context__
+
+
+def worker_task(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a function that runs as a Dask task: when it fails, :func:`free_frames` runs in the task's own
+    thread before the error reaches Dask."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            free_frames(exc)
+            raise
+
+    return run
 
 
 class Broadcast:
@@ -73,7 +151,7 @@ def open_client(
                               "dashboard_address": dashboard}
     if memory_limit is not None:
         kwargs["memory_limit"] = memory_limit
-    with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as c:
+    with local_cluster(**kwargs) as cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -110,6 +188,88 @@ def announce(client: Any, tasks: str, report: Callable | None) -> None:
           file=sys.stderr)
 
 
+def worker_silence_limit() -> float | None:
+    """Seconds a worker running one of a run's tasks may stay silent (no heartbeat reaches the scheduler; a small
+    cluster's workers send two a second) before the run stops with an error: ``distributed.scheduler.worker-ttl``
+    (5 minutes by default), after which Dask itself counts the worker as dead, but which the scheduler only checks
+    that often, so it restarts such a worker 5 to 10 minutes after it went silent. None where it is switched off."""
+    require("distributed", "dask")  # which loads Distributed's defaults into Dask's configuration
+    import dask
+    from dask.utils import parse_timedelta
+
+    ttl = dask.config.get("distributed.scheduler.worker-ttl", None)
+    return float(parse_timedelta(ttl)) if ttl else None
+
+
+class _Silence:
+    """Watches whether a worker that runs one of the run's tasks stopped heartbeating: its ``last_seen`` (on the
+    scheduler's clock) has not moved for ``limit`` seconds of this process's clock, so the two clocks need not
+    agree. Asks the scheduler at most every few seconds; never with no limit."""
+
+    def __init__(self, client: Any, limit: float | None) -> None:
+        self.client = client
+        self.limit = limit
+        self.every = min(5.0, (limit or 0) / 4)
+        self.seen: dict[str, tuple[Any, float]] = {}  # worker -> (its last_seen, when it last changed here)
+        self.due = time.monotonic() + self.every
+
+    def check(self, keys: Collection[str]) -> None:
+        now = time.monotonic()
+        if self.limit is None or now < self.due or not keys:
+            return
+        self.due = now + self.every
+        try:
+            info = self.client.scheduler_info(n_workers=-1)  # the default lists only 5 workers
+        except TypeError:  # Distributed before 2025: no n_workers, every worker listed
+            info = self.client.scheduler_info()
+        workers = info.get("workers", {})
+        for addr, worker in workers.items():
+            last = worker.get("last_seen")
+            if addr not in self.seen or self.seen[addr][0] != last:
+                self.seen[addr] = (last, now)
+        silent = [a for a in workers if now - self.seen[a][1] > self.limit]
+        if not silent:
+            return
+        for addr, running in self.client.processing(workers=silent).items():
+            mine = [k for k in running if k in keys]
+            if mine:
+                raise TilecastError(
+                    f"Dask worker {addr} has not answered the scheduler for {now - self.seen[addr][1]:.0f} s while "
+                    f"running {mine[0]}, so this run stopped instead of waiting on it: the worker is stuck or its "
+                    "machine overloaded or gone (on CPython 3.11, Dask's task profiler can deadlock a worker: start "
+                    "workers with distributed.worker.profile.enabled: false, or use Python 3.12+); restart the "
+                    "worker or the cluster and run again"
+                )
+
+
+def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterator[Any]:
+    """The futures of ``pending`` as they complete, like iterating it, but checking meanwhile that no worker running
+    one of ``live`` went silent."""
+    while True:
+        while not pending.has_ready():
+            if pending.is_empty():
+                return
+            with pending.thread_condition:  # notified as each future completes, as Distributed's own iteration is
+                pending.thread_condition.wait(timeout=0.1)
+            silence.check(live)
+        yield next(pending)
+        silence.check(live)  # also while others' results keep coming in
+
+
+def result_of(client: Any, future: Any) -> Any:
+    """``future.result()``, but stopping with an error when the worker running it goes silent (see
+    :func:`run_tasks`)."""
+    distributed = require("distributed", "dask")
+    silence = _Silence(client, worker_silence_limit())
+    while True:
+        try:
+            distributed.wait(future, timeout=1.0)
+        except TimeoutError:
+            silence.check({future.key})
+            continue
+        return future.result()
+
+
 def run_tasks(
     client: Any,
     submit: Callable[[int, int], Any],
@@ -118,6 +278,7 @@ def run_tasks(
     *,
     in_flight: int | None = None,
     retries: int = 3,
+    silence_limit: float | None = None,
 ) -> None:
     """Run ``submit(index, attempt)`` for every index, at most ``in_flight`` at a time (all at once by default),
     handing each result to ``on_result`` as it comes in and releasing its future; on a failure the remaining tasks
@@ -125,7 +286,10 @@ def run_tasks(
 
     Dask retries a task whose worker died, but not one whose *scattered* input died with it: the scheduler cancels
     that task. Such a task is submitted again with ``attempt + 1`` (the caller scatters its inputs anew, e.g. with
-    :class:`Broadcast`), at most ``retries`` times; a retry rewrites what the lost attempt wrote.
+    :class:`Broadcast`), at most ``retries`` times; a retry rewrites what the lost attempt wrote. A worker that stays
+    alive but silent (stuck) for ``silence_limit`` seconds (default :func:`worker_silence_limit`) while it runs one
+    of the tasks stops the run with a :class:`~tilecast.errors.TilecastError` that names it, instead of a wait on
+    the scheduler's next ``worker-ttl`` check.
     """
     distributed = require("distributed", "dask")
     queue = iter(indices)
@@ -140,7 +304,8 @@ def run_tasks(
     try:
         for index in itertools.islice(queue, in_flight):
             start(index)
-        for fut in pending:
+        silence = _Silence(client, worker_silence_limit() if silence_limit is None else silence_limit)
+        for fut in _completed(pending, live.keys(), silence):
             _, index, attempt = live.pop(fut.key)
             try:
                 # A task that had finished can still be lost before its result is in (its worker dies meanwhile).

@@ -122,7 +122,9 @@ class _LockedGTiffWriter:
         self.path, self.lock, self.levels = path, lock, levels
 
     def write(self, window: Window, data: np.ndarray) -> None:
-        with open(self.lock, "a") as fh:
+        # The sink created the lock when it prepared the partial; never create it here: a cancelled task that still
+        # runs after an abort removed it must fail, not leave a new lock behind.
+        with open(self.lock, "r+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 with rasterio.open(self.path, "r+") as dst:
@@ -222,6 +224,7 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
             self._levels = plan if plan is not None and os.path.exists(level) else None
             done = self._resumable()
             if done is not None:
+                Path(self.lock).touch()  # the writers' lock (see _LockedGTiffWriter.write)
                 return done
         self._remove_partial()
         g = profile.grid
@@ -243,6 +246,7 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
             with rasterio.open(level, "w", **level_profile(partial)):
                 pass
         self._tmp = str(self.partial)
+        Path(self.lock).touch()  # the writers' lock (see _LockedGTiffWriter.write)
         self.manifest.flush()
         return set()
 

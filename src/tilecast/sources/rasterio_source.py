@@ -205,7 +205,10 @@ class RasterioSource(BaseSource):
                 error = read_error(self.path, window, exc)
             else:
                 return data, (None if masks is None or masks.all() else masks)
-        raise error
+        try:
+            raise error
+        finally:  # no error <-> frame cycle: the source (and its thread-local handles) goes when its caller is done
+            del error
 
     def _read(self, ds, window: Window, into: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         if self.warp is not None and self.nodata is None:

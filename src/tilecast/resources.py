@@ -247,19 +247,23 @@ def gdal_cache_bytes(job: Job, resources: Resources | None = None) -> int:
 
 def block_store_bytes(job: Job, resources: Resources | None = None) -> int:
     """The decoded input blocks a run keeps when its source shares them among reading threads
-    (:class:`~tilecast.sources.base.SharedBlocks`): the block rows one row of tiles spans and one more, over the
-    columns a row of tiles reads, and half as much again; 0 when the source cannot share blocks, or when one thread
-    reads (on one CPU, where GDAL's own cache of one handle decodes each block once too)."""
+    (:class:`~tilecast.sources.base.SharedBlocks`): the block rows one row of tiles spans and one more (the next row
+    of tiles starts in it while this one ends), over the columns a row of tiles reads, and a quarter more; 0 when
+    the source cannot share blocks, or when one thread reads (on one CPU, where GDAL's own cache of one handle
+    decodes each block once too)."""
     from .sources.base import shared_block_shape
 
     res = resources or Resources.detect()
     block = shared_block_shape(job.source)
     if block is None or res.shared_read_threads < 2:  # one thread decodes alone: the store would only add a copy
         return 0
+    from .sources.rasterio_source import RasterioSource
+
     rows, in_w = _input_span(job, block, _widest_band(job, res))
-    bands = len(job.source.band_names)
-    per_pixel = bands * (np.dtype(job.source.dtype).itemsize + 1)  # data and, where a band has one, its mask
-    return int(1.5 * rows * in_w * per_pixel)
+    source = job.source
+    masked = not isinstance(source, RasterioSource) or source.has_mask
+    per_pixel = len(source.band_names) * (np.dtype(source.dtype).itemsize + masked)  # data, and masks where any
+    return int(1.25 * rows * in_w * per_pixel)
 
 
 def _input_span(job: Job, block: tuple[int, int], out_w: int) -> tuple[int, int]:

@@ -2,15 +2,14 @@
 
 Tiles overlap, and a 256-px tile with its halo covers parts of up to four 512-px input blocks. GDAL caches decoded
 blocks per dataset handle, and handles cannot be shared between threads, so with one handle per reading thread each
-thread decodes the blocks it touches again: more readers decode more, and one reader is a serial stage (on 2 cores
-it was busy for 84% of an almost-free model's run). Here a window is served from whole, block-aligned reads kept in
-one store: whichever thread first needs a block decodes it (on its own handle), every other thread waits for that
-one decode, and blocks are dropped oldest first once the store holds more than its budget. Reading threads then
-decode different blocks at the same time, and each block is decoded once as long as the budget holds the block rows
-one row of tiles spans (:func:`tilecast.resources.block_store_bytes`).
-
-A read first decodes every block of its window that no thread has started, then waits only for blocks that other
-threads are decoding at that moment, so reads cannot wait on each other in a cycle.
+thread decodes the blocks it touches again: more readers decode more, and one reader is a serial stage. Here a
+window is served from whole, block-aligned reads kept in one store. The runner announces each tile as its read is
+queued (:meth:`BlockStore.expect`), and the store's own threads decode the announced blocks in that order, each once;
+a read copies its window out, decoding itself any block nobody has started. Blocks are dropped oldest first once the
+store holds more than its budget, which holds the block rows one row of tiles spans and the next
+(:func:`tilecast.resources.block_store_bytes`), so each block is decoded once. A read decodes every block of its
+window that no thread has started before it waits for blocks another thread is decoding at that moment, so reads
+cannot wait on each other in a cycle.
 """
 
 from __future__ import annotations

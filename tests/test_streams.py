@@ -328,3 +328,36 @@ def test_server_batcher_runs_up_to_streams_calls_at_once(max_batch):
     for x, out in zip(xs, outs, strict=True):
         np.testing.assert_array_equal(out["y"], x[:, :1] * 2)
     assert fn.most == 2
+
+
+def test_one_stream_is_the_same_model_on_all_threads(tmp_path, monkeypatch):
+    """A large automatic tile runs one call at a time on every thread (see ``autotile.ONE_STREAM_PIXELS``): the same
+    outputs, one stream, every thread in it; a runtime whose streams were given keeps them."""
+    monkeypatch.setattr("tilecast.resources.available_cpus", lambda: 4)
+    path = mean_conv(tmp_path / "m.onnx", 1, 3)
+    rt = OnnxRuntime(path)
+    one = rt.one_stream()
+    assert (rt.streams, _intra(rt)) == (2, 2) and (one.streams, _intra(one)) == (1, 4)
+    assert one.one_stream() is one and OnnxRuntime(path, streams=2).one_stream().streams == 2
+    x = np.random.default_rng(0).random((2, 1, 16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(rt.run({"image": x})["mean"], one.run({"image": x})["mean"])
+    np.testing.assert_array_equal(rt.run({"image": x})["mean"], rt.run_released({"image": x})["mean"])
+
+
+def test_auto_runs_large_tiles_on_one_stream(tmp_path, raster, monkeypatch):
+    import tilecast.autotile
+
+    monkeypatch.setattr("tilecast.resources.available_cpus", lambda: 2)
+    data = np.arange(300 * 400, dtype=np.float32).reshape(1, 300, 400)
+    src = raster(data)
+    model = tilecast.Model.from_onnx(mean_conv(tmp_path / "m.onnx", 1, 3), input_tile_size="auto",
+                                     input_overlap_size=4, layout="NCHW", output_bands={"mean": "float32"})
+    small = model.predict_image(src)
+    monkeypatch.setattr(tilecast.autotile, "ONE_STREAM_PIXELS", 1)  # every call counts as large
+    large = model.predict_image(src)
+    assert streams_of(small.model.runtime) == 2 and streams_of(large.model.runtime) == 1
+    assert streams_of(model.runtime) == 2  # the model itself is unchanged
+    small.to_geotiff(tmp_path / "a.tif")
+    large.to_geotiff(tmp_path / "b.tif")
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())

@@ -19,7 +19,7 @@ from .card.load import open_model
 from .errors import InputError, SpecError, TilecastWarning
 from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, is_auto, window_from_bounds
 from .prediction import Prediction
-from .runtimes.base import Runtime, Signature, TensorSpec
+from .runtimes.base import Runtime, Signature, TensorSpec, one_stream_of
 from .sources import RasterioSource, open_source, parse_crs, warp_grid
 from .sources.base import Reprojectable, native_grid
 from .spec import ModelSpec
@@ -314,8 +314,10 @@ class Model:
 
         choice = choose_tile(self.runtime, self.spec, self.auto_tile, self.input_band_names(source.band_names),
                              np.dtype(source.dtype), source.properties, XY(int(width), int(height)))
-        model = Model(self.runtime, self.spec.replace(geometry=TileGeometry(choice.tile, choice.overlap, None),
-                                                      batch_size=choice.batch), card=self.card)
+        # A call this large keeps every thread busy: a second stream would only hold a second call's activations.
+        runtime = one_stream_of(self.runtime) if choice.one_stream else self.runtime
+        model = Model(runtime, self.spec.replace(geometry=TileGeometry(choice.tile, choice.overlap, None),
+                                                 batch_size=choice.batch), card=self.card)
         model.tile_choice = choice
         return model
 

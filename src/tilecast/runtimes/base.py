@@ -20,9 +20,27 @@ import numpy as np
 from ..errors import TileSizeError
 
 __all__ = [
-    "BaseRuntime", "Concurrent", "Described", "FileBacked", "RebuildableRuntime", "ReleasesInputs", "Runtime",
-    "RuntimeRecipe", "Signature", "TensorSpec", "metadata_of", "model_path", "recipe_of", "rejected_batch",
-    "releases_inputs", "run_split", "streams_of",
+    "BaseRuntime",
+    "Concurrent",
+    "Described",
+    "FileBacked",
+    "OneStream",
+    "RebuildableRuntime",
+    "ReleasesInputs",
+    "Releasing",
+    "Runtime",
+    "RuntimeRecipe",
+    "Signature",
+    "TensorSpec",
+    "metadata_of",
+    "model_path",
+    "one_stream_of",
+    "recipe_of",
+    "rejected_batch",
+    "releases_inputs",
+    "run_released",
+    "run_split",
+    "streams_of",
 ]
 
 
@@ -111,6 +129,32 @@ class RebuildableRuntime(Protocol):
     def recipe(self) -> RuntimeRecipe | None: ...
 
 
+@runtime_checkable
+class OneStream(Protocol):
+    """Can run the same model one call at a time on all its threads instead of several calls on a share each."""
+
+    def one_stream(self) -> Runtime: ...
+
+
+@runtime_checkable
+class Releasing(Protocol):
+    """Can run a call and then give back the memory it took (a probe at a size the run may not use)."""
+
+    def run_released(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]: ...
+
+
+def run_released(runtime: Runtime, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Run ``batch`` on ``runtime`` and hand back the memory the call needed (:class:`Releasing`); a plain ``run``
+    for runtimes that cannot."""
+    return runtime.run_released(batch) if isinstance(runtime, Releasing) else runtime.run(batch)
+
+
+def one_stream_of(runtime: Runtime) -> Runtime:
+    """``runtime`` with one call at a time on all its threads (:class:`OneStream`), or itself: for calls so large
+    that one keeps every thread busy, where each extra stream only holds another call's activations."""
+    return runtime.one_stream() if isinstance(runtime, OneStream) else runtime
+
+
 class BaseRuntime:
     """A base class for runtimes that declares every optional ability with its default.
 
@@ -139,6 +183,14 @@ class BaseRuntime:
 
     def close(self) -> None:
         """Release what the runtime holds (sessions, threads, connections)."""
+
+    def one_stream(self) -> Runtime:
+        """This model with one call at a time on all its threads (see :func:`one_stream_of`); itself by default."""
+        return self  # type: ignore[return-value]
+
+    def run_released(self, batch: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """``run``, handing back the memory the call needed where the runtime keeps it (see :func:`run_released`)."""
+        return self.run(batch)  # type: ignore[attr-defined]
 
 
 def streams_of(runtime: object) -> int:

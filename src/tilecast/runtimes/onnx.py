@@ -127,6 +127,8 @@ class OnnxRuntime(BaseRuntime):
                             "(on a GPU) or fp32, or a TorchScript export of the model for bf16")
         policy = resources or Resources.detect()
         threads = threads or policy.model_threads
+        self._rebuild = (model, providers, threads, resources, device, precision) if streams is None else None
+        """How to open this model again with one stream (:meth:`one_stream`); None when the streams were given."""
         if streams is None:
             streams = (STREAMS_PER_GPU * len(self.devices) if gpu else
                        policy.streams_for(threads) if len(self.devices) == 1 and chosen == ["CPUExecutionProvider"]
@@ -174,6 +176,15 @@ class OnnxRuntime(BaseRuntime):
         )
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
+    def one_stream(self) -> OnnxRuntime:
+        """This model in a new session with all the threads in one stream (see
+        :func:`~tilecast.runtimes.base.one_stream_of`); itself when it runs one stream already, on accelerators, or
+        when the streams were given explicitly."""
+        if self.streams == 1 or self._rebuild is None or self._slots is not None:
+            return self
+        model, providers, threads, resources, device, precision = self._rebuild
+        return OnnxRuntime(model, providers, threads, 1, resources, device=device, precision=precision)
+
     def _session(self, source: str | bytes, opts: Any, providers: list) -> Any:
         try:
             return self._ort.InferenceSession(source, sess_options=opts, providers=providers)
@@ -190,9 +201,21 @@ class OnnxRuntime(BaseRuntime):
             ) from None
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(batch)
+
+    def run_released(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`run`, then shrink ONNX Runtime's memory arena back (on the CPU): for a probe at a size the run may
+        not use, which would otherwise keep its activations' memory for the life of the session."""
+        if self._slots is not None:
+            return self._run(batch)
+        options = self._ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return self._run(batch, options)
+
+    def _run(self, batch: Mapping[str, np.ndarray], options: Any = None) -> dict[str, np.ndarray]:
         try:
             if self._slots is None:
-                values = self.session.run(None, dict(batch))
+                values = self.session.run(None, dict(batch), run_options=options)
             else:
                 with self._slots.lease() as slot:
                     return self._run_split(slot, batch)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from .base import BaseRuntime, Runtime, Signature, TensorSpec, streams_of
+from .base import BaseRuntime, Runtime, Signature, TensorSpec, one_stream_of, streams_of
 
 __all__ = ["SCALING_TYPES", "ScaledRuntime", "Scaling", "parse_scaling"]
 
@@ -123,6 +123,7 @@ class ScaledRuntime(BaseRuntime):
         argmax_dtype: Any = np.uint8,
     ) -> None:
         self.runtime = runtime
+        self._params = (scaling, channel_axis, argmax, argmax_dtype)
         self.streams = streams_of(runtime)  # scaling is stateless, so the wrapped runtime's concurrency carries over
         self.scaling = {k: list(v) for k, v in (scaling or {}).items() if any(s is not None for s in v)}
         self.channel_axis = channel_axis
@@ -172,6 +173,11 @@ class ScaledRuntime(BaseRuntime):
         for c, step in enumerate(chains):
             moved_out[c] = moved_in[c] if step is None else step.apply(moved_in[c])
         return out
+
+    def one_stream(self) -> Runtime:
+        """The wrapped model with one stream (see :func:`~tilecast.runtimes.base.one_stream_of`), scaled the same."""
+        inner = one_stream_of(self.runtime)
+        return self if inner is self.runtime else ScaledRuntime(inner, *self._params)
 
     def run(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {}

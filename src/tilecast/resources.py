@@ -106,8 +106,8 @@ class Resources:
     (:class:`~tilecast.sources.base.SharedBlocks`): one per CPU, at most eight (0: derived). Nothing is decoded
     twice then, so a reader costs only the CPU time it uses, and decoding is no longer one thread's work."""
     writer_threads: int = 0
-    """Threads for the per-pixel steps after the model (dividing blended sums, casting, the first overview level,
-    the temporary file's compression), each on column spans of an output strip: one per CPU (0: derived)."""
+    """Threads for the per-pixel steps after the model (dividing blended sums, casting, the first overview level),
+    each on column spans of an output strip, and for GDAL's smaller overview levels: one per CPU (0: derived)."""
     chunk_read_threads: int = 1
     """Read-ahead threads of the chunked local runner: one, for the same reason as above, since a chunk's tiles
     share more blocks than a row's."""

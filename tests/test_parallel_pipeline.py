@@ -153,3 +153,21 @@ def test_block_store_window_reads_match_gdal(tmp_path):
         if m0 is not None:
             assert (m0 == m1).all()
     source.close()
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["nodata", "mask"])
+def test_store_budget_counts_what_blocks_hold(tmp_path, mask):
+    """The run's store budget is priced per pixel by the source (``shared_pixel_bytes``): what a decoded block
+    really holds (data, and masks where the block has masked pixels) never exceeds that price."""
+    src = _input(tmp_path / "in.tif", True, mask)
+    source = tilecast.sources.RasterioSource(src)
+    source.share_blocks(2**30)
+    source.read_masked(Window(0, 0, W, H))
+    store = source._store
+    held = [(b.data.nbytes + (0 if b.masks is None else b.masks.nbytes), b.data.shape[1] * b.data.shape[2])
+            for b in store._blocks.values()]
+    source.close()
+    price = source.shared_pixel_bytes()
+    assert price == 4 * (2 + 1)  # uint16 bands, each with a mask (nodata counts as one)
+    assert all(nbytes <= pixels * price for nbytes, pixels in held)
+    assert any(nbytes == pixels * price for nbytes, pixels in held)  # the blocks with masked pixels

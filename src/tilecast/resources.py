@@ -257,12 +257,8 @@ def block_store_bytes(job: Job, resources: Resources | None = None) -> int:
     block = shared_block_shape(job.source)
     if block is None or res.shared_read_threads < 2:  # one thread decodes alone: the store would only add a copy
         return 0
-    from .sources.rasterio_source import RasterioSource
-
     rows, in_w = _input_span(job, block, _widest_band(job, res))
-    source = job.source
-    masked = not isinstance(source, RasterioSource) or source.has_mask
-    per_pixel = len(source.band_names) * (np.dtype(source.dtype).itemsize + masked)  # data, and masks where any
+    per_pixel = job.source.shared_pixel_bytes()  # type: ignore[attr-defined]  # a SharedBlocks, as it has a shape
     return int(1.25 * rows * in_w * per_pixel)
 
 

@@ -121,6 +121,10 @@ class SharedBlocks(Protocol):
         """The ``(h, w)`` of the blocks it would share, on its grid; None when it cannot."""
         ...
 
+    def shared_pixel_bytes(self) -> int:
+        """What one pixel of a shared block holds: every selected band's value, and its mask where there is one."""
+        ...
+
     def share_blocks(self, budget: int, threads: int = 0) -> None:
         """Serve reads from a store of up to ``budget`` bytes of decoded blocks, decoded ahead of the reads on
         ``threads`` threads; a budget of 0 goes back to plain reads."""
@@ -172,6 +176,10 @@ class BaseSource:
     def shared_block_shape(self) -> tuple[int, int] | None:
         """The blocks it would decode once for every reading thread (:class:`SharedBlocks`); None: it cannot."""
         return None
+
+    def shared_pixel_bytes(self) -> int:
+        """One pixel of a shared block (:class:`SharedBlocks`); by default every band's value and a mask byte."""
+        return len(self.band_names) * (np.dtype(self.dtype).itemsize + 1)
 
     def share_blocks(self, budget: int, threads: int = 0) -> None:
         """Decode each block once for every reading thread, keeping ``budget`` bytes (:class:`SharedBlocks`)."""

@@ -176,6 +176,10 @@ class RasterioSource(BaseSource):
         rows = min(h, bh * math.ceil(256 / bh))
         return (rows, w) if rows * w * self.pixel_bytes <= 64 * 2**20 else None
 
+    def shared_pixel_bytes(self) -> int:
+        """The selected bands' values, and a mask byte each when the file has masks (nodata or internal)."""
+        return len(self.indexes) * (np.dtype(self.dtype).itemsize + self.has_mask)
+
     def share_blocks(self, budget: int, threads: int = 0) -> None:
         """Serve reads from one :class:`~tilecast.sources.blocks.BlockStore` of ``budget`` bytes (0: stop), with
         ``threads`` threads decoding the blocks of announced windows (:meth:`expect`)."""

@@ -44,14 +44,17 @@ def work(p: dict) -> dict:
         return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
     import distributed
 
+    from tilecast.runners.dask_tasks import local_cluster
+
     workers, threads = CLUSTERS[p["variant"]]
     t0 = time.perf_counter()
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads, dashboard_address="127.0.0.1:0",
-                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+    # tilecast's own LocalCluster settings (on CPython 3.11, no task profiler: it can deadlock a worker)
+    with local_cluster(n_workers=workers, threads_per_worker=threads, dashboard_address="127.0.0.1:0",
+                       silence_logs=40) as cluster, distributed.Client(cluster) as client:
         client.run(_warm_imports)  # a long-lived cluster has these imported; the local variant did too
         startup = time.perf_counter() - t0
         start = time.perf_counter()
-        pred.to_geotiff(p["out"], overwrite=True, engine="dask", client=client, chunk_size=p["chunk"])
+        pred.to_geotiff(p["out"], overwrite=True, engine=tilecast.Dask(client=client), chunk_size=p["chunk"])
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "startup": startup}
 
@@ -70,8 +73,10 @@ def overhead(p: dict) -> dict:
     def noop(ctx, i):
         return i
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0",
-                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+    from tilecast.runners.dask_tasks import local_cluster
+
+    with local_cluster(n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0",
+                       silence_logs=40) as cluster, distributed.Client(cluster) as client:
         ctx = client.scatter(b"x" * 4096, broadcast=True)
         n = p["tasks"]
         start = time.perf_counter()

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tilecast
+import tilecast.resources
 from onnx_models import mean_conv
 from tilecast.autoprobe import choose_tile, is_allocation_failure, memory_available
 from tilecast.autotile import (
@@ -293,11 +294,21 @@ def test_explicit_tile_replaces_auto():
     assert fixed.with_options(input_tile_size="auto").auto_tile == AutoTile()
 
 
-def test_choose_tile_with_a_real_onnx_model(tmp_path):
+def test_choose_tile_with_a_real_onnx_model(tmp_path, monkeypatch):
+    import tilecast.autoprobe as autoprobe
+
+    monkeypatch.setattr(tilecast.resources, "available_cpus", lambda: 2)  # two streams of one thread each
     path = mean_conv(tmp_path / "m.onnx", bands=1, k=5)
     model = tilecast.Model.from_onnx(path, input_tile_size="auto", input_overlap_size=2, layout="NCHW")
-    choice = choose_tile(model.runtime, model.spec, model.auto_tile, ["b1"], np.dtype("uint16"), {}, XY(5000, 5000))
+    probed: list = []
+    measure = autoprobe.peak_call_bytes
+    monkeypatch.setattr(autoprobe, "peak_call_bytes", lambda rt, batch: probed.append(rt) or measure(rt, batch))
+    choice, runtime = choose_tile(model.runtime, model.spec, model.auto_tile, ["b1"], np.dtype("uint16"), {},
+                                  XY(5000, 5000))
     assert choice.tile.x >= 512 and (choice.padded.x % 32) == 0
+    # a call this large runs on one stream, in the session that probed it (not a third one)
+    assert model.runtime.streams == 2 and choice.one_stream and runtime.streams == 1
+    assert probed[0] is model.runtime and probed[-1] is runtime
 
 
 def test_cli_tile_auto(raster, tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 
 from .autotile import (
     DEFAULT_MULTIPLE,
+    ONE_STREAM_PIXELS,
     AutoTile,
     Footprint,
     TileChoice,
@@ -29,7 +30,7 @@ from .autotile import (
 from .errors import TileSizeError
 from .plan import XY, TileGeometry, spatial_shape
 from .resources import memory_available
-from .runtimes.base import run_released, streams_of
+from .runtimes.base import one_stream_of, run_released, streams_of
 from .runtimes.devices import Placed
 from .runtimes.scaled import ScaledRuntime
 from .tensors import bind_inputs
@@ -114,6 +115,17 @@ class _Prober:
         self.runtime, self.spec = runtime, spec
         self.band_names, self.dtype, self.properties = list(band_names), np.dtype(dtype), properties
         self.measured: dict[tuple[XY, int], int] = {}
+        self.one: Runtime | None = None
+        """The one-stream runtime that probed a large call (:func:`~tilecast.runtimes.base.one_stream_of`)."""
+
+    def runtime_for(self, pixels: int) -> Runtime:
+        """The runtime a run makes calls of ``pixels`` padded pixels with: one stream for large calls (all the
+        threads on one call), created once, for the probes and then the run."""
+        if pixels < ONE_STREAM_PIXELS:
+            return self.runtime
+        if self.one is None:
+            self.one = one_stream_of(self.runtime)
+        return self.one
 
     def spec_for(self, tile: XY, batch: int) -> ModelSpec:
         g = self.spec.geometry
@@ -147,10 +159,14 @@ class _Prober:
         if (tile, batch) in self.measured:
             return self.measured[(tile, batch)]
         spec = self.spec_for(tile, batch)
+        padded = spec.geometry.padded
+        # A call the run would make one at a time is probed that way: on all the threads (on two cores, twice as
+        # fast as on one stream's share), in the session the run then uses.
+        runtime = self.runtime_for(padded.x * padded.y * batch)
         try:
-            inputs = bind_inputs(spec, self.runtime.signature, self.band_names, self.dtype, self.properties)
-            zero = np.zeros((len(self.band_names), spec.geometry.padded.y, spec.geometry.padded.x), self.dtype)
-            got = peak_call_bytes(self.runtime, inputs.pack([zero] * batch))
+            inputs = bind_inputs(spec, runtime.signature, self.band_names, self.dtype, self.properties)
+            zero = np.zeros((len(self.band_names), padded.y, padded.x), self.dtype)
+            got = peak_call_bytes(runtime, inputs.pack([zero] * batch))
         except Exception as exc:  # a refusal is an answer: the next size is tried
             return exc
         self.measured[(tile, batch)] = got
@@ -170,16 +186,18 @@ def fixed_edges(spec: ModelSpec, runtime: Runtime, band_names: Sequence[str], dt
 
 
 def choose_tile(runtime: Runtime, spec: ModelSpec, auto: AutoTile, band_names: Sequence[str], dtype: np.dtype,
-                properties: Mapping[str, Any], region: XY) -> TileChoice:
+                properties: Mapping[str, Any], region: XY) -> tuple[TileChoice, Runtime]:
     """The tile for predicting ``region`` (``(x, y)`` pixels) of an image with ``band_names`` of ``dtype``: the
     candidate of :func:`tilecast.autotile.candidates` that computes the fewest pixels among those whose run fits
-    the budget and that the model accepts."""
+    the budget and that the model accepts; and the runtime to run it on (``runtime``, or for calls of
+    :data:`~tilecast.autotile.ONE_STREAM_PIXELS` or more its one-stream session, which the probes used)."""
     overlap = spec.geometry.overlap
     layout, fixed = fixed_edges(spec, runtime, band_names, dtype, properties)
     if layout == "pixels" or None not in fixed:
         tile = spec.geometry.tile if layout == "pixels" else TileGeometry.core_for(XY(*fixed), overlap)  # type: ignore[arg-type]
         batch = auto.batch_size or spec.batch_size
-        return TileChoice(tile, overlap, batch, "pixels" if layout == "pixels" else "fixed")
+        choice = TileChoice(tile, overlap, batch, "pixels" if layout == "pixels" else "fixed")
+        return choice, one_stream_of(runtime) if choice.one_stream else runtime
     budget = auto.budget or default_budget()
     prober = _Prober(runtime, spec, band_names, dtype, properties)
     fp_tile = len(band_names) * (np.dtype(dtype).itemsize + 4)
@@ -199,7 +217,7 @@ def choose_tile(runtime: Runtime, spec: ModelSpec, auto: AutoTile, band_names: S
         fp = Footprint(max(SAFETY * got / padded, float(fp_tile)), fp_tile, fp_out, streams_of(runtime))
         choice = _largest(prober, cands, overlap, region, budget, fp, auto, multiple)
         if choice is not None:
-            return choice
+            return choice, prober.runtime_for(choice.padded.x * choice.padded.y * choice.batch)
         multiple *= 2  # a larger size was refused that a coarser stride would not have tried
     raise _refused(small, overlap, last) from last
 

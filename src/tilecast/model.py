@@ -19,7 +19,7 @@ from .card.load import open_model
 from .errors import InputError, SpecError, TilecastWarning
 from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, is_auto, window_from_bounds
 from .prediction import Prediction
-from .runtimes.base import Runtime, Signature, TensorSpec, one_stream_of
+from .runtimes.base import Runtime, Signature, TensorSpec
 from .sources import RasterioSource, open_source, parse_crs, warp_grid
 from .sources.base import Reprojectable, native_grid
 from .spec import ModelSpec
@@ -312,10 +312,11 @@ class Model:
             return self
         from .autoprobe import choose_tile
 
-        choice = choose_tile(self.runtime, self.spec, self.auto_tile, self.input_band_names(source.band_names),
-                             np.dtype(source.dtype), source.properties, XY(int(width), int(height)))
-        # A call this large keeps every thread busy: a second stream would only hold a second call's activations.
-        runtime = one_stream_of(self.runtime) if choice.one_stream else self.runtime
+        # A large call keeps every thread busy: the runtime for it has one stream, since a second would only
+        # hold a second call's activations.
+        choice, runtime = choose_tile(self.runtime, self.spec, self.auto_tile,
+                                      self.input_band_names(source.band_names), np.dtype(source.dtype),
+                                      source.properties, XY(int(width), int(height)))
         model = Model(runtime, self.spec.replace(geometry=TileGeometry(choice.tile, choice.overlap, None),
                                                  batch_size=choice.batch), card=self.card)
         model.tile_choice = choice

@@ -14,19 +14,11 @@ import numpy as np
 import pytest
 import rasterio
 
+from resume_helpers import Counter, interrupt_after, read
 from tilecast import Model
 from tilecast.sinks.geotiff import remove_stale_temps, temp_prefix
 
 pytestmark = pytest.mark.adversarial
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.tiles = 0
-
-    def __call__(self, x):
-        self.tiles += x.shape[0]
-        return x * 2
 
 
 def _model(counter) -> Model:
@@ -34,31 +26,18 @@ def _model(counter) -> Model:
                                output_bands={"y": "float32"})
 
 
-def _stop_after(tiles):
-    def progress(done, total, pixels):
-        if done >= tiles:
-            raise KeyboardInterrupt
-
-    return progress
-
-
-def _read(path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read()
-
-
 @pytest.fixture
 def scene(raster, tmp_path):
     img = np.random.default_rng(0).normal(size=(1, 100, 120)).astype("float32") + 5
     path = raster(img)
-    expected = _read(_model(lambda x: x * 2).predict_image(path).to_geotiff(tmp_path / "plain.tif"))
+    expected = read(_model(lambda x: x * 2).predict_image(path).to_geotiff(tmp_path / "plain.tif"))
     return path, expected
 
 
 def _interrupted(tmp_path, path, out):
     with pytest.raises(KeyboardInterrupt):
         _model(Counter()).predict_image(path).to_geotiff(out, resume=True, chunk_size=40,
-                                                         progress=_stop_after(16))
+                                                         progress=interrupt_after(16))
     partial = tmp_path / f".{out.name}.partial.tmp.tif"
     manifest = json.loads((tmp_path / f".{out.name}.resume.json").read_text())
     assert partial.exists() and len(manifest["done"]) >= 2 and set(manifest["sums"]) == set(map(str, manifest["done"]))
@@ -92,7 +71,7 @@ def test_resume_never_trusts_a_damaged_partial(tmp_path, scene, damage):
             fh.write(bytes(b ^ 0xFF for b in chunk))
     counter = Counter()
     result = _resume(path, out, counter)
-    got = _read(result)
+    got = read(result)
     assert got.tobytes() == expected.tobytes()
     assert counter.tiles > 0  # the damaged chunk at least was recomputed
     assert _left(tmp_path) == []
@@ -112,7 +91,7 @@ def test_resume_recomputes_only_the_damaged_chunk(tmp_path, scene):
     result = _resume(path, out, counter)
     missing = [i for i in range(len(layout)) if i not in manifest["done"]] + [0]
     assert counter.tiles == sum(layout.own_tiles(i) for i in missing)
-    assert _read(result).tobytes() == expected.tobytes()
+    assert read(result).tobytes() == expected.tobytes()
 
 
 def test_a_manifest_without_checksums_is_not_trusted(tmp_path, scene):
@@ -123,7 +102,7 @@ def test_a_manifest_without_checksums_is_not_trusted(tmp_path, scene):
         ds.write(np.zeros((1, 100, 120), "float32"))
     manifest.pop("sums")
     (tmp_path / ".out.tif.resume.json").write_text(json.dumps(manifest))
-    assert _read(_resume(path, out)).tobytes() == expected.tobytes()
+    assert read(_resume(path, out)).tobytes() == expected.tobytes()
 
 
 def test_zarr_resume_recomputes_a_deleted_chunk(tmp_path, scene):
@@ -131,7 +110,7 @@ def test_zarr_resume_recomputes_a_deleted_chunk(tmp_path, scene):
     path, expected = scene
     out = tmp_path / "out.zarr"
     with pytest.raises(KeyboardInterrupt):
-        _model(Counter()).predict_image(path).to_zarr(out, resume=True, chunk_size=40, progress=_stop_after(16))
+        _model(Counter()).predict_image(path).to_zarr(out, resume=True, chunk_size=40, progress=interrupt_after(16))
     store = tmp_path / ".out.zarr.partial.zarr" / "prediction"
     (store / "0.0.0").unlink()
     (store / "0.1.0").write_bytes(b"garbage")
@@ -147,14 +126,14 @@ def test_overwrite_without_resume_clears_stale_partial_state(tmp_path, scene):
     os.truncate(partial, 0)
     out.write_bytes(b"old")
     result = _model(Counter()).predict_image(path).to_geotiff(out, overwrite=True)
-    assert _read(result).tobytes() == expected.tobytes()
+    assert read(result).tobytes() == expected.tobytes()
     assert _left(tmp_path) == []  # the plain run that replaced the output cleared the stale partial state
     out.unlink()
     partial, _ = _interrupted(tmp_path, path, out)
     os.truncate(partial, 0)
     out.write_bytes(b"old")
     result = _model(Counter()).predict_image(path).to_geotiff(out, overwrite=True, resume=True, chunk_size=40)
-    assert _read(result).tobytes() == expected.tobytes()
+    assert read(result).tobytes() == expected.tobytes()
     assert _left(tmp_path) == []
 
 
@@ -169,7 +148,7 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path, scene):
     other = tmp_path / ".other.tif.tilecast-h-1-x.tmp.tif"
     for p in [*stale, alive, other]:
         p.write_bytes(b"x" * 10)
-    assert _read(_model(Counter()).predict_image(path).to_geotiff(out)).tobytes() == expected.tobytes()
+    assert read(_model(Counter()).predict_image(path).to_geotiff(out)).tobytes() == expected.tobytes()
     assert not any(p.exists() for p in stale)
     assert alive.exists() and other.exists()
     assert remove_stale_temps(out) == []

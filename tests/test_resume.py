@@ -9,35 +9,11 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
 from click.testing import CliRunner
 
 from onnx_models import mean_conv
+from resume_helpers import Counter, interrupt_after, read
 from tilecast import Model
-
-
-class Counter:
-    """A model that doubles its input and counts the tiles it sees."""
-
-    def __init__(self) -> None:
-        self.tiles = 0
-
-    def __call__(self, x):
-        self.tiles += x.shape[0]
-        return x * 2
-
-
-def interrupt_after(tiles: int):
-    def progress(done, total, pixels):
-        if done >= tiles:
-            raise KeyboardInterrupt
-
-    return progress
-
-
-def read(path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read()
 
 
 def hidden(tmp_path, name, suffix):

@@ -17,13 +17,13 @@ import numpy as np
 
 from .autotile import (
     DEFAULT_MULTIPLE,
-    ONE_STREAM_PIXELS,
     AutoTile,
     Footprint,
     TileChoice,
     auto_batch,
     candidates,
     computed_pixels,
+    large_call,
     pick,
     run_bytes,
 )
@@ -121,7 +121,7 @@ class _Prober:
     def runtime_for(self, pixels: int) -> Runtime:
         """The runtime a run makes calls of ``pixels`` padded pixels with: one stream for large calls (all the
         threads on one call), created once, for the probes and then the run."""
-        if pixels < ONE_STREAM_PIXELS:
+        if not large_call(pixels):
             return self.runtime
         if self.one is None:
             self.one = one_stream_of(self.runtime)

@@ -21,14 +21,20 @@ from .plan import AUTO, XY, is_auto
 __all__ = [
     "AUTO", "BATCH_PIXELS", "DEFAULT_MULTIPLE", "NICE_TILES", "ONE_STREAM_PIXELS", "PROBE_TILES", "TILE_COST_PIXELS",
     "AutoTile",
-    "Footprint", "TileChoice", "auto_batch", "candidates", "computed_pixels", "is_auto", "overhead", "parse_bytes",
-    "pick", "run_bytes",
+    "Footprint", "TileChoice", "auto_batch", "candidates", "computed_pixels", "is_auto", "large_call", "overhead",
+    "parse_bytes", "pick", "run_bytes",
 ]
 
 ONE_STREAM_PIXELS = 1 << 20
 """Padded pixels per call from which one call at a time on all the model's threads does as well as several calls on
 a share each, with one call's activations in memory instead of several: measured for 1056 x 1056 tiles, while
 batches of 8 x 288 x 288 still gain from two streams (``docs/benchmarks.md``)."""
+
+
+def large_call(pixels: int) -> bool:
+    """Whether a call of ``pixels`` padded pixels (over its batch) runs one at a time (:data:`ONE_STREAM_PIXELS`)."""
+    return pixels >= ONE_STREAM_PIXELS
+
 
 DEFAULT_MULTIPLE = 32
 """The padded tile is a multiple of this unless the model needs more: a U-Net that halves its input five times needs
@@ -177,7 +183,7 @@ class TileChoice:
     @property
     def one_stream(self) -> bool:
         """Whether a call is large enough to run one at a time (:data:`ONE_STREAM_PIXELS`)."""
-        return self.padded.x * self.padded.y * self.batch >= ONE_STREAM_PIXELS
+        return large_call(self.padded.x * self.padded.y * self.batch)
 
     def tag(self) -> str:
         """The ``TILECAST_TILE`` metadata value."""

@@ -114,3 +114,7 @@ def test_block_store_decodes_once_within_budget_and_retries_after_an_error():
         store.read(Window(0, 0, 10, 10))
     data, _ = store.read(Window(0, 0, 10, 10))  # the failed block is not kept: the next read tries again
     assert (data == img[:, :10, :10]).all()
+    failing["left"] = 1
+    with pytest.raises(OSError, match="damaged"):  # its first block is kept, its second fails
+        store.read(Window(0, 16, 40, 10))
+    assert all(b.users == 0 for b in store._blocks.values())  # a failed read holds no block: all can be reused

@@ -124,17 +124,17 @@ class BlockStore:
                     self._blocks.move_to_end(key)
                 b.users += 1
                 blocks.append(b)
-        # Decode every block of the window that nobody has started, then wait for those others are decoding: two
-        # threads that need the same two blocks decode one each.
-        for key, b in zip(keys, blocks, strict=True):
-            with self._lock:
-                if b.started:
-                    continue
-                b.started = True
-            self._fill(key, b)
         try:
+            # Decode every block of the window that nobody has started, then wait for those others are decoding:
+            # two threads that need the same two blocks decode one each.
+            for key, b in zip(keys, blocks, strict=True):
+                with self._lock:
+                    if b.started:
+                        continue
+                    b.started = True
+                self._fill(key, b)
             return self._copy(window, keys, blocks)
-        finally:
+        finally:  # also when a block failed to decode: the others' arrays can be reused once dropped
             with self._lock:
                 for b in blocks:
                     b.users -= 1

@@ -31,8 +31,7 @@ from .errors import TileSizeError
 from .plan import XY, TileGeometry, spatial_shape
 from .resources import memory_available
 from .runtimes.base import one_stream_of, run_released, streams_of
-from .runtimes.devices import Placed
-from .runtimes.scaled import ScaledRuntime
+from .runtimes.devices import placed_of
 from .tensors import bind_inputs
 
 if TYPE_CHECKING:
@@ -131,25 +130,23 @@ class _Prober:
         g = self.spec.geometry
         return self.spec.replace(geometry=TileGeometry(tile, g.overlap, None), batch_size=batch)
 
-    def one_tile(self, tile: XY) -> Mapping[str, np.ndarray]:
-        """A packed batch of one zero tile at ``tile``."""
-        spec = self.spec_for(tile, 1)
-        inputs = bind_inputs(spec, self.runtime.signature, self.band_names, self.dtype, self.properties)
-        return inputs.pack([np.zeros((len(self.band_names), spec.geometry.padded.y, spec.geometry.padded.x),
-                                     self.dtype)])
+    def zeros(self, runtime: Runtime, tile: XY, batch: int) -> Mapping[str, np.ndarray]:
+        """A packed batch of ``batch`` zero tiles at ``tile`` for ``runtime``."""
+        spec = self.spec_for(tile, batch)
+        inputs = bind_inputs(spec, runtime.signature, self.band_names, self.dtype, self.properties)
+        padded = spec.geometry.padded
+        return inputs.pack([np.zeros((len(self.band_names), padded.y, padded.x), self.dtype)] * batch)
 
     def device_batch(self, tile: XY, batch: int, host_cap: int) -> int:
         """``batch``, or more on an accelerator: as many tiles as its free memory takes in one call (the runtime's
         :meth:`~tilecast.runtimes.devices.Placed.batch_limit`, a one-tile probe), at most :data:`MAX_DEVICE_BATCH`
         and ``host_cap`` (what the host's memory budget leaves for the batches). On the CPU (no limit known)
         ``batch`` itself."""
-        runtime = self.runtime
-        while isinstance(runtime, ScaledRuntime):  # a card's value scaling around the model's own runtime
-            runtime = runtime.runtime
-        if not isinstance(runtime, Placed):
+        placed = placed_of(self.runtime)
+        if placed is None:
             return batch
         try:
-            limit = runtime.batch_limit(self.one_tile(tile))
+            limit = placed.batch_limit(self.zeros(self.runtime, tile, 1))
         except Exception:  # no plan: the runtime still splits a batch that does not fit
             return batch
         return max(batch, min(limit, MAX_DEVICE_BATCH, host_cap)) if limit else batch
@@ -158,15 +155,12 @@ class _Prober:
         """Bytes a call at ``tile`` adds, or the error that refused it."""
         if (tile, batch) in self.measured:
             return self.measured[(tile, batch)]
-        spec = self.spec_for(tile, batch)
-        padded = spec.geometry.padded
+        padded = self.spec_for(tile, batch).geometry.padded
         # A call the run would make one at a time is probed that way: on all the threads (on two cores, twice as
         # fast as on one stream's share), in the session the run then uses.
         runtime = self.runtime_for(padded.x * padded.y * batch)
         try:
-            inputs = bind_inputs(spec, runtime.signature, self.band_names, self.dtype, self.properties)
-            zero = np.zeros((len(self.band_names), padded.y, padded.x), self.dtype)
-            got = peak_call_bytes(runtime, inputs.pack([zero] * batch))
+            got = peak_call_bytes(runtime, self.zeros(runtime, tile, batch))
         except Exception as exc:  # a refusal is an answer: the next size is tried
             return exc
         self.measured[(tile, batch)] = got

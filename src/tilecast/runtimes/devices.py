@@ -25,7 +25,7 @@ from ..errors import DeviceError, SpecError
 __all__ = [
     "NO_GPU_FIX", "PRECISIONS", "Device", "HostBuffers", "Placed", "Slots", "Staging", "cuda_device_count",
     "cuda_free_bytes", "cudart_pinned", "describe_placement", "interleave", "is_out_of_memory", "numpy_staging",
-    "parse_devices", "parse_precision", "plan_batch", "run_in_chunks",
+    "parse_devices", "parse_precision", "placed_of", "plan_batch", "run_in_chunks",
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -285,13 +285,19 @@ class Placed(Protocol):
         """The most tiles like ``batch``'s one call takes on these devices; None: no limit is known."""
 
 
-def describe_placement(runtime: object, batch_size: int | None = None) -> str | None:
-    """One line for ``-v``: devices, precision and batch size of a :class:`Placed` runtime; None for others."""
+def placed_of(runtime: object) -> Placed | None:
+    """The :class:`Placed` runtime inside ``runtime`` (through a card's value scaling around it); None if none."""
     from .scaled import ScaledRuntime
 
     while isinstance(runtime, ScaledRuntime):  # a card's value scaling around the model's own runtime
         runtime = runtime.runtime
-    if not isinstance(runtime, Placed):
+    return runtime if isinstance(runtime, Placed) else None
+
+
+def describe_placement(runtime: object, batch_size: int | None = None) -> str | None:
+    """One line for ``-v``: devices, precision and batch size of a :class:`Placed` runtime; None for others."""
+    runtime = placed_of(runtime)
+    if runtime is None:
         return None
     devices = ",".join(str(d) for d in runtime.devices) or "cpu"
     line = f"device {devices}, precision {runtime.precision}"

@@ -228,7 +228,8 @@ class TorchRuntime(BaseRuntime):
 
     def _plan(self, slot: _Slot, arrays: dict[str, np.ndarray], key: tuple) -> int:
         """Tiles per call on the slot's device: a one-tile probe (its peak device memory on a GPU, its input and
-        output bytes at least) against the free memory (:func:`~tilecast.runtimes.devices.plan_batch`)."""
+        output bytes at least) against the device's free memory shared by its streams, which each run a call at once
+        (:func:`~tilecast.runtimes.devices.plan_batch`)."""
         torch = self._torch
         replica = slot.replica
         with self._lock:
@@ -247,7 +248,9 @@ class TorchRuntime(BaseRuntime):
             out = self._staged_call(slot, {k: v[:1] for k, v in arrays.items()})
             peak = torch.cuda.max_memory_allocated(index) - base if cuda else 0
             io = sum(v[:1].nbytes for v in arrays.values()) + sum(v.nbytes for v in out.values())
-            limit = plan_batch(free, max(int(peak), io))
+            # The device's streams run a call each at once, each as large as planned: each gets its share.
+            streams = sum(1 for s in self._slots.items if s.replica is replica)
+            limit = plan_batch(free // max(1, streams), max(int(peak), io))
             replica.limits[key] = limit
             self.device_batch = limit if self.device_batch is None else min(self.device_batch, limit)
             return limit

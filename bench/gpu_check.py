@@ -15,12 +15,18 @@ fp16, one GPU and all GPUs (when there are several), one run measures, medians o
 and the ratio predict / model alone (target >= 0.50). CPU rows (fp32) come from the same measurements on the CPU,
 and the CPU acceptance figure, compute-bound d/a (target >= 0.90), from ``bench_predict.py --only compute,a,d`` run
 as a subprocess. One table at the end carries every figure with the hardware (``nvidia-smi`` names, CPU count).
-Without a GPU only the CPU rows run. ``--budget`` stops starting new GPU configurations when time runs short.
+Without a GPU only the CPU rows run; without the ``onnx`` package (which builds the ONNX model) the ONNX rows and the
+CPU d/a are skipped with a note and the TorchScript rows still run.
+
+Each configuration runs in a child process, killed after 240 s or at ``--deadline`` (480 s by default, counted from
+the start), so a hang, a crash or a sticky CUDA error costs that row only. ``--budget`` (330 s) stops starting new
+GPU configurations; past ``--deadline`` nothing new starts.
 
     python bench/gpu_check.py              # 4096 x 4096 GPU raster, 3 repeats; CPU d/a at 6144 x 6144, 3 repeats
     python bench/gpu_check.py --quick      # 1024 x 1024, 1 repeat, CPU d/a at 1024 (a smoke run, < 1 minute)
 
-Results go to ``$OUT/gpu_check.json`` when ``OUT`` is set (the device machine's output folder), and to ``--json``.
+Results go to ``$OUT/gpu_check.json`` when ``OUT`` is set (the device machine's output folder), and to ``--json``,
+rewritten after every row (``"complete": false`` until the run ends), so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -44,10 +50,38 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from models import INPUT_SCALE, build_compute_bound, compute_layers, fcn_weights  # noqa: E402
-
 TILE, HALO, BATCH, SEED = 256, 16, 8, 0
 TARGET_GPU, TARGET_CPU = 0.50, 0.90
+CHILD_LIMIT_S = 240  # the most one configuration may take (it runs in a child process, killed past this)
+
+
+def _models():
+    """``bench/models.py``, which imports ``onnx`` (often missing on a GPU machine: neither torch nor onnxruntime
+    brings it). Without it the module is loaded with a placeholder ``onnx``: the TorchScript twin still gets its
+    weights (:func:`models.fcn_weights` is numpy), and :data:`HAVE_ONNX` says the ONNX rows cannot be built."""
+    try:
+        import models
+    except ImportError as exc:
+        if getattr(exc, "name", None) != "onnx":
+            raise
+        import importlib.util
+        import types
+
+        stub = types.ModuleType("onnx")
+        stub.TensorProto = stub.helper = stub.numpy_helper = None
+        sys.modules["onnx"] = stub
+        try:
+            spec = importlib.util.spec_from_file_location("models", ROOT / "bench" / "models.py")
+            models = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(models)
+        finally:
+            del sys.modules["onnx"]
+        return models, False
+    return models, True
+
+
+models, HAVE_ONNX = _models()
+INPUT_SCALE, compute_layers, fcn_weights = models.INPUT_SCALE, models.compute_layers, models.fcn_weights
 
 
 def build_torchscript(path: Path, seed: int = SEED) -> Path:
@@ -109,11 +143,14 @@ def gpu_names() -> list[str]:
 
 
 def hardware() -> dict:
-    import onnxruntime as ort
-
     info = {"gpus": gpu_names(), "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "onnxruntime": ort.__version__,
-            "ort_providers": ort.get_available_providers()}
+            "python": platform.python_version(), "numpy": np.__version__, "onnx": HAVE_ONNX}
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime"], info["ort_providers"] = ort.__version__, ort.get_available_providers()
+    except ImportError:
+        info["onnxruntime"], info["ort_providers"] = None, []
     try:
         import torch
 
@@ -248,34 +285,46 @@ def measure(kind: str, path: Path, device: str, precision: str, raster: Path, ou
 def configurations(info: dict, cpu_only: bool) -> tuple[list[tuple[str, str, str]], list[str]]:
     """The (runtime, device, precision) rows to measure, and why GPU rows are missing."""
     rows = [("onnx", "cpu", "fp32"), ("torchscript", "cpu", "fp32")]
+    notes = []
+    if not HAVE_ONNX or not info["onnxruntime"]:
+        rows = rows[1:]
+        notes.append("ONNX rows and CPU d/a: " + ("the onnx package is missing (pip install onnx; bench/models.py "
+                                                   "builds the ONNX model with it)" if not HAVE_ONNX
+                                                   else "onnxruntime is missing (pip install onnxruntime)"))
+    if not info["torch"]:
+        rows = [r for r in rows if r[0] != "torchscript"]
     if cpu_only:
-        return rows, ["GPU rows: not asked for (--cpu-only)"]
+        return rows, [*notes, "GPU rows: not asked for (--cpu-only)"]
     gpus = max(info["torch_cuda"], len(info["gpus"]))
     devices = ["cuda:0"] + (["cuda:all"] if gpus > 1 else [])
-    kinds, notes = [], []
+    kinds = []
     if not gpus:
         notes.append("GPU rows: no GPU here (nvidia-smi lists none and torch sees none)")
     if gpus and info["torch_cuda"]:
         kinds.append("torchscript")
     elif gpus:
         notes.append(f"TorchScript CUDA rows: torch {info['torch']} has no CUDA (install a CUDA build of torch)")
-    if gpus and "CUDAExecutionProvider" in info["ort_providers"]:
+    if gpus and HAVE_ONNX and "CUDAExecutionProvider" in info["ort_providers"]:
         kinds.append("onnx")
-    elif gpus:
+    elif gpus and HAVE_ONNX:
         notes.append("ONNX Runtime CUDA rows: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
     return [(k, d, p) for k in kinds for p in ("fp32", "fp16") for d in devices] + rows, notes
 
 
 # --- the CPU acceptance figure ----------------------------------------------------------------------------------------
 
-def cpu_da(work: Path, quick: bool, size: int | None, repeats: int | None) -> dict:
+def cpu_da(work: Path, quick: bool, size: int | None, repeats: int | None, timeout: float) -> dict:
     extra = ["--only", "compute,a,d", *(["--quick"] if quick else []), *(["--size", str(size)] if size else []),
              *(["--repeats", str(repeats)] if repeats else [])]
     cmd = [sys.executable, str(ROOT / "bench" / "bench_predict.py"), *extra,
            "--data-dir", str(work / "data"), "--out-dir", str(work / "bp")]
+    command = " ".join(["python", "bench/bench_predict.py", *extra])
     t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    out = {"command": " ".join(["python", "bench/bench_predict.py", *extra]), "seconds": time.perf_counter() - t,
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"command": command, "seconds": time.perf_counter() - t, "error": f"timed out after {timeout:.0f} s"}
+    out = {"command": command, "seconds": time.perf_counter() - t,
            "returncode": done.returncode, "stdout_tail": done.stdout[-3000:]}
     results = work / "bp" / "results.json"
     if done.returncode or not results.exists():
@@ -327,6 +376,53 @@ def report(results: dict) -> None:
     print(f"total {results['seconds']:.0f} s")
 
 
+def save(results: dict, targets: list[Path]) -> None:
+    """Write the results so far (atomically): a run cut short by the device's time limit keeps what it measured."""
+    text = json.dumps(results, indent=2, default=str)
+    for target in targets:
+        try:
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, target)
+        except OSError as exc:
+            print(f"cannot write {target}: {exc}", file=sys.stderr)
+
+
+def run_child(kind: str, device: str, precision: str, work: Path, size: int, repeats: int, timeout: float) -> dict:
+    """One configuration in a child process, killed after ``timeout`` seconds: a hang, a crash or a sticky CUDA
+    error there (which would fail every later call in the process) costs that configuration only, and each
+    configuration starts with all of the device's memory free."""
+    row = {"runtime": kind, "precision": precision, "device": device}
+    out = work / f"row_{kind}_{precision}_{device.replace(':', '_')}.json"
+    spec = json.dumps({"kind": kind, "device": device, "precision": precision, "work": str(work), "size": size,
+                       "repeats": repeats, "out": str(out)})
+    t = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", spec], capture_output=True,
+                              text=True, timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-300:]
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        return {**row, "error": f"timed out after {timeout:.0f} s; stderr: {tail}"}
+    if done.returncode or not out.exists():
+        return {**row, "error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-600:]}"}
+    return {**json.loads(out.read_text()), "child_s": time.perf_counter() - t}
+
+
+def child(spec: str) -> None:
+    """``--child``: measure one configuration (see :func:`run_child`) and write its row as JSON."""
+    a = json.loads(spec)
+    work = Path(a["work"])
+    path = work / ("fcn.onnx" if a["kind"] == "onnx" else "fcn.pt")
+    try:
+        row = measure(a["kind"], path, a["device"], a["precision"], work / "scene.tif", work, a["size"],
+                      a["repeats"])
+    except Exception as exc:  # the error as a row, so the table says what failed
+        row = {"runtime": a["kind"], "precision": a["precision"], "device": a["device"],
+               "error": f"{type(exc).__name__}: {str(exc)[:600]}"}
+    Path(a["out"]).write_text(json.dumps(row, default=str))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1024^2, 1 repeat, CPU d/a at 1024^2")
@@ -336,43 +432,63 @@ def main() -> None:
     ap.add_argument("--no-cpu-da", action="store_true", help="skip bench_predict.py's d/a")
     ap.add_argument("--cpu-only", action="store_true", help="only the CPU rows, even on a GPU machine")
     ap.add_argument("--budget", type=float, default=330, help="seconds after which no new GPU configuration starts")
+    ap.add_argument("--deadline", type=float, default=480,
+                    help="seconds after which nothing new starts and anything running is stopped (default 480)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return
     sys.stdout.reconfigure(line_buffering=True)
     size, repeats = args.size or (1024 if args.quick else 4096), args.repeats or (1 if args.quick else 3)
     start = time.perf_counter()
+    targets = [t for t in (args.json, Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
+               if t is not None]
     info = hardware()
     results: dict = {"hardware": info, "size": size, "repeats": repeats, "tile": TILE, "halo": HALO,
-                     "batch": BATCH, "rows": [], "command": " ".join(["python", "bench/gpu_check.py", *sys.argv[1:]])}
+                     "batch": BATCH, "rows": [], "command": " ".join(["python", "bench/gpu_check.py", *sys.argv[1:]]),
+                     "complete": False}
+    save(results, targets)
+
+    def left() -> float:
+        return args.deadline - (time.perf_counter() - start)
+
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        paths = {"onnx": build_compute_bound(d / "fcn.onnx", seed=SEED)}
-        if info["torch"]:
-            paths["torchscript"] = build_torchscript(d / "fcn.pt", SEED)
-        raster = make_raster(d / "scene.tif", size)
         configs, results["notes"] = configurations(info, args.cpu_only)
+        if HAVE_ONNX:
+            build_compute_bound = models.build_compute_bound
+            build_compute_bound(d / "fcn.onnx", seed=SEED)
+        if info["torch"]:
+            build_torchscript(d / "fcn.pt", SEED)
+        make_raster(d / "scene.tif", size)
         for kind, device, precision in configs:
-            if kind not in paths:
-                continue
-            if device != "cpu" and time.perf_counter() - start > args.budget:
+            late = (f"past --budget {args.budget:.0f} s" if device != "cpu" and time.perf_counter() - start
+                    > args.budget else f"past --deadline {args.deadline:.0f} s" if left() < 10 else None)
+            if late:
                 results["rows"].append({"runtime": kind, "precision": precision, "device": device,
-                                        "error": f"skipped: past --budget {args.budget:.0f} s"})
+                                        "error": f"skipped: {late}"})
+                save(results, targets)
                 continue
             print(f"measuring {kind} {precision} on {device} ...", file=sys.stderr, flush=True)
             reps = repeats if device != "cpu" else min(repeats, 2)  # the CPU rows are context, not the target
-            try:
-                results["rows"].append(measure(kind, paths[kind], device, precision, raster, d, size, reps))
-            except Exception as exc:  # one failing configuration must not cost the others' figures
-                results["rows"].append({"runtime": kind, "precision": precision, "device": device,
-                                        "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-        if not args.no_cpu_da:
+            row = run_child(kind, device, precision, d, size, reps, min(CHILD_LIMIT_S, left()))
+            results["rows"].append(row)
+            if "error" in row:
+                print(f"  {row['error'][:300]}", file=sys.stderr, flush=True)
+            save(results, targets)
+        if args.no_cpu_da or not HAVE_ONNX:
+            pass
+        elif left() < 30:
+            results["cpu_da"] = {"error": f"skipped: past --deadline {args.deadline:.0f} s"}
+        else:
             print("measuring CPU d/a with bench_predict.py ...", file=sys.stderr, flush=True)
-            results["cpu_da"] = cpu_da(d, args.quick, args.cpu_size, None if not args.quick else 1)
+            results["cpu_da"] = cpu_da(d, args.quick, args.cpu_size, None if not args.quick else 1, left())
     results["seconds"] = time.perf_counter() - start
+    results["complete"] = True
+    save(results, targets)
     report(results)
-    for target in [args.json, Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None]:
-        if target is not None:
-            target.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

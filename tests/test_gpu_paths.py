@@ -650,8 +650,8 @@ def test_onnx_gpu_provider_that_does_not_start(conv_onnx, monkeypatch):
 
     real, session = ort.get_available_providers(), ort.InferenceSession
 
-    def cpu_only(source, sess_options=None, providers=None):  # what ORT does when the CUDA libraries do not load
-        return session(source, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    def cpu_only(source, sess_options=None, providers=None, **kw):  # what ORT does when CUDA libraries do not load
+        return session(source, sess_options=sess_options, providers=["CPUExecutionProvider"], **kw)
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
     monkeypatch.setattr(ort, "InferenceSession", cpu_only)

@@ -132,10 +132,11 @@ def plan_batch(free_bytes: int, tile_bytes: int, *, reserved_bytes: int = 0, saf
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether a framework's error says the device ran out of memory (CUDA, cuDNN, ONNX Runtime's arena)."""
+    """Whether a framework's error says the device ran out of memory (CUDA, cuDNN, cuBLAS, ONNX Runtime's arena)."""
     text = f"{type(exc).__name__} {exc}".lower()
     return any(k in text for k in ("out of memory", "outofmemory", "cudnn_status_alloc_failed",
-                                   "failed to allocate memory", "cudaerrormemoryallocation"))
+                                   "cublas_status_alloc_failed", "failed to allocate memory",
+                                   "cudaerrormemoryallocation"))
 
 
 def run_in_chunks(call: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]],

@@ -8,6 +8,8 @@ copied again inside the session and outputs come back in one copy each.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -146,15 +148,28 @@ class OnnxRuntime(BaseRuntime):
         source: str | bytes = self.path or model  # type: ignore[assignment]
         if self.precision == "fp16" and not trt_half:
             source = to_fp16(source)
-        sessions = [self._session(source, opts, _device_providers(chosen, d, trt_half)) for d in self.devices]
-        if gpu and not any(p in GPU_PROVIDERS for p in sessions[0].get_providers()):
+        self._gpu_error: str | None = None
+        """What the GPU provider raised when it did not start (None: it started, or fell back with a warning)."""
+
+        def open_sessions() -> list:
+            return [self._session(source, opts, _device_providers(chosen, d, trt_half)) for d in self.devices]
+
+        sessions = open_sessions()
+        if gpu and not _on_gpus(sessions) and self._gpu_error is None and _preload_cuda(ort):
+            sessions = open_sessions()  # CUDA and cuDNN from pip packages load once preloaded
+        if trt_half and _on_gpus(sessions) and "TensorrtExecutionProvider" not in sessions[0].get_providers():
+            # TensorRT did not start (ONNX Runtime warns and goes on with CUDA): CUDA gets the model in fp16.
+            chosen, trt_half, source = [p for p in chosen if p != "TensorrtExecutionProvider"], False, to_fp16(source)
+            sessions = open_sessions()
+        if gpu and not _on_gpus(sessions):
+            said = f" ({self._gpu_error})" if self._gpu_error else ""
             if device is not None:
                 raise DeviceError(
-                    f"ONNX Runtime could not start {chosen[0]} for --device {device} (it fell back to the CPU: are "
-                    "the CUDA and cuDNN libraries it needs installed? pip install 'onnxruntime-gpu[cuda,cudnn]' "
-                    "brings them); or run with --device cpu")
-            warnings.warn(f"ONNX Runtime could not start {chosen[0]} (CUDA or cuDNN libraries missing?); the model "
-                          "runs on the CPU", TilecastWarning, stacklevel=2)
+                    f"ONNX Runtime could not start {chosen[0]} for --device {device}{said}. It fell back to the CPU: "
+                    "are the CUDA and cuDNN libraries it needs installed? pip install 'onnxruntime-gpu[cuda,cudnn]' "
+                    "brings them; or run with --device cpu")
+            warnings.warn(f"ONNX Runtime could not start {chosen[0]}{said or ' (CUDA or cuDNN libraries missing?)'}; "
+                          "the model runs on the CPU", TilecastWarning, stacklevel=2)
             self.__init__(model, ["cpu"], threads, None, resources, precision=precision)  # type: ignore[misc]
             return
         self.session = sessions[0]
@@ -186,9 +201,22 @@ class OnnxRuntime(BaseRuntime):
         return OnnxRuntime(model, providers, threads, 1, resources, device=device, precision=precision)
 
     def _session(self, source: str | bytes, opts: Any, providers: list) -> Any:
+        """One session. With a GPU provider ONNX Runtime's own fallback is off (it retries without the provider
+        options, so on cuda:0 whatever ``device_id`` said); a GPU provider that raises while the model loads on the
+        CPU gives the CPU session, and :attr:`_gpu_error` says why."""
+        gpu = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in providers)
         try:
-            return self._ort.InferenceSession(source, sess_options=opts, providers=providers)
+            return self._ort.InferenceSession(source, sess_options=opts, providers=providers,
+                                              **({"enable_fallback": 0} if gpu else {}))
         except Exception as exc:
+            if gpu:
+                try:
+                    cpu = self._ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+                except Exception:
+                    cpu = None
+                if cpu is not None:  # the model is fine: the GPU provider is what failed
+                    self._gpu_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    return cpu
             if self.precision != "fp32":
                 raise SpecError(
                     f"ONNX Runtime's {providers[0] if isinstance(providers[0], str) else providers[0][0]} cannot run "
@@ -283,6 +311,31 @@ class OnnxRuntime(BaseRuntime):
         extra += "" if self.precision == "fp32" else f", precision={self.precision}"
         providers = self.session.get_providers() if self.session is not None else []
         return f"OnnxRuntime({self.path or '<bytes>'}, providers={providers}, streams={self.streams}{extra})"
+
+
+def _on_gpus(sessions: Sequence[Any]) -> bool:
+    """Whether every session has a GPU provider (ONNX Runtime leaves one out, with a warning, when it does not load)."""
+    return all(any(p in GPU_PROVIDERS for p in s.get_providers()) for s in sessions)
+
+
+_PRELOADED: list[bool] = []  # preload_dlls is tried once per process
+
+
+def _preload_cuda(ort: Any) -> bool:
+    """``onnxruntime.preload_dlls()`` (ONNX Runtime >= 1.21), once: the CUDA and cuDNN libraries that pip installs
+    (``onnxruntime-gpu[cuda,cudnn]``, the ``nvidia-*`` wheels) are not on the loader's path, and ONNX Runtime finds
+    them only so (or after ``import torch``). Its messages go to stdout, which tilecast may be writing; they are
+    dropped. True when it ran."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or _PRELOADED:
+        return False
+    _PRELOADED.append(True)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            preload()
+    except Exception:  # a missing library is printed, not raised; anything else: the sessions say the rest
+        return False
+    return True
 
 
 def _providers(ort, wanted: Sequence[str] | None) -> list[str]:

@@ -155,3 +155,28 @@ def test_onnx_tensorrt_fp16_that_does_not_start_converts_the_model_for_cuda(conv
 
 def test_cublas_allocation_failure_is_out_of_memory():
     assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+
+
+def test_torch_staging_buffers_go_back_only_after_the_stream_finished_even_on_errors(scripts):
+    """A call's copy from its pinned staging buffer is queued on the slot's stream; the buffer may be given back (and
+    refilled by the next call) only once the stream is done with it: on success (the outputs' synchronize) and when
+    the module fails after the copy was queued (here an out-of-memory error that the split then retries)."""
+    import contextlib
+
+    from tilecast.runtimes.torch import TorchRuntime, _Slot
+
+    log: list[str] = []
+
+    class FakeStream:  # stands in for torch.cuda.Stream: records when the host waits for it
+        def synchronize(self) -> None:
+            log.append("synchronize")
+
+    rt = TorchRuntime(scripts["limited"], device="cpu", staging=True)
+    rt._slots = Slots([_Slot(rt._slots.items[0].replica, FakeStream())])
+    rt._stream = lambda slot: contextlib.nullcontext()  # the CPU build has no CUDA stream context
+    release = rt._host.release
+    rt._host.release = lambda buf: (log.append("release"), release(buf))
+    x = _batch(n=3)
+    np.testing.assert_array_equal(rt.run({"image": x})["output"], x * 2 + 1)  # 3 fails, then 2 + 1
+    assert log[:2] == ["synchronize", "release"]  # the failed call too
+    assert all(log[i - 1] == "synchronize" for i, e in enumerate(log) if e == "release")

@@ -220,7 +220,13 @@ class TorchRuntime(BaseRuntime):
     def _staged_call(self, slot: _Slot, part: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(part)
         with self._host.staged([part[n] for n in names]) as bufs:
-            out = self._to_numpy(self._call(slot, [b.handle for b in bufs]), slot)  # synchronised: buffers free
+            try:
+                out = self._to_numpy(self._call(slot, [b.handle for b in bufs]), slot)  # synchronised: buffers free
+            except BaseException:
+                if slot.stream is not None:  # the copies from the buffers may still be queued: wait before they go
+                    with contextlib.suppress(Exception):  # back to the pool (a sticky CUDA error raises here too)
+                        slot.stream.synchronize()
+                raise
             if slot.stream is None:  # on the CPU an output may be a view of the staging buffer that goes back
                 out = {k: np.array(v) if any(np.shares_memory(v, b.array) for b in bufs) else v
                        for k, v in out.items()}

@@ -18,6 +18,7 @@ def _batch(n=4, bands=3, size=16, seed=0):
 
 # --- PyTorch: the free memory of a GPU is shared by its streams ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def scripts(tmp_path_factory):
     pytest.importorskip("torch")
@@ -43,6 +44,7 @@ def test_torch_plan_shares_free_memory_between_the_streams_of_a_device(scripts):
 
 
 # --- ONNX Runtime: GPU providers that do not start -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def conv_onnx(tmp_path_factory):
@@ -73,8 +75,11 @@ def _gpu_onnx(monkeypatch, providers: list[str], session):
     monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
     monkeypatch.setattr(onnx_mod, "cuda_device_count", lambda: 1)
     monkeypatch.setattr(onnx_mod, "cudart_pinned", lambda: None)
-    monkeypatch.setattr(ort, "InferenceSession",
-                        lambda source, sess_options=None, providers=None, **kw: session(source, providers, kw, real))
+    monkeypatch.setattr(
+        ort,
+        "InferenceSession",
+        lambda source, sess_options=None, providers=None, **kw: session(source, providers, kw, real),
+    )
 
 
 def _names(providers) -> list[str]:

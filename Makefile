@@ -66,7 +66,6 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_predict.py

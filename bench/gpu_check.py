@@ -32,6 +32,7 @@ rewritten after every row (``"complete": false`` until the run ends), so a run c
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -50,37 +51,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import models  # noqa: E402
+
 TILE, HALO, BATCH, SEED = 256, 16, 8, 0
 TARGET_GPU, TARGET_CPU = 0.50, 0.90
 CHILD_LIMIT_S = 240  # the most one configuration may take (it runs in a child process, killed past this)
 
+HAVE_ONNX = importlib.util.find_spec("onnx") is not None
+"""``bench/models.py`` imports ``onnx`` in its builders only: without it (often so on a GPU machine: neither torch nor
+onnxruntime brings it) the TorchScript twin still gets its weights (:func:`models.fcn_weights` is numpy), and the
+ONNX rows are skipped with a note."""
 
-def _models():
-    """``bench/models.py``, which imports ``onnx`` (often missing on a GPU machine: neither torch nor onnxruntime
-    brings it). Without it the module is loaded with a placeholder ``onnx``: the TorchScript twin still gets its
-    weights (:func:`models.fcn_weights` is numpy), and :data:`HAVE_ONNX` says the ONNX rows cannot be built."""
-    try:
-        import models
-    except ImportError as exc:
-        if getattr(exc, "name", None) != "onnx":
-            raise
-        import importlib.util
-        import types
-
-        stub = types.ModuleType("onnx")
-        stub.TensorProto = stub.helper = stub.numpy_helper = None
-        sys.modules["onnx"] = stub
-        try:
-            spec = importlib.util.spec_from_file_location("models", ROOT / "bench" / "models.py")
-            models = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(models)
-        finally:
-            del sys.modules["onnx"]
-        return models, False
-    return models, True
-
-
-models, HAVE_ONNX = _models()
 INPUT_SCALE, compute_layers, fcn_weights = models.INPUT_SCALE, models.compute_layers, models.fcn_weights
 
 

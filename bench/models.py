@@ -1,5 +1,7 @@
 """The two benchmark models, built with ``onnx.helper`` and deterministic random weights (no downloads).
 
+``onnx`` is imported by the builders only: ``gpu_check.py`` takes the weights on GPU machines that lack it.
+
 Both take one NCHW float32 input ``x`` with a dynamic batch, height and width, and return one float32 channel of
 the same height and width ('same' padding), so tilecast crops or blends the padded output.
 """
@@ -9,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["COMPUTE_LAYERS", "INPUT_SCALE", "build_argmax", "build_compute_bound", "build_io_bound", "compute_layers",
            "fcn_weights", "macs_per_pixel"]
@@ -46,6 +46,8 @@ def macs_per_pixel(layers: tuple[tuple[int, int, int], ...] = COMPUTE_LAYERS) ->
 
 
 def _save(nodes: list, inits: list, bands: int, name: str, path: str | Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", bands, "H", "W"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "H", "W"])
     model = helper.make_model(helper.make_graph(nodes, name, [x], [y], inits),
@@ -61,6 +63,7 @@ def build_compute_bound(path: str | Path, bands: int = 4, seed: int = 0) -> Path
 
     Inputs are uint16 reflectances cast to float, multiplied by :data:`INPUT_SCALE` first.
     """
+    from onnx import helper, numpy_helper
     nodes = [helper.make_node("Mul", ["x", "scale"], ["h0"])]
     inits = [numpy_helper.from_array(np.array(INPUT_SCALE, np.float32), "scale")]
     src = "h0"
@@ -79,6 +82,7 @@ def build_compute_bound(path: str | Path, bands: int = 4, seed: int = 0) -> Path
 
 def build_io_bound(path: str | Path, bands: int = 4, seed: int = 1) -> Path:
     """A per-pixel 1x1 convolution (a linear index of the bands): a few MACs per pixel."""
+    from onnx import helper, numpy_helper
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((1, bands, 1, 1)) * 1e-4).astype(np.float32)
     b = np.array([0.5], np.float32)
@@ -91,6 +95,8 @@ def build_argmax(path: str | Path, bands: int = 4, classes: int = 4, seed: int =
     """An almost free classifier: a 1x1 convolution ``bands`` -> ``classes`` and an argmax over the classes, cast
     to uint8 (a few MACs per pixel). With it nearly all of a run is tilecast's own pipeline: reading, packing,
     assembling, casting, the overviews and the COG."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((classes, bands, 1, 1)) * 1e-4).astype(np.float32)
     b = (rng.standard_normal(classes) * 0.1).astype(np.float32)

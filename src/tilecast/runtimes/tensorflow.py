@@ -36,6 +36,9 @@ class TensorFlowRuntime(BaseRuntime):
 
     def __init__(self, path: str | os.PathLike, *, signature_name: str | None = None) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # TensorFlow otherwise reserves every GPU's whole memory at import, which leaves none for a PyTorch or
+        # ONNX Runtime model in the same process (a user's setting wins; none has effect once TF is imported).
+        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         tf = require("tensorflow", "tf")
         self._tf = tf
         p = Path(path)

@@ -101,36 +101,37 @@ class _Writer(_Stage):
         self.align = block_rows_of(sink)
 
     def run(self) -> None:
-        with Spans(self.threads, "tilecast-writer-span") as spans:
-            self._run(spans)
+        try:
+            with Spans(self.threads, "tilecast-writer-span") as spans:
+                self._run(spans)
+        except BaseException as exc:  # re-raised on the calling thread by its next put
+            self.error = exc
+            # Keep taking items until the end or a stop: a producer blocked on the full queue would wait forever.
+            while not self.stopped.is_set() and self.queue.get() is not _DONE:
+                pass
 
     def _run(self, spans: Spans) -> None:
         job = self.job
         band = added = next_row = 0
-        assembler = job.assembler(self.align, self.bands[0])
+        assembler = job.assembler(self.align, self.bands[0])  # may fail too (its buffers): inside run's handler
         cols = len(job.band_tile_cols(self.bands[0]))
         while True:
             item = self.queue.get()
             if item is _DONE or self.stopped.is_set():
                 return
-            if self.error is not None:
-                continue
-            try:
-                pending, values = item
-                results = iter(values)
-                for tile in pending:
-                    job.add(assembler, tile, None if tile.skip else next(results))
-                    added += 1
-                    if added == (next_row + 1) * cols:  # a tile row is complete: write what is final
-                        for block in assembler.finish_row(next_row, spans):
-                            self.sink.write(block.window, job.finish(block, spans))
-                        next_row += 1
-                        if next_row == job.plan.tile_rows and band + 1 < len(self.bands):  # the next band
-                            band, added, next_row = band + 1, 0, 0
-                            assembler = job.assembler(self.align, self.bands[band])
-                            cols = len(job.band_tile_cols(self.bands[band]))
-            except BaseException as exc:  # re-raised on the calling thread
-                self.error = exc
+            pending, values = item
+            results = iter(values)
+            for tile in pending:
+                job.add(assembler, tile, None if tile.skip else next(results))
+                added += 1
+                if added == (next_row + 1) * cols:  # a tile row is complete: write what is final
+                    for block in assembler.finish_row(next_row, spans):
+                        self.sink.write(block.window, job.finish(block, spans))
+                    next_row += 1
+                    if next_row == job.plan.tile_rows and band + 1 < len(self.bands):  # the next band
+                        band, added, next_row = band + 1, 0, 0
+                        assembler = job.assembler(self.align, self.bands[band])
+                        cols = len(job.band_tile_cols(self.bands[band]))
 
     def put(self, item: Any) -> None:
         if self.error is not None:

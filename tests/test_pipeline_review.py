@@ -1,0 +1,78 @@
+"""Failure paths and edge cases of the streaming local pipeline (runners/local.py and what it drives).
+
+A failing stage must stop every thread, raise one error and leave no file behind; it must never hang. Runs that
+could hang run on a helper thread that the test waits for with a timeout, so a regression fails instead of
+blocking the suite.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import tilecast
+import tilecast.job
+import tilecast.resources
+from tilecast import Model
+from tilecast.resources import Resources
+
+
+def _identity(**kw) -> Model:
+    return Model.from_callable(
+        lambda x: x.astype("float32"),
+        layout="NCHW",
+        input_tile_size=16,
+        batch_size=2,
+        output_bands={"a": "float32"},
+        **kw,
+    )
+
+
+def _finishes(fn, timeout: float = 20.0) -> BaseException | None:
+    """Run ``fn`` on a daemon thread; its error (None if it returned). Fails the test if it is still running after
+    ``timeout`` seconds: the pipeline hung."""
+    result: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn()
+            result.append(None)
+        except BaseException as exc:  # handed to the test
+            result.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "the run hung"
+    return result[0]
+
+
+def _tilecast_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("tilecast")]
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if "tilecast" in p.name or p.name.startswith("out"))
+
+
+def test_writer_that_fails_before_its_first_tile_stops_the_run(tmp_path, raster, monkeypatch):
+    """The writer thread's setup (the assembler's buffers) can fail, e.g. with a MemoryError; that error must reach
+    the caller, not leave the model thread blocked forever on the writer's full queue."""
+    src = raster(np.arange(160 * 160, dtype="float32").reshape(160, 160))  # 100 tiles: far more than the queue holds
+
+    def no_memory(self, *a, **k):
+        raise MemoryError("no room for the assembly buffers")
+
+    monkeypatch.setattr(tilecast.job.Job, "assembler", no_memory)
+    before = set(_tilecast_threads())
+    error = _finishes(
+        lambda: (
+            _identity()
+            .predict_image(src)
+            .to_geotiff(tmp_path / "out.tif", engine=tilecast.Local(resources=Resources.detect(2)))
+        )
+    )
+    assert isinstance(error, MemoryError)
+    assert _leftovers(tmp_path) == []
+    assert set(_tilecast_threads()) <= before

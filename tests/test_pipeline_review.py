@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 import tilecast
 import tilecast.job
@@ -76,3 +77,19 @@ def test_writer_that_fails_before_its_first_tile_stops_the_run(tmp_path, raster,
     assert isinstance(error, MemoryError)
     assert _leftovers(tmp_path) == []
     assert set(_tilecast_threads()) <= before
+
+
+def test_sink_that_fails_to_open_leaves_no_temporary_file(tmp_path, raster, monkeypatch):
+    """The temporary GeoTIFF exists once open has created it; a later step of open that fails (here the streamed
+    overview level, on a full disk) must remove it: the runner aborts only sinks that opened."""
+    from tilecast.sinks import geotiff
+
+    src = raster(np.arange(64 * 64, dtype="float32").reshape(64, 64))
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(geotiff, "OverviewWriter", full_disk)
+    with pytest.raises(tilecast.errors.OutputError, match="No space left"):
+        _identity().predict_image(src).to_geotiff(tmp_path / "out.tif")
+    assert _leftovers(tmp_path) == []

@@ -7,6 +7,7 @@ blocking the suite.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -93,3 +94,18 @@ def test_sink_that_fails_to_open_leaves_no_temporary_file(tmp_path, raster, monk
     with pytest.raises(tilecast.errors.OutputError, match="No space left"):
         _identity().predict_image(src).to_geotiff(tmp_path / "out.tif")
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open file descriptors in /proc")
+def test_runs_of_one_prediction_do_not_accumulate_file_handles(tmp_path, raster, monkeypatch):
+    """Every run starts new reading (and decoding) threads, and each opens its own handle on the input; the
+    handles of threads that have ended must be closed, or a long-lived prediction written again and again runs out
+    of file descriptors."""
+    monkeypatch.setattr(tilecast.resources, "available_cpus", lambda: 4)
+    src = raster(np.arange(200 * 200, dtype="float32").reshape(200, 200))
+    pred = _identity().predict_image(src)
+    open_fds = []
+    for _ in range(5):
+        pred.to_geotiff(tmp_path / "out.tif", overwrite=True)
+        open_fds.append(len(os.listdir("/proc/self/fd")))
+    assert open_fds[-1] <= open_fds[1], open_fds

@@ -109,3 +109,29 @@ def test_runs_of_one_prediction_do_not_accumulate_file_handles(tmp_path, raster,
         pred.to_geotiff(tmp_path / "out.tif", overwrite=True)
         open_fds.append(len(os.listdir("/proc/self/fd")))
     assert open_fds[-1] <= open_fds[1], open_fds
+
+
+def test_warped_shared_handle_reads_without_deadlock(raster):
+    """A dataset that cannot be opened again (here its file was removed after it was opened; an in-memory MEM
+    dataset is another) is read through one handle under the source's lock; the warped VRT made on the first read
+    must not take that same lock again."""
+    import rasterio
+
+    data = np.arange(64 * 64, dtype="float32").reshape(1, 64, 64)
+    path = raster(data)
+    with rasterio.open(path) as ds:
+        os.remove(path)
+        model = Model.from_callable(
+            lambda x: x,
+            layout="NCHW",
+            input_tile_size=32,
+            crs="EPSG:32633",
+            resolution=20,
+            fix_input_proj=True,
+            resampling="nearest",
+            output_bands={"v": "float32"},
+        )
+        result: list = []
+        error = _finishes(lambda: result.append(model.predict_image(ds).to_numpy()), timeout=15)
+    assert error is None
+    np.testing.assert_array_equal(result[0][0], data[0, 1::2, 1::2])  # nearest: the pixel under each centre

@@ -75,6 +75,9 @@ class RasterioSource(BaseSource):
             ds = src
         self._local = threading.local()
         self._lock = threading.Lock()
+        """Serializes the reads of a dataset that cannot be reopened (one handle for every thread)."""
+        self._handles_lock = threading.Lock()
+        """Guards ``_handles``: taken while ``_lock`` is held (a shared handle's first read makes its warped VRT)."""
         self._handles: list[tuple[threading.Thread, Any]] = []
         """Each thread's handles, with the thread: closed when the source is, or once their thread has ended."""
         try:
@@ -165,7 +168,7 @@ class RasterioSource(BaseSource):
         reads (and decodes) on threads of its own, so without this each run of the same source would leave its
         handles open until the source is closed, and a prediction written again and again runs out of files."""
         me = threading.current_thread()
-        with self._lock:
+        with self._handles_lock:
             ended = [h for t, h in self._handles if not t.is_alive()]
             self._handles = [(t, h) for t, h in self._handles if t.is_alive()]
             self._handles.append((me, handle))
@@ -244,7 +247,7 @@ class RasterioSource(BaseSource):
 
     def close(self) -> None:
         self.share_blocks(0)
-        with self._lock:
+        with self._handles_lock:
             for _, h in reversed(self._handles):
                 h.close()
             self._handles.clear()

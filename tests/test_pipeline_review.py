@@ -135,3 +135,32 @@ def test_warped_shared_handle_reads_without_deadlock(raster):
         error = _finishes(lambda: result.append(model.predict_image(ds).to_numpy()), timeout=15)
     assert error is None
     np.testing.assert_array_equal(result[0][0], data[0, 1::2, 1::2])  # nearest: the pixel under each centre
+
+
+def test_a_failed_run_stops_reading_promptly(tmp_path, raster, monkeypatch):
+    """Once the model fails, the reads still queued (or not yet queued) are not run: on slow (remote) inputs each
+    one is time before the error reaches the caller."""
+    import time
+
+    src = raster(np.arange(256 * 256, dtype="float32").reshape(256, 256))  # 256 tiles
+    failed = threading.Event()
+    late: list[int] = []
+    read = tilecast.job.Job.read
+
+    def slow_read(self, tile):
+        if failed.is_set():
+            late.append(1)
+        time.sleep(0.05)
+        return read(self, tile)
+
+    def fails(x):
+        failed.set()
+        raise ValueError("the model failed")
+
+    monkeypatch.setattr(tilecast.job.Job, "read", slow_read)
+    model = Model.from_callable(fails, layout="NCHW", input_tile_size=16, batch_size=8, output_bands={"a": "float32"})
+    engine = tilecast.Local(threads=2, resources=Resources.detect(2))
+    with pytest.raises(ValueError, match="the model failed"):
+        model.predict_image(src).to_geotiff(tmp_path / "out.tif", engine=engine)
+    assert len(late) <= 4  # those the two reading threads started meanwhile (about 20 were queued)
+    assert _leftovers(tmp_path) == []

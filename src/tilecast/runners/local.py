@@ -75,7 +75,7 @@ class _Batcher(_Stage):
         job = self.job
         try:
             tiles = _announced(job, (t for cols in self.bands for t in job.band_tiles(cols)), self.announce)
-            read = (item for _, item in in_order(self.pool, tiles, job.read, self.in_flight))
+            read = self._until_stopped(item for _, item in in_order(self.pool, tiles, job.read, self.in_flight))
             for pending in batches(job, read, band_tile_count(job, self.bands), self.resources):
                 work = [p for p in pending if not p.skip]
                 if not self.offer((pending, self.reuse.pack(work) if work else None, len(work))):
@@ -83,6 +83,13 @@ class _Batcher(_Stage):
             self.offer(_DONE)
         except BaseException as exc:  # handed to the calling thread in order
             self.offer(exc)
+
+    def _until_stopped(self, items: Iterator[Any]) -> Iterator[Any]:
+        """``items`` until the stage is stopped: a failed run reads no more tiles for a batch nobody will take."""
+        for item in items:
+            if self.stopped.is_set():
+                return
+            yield item
 
     def get(self) -> Any:
         item = self.queue.get()
@@ -178,7 +185,7 @@ def run_local(
 
     try:
         with _shared_blocks(job, shared, threads), _model_threads(streams) as models, \
-                ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool:
+                _threads(threads, "tilecast-read") as pool:
             batcher = _Batcher(job, pool, in_flight, reuse, res, bands, announce=bool(shared))
             stages.append(batcher)
             batcher.start()
@@ -276,7 +283,18 @@ def _model_threads(streams: int) -> contextlib.AbstractContextManager[Executor |
     """Threads for a runtime that takes ``streams`` calls at once; with one, the calling thread runs the model."""
     if streams == 1:
         return contextlib.nullcontext()
-    return ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model")
+    return _threads(streams, "tilecast-model")
+
+
+@contextlib.contextmanager
+def _threads(n: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """``n`` threads for reads or model calls that end with the block, dropping the calls not started yet: after
+    a failure nobody takes their results, and each one (a slow remote read, a model call) would delay the error."""
+    pool = ThreadPoolExecutor(n, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_local_chunked(
@@ -306,7 +324,7 @@ def run_local_chunked(
     threads = read_threads or res.chunk_read_threads
     reuse = BatchReuse(job, res)
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
+        with _threads(threads, "tilecast-read") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="tilecast-writer") as writer, \
                 _model_threads(streams_of(job.runtime)) as models:
             last: Future[None] | None = None

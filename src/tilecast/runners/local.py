@@ -75,7 +75,7 @@ class _Batcher(_Stage):
         job = self.job
         try:
             tiles = _announced(job, (t for cols in self.bands for t in job.band_tiles(cols)), self.announce)
-            read = (item for _, item in in_order(self.pool, tiles, job.read, self.in_flight))
+            read = self._until_stopped(item for _, item in in_order(self.pool, tiles, job.read, self.in_flight))
             for pending in batches(job, read, band_tile_count(job, self.bands), self.resources):
                 work = [p for p in pending if not p.skip]
                 if not self.offer((pending, self.reuse.pack(work) if work else None, len(work))):
@@ -83,6 +83,13 @@ class _Batcher(_Stage):
             self.offer(_DONE)
         except BaseException as exc:  # handed to the calling thread in order
             self.offer(exc)
+
+    def _until_stopped(self, items: Iterator[Any]) -> Iterator[Any]:
+        """``items`` until the stage is stopped: a failed run reads no more tiles for a batch nobody will take."""
+        for item in items:
+            if self.stopped.is_set():
+                return
+            yield item
 
     def get(self) -> Any:
         item = self.queue.get()
@@ -101,36 +108,37 @@ class _Writer(_Stage):
         self.align = block_rows_of(sink)
 
     def run(self) -> None:
-        with Spans(self.threads, "tilecast-writer-span") as spans:
-            self._run(spans)
+        try:
+            with Spans(self.threads, "tilecast-writer-span") as spans:
+                self._run(spans)
+        except BaseException as exc:  # re-raised on the calling thread by its next put
+            self.error = exc
+            # Keep taking items until the end or a stop: a producer blocked on the full queue would wait forever.
+            while not self.stopped.is_set() and self.queue.get() is not _DONE:
+                pass
 
     def _run(self, spans: Spans) -> None:
         job = self.job
         band = added = next_row = 0
-        assembler = job.assembler(self.align, self.bands[0])
+        assembler = job.assembler(self.align, self.bands[0])  # may fail too (its buffers): inside run's handler
         cols = len(job.band_tile_cols(self.bands[0]))
         while True:
             item = self.queue.get()
             if item is _DONE or self.stopped.is_set():
                 return
-            if self.error is not None:
-                continue
-            try:
-                pending, values = item
-                results = iter(values)
-                for tile in pending:
-                    job.add(assembler, tile, None if tile.skip else next(results))
-                    added += 1
-                    if added == (next_row + 1) * cols:  # a tile row is complete: write what is final
-                        for block in assembler.finish_row(next_row, spans):
-                            self.sink.write(block.window, job.finish(block, spans))
-                        next_row += 1
-                        if next_row == job.plan.tile_rows and band + 1 < len(self.bands):  # the next band
-                            band, added, next_row = band + 1, 0, 0
-                            assembler = job.assembler(self.align, self.bands[band])
-                            cols = len(job.band_tile_cols(self.bands[band]))
-            except BaseException as exc:  # re-raised on the calling thread
-                self.error = exc
+            pending, values = item
+            results = iter(values)
+            for tile in pending:
+                job.add(assembler, tile, None if tile.skip else next(results))
+                added += 1
+                if added == (next_row + 1) * cols:  # a tile row is complete: write what is final
+                    for block in assembler.finish_row(next_row, spans):
+                        self.sink.write(block.window, job.finish(block, spans))
+                    next_row += 1
+                    if next_row == job.plan.tile_rows and band + 1 < len(self.bands):  # the next band
+                        band, added, next_row = band + 1, 0, 0
+                        assembler = job.assembler(self.align, self.bands[band])
+                        cols = len(job.band_tile_cols(self.bands[band]))
 
     def put(self, item: Any) -> None:
         if self.error is not None:
@@ -177,7 +185,7 @@ def run_local(
 
     try:
         with _shared_blocks(job, shared, threads), _model_threads(streams) as models, \
-                ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool:
+                _threads(threads, "tilecast-read") as pool:
             batcher = _Batcher(job, pool, in_flight, reuse, res, bands, announce=bool(shared))
             stages.append(batcher)
             batcher.start()
@@ -275,7 +283,18 @@ def _model_threads(streams: int) -> contextlib.AbstractContextManager[Executor |
     """Threads for a runtime that takes ``streams`` calls at once; with one, the calling thread runs the model."""
     if streams == 1:
         return contextlib.nullcontext()
-    return ThreadPoolExecutor(streams, thread_name_prefix="tilecast-model")
+    return _threads(streams, "tilecast-model")
+
+
+@contextlib.contextmanager
+def _threads(n: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """``n`` threads for reads or model calls that end with the block, dropping the calls not started yet: after
+    a failure nobody takes their results, and each one (a slow remote read, a model call) would delay the error."""
+    pool = ThreadPoolExecutor(n, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_local_chunked(
@@ -305,7 +324,7 @@ def run_local_chunked(
     threads = read_threads or res.chunk_read_threads
     reuse = BatchReuse(job, res)
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="tilecast-read") as pool, \
+        with _threads(threads, "tilecast-read") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="tilecast-writer") as writer, \
                 _model_threads(streams_of(job.runtime)) as models:
             last: Future[None] | None = None

@@ -126,8 +126,12 @@ class GeoTIFFSink(BaseSink):
         self._spans: Spans = SERIAL
 
     def open(self, profile: OutputProfile) -> None:
-        with writing_errors(self.path, "create the temporary file for"):
-            self._open(profile)
+        try:
+            with writing_errors(self.path, "create the temporary file for"):
+                self._open(profile)
+        except BaseException:  # runners abort only an opened sink: remove what a half-made one created
+            self.abort()
+            raise
 
     def _open(self, profile: OutputProfile) -> None:
         self.profile = profile

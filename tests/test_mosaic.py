@@ -181,3 +181,21 @@ def test_fix_input_proj_over_a_mosaic_matches_the_whole_raster(raster, tmp_path)
     out = b.to_numpy()
     assert np.isnan(out[0]).any()  # the warped grid's corners lie outside the source: masked, not zeros
     np.testing.assert_array_equal(a.to_numpy(), out)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open file descriptors in /proc")
+def test_runs_over_one_mosaic_do_not_accumulate_file_handles(raster, tmp_path, monkeypatch):
+    """Each run reads on threads of its own, which open their own handles on every member: those of ended threads
+    are closed, or a prediction over a mosaic written again and again runs out of file descriptors."""
+    import tilecast.resources
+
+    monkeypatch.setattr(tilecast.resources, "available_cpus", lambda: 4)
+    split(raster, coord_image(100, 120, 3), QUAD)
+    model = Model.from_callable(lambda x: x[:, :1], layout="NCHW", input_tile_size=32,
+                                output_bands={"v": "float32"})
+    pred = model.predict_image(str(tmp_path / "p*.tif"))
+    open_fds = []
+    for _ in range(5):
+        pred.to_geotiff(tmp_path / "out.tif", overwrite=True)
+        open_fds.append(len(os.listdir("/proc/self/fd")))
+    assert open_fds[-1] <= open_fds[1], open_fds

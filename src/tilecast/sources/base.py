@@ -6,7 +6,9 @@ a default, on :class:`BaseSource`, never discovered by probing attributes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -21,9 +23,41 @@ from ..errors import BandMismatchError
 
 __all__ = [
     "BaseSource", "Grid", "Located", "PerBandMasks", "PerBandTypes", "RebuildableSource", "Reprojectable", "Resampled",
-    "SharedBlocks", "Source", "SourceRecipe", "aligned_grid", "band_dtypes", "native_grid", "read_masked",
-    "select_bands", "shared_block_shape", "source_paths", "source_recipe_of",
+    "SharedBlocks", "Source", "SourceRecipe", "ThreadHandles", "aligned_grid", "band_dtypes", "native_grid",
+    "read_masked", "select_bands", "shared_block_shape", "source_paths", "source_recipe_of",
 ]
+
+
+class ThreadHandles:
+    """The GDAL handles a source opens for each thread (GDAL handles are not thread-safe), closed with the source or
+    once their thread has ended: every run reads (and decodes) on threads of its own, so without this each run of the
+    same source would leave its handles open until the source is closed, and a prediction written again and again
+    runs out of files."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[tuple[threading.Thread, Any]] = []
+
+    def keep(self, *handles: Any) -> None:
+        """Hold the calling thread's new ``handles`` (in the order they were opened), and close those of ended
+        threads."""
+        me = threading.current_thread()
+        with self._lock:
+            ended = [h for t, h in self._held if not t.is_alive()]
+            self._held = [(t, h) for t, h in self._held if t.is_alive()]
+            self._held.extend((me, h) for h in handles)
+        _close_all(ended)
+
+    def close(self) -> None:
+        with self._lock:
+            held, self._held = [h for _, h in self._held], []
+        _close_all(held)
+
+
+def _close_all(handles: list[Any]) -> None:
+    for h in reversed(handles):  # a warped VRT before the dataset under it
+        with contextlib.suppress(Exception):
+            h.close()
 
 
 @dataclass(frozen=True)

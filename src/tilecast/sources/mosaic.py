@@ -27,7 +27,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from ..errors import BandMismatchError, InputError, NotGeoreferencedError, SourceNotFoundError, SpecError
-from .base import BaseSource, Grid, aligned_grid, select_bands
+from .base import BaseSource, Grid, ThreadHandles, aligned_grid, select_bands
 from .rasterio_source import GDAL_READ_ERRORS, open_dataset, parse_crs, parse_tags, read_error, warp_scales
 
 __all__ = ["MosaicSource", "expand_paths"]
@@ -132,8 +132,7 @@ class MosaicSource(BaseSource):
         self.native = self.grid
         self._footprints = [self._footprint(m) for m in self.members]
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._handles: list[Any] = []
+        self._handles = ThreadHandles()
 
     @property
     def paths(self) -> list[str]:
@@ -191,8 +190,7 @@ class MosaicSource(BaseSource):
             scales = warp_scales(Grid(ds.crs, ds.transform, (ds.height, ds.width)), g, self.resampling, footprint=True)
             vrt = WarpedVRT(ds, crs=g.crs, transform=g.transform, width=g.shape[1], height=g.shape[0],
                             resampling=self.resampling, add_alpha=alpha, **scales)
-            with self._lock:
-                self._handles.extend([vrt, ds])
+            self._handles.keep(ds, vrt)
             cache[key] = vrt = (vrt, alpha)
         return vrt
 
@@ -244,10 +242,7 @@ class MosaicSource(BaseSource):
         return MosaicSource(members, bands, crs=crs, resolution=resolution, resampling=resampling, band_names=names)
 
     def close(self) -> None:
-        with self._lock:
-            for h in self._handles:
-                h.close()
-            self._handles.clear()
+        self._handles.close()
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ..errors import (
     SpecError,
     UnknownCRSError,
 )
-from .base import BaseSource, Grid, aligned_grid, select_bands
+from .base import BaseSource, Grid, ThreadHandles, aligned_grid, select_bands
 from .blocks import BlockStore
 
 __all__ = ["RasterioSource", "parse_crs", "warp_grid", "warp_scales"]
@@ -76,10 +76,7 @@ class RasterioSource(BaseSource):
         self._local = threading.local()
         self._lock = threading.Lock()
         """Serializes the reads of a dataset that cannot be reopened (one handle for every thread)."""
-        self._handles_lock = threading.Lock()
-        """Guards ``_handles``: taken while ``_lock`` is held (a shared handle's first read makes its warped VRT)."""
-        self._handles: list[tuple[threading.Thread, Any]] = []
-        """Each thread's handles, with the thread: closed when the source is, or once their thread has ended."""
+        self._handles = ThreadHandles()  # its own lock: a shared handle's first read makes a VRT under _lock
         try:
             if ds.crs is None or (ds.transform.is_identity and not ds.gcps[0]):
                 raise NotGeoreferencedError(
@@ -147,7 +144,7 @@ class RasterioSource(BaseSource):
             ds = getattr(self._local, "ds", None)
             if ds is None:
                 ds = open_dataset(self.path)
-                self._keep(ds)
+                self._handles.keep(ds)
                 self._local.ds = ds
         if self.warp is None:
             return ds
@@ -159,22 +156,9 @@ class RasterioSource(BaseSource):
                 ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
                 resampling=resampling, add_alpha=ds.nodata is None, **warp_scales(self.native, grid, resampling),
             )
-            self._keep(vrt)
+            self._handles.keep(vrt)
             self._local.vrt = vrt
         return vrt
-
-    def _keep(self, handle: Any) -> None:
-        """Remember the calling thread's new ``handle``, and close those of threads that have ended: every run
-        reads (and decodes) on threads of its own, so without this each run of the same source would leave its
-        handles open until the source is closed, and a prediction written again and again runs out of files."""
-        me = threading.current_thread()
-        with self._handles_lock:
-            ended = [h for t, h in self._handles if not t.is_alive()]
-            self._handles = [(t, h) for t, h in self._handles if t.is_alive()]
-            self._handles.append((me, handle))
-        for h in reversed(ended):  # a thread's warped VRT before the dataset under it
-            with contextlib.suppress(Exception):
-                h.close()
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         data, masks = self.read_masked(window)
@@ -247,10 +231,7 @@ class RasterioSource(BaseSource):
 
     def close(self) -> None:
         self.share_blocks(0)
-        with self._handles_lock:
-            for _, h in reversed(self._handles):
-                h.close()
-            self._handles.clear()
+        self._handles.close()
         self._local = threading.local()
 
     def __repr__(self) -> str:

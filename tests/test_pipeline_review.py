@@ -164,3 +164,39 @@ def test_a_failed_run_stops_reading_promptly(tmp_path, raster, monkeypatch):
         model.predict_image(src).to_geotiff(tmp_path / "out.tif", engine=engine)
     assert len(late) <= 4  # those the two reading threads started meanwhile (about 20 were queued)
     assert _leftovers(tmp_path) == []
+
+
+def test_resumable_output_that_fails_to_prepare_leaves_nothing(tmp_path, raster, monkeypatch):
+    """A resumable run creates its partial file before the runner's abort handler starts; a later step of that
+    creation (here the metadata, on a full disk) must remove it and say what failed as an OutputError."""
+    from tilecast.sinks import chunked
+
+    src = raster(np.arange(64 * 64, dtype="float32").reshape(64, 64))
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(chunked.PartialGeoTIFFSink, "_write_metadata", full_disk)
+    with pytest.raises(tilecast.errors.OutputError, match=r"partial file.*No space left"):
+        _identity().predict_image(src).to_geotiff(tmp_path / "out.tif", resume=True)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_custom_sink_whose_open_fails_is_aborted(raster):
+    """Any sink, not only tilecast's own: an open that fails partway gets abort, which cleans up what it made."""
+    from tilecast.sinks.base import BaseSink
+
+    calls = []
+
+    class HalfOpen(BaseSink):
+        def open(self, profile):
+            calls.append("open")
+            raise OSError("the sink's own storage refused")
+
+        def abort(self):
+            calls.append("abort")
+
+    src = raster(np.arange(32 * 32, dtype="float32").reshape(32, 32))
+    with pytest.raises(OSError, match="refused"):
+        _identity().predict_image(src).run(HalfOpen())
+    assert calls == ["open", "abort"]

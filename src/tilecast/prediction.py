@@ -180,11 +180,11 @@ class Prediction:
         if local and not resume and not chunked:
             from .runners.local import run_local
 
-            sink.open(job.profile)
             try:
+                sink.open(job.profile)
                 return run_local(job, sink, callback, read_threads=engine.threads, resources=engine.resources)
             except BaseException:
-                sink.abort()  # run_local aborts what it started; this covers a failure before it starts
+                sink.abort()  # run_local aborts what it started; this covers an open that failed partway
                 raise
         if not chunked:
             if resume:

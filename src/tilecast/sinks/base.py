@@ -56,7 +56,7 @@ class Sink(Protocol):
         ...
 
     def abort(self) -> None:
-        """Leave nothing behind."""
+        """Leave nothing behind; also called after an ``open`` that failed partway, and more than once."""
         ...
 
 

@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from .._extras import require
 from .base import ChunkSink, ChunkWriter, OutputProfile, Sink
-from .geotiff import GeoTIFFSink, check_free_space, check_output_path, run_interruptibly
+from .geotiff import GeoTIFFSink, check_free_space, check_output_path, run_interruptibly, writing_errors
 from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
 
 __all__ = [
@@ -230,6 +230,22 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
         g = profile.grid
         check_free_space(self.path.parent, g.shape[0] * g.shape[1] * len(profile.band_names)
                          * np.dtype(profile.dtype).itemsize)  # the partial file is uncompressed
+        try:
+            with writing_errors(self.path, "create the partial file for"):
+                self._create(profile, chunks, plan, level)
+        except BaseException:  # the runners abort only a prepared sink: remove what a half-made one created
+            if self._dst is not None:
+                with contextlib.suppress(Exception):
+                    self._dst.close()
+                self._dst = None
+            self._remove_partial()
+            raise
+        return set()
+
+    def _create(self, profile: OutputProfile, chunks: tuple[int, int], plan: tuple[str, list[int]] | None,
+                level: str) -> None:
+        """A fresh partial file, its streamed overview level when the chunks allow one, the lock and the manifest."""
+        g = profile.grid
         block = 256 if min(g.shape) >= 256 else 16
         partial = dict(
             driver="GTiff", width=g.shape[1], height=g.shape[0], count=len(profile.band_names),
@@ -248,7 +264,6 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
         self._tmp = str(self.partial)
         Path(self.lock).touch()  # the writers' lock (see _LockedGTiffWriter.write)
         self.manifest.flush()
-        return set()
 
     def writer(self) -> ChunkWriter:
         levels = None if self._levels is None else (self._levels[0], self.profile.nodata)

@@ -200,7 +200,8 @@ class GeoTIFFSink(BaseSink):
                 self._ovr.write(window, data)
 
     def close(self) -> Path:
-        self._dst.close()
+        with writing_errors(self.path, "finish the temporary file for"):  # GDAL flushes its last blocks here
+            self._dst.close()
         self._dst = None
         self._spans.close()
         ovr, self._ovr = self._ovr, None

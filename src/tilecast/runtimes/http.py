@@ -80,10 +80,10 @@ class EndpointRuntime:
             if self._active == 0:
                 self._failure = None
             self._active += 1
+        futures: list[Future[list[tuple[int, dict[str, np.ndarray]]]]] = []
         try:
-            futures: list[Future[list[tuple[int, dict[str, np.ndarray]]]]] = [
-                self._pool.submit(self._guarded, batch, a, b) for a, b in slices
-            ]
+            for a, b in slices:
+                futures.append(self._pool.submit(self._guarded, batch, a, b))
             wait(futures, return_when=FIRST_EXCEPTION)
             for f in futures:
                 if f.done() and f.exception() is not None:
@@ -92,6 +92,10 @@ class EndpointRuntime:
                     wait(futures)
                     raise f.exception()  # type: ignore[misc]
             parts = [p for f in futures for p in f.result()]
+        except BaseException:
+            for f in futures:  # interrupted (Ctrl-C): the requests not yet sent are dropped, not sent afterwards
+                f.cancel()
+            raise
         finally:
             with self._lock:
                 self._active -= 1
@@ -130,7 +134,9 @@ class EndpointRuntime:
 
 def _shutdown(pool: ThreadPoolExecutor, transport: Any) -> None:
     transport.stop.set()  # first: a request thread waiting to retry ends now, so the pool's threads can be joined
-    pool.shutdown(wait=True, cancel_futures=True)
+    # The queued requests are not cancelled here but fail at once on ``stop`` (nothing is sent): a future cancelled
+    # by the pool's shutdown never wakes ``wait``, so a run in flight on another thread would wait forever.
+    pool.shutdown(wait=True)
     transport.close()
 
 

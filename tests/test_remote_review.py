@@ -1,0 +1,140 @@
+"""The endpoint client under failure: closing or interrupting a run with requests queued, bad credentials, answers
+refused for size, empty and big-endian batches. Each server here is a real one on 127.0.0.1 (a free port), stopped
+afterwards; payloads are read back with the real parsers.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+from tilecast.errors import EndpointError  # noqa: E402
+from tilecast.payloads import v2  # noqa: E402
+from tilecast.runtimes.http import endpoint_runtime  # noqa: E402
+
+
+class _V2Handler(http.server.BaseHTTPRequestHandler):
+    """KServe v2: metadata for one FP32 input ``x``; each infer answers ``y = 2 x``. The first infer waits at
+    ``gate``; ``seen`` counts infer requests and ``headers`` keeps each request's headers."""
+
+    protocol_version = "HTTP/1.1"
+    gate: threading.Event
+    seen: list[int]
+    headers_seen: list[dict[str, str]]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {"Content-Type": "application/json"}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.headers_seen.append(dict(self.headers))
+        meta = {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}
+        self._send(200, json.dumps(meta).encode())
+
+    def do_POST(self) -> None:
+        self.headers_seen.append(dict(self.headers))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append(len(self.seen))
+        if len(self.seen) == 1:
+            self.gate.wait(10)
+        hl = self.headers.get(v2.HEADER_LENGTH)
+        arrays, head = v2.decode_request(body, int(hl) if hl else None)
+        out, headers = v2.encode_response("m", {"y": arrays["x"] * 2}, head.get("id"), binary=True)
+        self._send(200, out, headers)
+
+
+@pytest.fixture
+def v2_server():
+    gate, seen, headers_seen = threading.Event(), [], []
+    handler = type("Handler", (_V2Handler,), {"gate": gate, "seen": seen, "headers_seen": headers_seen})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v2/models/m", gate, seen, headers_seen
+    finally:
+        gate.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+ONE_PER_REQUEST = 170
+"""max_payload_bytes under which one (1, 4) float32 instance fits a V2_BINARY request, two do not."""
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_closing_the_model_during_a_run_ends_the_run_instead_of_hanging(v2_server):
+    """close() from another thread while a run has requests queued: the run ends at once with a clear error and the
+    queued requests are not sent (it waited forever: the pool cancelled them behind ``wait``'s back)."""
+    url, gate, seen, _ = v2_server
+    rt = endpoint_runtime(url, concurrency=1, max_payload_bytes=ONE_PER_REQUEST)
+    assert rt.packer.per_request({"x": np.zeros((2, 4), np.float32)}) == 1
+    result: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            result["out"] = rt.run({"x": np.ones((5, 4), np.float32)})
+        except BaseException as exc:  # the test inspects whatever ended the run
+            result["error"] = exc
+
+    runner = threading.Thread(target=call, daemon=True)
+    runner.start()
+    _wait_for(lambda: len(seen) == 1)  # the first request is at the server, four wait in the pool
+    closer = threading.Thread(target=rt.close, daemon=True)
+    closer.start()
+    time.sleep(0.2)
+    gate.set()
+    closer.join(10)
+    runner.join(10)
+    assert not closer.is_alive() and not runner.is_alive(), "the run hung after close()"
+    assert isinstance(result.get("error"), EndpointError), result
+    assert "closed" in str(result["error"])
+    assert len(seen) == 1
+
+
+def test_an_interrupted_run_does_not_send_its_queued_requests(v2_server):
+    """Ctrl-C while run() waits: the requests still queued are dropped, not sent in the background afterwards."""
+    url, gate, seen, _ = v2_server
+    rt = endpoint_runtime(url, concurrency=1, max_payload_bytes=ONE_PER_REQUEST)
+    main = threading.main_thread().ident
+
+    def interrupt() -> None:
+        _wait_for(lambda: len(seen) == 1)
+        time.sleep(0.1)
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.3)
+        gate.set()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        rt.run({"x": np.ones((5, 4), np.float32)})
+    gate.set()
+    _wait_for(lambda: rt._pool._work_queue.empty())
+    time.sleep(0.3)  # what a pool thread would have sent by now
+    assert len(seen) == 1
+    out = rt.run({"x": np.arange(8, dtype=np.float32).reshape(2, 4)})  # the runtime still works
+    assert np.array_equal(out["y"], np.arange(8, dtype=np.float32).reshape(2, 4) * 2)
+    rt.close()

@@ -16,8 +16,9 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 
-from tilecast.errors import EndpointError  # noqa: E402
+from tilecast.errors import EndpointError, SpecError  # noqa: E402
 from tilecast.payloads import v2  # noqa: E402
+from tilecast.remote import RetryPolicy  # noqa: E402
 from tilecast.runtimes.http import endpoint_runtime  # noqa: E402
 
 
@@ -138,3 +139,30 @@ def test_an_interrupted_run_does_not_send_its_queued_requests(v2_server):
     out = rt.run({"x": np.arange(8, dtype=np.float32).reshape(2, 4)})  # the runtime still works
     assert np.array_equal(out["y"], np.arange(8, dtype=np.float32).reshape(2, 4) * 2)
     rt.close()
+
+
+SECRET = "s3cret-value"
+
+
+@pytest.mark.parametrize(("token", "headers", "names"), [
+    (SECRET + "\n", {}, "bearer token"),  # a token file's trailing newline
+    (SECRET + "\u00e9", {}, "bearer token"),  # httpx: a bare UnicodeEncodeError
+    (None, {"X-Api-Key": SECRET + "\r\nX-Injected: 1"}, "'X-Api-Key'"),
+    (None, {"Bad Name": SECRET}, "'Bad Name'"),
+])
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_bad_credentials_are_refused_up_front_without_quoting_them(v2_server, token, headers, names, scheme):
+    """A header value HTTP cannot carry: httpx's error quoted it (the token leaked into the message) and it was
+    retried six times; gRPC answered a bare "Invalid metadata". Now one clear error, nothing sent, no secret."""
+    url, _, _, headers_seen = v2_server
+    if scheme == "grpc":
+        url = "grpc://127.0.0.1:9/m"  # nothing listens: the check comes before any connection
+    with pytest.raises(SpecError, match=names) as info:
+        endpoint_runtime(url, token=token, headers=headers, retry=RetryPolicy(retries=1, base=0.01))
+    assert SECRET not in str(info.value)
+    assert not headers_seen
+
+
+def test_grpc_binary_metadata_key_is_a_clear_error():
+    with pytest.raises(SpecError, match="-bin"):
+        endpoint_runtime("grpc://127.0.0.1:9/m", headers={"X-Trace-Bin": "abc"})

@@ -18,6 +18,7 @@ httpx = pytest.importorskip("httpx")
 
 from tilecast.errors import EndpointError, SpecError  # noqa: E402
 from tilecast.payloads import v2  # noqa: E402
+from tilecast.payloads.protos import PredictRequest  # noqa: E402
 from tilecast.remote import RetryPolicy  # noqa: E402
 from tilecast.runtimes.http import endpoint_runtime  # noqa: E402
 
@@ -166,3 +167,42 @@ def test_bad_credentials_are_refused_up_front_without_quoting_them(v2_server, to
 def test_grpc_binary_metadata_key_is_a_clear_error():
     with pytest.raises(SpecError, match="-bin"):
         endpoint_runtime("grpc://127.0.0.1:9/m", headers={"X-Trace-Bin": "abc"})
+
+
+@pytest.fixture
+def small_grpc_server():
+    """A gRPC server on 127.0.0.1 that takes messages of 1,000 bytes at most (gRPC refuses bigger ones itself)."""
+    grpc = pytest.importorskip("grpc")
+    from concurrent import futures
+
+    from tilecast.payloads import grpc as codec
+
+    def predict(request, context):
+        arrays, fmt = codec.decode_request(request)
+        return codec.encode_response(fmt, {"y": arrays["x"] * 2}, "m")
+
+    handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+        "Predict": grpc.unary_unary_rpc_method_handler(predict, request_deserializer=PredictRequest.FromString,
+                                                       response_serializer=lambda m: m.SerializeToString())})
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.max_receive_message_length", 1000)])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}/m"
+    finally:
+        server.stop(None)
+
+
+def test_grpc_message_over_the_servers_limit_fails_at_once_saying_what_to_lower(small_grpc_server):
+    """RESOURCE_EXHAUSTED "Received message larger than max" was retried six times (seconds of backoff) and ended
+    with "Is the endpoint up and scaled? Lower --concurrency"."""
+    rt = endpoint_runtime(small_grpc_server, max_payload_bytes=100_000)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    assert np.array_equal(rt.run({"x": x})["y"], x * 2)  # small requests go through
+    t0 = time.monotonic()
+    with pytest.raises(EndpointError, match="larger than max") as info:
+        rt.run({"x": np.zeros((4, 1000), np.float32)})
+    assert time.monotonic() - t0 < 1.0
+    assert "max-payload-bytes" in str(info.value) and "concurrency" not in str(info.value)
+    rt.close()

@@ -29,6 +29,11 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 METADATA_METHOD = "/tensorflow.serving.PredictionService/GetModelMetadata"
 
 
+TOO_LARGE = re.compile(r"larger than max|exceeds maximum|more than this server's budget", re.IGNORECASE)
+"""A RESOURCE_EXHAUSTED that no retry cures: gRPC's message size limits (C core, Go, Java/Node wording) and
+``tilecast serve``'s memory budget; other RESOURCE_EXHAUSTED (quota) are retried."""
+
+
 class _Retry(Exception):
     def __init__(self, reason: str, after: float | None = None) -> None:
         super().__init__(reason)
@@ -289,6 +294,11 @@ class GrpcTransport:
                 return self.predict(request, timeout=self.timeout, metadata=self.metadata)
             except grpc.RpcError as exc:
                 code = exc.code()
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and TOO_LARGE.search(exc.details() or ""):
+                    raise EndpointError(
+                        f"{what} failed: {code.name}: {exc.details()}. The request is over what the server takes "
+                        "and always will be; lower --max-payload-bytes (max_payload_bytes) to its limit"
+                    ) from None
                 if code in retryable:
                     raise _Retry(f"{code.name}: {exc.details()}") from None
                 raise EndpointError(f"{what} failed: {code.name}: {exc.details()}") from None

@@ -17,7 +17,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from tilecast.errors import EndpointError, SpecError  # noqa: E402
-from tilecast.payloads import v2  # noqa: E402
+from tilecast.payloads import tensor_to_b64, v2  # noqa: E402
 from tilecast.payloads.protos import PredictRequest  # noqa: E402
 from tilecast.remote import RetryPolicy  # noqa: E402
 from tilecast.runtimes.http import endpoint_runtime  # noqa: E402
@@ -206,3 +206,33 @@ def test_grpc_message_over_the_servers_limit_fails_at_once_saying_what_to_lower(
     assert time.monotonic() - t0 < 1.0
     assert "max-payload-bytes" in str(info.value) and "concurrency" not in str(info.value)
     rt.close()
+
+
+def test_an_empty_batch_is_a_clear_error(v2_server):
+    """It raised a bare IndexError from reassembling no answers."""
+    url, _, seen, _ = v2_server
+    rt = endpoint_runtime(url)
+    with pytest.raises(SpecError, match="no instances"):
+        rt.run({"x": np.zeros((0, 4), np.float32)})
+    assert not seen
+    rt.close()
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">i2", ">u2", ">f8", ">i8", ">f2"])
+def test_big_endian_inputs_are_sent_as_their_values(v2_server, dtype):
+    """A big-endian array (from np.load of a file written elsewhere) was refused as "dtype >f4 has no KServe v2
+    datatype; cast it (e.g. to float32)"; its values now go out little-endian, as every format requires."""
+    tf = pytest.importorskip("tensorflow")
+    a = np.arange(-4, 4).reshape(2, 4).astype(dtype)
+    native = a.astype(a.dtype.newbyteorder("="))
+    # KServe v2, through a real server
+    url, gate, _, _ = v2_server
+    gate.set()
+    rt = endpoint_runtime(url, payload_format="V2_BINARY")
+    assert np.array_equal(rt.run({"x": a})["y"], native * 2)
+    rt.close()
+    body, _ = v2.encode_request({"x": a}, binary=False)
+    assert json.loads(body)["inputs"][0]["datatype"] == v2.v2_datatype(native.dtype)
+    # Earth Engine's tensor strings, read back by TensorFlow's own parser
+    parsed = tf.io.parse_tensor(tf.io.decode_base64(tensor_to_b64(a)), tf.as_dtype(native.dtype)).numpy()
+    assert parsed.dtype == native.dtype and np.array_equal(parsed, native)

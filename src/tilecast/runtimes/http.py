@@ -75,6 +75,9 @@ class EndpointRuntime:
         n = len(next(iter(batch.values())))
         if any(len(v) != n for v in batch.values()):
             raise SpecError(f"inputs differ in batch size: { {k: len(v) for k, v in batch.items()} }")
+        if n == 0:  # nothing to send, and no answer to take the outputs' names and shapes from
+            raise SpecError("the batch has no instances; an endpoint is asked for one tile at least (skip empty "
+                            "batches)")
         slices = self.packer.slices(batch)
         with self._lock:
             if self._active == 0:

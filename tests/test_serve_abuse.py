@@ -368,3 +368,11 @@ def test_the_server_still_answers_correctly_after_the_abuse(server):
     out = v2.decode_response(r.content, int(r.headers[v2.HEADER_LENGTH]), 1)["mean"]
     # a 5x5 mean of the band sum, zero-padded: the centre pixel is the mean of its full window
     assert np.isclose(out[0, 0, 4, 4], x[0].sum(axis=0)[2:7, 2:7].mean(), atol=1e-5)
+
+
+def test_v2_header_length_that_is_no_number_is_400(server):
+    """"²" passes ``str.isdigit`` but not ``int``: it was a 500 quoting the ValueError."""
+    _, base, _ = server
+    body = json.dumps(v2_json()).encode()
+    r = httpx.post(base + "/v2/models/mc/infer", content=body, headers={v2.HEADER_LENGTH: b"\xb2"}, timeout=30)
+    assert r.status_code == 400 and "must be a number" in r.json()["error"], (r.status_code, r.text[:200])

@@ -24,6 +24,7 @@ httpx = pytest.importorskip("httpx")
 
 from onnx_models import linear_1x1, mean_conv  # noqa: E402
 from tilecast.payloads import tensor_to_b64, v2  # noqa: E402
+from tilecast.runtimes.base import Signature, TensorSpec  # noqa: E402
 
 TOKEN = "s3cret-token"
 
@@ -368,3 +369,98 @@ def test_core_only_install_names_the_server_extra(tmp_path, missing):
     assert r.returncode != 0
     assert "pip install 'tilecast[server]'" in r.stderr and repr(missing) in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "ModuleNotFoundError" not in r.stderr, r.stderr
+
+
+# -- models whose signature says little --------------------------------------------------------------------------
+class Doubler:
+    """Unknown rank and dtype, as TorchScript reports its tensors: ``y = 2 x``."""
+
+    signature = Signature((TensorSpec("x", None, None),), (TensorSpec("y", None, None),))
+
+    def run(self, batch):
+        return {"y": np.asarray(batch["x"]) * 2}
+
+    def close(self) -> None:
+        pass
+
+
+class Open:
+    """No signature at all (a callable's): inputs go to the model under the names they were sent with."""
+
+    signature = Signature((), ())
+
+    def run(self, batch):
+        return {"y": np.asarray(next(iter(batch.values()))) * 2}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def little_signature_server():
+    import uvicorn
+
+    from tilecast.serve.server import build
+
+    port, gport = free_port(), free_port()
+    app = build({"dbl": Doubler(), "open": Open()}, batch_timeout_ms=1, grpc_port=gport)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield base, f"127.0.0.1:{gport}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def scalar_v2(name: str) -> bytes:
+    return json.dumps({"inputs": [{"name": name, "shape": [], "datatype": "FP32", "data": [1.0]}]}).encode()
+
+
+@pytest.mark.parametrize(("route", "body"), [
+    ("/v2/models/dbl/infer", scalar_v2("x")),
+    ("/v2/models/open/infer", scalar_v2("x")),
+    ("/v1/models/dbl:predict", b'{"inputs": 5}'),
+    ("/v1/models/open:predict", b'{"inputs": {"x": 5}}'),
+])
+def test_a_scalar_input_is_400_not_500(little_signature_server, route, body):
+    """A model whose signature says little (TorchScript's unknown rank, a callable's none), hosted in this process
+    (uvicorn on a free loopback port, stopped afterwards): a 0-d tensor has no batch axis; ``len()`` of it was a
+    TypeError, answered 500."""
+    base, _ = little_signature_server
+    r = httpx.post(base + route, content=body, timeout=30)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert "first axis" in r.json()["error"]
+
+
+def test_a_scalar_input_over_grpc_is_invalid_argument(little_signature_server):
+    grpc = pytest.importorskip("grpc")
+    from tilecast.payloads.protos import PredictRequest, PredictResponse, make_tensor_proto
+
+    _, target = little_signature_server
+    req = PredictRequest()
+    req.model_spec.name = "dbl"
+    req.inputs["x"].CopyFrom(make_tensor_proto(np.float32(1)))
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=PredictResponse.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            call(req, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "first axis" in info.value.details()
+
+
+def test_little_signature_models_still_answer_batches(little_signature_server):
+    base, _ = little_signature_server
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, headers = v2.encode_request({"x": x})
+    r = httpx.post(base + "/v2/models/dbl/infer", content=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    assert np.array_equal(v2.decode_response(r.content, int(r.headers[v2.HEADER_LENGTH]), 2)["y"], x * 2)

@@ -81,12 +81,12 @@ _NAMES = {_DT[n].number: n for n, _, _ in _TYPES} | {DT_STRING: "DT_STRING"}
 
 
 def enum_of(dtype: Any) -> int:
-    """The TF DataType number of a numpy dtype."""
+    """The TF DataType number of a numpy dtype of either byte order (``tensor_content`` is written little-endian)."""
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
         return DT_STRING
     try:
-        return _TO_ENUM[dtype]
+        return _TO_ENUM[dtype.newbyteorder("=")]
     except KeyError:
         raise InputError(f"dtype {dtype} has no TensorFlow equivalent; cast the input (e.g. to float32)") from None
 

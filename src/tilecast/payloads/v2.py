@@ -38,11 +38,12 @@ _FROM_NP = {np.dtype(v): k for k, v in _V2.items()}
 
 
 def v2_datatype(dtype: Any) -> str:
+    """The v2 datatype of a numpy dtype of either byte order (the bytes sent are little-endian)."""
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
         return "BYTES"
     try:
-        return _FROM_NP[dtype]
+        return _FROM_NP[dtype.newbyteorder("=")]
     except KeyError:
         raise InputError(f"dtype {dtype} has no KServe v2 datatype; cast it (e.g. to float32)") from None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._extras import require
-from ..errors import EndpointError, InputError, OutputShapeError
+from ..errors import EndpointError, InputError, OutputShapeError, SpecError
 from ..payloads import grpc as grpc_codec
 from ..payloads import rest, v2
 from ..payloads.protos import GetModelMetadataRequest, GetModelMetadataResponse, PredictResponse, dtype_of
@@ -20,12 +21,17 @@ from ..runtimes.base import Signature, TensorSpec
 from .endpoints import Endpoint
 from .retry import RETRY_STATUS, RetryPolicy, interruptible_event, retry_after
 
-__all__ = ["GrpcTransport", "HttpTransport", "make_transport"]
+__all__ = ["GrpcTransport", "HttpTransport", "check_headers", "make_transport"]
 
 log = logging.getLogger("tilecast.remote")
 OPEN = Signature((), ())
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 METADATA_METHOD = "/tensorflow.serving.PredictionService/GetModelMetadata"
+
+
+TOO_LARGE = re.compile(r"larger than max|exceeds maximum|more than this server's budget", re.IGNORECASE)
+"""A RESOURCE_EXHAUSTED that no retry cures: gRPC's message size limits (C core, Go, Java/Node wording) and
+``tilecast serve``'s memory budget; other RESOURCE_EXHAUSTED (quota) are retried."""
 
 
 class _Retry(Exception):
@@ -288,6 +294,11 @@ class GrpcTransport:
                 return self.predict(request, timeout=self.timeout, metadata=self.metadata)
             except grpc.RpcError as exc:
                 code = exc.code()
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and TOO_LARGE.search(exc.details() or ""):
+                    raise EndpointError(
+                        f"{what} failed: {code.name}: {exc.details()}. The request is over what the server takes "
+                        "and always will be; lower --max-payload-bytes (max_payload_bytes) to its limit"
+                    ) from None
                 if code in retryable:
                     raise _Retry(f"{code.name}: {exc.details()}") from None
                 raise EndpointError(f"{what} failed: {code.name}: {exc.details()}") from None
@@ -303,8 +314,36 @@ class GrpcTransport:
         self.channel.close()
 
 
+_HTTP_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_GRPC_NAME = re.compile(r"[0-9a-z_.\-]+")
+_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+def check_headers(headers: Mapping[str, str], token: str | None, grpc: bool = False) -> None:
+    """Refuse, before anything is sent, header names and values that HTTP/2 metadata or HTTP/1.1 cannot carry.
+
+    Sent as they are, httpx's error quotes the value (a leaked token, retried six times) and gRPC only says
+    ``Invalid metadata``; these errors name the header, never its value."""
+    named = [(k, v, f"the value of header {k!r}") for k, v in headers.items()]
+    if token is not None:
+        named.append(("Authorization", f"Bearer {token}", "the bearer token (token= / --token-env)"))
+    for name, value, what in named:
+        key = name.lower() if grpc and isinstance(name, str) else name
+        if not isinstance(key, str) or not (_GRPC_NAME if grpc else _HTTP_NAME).fullmatch(key) or (
+                grpc and key.endswith("-bin")):
+            rule = ("lowercase letters, digits, '-', '_' and '.', not ending in -bin (binary metadata)" if grpc
+                    else "letters, digits and !#$%&'*+-.^_`|~")
+            raise SpecError(f"header name {name!r:.80} is not valid; a {'gRPC metadata key' if grpc else 'header name'}"
+                            f" has {rule}")
+        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+            raise SpecError(f"{what} has a line break, a control character or a character that is not ASCII (a "
+                            "trailing newline from the file it was read from?); header values must be printable "
+                            "ASCII")
+
+
 def make_transport(endpoint: Endpoint, headers: Mapping[str, str], timeout: float, concurrency: int,
                    max_bytes: int, retry: RetryPolicy, token: str | None) -> HttpTransport | GrpcTransport:
+    check_headers(headers, token, grpc=endpoint.protocol == "grpc")
     if endpoint.protocol == "grpc":
         return GrpcTransport(endpoint, headers, timeout, max_bytes, retry, token)
     return HttpTransport(endpoint, headers, timeout, concurrency, retry, token)

@@ -75,15 +75,18 @@ class EndpointRuntime:
         n = len(next(iter(batch.values())))
         if any(len(v) != n for v in batch.values()):
             raise SpecError(f"inputs differ in batch size: { {k: len(v) for k, v in batch.items()} }")
+        if n == 0:  # nothing to send, and no answer to take the outputs' names and shapes from
+            raise SpecError("the batch has no instances; an endpoint is asked for one tile at least (skip empty "
+                            "batches)")
         slices = self.packer.slices(batch)
         with self._lock:
             if self._active == 0:
                 self._failure = None
             self._active += 1
+        futures: list[Future[list[tuple[int, dict[str, np.ndarray]]]]] = []
         try:
-            futures: list[Future[list[tuple[int, dict[str, np.ndarray]]]]] = [
-                self._pool.submit(self._guarded, batch, a, b) for a, b in slices
-            ]
+            for a, b in slices:
+                futures.append(self._pool.submit(self._guarded, batch, a, b))
             wait(futures, return_when=FIRST_EXCEPTION)
             for f in futures:
                 if f.done() and f.exception() is not None:
@@ -92,6 +95,10 @@ class EndpointRuntime:
                     wait(futures)
                     raise f.exception()  # type: ignore[misc]
             parts = [p for f in futures for p in f.result()]
+        except BaseException:
+            for f in futures:  # interrupted (Ctrl-C): the requests not yet sent are dropped, not sent afterwards
+                f.cancel()
+            raise
         finally:
             with self._lock:
                 self._active -= 1
@@ -130,7 +137,9 @@ class EndpointRuntime:
 
 def _shutdown(pool: ThreadPoolExecutor, transport: Any) -> None:
     transport.stop.set()  # first: a request thread waiting to retry ends now, so the pool's threads can be joined
-    pool.shutdown(wait=True, cancel_futures=True)
+    # The queued requests are not cancelled here but fail at once on ``stop`` (nothing is sent): a future cancelled
+    # by the pool's shutdown never wakes ``wait``, so a run in flight on another thread would wait forever.
+    pool.shutdown(wait=True)
     transport.close()
 
 

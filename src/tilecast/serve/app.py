@@ -46,6 +46,8 @@ HEALTH_ROUTES = ("/v2/health/live", "/v2/health/ready")
 HEAVY_BYTES = 1 << 20
 """JSON text (or arrays to write as JSON) from this size on is decoded and encoded one request at a time."""
 Handler = Callable[[Request], Awaitable[tuple[Response, int]]]
+_DIGITS = re.compile(r"[0-9]+")
+"""A length header's value; ``str.isdigit`` also takes "²", which ``int`` refuses (a 500)."""
 
 
 class ServerConfig:
@@ -79,7 +81,7 @@ async def read_body(request: Request, limit: int, reservation: Reservation | Non
     """The body, refusing (413) anything over ``limit`` bytes before or while reading it, charging each chunk to
     ``reservation``, and giving up (408) when it takes longer than ``timeout_s``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
         raise HTTPError(413, f"the request body is {int(declared):,} bytes, over this server's limit of {limit:,}; "
                              "send fewer instances per request (max_payload_bytes)")
     chunks, size = [], 0
@@ -230,7 +232,7 @@ class Handlers:
     async def v2_infer(self, request: Request) -> tuple[Response, int]:
         m = self.model(request.path_params["name"])
         hl = request.headers.get(v2.HEADER_LENGTH.lower())
-        if hl is not None and not hl.isdigit():
+        if hl is not None and not _DIGITS.fullmatch(hl):  # not isdigit(): "²" is a digit that int() refuses
             raise InputError(f"{v2.HEADER_LENGTH} must be a number, got {hl!r}")
         with self.config.budget.reserve(0, "the request") as r:
             body = await self.body(request, r)

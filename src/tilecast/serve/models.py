@@ -247,6 +247,10 @@ class ServedModel:
         if not arrays:
             raise InputError("the request has no inputs")
         adapted = adapt_inputs(self.signature, arrays, ordered, self.bands, self.common_names)
+        scalars = sorted(k for k, v in adapted.items() if np.ndim(v) == 0)
+        if scalars:  # a model of unknown rank (TorchScript) or without a signature lets them through to here
+            raise InputError(f"inputs {scalars} are scalars; send each input with its instances on the first axis "
+                             "(shape [N, ...])")
         sizes = {len(v) for v in adapted.values()}
         if len(sizes) != 1 or 0 in sizes:
             raise InputError(f"inputs must share a non-zero batch size, got {sorted(sizes)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.server
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -235,3 +236,24 @@ def test_big_endian_inputs_are_sent_as_their_values(v2_server, dtype):
     # Earth Engine's tensor strings, read back by TensorFlow's own parser
     parsed = tf.io.parse_tensor(tf.io.decode_base64(tensor_to_b64(a)), tf.as_dtype(native.dtype)).numpy()
     assert parsed.dtype == native.dtype and np.array_equal(parsed, native)
+
+
+def test_credentials_in_the_url_are_not_quoted_in_errors():
+    """Some endpoints take their key in the URL (``?key=``, ``user:password@``); messages quote the URL with those
+    parts hidden, so an error report can be shared as is."""
+    from tilecast.remote.endpoints import shown_url
+
+    assert shown_url("https://u:s3cret@h.example/v2/models/m/infer?key=s3cret&version=2") == (
+        "https://u:***@h.example/v2/models/m/infer?key=***&version=2")
+    assert shown_url("http://127.0.0.1:8/v1/models/m:predict?sig=s3cret&access_token=s3cret") == (
+        "http://127.0.0.1:8/v1/models/m:predict?sig=***&access_token=***")
+    plain = "http://127.0.0.1:8/v2/models/m/infer?version=2"
+    assert shown_url(plain) == plain and shown_url("127.0.0.1:8500") == "127.0.0.1:8500"
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://u:s3cret@127.0.0.1:{port}/v2/models/m?token=s3cret"
+    with pytest.raises(EndpointError) as info:
+        runtime = endpoint_runtime(url, retry=RetryPolicy(retries=0, base=0.01), timeout=2)
+        runtime.run({"x": np.zeros((1, 1, 4, 4), np.float32)})
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import SpecError
 from ..payloads.formats import GRPC_FORMATS, REST_FORMATS, V2_FORMATS, normalize_format
 
-__all__ = ["PROTOCOLS", "Endpoint", "parse_endpoint", "vertex_url"]
+__all__ = ["PROTOCOLS", "Endpoint", "parse_endpoint", "shown_url", "vertex_url"]
 
 PROTOCOLS = ("v2", "tfserving", "vertex", "grpc")
 _FORMATS = {"v2": V2_FORMATS, "tfserving": REST_FORMATS, "vertex": REST_FORMATS, "grpc": GRPC_FORMATS}
 _DEFAULT_FORMAT = {"v2": "V2_BINARY", "tfserving": "SERIALIZED_TF_TENSORS", "vertex": "SERIALIZED_TF_TENSORS",
                    "grpc": "GRPC_TF_TENSORS"}
 _VERTEX = re.compile(r"^projects/[^/]+/locations/(?P<region>[^/]+)/endpoints/[^/:]+$")
+_SECRET = re.compile(r"token|key|sig|secret|pass|auth|cred|code", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages and logs quote it: a password in it and the values of query parameters that look like
+    credentials (``?token=``, ``&key=``, ``&sig=``...) become ``***``, so an error report can be shared as is."""
+    if "://" not in url:
+        return url  # a gRPC host:port target
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = parts.query
+    if any(_SECRET.search(k) for k, _ in pairs):
+        query = urlencode([(k, "***" if _SECRET.search(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass(frozen=True)
@@ -31,7 +48,7 @@ class Endpoint:
     secure: bool = False
 
     def describe(self) -> str:
-        return f"{self.infer_url} ({self.protocol}, {self.payload_format})"
+        return f"{shown_url(self.infer_url)} ({self.protocol}, {self.payload_format})"
 
 
 def vertex_url(resource: str) -> str:

@@ -18,7 +18,7 @@ from ..payloads import grpc as grpc_codec
 from ..payloads import rest, v2
 from ..payloads.protos import GetModelMetadataRequest, GetModelMetadataResponse, PredictResponse, dtype_of
 from ..runtimes.base import Signature, TensorSpec
-from .endpoints import Endpoint
+from .endpoints import Endpoint, shown_url
 from .retry import RETRY_STATUS, RetryPolicy, interruptible_event, retry_after
 
 __all__ = ["GrpcTransport", "HttpTransport", "check_headers", "make_transport"]
@@ -103,9 +103,10 @@ class HttpTransport:
         def attempt() -> Any:
             return self._get(url)
 
-        resp = _with_retries(self.retry, f"reading the model metadata at {url}", attempt, self.stop)
+        resp = _with_retries(self.retry, f"reading the model metadata at {shown_url(url)}", attempt, self.stop)
         if resp.status_code in (401, 403):
-            raise EndpointError(f"{url} answered {resp.status_code}: {resp.text[:300]}. Check --token-env / headers")
+            raise EndpointError(f"{shown_url(url)} answered {resp.status_code}: {resp.text[:300]}. Check --token-env / "
+                                "headers")
         if resp.status_code != 200:
             return OPEN
         try:
@@ -141,7 +142,7 @@ class HttpTransport:
     def send(self, request: tuple[bytes, dict[str, str]], n: int, first: int) -> dict[str, np.ndarray]:
         body, headers = request
         url = self.endpoint.infer_url
-        what = f"the request for instances {first}..{first + n - 1} to {url}"
+        what = f"the request for instances {first}..{first + n - 1} to {shown_url(url)}"
 
         def attempt() -> Any:
             return self._post(url, body, headers)
@@ -163,7 +164,7 @@ class HttpTransport:
                 raise OutputShapeError(f"the answer is not valid JSON ({exc}); {len(resp.content)} bytes") from None
             return rest.decode_response(body, n, self.single_name, first)
         except OutputShapeError as exc:
-            raise OutputShapeError(f"malformed answer from {self.endpoint.infer_url}: {exc}") from None
+            raise OutputShapeError(f"malformed answer from {shown_url(self.endpoint.infer_url)}: {exc}") from None
 
     def _auth(self) -> dict[str, str]:
         if self._credentials is None:
@@ -307,7 +308,7 @@ class GrpcTransport:
         try:
             return grpc_codec.decode_response(resp, n, first)
         except OutputShapeError as exc:
-            raise OutputShapeError(f"malformed answer from {self.endpoint.infer_url}: {exc}") from None
+            raise OutputShapeError(f"malformed answer from {shown_url(self.endpoint.infer_url)}: {exc}") from None
 
     def close(self) -> None:
         self.stop.set()

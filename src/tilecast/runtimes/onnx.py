@@ -150,17 +150,7 @@ class OnnxRuntime(BaseRuntime):
             source = to_fp16(source)
         self._gpu_error: str | None = None
         """What the GPU provider raised when it did not start (None: it started, or fell back with a warning)."""
-
-        def open_sessions() -> list:
-            return [self._session(source, opts, _device_providers(chosen, d, trt_half)) for d in self.devices]
-
-        sessions = open_sessions()
-        if gpu and not _on_gpus(sessions) and self._gpu_error is None and _preload_cuda(ort):
-            sessions = open_sessions()  # CUDA and cuDNN from pip packages load once preloaded
-        if trt_half and _on_gpus(sessions) and "TensorrtExecutionProvider" not in sessions[0].get_providers():
-            # TensorRT did not start (ONNX Runtime warns and goes on with CUDA): CUDA gets the model in fp16.
-            chosen, trt_half, source = [p for p in chosen if p != "TensorrtExecutionProvider"], False, to_fp16(source)
-            sessions = open_sessions()
+        sessions, chosen = self._start(source, opts, chosen, trt_half, gpu)
         if gpu and not _on_gpus(sessions):
             said = f" ({self._gpu_error})" if self._gpu_error else ""
             if device is not None:
@@ -190,6 +180,24 @@ class OnnxRuntime(BaseRuntime):
             tuple(_spec(a) for a in self.session.get_outputs()),
         )
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _start(self, source: str | bytes, opts: Any, chosen: list[str], trt_half: bool,
+               gpu: bool) -> tuple[list[Any], list[str]]:
+        """One session per device, and the providers they were asked for. On GPUs a provider that did not start is
+        tried again once ``preload_dlls`` has run, and TensorRT that did not start leaves its fp16 to CUDA (with the
+        model converted)."""
+
+        def open_sessions(providers: list[str], trt: bool, model: str | bytes) -> list[Any]:
+            return [self._session(model, opts, _device_providers(providers, d, trt)) for d in self.devices]
+
+        sessions = open_sessions(chosen, trt_half, source)
+        if gpu and not _on_gpus(sessions) and self._gpu_error is None and _preload_cuda(self._ort):
+            sessions = open_sessions(chosen, trt_half, source)  # CUDA and cuDNN from pip packages load once preloaded
+        if trt_half and _on_gpus(sessions) and "TensorrtExecutionProvider" not in sessions[0].get_providers():
+            # TensorRT did not start (ONNX Runtime warns and goes on with CUDA): CUDA gets the model in fp16.
+            chosen = [p for p in chosen if p != "TensorrtExecutionProvider"]
+            sessions = open_sessions(chosen, False, to_fp16(source))
+        return sessions, chosen
 
     def one_stream(self) -> OnnxRuntime:
         """This model in a new session with all the threads in one stream (see

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import TilecastError
+from ..errors import SpecError, TilecastError
 from .engine import Dask
 
 __all__ = [
     "PROFILER_DEADLOCKS",
     "Broadcast",
     "announce",
+    "connect",
     "free_frames",
     "gather",
     "has_dashboard",
@@ -130,7 +131,7 @@ def open_client(
         yield client
         return
     if scheduler:
-        with distributed.Client(scheduler) as c:
+        with connect(scheduler) as c:
             yield c
         return
     if workers is None:
@@ -153,6 +154,42 @@ def open_client(
         kwargs["memory_limit"] = memory_limit
     with local_cluster(**kwargs) as cluster, distributed.Client(cluster) as c:
         yield c
+
+
+@functools.cache
+def _closing_client() -> type:
+    """``distributed.Client``, but one whose failed start stops the event-loop thread it began: a client that could
+    not connect is never returned, so nothing else could close it, and each failed attempt left a thread behind."""
+    distributed = require("distributed", "dask")
+
+    class ClosingClient(distributed.Client):
+        def start(self, **kwargs: Any) -> None:
+            try:
+                super().start(**kwargs)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.close()
+                with contextlib.suppress(Exception):  # close() returns early for a client that never connected
+                    self._loop_runner.stop()
+                raise
+
+    return ClosingClient
+
+
+def connect(scheduler: str) -> Any:
+    """A client of the scheduler at ``scheduler``; a :class:`~tilecast.errors.SpecError` naming the address when
+    it cannot be reached within Dask's ``distributed.comm.timeouts.connect`` (instead of the library's error)."""
+    import dask
+
+    try:
+        return _closing_client()(scheduler)
+    except (OSError, TimeoutError, ValueError) as exc:
+        timeout = dask.config.get("distributed.comm.timeouts.connect", None)
+        raise SpecError(
+            f"cannot reach the Dask scheduler at {scheduler}: {exc}. Check the address (tcp://HOST:8786) and that "
+            f"the scheduler is running and reachable from here (tilecast waited distributed.comm.timeouts.connect, "
+            f"{timeout}, for it), or run without a scheduler (a LocalCluster) or with engine='local'"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -87,3 +87,54 @@ def test_an_unreachable_scheduler_leaves_an_interrupted_runs_partial_output_to_r
     resumed = pred.to_geotiff(out, engine=tilecast.Dask(client=client), chunk_size=16, resume=True)
     assert read(resumed).tobytes() == local.tobytes()
     assert sorted(os.listdir(tmp_path)) == ["in0.tif", "local.tif", "out.tif"]
+
+
+def stuck_on_one_tile(x):
+    """Doubles, but the tile whose first pixel is 7 holds its worker's GIL for 8 s (the way the CPython 3.11 profiler
+    deadlock leaves a worker): no heartbeat reaches the scheduler meanwhile."""
+    import ctypes
+
+    if (x[:, 0, 0, 0] == 7).any():
+        ctypes.PyDLL(None).sleep(8)
+    return x * 2
+
+
+@pytest.mark.timeout(60)
+def test_a_stuck_worker_stops_the_run_and_keeps_the_partial_output_to_resume(tmp_path, raster):
+    """The stuck-worker error is tilecast's, but nothing in the run is wrong: restarting the cluster and resuming
+    must continue, not start over."""
+    img = np.ones((1, 48, 48), np.float32)
+    img[0, 32, 32] = 7  # the first pixel of the last tile
+    path = raster(img)
+    pred = Model.from_callable(stuck_on_one_tile, layout="NCHW", input_tile_size=16,
+                               output_bands={"y": "float32"}).predict_image(path)
+    out = tmp_path / "out.tif"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as c:
+        with dask.config.set({"distributed.scheduler.worker-ttl": "2s"}), \
+                pytest.raises(tilecast.TilecastError, match="has not answered the scheduler"):
+            pred.to_geotiff(out, engine=tilecast.Dask(client=c), chunk_size=16)
+        manifest = tmp_path / ".out.tif.resume.json"
+        assert manifest.exists() and (tmp_path / ".out.tif.partial.tmp.tif").exists()
+        import json
+
+        done = json.loads(manifest.read_text())["done"]
+        assert 6 <= len(done) <= 8 and 8 not in done  # all but the stuck chunk (and those whose values it held)
+
+
+def test_an_output_folder_removed_mid_run_reports_the_write_that_failed(tmp_path, raster, client):
+    """Keeping the partial output then fails too (its folder is gone); that must not replace the run's own error."""
+    import shutil
+
+    _, pred = scene(raster)
+    folder = tmp_path / "out"
+    folder.mkdir()
+
+    def remove_folder(done, total, pixels):
+        shutil.rmtree(folder, ignore_errors=True)
+
+    with pytest.raises(FileNotFoundError) as info:
+        pred.to_geotiff(folder / "o.tif", engine=tilecast.Dask(client=client), chunk_size=16, progress=remove_folder)
+    # The first failure (a chunk's write, or recording it), with the failed keep as a note: not the keep's error
+    # with the run's own one hidden in its context.
+    assert any("could not keep the partial output" in n for n in getattr(info.value, "__notes__", []))

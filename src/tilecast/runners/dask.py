@@ -148,7 +148,13 @@ def run_dask(
             return sink.close()
     except BaseException as exc:
         if prepared:  # after the session, so that a LocalCluster tilecast started no longer writes into it
-            sink.abort(keep=not isinstance(exc, TilecastError))
+            # A tilecast error would recur (a wrong model output, a bad cast), except one about the cluster itself.
+            keep = not isinstance(exc, TilecastError) or getattr(exc, "resumable", False)
+            try:
+                sink.abort(keep=keep)
+            except Exception as failure:  # e.g. the output folder is gone: the run's own error is the one to see
+                exc.add_note(f"tilecast could not {'keep' if keep else 'remove'} the partial output either: "
+                             f"{type(failure).__name__}: {failure}")
         raise
 
 

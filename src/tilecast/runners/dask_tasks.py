@@ -267,16 +267,24 @@ class _Silence:
         silent = [a for a in workers if now - self.seen[a][1] > self.limit]
         if not silent:
             return
+        held: dict[str, list[str]] = {}  # a silent worker holding a finished task's value blocks its gather too
+        for key, where in self.client.who_has(list(keys)).items():
+            for addr in where or ():
+                held.setdefault(addr, []).append(key)
         for addr, running in self.client.processing(workers=silent).items():
             mine = [k for k in running if k in keys]
+            doing = "running" if mine else "holding the result of"
+            mine = mine or held.get(addr, [])
             if mine:
-                raise TilecastError(
+                error = TilecastError(
                     f"Dask worker {addr} has not answered the scheduler for {now - self.seen[addr][1]:.0f} s while "
-                    f"running {mine[0]}, so this run stopped instead of waiting on it: the worker is stuck or its "
+                    f"{doing} {mine[0]}, so this run stopped instead of waiting on it: the worker is stuck or its "
                     "machine overloaded or gone (on CPython 3.11, Dask's task profiler can deadlock a worker: start "
                     "workers with distributed.worker.profile.enabled: false, or use Python 3.12+); restart the "
                     "worker or the cluster and run again"
                 )
+                error.resumable = True  # nothing in the run is wrong: its partial output stays for resume=True
+                raise error
 
 
 def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterator[Any]:
@@ -293,6 +301,18 @@ def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterat
         silence.check(live)  # also while others' results keep coming in
 
 
+def _fetch(pool: concurrent.futures.Executor, future: Any, silence: _Silence, keys: Collection[str] = ()) -> Any:
+    """``future.result()``, waited for on ``pool``'s thread while checking that no worker holding the value (or
+    running one of ``keys``) went silent: the value of a finished task is fetched from its worker, which blocks
+    for as long as that worker is stuck."""
+    call = pool.submit(future.result)
+    while True:
+        done, _ = concurrent.futures.wait([call], timeout=0.1)
+        if done:
+            return call.result()  # the value, or the task's own error as it is (even a TimeoutError)
+        silence.check({future.key, *keys})
+
+
 def result_of(client: Any, future: Any) -> Any:
     """``future.result()``, but stopping with an error when the worker running it goes silent (see
     :func:`run_tasks`)."""
@@ -304,7 +324,11 @@ def result_of(client: Any, future: Any) -> Any:
         except TimeoutError:
             silence.check({future.key})
             continue
-        return future.result()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tilecast-dask-result") as pool:
+            try:
+                return _fetch(pool, future, silence)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_tasks(
@@ -338,6 +362,7 @@ def run_tasks(
         live[fut.key] = (fut, index, attempt)
         pending.add(fut)
 
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tilecast-dask-result")
     try:
         for index in itertools.islice(queue, in_flight):
             start(index)
@@ -346,7 +371,7 @@ def run_tasks(
             _, index, attempt = live.pop(fut.key)
             try:
                 # A task that had finished can still be lost before its result is in (its worker dies meanwhile).
-                result = fut.result()
+                result = _fetch(pool, fut, silence, live.keys())
             except concurrent.futures.CancelledError:
                 if attempt >= retries:
                     raise
@@ -363,6 +388,8 @@ def run_tasks(
             with contextlib.suppress(Exception):
                 fut.cancel()
         raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a fetch from a stuck worker ends when that worker does
 
 
 def gather(client: Any, submit: Callable[[int, int], Any], n: int, advance: Callable[[Any], None] | None = None

@@ -111,13 +111,17 @@ def run_dask(
     engine = engine or Dask()
     layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
     recipe = make_recipe(job, env)
-    done = sink.prepare(job.profile, fingerprint(job, layout), chunk_shape(layout), resume)
     total = len(job.plan)
     tile_pixels = job.plan.geometry.tile.x * job.plan.geometry.tile.y
-    tiles_done = sum(layout.own_tiles(i) for i in done)
-    todo = [i for i in range(len(layout)) if i not in done]
+    prepared = False
     try:
+        # The client first: a scheduler that cannot be reached (or workers that cannot open the input) must not
+        # create a partial output, nor, being a tilecast error, remove the one an interrupted run left to resume.
         with session(engine, recipe.source) as c:
+            done = sink.prepare(job.profile, fingerprint(job, layout), chunk_shape(layout), resume)
+            prepared = True
+            tiles_done = sum(layout.own_tiles(i) for i in done)
+            todo = [i for i in range(len(layout)) if i not in done]
             announce(c, f"{len(todo)} chunk task(s) of {layout.rows} x {layout.cols} tiles", progress)
             ctx = Broadcast(c, _Context(recipe, layout, sink.writer()))
 
@@ -143,7 +147,14 @@ def run_dask(
                 return result_of(c, c.submit(_close, sink, recipe.env, pure=False))
             return sink.close()
     except BaseException as exc:
-        sink.abort(keep=not isinstance(exc, TilecastError))
+        if prepared:  # after the session, so that a LocalCluster tilecast started no longer writes into it
+            # A tilecast error would recur (a wrong model output, a bad cast), except one about the cluster itself.
+            keep = not isinstance(exc, TilecastError) or getattr(exc, "resumable", False)
+            try:
+                sink.abort(keep=keep)
+            except Exception as failure:  # e.g. the output folder is gone: the run's own error is the one to see
+                exc.add_note(f"tilecast could not {'keep' if keep else 'remove'} the partial output either: "
+                             f"{type(failure).__name__}: {failure}")
         raise
 
 

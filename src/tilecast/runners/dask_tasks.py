@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import TilecastError
+from ..errors import SpecError, TilecastError
 from .engine import Dask
 
 __all__ = [
     "PROFILER_DEADLOCKS",
     "Broadcast",
     "announce",
+    "connect",
     "free_frames",
     "gather",
     "has_dashboard",
@@ -130,7 +131,7 @@ def open_client(
         yield client
         return
     if scheduler:
-        with distributed.Client(scheduler) as c:
+        with connect(scheduler) as c:
             yield c
         return
     if workers is None:
@@ -153,6 +154,42 @@ def open_client(
         kwargs["memory_limit"] = memory_limit
     with local_cluster(**kwargs) as cluster, distributed.Client(cluster) as c:
         yield c
+
+
+@functools.cache
+def _closing_client() -> type:
+    """``distributed.Client``, but one whose failed start stops the event-loop thread it began: a client that could
+    not connect is never returned, so nothing else could close it, and each failed attempt left a thread behind."""
+    distributed = require("distributed", "dask")
+
+    class ClosingClient(distributed.Client):
+        def start(self, **kwargs: Any) -> None:
+            try:
+                super().start(**kwargs)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.close()
+                with contextlib.suppress(Exception):  # close() returns early for a client that never connected
+                    self._loop_runner.stop()
+                raise
+
+    return ClosingClient
+
+
+def connect(scheduler: str) -> Any:
+    """A client of the scheduler at ``scheduler``; a :class:`~tilecast.errors.SpecError` naming the address when
+    it cannot be reached within Dask's ``distributed.comm.timeouts.connect`` (instead of the library's error)."""
+    import dask
+
+    try:
+        return _closing_client()(scheduler)
+    except (OSError, TimeoutError, ValueError) as exc:
+        timeout = dask.config.get("distributed.comm.timeouts.connect", None)
+        raise SpecError(
+            f"cannot reach the Dask scheduler at {scheduler}: {exc}. Check the address (tcp://HOST:8786) and that "
+            f"the scheduler is running and reachable from here (tilecast waited distributed.comm.timeouts.connect, "
+            f"{timeout}, for it), or run without a scheduler (a LocalCluster) or with engine='local'"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -230,16 +267,24 @@ class _Silence:
         silent = [a for a in workers if now - self.seen[a][1] > self.limit]
         if not silent:
             return
+        held: dict[str, list[str]] = {}  # a silent worker holding a finished task's value blocks its gather too
+        for key, where in self.client.who_has(list(keys)).items():
+            for addr in where or ():
+                held.setdefault(addr, []).append(key)
         for addr, running in self.client.processing(workers=silent).items():
             mine = [k for k in running if k in keys]
+            doing = "running" if mine else "holding the result of"
+            mine = mine or held.get(addr, [])
             if mine:
-                raise TilecastError(
+                error = TilecastError(
                     f"Dask worker {addr} has not answered the scheduler for {now - self.seen[addr][1]:.0f} s while "
-                    f"running {mine[0]}, so this run stopped instead of waiting on it: the worker is stuck or its "
+                    f"{doing} {mine[0]}, so this run stopped instead of waiting on it: the worker is stuck or its "
                     "machine overloaded or gone (on CPython 3.11, Dask's task profiler can deadlock a worker: start "
                     "workers with distributed.worker.profile.enabled: false, or use Python 3.12+); restart the "
                     "worker or the cluster and run again"
                 )
+                error.resumable = True  # nothing in the run is wrong: its partial output stays for resume=True
+                raise error
 
 
 def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterator[Any]:
@@ -256,6 +301,18 @@ def _completed(pending: Any, live: Collection[str], silence: _Silence) -> Iterat
         silence.check(live)  # also while others' results keep coming in
 
 
+def _fetch(pool: concurrent.futures.Executor, future: Any, silence: _Silence, keys: Collection[str] = ()) -> Any:
+    """``future.result()``, waited for on ``pool``'s thread while checking that no worker holding the value (or
+    running one of ``keys``) went silent: the value of a finished task is fetched from its worker, which blocks
+    for as long as that worker is stuck."""
+    call = pool.submit(future.result)
+    while True:
+        done, _ = concurrent.futures.wait([call], timeout=0.1)
+        if done:
+            return call.result()  # the value, or the task's own error as it is (even a TimeoutError)
+        silence.check({future.key, *keys})
+
+
 def result_of(client: Any, future: Any) -> Any:
     """``future.result()``, but stopping with an error when the worker running it goes silent (see
     :func:`run_tasks`)."""
@@ -267,7 +324,11 @@ def result_of(client: Any, future: Any) -> Any:
         except TimeoutError:
             silence.check({future.key})
             continue
-        return future.result()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tilecast-dask-result") as pool:
+            try:
+                return _fetch(pool, future, silence)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_tasks(
@@ -301,6 +362,7 @@ def run_tasks(
         live[fut.key] = (fut, index, attempt)
         pending.add(fut)
 
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tilecast-dask-result")
     try:
         for index in itertools.islice(queue, in_flight):
             start(index)
@@ -309,7 +371,7 @@ def run_tasks(
             _, index, attempt = live.pop(fut.key)
             try:
                 # A task that had finished can still be lost before its result is in (its worker dies meanwhile).
-                result = fut.result()
+                result = _fetch(pool, fut, silence, live.keys())
             except concurrent.futures.CancelledError:
                 if attempt >= retries:
                     raise
@@ -326,6 +388,8 @@ def run_tasks(
             with contextlib.suppress(Exception):
                 fut.cancel()
         raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a fetch from a stuck worker ends when that worker does
 
 
 def gather(client: Any, submit: Callable[[int, int], Any], n: int, advance: Callable[[Any], None] | None = None

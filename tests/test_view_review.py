@@ -57,3 +57,27 @@ def test_a_raster_across_the_antimeridian_gets_the_zooms_and_bounds_of_its_neigh
     finally:
         view.close()
 
+
+def test_point_far_outside_the_rasters_projection_is_no_value_not_a_server_error(tmp_path):
+    """Symptom: a click a quarter of the world away from a UTM raster (``/point?lon=100&lat=0`` for zone 33)
+    answered 500: PROJ refuses the point ("outside of projection domain") and the error went up to the server."""
+    from starlette.testclient import TestClient
+
+    from tilecast.view.app import create_app
+
+    path = tmp_path / "utm.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=Affine(10, 0, 500000, 0, -10, 5000000), nodata=0) as ds:
+        ds.write(np.full((1, 20, 20), 3, np.uint8))
+    view = from_raster(path)
+    try:
+        client = TestClient(create_app(view))
+        for lon, lat in ((100, 0), (15, 95), ("inf", 0)):
+            r = client.get(f"/point?lon={lon}&lat={lat}")
+            assert r.status_code == 200, r.text
+            assert r.json() == {"raster": None}
+        (lon,), (lat,) = transform("EPSG:32633", "EPSG:4326", [500100], [4999900])
+        inside = client.get(f"/point?lon={lon}&lat={lat}").json()["raster"]
+        assert inside is not None and inside["values"] == [3.0]
+    finally:
+        view.close()

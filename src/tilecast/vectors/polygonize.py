@@ -45,19 +45,22 @@ def block_polygons(row_off: int, col_off: int, data: np.ndarray, valid: np.ndarr
     from affine import Affine
     from rasterio.features import shapes
 
-    if data.dtype.name not in _SHAPES_DTYPES:
-        data = data.astype(np.int32 if data.dtype.kind in "iub" else np.float32)
     mask = np.ones(data.shape, bool) if valid is None else valid.copy()
-    for v in ignore:
+    for v in ignore:  # on the values themselves: a cast would turn uint32 nodata 2**32 - 1 into the region -1
         mask &= ~(np.isnan(data) if isinstance(v, float) and np.isnan(v) else data == v)
     if not mask.any():
         return ClassPolygons.concat([])
+    table = None
+    if data.dtype.name not in _SHAPES_DTYPES:  # GDAL takes no (u)int64 or uint32: polygonize codes of the values
+        table, codes = np.unique(data, return_inverse=True)
+        data = codes.reshape(data.shape).astype(np.int32)
     geoms, values = [], []
     for geom, value in shapes(data, mask=mask, connectivity=4, transform=Affine.translation(col_off, row_off)):
         rings = geom["coordinates"]
         geoms.append(shapely.Polygon(rings[0], rings[1:]))
         values.append(value)
-    return canonical(ClassPolygons(np.asarray(geoms, dtype=object), np.asarray(values)))
+    out = np.asarray(values) if table is None else table[np.asarray(values, dtype=np.int64)]
+    return canonical(ClassPolygons(np.asarray(geoms, dtype=object), out))
 
 
 def canonical(polys: ClassPolygons) -> ClassPolygons:

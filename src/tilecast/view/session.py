@@ -20,7 +20,7 @@ from ..sources.rasterio_source import RasterioSource, open_dataset, reopenable
 from .blocks import BlockRunner
 from .style import RangeStyle
 from .tiles import DEFAULT_BUDGET, Layer, PredictionLayer, RasterLayer, prediction_style, raster_style
-from .zooms import check_georeferenced
+from .zooms import check_georeferenced, lonlat_extent
 
 if TYPE_CHECKING:
     from ..prediction import Prediction
@@ -72,8 +72,8 @@ class MapView:
             layers.append({"id": key, "name": layer.name, "tilejson": f"{base}{prefix}tilejson.json",
                            "legend": layer.style.legend(), "minzoom": layer.zooms.minzoom,
                            "maxzoom": layer.zooms.maxzoom, "guarded": isinstance(layer, PredictionLayer)})
-        tj = self.main.tilejson("")
-        return {"title": self.title, "basemap": self.basemap, "bounds": tj["bounds"], "layers": layers,
+        return {"title": self.title, "basemap": self.basemap, "bounds": list(lonlat_extent(self.main.grid)),
+                "layers": layers,
                 "notes": self.notes}
 
     def close(self) -> None:

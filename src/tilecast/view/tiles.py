@@ -24,6 +24,8 @@ import numpy as np
 import rasterio
 from affine import Affine
 from anyio import to_thread
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
@@ -92,7 +94,12 @@ class Layer:
 
 
 def _pixel(grid: Grid, lon: float, lat: float) -> tuple[int, int] | None:
-    xs, ys = transform_points("EPSG:4326", grid.crs, [lon], [lat])
+    """The grid's pixel under a WGS84 position, or None: outside the grid, or where the grid's CRS has no place
+    for it (PROJ refuses a point far from a UTM zone, a latitude past 90)."""
+    try:
+        xs, ys = transform_points("EPSG:4326", grid.crs, [lon], [lat])
+    except (CPLE_BaseError, RasterioError, ValueError):
+        return None
     col, row = ~grid.transform * (xs[0], ys[0])
     if not (math.isfinite(row) and math.isfinite(col)):
         return None

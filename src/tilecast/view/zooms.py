@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import morecantile
+from rasterio.crs import CRS as RioCRS
 from rasterio.errors import RasterioError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window, from_bounds
@@ -19,8 +20,8 @@ from rasterio.windows import Window, from_bounds
 from ..errors import NotGeoreferencedError
 from ..sources.base import Grid
 
-__all__ = ["TMS", "Zooms", "block_zooms", "check_georeferenced", "native_zoom", "tile_window", "tilejson",
-           "wgs84_bounds"]
+__all__ = ["TMS", "Zooms", "block_zooms", "check_georeferenced", "lonlat_extent", "native_zoom", "tile_window",
+           "tilejson", "wgs84_bounds"]
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 ABOVE_NATIVE = 4
@@ -44,17 +45,41 @@ def check_georeferenced(grid: Grid, what: str) -> None:
         )
 
 
-def wgs84_bounds(grid: Grid) -> tuple[float, float, float, float]:
-    """``(west, south, east, north)`` in degrees, clamped to what web mercator shows."""
+def lonlat_extent(grid: Grid) -> tuple[float, float, float, float]:
+    """``(west, south, east, north)`` in degrees, latitudes clamped to what web mercator shows; ``east`` goes past
+    180 for a raster across the antimeridian (``west < east`` always, as Leaflet's ``fitBounds`` wants)."""
     w, s, e, n = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21)
+    if w > e:  # rasterio's way of saying the raster crosses the antimeridian
+        e += 360.0
     lim = 85.0511287798
-    return max(w, -180.0), max(s, -lim), min(e, 180.0), min(n, lim)
+    return max(w, -180.0), max(s, -lim), min(e, 540.0), min(n, lim)
+
+
+def wgs84_bounds(grid: Grid) -> tuple[float, float, float, float]:
+    """``(west, south, east, north)`` in degrees, clamped to what web mercator shows. Across the antimeridian
+    every longitude: clients read ``west > east`` as an empty box (and ask for no tile), and tiles beside the raster
+    are empty anyway."""
+    w, s, e, n = lonlat_extent(grid)
+    return (-180.0, s, 180.0, n) if e > 180.0 else (w, s, e, n)
+
+
+def _centre(grid: Grid) -> tuple[float, float]:
+    """The raster's centre in degrees (longitude in -180..180)."""
+    w, s, e, n = lonlat_extent(grid)
+    lon = (w + e) / 2
+    return (lon - 360.0 if lon > 180.0 else lon), (s + n) / 2
 
 
 def native_zoom(grid: Grid) -> int:
-    """The zoom whose pixel size is closest to the grid's, as rio-tiler works it out for a dataset."""
+    """The zoom whose pixel size is closest to the grid's, as rio-tiler works it out for a dataset. Across the
+    antimeridian the warp goes to a web mercator centred on the raster (same scale, no wrap): to web mercator
+    itself it would span the world and give zoom 0."""
     h, w = grid.shape
-    transform, _, _ = calculate_default_transform(grid.crs, TMS.rasterio_crs, w, h, *grid.bounds)
+    dst = TMS.rasterio_crs
+    if lonlat_extent(grid)[2] > 180.0:
+        dst = RioCRS.from_proj4(f"+proj=merc +a=6378137 +b=6378137 +lon_0={_centre(grid)[0]!r} +x_0=0 +y_0=0 "
+                                "+k=1 +units=m +nadgrids=@null +no_defs")
+    transform, _, _ = calculate_default_transform(grid.crs, dst, w, h, *grid.bounds)
     return TMS.zoom_for_res(abs(transform.a), max_z=TMS.maxzoom)
 
 
@@ -80,8 +105,7 @@ def tile_window(grid: Grid, z: int, x: int, y: int, margin: int = MARGIN) -> Win
 
 def _blocks_per_tile(grid: Grid, z: int, block: tuple[int, int], blocks: tuple[int, int]) -> int:
     """Blocks one tile near the grid's centre needs at zoom ``z`` in the worst alignment."""
-    w, s, e, n = wgs84_bounds(grid)
-    t = TMS.tile((w + e) / 2, (s + n) / 2, z)
+    t = TMS.tile(*_centre(grid), z)
     left, bottom, right, top = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(t), densify_pts=21)
     rx, ry = grid.resolution
     rows = min(blocks[0], math.ceil((top - bottom) / ry / block[0]) + 1)
@@ -103,7 +127,7 @@ def block_zooms(grid: Grid, block: tuple[int, int], blocks: tuple[int, int], bud
 def tilejson(name: str, url: str, grid: Grid, zooms: Zooms, **extra: Any) -> dict[str, Any]:
     """A TileJSON 3.0.0 document for a layer whose tiles are at ``url`` (with ``{z}/{x}/{y}``)."""
     w, s, e, n = wgs84_bounds(grid)
-    center = [(w + e) / 2, (s + n) / 2, max(zooms.minzoom, min(zooms.native, zooms.maxzoom) - 2)]
+    center = [*_centre(grid), max(zooms.minzoom, min(zooms.native, zooms.maxzoom) - 2)]
     doc = {"tilejson": "3.0.0", "name": name, "tiles": [url], "minzoom": zooms.minzoom, "maxzoom": zooms.maxzoom,
            "bounds": [w, s, e, n], "center": center, "scheme": "xyz"}
     doc.update(extra)

@@ -73,6 +73,10 @@ __all__ = [
 class TilecastError(Exception):
     """Root of every error tilecast raises on purpose."""
 
+    resumable: bool = False
+    """Whether a resumable run that stops with this error keeps its partial output for ``resume=True``: true for an
+    error outside the run itself (a stuck worker), false for the run's own errors, which would recur."""
+
     def __reduce__(self) -> tuple:
         # The mixed-in builtin's own reduction, but defined here: tblib, which Dask uses to send a task's error with
         # its traceback, takes a class without its own __reduce__ for a "custom __init__" one and rebuilds it with the

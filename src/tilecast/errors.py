@@ -73,6 +73,10 @@ __all__ = [
 class TilecastError(Exception):
     """Root of every error tilecast raises on purpose."""
 
+    resumable: bool = False
+    """True when nothing in the run is wrong (a full disk, a stuck worker): a resumable run keeps its partial output
+    for ``resume=True``, where a tilecast error would otherwise recur and the partial output is removed."""
+
     def __reduce__(self) -> tuple:
         # The mixed-in builtin's own reduction, but defined here: tblib, which Dask uses to send a task's error with
         # its traceback, takes a class without its own __reduce__ for a "custom __init__" one and rebuilds it with the

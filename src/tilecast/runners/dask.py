@@ -149,7 +149,7 @@ def run_dask(
     except BaseException as exc:
         if prepared:  # after the session, so that a LocalCluster tilecast started no longer writes into it
             # A tilecast error would recur (a wrong model output, a bad cast), except one about the cluster itself.
-            keep = not isinstance(exc, TilecastError) or getattr(exc, "resumable", False)
+            keep = not isinstance(exc, TilecastError) or exc.resumable
             try:
                 sink.abort(keep=keep)
             except Exception as failure:  # e.g. the output folder is gone: the run's own error is the one to see

@@ -347,5 +347,6 @@ def run_local_chunked(
         note(progress, sink)
         return sink.close()
     except BaseException as exc:
-        sink.abort(keep=resume and not isinstance(exc, TilecastError))
+        # A tilecast error would recur, except a resumable one (a write that failed on a full disk: free space, resume)
+        sink.abort(keep=resume and (not isinstance(exc, TilecastError) or exc.resumable))
         raise

@@ -1,0 +1,136 @@
+"""Write failures of resumable outputs (a vanished folder, a full disk): one tilecast error that names the output and
+the fix, on either engine; the partial output is kept for ``resume=True`` and keeping it never raises."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+import tilecast
+from resume_helpers import read
+from tilecast import Model
+from tilecast.errors import OutputError
+from tilecast.sinks import chunked
+from tilecast.sinks.base import OutputProfile
+
+
+def double(x):
+    return x * 2
+
+
+def prediction(raster) -> tilecast.Prediction:
+    img = np.random.default_rng(0).normal(size=(1, 64, 64)).astype("float32")
+    model = Model.from_callable(double, layout="NCHW", input_tile_size=16, output_bands={"y": "float32"})
+    return model.predict_image(raster(img))
+
+
+def prepared(sink, pred) -> None:
+    profile: OutputProfile = pred.job.profile
+    sink.prepare(profile, "fingerprint", (16, 16), resume=False)
+
+
+def test_a_chunk_write_into_a_vanished_folder_is_an_output_error(tmp_path, raster):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    sink = chunked.PartialGeoTIFFSink(folder / "o.tif")
+    prepared(sink, prediction(raster))
+    writer = sink.writer()
+    shutil.rmtree(folder)
+    with pytest.raises(OutputError, match=r"o\.tif.*resume=True") as info:
+        writer.write(Window(0, 0, 16, 16), np.ones((1, 16, 16), "float32"))
+    assert getattr(info.value, "resumable", False)
+
+
+def test_a_chunk_write_into_a_removed_partial_file_is_an_output_error_not_rasterios_type_error(tmp_path, raster):
+    """rasterio raises TypeError for a missing file opened "r+" (its driver lookup); that is a write failure."""
+    sink = chunked.PartialGeoTIFFSink(tmp_path / "o.tif")
+    prepared(sink, prediction(raster))
+    os.remove(sink.partial)
+    with pytest.raises(OutputError, match="No such file"):
+        sink.writer().write(Window(0, 0, 16, 16), np.ones((1, 16, 16), "float32"))
+
+
+def test_a_zarr_chunk_write_into_a_vanished_folder_is_an_output_error(tmp_path, raster):
+    pytest.importorskip("zarr")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    sink = chunked.ZarrSink(folder / "o.zarr")
+    prepared(sink, prediction(raster))
+    writer = sink.writer()
+    shutil.rmtree(folder)
+    with pytest.raises(OutputError, match=r"o\.zarr"):
+        writer.write(Window(0, 0, 16, 16), np.ones((1, 16, 16), "float32"))
+
+
+def test_a_manifest_that_cannot_be_written_is_an_output_error(tmp_path, monkeypatch):
+    manifest = chunked.Manifest(tmp_path / ".o.tif.resume.json", "f")
+    manifest.add([1], {1: "x"})
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(chunked.Path, "write_text", full_disk)
+    with pytest.raises(OutputError, match=r"No space left.*free some space.*resume=True") as info:
+        manifest.flush()
+    assert getattr(info.value, "resumable", False)
+
+
+@pytest.mark.parametrize("kind", ["tif", "zarr"])
+def test_keeping_the_partial_output_of_a_vanished_folder_never_raises(tmp_path, raster, kind):
+    """abort(keep=True) runs while the run's own error is handled: its failure is a note on that error."""
+    if kind == "zarr":
+        pytest.importorskip("zarr")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    sink = (chunked.PartialGeoTIFFSink if kind == "tif" else chunked.ZarrSink)(folder / f"o.{kind}")
+    prepared(sink, prediction(raster))
+    shutil.rmtree(folder)
+    sink.abort(keep=True)  # nothing being handled: no error, nothing to note it on
+    try:
+        raise RuntimeError("the run's own error")
+    except RuntimeError as exc:
+        sink.abort(keep=True)
+        assert any("could not keep the partial output" in n for n in getattr(exc, "__notes__", []))
+
+
+def test_a_full_disk_mid_run_keeps_the_partial_output_to_resume(tmp_path, raster, monkeypatch):
+    """A full disk is fixed by freeing space: the finished chunks stay, and resume=True continues the run."""
+    pred = prediction(raster)
+    expected = read(pred.to_geotiff(tmp_path / "clean.tif"))
+    opened = rasterio.open
+    writes = []
+
+    def full_after_three(path, mode="r", *a, **k):
+        if mode == "r+" and str(path).endswith("partial.tmp.tif"):
+            writes.append(path)
+            if len(writes) > 3:
+                raise rasterio.errors.RasterioIOError(f"{path}: No space left on device")
+        return opened(path, mode, *a, **k)
+
+    monkeypatch.setattr(chunked.rasterio, "open", full_after_three)
+    out = tmp_path / "o.tif"
+    with pytest.raises(OutputError, match="No space left"):
+        pred.to_geotiff(out, chunk_size=16, resume=True)
+    assert (tmp_path / ".o.tif.partial.tmp.tif").exists() and (tmp_path / ".o.tif.resume.json").exists()
+    monkeypatch.setattr(chunked.rasterio, "open", opened)
+    assert read(pred.to_geotiff(out, chunk_size=16, resume=True)).tobytes() == expected.tobytes()
+
+
+# --- on Dask ------------------------------------------------------------------------------------------------------
+
+distributed = pytest.importorskip("distributed")
+cloudpickle = pytest.importorskip("cloudpickle")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as c:
+        yield c

@@ -4,6 +4,7 @@ the fix, on either engine; the partial output is kept for ``resume=True`` and ke
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import sys
 
@@ -15,7 +16,8 @@ from rasterio.windows import Window
 import tilecast
 from resume_helpers import read
 from tilecast import Model
-from tilecast.errors import OutputError
+from tilecast.errors import OutputError, SourceReadError
+from tilecast.runners.recipe import errors_reach_client
 from tilecast.sinks import chunked
 from tilecast.sinks.base import OutputProfile
 
@@ -122,6 +124,19 @@ def test_a_full_disk_mid_run_keeps_the_partial_output_to_resume(tmp_path, raster
     assert read(pred.to_geotiff(out, chunk_size=16, resume=True)).tobytes() == expected.tobytes()
 
 
+def test_a_gdal_error_that_does_not_pickle_reaches_the_client_as_a_tilecast_error(tmp_path):
+    """rasterio's errors carry a CPLE error (whose args cannot be set, so it does not unpickle) in their chain; a
+    missing file opened "r+" is even a TypeError. A task's GDAL error is sent as OutputError or SourceReadError."""
+    missing = str(tmp_path / "gone.tif")
+    for writing, expected in ((True, OutputError), (False, SourceReadError)):
+        for mode in ("r", "r+"):
+            with pytest.raises(expected, match="No such file") as info, errors_reach_client(writing=writing):
+                rasterio.open(missing, mode)
+            sent = pickle.loads(pickle.dumps(info.value))
+            assert type(sent) is expected and "No such file" in str(sent)
+            assert getattr(sent, "resumable", False)  # a library's error would have kept the partial output
+
+
 # --- on Dask ------------------------------------------------------------------------------------------------------
 
 distributed = pytest.importorskip("distributed")
@@ -134,3 +149,17 @@ def client():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=50) as cluster, distributed.Client(cluster) as c:
         yield c
+
+
+def test_a_partial_file_removed_mid_run_reaches_the_client_as_an_output_error(tmp_path, raster, client):
+    pred = prediction(raster)
+    partial = tmp_path / ".o.tif.partial.tmp.tif"
+
+    def remove_partial(done, total, pixels):
+        if partial.exists():
+            partial.unlink()
+
+    with pytest.raises(OutputError, match=r"o\.tif") as info:
+        pred.to_geotiff(tmp_path / "o.tif", engine=tilecast.Dask(client=client), chunk_size=16,
+                        progress=remove_partial)
+    assert not isinstance(info.value, TypeError)

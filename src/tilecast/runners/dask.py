@@ -82,7 +82,7 @@ def _chunk_task(ctx: _Context, index: int) -> tuple[ChunkStats, Any, np.ndarray 
     window, data, stats = _compute(ctx, index)
     if ctx.writer is None:
         return stats, window, data
-    with ctx.recipe.env.apply():
+    with ctx.recipe.env.apply(writing=True):
         ctx.writer.write(window, data)
     return stats, window, None
 
@@ -160,7 +160,7 @@ def run_dask(
 
 @worker_task
 def _close(sink: Any, env: GdalEnv) -> Any:
-    with env.apply():
+    with env.apply(writing=True):
         return sink.close()
 
 

@@ -16,7 +16,7 @@ from rasterio.windows import Window
 import tilecast
 from resume_helpers import read
 from tilecast import Model
-from tilecast.errors import OutputError, SourceReadError
+from tilecast.errors import OutputError, OutputIsInputError, SourceReadError
 from tilecast.runners.recipe import errors_reach_client
 from tilecast.sinks import chunked
 from tilecast.sinks.base import OutputProfile
@@ -163,3 +163,16 @@ def test_a_partial_file_removed_mid_run_reaches_the_client_as_an_output_error(tm
         pred.to_geotiff(tmp_path / "o.tif", engine=tilecast.Dask(client=client), chunk_size=16,
                         progress=remove_partial)
     assert not isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize("sink", ["partial", "plain"])
+def test_a_custom_sink_on_dask_that_would_overwrite_the_input_is_refused(tmp_path, raster, client, sink):
+    """As on the local engine: overwrite=True never allows publishing over one of the prediction's inputs."""
+    pred = prediction(raster)
+    source = tmp_path / "in0.tif"
+    before = source.read_bytes()
+    out = (chunked.PartialGeoTIFFSink if sink == "partial" else chunked.GeoTIFFSink)(source, overwrite=True)
+    with pytest.raises(OutputIsInputError):
+        pred.run(out, engine=tilecast.Dask(client=client), chunk_size=16)
+    assert source.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["in0.tif"]

@@ -34,6 +34,7 @@ from .dask_tasks import (
     worker_task,
 )
 from .engine import Dask
+from .local import refuse_inputs
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
 __all__ = ["Broadcast", "dask_array", "has_dashboard", "open_client", "run_dask", "run_tasks"]
@@ -108,6 +109,7 @@ def run_dask(
     run stops, so ``resume=True`` continues it.
     """
     require("distributed", "dask")
+    refuse_inputs(job, sink)  # before the cluster: a custom sink's path can be one of the inputs too
     engine = engine or Dask()
     layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
     recipe = make_recipe(job, env)

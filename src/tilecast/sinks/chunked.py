@@ -424,6 +424,11 @@ class BlockSinkAdapter:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
+    @property
+    def path(self) -> Any:
+        """Where the wrapped sink publishes (None if nowhere): the runners refuse one of the inputs."""
+        return getattr(self.sink, "path", None)
+
     def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
         self.sink.open(profile)
         return set()

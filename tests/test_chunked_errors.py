@@ -139,13 +139,12 @@ def test_a_gdal_error_that_does_not_pickle_reaches_the_client_as_a_tilecast_erro
 
 # --- on Dask ------------------------------------------------------------------------------------------------------
 
-distributed = pytest.importorskip("distributed")
-cloudpickle = pytest.importorskip("cloudpickle")
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
 
 @pytest.fixture(scope="module")
 def client():
+    """A one-worker cluster; the tests above still run where Distributed is not installed."""
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("cloudpickle").register_pickle_by_value(sys.modules[__name__])
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=50) as cluster, distributed.Client(cluster) as c:
         yield c

@@ -74,8 +74,8 @@ class TilecastError(Exception):
     """Root of every error tilecast raises on purpose."""
 
     resumable: bool = False
-    """Whether a resumable run that stops with this error keeps its partial output for ``resume=True``: true for an
-    error outside the run itself (a stuck worker), false for the run's own errors, which would recur."""
+    """True when nothing in the run is wrong (a full disk, a stuck worker): a resumable run keeps its partial output
+    for ``resume=True``, where a tilecast error would otherwise recur and the partial output is removed."""
 
     def __reduce__(self) -> tuple:
         # The mixed-in builtin's own reduction, but defined here: tblib, which Dask uses to send a task's error with

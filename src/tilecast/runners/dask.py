@@ -34,6 +34,7 @@ from .dask_tasks import (
     worker_task,
 )
 from .engine import Dask
+from .local import refuse_inputs
 from .recipe import GdalEnv, JobRecipe, check_workers_can_open, get_job, make_recipe
 
 __all__ = ["Broadcast", "dask_array", "has_dashboard", "open_client", "run_dask", "run_tasks"]
@@ -82,7 +83,7 @@ def _chunk_task(ctx: _Context, index: int) -> tuple[ChunkStats, Any, np.ndarray 
     window, data, stats = _compute(ctx, index)
     if ctx.writer is None:
         return stats, window, data
-    with ctx.recipe.env.apply():
+    with ctx.recipe.env.apply(writing=True):
         ctx.writer.write(window, data)
     return stats, window, None
 
@@ -108,6 +109,7 @@ def run_dask(
     run stops, so ``resume=True`` continues it.
     """
     require("distributed", "dask")
+    refuse_inputs(job, sink)  # before the cluster: a custom sink's path can be one of the inputs too
     engine = engine or Dask()
     layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
     recipe = make_recipe(job, env)
@@ -160,7 +162,7 @@ def run_dask(
 
 @worker_task
 def _close(sink: Any, env: GdalEnv) -> Any:
-    with env.apply():
+    with env.apply(writing=True):
         return sink.close()
 
 

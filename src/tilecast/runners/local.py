@@ -160,7 +160,7 @@ def run_local(
     """
     res = resources or Resources.detect()
     try:
-        _refuse_inputs(job, sink)
+        refuse_inputs(job, sink)
     except BaseException:
         sink.abort()
         raise
@@ -246,8 +246,9 @@ def band_tile_count(job: Job, bands: list[tuple[int, int]]) -> int:
     return job.plan.tile_rows * sum(len(job.band_tile_cols(cols)) for cols in bands)
 
 
-def _refuse_inputs(job: Job, sink: object) -> None:
-    """Whatever ``overwrite`` says, never publish over one of the job's own input files."""
+def refuse_inputs(job: Job, sink: object) -> None:
+    """Whatever ``overwrite`` says, never publish over one of the job's own input files; every runner checks its
+    sink (a custom one too), not only ``to_geotiff``/``to_zarr``."""
     path = output_path_of(sink)
     if path is not None:
         refuse_overwriting_inputs(path, job.source)
@@ -314,7 +315,7 @@ def run_local_chunked(
     from ..errors import TilecastError
     from .chunks import ChunkLayout, chunk_shape, compute_chunk, fingerprint
 
-    _refuse_inputs(job, sink)
+    refuse_inputs(job, sink)
     layout = ChunkLayout.create(job.plan, job.blending, chunk_size)
     done = sink.prepare(job.profile, fingerprint(job, layout), chunk_shape(layout), resume)
     total = len(job.plan)
@@ -347,5 +348,6 @@ def run_local_chunked(
         note(progress, sink)
         return sink.close()
     except BaseException as exc:
-        sink.abort(keep=resume and not isinstance(exc, TilecastError))
+        # A tilecast error would recur, except a resumable one (a write that failed on a full disk: free space, resume)
+        sink.abort(keep=resume and (not isinstance(exc, TilecastError) or exc.resumable))
         raise

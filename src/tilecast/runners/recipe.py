@@ -23,10 +23,11 @@ from typing import Any
 
 import rasterio
 
-from ..errors import SpecError
+from ..errors import OutputError, SourceReadError, SpecError, TilecastError
 from ..job import Job
 from ..resources import Resources
 from ..runtimes.base import recipe_of, streams_of
+from ..sinks.write_errors import is_gdal_error
 from ..sources.base import source_paths, source_recipe_of
 from .ordered import BatchReuse
 
@@ -66,12 +67,12 @@ class GdalEnv:
         return {k: ("***" if self.is_secret(k) else v) for k, v in self.options.items()}
 
     @contextmanager
-    def apply(self) -> Iterator[None]:
+    def apply(self, writing: bool = False) -> Iterator[None]:
         """Set the options for the duration of a task. rasterio refuses AWS credentials as config options, so
         those go to the process environment, where GDAL reads them too.
 
         Every worker task runs inside this, so it is also where a task's error is made to reach the client as
-        itself (:func:`errors_reach_client`).
+        itself (:func:`errors_reach_client`; ``writing``: the task writes the output, so a GDAL error is about it).
         """
         tune_worker_malloc()
         opts = dict(self.options)
@@ -79,7 +80,7 @@ class GdalEnv:
             value = opts.pop(key, None)
             if value is not None and os.environ.get(key) != value:
                 os.environ[key] = str(value)
-        with errors_reach_client(), rasterio.Env(**opts):
+        with errors_reach_client(writing), rasterio.Env(**opts):
             yield
 
     def __repr__(self) -> str:
@@ -87,23 +88,58 @@ class GdalEnv:
 
 
 @contextmanager
-def errors_reach_client() -> Iterator[None]:
-    """Make a task's error reach the client as itself.
+def errors_reach_client(writing: bool = False) -> Iterator[None]:
+    """Make a task's error reach the client as itself, and a GDAL error as a tilecast one.
 
     Distributed pickles an error together with its chain of causes and sends a bare ``Exception(repr)`` when that
     does not unpickle, as with GDAL's CPLE errors (their ``args`` cannot be set). A tilecast error raised while
     handling one (e.g. a missing input on a new worker) then lost its class, so the client could not tell that the
     run must stop rather than be resumed. Such a chain is cut and kept as notes.
+
+    A GDAL error that no tilecast code turned into its own reaches the client as an
+    :class:`~tilecast.errors.OutputError` (``writing``) or a :class:`~tilecast.errors.SourceReadError`: rasterio's
+    own classes are no help there (a missing file opened ``"r+"`` is a ``TypeError``). It is marked ``resumable``, so
+    the partial output is kept as it was for the library's error.
     """
+    converted: TilecastError | None = None
     try:
         yield
     except Exception as exc:
-        if not _round_trips(exc):
-            shown = _shown_chain(exc)
-            exc.__cause__ = exc.__context__ = None
-            for link in shown:
-                exc.add_note(f"caused by {type(link).__name__}: {link}")
-        raise
+        if isinstance(exc, TilecastError) or not is_gdal_error(exc):
+            if not _round_trips(exc):
+                shown = _shown_chain(exc)
+                exc.__cause__ = exc.__context__ = None
+                for link in shown:
+                    exc.add_note(f"caused by {type(link).__name__}: {link}")
+            raise
+        converted = _gdal_error(exc, writing)
+        for link in _shown_chain(exc):
+            converted.add_note(f"caused by {type(link).__name__}: {link}")
+    if converted is not None:
+        # Raised while the library's error is still being handled (contextlib throws it in), so Python makes that error
+        # the context, which Distributed would pickle along; a re-raise keeps the context cleared here.
+        try:
+            raise converted
+        except TilecastError:
+            converted.__context__ = None
+            raise
+
+
+def _gdal_error(exc: BaseException, writing: bool) -> TilecastError:
+    """The tilecast error a worker sends for a GDAL error ``exc`` of a task that writes the output or reads."""
+    text = str(exc).strip() or type(exc).__name__
+    if writing:
+        error: TilecastError = OutputError(
+            f"a Dask worker could not write the output: {text}. Make sure the output folder exists on every worker, "
+            "is writable and has room (free some space), then run again with resume=True to continue"
+        )
+    else:
+        error = SourceReadError(
+            f"a Dask worker could not read: {text}. Make sure every worker can read the input (the same path or URL, "
+            "the same credentials) and that it is intact, then run again with resume=True to continue"
+        )
+    error.resumable = True  # as kept for the library's error it replaces
+    return error
 
 
 def _shown_chain(exc: BaseException) -> list[BaseException]:

@@ -29,6 +29,7 @@ from .._extras import require
 from .base import ChunkSink, ChunkWriter, OutputProfile, Sink
 from .geotiff import GeoTIFFSink, check_free_space, check_output_path, run_interruptibly, writing_errors
 from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
+from .write_errors import never_raising, resumable_writes
 
 __all__ = [
     "BlockSinkAdapter", "ChunkSink", "ChunkWriter", "Manifest", "PartialGeoTIFFSink", "ZarrSink", "chunk_window",
@@ -82,11 +83,13 @@ class Manifest:
         return bad
 
     def flush(self) -> None:
+        """Write the manifest now; a resumable :class:`~tilecast.errors.OutputError` when it cannot be written."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         sums = {str(i): self.sums[i] for i in sorted(self.done) if i in self.sums}
-        tmp.write_text(json.dumps({"version": 2, "fingerprint": self.fingerprint, "done": sorted(self.done),
-                                   "sums": sums}))
-        os.replace(tmp, self.path)
+        with resumable_writes(self.path, "record the finished chunks in"):
+            tmp.write_text(json.dumps({"version": 2, "fingerprint": self.fingerprint, "done": sorted(self.done),
+                                       "sums": sums}))
+            os.replace(tmp, self.path)
         self._last = time.monotonic()
 
     def remove(self) -> None:
@@ -118,13 +121,15 @@ class _LockedGTiffWriter:
     when a worker is killed). With ``levels`` (resampling, nodata) each chunk is also reduced into the first
     overview level beside it (``<partial>.ovr``), so the COG conversion only derives the small levels."""
 
-    def __init__(self, path: str, lock: str, levels: tuple[str, float | None] | None = None) -> None:
+    def __init__(self, path: str, lock: str, levels: tuple[str, float | None] | None = None,
+                 output: str | None = None) -> None:
         self.path, self.lock, self.levels = path, lock, levels
+        self.output = output or path  # the final path, which a failed write names
 
     def write(self, window: Window, data: np.ndarray) -> None:
         # The sink created the lock when it prepared the partial; never create it here: a cancelled task that still
         # runs after an abort removed it must fail, not leave a new lock behind.
-        with open(self.lock, "r+") as fh:
+        with resumable_writes(Path(self.output), "write a chunk into the partial file of"), open(self.lock, "r+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 with rasterio.open(self.path, "r+") as dst:
@@ -267,7 +272,7 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
 
     def writer(self) -> ChunkWriter:
         levels = None if self._levels is None else (self._levels[0], self.profile.nodata)
-        return _LockedGTiffWriter(str(self.partial), self.lock, levels)
+        return _LockedGTiffWriter(str(self.partial), self.lock, levels, str(self.path))
 
     def read_back(self, window: Window) -> np.ndarray:
         """The partial's pixels in ``window`` and, when the first overview level is streamed, that level's pixels
@@ -306,6 +311,11 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
         return path
 
     def abort(self, keep: bool = False) -> None:
+        """Keep the partial output for ``resume=True`` (record the finished chunks) or remove it; never raises
+        (see :func:`~tilecast.sinks.write_errors.never_raising`)."""
+        never_raising(keep, lambda: self._abort(keep))
+
+    def _abort(self, keep: bool) -> None:
         if keep and self.manifest is not None:
             self.manifest.flush()
             return
@@ -325,14 +335,15 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
 
 
 class _ZarrWriter:
-    def __init__(self, path: str, name: str) -> None:
-        self.path, self.name = path, name
+    def __init__(self, path: str, name: str, output: str | None = None) -> None:
+        self.path, self.name, self.output = path, name, output or path  # output: the final path, for errors
 
     def write(self, window: Window, data: np.ndarray) -> None:
         zarr = require("zarr", "dask")
-        arr = zarr.open_array(os.path.join(self.path, self.name), mode="r+")
-        r, c = int(window.row_off), int(window.col_off)
-        arr[:, r : r + data.shape[1], c : c + data.shape[2]] = data
+        with resumable_writes(Path(self.output), "write a chunk into the partial store of"):
+            arr = zarr.open_array(os.path.join(self.path, self.name), mode="r+")
+            r, c = int(window.row_off), int(window.col_off)
+            arr[:, r : r + data.shape[1], c : c + data.shape[2]] = data
 
 
 class ZarrSink(_WorkerWritten):
@@ -377,7 +388,7 @@ class ZarrSink(_WorkerWritten):
         return set()
 
     def writer(self) -> ChunkWriter:
-        return _ZarrWriter(str(self.partial), self.name)
+        return _ZarrWriter(str(self.partial), self.name, str(self.path))
 
     def read_back(self, window: Window) -> np.ndarray:
         zarr = require("zarr", "dask")
@@ -394,6 +405,10 @@ class ZarrSink(_WorkerWritten):
         return self.path
 
     def abort(self, keep: bool = False) -> None:
+        """As :meth:`PartialGeoTIFFSink.abort`: keep or remove the partial store; never raises."""
+        never_raising(keep, lambda: self._abort(keep))
+
+    def _abort(self, keep: bool) -> None:
         if keep and self.manifest is not None:
             self.manifest.flush()
             return
@@ -408,6 +423,11 @@ class BlockSinkAdapter:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+
+    @property
+    def path(self) -> Any:
+        """Where the wrapped sink publishes (None if nowhere): the runners refuse one of the inputs."""
+        return getattr(self.sink, "path", None)
 
     def prepare(self, profile: OutputProfile, fingerprint: str, chunks: tuple[int, int], resume: bool) -> set[int]:
         self.sink.open(profile)

@@ -175,3 +175,30 @@ def test_a_custom_sink_on_dask_that_would_overwrite_the_input_is_refused(tmp_pat
         pred.run(out, engine=tilecast.Dask(client=client), chunk_size=16)
     assert source.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["in0.tif"]
+
+
+def test_a_failed_cog_build_keeps_the_finished_chunks_to_resume(tmp_path, raster, monkeypatch):
+    """The COG is built from the partial file after the last chunk; a full disk there must not throw the finished
+    chunks away: resume=True then only builds the COG."""
+    from tilecast.sinks import geotiff
+
+    pred = prediction(raster)
+    expected = read(pred.to_geotiff(tmp_path / "clean.tif"))
+    build = geotiff.copy_to_cog
+
+    def full_disk(src, dst, options):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(geotiff, "copy_to_cog", full_disk)
+    out = tmp_path / "o.tif"
+    with pytest.raises(OutputError, match="No space left") as info:
+        pred.to_geotiff(out, chunk_size=16, resume=True)
+    assert info.value.resumable
+    assert (tmp_path / ".o.tif.partial.tmp.tif").exists() and (tmp_path / ".o.tif.resume.json").exists()
+    monkeypatch.setattr(geotiff, "copy_to_cog", build)
+    computed = []
+    monkeypatch.setattr(tilecast.job.Job, "read", lambda self, tile, _read=tilecast.job.Job.read: (
+        computed.append(tile), _read(self, tile))[1])
+    assert read(pred.to_geotiff(out, chunk_size=16, resume=True)).tobytes() == expected.tobytes()
+    assert computed == []  # every chunk was kept: only the COG was built
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".o.tif")) == []

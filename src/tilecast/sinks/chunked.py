@@ -211,6 +211,7 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
     The partial file is an uncompressed, sparse, tiled GeoTIFF so that any window can be rewritten in place; it
     must live where every worker can write (the output folder), and the COG is built from it at the end.
     """
+    temp_is_resumable = True
 
     def __init__(self, path: str | os.PathLike, overwrite: bool = False, **kwargs: Any) -> None:
         super().__init__(path, overwrite=overwrite, **kwargs)

@@ -104,6 +104,9 @@ class GeoTIFFSink(BaseSink):
     """What :meth:`close` does, for the progress report after the last tile."""
 
     block_rows = 256
+    temp_is_resumable = False
+    """Whether the temporary file is a resumable run's partial output: a failed COG build then leaves it to
+    :meth:`abort`, which keeps it for ``resume=True`` (the finished chunks are not computed again)."""
 
     def __init__(
         self,
@@ -223,17 +226,22 @@ class GeoTIFFSink(BaseSink):
                     os.replace(final_tmp, self.path)
                     write_categories(self.path, self.profile)
 
+        keep = False
         try:
             with writing_errors(self.path, "build the Cloud-Optimized GeoTIFF"):
                 run_interruptibly(convert, "tilecast-cog")
-        except BaseException:
+        except BaseException as exc:
             with publish:
                 stopped.set()
             _remove(final_tmp)
+            keep = self.temp_is_resumable
+            if keep and isinstance(exc, TilecastError):
+                exc.resumable = True  # a full disk: free space, and resume=True only builds the COG again
             raise
         finally:
-            _remove(tmp)
-            _remove(tmp + ".ovr")
+            if not keep:  # otherwise abort(keep=...) decides
+                _remove(tmp)
+                _remove(tmp + ".ovr")
             self._tmp = None
         return self.path
 

@@ -1,0 +1,35 @@
+"""Review of the export/import area: the cases the per-feature test files did not cover."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import xy as pixel_xy
+
+from conftest import coord_image, write_raster
+from tilecast.errors import InputError
+from tilecast.export import export_samples
+
+gpd = pytest.importorskip("geopandas")
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    src = write_raster(tmp_path / "scene.tif", coord_image(20, 30, 3))
+    with rasterio.open(src) as ds:
+        xs, ys = pixel_xy(ds.transform, [1, 2], [3, 4])
+        gdf = gpd.GeoDataFrame({"cls": [1, 2], "x": [7.0, 8.0]}, geometry=gpd.points_from_xy(xs, ys), crs=ds.crs)
+    return src, gdf
+
+
+@pytest.mark.parametrize("kw", [
+    {"properties": ["cls"]},  # the label again: a 2-value feature under a [1] spec
+    {"properties": ["x"], "geometries": True},  # the property 'x' silently replaced by the pixel centre's x
+    {"properties": ["x", "x"]},
+])
+def test_feature_names_must_be_unique(labelled, tmp_path, kw):
+    src, gdf = labelled
+    with pytest.raises(InputError, match="more than once|clash"):
+        export_samples(src, tmp_path / "s.tfrecord", labels=gdf, label_field="cls", **kw)
+    assert not list(tmp_path.glob("s*.tfrecord*"))

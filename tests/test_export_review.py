@@ -9,7 +9,9 @@ from rasterio.transform import xy as pixel_xy
 
 from conftest import coord_image, write_raster
 from tilecast.errors import InputError
-from tilecast.export import export_samples
+from tilecast.export import export_image, export_samples, import_predictions
+from tilecast.export.tfrecord import ShardedWriter, example_bytes
+from tilecast.training import TFRecordDataset
 
 gpd = pytest.importorskip("geopandas")
 
@@ -33,3 +35,21 @@ def test_feature_names_must_be_unique(labelled, tmp_path, kw):
     with pytest.raises(InputError, match="more than once|clash"):
         export_samples(src, tmp_path / "s.tfrecord", labels=gdf, label_field="cls", **kw)
     assert not list(tmp_path.glob("s*.tfrecord*"))
+
+
+def test_import_takes_file_and_folder_names_with_glob_characters(tmp_path):
+    """A literal path (file or folder) whose name holds ``[`` is not a glob pattern: it was reported as 'no TFRecord
+    files' (the pattern matched nothing)."""
+    img = coord_image(16, 24, 2)
+    src = write_raster(tmp_path / "src.tif", img)
+    res = export_image(src, tmp_path / "tiles", 8)
+    run = tmp_path / "run[1]"
+    run.mkdir()
+    with ShardedWriter(run, "pred", compressed=False, single_name="pred.tfrecord") as w:
+        for ex in TFRecordDataset(res.spec):
+            w.write(example_bytes(ex))
+        w.close()
+    for given in (run / "pred.tfrecord", run):
+        out = import_predictions(given, res.mixer, tmp_path / "back.tif", overwrite=True)
+        with rasterio.open(out) as back:
+            np.testing.assert_array_equal(back.read(), img)

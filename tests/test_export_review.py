@@ -7,7 +7,10 @@ import pytest
 import rasterio
 from rasterio.transform import xy as pixel_xy
 
+from click.testing import CliRunner
+
 from conftest import coord_image, write_raster
+from tilecast.cli import main
 from tilecast.errors import InputError
 from tilecast.export import export_image, export_samples, import_predictions
 from tilecast.export.tfrecord import ShardedWriter, example_bytes
@@ -53,3 +56,11 @@ def test_import_takes_file_and_folder_names_with_glob_characters(tmp_path):
         out = import_predictions(given, res.mixer, tmp_path / "back.tif", overwrite=True)
         with rasterio.open(out) as back:
             np.testing.assert_array_equal(back.read(), img)
+
+
+@pytest.mark.parametrize("size", ["1.2.3MB", ".", "1e3"])
+def test_a_malformed_max_file_size_is_a_usage_error(tmp_path, size):
+    """``--max-file-size 1.2.3MB`` passed the pattern and crashed with a bare ValueError traceback."""
+    r = CliRunner().invoke(main, ["export", "image", str(tmp_path / "x.tif"), "--patch", "8",
+                                  "--max-file-size", size, "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "is not a size" in r.output, r.output

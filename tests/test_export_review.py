@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import xy as pixel_xy
-
 from click.testing import CliRunner
+from rasterio.transform import xy as pixel_xy
 
 from conftest import coord_image, write_raster
 from tilecast.cli import main
@@ -35,7 +34,7 @@ def labelled(tmp_path):
 ])
 def test_feature_names_must_be_unique(labelled, tmp_path, kw):
     src, gdf = labelled
-    with pytest.raises(InputError, match="more than once|clash"):
+    with pytest.raises(InputError, match="more than once"):
         export_samples(src, tmp_path / "s.tfrecord", labels=gdf, label_field="cls", **kw)
     assert not list(tmp_path.glob("s*.tfrecord*"))
 

@@ -20,7 +20,7 @@ class ByteSize(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(value))
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
         if not m or m.group(2).upper() not in _UNITS:
             self.fail(f"{value!r} is not a size; use e.g. 100MB, 1GiB or 5000000", param, ctx)
         return int(float(m.group(1)) * _UNITS[m.group(2).upper()])

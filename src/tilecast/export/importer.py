@@ -86,9 +86,10 @@ def _expand(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]
     out: list[str] = []
     for item in items:
         s = str(item)
-        if os.path.isdir(s):
-            out += glob.glob(os.path.join(s, "*.tfrecord")) + glob.glob(os.path.join(s, "*.tfrecord.gz"))
-        elif any(ch in s for ch in "*?["):
+        if os.path.isdir(s):  # a literal folder name may hold glob characters ('run[1]')
+            base = glob.escape(s)
+            out += glob.glob(os.path.join(base, "*.tfrecord")) + glob.glob(os.path.join(base, "*.tfrecord.gz"))
+        elif any(ch in s for ch in "*?[") and not os.path.exists(s):
             out += glob.glob(s)
         else:
             out.append(s)

@@ -116,6 +116,16 @@ def warn_empty_splits(samples: Samples, fractions: Mapping[str, float], block: i
     )
 
 
+def check_feature_names(label: str | None, properties: Sequence[str], geometries: bool) -> None:
+    """Each record holds one feature per name: a property repeating the label (or ``x``/``y`` with
+    ``geometries``) would give a two-value feature under a one-value spec, or silently replace the property."""
+    names = ([label] if label else []) + list(properties) + (["x", "y"] if geometries else [])
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"the feature name(s) {twice} are given more than once (label field, properties and, with "
+                         "geometries=True, x/y); list each property once and rename the column(s) that repeat")
+
+
 def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: SampleOptions,
                    output: SampleOutput) -> tuple[Samples, SamplePlan]:
     """The samples to export (candidates, the seeded ``n``/``per_class`` draw, blocked splits, ``geometries``) and
@@ -127,14 +137,14 @@ def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: Sample
             f"the patch of {patch.x} x {patch.y} pixels is larger than the raster ({w} x {h}); use a smaller patch"
         )
     properties = list(opts.properties)
+    lname = labels.field if labels.vector is not None else opts.label_name or "label"
+    check_feature_names(lname, properties, opts.geometries)
     if labels.vector is not None:
         candidates = vector_samples(labels.vector, grid, labels.field, properties, opts.drop_outside)
-        lname = labels.field
     else:
         if properties:
             raise InputError("properties come from vector labels; a label raster only gives the label")
         candidates = label_raster_samples(labels.raster, grid)
-        lname = opts.label_name or "label"
     samples = select(candidates, opts.n, opts.per_class, opts.seed)
     if not len(samples):
         raise InputError("the selection is empty: no labelled pixel falls on the raster; check the labels, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import sys
 
@@ -37,16 +38,19 @@ def prepared(sink, pred) -> None:
     sink.prepare(profile, "fingerprint", (16, 16), resume=False)
 
 
-def test_a_chunk_write_into_a_vanished_folder_is_an_output_error(tmp_path, raster):
+@pytest.mark.parametrize("name", ["o.tif", "o.zarr"])
+def test_a_chunk_write_into_a_vanished_folder_is_an_output_error(tmp_path, raster, name):
+    if name.endswith(".zarr"):
+        pytest.importorskip("zarr")
     folder = tmp_path / "out"
     folder.mkdir()
-    sink = chunked.PartialGeoTIFFSink(folder / "o.tif")
+    sink = (chunked.ZarrSink if name.endswith(".zarr") else chunked.PartialGeoTIFFSink)(folder / name)
     prepared(sink, prediction(raster))
     writer = sink.writer()
     shutil.rmtree(folder)
-    with pytest.raises(OutputError, match=r"o\.tif.*resume=True") as info:
+    with pytest.raises(OutputError, match=re.escape(name) + ".*resume=True") as info:
         writer.write(Window(0, 0, 16, 16), np.ones((1, 16, 16), "float32"))
-    assert getattr(info.value, "resumable", False)
+    assert info.value.resumable
 
 
 def test_a_chunk_write_into_a_removed_partial_file_is_an_output_error_not_rasterios_type_error(tmp_path, raster):
@@ -56,18 +60,6 @@ def test_a_chunk_write_into_a_removed_partial_file_is_an_output_error_not_raster
     os.remove(sink.partial)
     with pytest.raises(OutputError, match="No such file"):
         sink.writer().write(Window(0, 0, 16, 16), np.ones((1, 16, 16), "float32"))
-
-
-def test_a_zarr_chunk_write_into_a_vanished_folder_is_an_output_error(tmp_path, raster):
-    pytest.importorskip("zarr")
-    folder = tmp_path / "out"
-    folder.mkdir()
-    sink = chunked.ZarrSink(folder / "o.zarr")
-    prepared(sink, prediction(raster))
-    writer = sink.writer()
-    shutil.rmtree(folder)
-    with pytest.raises(OutputError, match=r"o\.zarr"):
-        writer.write(Window(0, 0, 16, 16), np.ones((1, 16, 16), "float32"))
 
 
 def test_a_manifest_that_cannot_be_written_is_an_output_error(tmp_path, monkeypatch):

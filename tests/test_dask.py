@@ -17,6 +17,7 @@ distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from onnx_models import avgpool, mean_conv  # noqa: E402
+from resume_helpers import read  # noqa: E402
 from tilecast import Model  # noqa: E402
 from tilecast.runners.recipe import GdalEnv  # noqa: E402
 
@@ -29,11 +30,6 @@ def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=40) as cluster, distributed.Client(cluster) as c:
         yield c
-
-
-def read(path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read()
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:

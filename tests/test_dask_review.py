@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import rasterio
 
 distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -18,7 +17,7 @@ cloudpickle = pytest.importorskip("cloudpickle")
 import dask  # noqa: E402
 
 import tilecast  # noqa: E402
-from resume_helpers import interrupt_after  # noqa: E402
+from resume_helpers import interrupt_after, read  # noqa: E402
 from tilecast import Model  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -31,11 +30,6 @@ def client():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address="127.0.0.1:0",
                                   silence_logs=50) as cluster, distributed.Client(cluster) as c:
         yield c
-
-
-def read(path) -> np.ndarray:
-    with rasterio.open(path) as ds:
-        return ds.read()
 
 
 def double(x):

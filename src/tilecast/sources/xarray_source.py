@@ -38,6 +38,39 @@ def _long_names(long_names: list[Any], coord: Any, count: int, fallback: list[st
     return fallback
 
 
+_ALIASES = {"y": ("lat", "Lat", "LAT"), "x": ("lon", "Lon", "LON")}
+
+
+def _spatial_dims(da: Any) -> tuple[Any, str, str]:
+    """The y and x dims, renamed to ``y``/``x`` (rioxarray does not recognise ``lat``/``lon``)."""
+    renames = {a: axis for axis, names in _ALIASES.items() for a in names if a in da.dims and axis not in da.dims}
+    if renames:
+        da = da.rename(renames)
+    try:
+        ydim, xdim = da.rio.y_dim, da.rio.x_dim
+    except Exception:
+        raise NotGeoreferencedError(
+            f"cannot tell the y and x dimensions among {tuple(da.dims)}; name them y/x (or lat/lon), or call "
+            "da.rio.set_spatial_dims(x_dim=..., y_dim=...)"
+        ) from None
+    # rioxarray forgets set_spatial_dims() on the next new object (transpose, isel): rename them to what it finds.
+    if (ydim, xdim) != ("y", "x") and not {"y", "x"} & set(da.coords) - {ydim, xdim}:
+        da = da.rename({ydim: "y", xdim: "x"})
+        ydim, xdim = "y", "x"
+    return da, ydim, xdim
+
+
+def _north_up(da: Any, ydim: str, xdim: str) -> Any:
+    """Rows top (largest y) first and columns west first, as in a GeoTIFF: a DataArray whose y increases (netCDF,
+    many climate grids) would otherwise give a south-up transform that the bounds and outputs get upside down."""
+    for dim, descending in ((ydim, True), (xdim, False)):
+        if dim in da.coords and da.sizes[dim] > 1:
+            values = np.asarray(da.coords[dim].values)
+            if (values[1] < values[0]) != descending:
+                da = da.isel({dim: slice(None, None, -1)})
+    return da
+
+
 class XarraySource(BaseSource):
     """Bands are the ``band`` dimension of a DataArray or the data variables of a Dataset (dims ``y, x``)."""
 
@@ -58,13 +91,13 @@ class XarraySource(BaseSource):
             da = obj
         else:
             raise InputError(f"expected an xarray DataArray or Dataset, got {type(obj).__name__}")
-        ydim, xdim = da.rio.y_dim, da.rio.x_dim
+        da, ydim, xdim = _spatial_dims(da)
         if da.ndim == 2:
             da = da.expand_dims("band")
         extra = [d for d in da.dims if d not in (ydim, xdim)]
         if len(extra) != 1:
             raise InputError(f"expected dims (band, {ydim}, {xdim}), got {da.dims}")
-        da = da.transpose(extra[0], ydim, xdim)
+        da = _north_up(da.transpose(extra[0], ydim, xdim), ydim, xdim)
         crs = da.rio.crs
         if crs is None:
             raise NotGeoreferencedError(

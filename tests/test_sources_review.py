@@ -67,3 +67,47 @@ def test_xarray_without_spatial_dims_is_a_clear_error():
 def test_xarray_with_set_spatial_dims_keeps_its_georeferencing():
     da = _north_up().rename(y="row", x="col").rio.set_spatial_dims(x_dim="col", y_dim="row")
     assert XarraySource(da).grid.transform == from_origin(X0, Y0, RES, RES)  # was the identity transform
+
+
+def _stac_items(raster, tmp_path, drop=None):
+    import json
+
+    from conftest import coord_image
+
+    img = coord_image(20, 20, 2)
+    items = []
+    for i in range(2):
+        t = from_origin(X0 + 200 * i, Y0, RES, RES)
+        assets = {}
+        for b, name in enumerate(["B04", "B08"]):
+            raster(img[b : b + 1], name=f"item{i}_{name}.tif", transform=t)
+            assets[name] = {"href": f"item{i}_{name}.tif", "type": "image/tiff", "roles": ["data"]}
+        if drop is not None and i == drop:
+            del assets["B04"]
+        items.append({"type": "Feature", "stac_version": "1.0.0", "id": f"item{i}", "assets": assets, "links": [],
+                      "geometry": None, "properties": {"datetime": "2026-01-01T00:00:00Z"}})
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return path
+
+
+@pytest.mark.parametrize("bands", [None, ["B04", "B08"], ["B08"]])
+def test_a_stac_item_missing_an_asset_is_an_error_naming_it(raster, tmp_path, bands):
+    from tilecast.errors import InputError
+    from tilecast.sources import open_source
+
+    path = _stac_items(raster, tmp_path, drop=1)
+    if bands == ["B08"]:  # every item has it: fine
+        assert open_source(str(path), bands=bands).band_names == ["B08"]
+        return
+    with pytest.raises(InputError, match=r"item1.*B04"):
+        open_source(str(path), bands=bands)
+
+
+def test_stac_asset_names_missing_from_the_first_item_are_an_error_naming_them(raster, tmp_path):
+    from tilecast.errors import InputError
+    from tilecast.sources import open_source
+
+    path = _stac_items(raster, tmp_path, drop=0)
+    with pytest.raises(InputError, match=r"item0.*B04"):
+        open_source(str(path), bands=["B04", "B08"])

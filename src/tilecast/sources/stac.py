@@ -108,7 +108,9 @@ def stac_source(obj: Any, bands: Sequence[str | int] | None = None, **kwargs: An
     """A :class:`MosaicSource` over STAC items (see the module docstring for how assets become bands)."""
     items, base = _load(obj)
     first_assets = items[0].get("assets", {})
-    if bands and all(isinstance(b, str) and b in first_assets for b in bands):
+    # Asset names, even where the first item lacks one (then the error names it, not an unknown band of a file).
+    every_asset = {k for item in items for k in item.get("assets", {})}
+    if bands and all(isinstance(b, str) and b in every_asset for b in bands):
         keys = list(bands)
         members = []
         for item in items:

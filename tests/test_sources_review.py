@@ -111,3 +111,11 @@ def test_stac_asset_names_missing_from_the_first_item_are_an_error_naming_them(r
     path = _stac_items(raster, tmp_path, drop=0)
     with pytest.raises(InputError, match=r"item0.*B04"):
         open_source(str(path), bands=["B04", "B08"])
+
+
+def test_a_dataset_without_a_crs_is_a_not_georeferenced_error():
+    from tilecast.errors import NotGeoreferencedError
+
+    band = _north_up().isel(band=0, drop=True).drop_vars("spatial_ref")
+    with pytest.raises(NotGeoreferencedError, match="write_crs"):
+        XarraySource(xr.Dataset({"red": band, "nir": band}))

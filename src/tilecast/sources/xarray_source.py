@@ -86,7 +86,8 @@ class XarraySource(BaseSource):
             nodatas = [_nodata_of(obj[n]) for n in names]
             da = obj[names].to_dataarray("band") if hasattr(obj, "to_dataarray") else obj[names].to_array("band")
             da = da.assign_coords(band=names)
-            da.rio.write_crs(obj.rio.crs, inplace=True)
+            if obj.rio.crs is not None:  # else the missing CRS is reported below
+                da.rio.write_crs(obj.rio.crs, inplace=True)
         elif isinstance(obj, xr.DataArray):
             da = obj
         else:

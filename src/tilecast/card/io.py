@@ -46,9 +46,10 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
 def read_card_file(path: str | os.PathLike) -> Card:
     """A card JSON given explicitly (``card=`` / ``--card``) instead of the model's own."""
     try:
-        return Card(json.loads(Path(path).read_text()), "file")
+        item = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the model card {path} ({exc}); give a STAC MLM item JSON") from None
+    return Card(_check_item(item, str(path)), "file")
 
 
 def _check_item(item: Any, where: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ def card_params(card: Card) -> CardParams:
     inputs = card.inputs
     if not inputs:
         raise SpecError("the model card has no mlm:input; add one with `tilecast card --bands ...`")
+    _require_names(card)
     params = _geometry_params(p, inputs)
     for key, name in _SCALARS:
         if p.get(key) is not None:
@@ -73,6 +74,16 @@ def card_params(card: Card) -> CardParams:
             axis[inp["name"]] = dims.index("channel") if "channel" in dims else -1
     return CardParams(params, scaling, axis, argmax, bands, card.common_names(),
                       float(p.get("tilecast:gsd_tolerance", 0.01)))
+
+
+def _require_names(card: Card) -> None:
+    """Every input and output is addressed by its ``name``: a card without one is refused here, naming the field,
+    rather than failing later with a bare KeyError."""
+    for key, entries in (("mlm:input", card.inputs), ("mlm:output", card.outputs)):
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
+                raise SpecError(f"the model card's {key}[{i}].name is missing; give each {key} entry the name of "
+                                "the model tensor it describes (or rewrite the card with `tilecast card`)")
 
 
 def _geometry_params(p: dict[str, Any], inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,12 +133,23 @@ def _output_params(card: Card) -> tuple[dict[str, Any], dict[str, int]]:
             ordered = sorted(classes, key=lambda c: c["value"])
             spec["classes"] = {int(c["value"]): c.get("description") or c.get("title") or c["name"] for c in ordered}
             if all(c.get("color_hint") for c in ordered):
-                spec["colors"] = {int(c["value"]): tuple(int(c["color_hint"][i:i + 2], 16) for i in (0, 2, 4))
-                                  for c in ordered}
+                spec["colors"] = {int(c["value"]): _hint_rgb(c["color_hint"], name) for c in ordered}
         output_bands[name] = spec
         if "argmax" in extra:
             argmax[extra.get("source", name)] = int(extra["argmax"])
     return output_bands, argmax
+
+
+def _hint_rgb(hint: Any, output: str) -> tuple[int, int, int]:
+    """A class's ``color_hint``: MLM's ``RRGGBB``; a leading ``#`` (as CSS and many cards write it) is accepted."""
+    text = str(hint).strip().removeprefix("#")
+    try:
+        if len(text) != 6:
+            raise ValueError(text)
+        return tuple(int(text[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+    except ValueError:
+        raise SpecError(f"the model card's output {output!r} has color_hint {hint!r}; write a hex RRGGBB colour "
+                        "such as 00FF00") from None
 
 
 def keywords_from_card(old: Card) -> dict[str, Any]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import pytest
 
 from tilecast.card import Card
+from tilecast.card.deepness import card_from_deepness
 from tilecast.card.io import read_card_file
 from tilecast.errors import ModelLoadError, SpecError
 
@@ -36,3 +40,23 @@ def test_color_hints_with_a_hash_are_read_and_bad_ones_named():
     assert _classed("#00fF00").to_params().params["output_bands"]["c"]["colors"] == {0: (0, 255, 0)}
     with pytest.raises(SpecError, match="color_hint"):
         _classed("green").to_params()
+
+
+def _deepness(**meta):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return card_from_deepness({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}, None)
+
+
+@pytest.mark.parametrize("size", ["500x500", "[500, 500]", "500,500", "500", "500.0"])
+def test_deepness_tile_size_strings(size):
+    p = _deepness(tiles_size=size, tiles_overlap=10).to_params().params
+    assert p["input_tile_size"] == (450, 450) and p["input_overlap_size"] == (25, 25)
+
+
+@pytest.mark.parametrize(("key", "value"), [("tiles_size", "big"), ("resolution", "ten"),
+                                            ("class_names", {"a": "b"}), ("tiles_overlap", "lots")])
+def test_deepness_unreadable_values_name_the_key(key, value):
+    meta = {"tiles_size": 256, key: value}
+    with pytest.raises(SpecError, match=key):
+        _deepness(**meta)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError, TilecastWarning
+from ..plan import XY, parse_size
 from ..runtimes.base import Signature, TensorSpec
 from ..runtimes.scaled import Scaling
 from ..spec import OutputBand
@@ -48,9 +49,9 @@ def card_from_deepness(metadata: Mapping[str, str], signature: Signature | None,
     tiles = _tiles(meta, inp, shape, name)
     bands = _RGB[:channels] if channels <= 4 else [f"b{i + 1}" for i in range(channels)]
     out_name = signature.outputs[0].name if signature and signature.outputs else "output"
-    outputs = _outputs(meta, model_type, out_name)
-    res = meta.get("resolution")
-    gsd = float(res) / 100.0 if res not in (None, "") else None
+    outputs = _outputs(meta, model_type, out_name, name)
+    res = _number(meta, "resolution", name, None)
+    gsd = res / 100.0 if res is not None else None
     card = build_card(CardFields(
         ModelFields(name=name, architecture=model_type, artifact="onnx",
                     description=f"converted from Deepness/GeoDeep metadata ({model_type})"),
@@ -71,18 +72,38 @@ def card_from_deepness(metadata: Mapping[str, str], signature: Signature | None,
 
 
 def _tiles(meta: dict[str, Any], inp: TensorSpec, shape: tuple[Any, ...], name: str) -> TileFields:
-    """``tiles_size`` (else the input's fixed size) less the ``tiles_overlap`` percentage, split over both edges."""
+    """``tiles_size`` (else the input's fixed size) less the ``tiles_overlap`` percentage, split over both edges.
+
+    ``tiles_size`` is read like ``--tile`` (``512``, ``"512"``, ``"512x512"``, ``[512, 512]``), since exporters write
+    it in all these forms."""
     size = meta.get("tiles_size")
     if size is None and len(shape) == 4 and shape[2] is not None:
         size = shape[2]
     if size is None:
         raise SpecError(f"Deepness/GeoDeep model {name}: no tiles_size in its metadata and the input {inp.describe()}"
                         " has no fixed size; pass input_tile_size (--tile)")
-    size = int(size)
-    pct = float(meta.get("tiles_overlap", 0) or 0)
-    per_edge = round(size * pct / 100.0 / 2)
-    tile = size - 2 * per_edge
-    return TileFields(input_tile_size=(tile, tile), input_overlap_size=(per_edge, per_edge))
+    if isinstance(size, float) and size.is_integer():
+        size = int(size)
+    try:
+        sizes = parse_size(size, "tiles_size")
+    except SpecError as exc:
+        raise SpecError(f"Deepness/GeoDeep model {name}: {exc}; pass input_tile_size (--tile)") from None
+    pct = _number(meta, "tiles_overlap", name, 0.0)
+    per_edge = XY(*(round(v * pct / 100.0 / 2) for v in sizes))
+    return TileFields(input_tile_size=(sizes.x - 2 * per_edge.x, sizes.y - 2 * per_edge.y),
+                      input_overlap_size=tuple(per_edge))
+
+
+def _number(meta: dict[str, Any], key: str, name: str, default: float | None) -> float | None:
+    """A numeric metadata value (``null`` or empty: ``default``), or a :class:`SpecError` naming the key."""
+    value = meta.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"Deepness/GeoDeep model {name}: {key} is {value!r}, not a number; fix the model's "
+                        "metadata or give the parameter explicitly") from None
 
 
 def _scaling(meta: dict[str, Any], channels: int, name: str) -> list[Scaling | None]:
@@ -98,11 +119,15 @@ def _scaling(meta: dict[str, Any], channels: int, name: str) -> list[Scaling | N
     return scaling[:channels]
 
 
-def _outputs(meta: dict[str, Any], model_type: str, out_name: str) -> OutputFields:
+def _outputs(meta: dict[str, Any], model_type: str, out_name: str, name: str) -> OutputFields:
     classes_raw = meta.get("class_names")
     classes: tuple[tuple[int, str], ...] | None = None
     if isinstance(classes_raw, dict):
-        classes = tuple(sorted((int(k), str(v)) for k, v in classes_raw.items()))
+        try:
+            classes = tuple(sorted((int(k), str(v)) for k, v in classes_raw.items()))
+        except ValueError:
+            raise SpecError(f"Deepness/GeoDeep model {name}: class_names keys {list(classes_raw)} are not class "
+                            'values; write them as {"0": "background", "1": "..."}') from None
     elif isinstance(classes_raw, list):
         classes = tuple(enumerate(str(c) for c in classes_raw))
     if model_type.lower() in ("segmentor", "segmentation"):

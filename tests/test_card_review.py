@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
+import tilecast
 from tilecast.card import Card
 from tilecast.card.deepness import card_from_deepness
 from tilecast.card.io import read_card_file
@@ -60,3 +65,22 @@ def test_deepness_unreadable_values_name_the_key(key, value):
     meta = {"tiles_size": 256, key: value}
     with pytest.raises(SpecError, match=key):
         _deepness(**meta)
+
+
+def test_cards_are_read_as_utf8_whatever_the_locale(tmp_path):
+    """JSON is UTF-8: a card with non-ASCII names, read under an ASCII (or cp1252) locale, is not refused (or
+    garbled)."""
+    model = tmp_path / "u.onnx"
+    model.write_bytes(b"")
+    item = {"properties": {"mlm:name": "Wälder 森林", "mlm:input": [{"name": "x", "bands": ["a"]}]}}
+    (tmp_path / "u.onnx.json").write_text(json.dumps(item, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "card.json").write_text(json.dumps(item, ensure_ascii=False), encoding="utf-8")
+    code = ("import sys; from tilecast.card.io import read_card, read_card_file; "
+            "a = read_card(sys.argv[1]).properties['mlm:name']; b = read_card_file(sys.argv[2]).properties['mlm:name'];"
+            " print(ascii([a, b]))")
+    env = {**os.environ, "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C",
+           "PYTHONPATH": os.pathsep.join([str(Path(tilecast.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / "card.json")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ascii(["Wälder 森林"] * 2)

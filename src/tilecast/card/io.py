@@ -25,7 +25,7 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
     side = card_path(model_path)
     if side.is_file():
         try:
-            item = json.loads(side.read_text())
+            item = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"model card {side} is not valid JSON ({exc}); fix it or rewrite it with "
                                  "`tilecast card`") from None
@@ -46,7 +46,7 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
 def read_card_file(path: str | os.PathLike) -> Card:
     """A card JSON given explicitly (``card=`` / ``--card``) instead of the model's own."""
     try:
-        item = json.loads(Path(path).read_text())
+        item = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the model card {path} ({exc}); give a STAC MLM item JSON") from None
     return Card(_check_item(item, str(path)), "file")
@@ -79,7 +79,7 @@ def write_card(card: Card, model_path: str | os.PathLike, *, embed: bool | None 
     if side.exists() and not overwrite:
         raise OutputExistsError(f"{side} exists; pass overwrite=True (--overwrite) to replace it")
     tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(card.to_json() + "\n")
+    tmp.write_text(card.to_json() + "\n", encoding="utf-8")
     os.replace(tmp, side)
     if will_embed(model_path, embed):
         kind = embeddable(model_path)

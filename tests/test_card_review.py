@@ -9,13 +9,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tilecast
 from tilecast.card import Card
 from tilecast.card.deepness import card_from_deepness
 from tilecast.card.io import read_card_file
-from tilecast.errors import ModelLoadError, SpecError
+from tilecast.errors import InputError, ModelLoadError, SpecError
 
 
 def test_a_card_file_that_is_not_an_item_is_a_load_error(tmp_path):
@@ -84,3 +85,19 @@ def test_cards_are_read_as_utf8_whatever_the_locale(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ascii(["Wälder 森林"] * 2)
+
+
+def test_a_deepness_gsd_in_metres_is_not_taken_as_degrees(tmp_path):
+    """Deepness's resolution is cm/px: on a geographic image it must not warp to 0.2-degree pixels."""
+    from rasterio.transform import from_origin
+    from tests.conftest import write_raster
+    from tests.test_card import _deepness_model
+
+    from tilecast import Model
+
+    path = _deepness_model(tmp_path / "deepness.onnx")
+    rgb = np.zeros((3, 40, 50), np.uint8)
+    img = write_raster(tmp_path / "rgb.tif", rgb, crs="EPSG:4326", transform=from_origin(10.0, 50.0, 2e-6, 2e-6),
+                       descriptions=("red", "green", "blue"))
+    with Model.load(path) as m, pytest.raises(InputError, match="projected CRS"):
+        m.predict_image(img)

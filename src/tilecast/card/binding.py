@@ -83,6 +83,13 @@ class CardBinding:
         grid = raster_grid(image)
         if grid is None:
             return {}
+        if self.source == "deepness" and spec.crs is None and getattr(grid[0], "is_geographic", False):
+            # Deepness/GeoDeep give the GSD in cm/px: in a geographic CRS it would be read as degrees.
+            raise InputError(
+                f"the model's GSD {spec.resolution} is in metres (Deepness/GeoDeep resolution), but the image is in "
+                f"the geographic CRS {grid[0]}; reproject it to a projected CRS in metres (e.g. its UTM zone), or "
+                "give crs= (--crs) with the model"
+            )
         tol = self.params.gsd_tolerance
         same_crs = spec.crs is None or same_crs_as(spec.crs, grid[0])
         rel = max(abs(a - b) / b for a, b in zip(grid[1], spec.resolution, strict=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from rasterio.transform import from_origin
 from tests.conftest import write_raster
 from tests.onnx_models import linear_1x1, mean_conv
 
+import tilecast.card.io
 from tilecast.card import (
     ONNX_KEY,
     Card,
@@ -439,3 +441,21 @@ def test_cli_card_update_keeps_what_flags_do_not_name(tmp_path):
     assert [i["value_scaling"] for i in p["mlm:input"]] == [[{"type": "scale", "value": 2.0}],
                                                              [{"type": "offset", "value": 1.0}]]
     assert [c["description"] for c in p["mlm:output"][0]["classification:classes"]] == ["a", "b"]
+
+
+def test_a_card_write_that_fails_leaves_the_old_files_and_no_temporary_one(tmp_path, monkeypatch):
+    """A full disk while the sidecar or the model with its embedded card is written: the previous files stay as
+    they were and no ``.tmp`` file is left beside them."""
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 0.0, 0.0])
+    write_card(_card(), path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tilecast.card.io.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_card(_card(), path)
+    monkeypatch.setattr(tilecast.card.io.os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,8 @@ def write_card(card: Card, model_path: str | os.PathLike, *, embed: bool | None 
     side = card_path(model_path)
     if side.exists() and not overwrite:
         raise OutputExistsError(f"{side} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(card.to_json() + "\n", encoding="utf-8")
-    os.replace(tmp, side)
+    text = card.to_json() + "\n"
+    _replace(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     if will_embed(model_path, embed):
         kind = embeddable(model_path)
         if kind is None:
@@ -105,6 +104,16 @@ def embed_onnx(card: Card, model_path: str | os.PathLike) -> None:
     props = {p.key: p.value for p in model.metadata_props}
     props[ONNX_KEY] = json.dumps(card.item, separators=(",", ":"))
     onnx.helper.set_model_props(model, props)
-    tmp = Path(str(model_path) + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, model_path)
+    _replace(Path(model_path), lambda tmp: onnx.save(model, str(tmp)))
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``: readers see the old file or the new
+    one, and a write that fails (a full disk) leaves neither a half-written file nor the temporary one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -21,6 +21,7 @@ import rasterio
 from rasterio.crs import CRS
 from scipy import ndimage
 
+from tilecast._files import publish
 from tilecast.datasets import landsat_dir
 
 __all__ = [
@@ -197,7 +198,7 @@ def _write(path: str | os.PathLike, data: np.ndarray, profile: dict, names: list
             dst.write(data)
             for i, name in enumerate(names, start=1):
                 dst.set_band_description(i, name)
-        os.replace(tmp, path)
+        publish(tmp, path)  # mkstemp makes files 0600; the stack should be as readable as the outputs
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

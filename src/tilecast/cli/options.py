@@ -187,12 +187,15 @@ def endpoint_request_options(f: Callable) -> Callable:
         click.option("--payload-format",
                      help="Earth Engine payload format (SERIALIZED_TF_TENSORS, RAW_JSON, ND_ARRAYS, GRPC_TF_TENSORS, "
                      "GRPC_SERIALIZED_TF_TENSORS, GRPC_TF_EXAMPLES) or V2_BINARY, V2_JSON, COLUMNAR_JSON."),
-        click.option("--timeout", "request_timeout", type=float, default=60.0, show_default=True,
-                     help="Seconds before an endpoint request is retried."),
-        click.option("--max-payload-bytes", type=int, default=1_500_000, show_default=True,
+        # Ranged types: a bad value is a usage error naming the flag (this wrapper runs outside reports_errors).
+        click.option("--timeout", "request_timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+                     show_default=True, help="Seconds before an endpoint request is retried."),
+        click.option("--max-payload-bytes", type=click.IntRange(min=1), default=1_500_000, show_default=True,
                      help="Largest request body; tiles or features are packed into requests under it."),
-        click.option("--output-multiplier", type=float, help="Expected response size / request size (>= 1)."),
-        click.option("--concurrency", type=int, default=4, show_default=True, help="Concurrent endpoint requests."),
+        click.option("--output-multiplier", type=click.FloatRange(min=1),
+                     help="Expected response size / request size (>= 1)."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Concurrent endpoint requests."),
         click.option("--header", "headers", multiple=True, type=KeyValueType(":"), metavar="K:V",
                      help="Extra HTTP header (repeatable)."),
         click.option("--token-env", metavar="VAR", help="Environment variable holding a bearer token."),
@@ -208,12 +211,15 @@ def endpoint_request_options(f: Callable) -> Callable:
             token = os.environ.get(env)
             if not token:
                 raise click.UsageError(f"--token-env {env}: that environment variable is not set")
-        kwargs["endpoint_options"] = EndpointOptions(
-            protocol=kwargs.pop("protocol"), payload_format=kwargs.pop("payload_format"),
-            max_payload_bytes=kwargs.pop("max_payload_bytes"), output_multiplier=kwargs.pop("output_multiplier"),
-            concurrency=kwargs.pop("concurrency"), headers=dict(kwargs.pop("headers") or ()), token=token,
-            timeout=kwargs.pop("request_timeout"),
-        )
+        try:
+            kwargs["endpoint_options"] = EndpointOptions(
+                protocol=kwargs.pop("protocol"), payload_format=kwargs.pop("payload_format"),
+                max_payload_bytes=kwargs.pop("max_payload_bytes"), output_multiplier=kwargs.pop("output_multiplier"),
+                concurrency=kwargs.pop("concurrency"), headers=dict(kwargs.pop("headers") or ()), token=token,
+                timeout=kwargs.pop("request_timeout"),
+            )
+        except TilecastError as exc:  # outside reports_errors: a usage error, not a traceback
+            raise click.UsageError(str(exc)) from None
         return f(*args, **kwargs)
 
     for option in reversed(options):

@@ -61,7 +61,7 @@ SECTIONS = {
 @click.option("--tile", type=TILE_SIZE,
               help="Core tile W[,H] in input pixels (Earth Engine's inputTileSize), or auto: the largest tile the "
               "model accepts within --memory-budget (a fixed-size model's own size).")
-@click.option("--memory-budget", metavar="SIZE",
+@click.option("--memory-budget", metavar="SIZE", callback=lambda ctx, param, value: _memory_budget(value),
               help="Memory --tile auto may plan for, e.g. 2GiB or 1500MiB. [default: half the memory available]")
 @click.option("--overlap", type=SIZE,
               help="Overlap W[,H] added on each edge (inputOverlapSize; see --overlap-mode). [default: 0]")
@@ -97,6 +97,7 @@ SECTIONS = {
 @click.option("--input-type-override", multiple=True, type=KeyValueType(":"), metavar="NAME:DTYPE",
               help="Cast an input to a dtype (repeatable).")
 @click.option("--input-shape", multiple=True, type=KeyValueType(":"), metavar="NAME:DEPTH",
+              callback=lambda ctx, param, value: _input_depths(value),
               help="Make NAME an array input of DEPTH consecutive bands (repeatable).")
 @click.option("--input-property", multiple=True, metavar="NAME",
               help="Send an image property (tag) with every tile (repeatable).")
@@ -266,6 +267,30 @@ def parse_classes(text: str) -> dict[int, str] | list[str]:
             raise SpecError(f"--classes: {item!r} is not VALUE=NAME; use e.g. 1=water,2=forest")
         out[int(value)] = name.strip()
     return out
+
+
+def _memory_budget(value: str | None) -> str | None:
+    """``--memory-budget``, checked before any work: with a fixed --tile the library never reads it."""
+    from ..autotile import parse_bytes
+
+    if value is not None:
+        try:
+            parse_bytes(value, "--memory-budget")
+        except SpecError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _input_depths(value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``--input-shape NAME:DEPTH``: DEPTH a positive integer (``int()`` in build_params would be a traceback)."""
+    for name, depth in value:
+        try:
+            ok = int(depth) >= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise click.BadParameter(f"{name}:{depth}: DEPTH must be a positive integer, e.g. {name}:4")
+    return value
 
 
 def _band_dict(text: str) -> dict[str, Any]:

@@ -674,6 +674,8 @@ def test_onnx_placement_of_providers_and_devices(monkeypatch):
         def get_available_providers():
             return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
+        get_all_providers = get_available_providers
+
     monkeypatch.setattr(onnx_mod, "cuda_device_count", lambda: 2)
     trt = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert onnx_mod._placement(FakeOrt, ["tensorrt", "cuda", "cpu"], "cuda:all") == (
@@ -724,3 +726,13 @@ def test_pinned_allocator_views_and_frees_its_memory(monkeypatch):
     lib.fail = True
     fallback = devices.cudart_pinned()((4,), np.dtype(np.uint16))
     assert fallback.array.shape == (4,) and fallback.array.dtype == np.uint16
+
+
+def test_an_unknown_provider_name_is_an_error_not_a_silent_cpu_run(conv_onnx):
+    """A provider this build lacks is left out (one command runs everywhere); a name ONNX Runtime does not know at
+    all is a typo, which ran on the CPU without a word."""
+    with pytest.raises(SpecError, match=r"unknown ONNX Runtime provider 'cdua'.*cuda"):
+        OnnxRuntime(conv_onnx, providers=["cdua", "cpu"])
+    with pytest.raises(SpecError, match="'cdua'"):
+        OnnxRuntime(conv_onnx, providers=["cdua"], device="cuda")
+    OnnxRuntime(conv_onnx, providers=["tensorrt", "cuda", "cpu"], threads=1)  # known, absent here: the CPU runs it

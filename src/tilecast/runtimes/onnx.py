@@ -350,9 +350,20 @@ def _providers(ort, wanted: Sequence[str] | None) -> list[str]:
     available = ort.get_available_providers()
     if not wanted:
         return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    chosen = [_ALIASES.get(p.lower(), p) for p in wanted]
-    chosen = [p for p in chosen if p in available]
+    chosen = [p for p in _provider_names(ort, wanted) if p in available]
     return chosen or ["CPUExecutionProvider"]
+
+
+def _provider_names(ort, names: Sequence[str]) -> list[str]:
+    """ONNX Runtime's names for ``names`` (``cuda`` -> ``CUDAExecutionProvider``). A provider missing from this
+    build is left out later, so that one command runs everywhere; a name ONNX Runtime does not know at all is a typo,
+    which would otherwise run on the CPU without a word."""
+    out = [_ALIASES.get(p.strip().lower(), p.strip()) for p in names]
+    unknown = [n for n, p in zip(names, out, strict=True) if p not in ort.get_all_providers()]
+    if unknown:
+        raise SpecError(f"unknown ONNX Runtime provider {', '.join(map(repr, unknown))}; use {', '.join(_ALIASES)} "
+                        "or ONNX Runtime's own names (e.g. CUDAExecutionProvider)")
+    return out
 
 
 def _placement(ort, providers: Sequence[str] | None, device: str | Sequence[str | Device] | None
@@ -361,6 +372,7 @@ def _placement(ort, providers: Sequence[str] | None, device: str | Sequence[str 
     (the first GPU when a GPU provider leads); ``device="cpu"`` means the CPU provider alone; a GPU device needs a
     GPU provider (onnxruntime-gpu) and the GPU."""
     available = ort.get_available_providers()
+    wanted = _provider_names(ort, providers or ["cuda", "cpu"])  # a typo first: it may be why no GPU provider shows
 
     def gpus() -> int:
         if not any(p in available for p in GPU_PROVIDERS):
@@ -376,7 +388,6 @@ def _placement(ort, providers: Sequence[str] | None, device: str | Sequence[str 
         return chosen, ((Device("cuda", 0),) if chosen[0] in GPU_PROVIDERS else (Device("cpu"),))
     if not devices[0].accelerator:
         return ["CPUExecutionProvider"], devices
-    wanted = [_ALIASES.get(p.lower(), p) for p in (providers or ["cuda", "cpu"])]
     chosen = [p for p in wanted if p in available]
     if not any(p in GPU_PROVIDERS for p in chosen):
         raise SpecError(f"--device {device} runs on a GPU, but --providers {','.join(providers or [])} names no GPU "

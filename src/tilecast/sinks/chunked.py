@@ -29,7 +29,7 @@ from .._extras import require
 from .base import ChunkSink, ChunkWriter, OutputProfile, Sink
 from .geotiff import GeoTIFFSink, check_free_space, check_output_path, run_interruptibly, writing_errors
 from .overviews import chunk_alignable, derive_levels, level_profile, write_chunk_level
-from .write_errors import never_raising, resumable_writes
+from .write_errors import never_raising
 
 __all__ = [
     "BlockSinkAdapter", "ChunkSink", "ChunkWriter", "Manifest", "PartialGeoTIFFSink", "ZarrSink", "chunk_window",
@@ -86,7 +86,7 @@ class Manifest:
         """Write the manifest now; a resumable :class:`~tilecast.errors.OutputError` when it cannot be written."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         sums = {str(i): self.sums[i] for i in sorted(self.done) if i in self.sums}
-        with resumable_writes(self.path, "record the finished chunks in"):
+        with writing_errors(self.path, "record the finished chunks in", resumable=True):
             tmp.write_text(json.dumps({"version": 2, "fingerprint": self.fingerprint, "done": sorted(self.done),
                                        "sums": sums}))
             os.replace(tmp, self.path)
@@ -129,7 +129,8 @@ class _LockedGTiffWriter:
     def write(self, window: Window, data: np.ndarray) -> None:
         # The sink created the lock when it prepared the partial; never create it here: a cancelled task that still
         # runs after an abort removed it must fail, not leave a new lock behind.
-        with resumable_writes(Path(self.output), "write a chunk into the partial file of"), open(self.lock, "r+") as fh:
+        with writing_errors(Path(self.output), "write a chunk into the partial file of", resumable=True), \
+                open(self.lock, "r+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 with rasterio.open(self.path, "r+") as dst:
@@ -240,11 +241,7 @@ class PartialGeoTIFFSink(_WorkerWritten, GeoTIFFSink):
             with writing_errors(self.path, "create the partial file for"):
                 self._create(profile, chunks, plan, level)
         except BaseException:  # the runners abort only a prepared sink: remove what a half-made one created
-            if self._dst is not None:
-                with contextlib.suppress(Exception):
-                    self._dst.close()
-                self._dst = None
-            self._remove_partial()
+            self._abort(keep=False)
             raise
         return set()
 
@@ -341,7 +338,7 @@ class _ZarrWriter:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         zarr = require("zarr", "dask")
-        with resumable_writes(Path(self.output), "write a chunk into the partial store of"):
+        with writing_errors(Path(self.output), "write a chunk into the partial store of", resumable=True):
             arr = zarr.open_array(os.path.join(self.path, self.name), mode="r+")
             r, c = int(window.row_off), int(window.col_off)
             arr[:, r : r + data.shape[1], c : c + data.shape[2]] = data

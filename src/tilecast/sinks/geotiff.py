@@ -33,6 +33,7 @@ from ..resources import Resources, one_pass_gdal_cache
 from .base import BaseSink, OutputProfile
 from .overviews import OverviewWriter, overview_factors
 from .safety import check_compression
+from .write_errors import is_gdal_error
 
 __all__ = [
     "RESUME_STATE", "TEMP_GTIFF_OPTIONS", "GeoTIFFSink", "check_free_space", "check_output_path", "clear_resume_state",
@@ -284,20 +285,31 @@ def check_free_space(folder: Path, nbytes: int) -> None:
 
 
 @contextlib.contextmanager
-def writing_errors(path: Path, doing: str) -> Iterator[None]:
-    """GDAL's and the OS's write errors (a read-only folder, a full disk, GDAL's free-space check) as one
-    :class:`~tilecast.errors.OutputError` that names the output and the fix, instead of a library traceback."""
+def writing_errors(path: Path, doing: str, resumable: bool = False) -> Iterator[None]:
+    """GDAL's and the OS's write errors (a read-only folder, a full disk, GDAL's free-space check, rasterio's
+    ``TypeError`` for a missing file opened ``"r+"``) as one :class:`~tilecast.errors.OutputError` that names the
+    output and the fix, instead of a library traceback.
+
+    ``resumable``: the write goes into a resumable output's partial files. Nothing in the run is wrong, so the error
+    is marked ``resumable`` (the runners keep the partial output and manifest) and says to run again with
+    ``resume=True``, which does not recompute the finished chunks.
+    """
     try:
         yield
     except TilecastError:
         raise
-    except (RasterioError, CPLE_BaseError, OSError) as exc:
+    except (RasterioError, CPLE_BaseError, OSError, TypeError) as exc:
+        if isinstance(exc, TypeError) and not is_gdal_error(exc):
+            raise
         text = str(exc).strip() or type(exc).__name__
-        raise OutputError(
-            f"cannot {doing} {path}: {text}. Check that {path.parent} is writable and has room for the output "
-            "(about the uncompressed size of the raster, twice over while the COG is built), or choose another "
-            "output folder or a smaller region"
-        ) from None
+        then = ", then run again with resume=True to continue from the chunks already written" if resumable else ""
+        error = OutputError(
+            f"cannot {doing} {path}: {text}. Check that {path.parent} exists, is writable and has room for the output "
+            "(about the uncompressed size of the raster, twice over while the COG is built; free some space), or "
+            f"choose another output folder or a smaller region{then}"
+        )
+        error.resumable = resumable
+        raise error from None
 
 
 def run_interruptibly(work: Callable[[], None], name: str) -> None:

@@ -1,24 +1,21 @@
-"""Write failures of resumable outputs: what the user sees when the disk fills or the output folder goes mid-run.
+"""Write failures: which errors come from GDAL, and aborts that never raise over the run's own error.
 
 The project's rule is that nothing is lost: a failed write into a partial output is a resumable
-:class:`~tilecast.errors.OutputError` (the runners then keep the partial output for ``resume=True``), and keeping or
-removing a partial output never raises over the run's own error.
+:class:`~tilecast.errors.OutputError` (:func:`~tilecast.sinks.geotiff.writing_errors` with ``resumable=True``; the
+runners then keep the partial output for ``resume=True``), and keeping or removing a partial output never raises
+over the run's own error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
-from ..errors import OutputError, TilecastError
-
-__all__ = ["is_gdal_error", "never_raising", "resumable_writes"]
+__all__ = ["is_gdal_error", "never_raising"]
 
 log = logging.getLogger("tilecast")
 
@@ -34,33 +31,6 @@ def is_gdal_error(exc: BaseException) -> bool:
             return True
         link = link.__cause__ or link.__context__
     return False
-
-
-@contextlib.contextmanager
-def resumable_writes(output: Path, doing: str) -> Iterator[None]:
-    """A failed write into a resumable output's partial files (a full disk, a folder removed or made read-only) as
-    one :class:`~tilecast.errors.OutputError` that names the output and the fix, marked ``resumable``.
-
-    Nothing is lost: the runners keep the partial output and manifest for a resumable error (see
-    :meth:`~tilecast.sinks.chunked.PartialGeoTIFFSink.abort`), because the fix (free some space, bring the folder
-    back) is followed by ``resume=True``, which must not recompute the finished chunks. Where the folder itself is
-    gone there is nothing left to keep; that failure is noted on this error.
-    """
-    try:
-        yield
-    except TilecastError:
-        raise
-    except (RasterioError, CPLE_BaseError, OSError, TypeError) as exc:
-        if isinstance(exc, TypeError) and not is_gdal_error(exc):
-            raise
-        text = str(exc).strip() or type(exc).__name__
-        error = OutputError(
-            f"cannot {doing} {output}: {text}. Make sure {output.parent} exists, is writable and has room for the "
-            "output (free some space, or choose another output folder), then run again with resume=True to "
-            "continue from the chunks already written"
-        )
-        error.resumable = True  # nothing in the run is wrong: keep what it wrote
-        raise error from None
 
 
 def never_raising(keep: bool, work: Callable[[], None]) -> None:

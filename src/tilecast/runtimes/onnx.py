@@ -346,14 +346,6 @@ def _preload_cuda(ort: Any) -> bool:
     return True
 
 
-def _providers(ort, wanted: Sequence[str] | None) -> list[str]:
-    available = ort.get_available_providers()
-    if not wanted:
-        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    chosen = [p for p in _provider_names(ort, wanted) if p in available]
-    return chosen or ["CPUExecutionProvider"]
-
-
 def _provider_names(ort, names: Sequence[str]) -> list[str]:
     """ONNX Runtime's names for ``names`` (``cuda`` -> ``CUDAExecutionProvider``). A provider missing from this
     build is left out later, so that one command runs everywhere; a name ONNX Runtime does not know at all is a typo,
@@ -372,7 +364,8 @@ def _placement(ort, providers: Sequence[str] | None, device: str | Sequence[str 
     (the first GPU when a GPU provider leads); ``device="cpu"`` means the CPU provider alone; a GPU device needs a
     GPU provider (onnxruntime-gpu) and the GPU."""
     available = ort.get_available_providers()
-    wanted = _provider_names(ort, providers or ["cuda", "cpu"])  # a typo first: it may be why no GPU provider shows
+    # Names first (a typo may be why no GPU provider shows); those this build lacks are left out.
+    chosen = [p for p in _provider_names(ort, providers or ["cuda", "cpu"]) if p in available]
 
     def gpus() -> int:
         if not any(p in available for p in GPU_PROVIDERS):
@@ -384,11 +377,10 @@ def _placement(ort, providers: Sequence[str] | None, device: str | Sequence[str 
 
     devices = parse_devices(device, gpus)
     if devices is None:
-        chosen = _providers(ort, providers)
+        chosen = chosen or ["CPUExecutionProvider"]
         return chosen, ((Device("cuda", 0),) if chosen[0] in GPU_PROVIDERS else (Device("cpu"),))
     if not devices[0].accelerator:
         return ["CPUExecutionProvider"], devices
-    chosen = [p for p in wanted if p in available]
     if not any(p in GPU_PROVIDERS for p in chosen):
         raise SpecError(f"--device {device} runs on a GPU, but --providers {','.join(providers or [])} names no GPU "
                         "provider; add cuda (or tensorrt,cuda) or leave --providers out")

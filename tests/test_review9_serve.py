@@ -1,0 +1,130 @@
+"""Review 9 of ``tilecast serve`` and the payload codecs, against a real server on 127.0.0.1.
+
+NaN and infinities: JSON (RFC 8259) has no token for them. TF Serving's REST API and Triton write bare ``NaN`` /
+``Infinity``, which strict parsers (KServe's Python server, Vertex AI's front end, Go, orjson) refuse, so tilecast
+writes no such body: the client refuses before sending, naming the input, the instance and the fix (a binary
+format, or a nodata value so the pixels are masked), and the server answers 400 naming the output and the format
+that carries it. Binary formats carry NaN exactly, both ways.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from onnx_models import linear_1x1  # noqa: E402
+from test_server import tilecast_serve  # noqa: E402
+from tilecast.errors import InputError  # noqa: E402
+from tilecast.payloads import tensor_to_b64, v2  # noqa: E402
+from tilecast.payloads.tensors import b64_to_tensor  # noqa: E402
+from tilecast.runtimes.http import endpoint_runtime  # noqa: E402
+
+BIG = np.float32(3e38)
+"""Finite in float32; times 10 (the model) it is +Infinity."""
+
+
+def strict_json(data: bytes):
+    """``json.loads`` as a strict (RFC 8259) parser: bare NaN / Infinity tokens are an error."""
+    def refuse(token: str):
+        raise ValueError(f"non-JSON token {token}")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    d = tmp_path_factory.mktemp("review9")
+    linear_1x1(d / "lin.onnx", [10.0])  # y = 10 x, (N, 1, H, W)
+    with tilecast_serve(str(d / "lin.onnx"), "--max-batch", "1", log=d / "server.log") as (proc, base, _):
+        yield proc, base
+
+
+def batch_with(value: float) -> np.ndarray:
+    x = np.arange(2 * 1 * 3 * 4, dtype=np.float32).reshape(2, 1, 3, 4)
+    x[1, 0, 2, 1] = value
+    return x
+
+
+@pytest.mark.parametrize(("route", "fmt", "fix"), [
+    ("/v1/models/lin:predict", "RAW_JSON", "SERIALIZED_TF_TENSORS"),
+    ("/v1/models/lin:predict", "ND_ARRAYS", "SERIALIZED_TF_TENSORS"),
+    ("/v1/models/lin:predict", "COLUMNAR_JSON", "SERIALIZED_TF_TENSORS"),
+    ("/v2/models/lin", "V2_JSON", "V2_BINARY"),
+])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_client_refuses_nan_in_json_before_sending(served, route, fmt, fix, bad):
+    _, base = served
+    with contextlib.closing(endpoint_runtime(base + route, payload_format=fmt)) as rt:
+        good = rt.run({"x": batch_with(5.0)})  # the same request with a finite value goes through
+        assert np.array_equal(next(iter(good.values())), batch_with(5.0) * 10)
+        # an InputError, not the EndpointError a server's 400 would be: refused here, before sending
+        with pytest.raises(InputError) as info:
+            rt.run({"x": batch_with(bad)})
+    msg = str(info.value)
+    assert "'x'" in msg and "instance 1 at [0, 2, 1]" in msg and fix in msg and "nodata" in msg, msg
+
+
+@pytest.mark.parametrize(("route", "fmt"), [("/v2/models/lin", "V2_BINARY"),
+                                            ("/v1/models/lin:predict", "SERIALIZED_TF_TENSORS")])
+def test_binary_formats_carry_nan_and_infinity_both_ways(served, route, fmt):
+    _, base = served
+    x = batch_with(np.nan)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = -np.inf, BIG  # -inf in, and a finite value that overflows to +inf out
+    with contextlib.closing(endpoint_runtime(base + route, payload_format=fmt)) as rt:
+        y = next(iter(rt.run({"x": x}).values()))
+    with np.errstate(over="ignore"):
+        expected = x * np.float32(10)
+    assert np.isposinf(y[0, 0, 0, 1]) and np.isneginf(y[0, 0, 0, 0]) and np.isnan(y[1, 0, 2, 1])
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_server_answers_strict_json_for_v2(served):
+    _, base = served
+    x = np.full((1, 1, 1, 2), 1.5, np.float32)
+    x[0, 0, 0, 1] = BIG
+    head = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    r = httpx.post(base + "/v2/models/lin/infer", json=head, timeout=30)
+    assert r.status_code == 400, r.text
+    error = strict_json(r.content)["error"]
+    assert "'y'" in error and "binary_data_output" in error and "instance 0 at [0, 0, 1]" in error, error
+    # asked for binary outputs, the same request is answered, the infinity intact
+    body, headers = v2.encode_request({"x": x}, binary=True)
+    r = httpx.post(base + "/v2/models/lin/infer", content=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    out = v2.decode_response(r.content, int(r.headers[v2.HEADER_LENGTH]), 1)["y"]
+    assert out[0, 0, 0, 0] == 15.0 and np.isposinf(out[0, 0, 0, 1])
+
+
+@pytest.mark.parametrize("body", [
+    {"instances": [{"x": [[[1.5, 3e38]]]}]},  # RAW_JSON
+    {"instances": [[[[1.5, 3e38]]]]},  # ND_ARRAYS
+    {"inputs": {"x": [[[[1.5, 3e38]]]]}},  # COLUMNAR_JSON
+])
+def test_server_answers_strict_json_for_tf_serving_rest(served, body):
+    _, base = served
+    r = httpx.post(base + "/v1/models/lin:predict", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    error = strict_json(r.content)["error"]
+    assert "'y'" in error and "SERIALIZED_TF_TENSORS" in error and "1 NaN or infinite" in error, error
+    # the same values as base64 TensorProtos (Earth Engine's default): answered, the infinity intact
+    x = np.array([[[1.5, 3e38]]], np.float32)
+    r = httpx.post(base + "/v1/models/lin:predict", json={"instances": [{"x": tensor_to_b64(x)}]}, timeout=30)
+    assert r.status_code == 200, r.text
+    y = b64_to_tensor(strict_json(r.content)["predictions"][0])
+    assert y[0, 0, 0] == 15.0 and np.isposinf(y[0, 0, 1])
+
+
+def test_server_refuses_nan_tokens_in_requests_naming_the_fix(served):
+    _, base = served
+    r = httpx.post(base + "/v1/models/lin:predict", content=b'{"instances": [{"x": [[[1.0, NaN]]]}]}',
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "finite" in r.json()["error"] and "SERIALIZED_TF_TENSORS" in r.json()["error"]
+    head = {"inputs": [{"name": "x", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [1.0, float("inf")]}]}
+    r = httpx.post(base + "/v2/models/lin/infer", content=json.dumps(head).encode(), timeout=30)
+    assert r.status_code == 400 and "V2_BINARY" in r.json()["error"]

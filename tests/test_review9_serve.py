@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from onnx_models import linear_1x1  # noqa: E402
-from test_server import tilecast_serve  # noqa: E402
+from test_server import free_port, tilecast_serve  # noqa: E402
 from tilecast.errors import InputError  # noqa: E402
 from tilecast.payloads import tensor_to_b64, v2  # noqa: E402
 from tilecast.payloads.tensors import b64_to_tensor  # noqa: E402
@@ -128,3 +131,50 @@ def test_server_refuses_nan_tokens_in_requests_naming_the_fix(served):
     head = {"inputs": [{"name": "x", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [1.0, float("inf")]}]}
     r = httpx.post(base + "/v2/models/lin/infer", content=json.dumps(head).encode(), timeout=30)
     assert r.status_code == 400 and "V2_BINARY" in r.json()["error"]
+
+
+def run_serve(*args: str, timeout: float = 60.0) -> tuple[int | None, str]:
+    """``tilecast serve ARGS`` expected to fail at once: (exit status, stderr); None when it started serving."""
+    cmd = [sys.executable, "-c", "from tilecast.cli import main; main()", "serve", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        return None, err.decode()
+    return proc.returncode, err.decode()
+
+
+@pytest.fixture(scope="module")
+def lin(tmp_path_factory):
+    return linear_1x1(tmp_path_factory.mktemp("ports") / "lin.onnx", [1.0])
+
+
+@pytest.mark.parametrize("flag", ["--port", "--grpc-port"])
+def test_a_port_in_use_is_one_clear_line_before_the_models_load(lin, flag):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        args = [lin, "--port", str(busy)] if flag == "--port" else [lin, "--port", str(free_port()), flag, str(busy)]
+        rc, err = run_serve(*args, timeout=20)
+    assert rc == 1 and "Traceback" not in err, err
+    assert f"{flag} {busy}: cannot listen on 127.0.0.1:{busy}" in err and "another process" in err, err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "70000"], "70000 is not in the range 1<=x<=65535"),  # it listened on another port (70000 - 65536)
+    (["--port", "0"], "0 is not in the range"),
+    (["--grpc-port", "8500"], "--grpc-port 8500 is the HTTP --port too"),
+    (["--threads", "0"], "--threads 0: give a positive number"),
+    (["--threads", "-2"], "--threads -2: give a positive number"),
+    (["--graceful-timeout", "-1"], "--graceful-timeout not negative"),
+    (["--host", "no-such-host.invalid"], "--host no-such-host.invalid: not an address"),
+    (["--host", "192.0.2.1"], "is --host an address of this machine?"),  # TEST-NET-1: never a local address
+])
+def test_serve_refuses_bad_flags_without_starting(lin, args, message):
+    if "--port" not in args:
+        args = [*args, "--port", "8500"] if "--grpc-port" in args else [*args, "--port", str(free_port())]
+    rc, err = run_serve(lin, *args, timeout=30)
+    assert rc in (1, 2) and "Traceback" not in err and message in err, (rc, err)

@@ -178,3 +178,11 @@ def test_serve_refuses_bad_flags_without_starting(lin, args, message):
         args = [*args, "--port", "8500"] if "--grpc-port" in args else [*args, "--port", str(free_port())]
     rc, err = run_serve(lin, *args, timeout=30)
     assert rc in (1, 2) and "Traceback" not in err and message in err, (rc, err)
+
+
+@pytest.mark.parametrize("name", ["a/b", "a:b", "", "..", "x?y"])
+def test_a_model_name_no_route_can_reach_is_refused(lin, name):
+    rc, err = run_serve(f"{name}={lin}", "--port", str(free_port()), timeout=30)
+    assert rc == 1 and f"model name {name!r}" in err and "Traceback" not in err, (rc, err)
+    rc, err = run_serve(lin, "--name", name, "--port", str(free_port()), timeout=30)
+    assert rc == 1 and f"model name {name!r}" in err, (rc, err)

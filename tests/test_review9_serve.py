@@ -186,3 +186,18 @@ def test_a_model_name_no_route_can_reach_is_refused(lin, name):
     assert rc == 1 and f"model name {name!r}" in err and "Traceback" not in err, (rc, err)
     rc, err = run_serve(lin, "--name", name, "--port", str(free_port()), timeout=30)
     assert rc == 1 and f"model name {name!r}" in err, (rc, err)
+
+
+@pytest.mark.parametrize("head", [
+    {"parameters": {"binary_data_output": "false"}},  # a string: was taken as true, and the answer came binary
+    {"parameters": {"binary_data_output": 0}},
+    {"outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
+])
+def test_v2_binary_flags_must_be_booleans(served, head):
+    _, base = served
+    body = {"inputs": [{"name": "x", "shape": [1, 1, 1, 1], "datatype": "FP32", "data": [1.0]}], **head}
+    r = httpx.post(base + "/v2/models/lin/infer", json=body, timeout=30)
+    assert r.status_code == 400 and "must be true or false" in r.json()["error"], r.text
+    ok = {**body, "parameters": {"binary_data_output": False}, "outputs": [{"name": "y"}]}
+    r = httpx.post(base + "/v2/models/lin/infer", json=ok, timeout=30)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [10.0], r.text

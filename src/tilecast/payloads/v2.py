@@ -220,6 +220,12 @@ def decode_request(body: bytes, header_length: int | None, budget: DecodeBudget 
     if not isinstance(head.get("parameters") or {}, dict):
         raise InputError('"parameters" must be an object')
     requested_outputs(head)
+    flags = [("parameters.binary_data_output", (head.get("parameters") or {}).get("binary_data_output"))]
+    flags += [(f"outputs[{i}].parameters.binary_data", (o.get("parameters") or {}).get("binary_data"))
+              for i, o in enumerate(head.get("outputs") or [])]
+    for field, value in flags:
+        if value is not None and not isinstance(value, bool):
+            raise InputError(f"{field} must be true or false, got {json.dumps(value)[:40]}")
     return _tensors(head["inputs"], tail, "inputs", InputError, budget), head
 
 

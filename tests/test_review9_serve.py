@@ -201,3 +201,29 @@ def test_v2_binary_flags_must_be_booleans(served, head):
     ok = {**body, "parameters": {"binary_data_output": False}, "outputs": [{"name": "y"}]}
     r = httpx.post(base + "/v2/models/lin/infer", json=ok, timeout=30)
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [10.0], r.text
+
+
+def test_predict_through_raw_json_names_the_nan_and_the_nodata_fix_works(served, tmp_path):
+    """A float raster with NaN pixels and no nodata: predicting over RAW_JSON fails before sending, naming the fix;
+    with nodata=NaN the pixels are masked and sent as the fill value, and the result equals the local run."""
+    import tilecast
+    from conftest import write_raster
+
+    _, base = served
+    data = (np.arange(40 * 36, dtype=np.float32).reshape(40, 36) / 7).astype(np.float32)
+    data[17, 5] = np.nan
+    params = dict(input_tile_size=16, input_overlap_size=0, batch_size=4)
+    bare = write_raster(tmp_path / "bare.tif", data)
+    masked = write_raster(tmp_path / "masked.tif", data, nodata=float("nan"))
+    model = tilecast.Model.from_endpoint(base + "/v1/models/lin:predict", payload_format="RAW_JSON", **params)
+    try:
+        with pytest.raises(InputError, match=r"NaN or infinite.*SERIALIZED_TF_TENSORS.*nodata"):
+            model.predict_image(bare).to_numpy()
+        remote = model.predict_image(masked).to_numpy()
+    finally:
+        model.close()
+    local = tilecast.Model.from_onnx(linear_1x1(tmp_path / "lin.onnx", [10.0]), **params)
+    expected = local.predict_image(masked).to_numpy()
+    assert np.isnan(remote[0, 17, 5]) and np.isfinite(remote).sum() == remote.size - 1
+    np.testing.assert_array_equal(remote, expected)
+    np.testing.assert_allclose(remote[0, 16, 4], data[16, 4] * 10, rtol=1e-6)

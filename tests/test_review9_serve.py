@@ -227,3 +227,11 @@ def test_predict_through_raw_json_names_the_nan_and_the_nodata_fix_works(served,
     assert np.isnan(remote[0, 17, 5]) and np.isfinite(remote).sum() == remote.size - 1
     np.testing.assert_array_equal(remote, expected)
     np.testing.assert_allclose(remote[0, 16, 4], data[16, 4] * 10, rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", ['{"b64": "!!!"}', '{"b64": ""}', '"!!!"', '""'])
+def test_base64_that_decodes_to_nothing_says_so(served, value):
+    _, base = served
+    r = httpx.post(base + "/v1/models/lin:predict", content=f'{{"instances": [{{"x": {value}}}]}}'.encode(),
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "decodes to no bytes" in r.json()["error"], r.text  # was "TensorProto dtype 0"

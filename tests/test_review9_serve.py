@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -235,3 +237,25 @@ def test_base64_that_decodes_to_nothing_says_so(served, value):
     r = httpx.post(base + "/v1/models/lin:predict", content=f'{{"instances": [{{"x": {value}}}]}}'.encode(),
                    headers={"Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 400 and "decodes to no bytes" in r.json()["error"], r.text  # was "TensorProto dtype 0"
+
+
+@pytest.mark.parametrize(("signum", "times"), [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGINT, 2)])
+def test_shutdown_answers_a_request_still_in_flight_with_503_and_logs_no_traceback(lin, tmp_path, signum, times):
+    """A request whose body is still arriving when --graceful-timeout runs out (or a second Ctrl-C forces the exit)
+    gets 503 with Retry-After, not uvicorn's bare 500; the log holds no traceback and the exit status is 0."""
+    log = tmp_path / "server.log"
+    with tilecast_serve(lin, "--graceful-timeout", "1", log=log) as (proc, base, _):
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"POST /v2/models/lin/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inp")
+            time.sleep(0.5)
+            for _ in range(times):
+                proc.send_signal(signum)
+                time.sleep(0.5)
+            answer = s.recv(4096).decode()
+            assert proc.wait(30) == 0
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 503") and "retry-after: 1" in head.lower(), answer
+    assert "shutting down" in json.loads(body)["error"]
+    text = log.read_text()
+    assert "Traceback" not in text and '"stopped"' in text, text[-3000:]

@@ -36,7 +36,7 @@ from .adapt import check_names
 from .limits import MemoryBudget, Reservation, ServerLimits, json_cost
 from .metrics import Metrics
 from .models import ServedModel
-from .status import HTTPError, status_of, token_status
+from .status import RETRY_AFTER_S, HTTPError, status_of, token_status
 
 __all__ = ["HEALTH_ROUTES", "ServerConfig", "create_app", "health_paths", "read_body"]
 
@@ -202,6 +202,11 @@ class Handlers:
             except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to log
                 status = 499
                 return Response(status_code=499)
+            except asyncio.CancelledError:  # shutdown past --graceful-timeout, or a second Ctrl-C: an answer, not
+                status = 503  # uvicorn's bare 500 and a logged traceback
+                return JSONResponse({"error": "the server is shutting down; retry after a pause (or on another "
+                                              "replica)"}, status_code=503,
+                                    headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"})
             except Exception as exc:
                 status = status_of(exc)
                 if status == 500 and not isinstance(exc, TilecastError):

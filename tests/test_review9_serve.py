@@ -166,8 +166,8 @@ def test_a_port_in_use_is_one_clear_line_before_the_models_load(lin, flag):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--port", "70000"], "70000 is not in the range 1<=x<=65535"),  # it listened on another port (70000 - 65536)
-    (["--port", "0"], "0 is not in the range"),
+    (["--port", "70000"], "70000 is not in the range 0<=x<=65535"),  # it listened on another port (70000 - 65536)
+    (["--port", "-1"], "-1 is not in the range"),
     (["--grpc-port", "8500"], "--grpc-port 8500 is the HTTP --port too"),
     (["--threads", "0"], "--threads 0: give a positive number"),
     (["--threads", "-2"], "--threads -2: give a positive number"),

@@ -20,8 +20,9 @@ from .options import reports_errors
               help="Name of the model at the same position (repeatable; default: the file name without suffix).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind. The default accepts local clients only; 0.0.0.0 accepts all.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8500, show_default=True, help="HTTP port.")
-@click.option("--grpc-port", type=click.IntRange(1, 65535),
+@click.option("--port", type=click.IntRange(0, 65535), default=8500, show_default=True,
+              help="HTTP port (0: any free port, as the log says).")
+@click.option("--grpc-port", type=click.IntRange(0, 65535),
               help="Also serve TF Serving's gRPC PredictionService on this port.")
 @click.option("--token-env", metavar="VAR",
               help="Require 'Authorization: Bearer TOKEN', TOKEN read from this environment variable.")
@@ -97,7 +98,7 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
     paths = list(models) + list(more_models)
     if not paths:
         raise SpecError("give at least one model: tilecast serve MODEL [MODEL...] (or --model PATH)")
-    if grpc_port == port:
+    if grpc_port == port and port:
         raise SpecError(f"--grpc-port {grpc_port} is the HTTP --port too; give gRPC a port of its own")
     for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
         if number is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -259,3 +260,17 @@ def test_shutdown_answers_a_request_still_in_flight_with_503_and_logs_no_traceba
     assert "shutting down" in json.loads(body)["error"]
     text = log.read_text()
     assert "Traceback" not in text and '"stopped"' in text, text[-3000:]
+
+
+@pytest.mark.parametrize("token", ["s3cret\n", " s3cret", "s3cr\u00e9t"])
+def test_a_token_no_client_can_send_is_refused_at_start(lin, token):
+    """HTTP headers cannot carry a line break or non-ASCII, and the server strips what it receives: such a token
+    used to start a server that answered every request 403."""
+    cmd = [sys.executable, "-c", "from tilecast.cli import main; main()", "serve", lin, "--port", str(free_port()),
+           "--token-env", "TILECAST_REVIEW9_TOKEN"]
+    env = {**os.environ, "TILECAST_REVIEW9_TOKEN": token}
+    try:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server started with a token no client can send")
+    assert res.returncode == 1 and "TILECAST_REVIEW9_TOKEN: the token has" in res.stderr, res.stderr

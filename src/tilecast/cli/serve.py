@@ -83,6 +83,10 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
         token = os.environ.get(token_env)
         if not token:
             raise SpecError(f"--token-env {token_env}: that environment variable is not set or empty")
+        if token != token.strip() or not token.isascii() or not token.isprintable():
+            raise SpecError(f"--token-env {token_env}: the token has surrounding spaces, a line break (a token file's "
+                            "trailing newline?) or characters that are not printable ASCII, which no client can send "
+                            "in an Authorization header; strip it")
     if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0 or graceful_timeout < 0:
         raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms and "
                         "--graceful-timeout not negative")

@@ -47,7 +47,7 @@ from .options import reports_errors
 @click.option("--keep-alive-timeout", type=float, default=5.0, show_default=True,
               help="Seconds an idle keep-alive connection stays open.")
 @click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to let in-flight requests finish on SIGINT/SIGTERM.")
+              help="Seconds to let in-flight requests finish on SIGINT/SIGTERM; then they get HTTP 503.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Log level of the JSON log lines on stderr.")
 @reports_errors

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 
 import click
 
@@ -18,8 +20,10 @@ from .options import reports_errors
               help="Name of the model at the same position (repeatable; default: the file name without suffix).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind. The default accepts local clients only; 0.0.0.0 accepts all.")
-@click.option("--port", type=int, default=8500, show_default=True, help="HTTP port.")
-@click.option("--grpc-port", type=int, help="Also serve TF Serving's gRPC PredictionService on this port.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8500, show_default=True,
+              help="HTTP port (0: any free port, as the log says).")
+@click.option("--grpc-port", type=click.IntRange(0, 65535),
+              help="Also serve TF Serving's gRPC PredictionService on this port.")
 @click.option("--token-env", metavar="VAR",
               help="Require 'Authorization: Bearer TOKEN', TOKEN read from this environment variable.")
 @click.option("--max-body-bytes", type=int, default=32 << 20, show_default=True,
@@ -43,7 +47,7 @@ from .options import reports_errors
 @click.option("--keep-alive-timeout", type=float, default=5.0, show_default=True,
               help="Seconds an idle keep-alive connection stays open.")
 @click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to let in-flight requests finish on SIGINT/SIGTERM.")
+              help="Seconds to let in-flight requests finish on SIGINT/SIGTERM; then they get HTTP 503.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Log level of the JSON log lines on stderr.")
 @reports_errors
@@ -79,8 +83,15 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
         token = os.environ.get(token_env)
         if not token:
             raise SpecError(f"--token-env {token_env}: that environment variable is not set or empty")
-    if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0:
-        raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms not negative")
+        if token != token.strip() or not token.isascii() or not token.isprintable():
+            raise SpecError(f"--token-env {token_env}: the token has surrounding spaces, a line break (a token file's "
+                            "trailing newline?) or characters that are not printable ASCII, which no client can send "
+                            "in an Authorization header; strip it")
+    if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0 or graceful_timeout < 0:
+        raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms and "
+                        "--graceful-timeout not negative")
+    if threads is not None and threads < 1:
+        raise SpecError(f"--threads {threads}: give a positive number of threads per model (or leave it out)")
     if min(max_connections, max_connections_per_client, memory_mib) < 1 or min(header_timeout,
                                                                                keep_alive_timeout) <= 0:
         raise SpecError("--max-connections, --max-connections-per-client, --memory-budget, --header-timeout and "
@@ -91,6 +102,11 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
     paths = list(models) + list(more_models)
     if not paths:
         raise SpecError("give at least one model: tilecast serve MODEL [MODEL...] (or --model PATH)")
+    if grpc_port == port and port:
+        raise SpecError(f"--grpc-port {grpc_port} is the HTTP --port too; give gRPC a port of its own")
+    for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
+        if number is not None:
+            _check_port(host, number, flag)
     runtimes, bands = load_models(paths, list(names) or None, threads)
     try:
         run_server(runtimes, host=host, port=port, grpc_port=grpc_port, token=token, max_batch=max_batch,
@@ -100,3 +116,21 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
         # uvicorn has already drained in-flight requests; it re-raises the signal it caught when it returns
         if isinstance(exc, SystemExit) and exc.code not in (None, 0, 128 + 2, 128 + 15):
             raise
+
+
+def _check_port(host: str, port: int, flag: str) -> None:
+    """Fail before the models load, in one line, when ``host:port`` cannot be listened on (taken, or not an address
+    of this machine): uvicorn would log its own error and exit 3, and a gRPC port's failure is a traceback."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SpecError(f"--host {host}: not an address or name this machine resolves ({exc}); use e.g. 127.0.0.1 "
+                        "(local clients) or 0.0.0.0 (all)") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind(address)
+        except OSError as exc:
+            hint = ("another process listens there: stop it or pick another port" if exc.errno == errno.EADDRINUSE else
+                    "is --host an address of this machine?")
+            raise SpecError(f"{flag} {port}: cannot listen on {host}:{port} ({exc.strerror}); {hint}") from None

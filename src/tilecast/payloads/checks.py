@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["MAX_DIM", "DecodeBudget", "check_shape", "declared_bytes", "fit_dtype", "require_finite"]
+__all__ = ["MAX_DIM", "DecodeBudget", "check_shape", "declared_bytes", "fit_dtype", "json_numbers", "require_finite"]
 
 MAX_DIM = 1 << 40
 """No dimension of a sent tensor may reach this; it keeps every product an exact, small Python int."""
@@ -72,8 +72,25 @@ def declared_bytes(shape: Sequence[int], itemsize: int) -> int:
 def require_finite(a: np.ndarray, where: str) -> np.ndarray:
     """JSON numbers must be finite: ``1e400`` parses to infinity, and NaN/Infinity are not JSON."""
     if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
-        raise InputError(f"{where}: values must be finite numbers (a value overflowed, or NaN/Infinity was sent)")
+        raise InputError(f"{where}: values must be finite numbers (a value overflowed, or NaN/Infinity was sent); "
+                         "send NaN and infinities in a binary format (SERIALIZED_TF_TENSORS, V2_BINARY, gRPC)")
     return a
+
+
+def json_numbers(a: np.ndarray, what: str, fix: str, first: int = 0) -> None:
+    """Refuse a batched float array (instances on the first axis) holding NaN or infinities before it is written as
+    JSON numbers: JSON (RFC 8259) has no token for them; Python would write bare ``NaN``, which strict parsers
+    (JavaScript's ``JSON.parse``, Go's ``encoding/json``, orjson) refuse with the whole body. The message names the
+    first such value by instance (``first`` + its index) and position, and ends with ``fix``."""
+    if a.dtype.kind not in "fc" or not a.size:
+        return
+    finite = np.isfinite(a)
+    if finite.all():
+        return
+    bad = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), a.shape))
+    where = "" if not bad else f" in instance {first + bad[0]}" + (f" at {list(bad[1:])}" if len(bad) > 1 else "")
+    raise InputError(f"{what} has {int(a.size - finite.sum()):,} NaN or infinite values (the first, {a[bad]}, "
+                     f"is{where}), which JSON numbers cannot carry; {fix}")
 
 
 def fit_dtype(a: np.ndarray, dtype: Any, where: str) -> np.ndarray:

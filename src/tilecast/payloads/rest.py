@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputShapeError
-from .checks import DecodeBudget, require_finite
+from .checks import DecodeBudget, json_numbers, require_finite
 from .images import decode_b64_bytes
 from .tensors import b64_to_tensor, tensor_to_b64, tensor_to_b64_bytes, unb64
 
-__all__ = ["decode_request", "decode_response", "encode_request", "encode_request_body", "encode_response",
-           "encode_response_body", "nd_instance"]
+__all__ = ["NUMBER_FIX", "decode_request", "decode_response", "encode_request", "encode_request_body",
+           "encode_response", "encode_response_body", "nd_instance"]
 
 
 def nd_instance(batch: Mapping[str, np.ndarray], i: int) -> np.ndarray:
@@ -30,9 +30,18 @@ def nd_instance(batch: Mapping[str, np.ndarray], i: int) -> np.ndarray:
     return np.concatenate([np.moveaxis(a[i].reshape((*a.shape[1:3], -1)), -1, 0) for a in arrays], axis=0)
 
 
+NUMBER_FIX = ("send it in a binary payload format (SERIALIZED_TF_TENSORS or gRPC carry NaN exactly), or give the "
+              "raster a nodata value so those pixels are masked and sent as the fill value (--fill-value)")
+"""What a client can do about NaN in a JSON request (:func:`~.checks.json_numbers`)."""
+
+
 def encode_request(fmt: str, batch: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, Any]:
-    """The JSON body carrying instances ``start:stop`` of ``batch``."""
+    """The JSON body carrying instances ``start:stop`` of ``batch``; :class:`InputError` for NaN or infinities
+    among the numbers (JSON has none: TF Serving writes bare ``NaN`` tokens, which strict parsers refuse)."""
     rng = range(start, stop)
+    if fmt in ("RAW_JSON", "ND_ARRAYS", "COLUMNAR_JSON"):
+        for k, v in batch.items():
+            json_numbers(v[start:stop], f"input {k!r} ({fmt})", NUMBER_FIX, start)
     if fmt == "SERIALIZED_TF_TENSORS":
         return {"instances": [{k: tensor_to_b64(v[i]) for k, v in batch.items()} for i in rng]}
     if fmt == "RAW_JSON":

@@ -46,9 +46,13 @@ def unb64(text: str | bytes) -> bytes:
     if len(data) % 4:
         data += b"=" * (-len(data) % 4)
     try:
-        return binascii.a2b_base64(data)
+        raw = binascii.a2b_base64(data)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"not valid base64: {exc}") from None
+    if not raw:  # binascii skips characters outside the alphabet: "!!!" decodes to nothing, as "" does
+        raise InputError(f"{text[:20]!r} decodes to no bytes (empty, or not base64); send base64 of a serialized "
+                         "TensorProto (or of a PNG, JPEG or TIFF image)")
+    return raw
 
 
 def b64_to_tensor(text: str | bytes, budget: DecodeBudget | None = None) -> np.ndarray:

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, OutputShapeError
-from .checks import DecodeBudget, check_shape, declared_bytes, fit_dtype, require_finite
+from .checks import DecodeBudget, check_shape, declared_bytes, fit_dtype, json_numbers, require_finite
 
 __all__ = [
     "HEADER_LENGTH",
+    "JSON_FIX",
     "decode_request",
     "decode_response",
     "dtype_from_v2",
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON_FIX = ("send it as V2_BINARY (the binary tensor data extension carries NaN exactly), or give the raster a nodata "
+            "value so those pixels are masked and sent as the fill value (--fill-value)")
+"""What a client can do about NaN in a V2_JSON request (:func:`~.checks.json_numbers`)."""
 
 _V2 = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -189,7 +193,11 @@ def _encode(head: dict[str, Any], key: str, arrays: Mapping[str, np.ndarray], bi
 
 def encode_request(arrays: Mapping[str, np.ndarray], binary: bool = True, outputs: Sequence[str] | None = None,
                    request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
-    """An infer request; with ``binary``, inputs travel as raw bytes and binary outputs are asked for."""
+    """An infer request; with ``binary``, inputs travel as raw bytes and binary outputs are asked for. Without it,
+    NaN or infinities are an :class:`InputError` (the v2 JSON form is plain JSON, which has no NaN)."""
+    if not binary:
+        for k, a in arrays.items():
+            json_numbers(np.asarray(a), f"input {k!r} (V2_JSON)", JSON_FIX)
     extra: dict[str, Any] = {}
     if binary:
         extra["parameters"] = {"binary_data_output": True}
@@ -212,6 +220,12 @@ def decode_request(body: bytes, header_length: int | None, budget: DecodeBudget 
     if not isinstance(head.get("parameters") or {}, dict):
         raise InputError('"parameters" must be an object')
     requested_outputs(head)
+    flags = [("parameters.binary_data_output", (head.get("parameters") or {}).get("binary_data_output"))]
+    flags += [(f"outputs[{i}].parameters.binary_data", (o.get("parameters") or {}).get("binary_data"))
+              for i, o in enumerate(head.get("outputs") or [])]
+    for field, value in flags:
+        if value is not None and not isinstance(value, bool):
+            raise InputError(f"{field} must be true or false, got {json.dumps(value)[:40]}")
     return _tensors(head["inputs"], tail, "inputs", InputError, budget), head
 
 

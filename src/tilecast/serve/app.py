@@ -29,14 +29,14 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import InputError, TilecastError
 from ..payloads import rest, v2
-from ..payloads.checks import DecodeBudget
+from ..payloads.checks import DecodeBudget, json_numbers
 from ..payloads.protos import enum_of, type_name
 from ..runtimes.base import TensorSpec
 from .adapt import check_names
 from .limits import MemoryBudget, Reservation, ServerLimits, json_cost
 from .metrics import Metrics
 from .models import ServedModel
-from .status import HTTPError, status_of, token_status
+from .status import RETRY_AFTER_S, HTTPError, status_of, token_status
 
 __all__ = ["HEALTH_ROUTES", "ServerConfig", "create_app", "health_paths", "read_body"]
 
@@ -128,8 +128,28 @@ def _decode_rest(body: bytes, budget: DecodeBudget) -> tuple[dict, str]:
     return rest.decode_request(_parse_json(body), budget)
 
 
+REST_ANSWER_FIX = ("ask in SERIALIZED_TF_TENSORS (base64 TensorProtos carry NaN exactly) or over gRPC; JSON has no NaN "
+                   "(TF Serving writes bare NaN tokens, which strict JSON parsers refuse)")
+V2_ANSWER_FIX = ('ask for binary outputs ("parameters": {"binary_data_output": true}; tilecast\'s V2_BINARY format), '
+                 "which carry NaN exactly")
+
+
 def _encode_json(fmt: str, out: Mapping[str, Any]) -> bytes:
+    """The ``:predict`` answer; NaN or infinities in a JSON number format are a 400 naming the output and the fix
+    (strict JSON parsers refuse the bare ``NaN`` Python would write)."""
+    if fmt in ("RAW_JSON", "ND_ARRAYS", "COLUMNAR_JSON"):
+        for k, v in out.items():
+            json_numbers(v, f"the model's output {k!r} (answered as {fmt})", REST_ANSWER_FIX)
     return rest.encode_response_body(fmt, out)
+
+
+def _encode_v2(name: str, out: Mapping[str, Any], request_id: Any, binary: set[str], version: str
+               ) -> tuple[bytes, dict[str, str]]:
+    """The v2 infer answer; NaN or infinities in an output asked for as JSON are a 400 (v2 JSON is strict JSON)."""
+    for k, v in out.items():
+        if k not in binary:
+            json_numbers(v, f"the model's output {k!r} (answered as JSON)", V2_ANSWER_FIX)
+    return v2.encode_response(name, out, request_id, binary, version)
 
 
 _V1 = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<v>[^/:]+)|/labels/(?P<l>[^/:]+))?(?P<op>:predict|/metadata)?$")
@@ -182,6 +202,11 @@ class Handlers:
             except ClientDisconnect:  # the client went away mid-body: nobody to answer, nothing to log
                 status = 499
                 return Response(status_code=499)
+            except asyncio.CancelledError:  # shutdown past --graceful-timeout, or a second Ctrl-C: an answer, not
+                status = 503  # uvicorn's bare 500 and a logged traceback
+                return JSONResponse({"error": "the server is shutting down; retry after a pause (or on another "
+                                              "replica)"}, status_code=503,
+                                    headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"})
             except Exception as exc:
                 status = status_of(exc)
                 if status == 500 and not isinstance(exc, TilecastError):
@@ -246,8 +271,7 @@ class Handlers:
             binary = v2.binary_outputs(head, list(out))
             r.grow(sum(v.nbytes * (1 if k in binary else 12) for k, v in out.items()), "the answer", force=True)
             text = sum(v.nbytes for k, v in out.items() if k not in binary)
-            data, headers = await self.offload(text, v2.encode_response, m.name, out, head.get("id"), binary,
-                                               m.version)
+            data, headers = await self.offload(text, _encode_v2, m.name, out, head.get("id"), binary, m.version)
             return Response(data, headers=headers), len(next(iter(arrays.values())))
 
     # -- TF Serving REST / Vertex AI / Earth Engine ------------------------------------------------------------------

@@ -84,6 +84,11 @@ def load_models(specs: list[str], names: list[str] | None = None, threads: int |
         if len(names) > len(paths):
             raise ModelLoadError(f"{len(names)} --name values for {len(paths)} models")
         paths = [(n, p) for n, (_, p) in zip(names, paths, strict=False)] + paths[len(names):]
+    for name, p in paths:
+        if name in ("", ".", "..") or any(c in name for c in "/:?#") or not name.isprintable():
+            raise ModelLoadError(f"model name {name!r} (for {p}) cannot be part of a URL such as "
+                                 "/v2/models/NAME/infer; name it with NAME=PATH or --name, without / : ? # or control "
+                                 "characters")
     if threads is None and len(paths) > 1:  # the models share the CPUs instead of each taking them all
         threads = max(1, Resources.detect().model_threads // len(paths))
     out: dict[str, Runtime] = {}

@@ -6,6 +6,7 @@ On SIGINT/SIGTERM uvicorn stops accepting connections and lets in-flight request
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -78,6 +79,8 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
             log.info("listening", extra={"fields": {"grpc": f"{host}:{grpc_port}"}})
         try:
             yield
+        except asyncio.CancelledError:  # a forced exit (a second Ctrl-C) cancels the lifespan: close, no traceback
+            log.info("forced exit: stopping without waiting for requests in flight")
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=10)

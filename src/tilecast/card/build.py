@@ -219,6 +219,10 @@ def _mlm_outputs(outputs: OutputFields, layout: str, out_tile: XY) -> tuple[list
 
 def _classes(band: OutputBand) -> list[dict[str, Any]]:
     colors = dict(band.colors or ())
+    for v, c in colors.items():  # MLM's color_hint is RRGGBB: an alpha would be lost without a word
+        if len(c) > 3 and int(c[3]) != 255:
+            raise SpecError(f"the colour of class {v} of {band.name!r} has alpha {int(c[3])}; a card's color_hint "
+                            "is RRGGBB (STAC classification), with no alpha: give an opaque colour (#RRGGBB)")
     return [
         {"value": v, "name": _slug(n), "description": n,
          **({"color_hint": "{:02X}{:02X}{:02X}".format(*tuple(colors[v][:3]))} if v in colors else {})}

@@ -52,7 +52,7 @@ __all__ = ["build_from_options", "card", "check_with_tile", "receptive_radius"]
               help="Declare an output band (repeatable), e.g. landcover:uint8 or probs:float32:1.")
 @click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
 @click.option("--colors", help="Class colours as hex in class order (e.g. 00ff00,0000ff), VALUE:#RRGGBB pairs or a "
-              "palette (tab10, set1, paired).")
+              "palette (tab10, set1, paired); opaque only (a card's color_hint has no alpha).")
 @click.option("--argmax/--no-argmax", default=None,
               help="Reduce the first output's class scores to a class index (channel axis 1 for NCHW, else last).")
 @click.option("--crs", help="The CRS the model expects (Earth Engine's proj).")

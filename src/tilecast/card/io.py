@@ -5,16 +5,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import ModelLoadError, OutputExistsError, SpecError
+from ..errors import ModelLoadError, OutputExistsError, SpecError, TilecastWarning
 from ..runtimes.base import Signature
 from .deepness import DEEPNESS_KEYS, card_from_deepness
 from .files import card_path, detect_format, embeddable
-from .schema import ONNX_KEY, Card
+from .schema import MLM_SCHEMA, ONNX_KEY, Card
 
 __all__ = ["embed_onnx", "read_card", "will_embed", "write_card"]
 
@@ -57,7 +59,32 @@ def _check_item(item: Any, where: str) -> dict[str, Any]:
             or "mlm:input" not in item["properties"]:
         raise ModelLoadError(f"{where} is not a STAC MLM item (no properties.mlm:input); write one with "
                              "`tilecast card MODEL --bands ... --tile ...`")
+    _check_version(item, where)
     return item
+
+
+_MLM_URL = re.compile(r"stac-extensions\.github\.io/mlm/v(\d+)\.(\d+)\.(\d+)/schema\.json")
+_MLM_READ = tuple(int(v) for v in _MLM_URL.search(MLM_SCHEMA).groups())  # type: ignore[union-attr]
+
+
+def _check_version(item: dict[str, Any], where: str) -> None:
+    """The MLM version the card declares: another major version is refused (its fields may mean something else);
+    a newer minor one is read with a warning (fields added since are ignored)."""
+    extensions = item.get("stac_extensions")
+    urls = [e for e in extensions if isinstance(e, str)] if isinstance(extensions, list) else []
+    for url in urls:
+        m = _MLM_URL.search(url)
+        if m is None:
+            continue
+        version = tuple(int(v) for v in m.groups())
+        text, known = "v{}.{}.{}".format(*version), "v{}.{}.{}".format(*_MLM_READ)
+        if version[0] != _MLM_READ[0]:
+            raise ModelLoadError(f"{where} is a card for MLM {text}; tilecast reads MLM {known} cards (v"
+                                 f"{_MLM_READ[0]}.x): rewrite it as an MLM {known} card (tilecast.card.build_card, "
+                                 "or move it away and run `tilecast card MODEL --bands ... --tile ...`)")
+        if version[:2] > _MLM_READ[:2]:
+            warnings.warn(f"{where} is a card for MLM {text}, newer than the MLM {known} tilecast reads; fields "
+                          "added since are ignored", TilecastWarning, stacklevel=3)
 
 
 def will_embed(model_path: str | os.PathLike, embed: bool | None = None) -> bool:

@@ -29,8 +29,8 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
         try:
             item = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"model card {side} is not valid JSON ({exc}); fix it or rewrite it with "
-                                 "`tilecast card`") from None
+            raise ModelLoadError(f"model card {side} is not valid JSON ({exc}); fix it or replace it with "
+                                 "`tilecast card MODEL --overwrite --bands ...`") from None
         return Card(_check_item(item, str(side)), "sidecar")
     metadata = metadata or {}
     if ONNX_KEY in metadata:
@@ -38,7 +38,7 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
             item = json.loads(metadata[ONNX_KEY])
         except ValueError as exc:
             raise ModelLoadError(f"the model card embedded in {model_path} ({ONNX_KEY!r}) is not valid JSON "
-                                 f"({exc}); rewrite it with `tilecast card`") from None
+                                 f"({exc}); replace it with `tilecast card MODEL --overwrite --bands ...`") from None
         return Card(_check_item(item, f"{model_path} metadata"), "embedded")
     if any(k in metadata for k in DEEPNESS_KEYS):
         return card_from_deepness(metadata, signature, name=Path(model_path).stem)
@@ -81,7 +81,7 @@ def _check_version(item: dict[str, Any], where: str) -> None:
         if version[0] != _MLM_READ[0]:
             raise ModelLoadError(f"{where} is a card for MLM {text}; tilecast reads MLM {known} cards (v"
                                  f"{_MLM_READ[0]}.x): rewrite it as an MLM {known} card (tilecast.card.build_card, "
-                                 "or move it away and run `tilecast card MODEL --bands ... --tile ...`)")
+                                 "or `tilecast card MODEL --overwrite --bands ... --tile ...`)")
         if version[:2] > _MLM_READ[:2]:
             warnings.warn(f"{where} is a card for MLM {text}, newer than the MLM {known} tilecast reads; fields "
                           "added since are ignored", TilecastWarning, stacklevel=3)

@@ -1,0 +1,192 @@
+"""Review 9 of ``tilecast export`` and ``tilecast card``: defects found by using them like a demanding user."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tests.onnx_models import linear_1x1
+
+from tilecast.card import build_card, card_path, read_card_file, write_card
+from tilecast.card.deepness import card_from_deepness
+from tilecast.cli import main
+from tilecast.errors import ModelLoadError, SpecError, TilecastWarning
+from tilecast.export.tfrecord import ShardedWriter, iter_records
+from tilecast.spec import OutputBand
+
+# ---- tilecast card ---------------------------------------------------------------------------------------------
+
+
+def _model_with_card(tmp_path, **extra_props):
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    card = build_card(name="lin", bands=["a", "b"], input_tile_size=16)
+    card.properties.update(extra_props)
+    card.item["links"] = [{"rel": "license", "href": "https://example.org/license"}]
+    write_card(card, path, embed=False)
+    return path
+
+
+def test_updating_a_card_keeps_the_fields_tilecast_does_not_set(tmp_path):
+    """``tilecast card MODEL --tile 32`` edits the card in place: a hand-written card's licence, hyperparameters,
+    links and ``tilecast:tile_multiple`` are not silently dropped by the rewrite."""
+    path = _model_with_card(tmp_path, **{"license": "CC-BY-4.0", "mlm:hyperparameters": {"lr": 0.01},
+                                         "description": "two-band linear model", "tilecast:tile_multiple": 8})
+    r = CliRunner().invoke(main, ["card", path, "--tile", "32", "--no-check", "--no-embed"])
+    assert r.exit_code == 0, r.output
+    item = json.loads(card_path(path).read_text())
+    p = item["properties"]
+    assert p["tilecast:tile_size"] == [32, 32]
+    assert p["license"] == "CC-BY-4.0" and p["mlm:hyperparameters"] == {"lr": 0.01}
+    assert p["description"] == "two-band linear model" and p["tilecast:tile_multiple"] == 8
+    assert item["links"] == [{"rel": "license", "href": "https://example.org/license"}]
+
+
+def test_no_argmax_still_removes_the_argmax_on_update(tmp_path):
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    runner = CliRunner()
+    r = runner.invoke(main, ["card", path, "--bands", "a,b", "--tile", "16", "--output-band", "c:uint8", "--argmax",
+                             "--no-check", "--no-embed"])
+    assert r.exit_code == 0, r.output
+    assert "tilecast:outputs" in json.loads(card_path(path).read_text())["properties"]
+    r = runner.invoke(main, ["card", path, "--no-argmax", "--no-check", "--no-embed"])
+    assert r.exit_code == 0, r.output
+    assert "argmax" not in json.dumps(json.loads(card_path(path).read_text())["properties"].get("tilecast:outputs"))
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]", "v2"])
+def test_a_card_that_cannot_be_updated_is_replaced_with_overwrite(tmp_path, bad):
+    """The errors for an unreadable sidecar say to rewrite it with ``tilecast card``, which read it first and failed
+    the same way: ``--overwrite`` replaces it, and the error without it names ``--overwrite``."""
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    if bad == "v2":
+        card = build_card(name="m", bands=["a", "b"], input_tile_size=8)
+        card.item["stac_extensions"] = ["https://stac-extensions.github.io/mlm/v2.0.0/schema.json"]
+        bad = card.to_json()
+    card_path(path).write_text(bad)
+    args = ["card", path, "--bands", "a,b", "--tile", "16", "--no-check", "--no-embed"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "--overwrite" in r.output
+    assert card_path(path).read_text() == bad
+    r = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert read_card_file(card_path(path)).to_params().params["input_tile_size"] == (16, 16)
+
+
+def test_overwrite_starts_afresh(tmp_path):
+    path = _model_with_card(tmp_path, license="CC-BY-4.0")
+    r = CliRunner().invoke(main, ["card", path, "--bands", "x,y", "--tile", "16", "--overwrite", "--no-check",
+                                  "--no-embed"])
+    assert r.exit_code == 0, r.output
+    p = json.loads(card_path(path).read_text())["properties"]
+    assert "license" not in p and [b for i in p["mlm:input"] for b in i["bands"]] == ["x", "y"]
+
+
+def test_card_help_says_it_edits_the_card_in_place():
+    r = CliRunner().invoke(main, ["card", "--help"])
+    assert r.exit_code == 0
+    assert "in place" in r.output
+
+
+@pytest.mark.parametrize("colors", ["0:#ff000080,1:#00ff00", "ff000000,00ff00"])
+def test_a_colour_with_alpha_is_refused_not_silently_dropped(tmp_path, colors):
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    r = CliRunner().invoke(main, ["card", path, "--bands", "a,b", "--tile", "16", "--output-band", "c:uint8",
+                                  "--classes", "x,y", "--colors", colors, "--no-check", "--no-embed"])
+    assert r.exit_code != 0
+    assert "alpha" in r.output and "color_hint" in r.output
+    assert not card_path(path).exists()
+
+
+def test_an_opaque_rrggbbaa_colour_is_kept():
+    band = OutputBand("c", np.dtype("uint8"), 0, ((0, "x"),), ((0, (255, 0, 0, 255)),))
+    card = build_card(name="m", bands=["a"], input_tile_size=8, output_bands=[band])
+    assert card.outputs[0]["classification:classes"][0]["color_hint"] == "FF0000"
+
+
+def test_build_card_refuses_a_translucent_class_colour():
+    band = OutputBand("c", np.dtype("uint8"), 0, ((0, "x"),), ((0, (255, 0, 0, 128)),))
+    with pytest.raises(SpecError, match="alpha"):
+        build_card(name="m", bands=["a"], input_tile_size=8, output_bands=[band])
+
+
+def _deepness(**meta):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return card_from_deepness({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}, None)
+
+
+def _class_names(card):
+    return card.to_params().params["output_bands"]["class"]["classes"]
+
+
+@pytest.mark.parametrize("text", ["background, road, building", "{'0': 'background', '1': 'road', '2': 'building'}",
+                                  "['background', 'road', 'building']"])
+def test_deepness_class_names_written_as_plain_text_are_read(text):
+    assert _class_names(_deepness(tiles_size=256, class_names=text)) == {0: "background", 1: "road", 2: "building"}
+
+
+@pytest.mark.parametrize("value", [5, "{broken", ""])
+def test_unreadable_deepness_class_names_name_the_field(value):
+    if value == "":
+        assert _deepness(tiles_size=256, class_names=value).to_params().params["output_bands"]["class"].get(
+            "classes") is None
+        return
+    with pytest.raises(SpecError, match="class_names"):
+        _deepness(tiles_size=256, class_names=value)
+
+
+def _versioned(tmp_path, version):
+    card = build_card(name="m", bands=["a"], input_tile_size=8)
+    card.item["stac_extensions"] = [f"https://stac-extensions.github.io/mlm/v{version}/schema.json"]
+    path = tmp_path / "card.json"
+    path.write_text(card.to_json())
+    return path
+
+
+def test_a_card_of_another_mlm_major_version_is_refused_naming_it(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"v2\.0\.0"):
+        read_card_file(_versioned(tmp_path, "2.0.0"))
+
+
+def test_a_card_of_a_newer_mlm_minor_version_warns_naming_it(tmp_path):
+    with pytest.warns(TilecastWarning, match=r"v1\.9\.0"):
+        read_card_file(_versioned(tmp_path, "1.9.0"))
+
+
+def test_model_load_checks_the_card_version(tmp_path):
+    import tilecast
+
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0])
+    card = build_card(name="m", bands=["a"], input_tile_size=8)
+    card.item["stac_extensions"] = ["https://stac-extensions.github.io/mlm/v3.1.0/schema.json"]
+    card_path(path).write_text(card.to_json())
+    with pytest.raises(ModelLoadError, match=r"v3\.1\.0"):
+        tilecast.Model.load(path)
+
+
+@pytest.mark.parametrize("version", ["1.4.0", "1.3.0"])
+def test_a_card_of_a_known_mlm_version_loads_quietly(tmp_path, version):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_card_file(_versioned(tmp_path, version))
+
+
+# ---- tilecast export -------------------------------------------------------------------------------------------
+
+
+def test_more_than_100000_shards_still_sort_in_record_order(tmp_path):
+    """Shard names are zero-padded wide enough for every shard: name order is record order past 99,999 shards."""
+    n = 100_002
+    w = ShardedWriter(tmp_path, "p", compressed=False, max_file_size=1)
+    for i in range(n):
+        w.write(i.to_bytes(4, "little"))
+    files = w.close()
+    assert len(files) == n
+    names = sorted(f.name for f in tmp_path.glob("p-*.tfrecord"))
+    assert names == [f.name for f in files]
+    assert names[0] == "p-000000.tfrecord" and names[-1] == "p-100001.tfrecord"
+    for k in (0, 99_999, 100_000, n - 1):
+        assert [int.from_bytes(r, "little") for r in iter_records(tmp_path / names[k])] == [k]

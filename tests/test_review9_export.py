@@ -190,3 +190,36 @@ def test_more_than_100000_shards_still_sort_in_record_order(tmp_path):
     assert names[0] == "p-000000.tfrecord" and names[-1] == "p-100001.tfrecord"
     for k in (0, 99_999, 100_000, n - 1):
         assert [int.from_bytes(r, "little") for r in iter_records(tmp_path / names[k])] == [k]
+
+
+def _label_raster(tmp_path):
+    from tests.conftest import coord_image, write_raster
+
+    img = write_raster(tmp_path / "img.tif", coord_image(20, 30))
+    labels = np.zeros((1, 20, 30), np.uint8)
+    labels[0, 5:15, 5:25] = 1
+    lab = write_raster(tmp_path / "lab.tif", labels, nodata=0)
+    return str(img), str(lab)
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("out/", ["--splits", "train=0.5,test=0.5", "--split-block", "4"]),
+    ("s.tfrecord.gz", ["-o", "s.tfrecord"]),
+])
+def test_a_sample_export_does_not_replace_another_exports_spec_without_overwrite(tmp_path, first, second):
+    """Exports with other file names (other splits, other compression) share the spec sidecar: replacing it
+    silently left the earlier export's files without their spec."""
+    img, lab = _label_raster(tmp_path)
+    base = ["export", "patches", img, "--label-raster", lab, "--patch", "3", "-q"]
+    r = CliRunner().invoke(main, [*base, "-o", str(tmp_path / first)])
+    assert r.exit_code == 0, r.output
+    spec = tmp_path / ("out/spec.json" if first.endswith("/") else "s.spec.json")
+    before = spec.read_bytes()
+    args = [*base, "-o", str(tmp_path / first)] if second[0] != "-o" else [*base, "-o", str(tmp_path / second[1])]
+    if second[0] != "-o":
+        args += second
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "--overwrite" in r.output and spec.name in r.output, r.exception
+    assert spec.read_bytes() == before
+    r = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output

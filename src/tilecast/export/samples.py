@@ -215,7 +215,7 @@ def finish_samples(source: Source, plan: SamplePlan, seed: int, written: tuple[d
     spec_path = None
     if out.fmt == "tfrecord":
         grid = source.grid
-        spec_path = out.folder / (f"{out.stem}.spec.json" if out.stem else "spec.json")
+        spec_path = out.spec_path
         rel = {k: [os.path.relpath(f, spec_path.parent) for f in v] for k, v in files.items()}
         write_spec(spec_path, make_spec(
             feats, rel, compressed=out.compressed, bands=source.band_names, label=plan.label,

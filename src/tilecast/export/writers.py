@@ -53,6 +53,13 @@ class SampleOutput:
     def split_names(self) -> list[str]:
         return list(self.splits) if self.splits else ["all"]
 
+    @property
+    def spec_path(self) -> Path | None:
+        """The ``*.spec.json`` sidecar of a TFRecord export (``spec.json`` in a folder), else None."""
+        if self.fmt != "tfrecord":
+            return None
+        return self.folder / (f"{self.stem}.spec.json" if self.stem else "spec.json")
+
     def prefix(self, split: str) -> str:
         """The file (or shard) name prefix of ``split``."""
         if split == "all":
@@ -105,6 +112,9 @@ class Writers:
             else:
                 self.writers[split] = TableWriter(output.folder / f"{prefix}{output.suffix}", output.fmt, overwrite)
             self.counts[split] = 0
+        spec = output.spec_path
+        if spec is not None and spec.exists() and not overwrite:  # another export's, with other file names
+            raise OutputExistsError(f"{spec} already exists; pass overwrite=True (--overwrite) to replace the export")
 
     def write_batch(self, names: list[str], vals: np.ndarray, ok: np.ndarray, lname: str | None,
                     label: np.ndarray | None, props: dict[str, np.ndarray], split: np.ndarray | None) -> None:

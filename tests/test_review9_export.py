@@ -13,7 +13,7 @@ from tests.onnx_models import linear_1x1
 from tilecast.card import build_card, card_path, read_card_file, write_card
 from tilecast.card.deepness import card_from_deepness
 from tilecast.cli import main
-from tilecast.errors import ModelLoadError, SpecError, TilecastWarning
+from tilecast.errors import InputError, ModelLoadError, SpecError, TilecastWarning
 from tilecast.export.tfrecord import ShardedWriter, iter_records
 from tilecast.spec import OutputBand
 
@@ -223,3 +223,28 @@ def test_a_sample_export_does_not_replace_another_exports_spec_without_overwrite
     assert spec.read_bytes() == before
     r = CliRunner().invoke(main, [*args, "--overwrite"])
     assert r.exit_code == 0, r.output
+
+
+def test_image_export_bounds_in_another_crs(tmp_path):
+    """``--bounds`` in lat/lon on a UTM image: the error said to set bounds_crs, which the export did not take."""
+    from rasterio.warp import transform_bounds
+    from tests.conftest import coord_image, write_raster
+
+    img = write_raster(tmp_path / "img.tif", coord_image(40, 40))  # UTM 33N, 10 m pixels from (500000, 4600000)
+    # pixels 8..24 (x) and 4..20 (y), shrunk by a metre so no neighbouring pixel is touched
+    utm = (500000 + 8 * 10 + 1, 4600000 - 20 * 10 + 1, 500000 + 24 * 10 - 1, 4600000 - 4 * 10 - 1)
+    lonlat = transform_bounds("EPSG:32633", "EPSG:4326", *utm)
+    inner = transform_bounds("EPSG:4326", "EPSG:32633", *lonlat, densify_pts=21)
+    assert inner[0] > 500000 + 80 and inner[2] < 500000 + 240  # still inside the same pixels
+    r = CliRunner().invoke(main, ["export", "image", img, "--patch", "8", "-o", str(tmp_path / "a"), "-q",
+                                  "--bounds", *map(str, lonlat), "--bounds-crs", "EPSG:4326"])
+    assert r.exit_code == 0, r.output
+    mixer = json.loads((tmp_path / "a" / "img-mixer.json").read_text())
+    assert mixer["projection"]["affine"]["doubleMatrix"][2::3] == [500080.0, 4599960.0]
+    assert mixer["patchesPerRow"] == 2 and mixer["totalPatches"] == 4
+    with pytest.raises(InputError, match="bounds or window"):
+        from rasterio.windows import Window
+
+        from tilecast.export import export_image
+
+        export_image(img, tmp_path / "b", 8, bounds=utm, window=Window(0, 0, 8, 8))

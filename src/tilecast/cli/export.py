@@ -163,7 +163,8 @@ def patches(image: str, patch: tuple[int, int], quiet: bool, overwrite: bool, **
               help="tensorDepths: depth of array band NAME (truncated or padded with the default value).")
 @click.option("--bands", help="Bands to export: 1-based indexes or descriptions, comma-separated.")
 @click.option("--bounds", type=float, nargs=4, metavar="L B R T", callback=finite_bounds,
-              help="Export only this region (image CRS).")
+              help="Export only this region (image CRS, or --bounds-crs).")
+@click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS), e.g. EPSG:4326.")
 @click.option("--prefix", help="File name prefix (default: the image's name).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @engine_options("chunk_rows", help="Run on this machine, or on Dask (chunks of patch rows; same examples, same order).")
@@ -193,7 +194,8 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
     result = export_image(
         image, o["output"], list(patch), engine=o["engine"], kernel=list(kernel),
         prefix=o["prefix"], bands=csv_list(o["bands"]),
-        bounds=o["bounds"], overwrite=overwrite, progress=not quiet, compressed=not o["no_compress"],
+        bounds=o["bounds"], bounds_crs=o["bounds_crs"], overwrite=overwrite, progress=not quiet,
+        compressed=not o["no_compress"],
         max_file_size=o["max_file_size"], default_value=o["default_value"], masked_threshold=o["masked_threshold"],
         collapse_bands=o["collapse_bands"], sequence_data=o["sequence_data"], arrays=arrays, tensor_depths=depths,
     )

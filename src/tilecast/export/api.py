@@ -36,6 +36,7 @@ def export_image(
     prefix: str | None = None,
     bands: Sequence[str | int] | None = None,
     bounds: Sequence[float] | None = None,
+    bounds_crs: Any = None,
     window: Window | None = None,
     overwrite: bool = False,
     progress: bool | Callable | None = None,
@@ -43,6 +44,8 @@ def export_image(
     **format_options: Any,
 ) -> ExportResult:
     """Export ``image`` (or ``bounds``/``window`` of it) as TFRecord patches with a mixer, into folder ``output``.
+
+    ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the image's CRS).
 
     ``format_options`` are :class:`~tilecast.export.ImageExportOptions` fields (``compressed``, ``max_file_size``,
     ``default_value``, ``tensor_depths``, ``collapse_bands``, ``masked_threshold``, ``sequence_data``, ``arrays``).
@@ -59,7 +62,8 @@ def export_image(
     with bounded_cache():
         source = open_source(image, bands)
         try:
-            plan = plan_image(source, folder, opts, prefix, image_region(source.grid, bounds, window), overwrite)
+            region = image_region(source.grid, bounds, window, bounds_crs)
+            plan = plan_image(source, folder, opts, prefix, region, overwrite)
             if isinstance(chosen, Local):
                 return write_image(source, plan, report, overwrite)
             from ..runners.recipe import source_recipe

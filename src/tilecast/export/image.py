@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError, OutputExistsError, RegionError, SpecError
 from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
+from ..sources import parse_crs
 from ..sources.base import Grid, Source, band_dtypes
 from .common import ExportResult, remove_stale, shard_files
 from .reading import default_for
@@ -221,9 +222,19 @@ def plan_image(source: Source, folder: Path, opts: ImageExportOptions, prefix: s
     return p
 
 
-def image_region(grid: Grid, bounds: Sequence[float] | None, window: Window | None) -> Window:
-    """The window to export: ``bounds`` (in the image's CRS), else ``window``, else the whole image."""
+def image_region(grid: Grid, bounds: Sequence[float] | None, window: Window | None,
+                 bounds_crs: Any = None) -> Window:
+    """The window to export: ``bounds`` (in ``bounds_crs``, default the image's CRS), else ``window``, else the
+    whole image."""
+    if bounds is not None and window is not None:
+        raise InputError("give bounds or window, not both")
     if bounds is not None:
+        if bounds_crs is not None:
+            from rasterio.warp import transform_bounds
+
+            crs = parse_crs(bounds_crs)
+            if crs != grid.crs:
+                bounds = transform_bounds(crs, grid.crs, *bounds, densify_pts=21)
         return window_from_bounds(bounds, grid.transform, grid.shape)
     if window is not None:
         return window

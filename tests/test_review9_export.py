@@ -248,3 +248,15 @@ def test_image_export_bounds_in_another_crs(tmp_path):
         from tilecast.export import export_image
 
         export_image(img, tmp_path / "b", 8, bounds=utm, window=Window(0, 0, 8, 8))
+
+
+@pytest.mark.parametrize("prefix", ["sub/x", "", "..", "a\\b"])
+def test_an_image_export_prefix_that_is_not_a_file_name_is_refused(tmp_path, prefix):
+    """``--prefix sub/x`` ended in a raw FileNotFoundError traceback; ``--prefix ''`` was silently replaced."""
+    from tests.conftest import coord_image, write_raster
+
+    img = write_raster(tmp_path / "img.tif", coord_image(16, 16))
+    r = CliRunner().invoke(main, ["export", "image", img, "--patch", "8", "-o", str(tmp_path / "out"), "-q",
+                                  "--prefix", prefix])
+    assert r.exit_code == 1 and "OutputError" in r.output and "prefix" in r.output, r.output
+    assert not list((tmp_path / "out").rglob("*"))

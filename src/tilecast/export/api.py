@@ -59,6 +59,9 @@ def export_image(
     report = progress_callback(progress, "export image")
     if prefix is None:
         prefix = Path(str(image)).name.split(".")[0] if isinstance(image, (str, os.PathLike)) else "image"
+    elif not prefix.strip() or any(sep in prefix for sep in "/\\") or prefix.strip(".") == "":
+        raise OutputError(f"the prefix {prefix!r} is not a file name; give a name such as 'scene' (the folder is "
+                          "the output)")
     with bounded_cache():
         source = open_source(image, bands)
         try:

@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rasterio.transform import from_origin
+from tests.conftest import coord_image, write_raster
 from tests.onnx_models import linear_1x1
 
 from tilecast.card import build_card, card_path, read_card_file, write_card
@@ -193,8 +195,6 @@ def test_more_than_100000_shards_still_sort_in_record_order(tmp_path):
 
 
 def _label_raster(tmp_path):
-    from tests.conftest import coord_image, write_raster
-
     img = write_raster(tmp_path / "img.tif", coord_image(20, 30))
     labels = np.zeros((1, 20, 30), np.uint8)
     labels[0, 5:15, 5:25] = 1
@@ -228,8 +228,6 @@ def test_a_sample_export_does_not_replace_another_exports_spec_without_overwrite
 def test_image_export_bounds_in_another_crs(tmp_path):
     """``--bounds`` in lat/lon on a UTM image: the error said to set bounds_crs, which the export did not take."""
     from rasterio.warp import transform_bounds
-    from tests.conftest import coord_image, write_raster
-
     img = write_raster(tmp_path / "img.tif", coord_image(40, 40))  # UTM 33N, 10 m pixels from (500000, 4600000)
     # pixels 8..24 (x) and 4..20 (y), shrunk by a metre so no neighbouring pixel is touched
     utm = (500000 + 8 * 10 + 1, 4600000 - 20 * 10 + 1, 500000 + 24 * 10 - 1, 4600000 - 4 * 10 - 1)
@@ -253,10 +251,29 @@ def test_image_export_bounds_in_another_crs(tmp_path):
 @pytest.mark.parametrize("prefix", ["sub/x", "", "..", "a\\b"])
 def test_an_image_export_prefix_that_is_not_a_file_name_is_refused(tmp_path, prefix):
     """``--prefix sub/x`` ended in a raw FileNotFoundError traceback; ``--prefix ''`` was silently replaced."""
-    from tests.conftest import coord_image, write_raster
-
     img = write_raster(tmp_path / "img.tif", coord_image(16, 16))
     r = CliRunner().invoke(main, ["export", "image", img, "--patch", "8", "-o", str(tmp_path / "out"), "-q",
                                   "--prefix", prefix])
     assert r.exit_code == 1 and "OutputError" in r.output and "prefix" in r.output, r.output
-    assert not list((tmp_path / "out").rglob("*"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["image", "patches", "samples"])
+def test_a_refused_export_leaves_no_new_folder(tmp_path, kind):
+    """The command created the output folder before checking anything: every typo left a stray empty folder."""
+    img, _ = _label_raster(tmp_path)
+    out = tmp_path / "new" / "out"
+    if kind == "image":
+        args = ["export", "image", img, "--patch", "64", "-o", str(out)]  # larger than the image
+    else:
+        far = write_raster(tmp_path / "far.tif", np.ones((1, 4, 4), np.uint8), nodata=0,
+                           transform=from_origin(0, 0, 10, 10))  # labels that miss the image
+        args = ["export", kind, img, "--label-raster", far, *(["--patch", "3"] if kind == "patches" else []),
+                "-o", f"{out}/"]
+    r = CliRunner().invoke(main, [*args, "-q"])
+    assert r.exit_code == 1, r.output
+    assert "Error" in r.output and not out.exists()
+    (tmp_path / "kept").mkdir()
+    r = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "kept"), "-q"] if kind == "image"
+                           else [*args[:-1], f"{tmp_path / 'kept'}/", "-q"])
+    assert r.exit_code == 1 and (tmp_path / "kept").is_dir()  # a folder that was there stays

@@ -95,12 +95,8 @@ def export() -> None:
 
 
 def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwrite: bool, o: dict) -> None:
-    import os
-
     from ..export import export_samples
 
-    if o["output"].endswith(("/", os.sep)):
-        os.makedirs(o["output"], exist_ok=True)
     result = export_samples(
         image, o["output"], labels=o["labels"], label_field=o["label_field"], label_raster=o["label_raster"],
         label_name=o["label_name"], bands=csv_list(o["bands"]), properties=o["properties"], patch=patch, n=o["n"],
@@ -175,11 +171,8 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
           **o: Any) -> None:
     """Cut IMAGE into patches with a kernel margin, row-major, sharded by size, with <prefix>-mixer.json (for
     `tilecast import`) and <prefix>.spec.json (for training readers)."""
-    import os
-
     from ..export import export_image
 
-    os.makedirs(o["output"], exist_ok=True)
     arrays = {}
     for item in o["arrays"]:
         name, _, members = item.partition("=")

@@ -277,3 +277,30 @@ def test_a_refused_export_leaves_no_new_folder(tmp_path, kind):
     r = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "kept"), "-q"] if kind == "image"
                            else [*args[:-1], f"{tmp_path / 'kept'}/", "-q"])
     assert r.exit_code == 1 and (tmp_path / "kept").is_dir()  # a folder that was there stays
+
+
+@pytest.mark.parametrize("kind", ["image", "patches"])
+def test_a_nan_default_value_for_integer_bands_is_a_clear_error(tmp_path, kind):
+    """``--default-value nan`` on a uint16 image was a raw ValueError traceback."""
+    img = write_raster(tmp_path / "img.tif", (coord_image(16, 16) % 1000).astype(np.uint16))
+    lab = write_raster(tmp_path / "lab.tif", np.ones((1, 16, 16), np.uint8), nodata=0)
+    extra = ["--label-raster", lab] if kind == "patches" else []
+    r = CliRunner().invoke(main, ["export", kind, img, *extra, "--patch", "4", "-o", str(tmp_path / "out"), "-q",
+                                  "--default-value", "nan"])
+    assert r.exit_code == 1 and "SpecError" in r.output and "nan" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_infinite_default_value_is_clamped_to_the_band_range(tmp_path):
+    """Earth Engine clamps defaultValue to the band's range: inf is the largest uint16 (was an OverflowError)."""
+    from tilecast.export import export_image
+    from tilecast.export.tfrecord import decode_example
+
+    data = (coord_image(8, 8) % 1000).astype(np.uint16)
+    img = write_raster(tmp_path / "img.tif", data)
+    res = export_image(img, tmp_path / "out", 8, kernel=2, default_value=float("inf"))
+    ex = [decode_example(r) for r in iter_records(res.files["all"][0])]
+    for i, band in enumerate(("b1", "b2")):
+        values = ex[0][band].reshape(10, 10)
+        assert (values[0] == 65535).all() and (values[:, 0] == 65535).all() and (values[-1] == 65535).all()
+        assert (values[1:9, 1:9] == data[i]).all()

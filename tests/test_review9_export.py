@@ -304,3 +304,16 @@ def test_an_infinite_default_value_is_clamped_to_the_band_range(tmp_path):
         values = ex[0][band].reshape(10, 10)
         assert (values[0] == 65535).all() and (values[:, 0] == 65535).all() and (values[-1] == 65535).all()
         assert (values[1:9, 1:9] == data[i]).all()
+
+
+@pytest.mark.parametrize(("kind", "flag", "value"), [
+    ("samples", "--per-class", "1=abc"), ("samples", "--per-class", "-5"), ("samples", "--per-class", "1=5,2"),
+    ("image", "--array", "sp"), ("image", "--array", "=b1,b2"),
+])
+def test_malformed_export_options_are_usage_errors(tmp_path, kind, flag, value):
+    """``--per-class 1=abc`` was a raw ValueError traceback; ``--array sp`` advised ``tensor_depths={'sp': 0}``."""
+    img, lab = _label_raster(tmp_path)
+    extra = ["--label-raster", lab] if kind == "samples" else ["--patch", "4"]
+    r = CliRunner().invoke(main, ["export", kind, img, *extra, "-o", str(tmp_path / "out.tfrecord.gz"), "-q",
+                                  flag, value])
+    assert r.exit_code == 2 and f"Invalid value for {flag}" in r.output, r.output

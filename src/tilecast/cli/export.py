@@ -53,7 +53,10 @@ def _per_class(value: str | None) -> int | dict[str, int] | None:
         return int(value)
     out: dict[Any, int] = {}
     for part in csv_list(value) or []:
-        k, _, v = part.partition("=")
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip() or not v.strip().isdigit():
+            raise click.BadParameter(f"{part!r}: use a count for every class (500) or CLASS=COUNT pairs "
+                                     "(1=500,2=200)", param_hint="--per-class")
         try:
             key: Any = float(k)
         except ValueError:
@@ -74,7 +77,8 @@ def _label_options(f: Any) -> Any:
         click.option("-n", "--num", "n", type=int, help="Random subset of this many samples (after --per-class)."),
         click.option("--per-class", help="Stratified: this many samples per class, or CLASS=N,CLASS=N."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selection/splits."),
-        click.option("--splits", help="Spatially blocked splits, e.g. train=0.8,val=0.1,test=0.1."),
+        click.option("--splits", help="Spatially blocked splits, e.g. train=0.8,val=0.1,test=0.1 (relative weights: "
+                     "normalised to sum to 1)."),
         click.option("--split-block", type=int, help="Block size in pixels for --splits (default: max(256, 4*patch))."),
         click.option("--stratify-splits", is_flag=True, help="Deal blocks out so each class follows the fractions."),
         click.option("--drop-outside", is_flag=True, help="Skip label points outside the raster instead of failing."),
@@ -176,6 +180,8 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
     arrays = {}
     for item in o["arrays"]:
         name, _, members = item.partition("=")
+        if not name.strip() or not csv_list(members):
+            raise click.BadParameter(f"{item!r}: use NAME=B1,B2,...", param_hint="--array")
         arrays[name] = csv_list(members) or []
     depths = {}
     for item in o["tensor_depths"]:

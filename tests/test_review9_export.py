@@ -317,3 +317,13 @@ def test_malformed_export_options_are_usage_errors(tmp_path, kind, flag, value):
     r = CliRunner().invoke(main, ["export", kind, img, *extra, "-o", str(tmp_path / "out.tfrecord.gz"), "-q",
                                   flag, value])
     assert r.exit_code == 2 and f"Invalid value for {flag}" in r.output, r.output
+
+
+@pytest.mark.parametrize("per_class", [-5, {1: -5}])
+def test_a_negative_per_class_count_is_named(tmp_path, per_class):
+    """A negative count silently selected nothing and the error blamed the labels' position."""
+    from tilecast.export import export_samples
+
+    img, lab = _label_raster(tmp_path)
+    with pytest.raises(InputError, match="per_class"):
+        export_samples(img, tmp_path / "s.csv", label_raster=lab, per_class=per_class)

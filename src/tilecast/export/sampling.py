@@ -125,6 +125,9 @@ def select(
     """All candidates, a random ``n`` of them, or ``per_class`` of each class (then at most ``n`` overall)."""
     if n is not None and n <= 0:
         raise InputError(f"the number of samples must be > 0, got {n}")
+    counts = per_class.values() if isinstance(per_class, Mapping) else [] if per_class is None else [per_class]
+    if any(int(c) < 0 for c in counts):
+        raise InputError(f"per_class counts must be >= 0, got {per_class}; give e.g. per_class=500 or {{1: 500}}")
     res = _Reservoir(n, per_class, seed)
     for part in [candidates] if isinstance(candidates, Samples) else candidates:
         res.add(part)

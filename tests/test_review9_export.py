@@ -272,7 +272,7 @@ def test_a_refused_export_leaves_no_new_folder(tmp_path, kind):
                 "-o", f"{out}/"]
     r = CliRunner().invoke(main, [*args, "-q"])
     assert r.exit_code == 1, r.output
-    assert "Error" in r.output and not out.exists()
+    assert "Error" in r.output and not (tmp_path / "new").exists()
     (tmp_path / "kept").mkdir()
     r = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "kept"), "-q"] if kind == "image"
                            else [*args[:-1], f"{tmp_path / 'kept'}/", "-q"])
@@ -327,3 +327,29 @@ def test_a_negative_per_class_count_is_named(tmp_path, per_class):
     img, lab = _label_raster(tmp_path)
     with pytest.raises(InputError, match="per_class"):
         export_samples(img, tmp_path / "s.csv", label_raster=lab, per_class=per_class)
+
+
+@pytest.mark.parametrize("kind", ["image", "patches"])
+def test_an_interrupted_overwrite_keeps_the_earlier_export(tmp_path, kind):
+    """Ctrl-C in the middle of ``--overwrite``: the earlier export is untouched and no temporary file is left."""
+    from tilecast.export import export_image, export_samples
+
+    img, lab = _label_raster(tmp_path)
+    out = tmp_path / "out"
+
+    def run(**kw):
+        if kind == "image":
+            return export_image(img, out, 4, max_file_size=200, **kw)
+        return export_samples(img, f"{out}/", label_raster=lab, patch=3, max_file_size=200, chunk=4, **kw)
+
+    run()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) > 3
+
+    def interrupt(done, total, pixels):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(overwrite=True, progress=interrupt)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -84,14 +84,14 @@ def export_image(
 def output_folder(folder: Path) -> Iterator[None]:
     """:func:`make_folder`, removed again (when still empty) if the export fails: a typo in ``-o`` or an export
     refused before it wrote anything leaves no stray folder."""
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     make_folder(folder)
     try:
         yield
     except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        with contextlib.suppress(OSError):
+            for path in created:
+                path.rmdir()
         raise
 
 

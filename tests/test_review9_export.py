@@ -353,3 +353,38 @@ def test_an_interrupted_overwrite_keeps_the_earlier_export(tmp_path, kind):
     with pytest.raises(KeyboardInterrupt):
         run(overwrite=True, progress=interrupt)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(("output", "options", "named"), [
+    ("s.csv", {"max_file_size": 1000}, "max_file_size"),
+    ("s.parquet", {"compressed": False}, "compressed"),
+    ("s.tfrecord.gz", {"split_block": 8}, "split_block"),
+    ("s.tfrecord.gz", {"stratify_splits": True}, "stratify_splits"),
+    ("dir/", {"file_format": "csv"}, "folder"),
+    ("s.tfrecord.gz", {"file_format": "npy"}, "npy"),
+])
+def test_export_options_that_would_be_ignored_are_refused(tmp_path, output, options, named):
+    """A CSV export with max_file_size, split_block without splits... were silently ignored; a folder with
+    file_format='csv' wrote a file named 'samplesNone'."""
+    from tilecast.errors import OutputError
+    from tilecast.export import export_samples
+
+    img, lab = _label_raster(tmp_path)
+    with pytest.raises((InputError, OutputError), match=named):
+        export_samples(img, f"{tmp_path}/{output}", label_raster=lab, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "lab.tif"]
+
+
+def test_label_name_with_vector_labels_is_refused(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    img, _ = _label_raster(tmp_path)
+    gpd.GeoDataFrame({"cls": [1]}, geometry=[Point(500015, 4599985)], crs="EPSG:32633").to_file(tmp_path / "p.gpkg")
+    r = CliRunner().invoke(main, ["export", "samples", img, "--labels", str(tmp_path / "p.gpkg"), "--label-field",
+                                  "cls", "--label-name", "y", "-o", str(tmp_path / "s.csv"), "-q"])
+    assert r.exit_code == 1 and "--label-name" in r.output, r.output
+    r = CliRunner().invoke(main, ["export", "samples", img, "--labels", str(tmp_path / "p.gpkg"), "--label-field",
+                                  "cls", "-o", str(tmp_path / "s.csv"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "b1,b2,cls"

@@ -22,7 +22,14 @@ from ..sources import open_source
 from .common import ExportResult, progress_callback
 from .image import ImageExportOptions, image_region, plan_image, write_image
 from .reading import bounded_cache
-from .samples import SampleLabels, SampleOptions, finish_samples, select_samples, write_samples_local
+from .samples import (
+    SampleLabels,
+    SampleOptions,
+    check_table_output,
+    finish_samples,
+    select_samples,
+    write_samples_local,
+)
 from .writers import SampleOutput, Writers
 
 __all__ = ["export_image", "export_patches", "export_samples"]
@@ -148,6 +155,7 @@ def export_samples(
     if out.fmt != "tfrecord" and not table:
         raise OutputError(f"patches can only be exported as TFRecord, not {out.fmt}; use a .tfrecord.gz file or a "
                           "folder")
+    check_table_output(opts, out.fmt)
     found = SampleLabels(labels, label_field, label_raster)
     found.check(opts)
     report = progress_callback(progress, "export samples" if table else "export patches")

@@ -31,7 +31,8 @@ from .specfile import make_spec, write_spec
 from .writers import SampleOutput, Writers
 
 __all__ = [
-    "SampleLabels", "SampleOptions", "SamplePlan", "finish_samples", "select_samples", "write_samples",
+    "SampleLabels", "SampleOptions", "SamplePlan", "check_table_output", "finish_samples", "select_samples",
+    "write_samples",
     "write_samples_local",
 ]
 
@@ -81,6 +82,23 @@ class SampleLabels:
             raise InputError("pass either labels (vector) or a label raster, not both")
         if self.vector is not None and self.field is None and opts.per_class is not None:
             raise InputError("per_class sampling needs the label field (--label-field)")
+        if self.vector is not None and opts.label_name is not None:
+            raise InputError("label_name (--label-name) names the feature of a label raster; vector labels keep "
+                             "the name of their label field (--label-field)")
+        unused = [name for name, given in (("split_block (--split-block)", opts.split_block is not None),
+                                           ("stratify_splits (--stratify-splits)", opts.stratify_splits)) if given]
+        if unused and not opts.splits:
+            raise InputError(f"{' and '.join(unused)} apply to splits; pass splits (--splits train=0.8,test=0.2) "
+                             "or leave them out")
+
+
+def check_table_output(opts: SampleOptions, fmt: str) -> None:
+    """A Parquet or CSV table is one uncompressed file: sharding and GZIP options would be silently ignored."""
+    unused = [name for name, given in (("max_file_size (--max-file-size)", opts.max_file_size is not None),
+                                       ("compressed (--no-compress)", opts.compressed is not None)) if given]
+    if unused and fmt != "tfrecord":
+        raise InputError(f"{' and '.join(unused)} apply to TFRecord outputs, not {fmt}; leave them out or write "
+                         ".tfrecord.gz")
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,13 @@ def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, s
     """``(folder, stem, single file suffix or None for a folder of shards, format)``."""
     out = Path(output)
     text = str(output)
+    if file_format is not None and file_format not in _SUFFIXES.values():
+        raise OutputError(f"unknown file format {file_format!r}; use one of {sorted(set(_SUFFIXES.values()))}")
     if text.endswith(os.sep) or out.is_dir() or ("." not in out.name and not out.exists()):
-        return out, "", None, file_format or "tfrecord"  # a name without a suffix is a folder, created if missing
+        if file_format not in (None, "tfrecord"):
+            raise OutputError(f"{out} is a folder, for TFRecord shards; write a {file_format} table to a file "
+                              f"({out / ('samples.' + file_format)})")
+        return out, "", None, "tfrecord"  # a name without a suffix is a folder, created if missing
     for suffix, fmt in _SUFFIXES.items():
         if out.name.lower().endswith(suffix):
             if file_format and file_format != fmt:

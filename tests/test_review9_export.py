@@ -388,3 +388,16 @@ def test_label_name_with_vector_labels_is_refused(tmp_path):
                                   "cls", "-o", str(tmp_path / "s.csv"), "-q"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s.csv").read_text().splitlines()[0] == "b1,b2,cls"
+
+
+@pytest.mark.parametrize("args", [["image", "--bands", "1,1"], ["image", "--array", "b2=b1", "--tensor-depth", "b2=1"],
+                                  ["samples", "--bands", "b1,1"]])
+def test_two_bands_under_one_feature_name_are_refused(tmp_path, args):
+    """``--bands 1,1`` (or an array named after another band) wrote one feature where two were asked for; a CSV
+    got a single column."""
+    img, lab = _label_raster(tmp_path)
+    kind, *rest = args
+    extra = ["--patch", "4"] if kind == "image" else ["--label-raster", lab]
+    r = CliRunner().invoke(main, ["export", kind, img, *extra, *rest, "-o", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 1 and "InputError" in r.output and "once" in r.output, r.output
+    assert not (tmp_path / "out").exists()

@@ -167,6 +167,11 @@ def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, 
         elif arr not in seen:
             seen.add(arr)
             groups.append((arr, [names.index(m) for m in opts.arrays[arr]], int(opts.tensor_depths[arr])))
+    features = [g[0] for g in groups]
+    twice = sorted({f for f in features if features.count(f) > 1})
+    if twice:  # one feature per name: the second would silently replace the first
+        raise InputError(f"the feature name(s) {twice} are given to more than one band or array; list each band "
+                         "once (--bands) and name each array (--array NAME=...) after none of the other bands")
     return groups
 
 

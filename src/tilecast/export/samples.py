@@ -177,7 +177,11 @@ def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: Sample
         xs, ys = grid.transform * (samples.cols + 0.5, samples.rows + 0.5)
         samples.properties.update(x=np.asarray(xs, np.float64), y=np.asarray(ys, np.float64))
         properties += ["x", "y"]
-    clash = set(source.band_names) & ({lname} | set(properties))
+    bands = list(source.band_names)
+    twice = sorted({b for b in bands if bands.count(b) > 1})
+    if twice:  # one feature per name: the second band would silently replace the first
+        raise InputError(f"the band(s) {twice} are selected more than once; list each band once in bands (--bands)")
+    clash = set(bands) & ({lname} | set(properties))
     if clash:
         raise InputError(f"the label/property names {sorted(clash)} clash with band names; rename them")
     plan = SamplePlan(patch, lname, tuple(properties), opts.default_value, opts.drop_masked, opts.chunk, output)

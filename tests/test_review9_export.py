@@ -401,3 +401,30 @@ def test_two_bands_under_one_feature_name_are_refused(tmp_path, args):
     r = CliRunner().invoke(main, ["export", kind, img, *extra, *rest, "-o", str(tmp_path / "out"), "-q"])
     assert r.exit_code == 1 and "InputError" in r.output and "once" in r.output, r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_fill_value_is_written_as_valid_json_and_read_back(tmp_path):
+    """``--fill-value nan`` wrote a bare NaN, which is not JSON (STAC tools and browsers refuse the card)."""
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    r = CliRunner().invoke(main, ["card", path, "--bands", "a,b", "--tile", "16", "--fill-value", "nan",
+                                  "--no-check", "--no-embed"])
+    assert r.exit_code == 0, r.output
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    item = json.loads(card_path(path).read_text(), parse_constant=refuse)
+    assert item["properties"]["tilecast:fill_value"] == "nan"
+    assert np.isnan(read_card_file(card_path(path)).to_params().params["fill_value"])
+
+
+@pytest.mark.parametrize(("flag", "value", "match"), [("--crs", "EPSG:999999", "EPSG:999999"),
+                                                     ("--gsd-tolerance", "-1", "gsd_tolerance")])
+def test_card_values_that_cannot_work_are_refused_when_written(tmp_path, flag, value, match):
+    """An unknown CRS or a negative GSD tolerance was written into the card and only failed (or refused every
+    raster) when the model was used."""
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    r = CliRunner().invoke(main, ["card", path, "--bands", "a,b", "--tile", "16", flag, value, "--no-check",
+                                  "--no-embed"])
+    assert r.exit_code == 1 and match in r.output, r.output
+    assert not card_path(path).exists()

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import SpecError
 from ..plan import XY, parse_resolution, parse_size
 from ..runtimes.scaled import Scaling
+from ..sources import parse_crs
 from ..spec import OutputBand, parse_dtype
 from .schema import CLASSIFICATION_SCHEMA, EO_SCHEMA, MLM_SCHEMA, Card
 
@@ -249,7 +250,7 @@ def _properties(fields: CardFields, tile: XY, overlap: XY, out_tile: XY) -> dict
         "tilecast:fix_input_proj": bool(g.fix_input_proj),
         "tilecast:gsd_tolerance": float(g.gsd_tolerance),
         "tilecast:resampling": g.resampling,
-        "tilecast:fill_value": float(t.fill_value),
+        "tilecast:fill_value": _json_number(float(t.fill_value)),
         "tilecast:blend": t.blend,
         "tilecast:padding": t.padding,
     }
@@ -257,7 +258,10 @@ def _properties(fields: CardFields, tile: XY, overlap: XY, out_tile: XY) -> dict
         props["description"] = m.description
     if t.batch_size:
         props["mlm:batch_size_suggestion"] = int(t.batch_size)
+    if not g.gsd_tolerance >= 0:
+        raise SpecError(f"gsd_tolerance is a relative difference, >= 0 (e.g. 0.01 for 1 %), got {g.gsd_tolerance}")
     if g.crs:
+        parse_crs(g.crs)  # an unknown CRS is refused now, not when the model is first used
         props["tilecast:crs"] = str(g.crs)
     if g.resolution is not None:
         props["tilecast:gsd"] = list(parse_resolution(g.resolution, "resolution"))

@@ -428,3 +428,13 @@ def test_card_values_that_cannot_work_are_refused_when_written(tmp_path, flag, v
                                   "--no-embed"])
     assert r.exit_code == 1 and match in r.output, r.output
     assert not card_path(path).exists()
+
+
+def test_embed_on_a_model_that_cannot_hold_a_card_writes_nothing(tmp_path):
+    """``--embed`` on a model format without room for a card wrote the sidecar, then failed."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"")
+    card = build_card(name="m", bands=["a"], input_tile_size=8)
+    with pytest.raises(SpecError, match="embed"):
+        write_card(card, model, embed=True)
+    assert not card_path(model).exists()

@@ -105,13 +105,13 @@ def write_card(card: Card, model_path: str | os.PathLike, *, embed: bool | None 
     side = card_path(model_path)
     if side.exists() and not overwrite:
         raise OutputExistsError(f"{side} exists; pass overwrite=True (--overwrite) to replace it")
+    kind = embeddable(model_path)
+    if will_embed(model_path, embed) and kind is None:  # refused before anything is written
+        raise SpecError(f"only ONNX, TorchScript and torch.export models can embed their card, not {model_path}; "
+                        "leave out embed (--embed): the sidecar JSON holds the card")
     text = card.to_json() + "\n"
     _replace(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     if will_embed(model_path, embed):
-        kind = embeddable(model_path)
-        if kind is None:
-            raise SpecError("only ONNX, TorchScript and torch.export models can embed their card; the sidecar JSON "
-                            "was written")
         if kind == "onnx":
             embed_onnx(card, model_path)
         else:

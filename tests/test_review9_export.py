@@ -438,3 +438,15 @@ def test_embed_on_a_model_that_cannot_hold_a_card_writes_nothing(tmp_path):
     with pytest.raises(SpecError, match="embed"):
         write_card(card, model, embed=True)
     assert not card_path(model).exists()
+
+
+def test_a_text_property_is_named_as_a_property_not_the_label_field(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    from tilecast.export import export_samples
+
+    img, _ = _label_raster(tmp_path)
+    labels = gpd.GeoDataFrame({"cls": [1], "name": ["a"]}, geometry=[Point(500055, 4599945)], crs="EPSG:32633")
+    with pytest.raises(InputError, match="the property 'name'"):
+        export_samples(img, tmp_path / "s.csv", labels=labels, label_field="cls", properties=["name"])

@@ -151,13 +151,12 @@ def _read_vector(labels: Any) -> Any:
     raise InputError(f"labels must be a vector file path or a GeoDataFrame, got {type(labels).__name__}")
 
 
-def _label_values(series: Any) -> np.ndarray:
+def _label_values(series: Any, what: str = "label field") -> np.ndarray:
     values = series.to_numpy()
     if values.dtype.kind in "biuf":
         return values.astype(np.float64)
-    # Class names become class ids (1-based, in sorted order), as numbers are what float_list carries.
     raise InputError(
-        f"the label field {series.name!r} holds {values.dtype} values, not numbers; Earth Engine exports numbers "
+        f"the {what} {series.name!r} holds {values.dtype} values, not numbers; Earth Engine exports numbers "
         "only, so map class names to numeric ids first (e.g. a 'class_id' column)"
     )
 
@@ -192,7 +191,7 @@ def vector_samples(
     if not usable.all():  # copy only when needed: a million points take hundreds of MiB
         gdf = gdf[usable]
     label = _label_values(gdf[label_field]) if label_field else None
-    props = {p: _label_values(gdf[p]) for p in properties}
+    props = {p: _label_values(gdf[p], "property") for p in properties}
     inv = ~grid.transform
     h, w = grid.shape
     kinds = set(gdf.geom_type)

@@ -240,6 +240,9 @@ def test_image_export_bounds_in_another_crs(tmp_path):
     mixer = json.loads((tmp_path / "a" / "img-mixer.json").read_text())
     assert mixer["projection"]["affine"]["doubleMatrix"][2::3] == [500080.0, 4599960.0]
     assert mixer["patchesPerRow"] == 2 and mixer["totalPatches"] == 4
+    r = CliRunner().invoke(main, ["export", "image", img, "--patch", "8", "-o", str(tmp_path / "c"), "-q",
+                                  "--bounds-crs", "EPSG:4326"])
+    assert r.exit_code == 2 and "--bounds-crs" in r.output
     with pytest.raises(InputError, match="bounds or window"):
         from rasterio.windows import Window
 

@@ -175,7 +175,13 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
     """Cut IMAGE into patches with a kernel margin, row-major, sharded by size, with <prefix>-mixer.json (for
     `tilecast import`) and <prefix>.spec.json (for training readers)."""
     from ..export import export_image
+    from ..export.image import bounds_in_crs_of
 
+    bounds = o["bounds"]
+    if o["bounds_crs"] and not bounds:
+        raise click.BadParameter("it gives the CRS of --bounds; pass --bounds too", param_hint="--bounds-crs")
+    if bounds and o["bounds_crs"]:
+        bounds = bounds_in_crs_of(image, bounds, o["bounds_crs"], csv_list(o["bands"]))
     arrays = {}
     for item in o["arrays"]:
         name, _, members = item.partition("=")
@@ -192,8 +198,7 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
     result = export_image(
         image, o["output"], list(patch), engine=o["engine"], kernel=list(kernel),
         prefix=o["prefix"], bands=csv_list(o["bands"]),
-        bounds=o["bounds"], bounds_crs=o["bounds_crs"], overwrite=overwrite, progress=not quiet,
-        compressed=not o["no_compress"],
+        bounds=bounds, overwrite=overwrite, progress=not quiet, compressed=not o["no_compress"],
         max_file_size=o["max_file_size"], default_value=o["default_value"], masked_threshold=o["masked_threshold"],
         collapse_bands=o["collapse_bands"], sequence_data=o["sequence_data"], arrays=arrays, tensor_depths=depths,
     )

@@ -44,7 +44,6 @@ def export_image(
     prefix: str | None = None,
     bands: Sequence[str | int] | None = None,
     bounds: Sequence[float] | None = None,
-    bounds_crs: Any = None,
     window: Window | None = None,
     overwrite: bool = False,
     progress: bool | Callable | None = None,
@@ -53,7 +52,8 @@ def export_image(
 ) -> ExportResult:
     """Export ``image`` (or ``bounds``/``window`` of it) as TFRecord patches with a mixer, into folder ``output``.
 
-    ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the image's CRS).
+    ``bounds`` (left, bottom, right, top) are in the image's CRS (:func:`~tilecast.export.image.bounds_in_crs_of`
+    converts them from another one, as ``--bounds-crs`` does).
 
     ``format_options`` are :class:`~tilecast.export.ImageExportOptions` fields (``compressed``, ``max_file_size``,
     ``default_value``, ``tensor_depths``, ``collapse_bands``, ``masked_threshold``, ``sequence_data``, ``arrays``).
@@ -73,7 +73,7 @@ def export_image(
         with bounded_cache():
             source = open_source(image, bands)
             try:
-                region = image_region(source.grid, bounds, window, bounds_crs)
+                region = image_region(source.grid, bounds, window)
                 plan = plan_image(source, folder, opts, prefix, region, overwrite)
                 if isinstance(chosen, Local):
                     return write_image(source, plan, report, overwrite)

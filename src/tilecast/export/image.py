@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError, OutputExistsError, RegionError, SpecError
 from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
-from ..sources import parse_crs
+from ..sources import open_source, parse_crs
 from ..sources.base import Grid, Source, band_dtypes
 from .common import ExportResult, remove_stale, shard_files
 from .reading import default_for
@@ -27,8 +27,8 @@ from .specfile import make_spec, write_spec
 from .tfrecord import ShardedWriter, example_bytes, sequence_example_bytes
 
 __all__ = [
-    "ImageExportOptions", "ImagePlan", "finish_image", "image_region", "margin_of", "patch_records", "plan_image",
-    "shard_files", "truncated_region", "write_image",
+    "ImageExportOptions", "ImagePlan", "bounds_in_crs_of", "finish_image", "image_region", "margin_of",
+    "patch_records", "plan_image", "shard_files", "truncated_region", "write_image",
 ]
 
 GiB = 1 << 30
@@ -227,19 +227,27 @@ def plan_image(source: Source, folder: Path, opts: ImageExportOptions, prefix: s
     return p
 
 
-def image_region(grid: Grid, bounds: Sequence[float] | None, window: Window | None,
-                 bounds_crs: Any = None) -> Window:
-    """The window to export: ``bounds`` (in ``bounds_crs``, default the image's CRS), else ``window``, else the
-    whole image."""
+def bounds_in_crs_of(image: Any, bounds: Sequence[float], crs: Any, bands: Sequence[str | int] | None = None
+                     ) -> tuple[float, float, float, float]:
+    """``bounds`` given in ``crs`` (``--bounds-crs``), as the envelope in ``image``'s CRS that the export takes."""
+    from rasterio.warp import transform_bounds
+
+    given = parse_crs(crs)
+    source = open_source(image, bands)
+    try:
+        own = source.grid.crs
+    finally:
+        source.close()
+    if given == own:
+        return tuple(bounds)  # type: ignore[return-value]
+    return transform_bounds(given, own, *bounds, densify_pts=21)
+
+
+def image_region(grid: Grid, bounds: Sequence[float] | None, window: Window | None) -> Window:
+    """The window to export: ``bounds`` (in the image's CRS), else ``window``, else the whole image."""
     if bounds is not None and window is not None:
         raise InputError("give bounds or window, not both")
     if bounds is not None:
-        if bounds_crs is not None:
-            from rasterio.warp import transform_bounds
-
-            crs = parse_crs(bounds_crs)
-            if crs != grid.crs:
-                bounds = transform_bounds(crs, grid.crs, *bounds, densify_pts=21)
         return window_from_bounds(bounds, grid.transform, grid.shape)
     if window is not None:
         return window

@@ -453,3 +453,24 @@ def test_a_text_property_is_named_as_a_property_not_the_label_field(tmp_path):
     labels = gpd.GeoDataFrame({"cls": [1], "name": ["a"]}, geometry=[Point(500055, 4599945)], crs="EPSG:32633")
     with pytest.raises(InputError, match="the property 'name'"):
         export_samples(img, tmp_path / "s.csv", labels=labels, label_field="cls", properties=["name"])
+
+
+def test_polygons_that_give_no_sample_are_reported(tmp_path):
+    """A polygon smaller than a pixel, or outside the raster, gave no sample without a word (points outside the
+    raster are an error or a warning)."""
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import box
+
+    from tilecast.export import export_samples
+
+    img, _ = _label_raster(tmp_path)  # 30 x 20 pixels of 10 m from (500000, 4600000)
+    polys = [box(500101, 4599896, 500104, 4599899),  # inside one pixel, away from its centre
+             box(400000, 4000000, 400100, 4000100),  # far outside
+             box(500200, 4599860, 500260, 4599900)]  # 6 x 4 pixels
+    labels = gpd.GeoDataFrame({"cls": [1, 2, 3]}, geometry=polys, crs="EPSG:32633")
+    with pytest.warns(TilecastWarning, match="2 of 3 label polygons"):
+        res = export_samples(img, tmp_path / "s.csv", labels=labels, label_field="cls")
+    assert res.count == 24
+    rows = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert (rows[:, 2] == 3).all()
+    assert sorted(zip(rows[:, 0], rows[:, 1], strict=True)) == [(r, c) for r in range(10, 14) for c in range(20, 26)]

@@ -233,7 +233,9 @@ def _polygon_pixels(gdf: Any, grid: Grid, label: np.ndarray | None, props: dict)
     h, w = grid.shape
     full = Window(0, 0, w, h)
     any_inside = False
+    empty = 0
     for i, geom in enumerate(gdf.geometry):
+        empty += 1  # until it gives a pixel
         try:
             win = geometry_window(_Shim(grid), [geom]).intersection(full)
         except Exception:
@@ -247,6 +249,7 @@ def _polygon_pixels(gdf: Any, grid: Grid, label: np.ndarray | None, props: dict)
         if not len(r):
             continue
         any_inside = True
+        empty -= 1
         n = len(r)
         yield Samples(
             r + win.row_off, c + win.col_off, None if label is None else np.full(n, label[i]),
@@ -254,6 +257,9 @@ def _polygon_pixels(gdf: Any, grid: Grid, label: np.ndarray | None, props: dict)
         )
     if not any_inside:
         raise RegionError("no label polygon covers a pixel centre of the raster; check that the labels overlap it")
+    if empty:  # as for points outside the raster: labels that give no sample are not lost without a word
+        warnings.warn(f"{empty} of {len(gdf)} label polygons cover no pixel centre of the raster (outside it, or "
+                      "smaller than a pixel) and gave no samples", TilecastWarning, stacklevel=3)
 
 
 class _Shim:

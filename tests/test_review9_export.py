@@ -474,3 +474,18 @@ def test_polygons_that_give_no_sample_are_reported(tmp_path):
     rows = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
     assert (rows[:, 2] == 3).all()
     assert sorted(zip(rows[:, 0], rows[:, 1], strict=True)) == [(r, c) for r in range(10, 14) for c in range(20, 26)]
+
+
+def test_labels_without_a_value_are_skipped_not_exported_as_nan(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    from tilecast.export import export_samples
+
+    img, _ = _label_raster(tmp_path)
+    points = [Point(500105, 4599905), Point(500205, 4599805), Point(500255, 4599855)]
+    labels = gpd.GeoDataFrame({"cls": [1.0, np.nan, 2.0]}, geometry=points, crs="EPSG:32633")
+    with pytest.warns(TilecastWarning, match="1 of 3 labels have no 'cls' value"):
+        res = export_samples(img, tmp_path / "s.csv", labels=labels, label_field="cls")
+    rows = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert res.count == 2 and rows.tolist() == [[9, 10, 1], [14, 25, 2]]

@@ -188,6 +188,12 @@ def vector_samples(
                 "reproject them first"
             ) from None
     usable = (~gdf.geometry.is_empty & gdf.geometry.notna()).to_numpy()
+    if label_field:  # a sample without a label would go to training as label NaN
+        unlabelled = gdf[label_field].isna().to_numpy()
+        if unlabelled.any():
+            warnings.warn(f"{int(unlabelled.sum())} of {len(gdf)} labels have no {label_field!r} value (null) and "
+                          "were skipped", TilecastWarning, stacklevel=3)
+            usable &= ~unlabelled
     if not usable.all():  # copy only when needed: a million points take hundreds of MiB
         gdf = gdf[usable]
     label = _label_values(gdf[label_field]) if label_field else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -489,3 +490,15 @@ def test_labels_without_a_value_are_skipped_not_exported_as_nan(tmp_path):
         res = export_samples(img, tmp_path / "s.csv", labels=labels, label_field="cls")
     rows = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
     assert res.count == 2 and rows.tolist() == [[9, 10, 1], [14, 25, 2]]
+
+
+@pytest.mark.parametrize(("extra", "match"), [(["--colors", "ff0000,00ff00"], "--classes"),
+                                               (["--classes", "a,b", "--colors", "0:#ff0000,5:#00ff00"], r"\[5\]")])
+def test_colours_that_a_card_cannot_keep_are_refused(tmp_path, extra, match):
+    """``--colors`` without classes, or for a value that is not a class, was dropped without a word."""
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    r = CliRunner().invoke(main, ["card", path, "--bands", "a,b", "--tile", "16", "--output-band", "c:uint8", *extra,
+                                  "--no-check", "--no-embed"])
+    assert r.exit_code == 1 and "--colors" in r.output, r.output
+    assert re.search(match, r.output)
+    assert not card_path(path).exists()

@@ -227,7 +227,14 @@ def _output_options(kw: dict[str, Any], sig: Any, opts: dict[str, Any]) -> None:
             classes = tuple(sorted(parsed.items() if isinstance(parsed, dict) else enumerate(parsed)))
         colors = None
         if opts.get("colors"):
-            parsed_colors = parse_colors(opts["colors"], [v for v, _ in classes] if classes else None)
+            if not classes:
+                raise SpecError("--colors needs classes to colour (a card keeps one colour per class): pass "
+                                "--classes too, e.g. --classes water,forest --colors 0000ff,00aa00")
+            parsed_colors = parse_colors(opts["colors"], [v for v, _ in classes])
+            unknown = sorted(set(parsed_colors) - {v for v, _ in classes})
+            if unknown:
+                raise SpecError(f"--colors gives colours for {unknown}, which are not class values "
+                                f"({[v for v, _ in classes]}); colour the classes of --classes")
             colors = tuple((v, c[:3] if c[3] == 255 else c) for v, c in sorted(parsed_colors.items()))
         outs[0] = replace(outs[0], classes=classes, colors=colors or outs[0].colors)
     kw["output_bands"] = outs

@@ -502,3 +502,12 @@ def test_colours_that_a_card_cannot_keep_are_refused(tmp_path, extra, match):
     assert r.exit_code == 1 and "--colors" in r.output, r.output
     assert re.search(match, r.output)
     assert not card_path(path).exists()
+
+
+@pytest.mark.parametrize("scaling", ["z-score:100:-20", "scale:-255"])
+def test_the_card_check_takes_a_negative_scale(tmp_path, scaling):
+    """A negative stddev or scale (a sign flip) made the synthetic-tile check crash with numpy's ValueError."""
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    r = CliRunner().invoke(main, ["card", path, "--bands", "a,b", "--tile", "16", "--scaling", scaling, "--no-embed"])
+    assert r.exit_code == 0, r.output
+    assert "checked one 16 x 16 tile" in r.output

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import SpecError
 from ..plan import XY, parse_resolution, parse_size
 from ..runtimes.scaled import Scaling
+from ..sources import parse_crs
 from ..spec import OutputBand, parse_dtype
 from .schema import CLASSIFICATION_SCHEMA, EO_SCHEMA, MLM_SCHEMA, Card
 
@@ -219,6 +220,10 @@ def _mlm_outputs(outputs: OutputFields, layout: str, out_tile: XY) -> tuple[list
 
 def _classes(band: OutputBand) -> list[dict[str, Any]]:
     colors = dict(band.colors or ())
+    for v, c in colors.items():  # MLM's color_hint is RRGGBB: an alpha would be lost without a word
+        if len(c) > 3 and int(c[3]) != 255:
+            raise SpecError(f"the colour of class {v} of {band.name!r} has alpha {int(c[3])}; a card's color_hint "
+                            "is RRGGBB (STAC classification), with no alpha: give an opaque colour (#RRGGBB)")
     return [
         {"value": v, "name": _slug(n), "description": n,
          **({"color_hint": "{:02X}{:02X}{:02X}".format(*tuple(colors[v][:3]))} if v in colors else {})}
@@ -245,7 +250,7 @@ def _properties(fields: CardFields, tile: XY, overlap: XY, out_tile: XY) -> dict
         "tilecast:fix_input_proj": bool(g.fix_input_proj),
         "tilecast:gsd_tolerance": float(g.gsd_tolerance),
         "tilecast:resampling": g.resampling,
-        "tilecast:fill_value": float(t.fill_value),
+        "tilecast:fill_value": _json_number(float(t.fill_value)),
         "tilecast:blend": t.blend,
         "tilecast:padding": t.padding,
     }
@@ -253,7 +258,10 @@ def _properties(fields: CardFields, tile: XY, overlap: XY, out_tile: XY) -> dict
         props["description"] = m.description
     if t.batch_size:
         props["mlm:batch_size_suggestion"] = int(t.batch_size)
+    if not g.gsd_tolerance >= 0:
+        raise SpecError(f"gsd_tolerance is a relative difference, >= 0 (e.g. 0.01 for 1 %), got {g.gsd_tolerance}")
     if g.crs:
+        parse_crs(g.crs)  # an unknown CRS is refused now, not when the model is first used
         props["tilecast:crs"] = str(g.crs)
     if g.resolution is not None:
         props["tilecast:gsd"] = list(parse_resolution(g.resolution, "resolution"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import warnings
 from collections.abc import Mapping
@@ -39,7 +40,8 @@ def card_from_deepness(metadata: Mapping[str, str], signature: Signature | None,
     Deepness feeds RGB(A) uint8 tiles as ``NCHW`` float32 after ``x / 255`` and, when given,
     ``(x - standardization_mean) / standardization_std``; that is one MLM z-score per band with mean and std
     multiplied by 255. ``resolution`` is in cm/px, ``tiles_overlap`` in percent of the tile, ``class_names`` a JSON
-    object ``{"0": "background", ...}``. Segmentors return class scores, reduced here with ``argmax``.
+    object ``{"0": "background", ...}`` (also read: a JSON list, a Python literal, or names separated by commas).
+    Segmentors return class scores, reduced here with ``argmax``.
     """
     meta = {k: _meta_value(v) for k, v in metadata.items()}
     model_type = str(meta.get("model_type", "Segmentor"))
@@ -119,8 +121,31 @@ def _scaling(meta: dict[str, Any], channels: int, name: str) -> list[Scaling | N
     return scaling[:channels]
 
 
+def _plain_class_names(raw: Any, name: str) -> Any:
+    """``class_names`` that is not JSON: a Python literal (``{'0': 'background'}``, as ``str(dict)`` writes it) or
+    names separated by commas (``background, road``); anything else is an error naming the key."""
+    if not isinstance(raw, str):
+        if raw is None or isinstance(raw, (dict, list)):
+            return raw
+        raise SpecError(f"Deepness/GeoDeep model {name}: class_names is {raw!r}; write it as JSON "
+                        '{"0": "background", "1": "..."} or as names separated by commas')
+    text = raw.strip()
+    if not text:
+        return None
+    if text[0] in "{[":
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        if not isinstance(value, (dict, list)):
+            raise SpecError(f"Deepness/GeoDeep model {name}: class_names {raw!r} is neither JSON nor a list of "
+                            'names; write it as {"0": "background", "1": "..."}')
+        return value
+    return [part.strip() for part in text.split(",")]
+
+
 def _outputs(meta: dict[str, Any], model_type: str, out_name: str, name: str) -> OutputFields:
-    classes_raw = meta.get("class_names")
+    classes_raw = _plain_class_names(meta.get("class_names"), name)
     classes: tuple[tuple[int, str], ...] | None = None
     if isinstance(classes_raw, dict):
         try:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import ModelLoadError, OutputExistsError, SpecError
+from ..errors import ModelLoadError, OutputExistsError, SpecError, TilecastWarning
 from ..runtimes.base import Signature
 from .deepness import DEEPNESS_KEYS, card_from_deepness
 from .files import card_path, detect_format, embeddable
-from .schema import ONNX_KEY, Card
+from .schema import MLM_SCHEMA, ONNX_KEY, Card
 
 __all__ = ["embed_onnx", "read_card", "will_embed", "write_card"]
 
@@ -27,8 +29,8 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
         try:
             item = json.loads(side.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"model card {side} is not valid JSON ({exc}); fix it or rewrite it with "
-                                 "`tilecast card`") from None
+            raise ModelLoadError(f"model card {side} is not valid JSON ({exc}); fix it or replace it with "
+                                 "`tilecast card MODEL --overwrite --bands ...`") from None
         return Card(_check_item(item, str(side)), "sidecar")
     metadata = metadata or {}
     if ONNX_KEY in metadata:
@@ -36,7 +38,7 @@ def read_card(model_path: str | os.PathLike, metadata: Mapping[str, str] | None 
             item = json.loads(metadata[ONNX_KEY])
         except ValueError as exc:
             raise ModelLoadError(f"the model card embedded in {model_path} ({ONNX_KEY!r}) is not valid JSON "
-                                 f"({exc}); rewrite it with `tilecast card`") from None
+                                 f"({exc}); replace it with `tilecast card MODEL --overwrite --bands ...`") from None
         return Card(_check_item(item, f"{model_path} metadata"), "embedded")
     if any(k in metadata for k in DEEPNESS_KEYS):
         return card_from_deepness(metadata, signature, name=Path(model_path).stem)
@@ -57,7 +59,32 @@ def _check_item(item: Any, where: str) -> dict[str, Any]:
             or "mlm:input" not in item["properties"]:
         raise ModelLoadError(f"{where} is not a STAC MLM item (no properties.mlm:input); write one with "
                              "`tilecast card MODEL --bands ... --tile ...`")
+    _check_version(item, where)
     return item
+
+
+_MLM_URL = re.compile(r"stac-extensions\.github\.io/mlm/v(\d+)\.(\d+)\.(\d+)/schema\.json")
+_MLM_READ = tuple(int(v) for v in _MLM_URL.search(MLM_SCHEMA).groups())  # type: ignore[union-attr]
+
+
+def _check_version(item: dict[str, Any], where: str) -> None:
+    """The MLM version the card declares: another major version is refused (its fields may mean something else);
+    a newer minor one is read with a warning (fields added since are ignored)."""
+    extensions = item.get("stac_extensions")
+    urls = [e for e in extensions if isinstance(e, str)] if isinstance(extensions, list) else []
+    for url in urls:
+        m = _MLM_URL.search(url)
+        if m is None:
+            continue
+        version = tuple(int(v) for v in m.groups())
+        text, known = "v{}.{}.{}".format(*version), "v{}.{}.{}".format(*_MLM_READ)
+        if version[0] != _MLM_READ[0]:
+            raise ModelLoadError(f"{where} is a card for MLM {text}; tilecast reads MLM {known} cards (v"
+                                 f"{_MLM_READ[0]}.x): rewrite it as an MLM {known} card (tilecast.card.build_card, "
+                                 "or `tilecast card MODEL --overwrite --bands ... --tile ...`)")
+        if version[:2] > _MLM_READ[:2]:
+            warnings.warn(f"{where} is a card for MLM {text}, newer than the MLM {known} tilecast reads; fields "
+                          "added since are ignored", TilecastWarning, stacklevel=3)
 
 
 def will_embed(model_path: str | os.PathLike, embed: bool | None = None) -> bool:
@@ -78,13 +105,13 @@ def write_card(card: Card, model_path: str | os.PathLike, *, embed: bool | None 
     side = card_path(model_path)
     if side.exists() and not overwrite:
         raise OutputExistsError(f"{side} exists; pass overwrite=True (--overwrite) to replace it")
+    kind = embeddable(model_path)
+    if will_embed(model_path, embed) and kind is None:  # refused before anything is written
+        raise SpecError(f"only ONNX, TorchScript and torch.export models can embed their card, not {model_path}; "
+                        "leave out embed (--embed): the sidecar JSON holds the card")
     text = card.to_json() + "\n"
     _replace(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     if will_embed(model_path, embed):
-        kind = embeddable(model_path)
-        if kind is None:
-            raise SpecError("only ONNX, TorchScript and torch.export models can embed their card; the sidecar JSON "
-                            "was written")
         if kind == "onnx":
             embed_onnx(card, model_path)
         else:

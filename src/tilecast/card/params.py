@@ -46,6 +46,8 @@ def card_params(card: Card) -> CardParams:
     for key, name in _SCALARS:
         if p.get(key) is not None:
             params[name] = p[key]
+    if params.get("fill_value") == "nan":  # JSON has no NaN: written as the string, like tilecast:nodata
+        params["fill_value"] = float("nan")
     if p.get("tilecast:gsd") is not None:
         params["resolution"] = parse_resolution(p["tilecast:gsd"], "tilecast:gsd")
     if p.get("tilecast:nodata") is not None:

@@ -61,6 +61,7 @@ def _synthetic(card_obj: Card, bands: int, h: int, w: int, rng: np.random.Genera
                 lo, hi = s.mean - 2 * s.stddev, s.mean + 2 * s.stddev
             elif s.type == "scale":
                 lo, hi = 0.0, float(s.value)
+        lo, hi = sorted((lo, hi))  # a negative stddev (or scale) reverses them
         out[c] = rng.uniform(lo, hi, (h, w))
     return out
 

@@ -24,7 +24,7 @@ from ..card import (
     write_card,
 )
 from ..card.probe import check_with_tile, receptive_radius, record_result_shapes
-from ..errors import SpecError, TilecastWarning
+from ..errors import ModelLoadError, SpecError, TilecastWarning
 from ..plan import TileGeometry, infer_layout
 from ..runtimes.scaled import parse_scaling
 from ..spec import parse_colors, parse_output_bands
@@ -52,7 +52,7 @@ __all__ = ["build_from_options", "card", "check_with_tile", "receptive_radius"]
               help="Declare an output band (repeatable), e.g. landcover:uint8 or probs:float32:1.")
 @click.option("--classes", help="Class names of the first output band: 1=water,2=forest (or water,forest for 0, 1).")
 @click.option("--colors", help="Class colours as hex in class order (e.g. 00ff00,0000ff), VALUE:#RRGGBB pairs or a "
-              "palette (tab10, set1, paired).")
+              "palette (tab10, set1, paired); opaque only (a card's color_hint has no alpha).")
 @click.option("--argmax/--no-argmax", default=None,
               help="Reduce the first output's class scores to a class index (channel axis 1 for NCHW, else last).")
 @click.option("--crs", help="The CRS the model expects (Earth Engine's proj).")
@@ -70,10 +70,17 @@ __all__ = ["build_from_options", "card", "check_with_tile", "receptive_radius"]
               help="Also embed the card in the model (ONNX metadata_props, Torch archive extra file; default yes).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Run one synthetic tile and measure the receptive field.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace MODEL's card instead of updating it: flags you leave out are not kept (for a card "
+                   "tilecast cannot read, or to start afresh).")
 @click.option("--print", "show", is_flag=True, help="Print the card JSON.")
 @reports_errors
 def card(model_path: str, show: bool, check: bool, embed: bool | None, **opts: Any) -> None:
-    """Write MODEL's card (sidecar MODEL.json; embedded too for ONNX), starting from the existing card if any.
+    """Write MODEL's card (sidecar MODEL.json; embedded too for ONNX and Torch archives unless --no-embed).
+
+    Editing the card beside a model is this command's purpose, so an existing card is updated in place without
+    --overwrite: it is read first, flags you leave out keep their value, and fields tilecast does not set (licence,
+    links, hyperparameters...) are kept. Files are replaced atomically. --overwrite replaces the card instead.
 
     \b
     Example:
@@ -114,7 +121,7 @@ _FLAGS = (("tile", "input_tile_size"), ("overlap", "input_overlap_size"), ("over
 def build_from_options(model_path: str, fmt: str, runtime: Any, opts: dict[str, Any]) -> Any:
     """Merge the flags over the existing card (sidecar/embedded/Deepness), then build the new card."""
     sig = runtime.signature
-    old = read_card(model_path, runtime_metadata(runtime), sig)
+    old = None if opts.get("overwrite") else _old_card(model_path, runtime)
     kw: dict[str, Any] = keywords_from_card(old) if old is not None else {}
     if opts.get("bands"):
         kw["bands"], kw["common_names"] = _parse_bands(opts["bands"])
@@ -146,7 +153,46 @@ def build_from_options(model_path: str, fmt: str, runtime: Any, opts: dict[str, 
             raise SpecError(f"{len(sc)} --scaling for {len(kw['bands'])} bands; give one for all, or one per band")
         kw["scaling"] = sc
     _output_options(kw, sig, opts)
-    return build_card(**kw)
+    new = build_card(**kw)
+    if old is not None:
+        _keep_unset_fields(old, new)
+    return new
+
+
+def _old_card(model_path: str, runtime: Any) -> Any:
+    """The card to update (tested here: one that cannot be updated names ``--overwrite``)."""
+    try:
+        old = read_card(model_path, runtime_metadata(runtime), runtime.signature)
+        if old is not None:
+            keywords_from_card(old)
+    except (ModelLoadError, SpecError) as exc:
+        if "--overwrite" in str(exc):
+            raise
+        raise type(exc)(f"{exc}; or replace the card: tilecast card {model_path} --overwrite --bands ...") from None
+    return old
+
+
+_MANAGED_EXTENSIONS = ("/mlm/", "/classification/", "/eo/")
+
+
+def _keep_unset_fields(old: Any, new: Any) -> None:
+    """An update keeps what the old card says and tilecast does not set: properties, links, other assets, other
+    STAC extensions (``tilecast:outputs`` is rebuilt, so ``--no-argmax`` still removes an argmax)."""
+    for key, value in old.properties.items():
+        if key not in new.properties and key != "tilecast:outputs":
+            new.properties[key] = value
+    for key, value in old.item.items():
+        if key not in new.item or (key in ("links", "geometry", "bbox") and not new.item.get(key)):
+            new.item[key] = value
+    extensions = [e for e in old.item.get("stac_extensions") or [] if isinstance(e, str)
+                  and not any(m in e for m in _MANAGED_EXTENSIONS) and e not in new.item["stac_extensions"]]
+    new.item["stac_extensions"] += extensions
+    assets = old.item.get("assets")
+    for name, asset in (assets if isinstance(assets, dict) else {}).items():
+        target = new.item["assets"].setdefault(name, {})
+        if isinstance(asset, dict):
+            for key, value in asset.items():
+                target.setdefault(key, value)
 
 
 def _numeric(dtype: Any) -> str:
@@ -181,7 +227,14 @@ def _output_options(kw: dict[str, Any], sig: Any, opts: dict[str, Any]) -> None:
             classes = tuple(sorted(parsed.items() if isinstance(parsed, dict) else enumerate(parsed)))
         colors = None
         if opts.get("colors"):
-            parsed_colors = parse_colors(opts["colors"], [v for v, _ in classes] if classes else None)
+            if not classes:
+                raise SpecError("--colors needs classes to colour (a card keeps one colour per class): pass "
+                                "--classes too, e.g. --classes water,forest --colors 0000ff,00aa00")
+            parsed_colors = parse_colors(opts["colors"], [v for v, _ in classes])
+            unknown = sorted(set(parsed_colors) - {v for v, _ in classes})
+            if unknown:
+                raise SpecError(f"--colors gives colours for {unknown}, which are not class values "
+                                f"({[v for v, _ in classes]}); colour the classes of --classes")
             colors = tuple((v, c[:3] if c[3] == 255 else c) for v, c in sorted(parsed_colors.items()))
         outs[0] = replace(outs[0], classes=classes, colors=colors or outs[0].colors)
     kw["output_bands"] = outs

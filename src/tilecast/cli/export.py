@@ -53,7 +53,10 @@ def _per_class(value: str | None) -> int | dict[str, int] | None:
         return int(value)
     out: dict[Any, int] = {}
     for part in csv_list(value) or []:
-        k, _, v = part.partition("=")
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip() or not v.strip().isdigit():
+            raise click.BadParameter(f"{part!r}: use a count for every class (500) or CLASS=COUNT pairs "
+                                     "(1=500,2=200)", param_hint="--per-class")
         try:
             key: Any = float(k)
         except ValueError:
@@ -67,14 +70,14 @@ def _label_options(f: Any) -> Any:
         click.option("--labels", type=click.Path(), help="Vector file of labelled points or polygons (OGR formats)."),
         click.option("--label-field", help="Numeric attribute of --labels that holds the label."),
         click.option("--label-raster", type=click.Path(), help="Raster whose valid pixels are the labels (band 1)."),
-        click.option("--label-name", help="Feature name of the label from --label-raster.", default="label",
-                     show_default=True),
+        click.option("--label-name", help="Feature name of the label from --label-raster (default: label)."),
         click.option("--property", "properties", multiple=True, help="Extra numeric attribute to export (repeatable)."),
         click.option("--bands", help="Bands to export: 1-based indexes or descriptions, comma-separated."),
         click.option("-n", "--num", "n", type=int, help="Random subset of this many samples (after --per-class)."),
         click.option("--per-class", help="Stratified: this many samples per class, or CLASS=N,CLASS=N."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random selection/splits."),
-        click.option("--splits", help="Spatially blocked splits, e.g. train=0.8,val=0.1,test=0.1."),
+        click.option("--splits", help="Spatially blocked splits, e.g. train=0.8,val=0.1,test=0.1 (relative weights: "
+                     "normalised to sum to 1)."),
         click.option("--split-block", type=int, help="Block size in pixels for --splits (default: max(256, 4*patch))."),
         click.option("--stratify-splits", is_flag=True, help="Deal blocks out so each class follows the fractions."),
         click.option("--drop-outside", is_flag=True, help="Skip label points outside the raster instead of failing."),
@@ -95,12 +98,8 @@ def export() -> None:
 
 
 def _run_samples(image: str, patch: tuple[int, int] | None, quiet: bool, overwrite: bool, o: dict) -> None:
-    import os
-
     from ..export import export_samples
 
-    if o["output"].endswith(("/", os.sep)):
-        os.makedirs(o["output"], exist_ok=True)
     result = export_samples(
         image, o["output"], labels=o["labels"], label_field=o["label_field"], label_raster=o["label_raster"],
         label_name=o["label_name"], bands=csv_list(o["bands"]), properties=o["properties"], patch=patch, n=o["n"],
@@ -163,7 +162,8 @@ def patches(image: str, patch: tuple[int, int], quiet: bool, overwrite: bool, **
               help="tensorDepths: depth of array band NAME (truncated or padded with the default value).")
 @click.option("--bands", help="Bands to export: 1-based indexes or descriptions, comma-separated.")
 @click.option("--bounds", type=float, nargs=4, metavar="L B R T", callback=finite_bounds,
-              help="Export only this region (image CRS).")
+              help="Export only this region (image CRS, or --bounds-crs).")
+@click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS), e.g. EPSG:4326.")
 @click.option("--prefix", help="File name prefix (default: the image's name).")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @engine_options("chunk_rows", help="Run on this machine, or on Dask (chunks of patch rows; same examples, same order).")
@@ -174,14 +174,19 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
           **o: Any) -> None:
     """Cut IMAGE into patches with a kernel margin, row-major, sharded by size, with <prefix>-mixer.json (for
     `tilecast import`) and <prefix>.spec.json (for training readers)."""
-    import os
-
     from ..export import export_image
+    from ..export.image import bounds_in_crs_of
 
-    os.makedirs(o["output"], exist_ok=True)
+    bounds = o["bounds"]
+    if o["bounds_crs"] and not bounds:
+        raise click.BadParameter("it gives the CRS of --bounds; pass --bounds too", param_hint="--bounds-crs")
+    if bounds and o["bounds_crs"]:
+        bounds = bounds_in_crs_of(image, bounds, o["bounds_crs"], csv_list(o["bands"]))
     arrays = {}
     for item in o["arrays"]:
         name, _, members = item.partition("=")
+        if not name.strip() or not csv_list(members):
+            raise click.BadParameter(f"{item!r}: use NAME=B1,B2,...", param_hint="--array")
         arrays[name] = csv_list(members) or []
     depths = {}
     for item in o["tensor_depths"]:
@@ -193,7 +198,7 @@ def image(image: str, patch: tuple[int, int], kernel: tuple[int, int], quiet: bo
     result = export_image(
         image, o["output"], list(patch), engine=o["engine"], kernel=list(kernel),
         prefix=o["prefix"], bands=csv_list(o["bands"]),
-        bounds=o["bounds"], overwrite=overwrite, progress=not quiet, compressed=not o["no_compress"],
+        bounds=bounds, overwrite=overwrite, progress=not quiet, compressed=not o["no_compress"],
         max_file_size=o["max_file_size"], default_value=o["default_value"], masked_threshold=o["masked_threshold"],
         collapse_bands=o["collapse_bands"], sequence_data=o["sequence_data"], arrays=arrays, tensor_depths=depths,
     )

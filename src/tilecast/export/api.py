@@ -7,8 +7,9 @@ engine; :class:`~tilecast.Local` writes the plan with this process's reads, :cla
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,14 @@ from ..sources import open_source
 from .common import ExportResult, progress_callback
 from .image import ImageExportOptions, image_region, plan_image, write_image
 from .reading import bounded_cache
-from .samples import SampleLabels, SampleOptions, finish_samples, select_samples, write_samples_local
+from .samples import (
+    SampleLabels,
+    SampleOptions,
+    check_table_output,
+    finish_samples,
+    select_samples,
+    write_samples_local,
+)
 from .writers import SampleOutput, Writers
 
 __all__ = ["export_image", "export_patches", "export_samples"]
@@ -44,6 +52,9 @@ def export_image(
 ) -> ExportResult:
     """Export ``image`` (or ``bounds``/``window`` of it) as TFRecord patches with a mixer, into folder ``output``.
 
+    ``bounds`` (left, bottom, right, top) are in the image's CRS (:func:`~tilecast.export.image.bounds_in_crs_of`
+    converts them from another one, as ``--bounds-crs`` does).
+
     ``format_options`` are :class:`~tilecast.export.ImageExportOptions` fields (``compressed``, ``max_file_size``,
     ``default_value``, ``tensor_depths``, ``collapse_bands``, ``masked_threshold``, ``sequence_data``, ``arrays``).
     ``engine=tilecast.Dask(...)`` runs it on Dask (``chunk_rows`` sets the patch rows per task): the same examples
@@ -52,24 +63,43 @@ def export_image(
     chosen = resolve_engine(engine, legacy=pop_engine_options(format_options))
     opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
     folder = Path(output)
-    make_folder(folder)
     report = progress_callback(progress, "export image")
     if prefix is None:
         prefix = Path(str(image)).name.split(".")[0] if isinstance(image, (str, os.PathLike)) else "image"
-    with bounded_cache():
-        source = open_source(image, bands)
-        try:
-            plan = plan_image(source, folder, opts, prefix, image_region(source.grid, bounds, window), overwrite)
-            if isinstance(chosen, Local):
-                return write_image(source, plan, report, overwrite)
-            from ..runners.recipe import source_recipe
+    elif not prefix.strip() or any(sep in prefix for sep in "/\\") or prefix.strip(".") == "":
+        raise OutputError(f"the prefix {prefix!r} is not a file name; give a name such as 'scene' (the folder is "
+                          "the output)")
+    with output_folder(folder):
+        with bounded_cache():
+            source = open_source(image, bands)
+            try:
+                region = image_region(source.grid, bounds, window)
+                plan = plan_image(source, folder, opts, prefix, region, overwrite)
+                if isinstance(chosen, Local):
+                    return write_image(source, plan, report, overwrite)
+                from ..runners.recipe import source_recipe
 
-            recipe = source_recipe(source)
-        finally:
-            source.close()
-    from .dask import write_image_dask
+                recipe = source_recipe(source)
+            finally:
+                source.close()
+        from .dask import write_image_dask
 
-    return write_image_dask(plan, recipe, chosen, report)
+        return write_image_dask(plan, recipe, chosen, report)
+
+
+@contextlib.contextmanager
+def output_folder(folder: Path) -> Iterator[None]:
+    """:func:`make_folder`, removed again (when still empty) if the export fails: a typo in ``-o`` or an export
+    refused before it wrote anything leaves no stray folder."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
+    make_folder(folder)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            for path in created:
+                path.rmdir()
+        raise
 
 
 def make_folder(folder: Path) -> None:
@@ -125,11 +155,11 @@ def export_samples(
     if out.fmt != "tfrecord" and not table:
         raise OutputError(f"patches can only be exported as TFRecord, not {out.fmt}; use a .tfrecord.gz file or a "
                           "folder")
-    make_folder(out.folder)
+    check_table_output(opts, out.fmt)
     found = SampleLabels(labels, label_field, label_raster)
     found.check(opts)
     report = progress_callback(progress, "export samples" if table else "export patches")
-    with bounded_cache():
+    with output_folder(out.folder), bounded_cache():
         source = open_source(image, bands)
         try:
             samples, plan = select_samples(source, found, p, opts, out)

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from ..errors import InputError, OutputExistsError, RegionError, SpecError
 from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
+from ..sources import open_source, parse_crs
 from ..sources.base import Grid, Source, band_dtypes
 from .common import ExportResult, remove_stale, shard_files
 from .reading import default_for
@@ -26,8 +27,8 @@ from .specfile import make_spec, write_spec
 from .tfrecord import ShardedWriter, example_bytes, sequence_example_bytes
 
 __all__ = [
-    "ImageExportOptions", "ImagePlan", "finish_image", "image_region", "margin_of", "patch_records", "plan_image",
-    "shard_files", "truncated_region", "write_image",
+    "ImageExportOptions", "ImagePlan", "bounds_in_crs_of", "finish_image", "image_region", "margin_of",
+    "patch_records", "plan_image", "shard_files", "truncated_region", "write_image",
 ]
 
 GiB = 1 << 30
@@ -166,6 +167,11 @@ def _band_groups(names: list[str], opts: ImageExportOptions) -> list[tuple[str, 
         elif arr not in seen:
             seen.add(arr)
             groups.append((arr, [names.index(m) for m in opts.arrays[arr]], int(opts.tensor_depths[arr])))
+    features = [g[0] for g in groups]
+    twice = sorted({f for f in features if features.count(f) > 1})
+    if twice:  # one feature per name: the second would silently replace the first
+        raise InputError(f"the feature name(s) {twice} are given to more than one band or array; list each band "
+                         "once (--bands) and name each array (--array NAME=...) after none of the other bands")
     return groups
 
 
@@ -221,8 +227,26 @@ def plan_image(source: Source, folder: Path, opts: ImageExportOptions, prefix: s
     return p
 
 
+def bounds_in_crs_of(image: Any, bounds: Sequence[float], crs: Any, bands: Sequence[str | int] | None = None
+                     ) -> tuple[float, float, float, float]:
+    """``bounds`` given in ``crs`` (``--bounds-crs``), as the envelope in ``image``'s CRS that the export takes."""
+    from rasterio.warp import transform_bounds
+
+    given = parse_crs(crs)
+    source = open_source(image, bands)
+    try:
+        own = source.grid.crs
+    finally:
+        source.close()
+    if given == own:
+        return tuple(bounds)  # type: ignore[return-value]
+    return transform_bounds(given, own, *bounds, densify_pts=21)
+
+
 def image_region(grid: Grid, bounds: Sequence[float] | None, window: Window | None) -> Window:
     """The window to export: ``bounds`` (in the image's CRS), else ``window``, else the whole image."""
+    if bounds is not None and window is not None:
+        raise InputError("give bounds or window, not both")
     if bounds is not None:
         return window_from_bounds(bounds, grid.transform, grid.shape)
     if window is not None:

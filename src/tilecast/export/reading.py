@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 
 from .._gdal import gdal_cache
-from ..errors import RegionError
+from ..errors import RegionError, SpecError
 from ..plan import XY
 from ..resources import Resources
 from ..sources.base import Source, band_dtypes
@@ -52,6 +52,11 @@ def default_for(dtype: np.dtype, value: float) -> float:
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
+        if np.isnan(value):
+            raise SpecError(f"the default value nan has no {dtype} equivalent (an integer band); give a number, "
+                            "e.g. --default-value 0")
+        if np.isinf(value):  # clamped like any other value out of the band's range
+            return float(info.max if value > 0 else info.min)
         return float(min(max(int(np.trunc(value)), info.min), info.max))
     if dtype.kind == "b":
         return float(bool(value))

@@ -31,7 +31,8 @@ from .specfile import make_spec, write_spec
 from .writers import SampleOutput, Writers
 
 __all__ = [
-    "SampleLabels", "SampleOptions", "SamplePlan", "finish_samples", "select_samples", "write_samples",
+    "SampleLabels", "SampleOptions", "SamplePlan", "check_table_output", "finish_samples", "select_samples",
+    "write_samples",
     "write_samples_local",
 ]
 
@@ -81,6 +82,23 @@ class SampleLabels:
             raise InputError("pass either labels (vector) or a label raster, not both")
         if self.vector is not None and self.field is None and opts.per_class is not None:
             raise InputError("per_class sampling needs the label field (--label-field)")
+        if self.vector is not None and opts.label_name is not None:
+            raise InputError("label_name (--label-name) names the feature of a label raster; vector labels keep "
+                             "the name of their label field (--label-field)")
+        unused = [name for name, given in (("split_block (--split-block)", opts.split_block is not None),
+                                           ("stratify_splits (--stratify-splits)", opts.stratify_splits)) if given]
+        if unused and not opts.splits:
+            raise InputError(f"{' and '.join(unused)} apply to splits; pass splits (--splits train=0.8,test=0.2) "
+                             "or leave them out")
+
+
+def check_table_output(opts: SampleOptions, fmt: str) -> None:
+    """A Parquet or CSV table is one uncompressed file: sharding and GZIP options would be silently ignored."""
+    unused = [name for name, given in (("max_file_size (--max-file-size)", opts.max_file_size is not None),
+                                       ("compressed (--no-compress)", opts.compressed is not None)) if given]
+    if unused and fmt != "tfrecord":
+        raise InputError(f"{' and '.join(unused)} apply to TFRecord outputs, not {fmt}; leave them out or write "
+                         ".tfrecord.gz")
 
 
 @dataclass(frozen=True)
@@ -159,7 +177,11 @@ def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: Sample
         xs, ys = grid.transform * (samples.cols + 0.5, samples.rows + 0.5)
         samples.properties.update(x=np.asarray(xs, np.float64), y=np.asarray(ys, np.float64))
         properties += ["x", "y"]
-    clash = set(source.band_names) & ({lname} | set(properties))
+    bands = list(source.band_names)
+    twice = sorted({b for b in bands if bands.count(b) > 1})
+    if twice:  # one feature per name: the second band would silently replace the first
+        raise InputError(f"the band(s) {twice} are selected more than once; list each band once in bands (--bands)")
+    clash = set(bands) & ({lname} | set(properties))
     if clash:
         raise InputError(f"the label/property names {sorted(clash)} clash with band names; rename them")
     plan = SamplePlan(patch, lname, tuple(properties), opts.default_value, opts.drop_masked, opts.chunk, output)
@@ -215,7 +237,7 @@ def finish_samples(source: Source, plan: SamplePlan, seed: int, written: tuple[d
     spec_path = None
     if out.fmt == "tfrecord":
         grid = source.grid
-        spec_path = out.folder / (f"{out.stem}.spec.json" if out.stem else "spec.json")
+        spec_path = out.spec_path
         rel = {k: [os.path.relpath(f, spec_path.parent) for f in v] for k, v in files.items()}
         write_spec(spec_path, make_spec(
             feats, rel, compressed=out.compressed, bands=source.band_names, label=plan.label,

@@ -125,6 +125,9 @@ def select(
     """All candidates, a random ``n`` of them, or ``per_class`` of each class (then at most ``n`` overall)."""
     if n is not None and n <= 0:
         raise InputError(f"the number of samples must be > 0, got {n}")
+    counts = per_class.values() if isinstance(per_class, Mapping) else [] if per_class is None else [per_class]
+    if any(int(c) < 0 for c in counts):
+        raise InputError(f"per_class counts must be >= 0, got {per_class}; give e.g. per_class=500 or {{1: 500}}")
     res = _Reservoir(n, per_class, seed)
     for part in [candidates] if isinstance(candidates, Samples) else candidates:
         res.add(part)
@@ -148,13 +151,12 @@ def _read_vector(labels: Any) -> Any:
     raise InputError(f"labels must be a vector file path or a GeoDataFrame, got {type(labels).__name__}")
 
 
-def _label_values(series: Any) -> np.ndarray:
+def _label_values(series: Any, what: str = "label field") -> np.ndarray:
     values = series.to_numpy()
     if values.dtype.kind in "biuf":
         return values.astype(np.float64)
-    # Class names become class ids (1-based, in sorted order), as numbers are what float_list carries.
     raise InputError(
-        f"the label field {series.name!r} holds {values.dtype} values, not numbers; Earth Engine exports numbers "
+        f"the {what} {series.name!r} holds {values.dtype} values, not numbers; Earth Engine exports numbers "
         "only, so map class names to numeric ids first (e.g. a 'class_id' column)"
     )
 
@@ -186,10 +188,16 @@ def vector_samples(
                 "reproject them first"
             ) from None
     usable = (~gdf.geometry.is_empty & gdf.geometry.notna()).to_numpy()
+    if label_field:  # a sample without a label would go to training as label NaN
+        unlabelled = gdf[label_field].isna().to_numpy()
+        if unlabelled.any():
+            warnings.warn(f"{int(unlabelled.sum())} of {len(gdf)} labels have no {label_field!r} value (null) and "
+                          "were skipped", TilecastWarning, stacklevel=3)
+            usable &= ~unlabelled
     if not usable.all():  # copy only when needed: a million points take hundreds of MiB
         gdf = gdf[usable]
     label = _label_values(gdf[label_field]) if label_field else None
-    props = {p: _label_values(gdf[p]) for p in properties}
+    props = {p: _label_values(gdf[p], "property") for p in properties}
     inv = ~grid.transform
     h, w = grid.shape
     kinds = set(gdf.geom_type)
@@ -231,7 +239,9 @@ def _polygon_pixels(gdf: Any, grid: Grid, label: np.ndarray | None, props: dict)
     h, w = grid.shape
     full = Window(0, 0, w, h)
     any_inside = False
+    empty = 0
     for i, geom in enumerate(gdf.geometry):
+        empty += 1  # until it gives a pixel
         try:
             win = geometry_window(_Shim(grid), [geom]).intersection(full)
         except Exception:
@@ -245,6 +255,7 @@ def _polygon_pixels(gdf: Any, grid: Grid, label: np.ndarray | None, props: dict)
         if not len(r):
             continue
         any_inside = True
+        empty -= 1
         n = len(r)
         yield Samples(
             r + win.row_off, c + win.col_off, None if label is None else np.full(n, label[i]),
@@ -252,6 +263,9 @@ def _polygon_pixels(gdf: Any, grid: Grid, label: np.ndarray | None, props: dict)
         )
     if not any_inside:
         raise RegionError("no label polygon covers a pixel centre of the raster; check that the labels overlap it")
+    if empty:  # as for points outside the raster: labels that give no sample are not lost without a word
+        warnings.warn(f"{empty} of {len(gdf)} label polygons cover no pixel centre of the raster (outside it, or "
+                      "smaller than a pixel) and gave no samples", TilecastWarning, stacklevel=3)
 
 
 class _Shim:

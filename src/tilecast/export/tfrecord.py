@@ -10,9 +10,11 @@ CRC32C, data, masked CRC32C) with the ``crc32c`` library.
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import io
 import os
+import re
 import struct
 import tempfile
 import zlib
@@ -219,7 +221,8 @@ class ShardedWriter:
     (Earth Engine's ``maxFileSize``), or into one file ``path`` when not sharded.
 
     Shards are written under temporary names and renamed by :meth:`close`, so a failed export leaves nothing.
-    Lexicographic order of the names is the record order.
+    Lexicographic order of the names is the record order: the numbers have five digits, as Earth Engine's do, or as
+    many as the last shard needs (``-000000`` ... ``-100000``), since the count is known when the names are given.
     """
 
     def __init__(
@@ -240,7 +243,7 @@ class ShardedWriter:
         self.overwrite = overwrite
         if max_file_size is not None and max_file_size <= 0:
             raise OutputError(f"max_file_size must be > 0 bytes, got {max_file_size}")
-        self._tmp: list[tuple[str, Path]] = []
+        self._tmp: list[str] = []
         self._f: _BackgroundFile | None = None
         self._size = 0
         self.count = 0
@@ -258,13 +261,22 @@ class ShardedWriter:
         if self.single_name:
             p = self.folder / self.single_name
             return [p] if p.exists() else []
-        return sorted(self.folder.glob(f"{self.prefix}-[0-9][0-9][0-9][0-9][0-9].tfrecord*"))
+        pattern = re.compile(re.escape(self.prefix) + r"-\d{5,}\.tfrecord(\.gz)?")
+        return sorted(p for p in self.folder.glob(f"{glob.escape(self.prefix)}-*.tfrecord*")
+                      if pattern.fullmatch(p.name))
+
+    def _names(self) -> list[str]:
+        """The final names of the shards written so far, all numbered with the same width."""
+        if self.single_name:
+            return [self.single_name]
+        width = max(5, len(str(len(self._tmp) - 1)))
+        return [f"{self.prefix}-{n:0{width}d}{self.suffix}" for n in range(len(self._tmp))]
 
     def _open(self) -> None:
         name = self.single_name or f"{self.prefix}-{len(self._tmp):05d}{self.suffix}"
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
         self._f = _BackgroundFile(os.fdopen(fd, "wb"), self.compressed)
-        self._tmp.append((tmp, self.folder / name))
+        self._tmp.append(tmp)
         self._size = 0
         self.counts.append(0)
 
@@ -294,9 +306,9 @@ class ShardedWriter:
             for old in self.existing():
                 old.unlink()
         out = []
-        for tmp, final in self._tmp:
-            publish(tmp, final)
-            out.append(final)
+        for tmp, name in zip(self._tmp, self._names(), strict=True):
+            publish(tmp, self.folder / name)
+            out.append(self.folder / name)
         self._tmp = []
         return out
 
@@ -306,7 +318,7 @@ class ShardedWriter:
                 f, self._f = self._f, None
                 f.close(raise_errors=False)
         finally:
-            for tmp, _ in self._tmp:
+            for tmp in self._tmp:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(tmp)
             self._tmp = []

@@ -53,6 +53,13 @@ class SampleOutput:
     def split_names(self) -> list[str]:
         return list(self.splits) if self.splits else ["all"]
 
+    @property
+    def spec_path(self) -> Path | None:
+        """The ``*.spec.json`` sidecar of a TFRecord export (``spec.json`` in a folder), else None."""
+        if self.fmt != "tfrecord":
+            return None
+        return self.folder / (f"{self.stem}.spec.json" if self.stem else "spec.json")
+
     def prefix(self, split: str) -> str:
         """The file (or shard) name prefix of ``split``."""
         if split == "all":
@@ -64,8 +71,13 @@ def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, s
     """``(folder, stem, single file suffix or None for a folder of shards, format)``."""
     out = Path(output)
     text = str(output)
+    if file_format is not None and file_format not in _SUFFIXES.values():
+        raise OutputError(f"unknown file format {file_format!r}; use one of {sorted(set(_SUFFIXES.values()))}")
     if text.endswith(os.sep) or out.is_dir() or ("." not in out.name and not out.exists()):
-        return out, "", None, file_format or "tfrecord"  # a name without a suffix is a folder, created if missing
+        if file_format not in (None, "tfrecord"):
+            raise OutputError(f"{out} is a folder, for TFRecord shards; write a {file_format} table to a file "
+                              f"({out / ('samples.' + file_format)})")
+        return out, "", None, "tfrecord"  # a name without a suffix is a folder, created if missing
     for suffix, fmt in _SUFFIXES.items():
         if out.name.lower().endswith(suffix):
             if file_format and file_format != fmt:
@@ -105,6 +117,9 @@ class Writers:
             else:
                 self.writers[split] = TableWriter(output.folder / f"{prefix}{output.suffix}", output.fmt, overwrite)
             self.counts[split] = 0
+        spec = output.spec_path
+        if spec is not None and spec.exists() and not overwrite:  # another export's, with other file names
+            raise OutputExistsError(f"{spec} already exists; pass overwrite=True (--overwrite) to replace the export")
 
     def write_batch(self, names: list[str], vals: np.ndarray, ok: np.ndarray, lname: str | None,
                     label: np.ndarray | None, props: dict[str, np.ndarray], split: np.ndarray | None) -> None:

@@ -50,6 +50,8 @@ class Scaling:
             raise SpecError("value scaling z-score: stddev must be non-zero")
         if self.type == "min-max" and self.maximum == self.minimum:
             raise SpecError("value scaling min-max: maximum must differ from minimum")
+        if self.type == "clip" and self.minimum > self.maximum:
+            raise SpecError(f"value scaling clip: minimum ({self.minimum}) must be <= maximum ({self.maximum})")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         t = self.type

@@ -56,10 +56,11 @@ def polygonize_raster(
         src = CRS.from_user_input(ds.crs.to_wkt()) if ds.crs is not None else None
         dst = CRS.from_user_input(rasterio.crs.CRS.from_user_input(vector_crs).to_wkt()) if vector_crs else src
         names = _categories(ds, band)
-        writer = VectorWriter(out, dst, polygon_fields(), overwrite=overwrite)
+        fields = polygon_fields(ds.dtypes[band - 1])
+        writer = VectorWriter(out, dst, fields, overwrite=overwrite)
         try:
             output = FeatureOutput(writer, ds.transform, src, names, vector_crs=dst, simplify=simplify,
-                                   min_area=min_area)
+                                   min_area=min_area, class_dtype=fields["class_id"])
             poly = StripPolygonizer((*ignore, ds.nodatavals[band - 1]))
             for r in range(0, ds.height, strip_rows):
                 h = min(strip_rows, ds.height - r)

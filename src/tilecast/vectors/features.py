@@ -73,9 +73,11 @@ def object_fields(with_area: bool) -> dict[str, Any]:
     return out
 
 
-def polygon_fields() -> dict[str, Any]:
-    """Attributes of class-map polygons."""
-    return {"class_id": np.int32, "class_name": object, "area": np.float64}
+def polygon_fields(dtype: Any = np.uint8) -> dict[str, Any]:
+    """Attributes of class-map polygons; ``class_id`` is int32, or int64 for a map whose ``dtype`` int32 cannot
+    hold (uint32, int64, uint64), so every class keeps its value."""
+    wide = not np.can_cast(np.dtype(dtype), np.int32)
+    return {"class_id": np.int64 if wide else np.int32, "class_name": object, "area": np.float64}
 
 
 class FeatureOutput:
@@ -94,8 +96,11 @@ class FeatureOutput:
         simplify: float | None = None,
         min_area: float | None = None,
         boxes: bool = False,
+        class_dtype: Any = np.int32,
     ) -> None:
         self.target = target
+        self.class_dtype = np.dtype(class_dtype)
+        """The type of the ``class_id`` field (:func:`polygon_fields`)."""
         self.boxes = boxes
         """Objects are axis-aligned boxes (``shapely.box``): written as WKB straight from their bounds."""
         self.transform = transform
@@ -199,9 +204,14 @@ class FeatureOutput:
         if not len(geoms):
             return
         keep, area = self._filter(geoms)
-        classes = polys.values[keep].astype(np.int64)
-        self.target.write(geoms[keep], {"class_id": classes.astype(np.int32), "class_name": self._names(classes),
-                                        "area": area[keep]})
+        classes = polys.values[keep]
+        if classes.dtype.kind == "u" and len(classes) and classes.max() > np.iinfo(np.int64).max:
+            from .errors import VectorFormatError
+
+            raise VectorFormatError(f"class {int(classes.max())} does not fit the int64 class_id field of a vector "
+                                    "file; renumber the classes below 2**63")
+        self.target.write(geoms[keep], {"class_id": classes.astype(self.class_dtype),
+                                        "class_name": self._names(classes), "area": area[keep]})
         self.count += int(keep.sum())
 
 

@@ -177,11 +177,13 @@ def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detect
             "map: vector outputs need a detector (det_type in its metadata or card, or det_type=) or an integer "
             "output band to polygonize; write a raster (.tif) instead"
         )
-    fields = polygon_fields()
+    band = len(profile.band_names) - 1 if prediction.append_input else 0
+    # the class band's own dtype: appended input bands may widen the file's (float32 + uint8 is float32)
+    classes = profile.bands[-1 if prediction.append_input else 0].dtype if profile.bands else profile.dtype
+    fields = polygon_fields(classes)
     target = target_factory(out_crs, fields, "Polygon")
     out = FeatureOutput(target, profile.grid.transform, src_crs, {}, vector_crs=out_crs, simplify=simplify,
-                        min_area=min_area)
-    band = len(profile.band_names) - 1 if prediction.append_input else 0
+                        min_area=min_area, class_dtype=fields["class_id"])
     if isinstance(engine, Dask):  # chunks come in any order: polygonized per chunk, seams dissolved both ways
         prediction.run(PolygonChunkSink(out, band=band), callback, engine, chunk_size=options.get("chunk_size"))
     else:

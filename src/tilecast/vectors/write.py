@@ -127,7 +127,7 @@ class VectorWriter:
         cols = [pa.field("geometry", pa.binary(), metadata={b"ARROW:extension:name": b"geoarrow.wkb"})]
         for name, dtype in self.fields.items():
             kind = np.dtype(dtype).kind
-            typ = pa.float32() if np.dtype(dtype) == np.float32 else types[kind]
+            typ = {np.float32: pa.float32(), np.int64: pa.int64()}.get(np.dtype(dtype).type, types[kind])
             cols.append(pa.field(name, typ))
         meta = None
         if self.driver == "GeoParquet":

@@ -1,0 +1,121 @@
+"""Review 9 of the vector outputs: class ids beyond int32, masks, areas in geographic CRSs, bad options.
+
+Every output is read back (pyogrio for the GDAL formats, pyarrow for GeoParquet, which this GDAL may lack) and its
+polygons are burnt back with ``rasterio.features.rasterize`` and compared with the class map, pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+
+from conftest import write_raster
+from tilecast.vectors import polygonize_raster
+
+pyogrio = pytest.importorskip("pyogrio")
+
+UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4600000.0)
+FORMATS = ("gpkg", "fgb", "geojson", "shp", "parquet")
+
+
+def read(path) -> tuple[list, list[int], list[float]]:
+    """(geometries, class ids, areas) of a written output, whatever its format."""
+    path = str(path)
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path)
+        return (list(shapely.from_wkb(t["geometry"].to_pylist())), t["class_id"].to_pylist(),
+                t["area"].to_pylist())
+    df = pyogrio.read_dataframe(path)
+    return list(df.geometry.values), [int(v) for v in df["class_id"]], [float(v) for v in df["area"]]
+
+
+def burn(geoms, values, shape, transform, fill) -> np.ndarray:
+    """The polygons burnt back into pixels, and a check that no pixel is covered twice."""
+    out = np.full(shape, fill, dtype=object)
+    count = np.zeros(shape, int)
+    for g, v in zip(geoms, values, strict=True):
+        m = rasterio.features.rasterize([g], out_shape=shape, transform=transform, fill=0, default_value=1,
+                                        dtype="uint8").astype(bool)
+        out[m] = v
+        count += m
+    assert count.max() <= 1
+    return out
+
+
+@pytest.mark.parametrize("dtype, big", [("uint32", 2**32 - 2), ("int64", 2**40 + 1), ("int64", -(2**40))])
+@pytest.mark.parametrize("ext", FORMATS)
+def test_class_ids_beyond_int32_are_written_exactly(tmp_path, dtype, big, ext):
+    """Symptom: the class_id field was int32, so class 4294967294 of a uint32 map was written as -2 and 2**40 + 1
+    of an int64 map as 1 (class_name kept the value: the two disagreed)."""
+    a = np.zeros((7, 9), dtype)
+    a[1:3, 1:4] = big
+    a[4:6, 5:8] = 3
+    src = write_raster(tmp_path / "big.tif", a, transform=UTM)
+    out = polygonize_raster(src, tmp_path / f"big.{ext}", strip_rows=2)
+    geoms, ids, _ = read(out)
+    assert sorted(ids) == sorted([0, 3, big])
+    assert (burn(geoms, ids, a.shape, UTM, None) == a.astype(object)).all()
+
+
+def test_small_class_maps_keep_an_int32_class_id(tmp_path):
+    """The field stays int32 for the dtypes that fit in it (outputs of those maps do not change)."""
+    for dtype in ("uint8", "int16", "uint16", "int32"):
+        src = write_raster(tmp_path / f"{dtype}.tif", np.arange(6, dtype=dtype).reshape(2, 3), transform=UTM)
+        out = polygonize_raster(src, tmp_path / f"{dtype}.gpkg")
+        assert pyogrio.read_info(out)["dtypes"][0] == "int32", dtype
+
+
+@pytest.mark.parametrize("dtype", ["uint32", "int64"])
+def test_a_prediction_to_vectors_keeps_wide_class_ids(tmp_path, dtype):
+    """The same through ``predict -o x.gpkg``: a model whose class band is uint32/int64 (classes past 2**31)."""
+    import tilecast
+    from tilecast.vectors import predict_vectors
+
+    a = np.zeros((20, 23), np.float32)
+    a[3:9, 2:15] = 1
+    a[12:18, 10:20] = 1
+    src = write_raster(tmp_path / "in.tif", a, transform=UTM)
+    big = 2**31 + 5
+    model = tilecast.Model.from_callable(lambda x: (x[:, :1].astype(np.int64) * big), layout="NCHW",
+                                         input_tile_size=8, output_bands={"c": dtype})
+    out = predict_vectors(model.predict_image(src), tmp_path / "p.gpkg", strip_rows=1)
+    geoms, ids, _ = read(out)
+    assert pyogrio.read_info(out)["dtypes"][0] == "int64"
+    assert (burn(geoms, ids, a.shape, UTM, None) == (a.astype(np.int64) * big).astype(object)).all()
+
+
+def test_appended_input_bands_do_not_widen_the_class_id(tmp_path):
+    """With append_input the file's dtype is the float input's; the class band is uint8, so class_id stays int32."""
+    import tilecast
+    from tilecast.vectors import predict_vectors
+
+    a = np.zeros((10, 12), np.float32)
+    a[2:5, 3:9] = 1
+    src = write_raster(tmp_path / "in.tif", a, transform=UTM)
+    model = tilecast.Model.from_callable(lambda x: x[:, :1], layout="NCHW", input_tile_size=8,
+                                         output_bands={"c": "uint8"})
+    out = predict_vectors(model.predict_image(src, append_input=True), tmp_path / "p.gpkg")
+    geoms, ids, _ = read(out)
+    assert pyogrio.read_info(out)["dtypes"][0] == "int32"
+    assert (burn(geoms, ids, a.shape, UTM, None) == a.astype(np.uint8).astype(object)).all()
+
+
+def test_a_uint64_class_past_int64_is_a_clear_error(tmp_path):
+    """No vector format has an unsigned 64-bit field: a class past 2**63 - 1 is refused by name, not wrapped."""
+    from tilecast.errors import VectorFormatError
+
+    a = np.zeros((3, 4), np.uint64)
+    a[1, 1:3] = 2**63 + 7
+    src = write_raster(tmp_path / "u64.tif", a, transform=UTM)
+    with pytest.raises(VectorFormatError, match="9223372036854775815"):
+        polygonize_raster(src, tmp_path / "u64.gpkg")
+    assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".u64*"))
+    a[1, 1:3] = 2**63 - 1  # the largest class that fits is written as it is
+    src = write_raster(tmp_path / "u64.tif", a, transform=UTM)
+    assert sorted(read(polygonize_raster(src, tmp_path / "u64.gpkg"))[1]) == [0, 2**63 - 1]

@@ -119,3 +119,33 @@ def test_a_uint64_class_past_int64_is_a_clear_error(tmp_path):
     a[1, 1:3] = 2**63 - 1  # the largest class that fits is written as it is
     src = write_raster(tmp_path / "u64.tif", a, transform=UTM)
     assert sorted(read(polygonize_raster(src, tmp_path / "u64.gpkg"))[1]) == [0, 2**63 - 1]
+
+
+@pytest.mark.parametrize("kind", ["internal mask", "alpha band"])
+def test_masked_pixels_of_a_class_raster_are_no_region(tmp_path, kind):
+    """Symptom: a class raster whose no-data is a mask (GDAL's internal mask, or an alpha band) and not a nodata
+    value had its masked pixels polygonized as regions of whatever value was under them."""
+    a = np.ones((9, 8), np.uint8)
+    a[:, 4:] = 2
+    m = np.full(a.shape, 255, np.uint8)
+    m[:3] = 0
+    m[5, 1] = m[7, 6] = 0  # holes inside regions, on a strip seam with strip_rows=2
+    path = tmp_path / "m.tif"
+    profile = dict(driver="GTiff", width=8, height=9, dtype="uint8", crs="EPSG:32633", transform=UTM)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        if kind == "alpha band":
+            with rasterio.open(path, "w", count=2, photometric="MINISBLACK", alpha="UNSPECIFIED", **profile) as ds:
+                ds.write(a, 1)
+                ds.write(m, 2)
+                ds.colorinterp = [rasterio.enums.ColorInterp.gray, rasterio.enums.ColorInterp.alpha]
+        else:
+            with rasterio.open(path, "w", count=1, **profile) as ds:
+                ds.write(a, 1)
+                ds.write_mask(m)
+    with rasterio.open(path) as ds:
+        assert (ds.read_masks(1) == m).all()
+    out = polygonize_raster(path, tmp_path / "m.gpkg", strip_rows=2)
+    geoms, ids, areas = read(out)
+    expected = np.where(m > 0, a, 0).astype(object)
+    assert (burn(geoms, ids, a.shape, UTM, 0) == expected).all()
+    assert sum(areas) == 100.0 * (m > 0).sum()

@@ -98,7 +98,8 @@ def polygonize(raster: str, output: str, band: int, ignore: str | None, strip_ro
                gdal_config: tuple) -> None:
     """Polygonize a class RASTER: one polygon per connected region of equal value, with its class and area.
 
-    Regions cross any number of strips and come out whole; nodata is no region.
+    Regions cross any number of strips and come out whole; nodata and masked pixels (a mask or alpha band)
+    are no region.
 
     \b
     Example:

@@ -32,11 +32,12 @@ def polygonize_raster(
     """Polygonize ``band`` (1-based) of the class raster at ``path`` into the vector file ``out``.
 
     One polygon per 4-connected region of equal value, whatever the raster's size: strips of ``strip_rows`` rows
-    are read in turn and their seams dissolved. Nodata (and the ``ignore`` values) are not regions; class names
-    come from the raster's category names when it has them.
+    are read in turn and their seams dissolved. Nodata, pixels a mask band masks (GDAL's internal mask, an alpha
+    band) and the ``ignore`` values are not regions; class names come from the ``class_names`` tag tilecast writes.
     """
     import rasterio
     from pyproj import CRS
+    from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
     from ..sources.rasterio_source import open_dataset
@@ -62,9 +63,13 @@ def polygonize_raster(
             output = FeatureOutput(writer, ds.transform, src, names, vector_crs=dst, simplify=simplify,
                                    min_area=min_area, class_dtype=fields["class_id"])
             poly = StripPolygonizer((*ignore, ds.nodatavals[band - 1]))
+            # a mask band (GDAL's internal .msk or an alpha band) masks pixels no nodata value names
+            masked = {MaskFlags.per_dataset, MaskFlags.alpha} & set(ds.mask_flag_enums[band - 1])
             for r in range(0, ds.height, strip_rows):
                 h = min(strip_rows, ds.height - r)
-                output.polygons(poly.add(r, ds.read(band, window=Window(0, r, ds.width, h))), last=False)
+                window = Window(0, r, ds.width, h)
+                valid = ds.read_masks(band, window=window) > 0 if masked else None
+                output.polygons(poly.add(r, ds.read(band, window=window), valid), last=False)
                 if callback is not None:
                     callback(r + h, ds.height, (r + h) * ds.width)
             output.polygons(poly.finish(), last=True)

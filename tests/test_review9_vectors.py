@@ -149,3 +149,71 @@ def test_masked_pixels_of_a_class_raster_are_no_region(tmp_path, kind):
     expected = np.where(m > 0, a, 0).astype(object)
     assert (burn(geoms, ids, a.shape, UTM, 0) == expected).all()
     assert sum(areas) == 100.0 * (m > 0).sum()
+
+
+def sized_regions() -> np.ndarray:
+    """Class 0 background with regions of 2, 4 and 8 pixels (200, 400 and 800 m² at 10 m), across strip seams."""
+    a = np.zeros((12, 14), np.uint8)
+    a[1, 1:3] = 1
+    a[3:5, 5:7] = 2
+    a[6:10, 9:11] = 3
+    return a
+
+
+def equal_area(geom, crs: str = "EPSG:4326") -> float:
+    """Area in m² of a lon/lat polygon, in a Lambert azimuthal equal-area projection centred on it."""
+    from pyproj import Transformer
+
+    c = geom.centroid
+    laea = f"+proj=laea +lat_0={c.y} +lon_0={c.x} +ellps=WGS84"
+    t = Transformer.from_crs(crs, laea, always_xy=True)
+    return shapely.transform(geom, lambda xy: np.stack(t.transform(xy[:, 0], xy[:, 1]), axis=1)).area
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "parquet"])
+def test_min_area_and_area_are_square_metres_in_a_lat_lon_output(tmp_path, ext):
+    """Symptom: with --vector-crs EPSG:4326, --min-area was compared with areas in square degrees (500 dropped
+    every region, a 10 m pixel is about 1e-8 square degrees) and the area field held square degrees."""
+    a = sized_regions()
+    src = write_raster(tmp_path / "utm.tif", a, transform=UTM)
+    utm = read(polygonize_raster(src, tmp_path / f"utm.{ext}", min_area=500, strip_rows=3))
+    geo = read(polygonize_raster(src, tmp_path / f"geo.{ext}", min_area=500, strip_rows=3, vector_crs="EPSG:4326"))
+    assert sorted(utm[1]) == sorted(geo[1]) == [0, 3]
+    for g, area in zip(geo[0], geo[2], strict=True):
+        assert area == pytest.approx(equal_area(g), rel=1e-4)
+    # UTM's scale factor (0.9996 at its central meridian) is all that separates the two measures
+    assert sorted(geo[2]) == pytest.approx(sorted(np.asarray(utm[2]) / 0.9996**2), rel=2e-4)
+
+
+def test_a_lat_lon_class_raster_measures_areas_in_square_metres(tmp_path):
+    """A class map in EPSG:4326 (as ESA WorldCover): --min-area and area are square metres on the ellipsoid, also
+    for polygons with holes."""
+    a = sized_regions()
+    a[6:10, 9:11] = 0
+    a[5:11, 8:12] = 3
+    a[7:9, 9:11] = 4  # a hole of 4 pixels in region 3
+    transform = Affine(0.0001, 0, 12.0, 0, -0.0001, 60.0)  # about 5.6 x 11 m pixels at 60° N
+    src = write_raster(tmp_path / "geo.tif", a, crs="EPSG:4326", transform=transform)
+    geoms, ids, areas = read(polygonize_raster(src, tmp_path / "geo.gpkg", strip_rows=4))
+    assert (burn(geoms, ids, a.shape, transform, None) == a.astype(object)).all()
+    for g, area in zip(geoms, areas, strict=True):
+        assert area == pytest.approx(equal_area(g), rel=1e-4)
+    pixel = equal_area(shapely.box(12.0, 59.9999, 12.0001, 60.0))
+    kept = read(polygonize_raster(src, tmp_path / "big.gpkg", min_area=3.5 * pixel, ignore=(0,)))
+    assert sorted(kept[1]) == [2, 3, 4]  # 4, 20 (less its hole) and 4 pixels; 1 had 2
+
+
+def test_the_command_keeps_regions_by_square_metres_with_a_lat_lon_output(tmp_path):
+    """``tilecast polygonize --vector-crs EPSG:4326 --min-area 500`` keeps the regions of 500 m² and more."""
+    from click.testing import CliRunner
+
+    from tilecast.cli.polygonize import polygonize
+
+    src = write_raster(tmp_path / "utm.tif", sized_regions(), transform=UTM)
+    out = tmp_path / "geo.fgb"
+    res = CliRunner().invoke(polygonize, [src, "-o", str(out), "--vector-crs", "EPSG:4326", "--min-area", "500",
+                                          "--ignore", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    df = pyogrio.read_dataframe(out)
+    assert df["class_id"].tolist() == [3] and df["area"].tolist() == pytest.approx([800 / 0.9996**2], rel=2e-4)
+    assert "square metres" in CliRunner().invoke(polygonize, ["--help"]).output

@@ -20,9 +20,13 @@ def polygon_options(f: Callable) -> Callable:
     for option in reversed((
         click.option("--vector-crs", help="CRS of the vector output (default: the raster's), e.g. EPSG:4326."),
         click.option("--simplify", type=float, metavar="TOLERANCE",
-                     help="Simplify polygons to this tolerance, in the output's map units; a class map's regions "
-                     "are simplified together, so neighbours keep sharing their edges."),
-        click.option("--min-area", type=float, help="Drop polygons smaller than this, in square map units."),
+                     help="Simplify polygons to this tolerance, in the output's map units (degrees for a lat/lon "
+                     "output such as EPSG:4326); a class map's regions are simplified together, so neighbours keep "
+                     "sharing their edges."),
+        click.option("--min-area", type=float, metavar="AREA",
+                     help="Drop polygons smaller than this: square metres on the ellipsoid when the output CRS is "
+                     "lat/lon (e.g. --vector-crs EPSG:4326), else square map units (m² for UTM). The area field is "
+                     "measured the same way."),
     )):
         f = option(f)
     return f

@@ -34,6 +34,8 @@ def polygonize_raster(
     One polygon per 4-connected region of equal value, whatever the raster's size: strips of ``strip_rows`` rows
     are read in turn and their seams dissolved. Nodata, pixels a mask band masks (GDAL's internal mask, an alpha
     band) and the ``ignore`` values are not regions; class names come from the ``class_names`` tag tilecast writes.
+    ``min_area`` and ``simplify`` are as in :func:`~tilecast.vectors.run.predict_vectors` (square metres for a
+    geographic output CRS).
     """
     import rasterio
     from pyproj import CRS

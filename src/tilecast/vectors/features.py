@@ -21,7 +21,8 @@ from .polygonize import ClassPolygons, GridPolygonizer, StripPolygonizer
 from .write import box_wkb
 
 __all__ = [
-    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "object_fields", "polygon_fields",
+    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "geodesic", "geodesic_areas",
+    "object_fields", "polygon_fields",
 ]
 
 
@@ -80,6 +81,32 @@ def polygon_fields(dtype: Any = np.uint8) -> dict[str, Any]:
     return {"class_id": np.int64 if wide else np.int32, "class_name": object, "area": np.float64}
 
 
+def geodesic(crs: Any) -> Any:
+    """The ``pyproj.Geod`` of a geographic CRS (areas in square metres, not square degrees), else None."""
+    if crs is None:
+        return None
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(crs)
+    return crs.get_geod() if crs.is_geographic else None
+
+
+def geodesic_areas(geoms: np.ndarray, geod: Any) -> np.ndarray:
+    """Areas in square metres on ``geod``'s ellipsoid of polygons in lon/lat degrees, holes subtracted (each ring
+    measured unsigned, so the rings' orientation does not matter)."""
+    import shapely
+
+    out = np.zeros(len(geoms))
+    parts, owner = shapely.get_parts(geoms, return_index=True)
+    for part, i in zip(parts, owner.tolist(), strict=True):
+        if shapely.get_type_id(part) != 3:  # only polygons have an area
+            continue
+        rings = [part.exterior, *part.interiors]
+        sizes = [abs(geod.polygon_area_perimeter(*ring.xy)[0]) for ring in rings]
+        out[i] += sizes[0] - sum(sizes[1:])
+    return out
+
+
 class FeatureOutput:
     """Moves pixel-space objects or polygons to map coordinates, filters and simplifies them, adds attributes,
     and hands them to a :class:`FeatureTarget`."""
@@ -115,6 +142,8 @@ class FeatureOutput:
             from pyproj import Transformer
 
             self._reproject = Transformer.from_crs(crs, vector_crs, always_xy=True)
+        self._geod = geodesic(vector_crs if vector_crs is not None else crs)
+        """The ellipsoid that areas are measured on when the output CRS is geographic (its units are degrees)."""
 
     def _move(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates to map coordinates (then to ``vector_crs``), vertex by vertex."""
@@ -146,8 +175,10 @@ class FeatureOutput:
     def _filter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import shapely
 
-        area = shapely.area(geoms)
         keep = ~shapely.is_empty(geoms)
+        if not (self.with_area or self.min_area):
+            return keep, np.zeros(len(geoms))
+        area = shapely.area(geoms) if self._geod is None else geodesic_areas(geoms, self._geod)
         if self.min_area:
             keep &= area >= self.min_area
         return keep, area

@@ -221,10 +221,11 @@ def predict_vectors(
     The format follows the extension (``.parquet`` GeoParquet, ``.gpkg``, ``.fgb``, ``.geojson``, ``.shp``); the
     CRS is the raster's, or ``vector_crs``. ``detector`` (a :class:`DetectorSpec` or a ``det_type``) makes any model
     a detector; ``confidence``, ``iou`` and ``class_names`` override its metadata and card. ``simplify`` (map
-    units) and ``min_area`` (square map units) apply to polygons. ``run_options``: ``engine="dask"`` runs tiles as
-    Dask tasks (or ``engine=tilecast.Dask(...)``; ``client=``, ``scheduler=``, ``workers=`` beside it); ``strip_rows``
-    (256) polygonizes a class map in strips of at least this many rows on the local engine, ``chunk_size`` sizes
-    the Dask engine's chunks (memory against seams).
+    units) and ``min_area`` apply to polygons; ``min_area`` and the ``area`` field are square map units, or square
+    metres on the ellipsoid when the output CRS is geographic (lat/lon). ``run_options``: ``engine="dask"`` runs
+    tiles as Dask tasks (or ``engine=tilecast.Dask(...)``; ``client=``, ``scheduler=``, ``workers=`` beside it);
+    ``strip_rows`` (256) polygonizes a class map in strips of at least this many rows on the local engine,
+    ``chunk_size`` sizes the Dask engine's chunks (memory against seams).
     """
     spec = _detector(prediction, detector, confidence, iou, class_names)
     state: dict[str, VectorWriter] = {}

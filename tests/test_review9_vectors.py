@@ -217,3 +217,35 @@ def test_the_command_keeps_regions_by_square_metres_with_a_lat_lon_output(tmp_pa
     df = pyogrio.read_dataframe(out)
     assert df["class_id"].tolist() == [3] and df["area"].tolist() == pytest.approx([800 / 0.9996**2], rel=2e-4)
     assert "square metres" in CliRunner().invoke(polygonize, ["--help"]).output
+
+
+@pytest.mark.parametrize("crs", ["EPSG:99999", "not a crs"])
+def test_an_unknown_vector_crs_is_named_with_its_fix(tmp_path, crs):
+    """Symptom: polygonize --vector-crs EPSG:99999 said 'GDAL refused ...; check the inputs, the output folder and
+    the free disk space'; it is the CRS that is wrong (predict -o x.gpkg already said so)."""
+    from tilecast.errors import UnknownCRSError
+
+    src = write_raster(tmp_path / "c.tif", sized_regions(), transform=UTM)
+    with pytest.raises(UnknownCRSError, match="EPSG code like"):
+        polygonize_raster(src, tmp_path / "c.gpkg", vector_crs=crs)
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.tif"]
+
+
+@pytest.mark.filterwarnings("ignore:'crs' was not provided:UserWarning")  # pyogrio's, true: no CRS
+def test_a_vector_crs_for_a_raster_without_one_is_refused(tmp_path):
+    """Symptom: a raster without a CRS polygonized with --vector-crs EPSG:4326 wrote its pixel coordinates labelled
+    EPSG:4326 (nothing to reproject from, so nothing was reprojected)."""
+    import warnings
+
+    from tilecast.errors import InputError
+
+    path = tmp_path / "plain.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=5, height=4, count=1, dtype="uint8") as ds:
+            ds.write(sized_regions()[:4, :5], 1)
+        with pytest.raises(InputError, match=r"no CRS.*EPSG:4326.*--vector-crs"):
+            polygonize_raster(path, tmp_path / "plain.gpkg", vector_crs="EPSG:4326")
+        assert not (tmp_path / "plain.gpkg").exists()
+        out = polygonize_raster(path, tmp_path / "plain.gpkg")  # without: its own coordinates, and no CRS
+    assert pyogrio.read_info(out)["crs"] is None

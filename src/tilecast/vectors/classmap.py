@@ -37,14 +37,14 @@ def polygonize_raster(
     ``min_area`` and ``simplify`` are as in :func:`~tilecast.vectors.run.predict_vectors` (square metres for a
     geographic output CRS).
     """
-    import rasterio
     from pyproj import CRS
     from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
-    from ..sources.rasterio_source import open_dataset
+    from ..sources.rasterio_source import open_dataset, parse_crs
 
-    vector_driver(out)  # an unknown extension fails before any reading
+    vector_driver(out)  # an unknown extension, or CRS, fails before any reading
+    dst = CRS.from_user_input(parse_crs(vector_crs).to_wkt()) if vector_crs else None
     callback: ProgressCallback | None = Progress("polygonize") if progress is True else (progress or None)
     with open_dataset(path) as ds:
         if not 1 <= band <= ds.count:
@@ -57,7 +57,7 @@ def polygonize_raster(
             raise VectorFormatError(f"band {band} of {path} is {ds.dtypes[band - 1]}: polygonize takes a class map "
                                     "(integer values); classify or round it first")
         src = CRS.from_user_input(ds.crs.to_wkt()) if ds.crs is not None else None
-        dst = CRS.from_user_input(rasterio.crs.CRS.from_user_input(vector_crs).to_wkt()) if vector_crs else src
+        dst = src if dst is None else dst
         names = _categories(ds, band)
         fields = polygon_fields(ds.dtypes[band - 1])
         writer = VectorWriter(out, dst, fields, overwrite=overwrite)

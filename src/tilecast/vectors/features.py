@@ -138,6 +138,14 @@ class FeatureOutput:
         self.count = 0
         self._reproject = None
         self._coverage: Any = None
+        if vector_crs is not None and crs is None:
+            from pyproj import CRS
+
+            from ..errors import InputError
+
+            raise InputError(f"the raster has no CRS, so its features cannot be reprojected to "
+                             f"{CRS.from_user_input(vector_crs).to_string()}; give the raster a CRS, or drop "
+                             "vector_crs= (--vector-crs) to write them in its own coordinates")
         if vector_crs is not None and crs is not None and vector_crs != crs:
             from pyproj import Transformer
 

@@ -249,3 +249,16 @@ def test_a_vector_crs_for_a_raster_without_one_is_refused(tmp_path):
         assert not (tmp_path / "plain.gpkg").exists()
         out = polygonize_raster(path, tmp_path / "plain.gpkg")  # without: its own coordinates, and no CRS
     assert pyogrio.read_info(out)["crs"] is None
+
+
+@pytest.mark.parametrize("option, value", [("simplify", -1.0), ("min_area", -5.0), ("min_area", float("nan")),
+                                           ("simplify", float("inf"))])
+def test_a_negative_or_non_finite_tolerance_or_area_is_refused(tmp_path, option, value):
+    """Symptom: --min-area nan silently dropped every region, --simplify -1 and --min-area -5 were accepted and
+    meant nothing; each is a SpecError naming the option."""
+    from tilecast.errors import SpecError
+
+    src = write_raster(tmp_path / "c.tif", sized_regions(), transform=UTM)
+    with pytest.raises(SpecError, match=option):
+        polygonize_raster(src, tmp_path / "c.gpkg", **{option: value})
+    assert not (tmp_path / "c.gpkg").exists()

@@ -138,6 +138,11 @@ class FeatureOutput:
         self.count = 0
         self._reproject = None
         self._coverage: Any = None
+        for name, value in (("simplify", simplify), ("min_area", min_area)):
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                from ..errors import SpecError
+
+                raise SpecError(f"{name}= (--{name.replace('_', '-')}) must be a finite number >= 0, got {value}")
         if vector_crs is not None and crs is None:
             from pyproj import CRS
 

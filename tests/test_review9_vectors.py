@@ -262,3 +262,22 @@ def test_a_negative_or_non_finite_tolerance_or_area_is_refused(tmp_path, option,
     with pytest.raises(SpecError, match=option):
         polygonize_raster(src, tmp_path / "c.gpkg", **{option: value})
     assert not (tmp_path / "c.gpkg").exists()
+
+
+def test_ignore_takes_int64_classes_past_2_to_the_53_exactly(tmp_path):
+    """Symptom: --ignore went through float, so --ignore 9007199254740993 (2**53 + 1) also dropped class 2**53."""
+    from click.testing import CliRunner
+
+    from tilecast.cli.polygonize import polygonize
+
+    a = np.full((4, 6), 2**53, np.int64)
+    a[:, 3:] = 2**53 + 1
+    src = write_raster(tmp_path / "c.tif", a, transform=UTM)
+    out = tmp_path / "c.gpkg"
+    res = CliRunner().invoke(polygonize, [src, "-o", str(out), "--ignore", str(2**53 + 1), "-q"])
+    assert res.exit_code == 0, res.output
+    geoms, ids, _ = read(out)
+    assert ids == [2**53]
+    assert (burn(geoms, ids, a.shape, UTM, None) == np.where(a == 2**53, a, None)).all()
+    bad = CliRunner().invoke(polygonize, [src, "-o", str(out), "--ignore", "0,x", "--overwrite", "-q"])
+    assert bad.exit_code != 0 and "--ignore" in bad.output

@@ -113,8 +113,8 @@ def polygonize(raster: str, output: str, band: int, ignore: str | None, strip_ro
 
     if strip_rows < 1:
         raise SpecError(f"--strip-rows must be at least 1, got {strip_rows}")
-    try:
-        values = tuple(float(v) for v in csv_list(ignore) or [])
+    try:  # whole numbers stay ints: a float would fold int64 classes past 2**53 into their neighbours
+        values = tuple(_number(v) for v in csv_list(ignore) or [])
     except ValueError:
         raise SpecError(f"--ignore {ignore!r}: give numbers, comma-separated") from None
     env = {k: int(v) if v.isdigit() else v for k, v in gdal_config}
@@ -123,3 +123,10 @@ def polygonize(raster: str, output: str, band: int, ignore: str | None, strip_ro
                                  simplify=simplify, min_area=min_area, strip_rows=strip_rows, progress=not quiet)
     if not quiet:
         click.echo(f"wrote {path}", err=True)
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)

@@ -281,3 +281,14 @@ def test_ignore_takes_int64_classes_past_2_to_the_53_exactly(tmp_path):
     assert (burn(geoms, ids, a.shape, UTM, None) == np.where(a == 2**53, a, None)).all()
     bad = CliRunner().invoke(polygonize, [src, "-o", str(out), "--ignore", "0,x", "--overwrite", "-q"])
     assert bad.exit_code != 0 and "--ignore" in bad.output
+
+
+def test_an_output_folder_that_is_a_file_is_a_clear_error(tmp_path):
+    """Symptom: -o notes.txt/out.gpkg (a file where the folder should be) was a NotADirectoryError traceback."""
+    from tilecast.errors import OutputError
+
+    src = write_raster(tmp_path / "c.tif", sized_regions(), transform=UTM)
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(OutputError, match=r"notes\.txt"):
+        polygonize_raster(src, tmp_path / "notes.txt" / "out.gpkg")
+    assert (tmp_path / "notes.txt").read_text() == "a file"

@@ -106,7 +106,13 @@ class VectorWriter:
         self._pending: list[Any] = []
         self._pending_rows = 0
         self._tmpdir = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{id(self):x}"
-        self._tmpdir.mkdir(parents=True, exist_ok=False)
+        try:
+            self._tmpdir.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            from ..errors import OutputError
+
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}; choose an output in a folder you "
+                              "can write to (-o)") from None
         self.tmp = self._tmpdir / self.path.name
         self.schema = self._schema()
         self._parquet: Any = None

@@ -231,24 +231,45 @@ def test_an_unknown_vector_crs_is_named_with_its_fix(tmp_path, crs):
     assert list(tmp_path.iterdir()) == [tmp_path / "c.tif"]
 
 
-@pytest.mark.filterwarnings("ignore:'crs' was not provided:UserWarning")  # pyogrio's, true: no CRS
-def test_a_vector_crs_for_a_raster_without_one_is_refused(tmp_path):
+def test_a_vector_crs_for_features_without_a_crs_is_refused():
     """Symptom: a raster without a CRS polygonized with --vector-crs EPSG:4326 wrote its pixel coordinates labelled
     EPSG:4326 (nothing to reproject from, so nothing was reprojected)."""
-    import warnings
+    from pyproj import CRS
 
     from tilecast.errors import InputError
+    from tilecast.vectors.features import FeatureOutput, Features
+
+    with pytest.raises(InputError, match=r"no CRS.*EPSG:4326.*--vector-crs"):
+        FeatureOutput(Features(None), Affine.identity(), None, {}, vector_crs=CRS.from_epsg(4326))
+
+
+@pytest.mark.parametrize("vector_crs", [None, "EPSG:4326"])
+@pytest.mark.parametrize("kind", ["nothing", "transform only", "gcps"])
+def test_a_raster_that_is_not_on_a_map_is_refused_as_predict_does(tmp_path, kind, vector_crs):
+    """Symptom: polygonize wrote a raster without a CRS (or placed by GCPs only) as polygons in pixel coordinates,
+    rows downwards, with no CRS, or labelled with --vector-crs; ``predict`` refuses such a raster, and so does
+    polygonize now (NotGeoreferencedError, naming the fix)."""
+    import warnings
+
+    from rasterio.control import GroundControlPoint
+
+    from tilecast.errors import NotGeoreferencedError
 
     path = tmp_path / "plain.tif"
+    profile = dict(driver="GTiff", width=5, height=4, count=1, dtype="uint8")
+    if kind == "transform only":
+        profile["transform"] = UTM
+    if kind == "gcps":
+        corners = [(0, 0), (0, 5), (4, 0), (4, 5)]
+        profile["gcps"] = [GroundControlPoint(r, c, 500000 + 10 * c, 4600000 - 10 * r) for r, c in corners]
+        profile["crs"] = "EPSG:32633"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="GTiff", width=5, height=4, count=1, dtype="uint8") as ds:
+        with rasterio.open(path, "w", **profile) as ds:
             ds.write(sized_regions()[:4, :5], 1)
-        with pytest.raises(InputError, match=r"no CRS.*EPSG:4326.*--vector-crs"):
-            polygonize_raster(path, tmp_path / "plain.gpkg", vector_crs="EPSG:4326")
-        assert not (tmp_path / "plain.gpkg").exists()
-        out = polygonize_raster(path, tmp_path / "plain.gpkg")  # without: its own coordinates, and no CRS
-    assert pyogrio.read_info(out)["crs"] is None
+        with pytest.raises(NotGeoreferencedError, match="georeference it"):
+            polygonize_raster(path, tmp_path / "plain.gpkg", vector_crs=vector_crs)
+    assert not (tmp_path / "plain.gpkg").exists()
 
 
 @pytest.mark.parametrize("option, value", [("simplify", -1.0), ("min_area", -5.0), ("min_area", float("nan")),

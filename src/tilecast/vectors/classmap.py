@@ -56,7 +56,12 @@ def polygonize_raster(
 
             raise VectorFormatError(f"band {band} of {path} is {ds.dtypes[band - 1]}: polygonize takes a class map "
                                     "(integer values); classify or round it first")
-        src = CRS.from_user_input(ds.crs.to_wkt()) if ds.crs is not None else None
+        if ds.crs is None or (ds.transform.is_identity and not ds.gcps[0]):  # as predict: nothing to place it by
+            from ..errors import NotGeoreferencedError
+
+            raise NotGeoreferencedError(f"{path} has no CRS or geotransform, so its polygons could not be placed on a "
+                                        "map; georeference it first (e.g. gdal_translate -a_srs EPSG:XXXX -a_ullr ...)")
+        src = CRS.from_user_input(ds.crs.to_wkt())
         dst = src if dst is None else dst
         names = _categories(ds, band)
         fields = polygon_fields(ds.dtypes[band - 1])

@@ -313,3 +313,13 @@ def test_an_output_folder_that_is_a_file_is_a_clear_error(tmp_path):
     with pytest.raises(OutputError, match=r"notes\.txt"):
         polygonize_raster(src, tmp_path / "notes.txt" / "out.gpkg")
     assert (tmp_path / "notes.txt").read_text() == "a file"
+
+
+def test_an_upper_case_shapefile_name_returns_the_files_written(tmp_path):
+    """Symptom: -o OUT.SHP wrote OUT.shp (GDAL names the parts in lower case) but returned and printed OUT.SHP,
+    a path that does not exist on a case-sensitive file system."""
+    src = write_raster(tmp_path / "c.tif", sized_regions(), transform=UTM)
+    out = polygonize_raster(src, tmp_path / "OUT.SHP")
+    assert out.exists() and sorted(read(out)[1]) == [0, 1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.stem == "OUT") == [
+        "OUT.cpg", "OUT.dbf", "OUT.prj", "OUT.shp", "OUT.shx"]

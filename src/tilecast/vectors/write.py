@@ -93,6 +93,8 @@ class VectorWriter:
                  geometry_type: str = "Polygon", layer: str | None = None, row_group: int = 65536) -> None:
         self.path = Path(path)
         self.driver = vector_driver(self.path)
+        if self.driver == "ESRI Shapefile":  # GDAL names a shapefile's parts in lower case (OUT.SHP: OUT.shp, ...)
+            self.path = self.path.with_suffix(".shp")
         if not overwrite and any(p.exists() for p in _outputs(self.path)):
             raise OutputExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
         self.pa = require("pyarrow", "features")

@@ -21,7 +21,7 @@ from .polygonize import ClassPolygons, GridPolygonizer, StripPolygonizer
 from .write import box_wkb
 
 __all__ = [
-    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "geodesic", "geodesic_areas",
+    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "equal_area", "equal_areas",
     "object_fields", "polygon_fields",
 ]
 
@@ -81,30 +81,28 @@ def polygon_fields(dtype: Any = np.uint8) -> dict[str, Any]:
     return {"class_id": np.int64 if wide else np.int32, "class_name": object, "area": np.float64}
 
 
-def geodesic(crs: Any) -> Any:
-    """The ``pyproj.Geod`` of a geographic CRS (areas in square metres, not square degrees), else None."""
+def equal_area(crs: Any) -> Any:
+    """For a geographic CRS (units: degrees), the ``pyproj.Transformer`` to a cylindrical equal-area projection of
+    its own ellipsoid, where areas are square metres on the ellipsoid; None for any other CRS."""
     if crs is None:
         return None
-    from pyproj import CRS
+    from pyproj import CRS, Transformer
+    from pyproj.crs import ProjectedCRS
+    from pyproj.crs.coordinate_operation import LambertCylindricalEqualAreaConversion
 
     crs = CRS.from_user_input(crs)
-    return crs.get_geod() if crs.is_geographic else None
+    if not crs.is_geographic:
+        return None
+    cea = ProjectedCRS(LambertCylindricalEqualAreaConversion(0.0, 0.0), geodetic_crs=crs.geodetic_crs)
+    return Transformer.from_crs(crs, cea, always_xy=True)
 
 
-def geodesic_areas(geoms: np.ndarray, geod: Any) -> np.ndarray:
-    """Areas in square metres on ``geod``'s ellipsoid of polygons in lon/lat degrees, holes subtracted (each ring
-    measured unsigned, so the rings' orientation does not matter)."""
+def equal_areas(geoms: np.ndarray, transformer: Any) -> np.ndarray:
+    """Areas in square metres of lon/lat polygons, measured in the equal-area projection of :func:`equal_area`."""
     import shapely
 
-    out = np.zeros(len(geoms))
-    parts, owner = shapely.get_parts(geoms, return_index=True)
-    for part, i in zip(parts, owner.tolist(), strict=True):
-        if shapely.get_type_id(part) != 3:  # only polygons have an area
-            continue
-        rings = [part.exterior, *part.interiors]
-        sizes = [abs(geod.polygon_area_perimeter(*ring.xy)[0]) for ring in rings]
-        out[i] += sizes[0] - sum(sizes[1:])
-    return out
+    moved = shapely.transform(geoms, lambda xy: np.stack(transformer.transform(xy[:, 0], xy[:, 1]), axis=1))
+    return shapely.area(moved)
 
 
 class FeatureOutput:
@@ -155,8 +153,8 @@ class FeatureOutput:
             from pyproj import Transformer
 
             self._reproject = Transformer.from_crs(crs, vector_crs, always_xy=True)
-        self._geod = geodesic(vector_crs if vector_crs is not None else crs)
-        """The ellipsoid that areas are measured on when the output CRS is geographic (its units are degrees)."""
+        self._equal_area = equal_area(vector_crs if vector_crs is not None else crs)
+        """Where areas are measured when the output CRS is geographic (its units are degrees, not metres)."""
 
     def _move(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates to map coordinates (then to ``vector_crs``), vertex by vertex."""
@@ -191,7 +189,7 @@ class FeatureOutput:
         keep = ~shapely.is_empty(geoms)
         if not (self.with_area or self.min_area):
             return keep, np.zeros(len(geoms))
-        area = shapely.area(geoms) if self._geod is None else geodesic_areas(geoms, self._geod)
+        area = shapely.area(geoms) if self._equal_area is None else equal_areas(geoms, self._equal_area)
         if self.min_area:
             keep &= area >= self.min_area
         return keep, area

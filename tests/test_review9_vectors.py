@@ -323,3 +323,20 @@ def test_an_upper_case_shapefile_name_returns_the_files_written(tmp_path):
     assert out.exists() and sorted(read(out)[1]) == [0, 1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir() if p.stem == "OUT") == [
         "OUT.cpg", "OUT.dbf", "OUT.prj", "OUT.shp", "OUT.shx"]
+
+
+def test_a_simplify_tolerance_of_degrees_meant_as_metres_is_warned_about(tmp_path):
+    """--simplify is in the output's units: with a lat/lon output, --simplify 5 is 5 degrees (about 550 km) and
+    every region collapses; a TilecastWarning says so and how to give metres. A tolerance in degrees is not warned
+    about."""
+    import warnings
+
+    from tilecast.errors import TilecastWarning
+
+    src = write_raster(tmp_path / "c.tif", sized_regions(), transform=UTM)
+    with pytest.warns(TilecastWarning, match="degrees"):
+        polygonize_raster(src, tmp_path / "a.gpkg", simplify=5.0, vector_crs="EPSG:4326")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TilecastWarning)
+        polygonize_raster(src, tmp_path / "b.gpkg", simplify=5e-5, vector_crs="EPSG:4326")
+        polygonize_raster(src, tmp_path / "c.gpkg", simplify=5.0)  # metres: UTM

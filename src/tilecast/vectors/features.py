@@ -155,6 +155,14 @@ class FeatureOutput:
             self._reproject = Transformer.from_crs(crs, vector_crs, always_xy=True)
         self._equal_area = equal_area(vector_crs if vector_crs is not None else crs)
         """Where areas are measured when the output CRS is geographic (its units are degrees, not metres)."""
+        if self._equal_area is not None and simplify is not None and simplify >= 1:
+            import warnings
+
+            from ..errors import TilecastWarning
+
+            warnings.warn(f"simplify={simplify} is in the output CRS's units, degrees (about {111 * simplify:.0f} km): "
+                          "regions will collapse; for N metres give about N / 111000 (e.g. 5 m: 4.5e-5)",
+                          TilecastWarning, stacklevel=3)
 
     def _move(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates to map coordinates (then to ``vector_crs``), vertex by vertex."""

@@ -340,3 +340,20 @@ def test_a_simplify_tolerance_of_degrees_meant_as_metres_is_warned_about(tmp_pat
         warnings.simplefilter("error", TilecastWarning)
         polygonize_raster(src, tmp_path / "b.gpkg", simplify=5e-5, vector_crs="EPSG:4326")
         polygonize_raster(src, tmp_path / "c.gpkg", simplify=5.0)  # metres: UTM
+
+
+def test_boxes_with_no_extent_or_nan_coordinates_are_no_objects():
+    """Symptom: a box wholly outside its tile (clipped to zero width) or of zero size was written as an invalid
+    zero-area polygon, and a NaN box with a mask (torchvision, YOLO-seg) was a ValueError traceback."""
+    from tilecast.vectors.decode import decode_batch
+    from tilecast.vectors.metadata import detector_spec
+
+    rows = np.array([[10, 10, 4, 4], [np.nan, 5, 4, 4], [30, 5, 4, 4], [np.inf, 5, 4, 4], [8, 8, 0, 4]], np.float32)
+    head = np.concatenate([rows, np.full((5, 1), 0.9, np.float32)], axis=1).T[None]  # (1, 4+1, anchors)
+    got = decode_batch({"out": head}, detector_spec(det_type="yolo_v8"), 1, (20, 20))[0]
+    assert got.boxes.tolist() == [[8.0, 8.0, 12.0, 12.0]]
+    xyxy = np.array([[2, 2, 6, 6], [np.nan, 1, 3, 3], [25, 1, 30, 3]], np.float32)
+    outputs = {"boxes": xyxy, "labels": np.ones(3, np.int64), "scores": np.full(3, 0.9, np.float32),
+               "masks": np.ones((3, 1, 20, 20), np.float32)}
+    got = decode_batch(outputs, detector_spec(det_type="torchvision"), 1, (20, 20))[0]
+    assert got.boxes.tolist() == [[2.0, 2.0, 6.0, 6.0]] and got.masks[0][0].shape == (4, 4)

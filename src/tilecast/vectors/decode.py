@@ -141,6 +141,9 @@ def _select(spec: DetectorSpec, rows: np.ndarray, scores: np.ndarray, classes: n
     h, w = hw
     np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
     np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
+    real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # False for NaN, and for no extent in the tile
+    if not real.all():
+        idx, boxes = idx[real], boxes[real]
     keep = nms(boxes, scores[idx], classes[idx], spec.iou)
     return idx[keep], boxes[keep]
 

@@ -357,3 +357,16 @@ def test_boxes_with_no_extent_or_nan_coordinates_are_no_objects():
                "masks": np.ones((3, 1, 20, 20), np.float32)}
     got = decode_batch(outputs, detector_spec(det_type="torchvision"), 1, (20, 20))[0]
     assert got.boxes.tolist() == [[2.0, 2.0, 6.0, 6.0]] and got.masks[0][0].shape == (4, 4)
+
+
+def test_oriented_boxes_past_max_candidates_are_kept_by_score():
+    """Symptom: yolo_obb kept the first max_candidates candidates in anchor order, not the best-scoring ones (as
+    the docs say, and the other decoders do)."""
+    from tilecast.vectors.decode import decode_batch
+    from tilecast.vectors.metadata import detector_spec
+
+    # cx, cy, w, h, score, angle: three separate boxes, the best last
+    rows = np.array([[3, 3, 2, 2, 0.5, 0.0], [10, 10, 2, 2, 0.6, 0.0], [16, 16, 2, 2, 0.9, 0.0]], np.float32)
+    spec = detector_spec(det_type="yolo_obb", max_candidates=2)
+    got = decode_batch({"out": rows.T[None]}, spec, 1, (20, 20))[0]
+    assert sorted(got.scores.tolist()) == pytest.approx([0.6, 0.9])

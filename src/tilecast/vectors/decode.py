@@ -224,7 +224,9 @@ def _decode_obb(outputs: Mapping[str, np.ndarray], spec: DetectorSpec, n: int,
         ok = scores >= spec.confidence
         if spec.classes is not None:
             ok &= np.isin(classes, spec.classes)
-        idx = np.flatnonzero(ok)[: spec.max_candidates]
+        idx = np.flatnonzero(ok)
+        if idx.size > spec.max_candidates:  # the best-scoring ones, as _select keeps
+            idx = np.sort(idx[np.argsort(-scores[idx], kind="stable")[: spec.max_candidates]])
         rb = r[idx, :4].astype(np.float64)
         ang = r[idx, -1].astype(np.float64)
         corners = obb_corners(rb, ang)

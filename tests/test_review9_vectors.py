@@ -370,3 +370,25 @@ def test_oriented_boxes_past_max_candidates_are_kept_by_score():
     spec = detector_spec(det_type="yolo_obb", max_candidates=2)
     got = decode_batch({"out": rows.T[None]}, spec, 1, (20, 20))[0]
     assert sorted(got.scores.tolist()) == pytest.approx([0.6, 0.9])
+
+
+def test_a_vector_output_over_its_own_geopackage_raster_input_is_refused(tmp_path):
+    """Symptom: polygonize x.gpkg -o x.gpkg --overwrite (a GeoPackage raster) replaced the input with its polygons;
+    a raster output refuses to destroy its input, and so do vector outputs now, overwrite or not."""
+    import tilecast
+    from tilecast.errors import OutputIsInputError
+    from tilecast.vectors import predict_vectors
+
+    path = tmp_path / "classes.gpkg"
+    a = sized_regions()
+    with rasterio.open(path, "w", driver="GPKG", width=a.shape[1], height=a.shape[0], count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=UTM) as ds:
+        ds.write(a, 1)
+    before = path.read_bytes()
+    with pytest.raises(OutputIsInputError, match="same file"):
+        polygonize_raster(path, path, overwrite=True)
+    model = tilecast.Model.from_callable(lambda x: x[:, :1], layout="NCHW", input_tile_size=8,
+                                         output_bands={"c": "uint8"})
+    with pytest.raises(OutputIsInputError, match="same file"):
+        predict_vectors(model.predict_image(str(path)), path, overwrite=True)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["classes.gpkg"]

@@ -41,9 +41,11 @@ def polygonize_raster(
     from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
+    from ..sinks.safety import refuse_overwriting_inputs
     from ..sources.rasterio_source import open_dataset, parse_crs
 
     vector_driver(out)  # an unknown extension, or CRS, fails before any reading
+    refuse_overwriting_inputs(out, os.fspath(path))
     dst = CRS.from_user_input(parse_crs(vector_crs).to_wkt()) if vector_crs else None
     callback: ProgressCallback | None = Progress("polygonize") if progress is True else (progress or None)
     with open_dataset(path) as ds:

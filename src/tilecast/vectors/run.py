@@ -227,6 +227,9 @@ def predict_vectors(
     ``strip_rows`` (256) polygonizes a class map in strips of at least this many rows on the local engine,
     ``chunk_size`` sizes the Dask engine's chunks (memory against seams).
     """
+    from ..sinks.safety import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(path, prediction.source)
     spec = _detector(prediction, detector, confidence, iou, class_names)
     state: dict[str, VectorWriter] = {}
 

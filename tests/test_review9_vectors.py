@@ -392,3 +392,26 @@ def test_a_vector_output_over_its_own_geopackage_raster_input_is_refused(tmp_pat
     with pytest.raises(OutputIsInputError, match="same file"):
         predict_vectors(model.predict_image(str(path)), path, overwrite=True)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["classes.gpkg"]
+
+
+@pytest.mark.parametrize("vector_crs", [None, "EPSG:4326"])
+def test_simplified_regions_still_cover_the_whole_map(tmp_path, vector_crs):
+    """Symptom: --simplify cut the map's corners (the outer boundary of the coverage was simplified too): the
+    regions no longer covered the raster's extent (here 25.5 pixels were lost), though the docs say the total area
+    stays the map's. Neighbours still share their edges, and nothing lies outside the raster."""
+    from test_vectors_polygons import class_map
+
+    a = class_map(60, 70, 3)
+    src = write_raster(tmp_path / "c.tif", a, transform=UTM)
+    tol = 50.0 if vector_crs is None else 50.0 / 111000
+    out = polygonize_raster(src, tmp_path / "s.gpkg", simplify=tol, strip_rows=7, vector_crs=vector_crs)
+    geoms = np.asarray(read(out)[0])
+    # the map unsimplified: its union is the raster's extent (reprojected vertex by vertex, when it is)
+    extent = shapely.union_all(read(polygonize_raster(src, tmp_path / "u.gpkg", vector_crs=vector_crs))[0])
+    if vector_crs is None:
+        assert shapely.equals(extent, shapely.box(*UTM * (0, 60), *UTM * (70, 0)))
+    union = shapely.union_all(geoms)
+    assert shapely.coverage_is_valid(geoms) and shapely.is_valid(geoms).all()
+    assert shapely.area(geoms).sum() == pytest.approx(shapely.area(union), rel=1e-12)  # no overlap
+    assert shapely.area(union) == pytest.approx(shapely.area(extent), rel=1e-12)  # no corner cut, nothing outside
+    assert shapely.area(shapely.symmetric_difference(union, extent)) <= 1e-9 * shapely.area(extent)

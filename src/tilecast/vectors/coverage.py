@@ -16,7 +16,7 @@ import numpy as np
 
 from .polygonize import ClassPolygons
 
-__all__ = ["CoverageSimplifier", "has_coverage_simplify"]
+__all__ = ["CoverageSimplifier", "frame", "has_coverage_simplify"]
 
 
 def has_coverage_simplify() -> bool:
@@ -56,10 +56,30 @@ class CoverageSimplifier:
         order = sorted(range(len(out)), key=lambda i: (out.values[i], wkb[i]))
         return ClassPolygons(out.geoms[order], out.values[order])
 
-    def simplify(self, geoms: np.ndarray) -> np.ndarray:
-        """The regions (map coordinates) simplified as one coverage, or one by one on an older shapely."""
+    def simplify(self, geoms: np.ndarray, frame: np.ndarray | None = None) -> np.ndarray:
+        """The regions (map coordinates) simplified as one coverage, or one by one on an older shapely. ``frame``
+        (:func:`frame`, in the same coordinates) is simplified with them and left out of the result."""
         import shapely
 
         if not has_coverage_simplify():
             return shapely.simplify(geoms, self.tolerance, preserve_topology=True)
-        return shapely.coverage_simplify(geoms, self.tolerance)
+        if frame is None:
+            return shapely.coverage_simplify(geoms, self.tolerance)
+        return shapely.coverage_simplify(np.concatenate([geoms, frame]), self.tolerance)[: len(geoms)]
+
+
+def frame(geoms: np.ndarray) -> np.ndarray:
+    """Four polygons around the bounds of ``geoms`` (grid pixels), meeting at its corners.
+
+    ``coverage_simplify`` also simplifies the outer boundary of a coverage, so alone it cuts the map's corners
+    (the map no longer covers the raster). With this frame, the map's border is an edge shared with the frame, and
+    each of its corners a node (where two frame pieces meet), which simplification keeps: the border stays straight
+    and whole, and nothing is moved outside it; edges against nodata are simplified as before.
+    """
+    import shapely
+
+    x0, y0, x1, y1 = shapely.total_bounds(geoms)
+    a0, b0, a1, b1 = x0 - 1, y0 - 1, x1 + 1, y1 + 1
+    rings = [[(x0, y0), (x1, y0), (a1, b0), (a0, b0)], [(x1, y0), (x1, y1), (a1, b1), (a1, b0)],
+             [(x1, y1), (x0, y1), (a0, b1), (a1, b1)], [(x0, y1), (x0, y0), (a0, b0), (a0, b1)]]
+    return np.asarray([shapely.Polygon(r) for r in rings], dtype=object)

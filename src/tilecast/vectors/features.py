@@ -238,15 +238,19 @@ class FeatureOutput:
         of one map: simplified, they are gathered and simplified together so neighbours keep sharing their edges
         (:mod:`~tilecast.vectors.coverage`); None: each polygon on its own."""
         if self.simplify and last is not None:
-            if self._coverage is None:
-                from .coverage import CoverageSimplifier
+            from .coverage import CoverageSimplifier, frame
 
+            if self._coverage is None:
                 self._coverage = CoverageSimplifier(self.simplify)
             self._coverage.add(polys)
             if not last:
                 return
             polys = self._coverage.gathered()
-            geoms = self._coverage.simplify(self._to_map_exact(polys.geoms)) if len(polys) else polys.geoms
+            if len(polys):  # the frame keeps the map's border and corners where they are
+                move = self._to_map_exact
+                geoms = self._coverage.simplify(move(polys.geoms), move(frame(polys.geoms)))
+            else:
+                geoms = polys.geoms
         elif not len(polys):
             return
         else:

@@ -415,3 +415,18 @@ def test_simplified_regions_still_cover_the_whole_map(tmp_path, vector_crs):
     assert shapely.area(geoms).sum() == pytest.approx(shapely.area(union), rel=1e-12)  # no overlap
     assert shapely.area(union) == pytest.approx(shapely.area(extent), rel=1e-12)  # no corner cut, nothing outside
     assert shapely.area(shapely.symmetric_difference(union, extent)) <= 1e-9 * shapely.area(extent)
+
+
+@pytest.mark.parametrize("west", [179.95, 359.95, -180.05])
+def test_lat_lon_areas_across_the_antimeridian(tmp_path, west):
+    """A lat/lon map that crosses longitude 180 (or uses 0..360 longitudes): areas are still the polygons' own,
+    not measured across a projection's wrap-around (a 1 km² region came out as thousands of km²)."""
+    a = np.ones((5, 10), np.uint8)
+    a[1:4, 2:8] = 2
+    transform = Affine(0.01, 0, west, 0, -0.01, 10.0)
+    src = write_raster(tmp_path / "am.tif", a, crs="EPSG:4326", transform=transform)
+    geoms, ids, areas = read(polygonize_raster(src, tmp_path / "am.gpkg", strip_rows=2))
+    assert (burn(geoms, ids, a.shape, transform, None) == a.astype(object)).all()
+    for g, area in zip(geoms, areas, strict=True):
+        assert area == pytest.approx(equal_area(g), rel=1e-4)
+    assert sum(areas) == pytest.approx(equal_area(shapely.box(west, 9.95, west + 0.1, 10.0)), rel=1e-6)

@@ -98,11 +98,20 @@ def equal_area(crs: Any) -> Any:
 
 
 def equal_areas(geoms: np.ndarray, transformer: Any) -> np.ndarray:
-    """Areas in square metres of lon/lat polygons, measured in the equal-area projection of :func:`equal_area`."""
+    """Areas in square metres of lon/lat polygons, measured in the equal-area projection of :func:`equal_area`.
+
+    Each polygon is first shifted in longitude to start at 0 (a cylindrical projection's areas do not change), so
+    one that crosses longitude 180, or lies past it (0..360 longitudes), is not cut by the projection's wrap-around.
+    """
     import shapely
 
-    moved = shapely.transform(geoms, lambda xy: np.stack(transformer.transform(xy[:, 0], xy[:, 1]), axis=1))
-    return shapely.area(moved)
+    xy, owner = shapely.get_coordinates(geoms, return_index=True)
+    if not len(xy):
+        return np.zeros(len(geoms))
+    xy[:, 0] -= shapely.bounds(geoms)[owner, 0]
+    x, y = transformer.transform(xy[:, 0], xy[:, 1])
+    # set_coordinates replaces the array's geometries: a copy of the array, so the caller's keep their coordinates
+    return shapely.area(shapely.set_coordinates(np.array(geoms, dtype=object), np.stack([x, y], axis=1)))
 
 
 class FeatureOutput:

@@ -430,3 +430,16 @@ def test_lat_lon_areas_across_the_antimeridian(tmp_path, west):
     for g, area in zip(geoms, areas, strict=True):
         assert area == pytest.approx(equal_area(g), rel=1e-4)
     assert sum(areas) == pytest.approx(equal_area(shapely.box(west, 9.95, west + 0.1, 10.0)), rel=1e-6)
+
+
+def test_an_output_path_that_is_a_folder_is_a_clear_error(tmp_path):
+    """Symptom: -o out.gpkg --overwrite, where out.gpkg is a folder, ran the whole polygonization and then failed
+    with an IsADirectoryError traceback; it is refused up front, and the folder is left alone."""
+    from tilecast.errors import OutputError
+
+    src = write_raster(tmp_path / "c.tif", sized_regions(), transform=UTM)
+    (tmp_path / "out.gpkg").mkdir()
+    (tmp_path / "out.gpkg" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="folder"):
+        polygonize_raster(src, tmp_path / "out.gpkg", overwrite=True)
+    assert (tmp_path / "out.gpkg" / "keep.txt").read_text() == "mine"

@@ -97,6 +97,11 @@ class VectorWriter:
             self.path = self.path.with_suffix(".shp")
         if not overwrite and any(p.exists() for p in _outputs(self.path)):
             raise OutputExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
+        if any(p.is_dir() for p in _outputs(self.path)):
+            from ..errors import OutputError
+
+            raise OutputError(f"{self.path} is a folder, not a file that overwrite could replace; choose another "
+                              "output path")
         self.pa = require("pyarrow", "features")
         self._pyogrio = None if self.driver == "GeoParquet" else require("pyogrio", "features")
         self.crs = crs

@@ -465,3 +465,18 @@ def test_simplified_regions_are_a_valid_coverage_at_t_junctions(tmp_path, ext):
     assert shapely.coverage_is_valid(geoms) and shapely.is_valid(geoms).all()
     assert shapely.area(geoms).sum() == pytest.approx(a.size * 100.0)
     assert shapely.area(shapely.union_all(geoms)) == pytest.approx(a.size * 100.0)
+
+
+def test_the_command_prints_its_warnings_as_one_line(tmp_path):
+    """polygonize prints a TilecastWarning as ``warning: ...`` (as predict does), not as Python's warning with the
+    path and source line of tilecast's code."""
+    from click.testing import CliRunner
+
+    from tilecast.cli.polygonize import polygonize
+
+    src = write_raster(tmp_path / "c.tif", sized_regions(), transform=UTM)
+    res = CliRunner().invoke(polygonize, [src, "-o", str(tmp_path / "c.gpkg"), "--simplify", "5", "--vector-crs",
+                                          "EPSG:4326", "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith("warning: simplify=5.0 is in the output CRS's units, degrees")
+    assert ".py:" not in res.stderr

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import click
 import rasterio
 
-from ..errors import SpecError
+from ..errors import SpecError, TilecastWarning
 from .options import csv_list, gdal_config_option, overwrite_option, quiet_option, reports_errors
 
 VECTOR_HELP = ".gpkg, .parquet (GeoParquet), .fgb, .geojson or .shp"
@@ -118,7 +119,9 @@ def polygonize(raster: str, output: str, band: int, ignore: str | None, strip_ro
     except ValueError:
         raise SpecError(f"--ignore {ignore!r}: give numbers, comma-separated") from None
     env = {k: int(v) if v.isdigit() else v for k, v in gdal_config}
-    with rasterio.Env(**env):
+    with rasterio.Env(**env), warnings.catch_warnings():
+        warnings.simplefilter("always", TilecastWarning)
+        warnings.showwarning = _one_line  # as predict prints them: no path and source line of tilecast's code
         path = polygonize_raster(raster, output, band=band, overwrite=overwrite, vector_crs=vector_crs, ignore=values,
                                  simplify=simplify, min_area=min_area, strip_rows=strip_rows, progress=not quiet)
     if not quiet:
@@ -130,3 +133,7 @@ def _number(text: str) -> int | float:
         return int(text)
     except ValueError:
         return float(text)
+
+
+def _one_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    click.echo(f"warning: {message}", err=True)

@@ -1,4 +1,5 @@
-"""Review 9 of the vector outputs: class ids beyond int32, masks, areas in geographic CRSs, bad options.
+"""Review 9 of the vector outputs: class ids beyond int32, masks, areas in geographic CRSs, simplified coverages,
+degenerate detections, bad options and paths.
 
 Every output is read back (pyogrio for the GDAL formats, pyarrow for GeoParquet, which this GDAL may lack) and its
 polygons are burnt back with ``rasterio.features.rasterize`` and compared with the class map, pixel for pixel.

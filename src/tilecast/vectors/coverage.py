@@ -90,9 +90,9 @@ def noded(geoms: np.ndarray) -> np.ndarray:
     lies inside one of their edges.
 
     Canonical polygons (as GDAL's) have no vertex in the middle of a straight edge, so where two regions meet on
-    the straight edge of a third (a T-junction) the third has no vertex: the edges are not shared vertex for
-    vertex, which a coverage needs (``shapely.coverage_is_valid``), and ``coverage_simplify`` would keep the
-    output no valid coverage. The geometry (and the pixels it covers) does not change.
+    the straight edge of a third (a T-junction) the third has no vertex there: the edges are not shared vertex for
+    vertex, as a coverage needs (``shapely.coverage_is_valid``), and the simplified regions would not be a valid
+    coverage either. The geometry (and the pixels it covers) does not change.
     """
     import shapely
 

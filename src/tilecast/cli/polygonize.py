@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import click
 import rasterio
 
-from ..errors import SpecError
+from ..errors import SpecError, TilecastWarning
 from .options import csv_list, gdal_config_option, overwrite_option, quiet_option, reports_errors
 
 VECTOR_HELP = ".gpkg, .parquet (GeoParquet), .fgb, .geojson or .shp"
@@ -20,9 +21,13 @@ def polygon_options(f: Callable) -> Callable:
     for option in reversed((
         click.option("--vector-crs", help="CRS of the vector output (default: the raster's), e.g. EPSG:4326."),
         click.option("--simplify", type=float, metavar="TOLERANCE",
-                     help="Simplify polygons to this tolerance, in the output's map units; a class map's regions "
-                     "are simplified together, so neighbours keep sharing their edges."),
-        click.option("--min-area", type=float, help="Drop polygons smaller than this, in square map units."),
+                     help="Simplify polygons to this tolerance, in the output's map units (degrees for a lat/lon "
+                     "output such as EPSG:4326); a class map's regions are simplified together, so neighbours keep "
+                     "sharing their edges."),
+        click.option("--min-area", type=float, metavar="AREA",
+                     help="Drop polygons smaller than this: square metres on the ellipsoid when the output CRS is "
+                     "lat/lon (e.g. --vector-crs EPSG:4326), else square map units (m² for UTM). The area field is "
+                     "measured the same way."),
     )):
         f = option(f)
     return f
@@ -98,7 +103,8 @@ def polygonize(raster: str, output: str, band: int, ignore: str | None, strip_ro
                gdal_config: tuple) -> None:
     """Polygonize a class RASTER: one polygon per connected region of equal value, with its class and area.
 
-    Regions cross any number of strips and come out whole; nodata is no region.
+    Regions cross any number of strips and come out whole; nodata and masked pixels (a mask or alpha band)
+    are no region.
 
     \b
     Example:
@@ -108,13 +114,26 @@ def polygonize(raster: str, output: str, band: int, ignore: str | None, strip_ro
 
     if strip_rows < 1:
         raise SpecError(f"--strip-rows must be at least 1, got {strip_rows}")
-    try:
-        values = tuple(float(v) for v in csv_list(ignore) or [])
+    try:  # whole numbers stay ints: a float would fold int64 classes past 2**53 into their neighbours
+        values = tuple(_number(v) for v in csv_list(ignore) or [])
     except ValueError:
         raise SpecError(f"--ignore {ignore!r}: give numbers, comma-separated") from None
     env = {k: int(v) if v.isdigit() else v for k, v in gdal_config}
-    with rasterio.Env(**env):
+    with rasterio.Env(**env), warnings.catch_warnings():
+        warnings.simplefilter("always", TilecastWarning)
+        warnings.showwarning = _one_line  # as predict prints them: no path and source line of tilecast's code
         path = polygonize_raster(raster, output, band=band, overwrite=overwrite, vector_crs=vector_crs, ignore=values,
                                  simplify=simplify, min_area=min_area, strip_rows=strip_rows, progress=not quiet)
     if not quiet:
         click.echo(f"wrote {path}", err=True)
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _one_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    click.echo(f"warning: {message}", err=True)

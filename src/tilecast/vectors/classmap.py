@@ -32,16 +32,21 @@ def polygonize_raster(
     """Polygonize ``band`` (1-based) of the class raster at ``path`` into the vector file ``out``.
 
     One polygon per 4-connected region of equal value, whatever the raster's size: strips of ``strip_rows`` rows
-    are read in turn and their seams dissolved. Nodata (and the ``ignore`` values) are not regions; class names
-    come from the raster's category names when it has them.
+    are read in turn and their seams dissolved. Nodata, pixels a mask band masks (GDAL's internal mask, an alpha
+    band) and the ``ignore`` values are not regions; class names come from the ``class_names`` tag tilecast writes.
+    ``min_area`` and ``simplify`` are as in :func:`~tilecast.vectors.run.predict_vectors` (square metres for a
+    geographic output CRS).
     """
-    import rasterio
     from pyproj import CRS
+    from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
-    from ..sources.rasterio_source import open_dataset
+    from ..sinks.safety import refuse_overwriting_inputs
+    from ..sources.rasterio_source import open_dataset, parse_crs
 
-    vector_driver(out)  # an unknown extension fails before any reading
+    vector_driver(out)  # an unknown extension, or CRS, fails before any reading
+    refuse_overwriting_inputs(out, os.fspath(path))
+    dst = CRS.from_user_input(parse_crs(vector_crs).to_wkt()) if vector_crs else None
     callback: ProgressCallback | None = Progress("polygonize") if progress is True else (progress or None)
     with open_dataset(path) as ds:
         if not 1 <= band <= ds.count:
@@ -53,17 +58,27 @@ def polygonize_raster(
 
             raise VectorFormatError(f"band {band} of {path} is {ds.dtypes[band - 1]}: polygonize takes a class map "
                                     "(integer values); classify or round it first")
-        src = CRS.from_user_input(ds.crs.to_wkt()) if ds.crs is not None else None
-        dst = CRS.from_user_input(rasterio.crs.CRS.from_user_input(vector_crs).to_wkt()) if vector_crs else src
+        if ds.crs is None or (ds.transform.is_identity and not ds.gcps[0]):  # as predict: nothing to place it by
+            from ..errors import NotGeoreferencedError
+
+            raise NotGeoreferencedError(f"{path} has no CRS or geotransform, so its polygons could not be placed on a "
+                                        "map; georeference it first (e.g. gdal_translate -a_srs EPSG:XXXX -a_ullr ...)")
+        src = CRS.from_user_input(ds.crs.to_wkt())
+        dst = src if dst is None else dst
         names = _categories(ds, band)
-        writer = VectorWriter(out, dst, polygon_fields(), overwrite=overwrite)
+        fields = polygon_fields(ds.dtypes[band - 1])
+        writer = VectorWriter(out, dst, fields, overwrite=overwrite)
         try:
             output = FeatureOutput(writer, ds.transform, src, names, vector_crs=dst, simplify=simplify,
-                                   min_area=min_area)
+                                   min_area=min_area, class_dtype=fields["class_id"])
             poly = StripPolygonizer((*ignore, ds.nodatavals[band - 1]))
+            # a mask band (GDAL's internal .msk or an alpha band) masks pixels no nodata value names
+            masked = {MaskFlags.per_dataset, MaskFlags.alpha} & set(ds.mask_flag_enums[band - 1])
             for r in range(0, ds.height, strip_rows):
                 h = min(strip_rows, ds.height - r)
-                output.polygons(poly.add(r, ds.read(band, window=Window(0, r, ds.width, h))), last=False)
+                window = Window(0, r, ds.width, h)
+                valid = ds.read_masks(band, window=window) > 0 if masked else None
+                output.polygons(poly.add(r, ds.read(band, window=window), valid), last=False)
                 if callback is not None:
                     callback(r + h, ds.height, (r + h) * ds.width)
             output.polygons(poly.finish(), last=True)

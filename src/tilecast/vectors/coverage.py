@@ -16,7 +16,7 @@ import numpy as np
 
 from .polygonize import ClassPolygons
 
-__all__ = ["CoverageSimplifier", "has_coverage_simplify"]
+__all__ = ["CoverageSimplifier", "frame", "has_coverage_simplify", "noded"]
 
 
 def has_coverage_simplify() -> bool:
@@ -54,12 +54,78 @@ class CoverageSimplifier:
         out, self.parts = ClassPolygons.concat(self.parts), []
         wkb = shapely.to_wkb(out.geoms)
         order = sorted(range(len(out)), key=lambda i: (out.values[i], wkb[i]))
-        return ClassPolygons(out.geoms[order], out.values[order])
+        return ClassPolygons(noded(out.geoms[order]), out.values[order])
 
-    def simplify(self, geoms: np.ndarray) -> np.ndarray:
-        """The regions (map coordinates) simplified as one coverage, or one by one on an older shapely."""
+    def simplify(self, geoms: np.ndarray, frame: np.ndarray | None = None) -> np.ndarray:
+        """The regions (map coordinates) simplified as one coverage, or one by one on an older shapely. ``frame``
+        (:func:`frame`, in the same coordinates) is simplified with them and left out of the result."""
         import shapely
 
         if not has_coverage_simplify():
             return shapely.simplify(geoms, self.tolerance, preserve_topology=True)
-        return shapely.coverage_simplify(geoms, self.tolerance)
+        if frame is None:
+            return shapely.coverage_simplify(geoms, self.tolerance)
+        return shapely.coverage_simplify(np.concatenate([geoms, frame]), self.tolerance)[: len(geoms)]
+
+
+def frame(geoms: np.ndarray) -> np.ndarray:
+    """Four polygons around the bounds of ``geoms`` (grid pixels), meeting at its corners.
+
+    ``coverage_simplify`` also simplifies the outer boundary of a coverage, so alone it cuts the map's corners
+    (the map no longer covers the raster). With this frame, the map's border is an edge shared with the frame, and
+    each of its corners a node (where two frame pieces meet), which simplification keeps: the border stays straight
+    and whole, and nothing is moved outside it; edges against nodata are simplified as before.
+    """
+    import shapely
+
+    x0, y0, x1, y1 = shapely.total_bounds(geoms)
+    a0, b0, a1, b1 = x0 - 1, y0 - 1, x1 + 1, y1 + 1
+    rings = [[(x0, y0), (x1, y0), (a1, b0), (a0, b0)], [(x1, y0), (x1, y1), (a1, b1), (a1, b0)],
+             [(x1, y1), (x0, y1), (a0, b1), (a1, b1)], [(x0, y1), (x0, y0), (a0, b0), (a0, b1)]]
+    return np.asarray([shapely.Polygon(r) for r in rings], dtype=object)
+
+
+def noded(geoms: np.ndarray) -> np.ndarray:
+    """The polygons (grid pixels: whole numbers, axis-parallel edges) with a vertex wherever another one's vertex
+    lies inside one of their edges.
+
+    Canonical polygons (as GDAL's) have no vertex in the middle of a straight edge, so where two regions meet on
+    the straight edge of a third (a T-junction) the third has no vertex there: the edges are not shared vertex for
+    vertex, as a coverage needs (``shapely.coverage_is_valid``), and the simplified regions would not be a valid
+    coverage either. The geometry (and the pixels it covers) does not change.
+    """
+    import shapely
+
+    rings, owner = shapely.get_rings(geoms, return_index=True)
+    xy, ring = shapely.get_coordinates(rings, return_index=True)
+    if not len(xy):
+        return geoms
+    m = float(np.abs(xy).max()) + 1.0
+    span = 2.0 * m + 1.0  # keys ``line * span + m + position``: one order for (line, position), exact in float64
+    seg = np.flatnonzero(ring[1:] == ring[:-1])  # the edge from vertex seg to seg + 1
+    start, end = xy[seg], xy[seg + 1]
+    at: list[np.ndarray] = []
+    points: list[np.ndarray] = []
+    for along in (0, 1):  # along x (edges of one y), then along y (edges of one x)
+        line = 1 - along
+        edge = start[:, line] == end[:, line]
+        keys = np.unique(xy[:, line] * span + m + xy[:, along])  # every vertex, sorted by line then position
+        base = start[edge, line] * span + m
+        lo = np.minimum(start[edge, along], end[edge, along])
+        hi = np.maximum(start[edge, along], end[edge, along])
+        first = np.searchsorted(keys, base + lo, "right")
+        stop = np.searchsorted(keys, base + hi, "left")
+        for k in np.flatnonzero(stop > first):  # only the edges with a T-junction: few
+            pos = keys[first[k]:stop[k]] - base[k]
+            if start[edge][k, along] > end[edge][k, along]:
+                pos = pos[::-1]
+            pts = np.empty((len(pos), 2))
+            pts[:, along], pts[:, line] = pos, start[edge][k, line]
+            at.append(np.full(len(pos), seg[edge][k] + 1))
+            points.append(pts)
+    if not at:
+        return geoms
+    where = np.concatenate(at)
+    xy = np.insert(xy, where, np.concatenate(points), axis=0)
+    ring = np.insert(ring, where, ring[where - 1])
+    return shapely.polygons(shapely.linearrings(xy, indices=ring), indices=owner)

@@ -141,6 +141,9 @@ def _select(spec: DetectorSpec, rows: np.ndarray, scores: np.ndarray, classes: n
     h, w = hw
     np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
     np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
+    real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # False for NaN, and for no extent in the tile
+    if not real.all():
+        idx, boxes = idx[real], boxes[real]
     keep = nms(boxes, scores[idx], classes[idx], spec.iou)
     return idx[keep], boxes[keep]
 
@@ -221,7 +224,9 @@ def _decode_obb(outputs: Mapping[str, np.ndarray], spec: DetectorSpec, n: int,
         ok = scores >= spec.confidence
         if spec.classes is not None:
             ok &= np.isin(classes, spec.classes)
-        idx = np.flatnonzero(ok)[: spec.max_candidates]
+        idx = np.flatnonzero(ok)
+        if idx.size > spec.max_candidates:  # the best-scoring ones, as _select keeps
+            idx = np.sort(idx[np.argsort(-scores[idx], kind="stable")[: spec.max_candidates]])
         rb = r[idx, :4].astype(np.float64)
         ang = r[idx, -1].astype(np.float64)
         corners = obb_corners(rb, ang)

@@ -21,7 +21,8 @@ from .polygonize import ClassPolygons, GridPolygonizer, StripPolygonizer
 from .write import box_wkb
 
 __all__ = [
-    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "object_fields", "polygon_fields",
+    "FeatureOutput", "FeatureTarget", "Features", "PolygonChunkSink", "PolygonSink", "equal_area", "equal_areas",
+    "object_fields", "polygon_fields",
 ]
 
 
@@ -73,9 +74,44 @@ def object_fields(with_area: bool) -> dict[str, Any]:
     return out
 
 
-def polygon_fields() -> dict[str, Any]:
-    """Attributes of class-map polygons."""
-    return {"class_id": np.int32, "class_name": object, "area": np.float64}
+def polygon_fields(dtype: Any = np.uint8) -> dict[str, Any]:
+    """Attributes of class-map polygons; ``class_id`` is int32, or int64 for a map whose ``dtype`` int32 cannot
+    hold (uint32, int64, uint64), so every class keeps its value."""
+    wide = not np.can_cast(np.dtype(dtype), np.int32)
+    return {"class_id": np.int64 if wide else np.int32, "class_name": object, "area": np.float64}
+
+
+def equal_area(crs: Any) -> Any:
+    """For a geographic CRS (units: degrees), the ``pyproj.Transformer`` to a cylindrical equal-area projection of
+    its own ellipsoid, where areas are square metres on the ellipsoid; None for any other CRS."""
+    if crs is None:
+        return None
+    from pyproj import CRS, Transformer
+    from pyproj.crs import ProjectedCRS
+    from pyproj.crs.coordinate_operation import LambertCylindricalEqualAreaConversion
+
+    crs = CRS.from_user_input(crs)
+    if not crs.is_geographic:
+        return None
+    cea = ProjectedCRS(LambertCylindricalEqualAreaConversion(0.0, 0.0), geodetic_crs=crs.geodetic_crs)
+    return Transformer.from_crs(crs, cea, always_xy=True)
+
+
+def equal_areas(geoms: np.ndarray, transformer: Any) -> np.ndarray:
+    """Areas in square metres of lon/lat polygons, measured in the equal-area projection of :func:`equal_area`.
+
+    Each polygon is first shifted in longitude to start at 0 (a cylindrical projection's areas do not change), so
+    one that crosses longitude 180, or lies past it (0..360 longitudes), is not cut by the projection's wrap-around.
+    """
+    import shapely
+
+    xy, owner = shapely.get_coordinates(geoms, return_index=True)
+    if not len(xy):
+        return np.zeros(len(geoms))
+    xy[:, 0] -= shapely.bounds(geoms)[owner, 0]
+    x, y = transformer.transform(xy[:, 0], xy[:, 1])
+    # set_coordinates replaces the array's geometries: a copy of the array, so the caller's keep their coordinates
+    return shapely.area(shapely.set_coordinates(np.array(geoms, dtype=object), np.stack([x, y], axis=1)))
 
 
 class FeatureOutput:
@@ -94,8 +130,11 @@ class FeatureOutput:
         simplify: float | None = None,
         min_area: float | None = None,
         boxes: bool = False,
+        class_dtype: Any = np.int32,
     ) -> None:
         self.target = target
+        self.class_dtype = np.dtype(class_dtype)
+        """The type of the ``class_id`` field (:func:`polygon_fields`)."""
         self.boxes = boxes
         """Objects are axis-aligned boxes (``shapely.box``): written as WKB straight from their bounds."""
         self.transform = transform
@@ -106,10 +145,33 @@ class FeatureOutput:
         self.count = 0
         self._reproject = None
         self._coverage: Any = None
+        for name, value in (("simplify", simplify), ("min_area", min_area)):
+            if value is not None and not (np.isfinite(value) and value >= 0):
+                from ..errors import SpecError
+
+                raise SpecError(f"{name}= (--{name.replace('_', '-')}) must be a finite number >= 0, got {value}")
+        if vector_crs is not None and crs is None:
+            from pyproj import CRS
+
+            from ..errors import InputError
+
+            raise InputError(f"the raster has no CRS, so its features cannot be reprojected to "
+                             f"{CRS.from_user_input(vector_crs).to_string()}; give the raster a CRS, or drop "
+                             "vector_crs= (--vector-crs) to write them in its own coordinates")
         if vector_crs is not None and crs is not None and vector_crs != crs:
             from pyproj import Transformer
 
             self._reproject = Transformer.from_crs(crs, vector_crs, always_xy=True)
+        self._equal_area = equal_area(vector_crs if vector_crs is not None else crs)
+        """Where areas are measured when the output CRS is geographic (its units are degrees, not metres)."""
+        if self._equal_area is not None and simplify is not None and simplify >= 1:
+            import warnings
+
+            from ..errors import TilecastWarning
+
+            warnings.warn(f"simplify={simplify} is in the output CRS's units, degrees (about {111 * simplify:.0f} km): "
+                          "regions will collapse; for N metres give about N / 111000 (e.g. 5 m: 4.5e-5)",
+                          TilecastWarning, stacklevel=3)
 
     def _move(self, px: np.ndarray, py: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates to map coordinates (then to ``vector_crs``), vertex by vertex."""
@@ -141,8 +203,10 @@ class FeatureOutput:
     def _filter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import shapely
 
-        area = shapely.area(geoms)
         keep = ~shapely.is_empty(geoms)
+        if not (self.with_area or self.min_area):
+            return keep, np.zeros(len(geoms))
+        area = shapely.area(geoms) if self._equal_area is None else equal_areas(geoms, self._equal_area)
         if self.min_area:
             keep &= area >= self.min_area
         return keep, area
@@ -183,15 +247,19 @@ class FeatureOutput:
         of one map: simplified, they are gathered and simplified together so neighbours keep sharing their edges
         (:mod:`~tilecast.vectors.coverage`); None: each polygon on its own."""
         if self.simplify and last is not None:
-            if self._coverage is None:
-                from .coverage import CoverageSimplifier
+            from .coverage import CoverageSimplifier, frame
 
+            if self._coverage is None:
                 self._coverage = CoverageSimplifier(self.simplify)
             self._coverage.add(polys)
             if not last:
                 return
             polys = self._coverage.gathered()
-            geoms = self._coverage.simplify(self._to_map_exact(polys.geoms)) if len(polys) else polys.geoms
+            if len(polys):  # the frame keeps the map's border and corners where they are
+                move = self._to_map_exact
+                geoms = self._coverage.simplify(move(polys.geoms), move(frame(polys.geoms)))
+            else:
+                geoms = polys.geoms
         elif not len(polys):
             return
         else:
@@ -199,9 +267,14 @@ class FeatureOutput:
         if not len(geoms):
             return
         keep, area = self._filter(geoms)
-        classes = polys.values[keep].astype(np.int64)
-        self.target.write(geoms[keep], {"class_id": classes.astype(np.int32), "class_name": self._names(classes),
-                                        "area": area[keep]})
+        classes = polys.values[keep]
+        if classes.dtype.kind == "u" and len(classes) and classes.max() > np.iinfo(np.int64).max:
+            from .errors import VectorFormatError
+
+            raise VectorFormatError(f"class {int(classes.max())} does not fit the int64 class_id field of a vector "
+                                    "file; renumber the classes below 2**63")
+        self.target.write(geoms[keep], {"class_id": classes.astype(self.class_dtype),
+                                        "class_name": self._names(classes), "area": area[keep]})
         self.count += int(keep.sum())
 
 

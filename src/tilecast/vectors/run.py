@@ -177,11 +177,13 @@ def _run(prediction: Prediction, target_factory: Any, *, vector_crs: Any, detect
             "map: vector outputs need a detector (det_type in its metadata or card, or det_type=) or an integer "
             "output band to polygonize; write a raster (.tif) instead"
         )
-    fields = polygon_fields()
+    band = len(profile.band_names) - 1 if prediction.append_input else 0
+    # the class band's own dtype: appended input bands may widen the file's (float32 + uint8 is float32)
+    classes = profile.bands[-1 if prediction.append_input else 0].dtype if profile.bands else profile.dtype
+    fields = polygon_fields(classes)
     target = target_factory(out_crs, fields, "Polygon")
     out = FeatureOutput(target, profile.grid.transform, src_crs, {}, vector_crs=out_crs, simplify=simplify,
-                        min_area=min_area)
-    band = len(profile.band_names) - 1 if prediction.append_input else 0
+                        min_area=min_area, class_dtype=fields["class_id"])
     if isinstance(engine, Dask):  # chunks come in any order: polygonized per chunk, seams dissolved both ways
         prediction.run(PolygonChunkSink(out, band=band), callback, engine, chunk_size=options.get("chunk_size"))
     else:
@@ -219,11 +221,15 @@ def predict_vectors(
     The format follows the extension (``.parquet`` GeoParquet, ``.gpkg``, ``.fgb``, ``.geojson``, ``.shp``); the
     CRS is the raster's, or ``vector_crs``. ``detector`` (a :class:`DetectorSpec` or a ``det_type``) makes any model
     a detector; ``confidence``, ``iou`` and ``class_names`` override its metadata and card. ``simplify`` (map
-    units) and ``min_area`` (square map units) apply to polygons. ``run_options``: ``engine="dask"`` runs tiles as
-    Dask tasks (or ``engine=tilecast.Dask(...)``; ``client=``, ``scheduler=``, ``workers=`` beside it); ``strip_rows``
-    (256) polygonizes a class map in strips of at least this many rows on the local engine, ``chunk_size`` sizes
-    the Dask engine's chunks (memory against seams).
+    units) and ``min_area`` apply to polygons; ``min_area`` and the ``area`` field are square map units, or square
+    metres on the ellipsoid when the output CRS is geographic (lat/lon). ``run_options``: ``engine="dask"`` runs
+    tiles as Dask tasks (or ``engine=tilecast.Dask(...)``; ``client=``, ``scheduler=``, ``workers=`` beside it);
+    ``strip_rows`` (256) polygonizes a class map in strips of at least this many rows on the local engine,
+    ``chunk_size`` sizes the Dask engine's chunks (memory against seams).
     """
+    from ..sinks.safety import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(path, prediction.source)
     spec = _detector(prediction, detector, confidence, iou, class_names)
     state: dict[str, VectorWriter] = {}
 

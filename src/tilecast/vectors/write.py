@@ -93,8 +93,15 @@ class VectorWriter:
                  geometry_type: str = "Polygon", layer: str | None = None, row_group: int = 65536) -> None:
         self.path = Path(path)
         self.driver = vector_driver(self.path)
+        if self.driver == "ESRI Shapefile":  # GDAL names a shapefile's parts in lower case (OUT.SHP: OUT.shp, ...)
+            self.path = self.path.with_suffix(".shp")
         if not overwrite and any(p.exists() for p in _outputs(self.path)):
             raise OutputExistsError(f"{self.path} exists; pass overwrite=True (--overwrite) to replace it")
+        if any(p.is_dir() for p in _outputs(self.path)):
+            from ..errors import OutputError
+
+            raise OutputError(f"{self.path} is a folder, not a file that overwrite could replace; choose another "
+                              "output path")
         self.pa = require("pyarrow", "features")
         self._pyogrio = None if self.driver == "GeoParquet" else require("pyogrio", "features")
         self.crs = crs
@@ -106,7 +113,13 @@ class VectorWriter:
         self._pending: list[Any] = []
         self._pending_rows = 0
         self._tmpdir = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{id(self):x}"
-        self._tmpdir.mkdir(parents=True, exist_ok=False)
+        try:
+            self._tmpdir.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            from ..errors import OutputError
+
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}; choose an output in a folder you "
+                              "can write to (-o)") from None
         self.tmp = self._tmpdir / self.path.name
         self.schema = self._schema()
         self._parquet: Any = None
@@ -127,7 +140,7 @@ class VectorWriter:
         cols = [pa.field("geometry", pa.binary(), metadata={b"ARROW:extension:name": b"geoarrow.wkb"})]
         for name, dtype in self.fields.items():
             kind = np.dtype(dtype).kind
-            typ = pa.float32() if np.dtype(dtype) == np.float32 else types[kind]
+            typ = {np.float32: pa.float32(), np.int64: pa.int64()}.get(np.dtype(dtype).type, types[kind])
             cols.append(pa.field(name, typ))
         meta = None
         if self.driver == "GeoParquet":

@@ -130,3 +130,10 @@ def _has_tqdm() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tqdm") is not None
+
+
+def test_the_unit_counted_is_named():
+    """polygonize counts rows, not tiles: the line says which."""
+    out = io.StringIO()
+    Progress("polygonize", stream=out, unit="rows")(3, 3, 30)
+    assert "3/3 rows" in out.getvalue() and "tiles" not in out.getvalue()

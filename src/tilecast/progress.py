@@ -76,8 +76,8 @@ class Progress:
     """A throttled one-line progress report on ``stream`` (stderr); call it as a :data:`ProgressCallback`."""
 
     def __init__(self, label: str = "predict", stream: TextIO | None = None, every: float = 0.5,
-                 clock: Clock = time.perf_counter) -> None:
-        self.label = label
+                 clock: Clock = time.perf_counter, unit: str = "tiles") -> None:
+        self.label, self.unit = label, unit
         self.stream = stream or sys.stderr
         self.every = every
         self.clock = clock
@@ -92,7 +92,7 @@ class Progress:
             return
         self.last = now
         pct = 100.0 * done / total if total else 100.0
-        line = (f"{self.label}: {done}/{total} tiles ({pct:5.1f}%) {self.eta.megapixels_per_second():7.2f} Mpx/s "
+        line = (f"{self.label}: {done}/{total} {self.unit} ({pct:5.1f}%) {self.eta.megapixels_per_second():7.2f} Mpx/s "
                 f"ETA {_clock_text(self.eta.seconds_left(total))}")
         end = "\n" if done >= total or not self.tty else ""
         self.stream.write(("\r" if self.tty else "") + line + end)
@@ -108,8 +108,9 @@ class TqdmProgress:
     """A ``tqdm.auto`` bar (a widget in notebooks); the same speed and ETA as :class:`Progress`. The bar starts at
     the first report, so start-up is not counted as speed."""
 
-    def __init__(self, label: str = "predict", stream: TextIO | None = None, clock: Clock = time.perf_counter) -> None:
-        self.label = label
+    def __init__(self, label: str = "predict", stream: TextIO | None = None, clock: Clock = time.perf_counter,
+                 unit: str = "tiles") -> None:
+        self.label, self.unit = label, unit
         self.stream = stream
         self.eta = Eta(clock)
         self.bar: Any = None
@@ -119,9 +120,10 @@ class TqdmProgress:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=0, desc=self.label, unit="tile", file=self.stream or sys.stderr,
-                            dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                                           "tiles [{elapsed}{postfix}]")
+            self.bar = tqdm(total=total, initial=0, desc=self.label, unit=self.unit.rstrip("s"),
+                            file=self.stream or sys.stderr, dynamic_ncols=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " + self.unit
+                            + " [{elapsed}{postfix}]")
         left = self.eta.seconds_left(total)
         self.bar.set_postfix_str(f"{self.eta.megapixels_per_second():.2f} Mpx/s, ETA {_clock_text(left)}",
                                  refresh=False)

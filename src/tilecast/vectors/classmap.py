@@ -47,7 +47,7 @@ def polygonize_raster(
     vector_driver(out)  # an unknown extension, or CRS, fails before any reading
     refuse_overwriting_inputs(out, os.fspath(path))
     dst = CRS.from_user_input(parse_crs(vector_crs).to_wkt()) if vector_crs else None
-    callback: ProgressCallback | None = Progress("polygonize") if progress is True else (progress or None)
+    callback: ProgressCallback | None = Progress("polygonize", unit="rows") if progress is True else (progress or None)
     with open_dataset(path) as ds:
         if not 1 <= band <= ds.count:
             from ..errors import BandMismatchError

@@ -1,0 +1,171 @@
+"""Review of the command line outside ``predict``'s body: the group, ``info``, ``prepare``, ``import``, the ``rio``
+plugin's option handling, shared options, and the exit status of interrupted runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnx_models import mean_conv
+from tilecast.cli import main
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(res, *words: str, code: int = 1) -> str:
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, res.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def scene(raster):
+    return raster(np.random.default_rng(0).random((1, 40, 30)).astype("float32"))
+
+
+# ---- --bounds-crs without --bounds ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["crs_first", "crs_last"])
+def test_bounds_crs_without_bounds_is_a_usage_error(tmp_path, scene, order):
+    out = tmp_path / "o.tif"
+    flags = ["--bounds-crs", "EPSG:4326"]
+    rest = ["-m", mean_conv(tmp_path / "m.onnx"), "--tile", "16", "-o", out, "-q"]
+    args = ["predict", scene, *flags, *rest] if order == "crs_first" else ["predict", scene, *rest, *flags]
+    res = run(*args)
+    line = one_line_error(res, "--bounds-crs", "--bounds ", code=2)
+    assert "L B R T" in line or "left bottom right top" in line
+    assert not out.exists()
+
+
+def test_bounds_crs_with_bounds_still_crops(tmp_path, scene):
+    """The check must not refuse the pair: lon/lat bounds over the scene's UTM grid crop it."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(scene) as ds:
+        left, bottom, right, top = ds.bounds
+    lonlat = transform_bounds("EPSG:32633", "EPSG:4326", left + 50, bottom + 50, right - 50, top - 50)
+    out = tmp_path / "o.tif"
+    res = run("predict", scene, "-m", mean_conv(tmp_path / "m.onnx"), "--tile", "16", "-o", out, "-q",
+              "--bounds-crs", "EPSG:4326", "--bounds", *lonlat)
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        assert ds.width < 30 and ds.height < 40
+
+
+def test_view_shares_the_bounds_crs_check(tmp_path):
+    # A missing image: without the check the run fails later, in the command (exit 1), instead of serving a map.
+    res = run("view", tmp_path / "missing.tif", "--bounds-crs", "EPSG:4326", "--no-browser", "--port", "0")
+    one_line_error(res, "--bounds-crs", "--bounds ", code=2)
+
+
+# ---- interrupts: exit 130 / 143 even when a C extension wraps the KeyboardInterrupt -------------------------------
+
+
+INTERRUPTED = """
+import sys
+
+import click
+
+from tilecast.cli.options import Terminated, reports_errors
+from tilecast.errors import OutputError
+
+kind = Terminated if sys.argv[2] == "term" else KeyboardInterrupt
+
+
+@click.command()
+@click.argument("case")
+@click.argument("signal")
+@reports_errors
+def work(case, signal):
+    if case == "wrapped":  # what CPython makes of a handler raising inside a C function that then returns a value
+        try:
+            raise kind()
+        except KeyboardInterrupt as exc:
+            raise SystemError("<built-in function crc32c> returned a result with an exception set") from exc
+    if case == "cleanup":  # a sink whose clean-up fails while the interrupt unwinds it
+        try:
+            raise kind()
+        finally:
+            raise OutputError("could not remove the temporary file")
+    try:  # a plain error, for contrast
+        raise ValueError("inner")
+    except ValueError as exc:
+        raise OutputError("disk full") from exc
+
+
+work()
+"""
+
+
+@pytest.mark.parametrize("case", ["wrapped", "cleanup", "plain"])
+@pytest.mark.parametrize(("which", "code"), [("int", 130), ("term", 143)])
+def test_an_interrupt_wrapped_in_another_error_still_exits_as_interrupted(tmp_path, case, which, code):
+    """Ctrl-C in ``tilecast import`` once ended in a SystemError traceback and exit 1: crc32c's C function returned
+    while the signal handler's KeyboardInterrupt was pending. The interrupt is the cause, so the exit says so."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, str(script), case, which], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert "Traceback" not in res.stderr, res.stderr
+    if case == "plain":
+        assert res.returncode == 1 and "OutputError: disk full" in res.stderr
+    else:
+        assert res.returncode == code and "Aborted!" in res.stderr, res.stderr
+
+
+# ---- info -------------------------------------------------------------------------------------------------------
+
+
+def test_info_describes_a_raster_without_georeferencing(tmp_path, raster):
+    """``info`` is how one finds out that a raster lacks a CRS: it must describe it, not refuse it."""
+    path = raster(np.arange(12 * 10, dtype="uint16").reshape(1, 12, 10), crs=None, descriptions=["red"])
+    res = run("info", path, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["crs"] is None and data["size"] == "10 x 12"
+    assert data["bands"] == [{"band": 1, "name": "red", "dtype": "uint16", "nodata": None}]
+    table = run("info", path)
+    assert table.exit_code == 0 and "crs: None" in table.stdout
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_info_json_is_strict_json_with_nan_nodata(raster):
+    """``NaN`` is not JSON (jq and JavaScript refuse it): a NaN nodata is written the way gdalinfo -json writes it."""
+    path = raster(np.zeros((2, 20, 20), "float32"), nodata=float("nan"), descriptions=["a", "b"])
+    res = run("info", path, "--json")
+    assert res.exit_code == 0, res.output
+    data = _strict_json(res.stdout)
+    assert [b["nodata"] for b in data["bands"]] == ["NaN", "NaN"]
+    table = run("info", path)
+    assert "nan" in table.stdout
+
+
+def test_info_json_keeps_finite_nodata_numbers(raster):
+    path = raster(np.zeros((1, 20, 20), "float32"), nodata=-9999.5)
+    data = _strict_json(run("info", path, "--json").stdout)
+    assert data["bands"][0]["nodata"] == -9999.5 and not math.isnan(data["resolution"][0])

@@ -262,11 +262,16 @@ def reports_errors(f: Callable) -> Callable:
         previous = _catch_signals()
         try:
             return f(*args, **kwargs)
-        except TilecastError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
         except KeyboardInterrupt as exc:
             _exit_interrupted(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
         except Exception as exc:
+            # An interrupt that surfaced as another error (a C function returning while the handler's exception was
+            # pending is a SystemError; a clean-up failing as the interrupt unwinds): the user still interrupted.
+            interrupt = next((e for e in _chain(exc) if isinstance(e, KeyboardInterrupt)), None)
+            if interrupt is not None:
+                _exit_interrupted(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+            if isinstance(exc, TilecastError):
+                raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
             line = library_error(exc)
             if line is None:
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -24,7 +25,7 @@ def info(path: str, as_json: bool) -> None:
         or os.path.exists(os.path.join(path, "MAR-INF", "MANIFEST.json"))))
     data = describe_model(path) if is_model else describe_raster(path)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False))
         return
     for key, value in data.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
@@ -38,14 +39,31 @@ def info(path: str, as_json: bool) -> None:
             click.echo(f"{key}: {value}")
 
 
-def describe_raster(path: str) -> dict[str, Any]:
-    from ..sources.rasterio_source import RasterioSource, open_dataset
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+"""How gdalinfo -json writes the floats JSON has no literal for (a NaN nodata, mostly)."""
 
-    src = RasterioSource(path)
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings: Python's ``NaN`` literal is not JSON (jq, JavaScript refuse it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return NON_FINITE[str(value)]
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def describe_raster(path: str) -> dict[str, Any]:
+    """What the file holds, read from GDAL directly: a raster that predict would refuse (no CRS) is still described,
+    since ``info`` is how one finds that out."""
+    from ..sources.rasterio_source import open_dataset, parse_tags
+
     with open_dataset(path) as ds:
+        # The band names RasterioSource gives (and --bands selects by): the description, else b1, b2...
         bands = [
-            {"band": i + 1, "name": name, "dtype": ds.dtypes[i], "nodata": ds.nodatavals[i]}
-            for i, name in enumerate(src.band_names)
+            {"band": i + 1, "name": d or f"b{i + 1}", "dtype": ds.dtypes[i], "nodata": ds.nodatavals[i]}
+            for i, d in enumerate(ds.descriptions)
         ]
         out = {
             "path": path,
@@ -59,9 +77,9 @@ def describe_raster(path: str) -> dict[str, Any]:
             "overviews": ds.overviews(1),
             "bands": bands,
         }
-    if src.properties:
-        out["properties"] = src.properties
-    src.close()
+        properties = parse_tags(ds.tags())
+    if properties:
+        out["properties"] = properties
     return out
 
 

@@ -169,3 +169,49 @@ def test_info_json_keeps_finite_nodata_numbers(raster):
     path = raster(np.zeros((1, 20, 20), "float32"), nodata=-9999.5)
     data = _strict_json(run("info", path, "--json").stdout)
     assert data["bands"][0]["nodata"] == -9999.5 and not math.isnan(data["resolution"][0])
+
+
+# ---- prepare ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    d = tmp_path_factory.mktemp("sm")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3), name="image")
+    keras.Model(inp, keras.layers.Conv2D(2, 1, name="probs")(inp)).export(str(d / "src"), verbose=False)
+    return d / "src"
+
+
+def _prepare(source, dest, *extra):
+    return run("prepare", "--source-dir", source, "--dest-dir", dest, "--input", "image", "--output", "output_0",
+               "-q", *extra)
+
+
+def test_prepare_into_a_missing_folder_is_one_clear_error(tmp_path, saved_model):
+    """It was a FileNotFoundError traceback from os.replace, after the whole model had been saved in /tmp."""
+    import tempfile
+
+    before = set(os.listdir(tempfile.gettempdir()))
+    res = _prepare(saved_model, tmp_path / "no" / "such" / "ee")
+    one_line_error(res, "OutputError", str(tmp_path / "no" / "such"), "create it")
+    assert not (tmp_path / "no").exists()
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith(".ee.")]
+
+
+def test_prepared_model_folder_follows_the_umask(tmp_path, saved_model):
+    """mkdtemp makes 0700 folders; renamed into place as it was, TF Serving running as another user (a container)
+    could not read the model. It gets the mode a plain mkdir gives, as every other output does."""
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        res = _prepare(saved_model, tmp_path / "ee")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE((tmp_path / "ee").stat().st_mode) == 0o750
+    assert (tmp_path / "ee" / "saved_model.pb").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ee"]

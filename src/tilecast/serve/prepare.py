@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import ModelLoadError, OutputExistsError, SpecError
+from .._files import current_umask
+from ..errors import ModelLoadError, OutputError, OutputExistsError, SpecError
 
 __all__ = ["parse_names", "prepare_model"]
 
@@ -66,6 +67,9 @@ def prepare_model(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, in
         raise ModelLoadError(f"{src} is not a SavedModel directory (no saved_model.pb)")
     if dest.exists() and not overwrite:
         raise OutputExistsError(f"{dest} exists; pass --overwrite to replace it")
+    parent = dest.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"the output folder {parent} does not exist; create it first")
     try:
         loaded = tf.saved_model.load(str(src), tags=[tag])
     except Exception as exc:
@@ -100,9 +104,10 @@ def prepare_model(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, in
     module = tf.Module()
     module.original = loaded
     module.serve = serve
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent if dest.parent.exists() else None))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))  # beside dest: a rename, never a copy
     try:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve.get_concrete_function()})
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the model from a server's other user
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

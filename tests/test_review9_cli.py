@@ -215,3 +215,40 @@ def test_prepared_model_folder_follows_the_umask(tmp_path, saved_model):
     assert stat.S_IMODE((tmp_path / "ee").stat().st_mode) == 0o750
     assert (tmp_path / "ee" / "saved_model.pb").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["ee"]
+
+
+# ---- rio tilecast-predict ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rio_flags", "key", "value"), [
+    (["--aws-no-sign-requests"], "AWS_NO_SIGN_REQUEST", "YES"),
+    (["-vvv"], "CPL_DEBUG", True),
+])
+def test_rio_plugin_runs_in_rios_gdal_environment(tmp_path, scene, monkeypatch, rio_flags, key, value):
+    """``rio --aws-no-sign-requests tilecast-predict s3://...`` (or --aws-profile, --aws-requester-pays, -vvv): rio
+    puts these in a rasterio.Env for its commands to enter; the plugin ignored them, so an anonymous read of a public
+    bucket failed for want of credentials."""
+    import copy
+    from importlib import import_module
+
+    import rasterio
+    from rasterio.rio.main import main_group
+
+    from tilecast.errors import SpecError
+
+    predict_cli = import_module("tilecast.cli.predict")  # the module: tilecast.cli.predict is also the command
+
+    seen = {}
+
+    def probe(*args, **kwargs):
+        seen.update(rasterio.env.getenv())
+        raise SpecError("probe")
+
+    monkeypatch.setattr(predict_cli, "load_model", probe)
+    rio = copy.copy(main_group)
+    rio.commands = {**main_group.commands, predict_cli.rio_predict.name: predict_cli.rio_predict}
+    res = CliRunner().invoke(rio, [*rio_flags, "tilecast-predict", scene, "-m", tmp_path / "m.onnx", "-o",
+                                   tmp_path / "o.tif"])
+    assert res.exit_code == 1 and "probe" in res.output, res.output
+    assert seen.get(key) == value, seen
+    assert seen.get("GDAL_DISABLE_READDIR_ON_OPEN") == "EMPTY_DIR"  # predict's own settings still apply on top

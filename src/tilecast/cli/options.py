@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import math
@@ -255,13 +256,15 @@ class Terminated(KeyboardInterrupt):
 def reports_errors(f: Callable) -> Callable:
     """Turn tilecast errors, and the library errors a careless input can provoke (no memory, a full disk, a folder
     that cannot be written, GDAL refusing), into one clear line and a non-zero exit status, never a traceback.
-    Ctrl-C and SIGTERM interrupt the run at once (retry waits included) and exit 130 / 143."""
+    Ctrl-C and SIGTERM interrupt the run at once (retry waits included) and exit 130 / 143. Run as a ``rio`` plugin,
+    the command runs inside the GDAL environment rio's own options set up (:func:`host_gdal_env`)."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = _catch_signals()
         try:
-            return f(*args, **kwargs)
+            with host_gdal_env():
+                return f(*args, **kwargs)
         except KeyboardInterrupt as exc:
             _exit_interrupted(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
         except Exception as exc:
@@ -281,6 +284,20 @@ def reports_errors(f: Callable) -> Callable:
                 signal.signal(signum, handler)
 
     return wrapper
+
+
+def host_gdal_env() -> contextlib.AbstractContextManager:
+    """The ``rasterio.Env`` that ``rio`` builds from its options (``--aws-profile``, ``--aws-no-sign-requests``,
+    ``--aws-requester-pays``, ``-vvv``) and leaves in ``ctx.obj["env"]`` for its commands to enter; nothing under
+    ``tilecast`` itself."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.obj if ctx is not None else None
+    env = obj.get("env") if isinstance(obj, dict) else None
+    if env is None:
+        return contextlib.nullcontext()
+    import rasterio
+
+    return env if isinstance(env, rasterio.Env) else contextlib.nullcontext()
 
 
 EXTRA_OF_MODULE = {

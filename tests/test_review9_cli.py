@@ -252,3 +252,39 @@ def test_rio_plugin_runs_in_rios_gdal_environment(tmp_path, scene, monkeypatch, 
     assert res.exit_code == 1 and "probe" in res.output, res.output
     assert seen.get(key) == value, seen
     assert seen.get("GDAL_DISABLE_READDIR_ON_OPEN") == "EMPTY_DIR"  # predict's own settings still apply on top
+
+
+@pytest.mark.parametrize(("inputs", "outputs", "words"), [
+    ('{"image": "a-b"}', "output_0", ["'a-b'", "letter"]),  # TF renamed it a_b: Earth Engine's key would not match
+    ('{"image": "my input"}', "output_0", ["'my input'", "letter"]),  # was a ValueError traceback from TensorFlow
+    ("image", '{"output_0": "a", "StatefulPartitionedCall:0": "b"}', ["output_0", "once"]),  # 'a' was dropped
+    ('{"image": "x", "serving_default_image:0": "y"}', "output_0", ["image", "once"]),
+])
+def test_prepare_refuses_names_it_would_silently_change_or_drop(tmp_path, saved_model, inputs, outputs, words):
+    from tilecast.errors import SpecError
+    from tilecast.serve.prepare import prepare_model
+
+    with pytest.raises(SpecError) as info:
+        prepare_model(saved_model, tmp_path / "ee", inputs, outputs)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_refuses_one_earth_engine_name_for_two_outputs(tmp_path, saved_model):
+    """Two outputs under one name collapsed into one key of the wrapped signature: one output was silently lost."""
+    keras = pytest.importorskip("keras")
+    from tilecast.errors import SpecError
+    from tilecast.serve.prepare import prepare_model
+
+    inp = keras.Input((None, None, 3), name="image")
+    two = keras.Model(inp, [keras.layers.Conv2D(1, 1)(inp), keras.layers.Conv2D(2, 1)(inp)])
+    two.export(str(tmp_path / "two"), verbose=False)
+    with pytest.raises(SpecError, match=r"'probs'.*once"):
+        prepare_model(tmp_path / "two", tmp_path / "ee", "image", '{"output_0": "probs", "output_1": "probs"}')
+    assert not (tmp_path / "ee").exists()
+    prepare_model(tmp_path / "two", tmp_path / "ee", "image", '{"output_0": "a", "output_1": "b"}')
+    import tensorflow as tf
+
+    assert sorted(tf.saved_model.load(str(tmp_path / "ee")).signatures["serving_default"].structured_outputs) == [
+        "a", "b"]

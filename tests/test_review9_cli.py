@@ -288,3 +288,30 @@ def test_prepare_refuses_one_earth_engine_name_for_two_outputs(tmp_path, saved_m
 
     assert sorted(tf.saved_model.load(str(tmp_path / "ee")).signatures["serving_default"].structured_outputs) == [
         "a", "b"]
+
+
+# ---- info: .h5 is both a Keras model and an HDF5 raster ----------------------------------------------------------
+
+
+def test_info_describes_an_hdf5_raster_named_h5(tmp_path):
+    """NASA granules (SMAP, VIIRS, GEDI...) are .h5 files GDAL opens; info took every .h5 for a Keras model."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "granule.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("temperature", data=np.arange(200, dtype="float32").reshape(10, 20))
+    res = run("info", path, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["driver"].startswith("HDF5") and data["size"] == "20 x 10"
+    assert data["bands"][0]["dtype"] == "float32"
+
+
+def test_info_still_opens_a_keras_h5_model(tmp_path):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    inp = keras.Input((4, 4, 3), name="image")
+    keras.Model(inp, keras.layers.Conv2D(2, 1)(inp)).save(tmp_path / "model.h5")
+    res = run("info", tmp_path / "model.h5", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["format"] == "keras" and [i["shape"] for i in data["inputs"]] == ["?x4x4x3"]

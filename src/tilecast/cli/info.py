@@ -23,6 +23,8 @@ def info(path: str, as_json: bool) -> None:
     is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and (
         os.path.exists(os.path.join(path, "saved_model.pb"))
         or os.path.exists(os.path.join(path, "MAR-INF", "MANIFEST.json"))))
+    if is_model and path.lower().endswith(".h5"):
+        is_model = keras_h5(path)
     data = describe_model(path) if is_model else describe_raster(path)
     if as_json:
         click.echo(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False))
@@ -37,6 +39,21 @@ def info(path: str, as_json: bool) -> None:
                 click.echo("  " + "  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
         else:
             click.echo(f"{key}: {value}")
+
+
+def keras_h5(path: str) -> bool:
+    """Whether a ``.h5`` file is a Keras model rather than an HDF5 raster (NASA granules use the suffix too): Keras
+    writes its ``model_config`` on the file's root. Without h5py (the tf extra) it is taken for a model, whose error
+    names the extra."""
+    try:
+        import h5py
+    except ImportError:
+        return True
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError:  # missing, or not HDF5: the model loader's error says which
+        return True
 
 
 NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}

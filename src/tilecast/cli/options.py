@@ -240,8 +240,9 @@ def finite_bounds(ctx: click.Context, param: click.Parameter, value: Any) -> Any
     alone would be silently ignored, so it is a usage error (a ``--bounds-crs`` given on the command line is parsed
     before a ``--bounds`` that is not, so this callback sees it)."""
     if value and not all(math.isfinite(v) for v in value):
+        crs = " (or of --bounds-crs)" if any(p.name == "bounds_crs" for p in ctx.command.params) else ""
         raise click.BadParameter(f"{' '.join(map(str, value))}: give four finite numbers, left bottom right top, in "
-                                 "the CRS of the image (or of --bounds-crs)")
+                                 f"the CRS of the image{crs}")
     if not value and ctx.params.get("bounds_crs"):
         raise click.UsageError(f"--bounds-crs {ctx.params['bounds_crs']} says the CRS of --bounds, but no --bounds "
                                "was given; add --bounds L B R T (left bottom right top) or leave out --bounds-crs",

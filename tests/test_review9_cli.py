@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -323,3 +324,49 @@ def test_non_finite_bounds_message_names_bounds_crs_only_where_it_exists(tmp_pat
     assert "--bounds-crs" not in line  # export has no --bounds-crs: its bounds are in the image's CRS
     res = run("predict", scene, "-m", tmp_path / "m.onnx", "--bounds", "inf", "0", "1", "1", "-o", tmp_path / "o.tif")
     one_line_error(res, "--bounds-crs", "finite", code=2)
+
+
+# ---- interrupts of real runs ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_scene(tmp_path_factory):
+    from conftest import write_raster
+
+    d = tmp_path_factory.mktemp("exported")
+    src = write_raster(d / "scene.tif", np.random.default_rng(1).random((1, 2000, 2000)).astype("float32"))
+    res = run("export", "image", src, "--patch", "16", "-o", d / "exp", "-q")
+    assert res.exit_code == 0, res.output
+    return src, d / "exp"
+
+
+@pytest.mark.parametrize("command", ["import", "export"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_import_and_export_exit_130_143_and_leave_nothing(tmp_path, exported_scene, command, signum):
+    """The two long commands without an interrupt test of their own: 130 / 143, "Aborted!", no file left. (Ctrl-C in
+    ``import`` could end in crc32c's SystemError traceback and exit 1; that race is pinned down above.)"""
+    src, exp = exported_scene
+    out = tmp_path / "out"
+    out.mkdir()
+    if command == "import":
+        args = ["import", *sorted(map(str, exp.glob("*.tfrecord.gz"))), "--mixer", str(exp / "scene-mixer.json"),
+                "-o", str(out / "back.tif")]
+    else:
+        args = ["export", "image", src, "--patch", "16", "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # Ctrl-C must reach the child even when the suite runs as a background job (which ignores SIGINT)
+    code = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); " \
+           "from tilecast.cli import main; main(sys.argv[1:], prog_name='tilecast')"
+    with subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            line = proc.stderr.readline()  # the first progress line: the run is under way
+            assert "tiles" in line, line + proc.stderr.read()
+            proc.send_signal(signum)
+            err = proc.stderr.read()
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode in (128 + signum, -signum), err  # exit 130/143, or ended by the signal itself
+    assert "Traceback" not in err and "Aborted!" in err
+    assert sorted(p.name for p in out.iterdir()) == []

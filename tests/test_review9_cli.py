@@ -370,3 +370,20 @@ def test_interrupted_import_and_export_exit_130_143_and_leave_nothing(tmp_path, 
     assert proc.returncode in (128 + signum, -signum), err  # exit 130/143, or ended by the signal itself
     assert "Traceback" not in err and "Aborted!" in err
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_info_lists_the_subdatasets_of_a_container(tmp_path):
+    """A file of several arrays (HDF5, NetCDF) opens with no bands: info names the subdatasets to give instead."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "granule.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("temperature", data=np.zeros((10, 20), "float32"))
+        f.create_dataset("quality", data=np.zeros((10, 20), "uint8"))
+    res = run("info", path, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["bands"] == [] and len(data["subdatasets"]) == 2
+    assert any(s.endswith("temperature") for s in data["subdatasets"])
+    assert "Warning" not in res.stderr  # rasterio's NotGeoreferencedWarning: the crs line already says it
+    table = run("info", path)
+    assert table.exit_code == 0 and "subdatasets" in table.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import click
@@ -72,11 +73,16 @@ def strict_json(value: Any) -> Any:
 
 
 def describe_raster(path: str) -> dict[str, Any]:
-    """What the file holds, read from GDAL directly: a raster that predict would refuse (no CRS) is still described,
-    since ``info`` is how one finds that out."""
+    """What the file holds, read from GDAL directly: a raster that predict would refuse (no CRS, or a container of
+    subdatasets with no bands of its own) is still described, since ``info`` is how one finds that out."""
+    from rasterio.errors import NotGeoreferencedWarning
+
     from ..sources.rasterio_source import open_dataset, parse_tags
 
-    with open_dataset(path) as ds:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the crs and transform lines say it
+        ds = open_dataset(path)
+    with ds:
         # The band names RasterioSource gives (and --bands selects by): the description, else b1, b2...
         bands = [
             {"band": i + 1, "name": d or f"b{i + 1}", "dtype": ds.dtypes[i], "nodata": ds.nodatavals[i]}
@@ -90,10 +96,12 @@ def describe_raster(path: str) -> dict[str, Any]:
             "resolution": ds.res,
             "bounds": tuple(ds.bounds),
             "transform": tuple(ds.transform)[:6],
-            "block": ds.block_shapes[0],
-            "overviews": ds.overviews(1),
+            "block": ds.block_shapes[0] if ds.count else None,
+            "overviews": ds.overviews(1) if ds.count else [],
             "bands": bands,
         }
+        if ds.subdatasets:  # what to give predict instead, e.g. HDF5:"granule.h5"://temperature
+            out["subdatasets"] = list(ds.subdatasets)
         properties = parse_tags(ds.tags())
     if properties:
         out["properties"] = properties

@@ -387,3 +387,15 @@ def test_info_lists_the_subdatasets_of_a_container(tmp_path):
     assert "Warning" not in res.stderr  # rasterio's NotGeoreferencedWarning: the crs line already says it
     table = run("info", path)
     assert table.exit_code == 0 and "subdatasets" in table.stdout
+
+
+def test_info_takes_a_text_savedmodel_folder_for_a_model(tmp_path):
+    """A SavedModel may hold saved_model.pbtxt instead of saved_model.pb (Model.load takes both); info sent such a
+    folder to GDAL, which answered that it is not a raster."""
+    folder = tmp_path / "text_model"
+    folder.mkdir()
+    (folder / "saved_model.pbtxt").write_text("saved_model_schema_version: 1\n")
+    res = run("info", folder)
+    line = one_line_error(res)
+    assert "GDAL" not in line and "raster" not in line
+    assert "ModelLoadError" in line or "tilecast[tf]" in line

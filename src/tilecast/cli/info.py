@@ -22,7 +22,7 @@ def info(path: str, as_json: bool) -> None:
     from ..card import MODEL_SUFFIXES
 
     is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and (
-        os.path.exists(os.path.join(path, "saved_model.pb"))
+        os.path.exists(os.path.join(path, "saved_model.pb")) or os.path.exists(os.path.join(path, "saved_model.pbtxt"))
         or os.path.exists(os.path.join(path, "MAR-INF", "MANIFEST.json"))))
     if is_model and path.lower().endswith(".h5"):
         is_model = keras_h5(path)

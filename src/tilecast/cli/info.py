@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from typing import Any
 
 import click
@@ -20,11 +22,13 @@ def info(path: str, as_json: bool) -> None:
     from ..card import MODEL_SUFFIXES
 
     is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and (
-        os.path.exists(os.path.join(path, "saved_model.pb"))
+        os.path.exists(os.path.join(path, "saved_model.pb")) or os.path.exists(os.path.join(path, "saved_model.pbtxt"))
         or os.path.exists(os.path.join(path, "MAR-INF", "MANIFEST.json"))))
+    if is_model and path.lower().endswith(".h5"):
+        is_model = keras_h5(path)
     data = describe_model(path) if is_model else describe_raster(path)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False))
         return
     for key, value in data.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
@@ -38,14 +42,51 @@ def info(path: str, as_json: bool) -> None:
             click.echo(f"{key}: {value}")
 
 
-def describe_raster(path: str) -> dict[str, Any]:
-    from ..sources.rasterio_source import RasterioSource, open_dataset
+def keras_h5(path: str) -> bool:
+    """Whether a ``.h5`` file is a Keras model rather than an HDF5 raster (NASA granules use the suffix too): Keras
+    writes its ``model_config`` on the file's root. Without h5py (the tf extra) it is taken for a model, whose error
+    names the extra."""
+    try:
+        import h5py
+    except ImportError:
+        return True
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError:  # missing, or not HDF5: the model loader's error says which
+        return True
 
-    src = RasterioSource(path)
-    with open_dataset(path) as ds:
+
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+"""How gdalinfo -json writes the floats JSON has no literal for (a NaN nodata, mostly)."""
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings: Python's ``NaN`` literal is not JSON (jq, JavaScript refuse it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return NON_FINITE[str(value)]
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def describe_raster(path: str) -> dict[str, Any]:
+    """What the file holds, read from GDAL directly: a raster that predict would refuse (no CRS, or a container of
+    subdatasets with no bands of its own) is still described, since ``info`` is how one finds that out."""
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from ..sources.rasterio_source import open_dataset, parse_tags
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the crs and transform lines say it
+        ds = open_dataset(path)
+    with ds:
+        # The band names RasterioSource gives (and --bands selects by): the description, else b1, b2...
         bands = [
-            {"band": i + 1, "name": name, "dtype": ds.dtypes[i], "nodata": ds.nodatavals[i]}
-            for i, name in enumerate(src.band_names)
+            {"band": i + 1, "name": d or f"b{i + 1}", "dtype": ds.dtypes[i], "nodata": ds.nodatavals[i]}
+            for i, d in enumerate(ds.descriptions)
         ]
         out = {
             "path": path,
@@ -55,13 +96,15 @@ def describe_raster(path: str) -> dict[str, Any]:
             "resolution": ds.res,
             "bounds": tuple(ds.bounds),
             "transform": tuple(ds.transform)[:6],
-            "block": ds.block_shapes[0],
-            "overviews": ds.overviews(1),
+            "block": ds.block_shapes[0] if ds.count else None,
+            "overviews": ds.overviews(1) if ds.count else [],
             "bands": bands,
         }
-    if src.properties:
-        out["properties"] = src.properties
-    src.close()
+        if ds.subdatasets:  # what to give predict instead, e.g. HDF5:"granule.h5"://temperature
+            out["subdatasets"] = list(ds.subdatasets)
+        properties = parse_tags(ds.tags())
+    if properties:
+        out["properties"] = properties
     return out
 
 

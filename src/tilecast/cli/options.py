@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import math
@@ -235,10 +236,17 @@ def gdal_config_option(f: Callable) -> Callable:
 
 
 def finite_bounds(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """``--bounds``: four finite numbers (``inf`` and ``nan`` parse as floats, but bound nothing)."""
+    """``--bounds``: four finite numbers (``inf`` and ``nan`` parse as floats, but bound nothing). ``--bounds-crs``
+    alone would be silently ignored, so it is a usage error (a ``--bounds-crs`` given on the command line is parsed
+    before a ``--bounds`` that is not, so this callback sees it)."""
     if value and not all(math.isfinite(v) for v in value):
+        crs = " (or of --bounds-crs)" if any(p.name == "bounds_crs" for p in ctx.command.params) else ""
         raise click.BadParameter(f"{' '.join(map(str, value))}: give four finite numbers, left bottom right top, in "
-                                 "the CRS of the image (or of --bounds-crs)")
+                                 f"the CRS of the image{crs}")
+    if not value and ctx.params.get("bounds_crs"):
+        raise click.UsageError(f"--bounds-crs {ctx.params['bounds_crs']} says the CRS of --bounds, but no --bounds "
+                               "was given; add --bounds L B R T (left bottom right top) or leave out --bounds-crs",
+                               ctx)
     return value or None
 
 
@@ -249,18 +257,25 @@ class Terminated(KeyboardInterrupt):
 def reports_errors(f: Callable) -> Callable:
     """Turn tilecast errors, and the library errors a careless input can provoke (no memory, a full disk, a folder
     that cannot be written, GDAL refusing), into one clear line and a non-zero exit status, never a traceback.
-    Ctrl-C and SIGTERM interrupt the run at once (retry waits included) and exit 130 / 143."""
+    Ctrl-C and SIGTERM interrupt the run at once (retry waits included) and exit 130 / 143. Run as a ``rio`` plugin,
+    the command runs inside the GDAL environment rio's own options set up (:func:`host_gdal_env`)."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = _catch_signals()
         try:
-            return f(*args, **kwargs)
-        except TilecastError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            with host_gdal_env():
+                return f(*args, **kwargs)
         except KeyboardInterrupt as exc:
             _exit_interrupted(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
         except Exception as exc:
+            # An interrupt that surfaced as another error (a C function returning while the handler's exception was
+            # pending is a SystemError; a clean-up failing as the interrupt unwinds): the user still interrupted.
+            interrupt = next((e for e in _chain(exc) if isinstance(e, KeyboardInterrupt)), None)
+            if interrupt is not None:
+                _exit_interrupted(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+            if isinstance(exc, TilecastError):
+                raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
             line = library_error(exc)
             if line is None:
                 raise
@@ -270,6 +285,20 @@ def reports_errors(f: Callable) -> Callable:
                 signal.signal(signum, handler)
 
     return wrapper
+
+
+def host_gdal_env() -> contextlib.AbstractContextManager:
+    """The ``rasterio.Env`` that ``rio`` builds from its options (``--aws-profile``, ``--aws-no-sign-requests``,
+    ``--aws-requester-pays``, ``-vvv``) and leaves in ``ctx.obj["env"]`` for its commands to enter; nothing under
+    ``tilecast`` itself."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.obj if ctx is not None else None
+    env = obj.get("env") if isinstance(obj, dict) else None
+    if env is None:
+        return contextlib.nullcontext()
+    import rasterio
+
+    return env if isinstance(env, rasterio.Env) else contextlib.nullcontext()
 
 
 EXTRA_OF_MODULE = {

@@ -10,10 +10,12 @@ from .options import overwrite_option, quiet_option, reports_errors
 @click.command(short_help="Wrap a SavedModel for Earth Engine's tensor-string payloads.")
 @click.option("--source-dir", required=True, type=click.Path(file_okay=False),
               help="The TensorFlow SavedModel to wrap.")
-@click.option("--dest-dir", required=True, type=click.Path(file_okay=False), help="Where to write the wrapped model.")
+@click.option("--dest-dir", required=True, type=click.Path(file_okay=False),
+              help="Where to write the wrapped model (its parent folder must exist).")
 @click.option("--input", "inputs", required=True,
               help='Inputs: JSON {"graph_tensor": "ee_name"} (e.g. \'{"serving_default_image:0": "array"}\') or a '
-                   "comma-separated list of names that map to themselves.")
+                   "comma-separated list of signature keys that keep their names. Earth Engine input names are a "
+                   "letter, then letters, digits or underscores.")
 @click.option("--output", "outputs", required=True,
               help='Outputs, in the same form (e.g. \'{"StatefulPartitionedCall:0": "probs"}\').')
 @click.option("--tag", default="serve", show_default=True, help="MetaGraph tag to load.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -17,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import ModelLoadError, OutputExistsError, SpecError
+from .._files import current_umask
+from ..errors import ModelLoadError, OutputError, OutputExistsError, SpecError
 
 __all__ = ["parse_names", "prepare_model"]
+
+EE_INPUT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+"""The input names a tf.function signature keeps as they are (TensorFlow rewrites any other)."""
 
 
 def parse_names(text: str | Mapping[str, str], flag: str) -> dict[str, str]:
@@ -40,7 +45,8 @@ def parse_names(text: str | Mapping[str, str], flag: str) -> dict[str, str]:
 
 def _resolve(mapping: Mapping[str, str], keys: list[str], kind: str) -> dict[str, str]:
     """Map graph tensor names (``serving_default_x:0``, ``StatefulPartitionedCall:1``, or signature keys) to the
-    signature's keys."""
+    signature's keys. A key named twice, or an Earth Engine name given twice, is refused: either would silently
+    lose one of them."""
     out: dict[str, str] = {}
     for name, ee in mapping.items():
         base = name.split(":")[0]
@@ -52,6 +58,16 @@ def _resolve(mapping: Mapping[str, str], keys: list[str], kind: str) -> dict[str
         if key is None:
             raise SpecError(f"Specified {kind} ops were missing from graph: [{name!r}]; the signature's {kind}s "
                             f"are {sorted(keys)}")
+        if key in out:
+            raise SpecError(f"--{kind}: the signature's {kind} {key!r} is named more than once ({name!r} is one of "
+                            "them); name each once")
+        if ee in out.values():
+            raise SpecError(f"--{kind}: the Earth Engine name {ee!r} is given to more than one {kind}; use each "
+                            "name once")
+        if kind == "input" and not EE_INPUT_NAME.fullmatch(ee):
+            # TensorFlow renames such an input (a-b -> a_b), so Earth Engine's requests would not match it
+            raise SpecError(f"--input: the Earth Engine name {ee!r} cannot name a TensorFlow signature input; use "
+                            "a letter followed by letters, digits or underscores (e.g. 'array')")
         out[key] = ee
     return out
 
@@ -66,6 +82,9 @@ def prepare_model(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, in
         raise ModelLoadError(f"{src} is not a SavedModel directory (no saved_model.pb)")
     if dest.exists() and not overwrite:
         raise OutputExistsError(f"{dest} exists; pass --overwrite to replace it")
+    parent = dest.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"the output folder {parent} does not exist; create it first")
     try:
         loaded = tf.saved_model.load(str(src), tags=[tag])
     except Exception as exc:
@@ -100,9 +119,10 @@ def prepare_model(source_dir: str | os.PathLike, dest_dir: str | os.PathLike, in
     module = tf.Module()
     module.original = loaded
     module.serve = serve
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent if dest.parent.exists() else None))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))  # beside dest: a rename, never a copy
     try:
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": serve.get_concrete_function()})
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the model from a server's other user
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -12,7 +12,7 @@ import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import unquote, urljoin, urlsplit
 
 from ..errors import InputError, SourceNotFoundError
 from .mosaic import MosaicSource
@@ -38,7 +38,7 @@ def _load(obj: Any) -> tuple[list[dict[str, Any]], str | None]:
     """Item dicts and the base location for relative asset hrefs."""
     base = None
     if isinstance(obj, (str, os.PathLike)):
-        text = str(obj)
+        text = _local_path(str(obj))
         base = text
         if text.startswith(("http://", "https://")):
             try:
@@ -70,16 +70,37 @@ def _load(obj: Any) -> tuple[list[dict[str, Any]], str | None]:
 
 
 def _href(item: Mapping[str, Any], asset: Mapping[str, Any], base: str | None) -> str:
+    """The asset's href as GDAL opens it: relative hrefs resolved against the item's self link (or the JSON's
+    location), ``file://`` URLs as local paths (GDAL does not open those URLs)."""
     href = asset["href"]
-    if "://" in href or href.startswith("/"):
-        return _gdal_path(href)
+    if _is_absolute(href):
+        return _gdal_path(_local_path(href))
     self_link = next((link["href"] for link in item.get("links", []) if link.get("rel") == "self"), None)
+    if self_link and base and not _is_absolute(self_link):
+        self_link = _join(base, self_link)
     root = self_link or base
-    if root is None:
-        return href
-    if "://" in root:
+    return _join(root, href) if root else href
+
+
+def _join(root: str, href: str) -> str:
+    """``href`` relative to the document at ``root`` (a URL or a local path)."""
+    if "://" in root and not root.startswith("file:"):
         return _gdal_path(urljoin(root, href))
-    return os.path.normpath(os.path.join(os.path.dirname(root), href))
+    return os.path.normpath(os.path.join(os.path.dirname(_local_path(root)), href))
+
+
+def _is_absolute(href: str) -> bool:
+    return "://" in href or href.startswith(("/", "file:"))
+
+
+def _local_path(href: str) -> str:
+    """A ``file://`` URL as a local path (escapes such as ``%20`` decoded); anything else unchanged."""
+    if not href.startswith("file:"):
+        return href
+    parts = urlsplit(href)
+    if parts.netloc not in ("", "localhost"):
+        raise InputError(f"{href}: file URLs on another host are not supported; give a local path or an http URL")
+    return unquote(parts.path)
 
 
 def _gdal_path(href: str) -> str:

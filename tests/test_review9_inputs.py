@@ -1,0 +1,131 @@
+"""Review 9 of the input side: STAC items (file:// and relative hrefs, mixed resolutions), ``tilecast predict``'s
+options and ``tilecast predict-features``. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from conftest import coord_image, write_raster
+from tilecast.sources import open_source
+
+X0, Y0, RES = 500000.0, 4600000.0, 10.0
+
+
+def _item(item_id: str, assets: dict[str, str], self_href: str | None = None) -> dict:
+    links = [{"rel": "self", "href": self_href, "type": "application/json"}] if self_href else []
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "geometry": None, "links": links,
+        "properties": {"datetime": "2026-01-01T00:00:00Z"},
+        "assets": {k: {"href": h, "type": "image/tiff; application=geotiff", "roles": ["data"]}
+                   for k, h in assets.items()},
+    }
+
+
+def _two_band_files(raster, folder: Path, img: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for b, name in enumerate(["B04", "B08"]):
+        write_raster(folder / f"{name}.tif", img[b : b + 1])
+
+
+# --- STAC: file:// and relative hrefs ------------------------------------------------------------------------------
+
+
+def test_stac_file_url_asset_hrefs_are_opened_as_local_paths(raster, tmp_path):
+    img = coord_image(40, 48, 2)
+    _two_band_files(raster, tmp_path / "scene", img)
+    item = _item("a", {k: (tmp_path / "scene" / f"{k}.tif").as_uri() for k in ("B04", "B08")})
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(item))
+    src = open_source(str(path), bands=["B08", "B04"])
+    assert np.array_equal(src.read(Window(0, 0, 48, 40))[0], img[[1, 0]])
+
+
+def test_stac_relative_hrefs_follow_a_file_url_self_link(raster, tmp_path):
+    """pystac writes a ``file://`` self link for an item it read from a ``file://`` URL; relative asset hrefs are
+    relative to that item, wherever the JSON handed to tilecast lies."""
+    img = coord_image(40, 48, 2)
+    _two_band_files(raster, tmp_path / "catalog" / "items" / "scene", img)
+    self_href = (tmp_path / "catalog" / "items" / "a.json").as_uri()
+    item = _item("a", {"B04": "scene/B04.tif", "B08": "./scene/B08.tif"}, self_href=self_href)
+    (tmp_path / "elsewhere").mkdir()
+    path = tmp_path / "elsewhere" / "search.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+    src = open_source(str(path), bands=["B04", "B08"])
+    assert src.paths == [str(tmp_path / "catalog" / "items" / "scene" / f"{k}.tif") for k in ("B04", "B08")]
+    assert np.array_equal(src.read(Window(0, 0, 48, 40))[0], img)
+
+
+def test_stac_items_of_a_collection_resolve_relative_hrefs_against_their_own_self_links(raster, tmp_path):
+    img = coord_image(40, 96, 2)
+    left, right = img[:, :, :48], img[:, :, 48:]
+    for name, part, x in (("left", left, X0), ("right", right, X0 + 48 * RES)):
+        (tmp_path / name).mkdir()
+        for b, band in enumerate(["B04", "B08"]):
+            raster(part[b : b + 1], name=f"{name}/{band}.tif", transform=from_origin(x, Y0, RES, RES))
+    items = [_item(n, {"B04": "B04.tif", "B08": "B08.tif"}, self_href=str(tmp_path / n / "item.json"))
+             for n in ("left", "right")]
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    src = open_source(str(path), bands=["B04", "B08"])
+    assert np.array_equal(src.read(Window(0, 0, 96, 40))[0], img)
+
+
+def test_a_stac_json_given_as_a_file_url_is_read(raster, tmp_path):
+    img = coord_image(40, 48, 2)
+    _two_band_files(raster, tmp_path / "scene", img)
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(_item("a", {"B04": "scene/B04.tif", "B08": "scene/B08.tif"})))
+    src = open_source(path.as_uri(), bands=["B04", "B08"])
+    assert np.array_equal(src.read(Window(0, 0, 48, 40))[0], img)
+
+
+def test_a_pystac_item_read_from_a_file_url_opens(raster, tmp_path):
+    pystac = pytest.importorskip("pystac")
+    img = coord_image(40, 48, 2)
+    _two_band_files(raster, tmp_path / "items" / "scene", img)
+    path = tmp_path / "items" / "a.json"
+    path.write_text(json.dumps(_item("a", {"B04": "scene/B04.tif", "B08": "scene/B08.tif"})))
+    item = pystac.Item.from_file(path.as_uri())
+    assert any(str(link.href).startswith("file://") for link in item.links)  # what made GDAL fail
+    src = open_source(item, bands=["B04", "B08"])
+    assert src.paths == [str(tmp_path / "items" / "scene" / f"{k}.tif") for k in ("B04", "B08")]  # local paths
+    assert np.array_equal(src.read(Window(0, 0, 48, 40))[0], img)
+    coll = pystac.ItemCollection([item])
+    assert np.array_equal(open_source(coll, bands=["B08"]).read(Window(0, 0, 48, 40))[0], img[[1]])
+
+
+def test_a_file_url_with_escaped_characters_is_unescaped(raster, tmp_path):
+    img = coord_image(40, 48, 2)
+    _two_band_files(raster, tmp_path / "my scene", img)
+    item = _item("a", {k: (tmp_path / "my scene" / f"{k}.tif").as_uri() for k in ("B04", "B08")})
+    assert "%20" in item["assets"]["B04"]["href"]
+    src = open_source(item, bands=["B04", "B08"])
+    assert np.array_equal(src.read(Window(0, 0, 48, 40))[0], img)
+
+
+def test_a_stac_asset_given_as_a_file_url_is_still_refused_as_the_output(raster, tmp_path):
+    """With the URL kept, the input's path was not the output's, so ``-o`` onto an asset destroyed it."""
+    from click.testing import CliRunner
+
+    from onnx_models import linear_1x1
+    from tilecast.cli import main
+
+    img = coord_image(40, 48, 2)
+    _two_band_files(raster, tmp_path / "scene", img)
+    b04 = tmp_path / "scene" / "B04.tif"
+    item = _item("a", {k: (tmp_path / "scene" / f"{k}.tif").as_uri() for k in ("B04", "B08")})
+    path = tmp_path / "item.json"
+    path.write_text(json.dumps(item))
+    assert open_source(str(path), bands=["B04", "B08"]).paths == [str(b04), str(tmp_path / "scene" / "B08.tif")]
+    model = linear_1x1(tmp_path / "m.onnx", [1.0, 1.0])
+    before = b04.read_bytes()
+    result = CliRunner().invoke(main, ["predict", str(path), "--model", model, "--bands", "B04,B08", "--tile", "16",
+                                       "--output-band", "y:float32", "-o", str(b04), "--overwrite", "-q"])
+    assert result.exit_code != 0 and "same file as the input" in result.output, result.output
+    assert b04.read_bytes() == before

@@ -129,3 +129,47 @@ def test_a_stac_asset_given_as_a_file_url_is_still_refused_as_the_output(raster,
                                        "--output-band", "y:float32", "-o", str(b04), "--overwrite", "-q"])
     assert result.exit_code != 0 and "same file as the input" in result.output, result.output
     assert b04.read_bytes() == before
+
+
+# --- STAC: assets of several bands or resolutions ------------------------------------------------------------------
+
+
+def _visual_and_b11(tmp_path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A 3-band 10 m ``visual`` asset and a 1-band 20 m ``B11`` asset (Sentinel-2 ships both kinds)."""
+    img = coord_image(40, 48, 3)
+    b11 = (coord_image(20, 24, 3)[2:3] + 5000).astype("float32")
+    write_raster(tmp_path / "visual.tif", img)
+    write_raster(tmp_path / "b11.tif", b11, transform=from_origin(X0, Y0, 2 * RES, 2 * RES))
+    item = _item("a", {"visual": str(tmp_path / "visual.tif"), "B11": str(tmp_path / "b11.tif")})
+    return item, img, b11
+
+
+def test_a_multi_band_asset_named_in_bands_gives_all_its_bands(tmp_path):
+    """Naming a 3-band asset used to give its first band only, and the next asset's name labelled its second band."""
+    item, img, b11 = _visual_and_b11(tmp_path)
+    src = open_source(item, bands=["visual", "B11"])
+    assert src.band_names == ["visual_1", "visual_2", "visual_3", "B11"]
+    data = src.read(Window(0, 0, 48, 40))[0]
+    assert np.array_equal(data[:3], img)
+    assert np.array_equal(data[3], b11[0].repeat(2, 0).repeat(2, 1))  # 20 m onto the 10 m grid, nearest
+
+
+def test_several_data_assets_with_a_multi_band_one_keep_every_band(tmp_path):
+    item, img, b11 = _visual_and_b11(tmp_path)
+    item["assets"]["visual"]["roles"] = ["data"]
+    src = open_source(item)
+    assert src.band_names == ["visual_1", "visual_2", "visual_3", "B11"]
+    assert np.array_equal(open_source(item, bands=["B11", "visual_2"]).read(Window(0, 0, 48, 40))[0],
+                          np.stack([b11[0].repeat(2, 0).repeat(2, 1), img[1]]))
+
+
+def test_a_data_asset_missing_from_a_later_item_is_an_error_naming_the_item_and_asset(tmp_path):
+    from tilecast.errors import InputError
+
+    item, _, _ = _visual_and_b11(tmp_path)
+    item["assets"]["visual"]["roles"] = ["data"]
+    other = json.loads(json.dumps(item))
+    other["id"] = "b"
+    del other["assets"]["visual"]
+    with pytest.raises(InputError, match=r"'b'.*visual"):
+        open_source({"type": "FeatureCollection", "features": [item, other]})

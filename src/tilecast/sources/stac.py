@@ -1,8 +1,10 @@
 """STAC items as a mosaic: each item is one member, its assets (one per band, or one multi-band asset) stacked.
 
 Accepts an Item, ItemCollection or FeatureCollection as a dict, a ``.json`` path or URL, or pystac objects.
-``bands`` may name assets (``["B04", "B08"]``): those assets become the bands, in that order. Otherwise each item's
-one data asset (role ``data``, or a GeoTIFF/COG media type) is used and ``bands`` selects among its bands.
+``bands`` may name assets (``["B04", "B08"]``): those assets become the bands, in that order. Otherwise an item's
+data assets (role ``data``, or a GeoTIFF/COG media type) are stacked, or its one data asset is used, and ``bands``
+selects among the bands. An asset of n bands gives bands ``KEY_1``..``KEY_n``. Relative hrefs follow the item's
+self link (else the JSON's location); ``file://`` URLs are read as local paths.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from ..errors import InputError, SourceNotFoundError
 from .mosaic import MosaicSource
+from .rasterio_source import open_dataset
 
 __all__ = ["is_stac", "stac_items", "stac_source"]
 
@@ -132,25 +135,17 @@ def stac_source(obj: Any, bands: Sequence[str | int] | None = None, **kwargs: An
     # Asset names, even where the first item lacks one (then the error names it, not an unknown band of a file).
     every_asset = {k for item in items for k in item.get("assets", {})}
     if bands and all(isinstance(b, str) and b in every_asset for b in bands):
-        keys = list(bands)
-        members = []
-        for item in items:
-            missing = [k for k in keys if k not in item.get("assets", {})]
-            if missing:
-                raise InputError(
-                    f"STAC item {item.get('id')!r} has no asset(s) {missing}; choose assets that all items have"
-                )
-            members.append([_href(item, item["assets"][k], base) for k in keys])
-        return MosaicSource(members, None, band_names=keys, **kwargs)
-    keys = _data_assets(items[0])
+        keys, selection = list(bands), None
+    else:
+        keys, selection = _data_assets(items[0]), bands
     if not keys:
         raise InputError(
             f"STAC item {items[0].get('id')!r} has no raster data asset; name the assets to use as bands "
             f"(bands=[...]) among {sorted(first_assets)}"
         )
-    if len(keys) > 1:  # one asset per band: stack them all
-        members = [[_href(it, it["assets"][k], base) for k in keys if k in it.get("assets", {})] for it in items]
-        return MosaicSource(members, bands, band_names=keys, **kwargs)
+    if len(keys) > 1 or (selection is None and bands):  # one asset per band (or named ones): stack them
+        members = [_asset_files(item, keys, base) for item in items]
+        return MosaicSource(members, selection, band_names=_band_names(keys, members[0]), **kwargs)
     members = []
     for item in items:
         ks = _data_assets(item)
@@ -158,3 +153,20 @@ def stac_source(obj: Any, bands: Sequence[str | int] | None = None, **kwargs: An
             raise InputError(f"STAC item {item.get('id')!r} has no raster data asset")
         members.append([_href(item, item["assets"][ks[0]], base)])
     return MosaicSource(members, bands, **kwargs)
+
+
+def _asset_files(item: Mapping[str, Any], keys: Sequence[str], base: str | None) -> list[str]:
+    missing = [k for k in keys if k not in item.get("assets", {})]
+    if missing:
+        raise InputError(f"STAC item {item.get('id')!r} has no asset(s) {missing}; choose assets that all items have")
+    return [_href(item, item["assets"][k], base) for k in keys]
+
+
+def _band_names(keys: Sequence[str], files: Sequence[str]) -> list[str]:
+    """A band name per band of the assets: the asset's key, or ``KEY_1``.. ``KEY_n`` for an asset of n bands."""
+    names = []
+    for key, path in zip(keys, files, strict=True):
+        with open_dataset(path) as ds:
+            count = ds.count
+        names += [key] if count == 1 else [f"{key}_{b}" for b in range(1, count + 1)]
+    return names

@@ -173,3 +173,82 @@ def test_a_data_asset_missing_from_a_later_item_is_an_error_naming_the_item_and_
     del other["assets"]["visual"]
     with pytest.raises(InputError, match=r"'b'.*visual"):
         open_source({"type": "FeatureCollection", "features": [item, other]})
+
+
+# --- predict-features ----------------------------------------------------------------------------------------------
+
+
+def _stacked_model(path: Path) -> str:
+    """``y = x @ [1, 1000]`` on an ``(N, 2)`` input: a prediction encodes both inputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])
+    w = numpy_helper.from_array(np.array([[1.0], [1000.0]], np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "linear", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _points_file(path: Path, **columns) -> str:
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    pts = [Point(X0 + 5 + 10 * i, Y0 - 5 - 20 * i) for i in range(3)]  # pixel (row 2i, col i)
+    gpd.GeoDataFrame(columns or None, geometry=pts, crs="EPSG:32633").to_file(path)
+    return str(path)
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from tilecast.cli import main
+
+    return CliRunner().invoke(main, ["predict-features", *args, "-q"])
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "geojson", "fgb", "shp", "parquet"])
+@pytest.mark.parametrize("name", ["geometry", "GEOMETRY"])
+def test_an_output_property_named_like_the_geometry_column_is_refused(tmp_path, ext, name):
+    """It gave GDAL's 'Geometry column should be of Arrow format' for OGR formats, and a GeoParquet file with two
+    ``geometry`` columns that no reader opens."""
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0], b=[4.0, 5.0, 6.0])
+    out = tmp_path / f"out.{ext}"
+    result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--output-property", f"{name}:float32",
+                  "-o", str(out))
+    assert result.exit_code != 0 and "geometry" in result.output and "another name" in result.output, result.output
+    assert not out.exists()
+
+
+def test_a_property_that_is_both_a_feature_column_and_a_raster_band_is_refused(raster, tmp_path):
+    """``--input-property b1,b2`` with a raster whose bands are b1, b2 silently read the raster, not the columns."""
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    features = _points_file(tmp_path / "pts.gpkg", b1=[7.0, 8.0, 9.0], b2=[1.0, 2.0, 3.0])
+    result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--sample", str(tmp_path / "scene.tif"),
+                  "--input-property", "b1,b2", "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code != 0 and "'b1'" in result.output and "NAME=RASTER" in result.output, result.output
+    named = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--sample", f"s={tmp_path / 'scene.tif'}",
+                 "--input-property", "b1,s_b2", "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"))
+    assert named.exit_code == 0, named.output
+    import pyogrio
+
+    got = pyogrio.read_dataframe(tmp_path / "o.gpkg")["pred"].to_numpy()
+    assert np.array_equal(got, np.array([7.0, 8.0, 9.0]) + 1000 * np.arange(3))  # column b1 + 1000 * raster col
+
+
+def test_an_output_property_named_like_a_geodataframes_geometry_column_is_refused(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from tilecast.errors import SpecError
+    from tilecast.features import predict_properties
+    from tilecast.runtimes.onnx import OnnxRuntime
+
+    gdf = gpd.read_file(_points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0], b=[4.0, 5.0, 6.0]))
+    gdf = gdf.rename_geometry("geom")
+    runtime = OnnxRuntime(_stacked_model(tmp_path / "m.onnx"))
+    with pytest.raises(SpecError, match="'geom' would replace"):
+        predict_properties(runtime, gdf, output_properties=["geom=y:float32"])
+    out = predict_properties(runtime, gdf, output_properties=["pred=y:float32"])
+    assert out.geometry.name == "geom" and np.array_equal(out["pred"], [4001.0, 5002.0, 6003.0])

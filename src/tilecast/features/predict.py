@@ -164,6 +164,13 @@ class _Predictor:
             names = self.signature.input_names
         else:
             names = list(columns)
+        both = [n for n in names if n in derived and n in columns]
+        if both:
+            raise InputError(
+                f"input propert{'y' if len(both) == 1 else 'ies'} {', '.join(map(repr, both))} is both a column of "
+                "the features and a property read from the raster; name the raster (sample={'NAME': raster}, "
+                "--sample NAME=RASTER) so that its properties are NAME_BAND, or rename the column"
+            )
         missing = [n for n in names if n not in available]
         if missing:
             raise InputError(
@@ -177,9 +184,21 @@ class _Predictor:
         self.layout = choose_layout(self.signature, names, self.layout_param)  # type: ignore[arg-type]
         self.names = list(names)
 
+    def _check_output_names(self, geometry_name: str | None) -> None:
+        """A property named like the geometry column would replace it (GDAL compares field names without case)."""
+        reserved = {"geometry", (geometry_name or "geometry").lower()}
+        clash = [p.name for p in self.outputs if p.name.lower() in reserved and not
+                 (p.dimensions and self.array_columns == "split")]
+        if clash:
+            raise SpecError(f"output property {clash[0]!r} would replace the features' geometry column; give it "
+                            "another name (NAME=OUTPUT:DTYPE names it apart from the model output, e.g. "
+                            f"--output-property pred={clash[0]}:float32)")
+
     def __call__(self, batch: FeatureBatch) -> dict[str, Any]:
         columns = batch.columns
         n = len(batch)
+        if self.names is None:
+            self._check_output_names(batch.geometry_name)
         if self.names is None and (n or columns):  # an empty GeoJSON has no columns to check the inputs against
             self._choose_inputs(columns)
         if not n:  # an empty input: no prediction, but the output columns (an empty file keeps its schema)

@@ -252,3 +252,62 @@ def test_an_output_property_named_like_a_geodataframes_geometry_column_is_refuse
         predict_properties(runtime, gdf, output_properties=["geom=y:float32"])
     out = predict_properties(runtime, gdf, output_properties=["pred=y:float32"])
     assert out.geometry.name == "geom" and np.array_equal(out["pred"], [4001.0, 5002.0, 6003.0])
+
+
+def _polys_file(path: Path) -> str:
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import box
+
+    boxes = [box(X0 + 30 * i, Y0 - 30 - 30 * i, X0 + 30 * i + 30, Y0 - 30 * i) for i in range(3)]
+    gpd.GeoDataFrame({"id": np.arange(3)}, geometry=boxes, crs="EPSG:32633").to_file(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--bands", "1"], ["--bands", "--sample"]),
+    (["--all-touched"], ["--all-touched", "--sample"]),
+    (["--sample", "SCENE", "--patch", "3", "--stats", "max"], ["--stats", "--patch"]),
+    (["--sample", "SCENE", "--patch", "3", "--all-touched"], ["--all-touched", "--patch"]),
+    (["--fill-value", "3"], ["--fill-value", "--nulls fill"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+])
+def test_predict_features_flags_that_would_be_ignored_are_refused(raster, tmp_path, flags, named):
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    flags = [str(tmp_path / "scene.tif") if f == "SCENE" else f for f in flags]
+    result = _cli(_polys_file(tmp_path / "polys.gpkg"), "-m", _stacked_model(tmp_path / "m.onnx"),
+                  "--input-property", "id,id", "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"),
+                  *flags)
+    assert result.exit_code != 0 and all(n in result.output for n in named), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.gpkg").exists()
+
+
+def test_fill_value_with_nulls_fill_or_patch_is_accepted(raster, tmp_path):
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    pts = [Point(X0 + 5, Y0 - 5), Point(X0 - 100, Y0 + 100)]  # the second is off the raster: null
+    gpd.GeoDataFrame({"id": [0, 1]}, geometry=pts, crs="EPSG:32633").to_file(tmp_path / "pts.gpkg")
+    result = _cli(str(tmp_path / "pts.gpkg"), "-m", _stacked_model(tmp_path / "m.onnx"), "--sample",
+                  str(tmp_path / "scene.tif"), "--nulls", "fill", "--fill-value", "3", "--output-property",
+                  "pred:float32", "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code == 0, result.output
+    import pyogrio
+
+    assert pyogrio.read_dataframe(tmp_path / "o.gpkg")["pred"].tolist() == [0.0, 3003.0]
+
+
+def test_an_input_type_override_or_shape_for_no_input_property_is_an_error(tmp_path):
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0], b=[4.0, 5.0, 6.0])
+    for flag in (["--input-type-override", "aa:float64"], ["--input-shape", "aa:4"]):
+        result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--output-property", "pred:float32",
+                      "-o", str(tmp_path / "o.gpkg"), *flag)
+        assert result.exit_code != 0 and "'aa'" in result.output and "['a', 'b']" in result.output, result.output
+
+
+def test_patches_for_a_model_of_one_value_per_feature_name_the_patch_not_tile_flags(raster, tmp_path):
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    result = _cli(_polys_file(tmp_path / "polys.gpkg"), "-m", _stacked_model(tmp_path / "m.onnx"), "--sample",
+                  str(tmp_path / "scene.tif"), "--patch", "3", "--output-property", "pred:float32",
+                  "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code != 0 and "--patch" in result.output and "--tile" not in result.output, result.output

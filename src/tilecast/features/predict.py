@@ -130,24 +130,16 @@ class _Predictor:
         self.shapes = {k: tuple(int(d) for d in v) for k, v in (opts.input_shapes or {}).items()}
         if not self.shapes and spec is not None:
             self.shapes = dict(spec.input_shapes)
-        nulls, fill_value, patch_size, stats = opts.nulls, opts.fill_value, opts.patch_size, opts.stats
+        nulls, fill_value = opts.nulls, opts.fill_value
         if nulls not in ("skip", "fill", "error"):
             raise SpecError(f"nulls must be 'skip', 'fill' or 'error', got {nulls!r}")
         if array_columns not in ("list", "split"):
             raise SpecError(f"array_columns must be 'list' or 'split', got {array_columns!r}")
         self.nulls, self.fill_value, self.array_columns = nulls, fill_value, array_columns
-        self.rasters: RasterInputs | None = None
-        if opts.sample is not None:
-            if patch_size is not None:
-                mode = "patch"
-            elif stats is None and geometry_type().replace("Multi", "") == "Point":
-                mode = "sample"
-            else:
-                mode = "zonal"
-            self.rasters = RasterInputs(opts.sample, mode=mode, bands=opts.bands, stats=tuple(stats or ("mean",)),
-                                        all_touched=opts.all_touched, patch_size=patch_size, fill_value=fill_value)
-        elif stats is not None or patch_size is not None:
-            raise SpecError("stats and patch_size need a raster to read: pass sample= (--sample RASTER)")
+        self.rasters = RasterInputs.choose(opts.sample, geometry_type, bands=opts.bands, stats=opts.stats,
+                                           all_touched=opts.all_touched, patch_size=opts.patch_size,
+                                           fill_value=fill_value)
+        self.user_named = {*(opts.input_type_override or {}), *(opts.input_shapes or {})}
         self.requested = list(input_properties) if input_properties is not None else None
         self.layout_param = opts.layout
         self.names: list[str] | None = None
@@ -181,6 +173,13 @@ class _Predictor:
         if not names:
             raise InputError("no input properties: the features have no columns besides the geometry; "
                              "pass sample= (--sample RASTER) to derive inputs from a raster")
+        unused = sorted(self.user_named - set(names))
+        if unused:
+            raise InputError(
+                f"input_type_override / input_shapes (--input-type-override / --input-shape) name {unused}, which "
+                f"the model is not sent; the input properties are {list(names)}: fix the name, or add it to "
+                "input_properties (--input-property)"
+            )
         self.layout = choose_layout(self.signature, names, self.layout_param)  # type: ignore[arg-type]
         self.names = list(names)
 

@@ -255,6 +255,12 @@ def bind_properties(
         t = signature.inputs[0] if signature.inputs else TensorSpec("input", None, None)
         dtype = t.dtype if t.dtype is not None else np.dtype("float32")
         if len(columns) == 1 and columns[0].values.ndim == 4:  # image patches go to the one input as they are
+            if t.shape is not None and len(t.shape) != 4:
+                raise InputError(
+                    f"the model's input {t.name!r} takes {len(t.shape)}-D tensors {list(t.shape)}, but patches "
+                    "(patch_size, --patch) are (N, H, W, C) windows; use a model with an image input, or leave "
+                    "out patch_size (--patch) to send values or statistics per feature"
+                )
             return {t.name: _image_layout(take(columns[0].values), t).astype(dtype, copy=False)}
         parts = []
         for col in columns:
@@ -294,6 +300,12 @@ def bind_properties(
             v = v[..., None]
         if t is not None and v.ndim == 4:
             v = _image_layout(v, t)
+        if t is not None and t.shape is not None and len(t.shape) != v.ndim:
+            raise InputError(
+                f"property {col.name!r} gives {list(v.shape[1:]) or 'one value'} per feature, but the model's "
+                f"input {t.name!r} takes {len(t.shape)}-D tensors {list(t.shape)}; match the property to the input "
+                "(input_shapes / --input-shape, patch_size / --patch) or send another property"
+            )
         batch[col.name] = v
     return batch
 

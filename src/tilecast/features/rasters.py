@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,35 @@ class RasterInputs:
         self.fill_value = fill_value
         self.rasters = _open_rasters(sample, bands)
         self._checked = False
+
+    @classmethod
+    def choose(
+        cls, sample: Any, geometry_type: Callable[[], str], *, bands: Sequence[str | int] | None = None,
+        stats: Sequence[str] | None = None, all_touched: bool = False, patch_size: int | Sequence[int] | None = None,
+        fill_value: float = 0,
+    ) -> RasterInputs | None:
+        """The reader for ``sample`` (None without one), its mode from the options and the features' geometry type;
+        raster options without a raster, or that the mode would ignore, are errors."""
+        if sample is None:
+            given = [flag for flag, on in (("stats (--stats)", stats is not None), ("bands (--bands)", bands),
+                                           ("patch_size (--patch)", patch_size is not None),
+                                           ("all_touched (--all-touched)", all_touched)) if on]
+            if given:
+                raise SpecError(f"{', '.join(given)} need a raster to read: pass sample= (--sample RASTER)")
+            return None
+        if patch_size is not None:
+            mode = "patch"
+            zonal = [f for f, on in (("stats (--stats)", stats is not None),
+                                     ("all_touched (--all-touched)", all_touched)) if on]
+            if zonal:
+                raise SpecError(f"{' and '.join(zonal)} choose zonal statistics, but patch_size (--patch) sends the "
+                                "pixels themselves; leave one of them out")
+        elif stats is None and geometry_type().replace("Multi", "") == "Point":
+            mode = "sample"
+        else:
+            mode = "zonal"
+        return cls(sample, mode=mode, bands=bands, stats=tuple(stats or ("mean",)), all_touched=all_touched,
+                   patch_size=patch_size, fill_value=fill_value)
 
     @property
     def names(self) -> list[str]:

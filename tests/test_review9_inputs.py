@@ -311,3 +311,70 @@ def test_patches_for_a_model_of_one_value_per_feature_name_the_patch_not_tile_fl
                   str(tmp_path / "scene.tif"), "--patch", "3", "--output-property", "pred:float32",
                   "-o", str(tmp_path / "o.gpkg"))
     assert result.exit_code != 0 and "--patch" in result.output and "--tile" not in result.output, result.output
+
+
+# --- predict: flags that would be ignored ---------------------------------------------------------------------------
+
+
+def _predict(*args: str):
+    from click.testing import CliRunner
+
+    from tilecast.cli import main
+
+    return CliRunner().invoke(main, ["predict", *map(str, args), "-q"])
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--protocol", "v2"], ["--protocol", "--endpoint"]),
+    (["--timeout", "5", "--header", "X-A:1"], ["--timeout", "--header", "--endpoint"]),
+    (["--memory-budget", "1GiB"], ["--memory-budget", "--tile"]),
+    (["--resampling", "cubic"], ["--resampling", "--fix-input-proj"]),
+])
+def test_predict_flags_a_local_model_run_would_ignore_are_usage_errors(raster, tmp_path, flags, named):
+    from onnx_models import linear_1x1
+
+    image = raster(coord_image(40, 48, 2))
+    out = tmp_path / "o.tif"
+    result = _predict(image, "-m", linear_1x1(tmp_path / "m.onnx", [1.0, 1000.0]), "--output-band", "y:float32",
+                      "--tile", "16", "-o", out, *flags)
+    assert result.exit_code == 2 and all(n in result.output for n in named), result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "predict-features"])
+def test_providers_with_an_endpoint_are_a_usage_error(tmp_path, command):
+    from click.testing import CliRunner
+
+    from tilecast.cli import main
+
+    result = CliRunner().invoke(main, [command, str(tmp_path / "in.tif"), "--endpoint", "http://127.0.0.1:9/v2/models/m",
+                                       "--providers", "cuda,cpu", "--output-band" if command == "predict" else
+                                       "--output-property", "y:float32", "-o", str(tmp_path / "o.tif")])
+    assert result.exit_code == 2 and "--providers" in result.output and "--endpoint" in result.output, result.output
+
+
+def test_endpoint_flags_with_a_local_model_are_a_usage_error_in_predict_features(tmp_path):
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0], b=[4.0, 5.0, 6.0])
+    result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--output-property", "pred:float32",
+                  "--concurrency", "8", "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code == 2 and "--concurrency" in result.output and "--endpoint" in result.output, result.output
+
+
+def test_resampling_with_fix_input_proj_and_memory_budget_with_tile_auto_are_accepted(raster, tmp_path):
+    from onnx_models import linear_1x1
+
+    image = raster(coord_image(40, 48, 2))
+    model = linear_1x1(tmp_path / "m.onnx", [1.0, 1000.0])
+    ok = _predict(image, "-m", model, "--output-band", "y:float32", "--tile", "auto", "--memory-budget", "1GiB",
+                  "--crs", "EPSG:32633", "--resolution", "20", "20", "--fix-input-proj", "--resampling", "nearest",
+                  "-o", tmp_path / "o.tif")
+    assert ok.exit_code == 0, ok.output
+    import rasterio
+
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert ds.res == (20.0, 20.0)
+        # nearest at 20 m: each output pixel is one input pixel (row 2i or 2i+1, col 2j or 2j+1)
+        value = ds.read(1)  # row + 1000 * col of the input pixel
+        rows, cols = value % 1000, value // 1000
+        assert set(np.unique(cols[0] - 2 * np.arange(24))) <= {0, 1}
+        assert set(np.unique(rows[:, 0] - 2 * np.arange(20))) <= {0, 1}

@@ -9,8 +9,10 @@ from typing import Any
 
 import click
 import rasterio
+from click.core import ParameterSource
 
 from ..errors import SpecError, TilecastWarning
+from ..plan import is_auto
 from ..runstats import RunStats
 from ..runtimes.devices import describe_placement
 from ..spec import parse_colors
@@ -182,26 +184,61 @@ def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     return env
 
 
+ENDPOINT_FLAGS = {"protocol": "--protocol", "payload_format": "--payload-format", "request_timeout": "--timeout",
+                  "max_payload_bytes": "--max-payload-bytes", "output_multiplier": "--output-multiplier",
+                  "concurrency": "--concurrency", "headers": "--header", "token_env": "--token-env"}
+"""The options that shape requests to a hosted model (``endpoint_request_options``), by parameter name."""
+
+
+def given_flags(names: dict[str, str]) -> list[str]:
+    """The flags among ``names`` (parameter -> flag) given on the command line or in the environment."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    unset = (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    return [flag for name, flag in names.items() if ctx.get_parameter_source(name) not in unset]
+
+
+def refuse_unused_model_options(model_path: str | None) -> None:
+    """Request options with a local --model, or ONNX Runtime providers with --endpoint, would do nothing."""
+    if model_path:
+        unused = given_flags(ENDPOINT_FLAGS)
+        if unused:
+            raise click.UsageError(f"{', '.join(unused)} shape requests to a hosted model (--endpoint); a local "
+                                   "--model does not use them: leave them out")
+    elif given_flags({"providers": "--providers"}):
+        raise click.UsageError("--providers chooses ONNX Runtime's providers for a local --model; a hosted model "
+                               "(--endpoint) runs where it is served: leave --providers out")
+
+
 def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, Any]):
     """The model from --model or --endpoint (exactly one)."""
     from ..model import Model
 
     if bool(model_path) == bool(opts.get("endpoint")):
         raise SpecError("give exactly one of --model FILE or --endpoint URL")
+    refuse_unused_model_options(model_path)
     if model_path:  # any format tilecast loads; its model card fills in what the flags leave out
         from ..loading import explicit
         from ..loading import load_model as load_with_card
 
         placement = explicit({"device": opts.get("device"), "precision": opts.get("precision")})
-        return load_with_card(model_path, providers=csv_list(opts.get("providers")), **placement,
-                              **explicit(params))
-    if opts.get("device") or opts.get("precision"):
-        raise SpecError("--device and --precision choose where a local --model runs; a hosted model (--endpoint) "
-                        "runs where it is served, so leave them out")
-    from ..runtimes.http import endpoint_runtime
+        model = load_with_card(model_path, providers=csv_list(opts.get("providers")), **placement,
+                               **explicit(params))
+    else:
+        if opts.get("device") or opts.get("precision"):
+            raise SpecError("--device and --precision choose where a local --model runs; a hosted model "
+                            "(--endpoint) runs where it is served, so leave them out")
+        from ..runtimes.http import endpoint_runtime
 
-    return Model(endpoint_runtime(opts["endpoint"], opts["endpoint_options"]),
-                 **{k: v for k, v in params.items() if v is not None})
+        model = Model(endpoint_runtime(opts["endpoint"], opts["endpoint_options"]),
+                      **{k: v for k, v in params.items() if v is not None})
+    if params.get("resampling") and not model.spec.fix_input_proj:
+        model.close()
+        raise click.UsageError("--resampling chooses how --fix-input-proj warps the input to --crs/--resolution; "
+                               "without --fix-input-proj (here or in the model card) nothing is warped: add it, or "
+                               "leave --resampling out")
+    return model
 
 
 def build_params(opts: dict[str, Any]) -> dict[str, Any]:
@@ -229,6 +266,9 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         for b in output_bands:
             merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})
         output_bands = merged
+    if opts.get("memory_budget") is not None and opts["tile"] is not None and not is_auto(opts["tile"]):
+        raise click.UsageError("--memory-budget sizes --tile auto; with --tile W[,H] it is not used: give "
+                               "--tile auto, or leave --memory-budget out")
     params: dict[str, Any] = {
         "input_tile_size": opts["tile"],
         "memory_budget": opts.get("memory_budget"),

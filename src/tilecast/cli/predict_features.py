@@ -101,9 +101,10 @@ def predict_features(features: str, model_path: str | None, output: str, quiet: 
                                "add --nulls fill, or leave --fill-value out")
     from ..features import FeatureProgress, predict_features_file
     from ..runtimes.onnx import OnnxRuntime
-    from .predict import load_model
+    from .predict import load_model, refuse_unused_model_options
 
     if model_path and not opts.get("endpoint"):
+        refuse_unused_model_options(model_path)
         model: Any = OnnxRuntime(model_path, providers=csv_list(opts.get("providers")))
     else:
         model = load_model(model_path, opts, {"input_tile_size": 1})

@@ -378,3 +378,23 @@ def test_resampling_with_fix_input_proj_and_memory_budget_with_tile_auto_are_acc
         rows, cols = value % 1000, value // 1000
         assert set(np.unique(cols[0] - 2 * np.arange(24))) <= {0, 1}
         assert set(np.unique(rows[:, 0] - 2 * np.arange(20))) <= {0, 1}
+
+
+@pytest.mark.parametrize("bands, message", [
+    (["c:uint8", "y:float32:x"], "DIMS must be 0 or 1"),
+    (["c"], "use NAME:DTYPE"),
+    (["c:uint8", "y"], "use NAME:DTYPE"),
+    (["c:uint8", "y:float32:1:5"], "use NAME:DTYPE"),
+    (["c:uint8", "c:float32"], "unique"),
+])
+def test_output_bands_with_classes_are_checked_like_without(raster, tmp_path, bands, message):
+    """With --classes, a second band's bad DIMS was a ValueError traceback, and a band without a dtype or with extra
+    parts was taken as float32 (or the first band's dtype as '')."""
+    from onnx_models import linear_1x1
+
+    image = raster(coord_image(40, 48, 2))
+    flags = [f for b in bands for f in ("--output-band", b)]
+    result = _predict(image, "-m", linear_1x1(tmp_path / "m.onnx", [1.0, 1000.0]), "--tile", "16", "--classes",
+                      "a,b", *flags, "-o", tmp_path / "o.tif")
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not isinstance(result.exception, ValueError)

@@ -15,7 +15,7 @@ from ..errors import SpecError, TilecastWarning
 from ..plan import is_auto
 from ..runstats import RunStats
 from ..runtimes.devices import describe_placement
-from ..spec import parse_colors
+from ..spec import parse_colors, parse_output_bands
 from .options import (
     SIZE,
     TILE_SIZE,
@@ -248,11 +248,9 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         flag = "--classes" if opts.get("classes") else "--colors"
         if not output_bands:
             raise SpecError(f"{flag} needs an --output-band to attach to (the first one gets the classes)")
-        name, _, rest = output_bands[0].partition(":")
-        dtype, _, dims = rest.partition(":")
-        if dims and not dims.isdigit():
-            raise SpecError(f"output band {output_bands[0]!r}: DIMS must be 0 or 1, e.g. probs:float32:1")
-        first: dict[str, Any] = {"type": dtype, "dimensions": int(dims or 0)}
+        parsed = parse_output_bands(output_bands)  # every band checked as without --classes
+        bands = {b.name: {"type": b.dtype.name, "dimensions": b.dimensions} for b in parsed}
+        first: dict[str, Any] = bands[parsed[0].name]
         classes = parse_classes(opts["classes"]) if opts.get("classes") else None
         if classes:
             first["classes"] = classes
@@ -261,11 +259,7 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
             if classes:
                 values = list(classes) if isinstance(classes, dict) else list(range(len(classes)))
             first["colors"] = parse_colors(opts["colors"], values)
-        output_bands[0] = {name: first}
-        merged: dict[str, Any] = {}
-        for b in output_bands:
-            merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})
-        output_bands = merged
+        output_bands = bands
     if opts.get("memory_budget") is not None and opts["tile"] is not None and not is_auto(opts["tile"]):
         raise click.UsageError("--memory-budget sizes --tile auto; with --tile W[,H] it is not used: give "
                                "--tile auto, or leave --memory-budget out")
@@ -331,11 +325,6 @@ def _input_depths(value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], 
         if not ok:
             raise click.BadParameter(f"{name}:{depth}: DEPTH must be a positive integer, e.g. {name}:4")
     return value
-
-
-def _band_dict(text: str) -> dict[str, Any]:
-    parts = text.split(":")
-    return {"type": parts[1] if len(parts) > 1 else "float32", "dimensions": int(parts[2]) if len(parts) > 2 else 0}
 
 
 rio_predict = copy.copy(predict)

@@ -398,3 +398,62 @@ def test_output_bands_with_classes_are_checked_like_without(raster, tmp_path, ba
                       "a,b", *flags, "-o", tmp_path / "o.tif")
     assert result.exit_code == 1 and message in result.output, result.output
     assert not isinstance(result.exception, ValueError)
+
+
+# --- STAC: several item files, collections, bad JSON -----------------------------------------------------------------
+
+
+def _item_files(raster, tmp_path) -> tuple[list[Path], np.ndarray]:
+    """Two items side by side, each a JSON file next to its assets (relative hrefs, no self link)."""
+    img = coord_image(40, 96, 2)
+    paths = []
+    for name, c in (("left", 0), ("right", 48)):
+        folder = tmp_path / "items" / name
+        folder.mkdir(parents=True)
+        for b, band in enumerate(["B04", "B08"]):
+            write_raster(folder / f"{band}.tif", img[b : b + 1, :, c : c + 48],
+                         transform=from_origin(X0 + c * RES, Y0, RES, RES))
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(_item(name, {"B04": "B04.tif", "B08": "B08.tif"})))
+        paths.append(path)
+    return paths, img
+
+
+def test_several_stac_item_files_are_one_mosaic_with_hrefs_relative_to_each_file(raster, tmp_path):
+    """``tilecast predict items/*/*.json`` (a shell glob: several IMAGE arguments) was handed to GDAL file by file."""
+    paths, img = _item_files(raster, tmp_path)
+    for given in ([str(p) for p in paths], str(tmp_path / "items" / "*" / "*.json")):
+        src = open_source(given, bands=["B04", "B08"])
+        assert np.array_equal(src.read(Window(0, 0, 96, 40))[0], img)
+
+
+def test_predict_takes_several_stac_item_files(raster, tmp_path):
+    from onnx_models import linear_1x1
+
+    paths, img = _item_files(raster, tmp_path)
+    out = tmp_path / "o.tif"
+    result = _predict(*paths, "-m", linear_1x1(tmp_path / "m.onnx", [1.0, 1000.0]), "--output-band", "y:float32",
+                      "--bands", "B04,B08", "--tile", "16", "-o", out)
+    assert result.exit_code == 0, result.output
+    import rasterio
+
+    with rasterio.open(out) as ds:
+        assert np.array_equal(ds.read(1), img[0] + 1000 * img[1])
+
+
+def test_a_stac_collection_or_bad_json_is_an_input_error_saying_what_to_pass(tmp_path):
+    from tilecast.errors import InputError
+
+    coll = tmp_path / "collection.json"
+    coll.write_text(json.dumps({"type": "Collection", "id": "c", "stac_version": "1.0.0", "links": [
+        {"rel": "item", "href": "./items/a.json"}]}))
+    with pytest.raises(InputError, match=r"STAC Collection.*items/\*/\*\.json"):
+        open_source(str(coll))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        open_source(str(bad))
+    from tilecast.errors import SourceNotFoundError
+
+    with pytest.raises(SourceNotFoundError, match="no STAC file matches"):
+        open_source(str(tmp_path / "nothing" / "*.json"))

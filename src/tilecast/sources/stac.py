@@ -1,6 +1,7 @@
 """STAC items as a mosaic: each item is one member, its assets (one per band, or one multi-band asset) stacked.
 
-Accepts an Item, ItemCollection or FeatureCollection as a dict, a ``.json`` path or URL, or pystac objects.
+Accepts an Item, ItemCollection or FeatureCollection as a dict, a ``.json`` path or URL (or a list or glob of item
+files), or pystac objects.
 ``bands`` may name assets (``["B04", "B08"]``): those assets become the bands, in that order. Otherwise an item's
 data assets (role ``data``, or a GeoTIFF/COG media type) are stacked, or its one data asset is used, and ``bands``
 selects among the bands. An asset of n bands gives bands ``KEY_1``..``KEY_n``. Relative hrefs follow the item's
@@ -9,6 +10,7 @@ self link (else the JSON's location); ``file://`` URLs are read as local paths.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import posixpath
@@ -16,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
+from .._extras import require
 from ..errors import InputError, SourceNotFoundError
 from .mosaic import MosaicSource
 from .rasterio_source import open_dataset
@@ -33,43 +36,57 @@ def is_stac(obj: Any) -> bool:
     module = type(obj).__module__
     if module.startswith("pystac"):
         return True
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(o, (str, os.PathLike)) for o in obj):
+        return all(is_stac(o) for o in obj)  # item files, e.g. tilecast predict items/*/*.json
     return isinstance(obj, (list, tuple)) and bool(obj) and all(type(o).__module__.startswith("pystac") or (
         isinstance(o, Mapping) and o.get("type") == "Feature") for o in obj)
 
 
-def _load(obj: Any) -> tuple[list[dict[str, Any]], str | None]:
-    """Item dicts and the base location for relative asset hrefs."""
+def _load(obj: Any) -> list[tuple[dict[str, Any], str | None]]:
+    """Item dicts, each with the location its relative hrefs are relative to (the file it came from)."""
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(o, (str, os.PathLike)) for o in obj):
+        return [pair for path in obj for pair in _load(path)]
     base = None
     if isinstance(obj, (str, os.PathLike)):
-        text = _local_path(str(obj))
-        base = text
-        if text.startswith(("http://", "https://")):
-            try:
-                import pystac
-
-                obj = pystac.StacIO.default().read_json(text)
-            except ImportError:
-                raise InputError("reading STAC from a URL needs pystac: pip install 'tilecast[dask]'") from None
-        else:
-            if not os.path.exists(text):
-                raise SourceNotFoundError(f"STAC file not found: {text}; check the path")
-            with open(text) as fh:
-                obj = json.load(fh)
+        base = _local_path(str(obj))
+        if any(ch in base for ch in "*?[") and "://" not in base:
+            paths = sorted(glob.glob(base))
+            if not paths:
+                raise SourceNotFoundError(f"no STAC file matches {base!r}; check the pattern and the folder")
+            return _load(paths)
+        obj = _read_json(base)
     if hasattr(obj, "to_dict"):
         obj = obj.to_dict()
     if isinstance(obj, (list, tuple)):
-        return [o.to_dict() if hasattr(o, "to_dict") else dict(o) for o in obj], base
+        return [(o.to_dict() if hasattr(o, "to_dict") else dict(o), base) for o in obj]
     if not isinstance(obj, Mapping):
         raise InputError(f"not a STAC Item or ItemCollection: {type(obj).__name__}")
     if obj.get("type") == "FeatureCollection":
         items = list(obj.get("features", []))
     elif obj.get("type") == "Feature":
         items = [dict(obj)]
+    elif obj.get("type") in ("Collection", "Catalog"):
+        raise InputError(
+            f"{base or 'the JSON'} is a STAC {obj['type']}, which lists its items by links; pass the items: their "
+            ".json files (e.g. 'items/*/*.json'), or an ItemCollection from a search (pystac-client)"
+        )
     else:
         raise InputError("the JSON is not a STAC Item or ItemCollection (type must be Feature or FeatureCollection)")
     if not items:
         raise InputError("the STAC collection has no items; search again or widen the query")
-    return items, base
+    return [(item, base) for item in items]
+
+
+def _read_json(location: str) -> Any:
+    if location.startswith(("http://", "https://")):
+        return require("pystac", "dask").StacIO.default().read_json(location)
+    if not os.path.exists(location):
+        raise SourceNotFoundError(f"STAC file not found: {location}; check the path")
+    try:
+        with open(location) as fh:
+            return json.load(fh)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{location} is not valid JSON ({exc}); pass a STAC Item or ItemCollection") from None
 
 
 def _href(item: Mapping[str, Any], asset: Mapping[str, Any], base: str | None) -> str:
@@ -125,12 +142,13 @@ def _data_assets(item: Mapping[str, Any]) -> list[str]:
 
 
 def stac_items(obj: Any) -> list[dict[str, Any]]:
-    return _load(obj)[0]
+    return [item for item, _ in _load(obj)]
 
 
 def stac_source(obj: Any, bands: Sequence[str | int] | None = None, **kwargs: Any) -> MosaicSource:
     """A :class:`MosaicSource` over STAC items (see the module docstring for how assets become bands)."""
-    items, base = _load(obj)
+    pairs = _load(obj)
+    items = [item for item, _ in pairs]
     first_assets = items[0].get("assets", {})
     # Asset names, even where the first item lacks one (then the error names it, not an unknown band of a file).
     every_asset = {k for item in items for k in item.get("assets", {})}
@@ -144,10 +162,10 @@ def stac_source(obj: Any, bands: Sequence[str | int] | None = None, **kwargs: An
             f"(bands=[...]) among {sorted(first_assets)}"
         )
     if len(keys) > 1 or (selection is None and bands):  # one asset per band (or named ones): stack them
-        members = [_asset_files(item, keys, base) for item in items]
+        members = [_asset_files(item, keys, base) for item, base in pairs]
         return MosaicSource(members, selection, band_names=_band_names(keys, members[0]), **kwargs)
     members = []
-    for item in items:
+    for item, base in pairs:
         ks = _data_assets(item)
         if not ks:
             raise InputError(f"STAC item {item.get('id')!r} has no raster data asset")

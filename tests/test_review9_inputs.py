@@ -457,3 +457,30 @@ def test_a_stac_collection_or_bad_json_is_an_input_error_saying_what_to_pass(tmp
 
     with pytest.raises(SourceNotFoundError, match="no STAC file matches"):
         open_source(str(tmp_path / "nothing" / "*.json"))
+
+
+# --- predict-features: layers and drivers ----------------------------------------------------------------------------
+
+
+def test_layer_options_a_format_would_ignore_are_refused(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0], b=[4.0, 5.0, 6.0])
+    gpd.read_file(features).to_parquet(tmp_path / "pts.parquet")
+    model = _stacked_model(tmp_path / "m.onnx")
+    base = ["-m", model, "--output-property", "pred:float32"]
+    cases = [
+        ([str(tmp_path / "pts.parquet"), "--layer", "x", "-o", str(tmp_path / "o.gpkg")], "--layer"),
+        ([features, "--output-layer", "x", "-o", str(tmp_path / "o.parquet")], "--output-layer"),
+        ([features, "--output-layer", "x", "-o", str(tmp_path / "o.shp")], "--output-layer"),
+        ([features, "--driver", "GPKG", "-o", str(tmp_path / "o.parquet")], "--driver"),
+        ([features, "--driver", "NoSuchDriver", "-o", str(tmp_path / "o.xyz")], "NoSuchDriver"),
+    ]
+    for args, flag in cases:
+        result = _cli(*args, *base)
+        assert result.exit_code == 1 and flag in result.output and "Traceback" not in result.output, result.output
+        assert not list(tmp_path.glob("o.*"))
+    ok = _cli(features, *base, "--output-layer", "preds", "-o", str(tmp_path / "o.gpkg"))
+    assert ok.exit_code == 0, ok.output
+    import pyogrio
+
+    assert pyogrio.list_layers(tmp_path / "o.gpkg")[:, 0].tolist() == ["preds"]

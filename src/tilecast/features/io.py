@@ -49,6 +49,20 @@ def driver_for(path: str | os.PathLike, driver: str | None = None) -> str:
     return DRIVERS[ext]
 
 
+def check_driver(path: Path, driver: str, layer: str | None) -> None:
+    """Refuse a driver GDAL cannot write with, one the extension contradicts, and a layer name the format ignores."""
+    by_extension = DRIVERS.get(path.suffix.lower())
+    if by_extension is not None and driver != by_extension and driver in DRIVERS.values():
+        raise OutputError(f"{path.name} is {by_extension} by its extension, but driver {driver!r} (--driver) was "
+                          "given; leave out --driver or change the extension")
+    if driver != "Parquet" and driver not in require("pyogrio", "features").list_drivers(write=True):
+        raise OutputError(f"GDAL has no driver {driver!r} that writes vector files; use one of "
+                          f"{sorted(set(DRIVERS.values()))} (--driver) or a known extension")
+    if layer and driver in ("Parquet", "ESRI Shapefile"):
+        raise OutputError(f"a {driver} file holds one layer, named after the file; leave out the layer name "
+                          "(output_layer, --output-layer)")
+
+
 class FeatureBatch:
     """Up to ``batch_size`` features: their properties, their geometry (decoded only when needed), and the
     columns to merge into them (``extra``: 1-D arrays, or 2-D arrays for array-valued properties). ``schema``: the
@@ -208,6 +222,8 @@ def open_features(
     if not path.startswith(("/vsi", "http://", "https://", "s3://")) and not os.path.exists(path):
         raise SourceNotFoundError(f"features file not found: {path}; check the path")
     if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
+        if layer is not None:
+            raise InputError(f"{path} is GeoParquet, which holds one layer; leave out layer= (--layer)")
         return _open_parquet(path, step, crs)
     return _open_ogr(path, step, layer, crs)
 
@@ -315,6 +331,7 @@ def write_features(
     Returns the final path."""
     dst = check_output_path(path, overwrite)
     driver = driver_for(dst, driver)
+    check_driver(dst, driver, layer)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     tmp = tmpdir / dst.name
     try:

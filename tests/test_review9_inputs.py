@@ -484,3 +484,17 @@ def test_layer_options_a_format_would_ignore_are_refused(tmp_path):
     import pyogrio
 
     assert pyogrio.list_layers(tmp_path / "o.gpkg")[:, 0].tolist() == ["preds"]
+
+
+def test_the_features_file_is_never_the_output_even_with_overwrite(tmp_path):
+    """It was replaced by the output, losing its other layers."""
+    gpd = pytest.importorskip("geopandas")
+    import pyogrio
+
+    features = _points_file(tmp_path / "both.gpkg", a=[1.0, 2.0, 3.0], b=[4.0, 5.0, 6.0])
+    gpd.read_file(features).to_file(features, layer="other")
+    before = pyogrio.list_layers(features)[:, 0].tolist()
+    result = _cli(features, "--layer", "both", "-m", _stacked_model(tmp_path / "m.onnx"), "--output-property",
+                  "pred:float32", "-o", features, "--overwrite")
+    assert result.exit_code == 1 and "same file as the input" in result.output, result.output
+    assert pyogrio.list_layers(features)[:, 0].tolist() == before == ["both", "other"]

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from ..errors import InputError, OutputError, SourceNotFoundError, TilecastError
 from ..sinks.geotiff import check_output_path
 from ..sources import parse_crs
 
-__all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "driver_for", "open_features", "pandas_column", "write_features"]
+__all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "check_driver", "check_output", "driver_for", "open_features",
+           "pandas_column", "write_features"]
 
 DRIVERS = {
     ".parquet": "Parquet",
@@ -47,6 +48,16 @@ def driver_for(path: str | os.PathLike, driver: str | None = None) -> str:
             "or pass driver= (--driver), e.g. GPKG"
         )
     return DRIVERS[ext]
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, *inputs: Any) -> Path:
+    """``path`` may be written: absent, or ``overwrite``; and never one of the ``inputs`` (the features file, whose
+    other layers would be lost, or a sampled raster), whatever ``overwrite`` says."""
+    from ..sinks.safety import refuse_overwriting_inputs
+
+    dst = check_output_path(path, overwrite)
+    refuse_overwriting_inputs(dst, *(list(i.values()) if isinstance(i, Mapping) else i for i in inputs))
+    return dst
 
 
 def check_driver(path: Path, driver: str, layer: str | None) -> None:

@@ -19,7 +19,7 @@ from ..errors import InputError, SpecError
 from ..runners.engine import Engine, Local, resolve_engine
 from ..runtimes.base import Signature, run_split, streams_of
 from ..spec import replace_options
-from .io import LIST_DRIVERS, FeatureBatch, driver_for, open_features, pandas_column, write_features
+from .io import LIST_DRIVERS, FeatureBatch, check_output, driver_for, open_features, pandas_column, write_features
 from .properties import (
     Column,
     OutputProperty,
@@ -430,10 +430,8 @@ def predict_features_file(
     stores them (GeoParquet, GeoJSON) and one column per element elsewhere. Other parameters as
     :func:`predict_properties`.
     """
-    from ..sinks.geotiff import check_output_path
-
     opts = PropertyOptions.create(**params)
-    check_output_path(output, overwrite)
+    check_output(output, overwrite, features, opts.sample)
     drv = driver_for(output, driver)
     if array_columns is None:
         array_columns = "list" if drv in LIST_DRIVERS else "split"

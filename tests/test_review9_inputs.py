@@ -498,3 +498,25 @@ def test_the_features_file_is_never_the_output_even_with_overwrite(tmp_path):
                   "pred:float32", "-o", features, "--overwrite")
     assert result.exit_code == 1 and "same file as the input" in result.output, result.output
     assert pyogrio.list_layers(features)[:, 0].tolist() == before == ["both", "other"]
+
+
+def test_a_features_crs_that_contradicts_the_files_crs_is_refused(raster, tmp_path):
+    """``--features-crs`` never reprojects; given for a file that declares another CRS it was silently ignored."""
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0])
+    gpd = pytest.importorskip("geopandas")
+    gpd.read_file(features).to_parquet(tmp_path / "pts.parquet")
+    model = _stacked_model(tmp_path / "m.onnx")
+    for path in (features, str(tmp_path / "pts.parquet")):
+        result = _cli(path, "-m", model, "--sample", str(tmp_path / "scene.tif"), "--features-crs", "EPSG:4326",
+                      "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"), "--overwrite")
+        assert result.exit_code == 1 and "EPSG:32633" in result.output and "--features-crs" in result.output, \
+            result.output
+        same = _cli(path, "-m", model, "--sample", str(tmp_path / "scene.tif"), "--features-crs", "EPSG:32633",
+                    "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"), "--overwrite")
+        assert same.exit_code == 0, same.output
+    from tilecast.errors import InputError
+    from tilecast.features import open_features
+
+    with pytest.raises(InputError, match="EPSG:32633"):
+        open_features(gpd.read_file(features), crs="EPSG:4326")

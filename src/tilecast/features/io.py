@@ -205,6 +205,19 @@ def _crs(value: Any) -> Any:
     return CRS.from_user_input(value)
 
 
+def _features_crs(declared: Any, given: Any, what: str) -> Any:
+    """The features' own CRS, else ``given``; a ``given`` CRS that contradicts the declared one is an error (it
+    never reprojects, so it would be ignored)."""
+    declared, given = _crs(declared), _crs(given)
+    if declared is not None and given is not None and declared != given:
+        raise InputError(
+            f"{what} declare{'s' if what != 'the features' else ''} the CRS {declared.to_string()}, but features_crs "
+            f"(--features-crs) says {given.to_string()}; it only sets the CRS of features that have none (it never "
+            "reprojects): leave it out, or fix the file's CRS (e.g. ogr2ogr -a_srs)"
+        )
+    return declared if declared is not None else given
+
+
 def open_features(
     features: Any, *, batch_size: int = 65_536, layer: str | int | None = None, crs: Any = None
 ) -> FeatureReader:
@@ -220,6 +233,7 @@ def open_features(
         gdf = features
         if gdf.crs is None and crs is not None:
             gdf = gdf.set_crs(crs)
+        _features_crs(gdf.crs, crs, "the features")
         name = gdf.geometry.name
         batches = (FeatureBatch(gdf.iloc[i:i + step], gdf.crs, geometry=gdf.geometry.iloc[i:i + step],
                                 geometry_name=name) for i in range(0, max(len(gdf), 1), step))
@@ -261,9 +275,7 @@ def _open_parquet(path: str, batch_size: int, crs: Any) -> FeatureReader:
     info = geo["columns"][gcol]
     if info.get("encoding", "WKB").upper() != "WKB":
         raise InputError(f"{path}: geometry encoding {info['encoding']!r} is not supported; write it as WKB")
-    file_crs = _crs(info.get("crs", "OGC:CRS84") if "crs" in info else "OGC:CRS84")
-    if file_crs is None:
-        file_crs = _crs(crs)
+    file_crs = _features_crs(info.get("crs", "OGC:CRS84") if "crs" in info else "OGC:CRS84", crs, path)
     types = info.get("geometry_types") or []
     gtype = types[0].replace(" Z", "") if len(types) == 1 else "Unknown"
 
@@ -285,7 +297,7 @@ def _open_ogr(path: str, batch_size: int, layer: str | int | None, crs: Any) -> 
     except Exception as exc:
         raise InputError(f"GDAL cannot read {path} as vector features: {exc}") from None
     gcol = meta.get("geometry_name") or "wkb_geometry"
-    file_crs = _crs(meta.get("crs") or crs)
+    file_crs = _features_crs(meta.get("crs"), crs, path)
     total = int(info["features"]) if info.get("features", -1) >= 0 else None
 
     def batches() -> Iterator[FeatureBatch]:

@@ -520,3 +520,24 @@ def test_a_features_crs_that_contradicts_the_files_crs_is_refused(raster, tmp_pa
 
     with pytest.raises(InputError, match="EPSG:32633"):
         open_features(gpd.read_file(features), crs="EPSG:4326")
+
+
+def test_fix_input_proj_without_a_grid_to_warp_to_is_a_usage_error(raster, tmp_path):
+    from onnx_models import linear_1x1
+
+    image = raster(coord_image(40, 48, 2))
+    result = _predict(image, "-m", linear_1x1(tmp_path / "m.onnx", [1.0, 1000.0]), "--output-band", "y:float32",
+                      "--tile", "16", "--fix-input-proj", "-o", tmp_path / "o.tif")
+    assert result.exit_code == 2 and "--fix-input-proj" in result.output and "--crs" in result.output, result.output
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_colors_with_a_vector_output_are_refused(raster, tmp_path):
+    """A vector file has no colour table: --colors was silently dropped."""
+    from onnx_models import argmax_classes
+
+    image = raster(coord_image(40, 48, 2))
+    result = _predict(image, "-m", argmax_classes(tmp_path / "m.onnx", 2), "--output-band", "c:uint8", "--tile", "16",
+                      "--colors", "tab10", "-o", tmp_path / "o.gpkg")
+    assert result.exit_code != 0 and "--colors" in result.output and ".tif" in result.output, result.output
+    assert not (tmp_path / "o.gpkg").exists()

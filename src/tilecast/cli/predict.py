@@ -135,6 +135,9 @@ def predict(
           --output-band landcover:uint8 -o landcover.tif
     """
     vector = check_output_options(output, opts)  # raster-only flags with .gpkg (and the reverse) are an error
+    if vector and opts["colors"]:
+        raise click.UsageError(f"--colors only apply to raster outputs (a colour table), not {output}; drop it, or "
+                               "write a .tif")
     names = None
     if vector and opts["classes"] and not opts["output_bands"]:  # a detector's class names, not a band's
         names = parse_classes(opts["classes"])
@@ -233,11 +236,17 @@ def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, A
 
         model = Model(endpoint_runtime(opts["endpoint"], opts["endpoint_options"]),
                       **{k: v for k, v in params.items() if v is not None})
-    if params.get("resampling") and not model.spec.fix_input_proj:
+    spec = model.spec
+    problem = None
+    if params.get("resampling") and not spec.fix_input_proj:
+        problem = ("--resampling chooses how --fix-input-proj warps the input to --crs/--resolution; without "
+                   "--fix-input-proj (here or in the model card) nothing is warped: add it, or leave --resampling out")
+    elif spec.fix_input_proj and spec.crs is None and spec.resolution is None:
+        problem = ("--fix-input-proj warps the input to the model's grid, but neither --crs nor --resolution (nor "
+                   "the model card) gives one: add them, or leave --fix-input-proj out")
+    if problem:
         model.close()
-        raise click.UsageError("--resampling chooses how --fix-input-proj warps the input to --crs/--resolution; "
-                               "without --fix-input-proj (here or in the model card) nothing is warped: add it, or "
-                               "leave --resampling out")
+        raise click.UsageError(problem)
     return model
 
 

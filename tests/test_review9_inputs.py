@@ -541,3 +541,14 @@ def test_colors_with_a_vector_output_are_refused(raster, tmp_path):
                       "--colors", "tab10", "-o", tmp_path / "o.gpkg")
     assert result.exit_code != 0 and "--colors" in result.output and ".tif" in result.output, result.output
     assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_the_no_overlap_error_for_a_file_with_a_wrong_crs_does_not_advise_features_crs_alone(raster, tmp_path):
+    """It said 'declare the right one (... or --features-crs)', which a file that declares a CRS ignored."""
+    gpd = pytest.importorskip("geopandas")
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    wrong = gpd.read_file(_points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0]))
+    wrong.set_crs("EPSG:32634", allow_override=True).to_file(tmp_path / "wrong.gpkg")  # right numbers, wrong zone
+    result = _cli(str(tmp_path / "wrong.gpkg"), "-m", _stacked_model(tmp_path / "m.onnx"), "--sample",
+                  str(tmp_path / "scene.tif"), "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code == 1 and "ogr2ogr -a_srs" in result.output, result.output

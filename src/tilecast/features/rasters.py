@@ -199,7 +199,8 @@ def _check_overlap(g: Any, features_crs: Any, raster: _Raster, strict: bool) -> 
         f"none of the first {len(present)} features overlaps the raster of {raster.names} (features span ({fmt}) "
         f"in its CRS {raster.source.grid.crs}, reprojected from {features_crs}; the raster spans "
         f"({', '.join(f'{v:.6g}' for v in (rl, rb, rr, rt))})). The features' CRS is probably wrong: declare the "
-        "right one (gdf.set_crs(..., allow_override=True) or --features-crs), or sample a raster that covers them"
+        "right one (gdf.set_crs(..., allow_override=True); for a file, ogr2ogr -a_srs; --features-crs only for "
+        "features that have none), or sample a raster that covers them"
     )
     if strict:
         raise InputError(message)

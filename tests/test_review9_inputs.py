@@ -552,3 +552,66 @@ def test_the_no_overlap_error_for_a_file_with_a_wrong_crs_does_not_advise_featur
     result = _cli(str(tmp_path / "wrong.gpkg"), "-m", _stacked_model(tmp_path / "m.onnx"), "--sample",
                   str(tmp_path / "scene.tif"), "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"))
     assert result.exit_code == 1 and "ogr2ogr -a_srs" in result.output, result.output
+
+
+# --- predict-features: zonal statistics over multipoints and straight lines ----------------------------------------
+
+
+def _zonal(raster, tmp_path, geoms, stats=("mean", "count"), all_touched=False):
+    gpd = pytest.importorskip("geopandas")
+    from tilecast.features import RasterInputs
+
+    img = coord_image(100, 120, 3)  # band 2: row * 1000 + col + 2
+    path = raster(img, name="scene.tif")
+    inputs = RasterInputs(path, mode="zonal", bands=[3], stats=stats, all_touched=all_touched)
+    cols = inputs.compute(gpd.GeoSeries(geoms, crs="EPSG:32633"))
+    inputs.close()
+    return {c.name: (c.values, c.nulls) for c in cols}
+
+
+def _px(row: int, col: int) -> tuple[float, float]:
+    return X0 + col * RES + 5, Y0 - row * RES - 5
+
+
+def test_zonal_statistics_of_a_multipoint_are_over_the_pixels_under_its_points(raster, tmp_path):
+    """Its centroid's pixel was used: (row 2, col 2) for points at (0, 0) and (4, 4), a pixel under neither."""
+    from shapely.geometry import MultiPoint, Point
+
+    geoms = [MultiPoint([_px(0, 0), _px(4, 4)]), MultiPoint([_px(7, 3)]), Point(_px(7, 3)),
+             MultiPoint([_px(1, 1), _px(1, 1)])]
+    got = _zonal(raster, tmp_path, geoms, stats=("mean", "min", "max", "count"))
+    values = lambda s: got[f"b3_{s}"][0].tolist()  # noqa: E731
+    assert values("mean") == [(2 + 4004 + 2) / 2, 7005.0, 7005.0, 1003.0]
+    assert values("min") == [2.0, 7005.0, 7005.0, 1003.0] and values("max") == [4006.0, 7005.0, 7005.0, 1003.0]
+    assert values("count") == [2, 1, 1, 1]  # two points in one pixel count it once, as a polygon would
+
+
+@pytest.mark.parametrize("all_touched", [False, True])
+def test_zonal_statistics_of_a_horizontal_or_vertical_line_are_not_null(raster, tmp_path, all_touched):
+    """A line with zero-height (or zero-width) bounds had no window: null, even with all_touched."""
+    from shapely.geometry import LineString
+
+    across = LineString([_px(3, 2), _px(3, 6)])  # through the centres of row 3, cols 2..6
+    down = LineString([_px(1, 5), _px(4, 5)])
+    got = _zonal(raster, tmp_path, [across, down], all_touched=all_touched)
+    means, nulls = got["b3_mean"]
+    assert not nulls.any()
+    assert means.tolist() == [3000 + 4 + 2, 2500 + 5 + 2]
+    counts = got["b3_count"][0].tolist()
+    assert counts == [5, 4]
+
+
+def test_sampling_a_multipoint_of_several_pixels_without_stats_is_an_error(raster, tmp_path):
+    from shapely.geometry import MultiPoint, Point
+
+    from tilecast.errors import InputError
+
+    gpd = pytest.importorskip("geopandas")
+    from tilecast.features import RasterInputs
+
+    path = raster(coord_image(100, 120, 3), name="scene.tif")
+    inputs = RasterInputs(path, mode="sample")
+    one = inputs.compute(gpd.GeoSeries([MultiPoint([_px(2, 3)]), Point(_px(2, 3))], crs="EPSG:32633"))
+    assert one[2].values.tolist() == [2005.0, 2005.0]
+    with pytest.raises(InputError, match=r"MultiPoint.*--stats"):
+        inputs.compute(gpd.GeoSeries([MultiPoint([_px(0, 0), _px(4, 4)])], crs="EPSG:32633"))

@@ -615,3 +615,18 @@ def test_sampling_a_multipoint_of_several_pixels_without_stats_is_an_error(raste
     assert one[2].values.tolist() == [2005.0, 2005.0]
     with pytest.raises(InputError, match=r"MultiPoint.*--stats"):
         inputs.compute(gpd.GeoSeries([MultiPoint([_px(0, 0), _px(4, 4)])], crs="EPSG:32633"))
+
+
+def test_a_predicted_property_name_a_shapefile_would_truncate_is_refused(raster, tmp_path):
+    """GDAL laundered 'probability_water' to 'probabilit' with a raw RuntimeWarning from pyogrio."""
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0])
+    args = [features, "-m", _stacked_model(tmp_path / "m.onnx"), "--sample", str(tmp_path / "scene.tif")]
+    result = _cli(*args, "--output-property", "probability_water=y:float32", "-o", str(tmp_path / "o.shp"))
+    assert result.exit_code == 1 and "'probability_water'" in result.output and "10" in result.output, result.output
+    assert not list(tmp_path.glob("o.*"))
+    ok = _cli(*args, "--output-property", "p_water=y:float32", "-o", str(tmp_path / "o.shp"))
+    assert ok.exit_code == 0, ok.output
+    import pyogrio
+
+    assert pyogrio.read_dataframe(tmp_path / "o.shp")["p_water"].tolist() == [0.0, 1002.0, 2004.0]

@@ -397,6 +397,10 @@ def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, 
     if first is None:
         raise InputError("there are no features to write; the input is empty")
     first = _as_batch(first)
+    long = [name for name in first.extra if len(name.encode()) > 10]
+    if driver == "ESRI Shapefile" and long:
+        raise OutputError(f"Shapefile field names have at most 10 characters, so GDAL would rename {long}; give "
+                          "shorter names (NAME=OUTPUT:DTYPE), or write GeoPackage or GeoParquet")
     table = first.to_arrow()
     schema = table.schema
     crs = first.crs if crs is None else crs

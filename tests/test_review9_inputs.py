@@ -630,3 +630,16 @@ def test_a_predicted_property_name_a_shapefile_would_truncate_is_refused(raster,
     import pyogrio
 
     assert pyogrio.read_dataframe(tmp_path / "o.shp")["p_water"].tolist() == [0.0, 1002.0, 2004.0]
+
+
+def test_a_data_asset_known_only_by_its_extension_may_carry_a_query_string(monkeypatch):
+    """Signed URLs (``B04.tif?sig=...``) hid the .tif extension, so such an item had 'no raster data asset'."""
+    import tilecast.sources.stac as stac
+
+    seen = {}
+    monkeypatch.setattr(stac, "MosaicSource", lambda members, bands, **kw: seen.setdefault("members", members))
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "a", "geometry": None, "links": [], "properties": {},
+            "assets": {"image": {"href": "https://example.com/a/B04.TIF?sig=x&se=2026"},
+                       "thumb": {"href": "https://example.com/a/thumb.png?sig=x"}}}
+    stac.stac_source(item)
+    assert seen["members"] == [["https://example.com/a/B04.TIF?sig=x&se=2026"]]

@@ -137,7 +137,8 @@ def _data_assets(item: Mapping[str, Any]) -> list[str]:
     if not keys:
         keys = [k for k, a in assets.items() if str(a.get("type", "")).split(";")[0] in _IMAGE_TYPES]
     if not keys:
-        keys = [k for k, a in assets.items() if posixpath.splitext(a.get("href", ""))[1].lower() in (".tif", ".tiff")]
+        keys = [k for k, a in assets.items()
+                if posixpath.splitext(urlsplit(a.get("href", "")).path)[1].lower() in (".tif", ".tiff")]
     return keys
 
 

@@ -643,3 +643,16 @@ def test_a_data_asset_known_only_by_its_extension_may_carry_a_query_string(monke
                        "thumb": {"href": "https://example.com/a/thumb.png?sig=x"}}}
     stac.stac_source(item)
     assert seen["members"] == [["https://example.com/a/B04.TIF?sig=x&se=2026"]]
+
+
+def test_a_sample_raster_whose_file_name_holds_an_equals_sign_is_a_path(raster, tmp_path, monkeypatch):
+    """``--sample ndvi=2024.tif`` names a raster, but a file called that is read as the file."""
+    raster(coord_image(100, 120, 2), name="year=2024.tif")
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0])
+    monkeypatch.chdir(tmp_path)
+    result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--sample", "year=2024.tif",
+                  "--output-property", "pred:float32", "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code == 0, result.output
+    import pyogrio
+
+    assert pyogrio.read_dataframe(tmp_path / "o.gpkg")["pred"].tolist() == [0.0, 1002.0, 2004.0]

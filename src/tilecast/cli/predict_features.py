@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -31,7 +32,7 @@ def _samples(values: tuple[str, ...]) -> Any:
     plain = []
     for v in values:
         key, sep, path = v.partition("=")
-        if sep and key and "/" not in key and "\\" not in key:
+        if sep and key and "/" not in key and "\\" not in key and not os.path.exists(v):  # a file may hold '='
             named[key] = path
         else:
             plain.append(v)

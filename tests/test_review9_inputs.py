@@ -341,6 +341,16 @@ def test_predict_flags_a_local_model_run_would_ignore_are_usage_errors(raster, t
     assert not out.exists()
 
 
+def test_memory_budget_without_tile_auto_is_a_usage_error(raster, tmp_path):
+    """Without --tile, the error was 'input_tile_size is required ... --tile 256', not naming --tile auto."""
+    from onnx_models import linear_1x1
+
+    image = raster(coord_image(40, 48, 2))
+    result = _predict(image, "-m", linear_1x1(tmp_path / "m.onnx", [1.0, 1000.0]), "--output-band", "y:float32",
+                      "--memory-budget", "64MiB", "-o", tmp_path / "o.tif")
+    assert result.exit_code == 2 and "--tile auto" in result.output, result.output
+
+
 @pytest.mark.parametrize("command", ["predict", "predict-features"])
 def test_providers_with_an_endpoint_are_a_usage_error(tmp_path, command):
     from click.testing import CliRunner

@@ -270,9 +270,9 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
                 values = list(classes) if isinstance(classes, dict) else list(range(len(classes)))
             first["colors"] = parse_colors(opts["colors"], values)
         output_bands = bands
-    if opts.get("memory_budget") is not None and opts["tile"] is not None and not is_auto(opts["tile"]):
-        raise click.UsageError("--memory-budget sizes --tile auto; with --tile W[,H] it is not used: give "
-                               "--tile auto, or leave --memory-budget out")
+    if opts.get("memory_budget") is not None and not is_auto(opts["tile"]):
+        raise click.UsageError("--memory-budget sizes --tile auto; without --tile auto (a fixed --tile W[,H], or the "
+                               "card's tile) it is not used: give --tile auto, or leave --memory-budget out")
     params: dict[str, Any] = {
         "input_tile_size": opts["tile"],
         "memory_budget": opts.get("memory_budget"),

@@ -666,3 +666,23 @@ def test_a_sample_raster_whose_file_name_holds_an_equals_sign_is_a_path(raster, 
     import pyogrio
 
     assert pyogrio.read_dataframe(tmp_path / "o.gpkg")["pred"].tolist() == [0.0, 1002.0, 2004.0]
+
+
+@pytest.mark.parametrize("fill", [float("nan"), -1.0, 0.5])
+def test_patch_padding_an_integer_raster_keeps_a_fill_value_it_cannot_hold(raster, tmp_path, fill):
+    """NaN, -1 or 0.5 were cast into uint16 patches (0 with a raw RuntimeWarning, 65535, 0)."""
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    from tilecast.features import RasterInputs
+
+    img = coord_image(100, 120, 2, dtype="uint16")
+    inputs = RasterInputs(raster(img, name="int.tif"), mode="patch", patch_size=3, fill_value=fill)
+    (col,) = inputs.compute(gpd.GeoSeries([Point(_px(0, 0)), Point(_px(5, 7))], crs="EPSG:32633"))
+    inputs.close()
+    corner, inner = col.values[0], col.values[1]  # (3, 3, 2) each
+    expected = np.full((3, 3, 2), fill)
+    expected[1:, 1:] = np.moveaxis(img[:, :2, :2], 0, -1)
+    np.testing.assert_array_equal(corner, expected)
+    np.testing.assert_array_equal(inner, np.moveaxis(img[:, 4:7, 6:9], 0, -1))
+    assert col.values.dtype.kind == "f"

@@ -361,13 +361,23 @@ def _rowcol_xy(transform: Any, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _STAT_FUNCS = {"mean": np.mean, "std": np.std, "min": np.min, "max": np.max, "median": np.median}
 
 
+def _patch_dtype(dtype: np.dtype, fill_value: float) -> np.dtype:
+    """The raster's dtype, or a float one when it cannot hold ``fill_value`` (NaN, negative or fractional padding
+    of an integer raster)."""
+    if dtype.kind in "iu":
+        fill, info = float(fill_value), np.iinfo(dtype)
+        if not fill.is_integer() or not info.min <= fill <= info.max:
+            return np.result_type(dtype, np.float32)
+    return dtype
+
+
 def _patches(geoms: np.ndarray, source: Source, size: XY, fill_value: float) -> tuple[np.ndarray, np.ndarray]:
     """``(N, H, W, C)`` windows centred on each feature's pixel (polygons: centroid), padded beyond the raster."""
     x, y, _ = _points_xy(geoms)
     row, col, inside = _rowcol(source, x, y)
     h, w = source.grid.shape
     n, c = len(geoms), len(source.band_names)
-    out = np.full((n, size.y, size.x, c), fill_value, dtype=source.dtype)
+    out = np.full((n, size.y, size.x, c), fill_value, dtype=_patch_dtype(np.dtype(source.dtype), fill_value))
     full = Window(0, 0, w, h)
     for i in np.flatnonzero(inside):
         want = Window(int(col[i]) - size.x // 2, int(row[i]) - size.y // 2, size.x, size.y)

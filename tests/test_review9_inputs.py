@@ -686,3 +686,32 @@ def test_patch_padding_an_integer_raster_keeps_a_fill_value_it_cannot_hold(raste
     np.testing.assert_array_equal(corner, expected)
     np.testing.assert_array_equal(inner, np.moveaxis(img[:, 4:7, 6:9], 0, -1))
     assert col.values.dtype.kind == "f"
+
+
+@pytest.mark.parametrize("ext", ["gpkg", "shp", "geojson", "fgb"])
+def test_a_predicted_property_differing_only_in_case_from_a_column_is_refused(raster, tmp_path, ext):
+    """GeoJSON silently kept one of 'crop' and 'Crop', FlatGeobuf wrote the predictions into 'crop' and left 'Crop'
+    null, Shapefile renamed one 'Crop_1', GeoPackage failed in GDAL after the whole run."""
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    features = _points_file(tmp_path / "pts.gpkg", crop=[1.0, 1.0, 1.0])
+    args = [features, "-m", _stacked_model(tmp_path / "m.onnx"), "--sample", str(tmp_path / "scene.tif"),
+            "-o", str(tmp_path / f"o.{ext}")]
+    result = _cli(*args, "--output-property", "Crop=y:float32")
+    assert result.exit_code == 1 and "'Crop'" in result.output and "'crop'" in result.output, result.output
+    assert not list(tmp_path.glob("o.*"))
+    same = _cli(*args, "--output-property", "crop=y:float32")  # the same name replaces the column
+    assert same.exit_code == 0, same.output
+    import pyogrio
+
+    assert pyogrio.read_dataframe(tmp_path / f"o.{ext}")["crop"].tolist() == [0.0, 1002.0, 2004.0]
+
+
+def test_geoparquet_keeps_names_differing_only_in_case(raster, tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    raster(coord_image(100, 120, 2), name="scene.tif")
+    features = _points_file(tmp_path / "pts.gpkg", crop=[1.0, 1.0, 1.0])
+    result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--sample", str(tmp_path / "scene.tif"),
+                  "--output-property", "Crop=y:float32", "-o", str(tmp_path / "o.parquet"))
+    assert result.exit_code == 0, result.output
+    df = gpd.read_parquet(tmp_path / "o.parquet")
+    assert df["crop"].tolist() == [1.0] * 3 and df["Crop"].tolist() == [0.0, 1002.0, 2004.0]

@@ -388,6 +388,22 @@ def _write_parquet(tmp: Path, batches: Iterator[Any], crs: Any) -> None:
             writer.close()
 
 
+def _check_field_names(batch: FeatureBatch, driver: str) -> None:
+    """Predicted names GDAL would rename or merge: too long for a Shapefile, or equal but for case to another field
+    (GDAL's writers compare field names without case)."""
+    long = [name for name in batch.extra if len(name.encode()) > 10]
+    if driver == "ESRI Shapefile" and long:
+        raise OutputError(f"Shapefile field names have at most 10 characters, so GDAL would rename {long}; give "
+                          "shorter names (NAME=OUTPUT:DTYPE), or write GeoPackage or GeoParquet")
+    seen: dict[str, str] = {c.lower(): c for c in batch.columns if c not in batch.extra}
+    for name in batch.extra:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise OutputError(f"the predicted property {name!r} and the field {other!r} differ only in case, which "
+                              f"GDAL's {driver} writer does not tell apart; rename the property (NAME=OUTPUT:DTYPE), "
+                              "or write GeoParquet")
+
+
 def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, driver: str,
                layer: str | None) -> None:
     pa = require("pyarrow", "features")
@@ -397,10 +413,7 @@ def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, 
     if first is None:
         raise InputError("there are no features to write; the input is empty")
     first = _as_batch(first)
-    long = [name for name in first.extra if len(name.encode()) > 10]
-    if driver == "ESRI Shapefile" and long:
-        raise OutputError(f"Shapefile field names have at most 10 characters, so GDAL would rename {long}; give "
-                          "shorter names (NAME=OUTPUT:DTYPE), or write GeoPackage or GeoParquet")
+    _check_field_names(first, driver)
     table = first.to_arrow()
     schema = table.schema
     crs = first.crs if crs is None else crs

@@ -715,3 +715,14 @@ def test_geoparquet_keeps_names_differing_only_in_case(raster, tmp_path):
     assert result.exit_code == 0, result.output
     df = gpd.read_parquet(tmp_path / "o.parquet")
     assert df["crop"].tolist() == [1.0] * 3 and df["Crop"].tolist() == [0.0, 1002.0, 2004.0]
+
+
+def test_two_sample_rasters_with_one_stem_name_the_cli_fix(raster, tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_raster(tmp_path / d / "scene.tif", coord_image(100, 120, 1))
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0])
+    result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--sample", str(tmp_path / "a" / "scene.tif"),
+                  "--sample", str(tmp_path / "b" / "scene.tif"), "--output-property", "pred:float32",
+                  "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code == 1 and "--sample NAME=RASTER" in result.output, result.output

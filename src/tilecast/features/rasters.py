@@ -60,7 +60,8 @@ def _open_rasters(sample: Any, bands: Sequence[str | int] | None) -> list[_Raste
         out.append(_Raster(src, names))
     all_names = [n for r in out for n in r.names]
     if len(set(all_names)) != len(all_names):
-        raise InputError(f"the rasters give duplicate band names {all_names}; pass {{'prefix': raster}} to name them")
+        raise InputError(f"the rasters give duplicate band names {all_names}; name them: sample={{'NAME': raster}} "
+                         "(--sample NAME=RASTER)")
     return out
 
 

@@ -128,7 +128,8 @@ def predict(
 ) -> None:
     """Predict IMAGE (a path or URL GDAL opens) with a model and write a Cloud-Optimized GeoTIFF.
 
-    Several IMAGEs, a quoted glob ('scenes/*.tif') or a STAC items .json are mosaicked onto one grid.
+    Several IMAGEs, a quoted glob ('scenes/*.tif'), or STAC items (an ItemCollection .json, or item .json files)
+    are mosaicked onto one grid.
 
     \b
     Example:

@@ -726,3 +726,26 @@ def test_two_sample_rasters_with_one_stem_name_the_cli_fix(raster, tmp_path):
                   "--sample", str(tmp_path / "b" / "scene.tif"), "--output-property", "pred:float32",
                   "-o", str(tmp_path / "o.gpkg"))
     assert result.exit_code == 1 and "--sample NAME=RASTER" in result.output, result.output
+
+
+def test_stac_assets_of_one_item_in_different_crss_land_on_the_first_assets_grid(tmp_path):
+    """B04 in UTM, B08 the same pixels warped to Web Mercator: B08 is warped back per window onto B04's grid."""
+    import rasterio
+    from rasterio.warp import calculate_default_transform, reproject
+
+    img = coord_image(60, 60, 1)  # the row number
+    transform = from_origin(X0, Y0, RES, RES)
+    write_raster(tmp_path / "B04.tif", img, transform=transform)
+    bounds = rasterio.transform.array_bounds(60, 60, transform)
+    mt, mw, mh = calculate_default_transform("EPSG:32633", "EPSG:3857", 60, 60, *bounds)
+    merc = np.zeros((1, mh, mw), np.float32)
+    reproject(img + 1000, merc, src_transform=transform, src_crs="EPSG:32633", dst_transform=mt,
+              dst_crs="EPSG:3857")
+    write_raster(tmp_path / "B08.tif", merc, crs="EPSG:3857", transform=mt)
+    item = _item("a", {"B04": str(tmp_path / "B04.tif"), "B08": str(tmp_path / "B08.tif")})
+    src = open_source(item, bands=["B04", "B08"])
+    assert src.grid.crs.to_epsg() == 32633 and src.grid.transform.a == RES
+    col, row = ~src.grid.transform * (X0, Y0)
+    data, _ = src.read(Window(int(col), int(row), 60, 60))
+    assert np.array_equal(data[0], img[0])
+    assert np.abs(data[1, 5:55, 5:55] - (img[0, 5:55, 5:55] + 1000)).max() <= 1

@@ -749,3 +749,12 @@ def test_stac_assets_of_one_item_in_different_crss_land_on_the_first_assets_grid
     data, _ = src.read(Window(int(col), int(row), 60, 60))
     assert np.array_equal(data[0], img[0])
     assert np.abs(data[1, 5:55, 5:55] - (img[0, 5:55, 5:55] + 1000)).max() <= 1
+
+
+def test_layout_named_for_a_model_whose_inputs_are_not_properties_names_them(tmp_path):
+    """The batch sent was empty, and ONNX Runtime's 'missing inputs' came back advising --tile/--overlap."""
+    features = _points_file(tmp_path / "pts.gpkg", a=[1.0, 2.0, 3.0], b=[4.0, 5.0, 6.0])
+    result = _cli(features, "-m", _stacked_model(tmp_path / "m.onnx"), "--layout", "named", "--output-property",
+                  "p=y:float32", "-o", str(tmp_path / "o.gpkg"))
+    assert result.exit_code == 1 and "['x']" in result.output and "--tile" not in result.output, result.output
+    assert "--layout stacked" in result.output

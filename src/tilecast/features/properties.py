@@ -233,15 +233,16 @@ def choose_layout(signature: Signature, names: Sequence[str], layout: Layout = "
     """``named`` when the model's inputs are property names (Earth Engine), ``stacked`` for one ``(N, F)`` input."""
     if layout not in ("auto", "named", "stacked"):
         raise SpecError(f"layout must be 'auto', 'named' or 'stacked', got {layout!r}")
-    if layout != "auto":
+    if layout == "stacked":
         return layout
-    if infer_layout(signature.inputs, names, fallback="stacked") != "bands":  # one input, not named after one
-        return "stacked"
+    if layout == "auto" and infer_layout(signature.inputs, names, fallback="stacked") != "bands":
+        return "stacked"  # one input, not named after a property
     missing = [n for n in signature.input_names if n not in names]
     if missing:
         raise InputError(
-            f"the model takes inputs {signature.input_names}, but the features have no properties {missing}; name "
-            "the input properties after the model's inputs, or pass a model with one (N, features) input"
+            f"the model takes inputs {signature.input_names}, but the input properties {list(names)} do not include "
+            f"{missing}; name the input properties after the model's inputs, or send them all to one (N, features) "
+            "input (layout='stacked', --layout stacked)"
         )
     return "named"
 

@@ -240,9 +240,9 @@ def choose_layout(signature: Signature, names: Sequence[str], layout: Layout = "
     missing = [n for n in signature.input_names if n not in names]
     if missing:
         raise InputError(
-            f"the model takes inputs {signature.input_names}, but the input properties {list(names)} do not include "
-            f"{missing}; name the input properties after the model's inputs, or send them all to one (N, features) "
-            "input (layout='stacked', --layout stacked)"
+            f"the model takes inputs {signature.input_names}, but there are no properties {missing} among the input "
+            f"properties {list(names)}; name the input properties after the model's inputs, or send them all to one "
+            "(N, features) input (layout='stacked', --layout stacked)"
         )
     return "named"
 

@@ -16,7 +16,7 @@ import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from .._extras import require
 from ..errors import InputError, SourceNotFoundError
@@ -117,10 +117,12 @@ def _local_path(href: str) -> str:
     """A ``file://`` URL as a local path (escapes such as ``%20`` decoded); anything else unchanged."""
     if not href.startswith("file:"):
         return href
+    from urllib.request import url2pathname  # stdlib, but it imports http and ssl: only for file URLs
+
     parts = urlsplit(href)
     if parts.netloc not in ("", "localhost"):
         raise InputError(f"{href}: file URLs on another host are not supported; give a local path or an http URL")
-    return unquote(parts.path)
+    return url2pathname(parts.path)  # unquoted; on Windows also /C:/x -> C:\\x
 
 
 def _gdal_path(href: str) -> str:

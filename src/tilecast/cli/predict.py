@@ -9,11 +9,13 @@ from typing import Any
 
 import click
 import rasterio
+from click.core import ParameterSource
 
 from ..errors import SpecError, TilecastWarning
+from ..plan import is_auto
 from ..runstats import RunStats
 from ..runtimes.devices import describe_placement
-from ..spec import parse_colors
+from ..spec import parse_colors, parse_output_bands
 from .options import (
     SIZE,
     TILE_SIZE,
@@ -86,7 +88,8 @@ SECTIONS = {
 @click.option("--bounds", type=float, nargs=4, metavar="L B R T", callback=finite_bounds,
               help="Predict only this region.")
 @click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS).")
-@click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned).")
+@click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned "
+              "and min for signed integers).")
 @click.option("--fill-value", type=float, help="Value sent for masked pixels. [default: 0]")
 @click.option("--mask-halo", is_flag=True, help="Also mask output pixels whose overlap neighbourhood touches masked "
               "input (no rim of guesses along nodata edges; Earth Engine masks only the pixel's own footprint).")
@@ -125,7 +128,8 @@ def predict(
 ) -> None:
     """Predict IMAGE (a path or URL GDAL opens) with a model and write a Cloud-Optimized GeoTIFF.
 
-    Several IMAGEs, a quoted glob ('scenes/*.tif') or a STAC items .json are mosaicked onto one grid.
+    Several IMAGEs, a quoted glob ('scenes/*.tif'), or STAC items (an ItemCollection .json, or item .json files)
+    are mosaicked onto one grid.
 
     \b
     Example:
@@ -133,6 +137,9 @@ def predict(
           --output-band landcover:uint8 -o landcover.tif
     """
     vector = check_output_options(output, opts)  # raster-only flags with .gpkg (and the reverse) are an error
+    if vector and opts["colors"]:
+        raise click.UsageError(f"--colors only apply to raster outputs (a colour table), not {output}; drop it, or "
+                               "write a .tif")
     names = None
     if vector and opts["classes"] and not opts["output_bands"]:  # a detector's class names, not a band's
         names = parse_classes(opts["classes"])
@@ -182,26 +189,67 @@ def gdal_env(config: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     return env
 
 
+ENDPOINT_FLAGS = {"protocol": "--protocol", "payload_format": "--payload-format", "request_timeout": "--timeout",
+                  "max_payload_bytes": "--max-payload-bytes", "output_multiplier": "--output-multiplier",
+                  "concurrency": "--concurrency", "headers": "--header", "token_env": "--token-env"}
+"""The options that shape requests to a hosted model (``endpoint_request_options``), by parameter name."""
+
+
+def given_flags(names: dict[str, str]) -> list[str]:
+    """The flags among ``names`` (parameter -> flag) given on the command line or in the environment."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    unset = (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    return [flag for name, flag in names.items() if ctx.get_parameter_source(name) not in unset]
+
+
+def refuse_unused_model_options(model_path: str | None) -> None:
+    """Request options with a local --model, or ONNX Runtime providers with --endpoint, would do nothing."""
+    if model_path:
+        unused = given_flags(ENDPOINT_FLAGS)
+        if unused:
+            raise click.UsageError(f"{', '.join(unused)} shape requests to a hosted model (--endpoint); a local "
+                                   "--model does not use them: leave them out")
+    elif given_flags({"providers": "--providers"}):
+        raise click.UsageError("--providers chooses ONNX Runtime's providers for a local --model; a hosted model "
+                               "(--endpoint) runs where it is served: leave --providers out")
+
+
 def load_model(model_path: str | None, opts: dict[str, Any], params: dict[str, Any]):
     """The model from --model or --endpoint (exactly one)."""
     from ..model import Model
 
     if bool(model_path) == bool(opts.get("endpoint")):
         raise SpecError("give exactly one of --model FILE or --endpoint URL")
+    refuse_unused_model_options(model_path)
     if model_path:  # any format tilecast loads; its model card fills in what the flags leave out
         from ..loading import explicit
         from ..loading import load_model as load_with_card
 
         placement = explicit({"device": opts.get("device"), "precision": opts.get("precision")})
-        return load_with_card(model_path, providers=csv_list(opts.get("providers")), **placement,
-                              **explicit(params))
-    if opts.get("device") or opts.get("precision"):
-        raise SpecError("--device and --precision choose where a local --model runs; a hosted model (--endpoint) "
-                        "runs where it is served, so leave them out")
-    from ..runtimes.http import endpoint_runtime
+        model = load_with_card(model_path, providers=csv_list(opts.get("providers")), **placement,
+                               **explicit(params))
+    else:
+        if opts.get("device") or opts.get("precision"):
+            raise SpecError("--device and --precision choose where a local --model runs; a hosted model "
+                            "(--endpoint) runs where it is served, so leave them out")
+        from ..runtimes.http import endpoint_runtime
 
-    return Model(endpoint_runtime(opts["endpoint"], opts["endpoint_options"]),
-                 **{k: v for k, v in params.items() if v is not None})
+        model = Model(endpoint_runtime(opts["endpoint"], opts["endpoint_options"]),
+                      **{k: v for k, v in params.items() if v is not None})
+    spec = model.spec
+    problem = None
+    if params.get("resampling") and not spec.fix_input_proj:
+        problem = ("--resampling chooses how --fix-input-proj warps the input to --crs/--resolution; without "
+                   "--fix-input-proj (here or in the model card) nothing is warped: add it, or leave --resampling out")
+    elif spec.fix_input_proj and spec.crs is None and spec.resolution is None:
+        problem = ("--fix-input-proj warps the input to the model's grid, but neither --crs nor --resolution (nor "
+                   "the model card) gives one: add them, or leave --fix-input-proj out")
+    if problem:
+        model.close()
+        raise click.UsageError(problem)
+    return model
 
 
 def build_params(opts: dict[str, Any]) -> dict[str, Any]:
@@ -211,11 +259,9 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         flag = "--classes" if opts.get("classes") else "--colors"
         if not output_bands:
             raise SpecError(f"{flag} needs an --output-band to attach to (the first one gets the classes)")
-        name, _, rest = output_bands[0].partition(":")
-        dtype, _, dims = rest.partition(":")
-        if dims and not dims.isdigit():
-            raise SpecError(f"output band {output_bands[0]!r}: DIMS must be 0 or 1, e.g. probs:float32:1")
-        first: dict[str, Any] = {"type": dtype, "dimensions": int(dims or 0)}
+        parsed = parse_output_bands(output_bands)  # every band checked as without --classes
+        bands = {b.name: {"type": b.dtype.name, "dimensions": b.dimensions} for b in parsed}
+        first: dict[str, Any] = bands[parsed[0].name]
         classes = parse_classes(opts["classes"]) if opts.get("classes") else None
         if classes:
             first["classes"] = classes
@@ -224,11 +270,10 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
             if classes:
                 values = list(classes) if isinstance(classes, dict) else list(range(len(classes)))
             first["colors"] = parse_colors(opts["colors"], values)
-        output_bands[0] = {name: first}
-        merged: dict[str, Any] = {}
-        for b in output_bands:
-            merged.update(b if isinstance(b, dict) else {b.split(":")[0]: _band_dict(b)})
-        output_bands = merged
+        output_bands = bands
+    if opts.get("memory_budget") is not None and not is_auto(opts["tile"]):
+        raise click.UsageError("--memory-budget sizes --tile auto; without --tile auto (a fixed --tile W[,H], or the "
+                               "card's tile) it is not used: give --tile auto, or leave --memory-budget out")
     params: dict[str, Any] = {
         "input_tile_size": opts["tile"],
         "memory_budget": opts.get("memory_budget"),
@@ -291,11 +336,6 @@ def _input_depths(value: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], 
         if not ok:
             raise click.BadParameter(f"{name}:{depth}: DEPTH must be a positive integer, e.g. {name}:4")
     return value
-
-
-def _band_dict(text: str) -> dict[str, Any]:
-    parts = text.split(":")
-    return {"type": parts[1] if len(parts) > 1 else "float32", "dimensions": int(parts[2]) if len(parts) > 2 else 0}
 
 
 rio_predict = copy.copy(predict)

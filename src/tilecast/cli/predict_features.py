@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -31,7 +32,7 @@ def _samples(values: tuple[str, ...]) -> Any:
     plain = []
     for v in values:
         key, sep, path = v.partition("=")
-        if sep and key and "/" not in key and "\\" not in key:
+        if sep and key and "/" not in key and "\\" not in key and not os.path.exists(v):  # a file may hold '='
             named[key] = path
         else:
             plain.append(v)
@@ -70,12 +71,13 @@ def _samples(values: tuple[str, ...]) -> Any:
 @click.option("--patch", type=SIZE, help="Send a W[,H] pixel patch centred on each feature (property 'patch').")
 @click.option("--nulls", type=click.Choice(["error", "skip", "fill"]), default="error", show_default=True,
               help="Null inputs: fail, leave the feature's predictions empty, or replace with --fill-value.")
-@click.option("--fill-value", type=float, default=0, show_default=True, help="Replacement for null inputs.")
+@click.option("--fill-value", type=float, default=0, show_default=True,
+              help="Replacement for null inputs (with --nulls fill); also pads --patch windows beyond the raster.")
 @click.option("--array-columns", type=click.Choice(["list", "split"]),
               help="Array outputs as list columns or NAME_0, NAME_1... (default: list where the format allows).")
 @click.option("--layout", type=click.Choice(["auto", "named", "stacked"]), default="auto", show_default=True,
               help="named: one model input per property (Earth Engine); stacked: one (N, features) input.")
-@click.option("--batch-size", type=int, default=65_536, show_default=True, help="Features per batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65_536, show_default=True, help="Features per batch.")
 @click.option("--layer", help="Input layer (GeoPackage and other multi-layer formats).")
 @click.option("--output-layer", help="Output layer name.")
 @click.option("--driver", help="Output OGR driver, when the extension does not tell (e.g. GPKG).")
@@ -94,11 +96,16 @@ def predict_features(features: str, model_path: str | None, output: str, quiet: 
       tilecast predict-features fields.parquet --model classifier.onnx --sample scene.tif --stats mean,std \\
           --output-property class=label:uint8 -o out.parquet
     """
+    source = click.get_current_context().get_parameter_source("fill_value")
+    if source is not click.core.ParameterSource.DEFAULT and opts["nulls"] != "fill" and opts["patch"] is None:
+        raise click.UsageError("--fill-value replaces null inputs only with --nulls fill (and pads --patch windows); "
+                               "add --nulls fill, or leave --fill-value out")
     from ..features import FeatureProgress, predict_features_file
     from ..runtimes.onnx import OnnxRuntime
-    from .predict import load_model
+    from .predict import load_model, refuse_unused_model_options
 
     if model_path and not opts.get("endpoint"):
+        refuse_unused_model_options(model_path)
         model: Any = OnnxRuntime(model_path, providers=csv_list(opts.get("providers")))
     else:
         model = load_model(model_path, opts, {"input_tile_size": 1})

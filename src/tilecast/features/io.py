@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from ..errors import InputError, OutputError, SourceNotFoundError, TilecastError
 from ..sinks.geotiff import check_output_path
 from ..sources import parse_crs
 
-__all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "driver_for", "open_features", "pandas_column", "write_features"]
+__all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "check_driver", "check_output", "driver_for", "open_features",
+           "pandas_column", "write_features"]
 
 DRIVERS = {
     ".parquet": "Parquet",
@@ -47,6 +48,30 @@ def driver_for(path: str | os.PathLike, driver: str | None = None) -> str:
             "or pass driver= (--driver), e.g. GPKG"
         )
     return DRIVERS[ext]
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, *inputs: Any) -> Path:
+    """``path`` may be written: absent, or ``overwrite``; and never one of the ``inputs`` (the features file, whose
+    other layers would be lost, or a sampled raster), whatever ``overwrite`` says."""
+    from ..sinks.safety import refuse_overwriting_inputs
+
+    dst = check_output_path(path, overwrite)
+    refuse_overwriting_inputs(dst, *(list(i.values()) if isinstance(i, Mapping) else i for i in inputs))
+    return dst
+
+
+def check_driver(path: Path, driver: str, layer: str | None) -> None:
+    """Refuse a driver GDAL cannot write with, one the extension contradicts, and a layer name the format ignores."""
+    by_extension = DRIVERS.get(path.suffix.lower())
+    if by_extension is not None and driver != by_extension and driver in DRIVERS.values():
+        raise OutputError(f"{path.name} is {by_extension} by its extension, but driver {driver!r} (--driver) was "
+                          "given; leave out --driver or change the extension")
+    if driver != "Parquet" and driver not in require("pyogrio", "features").list_drivers(write=True):
+        raise OutputError(f"GDAL has no driver {driver!r} that writes vector files; use one of "
+                          f"{sorted(set(DRIVERS.values()))} (--driver) or a known extension")
+    if layer and driver in ("Parquet", "ESRI Shapefile"):
+        raise OutputError(f"a {driver} file holds one layer, named after the file; leave out the layer name "
+                          "(output_layer, --output-layer)")
 
 
 class FeatureBatch:
@@ -180,6 +205,19 @@ def _crs(value: Any) -> Any:
     return CRS.from_user_input(value)
 
 
+def _features_crs(declared: Any, given: Any, what: str) -> Any:
+    """The features' own CRS, else ``given``; a ``given`` CRS that contradicts the declared one is an error (it
+    never reprojects, so it would be ignored)."""
+    declared, given = _crs(declared), _crs(given)
+    if declared is not None and given is not None and declared != given:
+        raise InputError(
+            f"{what} declare{'s' if what != 'the features' else ''} the CRS {declared.to_string()}, but features_crs "
+            f"(--features-crs) says {given.to_string()}; it only sets the CRS of features that have none (it never "
+            "reprojects): leave it out, or fix the file's CRS (e.g. ogr2ogr -a_srs)"
+        )
+    return declared if declared is not None else given
+
+
 def open_features(
     features: Any, *, batch_size: int = 65_536, layer: str | int | None = None, crs: Any = None
 ) -> FeatureReader:
@@ -195,6 +233,7 @@ def open_features(
         gdf = features
         if gdf.crs is None and crs is not None:
             gdf = gdf.set_crs(crs)
+        _features_crs(gdf.crs, crs, "the features")
         name = gdf.geometry.name
         batches = (FeatureBatch(gdf.iloc[i:i + step], gdf.crs, geometry=gdf.geometry.iloc[i:i + step],
                                 geometry_name=name) for i in range(0, max(len(gdf), 1), step))
@@ -208,6 +247,8 @@ def open_features(
     if not path.startswith(("/vsi", "http://", "https://", "s3://")) and not os.path.exists(path):
         raise SourceNotFoundError(f"features file not found: {path}; check the path")
     if Path(path).suffix.lower() in (".parquet", ".geoparquet"):
+        if layer is not None:
+            raise InputError(f"{path} is GeoParquet, which holds one layer; leave out layer= (--layer)")
         return _open_parquet(path, step, crs)
     return _open_ogr(path, step, layer, crs)
 
@@ -234,9 +275,7 @@ def _open_parquet(path: str, batch_size: int, crs: Any) -> FeatureReader:
     info = geo["columns"][gcol]
     if info.get("encoding", "WKB").upper() != "WKB":
         raise InputError(f"{path}: geometry encoding {info['encoding']!r} is not supported; write it as WKB")
-    file_crs = _crs(info.get("crs", "OGC:CRS84") if "crs" in info else "OGC:CRS84")
-    if file_crs is None:
-        file_crs = _crs(crs)
+    file_crs = _features_crs(info.get("crs", "OGC:CRS84") if "crs" in info else "OGC:CRS84", crs, path)
     types = info.get("geometry_types") or []
     gtype = types[0].replace(" Z", "") if len(types) == 1 else "Unknown"
 
@@ -258,7 +297,7 @@ def _open_ogr(path: str, batch_size: int, layer: str | int | None, crs: Any) -> 
     except Exception as exc:
         raise InputError(f"GDAL cannot read {path} as vector features: {exc}") from None
     gcol = meta.get("geometry_name") or "wkb_geometry"
-    file_crs = _crs(meta.get("crs") or crs)
+    file_crs = _features_crs(meta.get("crs"), crs, path)
     total = int(info["features"]) if info.get("features", -1) >= 0 else None
 
     def batches() -> Iterator[FeatureBatch]:
@@ -315,6 +354,7 @@ def write_features(
     Returns the final path."""
     dst = check_output_path(path, overwrite)
     driver = driver_for(dst, driver)
+    check_driver(dst, driver, layer)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     tmp = tmpdir / dst.name
     try:
@@ -348,6 +388,22 @@ def _write_parquet(tmp: Path, batches: Iterator[Any], crs: Any) -> None:
             writer.close()
 
 
+def _check_field_names(batch: FeatureBatch, driver: str) -> None:
+    """Predicted names GDAL would rename or merge: too long for a Shapefile, or equal but for case to another field
+    (GDAL's writers compare field names without case)."""
+    long = [name for name in batch.extra if len(name.encode()) > 10]
+    if driver == "ESRI Shapefile" and long:
+        raise OutputError(f"Shapefile field names have at most 10 characters, so GDAL would rename {long}; give "
+                          "shorter names (NAME=OUTPUT:DTYPE), or write GeoPackage or GeoParquet")
+    seen: dict[str, str] = {c.lower(): c for c in batch.columns if c not in batch.extra}
+    for name in batch.extra:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise OutputError(f"the predicted property {name!r} and the field {other!r} differ only in case, which "
+                              f"GDAL's {driver} writer does not tell apart; rename the property (NAME=OUTPUT:DTYPE), "
+                              "or write GeoParquet")
+
+
 def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, driver: str,
                layer: str | None) -> None:
     pa = require("pyarrow", "features")
@@ -357,6 +413,7 @@ def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, 
     if first is None:
         raise InputError("there are no features to write; the input is empty")
     first = _as_batch(first)
+    _check_field_names(first, driver)
     table = first.to_arrow()
     schema = table.schema
     crs = first.crs if crs is None else crs

@@ -19,7 +19,7 @@ from ..errors import InputError, SpecError
 from ..runners.engine import Engine, Local, resolve_engine
 from ..runtimes.base import Signature, run_split, streams_of
 from ..spec import replace_options
-from .io import LIST_DRIVERS, FeatureBatch, driver_for, open_features, pandas_column, write_features
+from .io import LIST_DRIVERS, FeatureBatch, check_output, driver_for, open_features, pandas_column, write_features
 from .properties import (
     Column,
     OutputProperty,
@@ -130,24 +130,16 @@ class _Predictor:
         self.shapes = {k: tuple(int(d) for d in v) for k, v in (opts.input_shapes or {}).items()}
         if not self.shapes and spec is not None:
             self.shapes = dict(spec.input_shapes)
-        nulls, fill_value, patch_size, stats = opts.nulls, opts.fill_value, opts.patch_size, opts.stats
+        nulls, fill_value = opts.nulls, opts.fill_value
         if nulls not in ("skip", "fill", "error"):
             raise SpecError(f"nulls must be 'skip', 'fill' or 'error', got {nulls!r}")
         if array_columns not in ("list", "split"):
             raise SpecError(f"array_columns must be 'list' or 'split', got {array_columns!r}")
         self.nulls, self.fill_value, self.array_columns = nulls, fill_value, array_columns
-        self.rasters: RasterInputs | None = None
-        if opts.sample is not None:
-            if patch_size is not None:
-                mode = "patch"
-            elif stats is None and geometry_type().replace("Multi", "") == "Point":
-                mode = "sample"
-            else:
-                mode = "zonal"
-            self.rasters = RasterInputs(opts.sample, mode=mode, bands=opts.bands, stats=tuple(stats or ("mean",)),
-                                        all_touched=opts.all_touched, patch_size=patch_size, fill_value=fill_value)
-        elif stats is not None or patch_size is not None:
-            raise SpecError("stats and patch_size need a raster to read: pass sample= (--sample RASTER)")
+        self.rasters = RasterInputs.choose(opts.sample, geometry_type, bands=opts.bands, stats=opts.stats,
+                                           all_touched=opts.all_touched, patch_size=opts.patch_size,
+                                           fill_value=fill_value)
+        self.user_named = {*(opts.input_type_override or {}), *(opts.input_shapes or {})}
         self.requested = list(input_properties) if input_properties is not None else None
         self.layout_param = opts.layout
         self.names: list[str] | None = None
@@ -164,6 +156,13 @@ class _Predictor:
             names = self.signature.input_names
         else:
             names = list(columns)
+        both = [n for n in names if n in derived and n in columns]
+        if both:
+            raise InputError(
+                f"input propert{'y' if len(both) == 1 else 'ies'} {', '.join(map(repr, both))} is both a column of "
+                "the features and a property read from the raster; name the raster (sample={'NAME': raster}, "
+                "--sample NAME=RASTER) so that its properties are NAME_BAND, or rename the column"
+            )
         missing = [n for n in names if n not in available]
         if missing:
             raise InputError(
@@ -174,12 +173,31 @@ class _Predictor:
         if not names:
             raise InputError("no input properties: the features have no columns besides the geometry; "
                              "pass sample= (--sample RASTER) to derive inputs from a raster")
+        unused = sorted(self.user_named - set(names))
+        if unused:
+            raise InputError(
+                f"input_type_override / input_shapes (--input-type-override / --input-shape) name {unused}, which "
+                f"the model is not sent; the input properties are {list(names)}: fix the name, or add it to "
+                "input_properties (--input-property)"
+            )
         self.layout = choose_layout(self.signature, names, self.layout_param)  # type: ignore[arg-type]
         self.names = list(names)
+
+    def _check_output_names(self, geometry_name: str | None) -> None:
+        """A property named like the geometry column would replace it (GDAL compares field names without case)."""
+        reserved = {"geometry", (geometry_name or "geometry").lower()}
+        clash = [p.name for p in self.outputs if p.name.lower() in reserved and not
+                 (p.dimensions and self.array_columns == "split")]
+        if clash:
+            raise SpecError(f"output property {clash[0]!r} would replace the features' geometry column; give it "
+                            "another name (NAME=OUTPUT:DTYPE names it apart from the model output, e.g. "
+                            f"--output-property pred={clash[0]}:float32)")
 
     def __call__(self, batch: FeatureBatch) -> dict[str, Any]:
         columns = batch.columns
         n = len(batch)
+        if self.names is None:
+            self._check_output_names(batch.geometry_name)
         if self.names is None and (n or columns):  # an empty GeoJSON has no columns to check the inputs against
             self._choose_inputs(columns)
         if not n:  # an empty input: no prediction, but the output columns (an empty file keeps its schema)
@@ -412,10 +430,8 @@ def predict_features_file(
     stores them (GeoParquet, GeoJSON) and one column per element elsewhere. Other parameters as
     :func:`predict_properties`.
     """
-    from ..sinks.geotiff import check_output_path
-
     opts = PropertyOptions.create(**params)
-    check_output_path(output, overwrite)
+    check_output(output, overwrite, features, opts.sample)
     drv = driver_for(output, driver)
     if array_columns is None:
         array_columns = "list" if drv in LIST_DRIVERS else "split"

@@ -233,15 +233,16 @@ def choose_layout(signature: Signature, names: Sequence[str], layout: Layout = "
     """``named`` when the model's inputs are property names (Earth Engine), ``stacked`` for one ``(N, F)`` input."""
     if layout not in ("auto", "named", "stacked"):
         raise SpecError(f"layout must be 'auto', 'named' or 'stacked', got {layout!r}")
-    if layout != "auto":
+    if layout == "stacked":
         return layout
-    if infer_layout(signature.inputs, names, fallback="stacked") != "bands":  # one input, not named after one
-        return "stacked"
+    if layout == "auto" and infer_layout(signature.inputs, names, fallback="stacked") != "bands":
+        return "stacked"  # one input, not named after a property
     missing = [n for n in signature.input_names if n not in names]
     if missing:
         raise InputError(
-            f"the model takes inputs {signature.input_names}, but the features have no properties {missing}; name "
-            "the input properties after the model's inputs, or pass a model with one (N, features) input"
+            f"the model takes inputs {signature.input_names}, but there are no properties {missing} among the input "
+            f"properties {list(names)}; name the input properties after the model's inputs, or send them all to one "
+            "(N, features) input (layout='stacked', --layout stacked)"
         )
     return "named"
 
@@ -255,6 +256,12 @@ def bind_properties(
         t = signature.inputs[0] if signature.inputs else TensorSpec("input", None, None)
         dtype = t.dtype if t.dtype is not None else np.dtype("float32")
         if len(columns) == 1 and columns[0].values.ndim == 4:  # image patches go to the one input as they are
+            if t.shape is not None and len(t.shape) != 4:
+                raise InputError(
+                    f"the model's input {t.name!r} takes {len(t.shape)}-D tensors {list(t.shape)}, but patches "
+                    "(patch_size, --patch) are (N, H, W, C) windows; use a model with an image input, or leave "
+                    "out patch_size (--patch) to send values or statistics per feature"
+                )
             return {t.name: _image_layout(take(columns[0].values), t).astype(dtype, copy=False)}
         parts = []
         for col in columns:
@@ -294,6 +301,12 @@ def bind_properties(
             v = v[..., None]
         if t is not None and v.ndim == 4:
             v = _image_layout(v, t)
+        if t is not None and t.shape is not None and len(t.shape) != v.ndim:
+            raise InputError(
+                f"property {col.name!r} gives {list(v.shape[1:]) or 'one value'} per feature, but the model's "
+                f"input {t.name!r} takes {len(t.shape)}-D tensors {list(t.shape)}; match the property to the input "
+                "(input_shapes / --input-shape, patch_size / --patch) or send another property"
+            )
         batch[col.name] = v
     return batch
 

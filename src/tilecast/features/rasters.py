@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,8 @@ def _open_rasters(sample: Any, bands: Sequence[str | int] | None) -> list[_Raste
         out.append(_Raster(src, names))
     all_names = [n for r in out for n in r.names]
     if len(set(all_names)) != len(all_names):
-        raise InputError(f"the rasters give duplicate band names {all_names}; pass {{'prefix': raster}} to name them")
+        raise InputError(f"the rasters give duplicate band names {all_names}; name them: sample={{'NAME': raster}} "
+                         "(--sample NAME=RASTER)")
     return out
 
 
@@ -106,6 +107,35 @@ class RasterInputs:
         self.rasters = _open_rasters(sample, bands)
         self._checked = False
 
+    @classmethod
+    def choose(
+        cls, sample: Any, geometry_type: Callable[[], str], *, bands: Sequence[str | int] | None = None,
+        stats: Sequence[str] | None = None, all_touched: bool = False, patch_size: int | Sequence[int] | None = None,
+        fill_value: float = 0,
+    ) -> RasterInputs | None:
+        """The reader for ``sample`` (None without one), its mode from the options and the features' geometry type;
+        raster options without a raster, or that the mode would ignore, are errors."""
+        if sample is None:
+            given = [flag for flag, on in (("stats (--stats)", stats is not None), ("bands (--bands)", bands),
+                                           ("patch_size (--patch)", patch_size is not None),
+                                           ("all_touched (--all-touched)", all_touched)) if on]
+            if given:
+                raise SpecError(f"{', '.join(given)} need a raster to read: pass sample= (--sample RASTER)")
+            return None
+        if patch_size is not None:
+            mode = "patch"
+            zonal = [f for f, on in (("stats (--stats)", stats is not None),
+                                     ("all_touched (--all-touched)", all_touched)) if on]
+            if zonal:
+                raise SpecError(f"{' and '.join(zonal)} choose zonal statistics, but patch_size (--patch) sends the "
+                                "pixels themselves; leave one of them out")
+        elif stats is None and geometry_type().replace("Multi", "") == "Point":
+            mode = "sample"
+        else:
+            mode = "zonal"
+        return cls(sample, mode=mode, bands=bands, stats=tuple(stats or ("mean",)), all_touched=all_touched,
+                   patch_size=patch_size, fill_value=fill_value)
+
     @property
     def names(self) -> list[str]:
         if self.mode == "patch":
@@ -135,6 +165,7 @@ class RasterInputs:
                 _check_overlap(g, geoms.crs, r, strict)
             arr = np.asarray(g.values, dtype=object)
             if self.mode == "sample":
+                _refuse_multipoints(arr)
                 vals, nulls = _sample_points(arr, r.source)
                 cols += [Column(name, vals[:, i], nulls.copy()) for i, name in enumerate(r.names)]
             elif self.mode == "zonal":
@@ -170,11 +201,25 @@ def _check_overlap(g: Any, features_crs: Any, raster: _Raster, strict: bool) -> 
         f"none of the first {len(present)} features overlaps the raster of {raster.names} (features span ({fmt}) "
         f"in its CRS {raster.source.grid.crs}, reprojected from {features_crs}; the raster spans "
         f"({', '.join(f'{v:.6g}' for v in (rl, rb, rr, rt))})). The features' CRS is probably wrong: declare the "
-        "right one (gdf.set_crs(..., allow_override=True) or --features-crs), or sample a raster that covers them"
+        "right one (gdf.set_crs(..., allow_override=True); for a file, ogr2ogr -a_srs; --features-crs only for "
+        "features that have none), or sample a raster that covers them"
     )
     if strict:
         raise InputError(message)
     warnings.warn(message, TilecastWarning, stacklevel=4)
+
+
+def _refuse_multipoints(geoms: np.ndarray) -> None:
+    """One pixel's value for a multipoint of several points would be its centroid's, a pixel under none of them."""
+    import shapely
+
+    several = np.flatnonzero((shapely.get_type_id(geoms) == 4) & (shapely.get_num_geometries(geoms) > 1))
+    if several.size:
+        raise InputError(
+            f"{several.size} feature(s) are MultiPoints of several points (e.g. rows {several[:5].tolist()} of the "
+            "batch), which have no single pixel; pass stats= (--stats mean,...) for statistics over the pixels under "
+            "their points, or explode them into points first"
+        )
 
 
 def _points_xy(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -230,7 +275,8 @@ def _sample_points(geoms: np.ndarray, source: Source) -> tuple[np.ndarray, np.nd
 def _zonal(
     geoms: np.ndarray, source: Source, stats: Sequence[str], all_touched: bool
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-band statistics over the pixels each polygon covers (pixel centre inside, or any pixel touched).
+    """Per-band statistics over the pixels each polygon or line covers (pixel centre inside, or any pixel touched),
+    or that a multipoint's points fall in (each pixel once).
 
     ``std`` is the population standard deviation (numpy's default). ``count`` is never null; the others are null
     where no valid pixel is covered.
@@ -240,7 +286,7 @@ def _zonal(
     n, c = len(geoms), len(source.band_names)
     out = {s: np.full((n, c), np.nan) for s in stats}
     nulls = np.ones(n, dtype=bool)
-    points = np.array([g is not None and not g.is_empty and shapely.get_type_id(g) in (0, 4) for g in geoms])
+    points = np.array([g is not None and not g.is_empty and _is_point(g, shapely) for g in geoms], dtype=bool)
     if points.any():
         vals, pnull = _sample_points(geoms[points], source)
         pidx = np.flatnonzero(points)
@@ -252,25 +298,15 @@ def _zonal(
             else:
                 out[s][pidx] = vals
         nulls[pidx] = pnull
-    grid = source.grid
     for i in np.flatnonzero(~points):
         g = geoms[i]
         if "count" in stats:
             out["count"][i] = 0
         if g is None or g.is_empty:
             continue
-        try:
-            win = window_from_bounds(g.bounds, grid.transform, grid.shape)
-        except RegionError:
-            continue  # off the raster, or a zero-area shape
-        data, valid = source.read(win)
-        inside = geometry_mask(
-            [g], out_shape=(int(win.height), int(win.width)), transform=window_transform(win, grid.transform),
-            all_touched=all_touched, invert=True,
-        )
-        if valid is not None:
-            inside &= valid
-        pixels = data[:, inside].astype(np.float64)  # (C, k)
+        pixels = _region_pixels(g, source, all_touched, shapely)  # (C, k)
+        if pixels is None:
+            continue  # off the raster
         k = pixels.shape[1]
         if "count" in stats:
             out["count"][i] = k
@@ -283,7 +319,57 @@ def _zonal(
     return {s: (v, np.zeros(n, dtype=bool) if s == "count" else nulls) for s, v in out.items()}
 
 
+def _is_point(g: Any, shapely: Any) -> bool:
+    """A point, or a multipoint of one point: the pixel under it."""
+    kind = shapely.get_type_id(g)
+    return kind == 0 or (kind == 4 and shapely.get_num_geometries(g) == 1)
+
+
+def _region_pixels(g: Any, source: Source, all_touched: bool, shapely: Any) -> np.ndarray | None:
+    """The valid pixel values ``(C, k)`` the geometry covers, or None when its window misses the raster."""
+    grid = source.grid
+    left, bottom, right, top = g.bounds
+    rx, ry = grid.resolution
+    if right - left < rx or top - bottom < ry:  # a straight line or a multipoint in a row: a window around it
+        left, bottom, right, top = left - rx, bottom - ry, right + rx, top + ry
+    try:
+        win = window_from_bounds((left, bottom, right, top), grid.transform, grid.shape)
+    except RegionError:
+        return None
+    data, valid = source.read(win)
+    transform = window_transform(win, grid.transform)
+    shape = (int(win.height), int(win.width))
+    if shapely.get_type_id(g) == 4:  # the pixel under each point, once
+        row, col = _rowcol_xy(transform, shapely.get_coordinates(g))
+        inside = np.zeros(shape, dtype=bool)
+        ok = (row >= 0) & (row < shape[0]) & (col >= 0) & (col < shape[1])
+        inside[row[ok], col[ok]] = True
+    else:
+        inside = geometry_mask([g], out_shape=shape, transform=transform, all_touched=all_touched, invert=True)
+    if valid is not None:
+        inside &= valid
+    return data[:, inside].astype(np.float64)
+
+
+def _rowcol_xy(transform: Any, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer row, col of the pixels under ``xy`` (``(k, 2)`` coordinates) in the grid of ``transform``."""
+    inv = ~transform
+    col = np.floor(inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c).astype(np.int64)
+    row = np.floor(inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f).astype(np.int64)
+    return row, col
+
+
 _STAT_FUNCS = {"mean": np.mean, "std": np.std, "min": np.min, "max": np.max, "median": np.median}
+
+
+def _patch_dtype(dtype: np.dtype, fill_value: float) -> np.dtype:
+    """The raster's dtype, or a float one when it cannot hold ``fill_value`` (NaN, negative or fractional padding
+    of an integer raster)."""
+    if dtype.kind in "iu":
+        fill, info = float(fill_value), np.iinfo(dtype)
+        if not fill.is_integer() or not info.min <= fill <= info.max:
+            return np.result_type(dtype, np.float32)
+    return dtype
 
 
 def _patches(geoms: np.ndarray, source: Source, size: XY, fill_value: float) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +378,7 @@ def _patches(geoms: np.ndarray, source: Source, size: XY, fill_value: float) -> 
     row, col, inside = _rowcol(source, x, y)
     h, w = source.grid.shape
     n, c = len(geoms), len(source.band_names)
-    out = np.full((n, size.y, size.x, c), fill_value, dtype=source.dtype)
+    out = np.full((n, size.y, size.x, c), fill_value, dtype=_patch_dtype(np.dtype(source.dtype), fill_value))
     full = Window(0, 0, w, h)
     for i in np.flatnonzero(inside):
         want = Window(int(col[i]) - size.x // 2, int(row[i]) - size.y // 2, size.x, size.y)

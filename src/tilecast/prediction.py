@@ -20,7 +20,7 @@ from .runtimes.base import model_path
 from .sinks.base import ChunkSink, OutputProfile, Sink
 from .sinks.safety import refuse_overwriting_inputs
 from .sources.base import Grid, Source
-from .spec import check_nodata, default_nodata, with_default_colors
+from .spec import check_nodata, check_raster_dtype, default_nodata, with_default_colors
 from .tensors import bind_inputs, bind_outputs, needs_probe
 
 if TYPE_CHECKING:
@@ -35,7 +35,9 @@ _GDAL_WARP_LIMIT = 2**31 - 1
 def compact_dtype(dtypes: list[np.dtype]) -> np.dtype:
     """The file's one dtype for outputs the user did not declare: the model's own, and where integer outputs (a
     class map) share the file with float ones, the float's width, not numpy's promotion of int64 + float32 to
-    float64 for every band (class codes below 2**24 are exact in float32)."""
+    float64 for every band (class codes below 2**24 are exact in float32). A GeoTIFF band has no bool or float16
+    type: such outputs (an fp16 model's) are written as uint8 and float32."""
+    dtypes = [np.dtype(np.uint8 if d == np.bool_ else np.float32 if d == np.float16 else d) for d in dtypes]
     floats = [d for d in dtypes if np.dtype(d).kind == "f"]
     if floats and len(floats) < len(dtypes):
         return np.dtype(np.result_type(*floats))
@@ -125,6 +127,7 @@ class Prediction:
             names = list(self.source.band_names) + names
             band_dtypes = [np.dtype(self.source.dtype)] * len(self.source.band_names) + band_dtypes
         dtype = np.result_type(*band_dtypes) if spec.output_bands else compact_dtype(band_dtypes)
+        check_raster_dtype(dtype, "the output")
         nodata = spec.nodata if spec.nodata is not None else default_nodata(dtype)
         check_nodata(nodata, dtype)
         categorical = all(d.kind in "iub" for d in band_dtypes[-len(outputs.band_names):])

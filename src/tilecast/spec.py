@@ -22,6 +22,7 @@ __all__ = [
     "OutputBand",
     "categories_xml",
     "category_names",
+    "check_raster_dtype",
     "palette_colors",
     "pam_categories_xml",
     "parse_color",
@@ -292,6 +293,18 @@ def default_nodata(dtype: np.dtype) -> float:
         return 0
     info = np.iinfo(dtype)
     return info.max if dtype.kind == "u" else info.min
+
+
+def check_raster_dtype(dtype: np.dtype, what: str) -> None:
+    """Raise :class:`SpecError` for a dtype tilecast cannot write as a GeoTIFF band, naming the type to declare."""
+    why = {
+        np.dtype(np.bool_): ("rasterio has no bool band type", "uint8"),
+        np.dtype(np.float16): ("rasterio has no float16 band type", "float32"),
+        np.dtype(np.uint64): ("rasterio records no uint64 nodata value", "int64"),
+    }.get(np.dtype(dtype))
+    if why:
+        raise SpecError(f"{what} is {dtype}, which tilecast cannot write as a GeoTIFF band ({why[0]}); declare "
+                        f"{why[1]} instead (e.g. --output-band NAME:{why[1]})")
 
 
 # ---- class colours and category names (GIS tools show class maps through these) ----------------------------------

@@ -25,7 +25,7 @@ from ..plan import XY, xy
 from ..resources import memory_available
 from ..sinks import GeoTIFFSink, OutputProfile
 from ..sources import Grid, parse_crs
-from ..spec import check_nodata, default_nodata, parse_dtype
+from ..spec import check_nodata, check_raster_dtype, default_nodata, parse_dtype
 from .common import progress_callback
 from .image import margin_of
 from .tfrecord import decode_example, iter_records
@@ -200,6 +200,7 @@ def import_predictions(
             raise InputError(f"feature {k!r} holds bytes; only float_list and int64_list features become bands")
     is_int = all(np.asarray(first[k]).dtype.kind == "i" for k in keys)
     out_dtype = parse_dtype(dtype, "--dtype") if dtype else np.dtype(np.int32 if is_int else np.float32)
+    check_raster_dtype(out_dtype, "--dtype")
     nodata = default_nodata(out_dtype) if nodata is None else nodata  # GIS tools show the COG's gaps as gaps
     check_nodata(nodata, out_dtype)
     check_strip_memory(len(keys) * mix.patch.y * width * out_dtype.itemsize, mix)

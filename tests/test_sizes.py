@@ -24,7 +24,8 @@ def test_parse_size_forms(value, want):
     assert parse_size(value) == XY(*want)
 
 
-@pytest.mark.parametrize("value", ["", "a", "1,2,3", [1, 2, 3], [], None, True, 3.5, "48 48 48", {"w": 1}])
+@pytest.mark.parametrize("value", ["", "a", "1,2,3", [1, 2, 3], [], None, True, 3.5, "48 48 48", {"w": 1},
+                                   "16,x", "8,", ",16", "16,,8"])  # an empty part was dropped: "16,x" meant 16
 def test_parse_size_errors_give_the_cli_syntax(value):
     with pytest.raises(SpecError, match=r"256 or 256,128 on the command line, 256 or \(256, 128\) in Python") as info:
         parse_size(value, "input_tile_size")

@@ -57,7 +57,7 @@ class XY(NamedTuple):
 def _pair(value: Any, name: str, number: type, example: str) -> tuple[Any, Any]:
     """One number for both axes, or two (width, height): as a number, a string or a sequence."""
     if isinstance(value, str):
-        parts: Any = [p for p in re.split(r"[,x\s]+", value.strip()) if p]
+        parts: Any = re.split(r"\s*[,x]\s*|\s+", value.strip())  # an empty part ("16," or "16,x") is an error
     elif isinstance(value, (bool, type(None))):
         parts = None
     elif isinstance(value, numbers.Number):

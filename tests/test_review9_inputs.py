@@ -758,3 +758,20 @@ def test_layout_named_for_a_model_whose_inputs_are_not_properties_names_them(tmp
                   "p=y:float32", "-o", str(tmp_path / "o.gpkg"))
     assert result.exit_code == 1 and "['x']" in result.output and "--tile" not in result.output, result.output
     assert "--layout stacked" in result.output
+
+
+def test_an_input_type_override_naming_no_input_is_refused(raster, tmp_path):
+    """--input-type-override zz:float64 was silently ignored; a real input name still works."""
+    from onnx_models import linear_1x1
+
+    image = raster(coord_image(40, 48, 2))
+    model = linear_1x1(tmp_path / "m.onnx", [1.0, 1000.0])
+    args = [image, "-m", model, "--output-band", "y:float32", "--tile", "16"]
+    result = _predict(*args, "--input-type-override", "zz:float64", "-o", tmp_path / "o.tif")
+    assert result.exit_code == 1 and "input_type_override names ['zz']" in result.output, result.output
+    assert not (tmp_path / "o.tif").exists()
+    import onnx
+
+    name = onnx.load(model).graph.input[0].name
+    result = _predict(*args, "--input-type-override", f"{name}:float32", "-o", tmp_path / "p.tif")
+    assert result.exit_code == 0, result.output

@@ -124,6 +124,10 @@ def bind_inputs(
         dtype = spec.input_type_override.get(p) or t.dtype or default
         rank = len(t.shape) if t.shape else 1
         slots.append(InputSlot(p, (), np.dtype(dtype), prop=value, prop_rank=rank))
+    unknown = sorted(set(spec.input_type_override) - {s.name for s in slots})
+    if unknown:  # it would be silently ignored
+        raise SpecError(f"input_type_override names {unknown}, which are not inputs of the model as bound (layout "
+                        f"{layout}); name one of {[s.name for s in slots]} (--input-type-override NAME:DTYPE)")
     # A fixed first axis is the batch the model takes (for tabular models it counts pixels, not tiles).
     fixed = {t.shape[0] for t in model_inputs if t.shape and t.shape[0] is not None} if layout != "pixels" else set()
     batch = min(fixed) if fixed else spec.batch_size

@@ -11,7 +11,7 @@ from tests.conftest import write_raster
 from tests.onnx_models import linear_1x1, mean_conv
 
 from tilecast.card import build_card, card_path, write_card
-from tilecast.errors import ModelLoadError
+from tilecast.errors import ModelLoadError, SpecError
 from tilecast.loading import detect_format, load_model
 from tilecast.model import Model
 from tilecast.spec import OutputBand
@@ -92,3 +92,11 @@ def test_card_json_is_a_stac_item(tmp_path):
     assert item["type"] == "Feature" and item["assets"]["model"]["roles"] == ["mlm:model"]
     pystac = pytest.importorskip("pystac")
     assert pystac.Item.from_dict(item).id == "lin"
+
+
+def test_providers_for_a_model_that_does_not_take_them_are_refused(tmp_path):
+    """--providers cuda with a TorchScript model was silently ignored (the model ran where --device said)."""
+    torch = pytest.importorskip("torch")
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(1, 1, 1)), str(tmp_path / "script.pt"))
+    with pytest.raises(SpecError, match=r"providers \['CUDAExecutionProvider'\] are ONNX Runtime's.*--device"):
+        load_model(tmp_path / "script.pt", providers=["CUDAExecutionProvider"], input_tile_size=8)

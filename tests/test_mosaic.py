@@ -18,6 +18,7 @@ from conftest import coord_image
 from tilecast import Model
 from tilecast.errors import BandMismatchError, SourceNotFoundError, SourceReadError
 from tilecast.sources import open_source
+from tilecast.errors import InputError
 from tilecast.sources.mosaic import MosaicSource
 
 ORIGIN = (500000.0, 4600000.0)
@@ -199,3 +200,11 @@ def test_runs_over_one_mosaic_do_not_accumulate_file_handles(raster, tmp_path, m
         pred.to_geotiff(tmp_path / "out.tif", overwrite=True)
         open_fds.append(len(os.listdir("/proc/self/fd")))
     assert open_fds[-1] <= open_fds[1], open_fds
+
+
+def test_band_names_must_name_every_band(raster):
+    """Fewer names than bands put the next member's names on the wrong bands (wrong pixels under a name)."""
+    a = raster(coord_image(8, 8, 2), name="a.tif")
+    with pytest.raises(InputError, match=r"1 band names \['x'\] given for .* which has 2 band\(s\)"):
+        MosaicSource([[a]], band_names=["x"])
+    assert MosaicSource([[a]], band_names=["x", "y"]).band_names == ["x", "y"]

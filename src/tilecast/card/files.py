@@ -90,6 +90,9 @@ def open_runtime(path: str | os.PathLike, fmt: str | None = None, *, providers: 
     if precision not in (None, "fp32") and fmt not in ("onnx", "torchscript", "torch.export"):
         raise SpecError(f"precision {precision!r} applies to ONNX and PyTorch models, not {fmt}; leave out "
                         "--precision")
+    if providers and fmt not in ("onnx", "torchserve"):
+        raise SpecError(f"providers {list(providers)} are ONNX Runtime's, but this model is {fmt}; leave out "
+                        "--providers (--device picks a PyTorch model's device)")
     if fmt == "onnx":
         from ..runtimes.onnx import OnnxRuntime
 

@@ -113,6 +113,9 @@ class MosaicSource(BaseSource):
         self.members = [_Member(m) for m in members]
         first = self.members[0]
         names = list(band_names) if band_names is not None else first.names
+        if len(names) != len(first.names):
+            raise InputError(f"{len(names)} band names {names} given for {first.files}, which has {len(first.names)} "
+                             "band(s); give one name per band")
         for m in self.members[1:]:
             if len(m.names) != len(first.names):
                 raise BandMismatchError(

@@ -95,7 +95,7 @@ def test_scaling_semantics_follow_mlm():
         parse_scaling("z-score:1")
     with pytest.raises(SpecError, match="not supported"):
         Scaling("log")
-    with pytest.raises(SpecError, match="minimum .* must be <= maximum"):
+    with pytest.raises(SpecError, match=r"minimum .* must be <= maximum"):
         parse_scaling("clip:5:1")  # it clipped every value to 1
 
 

@@ -16,9 +16,8 @@ from rasterio.windows import Window
 
 from conftest import coord_image
 from tilecast import Model
-from tilecast.errors import BandMismatchError, SourceNotFoundError, SourceReadError
+from tilecast.errors import BandMismatchError, InputError, SourceNotFoundError, SourceReadError
 from tilecast.sources import open_source
-from tilecast.errors import InputError
 from tilecast.sources.mosaic import MosaicSource
 
 ORIGIN = (500000.0, 4600000.0)

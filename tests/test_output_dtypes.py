@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from conftest import coord_image, write_raster
+from test_import import predict_identity
 from tilecast.cli import main
 from tilecast.errors import SpecError
 from tilecast.export import export_image, import_predictions
-from test_import import predict_identity
 
 
 def _model(path, out_type: int, op: str) -> str:

@@ -9,30 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from onnx_models import mean_conv
-from tilecast.cli import main
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(res, *words: str, code: int = 1) -> str:
-    assert res.exit_code == code, res.output
-    assert "Traceback" not in res.output
-    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, res.stderr
-    for word in words:
-        assert word in errors[0], errors[0]
-    return errors[0]
+from test_adversarial_cli import SRC, one_line_error, run
 
 
 @pytest.fixture

@@ -33,14 +33,21 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"spec file not found: {path}; every tilecast export writes one next to its files")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*spec.json")) or ["*.spec.json"]
+        raise InputError(f"{path} is a folder; pass the spec file in it: {', '.join(str(path / f) for f in found)}")
     try:
         spec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); pass the *.spec.json written by the export") from None
-    if "features" not in spec or "files" not in spec:
+    if not isinstance(spec, dict) or "features" not in spec or "files" not in spec:
         raise InputError(f"{path} is not a tilecast export spec (no 'features'/'files'); pass the *.spec.json")
     spec["files"] = {k: [str((path.parent / f).resolve()) for f in v] for k, v in spec["files"].items()}
     return spec
+
+
+_NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "string": object}
+"""The spec's dtypes as numpy ones (what ``tf.io.parse_single_example`` gives for each)."""
 
 
 def _tf_dtype(tf: Any, name: str) -> Any:
@@ -121,15 +128,19 @@ class _TFRecordDataset:
         from .export.tfrecord import iter_records
 
         for path in self._my_files():
-            for rec in iter_records(path):
-                item = parse_record(rec, self.spec)
+            for index, rec in enumerate(iter_records(path)):
+                try:
+                    item = parse_record(rec, self.spec)
+                except InputError as exc:  # which of thousands of records does not match the spec
+                    raise InputError(f"{path}, record {index}: {exc}") from None
                 yield self.transform(item) if self.transform else item
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Every record stacked per feature (for small exports)."""
         items = list(self._untransformed())
         if not items:
-            return {k: np.zeros((0, *v["shape"]), np.float32) for k, v in self.spec["features"].items()}
+            return {k: np.zeros((0, *v["shape"]), _NUMPY_DTYPES.get(v.get("dtype"), np.float32))
+                    for k, v in self.spec["features"].items()}
         return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
     def _untransformed(self) -> _TFRecordDataset:

@@ -20,7 +20,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from ..errors import InputError
+from ..errors import CastError, InputError
 from ..plan import XY, xy
 from ..resources import memory_available
 from ..sinks import GeoTIFFSink, OutputProfile
@@ -224,6 +224,9 @@ def import_predictions(
             for b, k in enumerate(keys):
                 if k not in ex:
                     raise InputError(f"example {count} has no feature {k!r}; every example needs the same keys")
+                if isinstance(ex[k], list):
+                    raise InputError(f"example {count}: feature {k!r} holds bytes; only float_list and int64_list "
+                                     "features become bands")
                 patch = _crop(np.asarray(ex[k]), mix.patch, margin, k, count)
                 strip[b, :, col * mix.patch.x : (col + 1) * mix.patch.x] = _cast(patch, out_dtype, k)
             count += 1
@@ -257,6 +260,9 @@ def check_strip_memory(nbytes: int, mix: Mixer) -> None:
 def _cast(values: np.ndarray, dtype: np.dtype, key: str) -> np.ndarray:
     if dtype.kind in "iu" and values.dtype.kind == "f":
         values = np.rint(values)
+        if not np.isfinite(values).all():
+            raise CastError(f"feature {key!r} has NaN or infinite values that {dtype} cannot hold; pass a float "
+                            "--dtype (e.g. float32), or write the --nodata value in their place")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if values.size and (values.min() < info.min or values.max() > info.max):

@@ -212,3 +212,12 @@ def test_an_unwritable_cache_folder_is_a_clear_error(tmp_path, monkeypatch, caps
         datasets.fetch_landsat(quiet=True)
     assert datasets.main(["fetch", "-q"]) == 1
     assert "error: cannot write the sample cache" in capsys.readouterr().err
+
+
+def test_a_mixer_without_a_crs_is_named_as_such(tiles, tmp_path):
+    mixer = json.loads(tiles.mixer.read_text())
+    del mixer["projection"]["crs"]
+    (tmp_path / "m-mixer.json").write_text(json.dumps(mixer))
+    preds = write_predictions(tmp_path / "p", [{"x": np.zeros(400, np.float32)}] * 4)
+    with pytest.raises(InputError, match=r"not an Earth Engine mixer \(ValueError: projection\.crs is missing\)"):
+        import_predictions(preds, tmp_path / "m-mixer.json", tmp_path / "o.tif")

@@ -73,12 +73,15 @@ def read_mixer(path: str | os.PathLike) -> Mixer:
             raise ValueError(f"doubleMatrix has {len(a)} values, not the 6 of an affine transform")
         pw, ph = (int(v) for v in m["patchDimensions"])
         per_row, total = int(m["patchesPerRow"]), int(m["totalPatches"])
+        crs = proj.get("crs") or proj.get("wkt")
+        if not crs:
+            raise ValueError("projection.crs is missing")
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise InputError(
             f"{path} is not an Earth Engine mixer ({type(exc).__name__}: {exc}); it needs projection.crs, "
             "projection.affine.doubleMatrix, patchDimensions, patchesPerRow and totalPatches"
         ) from None
-    return Mixer(parse_crs(proj.get("crs") or proj.get("wkt")), Affine(*a[:6]), XY(pw, ph), per_row, total)
+    return Mixer(parse_crs(crs), Affine(*a[:6]), XY(pw, ph), per_row, total)
 
 
 def _expand(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

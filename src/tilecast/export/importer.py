@@ -158,6 +158,17 @@ def _crop(values: np.ndarray, patch: XY, margin: XY | None, key: str, index: int
     return full[top : top + patch.y, left : left + patch.x]
 
 
+def _feature(example: dict[str, Any], key: str, index: int) -> np.ndarray:
+    """One band's values of an example; bytes or a missing key are errors naming the example."""
+    if key not in example:
+        raise InputError(f"example {index} has no feature {key!r}; every example needs the same keys")
+    values = example[key]
+    if isinstance(values, list):
+        raise InputError(f"example {index}: feature {key!r} holds bytes; only float_list and int64_list features "
+                         "become bands")
+    return values
+
+
 def _examples(files: list[str]) -> Iterator[dict[str, Any]]:
     for f in files:
         for rec in iter_records(f):
@@ -225,12 +236,7 @@ def import_predictions(
                 )
             col = count % mix.per_row
             for b, k in enumerate(keys):
-                if k not in ex:
-                    raise InputError(f"example {count} has no feature {k!r}; every example needs the same keys")
-                if isinstance(ex[k], list):
-                    raise InputError(f"example {count}: feature {k!r} holds bytes; only float_list and int64_list "
-                                     "features become bands")
-                patch = _crop(np.asarray(ex[k]), mix.patch, margin, k, count)
+                patch = _crop(_feature(ex, k, count), mix.patch, margin, k, count)
                 strip[b, :, col * mix.patch.x : (col + 1) * mix.patch.x] = _cast(patch, out_dtype, k)
             count += 1
             if col == mix.per_row - 1:

@@ -74,10 +74,17 @@ def test_dataloader_with_two_workers_yields_each_record_once(patches, tmp_path, 
         spec = tmp_path / "one.spec.json"
         spec.write_text(json.dumps(meta))
     expected = centres(TFRecordDataset(patches.spec, split="train"))
-    loader = torch.utils.data.DataLoader(TFRecordDataset(spec, split="train"), batch_size=None, num_workers=2)
-    got = [(int(it["b1"][2, 2]), int(it["b2"][2, 2])) for it in loader]
+
+    def tagged(ex):
+        return int(ex["b1"][2, 2]), int(ex["b2"][2, 2]), torch.utils.data.get_worker_info().id
+
+    loader = torch.utils.data.DataLoader(TFRecordDataset(spec, split="train", transform=tagged), batch_size=None,
+                                         num_workers=2)
+    got = [tuple(int(v) for v in it) for it in loader]
     assert len(got) == len(expected) == patches.counts["train"]
-    assert sorted(got) == sorted(expected) and len(set(got)) == len(got)
+    assert sorted(g[:2] for g in got) == sorted(expected) and len({g[:2] for g in got}) == len(got)
+    # Both workers parse records, also from a single file (before, the second one sat idle).
+    assert {g[2] for g in got} == {0, 1}
 
 
 # ---- the spec sidecar --------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def _shape(values: Mapping[str, Any], key: str, info: Mapping[str, Any]) -> np.n
 class _TFRecordDataset:
     """Records of an export as ``{name: np.ndarray}`` dicts (or whatever ``transform`` makes of them), streamed
     from the TFRecord files without TensorFlow. An ``IterableDataset`` for PyTorch's ``DataLoader`` (each worker
-    reads a disjoint set of files when there are several), and a plain iterable without torch."""
+    yields a disjoint share of the records), and a plain iterable without torch."""
 
     def __init__(
         self,
@@ -113,7 +113,10 @@ class _TFRecordDataset:
             self.files = list(files[split])
         self.transform = transform
 
-    def _my_files(self) -> list[str]:
+    def _my_share(self) -> tuple[list[str], int, int]:
+        """``(files, step, first)``: the files this DataLoader worker reads, and that it yields their records
+        ``first, first + step, ...``. Workers split the files; with fewer files than workers (a table export is one
+        file) every worker reads them all and yields every N-th record, so that all of them parse."""
         try:
             import torch.utils.data as tud
 
@@ -121,14 +124,21 @@ class _TFRecordDataset:
         except ImportError:
             info = None
         if info is None or info.num_workers <= 1:
-            return self.files
-        return self.files[info.id :: info.num_workers]
+            return self.files, 1, 0
+        if len(self.files) >= info.num_workers:
+            return self.files[info.id :: info.num_workers], 1, 0
+        return self.files, info.num_workers, info.id
 
     def __iter__(self) -> Iterator[Any]:
         from .export.tfrecord import iter_records
 
-        for path in self._my_files():
+        files, step, first = self._my_share()
+        seen = 0
+        for path in files:
             for index, rec in enumerate(iter_records(path)):
+                seen += 1
+                if (seen - 1) % step != first:
+                    continue
                 try:
                     item = parse_record(rec, self.spec)
                 except InputError as exc:  # which of thousands of records does not match the spec

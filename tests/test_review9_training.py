@@ -99,6 +99,13 @@ def test_a_folder_or_non_object_json_for_the_spec_is_a_clear_error(patches, tmp_
     shard = load_spec(patches.spec)["files"]["train"][0]
     with pytest.raises(InputError, match="is not valid JSON"):  # a shard passed for the spec
         TFRecordDataset(shard)
+    with pytest.raises(InputError, match=r"spec file not found: .*pass make_spec\(\{name: shape\}, files\)"):
+        TFRecordDataset(tmp_path / "ee_export.spec.json")  # an Earth Engine export has none: build it
+    files = load_spec(patches.spec)["files"]["train"]
+    from tilecast.training import make_spec
+
+    built = TFRecordDataset(make_spec({"b1": [5, 5], "b2": [5, 5], "b3": [5, 5], "label": [1]}, files))
+    assert centres(built) == centres(TFRecordDataset(patches.spec, split="train"))
     (tmp_path / "n.json").write_text("3")
     with pytest.raises(InputError, match="not a tilecast export spec"):
         load_spec(tmp_path / "n.json")

@@ -32,7 +32,8 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     """Read a sidecar; file paths in it become absolute (they are stored relative to the sidecar)."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"spec file not found: {path}; every tilecast export writes one next to its files")
+        raise InputError(f"spec file not found: {path}; every tilecast export writes one next to its files (for "
+                         "files from elsewhere, e.g. Earth Engine, pass make_spec({name: shape}, files) instead)")
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*spec.json")) or ["*.spec.json"]
         raise InputError(f"{path} is a folder; pass the spec file in it: {', '.join(str(path / f) for f in found)}")

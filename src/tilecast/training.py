@@ -32,15 +32,23 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     """Read a sidecar; file paths in it become absolute (they are stored relative to the sidecar)."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"spec file not found: {path}; every tilecast export writes one next to its files")
+        raise InputError(f"spec file not found: {path}; every tilecast export writes one next to its files (for "
+                         "files from elsewhere, e.g. Earth Engine, pass make_spec({name: shape}, files) instead)")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*spec.json")) or ["*.spec.json"]
+        raise InputError(f"{path} is a folder; pass the spec file in it: {', '.join(str(path / f) for f in found)}")
     try:
         spec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); pass the *.spec.json written by the export") from None
-    if "features" not in spec or "files" not in spec:
+    if not isinstance(spec, dict) or "features" not in spec or "files" not in spec:
         raise InputError(f"{path} is not a tilecast export spec (no 'features'/'files'); pass the *.spec.json")
     spec["files"] = {k: [str((path.parent / f).resolve()) for f in v] for k, v in spec["files"].items()}
     return spec
+
+
+_NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "string": object}
+"""The spec's dtypes as numpy ones (what ``tf.io.parse_single_example`` gives for each)."""
 
 
 def _tf_dtype(tf: Any, name: str) -> Any:
@@ -88,7 +96,7 @@ def _shape(values: Mapping[str, Any], key: str, info: Mapping[str, Any]) -> np.n
 class _TFRecordDataset:
     """Records of an export as ``{name: np.ndarray}`` dicts (or whatever ``transform`` makes of them), streamed
     from the TFRecord files without TensorFlow. An ``IterableDataset`` for PyTorch's ``DataLoader`` (each worker
-    reads a disjoint set of files when there are several), and a plain iterable without torch."""
+    yields a disjoint share of the records), and a plain iterable without torch."""
 
     def __init__(
         self,
@@ -106,7 +114,10 @@ class _TFRecordDataset:
             self.files = list(files[split])
         self.transform = transform
 
-    def _my_files(self) -> list[str]:
+    def _my_share(self) -> tuple[list[str], int, int]:
+        """``(files, step, first)``: the files this DataLoader worker reads, and that it yields their records
+        ``first, first + step, ...``. Workers split the files; with fewer files than workers (a table export is one
+        file) every worker reads them all and yields every N-th record, so that all of them parse."""
         try:
             import torch.utils.data as tud
 
@@ -114,22 +125,33 @@ class _TFRecordDataset:
         except ImportError:
             info = None
         if info is None or info.num_workers <= 1:
-            return self.files
-        return self.files[info.id :: info.num_workers]
+            return self.files, 1, 0
+        if len(self.files) >= info.num_workers:
+            return self.files[info.id :: info.num_workers], 1, 0
+        return self.files, info.num_workers, info.id
 
     def __iter__(self) -> Iterator[Any]:
         from .export.tfrecord import iter_records
 
-        for path in self._my_files():
-            for rec in iter_records(path):
-                item = parse_record(rec, self.spec)
+        files, step, first = self._my_share()
+        seen = 0
+        for path in files:
+            for index, rec in enumerate(iter_records(path)):
+                seen += 1
+                if (seen - 1) % step != first:
+                    continue
+                try:
+                    item = parse_record(rec, self.spec)
+                except InputError as exc:  # which of thousands of records does not match the spec
+                    raise InputError(f"{path}, record {index}: {exc}") from None
                 yield self.transform(item) if self.transform else item
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Every record stacked per feature (for small exports)."""
         items = list(self._untransformed())
         if not items:
-            return {k: np.zeros((0, *v["shape"]), np.float32) for k, v in self.spec["features"].items()}
+            return {k: np.zeros((0, *v["shape"]), _NUMPY_DTYPES.get(v.get("dtype"), np.float32))
+                    for k, v in self.spec["features"].items()}
         return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
     def _untransformed(self) -> _TFRecordDataset:

@@ -20,7 +20,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from ..errors import InputError
+from ..errors import CastError, InputError
 from ..plan import XY, xy
 from ..resources import memory_available
 from ..sinks import GeoTIFFSink, OutputProfile
@@ -73,12 +73,15 @@ def read_mixer(path: str | os.PathLike) -> Mixer:
             raise ValueError(f"doubleMatrix has {len(a)} values, not the 6 of an affine transform")
         pw, ph = (int(v) for v in m["patchDimensions"])
         per_row, total = int(m["patchesPerRow"]), int(m["totalPatches"])
+        crs = proj.get("crs") or proj.get("wkt")
+        if not crs:
+            raise ValueError("projection.crs is missing")
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise InputError(
             f"{path} is not an Earth Engine mixer ({type(exc).__name__}: {exc}); it needs projection.crs, "
             "projection.affine.doubleMatrix, patchDimensions, patchesPerRow and totalPatches"
         ) from None
-    return Mixer(parse_crs(proj.get("crs") or proj.get("wkt")), Affine(*a[:6]), XY(pw, ph), per_row, total)
+    return Mixer(parse_crs(crs), Affine(*a[:6]), XY(pw, ph), per_row, total)
 
 
 def _expand(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -155,6 +158,17 @@ def _crop(values: np.ndarray, patch: XY, margin: XY | None, key: str, index: int
     return full[top : top + patch.y, left : left + patch.x]
 
 
+def _feature(example: dict[str, Any], key: str, index: int) -> np.ndarray:
+    """One band's values of an example; bytes or a missing key are errors naming the example."""
+    if key not in example:
+        raise InputError(f"example {index} has no feature {key!r}; every example needs the same keys")
+    values = example[key]
+    if isinstance(values, list):
+        raise InputError(f"example {index}: feature {key!r} holds bytes; only float_list and int64_list features "
+                         "become bands")
+    return values
+
+
 def _examples(files: list[str]) -> Iterator[dict[str, Any]]:
     for f in files:
         for rec in iter_records(f):
@@ -222,9 +236,7 @@ def import_predictions(
                 )
             col = count % mix.per_row
             for b, k in enumerate(keys):
-                if k not in ex:
-                    raise InputError(f"example {count} has no feature {k!r}; every example needs the same keys")
-                patch = _crop(np.asarray(ex[k]), mix.patch, margin, k, count)
+                patch = _crop(_feature(ex, k, count), mix.patch, margin, k, count)
                 strip[b, :, col * mix.patch.x : (col + 1) * mix.patch.x] = _cast(patch, out_dtype, k)
             count += 1
             if col == mix.per_row - 1:
@@ -257,6 +269,9 @@ def check_strip_memory(nbytes: int, mix: Mixer) -> None:
 def _cast(values: np.ndarray, dtype: np.dtype, key: str) -> np.ndarray:
     if dtype.kind in "iu" and values.dtype.kind == "f":
         values = np.rint(values)
+        if not np.isfinite(values).all():
+            raise CastError(f"feature {key!r} has NaN or infinite values that {dtype} cannot hold; pass a float "
+                            "--dtype (e.g. float32), or write the --nodata value in their place")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if values.size and (values.min() < info.min or values.max() > info.max):

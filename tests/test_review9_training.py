@@ -235,3 +235,44 @@ def test_a_mixer_without_a_crs_is_named_as_such(tiles, tmp_path):
     preds = write_predictions(tmp_path / "p", [{"x": np.zeros(400, np.float32)}] * 4)
     with pytest.raises(InputError, match=r"not an Earth Engine mixer \(ValueError: projection\.crs is missing\)"):
         import_predictions(preds, tmp_path / "m-mixer.json", tmp_path / "o.tif")
+
+
+def test_an_int64_output_records_its_default_nodata_exactly(tiles, tmp_path):
+    """The old default, -2**63, went into the file as a double and rasterio read it back as -9: real pixels of -9
+    were masked and the gaps were not."""
+    from tilecast.errors import NodataError
+    from tilecast.spec import check_nodata, default_nodata
+
+    preds = write_predictions(tmp_path / "p", [{"x": np.arange(400, dtype=np.int64) - 9}] * 4)
+    out = import_predictions(preds, tiles.mixer, tmp_path / "o.tif", dtype="int64")
+    with rasterio.open(out) as ds:
+        assert ds.nodata == default_nodata(np.dtype("int64")) == -(2**53)
+        assert ds.read_masks(1).all()  # the -9 pixels are data
+    with pytest.raises(NodataError, match=r"beyond \+-2\*\*53"):
+        check_nodata(-(2**63), np.dtype("int64"))
+    check_nodata(2**53, np.dtype("int64"))
+
+
+def test_import_refuses_float16_naming_the_flag_it_came_from(tiles, tmp_path):
+    from tilecast.errors import SpecError
+
+    preds = write_predictions(tmp_path / "p", [{"x": np.zeros(400, np.float32)}] * 4)
+    with pytest.raises(SpecError, match=r"declare float32 instead \(e\.g\. --dtype float32\)"):
+        import_predictions(preds, tiles.mixer, tmp_path / "o.tif", dtype="float16")
+
+
+def test_broken_records_are_located_and_an_empty_gzip_is_truncated(tmp_path):
+    from tilecast.export.tfrecord import decode_sequence_example, frame, iter_records
+
+    path = tmp_path / "a.tfrecord"
+    path.write_bytes(frame(b"abc") + frame(b"defgh") + frame(b"ij")[:-3])
+    with pytest.raises(InputError, match=r"record 2 at \(uncompressed\) byte 40 is incomplete"):
+        list(iter_records(path))
+    empty = tmp_path / "b.tfrecord.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="is empty: a GZIP file never is"):
+        list(iter_records(empty))
+    (tmp_path / "none.tfrecord").write_bytes(b"")
+    assert list(iter_records(tmp_path / "none.tfrecord")) == []  # an empty uncompressed file holds no record
+    with pytest.raises(InputError, match=r"not a tf\.train\.SequenceExample"):
+        decode_sequence_example(b"\xff\xff\xff")

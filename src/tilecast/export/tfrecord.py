@@ -137,7 +137,11 @@ def decode_example(data: bytes | memoryview) -> dict[str, np.ndarray | list[byte
 
 def decode_sequence_example(data: bytes | memoryview) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     ex = messages().SequenceExample()
-    ex.ParseFromString(bytes(data))
+    try:
+        ex.ParseFromString(bytes(data))
+    except Exception as exc:
+        raise InputError(f"a record is not a tf.train.SequenceExample ({exc}); pass TFRecord files of "
+                         "SequenceExamples (sequence_data exports)") from None
     context = {k: _feature_value(f) for k, f in ex.context.feature.items()}
     seqs = {
         k: np.asarray([_feature_value(f) for f in fl.feature], dtype=np.float32).reshape(len(fl.feature), -1)
@@ -188,25 +192,32 @@ def iter_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
 
 
 def _records(reader: Any, path: str, verify: bool) -> Iterator[bytes]:
+    offset = index = 0
     while True:
+        at = f"record {index} at (uncompressed) byte {offset}"
         header = reader.read(12)
         if not header:
+            if index == 0 and offset == 0 and os.path.getsize(path) == 0 and path.endswith(".gz"):
+                raise InputError(f"{path} is empty: a GZIP file never is, so it is truncated; re-export or "
+                                 "re-download it")
             return
         if len(header) < 12:
-            raise InputError(f"{path} is truncated (a record header is incomplete); re-export it")
+            raise InputError(f"{path} is truncated ({at}: its header is incomplete); re-export it")
         (length,) = struct.unpack("<Q", header[:8])
         if verify and header[8:12] != _masked_crc(header[:8]):
-            raise InputError(f"{path} is not a TFRecord file (bad length checksum); pass .tfrecord[.gz] files")
+            raise InputError(f"{path} is not a TFRecord file (bad length checksum, {at}); pass .tfrecord[.gz] files")
         if length > _MAX_RECORD:
-            raise InputError(f"{path} declares a record of {length} bytes, more than any TFRecord reader takes; "
-                             "the file is corrupted: re-export it")
+            raise InputError(f"{path} declares a record of {length} bytes ({at}), more than any TFRecord reader "
+                             "takes; the file is corrupted: re-export it")
         data = reader.read(length)
         footer = reader.read(4)
         if len(data) < length or len(footer) < 4:
-            raise InputError(f"{path} is truncated (a record is incomplete); re-export it")
+            raise InputError(f"{path} is truncated ({at} is incomplete); re-export it")
         if verify and footer != _masked_crc(data):
-            raise InputError(f"{path} has a corrupted record (data checksum mismatch); re-export it")
+            raise InputError(f"{path} has a corrupted record (data checksum mismatch, {at}); re-export it")
         yield data
+        offset += 16 + length
+        index += 1
 
 
 _MAX_RECORD = 2**31

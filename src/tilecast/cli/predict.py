@@ -89,7 +89,7 @@ SECTIONS = {
               help="Predict only this region.")
 @click.option("--bounds-crs", help="CRS of --bounds (default: the image's CRS).")
 @click.option("--nodata", type=float, help="Output nodata (default: NaN for floats, the dtype's max for unsigned "
-              "and min for signed integers).")
+              "and min for signed integers; -2**53 for int64, the smallest GDAL records exactly).")
 @click.option("--fill-value", type=float, help="Value sent for masked pixels. [default: 0]")
 @click.option("--mask-halo", is_flag=True, help="Also mask output pixels whose overlap neighbourhood touches masked "
               "input (no rim of guesses along nodata edges; Earth Engine masks only the pixel's own footprint).")

@@ -9,7 +9,7 @@ Routes::
     GET /{layer}/tilejson.json         another layer's TileJSON (``input``)
     GET /{layer}/tiles/{z}/{x}/{y}.png its tiles
     GET /point?lon=..&lat=..           every layer's values at a position (never starts a model run)
-    GET /stats.json                    block cache counters
+    GET /stats.json                    block cache counters, settled value ranges, the last tile errors
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import TilecastError
 from .errors import PortInUseError
 from .session import MapView
 from .style import RangeStyle
@@ -46,8 +46,9 @@ def _empty_png() -> bytes:
     return _EMPTY["png"]
 
 
-def create_app(view: MapView) -> Any:
-    """The ASGI app serving ``view``."""
+def create_app(view: MapView, stopping: Callable[[], bool] | None = None) -> Any:
+    """The ASGI app serving ``view``. ``stopping``: whether the server is shutting down, so that requests waiting
+    for blocks give up at once (503) instead of holding the shutdown until it cancels them."""
     require("starlette", "view")
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -87,13 +88,18 @@ def create_app(view: MapView) -> Any:
             return JSONResponse({"error": f"no tile {z}/{x}/{y}"}, 404)
 
         async def still_wanted() -> bool:
-            return not await request.is_disconnected()
+            return not (stopping is not None and stopping()) and not await request.is_disconnected()
 
         try:
             png = await layer.tile(z, x, y, still_wanted)
-        except TilecastError as exc:  # e.g. the model failed on this block: say so, the page shows the rest
-            log.error("tile %s/%s/%s: %s: %s", z, x, y, type(exc).__name__, exc)
-            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, 500)
+        except Exception as exc:  # the model (a Python function's own error too) or GDAL failed on this tile: say
+            # so, in one line; the page shows it and the rest of the map keeps working
+            message = f"{type(exc).__name__}: {exc}"
+            log.error("tile %s/%s/%s: %s", z, x, y, message)
+            view.errors.append({"layer": layer.name, "tile": f"{z}/{x}/{y}", "error": message})
+            return JSONResponse({"error": message}, 500)
+        if png is None and stopping is not None and stopping():
+            return JSONResponse({"error": "the map server is stopping"}, 503, headers={"Cache-Control": "no-store"})
         if png is None and await request.is_disconnected():
             return Response(status_code=204)
         guarded = isinstance(layer, PredictionLayer) and z < layer.zooms.minzoom
@@ -128,8 +134,9 @@ def create_app(view: MapView) -> Any:
 
 
 def view_stats(view: MapView) -> dict[str, Any]:
-    """Block counters of the prediction layers, and the value ranges the continuous layers settled on."""
-    out: dict[str, Any] = {}
+    """Block counters of the prediction layers, the value ranges the continuous layers settled on, and the last
+    tiles that failed (the page shows them)."""
+    out: dict[str, Any] = {"errors": list(view.errors)}
     for key, layer in view.layers.items():
         if isinstance(layer, PredictionLayer):
             out[key] = asdict(layer.runner.stats)
@@ -146,6 +153,9 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
+    except OverflowError:  # Python's word for a port outside 0-65535
+        sock.close()
+        raise PortInUseError(f"cannot listen on {host}:{port}: a port is 0-65535 (0: any free one)") from None
     except OSError as exc:
         sock.close()
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
@@ -168,8 +178,9 @@ class ViewServer:
         self.host = host
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(create_app(view), log_config=None, access_log=False, lifespan="off",
-                                log_level=log_level, timeout_graceful_shutdown=2)
+        app = create_app(view, lambda: self.server.should_exit)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", log_level=log_level,
+                                timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread: threading.Thread | None = None
         self._closed = False
@@ -180,11 +191,12 @@ class ViewServer:
         return f"http://{host}:{self.port}/"
 
     def run(self) -> None:
-        """Serve until interrupted (Ctrl-C or SIGTERM)."""
+        """Serve until interrupted (Ctrl-C or SIGTERM). Blocks still being computed then are not waited for (a slow
+        model would hold the interrupt for the rest of its run): see :meth:`MapView.busy`."""
         try:
             self.server.run(sockets=[self.sock])
         finally:
-            self._finish()
+            self._finish(wait=False)
 
     def start(self, timeout: float = 30.0) -> ViewServer:
         """Serve from a daemon thread; returns once the server accepts connections (at once if it does)."""
@@ -208,12 +220,12 @@ class ViewServer:
             self.thread.join(timeout=10)
         self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self, wait: bool = True) -> None:
         if self._closed:
             return
         self._closed = True
         self.sock.close()
-        self.view.close()
+        self.view.close(wait)
 
     def __enter__(self) -> ViewServer:
         return self.start()

@@ -104,13 +104,20 @@ def tile_window(grid: Grid, z: int, x: int, y: int, margin: int = MARGIN) -> Win
 
 
 def _blocks_per_tile(grid: Grid, z: int, block: tuple[int, int], blocks: tuple[int, int]) -> int:
-    """Blocks one tile near the grid's centre needs at zoom ``z`` in the worst alignment."""
-    t = TMS.tile(*_centre(grid), z)
-    left, bottom, right, top = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(t), densify_pts=21)
-    rx, ry = grid.resolution
-    rows = min(blocks[0], math.ceil((top - bottom) / ry / block[0]) + 1)
-    cols = min(blocks[1], math.ceil((right - left) / rx / block[1]) + 1)
-    return rows * cols
+    """Blocks one tile needs at zoom ``z`` in the worst alignment, at the grid's centre and at its latitude nearest
+    the equator: a web-mercator tile covers the most ground there (a raster from 40 to 80 degrees north, or around
+    a pole, needs more blocks per tile at its southern edge than at its centre)."""
+    lon, lat = _centre(grid)
+    _, south, _, north = lonlat_extent(grid)
+    worst = 0
+    for at in {lat, min(max(0.0, south), north)}:
+        t = TMS.tile(lon, at, z)
+        left, bottom, right, top = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(t), densify_pts=21)
+        rx, ry = grid.resolution
+        rows = min(blocks[0], math.ceil((top - bottom) / ry / block[0]) + 1)
+        cols = min(blocks[1], math.ceil((right - left) / rx / block[1]) + 1)
+        worst = max(worst, rows * cols)
+    return worst
 
 
 def block_zooms(grid: Grid, block: tuple[int, int], blocks: tuple[int, int], budget: int) -> Zooms:

@@ -418,3 +418,26 @@ def test_an_explicit_colormap_on_a_class_map_is_used_not_ignored(raster, tmp_pat
             (CLASSES[v], "#{:02x}{:02x}{:02x}".format(*COLORS[v])) for v in CLASSES]
     finally:
         view.close()
+
+
+def test_a_raster_wholly_beyond_web_mercators_latitudes_is_a_clear_error(raster):
+    """Symptom: a raster around the South Pole (100 km in EPSG:3031, all south of 89 degrees) opened an empty map
+    fitted to inverted bounds (south -85.05, north -89.3) with native zoom 0, and nothing said why."""
+    from tilecast.errors import RegionError
+
+    pole = raster(np.ones((1, 100, 100), "uint8"), crs="EPSG:3031",
+                  transform=rasterio.Affine(1000, 0, -50000, 0, -1000, 50000))
+    with pytest.raises(RegionError, match=r"beyond 85\.05"):
+        from_raster(pole)
+    model = tilecast.Model.from_callable(lambda x: x, layout="NCHW", input_tile_size=TILE,
+                                         output_bands={"v": "uint8"})
+    with pytest.raises(RegionError, match=r"beyond 85\.05"):
+        from_prediction(model.predict_image(pole), ViewOptions(cache_dir=False))
+    arctic = raster(np.ones((1, 40, 40), "uint8"), crs="EPSG:3413",  # around the North Pole, reaching 76 N: shown
+                    transform=rasterio.Affine(50000, 0, -1e6, 0, -50000, 1e6))
+    view = from_raster(arctic)
+    try:
+        _, south, _, north = view.config("http://h/")["bounds"]
+        assert south < 80 < north
+    finally:
+        view.close()

@@ -441,3 +441,30 @@ def test_a_raster_wholly_beyond_web_mercators_latitudes_is_a_clear_error(raster)
         assert south < 80 < north
     finally:
         view.close()
+
+
+def test_nan_values_are_transparent_when_nodata_is_another_number(raster, tmp_path):
+    """Symptom: a float model that returns NaN where it has no answer, run with ``nodata=-9999``, showed those pixels
+    opaque in the colour of the range's low end (viridis' dark purple), as if they were the smallest value."""
+    from rio_tiler.io import Reader
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        out = x[:, :1] / 100.0
+        out[x[:, :1] < 100] = np.nan
+        return out
+
+    scene = raster(coord_image(H, W, 2))
+    model = tilecast.Model.from_callable(fn, layout="NCHW", input_tile_size=TILE, output_bands={"v": "float32"},
+                                         nodata=-9999)
+    ref = model.predict_image(scene).to_geotiff(tmp_path / "ref.tif", overviews=False)
+    with serve(model.predict_image(scene), rescale=(0.0, 5.0)) as server, Reader(str(ref)) as reader:
+        nan_seen = 0
+        for t in TMS.tiles(*transform_bounds(reader.dataset.crs, "EPSG:4326", *reader.dataset.bounds),
+                           [server.view.main.zooms.native]):
+            got = png(httpx.get(server.url + f"tiles/{t.z}/{t.x}/{t.y}.png", timeout=60))
+            img = reader.tile(t.x, t.y, t.z, resampling_method="nearest", reproject_method="nearest")
+            values, mask = img.array.data[0], np.ma.getmaskarray(img.array)[0]
+            nan = np.isnan(values) & ~mask
+            nan_seen += int(nan.sum())
+            assert np.array_equal(got[..., 3] == 0, mask | nan), t
+        assert nan_seen > 0

@@ -139,6 +139,10 @@ class RangeStyle(Style):
             self.rescale = ranges
 
     def render(self, img: ImageData) -> bytes:
+        if img.array.dtype.kind == "f":  # NaN is no value even where nodata is another number: transparent, not
+            nan = np.isnan(img.array.data)  # the colour of the range's low end
+            if nan.any():
+                img.array.mask = np.ma.getmaskarray(img.array) | nan
         if self.rescale is None:
             self.settle(img.array.data, ~np.ma.getmaskarray(img.array)[0])
         ranges = self.rescale or [(0.0, 1.0)]

@@ -50,8 +50,9 @@ def check_georeferenced(grid: Grid, what: str) -> None:
     _, south, _, north = lonlat_extent(grid)
     if not south < north:
         raise RegionError(
-            f"{what} lies wholly beyond {LATITUDE_LIMIT:.2f} degrees of latitude, where web-mercator maps (this viewer, "
-            "Leaflet, ipyleaflet) show nothing; look at it in a GIS in its own projection (tilecast predict writes it)"
+            f"{what} lies wholly beyond {LATITUDE_LIMIT:.2f} degrees of latitude, where web-mercator maps (this "
+            "viewer, Leaflet, ipyleaflet) show nothing; look at it in a GIS in its own projection (tilecast predict "
+            "writes it)"
         )
 
 

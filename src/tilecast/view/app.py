@@ -28,9 +28,9 @@ from .._extras import require
 from .errors import PortInUseError
 from .session import MapView
 from .style import RangeStyle
-from .tiles import PredictionLayer
+from .tiles import Layer, PredictionLayer, StillWanted
 
-__all__ = ["ViewServer", "bind", "create_app", "view_stats"]
+__all__ = ["ViewServer", "bind", "create_app", "tile_or_error", "view_stats"]
 
 log = logging.getLogger("tilecast.view")
 STATIC = Path(__file__).parent / "static"
@@ -90,20 +90,14 @@ def create_app(view: MapView, stopping: Callable[[], bool] | None = None) -> Any
         async def still_wanted() -> bool:
             return not (stopping is not None and stopping()) and not await request.is_disconnected()
 
-        try:
-            png = await layer.tile(z, x, y, still_wanted)
-        except Exception as exc:  # the model (a Python function's own error too) or GDAL failed on this tile: say
-            # so, in one line; the page shows it and the rest of the map keeps working
-            message = f"{type(exc).__name__}: {exc}"
-            log.error("tile %s/%s/%s: %s", z, x, y, message)
-            view.errors.append({"layer": layer.name, "tile": f"{z}/{x}/{y}", "error": message})
-            return JSONResponse({"error": message}, 500)
+        png, failed = await tile_or_error(view, layer, z, x, y, still_wanted)
+        if failed is not None:
+            return JSONResponse({"error": failed}, 500)
         if png is None and stopping is not None and stopping():
             return JSONResponse({"error": "the map server is stopping"}, 503, headers={"Cache-Control": "no-store"})
         if png is None and await request.is_disconnected():
             return Response(status_code=204)
-        guarded = isinstance(layer, PredictionLayer) and z < layer.zooms.minzoom
-        cache = "no-cache" if guarded else "max-age=3600"
+        cache = "no-cache" if isinstance(layer, PredictionLayer) and z < layer.zooms.minzoom else "max-age=3600"
         return Response(png if png is not None else _empty_png(), media_type="image/png",
                         headers={"Cache-Control": cache})
 
@@ -131,6 +125,19 @@ def create_app(view: MapView, stopping: Callable[[], bool] | None = None) -> Any
         Route("/{layer}/tilejson.json", tilejson), Route("/{layer}/tiles/{z:int}/{x:int}/{y:int}.png", tile),
     ]
     return Starlette(routes=routes)
+
+
+async def tile_or_error(view: MapView, layer: Layer, z: int, x: int, y: int,
+                        still_wanted: StillWanted) -> tuple[bytes | None, str | None]:
+    """``(png, None)``, or ``(None, error)`` when the tile failed: the model (a Python function's own error too) or
+    GDAL. The error is one line, logged and kept for the page; the rest of the map keeps working."""
+    try:
+        return await layer.tile(z, x, y, still_wanted), None
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("tile %s/%s/%s: %s", z, x, y, message)
+        view.errors.append({"layer": layer.name, "tile": f"{z}/{x}/{y}", "error": message})
+        return None, message
 
 
 def view_stats(view: MapView) -> dict[str, Any]:

@@ -468,3 +468,20 @@ def test_nan_values_are_transparent_when_nodata_is_another_number(raster, tmp_pa
             nan_seen += int(nan.sum())
             assert np.array_equal(got[..., 3] == 0, mask | nan), t
         assert nan_seen > 0
+
+
+def test_page_of_an_existing_class_raster_loads_clean(raster, tmp_path):
+    """``tilecast view out/landcover.tif``: one layer, its colour table as legend, no console error, nothing asked
+    outside the server."""
+    from test_view_browser import browser_or_skip
+
+    browser_or_skip()
+    scene = raster(coord_image(H, W, 2))
+    band = {"landcover": {"type": "uint8", "classes": CLASSES, "colors": {k: list(v) for k, v in COLORS.items()}}}
+    model = tilecast.Model.from_callable(lambda x: stripes(x)[:, None].astype("uint8"), layout="NCHW",
+                                         input_tile_size=TILE, output_bands=band)
+    out = model.predict_image(scene).to_geotiff(tmp_path / "landcover.tif")
+    with ViewServer(from_raster(out)).start() as server:
+        facts = open_page(server.url, tmp_path / "profile", ALL_LOADED)
+    assert facts["console"] == [] and facts["refused"] == [] and facts["errors_hidden"]
+    assert all(name in facts["legend"] for name in CLASSES.values())

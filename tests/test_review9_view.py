@@ -485,3 +485,16 @@ def test_page_of_an_existing_class_raster_loads_clean(raster, tmp_path):
         facts = open_page(server.url, tmp_path / "profile", ALL_LOADED)
     assert facts["console"] == [] and facts["refused"] == [] and facts["errors_hidden"]
     assert all(name in facts["legend"] for name in CLASSES.values())
+
+
+def test_a_block_size_of_zero_is_refused_not_replaced_by_the_default(raster):
+    """Symptom: ``--block-size 0`` (or ``0,256``) served with 512-pixel blocks, without a word."""
+    from tilecast.errors import SpecError
+
+    for size in (0, (0, 256), (256, -1)):
+        with pytest.raises(SpecError, match="--block-size"):
+            ViewOptions(block_size=size)
+    scene = raster(coord_image(40, 40, 1))
+    r = subprocess.run([sys.executable, "-c", "from tilecast.cli.view import view; view()", scene, "--no-browser",
+                        "--port", "0", "--block-size", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "SpecError: --block-size" in r.stderr and "Traceback" not in r.stderr

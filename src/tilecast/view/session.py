@@ -57,6 +57,9 @@ class ViewOptions:
     def __post_init__(self) -> None:
         if self.classes is not None and not isinstance(self.classes, dict):  # ["water", "forest"]: values 0, 1...
             self.classes = dict(enumerate(self.classes))
+        sizes = (self.block_size,) if isinstance(self.block_size, int) else self.block_size or ()
+        if any(int(v) < 1 for v in sizes):  # 0 fell back to the default unnoticed
+            raise SpecError(f"--block-size {self.block_size!r}: give a positive number of pixels, e.g. 512")
         if self.rescale is not None and not (len(self.rescale) == 2 and self.rescale[1] > self.rescale[0]):
             raise SpecError(f"rescale={self.rescale!r}: give (min, max) with max greater than min, e.g. (0, 1)")
 

@@ -498,3 +498,12 @@ def test_a_block_size_of_zero_is_refused_not_replaced_by_the_default(raster):
     r = subprocess.run([sys.executable, "-c", "from tilecast.cli.view import view; view()", scene, "--no-browser",
                         "--port", "0", "--block-size", "0"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "SpecError: --block-size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_cache_with_a_cache_dir_is_refused(raster, tmp_path):
+    """Symptom: ``--no-cache --cache-dir DIR`` silently kept nothing in DIR."""
+    scene = raster(coord_image(40, 40, 1))
+    r = subprocess.run([sys.executable, "-c", "from tilecast.cli.view import view; view()", scene, "--no-browser",
+                        "--port", "0", "--no-cache", "--cache-dir", str(tmp_path / "c")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "SpecError: --no-cache" in r.stderr and "Traceback" not in r.stderr

@@ -126,6 +126,8 @@ def _view_options(opts: dict[str, Any]) -> Any:
 
     if opts["budget"] < 1:
         raise SpecError("--budget must be at least 1 block per tile")
+    if opts["no_cache"] and opts["cache_dir"]:
+        raise SpecError("--no-cache keeps blocks in memory only, so --cache-dir would be ignored; give one of them")
     cache: Any = False if opts["no_cache"] else opts["cache_dir"]
     classes = parse_classes(opts["classes"]) if opts.get("classes") and not opts.get("output_bands") else None
     if isinstance(classes, list):

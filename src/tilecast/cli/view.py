@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
 import webbrowser
@@ -48,11 +47,14 @@ class RangeType(click.ParamType):
 @click.argument("image", nargs=-1, required=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind. The default accepts this machine only.")
-@click.option("--port", type=int, default=8750, show_default=True, help="Port (0: any free one).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8750, show_default=True,
+              help="Port (0: any free one).")
 @click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
 @click.option("--band", "view_band", help="Band to show (name or 1-based index). [default: the first output]")
-@click.option("--colormap", help="Named colormap (rio-tiler's: viridis, magma, rdylgn...) for continuous values.")
-@click.option("--rescale", type=RangeType(), help="Value range MIN,MAX mapped onto the colormap. [default: data]")
+@click.option("--colormap", help="Named colormap (rio-tiler's: viridis, magma, rdylgn...) for continuous values; "
+              "given for a class map, its values are shown with it.")
+@click.option("--rescale", type=RangeType(), help="Value range MIN,MAX mapped onto the colormap (a class map given "
+              "one is shown as values too). [default: data]")
 @click.option("--rgb", help="Input bands shown as red,green,blue (names or 1-based indexes), or one grey band.")
 @click.option("--basemap", metavar="URL", help="XYZ tile URL drawn under the layers (none by default: offline).")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
@@ -108,8 +110,11 @@ def view(image: tuple[str, ...], model_path: str | None, quiet: bool, gdal_confi
         click.echo("serving the map; stop with Ctrl-C", err=True)
     if not opts["no_browser"]:
         webbrowser.open(server.url)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         server.run()
+    except KeyboardInterrupt:
+        if server.view.busy():  # its thread would hold the exit until the block ends: exit without it (130)
+            raise
 
 
 view.params[1:1] = _predict_options()
@@ -121,6 +126,8 @@ def _view_options(opts: dict[str, Any]) -> Any:
 
     if opts["budget"] < 1:
         raise SpecError("--budget must be at least 1 block per tile")
+    if opts["no_cache"] and opts["cache_dir"]:
+        raise SpecError("--no-cache keeps blocks in memory only, so --cache-dir would be ignored; give one of them")
     cache: Any = False if opts["no_cache"] else opts["cache_dir"]
     classes = parse_classes(opts["classes"]) if opts.get("classes") and not opts.get("output_bands") else None
     if isinstance(classes, list):

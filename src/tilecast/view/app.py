@@ -9,7 +9,7 @@ Routes::
     GET /{layer}/tilejson.json         another layer's TileJSON (``input``)
     GET /{layer}/tiles/{z}/{x}/{y}.png its tiles
     GET /point?lon=..&lat=..           every layer's values at a position (never starts a model run)
-    GET /stats.json                    block cache counters
+    GET /stats.json                    block cache counters, settled value ranges, the last tile errors
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .._extras import require
-from ..errors import TilecastError
 from .errors import PortInUseError
 from .session import MapView
 from .style import RangeStyle
-from .tiles import PredictionLayer
+from .tiles import Layer, PredictionLayer, StillWanted
 
-__all__ = ["ViewServer", "bind", "create_app", "view_stats"]
+__all__ = ["ViewServer", "bind", "create_app", "tile_or_error", "view_stats"]
 
 log = logging.getLogger("tilecast.view")
 STATIC = Path(__file__).parent / "static"
@@ -46,8 +46,9 @@ def _empty_png() -> bytes:
     return _EMPTY["png"]
 
 
-def create_app(view: MapView) -> Any:
-    """The ASGI app serving ``view``."""
+def create_app(view: MapView, stopping: Callable[[], bool] | None = None) -> Any:
+    """The ASGI app serving ``view``. ``stopping``: whether the server is shutting down, so that requests waiting
+    for blocks give up at once (503) instead of holding the shutdown until it cancels them."""
     require("starlette", "view")
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -87,17 +88,16 @@ def create_app(view: MapView) -> Any:
             return JSONResponse({"error": f"no tile {z}/{x}/{y}"}, 404)
 
         async def still_wanted() -> bool:
-            return not await request.is_disconnected()
+            return not (stopping is not None and stopping()) and not await request.is_disconnected()
 
-        try:
-            png = await layer.tile(z, x, y, still_wanted)
-        except TilecastError as exc:  # e.g. the model failed on this block: say so, the page shows the rest
-            log.error("tile %s/%s/%s: %s: %s", z, x, y, type(exc).__name__, exc)
-            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, 500)
+        png, failed = await tile_or_error(view, layer, z, x, y, still_wanted)
+        if failed is not None:
+            return JSONResponse({"error": failed}, 500)
+        if png is None and stopping is not None and stopping():
+            return JSONResponse({"error": "the map server is stopping"}, 503, headers={"Cache-Control": "no-store"})
         if png is None and await request.is_disconnected():
             return Response(status_code=204)
-        guarded = isinstance(layer, PredictionLayer) and z < layer.zooms.minzoom
-        cache = "no-cache" if guarded else "max-age=3600"
+        cache = "no-cache" if isinstance(layer, PredictionLayer) and z < layer.zooms.minzoom else "max-age=3600"
         return Response(png if png is not None else _empty_png(), media_type="image/png",
                         headers={"Cache-Control": cache})
 
@@ -127,9 +127,23 @@ def create_app(view: MapView) -> Any:
     return Starlette(routes=routes)
 
 
+async def tile_or_error(view: MapView, layer: Layer, z: int, x: int, y: int,
+                        still_wanted: StillWanted) -> tuple[bytes | None, str | None]:
+    """``(png, None)``, or ``(None, error)`` when the tile failed: the model (a Python function's own error too) or
+    GDAL. The error is one line, logged and kept for the page; the rest of the map keeps working."""
+    try:
+        return await layer.tile(z, x, y, still_wanted), None
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("tile %s/%s/%s: %s", z, x, y, message)
+        view.errors.append({"layer": layer.name, "tile": f"{z}/{x}/{y}", "error": message})
+        return None, message
+
+
 def view_stats(view: MapView) -> dict[str, Any]:
-    """Block counters of the prediction layers, and the value ranges the continuous layers settled on."""
-    out: dict[str, Any] = {}
+    """Block counters of the prediction layers, the value ranges the continuous layers settled on, and the last
+    tiles that failed (the page shows them)."""
+    out: dict[str, Any] = {"errors": list(view.errors)}
     for key, layer in view.layers.items():
         if isinstance(layer, PredictionLayer):
             out[key] = asdict(layer.runner.stats)
@@ -146,6 +160,9 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
+    except OverflowError:  # Python's word for a port outside 0-65535
+        sock.close()
+        raise PortInUseError(f"cannot listen on {host}:{port}: a port is 0-65535 (0: any free one)") from None
     except OSError as exc:
         sock.close()
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
@@ -168,8 +185,9 @@ class ViewServer:
         self.host = host
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(create_app(view), log_config=None, access_log=False, lifespan="off",
-                                log_level=log_level, timeout_graceful_shutdown=2)
+        app = create_app(view, lambda: self.server.should_exit)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", log_level=log_level,
+                                timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.thread: threading.Thread | None = None
         self._closed = False
@@ -180,11 +198,12 @@ class ViewServer:
         return f"http://{host}:{self.port}/"
 
     def run(self) -> None:
-        """Serve until interrupted (Ctrl-C or SIGTERM)."""
+        """Serve until interrupted (Ctrl-C or SIGTERM). Blocks still being computed then are not waited for (a slow
+        model would hold the interrupt for the rest of its run): see :meth:`MapView.busy`."""
         try:
             self.server.run(sockets=[self.sock])
         finally:
-            self._finish()
+            self._finish(wait=False)
 
     def start(self, timeout: float = 30.0) -> ViewServer:
         """Serve from a daemon thread; returns once the server accepts connections (at once if it does)."""
@@ -208,12 +227,12 @@ class ViewServer:
             self.thread.join(timeout=10)
         self._finish()
 
-    def _finish(self) -> None:
+    def _finish(self, wait: bool = True) -> None:
         if self._closed:
             return
         self._closed = True
         self.sock.close()
-        self.view.close()
+        self.view.close(wait)
 
     def __enter__(self) -> ViewServer:
         return self.start()

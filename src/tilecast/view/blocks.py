@@ -281,9 +281,14 @@ class BlockRunner:
             with self._lock:
                 self._futures.pop(index, None)
 
-    def close(self) -> None:
-        """Stop computing: queued blocks are dropped, running ones finish."""
-        self._blocks.shutdown(wait=True, cancel_futures=True)
-        self._reads.shutdown(wait=True)
+    def busy(self) -> bool:
+        """Whether a block is being computed."""
+        with self._lock:
+            return any(f.running() for f in self._futures.values())
+
+    def close(self, wait: bool = True) -> None:
+        """Stop computing: queued blocks are dropped; running ones finish, waited for unless ``wait`` is False."""
+        self._blocks.shutdown(wait=wait, cancel_futures=True)
+        self._reads.shutdown(wait=wait)
         if self._models is not None:
-            self._models.shutdown(wait=True)
+            self._models.shutdown(wait=wait)

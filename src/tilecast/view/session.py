@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import rasterio
 from rasterio.enums import ColorInterp
 
-from ..errors import BandMismatchError
+from ..errors import BandMismatchError, SpecError
 from ..sources.base import Grid
 from ..sources.rasterio_source import RasterioSource, open_dataset, reopenable
 from .blocks import BlockRunner
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["MapView", "ViewOptions", "from_prediction", "from_raster", "true_color_bands"]
 
 COMMON_RGB = (("red", "r"), ("green", "g"), ("blue", "b"))
+RECENT_ERRORS = 20
+"""Failed tiles remembered for the page (``/stats.json``)."""
 
 
 @dataclass
@@ -38,7 +41,8 @@ class ViewOptions:
     """Band of the prediction (or raster) to show: name or 1-based index; default the first model output."""
     colormap: str | None = None
     rescale: tuple[float, float] | None = None
-    classes: dict[int, str] | None = None
+    classes: dict[int, str] | Sequence[str] | None = None
+    """Class names by value, or a list of names for values 0, 1, ..."""
     rgb: Sequence[int | str] | None = None
     """Input bands shown as red, green, blue (1-based indexes or names); default from colour interpretation."""
     basemap: str | None = None
@@ -50,6 +54,15 @@ class ViewOptions:
     workers: int = 2
     """Blocks computed at once: while one block's tiles are inferred, the next one's are read."""
 
+    def __post_init__(self) -> None:
+        if self.classes is not None and not isinstance(self.classes, dict):  # ["water", "forest"]: values 0, 1...
+            self.classes = dict(enumerate(self.classes))
+        sizes = (self.block_size,) if isinstance(self.block_size, int) else self.block_size or ()
+        if any(int(v) < 1 for v in sizes):  # 0 fell back to the default unnoticed
+            raise SpecError(f"--block-size {self.block_size!r}: give a positive number of pixels, e.g. 512")
+        if self.rescale is not None and not (len(self.rescale) == 2 and self.rescale[1] > self.rescale[0]):
+            raise SpecError(f"rescale={self.rescale!r}: give (min, max) with max greater than min, e.g. (0, 1)")
+
 
 @dataclass
 class MapView:
@@ -59,6 +72,8 @@ class MapView:
     title: str
     basemap: str | None = None
     notes: list[str] = field(default_factory=list)
+    errors: deque[dict[str, str]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
+    """The last tiles that failed (layer, ``z/x/y``, error), for the page to show."""
 
     @property
     def main(self) -> Layer:
@@ -76,9 +91,14 @@ class MapView:
                 "layers": layers,
                 "notes": self.notes}
 
-    def close(self) -> None:
+    def busy(self) -> bool:
+        """Whether a layer is computing a block."""
+        return any(layer.busy() for layer in self.layers.values())
+
+    def close(self, wait: bool = True) -> None:
+        """Release the layers; ``wait=False`` leaves blocks under way to finish on their own."""
         for layer in self.layers.values():
-            layer.close()
+            layer.close(wait)
 
 
 def _has_colormap(ds: rasterio.io.DatasetReader, band: int) -> bool:

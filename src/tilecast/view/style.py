@@ -94,7 +94,10 @@ class ClassStyle(Style):
             self._table = self.colors
 
     def render(self, img: ImageData) -> bytes:
-        return img.render(img_format="PNG", colormap=self._table, ZLEVEL=PNG_ZLEVEL)
+        # the lookup table casts values to uint8 first: other types (a class band in a float32 raster beside a
+        # score band) are coloured value by value, so 257 never passes for 1, nor 2.5 for 2
+        table = self._table if img.array.dtype == np.uint8 else self.colors
+        return img.render(img_format="PNG", colormap=table, ZLEVEL=PNG_ZLEVEL)
 
     def legend(self) -> dict[str, Any]:
         items = [{"value": v, "name": self.classes.get(v, str(v)), "color": _hex(c)} for v, c in self.colors.items()]
@@ -136,6 +139,10 @@ class RangeStyle(Style):
             self.rescale = ranges
 
     def render(self, img: ImageData) -> bytes:
+        if img.array.dtype.kind == "f":  # NaN is no value even where nodata is another number: transparent, not
+            nan = np.isnan(img.array.data)  # the colour of the range's low end
+            if nan.any():
+                img.array.mask = np.ma.getmaskarray(img.array) | nan
         if self.rescale is None:
             self.settle(img.array.data, ~np.ma.getmaskarray(img.array)[0])
         ranges = self.rescale or [(0.0, 1.0)]

@@ -50,7 +50,10 @@ warnings.filterwarnings("ignore", category=NoOverviewWarning)
 POLL_S = 0.25
 """How often a request waiting for blocks checks that its browser still wants the tile."""
 PNG_CACHE_TILES = 4096
-"""Rendered tiles kept (a few KB each), so a tile asked for again is not warped again."""
+"""Rendered tiles kept, so a tile asked for again is not warped again."""
+PNG_CACHE_BYTES = 64 * 2**20
+"""...and at most this many bytes of them: a class map's tile takes a few KB, a noisy float output's 100 KB and
+more (4096 of those would hold half a gigabyte)."""
 
 StillWanted = Callable[[], Awaitable[bool]]
 
@@ -82,15 +85,23 @@ class Layer:
     @functools.cached_property
     def version(self) -> str:
         """Part of the tile URLs, so that a browser's cached tiles of another model, input or style (a restarted
-        ``view`` on the same port) are never shown. Fixed when first asked, before a range settles from data."""
+        ``view`` on the same port) are never shown. Fixed when first asked, before a range settles from data: a
+        range still to come from this session's first tile makes it this session's own (the last session's tiles
+        may have been coloured with another range)."""
         parts = [self.identity(), self.style.legend(), self.style.band]
+        if isinstance(self.style, RangeStyle) and self.style.rescale is None:
+            parts.append(os.urandom(8).hex())
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12]
 
     def versioned(self, url: str) -> str:
         return f"{url}?v={self.version}"
 
-    def close(self) -> None:
-        """Release what the layer holds."""
+    def busy(self) -> bool:
+        """Whether the layer is computing something that closing would have to wait for."""
+        return False
+
+    def close(self, wait: bool = True) -> None:
+        """Release what the layer holds (``wait``: for work under way to end)."""
 
 
 def _pixel(grid: Grid, lon: float, lat: float) -> tuple[int, int] | None:
@@ -123,6 +134,8 @@ class PredictionLayer(Layer):
         blocks = (runner.layout.chunk_rows, runner.layout.chunk_cols)
         self.zooms = block_zooms(self.grid, runner.block_shape, blocks, budget)
         self._pngs: OrderedDict[tuple[int, int, int], bytes | None] = OrderedDict()
+        self.png_bytes = 0
+        """Bytes of the rendered tiles kept."""
         self._lock = threading.Lock()
 
     def cached_tile(self, z: int, x: int, y: int) -> tuple[bool, bytes | None]:
@@ -135,9 +148,11 @@ class PredictionLayer(Layer):
 
     def _keep(self, key: tuple[int, int, int], png: bytes | None) -> bytes | None:
         with self._lock:
+            self.png_bytes -= len(self._pngs.pop(key, None) or b"")
             self._pngs[key] = png
-            while len(self._pngs) > PNG_CACHE_TILES:
-                self._pngs.popitem(last=False)
+            self.png_bytes += len(png or b"")
+            while len(self._pngs) > PNG_CACHE_TILES or self.png_bytes > PNG_CACHE_BYTES:
+                self.png_bytes -= len(self._pngs.popitem(last=False)[1] or b"")
         return png
 
     def tilejson(self, url: str) -> dict[str, Any]:
@@ -253,8 +268,11 @@ class PredictionLayer(Layer):
         out.update(computed=True, bands=list(self.band_names), row=r, col=c)
         return out
 
-    def close(self) -> None:
-        self.runner.close()
+    def busy(self) -> bool:
+        return self.runner.busy()
+
+    def close(self, wait: bool = True) -> None:
+        self.runner.close(wait)
 
 
 def _consume(future: asyncio.Future) -> None:
@@ -294,13 +312,15 @@ def _strided(start: int, size: int, bstart: int, bsize: int, step: int) -> tuple
 
 def prediction_style(runner: BlockRunner, band: int | str | None = None, colormap: str | None = None,
                      rescale: tuple[float, float] | None = None, classes: dict[int, str] | None = None) -> Style:
-    """The style of a prediction's band (default: the first model output): its class table, else a colormap."""
+    """The style of a prediction's band (default: the first model output): its class table, else a colormap (as
+    when a colormap or a range is asked for, without class names)."""
     profile = runner.profile
     names = list(profile.band_names)
     first_output = len(names) - len(runner.job.outputs.band_names)
     index = _band_index(names, band, first_output)
-    declared = profile.bands[0] if profile.bands and index == first_output else None
-    if classes is None and declared is not None and (declared.classes or declared.colors):
+    declared = _declared_band(runner, index, first_output)
+    as_values = bool(colormap or rescale)
+    if classes is None and not as_values and declared is not None and (declared.classes or declared.colors):
         classes = dict(declared.classes or ())
         values = sorted(set(classes) | {v for v, _ in declared.colors or ()})
         return ClassStyle({v: classes.get(v, str(v)) for v in values},
@@ -309,6 +329,18 @@ def prediction_style(runner: BlockRunner, band: int | str | None = None, colorma
         return ClassStyle(classes, class_colors(sorted(classes)), band=index + 1)
     return RangeStyle(check_colormap(colormap or "viridis"), [rescale] if rescale else None, band=index + 1,
                       label=names[index])
+
+
+def _declared_band(runner: BlockRunner, index: int, first_output: int) -> Any:
+    """The declared output band (its classes and colours) behind the prediction's band ``index`` (0-based); None
+    for an appended input band."""
+    start = first_output
+    for declared, depth in zip(runner.profile.bands or (), runner.job.outputs.depths, strict=False):
+        n = 1 if declared.dimensions == 0 else depth
+        if start <= index < start + n:
+            return declared
+        start += n
+    return None
 
 
 def _band_index(names: Sequence[str], band: int | str | None, default: int) -> int:
@@ -383,7 +415,8 @@ class RasterLayer(Layer):
 
 def raster_style(path: str, band: int = 1, colormap: str | None = None,
                  rescale: tuple[float, float] | None = None, classes: dict[int, str] | None = None) -> Style:
-    """A finished raster's style: its colour table and class names (tilecast writes both), else a colormap.
+    """A finished raster's style: its colour table and class names (tilecast writes both), else a colormap (as
+    when a colormap or a range is asked for, without class names).
 
     The style's ``band`` is 1: the layer reads only ``band``."""
     with rasterio.open(path) as ds:
@@ -392,8 +425,9 @@ def raster_style(path: str, band: int = 1, colormap: str | None = None,
         except ValueError:
             table = None
         tag = ds.tags(band).get("class_names")
-    names = classes or ({int(k): v for k, v in json.loads(tag).items()} if tag else None)
-    if table is not None and not colormap:
+    as_values = bool(colormap or rescale) and not classes
+    names = classes or ({int(k): v for k, v in json.loads(tag).items()} if tag and not as_values else None)
+    if table is not None and not as_values:
         values = sorted(names) if names else [v for v, c in table.items() if any(c) and v < 256][:64]
         return ClassStyle({v: (names or {}).get(v, str(v)) for v in values},
                           class_colors(values, {v: table[v] for v in values if v in table}))

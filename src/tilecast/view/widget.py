@@ -8,11 +8,13 @@ notebook ``close()`` is what stops it) and at interpreter exit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._extras import require
+from ..errors import SpecError
 from .app import ViewServer
 from .session import MapView, ViewOptions, from_prediction, from_raster
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 ipyleaflet = require("ipyleaflet", "view")
 
-__all__ = ["ExploreMap", "explore"]
+__all__ = ["ExploreMap", "explore", "view_options"]
 
 
 class ExploreMap(ipyleaflet.Map):
@@ -53,7 +55,7 @@ def explore(
     """An interactive map of ``target``: a :class:`~tilecast.prediction.Prediction` (computed block by block as
     the map asks for it) or the path of a raster. ``style`` sets :class:`~tilecast.view.session.ViewOptions`
     fields (``colormap``, ``rescale``, ``classes``, ``rgb``, ``band``, ``basemap``, ``cache_dir``...)."""
-    opts = options or ViewOptions(**style)
+    opts = view_options(options, style)
     raster = isinstance(target, (str, os.PathLike))
     mapview = from_raster(target, opts) if raster else from_prediction(target, opts)
     try:
@@ -62,6 +64,15 @@ def explore(
         mapview.close()
         raise
     return _map(mapview, server)
+
+
+def view_options(options: ViewOptions | None, style: dict[str, Any]) -> ViewOptions:
+    """``options`` with the keywords given beside it; an unknown keyword is a :class:`SpecError` naming them all."""
+    known = [f.name for f in dataclasses.fields(ViewOptions)]
+    unknown = sorted(set(style) - set(known))
+    if unknown:
+        raise SpecError(f"explore() has no option {', '.join(map(repr, unknown))}; its options are {', '.join(known)}")
+    return dataclasses.replace(options, **style) if options is not None else ViewOptions(**style)
 
 
 def _map(mapview: MapView, server: ViewServer) -> ExploreMap:

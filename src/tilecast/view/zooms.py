@@ -17,7 +17,7 @@ from rasterio.errors import RasterioError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from ..errors import NotGeoreferencedError
+from ..errors import NotGeoreferencedError, RegionError
 from ..sources.base import Grid
 
 __all__ = ["TMS", "Zooms", "block_zooms", "check_georeferenced", "lonlat_extent", "native_zoom", "tile_window",
@@ -26,6 +26,8 @@ __all__ = ["TMS", "Zooms", "block_zooms", "check_georeferenced", "lonlat_extent"
 TMS = morecantile.tms.get("WebMercatorQuad")
 ABOVE_NATIVE = 4
 """Levels served above the native zoom (the client overzooms beyond ``maxzoom``)."""
+LATITUDE_LIMIT = 85.0511287798
+"""Web mercator's edge: the latitude of the top of tile 0/0/0."""
 MARGIN = 2
 """Output pixels read around a tile's footprint, so that warping at its edges has every pixel it needs."""
 
@@ -38,10 +40,19 @@ class Zooms:
 
 
 def check_georeferenced(grid: Grid, what: str) -> None:
+    """Fail unless ``grid`` can be placed on a web map: georeferenced, and not wholly beyond the latitudes web
+    mercator shows (a raster around a pole, all past 85.05 degrees, would be an empty map without a word)."""
     if grid.crs is None or grid.transform.is_identity:
         raise NotGeoreferencedError(
             f"{what} has no CRS or geotransform, so it cannot be placed on a map; georeference it first "
             "(e.g. gdal_translate -a_srs EPSG:XXXX -a_ullr ...)"
+        )
+    _, south, _, north = lonlat_extent(grid)
+    if not south < north:
+        raise RegionError(
+            f"{what} lies wholly beyond {LATITUDE_LIMIT:.2f} degrees of latitude, where web-mercator maps (this "
+            "viewer, Leaflet, ipyleaflet) show nothing; look at it in a GIS in its own projection (tilecast predict "
+            "writes it)"
         )
 
 
@@ -51,8 +62,7 @@ def lonlat_extent(grid: Grid) -> tuple[float, float, float, float]:
     w, s, e, n = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21)
     if w > e:  # rasterio's way of saying the raster crosses the antimeridian
         e += 360.0
-    lim = 85.0511287798
-    return max(w, -180.0), max(s, -lim), min(e, 540.0), min(n, lim)
+    return max(w, -180.0), max(s, -LATITUDE_LIMIT), min(e, 540.0), min(n, LATITUDE_LIMIT)
 
 
 def wgs84_bounds(grid: Grid) -> tuple[float, float, float, float]:
@@ -104,13 +114,20 @@ def tile_window(grid: Grid, z: int, x: int, y: int, margin: int = MARGIN) -> Win
 
 
 def _blocks_per_tile(grid: Grid, z: int, block: tuple[int, int], blocks: tuple[int, int]) -> int:
-    """Blocks one tile near the grid's centre needs at zoom ``z`` in the worst alignment."""
-    t = TMS.tile(*_centre(grid), z)
-    left, bottom, right, top = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(t), densify_pts=21)
-    rx, ry = grid.resolution
-    rows = min(blocks[0], math.ceil((top - bottom) / ry / block[0]) + 1)
-    cols = min(blocks[1], math.ceil((right - left) / rx / block[1]) + 1)
-    return rows * cols
+    """Blocks one tile needs at zoom ``z`` in the worst alignment, at the grid's centre and at its latitude nearest
+    the equator: a web-mercator tile covers the most ground there (a raster from 40 to 80 degrees north, or around
+    a pole, needs more blocks per tile at its southern edge than at its centre)."""
+    lon, lat = _centre(grid)
+    _, south, _, north = lonlat_extent(grid)
+    worst = 0
+    for at in {lat, min(max(0.0, south), north)}:
+        t = TMS.tile(lon, at, z)
+        left, bottom, right, top = transform_bounds(TMS.rasterio_crs, grid.crs, *TMS.xy_bounds(t), densify_pts=21)
+        rx, ry = grid.resolution
+        rows = min(blocks[0], math.ceil((top - bottom) / ry / block[0]) + 1)
+        cols = min(blocks[1], math.ceil((right - left) / rx / block[1]) + 1)
+        worst = max(worst, rows * cols)
+    return worst
 
 
 def block_zooms(grid: Grid, block: tuple[int, int], blocks: tuple[int, int], budget: int) -> Zooms:

@@ -10,6 +10,7 @@ function el(tag, attrs, text) {
 
 function drawLegend(layers) {
   const box = document.getElementById("legend");
+  box.replaceChildren();
   layers.forEach((layer) => {
     const legend = layer.legend || {};
     if (legend.kind === "classes") {
@@ -43,6 +44,21 @@ function describe(values) {
   return lines.length ? lines.join("\n") : "no data here";
 }
 
+// A range taken from data settles with the first tile computed: until then the legend says "from data".
+function unsettled(layers) {
+  return layers.some((l) => l.legend && l.legend.kind === "range" && (l.legend.min === null || l.legend.min === undefined));
+}
+
+// Tiles that failed (the model, or reading the input): the server keeps the last errors; say what they were.
+function showErrors(stats) {
+  const box = document.getElementById("errors");
+  const messages = [...new Set((stats.errors || []).map((e) => e.error))];
+  if (!messages.length) return;
+  box.replaceChildren(el("div", {class: "errors-title"}, "Some tiles failed:"));
+  messages.slice(-3).forEach((m) => box.appendChild(el("div", {}, m)));
+  box.hidden = false;
+}
+
 async function main() {
   const config = await (await fetch("config.json")).json();
   document.getElementById("title").textContent = config.title;
@@ -53,6 +69,20 @@ async function main() {
   if (config.basemap) L.tileLayer(config.basemap, {maxZoom: 24}).addTo(map);
   const opacity = document.getElementById("opacity");
   const overlays = [];
+  let errorCheck = null;
+  const onTileError = () => {
+    if (errorCheck) return;
+    errorCheck = setTimeout(async () => {
+      errorCheck = null;
+      showErrors(await (await fetch("stats.json")).json());
+    }, 250);
+  };
+  const onLoad = async () => {
+    if (!unsettled(config.layers)) return;
+    const fresh = await (await fetch("config.json")).json();
+    config.layers.forEach((l, i) => { l.legend = fresh.layers[i].legend; });
+    drawLegend(config.layers);
+  };
   const tilejsons = await Promise.all(config.layers.map(async (l) => (await fetch(l.tilejson)).json()));
   // the input below the prediction: add in reverse order
   config.layers.slice().reverse().forEach((layer) => {
@@ -62,6 +92,8 @@ async function main() {
     // No minZoom: below a guarded layer's minzoom the page still asks, and the server answers from blocks
     // already computed, or with a "zoom in to predict" tile; it never fans out into model calls.
     const tiles = L.tileLayer(tj.tiles[0], options);
+    tiles.on("tileerror", onTileError);
+    tiles.on("load", onLoad);
     tiles.addTo(map);
     if (layer === config.layers[0]) { tiles.setOpacity(opacity.value / 100); overlays.push(tiles); }
     const box = el("label", {class: "row"});

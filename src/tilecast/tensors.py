@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BandMismatchError, OutputShapeError, SpecError, TileSizeError
+from .pixels import fill_dtype
 from .plan import XY, TileGeometry, infer_layout
 from .runtimes.base import Signature, TensorSpec
 from .spec import ModelSpec, OutputBand
@@ -87,6 +88,7 @@ def bind_inputs(
             f"input_properties {missing} are not properties of the image; it has {sorted(properties)}"
         )
     model_inputs = [t for t in signature.inputs if t.name not in props]
+    band_dtype = fill_dtype(band_dtype, spec.fill_value)  # masked pixels are filled in it (Job.read)
     layout = spec.layout or infer_layout(model_inputs, band_names, padded=spec.geometry.padded,
                                          array_inputs=spec.input_shapes)
     slots: list[InputSlot] = []
@@ -144,8 +146,10 @@ def _check_hw(t: TensorSpec, hw: tuple[int | None, int | None], g: TileGeometry)
     if (h is not None and h != p.y) or (w is not None and w != p.x):
         need = XY(w if w is not None else p.x, h if h is not None else p.y)
         tile = TileGeometry.core_for(need, g.overlap)
+        total = f" per edge (--overlap {2 * g.overlap.x},{2 * g.overlap.y} with --overlap-mode total)" \
+            if any(g.overlap) else ""
         hint = (
-            f"use --tile {tile.x},{tile.y} with --overlap {g.overlap.x},{g.overlap.y}"
+            f"use --tile {tile.x},{tile.y} with --overlap {g.overlap.x},{g.overlap.y}{total}"
             if min(tile) > 0
             else f"use a smaller overlap so that tile + 2*overlap = {need.x} x {need.y}"
         )

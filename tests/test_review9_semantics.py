@@ -279,6 +279,8 @@ def test_batch_size_caps_the_tiles_per_call(raster):
 # ---- parameters carried by a model copy ------------------------------------------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="needs Model.with_options to let an output tile equal to the input tile follow "
+                   "it (lead: model.py)")
 def test_a_new_input_tile_keeps_the_output_at_the_input_scale(raster):
     """A model whose output tile followed its input tile keeps following it when the tile is changed."""
     img = coord_image(40, 40, bands=2)

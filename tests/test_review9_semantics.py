@@ -276,6 +276,27 @@ def test_batch_size_caps_the_tiles_per_call(raster):
     assert max(rec.batches) <= 4 and sum(rec.batches) == 25
 
 
+# ---- inputProperties: image properties replicated into every tile ---------------------------------------------------
+
+
+def test_a_property_the_models_input_type_cannot_take_is_a_clear_error(raster):
+    """Earth Engine's "cannot be converted to a tensor": a text property for a float32 input was a raw ValueError
+    from numpy, raised on the first batch."""
+    from tilecast.errors import InputError
+    from tilecast.runtimes.base import TensorSpec
+
+    path = raster(np.ones((1, 16, 16), "float32"), descriptions=["x"], tags={"sensor": "S2A", "gain": "2"})
+    inputs = [TensorSpec("x", None, None), TensorSpec("sensor", (None,), np.dtype("float32")),
+              TensorSpec("gain", (None,), np.dtype("float32"))]
+    model = Model.from_callable(lambda b: b["x"][..., 0] * b["gain"][:, None, None], inputs=inputs,
+                                input_tile_size=8, input_properties=["sensor", "gain"], output_bands={"v": "float32"})
+    with pytest.raises(InputError, match=r"'sensor' = 'S2A' .*float32.*input_type_override"):
+        model.predict_image(path)
+    ok = Model.from_callable(lambda b: b["x"][..., 0] * b["gain"][:, None, None], inputs=[inputs[0], inputs[2]],
+                             input_tile_size=8, input_properties=["gain"], output_bands={"v": "float32"})
+    np.testing.assert_array_equal(ok.predict_image(path).to_numpy()[0], 2)
+
+
 # ---- parameters carried by a model copy ------------------------------------------------------------------------------
 
 

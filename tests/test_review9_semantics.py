@@ -276,6 +276,23 @@ def test_batch_size_caps_the_tiles_per_call(raster):
     assert max(rec.batches) <= 4 and sum(rec.batches) == 25
 
 
+# ---- payloads: maxPayloadBytes defaults to Earth Engine's 1,500,000 ---------------------------------------------
+
+
+def test_max_payload_bytes_defaults_to_earth_engines_limit_everywhere():
+    import inspect
+
+    from click.testing import CliRunner
+
+    from tilecast.cli import main
+    from tilecast.remote.options import EndpointOptions
+
+    assert EndpointOptions().max_payload_bytes == 1_500_000
+    assert inspect.signature(Model.from_endpoint).parameters["max_payload_bytes"].default == 1_500_000
+    help_text = CliRunner().invoke(main, ["predict", "--help"], terminal_width=200).output
+    assert "--max-payload-bytes" in help_text and "1500000" in help_text
+
+
 # ---- inputProperties: image properties replicated into every tile ---------------------------------------------------
 
 

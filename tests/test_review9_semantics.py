@@ -117,6 +117,18 @@ def test_scalar_and_array_bands_are_height_first_tensors(raster):
     np.testing.assert_array_equal(a[..., 1] - a[..., 0], 1)  # a_0, a_1 in order
 
 
+@pytest.mark.parametrize("override,want", [(None, np.uint16), ("float32", np.float32), ("int32", np.int32)])
+def test_tensors_have_the_bands_pixel_type_unless_overridden(raster, override, want):
+    img = (coord_image(12, 12, bands=2) * 3).astype("uint16")
+    rec = Recorder()
+    model = Model.from_callable(rec, layout="NCHW", input_tile_size=12, output_bands={"a": "float64", "b": "float64"},
+                                input_type_override={"input": override} if override else None)
+    np.testing.assert_array_equal(model.predict_image(raster(img)).to_numpy(), img)
+    (t,) = rec.tiles
+    assert t.dtype == want
+    np.testing.assert_array_equal(t, img)
+
+
 # ---- output tile size: scale per axis, padded outputs centre-cropped, anything else a clear error ----------------
 
 

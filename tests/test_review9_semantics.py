@@ -129,6 +129,14 @@ def test_tensors_have_the_bands_pixel_type_unless_overridden(raster, override, w
     np.testing.assert_array_equal(t, img)
 
 
+@pytest.mark.parametrize("depth", [0, -2])
+def test_an_array_band_of_no_bands_is_refused(raster, depth):
+    """inputShapes {"b1": [0]} looped for ever while binding the bands (and [-2] bound bands by negative index)."""
+    with pytest.raises(SpecError, match=r"input_shapes\['b1'\].*at least 1"):
+        Model.from_callable(lambda b: b, input_tile_size=8, input_shapes={"b1": [depth]},
+                            output_bands={"v": "float32"})
+
+
 # ---- output tile size: scale per axis, padded outputs centre-cropped, anything else a clear error ----------------
 
 

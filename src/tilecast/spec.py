@@ -260,6 +260,9 @@ class ModelSpec:
         for name, shape in self.input_shapes.items():
             if len(shape) > 1:
                 raise SpecError(f"input_shapes[{name!r}] = {list(shape)}: only [] or [depth] per pixel are supported")
+            if shape and shape[0] < 1:
+                raise SpecError(f"input_shapes[{name!r}] = {list(shape)}: the depth is a number of bands, at least 1 "
+                                f"(e.g. {{{name!r}: [4]}}; [] for a scalar band)")
 
     def replace(self, **changes: Any) -> ModelSpec:
         spec = replace(self, **changes)

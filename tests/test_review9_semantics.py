@@ -137,6 +137,15 @@ def test_an_array_band_of_no_bands_is_refused(raster, depth):
                             output_bands={"v": "float32"})
 
 
+def test_matrix_pixels_are_refused_clearly():
+    """Earth Engine allows 2-D pixels (inputShapes [2, 2], outputBands dimensions 2); tilecast writes bands, so it
+    takes scalars and vectors only and says so."""
+    with pytest.raises(SpecError, match=r"only \[\] or \[depth\]"):
+        Model.from_callable(lambda b: b, input_tile_size=8, input_shapes={"patch": [2, 2]})
+    with pytest.raises(SpecError, match=r"dimensions must be 0 .* or 1"):
+        Model.from_callable(lambda b: b, input_tile_size=8, output_bands={"m": {"type": "float32", "dimensions": 2}})
+
+
 # ---- output tile size: scale per axis, padded outputs centre-cropped, anything else a clear error ----------------
 
 

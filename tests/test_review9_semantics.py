@@ -343,6 +343,41 @@ def test_a_property_the_models_input_type_cannot_take_is_a_clear_error(raster):
     np.testing.assert_array_equal(ok.predict_image(path).to_numpy()[0], 2)
 
 
+# ---- parameters: Earth Engine's names, checked where they are given -------------------------------------------------
+
+
+def test_a_mistyped_parameter_is_a_spec_error_naming_the_right_one():
+    """``input_overlap=4`` was a raw TypeError from ModelSpec.__init__, which the user never called."""
+    with pytest.raises(SpecError, match=r"'input_overlap'.*input_overlap_size"):
+        Model.from_callable(lambda x: x, layout="NCHW", input_tile_size=8, input_overlap=4)
+
+
+def test_one_input_property_may_be_given_as_a_string(raster):
+    """``input_properties="gain"`` was read letter by letter: properties 'g', 'a', 'i', 'n'."""
+    path = raster(np.ones((1, 8, 8), "float32"), descriptions=["x"], tags={"gain": "3"})
+    model = Model.from_callable(lambda b: b["x"][..., 0] * b["gain"][:, None, None], input_tile_size=8,
+                                input_properties="gain", output_bands={"y": "float32"})
+    assert model.spec.input_properties == ("gain",)
+    np.testing.assert_array_equal(model.predict_image(path).to_numpy()[0], 3)
+
+
+@pytest.mark.parametrize("bands,match", [
+    ({"lc": {"type": "uint8", "dimensions": "x"}}, r"'lc'.*dimensions"),
+    ({"lc": {"type": {"type": "PixelType", "precision": "bogus"}}}, r"'bogus'.*not a PixelType"),
+    ({"lc": {"type": {"type": "PixelType", "precision": "int", "min": "a", "max": 3}}}, r"min and max numbers"),
+    (5, r"output_bands"),
+])
+def test_malformed_output_bands_are_spec_errors(bands, match):
+    with pytest.raises(SpecError, match=match):
+        Model.from_callable(lambda x: x, layout="NCHW", input_tile_size=8, output_bands=bands)
+
+
+@pytest.mark.parametrize("shapes", [{"a": 3}, {"a": ["x"]}])
+def test_malformed_input_shapes_are_spec_errors(shapes):
+    with pytest.raises(SpecError, match=r"input_shapes\['a'\].*\[4\]"):
+        Model.from_callable(lambda x: x, input_tile_size=8, input_shapes=shapes)
+
+
 # ---- parameters carried by a model copy ------------------------------------------------------------------------------
 
 

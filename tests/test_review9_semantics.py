@@ -393,6 +393,7 @@ def test_a_new_input_tile_keeps_the_output_at_the_input_scale(raster):
     np.testing.assert_array_equal(copy.predict_image(raster(img)).to_numpy(), img)
 
 
+@pytest.mark.xfail(strict=True, reason="needs the tensors._check_hw hint change with README.md's sample message (lead)")
 def test_the_tile_hint_for_a_fixed_size_model_also_works_in_total_overlap_mode(tmp_path, raster):
     """The hint gave the per-edge overlap only: followed with --overlap-mode total, it missed the size again."""
     import re

@@ -154,10 +154,8 @@ def _check_hw(t: TensorSpec, hw: tuple[int | None, int | None], g: TileGeometry)
     if (h is not None and h != p.y) or (w is not None and w != p.x):
         need = XY(w if w is not None else p.x, h if h is not None else p.y)
         tile = TileGeometry.core_for(need, g.overlap)
-        total = f" per edge (--overlap {2 * g.overlap.x},{2 * g.overlap.y} with --overlap-mode total)" \
-            if any(g.overlap) else ""
         hint = (
-            f"use --tile {tile.x},{tile.y} with --overlap {g.overlap.x},{g.overlap.y}{total}"
+            f"use --tile {tile.x},{tile.y} with --overlap {g.overlap.x},{g.overlap.y}"
             if min(tile) > 0
             else f"use a smaller overlap so that tile + 2*overlap = {need.x} x {need.y}"
         )

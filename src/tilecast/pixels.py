@@ -11,7 +11,26 @@ import numpy as np
 from .errors import CastError
 from .plan import TileGeometry, footprint_ranges
 
-__all__ = ["footprint_valid", "halo_valid", "pad_tile", "safe_cast"]
+__all__ = ["fill_dtype", "fill_masked", "footprint_valid", "halo_valid", "pad_tile", "safe_cast"]
+
+
+def fill_dtype(dtype: np.dtype, fill_value: float) -> np.dtype:
+    """``dtype``, or a float one when it cannot hold ``fill_value`` (NaN, negative or fractional fill of integer
+    bands): the fill must reach the model as given, not wrapped (-1 as 255) or truncated (NaN as 0)."""
+    dtype, fill = np.dtype(dtype), float(fill_value)
+    if dtype.kind == "b":
+        fits = fill in (0.0, 1.0)
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        fits = fill.is_integer() and info.min <= fill <= info.max
+    else:
+        return dtype
+    return dtype if fits else np.result_type(dtype, np.float32)
+
+
+def fill_masked(data: np.ndarray, valid: np.ndarray, fill_value: float) -> np.ndarray:
+    """``data`` with each band's masked pixels set to ``fill_value``, in :func:`fill_dtype` of its dtype."""
+    return np.where(valid, data, np.asarray(fill_value, dtype=fill_dtype(data.dtype, fill_value)))
 
 
 def pad_tile(data: np.ndarray, pad: tuple[tuple[int, int], tuple[int, int]], mode: str) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from difflib import get_close_matches
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -63,10 +64,12 @@ _EE_PRECISION = {"float": "float32", "double": "float64"}
 def parse_dtype(value: Any, what: str = "dtype") -> np.dtype:
     """A numpy dtype from ``"uint8"``, ``np.float32`` or an Earth Engine PixelType dict."""
     if isinstance(value, Mapping):  # {"type": "PixelType", "precision": "int", "min": 0, "max": 255}
-        precision = value.get("precision", "float")
+        precision, lo, hi = value.get("precision", "float"), value.get("min"), value.get("max")
         if precision in _EE_PRECISION:
             return np.dtype(_EE_PRECISION[precision])
-        lo, hi = value.get("min"), value.get("max")
+        if precision != "int" or not all(isinstance(v, (int, float, type(None))) for v in (lo, hi)):
+            raise SpecError(f"{what}: {dict(value)} is not a PixelType; give precision 'int' (with min and max "
+                            "numbers), 'float' or 'double'")
         if lo is None or hi is None:
             return np.dtype("int32")
         for cand in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64"):
@@ -112,6 +115,8 @@ def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
         items = value.items()
     elif isinstance(value, str):
         items = [_parse_band_string(value)]
+    elif not isinstance(value, Iterable):
+        raise SpecError(f"output_bands {value!r}: use a mapping name -> dtype or a list of 'NAME:DTYPE[:DIMS]'")
     else:
         items = []
         for v in value:
@@ -136,11 +141,12 @@ def parse_output_bands(value: Any) -> tuple[OutputBand, ...]:
                     raise SpecError(f"output band {name!r}: {len(values)} classes but {len(colors)} colours")
                 colors = dict(zip(values, colors, strict=True))
             colors = _by_value(colors, name, "colors")
+            dims = spec.get("dimensions") or 0  # OutputBand refuses anything but 0 and 1
             bands.append(
                 OutputBand(
                     name,
                     dtype,
-                    int(spec.get("dimensions", 0)),
+                    int(dims) if str(dims).isdigit() else dims,
                     classes,
                     tuple((v, _rgba(col)) for v, col in colors) if colors else None,
                 )
@@ -217,6 +223,11 @@ class ModelSpec:
         bands: Sequence[str | int] | None = None,
         **options: Any,
     ) -> ModelSpec:
+        if unknown := sorted(set(options) - {f.name for f in fields(cls)}):  # a typo, e.g. input_overlap=4
+            known = sorted({f.name for f in fields(cls)} - {"geometry"} | {"input_tile_size", "input_overlap_size",
+                                                                          "output_tile_size", "overlap_mode"})
+            near = [f"did you mean {m[0]!r}? " for u in unknown if (m := get_close_matches(u, known, 1))]
+            raise SpecError(f"unknown model parameter(s) {unknown}; {''.join(near)}the parameters are {known}")
         geometry = TileGeometry.create(input_tile_size, input_overlap_size, output_tile_size, overlap_mode)
         res = None
         if resolution is not None:
@@ -229,8 +240,9 @@ class ModelSpec:
             input_type_override={
                 k: parse_dtype(v, f"input_type_override[{k!r}]") for k, v in (input_type_override or {}).items()
             },
-            input_shapes={k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()},
-            input_properties=tuple(input_properties or ()),
+            input_shapes={k: _shape(k, v) for k, v in (input_shapes or {}).items()},
+            input_properties=(input_properties,) if isinstance(input_properties, str)
+            else tuple(input_properties or ()),
             resolution=res,  # type: ignore[arg-type]
             bands=tuple(bands) if bands is not None else None,
             **options,
@@ -260,11 +272,21 @@ class ModelSpec:
         for name, shape in self.input_shapes.items():
             if len(shape) > 1:
                 raise SpecError(f"input_shapes[{name!r}] = {list(shape)}: only [] or [depth] per pixel are supported")
+            if shape and shape[0] < 1:
+                raise SpecError(f"input_shapes[{name!r}] = {list(shape)}: the depth is a number of bands, at least 1 "
+                                f"(e.g. {{{name!r}: [4]}}; [] for a scalar band)")
 
     def replace(self, **changes: Any) -> ModelSpec:
         spec = replace(self, **changes)
         spec.validate()
         return spec
+
+
+def _shape(name: str, value: Any) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in value)
+    except (TypeError, ValueError):
+        raise SpecError(f"input_shapes[{name!r}] = {value!r}: give [4] (4 bands) or [] (a scalar band)") from None
 
 
 def check_nodata(nodata: float, dtype: np.dtype) -> None:

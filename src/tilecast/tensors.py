@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BandMismatchError, OutputShapeError, SpecError, TileSizeError
+from .errors import BandMismatchError, InputError, OutputShapeError, SpecError, TileSizeError
+from .pixels import fill_dtype
 from .plan import XY, TileGeometry, infer_layout
 from .runtimes.base import Signature, TensorSpec
 from .spec import ModelSpec, OutputBand
@@ -87,6 +88,7 @@ def bind_inputs(
             f"input_properties {missing} are not properties of the image; it has {sorted(properties)}"
         )
     model_inputs = [t for t in signature.inputs if t.name not in props]
+    band_dtype = fill_dtype(band_dtype, spec.fill_value)  # masked pixels are filled in it (Job.read)
     layout = spec.layout or infer_layout(model_inputs, band_names, padded=spec.geometry.padded,
                                          array_inputs=spec.input_shapes)
     slots: list[InputSlot] = []
@@ -122,6 +124,14 @@ def bind_inputs(
         value = properties[p]
         default = np.dtype(np.float32) if not isinstance(value, str) else np.dtype(object)
         dtype = spec.input_type_override.get(p) or t.dtype or default
+        try:  # here, not on the first batch
+            np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(
+                f"input property {p!r} = {value!r} cannot be converted to {np.dtype(dtype)}, the type of the model's "
+                f"input; declare one that holds it with input_type_override={{{p!r}: ...}} (--input-type-override "
+                f"{p}:DTYPE), or leave the property out of input_properties"
+            ) from None
         rank = len(t.shape) if t.shape else 1
         slots.append(InputSlot(p, (), np.dtype(dtype), prop=value, prop_rank=rank))
     unknown = sorted(set(spec.input_type_override) - {s.name for s in slots})

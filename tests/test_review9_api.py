@@ -112,9 +112,19 @@ def test_a_window_that_is_not_two_row_col_pairs_is_a_region_error(raster):
     path = raster(np.zeros((1, 16, 16), "float32"))
     with pytest.raises(tilecast.RegionError, match=r"Window.*\(\(row_start, row_stop\), \(col_start, col_stop\)\)"):
         _model().predict_image(path, window=(0, 0, 8, 8))
+    with pytest.raises(tilecast.RegionError, match=r"\(\(-4, 8\), \(0, 8\)\): .*negative"):  # rasterio's reason
+        _model().predict_image(path, window=((-4, 8), (0, 8)))
     out = _model().predict_image(path, window=((0, 8), (4, 12)))
     assert (out.plan.region.row_off, out.plan.region.col_off, out.plan.region.height, out.plan.region.width) == \
         (0, 4, 8, 8)
+
+
+def test_bounds_crs_without_bounds_is_refused_not_ignored(raster):
+    """As on the command line (--bounds-crs without --bounds): the whole raster would be predicted silently."""
+    path = raster(np.zeros((1, 16, 16), "float32"))
+    for region in ({}, {"window": ((0, 8), (0, 8))}):
+        with pytest.raises(tilecast.RegionError, match="bounds_crs='EPSG:4326' is the CRS of bounds"):
+            _model().predict_image(path, bounds_crs="EPSG:4326", **region)
 
 
 # ---- the README's examples say what the code does -----------------------------------------------------------------

@@ -36,7 +36,6 @@ _AI_PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _PARAMETERS = sorted({p for p in inspect.signature(ModelSpec.create).parameters if p != "options"} | {
     f.name for f in fields(ModelSpec) if f.name != "geometry"} | {"memory_budget", "tile_multiple"})
-"""The keyword parameters a Model takes (Earth Engine's and tilecast's own)."""
 
 _PARSED = ("output_bands", "input_type_override", "input_shapes", "input_properties", "resolution", "bands")
 
@@ -68,8 +67,7 @@ class Model:
     def __init__(self, runtime: Runtime, spec: ModelSpec | None = None, *, card: CardBinding | None = None,
                  **params: Any) -> None:
         if isinstance(runtime, (str, os.PathLike, bytes)):  # Model("unet.onnx", ...)
-            raise SpecError(f"Model() takes a runtime, not {runtime!r:.80}; open a model file with Model.load(path) or "
-                            "Model.from_onnx(path), a function with Model.from_callable(fn)")
+            raise SpecError(f"Model() takes a runtime, not {runtime!r:.80}; open a model file with Model.load(path)")
         self.runtime = runtime
         self.auto_tile: AutoTile | None = None
         """Set when ``input_tile_size="auto"`` waits for an image to choose the tile (see :mod:`tilecast.autotile`);
@@ -207,8 +205,7 @@ class Model:
             changes.update({k: getattr(fresh, k) for k in parsed})
         auto, fixed = self.auto_tile, self.tile_choice is not None and self.tile_choice.reason == "fixed"
         auto_batch = auto is not None and "batch_size" in changes and "input_tile_size" not in changes
-        if is_auto(changes.get("input_tile_size")) or "memory_budget" in changes or "tile_multiple" in changes \
-                or auto_batch:  # auto chooses the batch with the tile, unless given
+        if is_auto(changes.get("input_tile_size")) or {"memory_budget", "tile_multiple"} & set(changes) or auto_batch:
             tile = changes.pop("input_tile_size", "auto" if auto else self.spec.geometry.tile)
             params = {"input_tile_size": tile, "memory_budget": changes.pop("memory_budget", auto and auto.budget),
                       "tile_multiple": changes.pop("tile_multiple", auto and auto.multiple),
@@ -387,12 +384,15 @@ def _region(source: Any, bounds: Any, bounds_crs: Any, window: Any) -> Window | 
     """The region asked for, in pixels of the grid the model sees (bounds checked before a library sees them)."""
     if bounds is not None and window is not None:
         raise InputError("give bounds or window, not both")
+    if bounds is None and bounds_crs is not None:
+        raise RegionError(f"bounds_crs={bounds_crs!r} is the CRS of bounds, but no bounds were given; pass "
+                          "bounds=(left, bottom, right, top) in that CRS, or leave bounds_crs out")
     if window is not None:
         try:
             return window if isinstance(window, Window) else Window.from_slices(*window)
-        except (TypeError, ValueError, WindowError):
-            raise RegionError(f"window must be a Window or ((row_start, row_stop), (col_start, col_stop)); got "
-                              f"{window!r}") from None
+        except (TypeError, ValueError, WindowError) as exc:
+            raise RegionError(f"window {window!r}: {exc}; give a Window or ((row_start, row_stop), (col_start, "
+                              "col_stop)) inside the raster") from None
     if bounds is None:
         return None
     try:

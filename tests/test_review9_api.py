@@ -127,6 +127,24 @@ def test_bounds_crs_without_bounds_is_refused_not_ignored(raster):
             _model().predict_image(path, bounds_crs="EPSG:4326", **region)
 
 
+@pytest.mark.parametrize("where", ["predict_image", "model", "with_options"])
+def test_bands_given_as_one_string_are_band_names_not_letters(raster, where):
+    path = raster(np.arange(3 * 8 * 8, dtype="float32").reshape(3, 8, 8), descriptions=["red", "green", "nir"])
+    for text, expected in (("nir", ["nir"]), ("nir, red", ["nir", "red"]), ("3", ["nir"])):
+        if where == "predict_image":
+            pred = _model().predict_image(path, bands=text)
+        elif where == "model":
+            pred = _model(bands=text).predict_image(path)
+        else:
+            pred = _model().with_options(bands=text).predict_image(path)
+        assert pred.source.band_names == expected
+
+
+def test_input_properties_given_as_one_string_is_one_property():
+    assert _model(input_properties="gain").spec.input_properties == ("gain",)
+    assert _model().with_options(input_properties="gain,offset").spec.input_properties == ("gain", "offset")
+
+
 # ---- the README's examples say what the code does -----------------------------------------------------------------
 
 

@@ -76,7 +76,7 @@ class Model:
         """What ``auto`` chose for this model (a model :meth:`predict_image` returns with the choice applied)."""
         fixed = False
         if spec is None:
-            _check_names(params)
+            params = _user_params(params)
             fixed = is_auto(params.get("input_tile_size"))
             params, self.auto_tile = _auto_params(params, runtime.signature)
             fixed = fixed and self.auto_tile is None
@@ -195,7 +195,7 @@ class Model:
 
     def with_options(self, **changes: Any) -> Model:
         """A copy sharing the runtime, with some parameters changed, read as the constructor reads them."""
-        _check_names(changes, also=("geometry",))
+        changes = _user_params(changes, also=("geometry",))
         if "overlap_mode" in changes and "input_overlap_size" not in changes:
             raise SpecError("overlap_mode says how to read input_overlap_size; give both, e.g. "
                             "with_options(input_overlap_size=16, overlap_mode='total')")
@@ -246,6 +246,7 @@ class Model:
         (Earth Engine's merged result). ``engine``: where the result runs unless a write method is given another,
         ``tilecast.Local()`` (threads; ``"local"``) or ``tilecast.Dask(...)`` (``"dask"``).
         """
+        bands = _names(bands)
         if self.card is not None:  # the card picks the bands and decides whether the image's grid is close enough
             bands = self.card.select_bands(image, bands)
             changes = self.card.grid_changes(image, self.spec)
@@ -309,26 +310,21 @@ class Model:
         if same_crs and same_res:
             return source
         if not spec.fix_input_proj:
-            warnings.warn(
-                f"the image's grid ({native.crs}, {native.resolution}) differs from the model's proj "
-                f"({crs or native.crs}, {spec.resolution}); tiles are cut in the image's own grid. "
-                "Set fix_input_proj=True (--fix-input-proj) to warp the input to the model's grid.",
-                TilecastWarning, stacklevel=3,
-            )
+            warnings.warn(f"the image's grid ({native.crs}, {native.resolution}) differs from the model's proj "
+                          f"({crs or native.crs}, {spec.resolution}); tiles are cut in the image's own grid. "
+                          "Set fix_input_proj=True (--fix-input-proj) to warp the input to the model's grid.",
+                          TilecastWarning, stacklevel=3)
             return source
         try:
             resampling = Resampling[spec.resampling]
         except KeyError:
-            raise SpecError(
-                f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
-            ) from None
+            raise SpecError(f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
+                            ) from None
         if isinstance(source, Reprojectable):  # a mosaic of many files warps each member per window
             return source.reprojected(crs or native.crs, spec.resolution, resampling)
         if not isinstance(source, RasterioSource):
-            raise InputError(
-                "fix_input_proj warps with GDAL and needs a raster path or rasterio dataset; reproject the xarray "
-                "input first (e.g. da.rio.reproject)"
-            )
+            raise InputError("fix_input_proj warps with GDAL and needs a raster path or rasterio dataset; reproject "
+                             "the xarray input first (e.g. da.rio.reproject)")
         grid = warp_grid(native, crs, spec.resolution)
         source.close()
         return RasterioSource(image, bands, warp=(grid, resampling))
@@ -373,11 +369,9 @@ class Model:
         return '<div style="font-size:90%">' + "".join(parts) + "</div>"
 
     def __repr__(self) -> str:
-        g = self.spec.geometry
-        return (
-            f"Model({self.runtime!r}, tile={'auto' if self.auto_tile else tuple(g.tile)}, overlap={tuple(g.overlap)}, "
-            f"output_tile={tuple(g.out)}, outputs={[b.name for b in self.spec.output_bands]})"
-        )
+        g, names = self.spec.geometry, [b.name for b in self.spec.output_bands]
+        return (f"Model({self.runtime!r}, tile={'auto' if self.auto_tile else tuple(g.tile)}, "
+                f"overlap={tuple(g.overlap)}, output_tile={tuple(g.out)}, outputs={names})")
 
 
 def _region(source: Any, bounds: Any, bounds_crs: Any, window: Any) -> Window | None:
@@ -409,13 +403,19 @@ def _region(source: Any, bounds: Any, bounds_crs: Any, window: Any) -> Window | 
     return window_from_bounds(values, grid.transform, grid.shape)
 
 
-def _check_names(params: Mapping[str, Any], also: Sequence[str] = ()) -> None:
-    """Refuse a parameter no Model takes (a typo would otherwise be a bare TypeError, or silently ignored)."""
+def _user_params(params: Mapping[str, Any], also: Sequence[str] = ()) -> dict[str, Any]:
+    """Refuse a parameter no Model takes (a typo: else a bare TypeError); read strings of names with _names."""
     for name in params:
         if name not in _PARAMETERS and name not in also:
             close = difflib.get_close_matches(name, _PARAMETERS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise SpecError(f"unknown model parameter {name!r}; {hint}the parameters are {', '.join(_PARAMETERS)}")
+    return {k: _names(v) if k in ("bands", "input_properties") else v for k, v in params.items()}
+
+
+def _names(value: Any) -> Any:
+    """``"red,nir"`` (as ``--bands red,nir``) as ``["red", "nir"]``, not as the names "r", "e", "d"..."""
+    return [v.strip() for v in value.split(",")] if isinstance(value, str) else value
 
 
 def _auto_params(params: dict[str, Any], signature: Signature) -> tuple[dict[str, Any], AutoTile | None]:

@@ -145,6 +145,14 @@ def test_input_properties_given_as_one_string_is_one_property():
     assert _model().with_options(input_properties="gain,offset").spec.input_properties == ("gain", "offset")
 
 
+def test_from_callable_takes_one_output_name_as_a_string(raster):
+    path = raster(np.ones((1, 8, 8), "float32"))
+    model = Model.from_callable(lambda x: {"out": x * 3}, outputs="out", layout="NCHW", input_tile_size=8)
+    assert model.signature.output_names == ["out"]
+    assert Model.from_callable(_double, inputs="x", layout="NCHW", input_tile_size=8).signature.input_names == ["x"]
+    np.testing.assert_array_equal(model.predict_image(path).to_numpy(progress=False), np.full((1, 8, 8), 3.0))
+
+
 # ---- the README's examples say what the code does -----------------------------------------------------------------
 
 

@@ -187,7 +187,7 @@ class Model:
         an array or a dict of arrays."""
         from .runtimes.callable import CallableRuntime
 
-        return cls(CallableRuntime(fn, inputs=inputs, outputs=outputs), **params)
+        return cls(CallableRuntime(fn, inputs=_names(inputs), outputs=_names(outputs)), **params)
 
     @property
     def signature(self) -> Signature:

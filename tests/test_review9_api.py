@@ -90,6 +90,14 @@ def test_with_options_batch_size_is_kept_by_an_automatic_tile(raster):
     assert later.predict_image(path).model.tile_choice.batch == given.predict_image(path).model.tile_choice.batch == 2
 
 
+def test_with_options_output_tile_on_an_automatic_tile_is_refused_as_in_the_constructor():
+    """resolve_tile replaces the geometry with auto's choice: an output tile given later was silently dropped."""
+    with pytest.raises(tilecast.SpecError, match="output tile to follow the input tile"):
+        _model(input_tile_size="auto", output_tile_size=4)
+    with pytest.raises(tilecast.SpecError, match="output tile to follow the input tile"):
+        _model(input_tile_size="auto").with_options(output_tile_size=4)
+
+
 # ---- predict_image ------------------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import html
 import inspect
 import math
 import os
@@ -204,8 +205,9 @@ class Model:
             fresh = ModelSpec.create(input_tile_size=1, **parsed)
             changes.update({k: getattr(fresh, k) for k in parsed})
         auto, fixed = self.auto_tile, self.tile_choice is not None and self.tile_choice.reason == "fixed"
-        auto_batch = auto is not None and "batch_size" in changes and "input_tile_size" not in changes
-        if is_auto(changes.get("input_tile_size")) or {"memory_budget", "tile_multiple"} & set(changes) or auto_batch:
+        given = set(changes)  # auto chooses the batch with the tile, and refuses an output tile of its own:
+        auto_too = auto is not None and "input_tile_size" not in given and {"batch_size", "output_tile_size"} & given
+        if is_auto(changes.get("input_tile_size")) or {"memory_budget", "tile_multiple"} & given or auto_too:
             tile = changes.pop("input_tile_size", "auto" if auto else self.spec.geometry.tile)
             params = {"input_tile_size": tile, "memory_budget": changes.pop("memory_budget", auto and auto.budget),
                       "tile_multiple": changes.pop("tile_multiple", auto and auto.multiple),
@@ -341,8 +343,6 @@ class Model:
     def _repr_html_(self) -> str:
         """Jupyter's view: the runtime and its signature, the tile geometry, the output bands (classes with their
         colours) and the card."""
-        import html
-
         g, spec = self.spec.geometry, self.spec
 
         def tensors(specs: Sequence[TensorSpec]) -> list[tuple[str, str, str]]:

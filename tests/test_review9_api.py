@@ -161,6 +161,43 @@ def test_from_callable_takes_one_output_name_as_a_string(raster):
     np.testing.assert_array_equal(model.predict_image(path).to_numpy(progress=False), np.full((1, 8, 8), 3.0))
 
 
+# ---- Prediction's public methods check their arguments -----------------------------------------------------------
+
+
+def test_run_takes_a_sink_not_a_path(raster, tmp_path):
+    pred = _model().predict_image(raster(np.ones((1, 8, 8), "float32")))
+    with pytest.raises(tilecast.SpecError, match=r"to_geotiff\(path\)"):
+        pred.run(str(tmp_path / "out.tif"))
+    assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize("method", ["to_geotiff", "to_zarr", "to_vector"])
+def test_writing_to_no_path_is_a_tilecast_error(raster, method):
+    pred = _model().predict_image(raster(np.ones((1, 8, 8), "float32")))
+    with pytest.raises(tilecast.OutputError, match=f"{method} needs a path"):
+        getattr(pred, method)(None)
+
+
+@pytest.mark.parametrize("chunk_size", [-5, 0, "x", (8, 8, 8), 2.5])
+def test_a_bad_chunk_size_is_a_spec_error(raster, tmp_path, chunk_size):
+    """It was silently a one-tile chunk (negative), or a bare ValueError from unpacking."""
+    pred = _model().predict_image(raster(np.ones((1, 32, 32), "float32")))
+    with pytest.raises(tilecast.SpecError, match="chunk_size"):
+        pred.to_geotiff(tmp_path / "o.tif", resume=True, chunk_size=chunk_size, progress=False)
+    with pytest.raises(tilecast.SpecError, match="chunk_size"):
+        pred.to_xarray(engine="dask", chunk_size=chunk_size)
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_good_chunk_size_gives_the_same_pixels(raster, tmp_path):
+    data = np.arange(32 * 40, dtype="float32").reshape(1, 32, 40)
+    pred = _model().predict_image(raster(data))
+    for size in (16, "16,8", (24, 16)):
+        out = pred.to_geotiff(tmp_path / f"o{len(str(size))}.tif", resume=True, chunk_size=size, progress=False)
+        with rasterio.open(out) as ds:
+            np.testing.assert_array_equal(ds.read(1), data[0] * 2)
+
+
 # ---- the README's examples say what the code does -----------------------------------------------------------------
 
 

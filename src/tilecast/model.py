@@ -182,10 +182,10 @@ class Model:
         return cls.from_endpoint(endpoint, **kwargs)
 
     @classmethod
-    def from_callable(cls, fn: Callable[..., Any], *, inputs: Sequence[str | TensorSpec] | None = None,
-                      outputs: Sequence[str | TensorSpec] = ("output",), **params: Any) -> Model:
-        """Use a Python function as the model: it gets a batch (one array, or a dict per input) and returns
-        an array or a dict of arrays."""
+    def from_callable(cls, fn: Callable[..., Any], *, inputs: str | Sequence[str | TensorSpec] | None = None,
+                      outputs: str | Sequence[str | TensorSpec] = ("output",), **params: Any) -> Model:
+        """Use a Python function as the model: it gets a batch (one array, or a dict per input) in the raster's
+        dtype (``input_type_override`` casts it) and returns an array or a dict of arrays."""
         from .runtimes.callable import CallableRuntime
 
         return cls(CallableRuntime(fn, inputs=_names(inputs), outputs=_names(outputs)), **params)
@@ -237,7 +237,7 @@ class Model:
             model.tile_choice = TileChoice(g.tile, g.overlap, model.spec.batch_size, "fixed")
         return model
 
-    def predict_image(self, image: Any, *, bands: Sequence[str | int] | None = None,
+    def predict_image(self, image: Any, *, bands: str | Sequence[str | int] | None = None,
                       bounds: Sequence[float] | None = None, bounds_crs: Any = None,
                       window: Window | tuple[tuple[int, int], tuple[int, int]] | None = None,
                       append_input: bool = False, engine: Engine | str = "local") -> Prediction:

@@ -9,7 +9,7 @@ callers already catch, so ``except FileNotFoundError`` or ``except ValueError`` 
     │   ├── NotGeoreferencedError
     │   ├── UnknownCRSError
     │   ├── BandMismatchError                   bands do not match the model's inputs
-    │   ├── RegionError                         bounds/window outside the raster, or empty
+    │   ├── RegionError                         bounds/window malformed, outside the raster, or empty
     │   ├── UnknownColormapError                a colormap name the map does not know
     │   └── SourceReadError (OSError)           a window of the input cannot be read (truncated, corrupt, gone)
     ├── ModelError                              the model or its parameters
@@ -106,7 +106,7 @@ class BandMismatchError(InputError):
 
 
 class RegionError(InputError):
-    """The requested bounds or window do not overlap the raster."""
+    """The requested bounds or window are malformed or do not overlap the raster."""
 
 
 class ModelError(TilecastError):

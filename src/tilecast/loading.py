@@ -29,8 +29,8 @@ def explicit(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike, **options: Any) -> Model:
     """Load a model and its card: :meth:`tilecast.Model.load`. Keyword ``options`` (Earth Engine parameters)
-    replace what the card says; ``card=``, ``providers=``, ``device=``, ``threads=``, ``signature_name=`` and
-    ``check=`` choose how it is opened."""
+    replace what the card says; ``card=``, ``providers=``, ``device=``, ``precision=``, ``threads=``,
+    ``signature_name=`` and ``check=`` choose how it is opened."""
     return Model.load(path, **options)
 
 

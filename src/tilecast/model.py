@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import difflib
+import html
+import inspect
+import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 from rasterio.enums import Resampling
+from rasterio.errors import WindowError
 from rasterio.windows import Window
 
 from .autotile import AutoTile, TileChoice, parse_bytes
 from .card.binding import CardBinding
 from .card.html import card_html, class_list, section, table
 from .card.load import open_model
-from .errors import InputError, SpecError, TilecastWarning
+from .errors import InputError, RegionError, SpecError, TilecastWarning
 from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, is_auto, window_from_bounds
 from .prediction import Prediction
+from .runners.engine import Engine
 from .runtimes.base import Runtime, Signature, TensorSpec
 from .sources import RasterioSource, open_source, parse_crs, warp_grid
 from .sources.base import Reprojectable, native_grid
@@ -27,6 +34,11 @@ from .spec import ModelSpec
 __all__ = ["Model", "ai_platform_url"]
 
 _AI_PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+_PARAMETERS = sorted({p for p in inspect.signature(ModelSpec.create).parameters if p != "options"} | {
+    f.name for f in fields(ModelSpec) if f.name != "geometry"} | {"memory_budget", "tile_multiple"})
+
+_PARSED = ("output_bands", "input_type_override", "input_shapes", "input_properties", "resolution", "bands")
 
 
 def ai_platform_url(project_id: str, model_name: str, version: str | None = None,
@@ -55,6 +67,8 @@ class Model:
 
     def __init__(self, runtime: Runtime, spec: ModelSpec | None = None, *, card: CardBinding | None = None,
                  **params: Any) -> None:
+        if isinstance(runtime, (str, os.PathLike, bytes)):  # Model("unet.onnx", ...)
+            raise SpecError(f"Model() takes a runtime, not {runtime!r:.80}; open a model file with Model.load(path)")
         self.runtime = runtime
         self.auto_tile: AutoTile | None = None
         """Set when ``input_tile_size="auto"`` waits for an image to choose the tile (see :mod:`tilecast.autotile`);
@@ -63,6 +77,7 @@ class Model:
         """What ``auto`` chose for this model (a model :meth:`predict_image` returns with the choice applied)."""
         fixed = False
         if spec is None:
+            params = _user_params(params)
             fixed = is_auto(params.get("input_tile_size"))
             params, self.auto_tile = _auto_params(params, runtime.signature)
             fixed = fixed and self.auto_tile is None
@@ -75,17 +90,9 @@ class Model:
             self.tile_choice = TileChoice(spec.geometry.tile, spec.geometry.overlap, spec.batch_size, "fixed")
 
     @classmethod
-    def from_onnx(
-        cls,
-        path: str | os.PathLike | bytes,
-        *,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-        streams: int | None = None,
-        device: str | Sequence[str] | None = None,
-        precision: str | None = None,
-        **params: Any,
-    ) -> Model:
+    def from_onnx(cls, path: str | os.PathLike | bytes, *, providers: Sequence[str] | None = None,
+                  threads: int | None = None, streams: int | None = None, device: str | Sequence[str] | None = None,
+                  precision: str | None = None, **params: Any) -> Model:
         """Load an ONNX model. ``providers``: e.g. ``["cuda", "cpu"]``; unavailable ones are skipped. ``threads``
         and ``streams``: CPU threads for the model and how many calls share them. ``device``: ``"cpu"``, ``"cuda"``,
         ``"cuda:0,1"`` or ``"cuda:all"`` (one session per GPU); ``precision``: ``"fp32"`` or ``"fp16"`` (see
@@ -110,13 +117,10 @@ class Model:
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides: Any) -> Model:
         """Load any model tilecast runs (ONNX, TorchScript, torch.export, SavedModel, Keras, a TorchServe ``.mar``,
-        TensorFlow Lite) with its model card.
-
-        Keyword ``overrides`` (Earth Engine parameters) replace what the card says. ``card=`` (a
-        :class:`~tilecast.card.Card` or a path to a card JSON), ``providers``, ``device`` (``"cpu"``, ``"cuda"``,
-        ``"cuda:0,1"``, ``"cuda:all"``), ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``), ``threads``,
-        ``signature_name`` and ``check`` are passed to :func:`tilecast.card.open_model`.
-        """
+        TensorFlow Lite) with its model card. Keyword ``overrides`` (Earth Engine parameters) replace the card's.
+        ``card=`` (a :class:`~tilecast.card.Card` or a path to a card JSON), ``providers``, ``device`` (``"cpu"``,
+        ``"cuda"``, ``"cuda:0,1"``, ``"cuda:all"``), ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``), ``threads``,
+        ``signature_name`` and ``check`` are passed to :func:`tilecast.card.open_model`."""
         opened = open_model(path, **overrides)
         try:
             return cls(opened.runtime, card=opened.binding, **opened.params)
@@ -125,20 +129,10 @@ class Model:
             raise
 
     @classmethod
-    def from_endpoint(
-        cls,
-        url: str,
-        *,
-        protocol: str | None = None,
-        payload_format: str | None = None,
-        max_payload_bytes: int = 1_500_000,
-        output_multiplier: float | None = None,
-        concurrency: int = 4,
-        headers: dict[str, str] | None = None,
-        token: str | None = None,
-        timeout: float = 60.0,
-        **params: Any,
-    ) -> Model:
+    def from_endpoint(cls, url: str, *, protocol: str | None = None, payload_format: str | None = None,
+                      max_payload_bytes: int = 1_500_000, output_multiplier: float | None = None,
+                      concurrency: int = 4, headers: dict[str, str] | None = None, token: str | None = None,
+                      timeout: float = 60.0, **params: Any) -> Model:
         """A hosted model: KServe v2 / Triton, TF Serving, Vertex AI or ``tilecast serve``.
 
         ``protocol`` (``"v2"``, ``"tfserving"``, ``"vertex"``, ``"grpc"``) is inferred from the URL when omitted;
@@ -161,27 +155,16 @@ class Model:
         return cls.from_endpoint(endpoint, **kwargs)
 
     @classmethod
-    def from_ai_platform_predictor(
-        cls,
-        project_id: str | None = None,
-        model_name: str | None = None,
-        version: str | None = None,
-        region: str | None = "us-central1",
-        *,
-        project_name: str | None = None,
-        url: str | None = None,
-        **kwargs: Any,
-    ) -> Model:
+    def from_ai_platform_predictor(cls, project_id: str | None = None, model_name: str | None = None,
+                                   version: str | None = None, region: str | None = "us-central1", *,
+                                   project_name: str | None = None, url: str | None = None, **kwargs: Any) -> Model:
         """Earth Engine's ``ee.Model.fromAiPlatformPredictor``: a model on the legacy AI Platform Prediction service
         (:func:`ai_platform_url`), which speaks Vertex AI's ``{"instances": [...]}`` contract.
 
         ``project_name`` is Earth Engine's deprecated spelling of ``project_id``. ``url`` sends the requests elsewhere
         (a proxy, a local ``tilecast serve``): a bare ``http(s)://HOST[:PORT]`` gets the AI Platform path, a URL with
-        a path is used as it is. Earth Engine's other arguments are the same keywords as for :meth:`from_endpoint`:
-        ``input_properties``, ``input_type_override``, ``input_shapes``, ``fix_input_proj``, ``input_tile_size``,
-        ``input_overlap_size``, ``output_tile_size``, ``output_bands``, ``output_multiplier`` (``proj`` is ``crs`` and
-        ``resolution``; ``output_properties`` goes to :meth:`predict_properties`).
-        """
+        a path is used as it is. Earth Engine's other arguments are :meth:`from_endpoint`'s keywords (``proj`` is
+        ``crs`` and ``resolution``; ``output_properties`` goes to :meth:`predict_properties`): docs/formats.md."""
         if project_name is not None:
             warnings.warn("project_name is deprecated (as in Earth Engine); use project_id", DeprecationWarning,
                           stacklevel=2)
@@ -199,28 +182,32 @@ class Model:
         return cls.from_endpoint(endpoint, **kwargs)
 
     @classmethod
-    def from_callable(
-        cls,
-        fn: Callable[..., Any],
-        *,
-        inputs: Sequence[str | TensorSpec] | None = None,
-        outputs: Sequence[str | TensorSpec] = ("output",),
-        **params: Any,
-    ) -> Model:
-        """Use a Python function as the model: it gets a batch (one array, or a dict per input) and returns
-        an array or a dict of arrays."""
+    def from_callable(cls, fn: Callable[..., Any], *, inputs: str | Sequence[str | TensorSpec] | None = None,
+                      outputs: str | Sequence[str | TensorSpec] = ("output",), **params: Any) -> Model:
+        """Use a Python function as the model: it gets a batch (one array, or a dict per input) in the raster's
+        dtype (``input_type_override`` casts it) and returns an array or a dict of arrays."""
         from .runtimes.callable import CallableRuntime
 
-        return cls(CallableRuntime(fn, inputs=inputs, outputs=outputs), **params)
+        return cls(CallableRuntime(fn, inputs=_names(inputs), outputs=_names(outputs)), **params)
 
     @property
     def signature(self) -> Signature:
         return self.runtime.signature
 
     def with_options(self, **changes: Any) -> Model:
-        """A copy sharing the runtime, with some parameters changed (``input_tile_size="auto"`` included)."""
+        """A copy sharing the runtime, with some parameters changed, read as the constructor reads them."""
+        changes = _user_params(changes, also=("geometry",))
+        if "overlap_mode" in changes and "input_overlap_size" not in changes:
+            raise SpecError("overlap_mode says how to read input_overlap_size; give both, e.g. "
+                            "with_options(input_overlap_size=16, overlap_mode='total')")
+        parsed = {k: changes[k] for k in _PARSED if k in changes}
+        if parsed:  # "lc:uint8", one resolution number... stored as the constructor stores them
+            fresh = ModelSpec.create(input_tile_size=1, **parsed)
+            changes.update({k: getattr(fresh, k) for k in parsed})
         auto, fixed = self.auto_tile, self.tile_choice is not None and self.tile_choice.reason == "fixed"
-        if is_auto(changes.get("input_tile_size")) or "memory_budget" in changes or "tile_multiple" in changes:
+        given = set(changes)  # auto chooses the batch with the tile, and refuses an output tile of its own:
+        auto_too = auto is not None and "input_tile_size" not in given and {"batch_size", "output_tile_size"} & given
+        if is_auto(changes.get("input_tile_size")) or {"memory_budget", "tile_multiple"} & given or auto_too:
             tile = changes.pop("input_tile_size", "auto" if auto else self.spec.geometry.tile)
             params = {"input_tile_size": tile, "memory_budget": changes.pop("memory_budget", auto and auto.budget),
                       "tile_multiple": changes.pop("tile_multiple", auto and auto.multiple),
@@ -250,24 +237,18 @@ class Model:
             model.tile_choice = TileChoice(g.tile, g.overlap, model.spec.batch_size, "fixed")
         return model
 
-    def predict_image(
-        self,
-        image: Any,
-        *,
-        bands: Sequence[str | int] | None = None,
-        bounds: Sequence[float] | None = None,
-        bounds_crs: Any = None,
-        window: Window | tuple[tuple[int, int], tuple[int, int]] | None = None,
-        append_input: bool = False,
-        engine: str = "local",
-    ) -> Prediction:
+    def predict_image(self, image: Any, *, bands: str | Sequence[str | int] | None = None,
+                      bounds: Sequence[float] | None = None, bounds_crs: Any = None,
+                      window: Window | tuple[tuple[int, int], tuple[int, int]] | None = None,
+                      append_input: bool = False, engine: Engine | str = "local") -> Prediction:
         """Plan a prediction over ``image`` (path, URL, rasterio dataset or xarray object). Nothing runs yet.
 
         ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the image's CRS); ``window`` is in
         pixels of the grid the model sees. ``append_input`` returns the input bands followed by the outputs
-        (Earth Engine's merged result). ``engine`` picks the runner used when the result is written
-        (``"local"`` threads, or ``"dask"``).
+        (Earth Engine's merged result). ``engine``: where the result runs unless a write method is given another,
+        ``tilecast.Local()`` (threads; ``"local"``) or ``tilecast.Dask(...)`` (``"dask"``).
         """
+        bands = _names(bands)
         if self.card is not None:  # the card picks the bands and decides whether the image's grid is close enough
             bands = self.card.select_bands(image, bands)
             changes = self.card.grid_changes(image, self.spec)
@@ -279,19 +260,7 @@ class Model:
         source = open_source(image, bands if bands is not None else spec.bands)
         if spec.crs is not None or spec.resolution is not None:
             source = self._apply_proj(source, image, bands if bands is not None else spec.bands)
-        grid = source.grid
-        region = None
-        if bounds is not None and window is not None:
-            raise InputError("give bounds or window, not both")
-        if bounds is not None:
-            bounds_crs = parse_crs(bounds_crs) if bounds_crs is not None else native_grid(source).crs
-            if bounds_crs != grid.crs:
-                from rasterio.warp import transform_bounds
-
-                bounds = transform_bounds(bounds_crs, grid.crs, *bounds, densify_pts=21)
-            region = window_from_bounds(bounds, grid.transform, grid.shape)
-        elif window is not None:
-            region = window if isinstance(window, Window) else Window.from_slices(*window)
+        grid, region = source.grid, _region(source, bounds, bounds_crs, window)
         model = self
         if self.auto_tile is not None:  # the tile that fits this image's bands, region and the memory budget
             model = self.resolve_tile(source, region.width if region is not None else grid.shape[1],
@@ -299,10 +268,8 @@ class Model:
             spec = model.spec
         plan = TilePlan.create(grid.shape, spec.geometry, region)
         if append_input and spec.geometry.scale != (1, 1):
-            raise SpecError(
-                "append_input needs output pixels on the input grid, but output_tile_size "
-                f"{tuple(spec.geometry.out)} differs from input_tile_size {tuple(spec.geometry.tile)}"
-            )
+            raise SpecError("append_input needs output pixels on the input grid, but output_tile_size "
+                            f"{tuple(spec.geometry.out)} differs from input_tile_size {tuple(spec.geometry.tile)}")
         return Prediction(model, source, plan, append_input=append_input, engine=engine)
 
     def resolve_tile(self, source: Any, width: int, height: int) -> Model:
@@ -345,26 +312,21 @@ class Model:
         if same_crs and same_res:
             return source
         if not spec.fix_input_proj:
-            warnings.warn(
-                f"the image's grid ({native.crs}, {native.resolution}) differs from the model's proj "
-                f"({crs or native.crs}, {spec.resolution}); tiles are cut in the image's own grid. "
-                "Set fix_input_proj=True (--fix-input-proj) to warp the input to the model's grid.",
-                TilecastWarning, stacklevel=3,
-            )
+            warnings.warn(f"the image's grid ({native.crs}, {native.resolution}) differs from the model's proj "
+                          f"({crs or native.crs}, {spec.resolution}); tiles are cut in the image's own grid. "
+                          "Set fix_input_proj=True (--fix-input-proj) to warp the input to the model's grid.",
+                          TilecastWarning, stacklevel=3)
             return source
         try:
             resampling = Resampling[spec.resampling]
         except KeyError:
-            raise SpecError(
-                f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
-            ) from None
+            raise SpecError(f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
+                            ) from None
         if isinstance(source, Reprojectable):  # a mosaic of many files warps each member per window
             return source.reprojected(crs or native.crs, spec.resolution, resampling)
         if not isinstance(source, RasterioSource):
-            raise InputError(
-                "fix_input_proj warps with GDAL and needs a raster path or rasterio dataset; reproject the xarray "
-                "input first (e.g. da.rio.reproject)"
-            )
+            raise InputError("fix_input_proj warps with GDAL and needs a raster path or rasterio dataset; reproject "
+                             "the xarray input first (e.g. da.rio.reproject)")
         grid = warp_grid(native, crs, spec.resolution)
         source.close()
         return RasterioSource(image, bands, warp=(grid, resampling))
@@ -381,8 +343,6 @@ class Model:
     def _repr_html_(self) -> str:
         """Jupyter's view: the runtime and its signature, the tile geometry, the output bands (classes with their
         colours) and the card."""
-        import html
-
         g, spec = self.spec.geometry, self.spec
 
         def tensors(specs: Sequence[TensorSpec]) -> list[tuple[str, str, str]]:
@@ -409,11 +369,53 @@ class Model:
         return '<div style="font-size:90%">' + "".join(parts) + "</div>"
 
     def __repr__(self) -> str:
-        g = self.spec.geometry
-        return (
-            f"Model({self.runtime!r}, tile={'auto' if self.auto_tile else tuple(g.tile)}, overlap={tuple(g.overlap)}, "
-            f"output_tile={tuple(g.out)}, outputs={[b.name for b in self.spec.output_bands]})"
-        )
+        g, names = self.spec.geometry, [b.name for b in self.spec.output_bands]
+        return (f"Model({self.runtime!r}, tile={'auto' if self.auto_tile else tuple(g.tile)}, "
+                f"overlap={tuple(g.overlap)}, output_tile={tuple(g.out)}, outputs={names})")
+
+
+def _region(source: Any, bounds: Any, bounds_crs: Any, window: Any) -> Window | None:
+    """The region asked for, in pixels of the grid the model sees (bounds checked before a library sees them)."""
+    if bounds is not None and window is not None:
+        raise InputError("give bounds or window, not both")
+    if bounds is None and bounds_crs is not None:
+        raise RegionError(f"bounds_crs={bounds_crs!r} is the CRS of bounds, but no bounds were given; pass "
+                          "bounds=(left, bottom, right, top) in that CRS, or leave bounds_crs out")
+    if window is not None:
+        try:
+            return window if isinstance(window, Window) else Window.from_slices(*window)
+        except (TypeError, ValueError, WindowError) as exc:
+            raise RegionError(f"window {window!r}: {exc}; give a Window or ((row_start, row_stop), (col_start, "
+                              "col_stop)) inside the raster") from None
+    if bounds is None:
+        return None
+    try:
+        values = tuple(float(v) for v in bounds)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4 or not all(map(math.isfinite, values)):
+        raise RegionError(f"bounds must be four finite numbers (left, bottom, right, top), got {bounds!r}")
+    grid, crs = source.grid, parse_crs(bounds_crs) if bounds_crs is not None else native_grid(source).crs
+    if crs != grid.crs:
+        from rasterio.warp import transform_bounds
+
+        values = transform_bounds(crs, grid.crs, *values, densify_pts=21)
+    return window_from_bounds(values, grid.transform, grid.shape)
+
+
+def _user_params(params: Mapping[str, Any], also: Sequence[str] = ()) -> dict[str, Any]:
+    """Refuse a parameter no Model takes (a typo: else a bare TypeError); read strings of names with _names."""
+    for name in params:
+        if name not in _PARAMETERS and name not in also:
+            close = difflib.get_close_matches(name, _PARAMETERS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SpecError(f"unknown model parameter {name!r}; {hint}the parameters are {', '.join(_PARAMETERS)}")
+    return {k: _names(v) if k in ("bands", "input_properties") else v for k, v in params.items()}
+
+
+def _names(value: Any) -> Any:
+    """``"red,nir"`` (as ``--bands red,nir``) as ``["red", "nir"]``, not as the names "r", "e", "d"..."""
+    return [v.strip() for v in value.split(",")] if isinstance(value, str) else value
 
 
 def _auto_params(params: dict[str, Any], signature: Signature) -> tuple[dict[str, Any], AutoTile | None]:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import SpecError, TileSizeError
+from .errors import OutputError, SpecError, TileSizeError
 from .job import Job
-from .plan import TilePlan
+from .plan import TilePlan, parse_size
 from .progress import ProgressCallback, resolve
 from .resources import bounded_gdal_cache, memory_available
 from .runners.engine import Dask, Engine, Local, resolve_engine
@@ -68,6 +68,21 @@ def check_tile_memory(spec: Any, plan: TilePlan, bands: int, dtype: np.dtype) ->
             f"about {(2 * batch + row) / 2**30:.1f} GiB for a batch of {spec.batch_size} and a row of output, more "
             f"than the {avail / 2**30:.1f} GiB available; {fix}"
         )
+
+
+def _check_path(path: Any, method: str) -> None:
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise OutputError(f"{method} needs a path (a str or os.PathLike) to write to, got {path!r:.80}")
+
+
+def _chunk_size(value: Any) -> tuple[int, int] | None:
+    """``chunk_size`` as ``(x, y)`` output pixels (one number, ``"512,256"`` or a pair), both positive."""
+    if value is None:
+        return None
+    size = parse_size(value, "chunk_size")
+    if min(size) < 1:
+        raise SpecError(f"chunk_size must be positive output pixels per chunk edge (e.g. 2048), got {value!r}")
+    return tuple(size)
 
 
 class Prediction:
@@ -159,7 +174,10 @@ class Prediction:
         wall time, its model time (local engine) and its pixels. ``dask_options`` (``workers=``, ``client=``...)
         are deprecated: pass ``engine=tilecast.Dask(...)``.
         """
-        chosen = resolve_engine(engine, self.engine, dask_options)
+        if not isinstance(sink, (Sink, ChunkSink)):
+            raise SpecError(f"run() takes a Sink (open, write, close, abort), not {sink!r:.80}; write a file with "
+                            "to_geotiff(path), to_zarr(path) or to_vector(path)")
+        chosen, chunk_size = resolve_engine(engine, self.engine, dask_options), _chunk_size(chunk_size)
         if stats is not None:
             stats.pixels = int(self.plan.region.width * self.plan.region.height)
             stats.start()
@@ -227,6 +245,7 @@ class Prediction:
         from .sinks.geotiff import GeoTIFFSink
         from .vectors.write import is_vector_path
 
+        _check_path(path, "to_geotiff")
         if is_vector_path(path):  # never a GeoTIFF under a vector file's name
             from .vectors.errors import VectorFormatError
 
@@ -254,6 +273,7 @@ class Prediction:
         """Write a georeferenced Zarr store (``band, y, x``; chunks = whole tiles) that xarray opens lazily."""
         from .sinks.chunked import ZarrSink
 
+        _check_path(path, "to_zarr")
         chosen = resolve_engine(engine, self.engine, dask_options)
         refuse_overwriting_inputs(path, self.source)
         sink = ZarrSink(path, overwrite=overwrite)
@@ -275,7 +295,7 @@ class Prediction:
             from .runners.dask import dask_array
             from .sinks.memory import to_dataarray
 
-            return to_dataarray(dask_array(self.job, chunk_size), self.profile)
+            return to_dataarray(dask_array(self.job, _chunk_size(chunk_size)), self.profile)
         from .sinks.memory import ArraySink
 
         return self.run(ArraySink(), progress, chosen)
@@ -288,6 +308,7 @@ class Prediction:
         :func:`tilecast.vectors.predict_vectors`."""
         from .vectors import predict_vectors
 
+        _check_path(path, "to_vector")
         return predict_vectors(self, path, **options)
 
     def to_geodataframe(self, **options: Any) -> Any:

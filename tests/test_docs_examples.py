@@ -656,7 +656,7 @@ CASES: dict[tuple[str, str], Run | NotRunnable | Text] = {
     # docs/demo.md
     ("docs/demo.md", "make demo"): MAKE,
     ("docs/demo.md", "make test"): MAKE,
-    ("docs/demo.md", DEMO_PREDICT): Run(
+    ("docs/demo.md", DEMO_PREDICT_HALO): Run(
         check=lambda ws, out: _landcover_matches_model(ws, out, "out/landcover.tif", "out/landsat_stack.tif")
     ),
     # docs/gpu.md

@@ -235,7 +235,6 @@ def test_masked_pixels_reach_the_model_as_the_fill_value_in_their_band_only(rast
     assert (out[:, 3, 4] == -99).all()  # the output mask is the minimum over the bands
 
 
-@pytest.mark.xfail(strict=True, reason="needs Job.read to fill with tilecast.pixels.fill_masked (lead: job.py)")
 @pytest.mark.parametrize("fill,override", [(-1.0, "float32"), (0.5, "float32"), (float("nan"), None)])
 def test_a_fill_value_integer_bands_cannot_hold_reaches_the_model_as_given(raster, fill, override):
     """uint16 bands cannot hold -1, 0.5 or NaN: the model got 65535, 0 and 0 (with a RuntimeWarning) instead.
@@ -381,8 +380,6 @@ def test_malformed_input_shapes_are_spec_errors(shapes):
 # ---- parameters carried by a model copy ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="needs Model.with_options to let an output tile equal to the input tile follow "
-                   "it (lead: model.py)")
 def test_a_new_input_tile_keeps_the_output_at_the_input_scale(raster):
     """A model whose output tile followed its input tile keeps following it when the tile is changed."""
     img = coord_image(40, 40, bands=2)
@@ -393,7 +390,6 @@ def test_a_new_input_tile_keeps_the_output_at_the_input_scale(raster):
     np.testing.assert_array_equal(copy.predict_image(raster(img)).to_numpy(), img)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the tensors._check_hw hint change with README.md's sample message (lead)")
 def test_the_tile_hint_for_a_fixed_size_model_also_works_in_total_overlap_mode(tmp_path, raster):
     """The hint gave the per-edge overlap only: followed with --overlap-mode total, it missed the size again."""
     import re
@@ -407,7 +403,7 @@ def test_the_tile_hint_for_a_fixed_size_model_also_works_in_total_overlap_mode(t
     with pytest.raises(TileSizeError) as info:
         Model.from_onnx(onnx, input_tile_size=60, input_overlap_size=8, overlap_mode="total").predict_image(path)
     tile = re.search(r"--tile (\d+),(\d+)", str(info.value)).groups()
-    overlap = re.search(r"--overlap (\d+),(\d+) with --overlap-mode total", str(info.value)).groups()
+    overlap = re.search(r"with --overlap-mode total, --overlap (\d+),(\d+)", str(info.value)).groups()
     model = Model.from_onnx(onnx, input_tile_size=[int(v) for v in tile], input_overlap_size=[int(v) for v in overlap],
                             overlap_mode="total")
     assert model.spec.geometry.padded == (64, 64)

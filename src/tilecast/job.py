@@ -15,7 +15,7 @@ import numpy as np
 from .assemble import Assembler, Block
 from .errors import OutputShapeError
 from .parallel import SERIAL, Spans
-from .pixels import footprint_valid, halo_valid, needs_cast, pad_tile, safe_cast
+from .pixels import fill_masked, footprint_valid, halo_valid, needs_cast, pad_tile, safe_cast
 from .plan import Tile, TilePlan
 from .runtimes.base import Runtime
 from .sinks.base import OutputProfile
@@ -68,7 +68,7 @@ class Job:
         out = tile.out
         out_valid = None
         if valid is not None:
-            data = np.where(valid, data, np.asarray(self.spec.fill_value, dtype=data.dtype))
+            data = fill_masked(data, valid, self.spec.fill_value)
             if valid.ndim == 3:
                 valid = valid.all(axis=0)
             vp = np.pad(valid, tile.pad, constant_values=True)

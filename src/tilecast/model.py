@@ -226,7 +226,7 @@ class Model:
             geometry = TileGeometry.create(
                 changes.pop("input_tile_size", g.tile),
                 changes.pop("input_overlap_size", g.overlap),
-                changes.pop("output_tile_size", g.out),
+                changes.pop("output_tile_size", g.out if g.out != g.tile else None),  # an equal one follows the tile
                 changes.pop("overlap_mode", "per_edge"),
             )
             changes["geometry"] = geometry

@@ -154,6 +154,8 @@ def _check_hw(t: TensorSpec, hw: tuple[int | None, int | None], g: TileGeometry)
     if (h is not None and h != p.y) or (w is not None and w != p.x):
         need = XY(w if w is not None else p.x, h if h is not None else p.y)
         tile = TileGeometry.core_for(need, g.overlap)
+        total = f" (with --overlap-mode total, --overlap {2 * g.overlap.x},{2 * g.overlap.y})" \
+            if any(g.overlap) and min(tile) > 0 else ""  # the hint's overlap is per edge
         hint = (
             f"use --tile {tile.x},{tile.y} with --overlap {g.overlap.x},{g.overlap.y}"
             if min(tile) > 0
@@ -161,7 +163,7 @@ def _check_hw(t: TensorSpec, hw: tuple[int | None, int | None], g: TileGeometry)
         )
         raise TileSizeError(
             f"the model's input {t.describe()} takes {need.x} x {need.y} pixels, but tile {tuple(g.tile)} with "
-            f"overlap {tuple(g.overlap)} per edge gives {p.x} x {p.y}; {hint}"
+            f"overlap {tuple(g.overlap)} per edge gives {p.x} x {p.y}{total}; {hint}"
         )
 
 

@@ -241,7 +241,7 @@ def test_an_int64_output_records_its_default_nodata_exactly(tiles, tmp_path):
     """The old default, -2**63, went into the file as a double and rasterio read it back as -9: real pixels of -9
     were masked and the gaps were not."""
     from tilecast.errors import NodataError
-    from tilecast.spec import check_nodata, default_nodata
+    from tilecast.nodata import check_nodata, default_nodata
 
     preds = write_predictions(tmp_path / "p", [{"x": np.arange(400, dtype=np.int64) - 9}] * 4)
     out = import_predictions(preds, tiles.mixer, tmp_path / "o.tif", dtype="int64")

@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import OutputError, SpecError, TileSizeError
 from .job import Job
+from .nodata import check_nodata, check_raster_dtype, default_nodata
 from .plan import TilePlan, parse_size
 from .progress import ProgressCallback, resolve
 from .resources import bounded_gdal_cache, memory_available
@@ -20,7 +21,7 @@ from .runtimes.base import model_path
 from .sinks.base import ChunkSink, OutputProfile, Sink
 from .sinks.safety import refuse_overwriting_inputs
 from .sources.base import Grid, Source
-from .spec import check_nodata, check_raster_dtype, default_nodata, with_default_colors
+from .spec import with_default_colors
 from .tensors import bind_inputs, bind_outputs, needs_probe
 
 if TYPE_CHECKING:

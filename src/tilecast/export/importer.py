@@ -21,11 +21,12 @@ from affine import Affine
 from rasterio.windows import Window
 
 from ..errors import CastError, InputError
+from ..nodata import check_nodata, check_raster_dtype, default_nodata
 from ..plan import XY, xy
 from ..resources import memory_available
 from ..sinks import GeoTIFFSink, OutputProfile
 from ..sources import Grid, parse_crs
-from ..spec import check_nodata, check_raster_dtype, default_nodata, parse_dtype
+from ..spec import parse_dtype
 from .common import progress_callback
 from .image import margin_of
 from .tfrecord import decode_example, iter_records

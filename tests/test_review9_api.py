@@ -239,3 +239,22 @@ def test_the_drawn_error_tree_is_the_class_tree():
         bases = [b.__name__ for b in getattr(tilecast.errors, name).__bases__]
         assert bases == [parent or "Exception", *mixed] if parent or not mixed else bases == mixed, \
             f"{name} is drawn as {parent or '(root)'} {mixed} but derives from {bases}"
+
+
+def test_malformed_engine_crs_batch_and_fill_values_are_tilecast_errors(tmp_path):
+    """Each was a raw TypeError or ValueError from deep inside (or, for fill_value="x", accepted silently)."""
+    from onnx_models import linear_1x1
+    from tilecast.errors import SpecError, UnknownCRSError
+    from tilecast.sources.rasterio_source import parse_crs
+
+    with pytest.raises(UnknownCRSError, match="EPSG:nonsense"):
+        parse_crs("EPSG:nonsense")
+    with pytest.raises(SpecError, match=r"Local\(threads='2'\)"):
+        tilecast.Local(threads="2")
+    path = linear_1x1(tmp_path / "m.onnx", [1.0])
+    for params, message in (({"batch_size": "4"}, "batch_size must be a whole number"),
+                            ({"batch_size": 2.5}, "batch_size must be a whole number"),
+                            ({"fill_value": "x"}, "fill_value must be a number")):
+        with pytest.raises(SpecError, match=message):
+            tilecast.Model.load(path, input_tile_size=8, **params)
+    assert tilecast.Model.load(path, input_tile_size=8, batch_size=3, fill_value=float("nan")).spec.batch_size == 3

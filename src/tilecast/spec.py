@@ -256,8 +256,11 @@ class ModelSpec:
             raise SpecError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if self.padding not in PADDINGS:
             raise SpecError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
-        if self.batch_size < 1:
-            raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
+                or self.batch_size < 1:
+            raise SpecError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if not isinstance(self.fill_value, (int, float, np.number)) or isinstance(self.fill_value, bool):
+            raise SpecError(f"fill_value must be a number (NaN allowed), got {self.fill_value!r}")
         if self.blend != "crop":
             g = self.geometry
             if g.overlap == (0, 0):

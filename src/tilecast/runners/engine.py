@@ -33,8 +33,9 @@ class Local:
     resources: Resources | None = None
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise SpecError(f"Local(threads={self.threads}): threads must be at least 1, or None for the default")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise SpecError(f"Local(threads={self.threads!r}): threads must be a whole number >= 1, or None for the "
+                            "default")
 
 
 @dataclass(frozen=True)

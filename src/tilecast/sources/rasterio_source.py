@@ -36,7 +36,7 @@ __all__ = ["RasterioSource", "parse_crs", "warp_grid", "warp_scales"]
 def parse_crs(value: Any) -> CRS:
     try:
         return value if isinstance(value, CRS) else CRS.from_user_input(value)
-    except CRSError as exc:
+    except (CRSError, ValueError) as exc:  # "EPSG:nonsense" is a ValueError
         raise UnknownCRSError(
             f"unknown CRS {value!r}: {exc}. Use an EPSG code like 'EPSG:32633', a PROJ string or WKT"
         ) from None

@@ -60,7 +60,7 @@ def test_options_taken_out_of_keywords():
     (lambda: resolve_engine("dask", legacy={"wrokers": 2}), r"unknown engine options \['wrokers'\]"),
     (lambda: Dask(workers=0), r"workers must be a positive integer"),
     (lambda: Dask(client=object(), scheduler="tcp://x:1"), "not both"),
-    (lambda: Local(threads=0), "threads must be at least 1"),
+    (lambda: Local(threads=0), "threads must be a whole number >= 1"),
 ])
 def test_bad_engines_name_the_fix(call, message):
     with pytest.raises(SpecError, match=message):

@@ -193,7 +193,7 @@ def vector_samples(
         if unlabelled.any():
             warnings.warn(f"{int(unlabelled.sum())} of {len(gdf)} labels have no {label_field!r} value (null) and "
                           "were skipped", TilecastWarning, stacklevel=3)
-            usable &= ~unlabelled
+            usable = usable & ~unlabelled  # not in place: pandas 3 hands out read-only arrays
     if not usable.all():  # copy only when needed: a million points take hundreds of MiB
         gdf = gdf[usable]
     label = _label_values(gdf[label_field]) if label_field else None

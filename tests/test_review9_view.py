@@ -24,6 +24,7 @@ from rasterio.warp import transform_bounds  # noqa: E402
 
 import tilecast  # noqa: E402
 from conftest import coord_image  # noqa: E402
+from test_view import serve  # noqa: E402
 from tilecast.view.app import ViewServer  # noqa: E402
 from tilecast.view.errors import PortInUseError  # noqa: E402
 from tilecast.view.session import ViewOptions, from_prediction, from_raster  # noqa: E402
@@ -32,12 +33,6 @@ from tilecast.view.zooms import TMS  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::rio_tiler.errors.NoOverviewWarning")
 
 H, W, TILE = 400, 480, 64
-
-
-def serve(prediction, **options) -> ViewServer:
-    options.setdefault("cache_dir", False)
-    options.setdefault("block_size", 128)
-    return ViewServer(from_prediction(prediction, ViewOptions(**options))).start()
 
 
 def lonlat(path: str, row: int, col: int) -> tuple[float, float]:
@@ -101,38 +96,20 @@ def test_a_port_outside_0_65535_is_a_clear_error(raster):
 def open_page(url: str, profile, wait_for: str) -> dict:
     """Load the map page in headless Chromium with no network but ``url``, wait for ``wait_for`` (a JS
     expression), and return what the page shows and what went wrong in it (console errors, refused requests)."""
-    from playwright.sync_api import sync_playwright
+    from test_view_browser import browser_page
 
-    from test_view_browser import CHROMIUM, FLAGS, VIEWPORT
-
-    refused: list[str] = []
     console: list[str] = []
-
-    def gate(route) -> None:
-        if route.request.url.startswith(url):
-            route.continue_()
-        else:
-            refused.append(route.request.url)
-            route.abort()
-
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
-                                                       args=FLAGS, viewport=VIEWPORT)
-        try:
-            context.route("**/*", gate)
-            page = context.new_page()
-            page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            page.wait_for_load_state("networkidle", timeout=120_000)
-            page.wait_for_function(wait_for, timeout=60_000)
-            page.wait_for_timeout(300)
-            errors = page.locator("#errors")
-            return {"console": console, "refused": refused, "legend": page.locator("#legend").inner_text(),
-                    "errors": errors.inner_text(), "errors_hidden": errors.is_hidden()}
-        finally:
-            context.close()
+    with browser_page(url, profile) as (page, refused):
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        page.wait_for_load_state("networkidle", timeout=120_000)
+        page.wait_for_function(wait_for, timeout=60_000)
+        page.wait_for_timeout(300)
+        errors = page.locator("#errors")
+        return {"console": console, "refused": refused, "legend": page.locator("#legend").inner_text(),
+                "errors": errors.inner_text(), "errors_hidden": errors.is_hidden()}
 
 
 ALL_LOADED = "() => !document.querySelector('.leaflet-tile:not(.leaflet-tile-loaded)')"

@@ -7,6 +7,7 @@ Run as a script to make the user guide's screenshot of the demo scene::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -34,11 +35,10 @@ TO_SCREEN = ("(pts) => pts.map(([lon, lat]) => { const p = window.tilecastMap.la
              " return [p.x, p.y]; })")
 
 
-def load_page(url: str, user_data_dir: str | os.PathLike, opacity: int | None = None, points=(), hover=None):
-    """Open the map page with no network but ``url``; returns ``(screenshot PNG bytes, facts)``.
-
-    ``facts``: the requests refused (outside the server), the legend's entries with their swatches' boxes, the
-    panel's box, the screen positions of ``points`` (lon, lat), and the value shown with the cursor at ``hover``."""
+@contextlib.contextmanager
+def browser_page(url: str, user_data_dir: str | os.PathLike):
+    """A headless Chromium page with no network but ``url``; yields ``(page, refused)``, the list of requests refused
+    (outside the server) filling as the page loads."""
     from playwright.sync_api import sync_playwright
 
     refused: list[str] = []
@@ -55,32 +55,40 @@ def load_page(url: str, user_data_dir: str | os.PathLike, opacity: int | None = 
                                                        args=FLAGS, viewport=VIEWPORT)
         try:
             context.route("**/*", gate)
-            page = context.new_page()
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            if opacity is not None:
-                page.evaluate("(v) => { const o = document.getElementById('opacity'); o.value = v;"
-                              " o.dispatchEvent(new Event('input')); }", opacity)
-            page.wait_for_load_state("networkidle", timeout=120_000)
-            page.wait_for_function("() => !document.querySelector('.leaflet-tile:not(.leaflet-tile-loaded)')",
-                                   timeout=120_000)
-            if hover is not None:
-                (x, y), = page.evaluate(TO_SCREEN, [list(hover)])
-                page.mouse.move(x, y)
-                page.wait_for_function("() => document.getElementById('value').textContent.includes(':')")
-            page.wait_for_timeout(300)
-            facts = {
-                "refused": refused,
-                "legend": [{"name": item.inner_text().strip(), "box": item.locator(".swatch").bounding_box()}
-                           for item in page.locator(".legend-item").all()],
-                "panel": page.locator("#panel").bounding_box(),
-                "value": page.locator("#value").inner_text(),
-                "guard_hidden": page.locator("#guard").is_hidden(),
-                "points": page.evaluate(TO_SCREEN, [list(pt) for pt in points]),
-            }
-            return page.screenshot(), facts
+            yield context.new_page(), refused
         finally:
             context.close()
+
+
+def load_page(url: str, user_data_dir: str | os.PathLike, opacity: int | None = None, points=(), hover=None):
+    """Open the map page with no network but ``url``; returns ``(screenshot PNG bytes, facts)``.
+
+    ``facts``: the requests refused (outside the server), the legend's entries with their swatches' boxes, the
+    panel's box, the screen positions of ``points`` (lon, lat), and the value shown with the cursor at ``hover``."""
+    with browser_page(url, user_data_dir) as (page, refused):
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+        if opacity is not None:
+            page.evaluate("(v) => { const o = document.getElementById('opacity'); o.value = v;"
+                          " o.dispatchEvent(new Event('input')); }", opacity)
+        page.wait_for_load_state("networkidle", timeout=120_000)
+        page.wait_for_function("() => !document.querySelector('.leaflet-tile:not(.leaflet-tile-loaded)')",
+                               timeout=120_000)
+        if hover is not None:
+            (x, y), = page.evaluate(TO_SCREEN, [list(hover)])
+            page.mouse.move(x, y)
+            page.wait_for_function("() => document.getElementById('value').textContent.includes(':')")
+        page.wait_for_timeout(300)
+        facts = {
+            "refused": refused,
+            "legend": [{"name": item.inner_text().strip(), "box": item.locator(".swatch").bounding_box()}
+                       for item in page.locator(".legend-item").all()],
+            "panel": page.locator("#panel").bounding_box(),
+            "value": page.locator("#value").inner_text(),
+            "guard_hidden": page.locator("#guard").is_hidden(),
+            "points": page.evaluate(TO_SCREEN, [list(pt) for pt in points]),
+        }
+        return page.screenshot(), facts
 
 
 def test_page_shows_legend_and_class_colours_offline(tmp_path, raster):

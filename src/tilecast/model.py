@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import html
-import inspect
 import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,14 +26,13 @@ from .runners.engine import Engine
 from .runtimes.base import Runtime, Signature, TensorSpec
 from .sources import RasterioSource, open_source, parse_crs, warp_grid
 from .sources.base import Reprojectable, native_grid
-from .spec import ModelSpec
+from .spec import PARAMETERS, ModelSpec, refuse_unknown, split_names
 
 __all__ = ["Model", "ai_platform_url"]
 
 _AI_PLATFORM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-_PARAMETERS = sorted({p for p in inspect.signature(ModelSpec.create).parameters if p != "options"} | {
-    f.name for f in fields(ModelSpec) if f.name != "geometry"} | {"memory_budget", "tile_multiple"})
+_PARAMETERS = PARAMETERS | {"memory_budget", "tile_multiple"}  # with the two of input_tile_size="auto"
 
 _PARSED = ("output_bands", "input_type_override", "input_shapes", "input_properties", "resolution", "bands")
 
@@ -77,7 +73,7 @@ class Model:
         """What ``auto`` chose for this model (a model :meth:`predict_image` returns with the choice applied)."""
         fixed = False
         if spec is None:
-            params = _user_params(params)
+            refuse_unknown(params, _PARAMETERS)
             fixed = is_auto(params.get("input_tile_size"))
             params, self.auto_tile = _auto_params(params, runtime.signature)
             fixed = fixed and self.auto_tile is None
@@ -188,7 +184,7 @@ class Model:
         dtype (``input_type_override`` casts it) and returns an array or a dict of arrays."""
         from .runtimes.callable import CallableRuntime
 
-        return cls(CallableRuntime(fn, inputs=_names(inputs), outputs=_names(outputs)), **params)
+        return cls(CallableRuntime(fn, inputs=split_names(inputs), outputs=split_names(outputs)), **params)
 
     @property
     def signature(self) -> Signature:
@@ -196,7 +192,7 @@ class Model:
 
     def with_options(self, **changes: Any) -> Model:
         """A copy sharing the runtime, with some parameters changed, read as the constructor reads them."""
-        changes = _user_params(changes, also=("geometry",))
+        refuse_unknown(set(changes) - {"geometry"}, _PARAMETERS)
         if "overlap_mode" in changes and "input_overlap_size" not in changes:
             raise SpecError("overlap_mode says how to read input_overlap_size; give both, e.g. "
                             "with_options(input_overlap_size=16, overlap_mode='total')")
@@ -248,7 +244,7 @@ class Model:
         (Earth Engine's merged result). ``engine``: where the result runs unless a write method is given another,
         ``tilecast.Local()`` (threads; ``"local"``) or ``tilecast.Dask(...)`` (``"dask"``).
         """
-        bands = _names(bands)
+        bands = split_names(bands)
         if self.card is not None:  # the card picks the bands and decides whether the image's grid is close enough
             bands = self.card.select_bands(image, bands)
             changes = self.card.grid_changes(image, self.spec)
@@ -401,21 +397,6 @@ def _region(source: Any, bounds: Any, bounds_crs: Any, window: Any) -> Window | 
 
         values = transform_bounds(crs, grid.crs, *values, densify_pts=21)
     return window_from_bounds(values, grid.transform, grid.shape)
-
-
-def _user_params(params: Mapping[str, Any], also: Sequence[str] = ()) -> dict[str, Any]:
-    """Refuse a parameter no Model takes (a typo: else a bare TypeError); read strings of names with _names."""
-    for name in params:
-        if name not in _PARAMETERS and name not in also:
-            close = difflib.get_close_matches(name, _PARAMETERS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SpecError(f"unknown model parameter {name!r}; {hint}the parameters are {', '.join(_PARAMETERS)}")
-    return {k: _names(v) if k in ("bands", "input_properties") else v for k, v in params.items()}
-
-
-def _names(value: Any) -> Any:
-    """``"red,nir"`` (as ``--bands red,nir``) as ``["red", "nir"]``, not as the names "r", "e", "d"..."""
-    return [v.strip() for v in value.split(",")] if isinstance(value, str) else value
 
 
 def _auto_params(params: dict[str, Any], signature: Signature) -> tuple[dict[str, Any], AutoTile | None]:

@@ -5,6 +5,7 @@ The spec is plain data. It knows nothing about rasters or runtimes, so a model c
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from difflib import get_close_matches
@@ -18,6 +19,7 @@ from .plan import OverlapMode, TileGeometry, parse_resolution, parse_size
 __all__ = [
     "DEFAULT_PALETTE",
     "PALETTES",
+    "PARAMETERS",
     "Layout",
     "ModelSpec",
     "OutputBand",
@@ -31,7 +33,9 @@ __all__ = [
     "parse_output_bands",
     "parse_resolution",
     "parse_size",
+    "refuse_unknown",
     "replace_options",
+    "split_names",
     "with_default_colors",
 ]
 
@@ -222,11 +226,7 @@ class ModelSpec:
         bands: Sequence[str | int] | None = None,
         **options: Any,
     ) -> ModelSpec:
-        if unknown := sorted(set(options) - {f.name for f in fields(cls)}):  # a typo, e.g. input_overlap=4
-            known = sorted({f.name for f in fields(cls)} - {"geometry"} | {"input_tile_size", "input_overlap_size",
-                                                                          "output_tile_size", "overlap_mode"})
-            near = [f"did you mean {m[0]!r}? " for u in unknown if (m := get_close_matches(u, known, 1))]
-            raise SpecError(f"unknown model parameter(s) {unknown}; {''.join(near)}the parameters are {known}")
+        refuse_unknown(options, PARAMETERS)  # a typo, e.g. input_overlap=4: else a bare TypeError from __init__
         geometry = TileGeometry.create(input_tile_size, input_overlap_size, output_tile_size, overlap_mode)
         res = None
         if resolution is not None:
@@ -240,10 +240,9 @@ class ModelSpec:
                 k: parse_dtype(v, f"input_type_override[{k!r}]") for k, v in (input_type_override or {}).items()
             },
             input_shapes={k: _shape(k, v) for k, v in (input_shapes or {}).items()},
-            input_properties=(input_properties,) if isinstance(input_properties, str)
-            else tuple(input_properties or ()),
+            input_properties=tuple(split_names(input_properties) or ()),
             resolution=res,  # type: ignore[arg-type]
-            bands=tuple(bands) if bands is not None else None,
+            bands=tuple(split_names(bands)) if bands is not None else None,
             **options,
         )
         spec.validate()
@@ -282,6 +281,25 @@ class ModelSpec:
         spec = replace(self, **changes)
         spec.validate()
         return spec
+
+
+PARAMETERS = frozenset({p for p in inspect.signature(ModelSpec.create).parameters if p != "options"}
+                       | {f.name for f in fields(ModelSpec) if f.name != "geometry"})
+"""The keywords :meth:`ModelSpec.create` takes: Earth Engine's parameters and tilecast's options."""
+
+
+def refuse_unknown(given: Iterable[str], known: Iterable[str]) -> None:
+    """A :class:`SpecError` for a parameter name not in ``known`` (a typo), suggesting the closest known one."""
+    known = sorted(known)
+    if unknown := sorted(set(given) - set(known)):
+        near = [f"did you mean {m[0]!r}? " for u in unknown if (m := get_close_matches(u, known, 1))]
+        raise SpecError(f"unknown model parameter(s) {unknown}; {''.join(near)}the parameters are {', '.join(known)}")
+
+
+def split_names(value: Any) -> Any:
+    """``"red,nir"`` (as ``--bands red,nir``) as ``["red", "nir"]``, not as the names "r", "e", "d"...; anything
+    else unchanged."""
+    return [v.strip() for v in value.split(",")] if isinstance(value, str) else value
 
 
 def _shape(name: str, value: Any) -> tuple[int, ...]:

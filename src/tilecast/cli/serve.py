@@ -18,10 +18,10 @@ from .options import reports_errors
               help="Another model to host (repeatable); the same as a MODEL argument.")
 @click.option("--name", "names", multiple=True,
               help="Name of the model at the same position (repeatable; default: the file name without suffix).")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind. The default accepts local clients only; 0.0.0.0 accepts all.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8500, show_default=True,
-              help="HTTP port (0: any free port, as the log says).")
+@click.option("--host", help="Interface to bind [default: 127.0.0.1, local clients only; 0.0.0.0 (all) when "
+                             "$AIP_HTTP_PORT is set, as in a Vertex AI container].")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="HTTP port (0: any free port, as the log says) [default: $AIP_HTTP_PORT, else 8500].")
 @click.option("--grpc-port", type=click.IntRange(0, 65535),
               help="Also serve TF Serving's gRPC PredictionService on this port.")
 @click.option("--token-env", metavar="VAR",
@@ -51,7 +51,8 @@ from .options import reports_errors
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Log level of the JSON log lines on stderr.")
 @reports_errors
-def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[str, ...], host: str, port: int,
+def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[str, ...], host: str | None,
+          port: int | None,
           grpc_port: int | None, token_env: str | None, max_body_bytes: int, max_batch: int,
           batch_timeout_ms: float, threads: int | None, max_connections: int, max_connections_per_client: int,
           memory_mib: int, header_timeout: float, keep_alive_timeout: float, graceful_timeout: float,
@@ -65,8 +66,9 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
                    (JSON and the binary tensor extension)
       TF Serving:  GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict ("instances" or "inputs",
                    Earth Engine's base64 TensorProto strings, RAW_JSON, ND_ARRAYS, {"b64": ...})
-      Vertex AI:   POST /v1/projects/P/locations/L/endpoints/E:predict and $AIP_PREDICT_ROUTE (first model);
-                   TorchServe's rows too: {"b64": PNG/JPEG/TIFF or TensorProto}, objects, nested lists
+      Vertex AI:   POST /v1/projects/P/locations/L/endpoints/E:predict and $AIP_PREDICT_ROUTE (first model),
+                   GET $AIP_HEALTH_ROUTE; TorchServe's rows too: {"b64": PNG/JPEG/TIFF or TensorProto}, objects,
+                   nested lists. In a Vertex AI container it listens on 0.0.0.0:$AIP_HTTP_PORT
       AI Platform: POST /v1/projects/P/models/M[/versions/V]:predict
       Prometheus:  GET /metrics
     \b
@@ -74,9 +76,15 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
       tilecast serve unet.onnx --name landcover --port 8500
       tilecast predict scene.tif --endpoint http://127.0.0.1:8500/v2/models/landcover --tile 256 -o out.tif
     """
+    from ..serve.app import vertex_routes
     from ..serve.limits import ServerLimits
     from ..serve.models import load_models
+    from ..serve.server import listen_address
     from ..serve.server import serve as run_server
+
+    port_flag = "$AIP_HTTP_PORT" if port is None and os.environ.get("AIP_HTTP_PORT", "").strip() else "--port"
+    host, port = listen_address(host, port)
+    vertex_routes()  # a malformed $AIP_*_ROUTE fails here, before the models load
 
     token = None
     if token_env:
@@ -103,8 +111,8 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
     if not paths:
         raise SpecError("give at least one model: tilecast serve MODEL [MODEL...] (or --model PATH)")
     if grpc_port == port and port:
-        raise SpecError(f"--grpc-port {grpc_port} is the HTTP --port too; give gRPC a port of its own")
-    for flag, number in (("--port", port), ("--grpc-port", grpc_port)):
+        raise SpecError(f"--grpc-port {grpc_port} is the HTTP port ({port_flag}) too; give gRPC a port of its own")
+    for flag, number in ((port_flag, port), ("--grpc-port", grpc_port)):
         if number is not None:
             _check_port(host, number, flag)
     runtimes, bands = load_models(paths, list(names) or None, threads)

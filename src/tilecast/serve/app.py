@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import InputError, TilecastError
+from ..errors import InputError, SpecError, TilecastError
 from ..payloads import rest, v2
 from ..payloads.checks import DecodeBudget, json_numbers
 from ..payloads.protos import enum_of, type_name
@@ -38,7 +38,7 @@ from .metrics import Metrics
 from .models import ServedModel
 from .status import RETRY_AFTER_S, HTTPError, status_of, token_status
 
-__all__ = ["HEALTH_ROUTES", "ServerConfig", "create_app", "health_paths", "read_body"]
+__all__ = ["HEALTH_ROUTES", "ServerConfig", "create_app", "health_paths", "read_body", "vertex_routes"]
 
 log = logging.getLogger("tilecast.serve")
 
@@ -70,9 +70,26 @@ class ServerConfig:
         return DecodeBudget(self.limits.max_body_bytes, lambda n, what: reservation.grow(n, what))
 
 
+_ROUTE = re.compile(r"/[^\s{}?#]*")
+"""A path Starlette routes literally: ``{x}`` would be a parameter; ``?`` and ``#`` never reach a route."""
+
+
+def vertex_routes() -> tuple[str | None, str | None]:
+    """``$AIP_PREDICT_ROUTE`` and ``$AIP_HEALTH_ROUTE`` (None when unset or empty): the paths a Vertex AI custom
+    container gets its predictions and health checks on. They may be the same path (GET is health, POST predicts)."""
+    routes = []
+    for var in ("AIP_PREDICT_ROUTE", "AIP_HEALTH_ROUTE"):
+        path = os.environ.get(var, "").strip() or None
+        if path is not None and not _ROUTE.fullmatch(path):
+            raise SpecError(f"${var} is {path!r}, not a URL path: give one starting with / and without spaces, "
+                            "{ } ? or # (e.g. /predict), or unset it")
+        routes.append(path)
+    return routes[0], routes[1]
+
+
 def health_paths() -> list[str]:
     """The routes that answer even when the server is saturated: KServe's health and ``$AIP_HEALTH_ROUTE``."""
-    aip = os.environ.get("AIP_HEALTH_ROUTE")
+    aip = vertex_routes()[1]
     return [*HEALTH_ROUTES, *([aip] if aip else [])]
 
 
@@ -347,7 +364,7 @@ class Handlers:
             Route("/v1/models/{rest:path}", e("tfserving", self.v1), methods=["GET", "POST"]),
             Route("/metrics", e("metrics", self.metrics_route)),
         ]
-        aip_predict, aip_health = os.environ.get("AIP_PREDICT_ROUTE"), os.environ.get("AIP_HEALTH_ROUTE")
+        aip_predict, aip_health = vertex_routes()
         if aip_predict:
             routes.insert(0, Route(aip_predict, e("vertex", self.vertex), methods=["POST"]))
         if aip_health:

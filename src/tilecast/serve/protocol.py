@@ -38,13 +38,14 @@ class HeadTooLarge(Exception):
 
 
 def overload_app(app: Any, health: frozenset[str], why: str) -> Any:
-    """``app`` for the health routes; 503 with ``Retry-After`` and ``Connection: close`` for everything else."""
+    """``app`` for health checks (GET or HEAD on a health route); 503 with ``Retry-After`` and ``Connection: close``
+    for everything else, predictions POSTed to a health path included (Vertex AI's two routes may be one path)."""
     body = json.dumps({"error": why}).encode()
     headers = [(b"content-type", b"application/json"), (b"retry-after", str(RETRY_AFTER_S).encode()),
                (b"connection", b"close"), (b"content-length", str(len(body)).encode())]
 
     async def guarded(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in health:
+        if scope["type"] != "http" or (scope["path"] in health and scope["method"] in ("GET", "HEAD")):
             return await app(scope, receive, send)
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})

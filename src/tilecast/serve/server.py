@@ -11,6 +11,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import re
 import sys
 import time
 import warnings
@@ -18,15 +20,34 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._extras import require
+from ..errors import SpecError
 from ..runtimes.base import Runtime, streams_of
 from .app import ServerConfig, create_app, health_paths
 from .limits import ServerLimits
 from .metrics import Metrics
 from .models import Batcher, ServedModel
 
-__all__ = ["build", "configure_logging", "serve"]
+__all__ = ["DEFAULT_PORT", "build", "configure_logging", "listen_address", "serve"]
 
 log = logging.getLogger("tilecast.serve")
+
+DEFAULT_PORT = 8500
+"""The HTTP port without ``--port`` or ``$AIP_HTTP_PORT``."""
+
+
+def listen_address(host: str | None = None, port: int | None = None) -> tuple[str, int]:
+    """Where to listen: ``host`` and ``port`` when given; else, in a Vertex AI custom container (``$AIP_HTTP_PORT``
+    set), 0.0.0.0 on that port, as Vertex requires (it probes and sends requests there, from outside the container);
+    else 127.0.0.1 (local clients only) on :data:`DEFAULT_PORT`."""
+    aip = os.environ.get("AIP_HTTP_PORT", "").strip()
+    if port is None and aip:
+        if not re.fullmatch(r"[0-9]{1,5}", aip) or int(aip) > 65535:
+            raise SpecError(f"$AIP_HTTP_PORT is {aip!r}, not a port number (0-65535); Vertex AI sets it to the "
+                            "container's first port: fix or unset it, or pass --port")
+        port = int(aip)
+    if host is None:
+        host = "0.0.0.0" if aip else "127.0.0.1"
+    return host, DEFAULT_PORT if port is None else port
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,18 +114,20 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
     return create_app(models, config, metrics, lifespan=lifespan)
 
 
-def serve(runtimes: Mapping[str, Runtime], *, host: str = "127.0.0.1", port: int = 8500,
+def serve(runtimes: Mapping[str, Runtime], *, host: str | None = None, port: int | None = None,
           grpc_port: int | None = None, token: str | None = None, max_batch: int = 32, batch_timeout_ms: float = 5.0,
           graceful_s: float = 30.0, log_level: str = "info",
           bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None,
           limits: ServerLimits | None = None, **deprecated: int) -> None:
-    """Serve until interrupted. Binds 127.0.0.1 unless told otherwise. ``limits``: body size, memory budget,
+    """Serve until interrupted. ``host``/``port``: by default 127.0.0.1:8500, or Vertex AI's (0.0.0.0 on
+    ``$AIP_HTTP_PORT``, see :func:`listen_address`). ``limits``: body size, memory budget,
     connections, timeouts and header caps (:class:`~tilecast.serve.limits.ServerLimits`); ``max_body_bytes`` and
     ``max_connections`` as keywords are deprecated spellings of two of them."""
     uvicorn = require("uvicorn", "server")
     from .protocol import guarded_protocol
 
     limits = _with_deprecated(limits or ServerLimits(), deprecated)
+    host, port = listen_address(host, port)
     configure_logging(log_level)
     app = build(runtimes, token=token, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, host=host,
                 grpc_port=grpc_port, bands=bands, limits=limits)

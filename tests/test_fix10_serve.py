@@ -1,0 +1,170 @@
+"""Review 10 of ``tilecast serve``: Vertex AI's custom-container contract ($AIP_HTTP_PORT, $AIP_HEALTH_ROUTE,
+$AIP_PREDICT_ROUTE), TF Serving's ``signature_name``, and one shutdown grace for HTTP and gRPC.
+
+Servers run on 127.0.0.1 on free ports and are stopped afterwards; Vertex's variables are set with monkeypatch, as
+Vertex sets them when it starts a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from onnx_models import linear_1x1  # noqa: E402
+from test_server import free_port  # noqa: E402
+from tilecast.errors import SpecError  # noqa: E402
+from tilecast.serve.app import vertex_routes  # noqa: E402
+from tilecast.serve.protocol import overload_app  # noqa: E402
+from tilecast.serve.server import DEFAULT_PORT, listen_address  # noqa: E402
+
+ENDPOINT_ROUTE = "/v1/endpoints/123/deployedModels/456"
+"""Vertex AI's own form of the routes: health on this path, predictions on it plus ``:predict``."""
+
+
+@pytest.fixture(scope="module")
+def lin(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("fix10") / "lin.onnx"
+    linear_1x1(path, [1.0, 2.0, -1.0], bias=0.5)  # y = x0 + 2 x1 - x2 + 0.5, (N, 3, H, W)
+    return path
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return x[:, :1] + 2 * x[:, 1:2] - x[:, 2:3] + 0.5  # (N, 1, H, W)
+
+
+@contextlib.contextmanager
+def serving(*args: str, port: int, probe: str = "/v2/health/ready", log: Path | None = None, timeout: float = 60):
+    """``tilecast serve ARGS`` (the environment of this process, Vertex's variables included), until it answers
+    ``probe`` on 127.0.0.1:``port``; yields (process, base URL) and stops it afterwards."""
+    cmd = [sys.executable, "-c", "from tilecast.cli import main; main()", "serve", *args]
+    err = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tilecast serve exited with {proc.returncode}: "
+                                   f"{log.read_text()[-2000:] if log else ''}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + probe, timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "tilecast serve did not become ready"
+            time.sleep(0.1)
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if log:
+            err.close()  # type: ignore[union-attr]
+
+
+# -- Vertex AI's custom-container contract ---------------------------------------------------------------------------
+@pytest.mark.parametrize("health", [ENDPOINT_ROUTE, ENDPOINT_ROUTE + ":predict"], ids=["own-path", "same-path"])
+def test_vertex_port_and_routes_from_the_environment(lin, monkeypatch, health):
+    """No --port: the server listens on $AIP_HTTP_PORT, answers health checks on $AIP_HEALTH_ROUTE and Vertex's
+    {"instances"} -> {"predictions"} on $AIP_PREDICT_ROUTE, beside its own routes. Vertex's API reference gives the
+    predict path as the health route's default, so the two may be one path: GET is health, POST predicts."""
+    port = free_port()
+    monkeypatch.setenv("AIP_HTTP_PORT", str(port))
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", health)
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", ENDPOINT_ROUTE + ":predict")
+    # --host 127.0.0.1: tests listen on loopback only (in a container the default is 0.0.0.0, tested below)
+    with serving(str(lin), "--host", "127.0.0.1", "--max-batch", "1", port=port, probe=health) as (_, base):
+        r = httpx.get(base + health, timeout=5)
+        assert r.status_code == 200 and r.json() == {"ready": True}
+        x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+        r = httpx.post(base + ENDPOINT_ROUTE + ":predict", json={"instances": x.tolist(), "parameters": {}},
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.asarray(r.json()["predictions"], np.float32), expected(x), rtol=1e-6)
+        # the server's own routes still answer on the same port
+        r = httpx.post(base + "/v1/models/lin:predict", json={"instances": x.tolist()}, timeout=30)
+        np.testing.assert_allclose(np.asarray(r.json()["predictions"], np.float32), expected(x), rtol=1e-6)
+        assert httpx.get(base + "/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_explicit_port_wins_over_aip_http_port(lin, monkeypatch):
+    vertex_port, port = free_port(), free_port()
+    monkeypatch.setenv("AIP_HTTP_PORT", str(vertex_port))
+    with serving(str(lin), "--host", "127.0.0.1", "--port", str(port), port=port), \
+            pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{vertex_port}/v2/health/ready", timeout=2)
+
+
+def test_listen_address(monkeypatch):
+    monkeypatch.delenv("AIP_HTTP_PORT", raising=False)
+    assert listen_address() == ("127.0.0.1", DEFAULT_PORT)  # local clients only, outside a container
+    monkeypatch.setenv("AIP_HTTP_PORT", "8080")
+    assert listen_address() == ("0.0.0.0", 8080)  # Vertex probes and predicts from outside the container
+    assert listen_address("127.0.0.1", None) == ("127.0.0.1", 8080)
+    assert listen_address(None, 9000) == ("0.0.0.0", 9000)
+    assert listen_address("::1", 0) == ("::1", 0)
+    for bad in ("http", "8080.0", "70000", "-1", "²"):
+        monkeypatch.setenv("AIP_HTTP_PORT", bad)
+        with pytest.raises(SpecError, match=r"\$AIP_HTTP_PORT .*--port"):
+            listen_address()
+        assert listen_address(None, 9000)[1] == 9000  # --port wins over a bad value
+
+
+@pytest.mark.parametrize(("var", "value"), [("AIP_PREDICT_ROUTE", "predict"), ("AIP_HEALTH_ROUTE", "/health {x}"),
+                                            ("AIP_HTTP_PORT", "eighty")])
+def test_bad_vertex_variables_fail_at_start_in_one_line(lin, monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    r = subprocess.run([sys.executable, "-c", "from tilecast.cli import main; main()", "serve", str(lin),
+                        "--host", "127.0.0.1", *(["--port", str(free_port())] if var != "AIP_HTTP_PORT" else [])],
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert r.returncode != 0
+    assert f"${var}" in r.stderr and "Traceback" not in r.stderr and "AssertionError" not in r.stderr, r.stderr
+
+
+def test_vertex_routes(monkeypatch):
+    monkeypatch.delenv("AIP_PREDICT_ROUTE", raising=False)
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "")
+    assert vertex_routes() == (None, None)
+    monkeypatch.setenv("AIP_PREDICT_ROUTE", " /predict ")
+    monkeypatch.setenv("AIP_HEALTH_ROUTE", "/health")
+    assert vertex_routes() == ("/predict", "/health")
+
+
+def test_overloaded_server_answers_health_checks_but_not_predictions_on_the_same_path():
+    """Health checks pass the connection caps; a prediction POSTed to the same path (Vertex's routes may be one
+    path) gets the 503 every other request gets, instead of bypassing the caps."""
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["method"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guarded = overload_app(app, frozenset({ENDPOINT_ROUTE}), "busy")
+
+    def status(method: str, path: str) -> int:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(guarded({"type": "http", "method": method, "path": path}, None, send))
+        return sent[0]["status"]
+
+    assert status("GET", ENDPOINT_ROUTE) == 200 and status("HEAD", ENDPOINT_ROUTE) == 200
+    assert status("POST", ENDPOINT_ROUTE) == 503 and status("GET", "/v1/models/lin") == 503
+    assert seen == ["GET", "HEAD"]

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ httpx = pytest.importorskip("httpx")
 from onnx_models import linear_1x1  # noqa: E402
 from test_server import free_port  # noqa: E402
 from tilecast.errors import SpecError  # noqa: E402
+from tilecast.runtimes.base import Signature, TensorSpec  # noqa: E402
 from tilecast.serve.app import vertex_routes  # noqa: E402
 from tilecast.serve.protocol import overload_app  # noqa: E402
 from tilecast.serve.server import DEFAULT_PORT, listen_address  # noqa: E402
@@ -168,3 +170,105 @@ def test_overloaded_server_answers_health_checks_but_not_predictions_on_the_same
     assert status("GET", ENDPOINT_ROUTE) == 200 and status("HEAD", ENDPOINT_ROUTE) == 200
     assert status("POST", ENDPOINT_ROUTE) == 503 and status("GET", "/v1/models/lin") == 503
     assert seen == ["GET", "HEAD"]
+
+
+# -- TF Serving's signature_name -------------------------------------------------------------------------------------
+class Plus:
+    """y = x + 1, a model that names no signature (an ONNX model's)."""
+
+    signature = Signature((TensorSpec("x", (None, 3), np.dtype("float32")),),
+                          (TensorSpec("y", (None, 3), np.dtype("float32")),))
+
+    def run(self, batch):
+        return {"y": np.asarray(batch["x"]) + 1}
+
+    def close(self) -> None:
+        pass
+
+
+class PlusNamed(Plus):
+    """The same, run through a signature of its own name (a SavedModel exported with only a ``predict`` one)."""
+
+    signature_name = "predict"
+
+
+@pytest.fixture(scope="module")
+def signature_server():
+    """``build`` under uvicorn in this process, on free loopback ports (HTTP and gRPC), stopped afterwards."""
+    import uvicorn
+
+    from tilecast.serve.server import build
+
+    port, gport = free_port(), free_port()
+    app = build({"plus": Plus(), "named": PlusNamed()}, batch_timeout_ms=1, grpc_port=gport)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+X = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+@pytest.mark.parametrize(("model", "given"), [
+    ("plus", None), ("plus", ""), ("plus", "serving_default"),
+    ("named", None), ("named", "serving_default"), ("named", "predict"),
+])
+@pytest.mark.parametrize("form", ["instances", "inputs"])
+def test_signature_name_the_model_is_served_with_is_answered(signature_server, model, given, form):
+    base, _ = signature_server
+    body = {form: X.tolist(), **({} if given is None else {"signature_name": given})}
+    r = httpx.post(f"{base}/v1/models/{model}:predict", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions" if form == "instances" else "outputs"]
+    np.testing.assert_array_equal(np.asarray(got, np.float32), X + 1)
+
+
+@pytest.mark.parametrize(("model", "given", "served"), [
+    ("plus", "predict", ["'serving_default'"]),
+    ("plus", "serving_defualt", ["'serving_default'"]),
+    ("named", "classify", ["'serving_default'", "'predict'"]),
+])
+def test_signature_name_the_model_lacks_is_400_naming_the_served_ones(signature_server, model, given, served):
+    """TF Serving answers such a request with an error (``{"error": ...}``), not with another signature's outputs."""
+    base, _ = signature_server
+    for route in (f"/v1/models/{model}:predict", f"/v1/projects/p/models/{model}:predict"):
+        r = httpx.post(base + route, json={"instances": X.tolist(), "signature_name": given}, timeout=30)
+        assert r.status_code == 400, r.text
+        msg = r.json()["error"]
+        assert repr(given) in msg and all(s in msg for s in served), msg
+    r = httpx.post(f"{base}/v1/models/{model}:predict", json={"instances": X.tolist(), "signature_name": 7},
+                   timeout=30)
+    assert r.status_code == 400 and "signature_name" in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize(("model", "given", "ok"), [("plus", "", True), ("plus", "serving_default", True),
+                                                    ("named", "predict", True), ("plus", "predict", False)])
+def test_signature_name_over_grpc(signature_server, model, given, ok):
+    grpc = pytest.importorskip("grpc")
+    from tilecast.payloads.protos import PredictRequest, PredictResponse, make_ndarray, make_tensor_proto
+
+    _, target = signature_server
+    req = PredictRequest()
+    req.model_spec.name = model
+    req.model_spec.signature_name = given
+    req.inputs["x"].CopyFrom(make_tensor_proto(X))
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=PredictResponse.FromString)
+        if ok:
+            np.testing.assert_array_equal(make_ndarray(call(req, timeout=30).outputs["y"]), X + 1)
+            return
+        with pytest.raises(grpc.RpcError) as info:
+            call(req, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'predict'" in info.value.details() and "'serving_default'" in info.value.details()

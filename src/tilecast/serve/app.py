@@ -141,8 +141,11 @@ def _parse_json(body: bytes) -> Any:
         raise InputError(f"the body is not valid JSON: {str(exc)[:200]}") from None
 
 
-def _decode_rest(body: bytes, budget: DecodeBudget) -> tuple[dict, str]:
-    return rest.decode_request(_parse_json(body), budget)
+def _decode_rest(body: bytes, budget: DecodeBudget, m: ServedModel) -> tuple[dict, str]:
+    doc = _parse_json(body)
+    if isinstance(doc, dict):
+        m.check_signature(doc.get("signature_name"))
+    return rest.decode_request(doc, budget)
 
 
 REST_ANSWER_FIX = ("ask in SERIALIZED_TF_TENSORS (base64 TensorProtos carry NaN exactly) or over gRPC; JSON has no NaN "
@@ -296,7 +299,7 @@ class Handlers:
         with self.config.budget.reserve(0, "the request") as r:
             body = await self.body(request, r)
             r.grow(json_cost(body), "the JSON body")
-            arrays, fmt = await self.offload(len(body), _decode_rest, body, self.config.decode_budget(r))
+            arrays, fmt = await self.offload(len(body), _decode_rest, body, self.config.decode_budget(r), m)
             del body
             out = await m.infer(arrays)
             r.grow(sum(v.nbytes * 12 for v in out.values()), "the answer", force=True)

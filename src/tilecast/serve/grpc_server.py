@@ -72,6 +72,7 @@ class PredictionService:
         return self.models[name]
 
     async def run(self, m: ServedModel, request: Any) -> tuple[Any, int]:
+        m.check_signature(request.model_spec.signature_name)
         with self.config.budget.reserve(3 * request.ByteSize(), "the request") as r:
             budget = self.config.decode_budget(r)
             arrays, fmt = codec.decode_request(request, _shapes(m), budget)

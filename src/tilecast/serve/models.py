@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -20,7 +20,18 @@ from ..runtimes.base import Runtime
 from .adapt import adapt_inputs
 from .metrics import ARRIVING
 
-__all__ = ["Batcher", "ServedModel", "card_bands", "load_models", "load_runtime", "models_from_paths"]
+__all__ = ["DEFAULT_SIGNATURE", "Batcher", "NamedSignature", "ServedModel", "card_bands", "load_models",
+           "load_runtime", "models_from_paths"]
+
+DEFAULT_SIGNATURE = "serving_default"
+"""TF Serving's default signature key: every model is served under it (and under its own signature name)."""
+
+
+@runtime_checkable
+class NamedSignature(Protocol):
+    """Runs one named signature of its model (a SavedModel's, a ``.tflite``'s); None: the model names none."""
+
+    signature_name: str | None
 
 
 def load_runtime(path: str | os.PathLike, threads: int | None = None) -> Runtime:
@@ -236,6 +247,23 @@ class ServedModel:
     @property
     def signature(self):
         return self.runtime.signature
+
+    @property
+    def signature_names(self) -> tuple[str, ...]:
+        """The ``signature_name`` values a request may give: TF Serving's default key, and the model's own."""
+        own = self.runtime.signature_name if isinstance(self.runtime, NamedSignature) else None
+        return tuple(dict.fromkeys(n for n in (DEFAULT_SIGNATURE, own) if n))
+
+    def check_signature(self, name: Any) -> None:
+        """Refuse a request for a signature this model is not served with (TF Serving's ``signature_name``; empty
+        or absent: the default), instead of silently running another one."""
+        if name is None or name == "":
+            return
+        if not isinstance(name, str):
+            raise InputError(f'"signature_name" must be a string, got {name!r}; leave it out for the default')
+        if name not in self.signature_names:
+            raise InputError(f"model {self.name!r} has no signature {name!r}; it is served as "
+                             f"{', '.join(map(repr, self.signature_names))} (or leave signature_name out)")
 
     def call(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(arrays.values())))

@@ -272,3 +272,105 @@ def test_signature_name_over_grpc(signature_server, model, given, ok):
             call(req, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'predict'" in info.value.details() and "'serving_default'" in info.value.details()
+
+
+# -- one shutdown grace for HTTP and gRPC ----------------------------------------------------------------------------
+SLOW_SERVER = """
+import sys, time
+import numpy as np
+from tilecast.runtimes.base import Signature, TensorSpec
+from tilecast.serve.server import serve
+
+class Slow:
+    signature = Signature((TensorSpec("x", (None, 3), np.dtype("float32")),),
+                          (TensorSpec("y", (None, 3), np.dtype("float32")),))
+
+    def run(self, batch):
+        time.sleep(0.5)
+        return {"y": np.asarray(batch["x"]) + 1}
+
+    def close(self):
+        pass
+
+serve({"slow": Slow()}, host="127.0.0.1", port=int(sys.argv[1]), grpc_port=int(sys.argv[2]), max_batch=1,
+      graceful_s=float(sys.argv[3]))
+"""
+"""A server of a model that takes 0.5 s per call, one call at a time: gRPC calls queue behind it."""
+
+
+def stop_slow_server(tmp_path: Path, grace: float, signals: list[tuple[float, signal.Signals]], calls: int = 16
+                     ) -> tuple[float, list, str]:
+    """Start :data:`SLOW_SERVER` with ``--graceful-timeout grace``, send it ``calls`` gRPC calls at once, then each
+    signal after its pause; returns the seconds from the first signal to the exit, each call's status (checking
+    the answers of those that succeed), and the log."""
+    grpc = pytest.importorskip("grpc")
+    from tilecast.payloads.protos import PredictRequest, PredictResponse, make_ndarray, make_tensor_proto
+
+    port, gport = free_port(), free_port()
+    script = tmp_path / "slow_server.py"
+    script.write_text(SLOW_SERVER)
+    log = tmp_path / "server.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, str(script), str(port), str(gport), str(grace)],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        req = PredictRequest()
+        req.model_spec.name = "slow"
+        req.inputs["x"].CopyFrom(make_tensor_proto(X))
+        with grpc.insecure_channel(f"127.0.0.1:{gport}") as channel:
+            call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                       request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=PredictResponse.FromString)
+            futures = [call.future(req, timeout=60) for _ in range(calls)]
+            t0 = None
+            for pause, signum in signals:
+                time.sleep(pause)
+                t0 = t0 or time.monotonic()
+                proc.send_signal(signum)
+            # uvicorn re-raises the signal it caught once it has stopped
+            assert proc.wait(60) in (0, -signal.SIGTERM, -signal.SIGINT)
+            stopped_s = time.monotonic() - t0
+            codes = []
+            for f in futures:
+                try:
+                    np.testing.assert_array_equal(make_ndarray(f.result().outputs["y"]), X + 1)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+            with pytest.raises(grpc.RpcError):  # stopped: no new calls
+                call(req, timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert '"event": "stopped"' in text, text[-2000:]
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, codes
+    return stopped_s, [c.name for c in codes], text
+
+
+@pytest.mark.parametrize("grace", [0.0, 1.0])
+def test_grpc_drains_within_the_graceful_timeout(tmp_path, grace):
+    """SIGTERM with gRPC calls queued behind a slow model: gRPC stops taking calls at the signal and drains within
+    the same --graceful-timeout as HTTP, beside it (calls still waiting then are cancelled: UNAVAILABLE, which
+    clients retry), instead of a fixed 10 s of its own after HTTP's. Before, all 16 calls (8 s) ran to the end."""
+    stopped_s, codes, text = stop_slow_server(tmp_path, grace, [(1.0, signal.SIGTERM)])
+    # the grace, the model call then running (0.5 s) and the closing, with room for a busy machine
+    assert stopped_s < grace + 3.5, (stopped_s, codes, text[-2000:])
+    assert codes.count("OK") < 16 - 2 * (grace + 1), codes
+
+
+def test_second_ctrl_c_stops_grpc_at_once(tmp_path):
+    """A second Ctrl-C ends the wait for gRPC calls too, as it does for HTTP's; before, the gRPC drain went on for
+    all 40 queued calls (20 s) whatever the user pressed."""
+    stopped_s, codes, text = stop_slow_server(tmp_path, 30.0, [(1.0, signal.SIGINT), (1.0, signal.SIGINT)], calls=40)
+    assert stopped_s < 1.0 + 3.5, (stopped_s, codes, text[-2000:])
+    assert codes.count("OK") < 12, codes

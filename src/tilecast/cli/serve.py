@@ -47,7 +47,8 @@ from .options import reports_errors
 @click.option("--keep-alive-timeout", type=float, default=5.0, show_default=True,
               help="Seconds an idle keep-alive connection stays open.")
 @click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to let in-flight requests finish on SIGINT/SIGTERM; then they get HTTP 503.")
+              help="Seconds to let in-flight requests (HTTP and gRPC together) finish on SIGINT/SIGTERM; then "
+                   "they get HTTP 503 (gRPC UNAVAILABLE).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Log level of the JSON log lines on stderr.")
 @reports_errors
@@ -111,7 +112,7 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
     if not paths:
         raise SpecError("give at least one model: tilecast serve MODEL [MODEL...] (or --model PATH)")
     if grpc_port == port and port:
-        raise SpecError(f"--grpc-port {grpc_port} is the HTTP port ({port_flag}) too; give gRPC a port of its own")
+        raise SpecError(f"--grpc-port {grpc_port} is the HTTP {port_flag} too; give gRPC a port of its own")
     for flag, number in ((port_flag, port), ("--grpc-port", grpc_port)):
         if number is not None:
             _check_port(host, number, flag)

@@ -1,7 +1,7 @@
 """Run a server: uvicorn for HTTP, optionally gRPC beside it, JSON logs, graceful shutdown.
 
-On SIGINT/SIGTERM uvicorn stops accepting connections and lets in-flight requests finish (up to
-``graceful_s``); then the gRPC server drains, the batchers stop and the runtimes are closed.
+On SIGINT/SIGTERM both protocols stop taking new requests at once and let in-flight ones finish, within the one
+``graceful_s`` (``--graceful-timeout``), side by side; then the batchers stop and the runtimes are closed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .limits import ServerLimits
 from .metrics import Metrics
 from .models import Batcher, ServedModel
 
-__all__ = ["DEFAULT_PORT", "build", "configure_logging", "listen_address", "serve"]
+__all__ = ["DEFAULT_PORT", "GrpcStop", "build", "configure_logging", "listen_address", "serve"]
 
 log = logging.getLogger("tilecast.serve")
 
@@ -70,15 +70,49 @@ def configure_logging(level: str = "info") -> None:
         lg.propagate = False
 
 
+class GrpcStop:
+    """The gRPC server's stop, begun once: at the shutdown signal, beside the HTTP drain and with the same grace
+    (``serve``), or when the app's lifespan ends (``build`` under another server), whichever comes first."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s, self.server, self.task, self.forced = grace_s, None, None, None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def started(self, server: Any) -> None:
+        self.server, self.loop = server, asyncio.get_running_loop()
+
+    def begin(self) -> None:
+        """New calls are refused from now on; calls in flight have ``grace_s`` to finish, then are cancelled."""
+        if self.server is not None and self.task is None:
+            self.task = asyncio.ensure_future(self.server.stop(grace=self.grace_s))
+
+    def force(self) -> None:
+        """From a signal handler (a second Ctrl-C): cancel the calls in flight now, whatever the grace left."""
+        if self.server is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._cancel_calls)
+
+    def _cancel_calls(self) -> None:
+        self.forced = asyncio.ensure_future(self.server.stop(grace=None))  # type: ignore[union-attr]
+
+    async def finish(self, forced: bool = False) -> None:
+        if self.server is None:
+            return
+        if forced:  # a second Ctrl-C: cancel the calls in flight now
+            await self.server.stop(grace=None)
+        self.begin()
+        await self.task
+
+
 def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body_bytes: int | None = None,
           max_batch: int = 32, batch_timeout_ms: float = 5.0, host: str = "127.0.0.1",
           grpc_port: int | None = None, bands: Mapping[str, tuple[Sequence[str], Mapping[str, str]]] | None = None,
-          limits: ServerLimits | None = None) -> Any:
+          limits: ServerLimits | None = None, graceful_s: float = 30.0) -> Any:
     """The ASGI app hosting ``runtimes`` (name -> runtime); batchers, gRPC and runtimes live with its lifespan.
 
     ``bands``: per model, its card's band order and common names (:func:`~tilecast.serve.models.card_bands`).
     ``limits``: every bound the server enforces (:class:`~tilecast.serve.limits.ServerLimits`); ``max_body_bytes``
-    overrides its body limit."""
+    overrides its body limit. ``graceful_s``: how long gRPC calls in flight may take to finish once the server
+    stops (``app.state.grpc_stop``, a :class:`GrpcStop`)."""
     metrics = Metrics()
     config = ServerConfig(token, max_body_bytes, limits)
     models: dict[str, ServedModel] = {}
@@ -90,28 +124,32 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
                             arriving=lambda: metrics.arriving, streams=streams_of(rt))
         models[name] = m
 
+    grpc_stop = GrpcStop(graceful_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
-        grpc_server = None
         if grpc_port is not None:
             from .grpc_server import start_grpc
 
-            grpc_server = await start_grpc(models, config, metrics, host, grpc_port)
+            grpc_stop.started(await start_grpc(models, config, metrics, host, grpc_port))
             log.info("listening", extra={"fields": {"grpc": f"{host}:{grpc_port}"}})
+        forced = False
         try:
             yield
         except asyncio.CancelledError:  # a forced exit (a second Ctrl-C) cancels the lifespan: close, no traceback
             log.info("forced exit: stopping without waiting for requests in flight")
+            forced = True
         finally:
-            if grpc_server is not None:
-                await grpc_server.stop(grace=10)
+            await grpc_stop.finish(forced)
             for m in models.values():
                 if m.batcher is not None:
                     await m.batcher.close()
                 m.runtime.close()
             log.info("stopped")
 
-    return create_app(models, config, metrics, lifespan=lifespan)
+    app = create_app(models, config, metrics, lifespan=lifespan)
+    app.state.grpc_stop = grpc_stop
+    return app
 
 
 def serve(runtimes: Mapping[str, Runtime], *, host: str | None = None, port: int | None = None,
@@ -130,7 +168,7 @@ def serve(runtimes: Mapping[str, Runtime], *, host: str | None = None, port: int
     host, port = listen_address(host, port)
     configure_logging(log_level)
     app = build(runtimes, token=token, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms, host=host,
-                grpc_port=grpc_port, bands=bands, limits=limits)
+                grpc_port=grpc_port, bands=bands, limits=limits, graceful_s=graceful_s)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
                             http=guarded_protocol(limits, health_paths()), ws="none",
                             timeout_keep_alive=limits.keep_alive_s, timeout_graceful_shutdown=graceful_s,
@@ -142,7 +180,19 @@ def serve(runtimes: Mapping[str, Runtime], *, host: str | None = None, port: int
                                             "streams": {k: streams_of(rt) for k, rt in runtimes.items()},
                                             "auth": bool(token), "max_batch": max_batch,
                                             "batch_timeout_ms": batch_timeout_ms, **dataclasses.asdict(limits)}})
-    uvicorn.Server(config).run()
+    stopping = app.state.grpc_stop
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            stopping.begin()  # gRPC drains beside HTTP from the signal on, so the whole stop takes one grace
+            await super().shutdown(sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if self.force_exit:  # a second Ctrl-C stops gRPC's drain too, not only HTTP's
+                stopping.force()
+
+    Server(config).run()
 
 
 def _with_deprecated(limits: ServerLimits, deprecated: Mapping[str, int]) -> ServerLimits:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,13 +49,14 @@ def expected(x: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def serving(*args: str, port: int, probe: str = "/v2/health/ready", log: Path | None = None, timeout: float = 60):
+def serving(*args: str, port: int, probe: str = "/v2/health/ready", log: Path | None = None, timeout: float = 60,
+            host: str = "127.0.0.1"):
     """``tilecast serve ARGS`` (the environment of this process, Vertex's variables included), until it answers
-    ``probe`` on 127.0.0.1:``port``; yields (process, base URL) and stops it afterwards."""
+    ``probe`` on ``host``:``port``; yields (process, base URL) and stops it afterwards."""
     cmd = [sys.executable, "-c", "from tilecast.cli import main; main()", "serve", *args]
     err = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=err)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -374,3 +377,63 @@ def test_second_ctrl_c_stops_grpc_at_once(tmp_path):
     stopped_s, codes, text = stop_slow_server(tmp_path, 30.0, [(1.0, signal.SIGINT), (1.0, signal.SIGINT)], calls=40)
     assert stopped_s < 1.0 + 3.5, (stopped_s, codes, text[-2000:])
     assert codes.count("OK") < 12, codes
+
+
+# -- gRPC's address ----------------------------------------------------------------------------------------------------
+def grpc_predict(target: str, x: np.ndarray) -> np.ndarray:
+    grpc = pytest.importorskip("grpc")
+    from tilecast.payloads.protos import PredictRequest, PredictResponse, make_ndarray, make_tensor_proto
+
+    req = PredictRequest()
+    req.model_spec.name = "lin"
+    req.inputs["x"].CopyFrom(make_tensor_proto(x))
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                   request_serializer=lambda m: m.SerializeToString(),
+                                   response_deserializer=PredictResponse.FromString)
+        return make_ndarray(call(req, timeout=30).outputs["y"])
+
+
+def listening(log: Path, key: str) -> str:
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("event") == "listening" and key in entry:
+                return entry[key]
+    raise AssertionError(f"no 'listening' line with {key!r}: {log.read_text()[-2000:]}")
+
+
+def test_grpc_port_0_logs_the_port_it_listens_on(lin, tmp_path):
+    """--grpc-port 0 (any free port) logged "127.0.0.1:0", so no client could find the server."""
+    pytest.importorskip("grpc")
+    port, log = free_port(), tmp_path / "serve.log"
+    with serving(str(lin), "--port", str(port), "--grpc-port", "0", port=port, log=log):
+        target = listening(log, "grpc")
+        assert target.startswith("127.0.0.1:") and not target.endswith(":0"), target
+        x = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+        np.testing.assert_allclose(grpc_predict(target, x), expected(x), rtol=1e-6)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_grpc_on_an_ipv6_host(lin, tmp_path):
+    """--host ::1 with --grpc-port: gRPC was handed "::1:PORT" ("Misformatted domain name") and the server exited
+    with a traceback; the log's URL was http://::1:PORT."""
+    pytest.importorskip("grpc")
+    port, gport, log = free_port(), free_port(), tmp_path / "serve.log"
+    with serving(str(lin), "--host", "::1", "--port", str(port), "--grpc-port", str(gport), port=port, log=log,
+                 host="[::1]") as (_, base):
+        assert listening(log, "http") == f"http://[::1]:{port}"
+        assert listening(log, "grpc") == f"[::1]:{gport}"
+        x = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
+        np.testing.assert_allclose(grpc_predict(f"[::1]:{gport}", x), expected(x), rtol=1e-6)
+        r = httpx.post(base + "/v1/models/lin:predict", json={"instances": x.tolist()}, timeout=30)
+        np.testing.assert_allclose(np.asarray(r.json()["predictions"], np.float32), expected(x), rtol=1e-6)

@@ -23,7 +23,8 @@ from .options import reports_errors
 @click.option("--port", type=click.IntRange(0, 65535),
               help="HTTP port (0: any free port, as the log says) [default: $AIP_HTTP_PORT, else 8500].")
 @click.option("--grpc-port", type=click.IntRange(0, 65535),
-              help="Also serve TF Serving's gRPC PredictionService on this port.")
+              help="Also serve TF Serving's gRPC PredictionService on this port (0: any free port, as the log "
+                   "says).")
 @click.option("--token-env", metavar="VAR",
               help="Require 'Authorization: Bearer TOKEN', TOKEN read from this environment variable.")
 @click.option("--max-body-bytes", type=int, default=32 << 20, show_default=True,

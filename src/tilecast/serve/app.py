@@ -38,7 +38,8 @@ from .metrics import Metrics
 from .models import ServedModel
 from .status import RETRY_AFTER_S, HTTPError, status_of, token_status
 
-__all__ = ["HEALTH_ROUTES", "ServerConfig", "create_app", "health_paths", "read_body", "vertex_routes"]
+__all__ = ["HEALTH_ROUTES", "ServerConfig", "create_app", "health_paths", "host_port", "read_body",
+           "vertex_routes"]
 
 log = logging.getLogger("tilecast.serve")
 
@@ -85,6 +86,11 @@ def vertex_routes() -> tuple[str | None, str | None]:
                             "{ } ? or # (e.g. /predict), or unset it")
         routes.append(path)
     return routes[0], routes[1]
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:8500``), as gRPC targets and URLs write it."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def health_paths() -> list[str]:

@@ -16,7 +16,7 @@ from .._extras import require
 from ..errors import InputError, TilecastError
 from ..payloads import grpc as codec
 from ..payloads.protos import GetModelMetadataRequest, PredictRequest
-from .app import ServerConfig
+from .app import ServerConfig, host_port
 from .metrics import Metrics
 from .models import ServedModel
 from .status import GRPC_CODES, HTTPError, status_of, token_status
@@ -130,8 +130,9 @@ class PredictionService:
 
 
 async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, metrics: Metrics, host: str,
-                     port: int) -> Any:
-    """Start the gRPC server on ``host:port``; it stops with the HTTP app's lifespan."""
+                     port: int) -> tuple[Any, int]:
+    """Start the gRPC server on ``host:port``; it stops with the HTTP app's lifespan. Returns it and the port it
+    listens on (the one the system picked for port 0)."""
     grpc = require("grpc", "server")
     from grpc import aio
 
@@ -145,8 +146,8 @@ async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, me
         ("grpc.http2.max_pings_without_data", 2),
     ])
     server.add_generic_rpc_handlers((PredictionService(grpc, models, config, metrics).handler(),))
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_insecure_port(host_port(host, port))
     if not bound:
-        raise OSError(f"cannot bind the gRPC port {host}:{port}")
+        raise OSError(f"cannot bind the gRPC port {host_port(host, port)}")
     await server.start()
-    return server
+    return server, bound

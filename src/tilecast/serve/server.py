@@ -22,7 +22,7 @@ from typing import Any
 from .._extras import require
 from ..errors import SpecError
 from ..runtimes.base import Runtime, streams_of
-from .app import ServerConfig, create_app, health_paths
+from .app import ServerConfig, create_app, health_paths, host_port
 from .limits import ServerLimits
 from .metrics import Metrics
 from .models import Batcher, ServedModel
@@ -131,8 +131,9 @@ def build(runtimes: Mapping[str, Runtime], *, token: str | None = None, max_body
         if grpc_port is not None:
             from .grpc_server import start_grpc
 
-            grpc_stop.started(await start_grpc(models, config, metrics, host, grpc_port))
-            log.info("listening", extra={"fields": {"grpc": f"{host}:{grpc_port}"}})
+            server, bound = await start_grpc(models, config, metrics, host, grpc_port)
+            grpc_stop.started(server)
+            log.info("listening", extra={"fields": {"grpc": host_port(host, bound)}})
         forced = False
         try:
             yield
@@ -176,7 +177,7 @@ def serve(runtimes: Mapping[str, Runtime], *, host: str | None = None, port: int
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("listening beyond this machine without a token; anyone who can reach the port can use the "
                     "models. Pass --token-env to require a bearer token")
-    log.info("listening", extra={"fields": {"http": f"http://{host}:{port}", "models": sorted(runtimes),
+    log.info("listening", extra={"fields": {"http": f"http://{host_port(host, port)}", "models": sorted(runtimes),
                                             "streams": {k: streams_of(rt) for k, rt in runtimes.items()},
                                             "auth": bool(token), "max_batch": max_batch,
                                             "batch_timeout_ms": batch_timeout_ms, **dataclasses.asdict(limits)}})

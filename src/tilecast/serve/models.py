@@ -260,9 +260,10 @@ class ServedModel:
         if name is None or name == "":
             return
         if not isinstance(name, str):
-            raise InputError(f'"signature_name" must be a string, got {name!r}; leave it out for the default')
+            raise InputError(f'"signature_name" must be a string, got {type(name).__name__}; leave it out for the '
+                             "default")
         if name not in self.signature_names:
-            raise InputError(f"model {self.name!r} has no signature {name!r}; it is served as "
+            raise InputError(f"model {self.name!r} has no signature {name[:100]!r}; it is served as "
                              f"{', '.join(map(repr, self.signature_names))} (or leave signature_name out)")
 
     def call(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.server
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 

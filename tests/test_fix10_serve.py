@@ -438,3 +438,13 @@ def test_grpc_on_an_ipv6_host(lin, tmp_path):
         np.testing.assert_allclose(grpc_predict(f"[::1]:{gport}", x), expected(x), rtol=1e-6)
         r = httpx.post(base + "/v1/models/lin:predict", json={"instances": x.tolist()}, timeout=30)
         np.testing.assert_allclose(np.asarray(r.json()["predictions"], np.float32), expected(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["--graceful-timeout", "--header-timeout", "--keep-alive-timeout",
+                                    "--batch-timeout-ms"])
+def test_nan_durations_are_refused_at_start(lin, option):
+    """NaN passed every "not negative" check: --graceful-timeout nan ended each shutdown in a ValueError traceback,
+    --header-timeout nan failed every connection."""
+    r = subprocess.run([sys.executable, "-c", "from tilecast.cli import main; main()", "serve", str(lin),
+                        "--port", str(free_port()), option, "nan"], capture_output=True, text=True, timeout=60)
+    assert r.returncode in (1, 2) and option in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 
@@ -97,6 +98,10 @@ def serve(models: tuple[str, ...], more_models: tuple[str, ...], names: tuple[st
             raise SpecError(f"--token-env {token_env}: the token has surrounding spaces, a line break (a token file's "
                             "trailing newline?) or characters that are not printable ASCII, which no client can send "
                             "in an Authorization header; strip it")
+    for flag, value in (("--batch-timeout-ms", batch_timeout_ms), ("--graceful-timeout", graceful_timeout),
+                        ("--header-timeout", header_timeout), ("--keep-alive-timeout", keep_alive_timeout)):
+        if math.isnan(value):  # passes every comparison below, then fails inside the event loop
+            raise SpecError(f"{flag} nan: not a duration; give a number")
     if max_body_bytes <= 0 or max_batch < 1 or batch_timeout_ms < 0 or graceful_timeout < 0:
         raise SpecError("--max-body-bytes and --max-batch must be positive, --batch-timeout-ms and "
                         "--graceful-timeout not negative")

@@ -302,6 +302,17 @@ serve({"slow": Slow()}, host="127.0.0.1", port=int(sys.argv[1]), grpc_port=int(s
 """A server of a model that takes 0.5 s per call, one call at a time: gRPC calls queue behind it."""
 
 
+def json_lines(text: str) -> list[dict]:
+    """The JSON log lines of ``text`` (a traceback's lines are not)."""
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
+
+
 def stop_slow_server(tmp_path: Path, grace: float, signals: list[tuple[float, signal.Signals]], calls: int = 16
                      ) -> tuple[float, list, str]:
     """Start :data:`SLOW_SERVER` with ``--graceful-timeout grace``, send it ``calls`` gRPC calls at once, then each
@@ -358,6 +369,9 @@ def stop_slow_server(tmp_path: Path, grace: float, signals: list[tuple[float, si
     text = log.read_text()
     assert '"event": "stopped"' in text, text[-2000:]
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, codes
+    # calls cut short are logged (and counted in the metrics) as HTTP's are: 503, not a 500 of the server's own
+    logged = [e["status"] for e in json_lines(text) if e.get("protocol") == "grpc"]
+    assert set(logged) <= {200, 503} and len(logged) == calls, logged
     return stopped_s, [c.name for c in codes], text
 
 
@@ -396,11 +410,9 @@ def grpc_predict(target: str, x: np.ndarray) -> np.ndarray:
 
 
 def listening(log: Path, key: str) -> str:
-    for line in log.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            entry = json.loads(line)
-            if entry.get("event") == "listening" and key in entry:
-                return entry[key]
+    for entry in json_lines(log.read_text()):
+        if entry.get("event") == "listening" and key in entry:
+            return entry[key]
     raise AssertionError(f"no 'listening' line with {key!r}: {log.read_text()[-2000:]}")
 
 

@@ -7,6 +7,7 @@ INVALID_ARGUMENT, as is every other bad input (:mod:`.status`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -91,6 +92,9 @@ class PredictionService:
             resp, n = await self.run(self.check(request, context), request)
             status = 200
             return resp
+        except asyncio.CancelledError:  # the server stopping past its grace (or a second Ctrl-C): the client sees
+            status = 503  # UNAVAILABLE, and the log and metrics say so, as HTTP's 503 in that case
+            raise
         except Exception as exc:
             status = status_of(exc)
             if status == 500 and not isinstance(exc, TilecastError):

@@ -26,6 +26,9 @@ __all__ = ["PredictionService", "start_grpc"]
 
 log = logging.getLogger("tilecast.serve")
 
+GRPC_MAX_MESSAGE = (1 << 31) - 1
+"""gRPC's message sizes are 32-bit: the largest message it can receive, whatever --max-body-bytes says."""
+
 
 class Garbled:
     """What the deserializer hands on for bytes that are not the expected message, so the handler answers
@@ -142,7 +145,7 @@ async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, me
 
     limits = config.limits
     server = aio.server(options=[
-        ("grpc.max_receive_message_length", limits.max_body_bytes),
+        ("grpc.max_receive_message_length", min(limits.max_body_bytes, GRPC_MAX_MESSAGE)),
         ("grpc.max_send_message_length", 1 << 30),
         ("grpc.max_metadata_size", limits.max_header_bytes),
         ("grpc.max_concurrent_streams", 128),

@@ -497,12 +497,13 @@ def test_a_savedmodel_is_served_under_its_own_signature_name(tmp_path):
         rt.close()
 
 
-def test_a_body_limit_over_2_gib_with_grpc(lin):
-    """gRPC's message sizes are 32-bit: --max-body-bytes 3000000000 with --grpc-port ended the start in an
-    OverflowError traceback (exit 3). gRPC now takes messages up to its own 2 GiB ceiling."""
+@pytest.mark.parametrize("option", [("--max-body-bytes", "3000000000"), ("--keep-alive-timeout", "inf"),
+                                    ("--keep-alive-timeout", "3000000")])
+def test_limits_past_grpc_32_bit_options(lin, option):
+    """gRPC's channel options are 32-bit: --max-body-bytes 3000000000 or --keep-alive-timeout inf with --grpc-port
+    ended the start in an OverflowError traceback (exit 3). gRPC now takes them up to its own ceiling."""
     pytest.importorskip("grpc")
     port, gport = free_port(), free_port()
-    with serving(str(lin), "--port", str(port), "--grpc-port", str(gport), "--max-body-bytes", "3000000000",
-                 port=port):
+    with serving(str(lin), "--port", str(port), "--grpc-port", str(gport), *option, port=port):
         x = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)
         np.testing.assert_allclose(grpc_predict(f"127.0.0.1:{gport}", x), expected(x), rtol=1e-6)

@@ -26,8 +26,9 @@ __all__ = ["PredictionService", "start_grpc"]
 
 log = logging.getLogger("tilecast.serve")
 
-GRPC_MAX_MESSAGE = (1 << 31) - 1
-"""gRPC's message sizes are 32-bit: the largest message it can receive, whatever --max-body-bytes says."""
+INT32_MAX = (1 << 31) - 1
+"""gRPC's channel options are 32-bit: the largest message it can receive (whatever --max-body-bytes says), the
+longest idle time in ms (whatever --keep-alive-timeout says)."""
 
 
 class Garbled:
@@ -145,11 +146,11 @@ async def start_grpc(models: Mapping[str, ServedModel], config: ServerConfig, me
 
     limits = config.limits
     server = aio.server(options=[
-        ("grpc.max_receive_message_length", min(limits.max_body_bytes, GRPC_MAX_MESSAGE)),
+        ("grpc.max_receive_message_length", min(limits.max_body_bytes, INT32_MAX)),
         ("grpc.max_send_message_length", 1 << 30),
         ("grpc.max_metadata_size", limits.max_header_bytes),
         ("grpc.max_concurrent_streams", 128),
-        ("grpc.max_connection_idle_ms", int(max(limits.keep_alive_s, 60.0) * 1000)),
+        ("grpc.max_connection_idle_ms", int(min(max(limits.keep_alive_s, 60.0) * 1000, INT32_MAX))),
         ("grpc.http2.max_pings_without_data", 2),
     ])
     server.add_generic_rpc_handlers((PredictionService(grpc, models, config, metrics).handler(),))

@@ -92,7 +92,7 @@ BY_FILE = {
         "parallel_spans",
     },
     "slow": {"demo", "workflow", "card_thirdparty", "features_landsat", "bench_smoke"},
-    "server": {"server", "endpoint", "faults", "features_endpoint", "remote", "prepare"},
+    "server": {"server", "endpoint", "faults", "features_endpoint", "remote", "prepare", "fix10_serve"},
     "dask": {"dask", "dask_errors", "export_dask", "export_dask_samples"},
 }
 

@@ -485,8 +485,7 @@ def test_a_savedmodel_is_served_under_its_own_signature_name(tmp_path):
     subprocess.run([sys.executable, "-c", SAVED_MODEL % str(path)], check=True, capture_output=True, timeout=300)
     rt = load_runtime(path)
     try:
-        if not isinstance(rt, NamedSignature):
-            pytest.xfail("TensorFlowRuntime does not declare the signature_name it runs yet (see the fix10 report)")
+        assert isinstance(rt, NamedSignature)
         m = ServedModel("sm", rt)
         assert m.signature_names == ("serving_default", "predict")
         m.check_signature("predict")

@@ -47,6 +47,8 @@ class TensorFlowRuntime(BaseRuntime):
         self.path = str(p)
         self.metadata: dict[str, str] = {}
         self.kind = "savedmodel" if p.is_dir() else "keras"
+        self.signature_name: str | None = None
+        """The SavedModel signature served (``tilecast serve`` accepts requests naming it)."""
         try:
             if self.kind == "savedmodel":
                 self._loaded = tf.saved_model.load(self.path)
@@ -57,6 +59,7 @@ class TensorFlowRuntime(BaseRuntime):
                 if name not in sigs:
                     raise ModelLoadError(f"SavedModel {p} has no signature {name!r}; it has {sorted(sigs)}")
                 self._fn = sigs[name]
+                self.signature_name = name
                 _, kwargs = self._fn.structured_input_signature
                 self._encoded = {k: tuple(v.shape.as_list()) for k, v in kwargs.items() if v.dtype.name == "string"}
                 inputs = tuple(_tf_spec(k, v) for k, v in kwargs.items())

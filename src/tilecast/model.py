@@ -95,8 +95,8 @@ class Model:
         :class:`~tilecast.runtimes.onnx.OnnxRuntime` and docs/gpu.md)."""
         from .runtimes.onnx import OnnxRuntime
 
-        return cls(OnnxRuntime(path, providers=providers, threads=threads, streams=streams, device=device,
-                               precision=precision), **params)
+        return cls._opened(OnnxRuntime(path, providers=providers, threads=threads, streams=streams, device=device,
+                                       precision=precision), **params)
 
     @classmethod
     def from_torch(cls, path: str | os.PathLike, *, device: str | Sequence[str] | None = None,
@@ -108,7 +108,7 @@ class Model:
         :class:`~tilecast.runtimes.torch.TorchRuntime` and docs/gpu.md)."""
         from .runtimes.torch import TorchRuntime
 
-        return cls(TorchRuntime(path, device=device, fmt=fmt, outputs=outputs, precision=precision), **params)
+        return cls._opened(TorchRuntime(path, device=device, fmt=fmt, outputs=outputs, precision=precision), **params)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides: Any) -> Model:
@@ -118,10 +118,16 @@ class Model:
         ``"cuda"``, ``"cuda:0,1"``, ``"cuda:all"``), ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``), ``threads``,
         ``signature_name`` and ``check`` are passed to :func:`tilecast.card.open_model`."""
         opened = open_model(path, **overrides)
+        return cls._opened(opened.runtime, card=opened.binding, **opened.params)
+
+    @classmethod
+    def _opened(cls, runtime: Runtime, *, card: CardBinding | None = None, **params: Any) -> Model:
+        """A Model of a ``runtime`` this call opened: closed again when the parameters are refused, so that a
+        misspelt parameter does not leave its session (and on a GPU its memory) held by the traceback."""
         try:
-            return cls(opened.runtime, card=opened.binding, **opened.params)
+            return cls(runtime, card=card, **params)
         except BaseException:
-            opened.runtime.close()
+            runtime.close()
             raise
 
     @classmethod
@@ -142,7 +148,7 @@ class Model:
             output_multiplier=output_multiplier, concurrency=concurrency, headers=headers, token=token,
             timeout=timeout,
         )
-        return cls(runtime, **params)
+        return cls._opened(runtime, **params)
 
     @classmethod
     def from_vertex_ai(cls, endpoint: str, **kwargs: Any) -> Model:
@@ -184,7 +190,7 @@ class Model:
         dtype (``input_type_override`` casts it) and returns an array or a dict of arrays."""
         from .runtimes.callable import CallableRuntime
 
-        return cls(CallableRuntime(fn, inputs=split_names(inputs), outputs=split_names(outputs)), **params)
+        return cls._opened(CallableRuntime(fn, inputs=split_names(inputs), outputs=split_names(outputs)), **params)
 
     @property
     def signature(self) -> Signature:

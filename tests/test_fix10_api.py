@@ -1,0 +1,78 @@
+"""Round 10 of the public API review: defects earlier reviews noticed and left alone (a runtime left open by a
+refused constructor, options silently ignored, fractional windows truncated, outputs under the wrong format's name,
+``to_numpy`` needing xarray, channel-axis messages)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+import tilecast
+from onnx_models import linear_1x1
+from tilecast import Model
+
+
+def _raster(path, bands: int = 3, width: int = 50, height: int = 40) -> str:
+    """Pixel values that encode their own position: band b, row r, col c holds b * 10000 + r * 100 + c."""
+    b, r, c = np.meshgrid(np.arange(bands), np.arange(height), np.arange(width), indexing="ij")
+    data = (b * 10000 + r * 100 + c).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=bands, dtype="float32",
+                       crs="EPSG:32631", transform=from_origin(500000, 4000000, 10, 10)) as ds:
+        ds.write(data)
+    return str(path)
+
+
+def _first_band(x: np.ndarray) -> np.ndarray:
+    return x[:, :1]
+
+
+def _model(**params) -> Model:
+    return Model.from_callable(_first_band, **{"layout": "NCHW", "input_tile_size": 16, **params})
+
+
+# ---- 3. a constructor that refuses its parameters closes the runtime it opened --------------------------------------
+
+
+def _record_closes(monkeypatch, cls) -> list:
+    closed: list = []
+    real = cls.close
+
+    def close(self):
+        closed.append(self)
+        real(self)
+
+    monkeypatch.setattr(cls, "close", close)
+    return closed
+
+
+def test_from_onnx_closes_its_session_when_a_parameter_is_refused(tmp_path, monkeypatch):
+    from tilecast.runtimes.onnx import OnnxRuntime
+
+    closed = _record_closes(monkeypatch, OnnxRuntime)
+    path = linear_1x1(tmp_path / "lin.onnx", [1.0, 2.0])
+    with pytest.raises(tilecast.SpecError, match="input_tile_szie"):
+        Model.from_onnx(path, input_tile_szie=16)
+    assert len(closed) == 1 and closed[0].session is None
+    with pytest.raises(tilecast.SpecError, match="overlap"):
+        Model.from_onnx(path, input_tile_size=16, input_overlap_size=-1)
+    assert len(closed) == 2
+    model = Model.from_onnx(path, input_tile_size=16)  # accepted: left open
+    assert len(closed) == 2 and model.runtime.session is not None
+    model.close()
+
+
+def test_from_callable_and_from_endpoint_close_their_runtime_when_a_parameter_is_refused(monkeypatch):
+    from tilecast.runtimes.callable import CallableRuntime
+    from tilecast.runtimes.http import EndpointRuntime
+
+    callables = _record_closes(monkeypatch, CallableRuntime)
+    endpoints = _record_closes(monkeypatch, EndpointRuntime)
+    with pytest.raises(tilecast.SpecError, match="bacth_size"):
+        Model.from_callable(_first_band, input_tile_size=8, bacth_size=2)
+    assert len(callables) == 1
+    with pytest.raises(tilecast.SpecError, match="bacth_size"):  # no request is sent: the URL is never reached
+        Model.from_vertex_ai("http://127.0.0.1:9/v1/projects/p/locations/r/endpoints/1:predict",
+                             token="test", input_tile_size=8, bacth_size=2)
+    assert len(endpoints) == 1

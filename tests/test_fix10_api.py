@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 import tilecast
 from onnx_models import linear_1x1
@@ -76,3 +77,48 @@ def test_from_callable_and_from_endpoint_close_their_runtime_when_a_parameter_is
         Model.from_vertex_ai("http://127.0.0.1:9/v1/projects/p/locations/r/endpoints/1:predict",
                              token="test", input_tile_size=8, bacth_size=2)
     assert len(endpoints) == 1
+
+
+# ---- 2. a fractional window covers the pixels it touches, as bounds do ----------------------------------------------
+
+
+def _expected(rows: range, cols: range) -> np.ndarray:
+    r, c = np.meshgrid(np.array(rows), np.array(cols), indexing="ij")
+    return (r * 100 + c).astype(np.float32)[None]  # band 0 of _raster at those pixels
+
+
+@pytest.mark.parametrize(("window", "rows", "cols"), [
+    (Window(2.2, 3.7, 5, 5), range(3, 9), range(2, 8)),  # reaches into row 8 and col 7: both covered
+    (Window(0.5, 0.5, 10.4, 10.4), range(0, 11), range(0, 11)),
+    (((0.5, 10.9), (1.2, 7.5)), range(0, 11), range(1, 8)),  # ((row_start, row_stop), (col_start, col_stop))
+    (Window(3.5, 4.5, 0.25, 0.25), range(4, 5), range(3, 4)),  # inside one pixel: that pixel
+    (Window(2 + 1e-9, 3 - 1e-9, 5 - 2e-9, 5 + 1e-9), range(3, 8), range(2, 7)),  # float noise: no extra pixel
+])
+def test_a_fractional_window_covers_every_pixel_it_touches(tmp_path, window, rows, cols):
+    path = _raster(tmp_path / "img.tif")
+    pred = _model().predict_image(path, window=window)
+    got = pred.to_numpy()
+    assert got.shape == (1, len(rows), len(cols))
+    np.testing.assert_array_equal(got, _expected(rows, cols))
+    assert pred.grid.transform == from_origin(500000 + 10 * cols.start, 4000000 - 10 * rows.start, 10, 10)
+
+
+def test_a_window_from_rasterio_from_bounds_matches_the_same_bounds(tmp_path):
+    from rasterio.windows import from_bounds
+
+    path = _raster(tmp_path / "img.tif")
+    bounds = (500023.0, 3999861.0, 500077.0, 3999944.0)  # not on pixel edges
+    with rasterio.open(path) as ds:
+        window = from_bounds(*bounds, transform=ds.transform)
+    by_window = _model().predict_image(path, window=window)
+    by_bounds = _model().predict_image(path, bounds=bounds)
+    assert by_window.plan.region == by_bounds.plan.region == Window(2, 5, 6, 9)
+    np.testing.assert_array_equal(by_window.to_numpy(), by_bounds.to_numpy())
+
+
+@pytest.mark.parametrize("window", [Window(-0.5, 0, 5, 5), Window(46.5, 0, 4, 5), Window(float("nan"), 0, 5, 5),
+                                    Window(0, 0, float("inf"), 5), Window(0, 0, 0, 5)])
+def test_a_window_outside_the_raster_or_not_finite_is_a_region_error(tmp_path, window):
+    path = _raster(tmp_path / "img.tif")
+    with pytest.raises(tilecast.RegionError, match=r"window|region"):
+        _model().predict_image(path, window=window)

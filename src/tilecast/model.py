@@ -20,7 +20,7 @@ from .card.binding import CardBinding
 from .card.html import card_html, class_list, section, table
 from .card.load import open_model
 from .errors import InputError, RegionError, SpecError, TilecastWarning
-from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, is_auto, window_from_bounds
+from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, cover_window, is_auto, window_from_bounds
 from .prediction import Prediction
 from .runners.engine import Engine
 from .runtimes.base import Runtime, Signature, TensorSpec
@@ -246,7 +246,8 @@ class Model:
         """Plan a prediction over ``image`` (path, URL, rasterio dataset or xarray object). Nothing runs yet.
 
         ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the image's CRS); ``window`` is in
-        pixels of the grid the model sees. ``append_input`` returns the input bands followed by the outputs
+        pixels of the grid the model sees. Either covers every pixel it touches (a fractional window is widened to
+        whole pixels, not cut short). ``append_input`` returns the input bands followed by the outputs
         (Earth Engine's merged result). ``engine``: where the result runs unless a write method is given another,
         ``tilecast.Local()`` (threads; ``"local"``) or ``tilecast.Dask(...)`` (``"dask"``).
         """
@@ -385,10 +386,11 @@ def _region(source: Any, bounds: Any, bounds_crs: Any, window: Any) -> Window | 
                           "bounds=(left, bottom, right, top) in that CRS, or leave bounds_crs out")
     if window is not None:
         try:
-            return window if isinstance(window, Window) else Window.from_slices(*window)
+            window = window if isinstance(window, Window) else Window.from_slices(*window)
         except (TypeError, ValueError, WindowError) as exc:
             raise RegionError(f"window {window!r}: {exc}; give a Window or ((row_start, row_stop), (col_start, "
                               "col_stop)) inside the raster") from None
+        return cover_window(window)  # a fractional window covers the pixels it touches, as bounds do
     if bounds is None:
         return None
     try:

@@ -33,6 +33,7 @@ __all__ = [
     "Tile",
     "TileGeometry",
     "TilePlan",
+    "cover_window",
     "footprint_ranges",
     "infer_layout",
     "is_auto",
@@ -332,7 +333,7 @@ class TilePlan:
         full = Window(0, 0, w, h)
         if region is None:
             region = full
-        region = Window(int(region.col_off), int(region.row_off), int(region.width), int(region.height))
+        region = cover_window(region)
         try:
             clipped = region.intersection(full)
         except Exception:
@@ -420,6 +421,23 @@ def footprint_ranges(n_out: int, n_in: int, scale: Fraction) -> list[tuple[int, 
         start, stop = min(start, n_in - 1), min(max(stop, start + 1), n_in)
         ranges.append((start, stop))
     return ranges
+
+
+def cover_window(window: Window) -> Window:
+    """The smallest whole-pixel window that covers ``window``. A fractional window (what rasterio's ``from_bounds``
+    returns) reaches out to every pixel it touches, as ``bounds`` do, instead of being cut short; an offset or size
+    within 1e-6 px of a whole number is that number (floating-point noise, not a sliver of the next pixel)."""
+    try:
+        col, row, width, height = (float(v) for v in (window.col_off, window.row_off, window.width, window.height))
+    except (AttributeError, TypeError, ValueError):
+        raise RegionError(f"the window {window!r} is not a rasterio Window of numbers") from None
+    if not all(map(math.isfinite, (col, row, width, height))):
+        raise RegionError(f"the window {window!r} has an offset or size that is not a finite number; give a Window "
+                          "(col_off, row_off, width, height) in pixels inside the raster")
+    eps = 1e-6
+    c0, r0 = math.floor(col + eps), math.floor(row + eps)
+    c1, r1 = math.ceil(col + width - eps), math.ceil(row + height - eps)
+    return Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0))
 
 
 def window_from_bounds(

@@ -13,6 +13,7 @@ from rasterio.windows import Window
 import tilecast
 from onnx_models import linear_1x1
 from tilecast import Model
+from tilecast.sinks import ArraySink
 
 
 def _raster(path, bands: int = 3, width: int = 50, height: int = 40) -> str:
@@ -122,3 +123,29 @@ def test_a_window_outside_the_raster_or_not_finite_is_a_region_error(tmp_path, w
     path = _raster(tmp_path / "img.tif")
     with pytest.raises(tilecast.RegionError, match=r"window|region"):
         _model().predict_image(path, window=window)
+
+
+# ---- 1. chunk_size where a run has no chunks is an error naming where it applies ------------------------------------
+
+
+def test_chunk_size_on_a_plain_local_geotiff_run_is_a_spec_error_naming_resume(tmp_path):
+    path = _raster(tmp_path / "img.tif")
+    pred = _model().predict_image(path)
+    out = tmp_path / "o.tif"
+    with pytest.raises(tilecast.SpecError, match=r"chunk_size.*resume=True"):
+        pred.to_geotiff(out, chunk_size=16)
+    assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "img.tif"]
+    with pytest.raises(tilecast.SpecError, match=r"chunk_size.*resume=True"):
+        pred.run(ArraySink(), chunk_size=16)
+    # where it applies it is taken, and the pixels are those of the plain run
+    chunked = pred.to_geotiff(tmp_path / "c.tif", chunk_size=16, resume=True)
+    plain = pred.to_geotiff(tmp_path / "p.tif")
+    with rasterio.open(chunked) as a, rasterio.open(plain) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        np.testing.assert_array_equal(a.read(1), _expected(range(40), range(50))[0])
+
+
+def test_to_xarray_chunk_size_with_the_local_engine_is_a_spec_error_naming_dask(tmp_path):
+    pred = _model().predict_image(_raster(tmp_path / "img.tif"))
+    with pytest.raises(tilecast.SpecError, match=r"chunk_size.*engine='dask'"):
+        pred.to_xarray(chunk_size=16)

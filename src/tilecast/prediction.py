@@ -179,6 +179,12 @@ class Prediction:
             raise SpecError(f"run() takes a Sink (open, write, close, abort), not {sink!r:.80}; write a file with "
                             "to_geotiff(path), to_zarr(path) or to_vector(path)")
         chosen, chunk_size = resolve_engine(engine, self.engine, dask_options), _chunk_size(chunk_size)
+        if chunk_size is not None and isinstance(chosen, Local) and not resume and not isinstance(sink, ChunkSink):
+            raise SpecError(  # the streaming run below writes tile rows as they finish: it has no chunks to size
+                "chunk_size sets the chunks of a chunked run: resume=True, engine=tilecast.Dask(...) or to_zarr(); "
+                "this local run streams tile rows into the output and has none. Leave chunk_size out, or pass "
+                "resume=True to write (and resume) chunk by chunk"
+            )
         if stats is not None:
             stats.pixels = int(self.plan.region.width * self.plan.region.height)
             stats.start()
@@ -233,6 +239,7 @@ class Prediction:
         overviews: bool = True,
         engine: Engine | str | None = None,
         resume: bool = False,
+        chunk_size: int | tuple[int, int] | None = None,
         stats: RunStats | None = None,
         **dask_options: Any,
     ) -> Path:
@@ -240,7 +247,8 @@ class Prediction:
 
         With ``engine=tilecast.Dask(...)`` workers write their chunks into a partial GeoTIFF next to ``path`` and
         one of them builds the COG; with ``resume=True`` (either engine) an interrupted run continues where it
-        stopped. ``chunk_size=`` sets the chunk edge of such a run. ``stats``: see :meth:`run`.
+        stopped. ``chunk_size=`` sets the chunk edge of such a run (the plain local run streams tile rows and has no
+        chunks: there it is a :class:`~tilecast.errors.SpecError`). ``stats``: see :meth:`run`.
         """
         from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
@@ -252,7 +260,6 @@ class Prediction:
 
             raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
         refuse_overwriting_inputs(path, self.source)  # whatever overwrite says, and on every engine
-        chunk_size = dask_options.pop("chunk_size", None)
         chosen = resolve_engine(engine, self.engine, dask_options)
         if isinstance(chosen, Dask) or resume:
             sink: Any = PartialGeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
@@ -289,9 +296,14 @@ class Prediction:
         """The prediction as a georeferenced ``(band, y, x)`` DataArray.
 
         In memory with the local engine; with ``engine=tilecast.Dask()`` a lazy Dask-backed DataArray whose blocks
-        are output chunks of whole tiles (nothing runs until computed, on the client current then).
+        are output chunks of whole tiles, ``chunk_size`` output pixels per edge or more (nothing runs until
+        computed, on the client current then).
         """
         chosen = resolve_engine(engine, self.engine)
+        if chunk_size is not None and not isinstance(chosen, Dask):
+            raise SpecError("to_xarray(chunk_size=) sizes the blocks of the lazy Dask-backed array of "
+                            "engine=tilecast.Dask(); the local engine computes the whole array in memory. Leave "
+                            "chunk_size out, or pass engine='dask'")
         if isinstance(chosen, Dask):
             from .runners.dask import dask_array
             from .sinks.memory import to_dataarray

@@ -149,3 +149,27 @@ def test_to_xarray_chunk_size_with_the_local_engine_is_a_spec_error_naming_dask(
     pred = _model().predict_image(_raster(tmp_path / "img.tif"))
     with pytest.raises(tilecast.SpecError, match=r"chunk_size.*engine='dask'"):
         pred.to_xarray(chunk_size=16)
+
+
+# ---- 4. an output under another format's name is refused before anything runs ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["out.tif", "out.TIFF", "out.vrt", "out.jp2", "out.png"])
+def test_to_zarr_refuses_a_raster_file_name_and_names_to_geotiff(tmp_path, name):
+    pred = _model().predict_image(_raster(tmp_path / "img.tif"))
+    with pytest.raises(tilecast.OutputError, match=r"Zarr store.*to_geotiff\("):
+        pred.to_zarr(tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
+def test_to_zarr_refuses_a_vector_name_and_to_geotiff_a_zarr_name(tmp_path):
+    pred = _model().predict_image(_raster(tmp_path / "img.tif"))
+    with pytest.raises(tilecast.VectorFormatError, match=r"to_vector\(\)"):
+        pred.to_zarr(tmp_path / "out.gpkg")
+    with pytest.raises(tilecast.OutputError, match=r"to_zarr\("):
+        pred.to_geotiff(tmp_path / "out.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif"]
+    store = pred.to_zarr(tmp_path / "out.zarr")  # the right names still work
+    xr = pytest.importorskip("xarray")
+    with xr.open_zarr(store) as ds:
+        np.testing.assert_array_equal(next(iter(ds.data_vars.values())).values[0], _expected(range(40), range(50))[0])

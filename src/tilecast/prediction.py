@@ -76,6 +76,29 @@ def _check_path(path: Any, method: str) -> None:
         raise OutputError(f"{method} needs a path (a str or os.PathLike) to write to, got {path!r:.80}")
 
 
+_RASTER_FILE_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp",
+                                  ".img", ".nc", ".h5", ".hdf", ".asc", ".kea"})
+"""Names of raster files GDAL writes: never given to a Zarr store, which is a folder."""
+
+
+def _check_format(path: str | os.PathLike, method: str) -> None:
+    """Refuse a path whose suffix names another format than ``method`` writes: a Zarr store under ``out.tif`` (a
+    folder GIS tools cannot open) or a GeoTIFF under ``out.zarr``."""
+    from .vectors.write import is_vector_path
+
+    if is_vector_path(path):  # never a raster under a vector file's name
+        from .vectors.errors import VectorFormatError
+
+        raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
+    suffix = Path(path).suffix.lower()
+    if method == "to_zarr" and suffix in _RASTER_FILE_SUFFIXES:
+        raise OutputError(f"{path} names a {suffix} raster file, but to_zarr writes a Zarr store (a folder); use "
+                          f"to_geotiff({str(path)!r}) for a GeoTIFF, or a .zarr path for a Zarr store")
+    if method == "to_geotiff" and suffix == ".zarr":
+        raise OutputError(f"{path} names a Zarr store, but to_geotiff writes a GeoTIFF file; use "
+                          f"to_zarr({str(path)!r}) for a Zarr store, or a .tif path for a GeoTIFF")
+
+
 def _chunk_size(value: Any) -> tuple[int, int] | None:
     """``chunk_size`` as ``(x, y)`` output pixels (one number, ``"512,256"`` or a pair), both positive."""
     if value is None:
@@ -252,13 +275,9 @@ class Prediction:
         """
         from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
-        from .vectors.write import is_vector_path
 
         _check_path(path, "to_geotiff")
-        if is_vector_path(path):  # never a GeoTIFF under a vector file's name
-            from .vectors.errors import VectorFormatError
-
-            raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
+        _check_format(path, "to_geotiff")
         refuse_overwriting_inputs(path, self.source)  # whatever overwrite says, and on every engine
         chosen = resolve_engine(engine, self.engine, dask_options)
         if isinstance(chosen, Dask) or resume:
@@ -282,6 +301,7 @@ class Prediction:
         from .sinks.chunked import ZarrSink
 
         _check_path(path, "to_zarr")
+        _check_format(path, "to_zarr")
         chosen = resolve_engine(engine, self.engine, dask_options)
         refuse_overwriting_inputs(path, self.source)
         sink = ZarrSink(path, overwrite=overwrite)

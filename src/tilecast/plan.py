@@ -26,24 +26,9 @@ from .errors import RegionError, SpecError
 if TYPE_CHECKING:
     from .runtimes.base import TensorSpec
 
-__all__ = [
-    "AUTO",
-    "PIXEL_TILE",
-    "XY",
-    "Tile",
-    "TileGeometry",
-    "TilePlan",
-    "cover_window",
-    "footprint_ranges",
-    "infer_layout",
-    "is_auto",
-    "parse_resolution",
-    "parse_size",
-    "parse_tile_size",
-    "spatial_shape",
-    "window_from_bounds",
-    "xy",
-]
+__all__ = ["AUTO", "PIXEL_TILE", "XY", "Tile", "TileGeometry", "TilePlan", "cover_window", "footprint_ranges",
+           "infer_layout", "is_auto", "parse_resolution", "parse_size", "parse_tile_size", "spatial_shape",
+           "window_from_bounds", "xy"]
 
 OverlapMode = Literal["per_edge", "total"]
 
@@ -427,16 +412,13 @@ def cover_window(window: Window) -> Window:
     """The smallest whole-pixel window that covers ``window``. A fractional window (what rasterio's ``from_bounds``
     returns) reaches out to every pixel it touches, as ``bounds`` do, instead of being cut short; an offset or size
     within 1e-6 px of a whole number is that number (floating-point noise, not a sliver of the next pixel)."""
-    try:
-        col, row, width, height = (float(v) for v in (window.col_off, window.row_off, window.width, window.height))
-    except (AttributeError, TypeError, ValueError):
-        raise RegionError(f"the window {window!r} is not a rasterio Window of numbers") from None
-    if not all(map(math.isfinite, (col, row, width, height))):
+    values = (window.col_off, window.row_off, window.width, window.height)
+    if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
         raise RegionError(f"the window {window!r} has an offset or size that is not a finite number; give a Window "
                           "(col_off, row_off, width, height) in pixels inside the raster")
-    eps = 1e-6
-    c0, r0 = math.floor(col + eps), math.floor(row + eps)
-    c1, r1 = math.ceil(col + width - eps), math.ceil(row + height - eps)
+    col, row, width, height = map(float, values)
+    c0, r0, c1, r1 = (math.floor(col + 1e-6), math.floor(row + 1e-6), math.ceil(col + width - 1e-6),
+                      math.ceil(row + height - 1e-6))
     return Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0))
 
 

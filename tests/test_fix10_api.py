@@ -173,3 +173,28 @@ def test_to_zarr_refuses_a_vector_name_and_to_geotiff_a_zarr_name(tmp_path):
     xr = pytest.importorskip("xarray")
     with xr.open_zarr(store) as ds:
         np.testing.assert_array_equal(next(iter(ds.data_vars.values())).values[0], _expected(range(40), range(50))[0])
+
+
+# ---- 5. to_numpy needs no xarray ------------------------------------------------------------------------------------
+
+
+def test_to_numpy_works_without_xarray_and_to_xarray_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    pred = _model().predict_image(_raster(tmp_path / "img.tif"), window=Window(3, 2, 30, 20))
+    for name in ("xarray", "rioxarray"):
+        monkeypatch.setitem(sys.modules, name, None)  # import xarray -> ImportError
+    got = pred.to_numpy()
+    assert type(got) is np.ndarray and got.dtype == np.float32
+    np.testing.assert_array_equal(got, _expected(range(2, 22), range(3, 33)))
+    with pytest.raises(tilecast.MissingExtraError, match=r"tilecast\[xarray\]"):
+        pred.to_xarray()
+
+
+def test_to_numpy_with_the_dask_engine_matches_the_local_engine(tmp_path):
+    pytest.importorskip("dask.array")
+    path = _raster(tmp_path / "img.tif")
+    got = _model().predict_image(path, engine="dask").to_numpy()
+    assert type(got) is np.ndarray
+    np.testing.assert_array_equal(got, _model().predict_image(path).to_numpy())
+    np.testing.assert_array_equal(got, _expected(range(40), range(50)))

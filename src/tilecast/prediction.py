@@ -19,6 +19,7 @@ from .runners.engine import Dask, Engine, Local, resolve_engine
 from .runstats import RunStats, TimedRuntime
 from .runtimes.base import model_path
 from .sinks.base import ChunkSink, OutputProfile, Sink
+from .sinks.memory import ArraySink
 from .sinks.safety import refuse_overwriting_inputs
 from .sources.base import Grid, Source
 from .spec import with_default_colors
@@ -107,6 +108,13 @@ def _chunk_size(value: Any) -> tuple[int, int] | None:
     if min(size) < 1:
         raise SpecError(f"chunk_size must be positive output pixels per chunk edge (e.g. 2048), got {value!r}")
     return tuple(size)
+
+
+class _NumpySink(ArraySink):
+    """An :class:`ArraySink` that returns its array as it is, not as a DataArray (which needs xarray)."""
+
+    def close(self) -> np.ndarray:
+        return self.array
 
 
 class Prediction:
@@ -329,12 +337,15 @@ class Prediction:
             from .sinks.memory import to_dataarray
 
             return to_dataarray(dask_array(self.job, _chunk_size(chunk_size)), self.profile)
-        from .sinks.memory import ArraySink
-
         return self.run(ArraySink(), progress, chosen)
 
     def to_numpy(self, progress: bool | ProgressCallback | None = None) -> np.ndarray:
-        return self.to_xarray(progress).values
+        """The pixels of :meth:`to_xarray` as a plain ``(band, y, x)`` array, without needing xarray."""
+        if isinstance(self.engine, Dask):
+            from .runners.dask import dask_array
+
+            return np.asarray(dask_array(self.job))
+        return self.run(_NumpySink(), progress, self.engine)
 
     def to_vector(self, path: str | os.PathLike, **options: Any) -> Path:
         """Objects (a detector) or regions (a class map) streamed to a vector file; see

@@ -198,3 +198,65 @@ def test_to_numpy_with_the_dask_engine_matches_the_local_engine(tmp_path):
     assert type(got) is np.ndarray
     np.testing.assert_array_equal(got, _model().predict_image(path).to_numpy())
     np.testing.assert_array_equal(got, _expected(range(40), range(50)))
+
+
+# ---- 6. a stacked input's channel count: read off the right axis, and named in the error ----------------------------
+
+
+def _identity(path, shape) -> str:
+    """An ONNX model returning its one input ``x`` of ``shape`` as ``y``."""
+    from onnx import TensorProto, helper
+
+    from onnx_models import _save
+
+    dims = [d if d is not None else f"d{i}" for i, d in enumerate(shape)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return _save(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y]), path)
+
+
+def test_a_square_nhwc_input_is_read_as_nhwc_without_a_band_count():
+    from tilecast.plan import TileGeometry, infer_layout
+    from tilecast.runtimes.base import TensorSpec
+
+    f32 = np.dtype("float32")
+    assert infer_layout([TensorSpec("x", (1, 8, 8, 6), f32)]) == "NHWC"  # 6 bands of 8 x 8, not 8 bands of 8 x 6
+    assert infer_layout([TensorSpec("x", (1, 6, 8, 8), f32)]) == "NCHW"
+    assert infer_layout([TensorSpec("x", (1, 5, 7, 7), f32)]) == "NCHW"
+    assert infer_layout([TensorSpec("x", (1, 7, 7, 5), f32)]) == "NHWC"
+    assert tuple(TileGeometry.from_signature([TensorSpec("x", (1, 8, 8, 6), f32)]).tile) == (8, 8)
+
+
+def test_an_nhwc_model_with_fixed_size_runs_with_its_own_tile(tmp_path):
+    model = Model.from_onnx(_identity(tmp_path / "id.onnx", (1, 8, 8, 6)))  # the tile comes from the model
+    path = _raster(tmp_path / "img.tif", bands=6, width=20, height=12)
+    got = model.predict_image(path).to_numpy()
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(got, ds.read())
+    model.close()
+
+
+@pytest.mark.parametrize(("shape", "layout", "axis"), [
+    ((1, 8, 8, 6), None, r"6 bands but 5 were selected.*its channel axis, the last in NHWC, has size 6"),
+    ((1, 8, 8, 6), "NHWC", r"6 bands but 5 were selected.*its channel axis, the last in NHWC, has size 6"),
+    ((1, 16, 16, 4), None, r"4 bands but 5 were selected.*its channel axis, the last in NHWC, has size 4"),
+    ((None, None, None, 4), None, r"4 bands but 5 were selected.*its channel axis, the last in NHWC, has size 4"),
+    ((1, 6, 8, 8), None, r"6 bands but 5 were selected.*its channel axis, the second in NCHW, has size 6"),
+    ((None, 4, None, None), "NCHW", r"4 bands but 5 were selected.*its channel axis, the second in NCHW, has size 4"),
+])
+def test_a_channel_count_mismatch_names_the_channel_axis_and_its_size(tmp_path, shape, layout, axis):
+    params = {} if None not in shape[1:] else {"input_tile_size": 8}
+    model = Model.from_onnx(_identity(tmp_path / "id.onnx", shape), layout=layout, **params)
+    with pytest.raises(tilecast.BandMismatchError, match=axis + r".*select \d bands with --bands") as info:
+        _ = model.predict_image(_raster(tmp_path / "img.tif", bands=5)).profile
+    assert "inferred" not in str(info.value)  # the other axis is the tile's: no hint to swap
+    model.close()
+
+
+def test_a_weakly_inferred_layout_says_how_to_swap_it(tmp_path):
+    # only which axis is fixed says NHWC; read as NCHW the input is a 4-pixel-wide tile of any bands, as plausible
+    model = Model.from_onnx(_identity(tmp_path / "id.onnx", (None, None, None, 4)), input_tile_size=4)
+    with pytest.raises(tilecast.BandMismatchError, match=r"the last in NHWC.*inferred: if the channels are the second "
+                                                         r"axis \(size any\), pass layout='NCHW'"):
+        _ = model.predict_image(_raster(tmp_path / "img.tif", bands=5)).profile
+    model.close()

@@ -126,9 +126,9 @@ def infer_layout(
     The one place that reads a layout off a model. ``bands`` are the band names (inputs named after them, or after
     ``array_inputs``, mean Earth Engine's per-band layout) or only their count; ``padded`` is the input tile size when
     known; ``dim_order`` is a model card's MLM ``dim_order``, which says it outright. Most specific evidence first:
-    the band count, then the tile size, then which axis is fixed. Without a band count the channels are taken to be
-    the short leading axis. When nothing decides, ``fallback`` is returned, else a single band is ``NHWC`` and more
-    raise :class:`SpecError`.
+    the band count, then the tile size, then which axis is fixed. Without a band count two equal axes are the height
+    and width, else the channels are taken to be the short leading axis. When nothing decides, ``fallback`` is
+    returned, else a single band is ``NHWC`` and more raise :class:`SpecError`.
     """
     names = set() if bands is None or isinstance(bands, int) else set(bands)
     count = None if bands is None else bands if isinstance(bands, int) else len(bands)
@@ -144,7 +144,10 @@ def infer_layout(
     if shape is None or len(shape) != 4:
         return fallback or "bands"
     first, last = shape[1], shape[3]
-    if count is None:
+    if count is None:  # equal height and width mark the spatial axes; else the channels are a short leading axis
+        nhwc, nchw = first is not None and first == shape[2] != last, last is not None and last == shape[2] != first
+        if nhwc != nchw:
+            return "NHWC" if nhwc else "NCHW"
         return "NCHW" if first in range(1, 9) and last not in range(1, 5) else "NHWC"
     checks = [(first == count and last != count, last == count and first != count)]
     if padded is not None:
@@ -165,8 +168,7 @@ def infer_layout(
 
 def spatial_shape(shape: Sequence[int | None], layout: str) -> tuple[int | None, int | None]:
     """``(height, width)`` of a 4-D input tensor in ``layout``."""
-    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    return h, w
+    return (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,8 @@ class TilePlan:
             clipped = None
         if clipped is None or clipped.width <= 0 or clipped.height <= 0 or clipped != region:
             raise RegionError(
-                f"the region {_fmt(region)} is not inside the input grid of {w} x {h} pixels; "
+                f"the region (col {region.col_off}, row {region.row_off}, {region.width} x {region.height}) is not "
+                f"inside the input grid of {w} x {h} pixels; "
                 "choose bounds or a window that lie within the raster"
             )
         return cls((h, w), geometry, region)
@@ -444,7 +447,3 @@ def window_from_bounds(
             "(or set bounds_crs) that intersect it"
         )
     return Window(c0, r0, c1 - c0, r1 - r0)
-
-
-def _fmt(w: Window) -> str:
-    return f"(col {w.col_off}, row {w.row_off}, {w.width} x {w.height})"

@@ -260,3 +260,33 @@ def test_a_weakly_inferred_layout_says_how_to_swap_it(tmp_path):
                                                          r"axis \(size any\), pass layout='NCHW'"):
         _ = model.predict_image(_raster(tmp_path / "img.tif", bands=5)).profile
     model.close()
+
+
+# ---- found on the way: a GeoTIFF over a folder, vectors under a raster's name ---------------------------------------
+
+
+def test_to_geotiff_over_a_folder_is_refused_before_running(tmp_path):
+    calls = []
+
+    def model(x):
+        calls.append(len(x))
+        return x[:, :1]
+
+    pred = Model.from_callable(model, layout="NCHW", input_tile_size=16).predict_image(_raster(tmp_path / "img.tif"))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for overwrite in (False, True):  # overwrite cannot replace a folder: say so, not "pass overwrite=True"
+        with pytest.raises(tilecast.OutputError, match=r"is a folder.*give a file name") as info:
+            pred.to_geotiff(folder, overwrite=overwrite)
+        assert "overwrite=True (--overwrite)" not in str(info.value)
+    assert calls == [] and folder.is_dir() and list(folder.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "out"]
+
+
+@pytest.mark.parametrize(("name", "other"), [("out.tif", "to_geotiff"), ("out.zarr", "to_zarr"), ("out", None)])
+def test_to_vector_under_a_raster_name_names_the_vector_formats_and_the_raster_method(tmp_path, name, other):
+    pred = _model().predict_image(_raster(tmp_path / "img.tif"))
+    with pytest.raises(tilecast.VectorFormatError, match=r"not a vector format.*\.gpkg") as info:
+        pred.to_vector(tmp_path / name)
+    assert (f"or {other}() for a raster" in str(info.value)) if other else "for a raster" not in str(info.value)
+    assert not (tmp_path / name).exists()

@@ -83,21 +83,31 @@ _RASTER_FILE_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".jp2", ".png", ".jp
 
 
 def _check_format(path: str | os.PathLike, method: str) -> None:
-    """Refuse a path whose suffix names another format than ``method`` writes: a Zarr store under ``out.tif`` (a
-    folder GIS tools cannot open) or a GeoTIFF under ``out.zarr``."""
-    from .vectors.write import is_vector_path
+    """Refuse a path whose suffix names another format than ``method`` writes (a Zarr store under ``out.tif``, a
+    folder GIS tools cannot open; a GeoTIFF under ``out.zarr``; vectors under ``out.tif``), and a GeoTIFF over a
+    folder (which ``overwrite`` cannot replace), before anything runs."""
+    from .vectors.errors import VectorFormatError
+    from .vectors.write import VECTOR_FORMATS, is_vector_path
 
-    if is_vector_path(path):  # never a raster under a vector file's name
-        from .vectors.errors import VectorFormatError
-
-        raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
     suffix = Path(path).suffix.lower()
+    if method == "to_vector":
+        if not is_vector_path(path):
+            other = "to_zarr()" if suffix == ".zarr" else "to_geotiff()" if suffix in _RASTER_FILE_SUFFIXES else ""
+            hint = f", or {other} for a raster" if other else ""
+            raise VectorFormatError(f"{path}: {suffix or 'no extension'} is not a vector format tilecast writes; use "
+                                    f"one of {', '.join(VECTOR_FORMATS)}{hint}")
+        return
+    if is_vector_path(path):  # never a raster under a vector file's name
+        raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
     if method == "to_zarr" and suffix in _RASTER_FILE_SUFFIXES:
         raise OutputError(f"{path} names a {suffix} raster file, but to_zarr writes a Zarr store (a folder); use "
                           f"to_geotiff({str(path)!r}) for a GeoTIFF, or a .zarr path for a Zarr store")
     if method == "to_geotiff" and suffix == ".zarr":
         raise OutputError(f"{path} names a Zarr store, but to_geotiff writes a GeoTIFF file; use "
                           f"to_zarr({str(path)!r}) for a Zarr store, or a .tif path for a GeoTIFF")
+    if method == "to_geotiff" and Path(path).is_dir():
+        raise OutputError(f"{path} is a folder, and to_geotiff writes a file (overwrite=True replaces files, not "
+                          f"folders); give a file name, e.g. {Path(path) / 'prediction.tif'}")
 
 
 def _chunk_size(value: Any) -> tuple[int, int] | None:
@@ -353,6 +363,7 @@ class Prediction:
         from .vectors import predict_vectors
 
         _check_path(path, "to_vector")
+        _check_format(path, "to_vector")
         return predict_vectors(self, path, **options)
 
     def to_geodataframe(self, **options: Any) -> Any:

@@ -290,3 +290,34 @@ def test_to_vector_under_a_raster_name_names_the_vector_formats_and_the_raster_m
         pred.to_vector(tmp_path / name)
     assert (f"or {other}() for a raster" in str(info.value)) if other else "for a raster" not in str(info.value)
     assert not (tmp_path / name).exists()
+
+
+def test_auto_tile_closes_the_one_stream_session_it_probed_and_did_not_use(tmp_path):
+    from tilecast.runtimes.callable import CallableRuntime
+
+    closed: list = []
+
+    class OneStreamOutOfMemory(CallableRuntime):  # the session for large calls: it runs out of memory
+        def close(self):
+            closed.append(self)
+
+    class Streams(CallableRuntime):
+        def one_stream(self):
+            def refuse(x):
+                raise MemoryError("simulated: out of memory")
+
+            return OneStreamOutOfMemory(refuse, self.signature.inputs, self.signature.outputs)
+
+    plain = Model.from_callable(lambda x: x[:, :1], input_tile_size="auto", layout="NCHW", memory_budget="8GiB",
+                                output_bands={"s": "float32"})
+    model = Model(Streams(lambda x: x[:, :1], plain.signature.inputs, plain.signature.outputs), plain.spec)
+    model.auto_tile = plain.auto_tile
+    path = tmp_path / "big.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4096, height=4096, count=1, dtype="uint8", crs="EPSG:32631",
+                       transform=from_origin(500000, 4000000, 10, 10), tiled=True) as ds:
+        ds.write(np.zeros((1, 4096, 4096), np.uint8))
+    pred = model.predict_image(str(path))
+    choice = pred.model.tile_choice
+    assert choice.padded.x * choice.padded.y * choice.batch < 1 << 20  # the large calls were refused
+    assert pred.model.runtime is model.runtime  # the run uses the plain session
+    assert len(closed) == 1  # and the one-stream session the large probes opened is closed

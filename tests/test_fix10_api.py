@@ -321,3 +321,42 @@ def test_auto_tile_closes_the_one_stream_session_it_probed_and_did_not_use(tmp_p
     assert choice.padded.x * choice.padded.y * choice.batch < 1 << 20  # the large calls were refused
     assert pred.model.runtime is model.runtime  # the run uses the plain session
     assert len(closed) == 1  # and the one-stream session the large probes opened is closed
+
+
+# ---- found on the way: parameters silently misread, or failing with a raw traceback ---------------------------------
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"output_layout": "NCHW"}, r"output_layout must be 'channels_last'.*'channels_first'.*got 'NCHW'"),
+    ({"output_layout": "channel_first"}, r"output_layout must be"),
+    ({"nodata": "x"}, r"nodata must be a number"),
+    ({"input_type_override": "float32"}, r"input_type_override maps input names"),
+    ({"input_shapes": "array"}, r"input_shapes maps input names"),
+])
+def test_a_misread_parameter_is_a_spec_error(params, match):
+    with pytest.raises(tilecast.SpecError, match=match):
+        _model(**params)
+    with pytest.raises(tilecast.SpecError, match=match):
+        _model().with_options(**params)
+
+
+@pytest.mark.parametrize(("output_layout", "fn"), [
+    ("channels_last", lambda x: x[:, :2].transpose(0, 2, 3, 1)),  # NCHW in, (N, H, W, C) out
+    ("channels_first", lambda x: x[:, :2]),
+])
+def test_both_output_layouts_are_still_read(tmp_path, output_layout, fn):
+    path = _raster(tmp_path / "img.tif", width=20, height=12)
+    model = Model.from_callable(fn, layout="NCHW", input_tile_size=16, output_layout=output_layout,
+                                output_bands={"o": {"type": "float32", "dimensions": 1}})
+    got = model.predict_image(path).to_numpy()
+    with rasterio.open(path) as ds:
+        np.testing.assert_array_equal(got, ds.read([1, 2]))
+
+
+@pytest.mark.parametrize("bands", [2, np.int64(2), [2], "b2"])
+def test_one_band_index_selects_that_band(tmp_path, bands):
+    path = _raster(tmp_path / "img.tif", width=20, height=12)
+    got = _model().predict_image(path, bands=bands).to_numpy()
+    np.testing.assert_array_equal(got, _expected(range(12), range(20)) + 10000)  # band 2 holds 10000 + r * 100 + c
+    got = _model(bands=bands).predict_image(path).to_numpy()
+    np.testing.assert_array_equal(got, _expected(range(12), range(20)) + 10000)

@@ -212,7 +212,8 @@ class Prediction:
         ``engine``: :class:`~tilecast.Local` (threads, streaming; the default) or :class:`~tilecast.Dask` (chunk
         tasks on a Dask cluster; ``"local"`` and ``"dask"`` name their defaults). ``resume`` continues an
         interrupted run of the same prediction into the same output, skipping finished chunks. ``chunk_size`` sets
-        the output chunk edge of a chunked run. ``stats``: a :class:`~tilecast.runstats.RunStats` that gets the run's
+        the output chunk edge of a chunked run (Dask, ``resume`` or a chunk sink; the local run into a plain sink
+        streams tile rows and refuses it). ``stats``: a :class:`~tilecast.runstats.RunStats` that gets the run's
         wall time, its model time (local engine) and its pixels. ``dask_options`` (``workers=``, ``client=``...)
         are deprecated: pass ``engine=tilecast.Dask(...)``.
         """

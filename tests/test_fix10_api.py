@@ -360,3 +360,12 @@ def test_one_band_index_selects_that_band(tmp_path, bands):
     np.testing.assert_array_equal(got, _expected(range(12), range(20)) + 10000)  # band 2 holds 10000 + r * 100 + c
     got = _model(bands=bands).predict_image(path).to_numpy()
     np.testing.assert_array_equal(got, _expected(range(12), range(20)) + 10000)
+
+
+def test_progress_for_the_dask_engines_arrays_is_a_spec_error_naming_dasks_own(tmp_path):
+    pytest.importorskip("dask.array")
+    pred = _model().predict_image(_raster(tmp_path / "img.tif"), engine="dask")
+    for call in (lambda: pred.to_xarray(progress=True), lambda: pred.to_numpy(progress=True)):
+        with pytest.raises(tilecast.SpecError, match=r"progress.*Dask.*ProgressBar"):
+            call()
+    np.testing.assert_array_equal(pred.to_numpy(), _expected(range(40), range(50)))  # without progress: computed

@@ -120,6 +120,14 @@ def _chunk_size(value: Any) -> tuple[int, int] | None:
     return tuple(size)
 
 
+def _refuse_lazy_progress(progress: Any) -> None:
+    """The Dask engine's arrays are computed by Dask's scheduler, where tilecast's progress callback never runs."""
+    if progress:
+        raise SpecError("progress is not shown for the Dask engine's arrays (to_xarray, to_numpy): Dask computes "
+                        "them. Leave progress out and watch with dask.diagnostics.ProgressBar() or the Dask dashboard, "
+                        "or write with to_geotiff/to_zarr(engine=tilecast.Dask(...), progress=True)")
+
+
 class _NumpySink(ArraySink):
     """An :class:`ArraySink` that returns its array as it is, not as a DataArray (which needs xarray)."""
 
@@ -347,6 +355,8 @@ class Prediction:
             from .runners.dask import dask_array
             from .sinks.memory import to_dataarray
 
+            _refuse_lazy_progress(progress)
+
             return to_dataarray(dask_array(self.job, _chunk_size(chunk_size)), self.profile)
         return self.run(ArraySink(), progress, chosen)
 
@@ -355,6 +365,7 @@ class Prediction:
         if isinstance(self.engine, Dask):
             from .runners.dask import dask_array
 
+            _refuse_lazy_progress(progress)
             return np.asarray(dask_array(self.job))
         return self.run(_NumpySink(), progress, self.engine)
 

@@ -126,6 +126,13 @@ class _Prober:
             self.one = one_stream_of(self.runtime)
         return self.one
 
+    def release(self, keep: Runtime | None) -> None:
+        """Close the one-stream session the probes opened unless it is ``keep`` (the run's): a refused search or a
+        smaller choice would otherwise leave it (and on a GPU its memory) to the garbage collector."""
+        if self.one is not None and self.one is not self.runtime and self.one is not keep:
+            self.one.close()
+            self.one = None
+
     def spec_for(self, tile: XY, batch: int) -> ModelSpec:
         g = self.spec.geometry
         return self.spec.replace(geometry=TileGeometry(tile, g.overlap, None), batch_size=batch)
@@ -192,8 +199,22 @@ def choose_tile(runtime: Runtime, spec: ModelSpec, auto: AutoTile, band_names: S
         batch = auto.batch_size or spec.batch_size
         choice = TileChoice(tile, overlap, batch, "pixels" if layout == "pixels" else "fixed")
         return choice, one_stream_of(runtime) if choice.one_stream else runtime
-    budget = auto.budget or default_budget()
     prober = _Prober(runtime, spec, band_names, dtype, properties)
+    try:
+        choice = _search(prober, auto, region, fixed)
+        chosen = prober.runtime_for(choice.padded.x * choice.padded.y * choice.batch)
+    except BaseException:
+        prober.release(None)
+        raise
+    prober.release(chosen)
+    return choice, chosen
+
+
+def _search(prober: _Prober, auto: AutoTile, region: XY, fixed: tuple[int | None, int | None]) -> TileChoice:
+    """:func:`choose_tile`'s search: the stride first (a refused small size doubles it), then the largest tile."""
+    spec, runtime, band_names, dtype = prober.spec, prober.runtime, prober.band_names, prober.dtype
+    overlap = spec.geometry.overlap
+    budget = auto.budget or default_budget()
     fp_tile = len(band_names) * (np.dtype(dtype).itemsize + 4)
     fp_out = 8 * max(1, len(spec.output_bands)) + 1
     multiple = auto.multiple or DEFAULT_MULTIPLE
@@ -211,7 +232,7 @@ def choose_tile(runtime: Runtime, spec: ModelSpec, auto: AutoTile, band_names: S
         fp = Footprint(max(SAFETY * got / padded, float(fp_tile)), fp_tile, fp_out, streams_of(runtime))
         choice = _largest(prober, cands, overlap, region, budget, fp, auto, multiple)
         if choice is not None:
-            return choice, prober.runtime_for(choice.padded.x * choice.padded.y * choice.batch)
+            return choice
         multiple *= 2  # a larger size was refused that a coarser stride would not have tried
     raise _refused(small, overlap, last) from last
 

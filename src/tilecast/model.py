@@ -20,7 +20,7 @@ from .card.binding import CardBinding
 from .card.html import card_html, class_list, section, table
 from .card.load import open_model
 from .errors import InputError, RegionError, SpecError, TilecastWarning
-from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, is_auto, window_from_bounds
+from .plan import PIXEL_TILE, XY, TileGeometry, TilePlan, cover_window, is_auto, window_from_bounds
 from .prediction import Prediction
 from .runners.engine import Engine
 from .runtimes.base import Runtime, Signature, TensorSpec
@@ -95,8 +95,8 @@ class Model:
         :class:`~tilecast.runtimes.onnx.OnnxRuntime` and docs/gpu.md)."""
         from .runtimes.onnx import OnnxRuntime
 
-        return cls(OnnxRuntime(path, providers=providers, threads=threads, streams=streams, device=device,
-                               precision=precision), **params)
+        return cls._opened(OnnxRuntime(path, providers=providers, threads=threads, streams=streams, device=device,
+                                       precision=precision), **params)
 
     @classmethod
     def from_torch(cls, path: str | os.PathLike, *, device: str | Sequence[str] | None = None,
@@ -108,7 +108,7 @@ class Model:
         :class:`~tilecast.runtimes.torch.TorchRuntime` and docs/gpu.md)."""
         from .runtimes.torch import TorchRuntime
 
-        return cls(TorchRuntime(path, device=device, fmt=fmt, outputs=outputs, precision=precision), **params)
+        return cls._opened(TorchRuntime(path, device=device, fmt=fmt, outputs=outputs, precision=precision), **params)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides: Any) -> Model:
@@ -118,10 +118,16 @@ class Model:
         ``"cuda"``, ``"cuda:0,1"``, ``"cuda:all"``), ``precision`` (``"fp32"``, ``"fp16"``, ``"bf16"``), ``threads``,
         ``signature_name`` and ``check`` are passed to :func:`tilecast.card.open_model`."""
         opened = open_model(path, **overrides)
+        return cls._opened(opened.runtime, card=opened.binding, **opened.params)
+
+    @classmethod
+    def _opened(cls, runtime: Runtime, *, card: CardBinding | None = None, **params: Any) -> Model:
+        """A Model of a ``runtime`` this call opened: closed again when the parameters are refused, so that a
+        misspelt parameter does not leave its session (and on a GPU its memory) held by the traceback."""
         try:
-            return cls(opened.runtime, card=opened.binding, **opened.params)
+            return cls(runtime, card=card, **params)
         except BaseException:
-            opened.runtime.close()
+            runtime.close()
             raise
 
     @classmethod
@@ -142,7 +148,7 @@ class Model:
             output_multiplier=output_multiplier, concurrency=concurrency, headers=headers, token=token,
             timeout=timeout,
         )
-        return cls(runtime, **params)
+        return cls._opened(runtime, **params)
 
     @classmethod
     def from_vertex_ai(cls, endpoint: str, **kwargs: Any) -> Model:
@@ -184,7 +190,7 @@ class Model:
         dtype (``input_type_override`` casts it) and returns an array or a dict of arrays."""
         from .runtimes.callable import CallableRuntime
 
-        return cls(CallableRuntime(fn, inputs=split_names(inputs), outputs=split_names(outputs)), **params)
+        return cls._opened(CallableRuntime(fn, inputs=split_names(inputs), outputs=split_names(outputs)), **params)
 
     @property
     def signature(self) -> Signature:
@@ -240,7 +246,8 @@ class Model:
         """Plan a prediction over ``image`` (path, URL, rasterio dataset or xarray object). Nothing runs yet.
 
         ``bounds`` (left, bottom, right, top) are in ``bounds_crs`` (default: the image's CRS); ``window`` is in
-        pixels of the grid the model sees. ``append_input`` returns the input bands followed by the outputs
+        pixels of the grid the model sees. Either covers every pixel it touches (a fractional window is widened to
+        whole pixels, not cut short). ``append_input`` returns the input bands followed by the outputs
         (Earth Engine's merged result). ``engine``: where the result runs unless a write method is given another,
         ``tilecast.Local()`` (threads; ``"local"``) or ``tilecast.Dask(...)`` (``"dask"``).
         """
@@ -379,10 +386,11 @@ def _region(source: Any, bounds: Any, bounds_crs: Any, window: Any) -> Window | 
                           "bounds=(left, bottom, right, top) in that CRS, or leave bounds_crs out")
     if window is not None:
         try:
-            return window if isinstance(window, Window) else Window.from_slices(*window)
+            window = window if isinstance(window, Window) else Window.from_slices(*window)
         except (TypeError, ValueError, WindowError) as exc:
             raise RegionError(f"window {window!r}: {exc}; give a Window or ((row_start, row_stop), (col_start, "
                               "col_stop)) inside the raster") from None
+        return cover_window(window)  # a fractional window covers the pixels it touches, as bounds do
     if bounds is None:
         return None
     try:

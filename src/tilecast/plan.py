@@ -26,23 +26,9 @@ from .errors import RegionError, SpecError
 if TYPE_CHECKING:
     from .runtimes.base import TensorSpec
 
-__all__ = [
-    "AUTO",
-    "PIXEL_TILE",
-    "XY",
-    "Tile",
-    "TileGeometry",
-    "TilePlan",
-    "footprint_ranges",
-    "infer_layout",
-    "is_auto",
-    "parse_resolution",
-    "parse_size",
-    "parse_tile_size",
-    "spatial_shape",
-    "window_from_bounds",
-    "xy",
-]
+__all__ = ["AUTO", "PIXEL_TILE", "XY", "Tile", "TileGeometry", "TilePlan", "cover_window", "footprint_ranges",
+           "infer_layout", "is_auto", "parse_resolution", "parse_size", "parse_tile_size", "spatial_shape",
+           "window_from_bounds", "xy"]
 
 OverlapMode = Literal["per_edge", "total"]
 
@@ -140,9 +126,9 @@ def infer_layout(
     The one place that reads a layout off a model. ``bands`` are the band names (inputs named after them, or after
     ``array_inputs``, mean Earth Engine's per-band layout) or only their count; ``padded`` is the input tile size when
     known; ``dim_order`` is a model card's MLM ``dim_order``, which says it outright. Most specific evidence first:
-    the band count, then the tile size, then which axis is fixed. Without a band count the channels are taken to be
-    the short leading axis. When nothing decides, ``fallback`` is returned, else a single band is ``NHWC`` and more
-    raise :class:`SpecError`.
+    the band count, then the tile size, then which axis is fixed. Without a band count two equal axes are the height
+    and width, else the channels are taken to be the short leading axis. When nothing decides, ``fallback`` is
+    returned, else a single band is ``NHWC`` and more raise :class:`SpecError`.
     """
     names = set() if bands is None or isinstance(bands, int) else set(bands)
     count = None if bands is None else bands if isinstance(bands, int) else len(bands)
@@ -158,7 +144,10 @@ def infer_layout(
     if shape is None or len(shape) != 4:
         return fallback or "bands"
     first, last = shape[1], shape[3]
-    if count is None:
+    if count is None:  # equal height and width mark the spatial axes; else the channels are a short leading axis
+        nhwc, nchw = first is not None and first == shape[2] != last, last is not None and last == shape[2] != first
+        if nhwc != nchw:
+            return "NHWC" if nhwc else "NCHW"
         return "NCHW" if first in range(1, 9) and last not in range(1, 5) else "NHWC"
     checks = [(first == count and last != count, last == count and first != count)]
     if padded is not None:
@@ -179,8 +168,7 @@ def infer_layout(
 
 def spatial_shape(shape: Sequence[int | None], layout: str) -> tuple[int | None, int | None]:
     """``(height, width)`` of a 4-D input tensor in ``layout``."""
-    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    return h, w
+    return (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
 
 
 @dataclass(frozen=True)
@@ -332,14 +320,15 @@ class TilePlan:
         full = Window(0, 0, w, h)
         if region is None:
             region = full
-        region = Window(int(region.col_off), int(region.row_off), int(region.width), int(region.height))
+        region = cover_window(region)
         try:
             clipped = region.intersection(full)
         except Exception:
             clipped = None
         if clipped is None or clipped.width <= 0 or clipped.height <= 0 or clipped != region:
             raise RegionError(
-                f"the region {_fmt(region)} is not inside the input grid of {w} x {h} pixels; "
+                f"the region (col {region.col_off}, row {region.row_off}, {region.width} x {region.height}) is not "
+                f"inside the input grid of {w} x {h} pixels; "
                 "choose bounds or a window that lie within the raster"
             )
         return cls((h, w), geometry, region)
@@ -422,6 +411,20 @@ def footprint_ranges(n_out: int, n_in: int, scale: Fraction) -> list[tuple[int, 
     return ranges
 
 
+def cover_window(window: Window) -> Window:
+    """The smallest whole-pixel window that covers ``window``. A fractional window (what rasterio's ``from_bounds``
+    returns) reaches out to every pixel it touches, as ``bounds`` do, instead of being cut short; an offset or size
+    within 1e-6 px of a whole number is that number (floating-point noise, not a sliver of the next pixel)."""
+    values = (window.col_off, window.row_off, window.width, window.height)
+    if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+        raise RegionError(f"the window {window!r} has an offset or size that is not a finite number; give a Window "
+                          "(col_off, row_off, width, height) in pixels inside the raster")
+    col, row, width, height = map(float, values)
+    c0, r0, c1, r1 = (math.floor(col + 1e-6), math.floor(row + 1e-6), math.ceil(col + width - 1e-6),
+                      math.ceil(row + height - 1e-6))
+    return Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0))
+
+
 def window_from_bounds(
     bounds: Sequence[float], transform: Affine, shape: tuple[int, int]
 ) -> Window:
@@ -444,7 +447,3 @@ def window_from_bounds(
             "(or set bounds_crs) that intersect it"
         )
     return Window(c0, r0, c1 - c0, r1 - r0)
-
-
-def _fmt(w: Window) -> str:
-    return f"(col {w.col_off}, row {w.row_off}, {w.width} x {w.height})"

@@ -19,6 +19,7 @@ from .runners.engine import Dask, Engine, Local, resolve_engine
 from .runstats import RunStats, TimedRuntime
 from .runtimes.base import model_path
 from .sinks.base import ChunkSink, OutputProfile, Sink
+from .sinks.memory import ArraySink
 from .sinks.safety import refuse_overwriting_inputs
 from .sources.base import Grid, Source
 from .spec import with_default_colors
@@ -76,6 +77,39 @@ def _check_path(path: Any, method: str) -> None:
         raise OutputError(f"{method} needs a path (a str or os.PathLike) to write to, got {path!r:.80}")
 
 
+_RASTER_FILE_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp",
+                                  ".img", ".nc", ".h5", ".hdf", ".asc", ".kea"})
+"""Names of raster files GDAL writes: never given to a Zarr store, which is a folder."""
+
+
+def _check_format(path: str | os.PathLike, method: str) -> None:
+    """Refuse a path whose suffix names another format than ``method`` writes (a Zarr store under ``out.tif``, a
+    folder GIS tools cannot open; a GeoTIFF under ``out.zarr``; vectors under ``out.tif``), and a GeoTIFF over a
+    folder (which ``overwrite`` cannot replace), before anything runs."""
+    from .vectors.errors import VectorFormatError
+    from .vectors.write import VECTOR_FORMATS, is_vector_path
+
+    suffix = Path(path).suffix.lower()
+    if method == "to_vector":
+        if not is_vector_path(path):
+            other = "to_zarr()" if suffix == ".zarr" else "to_geotiff()" if suffix in _RASTER_FILE_SUFFIXES else ""
+            hint = f", or {other} for a raster" if other else ""
+            raise VectorFormatError(f"{path}: {suffix or 'no extension'} is not a vector format tilecast writes; use "
+                                    f"one of {', '.join(VECTOR_FORMATS)}{hint}")
+        return
+    if is_vector_path(path):  # never a raster under a vector file's name
+        raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
+    if method == "to_zarr" and suffix in _RASTER_FILE_SUFFIXES:
+        raise OutputError(f"{path} names a {suffix} raster file, but to_zarr writes a Zarr store (a folder); use "
+                          f"to_geotiff({str(path)!r}) for a GeoTIFF, or a .zarr path for a Zarr store")
+    if method == "to_geotiff" and suffix == ".zarr":
+        raise OutputError(f"{path} names a Zarr store, but to_geotiff writes a GeoTIFF file; use "
+                          f"to_zarr({str(path)!r}) for a Zarr store, or a .tif path for a GeoTIFF")
+    if method == "to_geotiff" and Path(path).is_dir():
+        raise OutputError(f"{path} is a folder, and to_geotiff writes a file (overwrite=True replaces files, not "
+                          f"folders); give a file name, e.g. {Path(path) / 'prediction.tif'}")
+
+
 def _chunk_size(value: Any) -> tuple[int, int] | None:
     """``chunk_size`` as ``(x, y)`` output pixels (one number, ``"512,256"`` or a pair), both positive."""
     if value is None:
@@ -84,6 +118,21 @@ def _chunk_size(value: Any) -> tuple[int, int] | None:
     if min(size) < 1:
         raise SpecError(f"chunk_size must be positive output pixels per chunk edge (e.g. 2048), got {value!r}")
     return tuple(size)
+
+
+def _refuse_lazy_progress(progress: Any) -> None:
+    """The Dask engine's arrays are computed by Dask's scheduler, where tilecast's progress callback never runs."""
+    if progress:
+        raise SpecError("progress is not shown for the Dask engine's arrays (to_xarray, to_numpy): Dask computes "
+                        "them. Leave progress out and watch with dask.diagnostics.ProgressBar() or the Dask dashboard, "
+                        "or write with to_geotiff/to_zarr(engine=tilecast.Dask(...), progress=True)")
+
+
+class _NumpySink(ArraySink):
+    """An :class:`ArraySink` that returns its array as it is, not as a DataArray (which needs xarray)."""
+
+    def close(self) -> np.ndarray:
+        return self.array
 
 
 class Prediction:
@@ -171,7 +220,8 @@ class Prediction:
         ``engine``: :class:`~tilecast.Local` (threads, streaming; the default) or :class:`~tilecast.Dask` (chunk
         tasks on a Dask cluster; ``"local"`` and ``"dask"`` name their defaults). ``resume`` continues an
         interrupted run of the same prediction into the same output, skipping finished chunks. ``chunk_size`` sets
-        the output chunk edge of a chunked run. ``stats``: a :class:`~tilecast.runstats.RunStats` that gets the run's
+        the output chunk edge of a chunked run (Dask, ``resume`` or a chunk sink; the local run into a plain sink
+        streams tile rows and refuses it). ``stats``: a :class:`~tilecast.runstats.RunStats` that gets the run's
         wall time, its model time (local engine) and its pixels. ``dask_options`` (``workers=``, ``client=``...)
         are deprecated: pass ``engine=tilecast.Dask(...)``.
         """
@@ -179,6 +229,12 @@ class Prediction:
             raise SpecError(f"run() takes a Sink (open, write, close, abort), not {sink!r:.80}; write a file with "
                             "to_geotiff(path), to_zarr(path) or to_vector(path)")
         chosen, chunk_size = resolve_engine(engine, self.engine, dask_options), _chunk_size(chunk_size)
+        if chunk_size is not None and isinstance(chosen, Local) and not resume and not isinstance(sink, ChunkSink):
+            raise SpecError(  # the streaming run below writes tile rows as they finish: it has no chunks to size
+                "chunk_size sets the chunks of a chunked run: resume=True, engine=tilecast.Dask(...) or to_zarr(); "
+                "this local run streams tile rows into the output and has none. Leave chunk_size out, or pass "
+                "resume=True to write (and resume) chunk by chunk"
+            )
         if stats is not None:
             stats.pixels = int(self.plan.region.width * self.plan.region.height)
             stats.start()
@@ -233,6 +289,7 @@ class Prediction:
         overviews: bool = True,
         engine: Engine | str | None = None,
         resume: bool = False,
+        chunk_size: int | tuple[int, int] | None = None,
         stats: RunStats | None = None,
         **dask_options: Any,
     ) -> Path:
@@ -240,19 +297,15 @@ class Prediction:
 
         With ``engine=tilecast.Dask(...)`` workers write their chunks into a partial GeoTIFF next to ``path`` and
         one of them builds the COG; with ``resume=True`` (either engine) an interrupted run continues where it
-        stopped. ``chunk_size=`` sets the chunk edge of such a run. ``stats``: see :meth:`run`.
+        stopped. ``chunk_size=`` sets the chunk edge of such a run (the plain local run streams tile rows and has no
+        chunks: there it is a :class:`~tilecast.errors.SpecError`). ``stats``: see :meth:`run`.
         """
         from .sinks.chunked import PartialGeoTIFFSink
         from .sinks.geotiff import GeoTIFFSink
-        from .vectors.write import is_vector_path
 
         _check_path(path, "to_geotiff")
-        if is_vector_path(path):  # never a GeoTIFF under a vector file's name
-            from .vectors.errors import VectorFormatError
-
-            raise VectorFormatError(f"{path} is a vector format; use to_vector() (or a .tif path for a raster)")
+        _check_format(path, "to_geotiff")
         refuse_overwriting_inputs(path, self.source)  # whatever overwrite says, and on every engine
-        chunk_size = dask_options.pop("chunk_size", None)
         chosen = resolve_engine(engine, self.engine, dask_options)
         if isinstance(chosen, Dask) or resume:
             sink: Any = PartialGeoTIFFSink(path, overwrite=overwrite, compress=compress, overviews=overviews)
@@ -275,6 +328,7 @@ class Prediction:
         from .sinks.chunked import ZarrSink
 
         _check_path(path, "to_zarr")
+        _check_format(path, "to_zarr")
         chosen = resolve_engine(engine, self.engine, dask_options)
         refuse_overwriting_inputs(path, self.source)
         sink = ZarrSink(path, overwrite=overwrite)
@@ -289,20 +343,31 @@ class Prediction:
         """The prediction as a georeferenced ``(band, y, x)`` DataArray.
 
         In memory with the local engine; with ``engine=tilecast.Dask()`` a lazy Dask-backed DataArray whose blocks
-        are output chunks of whole tiles (nothing runs until computed, on the client current then).
+        are output chunks of whole tiles, ``chunk_size`` output pixels per edge or more (nothing runs until
+        computed, on the client current then).
         """
         chosen = resolve_engine(engine, self.engine)
+        if chunk_size is not None and not isinstance(chosen, Dask):
+            raise SpecError("to_xarray(chunk_size=) sizes the blocks of the lazy Dask-backed array of "
+                            "engine=tilecast.Dask(); the local engine computes the whole array in memory. Leave "
+                            "chunk_size out, or pass engine='dask'")
         if isinstance(chosen, Dask):
             from .runners.dask import dask_array
             from .sinks.memory import to_dataarray
 
-            return to_dataarray(dask_array(self.job, _chunk_size(chunk_size)), self.profile)
-        from .sinks.memory import ArraySink
+            _refuse_lazy_progress(progress)
 
+            return to_dataarray(dask_array(self.job, _chunk_size(chunk_size)), self.profile)
         return self.run(ArraySink(), progress, chosen)
 
     def to_numpy(self, progress: bool | ProgressCallback | None = None) -> np.ndarray:
-        return self.to_xarray(progress).values
+        """The pixels of :meth:`to_xarray` as a plain ``(band, y, x)`` array, without needing xarray."""
+        if isinstance(self.engine, Dask):
+            from .runners.dask import dask_array
+
+            _refuse_lazy_progress(progress)
+            return np.asarray(dask_array(self.job))
+        return self.run(_NumpySink(), progress, self.engine)
 
     def to_vector(self, path: str | os.PathLike, **options: Any) -> Path:
         """Objects (a detector) or regions (a class map) streamed to a vector file; see
@@ -310,6 +375,7 @@ class Prediction:
         from .vectors import predict_vectors
 
         _check_path(path, "to_vector")
+        _check_format(path, "to_vector")
         return predict_vectors(self, path, **options)
 
     def to_geodataframe(self, **options: Any) -> Any:

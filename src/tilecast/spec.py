@@ -228,6 +228,10 @@ class ModelSpec:
     ) -> ModelSpec:
         refuse_unknown(options, PARAMETERS)  # a typo, e.g. input_overlap=4: else a bare TypeError from __init__
         geometry = TileGeometry.create(input_tile_size, input_overlap_size, output_tile_size, overlap_mode)
+        for name, value in (("input_type_override", input_type_override), ("input_shapes", input_shapes)):
+            if value is not None and not isinstance(value, Mapping):
+                raise SpecError(f"{name} maps input names to values (e.g. {{'image': 'float32'}} or {{'array': [4]}}), "
+                                f"got {value!r:.80}")
         res = None
         if resolution is not None:
             res = parse_resolution(resolution)
@@ -258,8 +262,13 @@ class ModelSpec:
         if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
                 or self.batch_size < 1:
             raise SpecError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
-        if not isinstance(self.fill_value, (int, float, np.number)) or isinstance(self.fill_value, bool):
-            raise SpecError(f"fill_value must be a number (NaN allowed), got {self.fill_value!r}")
+        numbers = {"fill_value": self.fill_value, **({"nodata": self.nodata} if self.nodata is not None else {})}
+        for name, value in numbers.items():
+            if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
+                raise SpecError(f"{name} must be a number (NaN allowed), got {value!r}")
+        if self.output_layout not in (None, "channels_last", "channels_first"):
+            raise SpecError(f"output_layout must be 'channels_last' (N, H, W, C) or 'channels_first' (N, C, H, W), "
+                            f"got {self.output_layout!r}")
         if self.blend != "crop":
             g = self.geometry
             if g.overlap == (0, 0):
@@ -297,8 +306,10 @@ def refuse_unknown(given: Iterable[str], known: Iterable[str]) -> None:
 
 
 def split_names(value: Any) -> Any:
-    """``"red,nir"`` (as ``--bands red,nir``) as ``["red", "nir"]``, not as the names "r", "e", "d"...; anything
-    else unchanged."""
+    """``"red,nir"`` (as ``--bands red,nir``) as ``["red", "nir"]``, not as the names "r", "e", "d"...; one band
+    index (``bands=4``) as ``[4]``; anything else unchanged."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return [value]
     return [v.strip() for v in value.split(",")] if isinstance(value, str) else value
 
 

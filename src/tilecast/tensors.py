@@ -115,7 +115,7 @@ def bind_inputs(
                 f"{[t.name for t in model_inputs]}; use layout='bands'"
             )
         t = model_inputs[0] if model_inputs else TensorSpec("input", None, None)
-        _check_stacked(t, layout, len(band_names), g, band_names)
+        _check_stacked(t, layout, len(band_names), g, band_names, inferred=spec.layout is None)
         slots.append(InputSlot(t.name, tuple(range(len(band_names))), _dtype(spec, t, band_dtype)))
     else:
         slots.extend(_band_slots(spec, model_inputs, band_names, band_dtype, g))
@@ -167,16 +167,22 @@ def _check_hw(t: TensorSpec, hw: tuple[int | None, int | None], g: TileGeometry)
         )
 
 
-def _check_stacked(t: TensorSpec, layout: str, c: int, g: TileGeometry, band_names: Sequence[str]) -> None:
+def _check_stacked(t: TensorSpec, layout: str, c: int, g: TileGeometry, band_names: Sequence[str],
+                   inferred: bool = False) -> None:
     if t.shape is None:
         return
     if len(t.shape) != 4:
         raise SpecError(f"layout {layout} needs a 4-D input, but the model's input is {t.describe()}")
     ch, hw = (t.shape[1], t.shape[2:]) if layout == "NCHW" else (t.shape[3], t.shape[1:3])
     if ch is not None and ch != c:
+        axis, other, other_axis, other_ch, other_hw = ("second", "NHWC", "last", t.shape[3], t.shape[1:3]) \
+            if layout == "NCHW" else ("last", "NCHW", "second", t.shape[1], t.shape[2:])
+        plausible = inferred and all(d in (None, p) for d, p in zip(other_hw, (g.padded.y, g.padded.x), strict=True))
+        hint = (f"; the layout {layout} was inferred: if the channels are the {other_axis} axis (size "
+                f"{other_ch or 'any'}), pass layout='{other}' (--layout {other})") if plausible else ""
         raise BandMismatchError(
-            f"the model's input {t.describe()} takes {ch} bands but {c} were selected: {list(band_names)}; "
-            f"select {ch} bands with --bands"
+            f"the model's input {t.describe()} takes {ch} bands but {c} were selected: {list(band_names)} (its channel "
+            f"axis, the {axis} in {layout}, has size {ch}); select {ch} bands with --bands{hint}"
         )
     _check_hw(t, hw, g)  # type: ignore[arg-type]
 

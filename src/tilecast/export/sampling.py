@@ -29,7 +29,8 @@ __all__ = ["Samples", "assign_splits", "label_raster_samples", "select", "vector
 
 @dataclass
 class Samples:
-    """Sample pixels on the image grid, with their label and extra properties (one value per sample)."""
+    """Sample pixels on the image grid, with their label and extra properties (one value per sample; a table export
+    writes each property in its array's dtype)."""
 
     rows: np.ndarray
     cols: np.ndarray

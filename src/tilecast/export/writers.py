@@ -130,7 +130,7 @@ class Writers:
                     cols = {b: vals[sel, i, 0, 0] for i, b in enumerate(names)}
                     if lname:
                         cols[lname] = label[sel].astype(np.float32)
-                    cols.update({k: v[sel].astype(np.float32) for k, v in props.items()})
+                    cols.update({k: v[sel] for k, v in props.items()})  # float32, coordinates float64
                     self.writers[s].write(cols)
                     self.counts[s] += int(sel.sum())
             return
@@ -202,7 +202,10 @@ class TableWriter:
                 self._f = open(self.tmp, "w")  # noqa: SIM115 - streamed across calls, closed in close()
                 self._f.write(",".join(cols) + "\n")
             arr = np.column_stack(list(cols.values()))
-            np.savetxt(self._f, arr, delimiter=",", fmt="%.9g")
+            # float32 columns to 9 significant digits (enough to round-trip); float64 ones (coordinates) as the
+            # shortest text that round-trips, which "%s" gives for numpy's float64.
+            fmt = ["%s" if v.dtype == np.float64 else "%.9g" for v in cols.values()]
+            np.savetxt(self._f, arr, delimiter=",", fmt=fmt)
 
     def close(self) -> list[Path]:
         if self.fmt == "parquet" and self._w is None:

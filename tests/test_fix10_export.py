@@ -11,6 +11,7 @@ import gzip
 
 import numpy as np
 import pytest
+import rasterio
 from affine import Affine
 from click.testing import CliRunner
 from rasterio.transform import from_origin
@@ -207,3 +208,16 @@ def test_cli_geometries_csv_round_trips(tmp_path):
     xs, ys = expected_centres(transform, arr[:, 0], arr[:, 1])
     np.testing.assert_array_equal(arr[:, 3], xs)
     np.testing.assert_array_equal(arr[:, 4], ys)
+
+
+def test_import_takes_upper_case_files_from_a_folder(tmp_path):
+    """``tilecast import FOLDER`` finds prediction files whatever the case of their suffix."""
+    src = write_raster(tmp_path / "s.tif", coord_image(20, 30, 2))
+    res = export_image(src, tmp_path / "tiles", 10, compressed=False)
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for k, f in enumerate(res.files["all"]):
+        (preds / f"PRED-{k:05d}.TFRECORD").write_bytes(f.read_bytes())
+    out = import_predictions(preds, res.mixer, tmp_path / "back.tif")
+    with rasterio.open(out) as back:
+        np.testing.assert_array_equal(back.read(), coord_image(20, 30, 2))

@@ -32,7 +32,7 @@ class SampleOutput:
     folder: Path
     stem: str
     suffix: str | None
-    """The single file's suffix, or None for a folder of shards."""
+    """The single file's suffix as the user wrote it (``.TFRECORD.GZ`` stays so), or None for a folder of shards."""
     fmt: str
     splits: tuple[str, ...] | None
     compressed: bool
@@ -44,8 +44,9 @@ class SampleOutput:
                max_file_size: int | None, splits: Sequence[str] | None, table: bool) -> SampleOutput:
         """The layout of ``output``: a file (``.tfrecord.gz``, ``.tfrecord``, ``.parquet``, ``.csv``) or a folder."""
         folder, stem, suffix, fmt = _layout(output, file_format)
-        resolved = (suffix != ".tfrecord") if compressed is None else compressed
-        if suffix == ".tfrecord.gz" and compressed is False:
+        kind = suffix.lower() if suffix else None
+        resolved = (kind != ".tfrecord") if compressed is None else compressed
+        if kind == ".tfrecord.gz" and compressed is False:
             raise OutputError("the output ends in .gz but compressed=False; name it .tfrecord")
         return cls(folder, stem, suffix, fmt, tuple(splits) if splits else None, resolved, max_file_size, table)
 
@@ -68,7 +69,8 @@ class SampleOutput:
 
 
 def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, str, str | None, str]:
-    """``(folder, stem, single file suffix or None for a folder of shards, format)``."""
+    """``(folder, stem, single file suffix or None for a folder of shards, format)``; the suffix is recognised
+    whatever its case and returned as written, so the file gets the name the user gave."""
     out = Path(output)
     text = str(output)
     if file_format is not None and file_format not in _SUFFIXES.values():
@@ -82,7 +84,7 @@ def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, s
         if out.name.lower().endswith(suffix):
             if file_format and file_format != fmt:
                 raise OutputError(f"the output {out.name} ends in {suffix} but the format is {file_format!r}")
-            return out.parent, out.name[: -len(suffix)], suffix, fmt
+            return out.parent, out.name[: -len(suffix)], out.name[-len(suffix):], fmt
     raise OutputError(
         f"cannot tell the format of {out}; end it in .tfrecord.gz, .tfrecord, .parquet or .csv, "
         "or give a folder (a name without a suffix, or a path ending in /) for sharded TFRecord files"
@@ -105,8 +107,10 @@ class Writers:
             prefix = output.prefix(split)
             if output.fmt == "tfrecord":
                 single = None
-                if output.suffix is not None:
-                    single = prefix + (".tfrecord.gz" if self.compressed else ".tfrecord")
+                if output.suffix is not None:  # .tfrecord with compressed=True: GZIP, so the name ends in .gz
+                    single = prefix + output.suffix
+                    if self.compressed and output.suffix.lower() == ".tfrecord":
+                        single += ".gz"
                 self.writers[split] = w = ShardedWriter(output.folder, prefix, self.compressed,
                                                         output.max_file_size, single, overwrite)
                 if w.single_name is None:  # shards, maybe of an earlier Dask export ({prefix}-NNNNN-NNNNN)

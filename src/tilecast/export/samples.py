@@ -82,6 +82,10 @@ class SampleLabels:
             raise InputError("pass either labels (vector) or a label raster, not both")
         if self.vector is not None and self.field is None and opts.per_class is not None:
             raise InputError("per_class sampling needs the label field (--label-field)")
+        if self.raster is not None and opts.drop_outside:
+            raise InputError("drop_outside (--drop-outside) skips label points outside the image; a label raster is "
+                             "warped to the image's grid, so its pixels outside the image are never sampled: leave "
+                             "out drop_outside (--drop-outside)")
         if self.vector is not None and opts.label_name is not None:
             raise InputError("label_name (--label-name) names the feature of a label raster; vector labels keep "
                              "the name of their label field (--label-field)")

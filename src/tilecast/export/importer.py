@@ -200,7 +200,7 @@ def import_predictions(
         margin = None if isinstance(mixer, Mixer) else export_margin(mixer)
     paths = _expand(files)
     sink = GeoTIFFSink(output, overwrite=overwrite)
-    prog = progress_callback(progress, "import")
+    prog = progress_callback(progress, "import", "patches")  # one example per exported patch
     grid = mix.grid
     width = grid.shape[1]
     it = _examples(paths)

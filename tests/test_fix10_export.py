@@ -221,3 +221,17 @@ def test_import_takes_upper_case_files_from_a_folder(tmp_path):
     out = import_predictions(preds, res.mixer, tmp_path / "back.tif")
     with rasterio.open(out) as back:
         np.testing.assert_array_equal(back.read(), coord_image(20, 30, 2))
+
+
+def test_csv_header_quotes_names_holding_commas(tmp_path):
+    """Band descriptions are free text: a comma in one split the header into more columns than the rows have."""
+    pd = pytest.importorskip("pandas")
+    transform = from_origin(500000.0, 4600000.0, 10.0, 10.0)
+    src = write_raster(tmp_path / "s.tif", coord_image(40, 50, 2), transform=transform,
+                       descriptions=['red, 665 "nm"', "nir"])
+    _, labels = labelled_scene(tmp_path, "EPSG:32633", transform, name="other.tif")
+    res = export_samples(src, tmp_path / "s.csv", labels=labels, label_field="cls")
+    got = pd.read_csv(res.files["all"][0])
+    assert list(got.columns) == ['red, 665 "nm"', "nir", "cls"]
+    assert sorted(zip(got['red, 665 "nm"'], got["nir"], strict=True)) == sorted(RC)
+    assert res.files["all"][0].read_text().splitlines()[0] == '"red, 665 ""nm""",nir,cls'

@@ -7,6 +7,7 @@ their :class:`Writers` from it, so both name and fill their files the same way.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -203,8 +204,9 @@ class TableWriter:
             self._w.write_table(table)
         else:
             if self._f is None:
-                self._f = open(self.tmp, "w")  # noqa: SIM115 - streamed across calls, closed in close()
-                self._f.write(",".join(cols) + "\n")
+                self._f = open(self.tmp, "w", newline="")  # noqa: SIM115 - streamed across calls, closed in close()
+                # Names are free text (band descriptions): one holding a comma or a quote is quoted, as CSV says.
+                csv.writer(self._f, lineterminator="\n").writerow(cols)
             arr = np.column_stack(list(cols.values()))
             # float32 columns to 9 significant digits (enough to round-trip); float64 ones (coordinates) as the
             # shortest text that round-trips, which "%s" gives for numpy's float64.

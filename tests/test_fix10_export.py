@@ -235,3 +235,23 @@ def test_csv_header_quotes_names_holding_commas(tmp_path):
     assert list(got.columns) == ['red, 665 "nm"', "nir", "cls"]
     assert sorted(zip(got['red, 665 "nm"'], got["nir"], strict=True)) == sorted(RC)
     assert res.files["all"][0].read_text().splitlines()[0] == '"red, 665 ""nm""",nir,cls'
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_table_split_without_samples_is_an_empty_table(tmp_path, suffix, engine, request):
+    """A split that gets no sample (warned about) is an empty table with the other splits' columns: Parquet failed
+    the whole export ('every sample was masked') and CSV wrote a 0-byte file that CSV readers refuse."""
+    pd = pytest.importorskip("pandas")
+    src, labels = labelled_scene(tmp_path, "EPSG:32633", from_origin(500000.0, 4600000.0, 10.0, 10.0))
+    kw = {} if engine == "local" else {"engine": Dask(client=request.getfixturevalue("dask_client"))}
+    with pytest.warns(UserWarning, match="'test' got no samples"):
+        res = export_samples(src, tmp_path / f"s{suffix}", labels=labels, label_field="cls", geometries=True,
+                             splits={"train": 1, "test": 1e-9}, split_block=8, **kw)
+    assert res.counts == {"train": len(RC), "test": 0}
+    read = pd.read_parquet if suffix == ".parquet" else pd.read_csv
+    train, test = read(res.files["train"][0]), read(res.files["test"][0])
+    assert list(test.columns) == list(train.columns) == ["b1", "b2", "cls", "x", "y"] and len(test) == 0
+    if suffix == ".parquet":
+        a, b = pq.read_schema(res.files["train"][0]), pq.read_schema(res.files["test"][0])
+        assert a.equals(b, check_metadata=False)

@@ -21,7 +21,7 @@ from ..errors import InputError, OutputError, OutputExistsError
 from .common import publish, shard_files
 from .tfrecord import ShardedWriter, example_bytes, float_row_examples
 
-__all__ = ["SampleOutput", "TableWriter", "Writers"]
+__all__ = ["SampleOutput", "TableWriter", "Writers", "empty_columns"]
 
 _SUFFIXES = {".tfrecord.gz": "tfrecord", ".tfrecord": "tfrecord", ".parquet": "parquet", ".csv": "csv"}
 
@@ -102,6 +102,8 @@ class Writers:
         self.counts: dict[str, int] = {}
         self.names = output.split_names
         self.writers: dict[str, Any] = {}
+        self.columns: dict[str, np.ndarray] | None = None
+        """A table's columns, without rows: what a split that gets no sample is written as."""
         self.stale: set[Path] = set()
         """Shards of an earlier export to remove once this one is published (``overwrite=True``)."""
         for split in self.names:
@@ -136,6 +138,8 @@ class Writers:
                     if lname:
                         cols[lname] = label[sel].astype(np.float32)
                     cols.update({k: v[sel] for k, v in props.items()})  # float32, coordinates float64
+                    if self.columns is None:
+                        self.columns = {k: v[:0] for k, v in cols.items()}
                     self.writers[s].write(cols)
                     self.counts[s] += int(sel.sum())
             return
@@ -165,6 +169,10 @@ class Writers:
             self.counts[s] += 1
 
     def close(self) -> dict[str, list[Path]]:
+        if self.columns is not None:  # a split without samples: an empty table, not a failure or a 0-byte CSV
+            for s, w in self.writers.items():
+                if not self.counts[s]:
+                    w.write(self.columns)
         files = {s: list(w.close()) for s, w in self.writers.items()}
         self.remove_stale(files)
         return files
@@ -178,6 +186,16 @@ class Writers:
     def abort(self) -> None:
         for w in self.writers.values():
             w.abort()
+
+
+def empty_columns(path: str | os.PathLike, fmt: str) -> dict[str, np.ndarray]:
+    """The columns of a table written by :class:`TableWriter`, without rows (for an empty split on Dask)."""
+    if fmt == "parquet":
+        pq = require("pyarrow.parquet", "features")
+        return {f.name: np.zeros(0, f.type.to_pandas_dtype()) for f in pq.read_schema(path)}
+    with open(path, newline="") as f:
+        names = next(csv.reader(f), [])
+    return {name: np.zeros(0, np.float32) for name in names}
 
 
 class TableWriter:
@@ -215,7 +233,8 @@ class TableWriter:
 
     def close(self) -> list[Path]:
         if self.fmt == "parquet" and self._w is None:
-            raise InputError("nothing to write: every sample was masked")
+            raise InputError("nothing to write: the pixel of every sample is masked (nodata), and a Parquet file "
+                             "needs a row to know its columns; check that the labels fall on valid pixels of the image")
         if self._w is not None:
             self._w.close()
         if self._f is not None:

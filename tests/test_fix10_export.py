@@ -255,3 +255,28 @@ def test_table_split_without_samples_is_an_empty_table(tmp_path, suffix, engine,
     if suffix == ".parquet":
         a, b = pq.read_schema(res.files["train"][0]), pq.read_schema(res.files["test"][0])
         assert a.equals(b, check_metadata=False)
+
+
+@pytest.mark.parametrize("name", ["a/b", "", " ", "..", "x\\\\y"])
+def test_split_names_that_are_not_file_names_are_refused(tmp_path, name):
+    """Split names name the files: 'a/b' ended in a raw FileNotFoundError, '' wrote '-00000.tfrecord.gz'."""
+    src, labels = labelled_scene(tmp_path, "EPSG:32633", from_origin(500000.0, 4600000.0, 10.0, 10.0))
+    with pytest.raises(OutputError, match="split name"):
+        export_samples(src, tmp_path / "out", labels=labels, label_field="cls", splits={name: 1, "test": 1})
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_split_named_all_gets_its_own_file(tmp_path):
+    """'all' means 'no splits' inside the export: a split so named was written to the whole export's name."""
+    src, labels = labelled_scene(tmp_path, "EPSG:32633", from_origin(500000.0, 4600000.0, 10.0, 10.0))
+    res = export_samples(src, tmp_path / "s.csv", labels=labels, label_field="cls", splits={"all": 1, "test": 1},
+                         split_block=8)
+    assert res.files == {"all": [tmp_path / "s-all.csv"], "test": [tmp_path / "s-test.csv"]}
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_cli_refuses_a_split_given_twice(tmp_path):
+    src, _ = labelled_scene(tmp_path, "EPSG:32633", from_origin(500000.0, 4600000.0, 10.0, 10.0))
+    r = CliRunner().invoke(main, ["export", "samples", src, "--label-raster", src, "--label-name", "lab",
+                                  "--splits", "train=0.5,train=0.5,test=0.5", "-o", str(tmp_path / "s.csv"), "-q"])
+    assert r.exit_code == 2 and "'train' is given twice" in r.output

@@ -36,6 +36,8 @@ def _splits(value: str | None) -> dict[str, float] | None:
     out = {}
     for part in csv_list(value) or []:
         name, sep, frac = part.partition("=")
+        if name.strip() in out:  # a dict would keep the last fraction only
+            raise click.BadParameter(f"the split {name.strip()!r} is given twice; name each split once")
         try:
             out[name.strip()] = float(frac)
         except ValueError:

@@ -45,6 +45,7 @@ class SampleOutput:
                max_file_size: int | None, splits: Sequence[str] | None, table: bool) -> SampleOutput:
         """The layout of ``output``: a file (``.tfrecord.gz``, ``.tfrecord``, ``.parquet``, ``.csv``) or a folder."""
         folder, stem, suffix, fmt = _layout(output, file_format)
+        _check_split_names(splits or ())
         kind = suffix.lower() if suffix else None
         resolved = (kind != ".tfrecord") if compressed is None else compressed
         if kind == ".tfrecord.gz" and compressed is False:
@@ -63,10 +64,19 @@ class SampleOutput:
         return self.folder / (f"{self.stem}.spec.json" if self.stem else "spec.json")
 
     def prefix(self, split: str) -> str:
-        """The file (or shard) name prefix of ``split``."""
-        if split == "all":
+        """The file (or shard) name prefix of ``split`` (``"all"`` without splits; a split may be named so too)."""
+        if not self.splits:
             return self.stem or ("samples" if self.table else "patches")
         return f"{self.stem}-{split}" if self.stem else split
+
+
+def _check_split_names(splits: Sequence[Any]) -> None:
+    """Split names become file names (``{stem}-{split}``, ``{split}-00000``): each must be one non-empty name."""
+    for name in splits:
+        text = str(name)
+        if not text.strip() or text.strip(".") == "" or any(sep in text for sep in "/\\") or "\0" in text:
+            raise OutputError(f"the split name {text!r} is not a file name (split names name the files); use names "
+                              "such as train, val, test")
 
 
 def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, str, str | None, str]:

@@ -235,11 +235,11 @@ class TableWriter:
                 self._f = open(self.tmp, "w", newline="")  # noqa: SIM115 - streamed across calls, closed in close()
                 # Names are free text (band descriptions): one holding a comma or a quote is quoted, as CSV says.
                 csv.writer(self._f, lineterminator="\n").writerow(cols)
-            arr = np.column_stack(list(cols.values()))
-            # float32 columns to 9 significant digits (enough to round-trip); float64 ones (coordinates) as the
-            # shortest text that round-trips, which "%s" gives for numpy's float64.
-            fmt = ["%s" if v.dtype == np.float64 else "%.9g" for v in cols.values()]
-            np.savetxt(self._f, arr, delimiter=",", fmt=fmt)
+            # float32 columns to 9 significant digits (enough to round-trip); float64 ones (coordinates) as
+            # Python's repr, the shortest text that round-trips (not numpy's, which may change between versions).
+            texts = [list(map(repr, v.tolist())) if v.dtype == np.float64 else [f"{x:.9g}" for x in v.tolist()]
+                     for v in cols.values()]
+            self._f.writelines(",".join(row) + "\n" for row in zip(*texts, strict=True))
 
     def close(self) -> list[Path]:
         if self.fmt == "parquet" and self._w is None:

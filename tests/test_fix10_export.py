@@ -280,3 +280,31 @@ def test_cli_refuses_a_split_given_twice(tmp_path):
     r = CliRunner().invoke(main, ["export", "samples", src, "--label-raster", src, "--label-name", "lab",
                                   "--splits", "train=0.5,train=0.5,test=0.5", "-o", str(tmp_path / "s.csv"), "-q"])
     assert r.exit_code == 2 and "'train' is given twice" in r.output
+
+
+@pytest.mark.parametrize("seed", range(1, 5))  # seeds that give both splits blocks
+def test_split_patches_reaching_past_the_bottom_right_edge_are_kept(tmp_path, seed):
+    """Blocked splits drop a sample whose patch reaches into another split's block; pixels past the raster are
+    padding, in no block. Above/left of the raster that held, but below/right a patch was checked against blocks
+    that do not exist, so edge samples were dropped or kept by the hash of a phantom block."""
+    src = write_raster(tmp_path / "s.tif", coord_image(64, 64, 2))
+    lab = write_raster(tmp_path / "l.tif", np.ones((64, 64), np.uint8))
+    res = export_samples(src, tmp_path / "p", label_raster=lab, patch=5, splits={"train": 1, "test": 1},
+                         split_block=32, seed=seed)
+    got = {k: TFRecordDataset(res.spec, split=k).to_numpy() for k in res.files}
+    block_split = {}
+    for k, d in got.items():  # the centre pixel's values are its row and column
+        for r, c in zip(d["b1"][:, 2, 2].astype(int), d["b2"][:, 2, 2].astype(int), strict=True):
+            block_split[(r // 32, c // 32)] = k
+    assert len(block_split) == 4  # every block keeps its interior samples
+    want = {k: set() for k in got}
+    for r in range(64):
+        for c in range(64):
+            rows = range(max(r - 2, 0) // 32, min(r + 2, 63) // 32 + 1)
+            cols = range(max(c - 2, 0) // 32, min(c + 2, 63) // 32 + 1)
+            splits = {block_split[(br, bc)] for br in rows for bc in cols}
+            if len(splits) == 1:
+                want[splits.pop()].add((r, c))
+    for k, d in got.items():
+        kept = set(zip(d["b1"][:, 2, 2].astype(int).tolist(), d["b2"][:, 2, 2].astype(int).tolist(), strict=True))
+        assert kept == want[k]

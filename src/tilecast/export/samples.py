@@ -173,7 +173,7 @@ def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: Sample
                          "the label field and the sample counts")
     if opts.splits:
         block = opts.split_block or max(256, 4 * max(patch))
-        samples = assign_splits(samples, opts.splits, block, opts.seed, patch, opts.stratify_splits)
+        samples = assign_splits(samples, opts.splits, block, opts.seed, patch, opts.stratify_splits, (h, w))
         if not len(samples):
             raise InputError("every sample straddles blocks of different splits; use a larger split_block")
         warn_empty_splits(samples, opts.splits, block, (h, w), opts.split_block is None)

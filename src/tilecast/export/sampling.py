@@ -312,9 +312,11 @@ def assign_splits(
     seed: int = 0,
     patch: XY = XY(1, 1),  # noqa: B008 - an immutable tuple
     stratify: bool = False,
+    shape: tuple[int, int] | None = None,
 ) -> Samples:
     """Give each ``block x block`` pixel block to one split and drop samples whose patch reaches into a block of
-    another split.
+    another split. Pixels beyond the raster (``shape``, rows and columns) are padding, nobody's: a patch reaching
+    past the edge is not dropped for a block that does not exist.
 
     By default a block's split is a seeded hash of its position, in proportion to ``fractions`` (independent of what
     is sampled). ``stratify=True`` instead deals the labelled blocks out greedily (largest first, ties seeded) so that
@@ -372,6 +374,8 @@ def assign_splits(
     off = patch_offset(patch)
     r0, c0 = samples.rows - off.y, samples.cols - off.x
     r1, c1 = r0 + patch.y - 1, c0 + patch.x - 1
+    if shape is not None:  # pixels below/right of the raster are nobody's either
+        r1, c1 = np.minimum(r1, shape[0] - 1), np.minimum(c1, shape[1] - 1)
     s = split_of(samples.rows, samples.cols)
     same = np.ones(len(s), bool)
     for rr, cc in ((r0, c0), (r0, c1), (r1, c0), (r1, c1)):  # pixels above/left of the raster are nobody's

@@ -308,3 +308,11 @@ def test_split_patches_reaching_past_the_bottom_right_edge_are_kept(tmp_path, se
     for k, d in got.items():
         kept = set(zip(d["b1"][:, 2, 2].astype(int).tolist(), d["b2"][:, 2, 2].astype(int).tolist(), strict=True))
         assert kept == want[k]
+
+
+def test_multipoint_labels_error_names_the_fix(tmp_path):
+    shapely = pytest.importorskip("shapely.geometry")
+    src = write_raster(tmp_path / "s.tif", coord_image(40, 50, 2))
+    labels = gpd.GeoDataFrame({"cls": [1]}, geometry=[shapely.MultiPoint([(500005.0, 4599995.0)])], crs="EPSG:32633")
+    with pytest.raises(InputError, match=r"MultiPoint.*explode"):
+        export_samples(src, tmp_path / "s.csv", labels=labels, label_field="cls")

@@ -228,7 +228,9 @@ def vector_samples(
     polys = ~points
     if polys.any():
         if not kinds & {"Polygon", "MultiPolygon"}:
-            raise InputError(f"labels must be points or polygons, got {sorted(kinds)}")
+            raise InputError(f"labels must be points or polygons, got {sorted(kinds)}; split multi-part points into "
+                             "points (gdf.explode(index_parts=False); ogr2ogr -explodecollections), or buffer lines "
+                             "into polygons")
         yield from _polygon_pixels(gdf[polys], grid, None if label is None else label[polys],
                                    {k: v[polys] for k, v in props.items()})
 

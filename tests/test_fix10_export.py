@@ -316,3 +316,13 @@ def test_multipoint_labels_error_names_the_fix(tmp_path):
     labels = gpd.GeoDataFrame({"cls": [1]}, geometry=[shapely.MultiPoint([(500005.0, 4599995.0)])], crs="EPSG:32633")
     with pytest.raises(InputError, match=r"MultiPoint.*explode"):
         export_samples(src, tmp_path / "s.csv", labels=labels, label_field="cls")
+
+
+def test_an_empty_upper_case_gz_file_is_truncated(tmp_path):
+    """A GZIP file is never empty: a 0-byte .tfrecord.gz is a truncated download, whatever the suffix's case."""
+    from tilecast.export.tfrecord import iter_records
+
+    for name in ("e.tfrecord.gz", "E.TFRECORD.GZ"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(InputError, match="truncated"):
+            list(iter_records(tmp_path / name))

@@ -20,7 +20,7 @@ from rasterio.transform import xy as pixel_xy
 from conftest import coord_image, write_raster
 from tilecast import Dask, datasets
 from tilecast.cli import main
-from tilecast.errors import InputError, OutputError
+from tilecast.errors import InputError, OutputError, TilecastWarning
 from tilecast.export import export_image, export_samples, import_predictions
 from tilecast.training import TFRecordDataset
 
@@ -326,3 +326,14 @@ def test_an_empty_upper_case_gz_file_is_truncated(tmp_path):
         (tmp_path / name).write_bytes(b"")
         with pytest.raises(InputError, match="truncated"):
             list(iter_records(tmp_path / name))
+
+
+def test_per_class_keys_that_match_no_label_are_reported(tmp_path):
+    """{'1': 5} for the label 1.0 (or a typo) dropped that class without a word; the count is kept per class."""
+    src, labels = labelled_scene(tmp_path, "EPSG:32633", from_origin(500000.0, 4600000.0, 10.0, 10.0))
+    labels["cls"] = [1, 1, 2, 2]
+    with pytest.warns(TilecastWarning, match=r"per_class names \['1', 7\].*labels are 1, 2"):
+        res = export_samples(src, tmp_path / "s.csv", labels=labels, label_field="cls", per_class={"1": 5, 2: 1, 7: 3})
+    assert res.count == 1  # class 1 got no count (the key '1' is not the label 1.0), class 2 got one
+    res = export_samples(src, tmp_path / "t.csv", labels=labels, label_field="cls", per_class={1: 5, 2: 1})
+    assert res.count == 3

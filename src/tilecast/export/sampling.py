@@ -61,10 +61,14 @@ class _Reservoir:
         self.parts: list[Samples] = []
         self.keys: list[np.ndarray] = []
         self.pending = 0
+        self.classes: set[Any] = set()
+        """The label values seen, when ``per_class`` maps classes to counts: a key that matches none is reported."""
 
     def add(self, s: Samples) -> None:
         if not len(s):
             return
+        if isinstance(self.per_class, Mapping) and s.label is not None:
+            self.classes.update(np.unique(s.label).tolist())
         self.parts.append(s)
         self.keys.append(self.rng.random(len(s)))
         self.pending += len(s)
@@ -132,7 +136,23 @@ def select(
     res = _Reservoir(n, per_class, seed)
     for part in [candidates] if isinstance(candidates, Samples) else candidates:
         res.add(part)
+    if isinstance(per_class, Mapping):
+        _warn_unknown_classes(per_class, res.classes)
     return res.result()
+
+
+def _warn_unknown_classes(per_class: Mapping[Any, int], classes: set[Any]) -> None:
+    """A ``per_class`` key that no label has (a typo, or ``"1"`` for the label 1.0) would be silently unused."""
+    unknown = [k for k in per_class if not any(k == c or k == str(c) for c in classes)]
+    if unknown and classes:
+        shown = sorted(classes)
+        listed = ", ".join(f"{c:g}" if isinstance(c, float) else str(c) for c in shown[:20])
+        more = ", ..." if len(shown) > 20 else ""
+        warnings.warn(
+            f"per_class names {unknown}, which no label has (the labels are {listed}{more}); their counts were not "
+            "used: name classes by their label values, e.g. per_class={1: 500} (--per-class 1=500)",
+            TilecastWarning, stacklevel=4,
+        )
 
 
 # ---- label sources ----------------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_bad_labels_give_clear_errors(scene, tmp_path):
     assert ok.count == 2
     with pytest.raises(OutputExistsError, match="overwrite"):
         export_samples(src, tmp_path / "s.tfrecord.gz", labels=gdf, label_field="cls")
-    with pytest.raises(InputError, match="selection is empty"):
+    with pytest.raises(InputError, match="selection is empty"), pytest.warns(TilecastWarning, match=r"\[5\]"):
         export_samples(src, tmp_path / "e.tfrecord.gz", labels=gdf, label_field="cls", per_class={5: 3})
     with pytest.raises(InputError, match="larger than the raster"):
         export_samples(src, tmp_path / "p.tfrecord.gz", labels=gdf, label_field="cls", patch=81)

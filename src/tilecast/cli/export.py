@@ -36,6 +36,8 @@ def _splits(value: str | None) -> dict[str, float] | None:
     out = {}
     for part in csv_list(value) or []:
         name, sep, frac = part.partition("=")
+        if name.strip() in out:  # a dict would keep the last fraction only
+            raise click.BadParameter(f"the split {name.strip()!r} is given twice; name each split once")
         try:
             out[name.strip()] = float(frac)
         except ValueError:
@@ -80,7 +82,8 @@ def _label_options(f: Any) -> Any:
                      "normalised to sum to 1)."),
         click.option("--split-block", type=int, help="Block size in pixels for --splits (default: max(256, 4*patch))."),
         click.option("--stratify-splits", is_flag=True, help="Deal blocks out so each class follows the fractions."),
-        click.option("--drop-outside", is_flag=True, help="Skip label points outside the raster instead of failing."),
+        click.option("--drop-outside", is_flag=True,
+                     help="Skip label points outside the raster instead of failing (--labels only)."),
         click.option("--geometries", is_flag=True, help="Add each sample's pixel-centre x and y (image CRS)."),
         click.option("--default-value", type=float, default=0, show_default=True, help="Value of masked pixels."),
         click.option("--max-file-size", type=BYTES, help="Shard the output at this many uncompressed bytes."),

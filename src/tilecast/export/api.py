@@ -63,7 +63,7 @@ def export_image(
     chosen = resolve_engine(engine, legacy=pop_engine_options(format_options))
     opts = ImageExportOptions.create(patch, kernel_size=xy(kernel, "kernelSize"), **format_options)
     folder = Path(output)
-    report = progress_callback(progress, "export image")
+    report = progress_callback(progress, "export image", "patches")
     if prefix is None:
         prefix = Path(str(image)).name.split(".")[0] if isinstance(image, (str, os.PathLike)) else "image"
     elif not prefix.strip() or any(sep in prefix for sep in "/\\") or prefix.strip(".") == "":
@@ -158,7 +158,8 @@ def export_samples(
     check_table_output(opts, out.fmt)
     found = SampleLabels(labels, label_field, label_raster)
     found.check(opts)
-    report = progress_callback(progress, "export samples" if table else "export patches")
+    report = progress_callback(progress, "export samples" if table else "export patches",
+                               "samples" if table else "patches")
     with output_folder(out.folder), bounded_cache():
         source = open_source(image, bands)
         try:

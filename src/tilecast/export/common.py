@@ -31,10 +31,11 @@ class ExportResult:
     """Samples (masked pixels) or patches (over ``masked_threshold``) left out."""
 
 
-def progress_callback(progress: bool | Callable | None, label: str) -> Callable | None:
-    """``progress=True`` is the usual line on stderr; a callable is called as it is; anything else is silence."""
+def progress_callback(progress: bool | Callable | None, label: str, unit: str) -> Callable | None:
+    """``progress=True`` is the usual line on stderr, counting ``unit`` (samples, patches); a callable is called as
+    it is; anything else is silence."""
     if progress is True:
-        return Progress(label)
+        return Progress(label, unit=unit)
     return progress or None
 
 

@@ -50,7 +50,7 @@ from .reading import group_order
 from .samples import SamplePlan, write_samples
 from .sampling import Samples
 from .tfrecord import ShardedWriter
-from .writers import TableWriter, Writers
+from .writers import TableWriter, Writers, empty_columns
 
 __all__ = ["task_ranges", "write_samples_dask"]
 
@@ -161,9 +161,10 @@ def _concat_task(fmt: str, parts: list[str], dest: str) -> str:
     return dest
 
 
-def _empty_output(writers: Writers, split: str, folder: Path) -> Path:
-    """The file the local export writes for a split without records (an empty TFRecord or CSV file; Parquet
-    raises the local export's error), written in ``folder``."""
+def _empty_output(writers: Writers, split: str, folder: Path, like: Path | None) -> Path:
+    """The file the local export writes for a split without records, written in ``folder``: an empty TFRecord
+    file, or a table with the columns of ``like`` (a part of another split; none when every sample was masked:
+    then an empty CSV file, and for Parquet the local export's error)."""
     w = writers.writers[split]
     folder = folder / "empty"
     folder.mkdir(exist_ok=True)
@@ -171,6 +172,8 @@ def _empty_output(writers: Writers, split: str, folder: Path) -> Path:
         empty = ShardedWriter(folder, w.prefix, w.compressed, w.max_file_size, w.single_name, overwrite=True)
     else:
         empty = TableWriter(folder / w.path.name, w.fmt, True)
+        if like is not None:
+            empty.write(empty_columns(like, w.fmt))
     return Path(empty.close()[0])
 
 
@@ -228,10 +231,13 @@ def _moves(c: Any, plan: SamplePlan, writers: Writers, results: list[_TaskResult
     single = out.fmt != "tfrecord" or out.max_file_size is None
     moves: list[tuple[str, Path, Path]] = []
     concat = []
+    parts = {s: [(r.index, staging / f"{r.index:0{width}d}" / name) for r in results for name in r.files[s]]
+             for s in writers.writers}
+    like = next((path for found in parts.values() for _, path in found), None)
     for s, w in writers.writers.items():
-        found = [(r.index, staging / f"{r.index:0{width}d}" / name) for r in results for name in r.files[s]]
+        found = parts[s]
         if not found:  # like the local export: a split without records still gets its (empty) file
-            found = [(0, _empty_output(writers, s, staging))]
+            found = [(0, _empty_output(writers, s, staging, like))]
         if single:
             name = found[0][1].name  # every part has the local export's name
             if len(found) == 1:

@@ -90,9 +90,10 @@ def _expand(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]
     out: list[str] = []
     for item in items:
         s = str(item)
-        if os.path.isdir(s):  # a literal folder name may hold glob characters ('run[1]')
-            base = glob.escape(s)
-            out += glob.glob(os.path.join(base, "*.tfrecord")) + glob.glob(os.path.join(base, "*.tfrecord.gz"))
+        if os.path.isdir(s):  # listed, not globbed: a folder name may hold glob characters ('run[1]'), and
+            # a suffix is recognised whatever its case (an export may be named OUT.TFRECORD.GZ)
+            out += [os.path.join(s, n) for n in os.listdir(s)
+                    if not n.startswith(".") and n.lower().endswith((".tfrecord", ".tfrecord.gz"))]
         elif any(ch in s for ch in "*?[") and not os.path.exists(s):
             out += glob.glob(s)
         else:
@@ -199,7 +200,7 @@ def import_predictions(
         margin = None if isinstance(mixer, Mixer) else export_margin(mixer)
     paths = _expand(files)
     sink = GeoTIFFSink(output, overwrite=overwrite)
-    prog = progress_callback(progress, "import")
+    prog = progress_callback(progress, "import", "patches")  # one example per exported patch
     grid = mix.grid
     width = grid.shape[1]
     it = _examples(paths)

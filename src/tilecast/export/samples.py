@@ -82,6 +82,10 @@ class SampleLabels:
             raise InputError("pass either labels (vector) or a label raster, not both")
         if self.vector is not None and self.field is None and opts.per_class is not None:
             raise InputError("per_class sampling needs the label field (--label-field)")
+        if self.raster is not None and opts.drop_outside:
+            raise InputError("drop_outside (--drop-outside) skips label points outside the image; a label raster is "
+                             "warped to the image's grid, so its pixels outside the image are never sampled: leave "
+                             "out drop_outside (--drop-outside)")
         if self.vector is not None and opts.label_name is not None:
             raise InputError("label_name (--label-name) names the feature of a label raster; vector labels keep "
                              "the name of their label field (--label-field)")
@@ -169,10 +173,13 @@ def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: Sample
                          "the label field and the sample counts")
     if opts.splits:
         block = opts.split_block or max(256, 4 * max(patch))
-        samples = assign_splits(samples, opts.splits, block, opts.seed, patch, opts.stratify_splits)
+        samples = assign_splits(samples, opts.splits, block, opts.seed, patch, opts.stratify_splits, (h, w))
         if not len(samples):
             raise InputError("every sample straddles blocks of different splits; use a larger split_block")
         warn_empty_splits(samples, opts.splits, block, (h, w), opts.split_block is None)
+    # Numbers are float32 in a record (Earth Engine coerces them to float); a table keeps each property's dtype, so
+    # the coordinates below stay float64: float32 would move UTM centres by centimetres, lat/lon ones by a metre.
+    samples.properties = {k: v.astype(np.float32) for k, v in samples.properties.items()}
     if opts.geometries:
         xs, ys = grid.transform * (samples.cols + 0.5, samples.rows + 0.5)
         samples.properties.update(x=np.asarray(xs, np.float64), y=np.asarray(ys, np.float64))

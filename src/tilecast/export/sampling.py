@@ -29,7 +29,8 @@ __all__ = ["Samples", "assign_splits", "label_raster_samples", "select", "vector
 
 @dataclass
 class Samples:
-    """Sample pixels on the image grid, with their label and extra properties (one value per sample)."""
+    """Sample pixels on the image grid, with their label and extra properties (one value per sample; a table export
+    writes each property in its array's dtype)."""
 
     rows: np.ndarray
     cols: np.ndarray
@@ -60,10 +61,14 @@ class _Reservoir:
         self.parts: list[Samples] = []
         self.keys: list[np.ndarray] = []
         self.pending = 0
+        self.classes: set[Any] = set()
+        """The label values seen, when ``per_class`` maps classes to counts: a key that matches none is reported."""
 
     def add(self, s: Samples) -> None:
         if not len(s):
             return
+        if isinstance(self.per_class, Mapping) and s.label is not None:
+            self.classes.update(np.unique(s.label).tolist())
         self.parts.append(s)
         self.keys.append(self.rng.random(len(s)))
         self.pending += len(s)
@@ -131,7 +136,23 @@ def select(
     res = _Reservoir(n, per_class, seed)
     for part in [candidates] if isinstance(candidates, Samples) else candidates:
         res.add(part)
+    if isinstance(per_class, Mapping):
+        _warn_unknown_classes(per_class, res.classes)
     return res.result()
+
+
+def _warn_unknown_classes(per_class: Mapping[Any, int], classes: set[Any]) -> None:
+    """A ``per_class`` key that no label has (a typo, or ``"1"`` for the label 1.0) would be silently unused."""
+    unknown = [k for k in per_class if not any(k == c or k == str(c) for c in classes)]
+    if unknown and classes:
+        shown = sorted(classes)
+        listed = ", ".join(f"{c:g}" if isinstance(c, float) else str(c) for c in shown[:20])
+        more = ", ..." if len(shown) > 20 else ""
+        warnings.warn(
+            f"per_class names {unknown}, which no label has (the labels are {listed}{more}); their counts were not "
+            "used: name classes by their label values, e.g. per_class={1: 500} (--per-class 1=500)",
+            TilecastWarning, stacklevel=4,
+        )
 
 
 # ---- label sources ----------------------------------------------------------------------------------------------
@@ -227,7 +248,9 @@ def vector_samples(
     polys = ~points
     if polys.any():
         if not kinds & {"Polygon", "MultiPolygon"}:
-            raise InputError(f"labels must be points or polygons, got {sorted(kinds)}")
+            raise InputError(f"labels must be points or polygons, got {sorted(kinds)}; split multi-part points into "
+                             "points (gdf.explode(index_parts=False); ogr2ogr -explodecollections), or buffer lines "
+                             "into polygons")
         yield from _polygon_pixels(gdf[polys], grid, None if label is None else label[polys],
                                    {k: v[polys] for k, v in props.items()})
 
@@ -311,9 +334,11 @@ def assign_splits(
     seed: int = 0,
     patch: XY = XY(1, 1),  # noqa: B008 - an immutable tuple
     stratify: bool = False,
+    shape: tuple[int, int] | None = None,
 ) -> Samples:
     """Give each ``block x block`` pixel block to one split and drop samples whose patch reaches into a block of
-    another split.
+    another split. Pixels beyond the raster (``shape``, rows and columns) are padding, nobody's: a patch reaching
+    past the edge is not dropped for a block that does not exist.
 
     By default a block's split is a seeded hash of its position, in proportion to ``fractions`` (independent of what
     is sampled). ``stratify=True`` instead deals the labelled blocks out greedily (largest first, ties seeded) so that
@@ -371,6 +396,8 @@ def assign_splits(
     off = patch_offset(patch)
     r0, c0 = samples.rows - off.y, samples.cols - off.x
     r1, c1 = r0 + patch.y - 1, c0 + patch.x - 1
+    if shape is not None:  # pixels below/right of the raster are nobody's either
+        r1, c1 = np.minimum(r1, shape[0] - 1), np.minimum(c1, shape[1] - 1)
     s = split_of(samples.rows, samples.cols)
     same = np.ones(len(s), bool)
     for rr, cc in ((r0, c0), (r0, c1), (r1, c0), (r1, c1)):  # pixels above/left of the raster are nobody's

@@ -197,7 +197,7 @@ def _records(reader: Any, path: str, verify: bool) -> Iterator[bytes]:
         at = f"record {index} at (uncompressed) byte {offset}"
         header = reader.read(12)
         if not header:
-            if index == 0 and offset == 0 and os.path.getsize(path) == 0 and path.endswith(".gz"):
+            if index == 0 and offset == 0 and os.path.getsize(path) == 0 and path.lower().endswith(".gz"):
                 raise InputError(f"{path} is empty: a GZIP file never is, so it is truncated; re-export or "
                                  "re-download it")
             return

@@ -7,6 +7,7 @@ their :class:`Writers` from it, so both name and fill their files the same way.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from ..errors import InputError, OutputError, OutputExistsError
 from .common import publish, shard_files
 from .tfrecord import ShardedWriter, example_bytes, float_row_examples
 
-__all__ = ["SampleOutput", "TableWriter", "Writers"]
+__all__ = ["SampleOutput", "TableWriter", "Writers", "empty_columns"]
 
 _SUFFIXES = {".tfrecord.gz": "tfrecord", ".tfrecord": "tfrecord", ".parquet": "parquet", ".csv": "csv"}
 
@@ -32,7 +33,7 @@ class SampleOutput:
     folder: Path
     stem: str
     suffix: str | None
-    """The single file's suffix, or None for a folder of shards."""
+    """The single file's suffix as the user wrote it (``.TFRECORD.GZ`` stays so), or None for a folder of shards."""
     fmt: str
     splits: tuple[str, ...] | None
     compressed: bool
@@ -44,8 +45,10 @@ class SampleOutput:
                max_file_size: int | None, splits: Sequence[str] | None, table: bool) -> SampleOutput:
         """The layout of ``output``: a file (``.tfrecord.gz``, ``.tfrecord``, ``.parquet``, ``.csv``) or a folder."""
         folder, stem, suffix, fmt = _layout(output, file_format)
-        resolved = (suffix != ".tfrecord") if compressed is None else compressed
-        if suffix == ".tfrecord.gz" and compressed is False:
+        _check_split_names(splits or ())
+        kind = suffix.lower() if suffix else None
+        resolved = (kind != ".tfrecord") if compressed is None else compressed
+        if kind == ".tfrecord.gz" and compressed is False:
             raise OutputError("the output ends in .gz but compressed=False; name it .tfrecord")
         return cls(folder, stem, suffix, fmt, tuple(splits) if splits else None, resolved, max_file_size, table)
 
@@ -61,14 +64,24 @@ class SampleOutput:
         return self.folder / (f"{self.stem}.spec.json" if self.stem else "spec.json")
 
     def prefix(self, split: str) -> str:
-        """The file (or shard) name prefix of ``split``."""
-        if split == "all":
+        """The file (or shard) name prefix of ``split`` (``"all"`` without splits; a split may be named so too)."""
+        if not self.splits:
             return self.stem or ("samples" if self.table else "patches")
         return f"{self.stem}-{split}" if self.stem else split
 
 
+def _check_split_names(splits: Sequence[Any]) -> None:
+    """Split names become file names (``{stem}-{split}``, ``{split}-00000``): each must be one non-empty name."""
+    for name in splits:
+        text = str(name)
+        if not text.strip() or text.strip(".") == "" or any(sep in text for sep in "/\\") or "\0" in text:
+            raise OutputError(f"the split name {text!r} is not a file name (split names name the files); use names "
+                              "such as train, val, test")
+
+
 def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, str, str | None, str]:
-    """``(folder, stem, single file suffix or None for a folder of shards, format)``."""
+    """``(folder, stem, single file suffix or None for a folder of shards, format)``; the suffix is recognised
+    whatever its case and returned as written, so the file gets the name the user gave."""
     out = Path(output)
     text = str(output)
     if file_format is not None and file_format not in _SUFFIXES.values():
@@ -82,7 +95,7 @@ def _layout(output: str | os.PathLike, file_format: str | None) -> tuple[Path, s
         if out.name.lower().endswith(suffix):
             if file_format and file_format != fmt:
                 raise OutputError(f"the output {out.name} ends in {suffix} but the format is {file_format!r}")
-            return out.parent, out.name[: -len(suffix)], suffix, fmt
+            return out.parent, out.name[: -len(suffix)], out.name[-len(suffix):], fmt
     raise OutputError(
         f"cannot tell the format of {out}; end it in .tfrecord.gz, .tfrecord, .parquet or .csv, "
         "or give a folder (a name without a suffix, or a path ending in /) for sharded TFRecord files"
@@ -99,14 +112,18 @@ class Writers:
         self.counts: dict[str, int] = {}
         self.names = output.split_names
         self.writers: dict[str, Any] = {}
+        self.columns: dict[str, np.ndarray] | None = None
+        """A table's columns, without rows: what a split that gets no sample is written as."""
         self.stale: set[Path] = set()
         """Shards of an earlier export to remove once this one is published (``overwrite=True``)."""
         for split in self.names:
             prefix = output.prefix(split)
             if output.fmt == "tfrecord":
                 single = None
-                if output.suffix is not None:
-                    single = prefix + (".tfrecord.gz" if self.compressed else ".tfrecord")
+                if output.suffix is not None:  # .tfrecord with compressed=True: GZIP, so the name ends in .gz
+                    single = prefix + output.suffix
+                    if self.compressed and output.suffix.lower() == ".tfrecord":
+                        single += ".gz"
                 self.writers[split] = w = ShardedWriter(output.folder, prefix, self.compressed,
                                                         output.max_file_size, single, overwrite)
                 if w.single_name is None:  # shards, maybe of an earlier Dask export ({prefix}-NNNNN-NNNNN)
@@ -130,7 +147,9 @@ class Writers:
                     cols = {b: vals[sel, i, 0, 0] for i, b in enumerate(names)}
                     if lname:
                         cols[lname] = label[sel].astype(np.float32)
-                    cols.update({k: v[sel].astype(np.float32) for k, v in props.items()})
+                    cols.update({k: v[sel] for k, v in props.items()})  # float32, coordinates float64
+                    if self.columns is None:
+                        self.columns = {k: v[:0] for k, v in cols.items()}
                     self.writers[s].write(cols)
                     self.counts[s] += int(sel.sum())
             return
@@ -160,6 +179,10 @@ class Writers:
             self.counts[s] += 1
 
     def close(self) -> dict[str, list[Path]]:
+        if self.columns is not None:  # a split without samples: an empty table, not a failure or a 0-byte CSV
+            for s, w in self.writers.items():
+                if not self.counts[s]:
+                    w.write(self.columns)
         files = {s: list(w.close()) for s, w in self.writers.items()}
         self.remove_stale(files)
         return files
@@ -173,6 +196,16 @@ class Writers:
     def abort(self) -> None:
         for w in self.writers.values():
             w.abort()
+
+
+def empty_columns(path: str | os.PathLike, fmt: str) -> dict[str, np.ndarray]:
+    """The columns of a table written by :class:`TableWriter`, without rows (for an empty split on Dask)."""
+    if fmt == "parquet":
+        pq = require("pyarrow.parquet", "features")
+        return {f.name: np.zeros(0, f.type.to_pandas_dtype()) for f in pq.read_schema(path)}
+    with open(path, newline="") as f:
+        names = next(csv.reader(f), [])
+    return {name: np.zeros(0, np.float32) for name in names}
 
 
 class TableWriter:
@@ -199,14 +232,19 @@ class TableWriter:
             self._w.write_table(table)
         else:
             if self._f is None:
-                self._f = open(self.tmp, "w")  # noqa: SIM115 - streamed across calls, closed in close()
-                self._f.write(",".join(cols) + "\n")
-            arr = np.column_stack(list(cols.values()))
-            np.savetxt(self._f, arr, delimiter=",", fmt="%.9g")
+                self._f = open(self.tmp, "w", newline="")  # noqa: SIM115 - streamed across calls, closed in close()
+                # Names are free text (band descriptions): one holding a comma or a quote is quoted, as CSV says.
+                csv.writer(self._f, lineterminator="\n").writerow(cols)
+            # float32 columns to 9 significant digits (enough to round-trip); float64 ones (coordinates) as
+            # Python's repr, the shortest text that round-trips (not numpy's, which may change between versions).
+            texts = [list(map(repr, v.tolist())) if v.dtype == np.float64 else [f"{x:.9g}" for x in v.tolist()]
+                     for v in cols.values()]
+            self._f.writelines(",".join(row) + "\n" for row in zip(*texts, strict=True))
 
     def close(self) -> list[Path]:
         if self.fmt == "parquet" and self._w is None:
-            raise InputError("nothing to write: every sample was masked")
+            raise InputError("nothing to write: the pixel of every sample is masked (nodata), and a Parquet file "
+                             "needs a row to know its columns; check that the labels fall on valid pixels of the image")
         if self._w is not None:
             self._w.close()
         if self._f is not None:

@@ -90,14 +90,14 @@ EXPECTED: dict[str, dict[str, str]] = {
         "spec": "a41c6e047989314a8906",
     },
     "export_samples_parquet": {
-        "train:s-train.parquet": "7333c6c46511be59eb41",
-        "test:s-test.parquet": "a44529d483f041b558c4",
+        "train:s-train.parquet": "5619a04cf3abdc598f20",
+        "test:s-test.parquet": "7256e56a15d1b7f2f1b7",
         "counts": '{"test":76,"train":55}',
         "skipped": "19",
     },
     "export_samples_csv": {
-        "train:s-train.csv": "72ae3caced6aa9989f4f",
-        "test:s-test.csv": "46a57dfe516e7a0a8aec",
+        "train:s-train.csv": "c96d0b46683b06603ac0",
+        "test:s-test.csv": "216daf0e55c72f9e3a7c",
         "counts": '{"test":76,"train":55}',
         "skipped": "19",
     },

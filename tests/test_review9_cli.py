@@ -343,7 +343,7 @@ def test_interrupted_import_and_export_exit_130_143_and_leave_nothing(tmp_path, 
     with subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE, text=True) as proc:
         try:
             line = proc.stderr.readline()  # the first progress line: the run is under way
-            assert "tiles" in line, line + proc.stderr.read()
+            assert "patches" in line, line + proc.stderr.read()
             proc.send_signal(signum)
             err = proc.stderr.read()
             proc.wait(timeout=30)

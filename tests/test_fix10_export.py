@@ -8,6 +8,7 @@ name; ``drop_outside`` with a label raster is refused (it did nothing); progress
 from __future__ import annotations
 
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -337,3 +338,16 @@ def test_per_class_keys_that_match_no_label_are_reported(tmp_path):
     assert res.count == 1  # class 1 got no count (the key '1' is not the label 1.0), class 2 got one
     res = export_samples(src, tmp_path / "t.csv", labels=labels, label_field="cls", per_class={1: 5, 2: 1})
     assert res.count == 3
+
+
+def test_a_fractional_window_exports_the_pixels_it_touches(tmp_path):
+    """A window from ``rasterio.windows.from_bounds`` is fractional: the export covers every pixel it touches, as
+    ``predict_image`` does, instead of truncating it (which moved the patch grid and dropped the last patch)."""
+    from rasterio.windows import Window
+
+    src = write_raster(tmp_path / "scene.tif", coord_image(40, 48, bands=2))
+    a = export_image(src, tmp_path / "a", 8, window=Window(8.6, 4.2, 15.9, 15.3))
+    b = export_image(src, tmp_path / "b", 8, window=Window(8, 4, 17, 16))  # the pixels it touches
+    assert a.count == b.count == 4
+    assert [p.read_bytes() for p in a.files["all"]] == [p.read_bytes() for p in b.files["all"]]
+    assert json.loads(a.mixer.read_text()) == json.loads(b.mixer.read_text())

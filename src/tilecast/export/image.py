@@ -18,7 +18,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from ..errors import InputError, OutputExistsError, RegionError, SpecError
-from ..plan import XY, TileGeometry, TilePlan, window_from_bounds, xy
+from ..plan import XY, TileGeometry, TilePlan, cover_window, window_from_bounds, xy
 from ..sources import open_source, parse_crs
 from ..sources.base import Grid, Source, band_dtypes
 from .common import ExportResult, remove_stale, shard_files
@@ -250,7 +250,7 @@ def image_region(grid: Grid, bounds: Sequence[float] | None, window: Window | No
     if bounds is not None:
         return window_from_bounds(bounds, grid.transform, grid.shape)
     if window is not None:
-        return window
+        return cover_window(window)  # a fractional window (from_bounds) takes every pixel it touches
     h, w = grid.shape
     return Window(0, 0, w, h)
 

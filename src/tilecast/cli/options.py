@@ -384,7 +384,9 @@ def _is_gdal(exc: BaseException) -> bool:
 
 def _catch_signals() -> dict[int, Any]:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt (:class:`Terminated`) in the main thread, after waking every
-    endpoint retry wait, so the run unwinds, aborting its sinks, at once. Main thread only (Python's rule)."""
+    endpoint retry wait, so the run unwinds, aborting its sinks, at once. Main thread only (Python's rule). A signal
+    the process inherited as ignored (``nohup``, a background job of a shell without job control) stays ignored:
+    the parent asked that it not end the run."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
@@ -393,7 +395,8 @@ def _catch_signals() -> dict[int, Any]:
         threading.Thread(target=_interrupt_waits, name="tilecast-interrupt", daemon=True).start()
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(signum) is not signal.SIG_IGN}
 
 
 def _interrupt_waits() -> None:

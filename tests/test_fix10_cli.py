@@ -9,9 +9,14 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from rasterio.transform import from_origin
+from rasterio.windows import Window
 
-from test_adversarial_cli import SRC
+from conftest import write_raster
+from test_adversarial_cli import SRC, one_line_error, run
+from tilecast.sources import open_source
 
 # ---- a signal the parent asked to ignore stays ignored --------------------------------------------------------------
 
@@ -68,3 +73,46 @@ def test_a_signal_not_ignored_still_interrupts_the_run(tmp_path):
                          timeout=60, preexec_fn=_ignore(signal.SIGINT))
     assert res.returncode == 128 + signal.SIGTERM and "Aborted!" in res.stderr, (res.returncode, res.stderr)
     assert "finished" not in res.stdout
+
+
+# ---- a glob of rasters matches their suffix in any case -------------------------------------------------------------
+
+
+def _strip(folder, names):
+    """Side-by-side 1-band rasters, 20 x 20 px of 10 m, the k-th filled with k + 1, in the given file names."""
+    folder.mkdir(exist_ok=True)
+    for k, name in enumerate(names):
+        write_raster(folder / name, np.full((1, 20, 20), k + 1, "float32"),
+                     transform=from_origin(500000.0 + 200 * k, 4600000.0, 10.0, 10.0))
+
+
+def test_a_glob_of_rasters_matches_upper_case_suffixes(tmp_path):
+    """Symptom: 'scenes/*.tif' skipped Landsat's B.TIF on Linux (not on Windows or macOS), so the mosaic silently
+    had a hole where that member lay; the pixels now cover all three members, in sorted order."""
+    _strip(tmp_path / "scenes", ["a.tif", "b.TIF", "c.Tif"])
+    (tmp_path / "scenes" / "notes.txt").write_text("not a raster")
+    src = open_source(str(tmp_path / "scenes" / "*.tif"))
+    assert [m.files[0].rsplit(os.sep, 1)[1] for m in src.members] == ["a.tif", "b.TIF", "c.Tif"]
+    pixels, mask = src.read(Window(0, 0, 60, 20))
+    expected = np.repeat(np.array([1.0, 2.0, 3.0], "float32"), 20)[None, None, :].repeat(20, axis=1)
+    np.testing.assert_array_equal(pixels, expected)
+    assert mask is None or mask.all()
+    (tmp_path / "scenes" / "b.TIF").rename(tmp_path / "scenes" / "b.TIFF")
+    assert [m.files[0].rsplit(os.sep, 1)[1] for m in open_source(str(tmp_path / "scenes" / "*.tif*")).members] == [
+        "a.tif", "b.TIFF", "c.Tif"]
+    assert open_source(str(tmp_path / "scenes" / "[ab].tif")).path.endswith("a.tif")  # a class in the name still works
+
+
+def test_a_literal_path_holding_glob_characters_is_read_as_it_is(tmp_path):
+    """Symptom: 'run[1]/scene.tif' (or x[2].tif) was taken for a pattern, which never matches itself: "no raster
+    matches"."""
+    _strip(tmp_path / "run[1]", ["x[2].tif"])
+    src = open_source(str(tmp_path / "run[1]" / "x[2].tif"))
+    pixels, _ = src.read(Window(0, 0, 20, 20))
+    assert pixels.shape == (1, 20, 20) and (pixels == 1).all()
+
+
+def test_a_folder_given_as_the_image_says_to_give_its_rasters(tmp_path):
+    _strip(tmp_path / "scenes", ["a.tif"])
+    res = run("info", tmp_path / "scenes")
+    one_line_error(res, "is a folder", "*.tif")

@@ -30,7 +30,9 @@ def open_source(obj: Any, bands: Sequence[str | int] | None = None) -> Source:
         return mosaic_from(obj, bands) if len(obj) > 1 else RasterioSource(obj[0], bands)
     if isinstance(obj, (str, os.PathLike)):
         text = str(obj)
-        if any(ch in text for ch in "*?[") and not text.startswith(("/vsi", "http://", "https://")):
+        from .mosaic import is_pattern
+
+        if is_pattern(text):
             from .mosaic import expand_paths, mosaic_from
 
             paths = expand_paths(text)

@@ -4,13 +4,17 @@ way."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
+import rasterio
+import rasterio.shutil
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
@@ -116,3 +120,93 @@ def test_a_folder_given_as_the_image_says_to_give_its_rasters(tmp_path):
     _strip(tmp_path / "scenes", ["a.tif"])
     res = run("info", tmp_path / "scenes")
     one_line_error(res, "is a folder", "*.tif")
+
+
+# ---- tilecast info shows the class names of a categorical input ---------------------------------------------------
+
+CATEGORIES = ("<CategoryNames><Category>water</Category><Category/><Category>forest &amp; scrub</Category>"
+              "</CategoryNames>")
+
+
+def _rat(fields, rows, attrs=""):
+    """A thematic RAT: ``fields`` (name, GDAL type, GDAL usage), ``rows`` of cells."""
+    defs = "".join(f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+                   for i, (n, t, u) in enumerate(fields))
+    body = "".join(f'<Row index="{i}">' + "".join(f"<F>{c}</F>" for c in row) + "</Row>" for i, row in enumerate(rows))
+    return f'<GDALRasterAttributeTable tableType="thematic"{attrs}>{defs}{body}</GDALRasterAttributeTable>'
+
+
+RATS = {
+    # GDAL's own: a MinMax value column and a Name column
+    "gdal": (_rat([("Value", 0, 5), ("Count", 0, 1), ("Class_Name", 2, 2)], [(1, 100, "urban"), (3, 100, "crops")]),
+             {1: "urban", 3: "crops"}),
+    # ArcGIS's: every column generic; the value column is called Value, the names are the text column
+    "arcgis": (_rat([("OID", 0, 0), ("Value", 0, 0), ("Count", 1, 0), ("Class_Name", 2, 0)],
+                    [(0, 2, 10.0, "urban"), (1, 7, 5.0, "crops")]), {2: "urban", 7: "crops"}),
+    # Min and Max columns: a class is one value; a range names no single value
+    "minmax": (_rat([("Lo", 0, 3), ("Hi", 0, 4), ("Name", 2, 2)], [(1, 1, "urban"), (2, 5, "range"), (3, 3, "crops")]),
+               {1: "urban", 3: "crops"}),
+    # linear bins: no value column, row i is value Row0Min + i * BinSize
+    "bins": (_rat([("Name", 2, 2)], [("urban",), ("",), ("crops",)], ' Row0Min="1" BinSize="1"'),
+             {1: "urban", 3: "crops"}),
+}
+
+
+def _categorical(tmp_path, band_xml: list[str], name: str = "classes.tif") -> str:
+    """A GeoTIFF whose category names / RATs GDAL itself writes (copied from a VRT that declares them), so the test
+    does not depend on how tilecast would write them."""
+    data = (np.arange(2 * 20 * 20).reshape(2, 20, 20) % 4).astype("uint8")[: len(band_xml)]
+    base = write_raster(tmp_path / "base.tif", data)
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}">{xml}<SimpleSource><SourceFilename relativeToVRT="1">base.tif'
+        f"</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+        for b, xml in enumerate(band_xml, start=1))
+    vrt = tmp_path / "classes.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="20" rasterYSize="20">{bands}</VRTDataset>')
+    out = tmp_path / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the VRT has no geotransform; the copy is only for its categories
+        rasterio.shutil.copy(str(vrt), str(out), driver="GTiff")
+    with rasterio.open(out, "r+") as ds, rasterio.open(base) as b:  # georeferenced as the base
+        ds.crs, ds.transform = b.crs, b.transform
+    return str(out)
+
+
+def _info_classes(path) -> dict[int, dict[int, str]]:
+    res = run("info", path, "--json")
+    assert res.exit_code == 0, res.output
+    out: dict[int, dict[int, str]] = {}
+    for row in json.loads(res.stdout).get("classes", []):
+        out.setdefault(row["band"], {})[row["value"]] = row["name"]
+    return out
+
+
+def test_info_shows_gdal_category_names(tmp_path):
+    """Symptom: a land-cover input's class names (GDAL category names, in the .aux.xml GDAL writes) were nowhere in
+    ``tilecast info``: only band, name, dtype, nodata."""
+    path = _categorical(tmp_path, [CATEGORIES, ""])
+    assert os.path.exists(path + ".aux.xml")  # GDAL wrote them where GDAL and QGIS read them
+    assert _info_classes(path) == {1: {0: "water", 2: "forest & scrub"}}  # empty entries name nothing; band 2: none
+    table = run("info", path).stdout
+    assert "classes:" in table and "forest & scrub" in table
+
+
+@pytest.mark.parametrize("style", list(RATS))
+def test_info_shows_the_names_of_a_raster_attribute_table(tmp_path, style):
+    xml, expected = RATS[style]
+    assert _info_classes(_categorical(tmp_path, ["", xml])) == {2: expected}
+
+
+def test_info_shows_no_classes_for_a_raster_without_them(tmp_path, raster):
+    path = raster(np.zeros((1, 20, 20), "uint8"))
+    res = run("info", path, "--json")
+    assert res.exit_code == 0 and "classes" not in json.loads(res.stdout)
+
+
+def test_info_shows_the_classes_of_a_tilecast_class_map_negative_values_included(tmp_path, raster):
+    """tilecast's own class maps: the band's class_names tag holds every class (GDAL category names cannot name
+    negative values)."""
+    path = raster(np.zeros((1, 20, 20), "int16"), tags=None)
+    with rasterio.open(path, "r+") as ds:
+        ds.update_tags(1, class_names=json.dumps({"-1": "cloud", "2": "water"}))
+    assert _info_classes(path) == {1: {-1: "cloud", 2: "water"}}

@@ -18,7 +18,7 @@ from .options import reports_errors
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
 def info(path: str, as_json: bool) -> None:
-    """Describe PATH: a raster (bands, CRS, grid, nodata) or a model (inputs, outputs, metadata)."""
+    """Describe PATH: a raster (bands, CRS, grid, nodata, class names) or a model (inputs, outputs, metadata)."""
     from ..card import MODEL_SUFFIXES
 
     is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and (
@@ -77,6 +77,7 @@ def describe_raster(path: str) -> dict[str, Any]:
     subdatasets with no bands of its own) is still described, since ``info`` is how one finds that out."""
     from rasterio.errors import NotGeoreferencedWarning
 
+    from ..sources.categories import read_classes
     from ..sources.rasterio_source import open_dataset, parse_tags
 
     with warnings.catch_warnings():
@@ -100,6 +101,10 @@ def describe_raster(path: str) -> dict[str, Any]:
             "overviews": ds.overviews(1) if ds.count else [],
             "bands": bands,
         }
+        classes = read_classes(ds)  # GDAL's category names or a RAT: what a class map's values mean
+        if classes:
+            out["classes"] = [{"band": b, "value": v, "name": n}
+                              for b, names in classes.items() for v, n in sorted(names.items())]
         if ds.subdatasets:  # what to give predict instead, e.g. HDF5:"granule.h5"://temperature
             out["subdatasets"] = list(ds.subdatasets)
         properties = parse_tags(ds.tags())

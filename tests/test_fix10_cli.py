@@ -18,7 +18,7 @@ import rasterio.shutil
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from conftest import write_raster
+from conftest import coord_image, write_raster
 from test_adversarial_cli import SRC, one_line_error, run
 from tilecast.sources import open_source
 
@@ -210,3 +210,68 @@ def test_info_shows_the_classes_of_a_tilecast_class_map_negative_values_included
     with rasterio.open(path, "r+") as ds:
         ds.update_tags(1, class_names=json.dumps({"-1": "cloud", "2": "water"}))
     assert _info_classes(path) == {1: {-1: "cloud", 2: "water"}}
+
+
+# ---- what a Dask run that fails part-way leaves next to its output ------------------------------------------------
+
+PARTIAL_STATE = [".out.tif.partial.lock", ".out.tif.partial.tmp.tif", ".out.tif.partial.tmp.tif.ovr",
+                 ".out.tif.resume.json"]
+
+
+def _doubling(fail_below_row: int | None):
+    """2 x the input, whose pixels are their own row numbers; with ``fail_below_row``, the tiles below that row raise
+    a plain exception (a Python model crashing: not a tilecast error, so the run keeps its partial output)."""
+    import tilecast
+
+    def fn(x):
+        if fail_below_row is not None and x.max() >= fail_below_row:
+            raise RuntimeError("the model crashed")
+        return x * 2.0
+
+    return tilecast.Model.from_callable(fn, layout="NCHW", input_tile_size=256, output_bands={"v": "float32"})
+
+
+def _fail_part_way(tmp_path):
+    """A 2048 x 2048 Dask run in 512-px chunks (so the first overview level is streamed into the .ovr) whose bottom
+    chunks fail; returns the input."""
+    import tilecast
+
+    scene = write_raster(tmp_path / "in.tif", coord_image(2048, 2048, 1))
+    with pytest.raises(RuntimeError, match="the model crashed"):
+        _doubling(1536).predict_image(scene).to_geotiff(tmp_path / "out.tif", engine=tilecast.Dask(workers=1),
+                                                          chunk_size=512, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == PARTIAL_STATE
+    return scene
+
+
+def _check_output(tmp_path):
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        rows = np.arange(2048, dtype="float32")[:, None] * 2.0
+        np.testing.assert_array_equal(ds.read(1), np.broadcast_to(rows, (2048, 2048)))
+        assert ds.overviews(1) == [2, 4]
+
+
+@pytest.mark.dask
+def test_a_dask_run_that_fails_part_way_keeps_its_partial_state_until_the_next_run(tmp_path):
+    """The behaviour docs/dask.md describes: the partial file, its streamed first overview level (.ovr), the manifest
+    and the lock stay for --resume; the next Dask run without --resume removes them and starts over."""
+    import tilecast
+
+    scene = _fail_part_way(tmp_path)
+    _doubling(None).predict_image(scene).to_geotiff(tmp_path / "out.tif", engine=tilecast.Dask(workers=1),
+                                                    chunk_size=512, progress=False)
+    _check_output(tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.dask
+@pytest.mark.xfail(strict=True, reason="sinks/geotiff.py: a published local output leaves the stale resume state of "
+                   "an earlier Dask run (see the fix10-cli report); drop this marker with the fix")
+def test_a_local_run_into_the_output_of_a_failed_dask_run_leaves_no_partial_state(tmp_path):
+    """Symptom: after a Dask run failed part-way, a local run into the same output (no --resume, no --overwrite:
+    there was no output yet) succeeded but left the Dask run's partial file, .ovr, manifest and lock behind, hidden
+    files as large as the uncompressed output that no later run would remove or resume."""
+    scene = _fail_part_way(tmp_path)
+    _doubling(None).predict_image(scene).to_geotiff(tmp_path / "out.tif", progress=False)
+    _check_output(tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

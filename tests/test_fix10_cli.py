@@ -275,3 +275,32 @@ def test_a_local_run_into_the_output_of_a_failed_dask_run_leaves_no_partial_stat
     _doubling(None).predict_image(scene).to_geotiff(tmp_path / "out.tif", progress=False)
     _check_output(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---- predict -o in a format predict does not write ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.JPG", "out.zarr", "out.nc", "out.vrt", "out.csv"])
+def test_an_output_named_for_another_format_is_refused(tmp_path, raster, name):
+    """Symptom: ``-o out.png`` (or out.zarr, out.nc) wrote a GeoTIFF under that name, exit 0: a file that is not
+    what its name says, which image viewers, xarray or netCDF tools then fail to open."""
+    from onnx_models import mean_conv
+
+    scene = raster(np.ones((1, 20, 20), "float32"))
+    out = tmp_path / "outs"
+    out.mkdir()
+    res = run("predict", scene, "-m", mean_conv(tmp_path / "m.onnx"), "--tile", "16", "-o", out / name, "-q")
+    line = one_line_error(res, name.rsplit(".", 1)[1].lower(), ".tif", code=2)
+    assert ("to_zarr" in line) == name.endswith(".zarr")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["OUT.TIF", "out.tiff", "landcover"])
+def test_geotiff_names_still_write_a_geotiff(tmp_path, raster, name):
+    from onnx_models import mean_conv
+
+    scene = raster(np.ones((1, 20, 20), "float32"))
+    res = run("predict", scene, "-m", mean_conv(tmp_path / "m.onnx"), "--tile", "16", "-o", tmp_path / name, "-q")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / name) as ds:
+        assert ds.driver == "GTiff" and ds.shape == (20, 20)

@@ -137,6 +137,8 @@ def predict(
           --output-band landcover:uint8 -o landcover.tif
     """
     vector = check_output_options(output, opts)  # raster-only flags with .gpkg (and the reverse) are an error
+    if not vector:
+        refuse_other_raster_format(output)
     if vector and opts["colors"]:
         raise click.UsageError(f"--colors only apply to raster outputs (a colour table), not {output}; drop it, or "
                                "write a .tif")
@@ -298,6 +300,25 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
         "input_properties": list(opts["input_property"]),
     }
     return params
+
+
+OTHER_FORMATS = {
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".jp2", ".j2k"), "an image"),
+    **dict.fromkeys((".zarr", ".nc", ".nc4", ".h5", ".hdf", ".hdf5", ".npy", ".npz"), "an array store"),
+    **dict.fromkeys((".vrt", ".img", ".asc", ".grd", ".kea", ".csv", ".json", ".kml", ".kmz", ".gml"),
+                    "another GIS format"),
+}
+"""Suffixes of formats ``predict -o`` does not write, by kind: the output would be a GeoTIFF under that name."""
+
+
+def refuse_other_raster_format(output: str) -> None:
+    """``-o x.png`` (or ``.zarr``, ``.nc``) would silently get a GeoTIFF under that name: say what is written."""
+    suffix = os.path.splitext(output)[1].lower()
+    kind = OTHER_FORMATS.get(suffix)
+    if kind:
+        zarr = "; for Zarr, use Model.predict_image(...).to_zarr() in Python" if suffix == ".zarr" else ""
+        raise click.UsageError(f"-o {output}: {suffix} is {kind}, but predict writes a Cloud-Optimized GeoTIFF "
+                               f"(-o NAME.tif) or a vector file ({VECTOR_HELP}); name the output .tif{zarr}")
 
 
 def parse_classes(text: str) -> dict[int, str] | list[str]:

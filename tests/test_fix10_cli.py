@@ -304,3 +304,20 @@ def test_geotiff_names_still_write_a_geotiff(tmp_path, raster, name):
     assert res.exit_code == 0, res.output
     with rasterio.open(tmp_path / name) as ds:
         assert ds.driver == "GTiff" and ds.shape == (20, 20)
+
+
+# ---- --resampling is checked even when nothing is warped ------------------------------------------------------------
+
+
+def test_a_misspelt_resampling_is_refused_even_when_the_input_is_on_the_model_grid(tmp_path, raster):
+    """Symptom: --resampling cubicx --fix-input-proj --crs EPSG:32633 over an input already in EPSG:32633 (so not
+    warped) ran and exited 0; the same typo with another CRS was an error."""
+    from onnx_models import mean_conv
+
+    scene = raster(np.ones((1, 20, 20), "float32"))
+    out = tmp_path / "o.tif"
+    args = ["predict", scene, "-m", mean_conv(tmp_path / "m.onnx"), "--tile", "16", "--fix-input-proj", "--crs",
+            "EPSG:32633", "-o", out, "-q"]
+    one_line_error(run(*args, "--resampling", "cubicx"), "cubicx", "bilinear", code=2)
+    assert not out.exists()
+    assert run(*args, "--resampling", "cubic").exit_code == 0

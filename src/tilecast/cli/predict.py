@@ -78,7 +78,9 @@ SECTIONS = {
 @click.option("--crs", help="Model grid CRS (Earth Engine's proj), e.g. EPSG:32633.")
 @click.option("--resolution", type=float, nargs=2, metavar="X Y", help="Model grid pixel size in CRS units.")
 @click.option("--fix-input-proj", is_flag=True, help="Warp the input to --crs/--resolution, window by window.")
-@click.option("--resampling", help="Resampling used when warping. [default: bilinear]")
+@click.option("--resampling", callback=lambda ctx, param, value: _resampling(value),
+              help="Resampling used when warping: nearest, bilinear, cubic, lanczos, average, mode... "
+              "[default: bilinear]")
 @click.option("--blend", type=click.Choice(["crop", "cosine", "hann"]),
               help="crop keeps each tile's core (Earth Engine); cosine/hann blend float outputs over the overlap. "
               "[default: crop]")
@@ -344,6 +346,16 @@ def _memory_budget(value: str | None) -> str | None:
             parse_bytes(value, "--memory-budget")
         except SpecError as exc:
             raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _resampling(value: str | None) -> str | None:
+    """``--resampling``, checked before any work: the library reads it only when the input is warped, so a typo
+    with an input already on the model's grid was silently ignored."""
+    from rasterio.enums import Resampling
+
+    if value is not None and value not in Resampling.__members__:
+        raise click.BadParameter(f"{value!r} is not a resampling; use one of {', '.join(Resampling.__members__)}")
     return value
 
 

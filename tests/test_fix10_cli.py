@@ -1,6 +1,6 @@
 """Round 10 of the command-line review: items earlier reviews noticed and left alone (inherited ignored signals,
-upper-case raster suffixes in a folder of inputs, category names of a categorical input), and what was met on the
-way."""
+upper-case raster suffixes in a glob of inputs, class names of a categorical input, what a Dask run that fails
+part-way leaves behind), and what was met on the way."""
 
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def _ignore(*signums):
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_a_signal_inherited_as_ignored_does_not_interrupt_the_run(tmp_path, name):
-    """Symptom: ``nohup tilecast predict ...`` (or a background job of a shell without job control) was still ended by
-    the SIGINT / SIGTERM the parent had asked to ignore: the CLI replaced SIG_IGN with its own handler."""
+    """Symptom: ``tilecast predict ... &`` in a script (a background job of a shell without job control, which
+    ignores SIGINT), or a run whose supervisor set SIGTERM to SIG_IGN, was still ended by the signal the parent had
+    asked to ignore: the CLI replaced SIG_IGN with its own handler."""
     script = tmp_path / "ignored.py"
     script.write_text(IGNORED)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}

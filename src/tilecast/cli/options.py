@@ -385,8 +385,8 @@ def _is_gdal(exc: BaseException) -> bool:
 def _catch_signals() -> dict[int, Any]:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt (:class:`Terminated`) in the main thread, after waking every
     endpoint retry wait, so the run unwinds, aborting its sinks, at once. Main thread only (Python's rule). A signal
-    the process inherited as ignored (``nohup``, a background job of a shell without job control) stays ignored:
-    the parent asked that it not end the run."""
+    the process inherited as ignored (SIGINT in ``cmd &`` from a script: a background job of a shell without job
+    control; any signal a supervisor set to SIG_IGN) stays ignored: the parent asked that it not end the run."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 

@@ -322,3 +322,34 @@ def test_a_misspelt_resampling_is_refused_even_when_the_input_is_on_the_model_gr
     one_line_error(run(*args, "--resampling", "cubicx"), "cubicx", "bilinear", code=2)
     assert not out.exists()
     assert run(*args, "--resampling", "cubic").exit_code == 0
+
+
+# ---- SIGHUP (a closed terminal or SSH session) unwinds the run like SIGTERM ----------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_aborts_the_run_and_leaves_no_temporary_file(tmp_path):
+    """Symptom: closing the terminal (or losing the SSH session) of ``tilecast predict`` ended it by SIGHUP's
+    default action, leaving its temporary GeoTIFF and .ovr (as large as the output) behind until a later run into
+    the same output; it now unwinds as SIGTERM does, exit 129."""
+    from onnx_models import mean_conv
+
+    scene = write_raster(tmp_path / "scene.tif", np.random.default_rng(1).random((1, 2000, 2000)).astype("float32"))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "tilecast.cli", "predict", scene, "-m", mean_conv(tmp_path / "m.onnx"), "--tile",
+           "32", "-o", str(out / "p.tif")]
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            line = proc.stderr.readline()  # the first progress line: the run is under way
+            assert "tiles" in line, line + proc.stderr.read()
+            proc.send_signal(signal.SIGHUP)
+            err = proc.stderr.read()
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode in (128 + signal.SIGHUP, -signal.SIGHUP), err  # 129, or ended by the signal itself
+    assert "Traceback" not in err and "Aborted!" in err
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -55,16 +55,17 @@ def _ignore(*signums):
     return preexec
 
 
-@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_inherited_as_ignored_does_not_interrupt_the_run(tmp_path, name):
     """Symptom: ``tilecast predict ... &`` in a script (a background job of a shell without job control, which
     ignores SIGINT), or a run whose supervisor set SIGTERM to SIG_IGN, was still ended by the signal the parent had
-    asked to ignore: the CLI replaced SIG_IGN with its own handler."""
+    asked to ignore: the CLI replaced SIG_IGN with its own handler. (``nohup`` ignores SIGHUP, which the CLI now
+    catches too: nohup must keep working.)"""
     script = tmp_path / "ignored.py"
     script.write_text(IGNORED)
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, str(script), name], env=env, capture_output=True, text=True, timeout=60,
-                         preexec_fn=_ignore(signal.SIGINT, signal.SIGTERM))
+                         preexec_fn=_ignore(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     assert res.returncode == 0 and "finished" in res.stdout, (res.returncode, res.stdout, res.stderr)
     assert "handler after the run: True" in res.stdout, res.stdout
 

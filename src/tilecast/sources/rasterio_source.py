@@ -52,8 +52,8 @@ def open_dataset(path: str | os.PathLike) -> rasterio.io.DatasetReader:
             raise SourceNotFoundError(f"input raster not found: {path}; check the path or URL") from None
         hint = ""
         if local and os.path.isdir(path):  # GDAL opens some folders (a Zarr store, an Arc/Info grid), not this one
-            hint = (f"; {path} is a folder: give its rasters, e.g. the quoted glob "
-                    f"'{os.path.join(str(path), '*.tif')}', to mosaic them")
+            hint = (f"; {path} is a folder: give one of its rasters, or a quoted glob of them such as "
+                    f"'{os.path.join(str(path), '*.tif')}' to predict their mosaic")
         raise InputError(f"GDAL cannot open {path} as a raster: {text}{hint}") from None
 
 

@@ -54,6 +54,7 @@ def open_dataset(path: str | os.PathLike) -> rasterio.io.DatasetReader:
         if local and os.path.isdir(path):  # GDAL opens some folders (a Zarr store, an Arc/Info grid), not this one
             hint = (f"; {path} is a folder: give one of its rasters, or a quoted glob of them such as "
                     f"'{os.path.join(str(path), '*.tif')}' to predict their mosaic")
+            text = text.rstrip(". ")
         raise InputError(f"GDAL cannot open {path} as a raster: {text}{hint}") from None
 
 

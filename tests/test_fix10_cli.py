@@ -354,3 +354,11 @@ def test_sighup_aborts_the_run_and_leaves_no_temporary_file(tmp_path):
     assert proc.returncode in (128 + signal.SIGHUP, -signal.SIGHUP), err  # 129, or ended by the signal itself
     assert "Traceback" not in err and "Aborted!" in err
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_info_of_a_glob_says_it_describes_one_raster(tmp_path):
+    """Symptom: ``tilecast info 'scenes/*.tif'`` said "input raster not found: scenes/*.tif" of a folder full of
+    rasters (the same pattern predict mosaics)."""
+    _strip(tmp_path / "scenes", ["a.tif", "b.TIF"])
+    line = one_line_error(run("info", str(tmp_path / "scenes" / "*.tif")), "one raster", "2 file(s)")
+    assert "a.tif" in line and "not found" not in line

@@ -26,6 +26,8 @@ def info(path: str, as_json: bool) -> None:
         or os.path.exists(os.path.join(path, "MAR-INF", "MANIFEST.json"))))
     if is_model and path.lower().endswith(".h5"):
         is_model = keras_h5(path)
+    if not is_model:
+        refuse_pattern(path)
     data = describe_model(path) if is_model else describe_raster(path)
     if as_json:
         click.echo(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False))
@@ -40,6 +42,18 @@ def info(path: str, as_json: bool) -> None:
                 click.echo("  " + "  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
         else:
             click.echo(f"{key}: {value}")
+
+
+def refuse_pattern(path: str) -> None:
+    """``info 'scenes/*.tif'``: a glob predict would mosaic is not one raster; "not found" would mislead."""
+    from ..errors import InputError
+    from ..sources.mosaic import glob_files, is_pattern
+
+    if is_pattern(path):
+        matches = glob_files(path)
+        which = f"give one of them, e.g. {matches[0]}" if matches else "none exists: check the pattern and the folder"
+        raise InputError(f"info describes one raster, and {path!r} is a pattern ({len(matches)} file(s) match it); "
+                         f"{which}")
 
 
 def keras_h5(path: str) -> bool:

@@ -84,10 +84,11 @@ def test_a_signal_not_ignored_still_interrupts_the_run(tmp_path):
 # ---- a glob of rasters matches their suffix in any case -------------------------------------------------------------
 
 
-def _strip(folder, names):
-    """Side-by-side 1-band rasters, 20 x 20 px of 10 m, the k-th filled with k + 1, in the given file names."""
+def _strip(folder, names, first=0):
+    """Side-by-side 1-band rasters, 20 x 20 px of 10 m, the k-th (from ``first``) filled with k + 1, in the given
+    file names."""
     folder.mkdir(exist_ok=True)
-    for k, name in enumerate(names):
+    for k, name in enumerate(names, start=first):
         write_raster(folder / name, np.full((1, 20, 20), k + 1, "float32"),
                      transform=from_origin(500000.0 + 200 * k, 4600000.0, 10.0, 10.0))
 
@@ -362,3 +363,15 @@ def test_info_of_a_glob_says_it_describes_one_raster(tmp_path):
     _strip(tmp_path / "scenes", ["a.tif", "b.TIF"])
     line = one_line_error(run("info", str(tmp_path / "scenes" / "*.tif")), "one raster", "2 file(s)")
     assert "a.tif" in line and "not found" not in line
+
+
+def test_a_glob_among_several_images_is_expanded_in_place(tmp_path):
+    """Symptom: ``tilecast predict 'scenes/*.tif' extra.tif`` said "input raster not found: scenes/*.tif": a glob
+    was expanded only when it was the one IMAGE."""
+    _strip(tmp_path / "scenes", ["a.tif", "b.TIF"])
+    _strip(tmp_path / "more", ["c.tif"], first=2)  # the third strip
+    src = open_source([str(tmp_path / "scenes" / "*.tif"), str(tmp_path / "more" / "c.tif")])
+    assert [m.files[0].rsplit(os.sep, 1)[1] for m in src.members] == ["a.tif", "b.TIF", "c.tif"]
+    pixels, _ = src.read(Window(0, 0, 60, 20))
+    np.testing.assert_array_equal(pixels[0, 0], np.repeat(np.array([1.0, 2.0, 3.0], "float32"), 20))
+    assert open_source([str(tmp_path / "scenes" / "a*.tif")]).path.endswith("a.tif")  # one match: one raster

@@ -54,7 +54,8 @@ def glob_files(pattern: str) -> list[str]:
 
 
 def expand_paths(obj: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """A glob pattern or a list of paths/URLs, as a sorted list (globs) or in the given order (lists)."""
+    """A glob pattern or a list of paths/URLs, as a sorted list (globs) or in the given order (lists; a pattern in
+    the list, as in ``tilecast predict 'scenes/*.tif' extra.tif``, gives its sorted matches there)."""
     if isinstance(obj, (str, os.PathLike)):
         text = str(obj)
         if is_pattern(text):
@@ -63,7 +64,7 @@ def expand_paths(obj: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
                 raise SourceNotFoundError(f"no raster matches {text!r}; check the pattern and the folder")
             return paths
         return [text]
-    paths = [str(p) for p in obj]
+    paths = [p for item in obj for p in expand_paths(item)]
     if not paths:
         raise InputError("the list of rasters is empty; pass at least one path or URL")
     return paths

@@ -342,7 +342,9 @@ def test_sighup_aborts_the_run_and_leaves_no_temporary_file(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "tilecast.cli", "predict", scene, "-m", mean_conv(tmp_path / "m.onnx"), "--tile",
            "32", "-o", str(out / "p.tif")]
-    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as proc:
+    # SIGHUP must reach the child even when the suite itself runs under nohup (which ignores it)
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)) as proc:
         try:
             line = proc.stderr.readline()  # the first progress line: the run is under way
             assert "tiles" in line, line + proc.stderr.read()

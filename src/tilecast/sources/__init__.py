@@ -24,7 +24,7 @@ def open_source(obj: Any, bands: Sequence[str | int] | None = None) -> Source:
 
     if is_stac(obj):
         return stac_source(obj, bands)
-    paths_given = isinstance(obj, (list, tuple)) and obj and all(isinstance(p, (str, os.PathLike)) for p in obj)
+    paths_given = isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(p, (str, os.PathLike)) for p in obj)
     if paths_given or isinstance(obj, (str, os.PathLike)):
         from .mosaic import expand_paths, mosaic_from
 

@@ -377,3 +377,37 @@ def test_a_glob_among_several_images_is_expanded_in_place(tmp_path):
     pixels, _ = src.read(Window(0, 0, 60, 20))
     np.testing.assert_array_equal(pixels[0, 0], np.repeat(np.array([1.0, 2.0, 3.0], "float32"), 20))
     assert open_source([str(tmp_path / "scenes" / "a*.tif")]).path.endswith("a.tif")  # one match: one raster
+
+
+# ---- --header 'Name: value', as curl takes it ---------------------------------------------------------------------
+
+
+@pytest.mark.server
+def test_a_curl_style_header_reaches_the_endpoint(tmp_path, raster):
+    """Symptom: ``--header 'Authorization: Bearer s3cret'`` (curl's spelling) sent the value with its leading space,
+    which HTTP refuses: six attempts, then an error that quoted the token."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # the model metadata: not found, which ends the run once the header has arrived
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v2/models/m"
+        res = run("predict", raster(np.ones((1, 20, 20), "float32")), "--endpoint", url, "--header",
+                  "Authorization: Bearer s3cret", "--tile", "16", "-o", tmp_path / "o.tif", "-q")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen and seen[0] == "Bearer s3cret", (seen, res.output)
+    assert "s3cret" not in res.output

@@ -35,7 +35,8 @@ class SizeType(click.ParamType):
 
 
 class KeyValueType(click.ParamType):
-    """``KEY=VALUE`` or ``KEY:VALUE``."""
+    """``KEY=VALUE`` or ``KEY:VALUE``; spaces around either are dropped, as curl drops them from ``-H 'Name: value'``
+    (HTTP refuses a header value that starts with one)."""
 
     name = "KEY=VAL"
 
@@ -46,6 +47,7 @@ class KeyValueType(click.ParamType):
         if isinstance(value, tuple):
             return value
         key, sep, val = str(value).partition(self.sep)
+        key, val = key.strip(), val.strip()
         if not sep or not key:
             self.fail(f"{value!r}: use KEY{self.sep}VALUE", param, ctx)
         return key, val

@@ -18,7 +18,7 @@ from .options import reports_errors
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @reports_errors
 def info(path: str, as_json: bool) -> None:
-    """Describe PATH: a raster (bands, CRS, grid, nodata) or a model (inputs, outputs, metadata)."""
+    """Describe PATH: a raster (bands, CRS, grid, nodata, class names) or a model (inputs, outputs, metadata)."""
     from ..card import MODEL_SUFFIXES
 
     is_model = path.lower().endswith(MODEL_SUFFIXES) or (os.path.isdir(path) and (
@@ -26,6 +26,8 @@ def info(path: str, as_json: bool) -> None:
         or os.path.exists(os.path.join(path, "MAR-INF", "MANIFEST.json"))))
     if is_model and path.lower().endswith(".h5"):
         is_model = keras_h5(path)
+    if not is_model:
+        refuse_pattern(path)
     data = describe_model(path) if is_model else describe_raster(path)
     if as_json:
         click.echo(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False))
@@ -40,6 +42,18 @@ def info(path: str, as_json: bool) -> None:
                 click.echo("  " + "  ".join(str(row.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
         else:
             click.echo(f"{key}: {value}")
+
+
+def refuse_pattern(path: str) -> None:
+    """``info 'scenes/*.tif'``: a glob predict would mosaic is not one raster; "not found" would mislead."""
+    from ..errors import InputError
+    from ..sources.mosaic import glob_files, is_pattern
+
+    if is_pattern(path):
+        matches = glob_files(path)
+        which = f"give one of them, e.g. {matches[0]}" if matches else "none exists: check the pattern and the folder"
+        raise InputError(f"info describes one raster, and {path!r} is a pattern ({len(matches)} file(s) match it); "
+                         f"{which}")
 
 
 def keras_h5(path: str) -> bool:
@@ -77,6 +91,7 @@ def describe_raster(path: str) -> dict[str, Any]:
     subdatasets with no bands of its own) is still described, since ``info`` is how one finds that out."""
     from rasterio.errors import NotGeoreferencedWarning
 
+    from ..sources.categories import read_classes
     from ..sources.rasterio_source import open_dataset, parse_tags
 
     with warnings.catch_warnings():
@@ -100,6 +115,10 @@ def describe_raster(path: str) -> dict[str, Any]:
             "overviews": ds.overviews(1) if ds.count else [],
             "bands": bands,
         }
+        classes = read_classes(ds)  # GDAL's category names or a RAT: what a class map's values mean
+        if classes:
+            out["classes"] = [{"band": b, "value": v, "name": n}
+                              for b, names in classes.items() for v, n in sorted(names.items())]
         if ds.subdatasets:  # what to give predict instead, e.g. HDF5:"granule.h5"://temperature
             out["subdatasets"] = list(ds.subdatasets)
         properties = parse_tags(ds.tags())

@@ -35,7 +35,8 @@ class SizeType(click.ParamType):
 
 
 class KeyValueType(click.ParamType):
-    """``KEY=VALUE`` or ``KEY:VALUE``."""
+    """``KEY=VALUE`` or ``KEY:VALUE``; spaces around either are dropped, as curl drops them from ``-H 'Name: value'``
+    (HTTP refuses a header value that starts with one)."""
 
     name = "KEY=VAL"
 
@@ -46,6 +47,7 @@ class KeyValueType(click.ParamType):
         if isinstance(value, tuple):
             return value
         key, sep, val = str(value).partition(self.sep)
+        key, val = key.strip(), val.strip()
         if not sep or not key:
             self.fail(f"{value!r}: use KEY{self.sep}VALUE", param, ctx)
         return key, val
@@ -251,14 +253,23 @@ def finite_bounds(ctx: click.Context, param: click.Parameter, value: Any) -> Any
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C: sinks abort and delete their temporary files on the way out."""
+    """SIGTERM (or SIGHUP: the terminal or SSH session closed), unwound like Ctrl-C: sinks abort and delete their
+    temporary files on the way out."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+def _signum_of(interrupt: KeyboardInterrupt) -> int:
+    return interrupt.signum if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
 def reports_errors(f: Callable) -> Callable:
     """Turn tilecast errors, and the library errors a careless input can provoke (no memory, a full disk, a folder
     that cannot be written, GDAL refusing), into one clear line and a non-zero exit status, never a traceback.
-    Ctrl-C and SIGTERM interrupt the run at once (retry waits included) and exit 130 / 143. Run as a ``rio`` plugin,
-    the command runs inside the GDAL environment rio's own options set up (:func:`host_gdal_env`)."""
+    Ctrl-C, SIGTERM and SIGHUP interrupt the run at once (retry waits included) and exit 130 / 143 / 129. Run as a
+    ``rio`` plugin, the command runs inside the GDAL environment rio's own options set up (:func:`host_gdal_env`)."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -267,13 +278,13 @@ def reports_errors(f: Callable) -> Callable:
             with host_gdal_env():
                 return f(*args, **kwargs)
         except KeyboardInterrupt as exc:
-            _exit_interrupted(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+            _exit_interrupted(_signum_of(exc))
         except Exception as exc:
             # An interrupt that surfaced as another error (a C function returning while the handler's exception was
             # pending is a SystemError; a clean-up failing as the interrupt unwinds): the user still interrupted.
             interrupt = next((e for e in _chain(exc) if isinstance(e, KeyboardInterrupt)), None)
             if interrupt is not None:
-                _exit_interrupted(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+                _exit_interrupted(_signum_of(interrupt))
             if isinstance(exc, TilecastError):
                 raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
             line = library_error(exc)
@@ -382,18 +393,26 @@ def _is_gdal(exc: BaseException) -> bool:
     return any(isinstance(e, (RasterioError, CPLE_BaseError)) for e in _chain(exc))
 
 
+CAUGHT_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+"""What interrupts a run cleanly. SIGHUP (no such signal on Windows) would otherwise end it at once, leaving its
+temporary files behind: a closed terminal or a dropped SSH session."""
+
+
 def _catch_signals() -> dict[int, Any]:
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt (:class:`Terminated`) in the main thread, after waking every
-    endpoint retry wait, so the run unwinds, aborting its sinks, at once. Main thread only (Python's rule)."""
+    """Ctrl-C, SIGTERM and SIGHUP raise KeyboardInterrupt (:class:`Terminated`) in the main thread, after waking every
+    endpoint retry wait, so the run unwinds, aborting its sinks, at once. Main thread only (Python's rule). A signal
+    the process inherited as ignored (SIGINT in ``cmd &`` from a script: a background job of a shell without job
+    control; any signal a supervisor set to SIG_IGN) stays ignored: the parent asked that it not end the run."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def handler(signum: int, frame: Any) -> None:
         # From a thread: the handler runs between two bytecodes of the main thread, which may hold an event's lock.
         threading.Thread(target=_interrupt_waits, name="tilecast-interrupt", daemon=True).start()
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
-    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return {signum: signal.signal(signum, handler) for signum in CAUGHT_SIGNALS
+            if signal.getsignal(signum) is not signal.SIG_IGN}
 
 
 def _interrupt_waits() -> None:
@@ -412,14 +431,16 @@ def _exit_interrupted(signum: int) -> None:
     request waiting for its answer) would hold the interpreter's exit for their whole timeout, so the process then
     ends by the signal itself, without joining them; every sink has already aborted (the exception unwound through
     the runner)."""
-    click.echo("Aborted!", err=True)
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+        click.echo("Aborted!", err=True)
     deadline = time.monotonic() + EXIT_GRACE_S
     for t in threading.enumerate():
         if t is not threading.current_thread() and not t.daemon:
             t.join(max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
     sys.exit(128 + signum)

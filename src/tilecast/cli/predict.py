@@ -78,7 +78,9 @@ SECTIONS = {
 @click.option("--crs", help="Model grid CRS (Earth Engine's proj), e.g. EPSG:32633.")
 @click.option("--resolution", type=float, nargs=2, metavar="X Y", help="Model grid pixel size in CRS units.")
 @click.option("--fix-input-proj", is_flag=True, help="Warp the input to --crs/--resolution, window by window.")
-@click.option("--resampling", help="Resampling used when warping. [default: bilinear]")
+@click.option("--resampling", callback=lambda ctx, param, value: _resampling(value),
+              help="Resampling used when warping: nearest, bilinear, cubic, lanczos, average, mode... "
+              "[default: bilinear]")
 @click.option("--blend", type=click.Choice(["crop", "cosine", "hann"]),
               help="crop keeps each tile's core (Earth Engine); cosine/hann blend float outputs over the overlap. "
               "[default: crop]")
@@ -137,6 +139,8 @@ def predict(
           --output-band landcover:uint8 -o landcover.tif
     """
     vector = check_output_options(output, opts)  # raster-only flags with .gpkg (and the reverse) are an error
+    if not vector:
+        refuse_other_raster_format(output)
     if vector and opts["colors"]:
         raise click.UsageError(f"--colors only apply to raster outputs (a colour table), not {output}; drop it, or "
                                "write a .tif")
@@ -300,6 +304,25 @@ def build_params(opts: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+OTHER_FORMATS = {
+    **dict.fromkeys((".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".jp2", ".j2k"), "an image"),
+    **dict.fromkeys((".zarr", ".nc", ".nc4", ".h5", ".hdf", ".hdf5", ".npy", ".npz"), "an array store"),
+    **dict.fromkeys((".vrt", ".img", ".asc", ".grd", ".kea", ".csv", ".json", ".kml", ".kmz", ".gml"),
+                    "another GIS format"),
+}
+"""Suffixes of formats ``predict -o`` does not write, by kind: the output would be a GeoTIFF under that name."""
+
+
+def refuse_other_raster_format(output: str) -> None:
+    """``-o x.png`` (or ``.zarr``, ``.nc``) would silently get a GeoTIFF under that name: say what is written."""
+    suffix = os.path.splitext(output)[1].lower()
+    kind = OTHER_FORMATS.get(suffix)
+    if kind:
+        zarr = "; for Zarr, use Model.predict_image(...).to_zarr() in Python" if suffix == ".zarr" else ""
+        raise click.UsageError(f"-o {output}: {suffix} is {kind}, but predict writes a Cloud-Optimized GeoTIFF "
+                               f"(-o NAME.tif) or a vector file ({VECTOR_HELP}); name the output .tif{zarr}")
+
+
 def parse_classes(text: str) -> dict[int, str] | list[str]:
     """``1=water,2=forest`` keys names by pixel value; ``water,forest`` means values 0, 1."""
     items = csv_list(text) or []
@@ -323,6 +346,16 @@ def _memory_budget(value: str | None) -> str | None:
             parse_bytes(value, "--memory-budget")
         except SpecError as exc:
             raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _resampling(value: str | None) -> str | None:
+    """``--resampling``, checked before any work: the library reads it only when the input is warped, so a typo
+    with an input already on the model's grid was silently ignored."""
+    from rasterio.enums import Resampling
+
+    if value is not None and value not in Resampling.__members__:
+        raise click.BadParameter(f"{value!r} is not a resampling; use one of {', '.join(Resampling.__members__)}")
     return value
 
 

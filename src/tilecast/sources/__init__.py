@@ -24,18 +24,12 @@ def open_source(obj: Any, bands: Sequence[str | int] | None = None) -> Source:
 
     if is_stac(obj):
         return stac_source(obj, bands)
-    if isinstance(obj, (list, tuple)) and obj and all(isinstance(p, (str, os.PathLike)) for p in obj):
-        from .mosaic import mosaic_from
+    paths_given = isinstance(obj, (list, tuple)) and bool(obj) and all(isinstance(p, (str, os.PathLike)) for p in obj)
+    if paths_given or isinstance(obj, (str, os.PathLike)):
+        from .mosaic import expand_paths, mosaic_from
 
-        return mosaic_from(obj, bands) if len(obj) > 1 else RasterioSource(obj[0], bands)
-    if isinstance(obj, (str, os.PathLike)):
-        text = str(obj)
-        if any(ch in text for ch in "*?[") and not text.startswith(("/vsi", "http://", "https://")):
-            from .mosaic import expand_paths, mosaic_from
-
-            paths = expand_paths(text)
-            return mosaic_from(paths, bands) if len(paths) > 1 else RasterioSource(paths[0], bands)
-        return RasterioSource(obj, bands)
+        paths = expand_paths(obj)  # globs, also inside a list, expanded
+        return mosaic_from(paths, bands) if len(paths) > 1 else RasterioSource(paths[0], bands)
     if isinstance(obj, Source):
         return obj
     module = type(obj).__module__

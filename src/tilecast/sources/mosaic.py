@@ -30,22 +30,41 @@ from ..errors import BandMismatchError, InputError, NotGeoreferencedError, Sourc
 from .base import BaseSource, Grid, ThreadHandles, aligned_grid, select_bands
 from .rasterio_source import GDAL_READ_ERRORS, open_dataset, parse_crs, parse_tags, read_error, warp_scales
 
-__all__ = ["MosaicSource", "expand_paths"]
+__all__ = ["MosaicSource", "expand_paths", "glob_files", "is_pattern"]
 
 _GLOB_CHARS = "*?["
 
 
+def is_pattern(text: str) -> bool:
+    """Whether ``text`` is a glob pattern to expand: it holds ``*?[`` and is not a remote path, nor a file that exists
+    under that very name (``run[1]/scene.tif``), which glob would never match."""
+    return (any(ch in text for ch in _GLOB_CHARS) and not text.startswith(("/vsi", "http://", "https://"))
+            and not os.path.exists(text))
+
+
+def glob_files(pattern: str) -> list[str]:
+    """The files a glob pattern matches, sorted; the letters of the file suffix (``*.tif``, ``*.tif*``) match in any
+    case (``x.TIF``), as on Windows and macOS: Landsat ships ``.TIF``, and a mosaic that skipped them would silently
+    have holes."""
+    head, tail = os.path.split(pattern)
+    stem, dot, suffix = tail.rpartition(".")
+    if dot and stem and "[" not in suffix and "]" not in suffix:
+        tail = stem + "." + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in suffix)
+    return sorted(glob.glob(os.path.join(head, tail)))
+
+
 def expand_paths(obj: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """A glob pattern or a list of paths/URLs, as a sorted list (globs) or in the given order (lists)."""
+    """A glob pattern or a list of paths/URLs, as a sorted list (globs) or in the given order (lists; a pattern in
+    the list, as in ``tilecast predict 'scenes/*.tif' extra.tif``, gives its sorted matches there)."""
     if isinstance(obj, (str, os.PathLike)):
         text = str(obj)
-        if any(ch in text for ch in _GLOB_CHARS) and not text.startswith(("/vsi", "http://", "https://")):
-            paths = sorted(glob.glob(text))
+        if is_pattern(text):
+            paths = glob_files(text)
             if not paths:
                 raise SourceNotFoundError(f"no raster matches {text!r}; check the pattern and the folder")
             return paths
         return [text]
-    paths = [str(p) for p in obj]
+    paths = [p for item in obj for p in expand_paths(item)]
     if not paths:
         raise InputError("the list of rasters is empty; pass at least one path or URL")
     return paths

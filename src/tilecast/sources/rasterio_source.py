@@ -50,7 +50,12 @@ def open_dataset(path: str | os.PathLike) -> rasterio.io.DatasetReader:
         local = not str(path).startswith(("/vsi", "http://", "https://", "s3://", "gs://", "az://"))
         if (local and not os.path.exists(path)) or "No such file" in text or "does not exist" in text:
             raise SourceNotFoundError(f"input raster not found: {path}; check the path or URL") from None
-        raise InputError(f"GDAL cannot open {path} as a raster: {text}") from None
+        hint = ""
+        if local and os.path.isdir(path):  # GDAL opens some folders (a Zarr store, an Arc/Info grid), not this one
+            hint = (f"; {path} is a folder: give one of its rasters, or a quoted glob of them such as "
+                    f"'{os.path.join(str(path), '*.tif')}' to predict their mosaic")
+            text = text.rstrip(". ")
+        raise InputError(f"GDAL cannot open {path} as a raster: {text}{hint}") from None
 
 
 class RasterioSource(BaseSource):

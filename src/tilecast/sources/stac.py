@@ -10,7 +10,6 @@ self link (else the JSON's location); ``file://`` URLs are read as local paths.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import posixpath
@@ -20,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .._extras import require
 from ..errors import InputError, SourceNotFoundError
-from .mosaic import MosaicSource
+from .mosaic import MosaicSource, glob_files, is_pattern
 from .rasterio_source import open_dataset
 
 __all__ = ["is_stac", "stac_items", "stac_source"]
@@ -49,8 +48,8 @@ def _load(obj: Any) -> list[tuple[dict[str, Any], str | None]]:
     base = None
     if isinstance(obj, (str, os.PathLike)):
         base = _local_path(str(obj))
-        if any(ch in base for ch in "*?[") and "://" not in base:
-            paths = sorted(glob.glob(base))
+        if "://" not in base and is_pattern(base):
+            paths = glob_files(base)
             if not paths:
                 raise SourceNotFoundError(f"no STAC file matches {base!r}; check the pattern and the folder")
             return _load(paths)

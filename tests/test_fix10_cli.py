@@ -268,8 +268,6 @@ def test_a_dask_run_that_fails_part_way_keeps_its_partial_state_until_the_next_r
 
 
 @pytest.mark.dask
-@pytest.mark.xfail(strict=True, reason="sinks/geotiff.py: a published local output leaves the stale resume state of "
-                   "an earlier Dask run (see the fix10-cli report); drop this marker with the fix")
 def test_a_local_run_into_the_output_of_a_failed_dask_run_leaves_no_partial_state(tmp_path):
     """Symptom: after a Dask run failed part-way, a local run into the same output (no --resume, no --overwrite:
     there was no output yet) succeeded but left the Dask run's partial file, .ovr, manifest and lock behind, hidden

@@ -226,6 +226,8 @@ class GeoTIFFSink(BaseSink):
                 else:
                     os.replace(final_tmp, self.path)
                     write_categories(self.path, self.profile)
+                    if not self.temp_is_resumable:  # a stopped resumable run's partial state is stale now
+                        clear_resume_state(self.path)
 
         keep = False
         try:
@@ -302,7 +304,8 @@ def writing_errors(path: Path, doing: str, resumable: bool = False) -> Iterator[
         if isinstance(exc, TypeError) and not is_gdal_error(exc):
             raise
         text = str(exc).strip() or type(exc).__name__
-        then = ", then run again with resume=True to continue from the chunks already written" if resumable else ""
+        then = (", then run again with resume=True (--resume) to continue from the chunks already written"
+                if resumable else "")
         error = OutputError(
             f"cannot {doing} {path}: {text}. Check that {path.parent} exists, is writable and has room for the output "
             "(about the uncompressed size of the raster, twice over while the COG is built; free some space), or "

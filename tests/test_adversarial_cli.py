@@ -336,7 +336,9 @@ def test_an_interrupt_ends_a_retry_wait_at_once(tmp_path, scene, busy_endpoint, 
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "tilecast.cli", "predict", scene, "--endpoint", busy_endpoint, "--tile", "16",
            "-o", str(out / "p.tif"), "-q"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT must reach the child even when the suite runs as a background job (which ignores SIGINT)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not _Busy.posts and time.monotonic() < deadline and proc.poll() is None:

@@ -444,6 +444,6 @@ def window_from_bounds(
     if c1 <= c0 or r1 <= r0:
         raise RegionError(
             f"the bounds {tuple(bounds)} do not overlap the raster; give bounds in the raster's CRS "
-            "(or set bounds_crs) that intersect it"
+            "(or set bounds_crs / --bounds-crs) that intersect it"
         )
     return Window(c0, r0, c1 - c0, r1 - r0)

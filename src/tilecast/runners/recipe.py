@@ -131,12 +131,12 @@ def _gdal_error(exc: BaseException, writing: bool) -> TilecastError:
     if writing:
         error: TilecastError = OutputError(
             f"a Dask worker could not write the output: {text}. Make sure the output folder exists on every worker, "
-            "is writable and has room (free some space), then run again with resume=True to continue"
+            "is writable and has room (free some space), then run again with resume=True (--resume) to continue"
         )
     else:
         error = SourceReadError(
             f"a Dask worker could not read: {text}. Make sure every worker can read the input (the same path or URL, "
-            "the same credentials) and that it is intact, then run again with resume=True to continue"
+            "the same credentials) and that it is intact, then run again with resume=True (--resume) to continue"
         )
     error.resumable = True  # as kept for the library's error it replaces
     return error

@@ -409,3 +409,16 @@ def test_a_curl_style_header_reaches_the_endpoint(tmp_path, raster):
         server.server_close()
     assert seen and seen[0] == "Bearer s3cret", (seen, res.output)
     assert "s3cret" not in res.output
+
+
+@pytest.mark.parametrize("value", [" Bearer x", "Bearer x ", "\tx"])
+def test_a_header_value_with_surrounding_spaces_is_refused_from_python_naming_the_header(value):
+    """HTTP refuses a header value that starts or ends with a space or tab: sent as it is, every request failed
+    (retried) and httpx's error quoted the value. The Python API refuses it up front, naming the header only."""
+    from tilecast.errors import SpecError
+    from tilecast.remote.transport import check_headers
+
+    with pytest.raises(SpecError, match=r"'X-Key'.*space") as info:
+        check_headers({"X-Key": value}, None)
+    assert value.strip() not in str(info.value)
+    check_headers({"X-Key": value.strip()}, None)

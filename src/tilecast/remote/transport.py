@@ -340,6 +340,9 @@ def check_headers(headers: Mapping[str, str], token: str | None, grpc: bool = Fa
             raise SpecError(f"{what} has a line break, a control character or a character that is not ASCII (a "
                             "trailing newline from the file it was read from?); header values must be printable "
                             "ASCII")
+        if value != value.strip(" \t"):
+            raise SpecError(f"{what} starts or ends with a space or tab, which HTTP does not allow in a header "
+                            "value; remove them")
 
 
 def make_transport(endpoint: Endpoint, headers: Mapping[str, str], timeout: float, concurrency: int,

@@ -369,3 +369,13 @@ def test_progress_for_the_dask_engines_arrays_is_a_spec_error_naming_dasks_own(t
         with pytest.raises(tilecast.SpecError, match=r"progress.*Dask.*ProgressBar"):
             call()
     np.testing.assert_array_equal(pred.to_numpy(), _expected(range(40), range(50)))  # without progress: computed
+
+
+def test_a_misspelt_resampling_is_refused_when_the_spec_is_made():
+    """A misspelt ``resampling`` (in a model card, or a Python call) was only caught when an input needed warping:
+    on inputs already on the model's grid it was silently accepted."""
+    from tilecast.spec import ModelSpec
+
+    with pytest.raises(tilecast.SpecError, match=r"resampling 'bilinaer'.*bilinear"):
+        ModelSpec.create(input_tile_size=16, output_bands={"y": "float32"}, resampling="bilinaer")
+    assert ModelSpec.create(input_tile_size=16, output_bands={"y": "float32"}, resampling="cubic").resampling == "cubic"

@@ -320,11 +320,7 @@ class Model:
                           "Set fix_input_proj=True (--fix-input-proj) to warp the input to the model's grid.",
                           TilecastWarning, stacklevel=3)
             return source
-        try:
-            resampling = Resampling[spec.resampling]
-        except KeyError:
-            raise SpecError(f"unknown resampling {spec.resampling!r}; use one of {[r.name for r in Resampling][:12]}"
-                            ) from None
+        resampling = Resampling[spec.resampling]  # a known name: ModelSpec.validate checks it
         if isinstance(source, Reprojectable):  # a mosaic of many files warps each member per window
             return source.reprojected(crs or native.crs, spec.resolution, resampling)
         if not isinstance(source, RasterioSource):

@@ -12,6 +12,7 @@ from difflib import get_close_matches
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+from rasterio.enums import Resampling
 
 from .errors import SpecError
 from .plan import OverlapMode, TileGeometry, parse_resolution, parse_size
@@ -60,6 +61,7 @@ Padding = Literal["zero", "reflect"]
 LAYOUTS = ("bands", "NHWC", "NCHW", "pixels")
 BLENDS = ("crop", "cosine", "hann")
 PADDINGS = ("zero", "reflect")
+RESAMPLINGS = tuple(r.name for r in Resampling)  # GDAL's names, as rasterio.enums.Resampling spells them
 
 _EE_PRECISION = {"float": "float32", "double": "float64"}
 
@@ -259,6 +261,10 @@ class ModelSpec:
             raise SpecError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if self.padding not in PADDINGS:
             raise SpecError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.resampling not in RESAMPLINGS:
+            close = get_close_matches(str(self.resampling), RESAMPLINGS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SpecError(f"unknown resampling {self.resampling!r}; {hint}use one of {', '.join(RESAMPLINGS)}")
         if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
                 or self.batch_size < 1:
             raise SpecError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")

@@ -1,0 +1,118 @@
+"""Fix round 10 of ``tilecast view``: the disk cache is bounded (least recently used blocks go first), the native
+zoom of rasters spanning many latitudes, the input layer zoomed far out, and stopping a server in Jupyter."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rio_tiler")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+import tilecast  # noqa: E402
+from conftest import coord_image  # noqa: E402
+from tilecast.errors import SpecError  # noqa: E402
+from tilecast.view.diskcache import cache_files  # noqa: E402
+from tilecast.view.session import ViewOptions, from_prediction  # noqa: E402
+from tilecast.view.zooms import TMS  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::rio_tiler.errors.NoOverviewWarning")
+
+MiB = 2**20
+
+
+def old_blocks(root, folder: str, sizes: list[int], age_s: float) -> list:
+    """Block files a past session left, last used ``age_s`` seconds ago (the oldest first)."""
+    d = root / folder
+    d.mkdir(parents=True)
+    paths = []
+    for i, size in enumerate(sizes):
+        p = d / f"{i}.npy"
+        np.save(p, np.zeros(size // 8, np.float64))
+        t = time.time() - age_s - (len(sizes) - i)
+        os.utime(p, (t, t))
+        paths.append(p)
+    return paths
+
+
+def float_model() -> tilecast.Model:
+    return tilecast.Model.from_callable(lambda x: x[:, :1] * 1.5, layout="NCHW", input_tile_size=64,
+                                        output_bands={"v": "float64"})
+
+
+def all_tiles(server, z: int) -> list[str]:
+    w, s, e, n = server.view.main.tilejson("")["bounds"]
+    return [server.url + f"tiles/{t.z}/{t.x}/{t.y}.png" for t in TMS.tiles(w, s, e, n, [z])]
+
+
+def test_the_disk_cache_is_bounded_and_drops_the_least_recently_used_blocks(raster, tmp_path):
+    """Symptom: ``~/.cache/tilecast/view`` was never pruned: every model, input and parameter ever viewed added
+    its blocks (a float scene is gigabytes), across sessions, without bound. Now the root holds at most
+    ``cache_size``: at start and as blocks are written, the blocks used longest ago are deleted; files that are not
+    tilecast's own are never touched."""
+    from test_view import serve
+
+    root = tmp_path / "cache"
+    stale = old_blocks(root, "a" * 24, [250_000] * 4, age_s=7200)  # a session two hours ago
+    recent = old_blocks(root, "b" * 24, [250_000] * 2, age_s=600)
+    old_blocks(root, "c" * 24, [250_000], age_s=9000)[0].parent.joinpath("0.npy")  # the oldest of all...
+    os.utime(root / ("c" * 24) / "0.npy")  # ...but read a moment ago: kept
+    (root / "notes.txt").write_text("mine")  # not tilecast's: never deleted
+    (root / "mine").mkdir()
+    np.save(root / "mine" / "0.npy", np.zeros(200_000))
+    scene = raster(coord_image(600, 700, 2))
+    with serve(float_model().predict_image(scene), cache_dir=root, cache_size="1MiB", block_size=128) as server:
+        left = cache_files(root)
+        assert sum(size for _, size, _ in left) <= 0.8 * MiB  # pruned at start, below the limit
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in recent)
+        assert (root / ("c" * 24) / "0.npy").exists()
+        assert (root / "notes.txt").exists() and (root / "mine" / "0.npy").exists()
+        assert not (root / ("a" * 24)).exists()  # the folder it emptied is gone
+        for url in all_tiles(server, server.view.main.zooms.native):
+            assert httpx.get(url, timeout=60).status_code == 200
+        runner = server.view.main.runner
+        written = runner.stats.computed * 128 * 128 * 8
+        assert written > 2 * MiB  # far more than the limit was computed...
+        assert sum(size for _, size, _ in cache_files(root)) <= MiB  # ...and the cache stayed within it
+        assert runner.store.disk.pruned > 0
+    assert (root / "notes.txt").exists() and (root / "mine" / "0.npy").exists()
+
+
+def test_a_block_read_back_from_disk_counts_as_used(raster, tmp_path):
+    """LRU, not FIFO: a block a new session reads from disk is touched, so pruning keeps it over blocks unused."""
+    from tilecast.view.blocks import BlockStore
+
+    root = tmp_path / "cache"
+    store = BlockStore(root / ("d" * 24), disk_bytes=None)
+    for i in range(3):
+        store.put(i, np.full((1, 64, 64), i, np.float64))
+    for i, p in enumerate(sorted((root / ("d" * 24)).glob("*.npy"))):
+        os.utime(p, (1000.0 + i, 1000.0 + i))  # 0 oldest, 2 newest
+    fresh = BlockStore(root / ("d" * 24), disk_bytes=None)
+    assert fresh.load(0)[0, 0, 0] == 0  # the oldest, read again
+    size = (root / ("d" * 24) / "0.npy").stat().st_size
+    BlockStore(root / ("d" * 24), disk_bytes=int(2 * size / 0.8))  # room for two blocks after pruning
+    assert sorted(p.name for p in (root / ("d" * 24)).glob("*.npy")) == ["0.npy", "2.npy"]
+
+
+def test_cache_size_is_checked_and_zero_means_no_limit(raster, tmp_path):
+    with pytest.raises(SpecError, match="cache_size"):
+        ViewOptions(cache_size="lots")
+    assert ViewOptions(cache_size="2GiB").cache_size == 2 * 2**30
+    assert ViewOptions().cache_size == 4 * 2**30
+    from tilecast.cli.view import _view_options
+
+    opts = {"budget": 4, "no_cache": False, "cache_dir": None, "classes": None, "view_band": None, "colormap": None,
+            "rescale": None, "rgb": None, "basemap": None, "block_size": None, "cache_size": "0"}
+    assert _view_options(opts).cache_size is None
+    scene = raster(coord_image(100, 120, 2))
+    view = from_prediction(float_model().predict_image(scene), ViewOptions(cache_dir=tmp_path, cache_size=None))
+    try:
+        assert view.main.runner.store.disk.max_bytes is None
+    finally:
+        view.close()

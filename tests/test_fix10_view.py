@@ -116,3 +116,75 @@ def test_cache_size_is_checked_and_zero_means_no_limit(raster, tmp_path):
         assert view.main.runner.store.disk.max_bytes is None
     finally:
         view.close()
+
+
+def ground_pixel_m(grid, lon: float, lat: float) -> float:
+    """Square root of the ground area (m², on the ellipsoid) of the grid's pixel at ``lon, lat``."""
+    from pyproj import Geod, Transformer
+
+    to_grid = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
+    to_ll = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
+    col, row = ~grid.transform * to_grid.transform(lon, lat)
+    pts = [to_ll.transform(*(grid.transform * p)) for p in ((col, row), (col + 1, row), (col + 1, row + 1),
+                                                              (col, row + 1))]
+    area, _ = Geod(ellps="WGS84").polygon_area_perimeter([p[0] for p in pts], [p[1] for p in pts])
+    return abs(area) ** 0.5
+
+
+def closest_zoom(metres: float, lat: float) -> int:
+    """The web-mercator zoom whose ground pixel at ``lat`` is closest (in ratio) to ``metres``."""
+    import math
+
+    return min(range(25), key=lambda z: abs(math.log(TMS.matrix(z).cellSize * math.cos(math.radians(lat)) / metres)))
+
+
+@pytest.mark.parametrize("name, crs, transform, shape, old", [
+    ("lat/lon 40-80N", "EPSG:4326", (0.01, 0, 10, 0, -0.01, 80), (4000, 4000), 6),
+    ("lat/lon equator to 80N", "EPSG:4326", (0.01, 0, 10, 0, -0.01, 80), (8000, 2000), 6),
+    ("lat/lon world", "EPSG:4326", (0.1, 0, -180, 0, -0.1, 90), (1800, 3600), 0),
+    ("polar stereographic around the south pole", "EPSG:3031", (500, 0, -2e6, 0, -500, 2e6), (8000, 8000), 5),
+    ("polar stereographic, Greenland", "EPSG:3413", (150, 0, -650000, 0, -150, -650000), (18000, 10000), 8),
+    ("UTM", "EPSG:32633", (10, 0, 500000, 0, -10, 5000000), (1024, 1024), 13),
+    ("lat/lon 60N, small", "EPSG:4326", (1e-4, 0, 10, 0, -1e-4, 60.05), (1024, 1024), 13),
+])
+def test_the_native_zoom_is_the_closest_at_the_rasters_centre(name, crs, transform, shape, old):
+    """Symptom: the native zoom came from GDAL's suggested warp of the whole raster to web mercator (as rio-tiler's
+    maxzoom), whose diagonal web mercator stretches towards the poles: a raster spanning many latitudes got a
+    level too low at its centre (lat/lon from 40 to 80N: 6 where 7 matches its 790 m pixels at 60N; the world at
+    0.1 degree: 0), so the map opened too far out and ``maxzoom`` stopped a level early. ``old``: what it was."""
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.warp import transform as warp
+
+    from tilecast.sources.base import Grid
+    from tilecast.view.zooms import LATITUDE_LIMIT, lonlat_extent, native_zoom
+
+    grid = Grid(CRS.from_user_input(crs), Affine(*transform), shape)
+    (lon,), (lat,) = warp(grid.crs, "EPSG:4326", *([v] for v in grid.transform * (shape[1] / 2, shape[0] / 2)))
+    if abs(lat) >= LATITUDE_LIMIT:  # a pole at the centre: the centre of what web mercator shows of the raster
+        w, s, e, n = lonlat_extent(grid)
+        lon, lat = (w + e) / 2, (s + n) / 2
+    expected = closest_zoom(ground_pixel_m(grid, lon, lat), lat)
+    assert native_zoom(grid) == expected, (name, old)
+
+
+def test_the_input_layer_declares_every_zoom_it_serves(raster):
+    """The page and the widget ask for the input layer's tiles at every zoom, and the server draws them; its
+    TileJSON said ``minzoom`` 8 levels below native, so a TileJSON client (MapLibre, QGIS) showed no input when
+    zoomed out further."""
+    import io
+
+    from PIL import Image
+
+    from test_view import serve
+
+    scene = raster(coord_image(300, 400, 3))
+    with serve(float_model().predict_image(scene)) as server:
+        layer = server.view.layers["input"]
+        tj = httpx.get(server.url + "input/tilejson.json").json()
+        assert tj["minzoom"] == layer.zooms.minzoom == 0
+        lon, lat = tj["center"][:2]
+        t = TMS.tile(lon, lat, layer.zooms.native - 9)
+        r = httpx.get(server.url + f"input/tiles/{t.z}/{t.x}/{t.y}.png", timeout=60)
+        assert r.status_code == 200
+        assert (np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3] > 0).any()

@@ -188,3 +188,47 @@ def test_the_input_layer_declares_every_zoom_it_serves(raster):
         r = httpx.get(server.url + f"input/tiles/{t.z}/{t.x}/{t.y}.png", timeout=60)
         assert r.status_code == 200
         assert (np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))[..., 3] > 0).any()
+
+
+def test_stop_returns_at_once_while_a_block_is_computing(raster, monkeypatch):
+    """Symptom: ``ViewServer.stop()`` (what ``ExploreMap.close()``, garbage collection and interpreter exit call in
+    Jupyter) waited for the blocks being computed, so with a slow model closing a map froze the notebook cell until
+    the block was done (minutes on a CPU). It now returns at once; the block ends in the background."""
+    import contextlib
+    import importlib
+    import threading
+
+    from tilecast.view.app import ViewServer
+
+    blocks = importlib.import_module("tilecast.view.blocks")  # tilecast.view is also a function's name
+
+    started, release = threading.Event(), threading.Event()
+    real = blocks.compute_chunk
+
+    def slow(*args, **kwargs):
+        started.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(blocks, "compute_chunk", slow)
+    scene = raster(coord_image(300, 300, 2))
+    server = ViewServer(from_prediction(float_model().predict_image(scene), ViewOptions(cache_dir=False))).start()
+    try:
+        tj = httpx.get(server.url + "tilejson.json").json()
+        t = TMS.tile(*tj["center"][:2], server.view.main.zooms.native)
+
+        def ask() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(server.url + f"tiles/{t.z}/{t.x}/{t.y}.png", timeout=90)
+
+        threading.Thread(target=ask, daemon=True).start()
+        assert started.wait(30)
+        start = time.monotonic()
+        server.stop()
+        took = time.monotonic() - start
+    finally:
+        release.set()
+    assert took < 5, took
+    assert not server.thread.is_alive()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server.url + "config.json", timeout=5)

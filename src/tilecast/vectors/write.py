@@ -217,12 +217,17 @@ class VectorWriter:
         except BaseException as exc:  # re-raised on the calling thread
             self._error = exc
 
+    @property
+    def reprojects(self) -> bool:
+        """GeoJSON moves the geometry to WGS84 lon/lat itself (:meth:`_layer_options`)."""
+        return self.driver == "GeoJSON" and self.crs is not None
+
     def _layer_options(self) -> dict[str, str] | None:
         """GeoJSON is RFC 7946: GDAL reprojects to WGS84 lon/lat (polygons wound counter-clockwise, split at the
         antimeridian) and writes no legacy ``crs`` member, which most readers ignore (projected coordinates read as
         degrees put every feature in the wrong place). Areas were measured before, in ``crs``. 9 decimals (0.1 mm),
         not RFC 7946's default 7 (1 cm), keep the pixel edges of a drone image's class map where they are."""
-        if self.driver == "GeoJSON" and self.crs is not None:
+        if self.reprojects:
             return {"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)}
         return None
 

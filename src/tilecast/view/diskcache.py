@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class DiskBudget:
         """Bytes under the root, as counted at the last pruning plus what this process wrote since."""
         self.pruned = 0
         """Block files deleted by this process."""
+        self._lock = threading.Lock()  # blocks are written from several threads
         if max_bytes is not None and self.used > max_bytes:
             self.prune()
 
@@ -76,13 +78,18 @@ class DiskBudget:
         """Count a block just written, and prune if the root is over its limit."""
         if self.max_bytes is None:
             return
-        self.used += nbytes
-        if self.used > self.max_bytes:
-            self.prune()
+        with self._lock:
+            self.used += nbytes
+            if self.used > self.max_bytes:
+                self._prune()
 
     def prune(self) -> None:
         """Delete the least recently used blocks until the root holds at most ``PRUNE_TO`` of the limit, then the
         fingerprint folders left empty."""
+        with self._lock:
+            self._prune()
+
+    def _prune(self) -> None:
         if self.max_bytes is None:
             return
         files = cache_files(self.root)

@@ -158,12 +158,12 @@ def test_card_contradicting_signature(tmp_path):
         load_model(path)
     card = _card(bands=["a", "b", "c"], input_names=["image"], input_tile_size=(24, 24), input_overlap_size=(0, 0),
                  scaling=None, resolution=None, crs=None)
-    write_card(card, path, embed=False)
+    write_card(card, path, embed=False, overwrite=True)
     with pytest.raises(SpecError, match=r"channel = 3.*image: \?x2x24x24"):
         load_model(path)
     card = _card(bands=["a", "b"], input_names=["pixels"], input_tile_size=(24, 24), input_overlap_size=(0, 0),
                  scaling=None, resolution=None, crs=None)
-    write_card(card, path, embed=False)
+    write_card(card, path, embed=False, overwrite=True)
     with pytest.raises(SpecError, match="'pixels' but the model's input is 'image'"):
         load_model(path)
 
@@ -419,7 +419,8 @@ def test_band_layout_renames_bands_matched_by_common_name(tmp_path):
     # a card naming the bands as the sensor does, whose inputs are the common names
     write_card(build_card(name="pb", bands=["B4", "B8"], common_names={"B4": "red", "B8": "nir"},
                           input_names=["red", "nir"], input_tile_size=(16, 16), layout="bands",
-                          output_bands=[OutputBand("output", np.dtype("float32"))], output_names=["output"]), per_band)
+                          output_bands=[OutputBand("output", np.dtype("float32"))], output_names=["output"]), per_band,
+               overwrite=True)
     load_model(per_band).predict_image(img).to_geotiff(tmp_path / "b.tif")
     for name in ("a.tif", "b.tif"):
         with rasterio.open(tmp_path / name) as ds:
@@ -458,6 +459,6 @@ def test_a_card_write_that_fails_leaves_the_old_files_and_no_temporary_one(tmp_p
 
     monkeypatch.setattr(tilecast.card.io.os, "replace", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        write_card(_card(), path)
+        write_card(_card(), path, overwrite=True)
     monkeypatch.setattr(tilecast.card.io.os, "replace", real_replace)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -32,7 +32,7 @@ def _carded(tmp_path, **kw):
                 common_names={"B04": "red", "B03": "green", "B02": "blue"},
                 output_bands=[OutputBand("y", np.dtype("float32"))])
     args.update(kw)
-    write_card(build_card(**args), path, embed=False)
+    write_card(build_card(**args), path, embed=False, overwrite=True)  # a test may card one model twice
     return path
 
 

@@ -97,14 +97,16 @@ def will_embed(model_path: str | os.PathLike, embed: bool | None = None) -> bool
 
 
 def write_card(card: Card, model_path: str | os.PathLike, *, embed: bool | None = None,
-               overwrite: bool = True) -> Path:
+               overwrite: bool = False) -> Path:
     """Write the sidecar (atomically) and, for ONNX and Torch models, embed the card in the model too.
 
-    ``embed`` None embeds when the model is a Torch archive, or an ``.onnx`` file and ``onnx`` is installed.
+    ``embed`` None embeds when the model is a Torch archive, or an ``.onnx`` file and ``onnx`` is installed. An
+    existing sidecar is replaced only with ``overwrite=True`` (it may hold fields written by hand).
     """
     side = card_path(model_path)
     if side.exists() and not overwrite:
-        raise OutputExistsError(f"{side} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{side} exists (the card of {model_path}); pass write_card(..., overwrite=True) to "
+                                "replace it, or read_card it first to edit it")
     kind = embeddable(model_path)
     if will_embed(model_path, embed) and kind is None:  # refused before anything is written
         raise SpecError(f"only ONNX, TorchScript and torch.export models can embed their card, not {model_path}; "

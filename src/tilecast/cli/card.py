@@ -105,7 +105,7 @@ def card(model_path: str, show: bool, check: bool, embed: bool | None, **opts: A
     finally:
         runtime.close()
     embedded = embeddable(model_path) is not None and will_embed(model_path, embed)
-    side = write_card(new, model_path, embed=embed)
+    side = write_card(new, model_path, embed=embed, overwrite=True)  # the old card was read and merged above
     click.echo(f"wrote {side}" + (" (and embedded it in the model)" if embedded else ""), err=True)
     if show:
         click.echo(json.dumps(new.item, indent=2))

@@ -19,7 +19,8 @@ VECTOR_HELP = ".gpkg, .parquet (GeoParquet), .fgb, .geojson or .shp"
 def polygon_options(f: Callable) -> Callable:
     """``--vector-crs``, ``--simplify`` and ``--min-area``: shared by ``polygonize`` and ``predict -o x.gpkg``."""
     for option in reversed((
-        click.option("--vector-crs", help="CRS of the vector output (default: the raster's), e.g. EPSG:4326."),
+        click.option("--vector-crs", help="CRS of the vector output (default: the raster's), e.g. EPSG:4326. "
+                     "GeoJSON is always written in WGS84 lon/lat (RFC 7946); areas are measured in this CRS."),
         click.option("--simplify", type=float, metavar="TOLERANCE",
                      help="Simplify polygons to this tolerance, in the output's map units (degrees for a lat/lon "
                      "output such as EPSG:4326); a class map's regions are simplified together, so neighbours keep "

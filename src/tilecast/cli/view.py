@@ -60,6 +60,9 @@ class RangeType(click.ParamType):
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Where computed blocks are kept across runs. [default: ~/.cache/tilecast/view]")
 @click.option("--no-cache", is_flag=True, help="Keep computed blocks in memory only.")
+@click.option("--cache-size", metavar="SIZE", default="4GiB", show_default=True,
+              help="Most disk the block cache takes, every model and input together (e.g. 500MiB, 20GiB); the "
+                   "least recently used blocks are deleted beyond it. 0: no limit.")
 @click.option("--block-size", type=SIZE, help="Block W[,H] in output pixels (rounded to whole tiles). [default: 512]")
 @click.option("--budget", type=int, default=4, show_default=True,
               help="Blocks one map tile may compute; sets the layer's minzoom (the zoom-out guard).")
@@ -136,4 +139,5 @@ def _view_options(opts: dict[str, Any]) -> Any:
         band=opts["view_band"], colormap=check_colormap(opts["colormap"]) if opts["colormap"] else None,
         rescale=opts["rescale"], classes=classes, rgb=csv_list(opts["rgb"]), basemap=opts["basemap"],
         block_size=opts["block_size"], budget=opts["budget"], cache_dir=cache,
+        cache_size=None if str(opts["cache_size"]).strip() == "0" else opts["cache_size"],
     )

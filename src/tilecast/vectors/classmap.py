@@ -78,7 +78,8 @@ def polygonize_raster(
                 h = min(strip_rows, ds.height - r)
                 window = Window(0, r, ds.width, h)
                 valid = ds.read_masks(band, window=window) > 0 if masked else None
-                output.polygons(poly.add(r, ds.read(band, window=window), valid), last=False)
+                final = poly.add(r, ds.read(band, window=window), valid)
+                output.polygons(final, last=False, held=poly.open)
                 if callback is not None:
                     callback(r + h, ds.height, (r + h) * ds.width)
             output.polygons(poly.finish(), last=True)

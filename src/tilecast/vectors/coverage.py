@@ -16,7 +16,7 @@ import numpy as np
 
 from .polygonize import ClassPolygons
 
-__all__ = ["CoverageSimplifier", "frame", "has_coverage_simplify", "noded"]
+__all__ = ["CoverageSimplifier", "StreamNoder", "frame", "has_coverage_simplify", "noded", "on_edges"]
 
 
 def has_coverage_simplify() -> bool:
@@ -85,9 +85,9 @@ def frame(geoms: np.ndarray) -> np.ndarray:
     return np.asarray([shapely.Polygon(r) for r in rings], dtype=object)
 
 
-def noded(geoms: np.ndarray) -> np.ndarray:
+def noded(geoms: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
     """The polygons (grid pixels: whole numbers, axis-parallel edges) with a vertex wherever another one's vertex
-    lies inside one of their edges.
+    (or a point of ``extra``, ``(n, 2)``: vertices of neighbours held elsewhere) lies inside one of their edges.
 
     Canonical polygons (as GDAL's) have no vertex in the middle of a straight edge, so where two regions meet on
     the straight edge of a third (a T-junction) the third has no vertex there: the edges are not shared vertex for
@@ -100,7 +100,8 @@ def noded(geoms: np.ndarray) -> np.ndarray:
     xy, ring = shapely.get_coordinates(rings, return_index=True)
     if not len(xy):
         return geoms
-    m = float(np.abs(xy).max()) + 1.0
+    every = xy if extra is None or not len(extra) else np.concatenate([xy, extra])
+    m = float(np.abs(every).max()) + 1.0
     span = 2.0 * m + 1.0  # keys ``line * span + m + position``: one order for (line, position), exact in float64
     seg = np.flatnonzero(ring[1:] == ring[:-1])  # the edge from vertex seg to seg + 1
     start, end = xy[seg], xy[seg + 1]
@@ -109,19 +110,22 @@ def noded(geoms: np.ndarray) -> np.ndarray:
     for along in (0, 1):  # along x (edges of one y), then along y (edges of one x)
         line = 1 - along
         edge = start[:, line] == end[:, line]
-        keys = np.unique(xy[:, line] * span + m + xy[:, along])  # every vertex, sorted by line then position
+        keys = np.unique(every[:, line] * span + m + every[:, along])  # every vertex, sorted by line then position
         base = start[edge, line] * span + m
         lo = np.minimum(start[edge, along], end[edge, along])
         hi = np.maximum(start[edge, along], end[edge, along])
         first = np.searchsorted(keys, base + lo, "right")
         stop = np.searchsorted(keys, base + hi, "left")
-        for k in np.flatnonzero(stop > first):  # only the edges with a T-junction: few
-            pos = keys[first[k]:stop[k]] - base[k]
-            if start[edge][k, along] > end[edge][k, along]:
-                pos = pos[::-1]
-            pts = np.empty((len(pos), 2))
-            pts[:, along], pts[:, line] = pos, start[edge][k, line]
-            at.append(np.full(len(pos), seg[edge][k] + 1))
+        ks = np.flatnonzero(stop > first)  # the edges with a T-junction, and the keys inside each, in its direction
+        counts = stop[ks] - first[ks]
+        group = np.repeat(np.arange(len(ks)), counts)
+        rank = np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)
+        backwards = (start[edge][ks, along] > end[edge][ks, along])[group]
+        inside = first[ks][group] + np.where(backwards, counts[group] - 1 - rank, rank)
+        pts = np.empty((len(group), 2))
+        pts[:, along], pts[:, line] = keys[inside] - base[ks][group], start[edge][ks, line][group]
+        if len(group):
+            at.append(seg[edge][ks][group] + 1)
             points.append(pts)
     if not at:
         return geoms
@@ -129,3 +133,63 @@ def noded(geoms: np.ndarray) -> np.ndarray:
     xy = np.insert(xy, where, np.concatenate(points), axis=0)
     ring = np.insert(ring, where, ring[where - 1])
     return shapely.polygons(shapely.linearrings(xy, indices=ring), indices=owner)
+
+
+class StreamNoder:
+    """:func:`noded` for regions that stream out in batches as they become final, while their polygonizer still
+    holds some of their neighbours.
+
+    A region's T-junctions are vertices of its neighbours, which are final in the same batch, still held, or were
+    final before (while it was held): the vertices of a batch that lie on a held region are kept for it. Without
+    this, a reprojected map opens gaps and overlaps where neighbours meet on a long straight edge: the edge's
+    vertices are reprojected and joined by a straight line, the junction between them is reprojected onto the
+    curve (1.7 m apart in the middle of a 10 km edge of UTM in lon/lat).
+    """
+
+    def __init__(self) -> None:
+        self.pending = np.zeros((0, 2))
+        """Vertices of regions written already that lie on the boundary of a region still held."""
+
+    def node(self, final: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """``final`` noded against each other, the ``held`` regions and the pending vertices."""
+        import shapely
+
+        if not len(final):
+            return final
+        x0, y0, x1, y1 = shapely.total_bounds(final)
+        around = np.concatenate([shapely.get_coordinates(held) if len(held) else np.zeros((0, 2)), self.pending])
+        around = around[(around[:, 0] >= x0) & (around[:, 0] <= x1) & (around[:, 1] >= y0) & (around[:, 1] <= y1)]
+        out = noded(final, around)
+        points = np.concatenate([shapely.get_coordinates(final), self.pending])
+        key = points[:, 0] * (2.0 * float(np.abs(points[:, 1]).max(initial=0.0)) + 3.0) + points[:, 1]
+        points = points[np.unique(key, return_index=True)[1]]  # whole numbers: exact keys
+        self.pending = points[on_edges(points, held)] if len(held) and len(points) else np.zeros((0, 2))
+        return out
+
+
+def on_edges(points: np.ndarray, geoms: np.ndarray) -> np.ndarray:
+    """Which of ``points`` ``(n, 2)`` lie on an edge (ends included) of the polygons ``geoms``, in grid pixels
+    (whole numbers, axis-parallel edges): exact, and without a point-in-polygon test per point."""
+    import shapely
+
+    xy, ring = shapely.get_coordinates(shapely.get_rings(geoms), return_index=True)
+    hit = np.zeros(len(points), bool)
+    if not len(xy) or not len(points):
+        return hit
+    m = float(max(np.abs(xy).max(), np.abs(points).max())) + 1.0
+    span = 2.0 * m + 1.0  # keys ``line * span + m + position``, as in :func:`noded`
+    seg = np.flatnonzero(ring[1:] == ring[:-1])
+    start, end = xy[seg], xy[seg + 1]
+    for along in (0, 1):
+        line = 1 - along
+        edge = start[:, line] == end[:, line]
+        keys = points[:, line] * span + m + points[:, along]
+        order = np.argsort(keys, kind="stable")
+        base = start[edge, line] * span + m
+        first = np.searchsorted(keys[order], base + np.minimum(start[edge, along], end[edge, along]), "left")
+        stop = np.searchsorted(keys[order], base + np.maximum(start[edge, along], end[edge, along]), "right")
+        depth = np.zeros(len(points) + 1, np.int64)
+        np.add.at(depth, first, 1)
+        np.add.at(depth, stop, -1)
+        hit[order[np.cumsum(depth[:-1]) > 0]] = True
+    return hit

@@ -30,6 +30,9 @@ __all__ = [
 class FeatureTarget(Protocol):
     """Where features go: a :class:`~tilecast.vectors.write.VectorWriter`, or :class:`Features` in memory."""
 
+    reprojects: bool
+    """Whether the target moves the geometry to another CRS itself (GeoJSON: WGS84 lon/lat)."""
+
     def write(self, geoms: np.ndarray, columns: Mapping[str, np.ndarray]) -> None: ...
 
     def write_wkb(self, wkb: Any, columns: Mapping[str, np.ndarray]) -> None:
@@ -39,6 +42,8 @@ class FeatureTarget(Protocol):
 
 class Features:
     """Features gathered in memory (for small areas), turned into a GeoDataFrame at the end."""
+
+    reprojects = False
 
     def __init__(self, crs: Any) -> None:
         self.crs = crs
@@ -145,6 +150,7 @@ class FeatureOutput:
         self.count = 0
         self._reproject = None
         self._coverage: Any = None
+        self._noder: Any = None
         for name, value in (("simplify", simplify), ("min_area", min_area)):
             if value is not None and not (np.isfinite(value) and value >= 0):
                 from ..errors import SpecError
@@ -242,10 +248,11 @@ class FeatureOutput:
         self.target.write_wkb(box_wkb(np.asarray(x).reshape(-1, 5), np.asarray(y).reshape(-1, 5)), cols)
         self.count += len(objs)
 
-    def polygons(self, polys: ClassPolygons, last: bool | None = None) -> None:
+    def polygons(self, polys: ClassPolygons, last: bool | None = None, held: ClassPolygons | None = None) -> None:
         """Write final class-map regions. ``last`` (False, then True with the last batch) says they are the regions
         of one map: simplified, they are gathered and simplified together so neighbours keep sharing their edges
-        (:mod:`~tilecast.vectors.coverage`); None: each polygon on its own."""
+        (:mod:`~tilecast.vectors.coverage`); None: each polygon on its own. ``held``: the regions the polygonizer
+        still holds; reprojected, the regions are noded against them and each other first (their T-junctions)."""
         if self.simplify and last is not None:
             from .coverage import CoverageSimplifier, frame
 
@@ -262,6 +269,13 @@ class FeatureOutput:
                 geoms = polys.geoms
         elif not len(polys):
             return
+        elif last is not None and (self._reproject is not None or self.target.reprojects):
+            from .coverage import StreamNoder
+
+            if self._noder is None:
+                self._noder = StreamNoder()
+            around = held.geoms if held is not None else np.empty(0, object)
+            geoms = self._to_map(self._noder.node(polys.geoms, around))
         else:
             geoms = self._to_map(polys.geoms)
         if not len(geoms):
@@ -303,7 +317,8 @@ class PolygonSink:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         arr = data[self.band] if data.ndim == 3 else data
-        self.output.polygons(self.polygonizer.add(int(window.row_off), arr), last=False)
+        final = self.polygonizer.add(int(window.row_off), arr)
+        self.output.polygons(final, last=False, held=self.polygonizer.open)
 
     def close(self) -> Any:
         self.output.polygons(self.polygonizer.finish(), last=True)
@@ -334,7 +349,8 @@ class PolygonChunkSink(PolygonSink):
 
     def write(self, window: Window, data: np.ndarray) -> None:
         arr = data[self.band] if data.ndim == 3 else data
-        self.output.polygons(self.grid.add(int(window.row_off), int(window.col_off), arr), last=False)
+        final = self.grid.add(int(window.row_off), int(window.col_off), arr)
+        self.output.polygons(final, last=False, held=self.grid.open)
 
     def mark(self, indices: Any) -> None:
         pass

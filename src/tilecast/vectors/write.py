@@ -37,6 +37,9 @@ VECTOR_FORMATS: dict[str, str] = {
 }
 """Output extensions and the format each one writes."""
 
+GEOJSON_DECIMALS = 9
+"""Decimals of the lon/lat coordinates written to GeoJSON."""
+
 _SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 _DONE = object()
 
@@ -209,9 +212,24 @@ class VectorWriter:
             reader = self.pa.RecordBatchReader.from_batches(self.schema, self._batches())
             crs = self.crs.to_wkt() if self.crs is not None else None
             pyogrio.write_arrow(reader, str(self.tmp), layer=self.layer, driver=self.driver, crs=crs,
-                                geometry_name="geometry", geometry_type=self.geometry_type)
+                                geometry_name="geometry", geometry_type=self.geometry_type,
+                                layer_options=self._layer_options())
         except BaseException as exc:  # re-raised on the calling thread
             self._error = exc
+
+    @property
+    def reprojects(self) -> bool:
+        """GeoJSON moves the geometry to WGS84 lon/lat itself (:meth:`_layer_options`)."""
+        return self.driver == "GeoJSON" and self.crs is not None
+
+    def _layer_options(self) -> dict[str, str] | None:
+        """GeoJSON is RFC 7946: GDAL reprojects to WGS84 lon/lat (polygons wound counter-clockwise, split at the
+        antimeridian) and writes no legacy ``crs`` member, which most readers ignore (projected coordinates read as
+        degrees put every feature in the wrong place). Areas were measured before, in ``crs``. 9 decimals (0.1 mm),
+        not RFC 7946's default 7 (1 cm), keep the pixel edges of a drone image's class map where they are."""
+        if self.reprojects:
+            return {"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)}
+        return None
 
     def close(self) -> Path:
         """Finish, then rename the temporary file(s) over ``path``."""

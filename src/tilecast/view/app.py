@@ -220,12 +220,16 @@ class ViewServer:
             time.sleep(0.01)
         return self
 
-    def stop(self) -> None:
-        """Stop serving and release the blocks' threads; safe to call twice."""
+    def stop(self, wait: bool = False) -> None:
+        """Stop serving and release the blocks' threads; safe to call twice.
+
+        Blocks still being computed are not waited for (``wait=True`` does): with a slow model that would freeze the
+        caller, a notebook cell closing its map, for the rest of the block. They end in the background; queued ones
+        are dropped."""
         self.server.should_exit = True
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout=10)
-        self._finish()
+        self._finish(wait)
 
     def _finish(self, wait: bool = True) -> None:
         if self._closed:

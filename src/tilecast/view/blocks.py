@@ -4,7 +4,8 @@ A map never drives inference in web-mercator pixels. Its blocks are the output c
 and Dask runs use (:mod:`tilecast.runners.chunks`): the same plan, overlap and blending, assembled in the same
 order, so a block's pixels are bit-identical to the batch prediction's. Each block is computed once: concurrent
 requests for it share one future; finished blocks go to a bounded in-memory LRU cache and to an on-disk cache keyed
-by the run's fingerprint (model, parameters, input, layout), so a restarted viewer reuses them.
+by the run's fingerprint (model, parameters, input, layout), so a restarted viewer reuses them; the disk cache is
+bounded too (:mod:`tilecast.view.diskcache`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rasterio.windows import Window
 from ..runners.chunks import ChunkLayout, compute_chunk, fingerprint
 from ..runtimes.base import streams_of
 from ..runtimes.callable import CallableRuntime
+from .diskcache import DEFAULT_DISK_BYTES, DiskBudget
 
 if TYPE_CHECKING:
     from ..prediction import Prediction
@@ -62,16 +64,22 @@ class ViewStats:
 
 
 class BlockStore:
-    """Finished blocks: a bounded LRU in memory over an optional directory of ``.npy`` files (one per block)."""
+    """Finished blocks: a bounded LRU in memory over an optional directory of ``.npy`` files (one per block).
 
-    def __init__(self, directory: Path | None, max_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+    ``disk_bytes`` bounds the cache root (``directory``'s parent, shared by every fingerprint): beyond it the least
+    recently used blocks on disk are deleted; None leaves it unbounded."""
+
+    def __init__(self, directory: Path | None, max_bytes: int = DEFAULT_MEMORY_BYTES,
+                 disk_bytes: int | None = DEFAULT_DISK_BYTES) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self._memory: OrderedDict[int, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self.disk: DiskBudget | None = None
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
+            self.disk = DiskBudget(directory.parent, disk_bytes)
 
     def _path(self, index: int) -> Path | None:
         return None if self.directory is None else self.directory / f"{index}.npy"
@@ -96,8 +104,13 @@ class BlockStore:
             data = np.load(path, allow_pickle=False)
         except (OSError, ValueError):  # missing, or a torn file from a killed process: compute it again
             return None
+        self._used(path)
         self._remember(index, data)
         return data
+
+    def _used(self, path: Path) -> None:
+        if self.disk is not None:
+            self.disk.touch(path)
 
     def known(self) -> set[int]:
         """Indexes of every finished block, in memory or on disk."""
@@ -114,15 +127,18 @@ class BlockStore:
         if data is not None or path is None:
             return data
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
             return None
+        self._used(path)
+        return data
 
     def put(self, index: int, data: np.ndarray) -> None:
         self._remember(index, data)
         path = self._path(index)
         if path is None:
             return
+        path.parent.mkdir(parents=True, exist_ok=True)  # pruning removes a folder it emptied
         fd, tmp = tempfile.mkstemp(prefix=f".{index}.", suffix=".npy", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -131,6 +147,8 @@ class BlockStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if self.disk is not None:
+            self.disk.added(path.stat().st_size)
 
     def _remember(self, index: int, data: np.ndarray) -> None:
         with self._lock:
@@ -149,7 +167,8 @@ class BlockRunner:
 
     ``cache_dir``: where blocks are kept across restarts (a sub-folder per fingerprint); None for the default
     (:func:`default_cache_dir`), False for memory only. A model that is a Python function has no file to identify
-    it by, so its blocks stay in memory unless ``cache_dir`` is given.
+    it by, so its blocks stay in memory unless ``cache_dir`` is given. ``disk_bytes``: the most the cache folder
+    may hold, every fingerprint together (least recently used blocks are deleted beyond it); None: unbounded.
     """
 
     def __init__(
@@ -160,6 +179,7 @@ class BlockRunner:
         cache_dir: str | os.PathLike | bool | None = None,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
         workers: int = 1,
+        disk_bytes: int | None = DEFAULT_DISK_BYTES,
     ) -> None:
         self.prediction = prediction
         self.job = prediction.job
@@ -167,7 +187,7 @@ class BlockRunner:
         self.layout = ChunkLayout.create(self.job.plan, self.job.blending, block_size or DEFAULT_BLOCK_PIXELS)
         self.key = fingerprint(self.job, self.layout)
         self.stats = ViewStats()
-        self.store = BlockStore(self._directory(cache_dir), memory_bytes)
+        self.store = BlockStore(self._directory(cache_dir), memory_bytes, disk_bytes)
         self._futures: dict[int, Future[np.ndarray]] = {}
         self._waiters: dict[int, int] = {}
         self._lock = threading.Lock()

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 import rasterio
 from rasterio.enums import ColorInterp
 
+from ..autotile import parse_bytes
 from ..errors import BandMismatchError, SpecError
 from ..sources.base import Grid
 from ..sources.rasterio_source import RasterioSource, open_dataset, reopenable
 from .blocks import BlockRunner
+from .diskcache import DEFAULT_DISK_BYTES
 from .style import RangeStyle
 from .tiles import DEFAULT_BUDGET, Layer, PredictionLayer, RasterLayer, prediction_style, raster_style
 from .zooms import check_georeferenced, lonlat_extent
@@ -50,6 +52,9 @@ class ViewOptions:
     block_size: int | tuple[int, int] | None = None
     budget: int = DEFAULT_BUDGET
     cache_dir: str | os.PathLike | bool | None = None
+    cache_size: int | str | None = DEFAULT_DISK_BYTES
+    """The most the disk cache may hold, every prediction together (bytes, or ``"10GiB"``); the least recently
+    used blocks are deleted beyond it. None: unbounded."""
     memory_bytes: int = 256 * 2**20
     workers: int = 2
     """Blocks computed at once: while one block's tiles are inferred, the next one's are read."""
@@ -60,6 +65,8 @@ class ViewOptions:
         sizes = (self.block_size,) if isinstance(self.block_size, int) else self.block_size or ()
         if any(int(v) < 1 for v in sizes):  # 0 fell back to the default unnoticed
             raise SpecError(f"--block-size {self.block_size!r}: give a positive number of pixels, e.g. 512")
+        if self.cache_size is not None:
+            self.cache_size = parse_bytes(self.cache_size, "cache_size (--cache-size)")
         if self.rescale is not None and not (len(self.rescale) == 2 and self.rescale[1] > self.rescale[0]):
             raise SpecError(f"rescale={self.rescale!r}: give (min, max) with max greater than min, e.g. (0, 1)")
 
@@ -152,7 +159,7 @@ def from_prediction(prediction: Prediction, options: ViewOptions | None = None, 
     o = options or ViewOptions()
     check_georeferenced(prediction.grid, "the prediction's grid")
     runner = BlockRunner(prediction, block_size=o.block_size, cache_dir=o.cache_dir, memory_bytes=o.memory_bytes,
-                         workers=o.workers)
+                         workers=o.workers, disk_bytes=None if o.cache_size is None else int(o.cache_size))
     try:
         style = prediction_style(runner, o.band, o.colormap, o.rescale, o.classes)
         layers: dict[str, Layer] = {"prediction": PredictionLayer(runner, style, o.budget)}

@@ -373,7 +373,8 @@ class RasterLayer(Layer):
             self.band_names = [ds.descriptions[i - 1] or f"b{i}" for i in self.indexes]
         check_georeferenced(self.grid, path)
         native = native_zoom(self.grid)
-        self.zooms = Zooms(max(0, native - 8), native, native + 4)
+        # every zoom: the page and the widget ask for them all, and a TileJSON client shows nothing below minzoom
+        self.zooms = Zooms(0, native, native + 4)
 
     def identity(self) -> list[Any]:
         return self._identity

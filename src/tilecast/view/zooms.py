@@ -15,6 +15,7 @@ import morecantile
 from rasterio.crs import CRS as RioCRS
 from rasterio.errors import RasterioError
 from rasterio.warp import calculate_default_transform, transform_bounds
+from rasterio.warp import transform as transform_points
 from rasterio.windows import Window, from_bounds
 
 from ..errors import NotGeoreferencedError, RegionError
@@ -80,17 +81,44 @@ def _centre(grid: Grid) -> tuple[float, float]:
     return (lon - 360.0 if lon > 180.0 else lon), (s + n) / 2
 
 
-def native_zoom(grid: Grid) -> int:
-    """The zoom whose pixel size is closest to the grid's, as rio-tiler works it out for a dataset. Across the
-    antimeridian the warp goes to a web mercator centred on the raster (same scale, no wrap): to web mercator
-    itself it would span the world and give zoom 0."""
+def _mercator(lon: float) -> RioCRS:
+    """Web mercator centred on ``lon``: the same scale everywhere, without a wrap near the raster."""
+    return RioCRS.from_proj4(f"+proj=merc +a=6378137 +b=6378137 +lon_0={lon!r} +x_0=0 +y_0=0 +k=1 +units=m "
+                             "+nadgrids=@null +no_defs")
+
+
+def _pixel_size_at_centre(grid: Grid) -> float | None:
+    """The size in web-mercator metres of the grid's pixel at its centre (the centre of what web mercator shows of
+    it, for a raster around a pole): the square root of the pixel's area there. None where it has no place."""
     h, w = grid.shape
-    dst = TMS.rasterio_crs
-    if lonlat_extent(grid)[2] > 180.0:
-        dst = RioCRS.from_proj4(f"+proj=merc +a=6378137 +b=6378137 +lon_0={_centre(grid)[0]!r} +x_0=0 +y_0=0 "
-                                "+k=1 +units=m +nadgrids=@null +no_defs")
-    transform, _, _ = calculate_default_transform(grid.crs, dst, w, h, *grid.bounds)
-    return TMS.zoom_for_res(abs(transform.a), max_z=TMS.maxzoom)
+    col, row = w / 2, h / 2
+    try:
+        (lon,), (lat,) = transform_points(grid.crs, "EPSG:4326", *([v] for v in grid.transform * (col, row)))
+        if not abs(lat) < LATITUDE_LIMIT:
+            lon, lat = _centre(grid)
+            (x,), (y,) = transform_points("EPSG:4326", grid.crs, [lon], [lat])
+            col, row = ~grid.transform * (x, y)
+        corners = [grid.transform * p for p in ((col, row), (col + 1, row), (col, row + 1))]
+        xs, ys = transform_points(grid.crs, _mercator(lon), [p[0] for p in corners], [p[1] for p in corners])
+    except (RasterioError, ValueError):
+        return None
+    area = abs((xs[1] - xs[0]) * (ys[2] - ys[0]) - (ys[1] - ys[0]) * (xs[2] - xs[0]))
+    return math.sqrt(area) if math.isfinite(area) and area > 0 else None
+
+
+def native_zoom(grid: Grid) -> int:
+    """The zoom whose pixel size is closest to the grid's at its centre, where the map opens.
+
+    Not the zoom of GDAL's suggested warp of the whole raster (rio-tiler's ``maxzoom``): that keeps the pixel count
+    along the warped raster's diagonal, which web mercator's stretching towards the poles lengthens, so a raster
+    spanning many latitudes (a lat/lon or polar one) came out a level or more too low at its centre."""
+    res = _pixel_size_at_centre(grid)
+    if res is None:
+        h, w = grid.shape
+        dst = _mercator(_centre(grid)[0]) if lonlat_extent(grid)[2] > 180.0 else TMS.rasterio_crs
+        transform, _, _ = calculate_default_transform(grid.crs, dst, w, h, *grid.bounds)
+        res = abs(transform.a)
+    return TMS.zoom_for_res(res, max_z=TMS.maxzoom)
 
 
 def tile_window(grid: Grid, z: int, x: int, y: int, margin: int = MARGIN) -> Window | None:

@@ -351,7 +351,9 @@ def test_ctrl_c_stops_the_viewer_at_once_even_while_a_block_is_computing(raster,
     cmd = [sys.executable, "-c", SLOW_CLI, scene, "--model", onnx, "--tile", "64", "--output-band", "y:float32",
            "--no-browser", "--port", "0", "--no-cache", "-q"]
     for compute in (False, True):
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        # Ctrl-C must reach the child even when the suite runs as a background job (which ignores SIGINT)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
             try:
                 url = proc.stdout.readline().strip()
                 assert url.startswith("http://127.0.0.1:"), proc.stderr.read()

@@ -351,3 +351,32 @@ def test_a_fractional_window_exports_the_pixels_it_touches(tmp_path):
     assert a.count == b.count == 4
     assert [p.read_bytes() for p in a.files["all"]] == [p.read_bytes() for p in b.files["all"]]
     assert json.loads(a.mixer.read_text()) == json.loads(b.mixer.read_text())
+
+
+def test_predict_features_geojson_is_rfc7946_lon_lat(tmp_path):
+    """A GeoJSON features output held projected coordinates under a legacy ``crs`` member most readers ignore: it is
+    WGS84 lon/lat now (RFC 7946), the points where pyproj puts them, the predictions unchanged."""
+    import json
+
+    import pyogrio
+    from pyproj import Transformer
+    from shapely.geometry import Point
+
+    from tilecast.features import predict_features_file
+    from tilecast.runtimes.callable import CallableRuntime
+
+    xs, ys = np.array([500_000.0, 512_345.678, 499_001.25]), np.array([4_600_000.0, 4_611_111.5, 4_598_765.0])
+    src = tmp_path / "pts.gpkg"
+    gpd.GeoDataFrame({"a": [1.0, 2.0, 3.0]}, geometry=[Point(x, y) for x, y in zip(xs, ys, strict=True)],
+                     crs="EPSG:32633").to_file(src)
+    rt = CallableRuntime(lambda a: a * 2, outputs=["out"])
+    dst = predict_features_file(rt, src, tmp_path / "o.geojson", input_properties=["a"],
+                                output_properties=["out:float32"])
+    doc = json.loads(dst.read_text())
+    assert "crs" not in doc  # RFC 7946 has no crs member: lon/lat is implied
+    lon, lat = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True).transform(xs, ys)
+    got = np.array([f["geometry"]["coordinates"] for f in doc["features"]])
+    np.testing.assert_allclose(got[:, 0], lon, atol=1e-8)
+    np.testing.assert_allclose(got[:, 1], lat, atol=1e-8)
+    assert [f["properties"]["out"] for f in doc["features"]] == [2.0, 4.0, 6.0]
+    assert pyogrio.read_info(dst)["crs"] == "EPSG:4326"

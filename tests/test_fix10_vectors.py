@@ -172,3 +172,22 @@ def test_streamed_noding_equals_noding_the_whole_map(strip):
         got.append(noder.node(grid.add(r, c, a[r:r + 16, c:c + 24]).geoms, grid.open.geoms))
     got.append(noder.node(grid.finish().geoms, np.empty(0, object)))
     assert sorted(shapely.to_wkb(shapely.normalize(np.concatenate(got)))) == expected
+
+
+def test_vector_options_that_do_nothing_on_the_chosen_path_are_refused(tmp_path):
+    """``chunk_size=`` sizes the Dask engine's chunks and was silently ignored by the local engine (which streams
+    strips of ``strip_rows``); a class map still polygonizes with the options that apply."""
+    import tilecast
+    from tilecast.errors import SpecError
+    from tilecast.vectors import predict_vectors
+
+    a = np.zeros((10, 12), np.float32)
+    a[2:5, 3:9] = 1
+    src = write_raster(tmp_path / "in.tif", a, transform=Affine(10.0, 0, 500000.0, 0, -10.0, 4600000.0))
+    model = tilecast.Model.from_callable(lambda x: x[:, :1], layout="NCHW", input_tile_size=8,
+                                         output_bands={"c": "uint8"})
+    with pytest.raises(SpecError, match=r"chunk_size.*Dask.*strip_rows"):
+        predict_vectors(model.predict_image(src), tmp_path / "p.gpkg", chunk_size=512)
+    assert not (tmp_path / "p.gpkg").exists()
+    out = predict_vectors(model.predict_image(src), tmp_path / "p.gpkg", strip_rows=4)
+    assert sorted(pyogrio.read_dataframe(out)["class_id"]) == [0, 1]  # the 0 background and the 1 block

@@ -149,6 +149,9 @@ def _engine(prediction: Prediction, options: dict[str, Any]) -> Engine:
     if unknown:
         raise SpecError(f"unknown options {unknown}; vector outputs take engine=, strip_rows= and chunk_size= "
                         f"(and the Dask keywords {list(DASK_OPTIONS)})")
+    if options.get("chunk_size") is not None and not isinstance(chosen, Dask):
+        raise SpecError("chunk_size= sizes the Dask engine's chunks; the local engine polygonizes in strips "
+                        "(strip_rows=): use that, or engine='dask'")
     return chosen
 
 

@@ -422,3 +422,24 @@ def test_a_header_value_with_surrounding_spaces_is_refused_from_python_naming_th
         check_headers({"X-Key": value}, None)
     assert value.strip() not in str(info.value)
     check_headers({"X-Key": value.strip()}, None)
+
+
+def test_polygonize_names_classes_from_gdal_category_names(tmp_path):
+    """Symptom: polygonizing a land-cover raster whose classes GDAL names (category names in its .aux.xml) wrote
+    class_name "0", "2": only tilecast's own class_names tag was read."""
+    pyogrio = pytest.importorskip("pyogrio")
+    from tilecast.vectors import polygonize_raster
+
+    path = _categorical(tmp_path, [CATEGORIES])
+    out = pyogrio.read_dataframe(polygonize_raster(path, tmp_path / "p.gpkg"))
+    names = dict(zip(out["class_id"], out["class_name"], strict=True))
+    assert names[0] == "water" and names[2] == "forest & scrub"
+
+
+def test_the_viewer_legend_names_classes_from_gdal_category_names(tmp_path):
+    """``tilecast view`` of a finished class map took only tilecast's class_names tag for its legend."""
+    pytest.importorskip("rio_tiler")
+    from tilecast.view.tiles import raster_style
+
+    style = raster_style(_categorical(tmp_path, [CATEGORIES]))
+    assert style.classes == {0: "water", 2: "forest & scrub"}

@@ -90,13 +90,7 @@ def polygonize_raster(
 
 
 def _categories(ds: Any, band: int) -> dict[int, str]:
-    """Class names a tilecast GeoTIFF carries in its band's ``class_names`` tag (JSON ``{value: name}``)."""
-    import json
+    """The band's class names: tilecast's ``class_names`` tag, else GDAL's category names or attribute table."""
+    from ..sources.categories import read_classes
 
-    text = ds.tags(band).get("class_names")
-    if not text:
-        return {}
-    try:
-        return {int(k): str(v) for k, v in json.loads(text).items()}
-    except (ValueError, AttributeError):
-        return {}
+    return read_classes(ds).get(band, {})

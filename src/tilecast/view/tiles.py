@@ -33,6 +33,7 @@ from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
 from rio_tiler.io import Reader
 
 from ..sources.base import Grid
+from ..sources.categories import read_classes
 from .blocks import BlockRunner
 from .style import ClassStyle, RangeStyle, Style, check_colormap, class_colors, zoom_in_png
 from .zooms import Zooms, block_zooms, check_georeferenced, native_zoom, tile_window, tilejson
@@ -425,9 +426,9 @@ def raster_style(path: str, band: int = 1, colormap: str | None = None,
             table = ds.colormap(band)
         except ValueError:
             table = None
-        tag = ds.tags(band).get("class_names")
+        found = read_classes(ds).get(band)  # tilecast's class_names tag, GDAL's category names or RAT
     as_values = bool(colormap or rescale) and not classes
-    names = classes or ({int(k): v for k, v in json.loads(tag).items()} if tag and not as_values else None)
+    names = classes or (found if found and not as_values else None)
     if table is not None and not as_values:
         values = sorted(names) if names else [v for v, c in table.items() if any(c) and v < 256][:64]
         return ClassStyle({v: (names or {}).get(v, str(v)) for v in values},

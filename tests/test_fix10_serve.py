@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from onnx_models import linear_1x1  # noqa: E402
-from test_server import free_port  # noqa: E402
+from test_server import built_server, free_port  # noqa: E402
 from tilecast.errors import InputError, SpecError  # noqa: E402
 from tilecast.runtimes.base import Signature, TensorSpec  # noqa: E402
 from tilecast.serve.app import vertex_routes  # noqa: E402
@@ -198,25 +197,8 @@ class PlusNamed(Plus):
 
 @pytest.fixture(scope="module")
 def signature_server():
-    """``build`` under uvicorn in this process, on free loopback ports (HTTP and gRPC), stopped afterwards."""
-    import uvicorn
-
-    from tilecast.serve.server import build
-
-    port, gport = free_port(), free_port()
-    app = build({"plus": Plus(), "named": PlusNamed()}, batch_timeout_ms=1, grpc_port=gport)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
+    with built_server({"plus": Plus(), "named": PlusNamed()}) as addresses:
+        yield addresses
 
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)

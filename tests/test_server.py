@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -396,27 +397,34 @@ class Open:
         pass
 
 
-@pytest.fixture(scope="module")
-def little_signature_server():
+@contextlib.contextmanager
+def built_server(models: dict) -> Iterator[tuple[str, str]]:
+    """``build(models)`` under uvicorn in this process, on free loopback ports (HTTP and gRPC), stopped afterwards:
+    yields the HTTP base URL and the gRPC target."""
     import uvicorn
 
     from tilecast.serve.server import build
 
     port, gport = free_port(), free_port()
-    app = build({"dbl": Doubler(), "open": Open()}, batch_timeout_ms=1, grpc_port=gport)
+    app = build(models, batch_timeout_ms=1, grpc_port=gport)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
     try:
-        yield base, f"127.0.0.1:{gport}"
+        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{gport}"
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def little_signature_server():
+    with built_server({"dbl": Doubler(), "open": Open()}) as addresses:
+        yield addresses
 
 
 def scalar_v2(name: str) -> bytes:

@@ -26,7 +26,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from onnx_models import linear_1x1  # noqa: E402
-from test_server import built_server, free_port  # noqa: E402
+from test_server import built_server, free_port, stop  # noqa: E402
 from tilecast.errors import InputError, SpecError  # noqa: E402
 from tilecast.runtimes.base import Signature, TensorSpec  # noqa: E402
 from tilecast.serve.app import vertex_routes  # noqa: E402
@@ -70,13 +70,7 @@ def serving(*args: str, port: int, probe: str = "/v2/health/ready", log: Path | 
             time.sleep(0.1)
         yield proc, base
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         if log:
             err.close()  # type: ignore[union-attr]
 

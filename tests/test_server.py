@@ -36,6 +36,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM a server process (tilecast serve drains and exits), and kill it if it has not exited in 20 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @contextlib.contextmanager
 def tilecast_serve(*args: str, token: str | None = None, grpc: bool = False, log: Path | None = None,
                    timeout: float = 60.0):
@@ -69,13 +80,7 @@ def tilecast_serve(*args: str, token: str | None = None, grpc: bool = False, log
             time.sleep(0.1)
         yield proc, base, (f"127.0.0.1:{gport}" if gport else None)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         if log:
             err.close()  # type: ignore[union-attr]
 

@@ -71,15 +71,26 @@ def test_geometries_are_float64_in_parquet_and_csv(tmp_path, crs, transform):
     np.testing.assert_array_equal(arr[:, 4], ys)
 
 
-def test_csv_without_geometries_is_unchanged(tmp_path):
-    """Float32 columns keep their 9-significant-digit text (existing outputs stay byte-identical)."""
+def test_table_properties_keep_their_values(tmp_path):
+    """Properties were float32 in Parquet and CSV: an id past 2**24 was rounded (123456789 to 123456792) and 0.1
+    written as 0.100000001. Tables keep them as float64 now (band values stay float32, as before); a TFRecord still
+    holds float32, as Earth Engine's does."""
     src, labels = labelled_scene(tmp_path, "EPSG:32633", from_origin(500000.0, 4600000.0, 10.0, 10.0))
     labels["w"] = np.array([0.1, 1 / 3, 2.5, 7.0])
-    res = export_samples(src, tmp_path / "s.csv", labels=labels, label_field="cls", properties=["w"])
+    labels["id"] = np.array([123456789, 2**53, 7, 16777217])
+    res = export_samples(src, tmp_path / "s.csv", labels=labels, label_field="cls", properties=["w", "id"])
     lines = res.files["all"][0].read_text().splitlines()
     by_row = {line.split(",")[0]: line for line in lines[1:]}
-    assert by_row["3"] == "3,5,1,0.100000001"
-    assert by_row["17"] == "17,31,2,0.333333343"
+    assert by_row["3"] == "3,5,1,0.1,123456789.0"
+    assert by_row["17"] == "17,31,2,0.3333333333333333,9007199254740992.0"
+    res = export_samples(src, tmp_path / "s.parquet", labels=labels, label_field="cls", properties=["w", "id"])
+    got = pq.read_table(res.files["all"][0]).to_pandas().set_index("b1")
+    assert str(pq.read_schema(res.files["all"][0]).field("b1").type) == "float"
+    assert got.loc[3.0, "id"] == 123456789 and got.loc[39.0, "id"] == 16777217 and got.loc[3.0, "w"] == 0.1
+    res = export_samples(src, tmp_path / "s.tfrecord.gz", labels=labels, label_field="cls", properties=["w", "id"])
+    rec = TFRecordDataset(res.spec).to_numpy()
+    assert rec["id"].dtype == np.float32 and sorted(rec["id"].ravel().tolist()) == sorted(
+        np.float32([123456789, 2**53, 7, 16777217]).tolist())
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("OUT.TFRECORD.GZ", "tfrecord"), ("Out.TfRecord", "tfrecord"),

@@ -90,14 +90,14 @@ EXPECTED: dict[str, dict[str, str]] = {
         "spec": "a41c6e047989314a8906",
     },
     "export_samples_parquet": {
-        "train:s-train.parquet": "5619a04cf3abdc598f20",
-        "test:s-test.parquet": "7256e56a15d1b7f2f1b7",
+        "train:s-train.parquet": "788db2466a520e899f17",
+        "test:s-test.parquet": "3293169f4231b8a64b36",
         "counts": '{"test":76,"train":55}',
         "skipped": "19",
     },
     "export_samples_csv": {
-        "train:s-train.csv": "c96d0b46683b06603ac0",
-        "test:s-test.csv": "216daf0e55c72f9e3a7c",
+        "train:s-train.csv": "df1be8e2e6efc4d1b91a",
+        "test:s-test.csv": "1433ab98624fbaee530b",
         "counts": '{"test":76,"train":55}',
         "skipped": "19",
     },

@@ -177,9 +177,9 @@ def select_samples(source: Source, labels: SampleLabels, patch: XY, opts: Sample
         if not len(samples):
             raise InputError("every sample straddles blocks of different splits; use a larger split_block")
         warn_empty_splits(samples, opts.splits, block, (h, w), opts.split_block is None)
-    # Numbers are float32 in a record (Earth Engine coerces them to float); a table keeps each property's dtype, so
-    # the coordinates below stay float64: float32 would move UTM centres by centimetres, lat/lon ones by a metre.
-    samples.properties = {k: v.astype(np.float32) for k, v in samples.properties.items()}
+    # Numbers are float32 in a record (Earth Engine coerces them to float; the record writers cast them); a table
+    # keeps properties and coordinates as float64: float32 would round an id past 2**24 (123456789 to 123456792),
+    # and move UTM centres by centimetres and lat/lon ones by a metre.
     if opts.geometries:
         xs, ys = grid.transform * (samples.cols + 0.5, samples.rows + 0.5)
         samples.properties.update(x=np.asarray(xs, np.float64), y=np.asarray(ys, np.float64))

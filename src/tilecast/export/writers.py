@@ -147,7 +147,7 @@ class Writers:
                     cols = {b: vals[sel, i, 0, 0] for i, b in enumerate(names)}
                     if lname:
                         cols[lname] = label[sel].astype(np.float32)
-                    cols.update({k: v[sel] for k, v in props.items()})  # float32, coordinates float64
+                    cols.update({k: v[sel] for k, v in props.items()})  # float64
                     if self.columns is None:
                         self.columns = {k: v[:0] for k, v in cols.items()}
                     self.writers[s].write(cols)
@@ -235,7 +235,7 @@ class TableWriter:
                 self._f = open(self.tmp, "w", newline="")  # noqa: SIM115 - streamed across calls, closed in close()
                 # Names are free text (band descriptions): one holding a comma or a quote is quoted, as CSV says.
                 csv.writer(self._f, lineterminator="\n").writerow(cols)
-            # float32 columns to 9 significant digits (enough to round-trip); float64 ones (coordinates) as
+            # float32 columns to 9 significant digits (enough to round-trip); float64 ones (properties, coordinates) as
             # Python's repr, the shortest text that round-trips (not numpy's, which may change between versions).
             texts = [list(map(repr, v.tolist())) if v.dtype == np.float64 else [f"{x:.9g}" for x in v.tolist()]
                      for v in cols.values()]

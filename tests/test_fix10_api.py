@@ -379,3 +379,16 @@ def test_a_misspelt_resampling_is_refused_when_the_spec_is_made():
     with pytest.raises(tilecast.SpecError, match=r"resampling 'bilinaer'.*bilinear"):
         ModelSpec.create(input_tile_size=16, output_bands={"y": "float32"}, resampling="bilinaer")
     assert ModelSpec.create(input_tile_size=16, output_bands={"y": "float32"}, resampling="cubic").resampling == "cubic"
+
+
+@pytest.mark.parametrize("name", ["fix_input_proj", "mask_receptive_field"])
+@pytest.mark.parametrize("value", ["false", "no", 2, None])
+def test_a_switch_that_is_not_a_boolean_is_refused(name, value):
+    """``fix_input_proj="false"`` (a string from a config file or an environment variable) turned the warp on:
+    any truthy value was taken as True."""
+    from tilecast.spec import ModelSpec
+
+    with pytest.raises(tilecast.SpecError, match=rf"{name} must be True or False"):
+        ModelSpec.create(input_tile_size=16, output_bands={"y": "float32"}, **{name: value})
+    for ok in (True, False, np.bool_(True), 0, 1):
+        assert ModelSpec.create(input_tile_size=16, output_bands={"y": "float32"}, **{name: ok})

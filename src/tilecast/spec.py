@@ -261,6 +261,10 @@ class ModelSpec:
             raise SpecError(f"blend must be one of {BLENDS}, got {self.blend!r}")
         if self.padding not in PADDINGS:
             raise SpecError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        switches = (("fix_input_proj", self.fix_input_proj), ("mask_receptive_field", self.mask_receptive_field))
+        for name, value in switches:  # "false" from a config file would mean True
+            if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
+                raise SpecError(f"{name} must be True or False, got {value!r:.40}")
         if self.resampling not in RESAMPLINGS:
             close = get_close_matches(str(self.resampling), RESAMPLINGS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

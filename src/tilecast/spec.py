@@ -266,8 +266,7 @@ class ModelSpec:
             if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, int) and value in (0, 1)):
                 raise SpecError(f"{name} must be True or False, got {value!r:.40}")
         if self.resampling not in RESAMPLINGS:
-            close = get_close_matches(str(self.resampling), RESAMPLINGS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = "".join(f"did you mean {c!r}? " for c in get_close_matches(str(self.resampling), RESAMPLINGS, n=1))
             raise SpecError(f"unknown resampling {self.resampling!r}; {hint}use one of {', '.join(RESAMPLINGS)}")
         if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
                 or self.batch_size < 1:

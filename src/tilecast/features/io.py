@@ -21,6 +21,7 @@ from .._extras import require
 from ..errors import InputError, OutputError, SourceNotFoundError, TilecastError
 from ..sinks.geotiff import check_output_path
 from ..sources import parse_crs
+from ..vectors.write import GEOJSON_OPTIONS
 
 __all__ = ["DRIVERS", "FeatureBatch", "FeatureReader", "check_driver", "check_output", "driver_for", "open_features",
            "pandas_column", "write_features"]
@@ -433,8 +434,8 @@ def _write_ogr(tmp: Path, batches: Iterator[Any], crs: Any, geometry_type: str, 
     kwargs: dict[str, Any] = {"layer": layer} if layer else {}
     if driver == "FlatGeobuf":
         kwargs["layer_options"] = {"SPATIAL_INDEX": "NO"}  # the index reorders features; keep the input order
-    if driver == "GeoJSON" and crs is not None:  # RFC 7946: WGS84 lon/lat, which GDAL reprojects to; 0.1 mm
-        kwargs["layer_options"] = {"RFC7946": "YES", "COORDINATE_PRECISION": "9"}
+    if driver == "GeoJSON" and crs is not None:  # RFC 7946: WGS84 lon/lat, which GDAL reprojects to
+        kwargs["layer_options"] = dict(GEOJSON_OPTIONS)
     try:
         pyogrio.write_arrow(reader, str(tmp), driver=driver, geometry_name="geometry",
                             geometry_type=geometry_type or "Unknown", crs=None if crs is None else crs.to_wkt(),

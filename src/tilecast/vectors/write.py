@@ -25,7 +25,7 @@ from .._extras import require
 from ..errors import OutputExistsError
 from .errors import VectorFormatError
 
-__all__ = ["VECTOR_FORMATS", "VectorWriter", "box_wkb", "is_vector_path", "vector_driver"]
+__all__ = ["GEOJSON_OPTIONS", "VECTOR_FORMATS", "VectorWriter", "box_wkb", "is_vector_path", "vector_driver"]
 
 VECTOR_FORMATS: dict[str, str] = {
     ".parquet": "GeoParquet",
@@ -39,6 +39,9 @@ VECTOR_FORMATS: dict[str, str] = {
 
 GEOJSON_DECIMALS = 9
 """Decimals of the lon/lat coordinates written to GeoJSON."""
+GEOJSON_OPTIONS = {"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)}
+"""GDAL's GeoJSON layer options for an RFC 7946 file (see :meth:`VectorWriter._layer_options`); every GeoJSON
+tilecast writes (vectors, predicted features) uses them."""
 
 _SHP_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg")
 _DONE = object()
@@ -228,7 +231,7 @@ class VectorWriter:
         degrees put every feature in the wrong place). Areas were measured before, in ``crs``. 9 decimals (0.1 mm),
         not RFC 7946's default 7 (1 cm), keep the pixel edges of a drone image's class map where they are."""
         if self.reprojects:
-            return {"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)}
+            return dict(GEOJSON_OPTIONS)
         return None
 
     def close(self) -> Path:

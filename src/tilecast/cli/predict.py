@@ -350,12 +350,12 @@ def _memory_budget(value: str | None) -> str | None:
 
 
 def _resampling(value: str | None) -> str | None:
-    """``--resampling``, checked before any work: the library reads it only when the input is warped, so a typo
-    with an input already on the model's grid was silently ignored."""
-    from rasterio.enums import Resampling
+    """``--resampling``, checked as a usage error before the model loads (ModelSpec checks the same names later;
+    a typo with an input already on the model's grid was once silently ignored)."""
+    from ..spec import RESAMPLINGS
 
-    if value is not None and value not in Resampling.__members__:
-        raise click.BadParameter(f"{value!r} is not a resampling; use one of {', '.join(Resampling.__members__)}")
+    if value is not None and value not in RESAMPLINGS:
+        raise click.BadParameter(f"{value!r} is not a resampling; use one of {', '.join(RESAMPLINGS)}")
     return value
 
 

@@ -356,7 +356,6 @@ class Prediction:
             from .sinks.memory import to_dataarray
 
             _refuse_lazy_progress(progress)
-
             return to_dataarray(dask_array(self.job, _chunk_size(chunk_size)), self.profile)
         return self.run(ArraySink(), progress, chosen)
 
